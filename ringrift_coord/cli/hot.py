@@ -1,0 +1,183 @@
+"""The hot commands (``can-spawn``, ``register``, ``unregister``, ``run``), parser-agnostic.
+
+Both the Typer app and the fast argv parser of ``ringrift_coord.entry`` call these, so every
+launch script gets the same behaviour whichever parser read its arguments. Nothing here
+imports Typer or Rich (the wait spinner imports Rich only when a terminal watches).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+from ringrift_coord.context import Context
+from ringrift_coord.errors import ExitCode, UsageError
+from ringrift_coord.tasktypes import TaskType
+
+
+@dataclass
+class Globals:
+    db: str | None = None
+    state_dir: str | None = None
+    config: str | None = None
+    json: bool = False
+
+    def context(self) -> Context:
+        return Context.open(db=self.db, state_dir=self.state_dir, config=self.config)
+
+
+def emit_json(document: Any) -> None:
+    sys.stdout.write(json.dumps(document, default=str, sort_keys=False) + "\n")
+    sys.stdout.flush()
+
+
+def say(message: str) -> None:
+    sys.stderr.write(f"ringrift-coord: {message}\n")
+    sys.stderr.flush()
+
+
+def _node(node: str | None) -> str:
+    from ringrift_coord.task_coordinator import default_node
+
+    if node is not None and not node.strip():
+        raise UsageError("--node must not be empty")
+    return node or default_node()
+
+
+def can_spawn(g: Globals, task_type: str, node: str | None) -> int:
+    from ringrift_coord.task_coordinator import TaskCoordinator
+
+    ttype = TaskType.parse(task_type)
+    with g.context() as ctx:
+        decision = TaskCoordinator(ctx).check(ttype, _node(node))
+    if g.json:
+        emit_json(decision.to_dict())
+    elif decision.allowed:
+        sys.stdout.write(decision.summary() + "\n")
+    else:
+        say(decision.summary())
+    return ExitCode.OK if decision.allowed else ExitCode.DENIED
+
+
+def register(
+    g: Globals, task_type: str, node: str | None, pid: int | None, task_id: str | None,
+    config_name: str | None,
+) -> int:
+    from ringrift_coord.task_coordinator import Holder, TaskCoordinator
+
+    from ringrift_coord import procs
+
+    ttype = TaskType.parse(task_type)
+    holder_pid = os.getppid() if pid is None else pid
+    if holder_pid <= 0 or procs.start_time(holder_pid) is None:
+        raise UsageError(f"--pid {holder_pid}: no running process with that pid on this host")
+    with g.context() as ctx:
+        decision = TaskCoordinator(ctx).acquire(
+            ttype, _node(node), holder=Holder(pid=holder_pid), source="register",
+            task_id=task_id, config_name=config_name,
+        )
+    if g.json:
+        document = decision.to_dict()
+        document["lease_token"] = decision.lease_token
+        emit_json(document)
+    elif decision.allowed:
+        sys.stdout.write(f"{decision.task_id}\n")
+    if not decision.allowed:
+        if not g.json:
+            say(decision.summary())
+        return ExitCode.DENIED
+    return ExitCode.OK
+
+
+def unregister(
+    g: Globals, task_id: str, exit_code: int | None, status: str | None, token: int | None,
+    reason: str | None,
+) -> int:
+    from ringrift_coord.task_coordinator import TaskCoordinator
+
+    if token is None and os.environ.get("RINGRIFT_TASK_ID") == task_id:
+        raw = os.environ.get("RINGRIFT_LEASE_TOKEN", "")
+        token = int(raw) if raw.isdigit() else None
+    with g.context() as ctx:
+        row = TaskCoordinator(ctx).unregister_task(
+            task_id, exit_code=exit_code, status=status, token=token, reason=reason
+        )
+    if g.json:
+        emit_json({
+            "task_id": task_id, "released": row is not None,
+            "duration": None if row is None else round(row["duration"], 3),
+        })
+    elif row is None:
+        say(f"{task_id} was already released")
+    else:
+        sys.stdout.write(f"released {task_id} after {row['duration']:.1f} s\n")
+    return ExitCode.OK
+
+
+class _Spinner:
+    """A Rich spinner on stderr while ``run --wait`` stands in line (terminals only)."""
+
+    def __init__(self) -> None:
+        self.live: Any = None
+
+    def update(self, decision: Any, waited: float) -> None:
+        from rich.console import Console
+        from rich.spinner import Spinner
+
+        position = f"{decision.queued} ahead, " if decision.queued else ""
+        rules = ", ".join(r.rule for r in decision.reasons) or "queue"
+        text = (
+            f"waiting for a {decision.task_type} slot on {decision.node}: {position}"
+            f"blocked by {rules} ({waited:.0f} s)"
+        )
+        if self.live is None:
+            from rich.live import Live
+
+            self.live = Live(
+                Spinner("dots", text), console=Console(stderr=True), transient=True,
+                refresh_per_second=8,
+            )
+            self.live.start()
+        else:
+            self.live.update(Spinner("dots", text))
+
+    def stop(self) -> None:
+        if self.live is not None:
+            self.live.stop()  # joins Rich's refresh thread before run forks the job
+            self.live = None
+
+
+def run(
+    g: Globals, task_type: str, node: str | None, config_name: str | None, wait: bool,
+    timeout: float | None, command: list[str],
+) -> int:
+    from ringrift_coord.launcher import run_command
+    from ringrift_coord.task_coordinator import TaskCoordinator
+
+    if timeout is not None and not wait:
+        raise UsageError("--timeout only applies with --wait")
+    ttype = TaskType.parse(task_type)
+    if not command:
+        raise UsageError("run needs a command: ringrift-coord run TYPE [OPTIONS] -- CMD ...")
+    spinner = _Spinner() if (wait and not g.json and sys.stderr.isatty()) else None
+    with g.context() as ctx:
+        try:
+            result = run_command(
+                TaskCoordinator(ctx), ttype, _node(node), command, config_name=config_name,
+                wait=wait, timeout=timeout,
+                on_wait=spinner.update if spinner else None,
+                on_admitted=spinner.stop if spinner else None,
+                warn=say,
+            )
+        finally:
+            if spinner:
+                spinner.stop()
+    if g.json:
+        emit_json({
+            "task_id": result.task_id, "exit_code": result.exit_code, "status": result.status,
+            "reason": result.reason, "duration": round(result.duration, 3),
+        })
+    return result.exit_code

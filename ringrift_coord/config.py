@@ -1,0 +1,528 @@
+"""Configuration: built-in defaults < YAML file < environment < command-line flags.
+
+``load_settings`` is the one function that resolves it. Every effective value remembers where
+it came from (``Settings.source``), which ``limits`` and ``targets`` print. The YAML is read
+through PyYAML's safe composer and validated node by node so that every error names the
+file, the line and the key.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from ringrift_coord.errors import ConfigError
+from ringrift_coord.tasktypes import TASK_TYPE_NAMES
+
+CONFIG_ENV = "RINGRIFT_COORD_CONFIG"
+DEFAULT_CONFIG_NAME = "unified_loop.yaml"
+
+# --------------------------------------------------------------------------- defaults (SPEC §4)
+
+DEFAULTS: dict[str, Any] = {
+    "task_limits": {
+        # null = unlimited
+        "selfplay": {"per_node": 32, "cluster": 500},
+        "training": {"per_node": 1, "cluster": 3},
+        "cmaes": {"per_node": None, "cluster": 1},
+        "tournament": {"per_node": None, "cluster": 2},
+        "pipeline": {"per_node": None, "cluster": 1},
+        "improvement_loop": {"per_node": None, "cluster": 1},
+        "gauntlet": {"per_node": None, "cluster": None},
+        "evaluation": {"per_node": None, "cluster": None},
+        "hybrid_selfplay": {"per_node": None, "cluster": None},
+        "sync": {"per_node": None, "cluster": None},
+        "export": {"per_node": None, "cluster": None},
+    },
+    "rate_limits": {
+        # token bucket per (node, type); per_minute null = no rate limit
+        "selfplay": {"per_minute": 120, "burst": 32},
+        "training": {"per_minute": 6, "burst": 2},
+    },
+    "circuit_breaker": {
+        "failure_threshold": 3,
+        "window": 600,
+        "recovery_timeout": 300,
+        "half_open_trials": 1,
+        "success_threshold": 1,
+    },
+    "thresholds": {
+        "disk": {"warning": 65, "critical": 70},
+        "memory": {"warning": 70, "critical": 80},
+        "cpu": {"warning": 70, "critical": 80},
+        "gpu": {"warning": 70, "critical": 80},
+        "load_avg_critical_per_cpu": 1.5,
+    },
+    "resource_targets": {
+        "cpu_min": 60, "cpu_max": 80, "cpu_target": 70,
+        "gpu_min": 60, "gpu_max": 80, "gpu_target": 70,
+        "scale_up_below": 55, "scale_down_above": 85,
+        "pid": {"kp": 0.3, "ki": 0.05, "kd": 0.1, "gain_scheduling": True},
+    },
+    "hardware": {
+        "gpu_jobs": {
+            "GH200": 48, "H100": 24, "H200": 24, "A100": 16, "L40": 16,
+            "RTX 4090": 10, "RTX 4080": 8, "RTX 3070": 4,
+        },
+    },
+    "bandwidth": {
+        "host_types": {
+            "runpod": {"match": ["*runpod*"], "mbps": 1000},
+            "gh200": {"match": ["*gh200*"], "mbps": 2500},
+            "aws": {"match": ["*aws*"], "mbps": 500},
+        },
+        "default_mbps": 100,
+        "priorities": {"critical": 1.0, "high": 0.5, "normal": 0.25, "background": 0.1},
+        "max_concurrent_transfers": 4,
+    },
+    "durations": {"selfplay": 3600, "training": 14400, "cmaes": 28800, "pipeline": 21600},
+    "peak_hours": {"start": "14:00", "end": "22:00", "timezone": "UTC"},
+    "selfplay_configs": {
+        "square8_2p": 0.4, "square8_3p": 0.1, "square8_4p": 0.1,
+        "square19_2p": 0.2, "hexagonal_2p": 0.2,
+    },
+    "store": {"busy_timeout": 5, "lease_ttl": 120, "decision_log_days": 7},
+    "run": {"kill_grace": 10, "poll_interval": 0.05},
+}
+
+# --------------------------------------------------------------------------- schema
+
+
+@dataclass(frozen=True)
+class Leaf:
+    kind: str  # "count", "number", "percent", "bool", "str", "hhmm", "globs"
+    nullable: bool = False
+
+    def describe(self) -> str:
+        text = {
+            "count": "a non-negative integer",
+            "number": "a non-negative number",
+            "percent": "a number from 0 to 100",
+            "bool": "true or false",
+            "str": "a string",
+            "hhmm": 'a time "HH:MM"',
+            "globs": "a list of glob patterns",
+        }[self.kind]
+        return text + (" or null (unlimited)" if self.nullable else "")
+
+
+@dataclass(frozen=True)
+class MapOf:
+    """A mapping whose keys are ``keys`` (or any string when None), each holding ``item``."""
+
+    keys: tuple[str, ...] | None
+    item: Any
+    replace: bool = False  # a file's mapping replaces the default one instead of merging
+
+
+COUNT, OPT_COUNT = Leaf("count"), Leaf("count", nullable=True)
+NUM, OPT_NUM, PCT = Leaf("number"), Leaf("number", nullable=True), Leaf("percent")
+LEVELS = {"warning": PCT, "critical": PCT}
+
+SCHEMA: dict[str, Any] = {
+    "task_limits": MapOf(TASK_TYPE_NAMES, {"per_node": OPT_COUNT, "cluster": OPT_COUNT}),
+    "rate_limits": MapOf(TASK_TYPE_NAMES, {"per_minute": OPT_NUM, "burst": NUM}),
+    "circuit_breaker": {
+        "failure_threshold": COUNT, "window": NUM, "recovery_timeout": NUM,
+        "half_open_trials": COUNT, "success_threshold": COUNT,
+    },
+    "thresholds": {
+        "disk": LEVELS, "memory": LEVELS, "cpu": LEVELS, "gpu": LEVELS,
+        "load_avg_critical_per_cpu": NUM,
+    },
+    "resource_targets": {
+        "cpu_min": PCT, "cpu_max": PCT, "cpu_target": PCT,
+        "gpu_min": PCT, "gpu_max": PCT, "gpu_target": PCT,
+        "scale_up_below": PCT, "scale_down_above": PCT,
+        "pid": {"kp": NUM, "ki": NUM, "kd": NUM, "gain_scheduling": Leaf("bool")},
+    },
+    "hardware": {"gpu_jobs": MapOf(None, COUNT)},
+    "bandwidth": {
+        "host_types": MapOf(None, {"match": Leaf("globs"), "mbps": NUM}),
+        "default_mbps": NUM,
+        "priorities": MapOf(("critical", "high", "normal", "background"), NUM),
+        "max_concurrent_transfers": COUNT,
+    },
+    "durations": MapOf(TASK_TYPE_NAMES, NUM),
+    "peak_hours": {"start": Leaf("hhmm"), "end": Leaf("hhmm"), "timezone": Leaf("str")},
+    "selfplay_configs": MapOf(None, NUM, replace=True),
+    "store": {"busy_timeout": NUM, "lease_ttl": NUM, "decision_log_days": NUM},
+    "run": {"kill_grace": NUM, "poll_interval": NUM},
+}
+
+# environment variable -> keys it sets (SPEC §4)
+ENV_KEYS: dict[str, tuple[str, ...]] = {
+    "RINGRIFT_TARGET_UTIL_MIN": ("resource_targets.cpu_min", "resource_targets.gpu_min"),
+    "RINGRIFT_TARGET_UTIL_MAX": ("resource_targets.cpu_max", "resource_targets.gpu_max"),
+    "RINGRIFT_PID_KP": ("resource_targets.pid.kp",),
+    "RINGRIFT_PID_KI": ("resource_targets.pid.ki",),
+    "RINGRIFT_PID_KD": ("resource_targets.pid.kd",),
+}
+
+# --------------------------------------------------------------------------- settings
+
+
+class Settings:
+    """Resolved configuration: nested values plus the source of every leaf."""
+
+    def __init__(self, values: dict[str, Any], sources: dict[str, str], file: str | None):
+        self.values = values
+        self.sources = sources
+        self.file = file
+
+    def get(self, dotted: str) -> Any:
+        node: Any = self.values
+        for part in dotted.split("."):
+            node = node[part]
+        return node
+
+    def source(self, dotted: str) -> str:
+        while dotted:
+            if dotted in self.sources:
+                return self.sources[dotted]
+            dotted = dotted.rpartition(".")[0]
+        return "default"
+
+    def set(self, dotted: str, value: Any, source: str) -> None:
+        """Apply a command-line override (validated like any other value)."""
+        leaf = _schema_at(dotted)
+        if not isinstance(leaf, Leaf):
+            raise ConfigError(f"{dotted} is not a single setting", key=dotted)
+        checked = _check_leaf(leaf, value, dotted, source, None)
+        parts = dotted.split(".")
+        node = self.values
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = checked
+        self.sources[dotted] = source
+
+    # conveniences the domain code uses
+    def task_limit(self, task_type: str, scope: str) -> int | None:
+        entry = self.values["task_limits"].get(task_type) or {}
+        value: int | None = entry.get(scope)
+        return value
+
+    def rate_limit(self, task_type: str) -> tuple[float, float] | None:
+        entry = self.values["rate_limits"].get(task_type)
+        if not entry or entry.get("per_minute") is None:
+            return None
+        return float(entry["per_minute"]), float(entry.get("burst", 1) or 1)
+
+    def duration(self, task_type: str) -> float | None:
+        value = self.values["durations"].get(task_type)
+        return None if value is None else float(value)
+
+    def flat(self, section: str | None = None) -> list[tuple[str, Any, str]]:
+        """(key, value, source) for every leaf, optionally of one section."""
+        out: list[tuple[str, Any, str]] = []
+
+        def walk(prefix: str, node: Any) -> None:
+            if isinstance(node, dict) and node and not _is_leaf_path(prefix):
+                for key, value in node.items():
+                    walk(f"{prefix}.{key}" if prefix else key, value)
+            else:
+                out.append((prefix, node, self.source(prefix)))
+
+        walk(section or "", self.values if section is None else self.values[section])
+        if section:
+            out = [(k if k.startswith(section) else f"{section}.{k}", v, s) for k, v, s in out]
+        return out
+
+
+def _is_leaf_path(dotted: str) -> bool:
+    return isinstance(_schema_at(dotted, missing=None), Leaf)
+
+
+def _schema_at(dotted: str, missing: Any = KeyError) -> Any:
+    node: Any = SCHEMA
+    for part in dotted.split("."):
+        if isinstance(node, MapOf):
+            if node.keys is not None and part not in node.keys:
+                if missing is KeyError:
+                    raise ConfigError("unknown key", key=dotted)
+                return missing
+            node = node.item
+        elif isinstance(node, dict) and part in node:
+            node = node[part]
+        else:
+            if missing is KeyError:
+                raise ConfigError("unknown key", key=dotted)
+            return missing
+    return node
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def find_config_file(explicit: str | None, env: Mapping[str, str]) -> str | None:
+    """The config file to read: flag, then $RINGRIFT_COORD_CONFIG, then the XDG default."""
+    path = explicit or env.get(CONFIG_ENV) or None
+    if path:
+        if not os.path.exists(path):
+            raise ConfigError(f"config file {path} does not exist")
+        if not os.path.isfile(path):
+            raise ConfigError(f"config file {path} is not a regular file")
+        return path
+    base = env.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
+    candidate = os.path.join(base, "ringrift-coord", DEFAULT_CONFIG_NAME)
+    return candidate if os.path.isfile(candidate) else None
+
+
+def load_settings(
+    config_file: str | None = None,
+    env: Mapping[str, str] | None = None,
+    *,
+    use_default_file: bool = True,
+) -> Settings:
+    """Resolve defaults < YAML < environment. Flags are applied by the caller with ``set``."""
+    env = os.environ if env is None else env
+    values = copy.deepcopy(DEFAULTS)
+    sources: dict[str, str] = {}
+    path = find_config_file(config_file, env) if (config_file or use_default_file) else None
+    if path:
+        document = read_yaml_file(path)
+        if document is not None:
+            _merge(values, document, SCHEMA, "", path, sources)
+    for var, keys in ENV_KEYS.items():
+        raw = env.get(var)
+        if raw is None or raw == "":
+            continue
+        try:
+            number = float(raw)
+        except ValueError:
+            raise ConfigError(f"environment {var}={raw!r}: expected a number") from None
+        for key in keys:
+            leaf = _schema_at(key)
+            checked = _check_leaf(leaf, number, key, f"environment {var}", None)
+            section, _, rest = key.partition(".")
+            node = values[section]
+            parts = rest.split(".")
+            for part in parts[:-1]:
+                node = node[part]
+            node[parts[-1]] = checked
+            sources[key] = f"env {var}"
+    _cross_checks(values, sources, path)
+    return Settings(values, sources, path)
+
+
+def _cross_checks(values: dict[str, Any], sources: dict[str, str], path: str | None) -> None:
+    def where(key: str) -> str:
+        return sources.get(key, "default")
+
+    for res in ("disk", "memory", "cpu", "gpu"):
+        level = values["thresholds"][res]
+        if level["warning"] > level["critical"]:
+            raise ConfigError(
+                f"warning ({level['warning']}) is above critical ({level['critical']}) "
+                f"[{where(f'thresholds.{res}.warning')}]",
+                key=f"thresholds.{res}",
+            )
+    rt = values["resource_targets"]
+    for kind in ("cpu", "gpu"):
+        lo, mid, hi = rt[f"{kind}_min"], rt[f"{kind}_target"], rt[f"{kind}_max"]
+        if not lo <= mid <= hi:
+            raise ConfigError(
+                f"{kind}_min <= {kind}_target <= {kind}_max does not hold ({lo}, {mid}, {hi}) "
+                f"[{where(f'resource_targets.{kind}_min')}]",
+                key="resource_targets",
+            )
+    for name, entry in values["rate_limits"].items():
+        if entry.get("per_minute") is not None and entry.get("burst", 1) < 1:
+            raise ConfigError("burst must be at least 1", key=f"rate_limits.{name}.burst")
+    if values["store"]["lease_ttl"] < 1:
+        raise ConfigError("lease_ttl must be at least 1 second", key="store.lease_ttl")
+
+
+def read_yaml_file(path: str) -> Any:
+    """Compose ``path`` with the safe loader; return the node tree (None when empty)."""
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read()
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file: {exc.strerror}", file=path) from None
+    import yaml
+
+    loader_cls = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    try:
+        return yaml.compose(data, Loader=loader_cls)
+    except yaml.MarkedYAMLError as exc:
+        line = exc.problem_mark.line + 1 if exc.problem_mark else None
+        raise ConfigError(
+            f"invalid YAML: {exc.problem or exc.context}", file=path, line=line
+        ) from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"invalid YAML: {exc}", file=path) from None
+    except UnicodeDecodeError:
+        raise ConfigError("not UTF-8 text", file=path) from None
+
+
+def _nearest(word: str, choices: Any) -> str:
+    import difflib
+
+    match = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.5)
+    return f" (did you mean {match[0]!r}?)" if match else ""
+
+
+def _merge(
+    target: dict[str, Any], node: Any, schema: Any, prefix: str, path: str,
+    sources: dict[str, str],
+) -> None:
+    """Validate the mapping ``node`` against ``schema`` and merge it into ``target``."""
+    import yaml
+
+    line = node.start_mark.line + 1
+    if not isinstance(node, yaml.MappingNode):
+        what = "the document" if not prefix else prefix
+        raise ConfigError(
+            f"{what} must be a mapping of keys to values, not {_node_kind(node)}",
+            file=path, line=line,
+        )
+    if isinstance(schema, MapOf):
+        valid_keys: Any = schema.keys
+        if schema.replace:
+            target.clear()
+    else:
+        valid_keys = tuple(schema)
+    seen: dict[str, int] = {}
+    for key_node, value_node in node.value:
+        key_line = key_node.start_mark.line + 1
+        if not isinstance(key_node, yaml.ScalarNode):
+            raise ConfigError("keys must be plain strings", file=path, line=key_line, key=prefix)
+        key = str(key_node.value)
+        dotted = f"{prefix}.{key}" if prefix else key
+        if key in seen:
+            raise ConfigError(
+                f"duplicate key (first given on line {seen[key]})",
+                file=path, line=key_line, key=dotted,
+            )
+        seen[key] = key_line
+        if valid_keys is not None and key not in valid_keys:
+            raise ConfigError(
+                "unknown key" + _nearest(key, valid_keys), file=path, line=key_line, key=dotted
+            )
+        sub_schema = schema.item if isinstance(schema, MapOf) else schema[key]
+        if isinstance(sub_schema, Leaf):
+            value = _construct(value_node, path, dotted)
+            target[key] = _check_leaf(sub_schema, value, dotted, path, value_node.start_mark.line + 1)
+            sources[dotted] = f"{path}:{value_node.start_mark.line + 1}"
+        else:
+            if _is_null(value_node):
+                continue  # "section:" with nothing under it keeps the defaults
+            child = target.setdefault(key, {})
+            if not isinstance(child, dict):
+                child = target[key] = {}
+            _merge(child, value_node, sub_schema, dotted, path, sources)
+
+
+def _is_null(node: Any) -> bool:
+    import yaml
+
+    return isinstance(node, yaml.ScalarNode) and node.tag == "tag:yaml.org,2002:null"
+
+
+def _node_kind(node: Any) -> str:
+    import yaml
+
+    if isinstance(node, yaml.SequenceNode):
+        return "a list"
+    if isinstance(node, yaml.MappingNode):
+        return "a mapping"
+    return f"the scalar {node.value!r}"
+
+
+def _construct(node: Any, path: str, dotted: str) -> Any:
+    import yaml
+    from yaml.constructor import SafeConstructor
+
+    line = node.start_mark.line + 1
+    _reject_foreign_tags(node, path, dotted)
+    try:
+        return SafeConstructor().construct_object(node, deep=True)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"cannot read value: {exc}", file=path, line=line, key=dotted) from None
+
+
+def _reject_foreign_tags(node: Any, path: str, dotted: str) -> None:
+    import yaml
+
+    tag = node.tag or ""
+    if tag.startswith("tag:yaml.org,2002:python/") or not tag.startswith("tag:yaml.org,2002:"):
+        raise ConfigError(
+            f"tag {tag!r} is not allowed: the configuration is read with a safe loader only",
+            file=path, line=node.start_mark.line + 1, key=dotted,
+        )
+    if isinstance(node, yaml.SequenceNode):
+        for child in node.value:
+            _reject_foreign_tags(child, path, dotted)
+    elif isinstance(node, yaml.MappingNode):
+        for k, v in node.value:
+            _reject_foreign_tags(k, path, dotted)
+            _reject_foreign_tags(v, path, dotted)
+
+
+def _check_leaf(leaf: Leaf, value: Any, dotted: str, origin: str, line: int | None) -> Any:
+    """Validate one value; ``origin`` is the file (with ``line``) or another source."""
+
+    def bad(reason: str) -> ConfigError:
+        if line is None:
+            return ConfigError(f"{reason} [{origin}]", key=dotted)
+        return ConfigError(reason, file=origin, line=line, key=dotted)
+
+    if value is None:
+        if leaf.nullable:
+            return None
+        raise bad(f"expected {leaf.describe()}, got null")
+    kind = leaf.kind
+    if kind in ("count", "number", "percent"):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise bad(f"expected {leaf.describe()}, got {_show(value)}")
+        if not math.isfinite(value):
+            raise bad(f"expected a finite number, got {value}")
+        if value < 0:
+            raise bad(f"must not be negative, got {value}")
+        if kind == "count":
+            if isinstance(value, float) and not value.is_integer():
+                raise bad(f"expected a whole number, got {value}")
+            return int(value)
+        if kind == "percent" and value > 100:
+            raise bad(f"expected a percentage from 0 to 100, got {value}")
+        return value
+    if kind == "bool":
+        if not isinstance(value, bool):
+            raise bad(f"expected true or false, got {_show(value)}")
+        return value
+    if kind == "str":
+        if not isinstance(value, str) or not value:
+            raise bad(f"expected a non-empty string, got {_show(value)}")
+        return value
+    if kind == "hhmm":
+        if isinstance(value, int) and not isinstance(value, bool):
+            # YAML 1.1 reads an unquoted 14:00 as the sexagesimal integer 840
+            value = f"{value // 60:02d}:{value % 60:02d}"
+        if not isinstance(value, str):
+            raise bad(f'expected a time "HH:MM", got {_show(value)}')
+        hh, sep, mm = value.partition(":")
+        if not (sep and hh.isdigit() and mm.isdigit() and int(hh) < 24 and int(mm) < 60):
+            raise bad(f'expected a time "HH:MM", got {value!r}')
+        return f"{int(hh):02d}:{int(mm):02d}"
+    if kind == "globs":
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+            raise bad(f"expected a list of glob patterns, got {_show(value)}")
+        return value
+    raise AssertionError(kind)  # pragma: no cover
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, str):
+        return f"the string {value!r}"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "a mapping"
+    return repr(value)

@@ -1,0 +1,76 @@
+"""Everything one invocation works with: settings, the state directory, the store, the clock.
+
+The CLI builds one ``Context`` per call; library users and tests build theirs explicitly
+(``Context(settings=..., state_dir=..., store=...)``) or let ``Context.open`` resolve it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+from ringrift_coord.clock import SYSTEM_CLOCK, Clock
+from ringrift_coord.config import Settings, load_settings
+from ringrift_coord.statedir import default_state_dir, ensure_state_dir
+from ringrift_coord.store import Store, open_store
+
+
+class Context:
+    def __init__(
+        self, *, settings: Settings, state_dir: str, store: Store | None = None,
+        db: str | None = None, clock: Clock = SYSTEM_CLOCK, env: Mapping[str, str] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.state_dir = state_dir
+        self.db = db
+        self.clock = clock
+        self.env = os.environ if env is None else env
+        self._store = store
+
+    @classmethod
+    def open(
+        cls, *, db: str | None = None, state_dir: str | None = None, config: str | None = None,
+        env: Mapping[str, str] | None = None, clock: Clock = SYSTEM_CLOCK,
+    ) -> Context:
+        """Resolve config and state directory (validated); the store opens on first use."""
+        env = os.environ if env is None else env
+        settings = load_settings(config, env)
+        directory = ensure_state_dir(state_dir or default_state_dir(env))
+        return cls(settings=settings, state_dir=directory, db=db, clock=clock, env=env)
+
+    @property
+    def store(self) -> Store:
+        if self._store is None:
+            self._store = open_store(
+                self.db, self.state_dir, busy_timeout=float(self.settings.get("store.busy_timeout")),
+                env=self.env, clock=self.clock,
+            )
+        return self._store
+
+    def close(self) -> None:
+        if self._store is not None:
+            self._store.close()
+            self._store = None
+
+    def __enter__(self) -> Context:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def who_am_i(env: Mapping[str, str] | None = None) -> str:
+    """The operator or account behind this call, for the audit trail."""
+    env = os.environ if env is None else env
+    user = env.get("SUDO_USER") or env.get("USER") or env.get("LOGNAME")
+    if not user:
+        try:
+            import pwd
+
+            user = pwd.getpwuid(os.geteuid()).pw_name
+        except (ImportError, KeyError):
+            user = f"uid {os.geteuid()}"
+    from ringrift_coord.procs import host_name
+
+    return f"{user}@{host_name()}"

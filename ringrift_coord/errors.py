@@ -1,0 +1,87 @@
+"""Domain exceptions and the exit codes of the command-line contract (SPEC §2).
+
+The core raises these; exactly one place (``ringrift_coord.entry``) turns them into an exit
+code and one line on stderr.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+from typing import Any
+
+
+class ExitCode(IntEnum):
+    OK = 0
+    DENIED = 1  # limit, rate, breaker, threshold, halt, reservation, peak hours
+    USAGE = 2  # unknown command, type, option, bad value
+    CONFIG = 3  # bad config, unreadable/corrupt DB, unsafe state dir
+    TEMPFAIL = 75  # run could not start its command; store busy; --wait timed out
+
+
+class CoordError(Exception):
+    """Base of every error the CLI maps to an exit code."""
+
+    exit_code: ExitCode = ExitCode.CONFIG
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class UsageError(CoordError, ValueError):
+    exit_code = ExitCode.USAGE
+
+
+class ConfigError(CoordError, ValueError):
+    """A bad configuration value; names the file, line and key when known."""
+
+    exit_code = ExitCode.CONFIG
+
+    def __init__(
+        self, message: str, *, file: str | None = None, line: int | None = None,
+        key: str | None = None,
+    ) -> None:
+        where = ""
+        if file:
+            where = f"{file}:{line}: " if line else f"{file}: "
+        if key:
+            where += f"{key}: "
+        super().__init__(where + message)
+        self.file, self.line, self.key = file, line, key
+
+
+class StateError(CoordError, OSError):
+    """Unsafe state directory, unreadable/corrupt/foreign database, network filesystem."""
+
+    exit_code = ExitCode.CONFIG
+
+
+class StoreBusy(CoordError, TimeoutError):
+    """The store stayed locked past the busy timeout: try again later, decide nothing."""
+
+    exit_code = ExitCode.TEMPFAIL
+
+
+class NotFound(CoordError, LookupError):
+    exit_code = ExitCode.USAGE
+
+
+class SpawnDenied(CoordError):
+    """Admission refused; carries the decision with every blocking rule."""
+
+    exit_code = ExitCode.DENIED
+
+    def __init__(self, decision: Any) -> None:
+        super().__init__(decision.summary())
+        self.decision = decision
+
+
+class WaitTimeout(CoordError, TimeoutError):
+    exit_code = ExitCode.TEMPFAIL
+
+    def __init__(self, message: str, decision: Any = None) -> None:
+        super().__init__(message)
+        self.decision = decision

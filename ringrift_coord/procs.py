@@ -1,0 +1,132 @@
+"""Process identity on this host: is a slot's holder still alive?
+
+A holder is (pid, start time), so a reused pid is never mistaken for it; a ``run`` job is
+watched by its process group, so grandchildren keep the slot as long as they live. On Linux
+this reads ``/proc`` directly (cheap: the hot path calls it); elsewhere it uses psutil.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+
+_LINUX = sys.platform.startswith("linux")
+_BOOT_ID: str | None = None
+_HOST: str | None = None
+
+
+def host_name() -> str:
+    global _HOST
+    if _HOST is None:
+        _HOST = socket.gethostname()
+    return _HOST
+
+
+def boot_id() -> str | None:
+    """This boot's id: a holder recorded under another boot of this host is gone."""
+    global _BOOT_ID
+    if _BOOT_ID is None and _LINUX:
+        try:
+            with open("/proc/sys/kernel/random/boot_id") as handle:
+                _BOOT_ID = handle.read().strip()
+        except OSError:
+            _BOOT_ID = ""
+    return _BOOT_ID or None
+
+
+def _stat_fields(pid: int) -> list[str] | None:
+    """Fields of /proc/PID/stat after the command name (index 0 is the state)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            data = handle.read()
+    except OSError:
+        return None
+    return data[data.rfind(b")") + 2 :].decode("ascii", "replace").split()
+
+
+def start_time(pid: int) -> int | None:
+    """The process's start time (clock ticks since boot on Linux), or None if it is gone."""
+    if pid <= 0:
+        return None
+    if _LINUX:
+        fields = _stat_fields(pid)
+        if fields is None or fields[0] == "Z":
+            return None
+        return int(fields[19])
+    try:
+        import psutil
+
+        proc = psutil.Process(pid)
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            return None
+        return int(proc.create_time() * 100)
+    except Exception:  # psutil.Error, or psutil missing: treat as gone only if no such pid
+        return None if not _pid_exists(pid) else 0
+
+
+def _pid_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def pid_alive(pid: int | None, started: int | None) -> bool:
+    """True while the process ``pid`` that started at ``started`` still runs."""
+    if not pid:
+        return False
+    now_start = start_time(pid)
+    if now_start is None:
+        return False
+    return started is None or now_start == started
+
+
+def group_alive(pgid: int | None, leader_start: int | None) -> bool:
+    """True while any live process of the job's process group remains.
+
+    The leader is checked first; if it has gone, the group may still hold its children, so
+    /proc is scanned for members started no earlier than the leader (a later process that
+    reuses the number as a new group cannot have started before it).
+    """
+    if not pgid:
+        return False
+    if pid_alive(pgid, leader_start):
+        return True
+    if not _LINUX:
+        try:
+            os.killpg(pgid, 0)
+            return True
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return True  # cannot tell: keep the slot rather than free a live job's
+    for entry in entries:
+        if not entry.isdigit():
+            continue
+        fields = _stat_fields(int(entry))
+        if fields is None or fields[0] == "Z":
+            continue
+        if int(fields[2]) == pgid and (leader_start is None or int(fields[19]) >= leader_start):
+            return True
+    return False
+
+
+def group_members(pgid: int) -> list[int]:
+    """Live (non-zombie) pids in process group ``pgid`` (Linux; empty elsewhere)."""
+    if not _LINUX:
+        return []
+    members = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            fields = _stat_fields(int(entry))
+            if fields and fields[0] != "Z" and int(fields[2]) == pgid:
+                members.append(int(entry))
+    return members

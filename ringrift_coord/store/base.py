@@ -1,0 +1,82 @@
+"""The store interface the domain code uses; engines live beside it.
+
+Domain code writes portable SQL with ``?`` placeholders and reads rows as dicts. It never
+knows which engine it has: a write transaction is serialised against every other write
+transaction that reads-then-writes admission state (SQLite: ``BEGIN IMMEDIATE``;
+PostgreSQL: a transaction-scoped advisory lock), and ``now()`` is the store's clock.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+Row = dict[str, Any]
+
+
+class Tx(ABC):
+    """One open transaction."""
+
+    @abstractmethod
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
+        """Run a statement; return the number of rows it changed."""
+
+    @abstractmethod
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+        """Run a query; return every row as a dict."""
+
+    def one(self, sql: str, params: Sequence[Any] = ()) -> Row | None:
+        rows = self.query(sql, params)
+        return rows[0] if rows else None
+
+    @abstractmethod
+    def now(self) -> float:
+        """The store's clock, seconds since the epoch (leases are timed by it)."""
+
+
+class Store(ABC):
+    engine: str = "?"
+
+    @abstractmethod
+    def _begin(self, write: bool) -> Tx: ...
+
+    @abstractmethod
+    def _commit(self) -> None: ...
+
+    @abstractmethod
+    def _rollback(self) -> None: ...
+
+    @contextmanager
+    def write(self) -> Iterator[Tx]:
+        """A serialised read-then-write transaction; commits on success."""
+        tx = self._begin(write=True)
+        try:
+            yield tx
+        except BaseException:
+            self._rollback()
+            raise
+        self._commit()
+
+    @contextmanager
+    def read(self) -> Iterator[Tx]:
+        """A consistent read-only snapshot."""
+        tx = self._begin(write=False)
+        try:
+            yield tx
+        finally:
+            self._rollback()
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+    @abstractmethod
+    def describe(self) -> dict[str, Any]:
+        """Engine and location, for ``status`` (never a password)."""
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

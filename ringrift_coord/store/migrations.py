@@ -1,0 +1,128 @@
+"""Named migrations, the same names on every engine, recorded in ``schema_migrations``.
+
+Append new migrations at the end; never edit one that has shipped.
+"""
+
+from __future__ import annotations
+
+# Times are seconds since the epoch (REAL / DOUBLE PRECISION), timed by the store's clock.
+_INITIAL_COMMON = """
+CREATE TABLE counters (name TEXT PRIMARY KEY, value BIGINT NOT NULL);
+CREATE TABLE tasks (
+    task_id TEXT PRIMARY KEY,
+    task_type TEXT NOT NULL,
+    node TEXT NOT NULL,
+    host TEXT NOT NULL,
+    boot_id TEXT,
+    pid INTEGER,
+    pid_start BIGINT,
+    pgid INTEGER,
+    wrapper_pid INTEGER,
+    wrapper_start BIGINT,
+    config_name TEXT,
+    command TEXT,
+    source TEXT NOT NULL,
+    started_at DOUBLE PRECISION NOT NULL,
+    lease_expires DOUBLE PRECISION NOT NULL,
+    lease_token BIGINT NOT NULL
+);
+CREATE INDEX tasks_type_node ON tasks (task_type, node);
+CREATE TABLE task_history (
+    task_id TEXT NOT NULL,
+    task_type TEXT NOT NULL,
+    node TEXT NOT NULL,
+    host TEXT NOT NULL,
+    pid INTEGER,
+    config_name TEXT,
+    started_at DOUBLE PRECISION NOT NULL,
+    ended_at DOUBLE PRECISION NOT NULL,
+    duration DOUBLE PRECISION NOT NULL,
+    exit_code INTEGER,
+    status TEXT NOT NULL,
+    reason TEXT
+);
+CREATE INDEX task_history_ended ON task_history (ended_at);
+CREATE INDEX task_history_id ON task_history (task_id);
+CREATE TABLE halts (
+    scope TEXT PRIMARY KEY,
+    reason TEXT,
+    who TEXT,
+    host TEXT,
+    at DOUBLE PRECISION NOT NULL,
+    expires_at DOUBLE PRECISION
+);
+CREATE TABLE reservations (
+    res_id TEXT PRIMARY KEY,
+    node TEXT NOT NULL,
+    task_type TEXT NOT NULL,
+    slots INTEGER NOT NULL,
+    created_at DOUBLE PRECISION NOT NULL,
+    expires_at DOUBLE PRECISION,
+    who TEXT
+);
+CREATE TABLE rate_buckets (
+    node TEXT NOT NULL,
+    task_type TEXT NOT NULL,
+    tokens DOUBLE PRECISION NOT NULL,
+    updated_at DOUBLE PRECISION NOT NULL,
+    PRIMARY KEY (node, task_type)
+);
+"""
+
+_SERIAL = {"sqlite": "INTEGER PRIMARY KEY AUTOINCREMENT", "postgres": "BIGSERIAL PRIMARY KEY"}
+
+_INITIAL_SERIAL = """
+CREATE TABLE waiters (
+    seq {serial},
+    task_type TEXT NOT NULL,
+    node TEXT NOT NULL,
+    host TEXT NOT NULL,
+    boot_id TEXT,
+    pid INTEGER NOT NULL,
+    pid_start BIGINT,
+    enqueued_at DOUBLE PRECISION NOT NULL,
+    heartbeat_at DOUBLE PRECISION NOT NULL
+);
+CREATE INDEX waiters_type ON waiters (task_type, node);
+CREATE TABLE halt_log (
+    id {serial},
+    action TEXT NOT NULL,
+    scope TEXT NOT NULL,
+    reason TEXT,
+    who TEXT,
+    host TEXT,
+    at DOUBLE PRECISION NOT NULL,
+    expires_at DOUBLE PRECISION
+);
+CREATE TABLE decisions (
+    id {serial},
+    at DOUBLE PRECISION NOT NULL,
+    action TEXT NOT NULL,
+    task_type TEXT NOT NULL,
+    node TEXT NOT NULL,
+    host TEXT NOT NULL,
+    pid INTEGER,
+    who TEXT,
+    allowed INTEGER NOT NULL,
+    rules TEXT NOT NULL,
+    retry_after DOUBLE PRECISION,
+    task_id TEXT
+);
+CREATE INDEX decisions_at ON decisions (at);
+"""
+
+
+def _initial(engine: str) -> str:
+    return _INITIAL_COMMON + _INITIAL_SERIAL.format(serial=_SERIAL[engine])
+
+
+# (name, engine -> SQL script)
+MIGRATIONS: list[tuple[str, dict[str, str]]] = [
+    ("0001_initial", {engine: _initial(engine) for engine in _SERIAL}),
+]
+
+MIGRATION_NAMES: tuple[str, ...] = tuple(name for name, _ in MIGRATIONS)
+
+
+def statements(script: str) -> list[str]:
+    return [part.strip() for part in script.split(";") if part.strip()]

@@ -1,0 +1,230 @@
+"""The embedded SQLite engine: WAL, a busy timeout, ``BEGIN IMMEDIATE`` for every write.
+
+A database file is created only by building it completely under a temporary name and
+publishing it with ``link(2)``, which fails if the name exists: many processes starting at
+once on a fresh state directory initialise it exactly once, and none sees a half-made file.
+An existing file is never re-created, repaired or written to unless it is a ringrift-coord
+database: a corrupt, truncated or foreign file is refused (exit 3) and left as it was.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import stat
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from ringrift_coord.clock import SYSTEM_CLOCK, Clock
+from ringrift_coord.errors import StateError, StoreBusy
+from ringrift_coord.store.base import Row, Store, Tx
+from ringrift_coord.store.migrations import MIGRATION_NAMES, MIGRATIONS, statements
+
+SQLITE_MAGIC = b"SQLite format 3\x00"
+
+
+class SQLiteTx(Tx):
+    def __init__(self, store: SQLiteStore) -> None:
+        self._store = store
+        self._conn = store._conn
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
+        try:
+            return self._conn.execute(sql, params).rowcount
+        except sqlite3.Error as exc:
+            raise self._store._translate(exc) from None
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+        try:
+            cursor = self._conn.execute(sql, params)
+            names = [d[0] for d in cursor.description]
+            return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+        except sqlite3.Error as exc:
+            raise self._store._translate(exc) from None
+
+    def now(self) -> float:
+        return self._store.clock.time()
+
+
+class SQLiteStore(Store):
+    engine = "sqlite"
+
+    def __init__(self, path: str, *, busy_timeout: float = 5.0, clock: Clock = SYSTEM_CLOCK):
+        self.path = os.path.abspath(path)
+        self.busy_timeout = float(busy_timeout)
+        self.clock = clock
+        if os.path.lexists(self.path):
+            check_database_file(self.path)
+        else:
+            _create_database(self.path)
+        self._conn = self._connect()
+        self._migrate()
+
+    # -- connection ---------------------------------------------------------------------
+
+    def _connect(self) -> sqlite3.Connection:
+        try:
+            conn = sqlite3.connect(
+                self.path, timeout=self.busy_timeout, isolation_level=None,
+                check_same_thread=False,
+            )
+            conn.execute("PRAGMA synchronous=NORMAL")
+            return conn
+        except sqlite3.Error as exc:
+            raise self._translate(exc) from None
+
+    def _migrate(self) -> None:
+        try:
+            rows = self._conn.execute("SELECT name FROM schema_migrations").fetchall()
+        except sqlite3.OperationalError as exc:
+            if "no such table" in str(exc):
+                self._conn.close()
+                raise StateError(
+                    f"{self.path} is a SQLite database but not a ringrift-coord one (no "
+                    "schema_migrations table); it was left untouched: point --db elsewhere"
+                ) from None
+            raise self._translate(exc) from None
+        except sqlite3.Error as exc:
+            raise self._translate(exc) from None
+        applied = {row[0] for row in rows}
+        unknown = applied - set(MIGRATION_NAMES)
+        if unknown:
+            raise StateError(
+                f"{self.path} was written by a newer ringrift-coord (migrations "
+                f"{', '.join(sorted(unknown))}); upgrade this node"
+            )
+        if len(applied) < len(MIGRATION_NAMES):
+            with self.write() as tx:
+                done = {r["name"] for r in tx.query("SELECT name FROM schema_migrations")}
+                apply_migrations(tx, done, self.engine)
+
+    def _translate(self, exc: sqlite3.Error) -> Exception:
+        text = str(exc)
+        if isinstance(exc, sqlite3.OperationalError) and ("locked" in text or "busy" in text):
+            return StoreBusy(
+                f"state store {self.path} is still locked after the {self.busy_timeout:g} s "
+                "busy timeout; nothing was decided, try again"
+            )
+        if "malformed" in text or "not a database" in text or "corrupt" in text:
+            return StateError(
+                f"database {self.path} is corrupt ({text}); it was left untouched: restore it "
+                "from a backup or move it aside"
+            )
+        return StateError(f"cannot use database {self.path}: {text}")
+
+    # -- transactions -------------------------------------------------------------------
+
+    def _begin(self, write: bool) -> Tx:
+        try:
+            self._conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+        except sqlite3.Error as exc:
+            raise self._translate(exc) from None
+        return SQLiteTx(self)
+
+    def _commit(self) -> None:
+        try:
+            self._conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            self._rollback()
+            raise self._translate(exc) from None
+
+    def _rollback(self) -> None:
+        if self._conn.in_transaction:
+            try:
+                self._conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
+
+    def close(self) -> None:
+        try:
+            self._conn.close()
+        except sqlite3.Error:
+            pass
+
+    def describe(self) -> dict[str, Any]:
+        return {"engine": self.engine, "path": self.path}
+
+
+def apply_migrations(tx: Tx, done: set[str], engine: str) -> None:
+    for name, scripts in MIGRATIONS:
+        if name in done:
+            continue
+        for statement in statements(scripts[engine]):
+            tx.execute(statement)
+        tx.execute("INSERT INTO schema_migrations (name, applied_at) VALUES (?, ?)", (name, tx.now()))
+
+
+def check_database_file(path: str) -> None:
+    """Refuse anything at ``path`` that is not a whole SQLite database, without touching it."""
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        raise StateError(f"cannot open database {path}: {exc.strerror}") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise StateError(f"database {path} is not a regular file")
+    try:
+        with open(path, "rb") as handle:
+            header = handle.read(100)
+    except OSError as exc:
+        raise StateError(f"cannot read database {path}: {exc.strerror}") from None
+    advice = "it was left untouched: restore it from a backup or move it aside"
+    if len(header) == 0:
+        raise StateError(f"database {path} is empty (0 bytes), not a ringrift-coord store; {advice}")
+    if header[:16] != SQLITE_MAGIC[: len(header)] or len(header) < 16:
+        raise StateError(f"{path} is not a SQLite database (foreign or corrupt file); {advice}")
+    if len(header) < 100:
+        raise StateError(f"database {path} is truncated ({len(header)} bytes); {advice}")
+    page_size = int.from_bytes(header[16:18], "big")
+    page_size = 65536 if page_size == 1 else page_size
+    pages = int.from_bytes(header[28:32], "big")
+    header_size_valid = header[24:28] == header[92:96] and pages > 0
+    if page_size < 512 or page_size & (page_size - 1):
+        raise StateError(f"database {path} has a corrupt header; {advice}")
+    if header_size_valid and st.st_size < pages * page_size:
+        raise StateError(
+            f"database {path} is truncated ({st.st_size} of {pages * page_size} bytes); {advice}"
+        )
+
+
+def _create_database(path: str) -> None:
+    """Build a complete database under a temporary name, then publish it atomically."""
+    directory = os.path.dirname(path)
+    if not os.path.isdir(directory):
+        raise StateError(f"directory {directory} for database {path} does not exist")
+    tmp = f"{path}.init-{os.getpid()}-{time.monotonic_ns()}"
+    try:
+        conn = sqlite3.connect(tmp, isolation_level=None)
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute(
+                "CREATE TABLE schema_migrations (name TEXT PRIMARY KEY, applied_at REAL NOT NULL)"
+            )
+            for name, scripts in MIGRATIONS:
+                for statement in statements(scripts["sqlite"]):
+                    conn.execute(statement)
+                conn.execute(
+                    "INSERT INTO schema_migrations (name, applied_at) VALUES (?, ?)",
+                    (name, time.time()),
+                )
+            conn.execute("COMMIT")
+        finally:
+            conn.close()  # checkpoints the WAL into the file and removes it
+        os.chmod(tmp, 0o600)
+        try:
+            os.link(tmp, path)  # atomic publish; fails if another process won the race
+        except FileExistsError:
+            pass
+    except sqlite3.Error as exc:
+        raise StateError(f"cannot create database {path}: {exc}") from None
+    except OSError as exc:
+        raise StateError(f"cannot create database {path}: {exc.strerror}") from None
+    finally:
+        for leftover in (tmp, tmp + "-wal", tmp + "-shm", tmp + "-journal"):
+            try:
+                os.unlink(leftover)
+            except FileNotFoundError:
+                pass
+            except OSError:
+                pass

@@ -1,0 +1,62 @@
+"""Task types and the resource class each one uses (SPEC §4)."""
+
+from __future__ import annotations
+
+from enum import Enum
+
+
+class ResourceType(str, Enum):
+    CPU = "cpu"
+    GPU = "gpu"
+    HYBRID = "hybrid"
+    IO = "io"
+
+
+class TaskType(str, Enum):
+    SELFPLAY = "selfplay"
+    TRAINING = "training"
+    CMAES = "cmaes"
+    TOURNAMENT = "tournament"
+    PIPELINE = "pipeline"
+    IMPROVEMENT_LOOP = "improvement_loop"
+    GAUNTLET = "gauntlet"
+    EVALUATION = "evaluation"
+    HYBRID_SELFPLAY = "hybrid_selfplay"
+    SYNC = "sync"
+    EXPORT = "export"
+
+    @property
+    def resource_type(self) -> ResourceType:
+        return RESOURCE_TYPES[self]
+
+    @classmethod
+    def parse(cls, name: str | TaskType) -> TaskType:
+        """The task type called ``name``; accepts ``cma-es``/``CMAES`` spellings too."""
+        if isinstance(name, TaskType):
+            return name
+        key = str(name).strip().lower().replace("-", "_")
+        key = {"cma_es": "cmaes"}.get(key, key)
+        try:
+            return cls(key)
+        except ValueError:
+            from ringrift_coord.errors import UsageError
+
+            valid = ", ".join(t.value for t in cls)
+            raise UsageError(f"unknown task type {name!r}; valid types: {valid}") from None
+
+
+RESOURCE_TYPES: dict[TaskType, ResourceType] = {
+    TaskType.SELFPLAY: ResourceType.CPU,
+    TaskType.TOURNAMENT: ResourceType.CPU,
+    TaskType.EVALUATION: ResourceType.CPU,
+    TaskType.GAUNTLET: ResourceType.CPU,
+    TaskType.TRAINING: ResourceType.GPU,
+    TaskType.CMAES: ResourceType.GPU,
+    TaskType.HYBRID_SELFPLAY: ResourceType.HYBRID,
+    TaskType.PIPELINE: ResourceType.HYBRID,
+    TaskType.IMPROVEMENT_LOOP: ResourceType.HYBRID,
+    TaskType.SYNC: ResourceType.IO,
+    TaskType.EXPORT: ResourceType.IO,
+}
+
+TASK_TYPE_NAMES: tuple[str, ...] = tuple(t.value for t in TaskType)

@@ -1,0 +1,68 @@
+"""Hermetic test environment: every test gets its own state directory, config and env.
+
+CLI tests run the real program in a subprocess (``python -m ringrift_coord``), so exit codes,
+stderr lines and files on disk are what a launch script would see.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class Coord:
+    """Runs ``ringrift-coord`` against one isolated state directory."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.state_dir = tmp / "state"
+        self.config = tmp / "coord.yaml"
+        self.config.write_text("{}\n")
+        self.env = {
+            k: v for k, v in os.environ.items()
+            if not k.startswith(("RINGRIFT_", "_RINGRIFT"))
+        }
+        self.env.update({
+            "RINGRIFT_COORDINATOR_DIR": str(self.state_dir),
+            "RINGRIFT_COORD_CONFIG": str(self.config),
+            "XDG_CONFIG_HOME": str(tmp / "xdg-config"),
+            "XDG_STATE_HOME": str(tmp / "xdg-state"),
+            "COLUMNS": "200",
+            "PYTHONDONTWRITEBYTECODE": "1",
+        })
+
+    @property
+    def db(self) -> Path:
+        return self.state_dir / "tasks.db"
+
+    def write_config(self, text: str) -> Path:
+        self.config.write_text(textwrap.dedent(text))
+        return self.config
+
+    def argv(self, *args: str) -> list[str]:
+        return [sys.executable, "-m", "ringrift_coord", *args]
+
+    def __call__(self, *args: str, timeout: float = 60, env: dict[str, str] | None = None,
+                 input: str | None = None) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            self.argv(*args), env={**self.env, **(env or {})}, capture_output=True, text=True,
+            timeout=timeout, input=input,
+        )
+
+    def popen(self, *args: str, **kw: object) -> subprocess.Popen[str]:
+        kw.setdefault("stdout", subprocess.PIPE)
+        kw.setdefault("stderr", subprocess.PIPE)
+        env = {**self.env, **(kw.pop("env", None) or {})}  # type: ignore[dict-item]
+        return subprocess.Popen(self.argv(*args), env=env, text=True, **kw)  # type: ignore[call-overload]
+
+
+@pytest.fixture
+def coord(tmp_path: Path) -> Coord:
+    return Coord(tmp_path)
