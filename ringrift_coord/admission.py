@@ -11,15 +11,16 @@ from __future__ import annotations
 
 import json
 import os
-import uuid
-from dataclasses import asdict, dataclass, field
-from typing import Any
 
 from ringrift_coord import procs
 from ringrift_coord.config import Settings
 from ringrift_coord.errors import CoordError, ExitCode, UsageError
 from ringrift_coord.store.base import Row, Tx
 from ringrift_coord.tasktypes import TaskType
+
+TYPE_CHECKING = False  # typing costs start-up time on the hot path; annotations are lazy
+if TYPE_CHECKING:
+    from typing import Any
 
 HALT_FILE_NAME = "EMERGENCY_HALT"
 UNKNOWN_RETRY = 5.0  # seconds to suggest when no learned duration can say better
@@ -31,30 +32,48 @@ class StaleLease(CoordError):
     exit_code = ExitCode.DENIED
 
 
-@dataclass
+# Plain classes rather than dataclasses: building a dataclass costs milliseconds of
+# start-up on every can-spawn.
+
+
 class Reason:
-    rule: str
-    message: str
-    requested: int | None = None
-    used: int | None = None
-    limit: float | None = None
-    retry_after: float | None = None
-    details: dict[str, Any] = field(default_factory=dict)
+    """One blocking rule with its numbers: requested / used / limit, and when to retry."""
+
+    __slots__ = ("rule", "message", "requested", "used", "limit", "retry_after", "details")
+
+    def __init__(
+        self, rule: str, message: str, *, requested: int | None = None, used: int | None = None,
+        limit: float | None = None, retry_after: float | None = None,
+        details: dict[str, Any] | None = None,
+    ) -> None:
+        self.rule, self.message = rule, message
+        self.requested, self.used, self.limit = requested, used, limit
+        self.retry_after = retry_after
+        self.details = details or {}
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {name: getattr(self, name) for name in self.__slots__}
+
+    def __repr__(self) -> str:
+        return f"Reason({self.rule!r}, {self.message!r})"
 
 
-@dataclass
 class Decision:
-    allowed: bool
-    task_type: str
-    node: str
-    reasons: list[Reason] = field(default_factory=list)
-    retry_after: float | None = None
-    task_id: str | None = None
-    lease_token: int | None = None
-    queued: int = 0
+    """The outcome of admission: allowed, or every blocking rule and a retry-after."""
+
+    def __init__(
+        self, allowed: bool, task_type: str, node: str, reasons: list[Reason] | None = None,
+        retry_after: float | None = None, queued: int = 0,
+    ) -> None:
+        self.allowed, self.task_type, self.node = allowed, task_type, node
+        self.reasons = reasons or []
+        self.retry_after = retry_after
+        self.queued = queued  # waiters ahead of this request on its node
+        self.task_id: str | None = None
+        self.lease_token: int | None = None
+
+    def __repr__(self) -> str:
+        return f"Decision({self.summary()!r})"
 
     def summary(self) -> str:
         if self.allowed:
@@ -76,25 +95,23 @@ class Decision:
         }
 
 
-@dataclass
 class Request:
     """Who asks for which slot; the holder identity is what the reaper watches."""
 
-    task_type: TaskType
-    node: str
-    source: str = "api"  # register | run | api
-    pid: int | None = None
-    pid_start: int | None = None
-    pgid: int | None = None
-    wrapper_pid: int | None = None
-    wrapper_start: int | None = None
-    task_id: str | None = None
-    config_name: str | None = None
-    command: str | None = None
-    who: str | None = None
-    waiter_seq: int | None = None
-    host: str = field(default_factory=procs.host_name)
-    boot_id: str | None = field(default_factory=procs.boot_id)
+    def __init__(
+        self, task_type: TaskType, node: str, *, source: str = "api", pid: int | None = None,
+        pid_start: int | None = None, pgid: int | None = None, wrapper_pid: int | None = None,
+        wrapper_start: int | None = None, task_id: str | None = None,
+        config_name: str | None = None, command: str | None = None, who: str | None = None,
+        waiter_seq: int | None = None, host: str | None = None, boot_id: str | None = None,
+    ) -> None:
+        self.task_type, self.node, self.source = task_type, node, source  # register|run|api
+        self.pid, self.pid_start, self.pgid = pid, pid_start, pgid
+        self.wrapper_pid, self.wrapper_start = wrapper_pid, wrapper_start
+        self.task_id, self.config_name, self.command = task_id, config_name, command
+        self.who, self.waiter_seq = who, waiter_seq
+        self.host = host or procs.host_name()
+        self.boot_id = boot_id if boot_id is not None else procs.boot_id()
 
 
 # --------------------------------------------------------------------------- halt file
@@ -405,7 +422,7 @@ def admit(
                 raise UsageError("--task-id must be a non-empty string of at most 200 characters")
             if tx.one("SELECT 1 AS x FROM tasks WHERE task_id = ?", (req.task_id,)):
                 raise UsageError(f"task id {req.task_id!r} is already registered and running")
-        task_id = req.task_id or f"{req.task_type.value}-{uuid.uuid4().hex[:12]}"
+        task_id = req.task_id or f"{req.task_type.value}-{os.urandom(6).hex()}"
         token = next_counter(tx, "lease_token")
         tx.execute(
             "INSERT INTO tasks (task_id, task_type, node, host, boot_id, pid, pid_start, pgid, "

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import time
-from typing import Protocol
+class Clock:
+    """Wall clock (``time``, seconds since the epoch) and ``monotonic`` time."""
+
+    def time(self) -> float:
+        raise NotImplementedError
+
+    def monotonic(self) -> float:
+        raise NotImplementedError
 
 
-class Clock(Protocol):
-    def time(self) -> float: ...  # wall clock, seconds since the epoch
-    def monotonic(self) -> float: ...
-
-
-class SystemClock:
+class SystemClock(Clock):
     def time(self) -> float:
         return time.time()
 
@@ -19,7 +21,7 @@ class SystemClock:
         return time.monotonic()
 
 
-class ManualClock:
+class ManualClock(Clock):
     """A clock tests move by hand."""
 
     def __init__(self, start: float = 1_800_000_000.0) -> None:

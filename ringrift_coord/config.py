@@ -12,11 +12,13 @@ import copy
 import math
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any
 
 from ringrift_coord.errors import ConfigError
 from ringrift_coord.tasktypes import TASK_TYPE_NAMES
+
+TYPE_CHECKING = False  # typing costs start-up time on the hot path; annotations are lazy
+if TYPE_CHECKING:
+    from typing import Any
 
 CONFIG_ENV = "RINGRIFT_COORD_CONFIG"
 DEFAULT_CONFIG_NAME = "unified_loop.yaml"
@@ -92,10 +94,13 @@ DEFAULTS: dict[str, Any] = {
 # --------------------------------------------------------------------------- schema
 
 
-@dataclass(frozen=True)
 class Leaf:
-    kind: str  # "count", "number", "percent", "bool", "str", "hhmm", "globs"
-    nullable: bool = False
+    """One setting's kind: "count", "number", "percent", "bool", "str", "hhmm", "globs"."""
+
+    __slots__ = ("kind", "nullable")
+
+    def __init__(self, kind: str, nullable: bool = False) -> None:
+        self.kind, self.nullable = kind, nullable
 
     def describe(self) -> str:
         text = {
@@ -110,13 +115,16 @@ class Leaf:
         return text + (" or null (unlimited)" if self.nullable else "")
 
 
-@dataclass(frozen=True)
 class MapOf:
-    """A mapping whose keys are ``keys`` (or any string when None), each holding ``item``."""
+    """A mapping whose keys are ``keys`` (or any string when None), each holding ``item``.
 
-    keys: tuple[str, ...] | None
-    item: Any
-    replace: bool = False  # a file's mapping replaces the default one instead of merging
+    With ``replace``, a file's mapping replaces the default one instead of merging into it.
+    """
+
+    __slots__ = ("keys", "item", "replace")
+
+    def __init__(self, keys: tuple[str, ...] | None, item: Any, replace: bool = False) -> None:
+        self.keys, self.item, self.replace = keys, item, replace
 
 
 COUNT, OPT_COUNT = Leaf("count"), Leaf("count", nullable=True)
@@ -277,16 +285,30 @@ def load_settings(
     env: Mapping[str, str] | None = None,
     *,
     use_default_file: bool = True,
+    cache_dir: str | None = None,
 ) -> Settings:
-    """Resolve defaults < YAML < environment. Flags are applied by the caller with ``set``."""
+    """Resolve defaults < YAML < environment. Flags are applied by the caller with ``set``.
+
+    With ``cache_dir`` (the private state directory), the validated result of the YAML file
+    is cached there as JSON keyed by the file's identity, so a launch script's every call
+    does not pay for importing and running the YAML parser (~30 ms).
+    """
     env = os.environ if env is None else env
-    values = copy.deepcopy(DEFAULTS)
+    values: dict[str, Any] = {}
     sources: dict[str, str] = {}
     path = find_config_file(config_file, env) if (config_file or use_default_file) else None
-    if path:
-        document = read_yaml_file(path)
-        if document is not None:
-            _merge(values, document, SCHEMA, "", path, sources)
+    cached = _read_cache(cache_dir, path) if path and cache_dir else None
+    if cached is not None:
+        values, sources = cached
+    else:
+        values = copy.deepcopy(DEFAULTS)
+        if path:
+            document = read_yaml_file(path)
+            if document is not None:
+                _merge(values, document, SCHEMA, "", path, sources)
+            _cross_checks(values, sources, path)
+            if cache_dir:
+                _write_cache(cache_dir, path, values, sources)
     for var, keys in ENV_KEYS.items():
         raw = env.get(var)
         if raw is None or raw == "":
@@ -307,6 +329,55 @@ def load_settings(
             sources[key] = f"env {var}"
     _cross_checks(values, sources, path)
     return Settings(values, sources, path)
+
+
+CACHE_NAME = "config-cache.json"
+
+
+def _cache_key(path: str) -> list[Any] | None:
+    """The file's path and whole text (exact, unlike mtimes), and this module's identity."""
+    try:
+        with open(path, "rb") as handle:
+            text = handle.read(1 << 20)
+        code = os.stat(__file__)
+    except OSError:
+        return None
+    return [os.path.realpath(path), text.decode("latin-1"), code.st_mtime_ns, code.st_size]
+
+
+def _read_cache(cache_dir: str, path: str) -> tuple[dict[str, Any], dict[str, str]] | None:
+    import json
+
+    key = _cache_key(path)
+    try:
+        with open(os.path.join(cache_dir, CACHE_NAME), encoding="utf-8") as handle:
+            data = json.load(handle)
+        if key is not None and data.get("key") == key:
+            return data["values"], data["sources"]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        pass  # missing or damaged: parse the YAML again
+    return None
+
+
+def _write_cache(
+    cache_dir: str, path: str, values: dict[str, Any], sources: dict[str, str]
+) -> None:
+    import json
+
+    key = _cache_key(path)
+    if key is None:
+        return
+    target = os.path.join(cache_dir, CACHE_NAME)
+    tmp = f"{target}.{os.getpid()}.tmp"
+    try:
+        with open(tmp, "w", encoding="utf-8") as handle:
+            json.dump({"key": key, "values": values, "sources": sources}, handle)
+        os.replace(tmp, target)
+    except OSError:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
 
 
 def _cross_checks(values: dict[str, Any], sources: dict[str, str], path: str | None) -> None:

@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from typing import Any
 
 from ringrift_coord.clock import SYSTEM_CLOCK, Clock
 from ringrift_coord.config import Settings, load_settings
 from ringrift_coord.statedir import default_state_dir, ensure_state_dir
 from ringrift_coord.store import Store, open_store
+
+TYPE_CHECKING = False  # typing costs start-up time on the hot path; annotations are lazy
+if TYPE_CHECKING:
+    from typing import Any
 
 
 class Context:
@@ -35,8 +38,8 @@ class Context:
     ) -> Context:
         """Resolve config and state directory (validated); the store opens on first use."""
         env = os.environ if env is None else env
-        settings = load_settings(config, env)
         directory = ensure_state_dir(state_dir or default_state_dir(env))
+        settings = load_settings(config, env, cache_dir=directory)
         return cls(settings=settings, state_dir=directory, db=db, clock=clock, env=env)
 
     @property

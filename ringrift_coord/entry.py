@@ -16,9 +16,12 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any
 
 from ringrift_coord.errors import CoordError, ExitCode
+
+TYPE_CHECKING = False  # typing costs start-up time on the hot path; annotations are lazy
+if TYPE_CHECKING:
+    from typing import Any
 
 PROG = "ringrift-coord"
 COMPLETE_VAR = "_RINGRIFT_COORD_COMPLETE"

@@ -7,7 +7,10 @@ code and one line on stderr.
 from __future__ import annotations
 
 from enum import IntEnum
-from typing import Any
+
+TYPE_CHECKING = False  # typing costs start-up time on the hot path; annotations are lazy
+if TYPE_CHECKING:
+    from typing import Any
 
 
 class ExitCode(IntEnum):

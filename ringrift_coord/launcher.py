@@ -18,7 +18,6 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
 from ringrift_coord import procs
 from ringrift_coord.admission import Decision
@@ -45,14 +44,13 @@ class Interrupted(CoordError):
         self.exit_code = 128 + signum  # type: ignore[assignment]
 
 
-@dataclass
 class RunResult:
-    exit_code: int
-    task_id: str
-    status: str
-    reason: str | None
-    duration: float
-    decision: Decision
+    def __init__(
+        self, exit_code: int, task_id: str, status: str, reason: str | None, duration: float,
+        decision: Decision,
+    ) -> None:
+        self.exit_code, self.task_id, self.status = exit_code, task_id, status
+        self.reason, self.duration, self.decision = reason, duration, decision
 
 
 WaitCallback = Callable[[Decision, float], None]

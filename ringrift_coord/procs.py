@@ -8,7 +8,6 @@ this reads ``/proc`` directly (cheap: the hot path calls it); elsewhere it uses 
 from __future__ import annotations
 
 import os
-import socket
 import sys
 
 _LINUX = sys.platform.startswith("linux")
@@ -19,7 +18,7 @@ _HOST: str | None = None
 def host_name() -> str:
     global _HOST
     if _HOST is None:
-        _HOST = socket.gethostname()
+        _HOST = os.uname().nodename  # == gethostname(), without importing socket
     return _HOST
 
 

@@ -11,13 +11,16 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any
 
 from ringrift_coord.admission import HALT_FILE_NAME, Request, admit, read_halt_file
 from ringrift_coord.context import Context, who_am_i
 from ringrift_coord.errors import UsageError
 from ringrift_coord.procs import host_name
 from ringrift_coord.tasktypes import TaskType
+
+TYPE_CHECKING = False  # typing costs start-up time on the hot path; annotations are lazy
+if TYPE_CHECKING:
+    from typing import Any
 
 GLOBAL = "*"
 

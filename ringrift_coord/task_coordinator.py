@@ -8,10 +8,7 @@ Names follow the reference (``TaskCoordinator``, ``TaskType``, ``CoordinatedTask
 from __future__ import annotations
 
 import os
-import uuid
-from dataclasses import dataclass
 from types import TracebackType
-from typing import Any
 
 from ringrift_coord import procs
 from ringrift_coord.admission import (
@@ -29,6 +26,10 @@ from ringrift_coord.errors import NotFound, SpawnDenied, UsageError
 from ringrift_coord.store.base import Row
 from ringrift_coord.tasktypes import ResourceType, TaskType
 
+TYPE_CHECKING = False  # typing costs start-up time on the hot path; annotations are lazy
+if TYPE_CHECKING:
+    from typing import Any
+
 __all__ = [
     "CoordinatedTask", "Decision", "ResourceType", "TaskCoordinator", "TaskType",
     "can_spawn_task", "get_coordinator", "get_state", "get_stats", "register_task",
@@ -38,13 +39,13 @@ __all__ = [
 RELEASE_STATUSES = ("ok", "failed", "oom", "killed")
 
 
-@dataclass
 class Holder:
     """The process that holds a slot (what the reaper watches on this host)."""
 
-    pid: int | None = None
-    pgid: int | None = None
-    wrapper_pid: int | None = None
+    def __init__(
+        self, pid: int | None = None, pgid: int | None = None, wrapper_pid: int | None = None
+    ) -> None:
+        self.pid, self.pgid, self.wrapper_pid = pid, pgid, wrapper_pid
 
     def request_fields(self) -> dict[str, Any]:
         pid = self.pid
@@ -223,7 +224,7 @@ class TaskCoordinator:
         if ttl is not None and not (0 < ttl < float("inf")):
             raise UsageError("--ttl must be a positive number of seconds")
         ttype = TaskType.parse(task_type).value
-        res_id = f"res-{uuid.uuid4().hex[:10]}"
+        res_id = f"res-{os.urandom(5).hex()}"
         with self.ctx.store.write() as tx:
             now = tx.now()
             expires = None if ttl is None else now + ttl

@@ -7,6 +7,7 @@ The hot commands share their implementation with the fast parser (``cli/hot.py``
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from typing import Annotated, Any
@@ -452,6 +453,10 @@ def status(ctx: typer.Context) -> None:
 def run_app(argv: list[str]) -> int:
     """Run the app without Click's own error printing; the boundary prints one line."""
     command = typer.main.get_command(app)
+    if os.environ.get("_RINGRIFT_COORD_COMPLETE"):  # Tab completion (see completions/)
+        from typer.completion import completion_init
+
+        completion_init()  # registers Typer's bash/zsh/fish classes (add_completion=False)
     try:
         result = command.main(args=argv, prog_name="ringrift-coord", standalone_mode=False)
     except click.exceptions.UsageError as exc:
@@ -461,7 +466,7 @@ def run_app(argv: list[str]) -> int:
         raise _ClickUsage(f"{exc.format_message()}{hint}") from None
     except click.exceptions.ClickException as exc:
         raise _ClickUsage(exc.format_message()) from None
-    except click.exceptions.Abort:
+    except typer.Abort:
         raise KeyboardInterrupt from None
     return int(result or 0) if isinstance(result, int) else 0
 

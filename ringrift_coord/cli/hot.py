@@ -10,20 +10,24 @@ from __future__ import annotations
 import json
 import os
 import sys
-from dataclasses import dataclass
-from typing import Any
 
 from ringrift_coord.context import Context
 from ringrift_coord.errors import ExitCode, UsageError
 from ringrift_coord.tasktypes import TaskType
 
+TYPE_CHECKING = False  # typing costs start-up time on the hot path; annotations are lazy
+if TYPE_CHECKING:
+    from typing import Any
 
-@dataclass
+
 class Globals:
-    db: str | None = None
-    state_dir: str | None = None
-    config: str | None = None
-    json: bool = False
+    """The global options: --db, --state-dir, --config, --json."""
+
+    def __init__(
+        self, db: str | None = None, state_dir: str | None = None, config: str | None = None,
+        json: bool = False,
+    ) -> None:
+        self.db, self.state_dir, self.config, self.json = db, state_dir, config, json
 
     def context(self) -> Context:
         return Context.open(db=self.db, state_dir=self.state_dir, config=self.config)

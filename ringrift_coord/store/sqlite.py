@@ -14,12 +14,15 @@ import sqlite3
 import stat
 import time
 from collections.abc import Sequence
-from typing import Any
 
 from ringrift_coord.clock import SYSTEM_CLOCK, Clock
 from ringrift_coord.errors import StateError, StoreBusy
 from ringrift_coord.store.base import Row, Store, Tx
 from ringrift_coord.store.migrations import MIGRATION_NAMES, MIGRATIONS, statements
+
+TYPE_CHECKING = False  # typing costs start-up time on the hot path; annotations are lazy
+if TYPE_CHECKING:
+    from typing import Any
 
 SQLITE_MAGIC = b"SQLite format 3\x00"
 
