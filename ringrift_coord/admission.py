@@ -265,16 +265,10 @@ def evaluate(
     ttype = req.task_type.value
     reasons = _halt_reasons(tx, ttype, now, state_dir)
 
-    running = tx.query(
-        "SELECT node, task_type, started_at FROM tasks WHERE task_type = ? OR node = ?",
-        (ttype, req.node),
+    of_type = tx.query(
+        "SELECT node, started_at FROM tasks WHERE task_type = ?", (ttype,)
     )
-    of_type = [r for r in running if r["task_type"] == ttype]
     on_node = [r for r in of_type if r["node"] == req.node]
-    per_type_on_node: dict[str, int] = {}
-    for r in running:
-        if r["node"] == req.node:
-            per_type_on_node[r["task_type"]] = per_type_on_node.get(r["task_type"], 0) + 1
 
     seq_clause, seq_args = "", ()
     if req.waiter_seq is not None:
@@ -301,7 +295,9 @@ def evaluate(
                 continue
             if TaskType.parse(res["task_type"]).resource_type != req.task_type.resource_type:
                 continue
-            held_for_others += max(0, res["slots"] - per_type_on_node.get(res["task_type"], 0))
+            # held for that type whether or not it uses them yet: its running tasks do not
+            # count against this type's limit, so only the whole reservation keeps room
+            held_for_others += res["slots"]
         effective = limit - held_for_others
         if len(on_node) + ahead_node + 1 > effective:
             wait = _expected_end_wait(on_node, expected, now)
@@ -415,6 +411,9 @@ def admit(
     now = tx.now()
     lease_ttl = float(settings.get("store.lease_ttl"))
     reap(tx, now, lease_ttl)
+    # A clock stepped back leaves buckets stamped in the future; restamp them now so that
+    # refilling resumes at once instead of after the size of the step.
+    tx.execute("UPDATE rate_buckets SET updated_at = ? WHERE updated_at > ?", (now, now))
     decision = evaluate(tx, req, settings, now, state_dir=state_dir)
     if decision.allowed and take_slot:
         if req.task_id is not None:

@@ -1,0 +1,259 @@
+"""The Python API of SPEC §3 against a real SQLite file, with an explicit context and clock."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from ringrift_coord import safeguards
+from ringrift_coord.admission import StaleLease
+from ringrift_coord.clock import ManualClock
+from ringrift_coord.config import load_settings
+from ringrift_coord.context import Context
+from ringrift_coord.coordinator_base import CoordinatorStatus
+from ringrift_coord.errors import SpawnDenied, UsageError
+from ringrift_coord.statedir import ensure_state_dir
+from ringrift_coord.store.sqlite import SQLiteStore
+from ringrift_coord.task_coordinator import (
+    CoordinatedTask,
+    Holder,
+    TaskCoordinator,
+    TaskType,
+)
+
+
+def make_ctx(tmp_path, yaml_text: str = "{}\n", clock: ManualClock | None = None) -> Context:
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml_text)
+    state = ensure_state_dir(str(tmp_path / "state"))
+    clock = clock or ManualClock()
+    store = SQLiteStore(os.path.join(state, "tasks.db"), clock=clock)
+    return Context(settings=load_settings(str(config), env={}), state_dir=state, store=store,
+                   clock=clock, env={"USER": "tester"})
+
+
+@pytest.fixture
+def coordinator(tmp_path):
+    ctx = make_ctx(tmp_path, "task_limits: {training: {per_node: 1, cluster: 2}}\n")
+    yield TaskCoordinator(ctx)
+    ctx.close()
+
+
+def test_register_check_unregister(coordinator):
+    allowed, reason = coordinator.can_spawn_task(TaskType.TRAINING, "n1")
+    assert allowed and reason == ""
+    task_id = coordinator.register_task(None, TaskType.TRAINING, "n1", pid=os.getpid())
+    allowed, reason = coordinator.can_spawn_task("training", "n1")
+    assert not allowed and "per-node limit 1" in reason
+    with pytest.raises(SpawnDenied) as denied:
+        coordinator.register_task("t-2", "training", "n1")
+    assert denied.value.decision.reasons[0].rule == "node_limit"
+    assert denied.value.decision.reasons[0].used == 1
+    coordinator.register_task("t-3", "training", "n2")
+    with pytest.raises(SpawnDenied) as denied:
+        coordinator.register_task("t-4", "training", "n3")
+    assert [r.rule for r in denied.value.decision.reasons] == ["cluster_limit"]
+
+    row = coordinator.unregister_task(task_id, exit_code=0)
+    assert row is not None and row["task_id"] == task_id
+    assert coordinator.unregister_task(task_id) is None  # exactly once
+    assert coordinator.can_spawn_task("training", "n1")[0]
+    history = {h["task_id"]: h for h in coordinator.history()}
+    assert history[task_id]["status"] == "ok" and history[task_id]["exit_code"] == 0
+
+
+def test_every_blocking_rule_is_listed(tmp_path):
+    ctx = make_ctx(tmp_path, "task_limits: {training: {per_node: 1, cluster: 1}}\n")
+    coord = TaskCoordinator(ctx)
+    coord.register_task("a", "training", "n1")
+    safeguards.activate_emergency(ctx, "stop", task_type="training")
+    decision = coord.check("training", "n1")
+    assert [r.rule for r in decision.reasons] == ["halt", "node_limit", "cluster_limit"]
+    node_rule = decision.reasons[1]
+    assert (node_rule.requested, node_rule.used, node_rule.limit) == (1, 1, 1)
+    assert decision.retry_after is None  # the halt has no expiry
+    assert decision.to_dict()["reasons"][2]["limit"] == 1
+    logged = coord.decisions(denied_only=True)
+    assert logged and json.loads(logged[0]["rules"])[0]["rule"] == "halt"
+
+
+def test_unregister_unknown_and_stale_token(coordinator):
+    with pytest.raises(Exception) as unknown:
+        coordinator.unregister_task("nope")
+    assert unknown.value.exit_code == 2
+    decision = coordinator.acquire("training", "n1", holder=Holder(pid=os.getpid()))
+    with pytest.raises(StaleLease):
+        coordinator.unregister_task(decision.task_id, token=decision.lease_token + 1)
+    assert coordinator.list_tasks()  # still held
+    assert coordinator.unregister_task(decision.task_id, token=decision.lease_token)
+    with pytest.raises(UsageError):
+        coordinator.unregister_task(decision.task_id, status="weird")
+
+
+def test_reused_task_id_is_fenced(coordinator):
+    first = coordinator.acquire("training", "n1", holder=Holder(pid=os.getpid()), task_id="job")
+    coordinator.unregister_task("job", token=first.lease_token)
+    second = coordinator.acquire("training", "n1", holder=Holder(pid=os.getpid()), task_id="job")
+    assert second.lease_token > first.lease_token
+    with pytest.raises(StaleLease):  # the first holder's late release
+        coordinator.unregister_task("job", token=first.lease_token)
+    assert [t["task_id"] for t in coordinator.list_tasks()] == ["job"]
+
+
+def test_dead_local_holder_and_expired_remote_lease_are_reaped(tmp_path):
+    clock = ManualClock()
+    ctx = make_ctx(tmp_path, "task_limits: {training: {per_node: 5, cluster: 2}}\n", clock)
+    coord = TaskCoordinator(ctx)
+    coord.register_task("live", "training", "n1", pid=os.getpid())
+    with ctx.store.write() as tx:  # a holder on another host, as a shared server would hold
+        now = tx.now()
+        tx.execute(
+            "INSERT INTO tasks (task_id, task_type, node, host, pid, source, started_at, "
+            "lease_expires, lease_token) VALUES ('remote','training','n9','elsewhere',1,'run',"
+            "?,?,99)", (now, now + 120),
+        )
+    assert not coord.can_spawn_task("training", "n2")[0]
+    clock.advance(60)
+    assert not coord.can_spawn_task("training", "n2")[0]  # lease still valid
+    clock.advance(61)
+    assert coord.can_spawn_task("training", "n2")[0]  # expired lease reaped
+    reaped = [h for h in coord.history() if h["task_id"] == "remote"]
+    assert reaped[0]["status"] == "reaped" and "lease expired" in reaped[0]["reason"]
+    # a local holder whose process is gone is reaped whatever its lease says
+    with ctx.store.write() as tx:
+        tx.execute("UPDATE tasks SET pid = 2147483000, pid_start = 1 WHERE task_id = 'live'")
+    assert [r["task_id"] for r in coord.reap()] == ["live"]
+
+
+def test_token_bucket_and_clock_steps(tmp_path):
+    clock = ManualClock()
+    ctx = make_ctx(tmp_path, "rate_limits: {sync: {per_minute: 60, burst: 3}}\n", clock)
+    coord = TaskCoordinator(ctx)
+    me = Holder(pid=os.getpid())
+    assert all(coord.acquire("sync", "n1", holder=me).allowed for _ in range(3))
+    denied = coord.acquire("sync", "n1", holder=me)
+    assert [r.rule for r in denied.reasons] == ["rate"]
+    assert 0.9 <= denied.retry_after <= 1.0
+    assert coord.acquire("sync", "n2", holder=me).allowed  # buckets are per (node, type)
+    clock.advance(-3600)  # a clock stepped back refills nothing (and breaks nothing)
+    assert not coord.acquire("sync", "n1", holder=me).allowed
+    clock.advance(1.0)
+    assert coord.acquire("sync", "n1", holder=me).allowed
+    assert not coord.acquire("sync", "n1", holder=me).allowed
+
+
+def test_reservation_holds_slots_for_its_type(tmp_path):
+    ctx = make_ctx(tmp_path, "task_limits: {selfplay: {per_node: 4, cluster: 500}}\n"
+                   "rate_limits: {selfplay: {per_minute: null}}\n")
+    coord = TaskCoordinator(ctx)
+    me = Holder(pid=os.getpid())
+    res = coord.reserve("gauntlet", "n1", 2, ttl=600)
+    assert [coord.acquire("selfplay", "n1", holder=me).allowed for _ in range(3)] == [
+        True, True, False]
+    denied = coord.check("selfplay", "n1")
+    assert denied.reasons[0].rule == "reservation" and denied.reasons[0].limit == 2
+    assert coord.acquire("selfplay", "n2", holder=me).allowed  # other nodes unaffected
+    gauntlet = coord.acquire("gauntlet", "n1", holder=me)
+    assert gauntlet.allowed
+    assert not coord.acquire("selfplay", "n1", holder=me).allowed  # one slot still held
+    coord.release_reservation(res["res_id"])
+    assert coord.acquire("selfplay", "n1", holder=me).allowed
+    assert coord.list_reservations() == []
+
+
+def test_state_and_stats(coordinator):
+    assert coordinator.get_state() is CoordinatorStatus.RUNNING
+    coordinator.register_task("s1", "training", "n1")
+    stats = coordinator.get_stats()
+    assert stats["by_type"]["training"]["running"] == 1
+    assert stats["by_type"]["training"]["nodes"] == {"n1": 1}
+    assert stats["by_type"]["training"]["cluster_limit"] == 2
+    safeguards.activate_emergency(coordinator.ctx, "x")
+    assert coordinator.get_state() is CoordinatorStatus.PAUSED
+    assert safeguards.is_halted(coordinator.ctx, "selfplay")
+    assert safeguards.check_before_spawn(coordinator.ctx, "selfplay", "n1")[0] is False
+    assert "halted" in safeguards.get_block_reason(coordinator.ctx, "selfplay", "n1")
+    lifted = safeguards.deactivate_emergency(coordinator.ctx)
+    assert lifted["lifted"] == ["*"] and lifted["removed_halt_file"]
+    assert coordinator.get_state() is CoordinatorStatus.RUNNING
+    assert safeguards.allow_spawn(coordinator.ctx, "selfplay", "n1")
+
+
+def test_safeguards_object_face(coordinator):
+    guard = safeguards.Safeguards(coordinator.ctx)
+    guard.activate_emergency("object api", task_type="sync")
+    assert not guard.allow_spawn("sync", "n1")
+    assert "object api" in guard.get_block_reason()
+    assert guard.allow_spawn("selfplay", "n1") and guard.get_block_reason() is None
+    assert guard.is_emergency_active("sync") and not guard.is_emergency_active("selfplay")
+    guard.deactivate_emergency(task_type="sync")
+    assert guard.allow_spawn("sync", "n1")
+
+
+def test_coordinated_task_async_and_sync(coordinator):
+    async def scenario():
+        async with CoordinatedTask(TaskType.TRAINING, "n1", coordinator=coordinator) as first:
+            assert first.allowed and first.task_id
+            async with CoordinatedTask("training", "n1", coordinator=coordinator) as second:
+                assert not second.allowed and "per-node limit" in second.reason
+            assert len(coordinator.list_tasks()) == 1
+        return first.task_id
+
+    task_id = asyncio.run(scenario())
+    assert coordinator.list_tasks() == []
+    assert coordinator.history()[0]["task_id"] == task_id
+
+    with pytest.raises(RuntimeError):
+        with CoordinatedTask("training", "n1", coordinator=coordinator) as task:
+            assert task.allowed
+            raise RuntimeError("boom")
+    last = coordinator.history()[0]
+    assert last["status"] == "failed" and "boom" in last["reason"]
+
+
+OPS = st.lists(
+    st.tuples(st.sampled_from(["acquire", "release"]), st.integers(0, 3), st.integers(0, 50)),
+    max_size=60,
+)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(per_node=st.integers(0, 4), cluster=st.integers(0, 8), ops=OPS)
+def test_admitted_never_exceeds_limits(tmp_path_factory, per_node, cluster, ops):
+    ctx = make_ctx(
+        tmp_path_factory.mktemp("prop"),
+        f"task_limits: {{tournament: {{per_node: {per_node}, cluster: {cluster}}}}}\n",
+    )
+    coord = TaskCoordinator(ctx)
+    me = Holder(pid=os.getpid())
+    held: list[tuple[str, int]] = []
+    try:
+        for op, node, pick in ops:
+            if op == "acquire":
+                before = len(held)
+                decision = coord.acquire("tournament", f"n{node}", holder=me)
+                expected = (
+                    sum(1 for t in coord.list_tasks() if t["node"] == f"n{node}") - 0
+                )
+                if decision.allowed:
+                    held.append((decision.task_id, decision.lease_token))
+                else:
+                    assert decision.reasons and decision.retry_after is not None
+                assert expected <= per_node
+                assert len(held) <= before + 1
+            elif held:
+                task_id, token = held.pop(pick % len(held))
+                assert coord.unregister_task(task_id, token=token) is not None
+            rows = coord.list_tasks()
+            assert len(rows) == len(held) <= cluster
+            per = {}
+            for row in rows:
+                per[row["node"]] = per.get(row["node"], 0) + 1
+            assert all(count <= per_node for count in per.values())
+    finally:
+        ctx.close()
