@@ -35,11 +35,17 @@ class Context:
     def open(
         cls, *, db: str | None = None, state_dir: str | None = None, config: str | None = None,
         env: Mapping[str, str] | None = None, clock: Clock = SYSTEM_CLOCK,
+        overrides: list[str] | None = None,
     ) -> Context:
-        """Resolve config and state directory (validated); the store opens on first use."""
+        """Resolve config and state directory (validated); the store opens on first use.
+
+        ``overrides`` are ``KEY=VALUE`` strings from ``--set``: the top of the precedence
+        (defaults < YAML < environment < flags).
+        """
         env = os.environ if env is None else env
         directory = ensure_state_dir(state_dir or default_state_dir(env))
         settings = load_settings(config, env, cache_dir=directory)
+        apply_overrides(settings, overrides or [])
         return cls(settings=settings, state_dir=directory, db=db, clock=clock, env=env)
 
     @property
@@ -61,6 +67,34 @@ class Context:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+def apply_overrides(settings: Settings, overrides: list[str]) -> None:
+    """Apply ``--set section.key=value`` flags (value: number, true/false, null or text)."""
+    from ringrift_coord.errors import ConfigError, UsageError
+
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise UsageError(f"--set {item!r}: expected KEY=VALUE, e.g. store.lease_ttl=60")
+        try:
+            settings.set(key.strip(), parse_scalar(raw.strip()), f"flag --set {key.strip()}")
+        except ConfigError as exc:
+            raise UsageError(f"--set {item!r}: {exc.message}") from None
+
+
+def parse_scalar(raw: str) -> Any:
+    lowered = raw.lower()
+    if lowered in ("null", "none", "~", ""):
+        return None
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    for convert in (int, float):
+        try:
+            return convert(raw)
+        except ValueError:
+            pass
+    return raw
 
 
 def who_am_i(env: Mapping[str, str] | None = None) -> str:

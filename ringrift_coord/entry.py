@@ -26,11 +26,12 @@ if TYPE_CHECKING:
 PROG = "ringrift-coord"
 COMPLETE_VAR = "_RINGRIFT_COORD_COMPLETE"
 
-# option name -> (destination, kind); kind: "str", "int", "float", "flag"
+# option name -> (destination, kind); kind: "str", "int", "float", "flag", "append"
 GLOBAL_OPTIONS: dict[str, tuple[str, str]] = {
     "--db": ("db", "str"),
     "--state-dir": ("state_dir", "str"),
     "--config": ("config", "str"),
+    "--set": ("overrides", "append"),
     "--json": ("json", "flag"),
 }
 
@@ -216,7 +217,10 @@ def _take(
         raw, nxt = argv[i + 1], i + 2
     else:
         raw, nxt = inline, i + 1
-    into[dest] = _convert(name, raw, kind)
+    if kind == "append":
+        into.setdefault(dest, []).append(raw)
+    else:
+        into[dest] = _convert(name, raw, kind)
     return nxt
 
 
@@ -230,6 +234,8 @@ def _convert(name: str, raw: str, kind: str) -> Any:
         raise _Usage(f"option {name}: {raw!r} is not {expected}") from None
     if kind == "float" and value != value:  # NaN
         raise _Usage(f"option {name}: {raw!r} is not a number")
+    if kind == "int" and not -(2**63) <= value < 2**63:  # the store keeps 64-bit integers
+        raise _Usage(f"option {name}: {raw!r} is out of range")
     return value
 
 

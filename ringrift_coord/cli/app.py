@@ -65,12 +65,15 @@ def _main(
     ctx: typer.Context,
     db: Annotated[str | None, typer.Option(
         "--db", help="Store: a path or sqlite:///path, or postgresql://host/db "
-        "[env RINGRIFT_COORD_DB; default tasks.db in the state directory].")] = None,
+        "(env RINGRIFT_COORD_DB; default: tasks.db in the state directory).")] = None,
     state_dir: Annotated[str | None, typer.Option(
-        "--state-dir", help="State directory [env RINGRIFT_COORDINATOR_DIR; default "
-        "$XDG_STATE_HOME/ringrift-coord].")] = None,
+        "--state-dir", help="State directory (env RINGRIFT_COORDINATOR_DIR; default: "
+        "$XDG_STATE_HOME/ringrift-coord).")] = None,
     config: Annotated[str | None, typer.Option(
-        "--config", help="YAML config file [env RINGRIFT_COORD_CONFIG].")] = None,
+        "--config", help="YAML config file (env RINGRIFT_COORD_CONFIG).")] = None,
+    overrides: Annotated[list[str] | None, typer.Option(
+        "--set", metavar="KEY=VALUE", help="Override one setting, e.g. --set "
+        "task_limits.selfplay.per_node=8 (repeatable; above env and config file).")] = None,
     json_out: Annotated[bool, typer.Option(
         "--json", help="Machine output: one JSON document on stdout.")] = False,
     version: Annotated[bool, typer.Option("--version", help="Print the version.")] = False,
@@ -78,7 +81,8 @@ def _main(
     if version:
         sys.stdout.write(f"ringrift-coord {__version__}\n")
         raise typer.Exit(0)
-    ctx.obj = Globals(db=db, state_dir=state_dir, config=config, json=json_out)
+    ctx.obj = Globals(db=db, state_dir=state_dir, config=config, json=json_out,
+                      overrides=overrides)
 
 
 # --------------------------------------------------------------------------- hot commands
@@ -197,7 +201,7 @@ def tasks_reap(ctx: typer.Context) -> None:
 @tasks_app.command("history")
 def tasks_history(
     ctx: typer.Context,
-    limit: Annotated[int, typer.Option("--limit", min=1, help="How many.")] = 20,
+    limit: Annotated[int, typer.Option("--limit", min=1, max=1_000_000, help="How many.")] = 20,
 ) -> None:
     """Finished tasks: duration, exit code and status, newest first."""
     from ringrift_coord.task_coordinator import TaskCoordinator
@@ -225,8 +229,8 @@ def reserve(
         ])],
     res_id: Annotated[str | None, typer.Argument(metavar="[ID]", help="With release.")] = None,
     node: Annotated[str | None, typer.Option("--node", help="Node to hold slots on.")] = None,
-    slots: Annotated[int | None, typer.Option("--slots", help="How many slots.")] = None,
-    ttl: Annotated[float | None, typer.Option("--ttl", help="Expire after S seconds.")] = None,
+    slots: Annotated[int | None, typer.Option("--slots", max=1_000_000, help="How many slots.")] = None,
+    ttl: Annotated[float | None, typer.Option("--ttl", max=1e9, help="Expire after S seconds.")] = None,
 ) -> None:
     """Gauntlet reservation: hold K slots on a node for one task type (reserve release ID)."""
     from ringrift_coord.task_coordinator import TaskCoordinator
@@ -267,7 +271,7 @@ def halt(
     ctx: typer.Context,
     reason: Annotated[str | None, typer.Option("--reason", help="Why (kept in the audit trail).")] = None,
     task_type: TypeOpt = None,
-    ttl: Annotated[float | None, typer.Option("--ttl", help="Lift by itself after S seconds.")] = None,
+    ttl: Annotated[float | None, typer.Option("--ttl", max=1e9, help="Lift by itself after S seconds.")] = None,
     check: Annotated[bool, typer.Option("--check", help="Only test: exit 1 when halted.")] = False,
 ) -> None:
     """Emergency stop of every new spawn (or of one type), cluster-wide."""
@@ -326,7 +330,7 @@ def decisions(
         "--since", help="ISO 8601 time, or an age like 30m, 2h, 1d.")] = None,
     node: Annotated[str | None, typer.Option("--node", help="Only this node.")] = None,
     task_type: TypeOpt = None,
-    limit: Annotated[int, typer.Option("--limit", min=1, help="How many, newest first.")] = 50,
+    limit: Annotated[int, typer.Option("--limit", min=1, max=1_000_000, help="How many, newest first.")] = 50,
 ) -> None:
     """The persisted log of admission decisions: who asked, what was decided, why."""
     from ringrift_coord.task_coordinator import TaskCoordinator
@@ -369,9 +373,8 @@ def parse_since(text: str, now: float) -> float:
 
 
 def _show_settings(g: Globals, sections: list[str], title: str) -> None:
-    from ringrift_coord.config import load_settings
-
-    settings = load_settings(g.config)
+    with g.context() as c:
+        settings = c.settings
     rows = [
         {"key": key, "value": value, "source": source}
         for section in sections for key, value, source in settings.flat(section)

@@ -21,16 +21,19 @@ if TYPE_CHECKING:
 
 
 class Globals:
-    """The global options: --db, --state-dir, --config, --json."""
+    """The global options: --db, --state-dir, --config, --set, --json."""
 
     def __init__(
         self, db: str | None = None, state_dir: str | None = None, config: str | None = None,
-        json: bool = False,
+        json: bool = False, overrides: list[str] | None = None,
     ) -> None:
         self.db, self.state_dir, self.config, self.json = db, state_dir, config, json
+        self.overrides = list(overrides or [])  # --set KEY=VALUE, highest precedence
 
     def context(self) -> Context:
-        return Context.open(db=self.db, state_dir=self.state_dir, config=self.config)
+        return Context.open(
+            db=self.db, state_dir=self.state_dir, config=self.config, overrides=self.overrides
+        )
 
 
 def emit_json(document: Any) -> None:
