@@ -87,7 +87,7 @@ DEFAULTS: dict[str, Any] = {
         "square8_2p": 0.4, "square8_3p": 0.1, "square8_4p": 0.1,
         "square19_2p": 0.2, "hexagonal_2p": 0.2,
     },
-    "store": {"busy_timeout": 5, "lease_ttl": 120, "decision_log_days": 7},
+    "store": {"busy_timeout": 5, "connect_timeout": 5, "lease_ttl": 120, "decision_log_days": 7},
     "run": {"kill_grace": 10, "poll_interval": 0.05},
 }
 
@@ -158,7 +158,9 @@ SCHEMA: dict[str, Any] = {
     "durations": MapOf(TASK_TYPE_NAMES, NUM),
     "peak_hours": {"start": Leaf("hhmm"), "end": Leaf("hhmm"), "timezone": Leaf("str")},
     "selfplay_configs": MapOf(None, NUM, replace=True),
-    "store": {"busy_timeout": NUM, "lease_ttl": NUM, "decision_log_days": NUM},
+    "store": {
+        "busy_timeout": NUM, "connect_timeout": NUM, "lease_ttl": NUM, "decision_log_days": NUM,
+    },
     "run": {"kill_grace": NUM, "poll_interval": NUM},
 }
 
@@ -446,11 +448,13 @@ def _merge(
     import yaml
 
     line = node.start_mark.line + 1
+    if node.tag != "tag:yaml.org,2002:map":  # e.g. store: !!python/object:x {...}
+        _reject_foreign_tags(node, path, prefix)
     if not isinstance(node, yaml.MappingNode):
-        what = "the document" if not prefix else prefix
+        what = "the document must be" if not prefix else "must be"  # key: file:line: key: ...
         raise ConfigError(
-            f"{what} must be a mapping of keys to values, not {_node_kind(node)}",
-            file=path, line=line,
+            f"{what} a mapping of keys to values, not {_node_kind(node)}",
+            file=path, line=line, key=prefix or None,
         )
     if isinstance(schema, MapOf):
         valid_keys: Any = schema.keys

@@ -53,6 +53,7 @@ class Context:
         if self._store is None:
             self._store = open_store(
                 self.db, self.state_dir, busy_timeout=float(self.settings.get("store.busy_timeout")),
+                connect_timeout=float(self.settings.get("store.connect_timeout")),
                 env=self.env, clock=self.clock,
             )
         return self._store

@@ -226,6 +226,8 @@ def _take(
 
 def _convert(name: str, raw: str, kind: str) -> Any:
     if kind == "str":
+        if any(ch < " " or ch == "\x7f" for ch in raw):  # a newline would break one-line messages
+            raise _Usage(f"option {name}: {raw!r} contains control characters")
         return raw
     try:
         value = int(raw) if kind == "int" else float(raw)

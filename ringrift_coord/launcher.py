@@ -277,11 +277,7 @@ def run_command(
     finally:
         terminal.restore()
         if pid is not None:  # the wrapper itself failed while the job ran: stop the job
-            _killpg(pid, signal.SIGTERM)
-            try:
-                os.waitpid(pid, 0)
-            except ChildProcessError:
-                pass
+            _stop_group(pid, job.kill_grace)
         signal.set_wakeup_fd(old_wakeup)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
@@ -340,6 +336,22 @@ def _wait_child(
     finally:
         if pidfd is not None:
             os.close(pidfd)
+
+
+def _stop_group(pid: int, grace: float) -> None:
+    """SIGTERM the job's group, SIGKILL it after ``grace``, and collect the leader."""
+    _killpg(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    try:
+        while os.waitpid(pid, os.WNOHANG)[0] == 0:
+            if time.monotonic() >= deadline:
+                _killpg(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+                break
+            time.sleep(0.05)
+    except ChildProcessError:
+        pass
+    _killpg(pid, signal.SIGKILL)  # whatever is left of the group goes with the slot
 
 
 def _reap_leftovers(job: _Job, warn: Callable[[str], None]) -> None:

@@ -15,10 +15,15 @@ _BOOT_ID: str | None = None
 _HOST: str | None = None
 
 
+HOST_ENV = "RINGRIFT_COORD_HOST"  # containers, or several simulated hosts on one machine
+
+
 def host_name() -> str:
+    """This host's name as holders record it: a holder elsewhere is judged by its lease."""
     global _HOST
     if _HOST is None:
-        _HOST = os.uname().nodename  # == gethostname(), without importing socket
+        # os.uname().nodename == gethostname(), without importing socket
+        _HOST = os.environ.get(HOST_ENV) or os.uname().nodename
     return _HOST
 
 

@@ -60,6 +60,12 @@ def _done(code: int = 0) -> None:
     raise typer.Exit(int(code))
 
 
+def _one_line(option: str, value: str | None) -> None:
+    """Refuse control characters in text that later messages print (they must stay one line)."""
+    if value is not None and any(ch < " " or ch == "\x7f" for ch in value):
+        raise UsageError(f"option {option}: {value!r} contains control characters")
+
+
 @app.callback()
 def _main(
     ctx: typer.Context,
@@ -229,8 +235,10 @@ def reserve(
         ])],
     res_id: Annotated[str | None, typer.Argument(metavar="[ID]", help="With release.")] = None,
     node: Annotated[str | None, typer.Option("--node", help="Node to hold slots on.")] = None,
-    slots: Annotated[int | None, typer.Option("--slots", max=1_000_000, help="How many slots.")] = None,
-    ttl: Annotated[float | None, typer.Option("--ttl", max=1e9, help="Expire after S seconds.")] = None,
+    slots: Annotated[int | None, typer.Option(
+        "--slots", max=1_000_000, help="How many slots.")] = None,
+    ttl: Annotated[float | None, typer.Option(
+        "--ttl", max=1e9, help="Expire after S seconds.")] = None,
 ) -> None:
     """Gauntlet reservation: hold K slots on a node for one task type (reserve release ID)."""
     from ringrift_coord.task_coordinator import TaskCoordinator
@@ -252,6 +260,7 @@ def reserve(
                 raise UsageError(f"unexpected extra argument {res_id!r}")
             if not node or slots is None:
                 raise UsageError("reserve TYPE needs --node N and --slots K")
+            _one_line("--node", node)
             result = coord.reserve(what, node, slots, ttl)
             text = result["res_id"]
     if g.json:
@@ -271,7 +280,8 @@ def halt(
     ctx: typer.Context,
     reason: Annotated[str | None, typer.Option("--reason", help="Why (kept in the audit trail).")] = None,
     task_type: TypeOpt = None,
-    ttl: Annotated[float | None, typer.Option("--ttl", max=1e9, help="Lift by itself after S seconds.")] = None,
+    ttl: Annotated[float | None, typer.Option(
+        "--ttl", max=1e9, help="Lift by itself after S seconds.")] = None,
     check: Annotated[bool, typer.Option("--check", help="Only test: exit 1 when halted.")] = False,
 ) -> None:
     """Emergency stop of every new spawn (or of one type), cluster-wide."""
@@ -279,6 +289,7 @@ def halt(
     from ringrift_coord.tasktypes import TaskType
 
     g = _g(ctx)
+    _one_line("--reason", reason)
     with g.context() as c:
         if check:
             if reason is not None or ttl is not None:
@@ -330,7 +341,8 @@ def decisions(
         "--since", help="ISO 8601 time, or an age like 30m, 2h, 1d.")] = None,
     node: Annotated[str | None, typer.Option("--node", help="Only this node.")] = None,
     task_type: TypeOpt = None,
-    limit: Annotated[int, typer.Option("--limit", min=1, max=1_000_000, help="How many, newest first.")] = 50,
+    limit: Annotated[int, typer.Option(
+        "--limit", min=1, max=1_000_000, help="How many, newest first.")] = 50,
 ) -> None:
     """The persisted log of admission decisions: who asked, what was decided, why."""
     from ringrift_coord.task_coordinator import TaskCoordinator

@@ -7,7 +7,7 @@ import os
 from collections.abc import Mapping
 
 from ringrift_coord.clock import SYSTEM_CLOCK, Clock
-from ringrift_coord.errors import ConfigError, StateError, UsageError
+from ringrift_coord.errors import ConfigError, UsageError
 from ringrift_coord.statedir import refuse_network_filesystem
 from ringrift_coord.store.base import Row, Store, Tx
 
@@ -40,14 +40,18 @@ def resolve_db(db: str | None, state_dir: str, env: Mapping[str, str]) -> tuple[
 
 
 def open_store(
-    db: str | None, state_dir: str, *, busy_timeout: float = 5.0,
+    db: str | None, state_dir: str, *, busy_timeout: float = 5.0, connect_timeout: float = 5.0,
     env: Mapping[str, str] | None = None, clock: Clock = SYSTEM_CLOCK,
 ) -> Store:
     env = os.environ if env is None else env
     engine, location = resolve_db(db, state_dir, env)
     if engine == "postgres":
-        raise StateError(
-            "the PostgreSQL engine is not available in this version; use a SQLite path"
+        from ringrift_coord.store.postgres import PostgresStore, check_url
+
+        check_url(location, from_flag=db is not None)
+        return PostgresStore(
+            location, busy_timeout=busy_timeout, connect_timeout=connect_timeout,
+            clock=None if clock is SYSTEM_CLOCK else clock,
         )
     refuse_network_filesystem(location)
     from ringrift_coord.store.sqlite import SQLiteStore

@@ -185,9 +185,39 @@ def check_database_file(path: str) -> None:
     if page_size < 512 or page_size & (page_size - 1):
         raise StateError(f"database {path} has a corrupt header; {advice}")
     if header_size_valid and st.st_size < pages * page_size:
-        raise StateError(
-            f"database {path} is truncated ({st.st_size} of {pages * page_size} bytes); {advice}"
-        )
+        short = _stays_short(path)
+        if short is not None:
+            raise StateError(
+                f"database {path} is truncated ({short[0]} of {short[1]} bytes); {advice}"
+            )
+
+
+def _stays_short(path: str) -> tuple[int, int] | None:
+    """(size, expected) if the file is still shorter than its header says, a few reads apart.
+
+    Another process's checkpoint (WAL mode) writes page 1, with the new page count, before
+    the pages that grow the file: a short file is only truncated if it stays short while no
+    WAL is in use. None when it is (or has become) whole, or cannot be judged.
+    """
+    for attempt in range(5):
+        if attempt:
+            time.sleep(0.05 * attempt)
+        try:
+            if os.stat(path + "-wal").st_size > 0:
+                return None  # in use: the file alone is not the whole database
+        except OSError:
+            pass
+        try:
+            with open(path, "rb") as handle:
+                header = handle.read(100)
+                size = os.fstat(handle.fileno()).st_size
+        except OSError:
+            return None
+        page_size = int.from_bytes(header[16:18], "big")
+        expected = (65536 if page_size == 1 else page_size) * int.from_bytes(header[28:32], "big")
+        if len(header) < 100 or header[24:28] != header[92:96] or size >= expected:
+            return None
+    return size, expected
 
 
 def _create_database(path: str) -> None:

@@ -1,0 +1,236 @@
+"""The cluster-wide PostgreSQL engine (``pip install 'ringrift-coord[postgres]'``).
+
+Same schema, same named migrations, same behaviour as SQLite. Every write transaction takes
+one transaction-scoped advisory lock (``pg_advisory_xact_lock``) before it reads anything:
+admission reads counts across several tables (tasks, waiters, halts, reservations, buckets)
+and must also see rows that do not exist yet, which row locks cannot lock (phantoms), and
+SERIALIZABLE would need a retry loop in every caller. One lock serialises admissions
+cluster-wide exactly like SQLite's ``BEGIN IMMEDIATE``; at a few hundred transactions per
+second it is far above what 28 nodes' launch scripts ask for. Leases are timed by the
+database clock (``clock_timestamp()``), so hosts with skewed clocks agree on expiry.
+
+A server that cannot be reached, or that goes away mid-transaction, gives ``StoreBusy``
+(exit 75: decide nothing, retry later). Bad credentials or a missing database are
+configuration errors (exit 3). The password never appears in output: give it through
+``PGPASSFILE`` / ``~/.pgpass`` (0600) or ``PGPASSWORD``, not in the URL.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+from ringrift_coord.clock import Clock
+from ringrift_coord.errors import ConfigError, StateError, StoreBusy, UsageError
+from ringrift_coord.store.base import Row, Store, Tx
+from ringrift_coord.store.migrations import MIGRATION_NAMES, MIGRATIONS, statements
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+# pg_advisory_xact_lock key of every admission write: "ringrift" in ASCII
+ADMISSION_LOCK = 0x72696E6772696674
+MIGRATION_LOCK = ADMISSION_LOCK + 1
+
+_CONFIG_PROBLEMS = (
+    "password authentication failed", "no password supplied", "does not exist",
+    "permission denied", "role", "authentication", "pg_hba.conf",
+)
+
+
+def redact(url: str) -> str:
+    """The URL without any password."""
+    return re.sub(r"(://[^:/@]*):[^@/]*@", r"\1:***@", url)
+
+
+def url_has_password(url: str) -> bool:
+    return bool(re.search(r"://[^:/@]*:[^@/]*@", url)) or "password=" in url
+
+
+class PostgresTx(Tx):
+    def __init__(self, store: PostgresStore) -> None:
+        self._store = store
+        self._cur = store._conn.cursor()
+        self._now: float | None = None
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
+        self._store._run(self._cur, sql, params)
+        return int(self._cur.rowcount)
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+        self._store._run(self._cur, sql, params)
+        if self._cur.description is None:
+            return []
+        names = [d.name for d in self._cur.description]
+        return [dict(zip(names, row, strict=True)) for row in self._cur.fetchall()]
+
+    def now(self) -> float:
+        if self._now is None:
+            if self._store.clock is not None:
+                self._now = self._store.clock.time()
+            else:
+                row = self.one("SELECT extract(epoch FROM clock_timestamp())::float8 AS now")
+                assert row is not None
+                self._now = float(row["now"])
+        return self._now
+
+
+class PostgresStore(Store):
+    engine = "postgres"
+
+    def __init__(
+        self, url: str, *, busy_timeout: float = 5.0, connect_timeout: float = 5.0,
+        clock: Clock | None = None,
+    ) -> None:
+        try:
+            import psycopg
+        except ImportError:
+            raise ConfigError(
+                "the PostgreSQL engine needs psycopg 3: pip install 'ringrift-coord[postgres]'"
+            ) from None
+        self._psycopg = psycopg
+        self.url = url
+        self.busy_timeout = float(busy_timeout)
+        self.connect_timeout = max(1, int(round(connect_timeout)))
+        self.clock = clock  # None: the database's clock (tests may inject one)
+        self._sql_cache: dict[str, str] = {}
+        self._conn: Any = None
+        self._connect()
+        self._migrate()
+
+    # -- connection ---------------------------------------------------------------------
+
+    def _connect(self) -> None:
+        psycopg = self._psycopg
+        try:
+            self._conn = psycopg.connect(
+                self.url, connect_timeout=self.connect_timeout, autocommit=True,
+                application_name="ringrift-coord",
+            )
+            with self._conn.cursor() as cur:
+                cur.execute(f"SET lock_timeout = {int(self.busy_timeout * 1000)}")
+                cur.execute("SET idle_in_transaction_session_timeout = 60000")
+        except psycopg.Error as exc:
+            self._conn = None
+            raise self._translate(exc) from None
+
+    def _translate(self, exc: Exception) -> Exception:
+        psycopg = self._psycopg
+        text = " ".join(str(exc).split()) or type(exc).__name__
+        where = redact(self.url)
+        if isinstance(exc, psycopg.errors.LockNotAvailable) or "lock timeout" in text:
+            return StoreBusy(
+                f"state store {where} is still locked after the {self.busy_timeout:g} s busy "
+                "timeout; nothing was decided, try again"
+            )
+        lowered = text.lower()
+        if any(problem in lowered for problem in _CONFIG_PROBLEMS) and not isinstance(
+            exc, psycopg.errors.UndefinedTable
+        ):
+            return StateError(f"PostgreSQL {where} refused us: {text[:300]}")
+        if isinstance(exc, psycopg.OperationalError | psycopg.errors.AdminShutdown):
+            return StoreBusy(
+                f"PostgreSQL {where} is unreachable ({text[:200]}); nothing was decided, "
+                "try again later"
+            )
+        return StateError(f"PostgreSQL {where}: {text[:300]}")
+
+    def _run(self, cur: Any, sql: str, params: Sequence[Any]) -> None:
+        pg_sql = self._sql_cache.get(sql)
+        if pg_sql is None:
+            pg_sql = self._sql_cache[sql] = sql.replace("?", "%s")
+        try:
+            cur.execute(pg_sql, tuple(params))
+        except self._psycopg.Error as exc:
+            raise self._translate(exc) from None
+
+    def _migrate(self) -> None:
+        tx = self._begin(write=True, lock=MIGRATION_LOCK)
+        try:
+            tx.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations "
+                "(name TEXT PRIMARY KEY, applied_at DOUBLE PRECISION NOT NULL)"
+            )
+            done = {r["name"] for r in tx.query("SELECT name FROM schema_migrations")}
+            unknown = done - set(MIGRATION_NAMES)
+            if unknown:
+                raise StateError(
+                    f"{redact(self.url)} was written by a newer ringrift-coord (migrations "
+                    f"{', '.join(sorted(unknown))}); upgrade this node"
+                )
+            for name, scripts in MIGRATIONS:
+                if name in done:
+                    continue
+                for statement in statements(scripts["postgres"]):
+                    tx.execute(statement)
+                tx.execute(
+                    "INSERT INTO schema_migrations (name, applied_at) VALUES (?, ?)",
+                    (name, tx.now()),
+                )
+        except BaseException:
+            self._rollback()
+            raise
+        self._commit()
+
+    # -- transactions -------------------------------------------------------------------
+
+    def _begin(self, write: bool, lock: int = ADMISSION_LOCK) -> Tx:
+        if self._conn is None or self._conn.closed or self._conn.broken:
+            self._connect()  # the server came back: carry on with a fresh session
+        tx = PostgresTx(self)
+        try:
+            if write:
+                tx.execute("BEGIN")
+                tx.execute("SELECT pg_advisory_xact_lock(?)", (lock,))
+            else:
+                tx.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        except BaseException:
+            self._rollback()
+            raise
+        return tx
+
+    def _commit(self) -> None:
+        try:
+            with self._conn.cursor() as cur:
+                cur.execute("COMMIT")
+        except self._psycopg.Error as exc:
+            self._rollback()
+            raise self._translate(exc) from None
+
+    def _rollback(self) -> None:
+        if self._conn is None or self._conn.closed:
+            return
+        try:
+            with self._conn.cursor() as cur:
+                cur.execute("ROLLBACK")
+        except self._psycopg.Error:
+            try:
+                self._conn.close()
+            except self._psycopg.Error:
+                pass
+
+    def close(self) -> None:
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            except self._psycopg.Error:
+                pass
+            self._conn = None
+
+    def describe(self) -> dict[str, Any]:
+        info = self._conn.info if self._conn is not None else None
+        server = redact(self.url)
+        if info is not None:
+            server = f"{info.host}:{info.port}/{info.dbname}"
+        return {"engine": self.engine, "server": server,
+                "user": None if info is None else info.user}
+
+
+def check_url(url: str, *, from_flag: bool) -> None:
+    """Refuse a password on the command line (it would show in ``ps`` and shell history)."""
+    if from_flag and url_has_password(url):
+        raise UsageError(
+            "do not put the password in --db (it shows in ps and shell history); use "
+            "PGPASSFILE/~/.pgpass (mode 0600) or PGPASSWORD"
+        )

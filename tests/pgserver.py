@@ -1,0 +1,112 @@
+"""A throw-away PostgreSQL server for the tests: initdb in a temp dir, 127.0.0.1, a free port.
+
+PostgreSQL refuses to run as root, so as root the server runs as the ``postgres`` user
+(``runuser``). It can be stopped and restarted on the same port and data directory, which
+the "server stopped mid-run" tests need.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+
+
+def find_pg_bin() -> str | None:
+    candidates = []
+    for tool in ("postgres", "initdb"):
+        found = shutil.which(tool)
+        if found:
+            candidates.append(os.path.dirname(os.path.realpath(found)))
+    candidates += sorted(glob.glob("/usr/lib/postgresql/*/bin"), reverse=True)
+    for directory in candidates:
+        if all(os.access(os.path.join(directory, t), os.X_OK) for t in ("postgres", "initdb")):
+            return directory
+    return None
+
+
+class PgServer:
+    def __init__(self, bindir: str) -> None:
+        self.bindir = bindir
+        self.tmp = tempfile.mkdtemp(prefix="ringrift-pg-")
+        os.chmod(self.tmp, 0o755)
+        self.data = os.path.join(self.tmp, "data")
+        self.as_user: list[str] = []
+        if os.geteuid() == 0:
+            user = pwd.getpwnam("postgres")
+            os.chown(self.tmp, user.pw_uid, user.pw_gid)
+            self.as_user = ["runuser", "-u", "postgres", "--"]
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            self.port = sock.getsockname()[1]
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.admin_url = f"postgresql://ringrift@127.0.0.1:{self.port}/postgres"
+        self._initdb()
+
+    def _log(self):  # noqa: ANN202
+        return open(os.path.join(self.tmp, "server.log"), "ab")
+
+    def _initdb(self) -> None:
+        with self._log() as log:
+            subprocess.run(
+                self.as_user + [os.path.join(self.bindir, "initdb"), "-D", self.data,
+                                "-U", "ringrift", "-A", "trust", "-E", "UTF8", "--no-sync"],
+                stdout=log, stderr=log, check=True,
+            )
+
+    def start(self) -> None:
+        with self._log() as log:
+            self.proc = subprocess.Popen(
+                self.as_user + [
+                    os.path.join(self.bindir, "postgres"), "-D", self.data, "-p", str(self.port),
+                    "-c", "listen_addresses=127.0.0.1", "-c", f"unix_socket_directories={self.tmp}",
+                    "-c", "fsync=off", "-c", "synchronous_commit=off",
+                    "-c", "full_page_writes=off", "-c", "max_connections=300",
+                ],
+                stdout=log, stderr=log, stdin=subprocess.DEVNULL,
+            )
+        import psycopg
+
+        deadline = time.monotonic() + 60
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"postgres exited; see {self.tmp}/server.log")
+            try:
+                psycopg.connect(self.admin_url, connect_timeout=2).close()
+                return
+            except psycopg.OperationalError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError("postgres did not accept connections in 60 s") from None
+                time.sleep(0.1)
+
+    def stop(self) -> None:
+        """Fast shutdown of the postmaster (SIGINT), keeping the data directory."""
+        if self.proc is None:
+            return
+        try:
+            self.proc.send_signal(signal.SIGINT)
+        except ProcessLookupError:
+            pass
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(10)
+        self.proc = None
+
+    def create_database(self, name: str) -> str:
+        import psycopg
+
+        with psycopg.connect(self.admin_url, autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+        return f"postgresql://ringrift@127.0.0.1:{self.port}/{name}"
+
+    def destroy(self) -> None:
+        self.stop()
+        shutil.rmtree(self.tmp, ignore_errors=True)
