@@ -136,6 +136,7 @@ def read_halt_file(state_dir: str, now: float) -> dict[str, Any] | None:
         data = json.loads(text) if text.strip() else {}
         if isinstance(data, dict):
             info.update({k: data.get(k) for k in ("who", "at", "reason", "expires_at", "host")})
+            info["mirror"] = data.get("mirror") is True
     except ValueError:
         info["reason"] = text.strip()[:200] or None
     expires = info.get("expires_at")
@@ -229,11 +230,13 @@ def _finish(
 
 def _halt_reasons(tx: Tx, task_type: str, now: float, state_dir: str | None) -> list[Reason]:
     reasons = []
+    global_halt = False
     for halt in tx.query(
         "SELECT scope, reason, who, host, at, expires_at FROM halts WHERE scope IN ('*', ?) "
         "AND (expires_at IS NULL OR expires_at > ?)",
         (task_type, now),
     ):
+        global_halt = global_halt or halt["scope"] == "*"
         scope = "cluster-wide" if halt["scope"] == "*" else f"for {halt['scope']}"
         message = f"halted {scope} by {halt['who'] or '?'}: {halt['reason'] or 'no reason given'}"
         expires = halt["expires_at"]
@@ -244,6 +247,11 @@ def _halt_reasons(tx: Tx, task_type: str, now: float, state_dir: str | None) -> 
         ))
     if state_dir is not None:
         info = read_halt_file(state_dir, now)
+        if info is not None and info.get("mirror") and not global_halt:
+            # written by `halt` on this host as a copy of a cluster-wide halt that an
+            # `unhalt` on some node has since lifted: it no longer halts anything
+            _remove_stale_mirror(info["path"])
+            info = None
         if info is not None:
             expires = info.get("expires_at")
             reasons.append(Reason(
@@ -254,6 +262,13 @@ def _halt_reasons(tx: Tx, task_type: str, now: float, state_dir: str | None) -> 
                 details=info,
             ))
     return reasons
+
+
+def _remove_stale_mirror(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
 
 
 def _expected_end_wait(rows: list[Row], expected: float | None, now: float) -> float:

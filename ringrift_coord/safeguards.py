@@ -58,7 +58,8 @@ def activate_emergency(
     record = {"scope": scope, "reason": reason, "who": who, "host": host_name(), "at": now,
               "expires_at": expires}
     if scope == GLOBAL:
-        _write_halt_file(ctx.state_dir, record)
+        # "mirror": a copy of the store's halt; an unhalt on any node makes it stale
+        _write_halt_file(ctx.state_dir, {**record, "mirror": True})
     return record
 
 
@@ -105,6 +106,10 @@ def halt_status(ctx: Context) -> dict[str, Any]:
             "ORDER BY id DESC LIMIT 10"
         )
     file_info = read_halt_file(ctx.state_dir, now)
+    if file_info is not None and file_info.get("mirror") and not any(
+        row["scope"] == GLOBAL for row in rows
+    ):
+        file_info = None  # a copy of a cluster-wide halt lifted since on another node
     return {"halts": rows, "halt_file": file_info, "recent": log, "at": now}
 
 

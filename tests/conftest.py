@@ -66,3 +66,39 @@ class Coord:
 @pytest.fixture
 def coord(tmp_path: Path) -> Coord:
     return Coord(tmp_path)
+
+
+# --------------------------------------------------------------------------- PostgreSQL
+
+REQUIRE_PG = os.environ.get("RINGRIFT_TEST_REQUIRE_PG") == "1"  # .ci/run sets it
+
+
+@pytest.fixture(scope="session")
+def pg_server():
+    """One throw-away PostgreSQL server for the session (skipped if none is installed)."""
+    from pgserver import PgServer, find_pg_bin
+
+    try:
+        import psycopg  # noqa: F401
+    except ImportError:
+        if REQUIRE_PG:
+            raise
+        pytest.skip("psycopg is not installed (pip install -e '.[postgres]')")
+    bindir = find_pg_bin()
+    if bindir is None:
+        if REQUIRE_PG:
+            raise RuntimeError("PostgreSQL binaries not found but RINGRIFT_TEST_REQUIRE_PG=1")
+        pytest.skip("PostgreSQL is not installed")
+    server = PgServer(bindir)
+    server.start()
+    yield server
+    server.destroy()
+
+
+_db_counter = iter(range(1, 1_000_000))
+
+
+@pytest.fixture
+def pg_url(pg_server) -> str:
+    """A fresh, empty database on the session's server."""
+    return pg_server.create_database(f"t{os.getpid()}_{next(_db_counter)}")

@@ -89,10 +89,11 @@ class PgServer:
         """Fast shutdown of the postmaster (SIGINT), keeping the data directory."""
         if self.proc is None:
             return
-        try:
+        try:  # the postmaster itself: runuser, our child, does not pass signals on
+            with open(os.path.join(self.data, "postmaster.pid")) as handle:
+                os.kill(int(handle.readline()), signal.SIGINT)
+        except (OSError, ValueError):
             self.proc.send_signal(signal.SIGINT)
-        except ProcessLookupError:
-            pass
         try:
             self.proc.wait(30)
         except subprocess.TimeoutExpired:

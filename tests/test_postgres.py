@@ -1,0 +1,236 @@
+"""The cluster-wide engine: several simulated nodes (own state dir, node id and host name)
+share one real PostgreSQL server started by the tests."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+from conftest import Coord
+
+RACER = textwrap.dedent("""
+    import io, json, os, sys, time
+    import psycopg  # imported before the start signal: the race is the admission, not imports
+    from ringrift_coord.entry import run_cli
+    work, index, node, holder, rounds = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5])
+    for r in range(rounds):
+        go = os.path.join(work, f"go-{r}")
+        while not os.path.exists(go):
+            time.sleep(0.002)
+        out, sys.stdout = sys.stdout, io.StringIO()
+        try:
+            code = run_cli(["register", "selfplay", "--node", node, "--pid", holder, "--json"])
+            doc = sys.stdout.getvalue()
+        finally:
+            sys.stdout = out
+        tmp = os.path.join(work, f"tmp-{r}-{index}")
+        with open(tmp, "w") as f:
+            f.write(json.dumps({"code": code, "doc": doc}))
+        os.replace(tmp, os.path.join(work, f"res-{r}-{index}"))
+""")
+
+
+class Node(Coord):
+    """One simulated node: its own state dir, node id and host name, the shared server."""
+
+    def __init__(self, tmp: Path, name: str, url: str, config: str) -> None:
+        (tmp / name).mkdir(parents=True, exist_ok=True)
+        super().__init__(tmp / name)
+        self.write_config(config)
+        self.name = name
+        self.env.update({
+            "RINGRIFT_COORD_DB": url, "RINGRIFT_NODE_ID": name,
+            "RINGRIFT_COORD_HOST": f"host-{name}",
+        })
+
+
+CONFIG = """
+task_limits: {selfplay: {per_node: 6, cluster: 20}}
+rate_limits: {selfplay: {per_minute: null}}
+store: {lease_ttl: 120, connect_timeout: 2, busy_timeout: 30}
+"""
+SHORT_LEASE = CONFIG.replace("lease_ttl: 120", "lease_ttl: 2").replace("per_node: 6", "per_node: 1")
+
+
+@pytest.fixture
+def nodes(tmp_path, pg_url):
+    return [Node(tmp_path, f"n{k}", pg_url, CONFIG) for k in range(4)]
+
+
+def free_all(node: Node) -> None:
+    """Release every slot (in-process: one psycopg import instead of one per task)."""
+    from ringrift_coord.context import Context
+    from ringrift_coord.task_coordinator import TaskCoordinator
+
+    with Context.open(db=node.env["RINGRIFT_COORD_DB"], state_dir=str(node.state_dir),
+                      config=str(node.config), env=node.env) as ctx:
+        coord = TaskCoordinator(ctx)
+        for row in coord.list_tasks():
+            assert coord.unregister_task(row["task_id"]) is not None
+
+
+def race(nodes, tmp_path, rounds: int, per_node: int = 16) -> list[dict[str, int]]:
+    """64 racers (16 per node) register at once, ``rounds`` times; returns wins per node."""
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    work = tmp_path / "race"
+    work.mkdir()
+    racers = []
+    try:
+        for node in nodes:
+            for i in range(per_node):
+                racers.append(subprocess.Popen(
+                    [sys.executable, "-c", RACER, str(work), f"{node.name}-{i}", node.name,
+                     str(holder.pid), str(rounds)],
+                    env=node.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                ))
+        outcomes = []
+        for r in range(rounds):
+            (work / f"go-{r}").touch()
+            deadline = time.monotonic() + 120
+            while len(list(work.glob(f"res-{r}-*"))) < len(racers):
+                assert time.monotonic() < deadline, "racers did not finish"
+                assert all(p.poll() in (None, 0) for p in racers), "a racer crashed"
+                time.sleep(0.02)
+            wins: dict[str, int] = {}
+            codes = []
+            for path in work.glob(f"res-{r}-*"):
+                result = json.loads(path.read_text())
+                codes.append(result["code"])
+                if result["code"] == 0:
+                    assert result["doc"], result
+                    doc = json.loads(result["doc"])
+                    wins[doc["node"]] = wins.get(doc["node"], 0) + 1
+            assert set(codes) <= {0, 1}, codes
+            outcomes.append(wins)
+            free_all(nodes[0])
+        for p in racers:
+            assert p.wait(60) == 0
+        return outcomes
+    finally:
+        for p in racers:
+            if p.poll() is None:
+                p.kill()
+        holder.kill()
+        holder.wait()
+
+
+def test_cluster_limit_across_four_nodes(nodes, tmp_path):
+    (wins,) = race(nodes, tmp_path, rounds=1)
+    assert sum(wins.values()) == 20
+    assert all(count <= 6 for count in wins.values()), wins
+
+
+@pytest.mark.stress
+def test_cluster_limit_across_four_nodes_20_rounds(nodes, tmp_path):
+    for wins in race(nodes, tmp_path, rounds=20):
+        assert sum(wins.values()) == 20, wins
+        assert all(count <= 6 for count in wins.values()), wins
+
+
+def test_halt_from_one_node_reaches_every_node(nodes):
+    a, b, c, d = nodes
+    assert b("can-spawn", "selfplay").returncode == 0
+    assert a("halt", "--reason", "bad model").returncode == 0
+    for other in (b, c, d):
+        denied = other("can-spawn", "selfplay", "--json")
+        assert denied.returncode == 1
+        assert json.loads(denied.stdout)["reasons"][0]["rule"] == "halt"
+        assert other("halt", "--check").returncode == 1
+    assert c("unhalt").returncode == 0
+    for other in (a, b, d):
+        assert other("can-spawn", "selfplay").returncode == 0
+        assert other("halt", "--check").returncode == 0
+    # a's copy of the halt in its own state dir was lifted with the store's row
+    assert not (a.state_dir / "EMERGENCY_HALT").exists()
+    # while a file an operator touched on one host still halts only that host
+    (b.state_dir / "EMERGENCY_HALT").touch()
+    assert b("can-spawn", "selfplay").returncode == 1
+    assert a("can-spawn", "selfplay").returncode == 0
+
+
+def test_expired_lease_on_another_node_is_reaped_and_fenced(nodes):
+    a, b = nodes[0], nodes[1]
+    a.write_config(SHORT_LEASE)
+    b.write_config(SHORT_LEASE)
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        first = a("register", "selfplay", "--node", "shared", "--pid", str(holder.pid),
+                  "--task-id", "job-1", "--json")
+        assert first.returncode == 0, first.stderr
+        old_token = json.loads(first.stdout)["lease_token"]
+        # b sees a live slot on another host: only the lease can free it
+        assert b("register", "selfplay", "--node", "shared", "--pid", str(holder.pid),
+                 "--task-id", "job-1").returncode == 1
+        time.sleep(2.5)  # a's host never renews: the lease (2 s, database clock) expires
+        second = b("register", "selfplay", "--node", "shared", "--pid", str(holder.pid),
+                   "--task-id", "job-1", "--json")
+        assert second.returncode == 0, second.stderr
+        new_token = json.loads(second.stdout)["lease_token"]
+        assert new_token > old_token
+        late = a("unregister", "job-1", "--token", str(old_token))
+        assert late.returncode == 1 and "no longer holds" in late.stderr
+        rows = json.loads(a("tasks", "list", "--json").stdout)
+        assert [(r["task_id"], r["host"]) for r in rows] == [("job-1", "host-n1")]
+        history = json.loads(a("tasks", "history", "--json").stdout)
+        assert history[0]["status"] == "reaped" and "lease expired" in history[0]["reason"]
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_server_stopped_mid_run(nodes, pg_server, tmp_path):
+    a, b = nodes[0], nodes[1]
+    marker = tmp_path / "job-done"
+    job = a.popen("run", "training", "--", sys.executable, "-c",
+                  f"import time; time.sleep(4); open({str(marker)!r}, 'w').close()")
+    deadline = time.monotonic() + 30
+    while not json.loads(b("tasks", "list", "--json").stdout):
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    pg_server.stop()
+    try:
+        started = time.monotonic()
+        down = b("can-spawn", "training")
+        elapsed = time.monotonic() - started
+        assert down.returncode == 75, down.stderr
+        assert "unreachable" in down.stderr and "Traceback" not in down.stderr
+        assert len(down.stderr.strip().splitlines()) == 1
+        assert elapsed < 2 + 3  # connect timeout 2 s, plus interpreter start
+        assert b("register", "training", "--pid", str(os.getpid())).returncode == 75
+    finally:
+        pg_server.start()
+    out, err = job.communicate(timeout=60)
+    assert job.returncode == 0, err
+    assert marker.exists()
+    history = json.loads(b("tasks", "history", "--json").stdout)
+    assert history[0]["task_type"] == "training" and history[0]["status"] == "ok"
+    assert json.loads(b("tasks", "list", "--json").stdout) == []
+    assert b("can-spawn", "training").returncode == 0
+
+
+def test_status_names_the_server_and_refuses_passwords_on_the_command_line(nodes, pg_url):
+    a = nodes[0]
+    status = json.loads(a("status", "--json").stdout)
+    assert status["store"]["engine"] == "postgres"
+    assert status["store"]["server"].startswith("127.0.0.1:")
+    with_password = pg_url.replace("ringrift@", "ringrift:s3cret@")
+    refused = a("--db", with_password, "can-spawn", "selfplay")
+    assert refused.returncode == 2
+    assert "s3cret" not in refused.stderr and "PGPASSFILE" in refused.stderr
+    screen = a("status")
+    assert "engine postgres" in screen.stdout
+
+
+def test_unreachable_server_never_allows(tmp_path):
+    node = Node(tmp_path, "lonely", "postgresql://nobody@127.0.0.1:9/none", CONFIG)
+    for args in (("can-spawn", "selfplay"), ("register", "selfplay", "--pid", str(os.getpid())),
+                 ("run", "selfplay", "--", "true")):
+        result = node(*args)
+        assert result.returncode == 75, (args, result.stderr)
+        assert "Traceback" not in result.stderr
