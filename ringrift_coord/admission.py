@@ -138,7 +138,10 @@ def read_halt_file(state_dir: str, now: float) -> dict[str, Any] | None:
             info.update({k: data.get(k) for k in ("who", "at", "reason", "expires_at", "host")})
             info["mirror"] = data.get("mirror") is True
     except ValueError:
-        info["reason"] = text.strip()[:200] or None
+        info["reason"] = text
+    for key in ("who", "reason", "host"):  # hand-written text must not break one-line output
+        if info.get(key) is not None:
+            info[key] = " ".join(str(info[key]).split())[:200] or None
     expires = info.get("expires_at")
     if isinstance(expires, (int, float)) and expires <= now:
         return None

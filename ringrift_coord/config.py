@@ -521,9 +521,13 @@ def _construct(node: Any, path: str, dotted: str) -> Any:
         raise ConfigError(f"cannot read value: {exc}", file=path, line=line, key=dotted) from None
 
 
-def _reject_foreign_tags(node: Any, path: str, dotted: str) -> None:
+def _reject_foreign_tags(node: Any, path: str, dotted: str, seen: set[int] | None = None) -> None:
     import yaml
 
+    seen = set() if seen is None else seen
+    if id(node) in seen:  # an alias: visited once, so nested aliases cannot take forever
+        return
+    seen.add(id(node))
     tag = node.tag or ""
     if tag.startswith("tag:yaml.org,2002:python/") or not tag.startswith("tag:yaml.org,2002:"):
         raise ConfigError(
@@ -532,11 +536,11 @@ def _reject_foreign_tags(node: Any, path: str, dotted: str) -> None:
         )
     if isinstance(node, yaml.SequenceNode):
         for child in node.value:
-            _reject_foreign_tags(child, path, dotted)
+            _reject_foreign_tags(child, path, dotted, seen)
     elif isinstance(node, yaml.MappingNode):
         for k, v in node.value:
-            _reject_foreign_tags(k, path, dotted)
-            _reject_foreign_tags(v, path, dotted)
+            _reject_foreign_tags(k, path, dotted, seen)
+            _reject_foreign_tags(v, path, dotted, seen)
 
 
 def _check_leaf(leaf: Leaf, value: Any, dotted: str, origin: str, line: int | None) -> Any:
@@ -559,6 +563,8 @@ def _check_leaf(leaf: Leaf, value: Any, dotted: str, origin: str, line: int | No
             raise bad(f"expected a finite number, got {value}")
         if value < 0:
             raise bad(f"must not be negative, got {value}")
+        if value > 1e9:  # beyond any real setting; timers and the store would overflow
+            raise bad(f"must be at most 1e9, got {value:g}")
         if kind == "count":
             if isinstance(value, float) and not value.is_integer():
                 raise bad(f"expected a whole number, got {value}")

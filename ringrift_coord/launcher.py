@@ -316,8 +316,11 @@ def _wait_child(
                 _killpg(pid, signal.SIGKILL)
             if now >= next_renew:
                 try:
-                    if not coord.renew_lease(task_id, token):
-                        warn(f"lease of {task_id} was lost; the job keeps running")
+                    if not coord.renew_lease(task_id, token) and job.kill_deadline is None:
+                        # the slot was freed (unregistered, or reaped elsewhere): a job may
+                        # not outlive its slot, so stop it as if it had been sent SIGTERM
+                        warn(f"lease of {task_id} was lost (its slot was freed); stopping the job")
+                        job.on_signal(signal.SIGTERM, None)
                 except StoreBusy:
                     pass  # try again at the next renewal
                 next_renew = now + renew_every

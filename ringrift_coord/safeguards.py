@@ -14,7 +14,7 @@ import os
 
 from ringrift_coord.admission import HALT_FILE_NAME, Request, admit, read_halt_file
 from ringrift_coord.context import Context, who_am_i
-from ringrift_coord.errors import UsageError
+from ringrift_coord.errors import StateError, UsageError
 from ringrift_coord.procs import host_name
 from ringrift_coord.tasktypes import TaskType
 
@@ -84,11 +84,17 @@ def deactivate_emergency(
             )
     removed_file = False
     if task_type is None:
+        path = os.path.join(ctx.state_dir, HALT_FILE_NAME)
         try:
-            os.unlink(os.path.join(ctx.state_dir, HALT_FILE_NAME))
+            os.unlink(path)
             removed_file = True
         except FileNotFoundError:
             pass
+        except OSError as exc:
+            raise StateError(
+                f"lifted the halt in the store, but cannot remove {path}: {exc.strerror}; "
+                "remove it by hand"
+            ) from None
     return {"lifted": lifted, "removed_halt_file": removed_file, "who": who, "at": now}
 
 
@@ -148,10 +154,20 @@ def get_block_reason(ctx: Context, task_type: str | TaskType, node_id: str) -> s
 def _write_halt_file(state_dir: str, record: dict[str, Any]) -> None:
     path = os.path.join(state_dir, HALT_FILE_NAME)
     tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "w", encoding="utf-8") as handle:
-        json.dump(record, handle)
-        handle.write("\n")
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", encoding="utf-8") as handle:
+            json.dump(record, handle)
+            handle.write("\n")
+        os.replace(tmp, path)
+    except OSError as exc:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise StateError(
+            f"halted in the store, but cannot write {path}: {exc.strerror}; this host's halt "
+            "file is missing"
+        ) from None
 
 
 class Safeguards:

@@ -315,7 +315,10 @@ class TaskCoordinator:
 
 def default_node(env: Any = None) -> str:
     env = os.environ if env is None else env
-    return env.get("RINGRIFT_NODE_ID") or procs.host_name()
+    node = env.get("RINGRIFT_NODE_ID") or procs.host_name()
+    if any(ch < " " or ch == "\x7f" for ch in node):
+        raise UsageError(f"RINGRIFT_NODE_ID {node!r} contains control characters")
+    return node
 
 
 # --------------------------------------------------------------------------- module API

@@ -66,6 +66,12 @@ def _one_line(option: str, value: str | None) -> None:
         raise UsageError(f"option {option}: {value!r} contains control characters")
 
 
+def _ttl_ok(ttl: float | None) -> None:
+    """An expiry past what timestamps can show (year 9999) would break every later listing."""
+    if ttl is not None and ttl > 1e9:
+        raise UsageError(f"--ttl {ttl:g}: at most 1e9 seconds (about 31 years)")
+
+
 @app.callback()
 def _main(
     ctx: typer.Context,
@@ -236,9 +242,9 @@ def reserve(
     res_id: Annotated[str | None, typer.Argument(metavar="[ID]", help="With release.")] = None,
     node: Annotated[str | None, typer.Option("--node", help="Node to hold slots on.")] = None,
     slots: Annotated[int | None, typer.Option(
-        "--slots", max=1_000_000, help="How many slots.")] = None,
+        "--slots", help="How many slots.")] = None,
     ttl: Annotated[float | None, typer.Option(
-        "--ttl", max=1e9, help="Expire after S seconds.")] = None,
+        "--ttl", help="Expire after S seconds.")] = None,
 ) -> None:
     """Gauntlet reservation: hold K slots on a node for one task type (reserve release ID)."""
     from ringrift_coord.task_coordinator import TaskCoordinator
@@ -261,6 +267,9 @@ def reserve(
             if not node or slots is None:
                 raise UsageError("reserve TYPE needs --node N and --slots K")
             _one_line("--node", node)
+            _ttl_ok(ttl)
+            if slots > 1_000_000:  # beyond any node, and beyond what the store keeps
+                raise UsageError(f"--slots {slots}: at most 1000000")
             result = coord.reserve(what, node, slots, ttl)
             text = result["res_id"]
     if g.json:
@@ -281,7 +290,7 @@ def halt(
     reason: Annotated[str | None, typer.Option("--reason", help="Why (kept in the audit trail).")] = None,
     task_type: TypeOpt = None,
     ttl: Annotated[float | None, typer.Option(
-        "--ttl", max=1e9, help="Lift by itself after S seconds.")] = None,
+        "--ttl", help="Lift by itself after S seconds.")] = None,
     check: Annotated[bool, typer.Option("--check", help="Only test: exit 1 when halted.")] = False,
 ) -> None:
     """Emergency stop of every new spawn (or of one type), cluster-wide."""
@@ -290,6 +299,7 @@ def halt(
 
     g = _g(ctx)
     _one_line("--reason", reason)
+    _ttl_ok(ttl)
     with g.context() as c:
         if check:
             if reason is not None or ttl is not None:
@@ -474,6 +484,9 @@ def run_app(argv: list[str]) -> int:
         completion_init()  # registers Typer's bash/zsh/fish classes (add_completion=False)
     try:
         result = command.main(args=argv, prog_name="ringrift-coord", standalone_mode=False)
+    except click.exceptions.NoArgsIsHelpError as exc:  # the help is already on stdout
+        path = exc.ctx.command_path if exc.ctx is not None else "ringrift-coord"
+        raise _ClickUsage(f"missing command (see {path} --help)") from None
     except click.exceptions.UsageError as exc:
         hint = ""
         if exc.ctx is not None:
