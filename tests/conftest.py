@@ -35,8 +35,9 @@ class Coord:
             "XDG_CONFIG_HOME": str(tmp / "xdg-config"),
             "XDG_STATE_HOME": str(tmp / "xdg-state"),
             "COLUMNS": "200",
-            "PYTHONDONTWRITEBYTECODE": "1",
         })
+        self.env.pop("PYTHONDONTWRITEBYTECODE", None)  # each call would recompile everything
+        self.engine = "sqlite"
 
     @property
     def db(self) -> Path:
@@ -63,9 +64,28 @@ class Coord:
         return subprocess.Popen(self.argv(*args), env=env, text=True, **kw)  # type: ignore[call-overload]
 
 
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Run a module's tests on every engine it names in ``ENGINES`` (default: SQLite only).
+
+    Engine-independent modules (config parsing, SQLite file handling, completions) stay on
+    SQLite; admission, halt, run and queue modules set ``ENGINES = ("sqlite", "postgres")``.
+    """
+    if "engine" in metafunc.fixturenames:
+        metafunc.parametrize("engine", getattr(metafunc.module, "ENGINES", ("sqlite",)))
+
+
 @pytest.fixture
-def coord(tmp_path: Path) -> Coord:
-    return Coord(tmp_path)
+def engine() -> str:  # replaced by pytest_generate_tests' parameter
+    return "sqlite"
+
+
+@pytest.fixture
+def coord(tmp_path: Path, engine: str, request: pytest.FixtureRequest) -> Coord:
+    runner = Coord(tmp_path)
+    if engine == "postgres":
+        runner.engine = engine
+        runner.env["RINGRIFT_COORD_DB"] = request.getfixturevalue("pg_url")
+    return runner
 
 
 # --------------------------------------------------------------------------- PostgreSQL

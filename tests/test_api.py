@@ -27,21 +27,47 @@ from ringrift_coord.task_coordinator import (
 )
 
 
-def make_ctx(tmp_path, yaml_text: str = "{}\n", clock: ManualClock | None = None) -> Context:
+ENGINES = ("sqlite", "postgres")
+_DB_NUMBERS = iter(range(1, 10**9))
+
+
+def make_ctx(tmp_path, yaml_text: str = "{}\n", clock: ManualClock | None = None,
+             pg_url: str | None = None) -> Context:
     config = tmp_path / "c.yaml"
     config.write_text(yaml_text)
     state = ensure_state_dir(str(tmp_path / "state"))
     clock = clock or ManualClock()
-    store = SQLiteStore(os.path.join(state, "tasks.db"), clock=clock)
+    if pg_url:
+        from ringrift_coord.store.postgres import PostgresStore
+
+        store = PostgresStore(pg_url, clock=clock)
+    else:
+        store = SQLiteStore(os.path.join(state, "tasks.db"), clock=clock)
     return Context(settings=load_settings(str(config), env={}), state_dir=state, store=store,
                    clock=clock, env={"USER": "tester"})
 
 
 @pytest.fixture
-def coordinator(tmp_path):
-    ctx = make_ctx(tmp_path, "task_limits: {training: {per_node: 1, cluster: 2}}\n")
-    yield TaskCoordinator(ctx)
-    ctx.close()
+def new_ctx(engine, request):
+    """make_ctx on this test's engine (a fresh PostgreSQL database each call)."""
+    made = []
+
+    def factory(tmp_path, yaml_text="{}\n", clock=None):
+        url = request.getfixturevalue("pg_server").create_database(
+            f"api_{next(_DB_NUMBERS)}"
+        ) if engine == "postgres" else None
+        ctx = make_ctx(tmp_path, yaml_text, clock, url)
+        made.append(ctx)
+        return ctx
+
+    yield factory
+    for ctx in made:
+        ctx.close()
+
+
+@pytest.fixture
+def coordinator(tmp_path, new_ctx):
+    return TaskCoordinator(new_ctx(tmp_path, "task_limits: {training: {per_node: 1, cluster: 2}}\n"))
 
 
 def test_register_check_unregister(coordinator):
@@ -67,8 +93,8 @@ def test_register_check_unregister(coordinator):
     assert history[task_id]["status"] == "ok" and history[task_id]["exit_code"] == 0
 
 
-def test_every_blocking_rule_is_listed(tmp_path):
-    ctx = make_ctx(tmp_path, "task_limits: {training: {per_node: 1, cluster: 1}}\n")
+def test_every_blocking_rule_is_listed(tmp_path, new_ctx):
+    ctx = new_ctx(tmp_path, "task_limits: {training: {per_node: 1, cluster: 1}}\n")
     coord = TaskCoordinator(ctx)
     coord.register_task("a", "training", "n1")
     safeguards.activate_emergency(ctx, "stop", task_type="training")
@@ -105,9 +131,9 @@ def test_reused_task_id_is_fenced(coordinator):
     assert [t["task_id"] for t in coordinator.list_tasks()] == ["job"]
 
 
-def test_dead_local_holder_and_expired_remote_lease_are_reaped(tmp_path):
+def test_dead_local_holder_and_expired_remote_lease_are_reaped(tmp_path, new_ctx):
     clock = ManualClock()
-    ctx = make_ctx(tmp_path, "task_limits: {training: {per_node: 5, cluster: 2}}\n", clock)
+    ctx = new_ctx(tmp_path, "task_limits: {training: {per_node: 5, cluster: 2}}\n", clock)
     coord = TaskCoordinator(ctx)
     coord.register_task("live", "training", "n1", pid=os.getpid())
     with ctx.store.write() as tx:  # a holder on another host, as a shared server would hold
@@ -130,9 +156,9 @@ def test_dead_local_holder_and_expired_remote_lease_are_reaped(tmp_path):
     assert [r["task_id"] for r in coord.reap()] == ["live"]
 
 
-def test_token_bucket_and_clock_steps(tmp_path):
+def test_token_bucket_and_clock_steps(tmp_path, new_ctx):
     clock = ManualClock()
-    ctx = make_ctx(tmp_path, "rate_limits: {sync: {per_minute: 60, burst: 3}}\n", clock)
+    ctx = new_ctx(tmp_path, "rate_limits: {sync: {per_minute: 60, burst: 3}}\n", clock)
     coord = TaskCoordinator(ctx)
     me = Holder(pid=os.getpid())
     assert all(coord.acquire("sync", "n1", holder=me).allowed for _ in range(3))
@@ -147,8 +173,8 @@ def test_token_bucket_and_clock_steps(tmp_path):
     assert not coord.acquire("sync", "n1", holder=me).allowed
 
 
-def test_reservation_holds_slots_for_its_type(tmp_path):
-    ctx = make_ctx(tmp_path, "task_limits: {selfplay: {per_node: 4, cluster: 500}}\n"
+def test_reservation_holds_slots_for_its_type(tmp_path, new_ctx):
+    ctx = new_ctx(tmp_path, "task_limits: {selfplay: {per_node: 4, cluster: 500}}\n"
                    "rate_limits: {selfplay: {per_minute: null}}\n")
     coord = TaskCoordinator(ctx)
     me = Holder(pid=os.getpid())
@@ -224,8 +250,8 @@ OPS = st.lists(
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(per_node=st.integers(0, 4), cluster=st.integers(0, 8), ops=OPS)
-def test_admitted_never_exceeds_limits(tmp_path_factory, per_node, cluster, ops):
-    ctx = make_ctx(
+def test_admitted_never_exceeds_limits(tmp_path_factory, new_ctx, per_node, cluster, ops):
+    ctx = new_ctx(
         tmp_path_factory.mktemp("prop"),
         f"task_limits: {{tournament: {{per_node: {per_node}, cluster: {cluster}}}}}\n",
     )

@@ -7,6 +7,8 @@ import subprocess
 import sys
 import time
 
+ENGINES = ("sqlite", "postgres")
+
 
 def sleeper() -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
@@ -103,12 +105,12 @@ def test_status_screen_and_json(coord):
         coord("register", "selfplay", "--node", "n1", "--pid", str(holder.pid))
         coord("halt", "--type", "training", "--reason", "trainer bug")
         status = json.loads(coord("status", "--json").stdout)
-        assert status["store"]["engine"] == "sqlite"
+        assert status["store"]["engine"] == coord.engine
         assert status["by_type"]["selfplay"]["nodes"] == {"n1": 1}
         assert status["halt"]["halts"][0]["scope"] == "training"
         screen = coord("status")
         assert screen.returncode == 0
-        for text in ("engine sqlite", "selfplay", "n1 1/32", "HALTED", "trainer bug"):
+        for text in (f"engine {coord.engine}", "selfplay", "n1 1/32", "HALTED", "trainer bug"):
             assert text in screen.stdout
     finally:
         holder.kill()

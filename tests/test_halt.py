@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import time
 
+ENGINES = ("sqlite", "postgres")
+
 
 def test_halt_blocks_everything_until_unhalt(coord):
     assert coord("can-spawn", "selfplay", "--node", "n1").returncode == 0
