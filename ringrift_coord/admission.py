@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import os
 
-from ringrift_coord import procs
+from ringrift_coord import guards, procs
 from ringrift_coord.config import Settings
 from ringrift_coord.errors import CoordError, ExitCode, UsageError
 from ringrift_coord.store.base import Row, Tx
@@ -71,6 +71,10 @@ class Decision:
         self.queued = queued  # waiters ahead of this request on its node
         self.task_id: str | None = None
         self.lease_token: int | None = None
+        self.warnings: list[str] = []  # readings past their warning level: shown, not enforced
+        self.trial = False  # admitted as a half-open breaker trial
+        self._breaker: Any = None  # the (node, type) breaker admit passes the task through
+        self._rate: tuple[float, float] | None = None  # the bucket rate after backpressure
 
     def __repr__(self) -> str:
         return f"Decision({self.summary()!r})"
@@ -92,6 +96,7 @@ class Decision:
             "reasons": [r.to_dict() for r in self.reasons],
             "retry_after": self.retry_after,
             "task_id": self.task_id,
+            "warnings": self.warnings,
         }
 
 
@@ -164,17 +169,18 @@ def holder_alive(row: Row, host: str, this_boot: str | None) -> bool | None:
     return procs.pid_alive(row.get("pid"), row.get("pid_start"))
 
 
-def reap(tx: Tx, now: float, lease_ttl: float) -> list[Row]:
+def reap(tx: Tx, now: float, settings: Settings) -> list[Row]:
     """Free slots of dead holders (this host) and expired leases (other hosts).
 
     On this host the process decides, not the lease: a job whose wrapper was killed keeps
     its slot while any process of its group lives, however old its lease.
     """
     host, this_boot = procs.host_name(), procs.boot_id()
+    lease_ttl = float(settings.get("store.lease_ttl"))
     reaped: list[Row] = []
     rows = tx.query(
         "SELECT task_id, task_type, node, host, boot_id, pid, pid_start, pgid, wrapper_pid, "
-        "wrapper_start, config_name, started_at, lease_expires, lease_token FROM tasks"
+        "wrapper_start, config_name, started_at, lease_expires, lease_token, trial FROM tasks"
     )
     for row in rows:
         alive = holder_alive(row, host, this_boot)
@@ -195,6 +201,7 @@ def reap(tx: Tx, now: float, lease_ttl: float) -> list[Row]:
         if _finish(tx, row, now, exit_code=None, status="reaped", reason=why):
             row["reason"] = why
             reaped.append(row)
+            guards.task_ended(tx, settings, row, "reaped", why, now)
     for waiter in tx.query("SELECT seq, host, boot_id, pid, pid_start, heartbeat_at FROM waiters"):
         if waiter["host"] == host:
             same_boot = not (this_boot and waiter["boot_id"] and waiter["boot_id"] != this_boot)
@@ -288,6 +295,14 @@ def evaluate(
     """Every rule, read-only, with the state as this transaction sees it."""
     ttype = req.task_type.value
     reasons = _halt_reasons(tx, ttype, now, state_dir)
+    breaker_reason, breaker = guards.breaker_rule(tx, settings, req.node, ttype, now)
+    if breaker_reason is not None:
+        reasons.append(breaker_reason)
+    paths = ([state_dir] if state_dir else []) + list(settings.get("resources.data_paths"))
+    threshold_reasons, warnings, _ = guards.threshold_rules(
+        tx, settings, req.node, now, local=req.node == procs.local_node(), paths=paths,
+    )
+    reasons += threshold_reasons
 
     of_type = tx.query(
         "SELECT node, started_at FROM tasks WHERE task_type = ?", (ttype,)
@@ -342,6 +357,18 @@ def evaluate(
                     requested=1, used=len(on_node), limit=effective, retry_after=wait,
                     details={"reserved": held_for_others, "queued": ahead_node},
                 ))
+    cap = guards.lowered_cap(tx, settings, req.node, ttype, now)
+    if cap is not None and len(on_node) + ahead_node + 1 > cap and (
+        limit is None or len(on_node) + ahead_node + 1 <= limit
+    ):
+        reasons.append(Reason(
+            rule="oom_cap",
+            message=f"{len(on_node)} running{queued} + 1 requested > cap {cap} for {ttype} on "
+            f"{req.node}, lowered after repeated OOMs",
+            requested=1, used=len(on_node), limit=cap,
+            retry_after=_expected_end_wait(on_node, expected, now),
+            details={"configured": limit, "queued": ahead_node},
+        ))
 
     cluster = settings.task_limit(ttype, "cluster")
     if cluster is not None:
@@ -367,6 +394,9 @@ def evaluate(
 
     rate = settings.rate_limit(ttype)
     if rate is not None:
+        factor = guards.rate_factor(tx, req.node)
+        if factor < 1.0:  # backpressure: this node's recent jobs keep failing
+            rate = (rate[0] * factor, rate[1])
         tokens = _bucket_tokens(tx, req.node, ttype, rate, now)
         if tokens < 1.0:
             per_minute, burst = rate
@@ -376,17 +406,20 @@ def evaluate(
                 message=f"spawn rate for {ttype} on {req.node} exhausted ({per_minute:g}/min, "
                 f"burst {burst:g})",
                 requested=1, used=int(burst - tokens), limit=burst, retry_after=wait,
-                details={"per_minute": per_minute, "tokens": round(tokens, 3)},
+                details={"per_minute": per_minute, "tokens": round(tokens, 3),
+                         "backpressure": round(factor, 3)},
             ))
 
     retry: float | None = None
     if reasons:
         waits = [r.retry_after for r in reasons]
         retry = None if any(w is None for w in waits) else max(w for w in waits if w is not None)
-    return Decision(
+    decision = Decision(
         allowed=not reasons, task_type=ttype, node=req.node, reasons=reasons,
         retry_after=None if retry is None else round(retry, 3), queued=ahead_node,
     )
+    decision.warnings, decision._breaker, decision._rate = warnings, breaker, rate
+    return decision
 
 
 def _bucket_tokens(
@@ -434,7 +467,7 @@ def admit(
     """Reap, evaluate and (when allowed and ``take_slot``) insert the task: one transaction."""
     now = tx.now()
     lease_ttl = float(settings.get("store.lease_ttl"))
-    reap(tx, now, lease_ttl)
+    reap(tx, now, settings)
     # A clock stepped back leaves buckets stamped in the future; restamp them now so that
     # refilling resumes at once instead of after the size of the step.
     tx.execute("UPDATE rate_buckets SET updated_at = ? WHERE updated_at > ?", (now, now))
@@ -447,17 +480,18 @@ def admit(
                 raise UsageError(f"task id {req.task_id!r} is already registered and running")
         task_id = req.task_id or f"{req.task_type.value}-{os.urandom(6).hex()}"
         token = next_counter(tx, "lease_token")
+        decision.trial = guards.breaker_admit(tx, settings, decision._breaker, now)
         tx.execute(
             "INSERT INTO tasks (task_id, task_type, node, host, boot_id, pid, pid_start, pgid, "
             "wrapper_pid, wrapper_start, config_name, command, source, started_at, "
-            "lease_expires, lease_token) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            "lease_expires, lease_token, trial) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (
                 task_id, req.task_type.value, req.node, req.host, req.boot_id, req.pid,
                 req.pid_start, req.pgid, req.wrapper_pid, req.wrapper_start, req.config_name,
-                req.command, req.source, now, now + lease_ttl, token,
+                req.command, req.source, now, now + lease_ttl, token, int(decision.trial),
             ),
         )
-        rate = settings.rate_limit(req.task_type.value)
+        rate = decision._rate
         if rate is not None:
             _take_token(tx, req.node, req.task_type.value, rate, now)
         if req.waiter_seq is not None:
@@ -486,7 +520,7 @@ def log_decision(
 
 def release(
     tx: Tx, task_id: str, *, token: int | None, exit_code: int | None, status: str,
-    reason: str | None = None,
+    reason: str | None = None, settings: Settings,
 ) -> Row | None:
     """Free ``task_id``'s slot once; None when it was already released (or reaped)."""
     row = tx.one("SELECT * FROM tasks WHERE task_id = ?", (task_id,))
@@ -500,6 +534,7 @@ def release(
     now = tx.now()
     if not _finish(tx, row, now, exit_code=exit_code, status=status, reason=reason):
         return None
+    guards.task_ended(tx, settings, row, status, reason, now)
     row["ended_at"] = now
     row["duration"] = max(0.0, now - row["started_at"])
     return row

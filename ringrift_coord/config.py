@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from typing import Any
 
 CONFIG_ENV = "RINGRIFT_COORD_CONFIG"
+SET_ENV = "RINGRIFT_COORD_SET"  # "key=value;key=value": settings from the environment
 DEFAULT_CONFIG_NAME = "unified_loop.yaml"
 
 # --------------------------------------------------------------------------- defaults (SPEC §4)
@@ -89,6 +90,13 @@ DEFAULTS: dict[str, Any] = {
     },
     "store": {"busy_timeout": 5, "connect_timeout": 5, "lease_ttl": 120, "decision_log_days": 7},
     "run": {"kill_grace": 10, "poll_interval": 0.05},
+    # readings: disk is checked on the state directory and these paths; older samples are stale
+    # live_host: without a fresh sample, admission reads this host's memory/disk/load itself
+    "resources": {"data_paths": [], "max_sample_age": 600, "live_host": True},
+    # node spawn-rate factor: x decrease per failed/killed job, + increase per success
+    "backpressure": {"decrease": 0.5, "increase": 0.1, "min_factor": 0.1},
+    # lower a node's cap for a type after lower_after OOMs within window; +1 per decay_interval
+    "oom": {"lower_after": 2, "window": 3600, "factor": 0.75, "decay_interval": 3600},
 }
 
 # --------------------------------------------------------------------------- schema
@@ -107,6 +115,7 @@ class Leaf:
             "count": "a non-negative integer",
             "number": "a non-negative number",
             "percent": "a number from 0 to 100",
+            "fraction": "a number from 0 to 1",
             "bool": "true or false",
             "str": "a string",
             "hhmm": 'a time "HH:MM"',
@@ -129,6 +138,7 @@ class MapOf:
 
 COUNT, OPT_COUNT = Leaf("count"), Leaf("count", nullable=True)
 NUM, OPT_NUM, PCT = Leaf("number"), Leaf("number", nullable=True), Leaf("percent")
+PCT_FRACTION = Leaf("fraction")
 LEVELS = {"warning": PCT, "critical": PCT}
 
 SCHEMA: dict[str, Any] = {
@@ -162,6 +172,9 @@ SCHEMA: dict[str, Any] = {
         "busy_timeout": NUM, "connect_timeout": NUM, "lease_ttl": NUM, "decision_log_days": NUM,
     },
     "run": {"kill_grace": NUM, "poll_interval": NUM},
+    "resources": {"data_paths": Leaf("globs"), "max_sample_age": NUM, "live_host": Leaf("bool")},
+    "backpressure": {"decrease": PCT_FRACTION, "increase": PCT_FRACTION, "min_factor": PCT_FRACTION},
+    "oom": {"lower_after": COUNT, "window": NUM, "factor": PCT_FRACTION, "decay_interval": NUM},
 }
 
 # environment variable -> keys it sets (SPEC §4)
@@ -329,8 +342,38 @@ def load_settings(
                 node = node[part]
             node[parts[-1]] = checked
             sources[key] = f"env {var}"
+    settings = Settings(values, sources, path)
+    assignments = [a for a in env.get(SET_ENV, "").split(";") if a.strip()]
+    apply_assignments(settings, assignments, f"env {SET_ENV}")
     _cross_checks(values, sources, path)
-    return Settings(values, sources, path)
+    return settings
+
+
+def apply_assignments(settings: Settings, assignments: list[str], origin: str) -> None:
+    """Apply ``KEY=VALUE`` strings (``--set`` flags, or ``$RINGRIFT_COORD_SET`` split on ';')."""
+    for item in assignments:
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ConfigError(f"{origin} {item!r}: expected KEY=VALUE, e.g. store.lease_ttl=60")
+        try:
+            settings.set(key, parse_scalar(raw.strip()), f"{origin} {key}")
+        except ConfigError as exc:
+            raise ConfigError(f"{origin} {item!r}: {exc.message}") from None
+
+
+def parse_scalar(raw: str) -> Any:
+    lowered = raw.lower()
+    if lowered in ("null", "none", "~", ""):
+        return None
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    for convert in (int, float):
+        try:
+            return convert(raw)
+        except ValueError:
+            pass
+    return raw
 
 
 CACHE_NAME = "config-cache.json"
@@ -556,7 +599,7 @@ def _check_leaf(leaf: Leaf, value: Any, dotted: str, origin: str, line: int | No
             return None
         raise bad(f"expected {leaf.describe()}, got null")
     kind = leaf.kind
-    if kind in ("count", "number", "percent"):
+    if kind in ("count", "number", "percent", "fraction"):
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise bad(f"expected {leaf.describe()}, got {_show(value)}")
         if not math.isfinite(value):
@@ -571,6 +614,8 @@ def _check_leaf(leaf: Leaf, value: Any, dotted: str, origin: str, line: int | No
             return int(value)
         if kind == "percent" and value > 100:
             raise bad(f"expected a percentage from 0 to 100, got {value}")
+        if kind == "fraction" and value > 1:
+            raise bad(f"expected a fraction from 0 to 1, got {value}")
         return value
     if kind == "bool":
         if not isinstance(value, bool):

@@ -72,30 +72,13 @@ class Context:
 
 def apply_overrides(settings: Settings, overrides: list[str]) -> None:
     """Apply ``--set section.key=value`` flags (value: number, true/false, null or text)."""
+    from ringrift_coord.config import apply_assignments
     from ringrift_coord.errors import ConfigError, UsageError
 
-    for item in overrides:
-        key, sep, raw = item.partition("=")
-        if not sep or not key.strip():
-            raise UsageError(f"--set {item!r}: expected KEY=VALUE, e.g. store.lease_ttl=60")
-        try:
-            settings.set(key.strip(), parse_scalar(raw.strip()), f"flag --set {key.strip()}")
-        except ConfigError as exc:
-            raise UsageError(f"--set {item!r}: {exc.message}") from None
-
-
-def parse_scalar(raw: str) -> Any:
-    lowered = raw.lower()
-    if lowered in ("null", "none", "~", ""):
-        return None
-    if lowered in ("true", "false"):
-        return lowered == "true"
-    for convert in (int, float):
-        try:
-            return convert(raw)
-        except ValueError:
-            pass
-    return raw
+    try:
+        apply_assignments(settings, overrides, "flag --set")
+    except ConfigError as exc:
+        raise UsageError(exc.message) from None
 
 
 def who_am_i(env: Mapping[str, str] | None = None) -> str:

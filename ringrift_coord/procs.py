@@ -27,6 +27,11 @@ def host_name() -> str:
     return _HOST
 
 
+def local_node() -> str:
+    """This host's node id: $RINGRIFT_NODE_ID, else the host name."""
+    return os.environ.get("RINGRIFT_NODE_ID") or host_name()
+
+
 def boot_id() -> str | None:
     """This boot's id: a holder recorded under another boot of this host is gone."""
     global _BOOT_ID

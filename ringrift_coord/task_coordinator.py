@@ -134,7 +134,7 @@ class TaskCoordinator:
             raise UsageError(f"--status must be one of {', '.join(RELEASE_STATUSES)}")
         with self.ctx.store.write() as tx:
             row = release(tx, task_id, token=token, exit_code=exit_code, status=status,
-                          reason=reason)
+                          reason=reason, settings=self.ctx.settings)
             if row is None and not tx.one(
                 "SELECT 1 AS x FROM task_history WHERE task_id = ?", (task_id,)
             ):
@@ -185,7 +185,7 @@ class TaskCoordinator:
 
     def reap(self) -> list[Row]:
         with self.ctx.store.write() as tx:
-            return reap(tx, tx.now(), float(self.ctx.settings.get("store.lease_ttl")))
+            return reap(tx, tx.now(), self.ctx.settings)
 
     def list_tasks(self, task_type: str | None = None, node: str | None = None) -> list[Row]:
         sql = (

@@ -43,7 +43,8 @@ def make_ctx(tmp_path, yaml_text: str = "{}\n", clock: ManualClock | None = None
         store = PostgresStore(pg_url, clock=clock)
     else:
         store = SQLiteStore(os.path.join(state, "tasks.db"), clock=clock)
-    return Context(settings=load_settings(str(config), env={}), state_dir=state, store=store,
+    settings = load_settings(str(config), env={"RINGRIFT_COORD_SET": "resources.live_host=false"})
+    return Context(settings=settings, state_dir=state, store=store,
                    clock=clock, env={"USER": "tester"})
 
 

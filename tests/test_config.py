@@ -106,7 +106,8 @@ def test_shipped_file_validates_through_the_cli(coord) -> None:
     result = coord("--json", "config", "validate", str(SHIPPED))
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout) == {"valid": True, "file": str(SHIPPED)}
-    shown = coord("--json", "--config", str(SHIPPED), "config", "show")
+    shown = coord("--json", "--config", str(SHIPPED), "config", "show",
+                  env={"RINGRIFT_COORD_SET": ""})  # nothing above the file
     rows = values_by_key(shown)
     assert {key for key in rows} == set(_leaves("", DEFAULTS))
     for key, (_, source) in rows.items():

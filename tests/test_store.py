@@ -261,7 +261,8 @@ def real_db(tmp_path_factory: pytest.TempPathFactory) -> bytes:
     tmp = tmp_path_factory.mktemp("real-db")
     state = make_dir(tmp / "state")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RINGRIFT_", "_RINGRIFT"))}
-    env.update({"RINGRIFT_COORDINATOR_DIR": str(state), "XDG_CONFIG_HOME": str(tmp / "cfg")})
+    env.update({"RINGRIFT_COORDINATOR_DIR": str(state), "XDG_CONFIG_HOME": str(tmp / "cfg"),
+                "RINGRIFT_COORD_SET": "resources.live_host=false"})
     for argv in (["register", "selfplay", "--pid", str(os.getpid())], ["halt", "--reason", "x"],
                  ["unhalt"]):
         result = subprocess.run([sys.executable, "-m", "ringrift_coord", *argv], env=env,

@@ -116,9 +116,65 @@ def _initial(engine: str) -> str:
     return _INITIAL_COMMON + _INITIAL_SERIAL.format(serial=_SERIAL[engine])
 
 
+_SAFEGUARDS = """
+ALTER TABLE tasks ADD COLUMN trial INTEGER NOT NULL DEFAULT 0;
+CREATE TABLE breakers (
+    node TEXT NOT NULL,
+    task_type TEXT NOT NULL,
+    state TEXT NOT NULL,
+    opened_at DOUBLE PRECISION,
+    retry_at DOUBLE PRECISION,
+    trials_in_flight INTEGER NOT NULL,
+    trial_successes INTEGER NOT NULL,
+    closed_at DOUBLE PRECISION NOT NULL,
+    last_reason TEXT,
+    last_failure_at DOUBLE PRECISION,
+    PRIMARY KEY (node, task_type)
+);
+CREATE TABLE breaker_failures (
+    id {serial},
+    node TEXT NOT NULL,
+    task_type TEXT NOT NULL,
+    at DOUBLE PRECISION NOT NULL,
+    reason TEXT,
+    evidence TEXT
+);
+CREATE INDEX breaker_failures_key ON breaker_failures (node, task_type, at);
+CREATE TABLE readings (
+    node TEXT PRIMARY KEY,
+    at DOUBLE PRECISION NOT NULL,
+    source TEXT NOT NULL,
+    cpu DOUBLE PRECISION,
+    memory DOUBLE PRECISION,
+    disk DOUBLE PRECISION,
+    gpu DOUBLE PRECISION,
+    gpu_memory DOUBLE PRECISION,
+    load_avg DOUBLE PRECISION,
+    cpus INTEGER,
+    memory_gb DOUBLE PRECISION,
+    gpu_name TEXT,
+    gpu_count INTEGER,
+    details TEXT
+);
+CREATE TABLE backpressure (
+    node TEXT PRIMARY KEY,
+    factor DOUBLE PRECISION NOT NULL,
+    updated_at DOUBLE PRECISION NOT NULL
+);
+CREATE TABLE lowered_caps (
+    node TEXT NOT NULL,
+    task_type TEXT NOT NULL,
+    cap INTEGER NOT NULL,
+    lowered_at DOUBLE PRECISION NOT NULL,
+    ooms INTEGER NOT NULL,
+    PRIMARY KEY (node, task_type)
+);
+"""
+
 # (name, engine -> SQL script)
 MIGRATIONS: list[tuple[str, dict[str, str]]] = [
     ("0001_initial", {engine: _initial(engine) for engine in _SERIAL}),
+    ("0002_safeguards", {engine: _SAFEGUARDS.format(serial=_SERIAL[engine]) for engine in _SERIAL}),
 ]
 
 MIGRATION_NAMES: tuple[str, ...] = tuple(name for name, _ in MIGRATIONS)

@@ -1,0 +1,145 @@
+"""Node readings: CPU, memory, disk, load and GPUs, sampled here or reported from elsewhere.
+
+``sample`` (the ``report`` command) uses psutil and NVML; absent NVML or no GPU is a normal
+case, not an error. ``live_host`` is what admission may read on the hot path for this host
+without a fresh sample: memory from /proc/meminfo, disk from statvfs, the load average —
+a fraction of a millisecond, no imports. The latest reading of every node is kept in the
+store with its time and the node's hardware.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+from ringrift_coord.store.base import Row, Tx
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+RESOURCES = ("disk", "memory", "cpu", "gpu")
+FIELDS = ("cpu", "memory", "disk", "gpu", "gpu_memory", "load_avg", "cpus", "memory_gb",
+          "gpu_name", "gpu_count")
+
+
+def disk_percent(paths: list[str]) -> tuple[float | None, str | None]:
+    """The fullest of ``paths`` (percent used, path)."""
+    worst: tuple[float | None, str | None] = (None, None)
+    for path in paths:
+        try:
+            st = os.statvfs(path)
+        except OSError:
+            continue
+        total = st.f_blocks * st.f_frsize
+        if total <= 0:
+            continue
+        # like df: used / (used + available to unprivileged users)
+        used = (st.f_blocks - st.f_bfree) * st.f_frsize
+        avail = st.f_bavail * st.f_frsize
+        percent = 100.0 * used / (used + avail) if used + avail else 0.0
+        if worst[0] is None or percent > worst[0]:
+            worst = (round(percent, 1), path)
+    return worst
+
+
+def _meminfo() -> tuple[float | None, float | None]:
+    """(percent used, total GiB) from /proc/meminfo (Linux), else (None, None)."""
+    try:
+        with open("/proc/meminfo", "rb") as handle:
+            text = handle.read().decode("ascii", "replace")
+    except OSError:
+        return None, None
+    values: dict[str, int] = {}
+    for line in text.splitlines():
+        key, _, rest = line.partition(":")
+        if key in ("MemTotal", "MemAvailable"):
+            values[key] = int(rest.split()[0])
+    total, avail = values.get("MemTotal"), values.get("MemAvailable")
+    if not total or avail is None:
+        return None, None
+    return round(100.0 * (total - avail) / total, 1), round(total / 1048576, 1)
+
+
+def live_host(paths: list[str]) -> dict[str, Any]:
+    """Cheap readings of this host for admission (no CPU or GPU utilisation)."""
+    memory, memory_gb = _meminfo()
+    disk, disk_path = disk_percent(paths)
+    try:
+        load = round(os.getloadavg()[0], 2)
+    except OSError:
+        load = None
+    return {"memory": memory, "memory_gb": memory_gb, "disk": disk, "load_avg": load,
+            "cpus": os.cpu_count(), "details": {"disk_path": disk_path}, "source": "live"}
+
+
+def sample(paths: list[str], cpu_interval: float = 0.2) -> dict[str, Any]:
+    """A full reading of this host: psutil for CPU/memory/disk/load, NVML for GPUs."""
+    import psutil
+
+    reading = live_host(paths)
+    reading["cpu"] = round(psutil.cpu_percent(interval=cpu_interval), 1)
+    memory = psutil.virtual_memory()
+    reading["memory"] = round(memory.percent, 1)
+    reading["memory_gb"] = round(memory.total / 2**30, 1)
+    reading["cpus"] = psutil.cpu_count(logical=True) or os.cpu_count()
+    reading.update(gpu_readings())
+    reading["source"] = "psutil" + ("+nvml" if reading.get("gpu_count") else "")
+    return reading
+
+
+def gpu_readings() -> dict[str, Any]:
+    """Utilisation and memory per GPU through NVML; no NVML or no GPU → gpu_count 0."""
+    try:
+        import pynvml
+    except ImportError:
+        return {"gpu_count": 0, "gpu": None, "gpu_memory": None, "gpu_name": None,
+                "gpu_note": "NVML bindings not installed"}
+    try:
+        pynvml.nvmlInit()
+    except Exception as exc:  # NVMLError_LibraryNotFound, DriverNotLoaded, ...
+        return {"gpu_count": 0, "gpu": None, "gpu_memory": None, "gpu_name": None,
+                "gpu_note": f"no NVML: {exc}"}
+    try:
+        gpus = []
+        for index in range(pynvml.nvmlDeviceGetCount()):
+            handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+            name = pynvml.nvmlDeviceGetName(handle)
+            util = pynvml.nvmlDeviceGetUtilizationRates(handle)
+            mem = pynvml.nvmlDeviceGetMemoryInfo(handle)
+            gpus.append({
+                "index": index, "name": name.decode() if isinstance(name, bytes) else name,
+                "util": float(util.gpu), "memory": round(100.0 * mem.used / mem.total, 1),
+                "memory_gb": round(mem.total / 2**30, 1),
+            })
+    finally:
+        try:
+            pynvml.nvmlShutdown()
+        except Exception:
+            pass
+    if not gpus:
+        return {"gpu_count": 0, "gpu": None, "gpu_memory": None, "gpu_name": None, "gpus": []}
+    return {
+        "gpu_count": len(gpus), "gpu_name": gpus[0]["name"], "gpus": gpus,
+        "gpu": round(max(g["util"] for g in gpus), 1),
+        "gpu_memory": round(max(g["memory"] for g in gpus), 1),
+    }
+
+
+def store_reading(tx: Tx, node: str, reading: dict[str, Any], now: float) -> None:
+    details = {k: v for k, v in reading.items() if k not in FIELDS and k != "source"}
+    tx.execute("DELETE FROM readings WHERE node = ?", (node,))
+    tx.execute(
+        f"INSERT INTO readings (node, at, source, {', '.join(FIELDS)}, details) "
+        f"VALUES (?, ?, ?, {', '.join('?' for _ in FIELDS)}, ?)",
+        (node, now, reading.get("source", "manual"), *(reading.get(f) for f in FIELDS),
+         json.dumps(details, default=str)),
+    )
+
+
+def latest(tx: Tx, node: str) -> Row | None:
+    return tx.one("SELECT * FROM readings WHERE node = ?", (node,))
+
+
+def all_latest(tx: Tx) -> list[Row]:
+    return tx.query("SELECT * FROM readings ORDER BY node")
