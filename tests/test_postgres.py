@@ -12,7 +12,10 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import Coord
+from conftest import REQUIRE_PG, Coord
+
+if not REQUIRE_PG:
+    pytest.importorskip("psycopg", reason="pip install -e '.[postgres]'")
 
 RACER = textwrap.dedent("""
     import io, json, os, sys, time
