@@ -169,7 +169,30 @@ def holder_alive(row: Row, host: str, this_boot: str | None) -> bool | None:
     return procs.pid_alive(row.get("pid"), row.get("pid_start"))
 
 
-def reap(tx: Tx, now: float, settings: Settings) -> list[Row]:
+def probe(tx: Tx, node: str, ttype: str) -> Row:
+    """One round trip saying which side tables matter for this admission at all.
+
+    Most admissions meet no halt, waiter, reservation, breaker, reading, lowered cap or
+    backpressure; probing them in one statement keeps the common path to a few statements.
+    """
+    row = tx.one(
+        "SELECT (SELECT COUNT(*) FROM halts) AS halts, (SELECT COUNT(*) FROM waiters) AS waiters, "
+        "(SELECT COUNT(*) FROM reservations) AS reservations, "
+        "(SELECT COUNT(*) FROM breakers WHERE node = ? AND task_type = ?) AS breaker, "
+        "(SELECT COUNT(*) FROM readings WHERE node = ?) AS reading, "
+        "(SELECT COUNT(*) FROM lowered_caps WHERE node = ? AND task_type = ?) AS cap, "
+        "(SELECT factor FROM backpressure WHERE node = ?) AS factor",
+        (node, ttype, node, node, ttype, node),
+    )
+    assert row is not None
+    return row
+
+
+EVERYTHING = {"halts": 1, "waiters": 1, "reservations": 1, "breaker": 1, "reading": 1,
+              "cap": 1, "factor": None}
+
+
+def reap(tx: Tx, now: float, settings: Settings, seen: Row | None = None) -> list[Row]:
     """Free slots of dead holders (this host) and expired leases (other hosts).
 
     On this host the process decides, not the lease: a job whose wrapper was killed keeps
@@ -202,7 +225,10 @@ def reap(tx: Tx, now: float, settings: Settings) -> list[Row]:
             row["reason"] = why
             reaped.append(row)
             guards.task_ended(tx, settings, row, "reaped", why, now)
-    for waiter in tx.query("SELECT seq, host, boot_id, pid, pid_start, heartbeat_at FROM waiters"):
+    waiters = [] if seen is not None and not seen["waiters"] else tx.query(
+        "SELECT seq, host, boot_id, pid, pid_start, heartbeat_at FROM waiters"
+    )
+    for waiter in waiters:
         if waiter["host"] == host:
             same_boot = not (this_boot and waiter["boot_id"] and waiter["boot_id"] != this_boot)
             if same_boot and procs.pid_alive(waiter["pid"], waiter["pid_start"]):
@@ -238,14 +264,17 @@ def _finish(
 # --------------------------------------------------------------------------- the rules
 
 
-def _halt_reasons(tx: Tx, task_type: str, now: float, state_dir: str | None) -> list[Reason]:
+def _halt_reasons(
+    tx: Tx, task_type: str, now: float, state_dir: str | None, any_halts: bool = True
+) -> list[Reason]:
     reasons = []
     global_halt = False
-    for halt in tx.query(
+    halts = [] if not any_halts else tx.query(
         "SELECT scope, reason, who, host, at, expires_at FROM halts WHERE scope IN ('*', ?) "
         "AND (expires_at IS NULL OR expires_at > ?)",
         (task_type, now),
-    ):
+    )
+    for halt in halts:
         global_halt = global_halt or halt["scope"] == "*"
         scope = "cluster-wide" if halt["scope"] == "*" else f"for {halt['scope']}"
         message = f"halted {scope} by {halt['who'] or '?'}: {halt['reason'] or 'no reason given'}"
@@ -290,19 +319,29 @@ def _expected_end_wait(rows: list[Row], expected: float | None, now: float) -> f
 
 
 def evaluate(
-    tx: Tx, req: Request, settings: Settings, now: float, *, state_dir: str | None
+    tx: Tx, req: Request, settings: Settings, now: float, *, state_dir: str | None,
+    seen: Row | None = None,
 ) -> Decision:
-    """Every rule, read-only, with the state as this transaction sees it."""
+    """Every rule, read-only, with the state as this transaction sees it.
+
+    ``seen`` (from ``probe``) lets it skip the side tables that are empty.
+    """
+    seen = seen or EVERYTHING
     ttype = req.task_type.value
-    reasons = _halt_reasons(tx, ttype, now, state_dir)
-    breaker_reason, breaker = guards.breaker_rule(tx, settings, req.node, ttype, now)
-    if breaker_reason is not None:
-        reasons.append(breaker_reason)
-    paths = ([state_dir] if state_dir else []) + list(settings.get("resources.data_paths"))
-    threshold_reasons, warnings, _ = guards.threshold_rules(
-        tx, settings, req.node, now, local=req.node == procs.local_node(), paths=paths,
-    )
-    reasons += threshold_reasons
+    reasons = _halt_reasons(tx, ttype, now, state_dir, bool(seen["halts"]))
+    breaker = None
+    if seen["breaker"]:
+        breaker_reason, breaker = guards.breaker_rule(tx, settings, req.node, ttype, now)
+        if breaker_reason is not None:
+            reasons.append(breaker_reason)
+    local = req.node == procs.local_node()
+    warnings: list[str] = []
+    if seen["reading"] or (local and settings.get("resources.live_host")):
+        paths = ([state_dir] if state_dir else []) + list(settings.get("resources.data_paths"))
+        threshold_reasons, warnings, _ = guards.threshold_rules(
+            tx, settings, req.node, now, local=local, paths=paths,
+        )
+        reasons += threshold_reasons
 
     of_type = tx.query(
         "SELECT node, started_at FROM tasks WHERE task_type = ?", (ttype,)
@@ -312,13 +351,13 @@ def evaluate(
     seq_clause, seq_args = "", ()
     if req.waiter_seq is not None:
         seq_clause, seq_args = " AND seq < ?", (req.waiter_seq,)
-    waiting = tx.query(
+    waiting = [] if not seen["waiters"] else tx.query(
         f"SELECT node FROM waiters WHERE task_type = ?{seq_clause}", (ttype, *seq_args)
     )
     ahead_cluster = len(waiting)
     ahead_node = sum(1 for w in waiting if w["node"] == req.node)
 
-    reservations = tx.query(
+    reservations = [] if not seen["reservations"] else tx.query(
         "SELECT res_id, node, task_type, slots, expires_at FROM reservations "
         "WHERE expires_at IS NULL OR expires_at > ?",
         (now,),
@@ -357,7 +396,7 @@ def evaluate(
                     requested=1, used=len(on_node), limit=effective, retry_after=wait,
                     details={"reserved": held_for_others, "queued": ahead_node},
                 ))
-    cap = guards.lowered_cap(tx, settings, req.node, ttype, now)
+    cap = guards.lowered_cap(tx, settings, req.node, ttype, now) if seen["cap"] else None
     if cap is not None and len(on_node) + ahead_node + 1 > cap and (
         limit is None or len(on_node) + ahead_node + 1 <= limit
     ):
@@ -394,7 +433,7 @@ def evaluate(
 
     rate = settings.rate_limit(ttype)
     if rate is not None:
-        factor = guards.rate_factor(tx, req.node)
+        factor = float(seen["factor"]) if seen["factor"] is not None else 1.0
         if factor < 1.0:  # backpressure: this node's recent jobs keep failing
             rate = (rate[0] * factor, rate[1])
         tokens = _bucket_tokens(tx, req.node, ttype, rate, now)
@@ -432,7 +471,13 @@ def _bucket_tokens(
     )
     if row is None:
         return burst
-    elapsed = max(0.0, now - row["updated_at"])  # a clock stepped back refills nothing
+    if row["updated_at"] > now:
+        # the clock stepped back: restamp the bucket now, so that refilling resumes at once
+        # instead of after the size of the step (refilling nothing for the step itself)
+        tx.execute("UPDATE rate_buckets SET updated_at = ? WHERE node = ? AND task_type = ?",
+                   (now, node, ttype))
+        return min(burst, row["tokens"])
+    elapsed = now - row["updated_at"]
     return min(burst, row["tokens"] + elapsed * per_minute / 60.0)
 
 
@@ -449,17 +494,6 @@ def _take_token(tx: Tx, node: str, ttype: str, rate: tuple[float, float], now: f
         )
 
 
-def next_counter(tx: Tx, name: str) -> int:
-    if not tx.execute("UPDATE counters SET value = value + 1 WHERE name = ?", (name,)):
-        tx.execute("INSERT INTO counters (name, value) VALUES (?, 1)", (name,))
-    row = tx.one("SELECT value FROM counters WHERE name = ?", (name,))
-    assert row is not None
-    return int(row["value"])
-
-
-# --------------------------------------------------------------------------- admit
-
-
 def admit(
     tx: Tx, req: Request, settings: Settings, *, state_dir: str | None, take_slot: bool,
     action: str, log: bool = True,
@@ -467,19 +501,20 @@ def admit(
     """Reap, evaluate and (when allowed and ``take_slot``) insert the task: one transaction."""
     now = tx.now()
     lease_ttl = float(settings.get("store.lease_ttl"))
-    reap(tx, now, settings)
-    # A clock stepped back leaves buckets stamped in the future; restamp them now so that
-    # refilling resumes at once instead of after the size of the step.
-    tx.execute("UPDATE rate_buckets SET updated_at = ? WHERE updated_at > ?", (now, now))
-    decision = evaluate(tx, req, settings, now, state_dir=state_dir)
+    seen = probe(tx, req.node, req.task_type.value)
+    reap(tx, now, settings, seen)
+    decision = evaluate(tx, req, settings, now, state_dir=state_dir, seen=seen)
     if decision.allowed and take_slot:
         if req.task_id is not None:
             if not req.task_id.strip() or len(req.task_id) > 200:
                 raise UsageError("--task-id must be a non-empty string of at most 200 characters")
             if tx.one("SELECT 1 AS x FROM tasks WHERE task_id = ?", (req.task_id,)):
                 raise UsageError(f"task id {req.task_id!r} is already registered and running")
-        task_id = req.task_id or f"{req.task_type.value}-{os.urandom(6).hex()}"
-        token = next_counter(tx, "lease_token")
+        decision.task_id = req.task_id or f"{req.task_type.value}-{os.urandom(6).hex()}"
+        # An admission is always logged, and its log entry's id (AUTOINCREMENT / BIGSERIAL:
+        # ever larger, never reused) is the slot's fencing token.
+        token = log_decision(tx, req, decision, action, now, settings)
+        task_id = decision.task_id
         decision.trial = guards.breaker_admit(tx, settings, decision._breaker, now)
         tx.execute(
             "INSERT INTO tasks (task_id, task_type, node, host, boot_id, pid, pid_start, pgid, "
@@ -496,26 +531,31 @@ def admit(
             _take_token(tx, req.node, req.task_type.value, rate, now)
         if req.waiter_seq is not None:
             tx.execute("DELETE FROM waiters WHERE seq = ?", (req.waiter_seq,))
-        decision.task_id, decision.lease_token = task_id, token
-    if log:
+        decision.lease_token = token
+    elif log:
         log_decision(tx, req, decision, action, now, settings)
     return decision
 
 
 def log_decision(
     tx: Tx, req: Request, decision: Decision, action: str, now: float, settings: Settings
-) -> None:
+) -> int:
+    """Write the decision to the log; return its id."""
     rules = json.dumps([r.to_dict() for r in decision.reasons], default=str)
-    tx.execute(
+    row = tx.one(
         "INSERT INTO decisions (at, action, task_type, node, host, pid, who, allowed, rules, "
-        "retry_after, task_id) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+        "retry_after, task_id) VALUES (?,?,?,?,?,?,?,?,?,?,?) RETURNING id",
         (
             now, action, decision.task_type, decision.node, req.host, req.pid or os.getpid(),
             req.who, int(decision.allowed), rules, decision.retry_after, decision.task_id,
         ),
     )
-    keep_days = float(settings.get("store.decision_log_days"))
-    tx.execute("DELETE FROM decisions WHERE at < ?", (now - keep_days * 86400.0,))
+    assert row is not None
+    if os.urandom(1)[0] < 4:  # prune about once per 64 decisions, not on every one
+        cutoff = now - float(settings.get("store.decision_log_days")) * 86400.0
+        tx.execute("DELETE FROM decisions WHERE at < ?", (cutoff,))
+        tx.execute("DELETE FROM task_history WHERE ended_at < ?", (cutoff,))
+    return int(row["id"])
 
 
 def release(

@@ -37,6 +37,8 @@ def breaker_rule(
         return None, None
     cfg = BreakerConfig.from_settings(settings)
     breaker = breakers.load(tx, node, ttype, now)
+    if breaker.rebase(now, cfg):  # the clock stepped back past its opening: keep the shorter
+        breakers.save(tx, breaker)  # wait (admission runs in a write transaction)
     state, retry_at = breaker.view(now, cfg)
     last = f" (last: {breaker.last_reason})" if breaker.last_reason else ""
     if state == OPEN:
@@ -49,7 +51,7 @@ def breaker_rule(
             retry_after=round(retry_at - now, 3),
             details={"state": state, "opened_at": breaker.opened_at, "retry_at": retry_at},
         ), breaker
-    trials = breaker.trials_in_flight if breaker.state == HALF_OPEN else 0
+    trials = breaker.trials_in_flight  # trials still running, of this half-open period or not
     if state == HALF_OPEN and trials >= cfg.half_open_trials:
         return Reason(
             "breaker",
@@ -202,8 +204,19 @@ def task_ended(
             breaker.trial_lost()
             breakers.save(tx, breaker)
         return
+    if ok and not row.get("trial"):
+        # the common case: a success on a node with no breaker history and no backpressure
+        seen = tx.one(
+            "SELECT (SELECT COUNT(*) FROM breakers WHERE node = ? AND task_type = ?) AS b, "
+            "(SELECT COUNT(*) FROM backpressure WHERE node = ?) AS bp",
+            (row["node"], row["task_type"], row["node"]),
+        )
+        if seen is not None and not seen["b"] and not seen["bp"]:
+            return
     cfg = BreakerConfig.from_settings(settings)
-    label = status if status != "failed" else (reason or "failed")
+    label = reason or status  # "exit code 3", "killed by SIGKILL", ...
+    if status == "oom" and reason and "oom" not in reason.lower():
+        label = f"oom: {reason}"
     breakers.record_outcome(
         tx, cfg, row["node"], row["task_type"], now, ok=ok, trial=bool(row.get("trial")),
         reason=None if ok else label[:300], evidence=None if ok else reason,
@@ -220,11 +233,13 @@ def record_manual(
     """``breakers record-failure`` / ``record-success`` from scripts."""
     cfg = BreakerConfig.from_settings(settings)
     trial = False
-    if ok and breakers.exists(tx, node, ttype):
+    if breakers.exists(tx, node, ttype):
         breaker = breakers.load(tx, node, ttype, now)
         trial = breaker.view(now, cfg)[0] == HALF_OPEN
-        if trial and breaker.state == OPEN:  # the timeout passed: this success is the trial
-            breaker.admit(now, cfg)
+        if trial:  # half-open: this outcome is a trial's, one that starts and ends at once
+            if breaker.state == OPEN:  # (without taking the place of a trial still running)
+                breaker.state, breaker.trial_successes = HALF_OPEN, 0
+            breaker.trials_in_flight += 1
             breakers.save(tx, breaker)
     result = breakers.record_outcome(tx, cfg, node, ttype, now, ok=ok, trial=trial,
                                      reason=reason)

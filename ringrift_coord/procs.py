@@ -54,10 +54,22 @@ def _stat_fields(pid: int) -> list[str] | None:
     return data[data.rfind(b")") + 2 :].decode("ascii", "replace").split()
 
 
+_OWN_START: dict[int, int | None] = {}
+
+
 def start_time(pid: int) -> int | None:
     """The process's start time (clock ticks since boot on Linux), or None if it is gone."""
     if pid <= 0:
         return None
+    if pid == os.getpid():  # our own start time never changes: read it once
+        if pid not in _OWN_START:
+            _OWN_START.clear()  # after a fork, forget the parent's
+            _OWN_START[pid] = _start_time(pid)
+        return _OWN_START[pid]
+    return _start_time(pid)
+
+
+def _start_time(pid: int) -> int | None:
     if _LINUX:
         fields = _stat_fields(pid)
         if fields is None or fields[0] == "Z":

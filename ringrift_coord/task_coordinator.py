@@ -130,6 +130,8 @@ class TaskCoordinator:
         """Release once; None if it was already released. Unknown ids raise NotFound."""
         if status is None:
             status = "ok" if not exit_code else "failed"
+        if reason is None and exit_code and status != "ok":
+            reason = f"exit code {exit_code}"  # what the breaker and the history show
         if status not in RELEASE_STATUSES + ("spawn_failed",):
             raise UsageError(f"--status must be one of {', '.join(RELEASE_STATUSES)}")
         with self.ctx.store.write() as tx:
@@ -212,7 +214,7 @@ class TaskCoordinator:
     def history(self, limit: int = 50) -> list[Row]:
         with self.ctx.store.read() as tx:
             return tx.query(
-                "SELECT * FROM task_history ORDER BY ended_at DESC LIMIT ?", (int(limit),)
+                "SELECT * FROM task_history ORDER BY ended_at DESC, id DESC LIMIT ?", (int(limit),)
             )
 
     def reserve(

@@ -124,9 +124,8 @@ def db_state(coord: Coord) -> dict[str, object]:
         tasks = conn.execute(
             "SELECT task_id, node, pid, lease_token, lease_expires, started_at FROM tasks"
         ).fetchall()
-        counter = conn.execute("SELECT value FROM counters WHERE name = 'lease_token'").fetchone()
         decisions = conn.execute(
-            "SELECT allowed, task_id FROM decisions WHERE action = 'register'"
+            "SELECT allowed, task_id, id FROM decisions WHERE action = 'register'"
         ).fetchall()
         history = conn.execute("SELECT COUNT(*) FROM task_history").fetchone()[0]
         waiters = conn.execute("SELECT COUNT(*) FROM waiters").fetchone()[0]
@@ -136,9 +135,9 @@ def db_state(coord: Coord) -> dict[str, object]:
     tokens = [t[3] for t in tasks]
     assert len(set(ids)) == len(ids), "duplicate task ids"
     assert len(set(tokens)) == len(tokens), "two slots share a fencing token"
-    # Only admitted requests take a token: the counter is exactly the number of rows.
-    assert (counter[0] if counter else 0) == len(tasks)
-    assert sorted(tokens) == list(range(1, len(tasks) + 1))
+    # A slot's fencing token is the id of the decision that admitted it.
+    admitted = {d[1]: d[2] for d in decisions if d[0] == 1}
+    assert {t[0]: t[3] for t in tasks} == admitted
     assert all(t[4] > t[5] for t in tasks), "lease expires before it starts"
     allowed_ids = sorted(d[1] for d in decisions if d[0] == 1)
     assert allowed_ids == sorted(ids), "decision log disagrees with the task table"

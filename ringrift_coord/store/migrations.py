@@ -7,7 +7,6 @@ from __future__ import annotations
 
 # Times are seconds since the epoch (REAL / DOUBLE PRECISION), timed by the store's clock.
 _INITIAL_COMMON = """
-CREATE TABLE counters (name TEXT PRIMARY KEY, value BIGINT NOT NULL);
 CREATE TABLE tasks (
     task_id TEXT PRIMARY KEY,
     task_type TEXT NOT NULL,
@@ -27,22 +26,6 @@ CREATE TABLE tasks (
     lease_token BIGINT NOT NULL
 );
 CREATE INDEX tasks_type_node ON tasks (task_type, node);
-CREATE TABLE task_history (
-    task_id TEXT NOT NULL,
-    task_type TEXT NOT NULL,
-    node TEXT NOT NULL,
-    host TEXT NOT NULL,
-    pid INTEGER,
-    config_name TEXT,
-    started_at DOUBLE PRECISION NOT NULL,
-    ended_at DOUBLE PRECISION NOT NULL,
-    duration DOUBLE PRECISION NOT NULL,
-    exit_code INTEGER,
-    status TEXT NOT NULL,
-    reason TEXT
-);
-CREATE INDEX task_history_ended ON task_history (ended_at);
-CREATE INDEX task_history_id ON task_history (task_id);
 CREATE TABLE halts (
     scope TEXT PRIMARY KEY,
     reason TEXT,
@@ -72,6 +55,22 @@ CREATE TABLE rate_buckets (
 _SERIAL = {"sqlite": "INTEGER PRIMARY KEY AUTOINCREMENT", "postgres": "BIGSERIAL PRIMARY KEY"}
 
 _INITIAL_SERIAL = """
+CREATE TABLE task_history (
+    id {serial},
+    task_id TEXT NOT NULL,
+    task_type TEXT NOT NULL,
+    node TEXT NOT NULL,
+    host TEXT NOT NULL,
+    pid INTEGER,
+    config_name TEXT,
+    started_at DOUBLE PRECISION NOT NULL,
+    ended_at DOUBLE PRECISION NOT NULL,
+    duration DOUBLE PRECISION NOT NULL,
+    exit_code INTEGER,
+    status TEXT NOT NULL,
+    reason TEXT
+);
+CREATE INDEX task_history_id ON task_history (task_id);
 CREATE TABLE waiters (
     seq {serial},
     task_type TEXT NOT NULL,
@@ -108,7 +107,6 @@ CREATE TABLE decisions (
     retry_after DOUBLE PRECISION,
     task_id TEXT
 );
-CREATE INDEX decisions_at ON decisions (at);
 """
 
 
