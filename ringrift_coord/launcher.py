@@ -21,6 +21,7 @@ from collections.abc import Callable, Sequence
 
 from ringrift_coord import procs
 from ringrift_coord.admission import Decision
+from ringrift_coord.config import Settings
 from ringrift_coord.errors import CoordError, ExitCode, StoreBusy, UsageError, WaitTimeout
 from ringrift_coord.task_coordinator import Holder, TaskCoordinator
 from ringrift_coord.tasktypes import TaskType
@@ -229,6 +230,7 @@ def run_command(
             "RINGRIFT_TASK_ID": task_id, "RINGRIFT_LEASE_TOKEN": str(token),
             "RINGRIFT_TASK_TYPE": ttype.value, "RINGRIFT_NODE_ID": node,
         })
+        oom_before = procs.oom_kill_count()
         pid, go_w, err_r = _spawn_gated(argv, env)
         job.pgid = pid
         try:
@@ -269,6 +271,8 @@ def run_command(
                 reason += f" after the {job.kill_grace:g} s grace period"
             elif job.received:
                 reason += f" (forwarded {signal.Signals(job.received[0]).name})"
+            elif -code == signal.SIGKILL:  # from outside: the kernel's OOM killer, or someone
+                status, reason = classify_sigkill(oom_before, settings, coord.ctx.state_dir)
         else:
             exit_code = code
             status = "ok" if code == 0 else "failed"
@@ -339,6 +343,28 @@ def _wait_child(
     finally:
         if pidfd is not None:
             os.close(pidfd)
+
+
+def classify_sigkill(
+    oom_before: tuple[int | None, str | None], settings: Settings, state_dir: str
+) -> tuple[str, str]:
+    """(status, reason with its evidence) for a job SIGKILLed from outside: "oom" when the
+    memory cgroup's oom_kill counter rose while it ran, or memory is at the critical
+    threshold now; else "killed"."""
+    before, where = oom_before
+    after, _ = procs.oom_kill_count()
+    if before is not None and after is not None and after > before:
+        return "oom", f"OOM-killed (SIGKILL): {where} oom_kill {before} -> {after}"
+    from ringrift_coord.readings import live_host
+
+    memory = live_host([state_dir]).get("memory")
+    critical = float(settings.get("thresholds.memory.critical"))
+    if memory is not None and memory >= critical:
+        return "oom", (f"OOM-killed (SIGKILL): memory at {memory:.0f}% >= critical "
+                       f"{critical:g}% when the job died")
+    counter = "no memory cgroup counter" if before is None else f"cgroup oom_kill unchanged at {after}"
+    shown = "unknown" if memory is None else f"{memory:.0f}%"
+    return "killed", f"killed by SIGKILL from outside (no OOM evidence: {counter}, memory {shown})"
 
 
 def _stop_group(pid: int, grace: float) -> None:

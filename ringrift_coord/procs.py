@@ -151,3 +151,35 @@ def group_members(pgid: int) -> list[int]:
             if fields and fields[0] != "Z" and int(fields[2]) == pgid:
                 members.append(int(entry))
     return members
+
+
+def oom_kill_count() -> tuple[int | None, str | None]:
+    """The kernel's OOM-kill counter of this process's memory cgroup, and the file it is in.
+
+    cgroup v2: ``oom_kill`` in ``memory.events``; v1: ``oom_kill`` in ``memory.oom_control``.
+    (None, None) when neither can be read (not Linux, no memory controller).
+    """
+    try:
+        with open("/proc/self/cgroup", encoding="ascii", errors="replace") as handle:
+            lines = handle.read().splitlines()
+    except OSError:
+        return None, None
+    candidates = []
+    for line in lines:
+        _, controllers, path = line.split(":", 2) if line.count(":") >= 2 else ("", "", "")
+        path = path.lstrip("/")
+        if controllers == "":  # the v2 unified hierarchy
+            for root in ("/sys/fs/cgroup", "/sys/fs/cgroup/unified"):
+                candidates.append(os.path.join(root, path, "memory.events"))
+        elif "memory" in controllers.split(","):
+            candidates.append(os.path.join("/sys/fs/cgroup/memory", path, "memory.oom_control"))
+    for candidate in candidates:
+        try:
+            with open(candidate, encoding="ascii", errors="replace") as handle:
+                for entry in handle.read().splitlines():
+                    key, _, value = entry.partition(" ")
+                    if key == "oom_kill" and value.strip().isdigit():
+                        return int(value), candidate
+        except OSError:
+            continue
+    return None, None

@@ -1,0 +1,128 @@
+"""Jobs killed by SIGKILL: OOM evidence, the breaker's reason, lowered caps, backpressure."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ringrift_coord.procs import oom_kill_count
+
+ENGINES = ("sqlite", "postgres")
+
+
+def breaker(coord, node: str, ttype: str) -> dict:
+    rows = json.loads(coord("breakers", "list", "--json").stdout)
+    (row,) = [r for r in rows if r["node"] == node and r["task_type"] == ttype]
+    return row
+
+
+def test_self_sigkill_is_killed_with_its_evidence(coord):
+    result = coord("run", "evaluation", "--node", "n1", "--", "sh", "-c", "kill -KILL $$")
+    assert result.returncode == 137, result.stderr
+    history = json.loads(coord("tasks", "history", "--json").stdout)[0]
+    assert (history["exit_code"], history["status"]) == (137, "killed")
+    assert "no OOM evidence" in history["reason"]
+    row = breaker(coord, "n1", "evaluation")
+    assert row["failures"] == 1 and row["state"] == "closed"
+    assert "SIGKILL" in row["last_reason"] and "OOM" in row["last_reason"]
+
+
+def test_sigkill_at_critical_memory_is_an_oom_and_repeated_ooms_lower_the_cap(coord):
+    coord.write_config("""
+        task_limits: {evaluation: {per_node: 8, cluster: null}}
+        oom: {lower_after: 2, window: 3600, factor: 0.5, decay_interval: 3600}
+        circuit_breaker: {failure_threshold: 5}
+    """)
+    # this host's memory is above a critical level of 0.1 %: a SIGKILL is then an OOM
+    low = ("--set", "thresholds.memory.warning=0", "--set", "thresholds.memory.critical=0.1")
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        for _ in range(3):  # some running evaluation jobs on n1
+            assert coord("register", "evaluation", "--node", "n1", "--pid",
+                         str(holder.pid)).returncode == 0
+        for _ in range(2):
+            result = coord(*low, "run", "evaluation", "--node", "n1", "--", "sh", "-c",
+                           "kill -KILL $$")
+            assert result.returncode == 137
+        history = json.loads(coord("tasks", "history", "--json").stdout)
+        assert [h["status"] for h in history[:2]] == ["oom", "oom"]
+        assert "memory at" in history[0]["reason"] and ">= critical 0.1%" in history[0]["reason"]
+        assert breaker(coord, "n1", "evaluation")["last_reason"].startswith("OOM-killed")
+        # 3 running when the second OOM came: the cap for evaluation on n1 is now 1 (3+1 x 0.5)
+        denied = coord("can-spawn", "evaluation", "--node", "n1", "--json")
+        assert denied.returncode == 1
+        rule = json.loads(denied.stdout)["reasons"][0]
+        assert rule["rule"] == "oom_cap" and rule["limit"] == 2
+        assert coord("can-spawn", "evaluation", "--node", "n2").returncode == 0
+        limits = json.loads(coord("limits", "--json").stdout)
+        assert any(c["node"] == "n1" and c["task_type"] == "evaluation" and c["cap"] == 2
+                   for c in limits["lowered_caps"]), limits.get("lowered_caps")
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_failures_lower_the_node_rate_and_successes_restore_it(coord):
+    coord.write_config("""
+        rate_limits: {sync: {per_minute: 60, burst: 1}}
+        backpressure: {decrease: 0.5, increase: 0.25, min_factor: 0.1}
+        circuit_breaker: {failure_threshold: 50}
+    """)
+    for _ in range(2):
+        assert coord("run", "sync", "--node", "n1", "--wait", "--", "sh", "-c",
+                     "exit 1").returncode == 1
+    denied = json.loads(coord("can-spawn", "sync", "--node", "n1", "--json").stdout)
+    rate = [r for r in denied["reasons"] if r["rule"] == "rate"][0]
+    assert rate["details"]["backpressure"] == 0.25
+    assert rate["details"]["per_minute"] == 15  # 60/min x 0.5 x 0.5
+    # another node keeps its full rate
+    other = json.loads(coord("can-spawn", "sync", "--node", "n2", "--json").stdout)
+    assert other["allowed"]
+    for _ in range(3):  # additive increase: 0.25 -> 0.5 -> 0.75 -> 1.0
+        assert coord("run", "sync", "--node", "n1", "--wait", "--", "true").returncode == 0
+    again = json.loads(coord("can-spawn", "sync", "--node", "n1", "--json").stdout)
+    for r in again["reasons"]:
+        assert r["rule"] != "rate" or r["details"]["backpressure"] == 1.0
+
+
+CGROUP_V1 = Path("/sys/fs/cgroup/memory")
+
+
+def _own_memory_cgroup() -> Path | None:
+    count, where = oom_kill_count()
+    if count is None or where is None or not where.endswith("memory.oom_control"):
+        return None
+    directory = Path(where).parent
+    return directory if os.access(directory, os.W_OK) else None
+
+
+@pytest.mark.skipif(_own_memory_cgroup() is None, reason="needs a writable cgroup v1 memory controller")
+def test_real_oom_kill_in_a_memory_cgroup(coord, tmp_path):
+    parent = _own_memory_cgroup()
+    assert parent is not None
+    group = parent / f"ringrift-test-{os.getpid()}"
+    group.mkdir()
+    try:
+        (group / "memory.limit_in_bytes").write_text(str(200 * 2**20))
+        hog = "b = bytearray(600 * 2**20); import time; time.sleep(5)"
+        script = (f"echo $$ > {group}/cgroup.procs && exec {' '.join(coord.argv())} run "
+                  f"training --node n1 -- {sys.executable} -c '{hog}'")
+        result = subprocess.run(["sh", "-c", script], env=coord.env, capture_output=True,
+                                text=True, timeout=120)
+        assert result.returncode == 137, result.stderr
+        history = json.loads(coord("tasks", "history", "--json").stdout)[0]
+        assert history["status"] == "oom", history
+        assert "oom_kill 0 -> 1" in history["reason"] and "memory.oom_control" in history["reason"]
+        assert breaker(coord, "n1", "training")["last_reason"].startswith("OOM-killed")
+    finally:
+        for pid in (group / "cgroup.procs").read_text().split():
+            try:
+                (parent / "cgroup.procs").write_text(pid)
+            except OSError:
+                pass
+        group.rmdir()
