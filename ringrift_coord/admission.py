@@ -286,11 +286,12 @@ def _halt_reasons(
         ))
     if state_dir is not None:
         info = read_halt_file(state_dir, now)
-        if info is not None and info.get("mirror") and not global_halt:
-            # written by `halt` on this host as a copy of a cluster-wide halt that an
-            # `unhalt` on some node has since lifted: it no longer halts anything
-            _remove_stale_mirror(info["path"])
-            info = None
+        if info is not None and info.get("mirror"):
+            if not global_halt:
+                # written by `halt` on this host as a copy of a cluster-wide halt that an
+                # `unhalt` on some node has since lifted: it no longer halts anything
+                _remove_stale_mirror(info["path"])
+            info = None  # else it is the store's halt, already listed: say it once
         if info is not None:
             expires = info.get("expires_at")
             reasons.append(Reason(

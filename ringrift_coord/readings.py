@@ -23,10 +23,24 @@ FIELDS = ("cpu", "memory", "disk", "gpu", "gpu_memory", "load_avg", "cpus", "mem
           "gpu_name", "gpu_count")
 
 
-def disk_percent(paths: list[str]) -> tuple[float | None, str | None]:
-    """The fullest of ``paths`` (percent used, path)."""
-    worst: tuple[float | None, str | None] = (None, None)
+def expand_paths(paths: list[str]) -> list[str]:
+    """``paths`` with ``~`` and glob patterns (``resources.data_paths`` holds globs) expanded."""
+    out: list[str] = []
     for path in paths:
+        path = os.path.expanduser(path)
+        if any(ch in path for ch in "*?["):
+            import glob
+
+            out.extend(sorted(glob.glob(path)))
+        else:
+            out.append(path)
+    return out
+
+
+def disk_percent(paths: list[str]) -> tuple[float | None, str | None]:
+    """The fullest of ``paths`` (percent used, path); glob patterns are expanded."""
+    worst: tuple[float | None, str | None] = (None, None)
+    for path in expand_paths(paths):
         try:
             st = os.statvfs(path)
         except OSError:
@@ -127,7 +141,9 @@ def gpu_readings() -> dict[str, Any]:
 
 
 def store_reading(tx: Tx, node: str, reading: dict[str, Any], now: float) -> None:
-    details = {k: v for k, v in reading.items() if k not in FIELDS and k != "source"}
+    details = dict(reading.get("details") or {})  # live_host's own details, flattened
+    details.update({k: v for k, v in reading.items()
+                    if k not in FIELDS and k not in ("source", "details", "node", "at")})
     tx.execute("DELETE FROM readings WHERE node = ?", (node,))
     tx.execute(
         f"INSERT INTO readings (node, at, source, {', '.join(FIELDS)}, details) "
@@ -143,3 +159,55 @@ def latest(tx: Tx, node: str) -> Row | None:
 
 def all_latest(tx: Tx) -> list[Row]:
     return tx.query("SELECT * FROM readings ORDER BY node")
+
+
+def decode(row: Row | None) -> Row | None:
+    """A stored reading with its ``details`` JSON decoded."""
+    if row is None:
+        return None
+    out = dict(row)
+    raw = out.get("details")
+    if isinstance(raw, str):
+        try:
+            out["details"] = json.loads(raw)
+        except ValueError:
+            out["details"] = {"raw": raw}
+    return out
+
+
+def assess(
+    reading: Row | dict[str, Any], thresholds: dict[str, Any], now: float, max_age: float
+) -> dict[str, Any]:
+    """A reading against the thresholds: each resource's level (ok / warning / critical),
+    the load average against its critical level, the sample's age and staleness.
+
+    ``blocking`` says whether admission would refuse the node for it (critical and fresh);
+    stale samples are ignored by admission.
+    """
+    out: dict[str, Any] = {"node": reading.get("node"), "at": reading.get("at", now),
+                           "source": reading.get("source")}
+    for field in FIELDS:
+        out[field] = reading.get(field)
+    out["details"] = reading.get("details") or {}
+    at = out["at"]
+    out["age"] = None if at is None else round(now - at, 3)
+    out["stale"] = at is not None and now - at > max_age
+    levels: dict[str, str | None] = {}
+    for resource in RESOURCES:
+        value = reading.get(resource)
+        limits = thresholds[resource]
+        levels[resource] = None if value is None else (
+            "critical" if value >= limits["critical"]
+            else "warning" if value >= limits["warning"] else "ok"
+        )
+    load, cpus = reading.get("load_avg"), reading.get("cpus")
+    critical_load = None
+    if cpus:
+        critical_load = round(float(thresholds["load_avg_critical_per_cpu"]) * cpus, 3)
+    out["load_critical"] = critical_load
+    levels["load_avg"] = None if load is None or critical_load is None else (
+        "critical" if load >= critical_load else "ok"
+    )
+    out["levels"] = levels
+    out["blocking"] = not out["stale"] and "critical" in levels.values()
+    return out

@@ -394,24 +394,28 @@ def parse_since(text: str, now: float) -> float:
 # --------------------------------------------------------------------------- limits, targets
 
 
-def _show_settings(g: Globals, sections: list[str], title: str) -> None:
+def _show_settings(g: Globals, sections: list[str], title: str, extra: Any = None) -> None:
     with g.context() as c:
         settings = c.settings
+        more = extra(c) if extra else {}  # limits: OOM-lowered caps and backpressure
     rows = [
         {"key": key, "value": value, "source": source}
         for section in sections for key, value, source in settings.flat(section)
     ]
     if g.json:
-        emit_json({"config_file": settings.file, "values": rows})
+        emit_json({"config_file": settings.file, "values": rows, **more})
     else:
         views.settings_table(rows, title, settings.file)
+        if extra:
+            resources_cmd.print_caps(more)
 
 
 @app.command()
 def limits(ctx: typer.Context) -> None:
-    """Effective task limits, rate limits, thresholds and store settings, with their source."""
+    """Effective task limits, rate limits, thresholds and store settings, with their source;
+    the caps lowered after repeated OOMs and the backpressure factors in force."""
     _show_settings(_g(ctx), ["task_limits", "rate_limits", "thresholds", "store", "run"],
-                   "limits")
+                   "limits", extra=resources_cmd.caps_in_force)
     _done()
 
 
@@ -470,6 +474,17 @@ def status(ctx: typer.Context) -> None:
     else:
         views.status_screen(document)
     _done()
+
+
+# --------------------------------------------------------------------------- breakers
+
+from ringrift_coord.cli import breakers_cmd  # noqa: E402
+
+breakers_cmd.register(app)
+
+from ringrift_coord.cli import resources_cmd  # noqa: E402  (report, resources)
+
+resources_cmd.register(app)
 
 
 # --------------------------------------------------------------------------- entry
