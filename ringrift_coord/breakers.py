@@ -82,18 +82,32 @@ class Breaker:
         return self.retry_at
 
     def recent_failures(self, now: float, cfg: BreakerConfig) -> int:
-        since = max(now - cfg.window, self.closed_at if now >= self.closed_at else now - cfg.window)
+        # ``failures`` only ever holds failures since the last close (``_close`` empties it),
+        # so the window alone decides; comparing with ``closed_at`` would drop a failure that
+        # came after the close but was stamped before it by a clock stepped back
+        since = now - cfg.window
         return sum(1 for at in self.failures if at >= since)
+
+    def rebase(self, now: float, cfg: BreakerConfig) -> bool:
+        """After a clock step back past the opening, wait at most one timeout from ``now``.
+
+        Only ever shortens the wait; True when something changed (the caller saves it).
+        """
+        if self.state != OPEN or self.opened_at is None or now >= self.opened_at:
+            return False
+        self.opened_at, self.retry_at = now, self._retry_at(now, cfg)
+        return True
 
     def admit(self, now: float, cfg: BreakerConfig) -> tuple[bool, bool, float | None]:
         """Take a spawn through the breaker: (allowed, is_trial, retry_after)."""
         if self.state == OPEN:
+            self.rebase(now, cfg)
             retry_at = self._retry_at(now, cfg)
-            if now < self.opened_at:  # type: ignore[operator]
-                self.opened_at, self.retry_at = now, retry_at  # re-base after a step back
             if now < retry_at:
                 return False, False, retry_at - now
-            self.state, self.trials_in_flight, self.trial_successes = HALF_OPEN, 0, 0
+            # trials_in_flight is kept: trials of an earlier half-open period that still run
+            # count against the cap, so no more than half_open_trials ever run at once
+            self.state, self.trial_successes = HALF_OPEN, 0
         if self.state == CLOSED:
             return True, False, None
         if self.trials_in_flight < cfg.half_open_trials:
@@ -125,13 +139,16 @@ class Breaker:
         if self.trials_in_flight > 0:
             self.trials_in_flight -= 1
 
+    # trials_in_flight counts trial tasks still running, whatever the state: each one
+    # gives its place back when it ends (record with trial=True, or trial_lost)
+
     def _open(self, now: float, cfg: BreakerConfig) -> None:
         self.state, self.opened_at, self.retry_at = OPEN, now, now + cfg.recovery_timeout
-        self.trials_in_flight = self.trial_successes = 0
+        self.trial_successes = 0
 
     def _close(self, now: float) -> None:
         self.state, self.opened_at, self.retry_at = CLOSED, None, None
-        self.trials_in_flight = self.trial_successes = 0
+        self.trial_successes = 0
         self.closed_at = now
         self.failures = []
 
