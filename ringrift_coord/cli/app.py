@@ -458,8 +458,9 @@ def config_validate(
 
 @app.command()
 def status(ctx: typer.Context) -> None:
-    """One screen: halt, tasks against limits per node and type, reservations, queue."""
-    from ringrift_coord import safeguards
+    """One screen: halt, tasks against limits per node and type, breakers, reservations."""
+    from ringrift_coord import breakers, safeguards
+    from ringrift_coord.breakers import BreakerConfig
     from ringrift_coord.task_coordinator import TaskCoordinator
 
     g = _g(ctx)
@@ -468,11 +469,18 @@ def status(ctx: typer.Context) -> None:
         stats = coord.get_stats()
         halts = safeguards.halt_status(c)
         tasks = coord.list_tasks()
-    document = {**stats, "halt": halts, "tasks": tasks}
+        cfg = BreakerConfig.from_settings(c.settings)
+        with c.store.read() as tx:  # reading never restarts a breaker's timer
+            now = tx.now()
+            breaker_rows = [b.to_dict(now, cfg) for b in breakers.load_all(tx)]
+    document = {**stats, "halt": halts, "tasks": tasks, "breakers": breaker_rows}
     if g.json:
         emit_json(document)
     else:
         views.status_screen(document)
+        not_closed = [r for r in breaker_rows if r["state"] != "closed"]
+        if not_closed:
+            breakers_cmd.breakers_table(not_closed, now)
     _done()
 
 
