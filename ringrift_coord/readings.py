@@ -60,12 +60,12 @@ def disk_percent(paths: list[str]) -> tuple[float | None, str | None]:
 def _meminfo() -> tuple[float | None, float | None]:
     """(percent used, total GiB) from /proc/meminfo (Linux), else (None, None)."""
     try:
-        with open("/proc/meminfo", "rb") as handle:
-            text = handle.read().decode("ascii", "replace")
+        with open("/proc/meminfo", "rb", buffering=0) as handle:
+            text = handle.read(512).decode("ascii", "replace")  # MemTotal..MemAvailable lead
     except OSError:
         return None, None
     values: dict[str, int] = {}
-    for line in text.splitlines():
+    for line in text.splitlines()[:5]:
         key, _, rest = line.partition(":")
         if key in ("MemTotal", "MemAvailable"):
             values[key] = int(rest.split()[0])
@@ -84,7 +84,16 @@ def live_host(paths: list[str]) -> dict[str, Any]:
     except OSError:
         load = None
     return {"memory": memory, "memory_gb": memory_gb, "disk": disk, "load_avg": load,
-            "cpus": os.cpu_count(), "details": {"disk_path": disk_path}, "source": "live"}
+            "cpus": _cpus(), "details": {"disk_path": disk_path}, "source": "live"}
+
+
+_CPUS: list[int | None] = []
+
+
+def _cpus() -> int | None:
+    if not _CPUS:  # os.cpu_count() reads sysfs each time: once per process is enough
+        _CPUS.append(os.cpu_count())
+    return _CPUS[0]
 
 
 def sample(paths: list[str], cpu_interval: float = 0.2) -> dict[str, Any]:
