@@ -524,7 +524,8 @@ def admit(
             (
                 task_id, req.task_type.value, req.node, req.host, req.boot_id, req.pid,
                 req.pid_start, req.pgid, req.wrapper_pid, req.wrapper_start, req.config_name,
-                req.command, req.source, now, now + lease_ttl, token, int(decision.trial),
+                req.command, req.source, now, now + _lease_for(req, settings, lease_ttl), token,
+                int(decision.trial),
             ),
         )
         rate = decision._rate
@@ -535,7 +536,20 @@ def admit(
         decision.lease_token = token
     elif log:
         log_decision(tx, req, decision, action, now, settings)
+    if not decision.allowed and req.waiter_seq is not None:
+        # a waiter that still polls is alive: other hosts judge its place by this
+        tx.execute("UPDATE waiters SET heartbeat_at = ? WHERE seq = ?", (now, req.waiter_seq))
     return decision
+
+
+def _lease_for(req: Request, settings: Settings, lease_ttl: float) -> float:
+    """`run` renews its lease; a `register`ed holder has nobody doing so, so other hosts
+    (which judge it by its lease) give it twice the expected duration of its type (on its
+    own host its process decides, and any command there refreshes the lease)."""
+    if req.source == "run":
+        return lease_ttl
+    expected = settings.duration(req.task_type.value) or 0.0
+    return max(lease_ttl, 2.0 * expected)
 
 
 def log_decision(

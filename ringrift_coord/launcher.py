@@ -241,8 +241,12 @@ def run_command(
         if not recorded:
             os.close(go_w)
             raise CoordError(f"slot {task_id} was taken away before the command started")
+        coord.ctx.store.idle()  # hold no server connection while the job runs
         terminal.give_to(pid)
-        os.write(go_w, b"g")
+        try:
+            os.write(go_w, b"g")
+        except BrokenPipeError:  # a forwarded signal already ended the child before exec
+            pass
         os.close(go_w)
         failure = os.read(err_r, 32)
         os.close(err_r)
@@ -325,8 +329,10 @@ def _wait_child(
                         # not outlive its slot, so stop it as if it had been sent SIGTERM
                         warn(f"lease of {task_id} was lost (its slot was freed); stopping the job")
                         job.on_signal(signal.SIGTERM, None)
-                except StoreBusy:
-                    pass  # try again at the next renewal
+                except CoordError as exc:  # busy, unreachable, disk full...: not the job's fault
+                    warn(f"could not renew the lease of {task_id} ({exc}); retrying")
+                finally:
+                    coord.ctx.store.idle()
                 next_renew = now + renew_every
             timeout = next_renew - now
             if job.kill_deadline is not None and not job.killed:

@@ -284,3 +284,21 @@ def test_admitted_never_exceeds_limits(tmp_path_factory, new_ctx, per_node, clus
             assert all(count <= per_node for count in per.values())
     finally:
         ctx.close()
+
+
+def test_registered_holders_get_a_long_lease_and_waiters_stay_fresh(tmp_path, new_ctx):
+    clock = ManualClock()
+    ctx = new_ctx(tmp_path, "task_limits: {training: {per_node: 1, cluster: 1}}\n"
+                  "durations: {training: 1000}\nstore: {lease_ttl: 120}\n", clock)
+    coord = TaskCoordinator(ctx)
+    held = coord.acquire("training", "n1", holder=Holder(pid=os.getpid()), source="register")
+    lease = coord.list_tasks()[0]["lease_left"]
+    assert lease == 2000  # nobody renews a registered holder: 2 x its expected duration
+    seq = coord.enqueue("training", "n2")
+    clock.advance(100)
+    denied = coord.acquire("training", "n2", holder=Holder(pid=os.getpid()), waiter_seq=seq)
+    assert not denied.allowed
+    with ctx.store.read() as tx:
+        beat = tx.one("SELECT heartbeat_at FROM waiters WHERE seq = ?", (seq,))
+    assert beat is not None and beat["heartbeat_at"] == tx.now()  # a polling waiter is alive
+    assert coord.unregister_task(held.task_id, token=held.lease_token)

@@ -58,7 +58,9 @@ task_limits: {selfplay: {per_node: 6, cluster: 20}}
 rate_limits: {selfplay: {per_minute: null}}
 store: {lease_ttl: 120, connect_timeout: 2, busy_timeout: 30}
 """
-SHORT_LEASE = CONFIG.replace("lease_ttl: 120", "lease_ttl: 2").replace("per_node: 6", "per_node: 1")
+# a registered holder's lease is max(lease_ttl, 2 x the type's expected duration)
+SHORT_LEASE = (CONFIG.replace("lease_ttl: 120", "lease_ttl: 2").replace("per_node: 6", "per_node: 1")
+               + "durations: {selfplay: 1}\n")
 
 
 @pytest.fixture

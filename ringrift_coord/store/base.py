@@ -74,6 +74,12 @@ class Store(ABC):
     @abstractmethod
     def close(self) -> None: ...
 
+    def idle(self) -> None:
+        """About to wait a long while (``run``): release what a server would hold for us.
+
+        The next transaction reconnects if needed. A no-op for an embedded engine.
+        """
+
     @abstractmethod
     def describe(self) -> dict[str, Any]:
         """Engine and location, for ``status`` (never a password)."""

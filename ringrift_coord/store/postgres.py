@@ -124,6 +124,14 @@ class PostgresStore(Store):
                 f"state store {where} is still locked after the {self.busy_timeout:g} s busy "
                 "timeout; nothing was decided, try again"
             )
+        state = getattr(exc, "sqlstate", None) or ""
+        if state.startswith("08") or state in ("53300", "57P01", "57P02", "57P03", "53000"):
+            return StoreBusy(
+                f"PostgreSQL {where} is unreachable or busy ({text[:200]}); nothing was "
+                "decided, try again later"
+            )
+        if state.startswith("28") or state == "3D000":
+            return StateError(f"PostgreSQL {where} refused us: {text[:300]}")
         lowered = text.lower()
         if any(problem in lowered for problem in _CONFIG_PROBLEMS) and not isinstance(
             exc, psycopg.errors.UndefinedTable
@@ -209,6 +217,9 @@ class PostgresStore(Store):
                 self._conn.close()
             except self._psycopg.Error:
                 pass
+
+    def idle(self) -> None:
+        self.close()  # 28 nodes x 32 jobs must not hold ~900 idle server connections
 
     def close(self) -> None:
         if self._conn is not None:
