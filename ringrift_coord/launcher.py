@@ -271,10 +271,15 @@ def run_command(
             exit_code = 128 - code
             status = "killed"
             reason = f"killed by {sig_name}"
-            if job.killed:
-                reason += f" after the {job.kill_grace:g} s grace period"
-            elif job.received:
+            if job.received:
+                # stopped by the operator or launcher (or because its slot was freed): not a
+                # failure of the job, so neither its breaker nor its node's rate pays for it
+                status = "stopped"
                 reason += f" (forwarded {signal.Signals(job.received[0]).name})"
+                if job.killed:
+                    reason += f" after the {job.kill_grace:g} s grace period"
+            elif job.killed:
+                reason += f" after the {job.kill_grace:g} s grace period"
             elif -code == signal.SIGKILL:  # from outside: the kernel's OOM killer, or someone
                 status, reason = classify_sigkill(oom_before, settings, coord.ctx.state_dir)
         else:
@@ -286,12 +291,13 @@ def run_command(
         terminal.restore()
         if pid is not None:  # the wrapper itself failed while the job ran: stop the job
             _stop_group(pid, job.kill_grace)
+        # release while our handlers still catch a second Ctrl-C / SIGTERM
+        _release(coord, task_id, token, exit_code, status, reason, warn)
         signal.set_wakeup_fd(old_wakeup)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         os.close(wake_r)
         os.close(wake_w)
-        _release(coord, task_id, token, exit_code, status, reason, warn)
 
 
 def _result(

@@ -36,7 +36,7 @@ __all__ = [
     "unregister_task",
 ]
 
-RELEASE_STATUSES = ("ok", "failed", "oom", "killed")
+RELEASE_STATUSES = ("ok", "failed", "oom", "killed", "stopped")
 
 
 class Holder:

@@ -302,3 +302,23 @@ def test_registered_holders_get_a_long_lease_and_waiters_stay_fresh(tmp_path, ne
         beat = tx.one("SELECT heartbeat_at FROM waiters WHERE seq = ?", (seq,))
     assert beat is not None and beat["heartbeat_at"] == tx.now()  # a polling waiter is alive
     assert coord.unregister_task(held.task_id, token=held.lease_token)
+
+
+def test_concurrent_coordinated_tasks_share_one_store_safely(coordinator):
+    running, peak = [0], [0]
+
+    async def one(i):
+        async with CoordinatedTask("training", f"n{i % 5}", coordinator=coordinator) as task:
+            if task.allowed:
+                running[0] += 1
+                peak[0] = max(peak[0], running[0])
+                await asyncio.sleep(0.02)
+                running[0] -= 1
+            return task.allowed
+
+    async def main():
+        return await asyncio.gather(*[one(i) for i in range(20)])
+
+    allowed = asyncio.run(main())
+    assert any(allowed) and 1 <= peak[0] <= 2  # the cluster limit of this fixture is 2
+    assert coordinator.list_tasks() == []  # every admitted task released, none leaked

@@ -126,3 +126,22 @@ def test_real_oom_kill_in_a_memory_cgroup(coord, tmp_path):
             except OSError:
                 pass
         group.rmdir()
+
+
+def test_an_operator_stop_is_not_a_failure(coord, tmp_path):
+    import signal
+    import time
+
+    ready = tmp_path / "ready"
+    wrapper = coord.popen("run", "evaluation", "--node", "n1", "--", "sh", "-c",
+                          f"touch {ready}; exec sleep 60")
+    deadline = time.monotonic() + 30
+    while not ready.exists():
+        assert time.monotonic() < deadline and wrapper.poll() is None
+        time.sleep(0.05)
+    wrapper.send_signal(signal.SIGTERM)
+    assert wrapper.wait(timeout=30) == 143
+    history = json.loads(coord("tasks", "history", "--json").stdout)[0]
+    assert history["status"] == "stopped" and "forwarded SIGTERM" in history["reason"]
+    # neither the breaker nor the node's spawn rate pays for an operator's stop
+    assert json.loads(coord("breakers", "list", "--json").stdout) == []

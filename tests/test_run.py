@@ -318,7 +318,7 @@ def test_signal_reaches_whole_job_group_including_grandchildren(
     assert listed(coord) == []
     rows = history(coord, task["task_id"])
     assert len(rows) == 1, rows  # released exactly once
-    assert (rows[0]["status"], rows[0]["exit_code"]) == ("killed", 128 + sig)
+    assert (rows[0]["status"], rows[0]["exit_code"]) == ("stopped", 128 + sig)
     assert f"forwarded {sig.name}" in rows[0]["reason"]
     assert "could not release" not in wrapper.stderr and "Traceback" not in wrapper.stderr
 
@@ -345,7 +345,7 @@ def test_signal_to_wrapper_ends_shell_job_with_background_children(
     assert group_pids(pids[0]) == [] and not any(alive(p) for p in pids)
     assert listed(coord) == []
     row = only_history_row(coord)
-    assert (row["status"], row["exit_code"]) == ("killed", 128 + sig)
+    assert (row["status"], row["exit_code"]) == ("stopped", 128 + sig)
 
 
 def test_sigkill_after_grace_when_job_ignores_sigterm(coord_run: Coord, cleanup: list[int]) -> None:
@@ -374,8 +374,8 @@ def test_sigkill_after_grace_when_job_ignores_sigterm(coord_run: Coord, cleanup:
     assert listed(coord) == []
     rows = history(coord)
     assert len(rows) == 1
-    assert (rows[0]["status"], rows[0]["exit_code"]) == ("killed", 137)
-    assert "grace" in rows[0]["reason"]
+    assert (rows[0]["status"], rows[0]["exit_code"]) == ("stopped", 137)
+    assert "grace" in rows[0]["reason"] and "forwarded SIGTERM" in rows[0]["reason"]
 
 
 def test_second_signal_does_not_release_twice(coord_run: Coord, cleanup: list[int]) -> None:

@@ -133,7 +133,7 @@ def unregister(
     task_id: Annotated[str, typer.Argument(metavar="ID", help="Task id from register.")],
     exit_code: Annotated[int | None, typer.Option("--exit-code", help="The job's exit code.")] = None,
     status: Annotated[str | None, typer.Option(
-        "--status", help="ok, failed, oom or killed (default from --exit-code).")] = None,
+        "--status", help="ok, failed, oom, killed or stopped (default from --exit-code).")] = None,
     token: Annotated[int | None, typer.Option(
         "--token", help="Fencing token (default $RINGRIFT_LEASE_TOKEN for this task).")] = None,
     reason: Annotated[str | None, typer.Option("--reason", help="Why it ended.")] = None,

@@ -8,6 +8,7 @@ PostgreSQL: a transaction-scoped advisory lock), and ``now()`` is the store's cl
 
 from __future__ import annotations
 
+import _thread
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -51,25 +52,35 @@ class Store(ABC):
     @abstractmethod
     def _rollback(self) -> None: ...
 
+    def _thread_lock(self) -> Any:
+        # One connection, one transaction at a time: threads sharing a store (asyncio's
+        # to_thread in CoordinatedTask) take turns instead of interleaving statements.
+        lock = self.__dict__.get("_lock")
+        if lock is None:
+            lock = self.__dict__.setdefault("_lock", _thread.RLock())
+        return lock
+
     @contextmanager
     def write(self) -> Iterator[Tx]:
         """A serialised read-then-write transaction; commits on success."""
-        tx = self._begin(write=True)
-        try:
-            yield tx
-        except BaseException:
-            self._rollback()
-            raise
-        self._commit()
+        with self._thread_lock():
+            tx = self._begin(write=True)
+            try:
+                yield tx
+            except BaseException:
+                self._rollback()
+                raise
+            self._commit()
 
     @contextmanager
     def read(self) -> Iterator[Tx]:
         """A consistent read-only snapshot."""
-        tx = self._begin(write=False)
-        try:
-            yield tx
-        finally:
-            self._rollback()
+        with self._thread_lock():
+            tx = self._begin(write=False)
+            try:
+                yield tx
+            finally:
+                self._rollback()
 
     @abstractmethod
     def close(self) -> None: ...
