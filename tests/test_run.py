@@ -13,12 +13,12 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from conftest import Coord
+from conftest import Coord, wait_for
 
 CONFIG = """\
 task_limits: {selfplay: {per_node: 4, cluster: 500}}
@@ -54,17 +54,6 @@ def group_pids(pgid: int) -> list[int]:
         if fields[0] != b"Z" and int(fields[2]) == pgid:
             members.append(int(entry))
     return members
-
-
-def wait_for(predicate: Callable[[], object], timeout: float, what: str) -> object:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.02)
 
 
 def read_when_ready(path: Path, timeout: float = 20) -> str:

@@ -14,12 +14,12 @@ import signal
 import sqlite3
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from conftest import Coord
+from conftest import Coord, wait_for
 
 CONFIG = """\
 task_limits: {selfplay: {per_node: 1, cluster: 500}}
@@ -28,17 +28,6 @@ run: {poll_interval: 0.05}
 """
 
 JOB = 'echo "start $1" >> "$0"; sleep 0.2; echo "end $1" >> "$0"'
-
-
-def wait_for(predicate: Callable[[], object], timeout: float, what: str) -> object:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.02)
 
 
 def waiter_pids(coord: Coord) -> list[int]:
