@@ -44,19 +44,24 @@ def raw_pairs(work: Path) -> Callable[[], bool]:
     conn.execute("PRAGMA busy_timeout=5000")
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=NORMAL")
-    conn.execute("CREATE TABLE IF NOT EXISTS slots (id INTEGER PRIMARY KEY, task TEXT,"
-                 " node TEXT, pid INTEGER, started REAL)")
+    conn.execute(
+        "CREATE TABLE IF NOT EXISTS slots (id INTEGER PRIMARY KEY, task TEXT,"
+        " node TEXT, pid INTEGER, started REAL)"
+    )
     conn.execute("CREATE INDEX IF NOT EXISTS slots_tn ON slots(task, node)")
 
     def pair() -> bool:
         conn.execute("BEGIN IMMEDIATE")
-        n = conn.execute("SELECT count(*) FROM slots WHERE task=? AND node=?",
-                         ("selfplay", "n1")).fetchone()[0]
+        n = conn.execute(
+            "SELECT count(*) FROM slots WHERE task=? AND node=?", ("selfplay", "n1")
+        ).fetchone()[0]
         if n >= LIMIT:
             conn.execute("COMMIT")
             return False
-        sid = conn.execute("INSERT INTO slots (task, node, pid, started) VALUES (?, ?, ?, ?)",
-                           ("selfplay", "n1", os.getpid(), time.time())).lastrowid
+        sid = conn.execute(
+            "INSERT INTO slots (task, node, pid, started) VALUES (?, ?, ?, ?)",
+            ("selfplay", "n1", os.getpid(), time.time()),
+        ).lastrowid
         conn.execute("COMMIT")
         conn.execute("BEGIN IMMEDIATE")
         conn.execute("DELETE FROM slots WHERE id=?", (sid,))
@@ -107,7 +112,9 @@ def run_for(pair: Callable[[], bool], seconds: float) -> dict[str, float]:
     wall = time.perf_counter() - t_start
     lat.sort()
     return {
-        "pairs": len(lat), "seconds": round(wall, 3), "pairs_per_s": round(len(lat) / wall, 1),
+        "pairs": len(lat),
+        "seconds": round(wall, 3),
+        "pairs_per_s": round(len(lat) / wall, 1),
         "p50_ms": round(statistics.median(lat) * 1e3, 3),
         "p99_ms": round(lat[min(len(lat) - 1, int(len(lat) * 0.99))] * 1e3, 3),
     }
@@ -137,27 +144,39 @@ def main(argv: list[str] | None = None) -> int:
     best = {name: max(r["pairs_per_s"] for r in rs) for name, rs in runs.items()}
     ratio = round(best["library"] / best["raw"], 3)
     document = {
-        "date": time.strftime("%Y-%m-%d"), "python": platform.python_version(),
-        "sqlite": sqlite3.sqlite_version, "cpus": os.cpu_count(),
-        "loadavg_1m": round(os.getloadavg()[0], 2), "runs": runs,
-        "library_pairs_per_s": best["library"], "raw_pairs_per_s": best["raw"],
-        "ratio": ratio, "goal_pairs_per_s": GOAL, "meets_goal": best["library"] >= GOAL,
+        "date": time.strftime("%Y-%m-%d"),
+        "python": platform.python_version(),
+        "sqlite": sqlite3.sqlite_version,
+        "cpus": os.cpu_count(),
+        "loadavg_1m": round(os.getloadavg()[0], 2),
+        "runs": runs,
+        "library_pairs_per_s": best["library"],
+        "raw_pairs_per_s": best["raw"],
+        "ratio": ratio,
+        "goal_pairs_per_s": GOAL,
+        "meets_goal": best["library"] >= GOAL,
     }
     if a.json:
         print(json.dumps(document, indent=2))
     else:
-        print(f"# inprocess: {a.rounds} x {a.seconds:g} s per row, {os.cpu_count()} cores, "
-              f"load {os.getloadavg()[0]:.1f}, Python {platform.python_version()}, "
-              f"SQLite {sqlite3.sqlite_version}")
+        print(
+            f"# inprocess: {a.rounds} x {a.seconds:g} s per row, {os.cpu_count()} cores, "
+            f"load {os.getloadavg()[0]:.1f}, Python {platform.python_version()}, "
+            f"SQLite {sqlite3.sqlite_version}"
+        )
         print(f"{'row':10} {'round':>5} {'pairs/s':>10} {'p50 ms':>8} {'p99 ms':>8}")
         for name, rs in runs.items():
             for i, r in enumerate(rs, 1):
-                print(f"{name:10} {i:>5} {r['pairs_per_s']:>10,.1f} {r['p50_ms']:>8.3f} "
-                      f"{r['p99_ms']:>8.3f}")
+                print(
+                    f"{name:10} {i:>5} {r['pairs_per_s']:>10,.1f} {r['p50_ms']:>8.3f} "
+                    f"{r['p99_ms']:>8.3f}"
+                )
         verdict = "meets" if document["meets_goal"] else "MISSES"
-        print(f"library {best['library']:,.0f} pairs/s = {ratio:.3f} x raw "
-              f"{best['raw']:,.0f} pairs/s (best round each); {verdict} the goal of "
-              f">= {GOAL:,.0f} pairs/s")
+        print(
+            f"library {best['library']:,.0f} pairs/s = {ratio:.3f} x raw "
+            f"{best['raw']:,.0f} pairs/s (best round each); {verdict} the goal of "
+            f">= {GOAL:,.0f} pairs/s"
+        )
     return 1 if a.check and not document["meets_goal"] else 0
 
 

@@ -40,7 +40,10 @@ def ringrift_worker(url, state_dir, seconds, start, out):
         from ringrift_coord.task_coordinator import Holder, TaskCoordinator
 
         ctx = Context.open(
-            db=url, state_dir=state_dir, config=None, env={"USER": "bench"},
+            db=url,
+            state_dir=state_dir,
+            config=None,
+            env={"USER": "bench"},
             overrides=["task_limits.selfplay.per_node=8", "rate_limits.selfplay.per_minute=null"],
         )
         coord = TaskCoordinator(ctx)
@@ -70,8 +73,10 @@ def ringrift_mode(name, url, clients, seconds):
     os.chmod(state, 0o700)
     ctx = mp.get_context("fork")
     start, out = ctx.Event(), ctx.Queue()
-    procs = [ctx.Process(target=ringrift_worker, args=(url, state, seconds, start, out))
-             for _ in range(clients)]
+    procs = [
+        ctx.Process(target=ringrift_worker, args=(url, state, seconds, start, out))
+        for _ in range(clients)
+    ]
     try:
         for p in procs:
             p.start()
@@ -90,8 +95,12 @@ def ringrift_mode(name, url, clients, seconds):
     lat = sorted(x for r in results for x in r["lat"])
     pairs = sum(r["pairs"] for r in results)
     return {
-        "mode": name, "clients": clients, "seconds": round(wall, 2), "pairs": pairs,
-        "pairs_per_s": round(pairs / wall, 1), "txn_per_s": round(2 * pairs / wall, 1),
+        "mode": name,
+        "clients": clients,
+        "seconds": round(wall, 2),
+        "pairs": pairs,
+        "pairs_per_s": round(pairs / wall, 1),
+        "txn_per_s": round(2 * pairs / wall, 1),
         "p50_ms": round(statistics.median(lat) * 1e3, 3) if lat else None,
         "p99_ms": round(lat[min(len(lat) - 1, int(len(lat) * 0.99))] * 1e3, 3) if lat else None,
         "denied": sum(r["denied"] for r in results),
@@ -99,8 +108,9 @@ def ringrift_mode(name, url, clients, seconds):
 
 
 def main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--seconds", type=float, default=3.0)
     p.add_argument("--clients", type=int, default=8)
     p.add_argument("--pg-url", help="an existing server (its database gets our tables)")
@@ -141,22 +151,32 @@ def main(argv: list[str]) -> int:
         if server is not None:
             server.stop()
     summary = {
-        "date": time.strftime("%Y-%m-%d"), "cores": os.cpu_count(), "postgresql": version,
-        "psycopg": psycopg.__version__, "seconds_per_mode": a.seconds, "rows": rows,
+        "date": time.strftime("%Y-%m-%d"),
+        "cores": os.cpu_count(),
+        "postgresql": version,
+        "psycopg": psycopg.__version__,
+        "seconds_per_mode": a.seconds,
+        "rows": rows,
     }
     if a.json:
         print(json.dumps(summary))
     else:
-        print(f"\n# PostgreSQL {version}, psycopg {psycopg.__version__}, {os.cpu_count()} cores, "
-              f"{a.seconds:g} s per mode")
-        print(f"{'mode':<18} {'clients':>7} {'pairs/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'ratio':>6}")
+        print(
+            f"\n# PostgreSQL {version}, psycopg {psycopg.__version__}, {os.cpu_count()} cores, "
+            f"{a.seconds:g} s per mode"
+        )
+        print(
+            f"{'mode':<18} {'clients':>7} {'pairs/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'ratio':>6}"
+        )
         for r in rows:
             if "error" in r:
                 print(f"{r['mode']:<18} {r.get('clients', ''):>7} {r['error']}")
                 continue
             ratio = r.get("ratio_to_raw")
-            print(f"{r['mode']:<18} {r['clients']:>7} {r['pairs_per_s']:>9.1f} {r['p50_ms']:>8.2f} "
-                  f"{r['p99_ms']:>8.2f} {'' if ratio is None else f'{ratio:.2f}':>6}")
+            print(
+                f"{r['mode']:<18} {r['clients']:>7} {r['pairs_per_s']:>9.1f} {r['p50_ms']:>8.2f} "
+                f"{r['p99_ms']:>8.2f} {'' if ratio is None else f'{ratio:.2f}':>6}"
+            )
     return 1 if any("error" in r for r in rows) else 0
 
 

@@ -81,12 +81,15 @@ def rows(exe: str) -> list[tuple[str, list[str]]]:
 
 def time_once(argv: list[str], env: dict[str, str]) -> float:
     t0 = time.perf_counter()
-    done = subprocess.run(argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                          stderr=subprocess.PIPE)
+    done = subprocess.run(
+        argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
     elapsed = time.perf_counter() - t0
     if done.returncode != 0:
-        raise RuntimeError(f"{' '.join(argv)} exited {done.returncode}: "
-                           f"{done.stderr.decode(errors='replace').strip()[:300]}")
+        raise RuntimeError(
+            f"{' '.join(argv)} exited {done.returncode}: "
+            f"{done.stderr.decode(errors='replace').strip()[:300]}"
+        )
     return elapsed
 
 
@@ -96,12 +99,14 @@ def measure(exe: str, runs: int, warmup: int) -> list[dict[str, object]]:
         config = Path(work, "coord.yaml")
         config.write_text(CONFIG)
         env = {k: v for k, v in os.environ.items() if not k.startswith(("RINGRIFT_", "_RINGRIFT"))}
-        env.update({
-            "RINGRIFT_COORDINATOR_DIR": str(Path(work, "state")),
-            "RINGRIFT_COORD_CONFIG": str(config),
-            "XDG_CONFIG_HOME": str(Path(work, "xdg-config")),
-            "COLUMNS": "120",
-        })
+        env.update(
+            {
+                "RINGRIFT_COORDINATOR_DIR": str(Path(work, "state")),
+                "RINGRIFT_COORD_CONFIG": str(config),
+                "XDG_CONFIG_HOME": str(Path(work, "xdg-config")),
+                "COLUMNS": "120",
+            }
+        )
         table = rows(exe)
         times: dict[str, list[float]] = {name: [] for name, _ in table}
         for i in range(warmup + runs):
@@ -109,12 +114,17 @@ def measure(exe: str, runs: int, warmup: int) -> list[dict[str, object]]:
                 elapsed = time_once(argv, env)
                 if i >= warmup:
                     times[name].append(elapsed)
-        return [{
-            "row": name, "argv": argv, "runs": runs,
-            "median_ms": round(statistics.median(times[name]) * 1e3, 2),
-            "min_ms": round(min(times[name]) * 1e3, 2),
-            "max_ms": round(max(times[name]) * 1e3, 2),
-        } for name, argv in table]
+        return [
+            {
+                "row": name,
+                "argv": argv,
+                "runs": runs,
+                "median_ms": round(statistics.median(times[name]) * 1e3, 2),
+                "min_ms": round(min(times[name]) * 1e3, 2),
+                "max_ms": round(max(times[name]) * 1e3, 2),
+            }
+            for name, argv in table
+        ]
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -139,29 +149,49 @@ def main(argv: list[str] | None = None) -> int:
     for r in results:
         r["ratio"] = round(float(r["median_ms"]) / float(base), 2)
     ratio = results[1]["ratio"]
-    verdict = ("meets the goal" if ratio <= GOAL else "within the limit" if ratio <= LIMIT
-               else "OVER the limit")
+    verdict = (
+        "meets the goal"
+        if ratio <= GOAL
+        else "within the limit"
+        if ratio <= LIMIT
+        else "OVER the limit"
+    )
     document = {
-        "date": time.strftime("%Y-%m-%d"), "python": platform.python_version(),
-        "cpus": os.cpu_count(), "loadavg_1m": round(os.getloadavg()[0], 2), "exe": exe,
-        "rows": results, "editable_finder": editable_finder(),
-        "can_spawn_ratio": ratio, "goal": GOAL, "limit": LIMIT, "verdict": verdict,
+        "date": time.strftime("%Y-%m-%d"),
+        "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+        "loadavg_1m": round(os.getloadavg()[0], 2),
+        "exe": exe,
+        "rows": results,
+        "editable_finder": editable_finder(),
+        "can_spawn_ratio": ratio,
+        "goal": GOAL,
+        "limit": LIMIT,
+        "verdict": verdict,
     }
     if a.json:
         print(json.dumps(document, indent=2))
     else:
-        print(f"# startup: {a.runs} runs, {a.warmup} warm-up, {os.cpu_count()} cores, "
-              f"load {os.getloadavg()[0]:.1f}, Python {platform.python_version()}, {exe}")
+        print(
+            f"# startup: {a.runs} runs, {a.warmup} warm-up, {os.cpu_count()} cores, "
+            f"load {os.getloadavg()[0]:.1f}, Python {platform.python_version()}, {exe}"
+        )
         print(f"{'row':34} {'median ms':>10} {'min ms':>8} {'max ms':>8} {'x python':>9}")
         for r in results:
-            print(f"{r['row']:34} {r['median_ms']:>10.2f} {r['min_ms']:>8.2f} "
-                  f"{r['max_ms']:>8.2f} {r['ratio']:>8.2f}x")
-        print(f"can-spawn / python -c pass = {ratio:.2f}x (goal <= {GOAL:g}x, limit <= "
-              f"{LIMIT:g}x): {verdict}")
+            print(
+                f"{r['row']:34} {r['median_ms']:>10.2f} {r['min_ms']:>8.2f} "
+                f"{r['max_ms']:>8.2f} {r['ratio']:>8.2f}x"
+            )
+        print(
+            f"can-spawn / python -c pass = {ratio:.2f}x (goal <= {GOAL:g}x, limit <= "
+            f"{LIMIT:g}x): {verdict}"
+        )
         if document["editable_finder"]:
-            print("note: this venv has an editable install whose import hook runs in every "
-                  "interpreter start, python -c pass included; the ratio is understated. "
-                  "Measure a regular install (pip install .) for the real figure.")
+            print(
+                "note: this venv has an editable install whose import hook runs in every "
+                "interpreter start, python -c pass included; the ratio is understated. "
+                "Measure a regular install (pip install .) for the real figure."
+            )
     return 1 if a.check and ratio > LIMIT else 0
 
 

@@ -42,8 +42,14 @@ class Reason:
     __slots__ = ("rule", "message", "requested", "used", "limit", "retry_after", "details")
 
     def __init__(
-        self, rule: str, message: str, *, requested: int | None = None, used: int | None = None,
-        limit: float | None = None, retry_after: float | None = None,
+        self,
+        rule: str,
+        message: str,
+        *,
+        requested: int | None = None,
+        used: int | None = None,
+        limit: float | None = None,
+        retry_after: float | None = None,
         details: dict[str, Any] | None = None,
     ) -> None:
         self.rule, self.message = rule, message
@@ -62,8 +68,13 @@ class Decision:
     """The outcome of admission: allowed, or every blocking rule and a retry-after."""
 
     def __init__(
-        self, allowed: bool, task_type: str, node: str, reasons: list[Reason] | None = None,
-        retry_after: float | None = None, queued: int = 0,
+        self,
+        allowed: bool,
+        task_type: str,
+        node: str,
+        reasons: list[Reason] | None = None,
+        retry_after: float | None = None,
+        queued: int = 0,
     ) -> None:
         self.allowed, self.task_type, self.node = allowed, task_type, node
         self.reasons = reasons or []
@@ -104,11 +115,23 @@ class Request:
     """Who asks for which slot; the holder identity is what the reaper watches."""
 
     def __init__(
-        self, task_type: TaskType, node: str, *, source: str = "api", pid: int | None = None,
-        pid_start: int | None = None, pgid: int | None = None, wrapper_pid: int | None = None,
-        wrapper_start: int | None = None, task_id: str | None = None,
-        config_name: str | None = None, command: str | None = None, who: str | None = None,
-        waiter_seq: int | None = None, host: str | None = None, boot_id: str | None = None,
+        self,
+        task_type: TaskType,
+        node: str,
+        *,
+        source: str = "api",
+        pid: int | None = None,
+        pid_start: int | None = None,
+        pgid: int | None = None,
+        wrapper_pid: int | None = None,
+        wrapper_start: int | None = None,
+        task_id: str | None = None,
+        config_name: str | None = None,
+        command: str | None = None,
+        who: str | None = None,
+        waiter_seq: int | None = None,
+        host: str | None = None,
+        boot_id: str | None = None,
     ) -> None:
         self.task_type, self.node, self.source = task_type, node, source  # register|run|api
         self.pid, self.pid_start, self.pgid = pid, pid_start, pgid
@@ -188,8 +211,15 @@ def probe(tx: Tx, node: str, ttype: str) -> Row:
     return row
 
 
-EVERYTHING = {"halts": 1, "waiters": 1, "reservations": 1, "breaker": 1, "reading": 1,
-              "cap": 1, "factor": None}
+EVERYTHING = {
+    "halts": 1,
+    "waiters": 1,
+    "reservations": 1,
+    "breaker": 1,
+    "reading": 1,
+    "cap": 1,
+    "factor": None,
+}
 
 
 def reap(tx: Tx, now: float, settings: Settings, seen: Row | None = None) -> list[Row]:
@@ -225,8 +255,10 @@ def reap(tx: Tx, now: float, settings: Settings, seen: Row | None = None) -> lis
             row["reason"] = why
             reaped.append(row)
             guards.task_ended(tx, settings, row, "reaped", why, now)
-    waiters = [] if seen is not None and not seen["waiters"] else tx.query(
-        "SELECT seq, host, boot_id, pid, pid_start, heartbeat_at FROM waiters"
+    waiters = (
+        []
+        if seen is not None and not seen["waiters"]
+        else tx.query("SELECT seq, host, boot_id, pid, pid_start, heartbeat_at FROM waiters")
     )
     for waiter in waiters:
         if waiter["host"] == host:
@@ -253,9 +285,18 @@ def _finish(
         "INSERT INTO task_history (task_id, task_type, node, host, pid, config_name, started_at, "
         "ended_at, duration, exit_code, status, reason) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
         (
-            row["task_id"], row["task_type"], row["node"], row["host"], row.get("pid"),
-            row.get("config_name"), row["started_at"], now, max(0.0, now - row["started_at"]),
-            exit_code, status, reason,
+            row["task_id"],
+            row["task_type"],
+            row["node"],
+            row["host"],
+            row.get("pid"),
+            row.get("config_name"),
+            row["started_at"],
+            now,
+            max(0.0, now - row["started_at"]),
+            exit_code,
+            status,
+            reason,
         ),
     )
     return True
@@ -269,21 +310,30 @@ def _halt_reasons(
 ) -> list[Reason]:
     reasons = []
     global_halt = False
-    halts = [] if not any_halts else tx.query(
-        "SELECT scope, reason, who, host, at, expires_at FROM halts WHERE scope IN ('*', ?) "
-        "AND (expires_at IS NULL OR expires_at > ?)",
-        (task_type, now),
+    halts = (
+        []
+        if not any_halts
+        else tx.query(
+            "SELECT scope, reason, who, host, at, expires_at FROM halts WHERE scope IN ('*', ?) "
+            "AND (expires_at IS NULL OR expires_at > ?)",
+            (task_type, now),
+        )
     )
     for halt in halts:
         global_halt = global_halt or halt["scope"] == "*"
         scope = "cluster-wide" if halt["scope"] == "*" else f"for {halt['scope']}"
         message = f"halted {scope} by {halt['who'] or '?'}: {halt['reason'] or 'no reason given'}"
         expires = halt["expires_at"]
-        reasons.append(Reason(
-            rule="halt", message=message,
-            retry_after=None if expires is None else max(0.0, expires - now),
-            details={k: halt[k] for k in ("scope", "who", "host", "at", "expires_at", "reason")},
-        ))
+        reasons.append(
+            Reason(
+                rule="halt",
+                message=message,
+                retry_after=None if expires is None else max(0.0, expires - now),
+                details={
+                    k: halt[k] for k in ("scope", "who", "host", "at", "expires_at", "reason")
+                },
+            )
+        )
     if state_dir is not None:
         info = read_halt_file(state_dir, now)
         if info is not None and info.get("mirror"):
@@ -294,13 +344,17 @@ def _halt_reasons(
             info = None  # else it is the store's halt, already listed: say it once
         if info is not None:
             expires = info.get("expires_at")
-            reasons.append(Reason(
-                rule="halt_file",
-                message=f"this host is halted by {info['path']}"
-                + (f" ({info['reason']})" if info.get("reason") else ""),
-                retry_after=max(0.0, expires - now) if isinstance(expires, (int, float)) else None,
-                details=info,
-            ))
+            reasons.append(
+                Reason(
+                    rule="halt_file",
+                    message=f"this host is halted by {info['path']}"
+                    + (f" ({info['reason']})" if info.get("reason") else ""),
+                    retry_after=max(0.0, expires - now)
+                    if isinstance(expires, (int, float))
+                    else None,
+                    details=info,
+                )
+            )
     return reasons
 
 
@@ -320,7 +374,12 @@ def _expected_end_wait(rows: list[Row], expected: float | None, now: float) -> f
 
 
 def evaluate(
-    tx: Tx, req: Request, settings: Settings, now: float, *, state_dir: str | None,
+    tx: Tx,
+    req: Request,
+    settings: Settings,
+    now: float,
+    *,
+    state_dir: str | None,
     seen: Row | None = None,
 ) -> Decision:
     """Every rule, read-only, with the state as this transaction sees it.
@@ -340,28 +399,39 @@ def evaluate(
     if seen["reading"] or (local and settings.get("resources.live_host")):
         paths = ([state_dir] if state_dir else []) + list(settings.get("resources.data_paths"))
         threshold_reasons, warnings, _ = guards.threshold_rules(
-            tx, settings, req.node, now, local=local, paths=paths,
+            tx,
+            settings,
+            req.node,
+            now,
+            local=local,
+            paths=paths,
         )
         reasons += threshold_reasons
 
-    of_type = tx.query(
-        "SELECT node, started_at FROM tasks WHERE task_type = ?", (ttype,)
-    )
+    of_type = tx.query("SELECT node, started_at FROM tasks WHERE task_type = ?", (ttype,))
     on_node = [r for r in of_type if r["node"] == req.node]
 
     seq_clause, seq_args = "", ()
     if req.waiter_seq is not None:
         seq_clause, seq_args = " AND seq < ?", (req.waiter_seq,)
-    waiting = [] if not seen["waiters"] else tx.query(
-        f"SELECT node FROM waiters WHERE task_type = ?{seq_clause}", (ttype, *seq_args)
+    waiting = (
+        []
+        if not seen["waiters"]
+        else tx.query(
+            f"SELECT node FROM waiters WHERE task_type = ?{seq_clause}", (ttype, *seq_args)
+        )
     )
     ahead_cluster = len(waiting)
     ahead_node = sum(1 for w in waiting if w["node"] == req.node)
 
-    reservations = [] if not seen["reservations"] else tx.query(
-        "SELECT res_id, node, task_type, slots, expires_at FROM reservations "
-        "WHERE expires_at IS NULL OR expires_at > ?",
-        (now,),
+    reservations = (
+        []
+        if not seen["reservations"]
+        else tx.query(
+            "SELECT res_id, node, task_type, slots, expires_at FROM reservations "
+            "WHERE expires_at IS NULL OR expires_at > ?",
+            (now,),
+        )
     )
     expected = settings.duration(ttype)
     queued = f" + {ahead_node} queued" if ahead_node else ""
@@ -381,34 +451,50 @@ def evaluate(
         if len(on_node) + ahead_node + 1 > effective:
             wait = _expected_end_wait(on_node, expected, now)
             if len(on_node) + ahead_node + 1 > limit:
-                reasons.append(Reason(
-                    rule="node_limit",
-                    message=f"{len(on_node)} running{queued} + 1 requested > per-node limit "
-                    f"{limit} on {req.node}",
-                    requested=1, used=len(on_node), limit=limit, retry_after=wait,
-                    details={"queued": ahead_node},
-                ))
+                reasons.append(
+                    Reason(
+                        rule="node_limit",
+                        message=f"{len(on_node)} running{queued} + 1 requested > per-node limit "
+                        f"{limit} on {req.node}",
+                        requested=1,
+                        used=len(on_node),
+                        limit=limit,
+                        retry_after=wait,
+                        details={"queued": ahead_node},
+                    )
+                )
             else:
-                reasons.append(Reason(
-                    rule="reservation",
-                    message=f"{held_for_others} of the {limit} per-node slots on {req.node} are "
-                    f"reserved for other work; {len(on_node)} running{queued} + 1 requested > "
-                    f"{effective}",
-                    requested=1, used=len(on_node), limit=effective, retry_after=wait,
-                    details={"reserved": held_for_others, "queued": ahead_node},
-                ))
+                reasons.append(
+                    Reason(
+                        rule="reservation",
+                        message=f"{held_for_others} of the {limit} per-node slots on {req.node} are "
+                        f"reserved for other work; {len(on_node)} running{queued} + 1 requested > "
+                        f"{effective}",
+                        requested=1,
+                        used=len(on_node),
+                        limit=effective,
+                        retry_after=wait,
+                        details={"reserved": held_for_others, "queued": ahead_node},
+                    )
+                )
     cap = guards.lowered_cap(tx, settings, req.node, ttype, now) if seen["cap"] else None
-    if cap is not None and len(on_node) + ahead_node + 1 > cap and (
-        limit is None or len(on_node) + ahead_node + 1 <= limit
+    if (
+        cap is not None
+        and len(on_node) + ahead_node + 1 > cap
+        and (limit is None or len(on_node) + ahead_node + 1 <= limit)
     ):
-        reasons.append(Reason(
-            rule="oom_cap",
-            message=f"{len(on_node)} running{queued} + 1 requested > cap {cap} for {ttype} on "
-            f"{req.node}, lowered after repeated OOMs",
-            requested=1, used=len(on_node), limit=cap,
-            retry_after=_expected_end_wait(on_node, expected, now),
-            details={"configured": limit, "queued": ahead_node},
-        ))
+        reasons.append(
+            Reason(
+                rule="oom_cap",
+                message=f"{len(on_node)} running{queued} + 1 requested > cap {cap} for {ttype} on "
+                f"{req.node}, lowered after repeated OOMs",
+                requested=1,
+                used=len(on_node),
+                limit=cap,
+                retry_after=_expected_end_wait(on_node, expected, now),
+                details={"configured": limit, "queued": ahead_node},
+            )
+        )
 
     cluster = settings.task_limit(ttype, "cluster")
     if cluster is not None:
@@ -424,13 +510,17 @@ def evaluate(
             extra = f" + {ahead_cluster} queued" if ahead_cluster else ""
             if held_elsewhere:
                 extra += f" + {held_elsewhere} reserved on other nodes"
-            reasons.append(Reason(
-                rule="cluster_limit",
-                message=f"{len(of_type)} running{extra} + 1 requested > cluster limit {cluster}",
-                requested=1, used=len(of_type), limit=cluster,
-                retry_after=_expected_end_wait(of_type, expected, now),
-                details={"queued": ahead_cluster, "reserved_elsewhere": held_elsewhere},
-            ))
+            reasons.append(
+                Reason(
+                    rule="cluster_limit",
+                    message=f"{len(of_type)} running{extra} + 1 requested > cluster limit {cluster}",
+                    requested=1,
+                    used=len(of_type),
+                    limit=cluster,
+                    retry_after=_expected_end_wait(of_type, expected, now),
+                    details={"queued": ahead_cluster, "reserved_elsewhere": held_elsewhere},
+                )
+            )
 
     rate = settings.rate_limit(ttype)
     if rate is not None:
@@ -441,30 +531,40 @@ def evaluate(
         if tokens < 1.0:
             per_minute, burst = rate
             wait = (1.0 - tokens) * 60.0 / per_minute if per_minute > 0 else None
-            reasons.append(Reason(
-                rule="rate",
-                message=f"spawn rate for {ttype} on {req.node} exhausted ({per_minute:g}/min, "
-                f"burst {burst:g})",
-                requested=1, used=int(burst - tokens), limit=burst, retry_after=wait,
-                details={"per_minute": per_minute, "tokens": round(tokens, 3),
-                         "backpressure": round(factor, 3)},
-            ))
+            reasons.append(
+                Reason(
+                    rule="rate",
+                    message=f"spawn rate for {ttype} on {req.node} exhausted ({per_minute:g}/min, "
+                    f"burst {burst:g})",
+                    requested=1,
+                    used=int(burst - tokens),
+                    limit=burst,
+                    retry_after=wait,
+                    details={
+                        "per_minute": per_minute,
+                        "tokens": round(tokens, 3),
+                        "backpressure": round(factor, 3),
+                    },
+                )
+            )
 
     retry: float | None = None
     if reasons:
         waits = [r.retry_after for r in reasons]
         retry = None if any(w is None for w in waits) else max(w for w in waits if w is not None)
     decision = Decision(
-        allowed=not reasons, task_type=ttype, node=req.node, reasons=reasons,
-        retry_after=None if retry is None else round(retry, 3), queued=ahead_node,
+        allowed=not reasons,
+        task_type=ttype,
+        node=req.node,
+        reasons=reasons,
+        retry_after=None if retry is None else round(retry, 3),
+        queued=ahead_node,
     )
     decision.warnings, decision._breaker, decision._rate = warnings, breaker, rate
     return decision
 
 
-def _bucket_tokens(
-    tx: Tx, node: str, ttype: str, rate: tuple[float, float], now: float
-) -> float:
+def _bucket_tokens(tx: Tx, node: str, ttype: str, rate: tuple[float, float], now: float) -> float:
     per_minute, burst = rate
     row = tx.one(
         "SELECT tokens, updated_at FROM rate_buckets WHERE node = ? AND task_type = ?",
@@ -475,8 +575,10 @@ def _bucket_tokens(
     if row["updated_at"] > now:
         # the clock stepped back: restamp the bucket now, so that refilling resumes at once
         # instead of after the size of the step (refilling nothing for the step itself)
-        tx.execute("UPDATE rate_buckets SET updated_at = ? WHERE node = ? AND task_type = ?",
-                   (now, node, ttype))
+        tx.execute(
+            "UPDATE rate_buckets SET updated_at = ? WHERE node = ? AND task_type = ?",
+            (now, node, ttype),
+        )
         return min(burst, row["tokens"])
     elapsed = now - row["updated_at"]
     return min(burst, row["tokens"] + elapsed * per_minute / 60.0)
@@ -496,8 +598,14 @@ def _take_token(tx: Tx, node: str, ttype: str, rate: tuple[float, float], now: f
 
 
 def admit(
-    tx: Tx, req: Request, settings: Settings, *, state_dir: str | None, take_slot: bool,
-    action: str, log: bool = True,
+    tx: Tx,
+    req: Request,
+    settings: Settings,
+    *,
+    state_dir: str | None,
+    take_slot: bool,
+    action: str,
+    log: bool = True,
 ) -> Decision:
     """Reap, evaluate and (when allowed and ``take_slot``) insert the task: one transaction."""
     now = tx.now()
@@ -522,9 +630,22 @@ def admit(
             "wrapper_pid, wrapper_start, config_name, command, source, started_at, "
             "lease_expires, lease_token, trial) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (
-                task_id, req.task_type.value, req.node, req.host, req.boot_id, req.pid,
-                req.pid_start, req.pgid, req.wrapper_pid, req.wrapper_start, req.config_name,
-                req.command, req.source, now, now + _lease_for(req, settings, lease_ttl), token,
+                task_id,
+                req.task_type.value,
+                req.node,
+                req.host,
+                req.boot_id,
+                req.pid,
+                req.pid_start,
+                req.pgid,
+                req.wrapper_pid,
+                req.wrapper_start,
+                req.config_name,
+                req.command,
+                req.source,
+                now,
+                now + _lease_for(req, settings, lease_ttl),
+                token,
                 int(decision.trial),
             ),
         )
@@ -561,8 +682,17 @@ def log_decision(
         "INSERT INTO decisions (at, action, task_type, node, host, pid, who, allowed, rules, "
         "retry_after, task_id) VALUES (?,?,?,?,?,?,?,?,?,?,?) RETURNING id",
         (
-            now, action, decision.task_type, decision.node, req.host, req.pid or os.getpid(),
-            req.who, int(decision.allowed), rules, decision.retry_after, decision.task_id,
+            now,
+            action,
+            decision.task_type,
+            decision.node,
+            req.host,
+            req.pid or os.getpid(),
+            req.who,
+            int(decision.allowed),
+            rules,
+            decision.retry_after,
+            decision.task_id,
         ),
     )
     assert row is not None
@@ -574,8 +704,14 @@ def log_decision(
 
 
 def release(
-    tx: Tx, task_id: str, *, token: int | None, exit_code: int | None, status: str,
-    reason: str | None = None, settings: Settings,
+    tx: Tx,
+    task_id: str,
+    *,
+    token: int | None,
+    exit_code: int | None,
+    status: str,
+    reason: str | None = None,
+    settings: Settings,
 ) -> Row | None:
     """Free ``task_id``'s slot once; None when it was already released (or reaped)."""
     row = tx.one("SELECT * FROM tasks WHERE task_id = ?", (task_id,))
@@ -598,7 +734,9 @@ def release(
 def renew(tx: Tx, task_id: str, token: int, lease_ttl: float) -> bool:
     """Extend a lease; False when the slot is no longer this holder's."""
     now = tx.now()
-    return bool(tx.execute(
-        "UPDATE tasks SET lease_expires = ? WHERE task_id = ? AND lease_token = ?",
-        (now + lease_ttl, task_id, token),
-    ))
+    return bool(
+        tx.execute(
+            "UPDATE tasks SET lease_expires = ? WHERE task_id = ? AND lease_token = ?",
+            (now + lease_ttl, task_id, token),
+        )
+    )

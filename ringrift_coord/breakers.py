@@ -26,12 +26,21 @@ CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
 
 
 class BreakerConfig:
-    __slots__ = ("failure_threshold", "window", "recovery_timeout", "half_open_trials",
-                 "success_threshold")
+    __slots__ = (
+        "failure_threshold",
+        "window",
+        "recovery_timeout",
+        "half_open_trials",
+        "success_threshold",
+    )
 
     def __init__(
-        self, failure_threshold: int = 3, window: float = 600.0, recovery_timeout: float = 300.0,
-        half_open_trials: int = 1, success_threshold: int = 1,
+        self,
+        failure_threshold: int = 3,
+        window: float = 600.0,
+        recovery_timeout: float = 300.0,
+        half_open_trials: int = 1,
+        success_threshold: int = 1,
     ) -> None:
         self.failure_threshold = max(1, int(failure_threshold))
         self.window = float(window)
@@ -42,15 +51,31 @@ class BreakerConfig:
     @classmethod
     def from_settings(cls, settings: Settings) -> BreakerConfig:
         cb = settings.get("circuit_breaker")
-        return cls(cb["failure_threshold"], cb["window"], cb["recovery_timeout"],
-                   cb["half_open_trials"], cb["success_threshold"])
+        return cls(
+            cb["failure_threshold"],
+            cb["window"],
+            cb["recovery_timeout"],
+            cb["half_open_trials"],
+            cb["success_threshold"],
+        )
 
 
 class Breaker:
     """One breaker's stored state. ``failures`` holds the failure times inside the window."""
 
-    __slots__ = ("node", "task_type", "state", "opened_at", "retry_at", "trials_in_flight",
-                 "trial_successes", "closed_at", "last_reason", "last_failure_at", "failures")
+    __slots__ = (
+        "node",
+        "task_type",
+        "state",
+        "opened_at",
+        "retry_at",
+        "trials_in_flight",
+        "trial_successes",
+        "closed_at",
+        "last_reason",
+        "last_failure_at",
+        "failures",
+    )
 
     def __init__(self, node: str, task_type: str, now: float = 0.0) -> None:
         self.node, self.task_type = node, task_type
@@ -116,7 +141,13 @@ class Breaker:
         return False, False, None  # wait for the trial in flight to finish
 
     def record(
-        self, now: float, cfg: BreakerConfig, *, ok: bool, trial: bool, reason: str | None = None,
+        self,
+        now: float,
+        cfg: BreakerConfig,
+        *,
+        ok: bool,
+        trial: bool,
+        reason: str | None = None,
     ) -> None:
         """A task's outcome (or a script's record-failure / record-success)."""
         if trial and self.trials_in_flight > 0:
@@ -155,10 +186,15 @@ class Breaker:
     def to_dict(self, now: float, cfg: BreakerConfig) -> dict[str, Any]:
         state, retry_at = self.view(now, cfg)
         return {
-            "node": self.node, "task_type": self.task_type, "state": state,
-            "stored_state": self.state, "failures": self.recent_failures(now, cfg),
-            "last_reason": self.last_reason, "last_failure_at": self.last_failure_at,
-            "opened_at": self.opened_at, "retry_at": retry_at,
+            "node": self.node,
+            "task_type": self.task_type,
+            "state": state,
+            "stored_state": self.state,
+            "failures": self.recent_failures(now, cfg),
+            "last_reason": self.last_reason,
+            "last_failure_at": self.last_failure_at,
+            "opened_at": self.opened_at,
+            "retry_at": retry_at,
             "retry_after": None if retry_at is None else max(0.0, retry_at - now),
             "trials_in_flight": self.trials_in_flight,
         }
@@ -166,8 +202,18 @@ class Breaker:
 
 # --------------------------------------------------------------------------- the store
 
-_COLUMNS = ("node", "task_type", "state", "opened_at", "retry_at", "trials_in_flight",
-            "trial_successes", "closed_at", "last_reason", "last_failure_at")
+_COLUMNS = (
+    "node",
+    "task_type",
+    "state",
+    "opened_at",
+    "retry_at",
+    "trials_in_flight",
+    "trial_successes",
+    "closed_at",
+    "last_reason",
+    "last_failure_at",
+)
 
 
 def _from_row(row: Row, failures: list[float]) -> Breaker:
@@ -179,14 +225,19 @@ def _from_row(row: Row, failures: list[float]) -> Breaker:
 
 
 def load(tx: Tx, node: str, task_type: str, now: float) -> Breaker:
-    row = tx.one(f"SELECT {', '.join(_COLUMNS)} FROM breakers WHERE node = ? AND task_type = ?",
-                 (node, task_type))
+    row = tx.one(
+        f"SELECT {', '.join(_COLUMNS)} FROM breakers WHERE node = ? AND task_type = ?",
+        (node, task_type),
+    )
     if row is None:
         return Breaker(node, task_type, now)
-    failures = [r["at"] for r in tx.query(
-        "SELECT at FROM breaker_failures WHERE node = ? AND task_type = ? ORDER BY at",
-        (node, task_type),
-    )]
+    failures = [
+        r["at"]
+        for r in tx.query(
+            "SELECT at FROM breaker_failures WHERE node = ? AND task_type = ? ORDER BY at",
+            (node, task_type),
+        )
+    ]
     return _from_row(row, failures)
 
 
@@ -200,36 +251,60 @@ def load_all(tx: Tx) -> list[Breaker]:
     ]
 
 
-def save(tx: Tx, breaker: Breaker, *, evidence: str | None = None, new_failure: bool = False) -> None:
+def save(
+    tx: Tx, breaker: Breaker, *, evidence: str | None = None, new_failure: bool = False
+) -> None:
     values = [getattr(breaker, name) for name in _COLUMNS]
-    tx.execute("DELETE FROM breakers WHERE node = ? AND task_type = ?",
-               (breaker.node, breaker.task_type))
-    tx.execute(f"INSERT INTO breakers ({', '.join(_COLUMNS)}) VALUES "
-               f"({', '.join('?' for _ in _COLUMNS)})", values)
+    tx.execute(
+        "DELETE FROM breakers WHERE node = ? AND task_type = ?", (breaker.node, breaker.task_type)
+    )
+    tx.execute(
+        f"INSERT INTO breakers ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' for _ in _COLUMNS)})",
+        values,
+    )
     if new_failure and breaker.last_failure_at is not None:
         tx.execute(
             "INSERT INTO breaker_failures (node, task_type, at, reason, evidence) "
             "VALUES (?,?,?,?,?)",
-            (breaker.node, breaker.task_type, breaker.last_failure_at, breaker.last_reason,
-             evidence),
+            (
+                breaker.node,
+                breaker.task_type,
+                breaker.last_failure_at,
+                breaker.last_reason,
+                evidence,
+            ),
         )
     oldest = min(breaker.failures) if breaker.failures else None
     if oldest is None:
-        tx.execute("DELETE FROM breaker_failures WHERE node = ? AND task_type = ?",
-                   (breaker.node, breaker.task_type))
+        tx.execute(
+            "DELETE FROM breaker_failures WHERE node = ? AND task_type = ?",
+            (breaker.node, breaker.task_type),
+        )
     else:
-        tx.execute("DELETE FROM breaker_failures WHERE node = ? AND task_type = ? AND at < ?",
-                   (breaker.node, breaker.task_type, oldest))
+        tx.execute(
+            "DELETE FROM breaker_failures WHERE node = ? AND task_type = ? AND at < ?",
+            (breaker.node, breaker.task_type, oldest),
+        )
 
 
 def exists(tx: Tx, node: str, task_type: str) -> bool:
-    return tx.one("SELECT 1 AS x FROM breakers WHERE node = ? AND task_type = ?",
-                  (node, task_type)) is not None
+    return (
+        tx.one("SELECT 1 AS x FROM breakers WHERE node = ? AND task_type = ?", (node, task_type))
+        is not None
+    )
 
 
 def record_outcome(
-    tx: Tx, cfg: BreakerConfig, node: str, task_type: str, now: float, *, ok: bool, trial: bool,
-    reason: str | None = None, evidence: str | None = None,
+    tx: Tx,
+    cfg: BreakerConfig,
+    node: str,
+    task_type: str,
+    now: float,
+    *,
+    ok: bool,
+    trial: bool,
+    reason: str | None = None,
+    evidence: str | None = None,
 ) -> Breaker:
     """Feed one outcome to the (node, type) breaker; a success on a closed breaker with no
     history writes nothing."""

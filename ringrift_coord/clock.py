@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import time
+
+
 class Clock:
     """Wall clock (``time``, seconds since the epoch) and ``monotonic`` time."""
 

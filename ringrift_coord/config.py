@@ -61,15 +61,26 @@ DEFAULTS: dict[str, Any] = {
         "load_avg_critical_per_cpu": 1.5,
     },
     "resource_targets": {
-        "cpu_min": 60, "cpu_max": 80, "cpu_target": 70,
-        "gpu_min": 60, "gpu_max": 80, "gpu_target": 70,
-        "scale_up_below": 55, "scale_down_above": 85,
+        "cpu_min": 60,
+        "cpu_max": 80,
+        "cpu_target": 70,
+        "gpu_min": 60,
+        "gpu_max": 80,
+        "gpu_target": 70,
+        "scale_up_below": 55,
+        "scale_down_above": 85,
         "pid": {"kp": 0.3, "ki": 0.05, "kd": 0.1, "gain_scheduling": True},
     },
     "hardware": {
         "gpu_jobs": {
-            "GH200": 48, "H100": 24, "H200": 24, "A100": 16, "L40": 16,
-            "RTX 4090": 10, "RTX 4080": 8, "RTX 3070": 4,
+            "GH200": 48,
+            "H100": 24,
+            "H200": 24,
+            "A100": 16,
+            "L40": 16,
+            "RTX 4090": 10,
+            "RTX 4080": 8,
+            "RTX 3070": 4,
         },
     },
     "bandwidth": {
@@ -85,8 +96,11 @@ DEFAULTS: dict[str, Any] = {
     "durations": {"selfplay": 3600, "training": 14400, "cmaes": 28800, "pipeline": 21600},
     "peak_hours": {"start": "14:00", "end": "22:00", "timezone": "UTC"},
     "selfplay_configs": {
-        "square8_2p": 0.4, "square8_3p": 0.1, "square8_4p": 0.1,
-        "square19_2p": 0.2, "hexagonal_2p": 0.2,
+        "square8_2p": 0.4,
+        "square8_3p": 0.1,
+        "square8_4p": 0.1,
+        "square19_2p": 0.2,
+        "hexagonal_2p": 0.2,
     },
     "store": {"busy_timeout": 5, "connect_timeout": 5, "lease_ttl": 120, "decision_log_days": 7},
     "run": {"kill_grace": 10, "poll_interval": 0.05},
@@ -145,17 +159,28 @@ SCHEMA: dict[str, Any] = {
     "task_limits": MapOf(TASK_TYPE_NAMES, {"per_node": OPT_COUNT, "cluster": OPT_COUNT}),
     "rate_limits": MapOf(TASK_TYPE_NAMES, {"per_minute": OPT_NUM, "burst": NUM}),
     "circuit_breaker": {
-        "failure_threshold": COUNT, "window": NUM, "recovery_timeout": NUM,
-        "half_open_trials": COUNT, "success_threshold": COUNT,
+        "failure_threshold": COUNT,
+        "window": NUM,
+        "recovery_timeout": NUM,
+        "half_open_trials": COUNT,
+        "success_threshold": COUNT,
     },
     "thresholds": {
-        "disk": LEVELS, "memory": LEVELS, "cpu": LEVELS, "gpu": LEVELS,
+        "disk": LEVELS,
+        "memory": LEVELS,
+        "cpu": LEVELS,
+        "gpu": LEVELS,
         "load_avg_critical_per_cpu": NUM,
     },
     "resource_targets": {
-        "cpu_min": PCT, "cpu_max": PCT, "cpu_target": PCT,
-        "gpu_min": PCT, "gpu_max": PCT, "gpu_target": PCT,
-        "scale_up_below": PCT, "scale_down_above": PCT,
+        "cpu_min": PCT,
+        "cpu_max": PCT,
+        "cpu_target": PCT,
+        "gpu_min": PCT,
+        "gpu_max": PCT,
+        "gpu_target": PCT,
+        "scale_up_below": PCT,
+        "scale_down_above": PCT,
         "pid": {"kp": NUM, "ki": NUM, "kd": NUM, "gain_scheduling": Leaf("bool")},
     },
     "hardware": {"gpu_jobs": MapOf(None, COUNT)},
@@ -169,11 +194,18 @@ SCHEMA: dict[str, Any] = {
     "peak_hours": {"start": Leaf("hhmm"), "end": Leaf("hhmm"), "timezone": Leaf("str")},
     "selfplay_configs": MapOf(None, NUM, replace=True),
     "store": {
-        "busy_timeout": NUM, "connect_timeout": NUM, "lease_ttl": NUM, "decision_log_days": NUM,
+        "busy_timeout": NUM,
+        "connect_timeout": NUM,
+        "lease_ttl": NUM,
+        "decision_log_days": NUM,
     },
     "run": {"kill_grace": NUM, "poll_interval": NUM},
     "resources": {"data_paths": Leaf("globs"), "max_sample_age": NUM, "live_host": Leaf("bool")},
-    "backpressure": {"decrease": PCT_FRACTION, "increase": PCT_FRACTION, "min_factor": PCT_FRACTION},
+    "backpressure": {
+        "decrease": PCT_FRACTION,
+        "increase": PCT_FRACTION,
+        "min_factor": PCT_FRACTION,
+    },
     "oom": {"lower_after": COUNT, "window": NUM, "factor": PCT_FRACTION, "decay_interval": NUM},
 }
 
@@ -484,7 +516,11 @@ def _nearest(word: str, choices: Any) -> str:
 
 
 def _merge(
-    target: dict[str, Any], node: Any, schema: Any, prefix: str, path: str,
+    target: dict[str, Any],
+    node: Any,
+    schema: Any,
+    prefix: str,
+    path: str,
     sources: dict[str, str],
 ) -> None:
     """Validate the mapping ``node`` against ``schema`` and merge it into ``target``."""
@@ -497,7 +533,9 @@ def _merge(
         what = "the document must be" if not prefix else "must be"  # key: file:line: key: ...
         raise ConfigError(
             f"{what} a mapping of keys to values, not {_node_kind(node)}",
-            file=path, line=line, key=prefix or None,
+            file=path,
+            line=line,
+            key=prefix or None,
         )
     if isinstance(schema, MapOf):
         valid_keys: Any = schema.keys
@@ -515,7 +553,9 @@ def _merge(
         if key in seen:
             raise ConfigError(
                 f"duplicate key (first given on line {seen[key]})",
-                file=path, line=key_line, key=dotted,
+                file=path,
+                line=key_line,
+                key=dotted,
             )
         seen[key] = key_line
         if valid_keys is not None and key not in valid_keys:
@@ -525,7 +565,9 @@ def _merge(
         sub_schema = schema.item if isinstance(schema, MapOf) else schema[key]
         if isinstance(sub_schema, Leaf):
             value = _construct(value_node, path, dotted)
-            target[key] = _check_leaf(sub_schema, value, dotted, path, value_node.start_mark.line + 1)
+            target[key] = _check_leaf(
+                sub_schema, value, dotted, path, value_node.start_mark.line + 1
+            )
             sources[dotted] = f"{path}:{value_node.start_mark.line + 1}"
         else:
             if _is_null(value_node):
@@ -575,7 +617,9 @@ def _reject_foreign_tags(node: Any, path: str, dotted: str, seen: set[int] | Non
     if tag.startswith("tag:yaml.org,2002:python/") or not tag.startswith("tag:yaml.org,2002:"):
         raise ConfigError(
             f"tag {tag!r} is not allowed: the configuration is read with a safe loader only",
-            file=path, line=node.start_mark.line + 1, key=dotted,
+            file=path,
+            line=node.start_mark.line + 1,
+            key=dotted,
         )
     if isinstance(node, yaml.SequenceNode):
         for child in node.value:

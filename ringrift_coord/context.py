@@ -21,8 +21,14 @@ if TYPE_CHECKING:
 
 class Context:
     def __init__(
-        self, *, settings: Settings, state_dir: str, store: Store | None = None,
-        db: str | None = None, clock: Clock = SYSTEM_CLOCK, env: Mapping[str, str] | None = None,
+        self,
+        *,
+        settings: Settings,
+        state_dir: str,
+        store: Store | None = None,
+        db: str | None = None,
+        clock: Clock = SYSTEM_CLOCK,
+        env: Mapping[str, str] | None = None,
     ) -> None:
         self.settings = settings
         self.state_dir = state_dir
@@ -33,8 +39,13 @@ class Context:
 
     @classmethod
     def open(
-        cls, *, db: str | None = None, state_dir: str | None = None, config: str | None = None,
-        env: Mapping[str, str] | None = None, clock: Clock = SYSTEM_CLOCK,
+        cls,
+        *,
+        db: str | None = None,
+        state_dir: str | None = None,
+        config: str | None = None,
+        env: Mapping[str, str] | None = None,
+        clock: Clock = SYSTEM_CLOCK,
         overrides: list[str] | None = None,
     ) -> Context:
         """Resolve config and state directory (validated); the store opens on first use.
@@ -52,9 +63,12 @@ class Context:
     def store(self) -> Store:
         if self._store is None:
             self._store = open_store(
-                self.db, self.state_dir, busy_timeout=float(self.settings.get("store.busy_timeout")),
+                self.db,
+                self.state_dir,
+                busy_timeout=float(self.settings.get("store.busy_timeout")),
                 connect_timeout=float(self.settings.get("store.connect_timeout")),
-                env=self.env, clock=self.clock,
+                env=self.env,
+                clock=self.clock,
             )
         return self._store
 

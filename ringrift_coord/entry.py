@@ -43,22 +43,28 @@ HOT_COMMANDS: dict[str, dict[str, Any]] = {
     "register": {
         "args": ["task_type"],
         "options": {
-            "--node": ("node", "str"), "--pid": ("pid", "int"), "--task-id": ("task_id", "str"),
+            "--node": ("node", "str"),
+            "--pid": ("pid", "int"),
+            "--task-id": ("task_id", "str"),
             "--config-name": ("config_name", "str"),
         },
     },
     "unregister": {
         "args": ["task_id"],
         "options": {
-            "--exit-code": ("exit_code", "int"), "--status": ("status", "str"),
-            "--token": ("token", "int"), "--reason": ("reason", "str"),
+            "--exit-code": ("exit_code", "int"),
+            "--status": ("status", "str"),
+            "--token": ("token", "int"),
+            "--reason": ("reason", "str"),
         },
     },
     "run": {
         "args": ["task_type"],
         "options": {
-            "--node": ("node", "str"), "--config-name": ("config_name", "str"),
-            "--wait": ("wait", "flag"), "--timeout": ("timeout", "float"),
+            "--node": ("node", "str"),
+            "--config-name": ("config_name", "str"),
+            "--wait": ("wait", "flag"),
+            "--timeout": ("timeout", "float"),
         },
         "rest": "command",
     },
@@ -97,7 +103,9 @@ def run_cli(argv: list[str]) -> int:
             raise
         return _fail(
             f"internal error: {type(exc).__name__}: {exc} (set RINGRIFT_COORD_DEBUG=1 for a "
-            "traceback)", int(ExitCode.CONFIG), json_mode,
+            "traceback)",
+            int(ExitCode.CONFIG),
+            json_mode,
         )
 
 
@@ -155,8 +163,9 @@ def _parse_hot(argv: list[str]) -> tuple[str, dict[str, Any], dict[str, Any]] | 
         return None
     spec = HOT_COMMANDS[command]
     options: dict[str, tuple[str, str]] = {**GLOBAL_OPTIONS, **spec["options"]}
-    params: dict[str, Any] = {dest: (False if kind == "flag" else None)
-                              for dest, kind in spec["options"].values()}
+    params: dict[str, Any] = {
+        dest: (False if kind == "flag" else None) for dest, kind in spec["options"].values()
+    }
     positional: list[str] = []
     rest_key = spec.get("rest")
     rest: list[str] = []
@@ -202,7 +211,11 @@ def _is_number(text: str) -> bool:
 
 
 def _take(
-    argv: list[str], i: int, name: str, inline: str | None, spec: tuple[str, str],
+    argv: list[str],
+    i: int,
+    name: str,
+    inline: str | None,
+    spec: tuple[str, str],
     into: dict[str, Any],
 ) -> int:
     dest, kind = spec
@@ -246,8 +259,10 @@ def _dispatch_hot(command: str, values: dict[str, Any], params: dict[str, Any]) 
 
     g = hot.Globals(**values)
     handlers: dict[str, Callable[..., int]] = {
-        "can-spawn": hot.can_spawn, "register": hot.register,
-        "unregister": hot.unregister, "run": hot.run,
+        "can-spawn": hot.can_spawn,
+        "register": hot.register,
+        "unregister": hot.unregister,
+        "run": hot.run,
     }
     return handlers[command](g, **params)
 

@@ -44,7 +44,11 @@ class ConfigError(CoordError, ValueError):
     exit_code = ExitCode.CONFIG
 
     def __init__(
-        self, message: str, *, file: str | None = None, line: int | None = None,
+        self,
+        message: str,
+        *,
+        file: str | None = None,
+        line: int | None = None,
         key: str | None = None,
     ) -> None:
         where = ""

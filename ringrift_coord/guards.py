@@ -47,7 +47,8 @@ def breaker_rule(
             "breaker",
             f"circuit breaker for {ttype} on {node} is open after "
             f"{breaker.recent_failures(now, cfg)} failure(s){last}",
-            used=breaker.recent_failures(now, cfg), limit=cfg.failure_threshold,
+            used=breaker.recent_failures(now, cfg),
+            limit=cfg.failure_threshold,
             retry_after=round(retry_at - now, 3),
             details={"state": state, "opened_at": breaker.opened_at, "retry_at": retry_at},
         ), breaker
@@ -57,7 +58,9 @@ def breaker_rule(
             "breaker",
             f"circuit breaker for {ttype} on {node} is half-open with {trials} trial(s) "
             f"running{last}",
-            requested=1, used=trials, limit=cfg.half_open_trials,
+            requested=1,
+            used=trials,
+            limit=cfg.half_open_trials,
             retry_after=float(settings.get("durations").get(ttype) or 5.0),
             details={"state": state},
         ), breaker
@@ -79,7 +82,13 @@ def breaker_admit(tx: Tx, settings: Settings, breaker: breakers.Breaker | None, 
 
 
 def threshold_rules(
-    tx: Tx, settings: Settings, node: str, now: float, *, local: bool, paths: list[str],
+    tx: Tx,
+    settings: Settings,
+    node: str,
+    now: float,
+    *,
+    local: bool,
+    paths: list[str],
 ) -> tuple[list[Reason], list[str], Row | dict[str, Any] | None]:
     """Critical readings block the node; warnings are reported, not enforced.
 
@@ -105,24 +114,37 @@ def threshold_rules(
             continue
         warn, crit = limits[resource]["warning"], limits[resource]["critical"]
         if value >= crit:
-            reasons.append(Reason(
-                "threshold", f"{resource} at {value:.0f}% on {node} >= critical {crit}%",
-                used=value, limit=crit, retry_after=60.0,
-                details={"resource": resource, "source": reading.get("source"),
-                         "at": reading.get("at", now)},
-            ))
+            reasons.append(
+                Reason(
+                    "threshold",
+                    f"{resource} at {value:.0f}% on {node} >= critical {crit}%",
+                    used=value,
+                    limit=crit,
+                    retry_after=60.0,
+                    details={
+                        "resource": resource,
+                        "source": reading.get("source"),
+                        "at": reading.get("at", now),
+                    },
+                )
+            )
         elif value >= warn:
             warnings.append(f"{resource} at {value:.0f}% on {node} >= warning {warn}%")
     load, cpus = reading.get("load_avg"), reading.get("cpus")
     if load is not None and cpus:
         critical_load = float(limits["load_avg_critical_per_cpu"]) * cpus
         if load >= critical_load:
-            reasons.append(Reason(
-                "threshold", f"load average {load:.2f} on {node} >= critical {critical_load:g} "
-                f"({limits['load_avg_critical_per_cpu']:g} x {cpus} cpus)",
-                used=load, limit=critical_load, retry_after=60.0,
-                details={"resource": "load_avg", "source": reading.get("source")},
-            ))
+            reasons.append(
+                Reason(
+                    "threshold",
+                    f"load average {load:.2f} on {node} >= critical {critical_load:g} "
+                    f"({limits['load_avg_critical_per_cpu']:g} x {cpus} cpus)",
+                    used=load,
+                    limit=critical_load,
+                    retry_after=60.0,
+                    details={"resource": "load_avg", "source": reading.get("source")},
+                )
+            )
     return reasons, warnings, reading
 
 
@@ -131,8 +153,9 @@ def threshold_rules(
 
 def lowered_cap(tx: Tx, settings: Settings, node: str, ttype: str, now: float) -> int | None:
     """The OOM-lowered per-node cap, grown back by one per decay interval (None: none)."""
-    row = tx.one("SELECT cap, lowered_at FROM lowered_caps WHERE node = ? AND task_type = ?",
-                 (node, ttype))
+    row = tx.one(
+        "SELECT cap, lowered_at FROM lowered_caps WHERE node = ? AND task_type = ?", (node, ttype)
+    )
     if row is None:
         return None
     interval = max(1.0, float(settings.get("oom.decay_interval")))
@@ -159,8 +182,10 @@ def _adjust_backpressure(tx: Tx, settings: Settings, node: str, ok: bool, now: f
         factor = max(float(bp["min_factor"]), factor * float(bp["decrease"]))  # mult. decrease
     tx.execute("DELETE FROM backpressure WHERE node = ?", (node,))
     if factor < 1.0:
-        tx.execute("INSERT INTO backpressure (node, factor, updated_at) VALUES (?,?,?)",
-                   (node, factor, now))
+        tx.execute(
+            "INSERT INTO backpressure (node, factor, updated_at) VALUES (?,?,?)",
+            (node, factor, now),
+        )
 
 
 def _note_oom(tx: Tx, settings: Settings, node: str, ttype: str, now: float) -> None:
@@ -174,8 +199,9 @@ def _note_oom(tx: Tx, settings: Settings, node: str, ttype: str, now: float) -> 
     count = int(recent["n"]) if recent else 0
     if count < int(oom["lower_after"]):
         return
-    running = tx.one("SELECT COUNT(*) AS n FROM tasks WHERE node = ? AND task_type = ?",
-                     (node, ttype))
+    running = tx.one(
+        "SELECT COUNT(*) AS n FROM tasks WHERE node = ? AND task_type = ?", (node, ttype)
+    )
     current = lowered_cap(tx, settings, node, ttype, now)
     base = (running["n"] if running else 0) + 1
     configured = settings.task_limit(ttype, "per_node")
@@ -218,8 +244,15 @@ def task_ended(
     if status == "oom" and reason and "oom" not in reason.lower():
         label = f"oom: {reason}"
     breakers.record_outcome(
-        tx, cfg, row["node"], row["task_type"], now, ok=ok, trial=bool(row.get("trial")),
-        reason=None if ok else label[:300], evidence=None if ok else reason,
+        tx,
+        cfg,
+        row["node"],
+        row["task_type"],
+        now,
+        ok=ok,
+        trial=bool(row.get("trial")),
+        reason=None if ok else label[:300],
+        evidence=None if ok else reason,
     )
     _adjust_backpressure(tx, settings, row["node"], ok, now)
     if status == "oom":
@@ -227,7 +260,13 @@ def task_ended(
 
 
 def record_manual(
-    tx: Tx, settings: Settings, node: str, ttype: str, now: float, *, ok: bool,
+    tx: Tx,
+    settings: Settings,
+    node: str,
+    ttype: str,
+    now: float,
+    *,
+    ok: bool,
     reason: str | None,
 ) -> breakers.Breaker:
     """``breakers record-failure`` / ``record-success`` from scripts."""
@@ -241,8 +280,7 @@ def record_manual(
                 breaker.state, breaker.trial_successes = HALF_OPEN, 0
             breaker.trials_in_flight += 1
             breakers.save(tx, breaker)
-    result = breakers.record_outcome(tx, cfg, node, ttype, now, ok=ok, trial=trial,
-                                     reason=reason)
+    result = breakers.record_outcome(tx, cfg, node, ttype, now, ok=ok, trial=trial, reason=reason)
     _adjust_backpressure(tx, settings, node, ok, now)
     return result
 

@@ -47,7 +47,12 @@ class Interrupted(CoordError):
 
 class RunResult:
     def __init__(
-        self, exit_code: int, task_id: str, status: str, reason: str | None, duration: float,
+        self,
+        exit_code: int,
+        task_id: str,
+        status: str,
+        reason: str | None,
+        duration: float,
         decision: Decision,
     ) -> None:
         self.exit_code, self.task_id, self.status = exit_code, task_id, status
@@ -61,14 +66,25 @@ WaitCallback = Callable[[Decision, float], None]
 
 
 def acquire_slot(
-    coord: TaskCoordinator, task_type: TaskType, node: str, *, holder: Holder,
-    config_name: str | None, command: str, wait: bool, timeout: float | None,
+    coord: TaskCoordinator,
+    task_type: TaskType,
+    node: str,
+    *,
+    holder: Holder,
+    config_name: str | None,
+    command: str,
+    wait: bool,
+    timeout: float | None,
     on_wait: WaitCallback | None = None,
 ) -> Decision:
     """Take a slot now, or (``wait``) wait in the fair queue for one."""
     if not wait:
         decision = coord.acquire(
-            task_type, node, holder=holder, source="run", config_name=config_name,
+            task_type,
+            node,
+            holder=holder,
+            source="run",
+            config_name=config_name,
             command=command,
         )
         if not decision.allowed:
@@ -91,8 +107,14 @@ def acquire_slot(
         attempt = 0
         while True:
             decision = coord.acquire(
-                task_type, node, holder=holder, source="run", config_name=config_name,
-                command=command, waiter_seq=seq, log=attempt == 0,
+                task_type,
+                node,
+                holder=holder,
+                source="run",
+                config_name=config_name,
+                command=command,
+                waiter_seq=seq,
+                log=attempt == 0,
             )
             attempt += 1
             if decision.allowed:
@@ -164,8 +186,14 @@ def _spawn_gated(argv: Sequence[str], env: dict[str, str]) -> tuple[int, int, in
             os.close(go_w)
             os.close(err_r)
             os.setpgid(0, 0)
-            for sig in (*FORWARDED, signal.SIGPIPE, signal.SIGXFSZ, signal.SIGTTOU,
-                        signal.SIGTTIN, signal.SIGCHLD):
+            for sig in (
+                *FORWARDED,
+                signal.SIGPIPE,
+                signal.SIGXFSZ,
+                signal.SIGTTOU,
+                signal.SIGTTIN,
+                signal.SIGCHLD,
+            ):
                 signal.signal(sig, signal.SIG_DFL)
             signal.set_wakeup_fd(-1)
             if os.read(go_r, 1) != b"g":
@@ -189,9 +217,16 @@ def _spawn_gated(argv: Sequence[str], env: dict[str, str]) -> tuple[int, int, in
 
 
 def run_command(
-    coord: TaskCoordinator, task_type: str | TaskType, node: str, argv: Sequence[str], *,
-    config_name: str | None = None, wait: bool = False, timeout: float | None = None,
-    on_wait: WaitCallback | None = None, on_admitted: Callable[[], None] | None = None,
+    coord: TaskCoordinator,
+    task_type: str | TaskType,
+    node: str,
+    argv: Sequence[str],
+    *,
+    config_name: str | None = None,
+    wait: bool = False,
+    timeout: float | None = None,
+    on_wait: WaitCallback | None = None,
+    on_admitted: Callable[[], None] | None = None,
     warn: Callable[[str], None] | None = None,
 ) -> RunResult:
     if not argv:
@@ -204,8 +239,15 @@ def run_command(
     me = os.getpid()
     holder = Holder(pid=me, wrapper_pid=me)
     decision = acquire_slot(
-        coord, ttype, node, holder=holder, config_name=config_name,
-        command=_command_text(argv), wait=wait, timeout=timeout, on_wait=on_wait,
+        coord,
+        ttype,
+        node,
+        holder=holder,
+        config_name=config_name,
+        command=_command_text(argv),
+        wait=wait,
+        timeout=timeout,
+        on_wait=on_wait,
     )
     if on_admitted is not None:
         on_admitted()
@@ -223,13 +265,21 @@ def run_command(
     try:
         if job.received:
             sig = job.received[0]
-            status, reason, exit_code = "killed", f"{signal.Signals(sig).name} before start", 128 + sig
+            status, reason, exit_code = (
+                "killed",
+                f"{signal.Signals(sig).name} before start",
+                128 + sig,
+            )
             return _result(exit_code, task_id, status, reason, started, decision)
         env = dict(os.environ)
-        env.update({
-            "RINGRIFT_TASK_ID": task_id, "RINGRIFT_LEASE_TOKEN": str(token),
-            "RINGRIFT_TASK_TYPE": ttype.value, "RINGRIFT_NODE_ID": node,
-        })
+        env.update(
+            {
+                "RINGRIFT_TASK_ID": task_id,
+                "RINGRIFT_LEASE_TOKEN": str(token),
+                "RINGRIFT_TASK_TYPE": ttype.value,
+                "RINGRIFT_NODE_ID": node,
+            }
+        )
         oom_before = procs.oom_kill_count()
         pid, go_w, err_r = _spawn_gated(argv, env)
         job.pgid = pid
@@ -301,14 +351,23 @@ def run_command(
 
 
 def _result(
-    exit_code: int, task_id: str, status: str, reason: str | None, started: float,
+    exit_code: int,
+    task_id: str,
+    status: str,
+    reason: str | None,
+    started: float,
     decision: Decision,
 ) -> RunResult:
     return RunResult(exit_code, task_id, status, reason, time.monotonic() - started, decision)
 
 
 def _wait_child(
-    coord: TaskCoordinator, pid: int, job: _Job, wake_r: int, task_id: str, token: int,
+    coord: TaskCoordinator,
+    pid: int,
+    job: _Job,
+    wake_r: int,
+    task_id: str,
+    token: int,
     warn: Callable[[str], None],
 ) -> int:
     """Wait for the child, renewing the lease and escalating to SIGKILL after the grace."""
@@ -372,9 +431,13 @@ def classify_sigkill(
     memory = live_host([state_dir]).get("memory")
     critical = float(settings.get("thresholds.memory.critical"))
     if memory is not None and memory >= critical:
-        return "oom", (f"OOM-killed (SIGKILL): memory at {memory:.0f}% >= critical "
-                       f"{critical:g}% when the job died")
-    counter = "no memory cgroup counter" if before is None else f"cgroup oom_kill unchanged at {after}"
+        return "oom", (
+            f"OOM-killed (SIGKILL): memory at {memory:.0f}% >= critical "
+            f"{critical:g}% when the job died"
+        )
+    counter = (
+        "no memory cgroup counter" if before is None else f"cgroup oom_kill unchanged at {after}"
+    )
     shown = "unknown" if memory is None else f"{memory:.0f}%"
     return "killed", f"killed by SIGKILL from outside (no OOM evidence: {counter}, memory {shown})"
 
@@ -410,8 +473,13 @@ def _reap_leftovers(job: _Job, warn: Callable[[str], None]) -> None:
 
 
 def _release(
-    coord: TaskCoordinator, task_id: str, token: int, exit_code: int, status: str,
-    reason: str | None, warn: Callable[[str], None],
+    coord: TaskCoordinator,
+    task_id: str,
+    token: int,
+    exit_code: int,
+    status: str,
+    reason: str | None,
+    warn: Callable[[str], None],
 ) -> None:
     """Release exactly once; retry a busy store, and leave the rest to the reaper."""
     delay = 0.05

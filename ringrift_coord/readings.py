@@ -19,8 +19,18 @@ if TYPE_CHECKING:
     from typing import Any
 
 RESOURCES = ("disk", "memory", "cpu", "gpu")
-FIELDS = ("cpu", "memory", "disk", "gpu", "gpu_memory", "load_avg", "cpus", "memory_gb",
-          "gpu_name", "gpu_count")
+FIELDS = (
+    "cpu",
+    "memory",
+    "disk",
+    "gpu",
+    "gpu_memory",
+    "load_avg",
+    "cpus",
+    "memory_gb",
+    "gpu_name",
+    "gpu_count",
+)
 
 
 def expand_paths(paths: list[str]) -> list[str]:
@@ -83,8 +93,15 @@ def live_host(paths: list[str]) -> dict[str, Any]:
         load = round(os.getloadavg()[0], 2)
     except OSError:
         load = None
-    return {"memory": memory, "memory_gb": memory_gb, "disk": disk, "load_avg": load,
-            "cpus": _cpus(), "details": {"disk_path": disk_path}, "source": "live"}
+    return {
+        "memory": memory,
+        "memory_gb": memory_gb,
+        "disk": disk,
+        "load_avg": load,
+        "cpus": _cpus(),
+        "details": {"disk_path": disk_path},
+        "source": "live",
+    }
 
 
 _CPUS: list[int | None] = []
@@ -116,13 +133,23 @@ def gpu_readings() -> dict[str, Any]:
     try:
         import pynvml
     except ImportError:
-        return {"gpu_count": 0, "gpu": None, "gpu_memory": None, "gpu_name": None,
-                "gpu_note": "NVML bindings not installed"}
+        return {
+            "gpu_count": 0,
+            "gpu": None,
+            "gpu_memory": None,
+            "gpu_name": None,
+            "gpu_note": "NVML bindings not installed",
+        }
     try:
         pynvml.nvmlInit()
     except Exception as exc:  # NVMLError_LibraryNotFound, DriverNotLoaded, ...
-        return {"gpu_count": 0, "gpu": None, "gpu_memory": None, "gpu_name": None,
-                "gpu_note": f"no NVML: {exc}"}
+        return {
+            "gpu_count": 0,
+            "gpu": None,
+            "gpu_memory": None,
+            "gpu_name": None,
+            "gpu_note": f"no NVML: {exc}",
+        }
     try:
         gpus = []
         for index in range(pynvml.nvmlDeviceGetCount()):
@@ -130,11 +157,15 @@ def gpu_readings() -> dict[str, Any]:
             name = pynvml.nvmlDeviceGetName(handle)
             util = pynvml.nvmlDeviceGetUtilizationRates(handle)
             mem = pynvml.nvmlDeviceGetMemoryInfo(handle)
-            gpus.append({
-                "index": index, "name": name.decode() if isinstance(name, bytes) else name,
-                "util": float(util.gpu), "memory": round(100.0 * mem.used / mem.total, 1),
-                "memory_gb": round(mem.total / 2**30, 1),
-            })
+            gpus.append(
+                {
+                    "index": index,
+                    "name": name.decode() if isinstance(name, bytes) else name,
+                    "util": float(util.gpu),
+                    "memory": round(100.0 * mem.used / mem.total, 1),
+                    "memory_gb": round(mem.total / 2**30, 1),
+                }
+            )
     finally:
         try:
             pynvml.nvmlShutdown()
@@ -143,7 +174,9 @@ def gpu_readings() -> dict[str, Any]:
     if not gpus:
         return {"gpu_count": 0, "gpu": None, "gpu_memory": None, "gpu_name": None, "gpus": []}
     return {
-        "gpu_count": len(gpus), "gpu_name": gpus[0]["name"], "gpus": gpus,
+        "gpu_count": len(gpus),
+        "gpu_name": gpus[0]["name"],
+        "gpus": gpus,
         "gpu": round(max(g["util"] for g in gpus), 1),
         "gpu_memory": round(max(g["memory"] for g in gpus), 1),
     }
@@ -151,14 +184,24 @@ def gpu_readings() -> dict[str, Any]:
 
 def store_reading(tx: Tx, node: str, reading: dict[str, Any], now: float) -> None:
     details = dict(reading.get("details") or {})  # live_host's own details, flattened
-    details.update({k: v for k, v in reading.items()
-                    if k not in FIELDS and k not in ("source", "details", "node", "at")})
+    details.update(
+        {
+            k: v
+            for k, v in reading.items()
+            if k not in FIELDS and k not in ("source", "details", "node", "at")
+        }
+    )
     tx.execute("DELETE FROM readings WHERE node = ?", (node,))
     tx.execute(
         f"INSERT INTO readings (node, at, source, {', '.join(FIELDS)}, details) "
         f"VALUES (?, ?, ?, {', '.join('?' for _ in FIELDS)}, ?)",
-        (node, now, reading.get("source", "manual"), *(reading.get(f) for f in FIELDS),
-         json.dumps(details, default=str)),
+        (
+            node,
+            now,
+            reading.get("source", "manual"),
+            *(reading.get(f) for f in FIELDS),
+            json.dumps(details, default=str),
+        ),
     )
 
 
@@ -193,8 +236,11 @@ def assess(
     ``blocking`` says whether admission would refuse the node for it (critical and fresh);
     stale samples are ignored by admission.
     """
-    out: dict[str, Any] = {"node": reading.get("node"), "at": reading.get("at", now),
-                           "source": reading.get("source")}
+    out: dict[str, Any] = {
+        "node": reading.get("node"),
+        "at": reading.get("at", now),
+        "source": reading.get("source"),
+    }
     for field in FIELDS:
         out[field] = reading.get(field)
     out["details"] = reading.get("details") or {}
@@ -205,17 +251,26 @@ def assess(
     for resource in RESOURCES:
         value = reading.get(resource)
         limits = thresholds[resource]
-        levels[resource] = None if value is None else (
-            "critical" if value >= limits["critical"]
-            else "warning" if value >= limits["warning"] else "ok"
+        levels[resource] = (
+            None
+            if value is None
+            else (
+                "critical"
+                if value >= limits["critical"]
+                else "warning"
+                if value >= limits["warning"]
+                else "ok"
+            )
         )
     load, cpus = reading.get("load_avg"), reading.get("cpus")
     critical_load = None
     if cpus:
         critical_load = round(float(thresholds["load_avg_critical_per_cpu"]) * cpus, 3)
     out["load_critical"] = critical_load
-    levels["load_avg"] = None if load is None or critical_load is None else (
-        "critical" if load >= critical_load else "ok"
+    levels["load_avg"] = (
+        None
+        if load is None or critical_load is None
+        else ("critical" if load >= critical_load else "ok")
     )
     out["levels"] = levels
     out["blocking"] = not out["stale"] and "critical" in levels.values()

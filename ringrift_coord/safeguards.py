@@ -38,9 +38,21 @@ if TYPE_CHECKING:
 GLOBAL = "*"
 
 __all__ = [
-    "Safeguards", "activate_emergency", "allow_spawn", "caps_in_force", "check_before_spawn",
-    "deactivate_emergency", "get_block_reason", "get_stats", "halt_status", "is_halted",
-    "node_caps", "record_failure", "record_spawn", "record_success", "resource_overview",
+    "Safeguards",
+    "activate_emergency",
+    "allow_spawn",
+    "caps_in_force",
+    "check_before_spawn",
+    "deactivate_emergency",
+    "get_block_reason",
+    "get_stats",
+    "halt_status",
+    "is_halted",
+    "node_caps",
+    "record_failure",
+    "record_spawn",
+    "record_success",
+    "resource_overview",
 ]
 
 
@@ -49,8 +61,12 @@ def _scope(task_type: str | TaskType | None) -> str:
 
 
 def activate_emergency(
-    ctx: Context | str | None = None, reason: str | None = None, *,
-    task_type: str | TaskType | None = None, ttl: float | None = None, who: str | None = None,
+    ctx: Context | str | None = None,
+    reason: str | None = None,
+    *,
+    task_type: str | TaskType | None = None,
+    ttl: float | None = None,
+    who: str | None = None,
 ) -> dict[str, Any]:
     """Halt every new spawn (or those of one type), cluster-wide, until unhalt or expiry.
 
@@ -77,8 +93,14 @@ def activate_emergency(
             "VALUES ('halt',?,?,?,?,?,?)",
             (scope, reason, who, host_name(), now, expires),
         )
-    record = {"scope": scope, "reason": reason, "who": who, "host": host_name(), "at": now,
-              "expires_at": expires}
+    record = {
+        "scope": scope,
+        "reason": reason,
+        "who": who,
+        "host": host_name(),
+        "at": now,
+        "expires_at": expires,
+    }
     if scope == GLOBAL:
         # "mirror": a copy of the store's halt; an unhalt on any node makes it stale
         _write_halt_file(ctx.state_dir, {**record, "mirror": True})
@@ -86,7 +108,9 @@ def activate_emergency(
 
 
 def deactivate_emergency(
-    ctx: Context | None = None, *, task_type: str | TaskType | None = None,
+    ctx: Context | None = None,
+    *,
+    task_type: str | TaskType | None = None,
     who: str | None = None,
 ) -> dict[str, Any]:
     """Lift the halt: every halt without ``task_type``, else only that type's."""
@@ -136,8 +160,10 @@ def halt_status(ctx: Context) -> dict[str, Any]:
             "ORDER BY id DESC LIMIT 10"
         )
     file_info = read_halt_file(ctx.state_dir, now)
-    if file_info is not None and file_info.get("mirror") and not any(
-        row["scope"] == GLOBAL for row in rows
+    if (
+        file_info is not None
+        and file_info.get("mirror")
+        and not any(row["scope"] == GLOBAL for row in rows)
     ):
         file_info = None  # a copy of a cluster-wide halt lifted since on another node
     return {"halts": rows, "halt_file": file_info, "recent": log, "at": now}
@@ -173,11 +199,19 @@ def _node_or_default(ctx: Context, node_id: str | None) -> str:
 
 
 def _decide(ctx: Context, task_type: str | TaskType, node_id: str | None) -> Decision:
-    req = Request(task_type=TaskType.parse(task_type), node=_node_or_default(ctx, node_id),
-                  who=who_am_i(ctx.env))
+    req = Request(
+        task_type=TaskType.parse(task_type),
+        node=_node_or_default(ctx, node_id),
+        who=who_am_i(ctx.env),
+    )
     with ctx.store.write() as tx:  # write: dead holders are reaped before counting
         return admit(
-            tx, req, ctx.settings, state_dir=ctx.state_dir, take_slot=False, action="check",
+            tx,
+            req,
+            ctx.settings,
+            state_dir=ctx.state_dir,
+            take_slot=False,
+            action="check",
             log=False,
         )
 
@@ -219,19 +253,24 @@ def record_spawn(*args: Any) -> Decision:
     from ringrift_coord.admission import _take_token
 
     ctx, (task_type, node_id) = _split(args, ("task_type", "node"), 1)
-    req = Request(task_type=TaskType.parse(task_type), node=_node_or_default(ctx, node_id),
-                  who=who_am_i(ctx.env))
+    req = Request(
+        task_type=TaskType.parse(task_type),
+        node=_node_or_default(ctx, node_id),
+        who=who_am_i(ctx.env),
+    )
     with ctx.store.write() as tx:
-        decision = admit(tx, req, ctx.settings, state_dir=ctx.state_dir, take_slot=False,
-                         action="record-spawn")
+        decision = admit(
+            tx, req, ctx.settings, state_dir=ctx.state_dir, take_slot=False, action="record-spawn"
+        )
         rate = decision._rate  # after backpressure; None: the type has no rate limit
         if rate is not None:
             _take_token(tx, req.node, req.task_type.value, rate, tx.now())
     return decision
 
 
-def _record(ctx: Context, task_type: str | TaskType, node_id: str | None, *, ok: bool,
-            reason: str | None) -> dict[str, Any]:
+def _record(
+    ctx: Context, task_type: str | TaskType, node_id: str | None, *, ok: bool, reason: str | None
+) -> dict[str, Any]:
     from ringrift_coord import guards
     from ringrift_coord.breakers import BreakerConfig
 
@@ -270,20 +309,26 @@ def node_caps(tx: Tx, settings: Settings, node: str, now: float) -> dict[str, An
     from ringrift_coord import guards
 
     per_node = {
-        name: entry["per_node"] for name, entry in settings.get("task_limits").items()
+        name: entry["per_node"]
+        for name, entry in settings.get("task_limits").items()
         if isinstance(entry, dict) and entry.get("per_node") is not None
     }
     lowered: dict[str, int] = {}
-    for row in tx.query("SELECT task_type FROM lowered_caps WHERE node = ? ORDER BY task_type",
-                        (node,)):
+    for row in tx.query(
+        "SELECT task_type FROM lowered_caps WHERE node = ? ORDER BY task_type", (node,)
+    ):
         cap = guards.lowered_cap(tx, settings, node, row["task_type"], now)
         if cap is not None:
             lowered[row["task_type"]] = cap
     effective: dict[str, int] = dict(per_node)
     for name, cap in lowered.items():
         effective[name] = cap if per_node.get(name) is None else min(cap, per_node[name])
-    return {"per_node": per_node, "lowered": lowered, "effective": effective,
-            "backpressure": guards.rate_factor(tx, node)}
+    return {
+        "per_node": per_node,
+        "lowered": lowered,
+        "effective": effective,
+        "backpressure": guards.rate_factor(tx, node),
+    }
 
 
 def caps_in_force(tx: Tx, settings: Settings, now: float) -> dict[str, Any]:
@@ -291,20 +336,27 @@ def caps_in_force(tx: Tx, settings: Settings, now: float) -> dict[str, Any]:
     from ringrift_coord import guards
 
     lowered = []
-    for row in tx.query("SELECT node, task_type, lowered_at, ooms FROM lowered_caps "
-                        "ORDER BY node, task_type"):
+    for row in tx.query(
+        "SELECT node, task_type, lowered_at, ooms FROM lowered_caps ORDER BY node, task_type"
+    ):
         cap = guards.lowered_cap(tx, settings, row["node"], row["task_type"], now)
         if cap is None:  # grown back to the configured limit
             continue
-        lowered.append({**row, "cap": cap,
-                        "configured": settings.task_limit(row["task_type"], "per_node")})
+        lowered.append(
+            {**row, "cap": cap, "configured": settings.task_limit(row["task_type"], "per_node")}
+        )
     backpressure = tx.query("SELECT node, factor, updated_at FROM backpressure ORDER BY node")
     return {"lowered_caps": lowered, "backpressure": backpressure}
 
 
 def resource_overview(
-    tx: Tx, settings: Settings, now: float, *, node: str | None = None,
-    state_dir: str | None = None, live: bool = True,
+    tx: Tx,
+    settings: Settings,
+    now: float,
+    *,
+    node: str | None = None,
+    state_dir: str | None = None,
+    live: bool = True,
 ) -> dict[str, Any]:
     """Every node's latest reading (or one node's) against the thresholds, read-only.
 
@@ -338,9 +390,13 @@ def resource_overview(
         live_doc["blocking"] = live_doc["blocking"] and live_doc["used_by_admission"]
         live_doc["caps"] = node_caps(tx, settings, local, now)
     return {
-        "at": now, "thresholds": thresholds, "max_sample_age": max_age,
-        "live_host": bool(settings.get("resources.live_host")), "local_node": local,
-        "nodes": nodes, "live": live_doc,
+        "at": now,
+        "thresholds": thresholds,
+        "max_sample_age": max_age,
+        "live_host": bool(settings.get("resources.live_host")),
+        "local_node": local,
+        "nodes": nodes,
+        "live": live_doc,
     }
 
 
@@ -360,10 +416,12 @@ def get_stats(ctx: Context | None = None) -> dict[str, Any]:
     return {
         "at": now,
         "emergency_active": bool(halts["halts"]) or halts["halt_file"] is not None,
-        "halts": halts["halts"], "halt_file": halts["halt_file"],
+        "halts": halts["halts"],
+        "halt_file": halts["halt_file"],
         "breakers": breaker_list,
         "open_breakers": sum(1 for b in breaker_list if b["state"] != "closed"),
-        "readings": overview["nodes"], "live": overview["live"],
+        "readings": overview["nodes"],
+        "live": overview["live"],
         "thresholds": overview["thresholds"],
         "blocked_nodes": sorted({n["node"] for n in overview["nodes"] if n["blocking"]}),
         **caps,

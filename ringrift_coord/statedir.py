@@ -17,11 +17,33 @@ STATE_DIR_ENV = "RINGRIFT_COORDINATOR_DIR"
 MOUNTINFO_ENV = "RINGRIFT_COORD_MOUNTINFO"  # diagnostics and tests: read this mount table
 
 # Filesystems on which SQLite's WAL (shared memory + POSIX locks) cannot be trusted.
-NETWORK_FILESYSTEMS = frozenset({
-    "nfs", "nfs4", "cifs", "smb3", "smbfs", "ncpfs", "afs", "9p", "ceph", "glusterfs",
-    "lustre", "gpfs", "beegfs", "ocfs2", "gfs2", "davfs", "fuse.sshfs", "sshfs",
-    "fuse.glusterfs", "fuse.s3fs", "fuse.rclone", "fuse.gcsfuse", "fuse.cephfs",
-})
+NETWORK_FILESYSTEMS = frozenset(
+    {
+        "nfs",
+        "nfs4",
+        "cifs",
+        "smb3",
+        "smbfs",
+        "ncpfs",
+        "afs",
+        "9p",
+        "ceph",
+        "glusterfs",
+        "lustre",
+        "gpfs",
+        "beegfs",
+        "ocfs2",
+        "gfs2",
+        "davfs",
+        "fuse.sshfs",
+        "sshfs",
+        "fuse.glusterfs",
+        "fuse.s3fs",
+        "fuse.rclone",
+        "fuse.gcsfuse",
+        "fuse.cephfs",
+    }
+)
 
 
 def default_state_dir(env: Mapping[str, str]) -> str:
@@ -101,7 +123,9 @@ def filesystem_type(path: str, mountinfo: str | None = None) -> str | None:
 
 def refuse_network_filesystem(db_path: str) -> None:
     fs_type = filesystem_type(os.path.dirname(os.path.abspath(db_path)))
-    if fs_type and (fs_type in NETWORK_FILESYSTEMS or fs_type.split(".")[-1] in NETWORK_FILESYSTEMS):
+    if fs_type and (
+        fs_type in NETWORK_FILESYSTEMS or fs_type.split(".")[-1] in NETWORK_FILESYSTEMS
+    ):
         raise StateError(
             f"{db_path} is on a network filesystem ({fs_type}), where SQLite's WAL locking does "
             "not work; use the PostgreSQL engine (--db postgresql://...) or a local state directory"

@@ -15,8 +15,8 @@ from ringrift_coord.admission import (
     Decision,
     Request,
     admit,
-    reap,
     read_halt_file,
+    reap,
     release,
     renew,
 )
@@ -31,8 +31,16 @@ if TYPE_CHECKING:
     from typing import Any
 
 __all__ = [
-    "CoordinatedTask", "Decision", "ResourceType", "TaskCoordinator", "TaskType",
-    "can_spawn_task", "get_coordinator", "get_state", "get_stats", "register_task",
+    "CoordinatedTask",
+    "Decision",
+    "ResourceType",
+    "TaskCoordinator",
+    "TaskType",
+    "can_spawn_task",
+    "get_coordinator",
+    "get_state",
+    "get_stats",
+    "register_task",
     "unregister_task",
 ]
 
@@ -65,15 +73,26 @@ class TaskCoordinator:
     # -- admission ----------------------------------------------------------------------
 
     def _request(
-        self, task_type: str | TaskType, node: str | None, *, source: str,
-        holder: Holder | None = None, task_id: str | None = None,
-        config_name: str | None = None, command: str | None = None,
+        self,
+        task_type: str | TaskType,
+        node: str | None,
+        *,
+        source: str,
+        holder: Holder | None = None,
+        task_id: str | None = None,
+        config_name: str | None = None,
+        command: str | None = None,
         waiter_seq: int | None = None,
     ) -> Request:
         return Request(
-            task_type=TaskType.parse(task_type), node=node or default_node(self.ctx.env),
-            source=source, task_id=task_id, config_name=config_name, command=command,
-            who=who_am_i(self.ctx.env), waiter_seq=waiter_seq,
+            task_type=TaskType.parse(task_type),
+            node=node or default_node(self.ctx.env),
+            source=source,
+            task_id=task_id,
+            config_name=config_name,
+            command=command,
+            who=who_am_i(self.ctx.env),
+            waiter_seq=waiter_seq,
             **(holder.request_fields() if holder else {}),
         )
 
@@ -82,24 +101,47 @@ class TaskCoordinator:
         req = self._request(task_type, node, source="check")
         with self.ctx.store.write() as tx:
             return admit(
-                tx, req, self.ctx.settings, state_dir=self.ctx.state_dir, take_slot=False,
+                tx,
+                req,
+                self.ctx.settings,
+                state_dir=self.ctx.state_dir,
+                take_slot=False,
                 action="can-spawn",
             )
 
     def acquire(
-        self, task_type: str | TaskType, node: str | None = None, *, holder: Holder,
-        source: str = "api", task_id: str | None = None, config_name: str | None = None,
-        command: str | None = None, waiter_seq: int | None = None, log: bool = True,
+        self,
+        task_type: str | TaskType,
+        node: str | None = None,
+        *,
+        holder: Holder,
+        source: str = "api",
+        task_id: str | None = None,
+        config_name: str | None = None,
+        command: str | None = None,
+        waiter_seq: int | None = None,
+        log: bool = True,
     ) -> Decision:
         """Check and take a slot in one transaction; the decision says whether it did."""
         req = self._request(
-            task_type, node, source=source, holder=holder, task_id=task_id,
-            config_name=config_name, command=command, waiter_seq=waiter_seq,
+            task_type,
+            node,
+            source=source,
+            holder=holder,
+            task_id=task_id,
+            config_name=config_name,
+            command=command,
+            waiter_seq=waiter_seq,
         )
         with self.ctx.store.write() as tx:
             return admit(
-                tx, req, self.ctx.settings, state_dir=self.ctx.state_dir, take_slot=True,
-                action=source, log=log,
+                tx,
+                req,
+                self.ctx.settings,
+                state_dir=self.ctx.state_dir,
+                take_slot=True,
+                action=source,
+                log=log,
             )
 
     def can_spawn_task(self, task_type: str | TaskType, node_id: str) -> tuple[bool, str]:
@@ -107,15 +149,23 @@ class TaskCoordinator:
         return decision.allowed, "" if decision.allowed else decision.summary()
 
     def register_task(
-        self, task_id: str | None, task_type: str | TaskType, node_id: str | None = None,
-        pid: int | None = None, config_name: str | None = None,
+        self,
+        task_id: str | None,
+        task_type: str | TaskType,
+        node_id: str | None = None,
+        pid: int | None = None,
+        config_name: str | None = None,
     ) -> str:
         """Register (atomically checked) and return the task id; raise SpawnDenied if not."""
         pid = pid if pid is not None else os.getpid()
         if procs.start_time(pid) is None:
             raise UsageError(f"no running process with pid {pid} on this host")
         decision = self.acquire(
-            task_type, node_id, holder=Holder(pid=pid), source="register", task_id=task_id,
+            task_type,
+            node_id,
+            holder=Holder(pid=pid),
+            source="register",
+            task_id=task_id,
             config_name=config_name,
         )
         if not decision.allowed:
@@ -124,8 +174,13 @@ class TaskCoordinator:
         return decision.task_id
 
     def unregister_task(
-        self, task_id: str, *, exit_code: int | None = None, status: str | None = None,
-        token: int | None = None, reason: str | None = None,
+        self,
+        task_id: str,
+        *,
+        exit_code: int | None = None,
+        status: str | None = None,
+        token: int | None = None,
+        reason: str | None = None,
     ) -> Row | None:
         """Release once; None if it was already released. Unknown ids raise NotFound."""
         if status is None:
@@ -135,8 +190,15 @@ class TaskCoordinator:
         if status not in RELEASE_STATUSES + ("spawn_failed",):
             raise UsageError(f"--status must be one of {', '.join(RELEASE_STATUSES)}")
         with self.ctx.store.write() as tx:
-            row = release(tx, task_id, token=token, exit_code=exit_code, status=status,
-                          reason=reason, settings=self.ctx.settings)
+            row = release(
+                tx,
+                task_id,
+                token=token,
+                exit_code=exit_code,
+                status=status,
+                reason=reason,
+                settings=self.ctx.settings,
+            )
             if row is None and not tx.one(
                 "SELECT 1 AS x FROM task_history WHERE task_id = ?", (task_id,)
             ):
@@ -151,11 +213,13 @@ class TaskCoordinator:
         """Point the slot at the job's process group (``run`` does this after fork)."""
         fields = holder.request_fields()
         with self.ctx.store.write() as tx:
-            return bool(tx.execute(
-                "UPDATE tasks SET pid = ?, pid_start = ?, pgid = ? WHERE task_id = ? "
-                "AND lease_token = ?",
-                (fields["pid"], fields["pid_start"], fields["pgid"], task_id, token),
-            ))
+            return bool(
+                tx.execute(
+                    "UPDATE tasks SET pid = ?, pid_start = ?, pgid = ? WHERE task_id = ? "
+                    "AND lease_token = ?",
+                    (fields["pid"], fields["pid_start"], fields["pgid"], task_id, token),
+                )
+            )
 
     # -- fair queue ---------------------------------------------------------------------
 
@@ -168,8 +232,16 @@ class TaskCoordinator:
             rows = tx.query(
                 "INSERT INTO waiters (task_type, node, host, boot_id, pid, pid_start, "
                 "enqueued_at, heartbeat_at) VALUES (?,?,?,?,?,?,?,?) RETURNING seq",
-                (ttype, node or default_node(self.ctx.env), procs.host_name(), procs.boot_id(),
-                 me, procs.start_time(me), now, now),
+                (
+                    ttype,
+                    node or default_node(self.ctx.env),
+                    procs.host_name(),
+                    procs.boot_id(),
+                    me,
+                    procs.start_time(me),
+                    now,
+                    now,
+                ),
             )
         return int(rows[0]["seq"])
 
@@ -179,9 +251,9 @@ class TaskCoordinator:
 
     def heartbeat_waiter(self, seq: int) -> bool:
         with self.ctx.store.write() as tx:
-            return bool(tx.execute(
-                "UPDATE waiters SET heartbeat_at = ? WHERE seq = ?", (tx.now(), seq)
-            ))
+            return bool(
+                tx.execute("UPDATE waiters SET heartbeat_at = ? WHERE seq = ?", (tx.now(), seq))
+            )
 
     # -- housekeeping and views ---------------------------------------------------------
 
@@ -235,8 +307,14 @@ class TaskCoordinator:
                 "expires_at, who) VALUES (?,?,?,?,?,?,?)",
                 (res_id, node, ttype, int(slots), now, expires, who_am_i(self.ctx.env)),
             )
-        return {"res_id": res_id, "node": node, "task_type": ttype, "slots": int(slots),
-                "created_at": now, "expires_at": expires}
+        return {
+            "res_id": res_id,
+            "node": node,
+            "task_type": ttype,
+            "slots": int(slots),
+            "created_at": now,
+            "expires_at": expires,
+        }
 
     def release_reservation(self, res_id: str) -> None:
         with self.ctx.store.write() as tx:
@@ -252,8 +330,13 @@ class TaskCoordinator:
             )
 
     def decisions(
-        self, *, denied_only: bool = False, since: float | None = None, node: str | None = None,
-        task_type: str | None = None, limit: int = 100,
+        self,
+        *,
+        denied_only: bool = False,
+        since: float | None = None,
+        node: str | None = None,
+        task_type: str | None = None,
+        limit: int = 100,
     ) -> list[Row]:
         where, args = [], []
         if denied_only:
@@ -279,7 +362,8 @@ class TaskCoordinator:
             now = tx.now()
             halted = tx.one(
                 "SELECT 1 AS x FROM halts WHERE scope = '*' AND (expires_at IS NULL OR "
-                "expires_at > ?)", (now,),
+                "expires_at > ?)",
+                (now,),
             )
         if halted or read_halt_file(self.ctx.state_dir, now) is not None:
             return CoordinatorStatus.PAUSED
@@ -296,8 +380,10 @@ class TaskCoordinator:
         by_type: dict[str, Any] = {}
         for t in TaskType:
             by_type[t.value] = {
-                "running": 0, "per_node_limit": settings.task_limit(t.value, "per_node"),
-                "cluster_limit": settings.task_limit(t.value, "cluster"), "nodes": {},
+                "running": 0,
+                "per_node_limit": settings.task_limit(t.value, "per_node"),
+                "cluster_limit": settings.task_limit(t.value, "cluster"),
+                "nodes": {},
                 "queued": 0,
             }
         for row in counts:
@@ -340,8 +426,11 @@ def can_spawn_task(task_type: str | TaskType, node_id: str) -> tuple[bool, str]:
 
 
 def register_task(
-    task_id: str | None, task_type: str | TaskType, node_id: str | None = None,
-    pid: int | None = None, config_name: str | None = None,
+    task_id: str | None,
+    task_type: str | TaskType,
+    node_id: str | None = None,
+    pid: int | None = None,
+    config_name: str | None = None,
 ) -> str:
     return get_coordinator().register_task(task_id, task_type, node_id, pid, config_name)
 
@@ -367,8 +456,12 @@ class CoordinatedTask:
     """
 
     def __init__(
-        self, task_type: str | TaskType, node_id: str | None = None, *,
-        task_id: str | None = None, config_name: str | None = None,
+        self,
+        task_type: str | TaskType,
+        node_id: str | None = None,
+        *,
+        task_id: str | None = None,
+        config_name: str | None = None,
         coordinator: TaskCoordinator | None = None,
     ) -> None:
         self.task_type = TaskType.parse(task_type)
@@ -385,8 +478,12 @@ class CoordinatedTask:
         coord = self.coordinator or get_coordinator()
         self.coordinator = coord
         self.decision = coord.acquire(
-            self.task_type, self.node_id, holder=Holder(pid=os.getpid()), source="api",
-            task_id=self.requested_id, config_name=self.config_name,
+            self.task_type,
+            self.node_id,
+            holder=Holder(pid=os.getpid()),
+            source="api",
+            task_id=self.requested_id,
+            config_name=self.config_name,
         )
         self.allowed = self.decision.allowed
         self.reason = "" if self.allowed else self.decision.summary()
@@ -395,14 +492,19 @@ class CoordinatedTask:
         return self
 
     def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
         if self.allowed and self.task_id and self.coordinator is not None:
             status = "ok" if exc_type is None else "failed"
             reason = None if exc is None else f"{type(exc).__name__}: {exc}"[:500]
             self.coordinator.unregister_task(
-                self.task_id, status=status, token=self._token, reason=reason,
+                self.task_id,
+                status=status,
+                token=self._token,
+                reason=reason,
                 exit_code=0 if exc_type is None else 1,
             )
 
@@ -412,7 +514,9 @@ class CoordinatedTask:
         return await asyncio.to_thread(self.__enter__)
 
     async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
         import asyncio

@@ -28,19 +28,20 @@ class Coord:
         self.config = tmp / "coord.yaml"
         self.config.write_text("{}\n")
         self.env = {
-            k: v for k, v in os.environ.items()
-            if not k.startswith(("RINGRIFT_", "_RINGRIFT"))
+            k: v for k, v in os.environ.items() if not k.startswith(("RINGRIFT_", "_RINGRIFT"))
         }
-        self.env.update({
-            "RINGRIFT_COORDINATOR_DIR": str(self.state_dir),
-            "RINGRIFT_COORD_CONFIG": str(self.config),
-            "XDG_CONFIG_HOME": str(tmp / "xdg-config"),
-            "XDG_STATE_HOME": str(tmp / "xdg-state"),
-            "COLUMNS": "200",
-            # this machine's own load (64 racing processes on 2 cores) must not decide tests;
-            # tests of the thresholds turn live readings back on
-            "RINGRIFT_COORD_SET": "resources.live_host=false",
-        })
+        self.env.update(
+            {
+                "RINGRIFT_COORDINATOR_DIR": str(self.state_dir),
+                "RINGRIFT_COORD_CONFIG": str(self.config),
+                "XDG_CONFIG_HOME": str(tmp / "xdg-config"),
+                "XDG_STATE_HOME": str(tmp / "xdg-state"),
+                "COLUMNS": "200",
+                # this machine's own load (64 racing processes on 2 cores) must not decide tests;
+                # tests of the thresholds turn live readings back on
+                "RINGRIFT_COORD_SET": "resources.live_host=false",
+            }
+        )
         self.env.pop("PYTHONDONTWRITEBYTECODE", None)  # each call would recompile everything
         self.engine = "sqlite"
 
@@ -55,11 +56,20 @@ class Coord:
     def argv(self, *args: str) -> list[str]:
         return [sys.executable, "-m", "ringrift_coord", *args]
 
-    def __call__(self, *args: str, timeout: float = 60, env: dict[str, str] | None = None,
-                 input: str | None = None) -> subprocess.CompletedProcess[str]:
+    def __call__(
+        self,
+        *args: str,
+        timeout: float = 60,
+        env: dict[str, str] | None = None,
+        input: str | None = None,
+    ) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            self.argv(*args), env={**self.env, **(env or {})}, capture_output=True, text=True,
-            timeout=timeout, input=input,
+            self.argv(*args),
+            env={**self.env, **(env or {})},
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            input=input,
         )
 
     def popen(self, *args: str, **kw: object) -> subprocess.Popen[str]:

@@ -55,21 +55,50 @@ class PgServer:
     def _initdb(self) -> None:
         with self._log() as log:
             subprocess.run(
-                self.as_user + [os.path.join(self.bindir, "initdb"), "-D", self.data,
-                                "-U", "ringrift", "-A", "trust", "-E", "UTF8", "--no-sync"],
-                stdout=log, stderr=log, check=True,
+                self.as_user
+                + [
+                    os.path.join(self.bindir, "initdb"),
+                    "-D",
+                    self.data,
+                    "-U",
+                    "ringrift",
+                    "-A",
+                    "trust",
+                    "-E",
+                    "UTF8",
+                    "--no-sync",
+                ],
+                stdout=log,
+                stderr=log,
+                check=True,
             )
 
     def start(self) -> None:
         with self._log() as log:
             self.proc = subprocess.Popen(
-                self.as_user + [
-                    os.path.join(self.bindir, "postgres"), "-D", self.data, "-p", str(self.port),
-                    "-c", "listen_addresses=127.0.0.1", "-c", f"unix_socket_directories={self.tmp}",
-                    "-c", "fsync=off", "-c", "synchronous_commit=off",
-                    "-c", "full_page_writes=off", "-c", "max_connections=300",
+                self.as_user
+                + [
+                    os.path.join(self.bindir, "postgres"),
+                    "-D",
+                    self.data,
+                    "-p",
+                    str(self.port),
+                    "-c",
+                    "listen_addresses=127.0.0.1",
+                    "-c",
+                    f"unix_socket_directories={self.tmp}",
+                    "-c",
+                    "fsync=off",
+                    "-c",
+                    "synchronous_commit=off",
+                    "-c",
+                    "full_page_writes=off",
+                    "-c",
+                    "max_connections=300",
                 ],
-                stdout=log, stderr=log, stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                stdin=subprocess.DEVNULL,
             )
         import psycopg
 

@@ -26,13 +26,13 @@ from ringrift_coord.task_coordinator import (
     TaskType,
 )
 
-
 ENGINES = ("sqlite", "postgres")
 _DB_NUMBERS = iter(range(1, 10**9))
 
 
-def make_ctx(tmp_path, yaml_text: str = "{}\n", clock: ManualClock | None = None,
-             pg_url: str | None = None) -> Context:
+def make_ctx(
+    tmp_path, yaml_text: str = "{}\n", clock: ManualClock | None = None, pg_url: str | None = None
+) -> Context:
     config = tmp_path / "c.yaml"
     config.write_text(yaml_text)
     state = ensure_state_dir(str(tmp_path / "state"))
@@ -44,8 +44,9 @@ def make_ctx(tmp_path, yaml_text: str = "{}\n", clock: ManualClock | None = None
     else:
         store = SQLiteStore(os.path.join(state, "tasks.db"), clock=clock)
     settings = load_settings(str(config), env={"RINGRIFT_COORD_SET": "resources.live_host=false"})
-    return Context(settings=settings, state_dir=state, store=store,
-                   clock=clock, env={"USER": "tester"})
+    return Context(
+        settings=settings, state_dir=state, store=store, clock=clock, env={"USER": "tester"}
+    )
 
 
 @pytest.fixture
@@ -54,9 +55,11 @@ def new_ctx(engine, request):
     made = []
 
     def factory(tmp_path, yaml_text="{}\n", clock=None):
-        url = request.getfixturevalue("pg_server").create_database(
-            f"api_{next(_DB_NUMBERS)}"
-        ) if engine == "postgres" else None
+        url = (
+            request.getfixturevalue("pg_server").create_database(f"api_{next(_DB_NUMBERS)}")
+            if engine == "postgres"
+            else None
+        )
         ctx = make_ctx(tmp_path, yaml_text, clock, url)
         made.append(ctx)
         return ctx
@@ -68,7 +71,9 @@ def new_ctx(engine, request):
 
 @pytest.fixture
 def coordinator(tmp_path, new_ctx):
-    return TaskCoordinator(new_ctx(tmp_path, "task_limits: {training: {per_node: 1, cluster: 2}}\n"))
+    return TaskCoordinator(
+        new_ctx(tmp_path, "task_limits: {training: {per_node: 1, cluster: 2}}\n")
+    )
 
 
 def test_register_check_unregister(coordinator):
@@ -142,7 +147,8 @@ def test_dead_local_holder_and_expired_remote_lease_are_reaped(tmp_path, new_ctx
         tx.execute(
             "INSERT INTO tasks (task_id, task_type, node, host, pid, source, started_at, "
             "lease_expires, lease_token) VALUES ('remote','training','n9','elsewhere',1,'run',"
-            "?,?,99)", (now, now + 120),
+            "?,?,99)",
+            (now, now + 120),
         )
     assert not coord.can_spawn_task("training", "n2")[0]
     clock.advance(60)
@@ -175,13 +181,19 @@ def test_token_bucket_and_clock_steps(tmp_path, new_ctx):
 
 
 def test_reservation_holds_slots_for_its_type(tmp_path, new_ctx):
-    ctx = new_ctx(tmp_path, "task_limits: {selfplay: {per_node: 4, cluster: 500}}\n"
-                   "rate_limits: {selfplay: {per_minute: null}}\n")
+    ctx = new_ctx(
+        tmp_path,
+        "task_limits: {selfplay: {per_node: 4, cluster: 500}}\n"
+        "rate_limits: {selfplay: {per_minute: null}}\n",
+    )
     coord = TaskCoordinator(ctx)
     me = Holder(pid=os.getpid())
     res = coord.reserve("gauntlet", "n1", 2, ttl=600)
     assert [coord.acquire("selfplay", "n1", holder=me).allowed for _ in range(3)] == [
-        True, True, False]
+        True,
+        True,
+        False,
+    ]
     denied = coord.check("selfplay", "n1")
     assert denied.reasons[0].rule == "reservation" and denied.reasons[0].limit == 2
     assert coord.acquire("selfplay", "n2", holder=me).allowed  # other nodes unaffected
@@ -249,7 +261,9 @@ OPS = st.lists(
 )
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(per_node=st.integers(0, 4), cluster=st.integers(0, 8), ops=OPS)
 def test_admitted_never_exceeds_limits(tmp_path_factory, new_ctx, per_node, cluster, ops):
     ctx = new_ctx(
@@ -264,9 +278,7 @@ def test_admitted_never_exceeds_limits(tmp_path_factory, new_ctx, per_node, clus
             if op == "acquire":
                 before = len(held)
                 decision = coord.acquire("tournament", f"n{node}", holder=me)
-                expected = (
-                    sum(1 for t in coord.list_tasks() if t["node"] == f"n{node}") - 0
-                )
+                expected = sum(1 for t in coord.list_tasks() if t["node"] == f"n{node}") - 0
                 if decision.allowed:
                     held.append((decision.task_id, decision.lease_token))
                 else:
@@ -288,8 +300,12 @@ def test_admitted_never_exceeds_limits(tmp_path_factory, new_ctx, per_node, clus
 
 def test_registered_holders_get_a_long_lease_and_waiters_stay_fresh(tmp_path, new_ctx):
     clock = ManualClock()
-    ctx = new_ctx(tmp_path, "task_limits: {training: {per_node: 1, cluster: 1}}\n"
-                  "durations: {training: 1000}\nstore: {lease_ttl: 120}\n", clock)
+    ctx = new_ctx(
+        tmp_path,
+        "task_limits: {training: {per_node: 1, cluster: 1}}\n"
+        "durations: {training: 1000}\nstore: {lease_ttl: 120}\n",
+        clock,
+    )
     coord = TaskCoordinator(ctx)
     held = coord.acquire("training", "n1", holder=Holder(pid=os.getpid()), source="register")
     lease = coord.list_tasks()[0]["lease_left"]

@@ -17,10 +17,10 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import Coord
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import Coord
 from ringrift_coord.breakers import CLOSED, HALF_OPEN, OPEN, Breaker, BreakerConfig
 
 ENGINES = ("sqlite", "postgres")
@@ -50,8 +50,11 @@ class Model:
 
     def __init__(self, cfg: dict[str, float], now: float) -> None:
         self.F, self.W = cfg["failure_threshold"], cfg["window"]
-        self.T, self.H, self.S = (cfg["recovery_timeout"], cfg["half_open_trials"],
-                                  cfg["success_threshold"])
+        self.T, self.H, self.S = (
+            cfg["recovery_timeout"],
+            cfg["half_open_trials"],
+            cfg["success_threshold"],
+        )
         self.phase = CLOSED
         self.opened: float | None = None
         self.retry: float | None = None
@@ -102,24 +105,29 @@ class Model:
 
 # =========================================================================== properties
 
-configs = st.fixed_dictionaries({
-    "failure_threshold": st.integers(1, 4),
-    "window": st.sampled_from([0.5, 1.0, 5.0, 60.0, 600.0]),
-    "recovery_timeout": st.sampled_from([0.25, 1.0, 2.0, 30.0, 300.0]),
-    "half_open_trials": st.integers(1, 3),
-    "success_threshold": st.integers(1, 3),
-})
+configs = st.fixed_dictionaries(
+    {
+        "failure_threshold": st.integers(1, 4),
+        "window": st.sampled_from([0.5, 1.0, 5.0, 60.0, 600.0]),
+        "recovery_timeout": st.sampled_from([0.25, 1.0, 2.0, 30.0, 300.0]),
+        "half_open_trials": st.integers(1, 3),
+        "success_threshold": st.integers(1, 3),
+    }
+)
 clock_steps = st.one_of(
     st.integers(-40, 40).map(lambda k: k / 4),  # around the timeouts, back and forward
-    st.integers(-10**6, 10**6).map(float),
+    st.integers(-(10**6), 10**6).map(float),
     st.sampled_from([-1e9, -86400.0, -300.25, 300.25, 86400.0, 1e9]),  # huge jumps
 )
 operation = (
     st.one_of(  # admissions and failures weigh more: they are what reach the interesting states
-        st.just(("admit",)), st.just(("admit",)), st.just(("admit",)),
+        st.just(("admit",)),
+        st.just(("admit",)),
+        st.just(("admit",)),
         st.tuples(st.just("trial_ok"), st.integers(0, 5)),
         st.tuples(st.just("trial_fail"), st.integers(0, 5)),
-        st.just(("fail",)), st.just(("fail",)),
+        st.just(("fail",)),
+        st.just(("fail",)),
         st.just(("ok",)),
         st.tuples(st.just("step"), clock_steps),
         # steps in units of the recovery timeout, so that random sequences reach half-open
@@ -127,9 +135,7 @@ operation = (
     )
 )
 # lengths drawn evenly up to 100 (plain st.lists stays short: few would reach half-open)
-operations = st.integers(0, 100).flatmap(
-    lambda n: st.lists(operation, min_size=n, max_size=n)
-)
+operations = st.integers(0, 100).flatmap(lambda n: st.lists(operation, min_size=n, max_size=n))
 
 
 def slots(breaker: Breaker) -> dict[str, object]:
@@ -187,8 +193,11 @@ def test_breaker_follows_the_reference_model(cfg_values, ops) -> None:
 
 
 @settings(max_examples=150, deadline=None)
-@given(cfg_values=configs, jump=st.sampled_from([0.0, 0.25, 1.0, 86400.0, 1e9]),
-       extra_successes=st.integers(0, 3))
+@given(
+    cfg_values=configs,
+    jump=st.sampled_from([0.0, 0.25, 1.0, 86400.0, 1e9]),
+    extra_successes=st.integers(0, 3),
+)
 def test_jump_past_retry_needs_the_trial(cfg_values, jump, extra_successes) -> None:
     """However far the clock jumps, an open breaker goes HALF_OPEN and never straight to
     CLOSED: non-trial successes do not close it; only trials do."""
@@ -211,8 +220,11 @@ def test_jump_past_retry_needs_the_trial(cfg_values, jump, extra_successes) -> N
 
 
 @settings(max_examples=150, deadline=None)
-@given(cfg_values=configs, back=st.sampled_from([0.25, 1.0, 3600.0, 1e9]),
-       later=st.integers(0, 8).map(lambda k: k / 4))
+@given(
+    cfg_values=configs,
+    back=st.sampled_from([0.25, 1.0, 3600.0, 1e9]),
+    later=st.integers(0, 8).map(lambda k: k / 4),
+)
 def test_step_back_rebases_to_one_timeout(cfg_values, back, later) -> None:
     cfg = BreakerConfig(**cfg_values)
     now = T0
@@ -235,8 +247,13 @@ def test_step_back_rebases_to_one_timeout(cfg_values, back, later) -> None:
 def test_trials_of_an_earlier_half_open_period_count_against_the_cap() -> None:
     """Found by the model: a trial still running when the breaker reopened must not let a
     later half-open period admit more trials than the cap allows at once."""
-    cfg = BreakerConfig(failure_threshold=1, window=600, recovery_timeout=10,
-                        half_open_trials=2, success_threshold=2)
+    cfg = BreakerConfig(
+        failure_threshold=1,
+        window=600,
+        recovery_timeout=10,
+        half_open_trials=2,
+        success_threshold=2,
+    )
     now = T0
     b = Breaker("n1", "training", now)
     b.record(now, cfg, ok=False, trial=False, reason="x")
@@ -272,16 +289,20 @@ def test_store_clock_stepped_back_rebases_the_open_breaker(tmp_path: Path) -> No
     state = ensure_state_dir(str(tmp_path / "state"))
     clock = ManualClock(T0)
     ctx = Context(
-        settings=load_settings(str(tmp_path / "c.yaml"),
-                               env={"RINGRIFT_COORD_SET": "resources.live_host=false"}),
-        state_dir=state, store=SQLiteStore(os.path.join(state, "tasks.db"), clock=clock),
-        clock=clock, env={"USER": "tester"},
+        settings=load_settings(
+            str(tmp_path / "c.yaml"), env={"RINGRIFT_COORD_SET": "resources.live_host=false"}
+        ),
+        state_dir=state,
+        store=SQLiteStore(os.path.join(state, "tasks.db"), clock=clock),
+        clock=clock,
+        env={"USER": "tester"},
     )
     coord = TaskCoordinator(ctx)
     with ctx.store.write() as tx:
         for _ in range(3):
-            guards.record_manual(tx, ctx.settings, "n1", "evaluation", tx.now(), ok=False,
-                                 reason="exit code 3")
+            guards.record_manual(
+                tx, ctx.settings, "n1", "evaluation", tx.now(), ok=False, reason="exit code 3"
+            )
     decision = coord.check("evaluation", "n1")
     assert not decision.allowed and decision.retry_after == 2
     clock.advance(-3600)  # the store's clock steps back an hour
@@ -291,7 +312,8 @@ def test_store_clock_stepped_back_rebases_the_open_breaker(tmp_path: Path) -> No
     assert coord.check("evaluation", "n1").retry_after == 1  # not 2 again: the wait is kept
     with ctx.store.read() as tx:  # and reading shows the same, without writing
         row = breakers.load(tx, "n1", "evaluation", tx.now()).to_dict(
-            tx.now(), BreakerConfig.from_settings(ctx.settings))
+            tx.now(), BreakerConfig.from_settings(ctx.settings)
+        )
     assert row["state"] == OPEN and row["retry_after"] == 1
     clock.advance(1)
     assert coord.check("evaluation", "n1").allowed  # half-open: the trial may run
@@ -374,8 +396,16 @@ def test_breaker_lifecycle_through_the_cli(coord: Coord, tmp_path: Path) -> None
 
     # one trial runs; a second one at the same time is denied; the trial's success closes it
     started, release = tmp_path / "started", tmp_path / "release"
-    trial = coord.popen("run", "evaluation", "--node", "n1", "--", "sh", "-c",
-                        f"touch {started}; while [ ! -e {release} ]; do sleep 0.05; done")
+    trial = coord.popen(
+        "run",
+        "evaluation",
+        "--node",
+        "n1",
+        "--",
+        "sh",
+        "-c",
+        f"touch {started}; while [ ! -e {release} ]; do sleep 0.05; done",
+    )
     try:
         wait_file(started, trial)
         second = coord("run", "evaluation", "--node", "n1", "--", "true")
@@ -389,13 +419,31 @@ def test_breaker_lifecycle_through_the_cli(coord: Coord, tmp_path: Path) -> None
 
     # a script opens it with record-failure x3; a failed trial reopens it
     for _ in range(2):
-        done = coord("breakers", "record-failure", "--node", "n1", "--type", "evaluation",
-                     "--reason", "disk full")
+        done = coord(
+            "breakers",
+            "record-failure",
+            "--node",
+            "n1",
+            "--type",
+            "evaluation",
+            "--reason",
+            "disk full",
+        )
         assert done.returncode == 0 and "closed" in done.stdout, done.stderr
     # (this one opens it; --set gives it a short wait: the wait is fixed when it opens)
-    row = cli_json(coord, "--set", "circuit_breaker.recovery_timeout=0.5", "breakers",
-                   "record-failure", "--node", "n1", "--type", "evaluation", "--reason",
-                   "disk full")
+    row = cli_json(
+        coord,
+        "--set",
+        "circuit_breaker.recovery_timeout=0.5",
+        "breakers",
+        "record-failure",
+        "--node",
+        "n1",
+        "--type",
+        "evaluation",
+        "--reason",
+        "disk full",
+    )
     assert isinstance(row, dict)
     assert row["state"] == "open" and row["failures"] == 3 and row["last_reason"] == "disk full"
     first_opened = row["opened_at"]
@@ -416,8 +464,11 @@ def test_unregister_feeds_the_breaker(coord: Coord) -> None:
 
     coord.write_config(config(coord))
     pid = str(os.getpid())
-    endings = (("--exit-code", "1"), ("--status", "failed"), ("--status", "killed", "--reason",
-                                                              "killed by SIGTERM"))
+    endings = (
+        ("--exit-code", "1"),
+        ("--status", "failed"),
+        ("--status", "killed", "--reason", "killed by SIGTERM"),
+    )
     for ending in endings:
         reg = cli_json(coord, "register", "evaluation", "--node", "n3", "--pid", pid)
         assert isinstance(reg, dict)
@@ -436,8 +487,7 @@ def test_unregister_feeds_the_breaker(coord: Coord) -> None:
 
 def test_reset_selectors_and_list_table(coord: Coord) -> None:
     coord.write_config(config(coord))
-    for node, ttype in (("a", "evaluation"), ("a", "gauntlet"), ("b", "evaluation"),
-                        ("c", "sync")):
+    for node, ttype in (("a", "evaluation"), ("a", "gauntlet"), ("b", "evaluation"), ("c", "sync")):
         done = coord("breakers", "record-failure", "--node", node, "--type", ttype)
         assert done.returncode == 0, done.stderr
     table = coord("breakers")  # the default subcommand: the Rich table
@@ -458,17 +508,21 @@ def test_reset_selectors_and_list_table(coord: Coord) -> None:
 # =========================================================================== bad input
 
 
-@pytest.mark.parametrize("args", [
-    ("breakers", "reset"),
-    ("breakers", "reset", "--type", "nosuchtype"),
-    ("breakers", "reset", "--all", "--node", "n1"),
-    ("breakers", "list", "--type", "nosuchtype"),
-    ("breakers", "record-failure", "--node", "n1", "--type", "nosuchtype"),
-    ("breakers", "record-failure", "--node", "n1"),
-    ("breakers", "record-success", "--type", "evaluation", "--node", ""),
-    ("breakers", "record-failure", "--type", "evaluation", "--reason", "two\nlines"),
-    ("breakers", "frobnicate"),
-], ids=lambda a: " ".join(a[1:]) or "none")
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("breakers", "reset"),
+        ("breakers", "reset", "--type", "nosuchtype"),
+        ("breakers", "reset", "--all", "--node", "n1"),
+        ("breakers", "list", "--type", "nosuchtype"),
+        ("breakers", "record-failure", "--node", "n1", "--type", "nosuchtype"),
+        ("breakers", "record-failure", "--node", "n1"),
+        ("breakers", "record-success", "--type", "evaluation", "--node", ""),
+        ("breakers", "record-failure", "--type", "evaluation", "--reason", "two\nlines"),
+        ("breakers", "frobnicate"),
+    ],
+    ids=lambda a: " ".join(a[1:]) or "none",
+)
 def test_bad_input_is_one_line_exit_2(tmp_path: Path, args: tuple[str, ...]) -> None:
     coord = Coord(tmp_path)  # engine-independent: SQLite only
     done = coord(*args)

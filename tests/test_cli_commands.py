@@ -30,15 +30,21 @@ def test_decision_log_says_who_why_and_numbers(coord):
 
     rows = json.loads(coord("decisions", "--json").stdout)
     assert [(r["action"], r["node"], r["allowed"]) for r in rows] == [
-        ("can-spawn", "n2", True), ("register", "n1", False), ("register", "n1", True)]
+        ("can-spawn", "n2", True),
+        ("register", "n1", False),
+        ("register", "n1", True),
+    ]
     denied = json.loads(coord("decisions", "--denied", "--json").stdout)
     assert len(denied) == 1
     rule = denied[0]["rules"][0]
-    assert (rule["rule"], rule["requested"], rule["used"], rule["limit"]) == (
-        "node_limit", 1, 1, 1)
+    assert (rule["rule"], rule["requested"], rule["used"], rule["limit"]) == ("node_limit", 1, 1, 1)
     assert denied[0]["who"] and denied[0]["pid"] == holder.pid
-    assert json.loads(coord("decisions", "--since", "1h", "--node", "n2", "--json").stdout)[0][
-        "allowed"] is True
+    assert (
+        json.loads(coord("decisions", "--since", "1h", "--node", "n2", "--json").stdout)[0][
+            "allowed"
+        ]
+        is True
+    )
     future = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 3600))
     assert json.loads(coord("decisions", "--since", future, "--json").stdout) == []
     table = coord("decisions", "--denied")
@@ -52,7 +58,9 @@ def test_reserve_cli(coord):
     res_id = json.loads(made.stdout)["res_id"]
     holder = sleeper()
     try:
-        assert coord("register", "selfplay", "--node", "n1", "--pid", str(holder.pid)).returncode == 0
+        assert (
+            coord("register", "selfplay", "--node", "n1", "--pid", str(holder.pid)).returncode == 0
+        )
         blocked = coord("can-spawn", "selfplay", "--node", "n1", "--json")
         assert blocked.returncode == 1
         assert json.loads(blocked.stdout)["reasons"][0]["rule"] == "reservation"
@@ -67,11 +75,13 @@ def test_reserve_cli(coord):
 
 def test_tasks_list_reap_and_history(coord):
     holder = sleeper()
-    task_id = coord("register", "sync", "--node", "n1", "--pid", str(holder.pid),
-                    "--config-name", "square8_2p").stdout.strip()
+    task_id = coord(
+        "register", "sync", "--node", "n1", "--pid", str(holder.pid), "--config-name", "square8_2p"
+    ).stdout.strip()
     rows = json.loads(coord("tasks", "list", "--json").stdout)
     assert [(r["task_id"], r["task_type"], r["node"], r["pid"]) for r in rows] == [
-        (task_id, "sync", "n1", holder.pid)]
+        (task_id, "sync", "n1", holder.pid)
+    ]
     assert rows[0]["started_at"] > 0 and rows[0]["config_name"] == "square8_2p"
     assert json.loads(coord("tasks", "reap", "--json").stdout)["reaped"] == []
     holder.kill()
@@ -140,8 +150,14 @@ def test_precedence_defaults_yaml_env_flag(coord):
 def test_set_flag_changes_admission(coord):
     holder = sleeper()
     try:
-        args = ("--set", "task_limits.training.per_node=2", "--node", "n1", "--pid",
-                str(holder.pid))
+        args = (
+            "--set",
+            "task_limits.training.per_node=2",
+            "--node",
+            "n1",
+            "--pid",
+            str(holder.pid),
+        )
         assert coord("register", "training", *args).returncode == 0
         assert coord("register", "training", *args).returncode == 0
         assert coord("register", "training", *args).returncode == 1

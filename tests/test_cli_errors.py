@@ -33,7 +33,7 @@ def usage_error(result: subprocess.CompletedProcess[str], *fragments: str) -> st
     lines = result.stderr.splitlines()
     assert len(lines) == 1, f"expected one line on stderr, got {lines!r}"
     assert lines[0].startswith(PREFIX), lines[0]
-    message = lines[0][len(PREFIX):]
+    message = lines[0][len(PREFIX) :]
     assert message.strip(), "an empty error message"
     for fragment in fragments:
         assert fragment in message, message
@@ -71,8 +71,10 @@ CASES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "missing-subcommand": (("config",), ("missing command",)),
     # unknown options: fast parser ...
     "unknown-option-can-spawn": (("can-spawn", "selfplay", "--bogus"), ("--bogus",)),
-    "unknown-option-register": (("register", "selfplay", "--pid", PID, "--bogus", "1"),
-                                ("--bogus",)),
+    "unknown-option-register": (
+        ("register", "selfplay", "--pid", PID, "--bogus", "1"),
+        ("--bogus",),
+    ),
     "unknown-option-unregister": (("unregister", "x-1", "--bogus"), ("--bogus",)),
     "unknown-option-run": (("run", "selfplay", "--bogus", "--", "true"), ("--bogus",)),
     "unknown-short-option": (("can-spawn", "selfplay", "-x"), ("-x",)),
@@ -86,21 +88,29 @@ CASES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "option-without-value": (("can-spawn", "selfplay", "--node"), ("--node", "requires a value")),
     "option-value-is-separator": (("register", "selfplay", "--pid", "--"), ("--pid",)),
     # unknown task type
-    "unknown-type-can-spawn": (("can-spawn", "quantum"), ("unknown task type 'quantum'",
-                                                         "selfplay")),
+    "unknown-type-can-spawn": (
+        ("can-spawn", "quantum"),
+        ("unknown task type 'quantum'", "selfplay"),
+    ),
     "unknown-type-register": (("register", "quantum", "--pid", PID), ("unknown task type",)),
     "unknown-type-run": (("run", "quantum", "--", "true"), ("unknown task type",)),
-    "unknown-type-reserve": (("reserve", "quantum", "--node", "n1", "--slots", "1"),
-                             ("unknown task type",)),
+    "unknown-type-reserve": (
+        ("reserve", "quantum", "--node", "n1", "--slots", "1"),
+        ("unknown task type",),
+    ),
     "unknown-type-halt-check": (("halt", "--check", "--type", "quantum"), ("unknown task type",)),
     "unknown-type-tasks": (("tasks", "list", "--type", "quantum"), ("unknown task type",)),
     # --pid
-    "pid-not-integer": (("register", "selfplay", "--pid", "abc"), ("--pid", "'abc'",
-                                                                  "not an integer")),
+    "pid-not-integer": (
+        ("register", "selfplay", "--pid", "abc"),
+        ("--pid", "'abc'", "not an integer"),
+    ),
     "pid-empty": (("register", "selfplay", "--pid="), ("--pid",)),
     "pid-too-large": (("register", "selfplay", "--pid", "99999999999999999999"), ("--pid",)),
-    "pid-does-not-exist": (("register", "selfplay", "--pid", str(dead_pid())),
-                           ("no running process",)),
+    "pid-does-not-exist": (
+        ("register", "selfplay", "--pid", str(dead_pid())),
+        ("no running process",),
+    ),
     "pid-zero": (("register", "selfplay", "--pid", "0"), ("no running process",)),
     "pid-negative": (("register", "selfplay", "--pid", "-7"), ("no running process",)),
     # missing arguments
@@ -112,33 +122,51 @@ CASES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     # run
     "run-no-command": (("run", "selfplay"), ("needs a command",)),
     "run-empty-command": (("run", "selfplay", "--"), ("needs a command",)),
-    "run-timeout-without-wait": (("run", "selfplay", "--timeout", "5", "--", "true"),
-                                 ("--timeout", "--wait")),
-    "run-timeout-not-a-number": (("run", "selfplay", "--wait", "--timeout", "soon", "--", "true"),
-                                 ("--timeout", "not a number")),
-    "run-timeout-nan": (("run", "selfplay", "--wait", "--timeout", "nan", "--", "true"),
-                        ("--timeout",)),
-    "run-timeout-negative": (("run", "selfplay", "--wait", "--timeout", "-1", "--", "true"),
-                             ("--timeout",)),
+    "run-timeout-without-wait": (
+        ("run", "selfplay", "--timeout", "5", "--", "true"),
+        ("--timeout", "--wait"),
+    ),
+    "run-timeout-not-a-number": (
+        ("run", "selfplay", "--wait", "--timeout", "soon", "--", "true"),
+        ("--timeout", "not a number"),
+    ),
+    "run-timeout-nan": (
+        ("run", "selfplay", "--wait", "--timeout", "nan", "--", "true"),
+        ("--timeout",),
+    ),
+    "run-timeout-negative": (
+        ("run", "selfplay", "--wait", "--timeout", "-1", "--", "true"),
+        ("--timeout",),
+    ),
     # reserve
     "reserve-no-node-no-slots": (("reserve", "selfplay"), ("--node", "--slots")),
     "reserve-no-slots": (("reserve", "selfplay", "--node", "n1"), ("--slots",)),
     "reserve-no-node": (("reserve", "selfplay", "--slots", "2"), ("--node",)),
     "reserve-zero-slots": (("reserve", "selfplay", "--node", "n1", "--slots", "0"), ("--slots",)),
-    "reserve-huge-slots": (("reserve", "selfplay", "--node", "n1", "--slots",
-                            "99999999999999999999"), ("--slots",)),
-    "reserve-huge-ttl": (("reserve", "selfplay", "--node", "n1", "--slots", "1", "--ttl",
-                          "1e308"), ("--ttl",)),
-    "reserve-release-unknown": (("reserve", "release", "res-doesnotexist"),
-                                ("no reservation", "res-doesnotexist")),
+    "reserve-huge-slots": (
+        ("reserve", "selfplay", "--node", "n1", "--slots", "99999999999999999999"),
+        ("--slots",),
+    ),
+    "reserve-huge-ttl": (
+        ("reserve", "selfplay", "--node", "n1", "--slots", "1", "--ttl", "1e308"),
+        ("--ttl",),
+    ),
+    "reserve-release-unknown": (
+        ("reserve", "release", "res-doesnotexist"),
+        ("no reservation", "res-doesnotexist"),
+    ),
     "reserve-release-no-id": (("reserve", "release"), ("reservation ID",)),
     # unregister
-    "unregister-unknown-id": (("unregister", "selfplay-000000000000"),
-                              ("no task", "selfplay-000000000000")),
+    "unregister-unknown-id": (
+        ("unregister", "selfplay-000000000000"),
+        ("no task", "selfplay-000000000000"),
+    ),
     "unregister-bad-status": (("unregister", "x-1", "--status", "exploded"), ("--status",)),
     "unregister-bad-exit-code": (("unregister", "x-1", "--exit-code", "one"), ("--exit-code",)),
-    "unregister-huge-exit-code": (("unregister", "x-1", "--exit-code", "99999999999999999999"),
-                                  ("--exit-code",)),
+    "unregister-huge-exit-code": (
+        ("unregister", "x-1", "--exit-code", "99999999999999999999"),
+        ("--exit-code",),
+    ),
     # halt
     "halt-negative-ttl": (("halt", "--ttl", "-5"), ("--ttl", "positive")),
     "halt-zero-ttl": (("halt", "--ttl", "0"), ("--ttl",)),
@@ -157,8 +185,10 @@ CASES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "node-empty": (("can-spawn", "selfplay", "--node", ""), ("--node",)),
     "node-newline": (("can-spawn", "selfplay", "--node", "gpu-1\ngpu-2"), ("--node", "control")),
     "node-escape": (("register", "selfplay", "--pid", PID, "--node", "n\x1b[2J"), ("--node",)),
-    "reserve-node-newline": (("reserve", "selfplay", "--node", "a\nb", "--slots", "1"),
-                             ("--node",)),
+    "reserve-node-newline": (
+        ("reserve", "selfplay", "--node", "a\nb", "--slots", "1"),
+        ("--node",),
+    ),
     "db-scheme": (("--db", "mysql://host/db", "can-spawn", "selfplay"), ("unsupported database",)),
 }
 
@@ -172,10 +202,21 @@ def test_bad_input_exit_2_one_line(coord, name: str) -> None:
         assert result.stdout == ""  # nothing half-done was printed (help is the exception)
 
 
-JSON_CASES = ["unknown-command", "unknown-option-can-spawn", "unknown-option-status",
-              "unknown-type-register", "pid-not-integer", "pid-does-not-exist", "run-no-command",
-              "run-timeout-without-wait", "reserve-no-slots", "reserve-release-unknown",
-              "unregister-unknown-id", "halt-negative-ttl", "decisions-since-garbage"]
+JSON_CASES = [
+    "unknown-command",
+    "unknown-option-can-spawn",
+    "unknown-option-status",
+    "unknown-type-register",
+    "pid-not-integer",
+    "pid-does-not-exist",
+    "run-no-command",
+    "run-timeout-without-wait",
+    "reserve-no-slots",
+    "reserve-release-unknown",
+    "unregister-unknown-id",
+    "halt-negative-ttl",
+    "decisions-since-garbage",
+]
 
 
 @pytest.mark.parametrize("name", JSON_CASES)
@@ -191,8 +232,9 @@ def test_bad_input_with_json_prints_one_error_document(coord, name: str) -> None
 
 def test_pid_of_a_process_that_just_exited(coord) -> None:
     pid = reaped_pid()
-    usage_error(coord("register", "selfplay", "--pid", str(pid)), f"--pid {pid}",
-                "no running process")
+    usage_error(
+        coord("register", "selfplay", "--pid", str(pid)), f"--pid {pid}", "no running process"
+    )
     # and nothing was registered
     listed = coord("--json", "tasks")
     assert listed.returncode == 0 and json.loads(listed.stdout) == []
@@ -226,24 +268,100 @@ def test_help_is_not_an_error(coord) -> None:
 # --------------------------------------------------------------------------- random argv
 
 COMMANDS = [
-    ("can-spawn",), ("spawn-check",), ("register",), ("unregister",), ("run",), ("tasks",),
-    ("tasks", "list"), ("tasks", "reap"), ("tasks", "history"), ("reserve",),
-    ("reserve", "release"), ("reserve", "list"), ("halt", "--check"), ("unhalt",),
-    ("decisions",), ("limits",), ("targets",), ("status",), ("config", "show"),
-    ("config", "validate"), ("frobnicate",), ("config",), (),
+    ("can-spawn",),
+    ("spawn-check",),
+    ("register",),
+    ("unregister",),
+    ("run",),
+    ("tasks",),
+    ("tasks", "list"),
+    ("tasks", "reap"),
+    ("tasks", "history"),
+    ("reserve",),
+    ("reserve", "release"),
+    ("reserve", "list"),
+    ("halt", "--check"),
+    ("unhalt",),
+    ("decisions",),
+    ("limits",),
+    ("targets",),
+    ("status",),
+    ("config", "show"),
+    ("config", "validate"),
+    ("frobnicate",),
+    ("config",),
+    (),
 ]
 OPTIONS = [
-    "--node", "--pid", "--task-id", "--config-name", "--exit-code", "--status", "--token",
-    "--reason", "--wait", "--timeout", "--type", "--ttl", "--denied", "--since", "--limit",
-    "--slots", "--json", "--help", "-h", "--version", "--bogus", "-x", "--node=", "--pid=",
-    "--ttl=", "--set",
+    "--node",
+    "--pid",
+    "--task-id",
+    "--config-name",
+    "--exit-code",
+    "--status",
+    "--token",
+    "--reason",
+    "--wait",
+    "--timeout",
+    "--type",
+    "--ttl",
+    "--denied",
+    "--since",
+    "--limit",
+    "--slots",
+    "--json",
+    "--help",
+    "-h",
+    "--version",
+    "--bogus",
+    "-x",
+    "--node=",
+    "--pid=",
+    "--ttl=",
+    "--set",
 ]
 WORDS = [
-    "selfplay", "training", "cmaes", "gauntlet", "quantum", "SELFPLAY", "cma-es", "release",
-    "list", "0", "1", "-1", "7", "2.5", "1e999", "-1e999", "nan", "inf", "99999999999999999999",
-    "abc", "", " ", "--", "=", "30m", "garbage", "2024-01-01T00:00:00Z", "res-x", "selfplay-1",
-    "ok", "oom", "exploded", "a\nb", "\x1b[31m", "üñí", "$(echo pwned)", "%s%n",
-    "store.lease_ttl=1", "task_limits.selfplay.per_node=-1", "true", "false",
+    "selfplay",
+    "training",
+    "cmaes",
+    "gauntlet",
+    "quantum",
+    "SELFPLAY",
+    "cma-es",
+    "release",
+    "list",
+    "0",
+    "1",
+    "-1",
+    "7",
+    "2.5",
+    "1e999",
+    "-1e999",
+    "nan",
+    "inf",
+    "99999999999999999999",
+    "abc",
+    "",
+    " ",
+    "--",
+    "=",
+    "30m",
+    "garbage",
+    "2024-01-01T00:00:00Z",
+    "res-x",
+    "selfplay-1",
+    "ok",
+    "oom",
+    "exploded",
+    "a\nb",
+    "\x1b[31m",
+    "üñí",
+    "$(echo pwned)",
+    "%s%n",
+    "store.lease_ttl=1",
+    "task_limits.selfplay.per_node=-1",
+    "true",
+    "false",
 ]
 
 # run's command, when there is one, is always a short harmless one (or a missing program)
@@ -263,22 +381,27 @@ def _allowed(argv: list[str], code: int) -> bool:
     return "run" in argv and code in RUN_CODES
 
 
-@settings(max_examples=40, deadline=None, derandomize=True,
-          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@settings(
+    max_examples=40,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 @given(argv=argv_strategy)
 def test_random_argv_never_tracebacks(coord, argv: list[str]) -> None:
     if argv[:1] == ["run"] and "--wait" in argv:
         argv = [a for a in argv if a != "--wait"]  # never queue behind anything
     with tempfile.TemporaryDirectory(dir=coord.tmp) as state:  # a fresh store per example
-        result = coord(*argv, input="", timeout=60,
-                       env={"RINGRIFT_COORDINATOR_DIR": os.path.join(state, "s")})
+        result = coord(
+            *argv, input="", timeout=60, env={"RINGRIFT_COORDINATOR_DIR": os.path.join(state, "s")}
+        )
     no_traceback(result)
     assert "internal error" not in result.stderr, (argv, result.stderr)
     assert _allowed(argv, result.returncode), (argv, result.returncode, result.stderr)
     if result.returncode in (2, 3):
         lines = [ln for ln in result.stderr.splitlines() if ln.startswith(PREFIX)]
         assert len(lines) == 1, (argv, result.stderr)
-        assert lines[0][len(PREFIX):].strip(), (argv, result.stderr)
+        assert lines[0][len(PREFIX) :].strip(), (argv, result.stderr)
         if result.stdout and "--json" in argv and not ({"--help", "-h", "--"} & set(argv)):
             last = result.stdout.splitlines()[-1]
             assert json.loads(last)["exit_code"] == result.returncode, (argv, result.stdout)

@@ -19,8 +19,13 @@ from ringrift_coord.cli.app import app
 
 HOT = ("can-spawn", "register", "unregister", "run")
 ROOT_CMD = typer.main.get_command(app)
-KIND_OF_TYPE = {"str": "str", "int": "int", "int range": "int", "float": "float",
-                "float range": "float"}
+KIND_OF_TYPE = {
+    "str": "str",
+    "int": "int",
+    "int range": "int",
+    "float": "float",
+    "float range": "float",
+}
 TYPER_ONLY_GLOBALS = {"--version", "--help", "-h"}  # these always go to the Typer app
 
 
@@ -53,8 +58,11 @@ def test_hot_commands_are_typer_commands() -> None:
 @pytest.mark.parametrize("name", HOT)
 def test_same_options(name: str) -> None:
     fast = entry.HOT_COMMANDS[name]["options"]
-    typer_opts = {k: v for k, v in _typer_options(ROOT_CMD.commands[name]).items()
-                  if k not in ("--help", "-h")}
+    typer_opts = {
+        k: v
+        for k, v in _typer_options(ROOT_CMD.commands[name]).items()
+        if k not in ("--help", "-h")
+    }
     assert typer_opts == fast, f"{name}: Typer {typer_opts} != fast parser {fast}"
 
 
@@ -79,8 +87,9 @@ def test_spawn_check_is_an_alias_of_can_spawn() -> None:
     assert alias.hidden and "alias" in (alias.help or "").lower()
     assert _typer_options(alias) == _typer_options(original)
     assert _typer_arguments(alias) == _typer_arguments(original)
-    assert entry._parse_hot(["spawn-check", "selfplay", "--node", "n1"]) == \
-        entry._parse_hot(["can-spawn", "selfplay", "--node", "n1"])
+    assert entry._parse_hot(["spawn-check", "selfplay", "--node", "n1"]) == entry._parse_hot(
+        ["can-spawn", "selfplay", "--node", "n1"]
+    )
 
 
 def test_spawn_check_answers_like_can_spawn(coord) -> None:
@@ -117,8 +126,9 @@ def fast_parse(argv: list[str]) -> tuple[str, dict[str, Any], dict[str, Any]]:
     parsed = entry._parse_hot(list(argv))
     assert parsed is not None, argv
     name, values, params = parsed
-    full = {dest: (False if kind == "flag" else None)
-            for dest, kind in entry.GLOBAL_OPTIONS.values()}
+    full = {
+        dest: (False if kind == "flag" else None) for dest, kind in entry.GLOBAL_OPTIONS.values()
+    }
     full.update(values)
     for dest, kind in entry.GLOBAL_OPTIONS.values():
         if kind == "append":
@@ -131,15 +141,40 @@ SAME_PARSE = [
     ["can-spawn", "selfplay", "--node", "n1"],
     ["spawn-check", "training", "--node=n2", "--json"],
     ["--json", "--db", "/tmp/x.db", "can-spawn", "selfplay"],
-    ["--set", "task_limits.selfplay.per_node=8", "can-spawn", "selfplay",
-     "--set=store.busy_timeout=2"],
+    [
+        "--set",
+        "task_limits.selfplay.per_node=8",
+        "can-spawn",
+        "selfplay",
+        "--set=store.busy_timeout=2",
+    ],
     ["can-spawn", "selfplay", "--state-dir", "/tmp/s", "--config", "/tmp/c.yaml"],
-    ["register", "training", "--node", "n1", "--pid", "123", "--task-id", "t-1",
-     "--config-name", "square8_2p"],
+    [
+        "register",
+        "training",
+        "--node",
+        "n1",
+        "--pid",
+        "123",
+        "--task-id",
+        "t-1",
+        "--config-name",
+        "square8_2p",
+    ],
     ["register", "--node", "n1", "selfplay", "--json"],
     ["unregister", "t-1"],
-    ["unregister", "t-1", "--exit-code", "-9", "--status", "oom", "--token", "7",
-     "--reason", "OOM killer"],
+    [
+        "unregister",
+        "t-1",
+        "--exit-code",
+        "-9",
+        "--status",
+        "oom",
+        "--token",
+        "7",
+        "--reason",
+        "OOM killer",
+    ],
     ["run", "selfplay", "echo", "hi"],
     ["run", "--node", "n1", "--wait", "--timeout", "2.5", "selfplay", "sh", "-c", "exit 3"],
     ["run", "--config-name", "square8_2p", "selfplay", "python", "x.py", "--node", "7"],

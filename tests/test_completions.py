@@ -27,8 +27,9 @@ needs_exe = pytest.mark.skipif(
 
 
 def _generator():
-    spec = importlib.util.spec_from_file_location("gen_completions",
-                                                  ROOT / "scripts" / "gen-completions.py")
+    spec = importlib.util.spec_from_file_location(
+        "gen_completions", ROOT / "scripts" / "gen-completions.py"
+    )
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -63,7 +64,10 @@ def bash_complete(coord, *words: str) -> list[str]:
     """
     done = subprocess.run(
         ["bash", "-c", script, "bash", str(BASH_SCRIPT), "ringrift-coord", *words],
-        env=_env(coord), capture_output=True, text=True, timeout=60,
+        env=_env(coord),
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert done.returncode == 0, done.stderr
     assert "error" not in done.stderr, done.stderr
@@ -91,9 +95,17 @@ def test_bash_completes_subcommands_and_options(coord) -> None:
 @pytest.mark.skipif(shutil.which("fish") is None, reason="fish is not installed")
 def test_fish_completes(coord) -> None:
     done = subprocess.run(
-        ["fish", "--no-config", "-c", f"source {FISH_SCRIPT}; "
-         "complete -C 'ringrift-coord ca'; complete -C 'ringrift-coord run sel'"],
-        env=_env(coord), capture_output=True, text=True, timeout=60,
+        [
+            "fish",
+            "--no-config",
+            "-c",
+            f"source {FISH_SCRIPT}; "
+            "complete -C 'ringrift-coord ca'; complete -C 'ringrift-coord run sel'",
+        ],
+        env=_env(coord),
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert done.returncode == 0, done.stderr
     words = [line.split("\t")[0] for line in done.stdout.splitlines()]
@@ -103,8 +115,11 @@ def test_fish_completes(coord) -> None:
 @needs_exe
 def test_zsh_protocol(coord) -> None:
     """What the zsh script evals: an _arguments spec listing the candidates."""
-    env = {**_env(coord), "_TYPER_COMPLETE_ARGS": "ringrift-coord ca",
-           "_RINGRIFT_COORD_COMPLETE": "complete_zsh"}
+    env = {
+        **_env(coord),
+        "_TYPER_COMPLETE_ARGS": "ringrift-coord ca",
+        "_RINGRIFT_COORD_COMPLETE": "complete_zsh",
+    }
     done = subprocess.run([str(EXE)], env=env, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert '"can-spawn"' in done.stdout

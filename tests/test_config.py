@@ -34,7 +34,7 @@ def one_error_line(result: subprocess.CompletedProcess[str]) -> str:
     lines = result.stderr.splitlines()
     assert len(lines) == 1, f"expected one line on stderr, got {lines!r}"
     assert lines[0].startswith(PREFIX), lines[0]
-    return lines[0][len(PREFIX):]
+    return lines[0][len(PREFIX) :]
 
 
 def values_by_key(result: subprocess.CompletedProcess[str]) -> dict[str, tuple[Any, str]]:
@@ -106,8 +106,9 @@ def test_shipped_file_validates_through_the_cli(coord) -> None:
     result = coord("--json", "config", "validate", str(SHIPPED))
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout) == {"valid": True, "file": str(SHIPPED)}
-    shown = coord("--json", "--config", str(SHIPPED), "config", "show",
-                  env={"RINGRIFT_COORD_SET": ""})  # nothing above the file
+    shown = coord(
+        "--json", "--config", str(SHIPPED), "config", "show", env={"RINGRIFT_COORD_SET": ""}
+    )  # nothing above the file
     rows = values_by_key(shown)
     assert {key for key in rows} == set(_leaves("", DEFAULTS))
     for key, (_, source) in rows.items():
@@ -129,58 +130,104 @@ def test_schema_and_defaults_have_the_same_keys() -> None:
 # (YAML text, line, key or None, a fragment the message must contain)
 BAD_FILES = {
     "unknown-key": (
-        "task_limit:\n  selfplay: {per_node: 1}\n", 1, "task_limit", "did you mean 'task_limits'"),
+        "task_limit:\n  selfplay: {per_node: 1}\n",
+        1,
+        "task_limit",
+        "did you mean 'task_limits'",
+    ),
     "unknown-nested-key": (
-        "circuit_breaker:\n  failure_treshold: 2\n", 2, "circuit_breaker.failure_treshold",
-        "did you mean 'failure_threshold'"),
+        "circuit_breaker:\n  failure_treshold: 2\n",
+        2,
+        "circuit_breaker.failure_treshold",
+        "did you mean 'failure_threshold'",
+    ),
     "unknown-task-type": (
-        "task_limits:\n  selfplya:\n    per_node: 1\n", 2, "task_limits.selfplya",
-        "did you mean 'selfplay'"),
+        "task_limits:\n  selfplya:\n    per_node: 1\n",
+        2,
+        "task_limits.selfplya",
+        "did you mean 'selfplay'",
+    ),
     "unknown-task-type-far": (
-        "task_limits:\n  quantum_annealing: {cluster: 1}\n", 2, "task_limits.quantum_annealing",
-        "unknown key"),
+        "task_limits:\n  quantum_annealing: {cluster: 1}\n",
+        2,
+        "task_limits.quantum_annealing",
+        "unknown key",
+    ),
     "unknown-limit-scope": (
-        "task_limits:\n  training:\n    per_nodes: 1\n", 3, "task_limits.training.per_nodes",
-        "did you mean 'per_node'"),
+        "task_limits:\n  training:\n    per_nodes: 1\n",
+        3,
+        "task_limits.training.per_nodes",
+        "did you mean 'per_node'",
+    ),
     "string-for-number": (
-        "store:\n  busy_timeout: five\n", 2, "store.busy_timeout", "the string 'five'"),
+        "store:\n  busy_timeout: five\n",
+        2,
+        "store.busy_timeout",
+        "the string 'five'",
+    ),
     "quoted-number": (
-        'task_limits:\n  selfplay:\n    per_node: "5"\n', 3, "task_limits.selfplay.per_node",
-        "the string '5'"),
-    "bool-for-number": (
-        "store:\n  lease_ttl: true\n", 2, "store.lease_ttl", "got True"),
-    "list-for-mapping": (
-        "thresholds:\n  disk: [65, 70]\n", 2, "thresholds.disk", "not a list"),
-    "scalar-for-section": (
-        "store: 5\n", 1, "store", "must be a mapping"),
+        'task_limits:\n  selfplay:\n    per_node: "5"\n',
+        3,
+        "task_limits.selfplay.per_node",
+        "the string '5'",
+    ),
+    "bool-for-number": ("store:\n  lease_ttl: true\n", 2, "store.lease_ttl", "got True"),
+    "list-for-mapping": ("thresholds:\n  disk: [65, 70]\n", 2, "thresholds.disk", "not a list"),
+    "scalar-for-section": ("store: 5\n", 1, "store", "must be a mapping"),
     "mapping-for-number": (
-        "store:\n  busy_timeout: {seconds: 5}\n", 2, "store.busy_timeout", "a mapping"),
+        "store:\n  busy_timeout: {seconds: 5}\n",
+        2,
+        "store.busy_timeout",
+        "a mapping",
+    ),
     "negative-count": (
-        "circuit_breaker:\n  failure_threshold: -1\n", 2, "circuit_breaker.failure_threshold",
-        "must not be negative"),
+        "circuit_breaker:\n  failure_threshold: -1\n",
+        2,
+        "circuit_breaker.failure_threshold",
+        "must not be negative",
+    ),
     "negative-float": (
-        "resource_targets:\n  pid:\n    kd: -0.5\n", 3, "resource_targets.pid.kd",
-        "must not be negative"),
+        "resource_targets:\n  pid:\n    kd: -0.5\n",
+        3,
+        "resource_targets.pid.kd",
+        "must not be negative",
+    ),
     "fractional-count": (
-        "task_limits:\n  selfplay: {per_node: 2.5}\n", 2, "task_limits.selfplay.per_node",
-        "whole number"),
+        "task_limits:\n  selfplay: {per_node: 2.5}\n",
+        2,
+        "task_limits.selfplay.per_node",
+        "whole number",
+    ),
     "percent-over-100": (
-        "thresholds:\n  cpu:\n    critical: 101\n", 3, "thresholds.cpu.critical", "0 to 100"),
+        "thresholds:\n  cpu:\n    critical: 101\n",
+        3,
+        "thresholds.cpu.critical",
+        "0 to 100",
+    ),
     "inf": ("store:\n  lease_ttl: .inf\n", 2, "store.lease_ttl", "finite"),
     "minus-inf": ("store:\n  busy_timeout: -.inf\n", 2, "store.busy_timeout", "finite"),
     "nan": ("resource_targets:\n  pid:\n    kp: .nan\n", 3, "resource_targets.pid.kp", "finite"),
     "null-for-required": ("store:\n  busy_timeout: null\n", 2, "store.busy_timeout", "null"),
     "too-large-count": (
-        "task_limits:\n  selfplay: {per_node: 100000000000000000000}\n", 2,
-        "task_limits.selfplay.per_node", "at most 1e9"),
+        "task_limits:\n  selfplay: {per_node: 100000000000000000000}\n",
+        2,
+        "task_limits.selfplay.per_node",
+        "at most 1e9",
+    ),
     "too-large-seconds": ("store:\n  lease_ttl: 1.0e+300\n", 2, "store.lease_ttl", "at most 1e9"),
     "bad-time": ('peak_hours:\n  start: "25:00"\n', 2, "peak_hours.start", "HH:MM"),
     "duplicate-key": (
-        "store:\n  busy_timeout: 1\n  lease_ttl: 60\n  busy_timeout: 2\n", 4,
-        "store.busy_timeout", "duplicate key (first given on line 2)"),
+        "store:\n  busy_timeout: 1\n  lease_ttl: 60\n  busy_timeout: 2\n",
+        4,
+        "store.busy_timeout",
+        "duplicate key (first given on line 2)",
+    ),
     "duplicate-section": (
-        "store: {busy_timeout: 1}\nrun: {kill_grace: 5}\nstore: {lease_ttl: 60}\n", 3, "store",
-        "duplicate key"),
+        "store: {busy_timeout: 1}\nrun: {kill_grace: 5}\nstore: {lease_ttl: 60}\n",
+        3,
+        "store",
+        "duplicate key",
+    ),
     "document-is-a-list": ("- task_limits\n- store\n", 1, None, "not a list"),
     "document-is-a-scalar": ("just some text\n", 1, None, "not the scalar 'just some text'"),
     "document-is-a-number": ("42\n", 1, None, "must be a mapping"),
@@ -188,8 +235,11 @@ BAD_FILES = {
     "invalid-yaml-tab": ("store:\n\tbusy_timeout: 1\n", 2, None, "invalid YAML"),
     "invalid-yaml-indent": ("store:\n  busy_timeout: 1\n lease_ttl: 2\n", 3, None, "invalid YAML"),
     "cross-check": (
-        "thresholds:\n  disk: {warning: 90, critical: 70}\n", None, "thresholds.disk",
-        "warning (90) is above critical (70)"),
+        "thresholds:\n  disk: {warning: 90, critical: 70}\n",
+        None,
+        "thresholds.disk",
+        "warning (90) is above critical (70)",
+    ),
 }
 
 
@@ -246,8 +296,11 @@ def test_bad_file_refused_by_hot_commands_too(coord) -> None:
 
 PYTHON_TAGS = {
     "section": ('store: !!python/object/apply:os.system ["echo pwned > {marker}"]\n', 1, "store"),
-    "leaf": ('store:\n  busy_timeout: !!python/object/apply:os.system ["echo pwned > {marker}"]\n',
-             2, "store.busy_timeout"),
+    "leaf": (
+        'store:\n  busy_timeout: !!python/object/apply:os.system ["echo pwned > {marker}"]\n',
+        2,
+        "store.busy_timeout",
+    ),
     "document": ('!!python/object/apply:os.system ["echo pwned > {marker}"]\n', 1, None),
     "mapping-section": ("store: !!python/object/new:os.system {{busy_timeout: 1}}\n", 1, "store"),
     "name": ("run:\n  kill_grace: !!python/name:os.system\n", 2, "run.kill_grace"),
@@ -291,8 +344,11 @@ def test_missing_config_file_given_by_environment(coord, tmp_path: Path) -> None
 def test_directory_as_config_file(coord, tmp_path: Path) -> None:
     directory = tmp_path / "conf.d"
     directory.mkdir()
-    for argv in (("--config", str(directory), "limits"), ("config", "validate", str(directory)),
-                 ("--config", str(directory), "can-spawn", "selfplay")):
+    for argv in (
+        ("--config", str(directory), "limits"),
+        ("config", "validate", str(directory)),
+        ("--config", str(directory), "can-spawn", "selfplay"),
+    ):
         result = coord(*argv)
         assert result.returncode == 3, (argv, result.stderr)
         message = one_error_line(result)
@@ -305,7 +361,8 @@ def test_nested_aliases_are_refused_quickly(coord) -> None:
     for prev, name in zip("abcdefgh", "bcdefghi", strict=True):  # 9 ** 9 strings once expanded
         text = f"&{name} [{text}" + f", *{prev}" * 8 + "]"
     path = coord.write_config(
-        f"store:\n  busy_timeout: 1\nbandwidth:\n  host_types:\n    x:\n      match: {text}\n")
+        f"store:\n  busy_timeout: 1\nbandwidth:\n  host_types:\n    x:\n      match: {text}\n"
+    )
     result = coord("can-spawn", "selfplay", timeout=20)
     assert result.returncode == 3, result.stderr
     message = one_error_line(result)
@@ -333,10 +390,14 @@ def test_changed_file_is_read_again_not_served_from_the_cache(coord) -> None:
     coord.write_config("store:\n  busy_timeout: 2\n")
     assert coord("can-spawn", "selfplay").returncode == 0  # caches the validated file
     assert values_by_key(coord("--json", "limits"))["store.busy_timeout"] == (
-        2, f"{coord.config}:2")
+        2,
+        f"{coord.config}:2",
+    )
     coord.write_config("store:\n  busy_timeout: 3\n")  # same size, same second
     assert values_by_key(coord("--json", "limits"))["store.busy_timeout"] == (
-        3, f"{coord.config}:2")
+        3,
+        f"{coord.config}:2",
+    )
     coord.write_config("store:\n  busy_timeuot: 3\n")
     for argv in (("can-spawn", "selfplay"), ("limits",)):
         result = coord(*argv)
@@ -397,8 +458,11 @@ def test_yaml_over_defaults(coord) -> None:
 def test_environment_over_yaml(coord) -> None:
     path = coord.write_config(TARGETS_YAML)
     env = {
-        "RINGRIFT_TARGET_UTIL_MIN": "55", "RINGRIFT_TARGET_UTIL_MAX": "90",
-        "RINGRIFT_PID_KP": "0.7", "RINGRIFT_PID_KI": "0.01", "RINGRIFT_PID_KD": "0.2",
+        "RINGRIFT_TARGET_UTIL_MIN": "55",
+        "RINGRIFT_TARGET_UTIL_MAX": "90",
+        "RINGRIFT_PID_KP": "0.7",
+        "RINGRIFT_PID_KI": "0.01",
+        "RINGRIFT_PID_KD": "0.2",
     }
     rows = values_by_key(coord("--json", "targets", env=env))
     for kind in ("cpu", "gpu"):  # one variable sets both
@@ -422,21 +486,31 @@ def test_empty_environment_variable_is_not_set(coord) -> None:
 
 def test_set_flag_over_environment(coord) -> None:
     coord.write_config(TARGETS_YAML)
-    rows = values_by_key(coord("--set", "resource_targets.pid.kp=0.9", "--json", "targets",
-                               env={"RINGRIFT_PID_KP": "0.7"}))
+    rows = values_by_key(
+        coord(
+            "--set",
+            "resource_targets.pid.kp=0.9",
+            "--json",
+            "targets",
+            env={"RINGRIFT_PID_KP": "0.7"},
+        )
+    )
     value, source = rows["resource_targets.pid.kp"]
     assert value == 0.9 and "--set" in source
 
 
-@pytest.mark.parametrize(("var", "raw", "fragment"), [
-    ("RINGRIFT_PID_KP", "abc", "expected a number"),
-    ("RINGRIFT_PID_KI", "-0.1", "must not be negative"),
-    ("RINGRIFT_PID_KD", "nan", "finite"),
-    ("RINGRIFT_PID_KD", "inf", "finite"),
-    ("RINGRIFT_TARGET_UTIL_MAX", "150", "0 to 100"),
-    ("RINGRIFT_TARGET_UTIL_MIN", "sixty", "expected a number"),
-    ("RINGRIFT_TARGET_UTIL_MIN", "75", "cpu_min <= cpu_target <= cpu_max"),  # above target 70
-])
+@pytest.mark.parametrize(
+    ("var", "raw", "fragment"),
+    [
+        ("RINGRIFT_PID_KP", "abc", "expected a number"),
+        ("RINGRIFT_PID_KI", "-0.1", "must not be negative"),
+        ("RINGRIFT_PID_KD", "nan", "finite"),
+        ("RINGRIFT_PID_KD", "inf", "finite"),
+        ("RINGRIFT_TARGET_UTIL_MAX", "150", "0 to 100"),
+        ("RINGRIFT_TARGET_UTIL_MIN", "sixty", "expected a number"),
+        ("RINGRIFT_TARGET_UTIL_MIN", "75", "cpu_min <= cpu_target <= cpu_max"),  # above target 70
+    ],
+)
 def test_bad_environment_value_names_the_variable(coord, var: str, raw: str, fragment: str) -> None:
     # through the Typer app or the fast hot path, alternately (every command reads them)
     for command in [("targets",) if len(raw) % 2 else ("can-spawn", "selfplay")]:
@@ -449,8 +523,9 @@ def test_bad_environment_value_names_the_variable(coord, var: str, raw: str, fra
 
 # --------------------------------------------------------------------------- properties
 
-_HYPO = settings(max_examples=60, deadline=None,
-                 suppress_health_check=[HealthCheck.function_scoped_fixture])
+_HYPO = settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 
 
 def _load_text(text: str) -> tuple[Any, str]:
@@ -462,9 +537,11 @@ def _load_text(text: str) -> tuple[Any, str]:
 
 
 @_HYPO
-@given(n=st.integers(min_value=0, max_value=10**9),
-       task=st.sampled_from(sorted(DEFAULTS["task_limits"])),
-       scope=st.sampled_from(["per_node", "cluster"]))
+@given(
+    n=st.integers(min_value=0, max_value=10**9),
+    task=st.sampled_from(sorted(DEFAULTS["task_limits"])),
+    scope=st.sampled_from(["per_node", "cluster"]),
+)
 def test_any_non_negative_count_round_trips_from_the_file(n: int, task: str, scope: str) -> None:
     settings_, path = _load_text(f"task_limits:\n  {task}:\n    {scope}: {n}\n")
     assert settings_.task_limit(task, scope) == n
@@ -475,9 +552,18 @@ def test_any_non_negative_count_round_trips_from_the_file(n: int, task: str, sco
 
 
 @_HYPO
-@given(n=st.integers(max_value=-1), key=st.sampled_from(
-    ["task_limits.selfplay.per_node", "circuit_breaker.window", "store.busy_timeout",
-     "bandwidth.default_mbps", "hardware.gpu_jobs.H100"]))
+@given(
+    n=st.integers(max_value=-1),
+    key=st.sampled_from(
+        [
+            "task_limits.selfplay.per_node",
+            "circuit_breaker.window",
+            "store.busy_timeout",
+            "bandwidth.default_mbps",
+            "hardware.gpu_jobs.H100",
+        ]
+    ),
+)
 def test_any_negative_number_is_refused_with_file_line_and_key(n: int, key: str) -> None:
     parts = key.split(".")
     text = "".join(f"{'  ' * i}{part}:\n" for i, part in enumerate(parts[:-1]))
@@ -491,8 +577,11 @@ def test_any_negative_number_is_refused_with_file_line_and_key(n: int, key: str)
 @_HYPO
 @given(x=st.floats(min_value=0, max_value=1e9, allow_nan=False, allow_infinity=False))
 def test_any_non_negative_float_round_trips(x: float) -> None:
-    text = f"store:\n  busy_timeout: {x!r}\n" if "e" not in repr(x) else (
-        f"store:\n  busy_timeout: {x:.6f}\n")
+    text = (
+        f"store:\n  busy_timeout: {x!r}\n"
+        if "e" not in repr(x)
+        else (f"store:\n  busy_timeout: {x:.6f}\n")
+    )
     settings_, path = _load_text(text)
     expected = float(repr(x)) if "e" not in repr(x) else float(f"{x:.6f}")
     assert settings_.get("store.busy_timeout") == expected

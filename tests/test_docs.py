@@ -52,8 +52,7 @@ def section(text: str, heading: str, level: str = "## ") -> str:
     start = next((i for i, line in enumerate(lines) if matches(line)), None)
     assert start is not None, f"README.md has no heading {heading!r}"
     stops = tuple("#" * n + " " for n in range(1, len(level.strip()) + 1))
-    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith(stops)),
-               len(lines))
+    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith(stops)), len(lines))
     return "\n".join(lines[start + 1 : end])
 
 
@@ -65,8 +64,13 @@ def subsection(top: str) -> str:
 
 
 def options_of(cmd) -> list[str]:
-    return [opt for p in cmd.params if p.param_type_name == "option" for opt in p.opts
-            if opt not in HELP_OPTIONS]
+    return [
+        opt
+        for p in cmd.params
+        if p.param_type_name == "option"
+        for opt in p.opts
+        if opt not in HELP_OPTIONS
+    ]
 
 
 def mentions(text: str, word: str) -> bool:

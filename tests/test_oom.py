@@ -43,11 +43,14 @@ def test_sigkill_at_critical_memory_is_an_oom_and_repeated_ooms_lower_the_cap(co
     holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
     try:
         for _ in range(3):  # some running evaluation jobs on n1
-            assert coord("register", "evaluation", "--node", "n1", "--pid",
-                         str(holder.pid)).returncode == 0
+            assert (
+                coord("register", "evaluation", "--node", "n1", "--pid", str(holder.pid)).returncode
+                == 0
+            )
         for _ in range(2):
-            result = coord(*low, "run", "evaluation", "--node", "n1", "--", "sh", "-c",
-                           "kill -KILL $$")
+            result = coord(
+                *low, "run", "evaluation", "--node", "n1", "--", "sh", "-c", "kill -KILL $$"
+            )
             assert result.returncode == 137
         history = json.loads(coord("tasks", "history", "--json").stdout)
         assert [h["status"] for h in history[:2]] == ["oom", "oom"]
@@ -60,8 +63,10 @@ def test_sigkill_at_critical_memory_is_an_oom_and_repeated_ooms_lower_the_cap(co
         assert rule["rule"] == "oom_cap" and rule["limit"] == 2
         assert coord("can-spawn", "evaluation", "--node", "n2").returncode == 0
         limits = json.loads(coord("limits", "--json").stdout)
-        assert any(c["node"] == "n1" and c["task_type"] == "evaluation" and c["cap"] == 2
-                   for c in limits["lowered_caps"]), limits.get("lowered_caps")
+        assert any(
+            c["node"] == "n1" and c["task_type"] == "evaluation" and c["cap"] == 2
+            for c in limits["lowered_caps"]
+        ), limits.get("lowered_caps")
     finally:
         holder.kill()
         holder.wait()
@@ -74,8 +79,10 @@ def test_failures_lower_the_node_rate_and_successes_restore_it(coord):
         circuit_breaker: {failure_threshold: 50}
     """)
     for _ in range(2):
-        assert coord("run", "sync", "--node", "n1", "--wait", "--", "sh", "-c",
-                     "exit 1").returncode == 1
+        assert (
+            coord("run", "sync", "--node", "n1", "--wait", "--", "sh", "-c", "exit 1").returncode
+            == 1
+        )
     denied = json.loads(coord("can-spawn", "sync", "--node", "n1", "--json").stdout)
     rate = [r for r in denied["reasons"] if r["rule"] == "rate"][0]
     assert rate["details"]["backpressure"] == 0.25
@@ -101,7 +108,9 @@ def _own_memory_cgroup() -> Path | None:
     return directory if os.access(directory, os.W_OK) else None
 
 
-@pytest.mark.skipif(_own_memory_cgroup() is None, reason="needs a writable cgroup v1 memory controller")
+@pytest.mark.skipif(
+    _own_memory_cgroup() is None, reason="needs a writable cgroup v1 memory controller"
+)
 def test_real_oom_kill_in_a_memory_cgroup(coord, tmp_path):
     parent = _own_memory_cgroup()
     assert parent is not None
@@ -110,10 +119,13 @@ def test_real_oom_kill_in_a_memory_cgroup(coord, tmp_path):
     try:
         (group / "memory.limit_in_bytes").write_text(str(200 * 2**20))
         hog = "b = bytearray(600 * 2**20); import time; time.sleep(5)"
-        script = (f"echo $$ > {group}/cgroup.procs && exec {' '.join(coord.argv())} run "
-                  f"training --node n1 -- {sys.executable} -c '{hog}'")
-        result = subprocess.run(["sh", "-c", script], env=coord.env, capture_output=True,
-                                text=True, timeout=120)
+        script = (
+            f"echo $$ > {group}/cgroup.procs && exec {' '.join(coord.argv())} run "
+            f"training --node n1 -- {sys.executable} -c '{hog}'"
+        )
+        result = subprocess.run(
+            ["sh", "-c", script], env=coord.env, capture_output=True, text=True, timeout=120
+        )
         assert result.returncode == 137, result.stderr
         history = json.loads(coord("tasks", "history", "--json").stdout)[0]
         assert history["status"] == "oom", history
@@ -133,8 +145,9 @@ def test_an_operator_stop_is_not_a_failure(coord, tmp_path):
     import time
 
     ready = tmp_path / "ready"
-    wrapper = coord.popen("run", "evaluation", "--node", "n1", "--", "sh", "-c",
-                          f"touch {ready}; exec sleep 60")
+    wrapper = coord.popen(
+        "run", "evaluation", "--node", "n1", "--", "sh", "-c", f"touch {ready}; exec sleep 60"
+    )
     deadline = time.monotonic() + 30
     while not ready.exists():
         assert time.monotonic() < deadline and wrapper.poll() is None

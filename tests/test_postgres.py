@@ -47,10 +47,13 @@ class Node(Coord):
         super().__init__(tmp / name)
         self.write_config(config)
         self.name = name
-        self.env.update({
-            "RINGRIFT_COORD_DB": url, "RINGRIFT_NODE_ID": name,
-            "RINGRIFT_COORD_HOST": f"host-{name}",
-        })
+        self.env.update(
+            {
+                "RINGRIFT_COORD_DB": url,
+                "RINGRIFT_NODE_ID": name,
+                "RINGRIFT_COORD_HOST": f"host-{name}",
+            }
+        )
 
 
 CONFIG = """
@@ -59,8 +62,10 @@ rate_limits: {selfplay: {per_minute: null}}
 store: {lease_ttl: 120, connect_timeout: 2, busy_timeout: 30}
 """
 # a registered holder's lease is max(lease_ttl, 2 x the type's expected duration)
-SHORT_LEASE = (CONFIG.replace("lease_ttl: 120", "lease_ttl: 2").replace("per_node: 6", "per_node: 1")
-               + "durations: {selfplay: 1}\n")
+SHORT_LEASE = (
+    CONFIG.replace("lease_ttl: 120", "lease_ttl: 2").replace("per_node: 6", "per_node: 1")
+    + "durations: {selfplay: 1}\n"
+)
 
 
 @pytest.fixture
@@ -73,8 +78,12 @@ def free_all(node: Node) -> None:
     from ringrift_coord.context import Context
     from ringrift_coord.task_coordinator import TaskCoordinator
 
-    with Context.open(db=node.env["RINGRIFT_COORD_DB"], state_dir=str(node.state_dir),
-                      config=str(node.config), env=node.env) as ctx:
+    with Context.open(
+        db=node.env["RINGRIFT_COORD_DB"],
+        state_dir=str(node.state_dir),
+        config=str(node.config),
+        env=node.env,
+    ) as ctx:
         coord = TaskCoordinator(ctx)
         for row in coord.list_tasks():
             assert coord.unregister_task(row["task_id"]) is not None
@@ -89,11 +98,23 @@ def race(nodes, tmp_path, rounds: int, per_node: int = 16) -> list[dict[str, int
     try:
         for node in nodes:
             for i in range(per_node):
-                racers.append(subprocess.Popen(
-                    [sys.executable, "-c", RACER, str(work), f"{node.name}-{i}", node.name,
-                     str(holder.pid), str(rounds)],
-                    env=node.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                ))
+                racers.append(
+                    subprocess.Popen(
+                        [
+                            sys.executable,
+                            "-c",
+                            RACER,
+                            str(work),
+                            f"{node.name}-{i}",
+                            node.name,
+                            str(holder.pid),
+                            str(rounds),
+                        ],
+                        env=node.env,
+                        stdout=subprocess.DEVNULL,
+                        stderr=subprocess.DEVNULL,
+                    )
+                )
         outcomes = []
         for r in range(rounds):
             (work / f"go-{r}").touch()
@@ -165,16 +186,45 @@ def test_expired_lease_on_another_node_is_reaped_and_fenced(nodes):
     b.write_config(SHORT_LEASE)
     holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
     try:
-        first = a("register", "selfplay", "--node", "shared", "--pid", str(holder.pid),
-                  "--task-id", "job-1", "--json")
+        first = a(
+            "register",
+            "selfplay",
+            "--node",
+            "shared",
+            "--pid",
+            str(holder.pid),
+            "--task-id",
+            "job-1",
+            "--json",
+        )
         assert first.returncode == 0, first.stderr
         old_token = json.loads(first.stdout)["lease_token"]
         # b sees a live slot on another host: only the lease can free it
-        assert b("register", "selfplay", "--node", "shared", "--pid", str(holder.pid),
-                 "--task-id", "job-1").returncode == 1
+        assert (
+            b(
+                "register",
+                "selfplay",
+                "--node",
+                "shared",
+                "--pid",
+                str(holder.pid),
+                "--task-id",
+                "job-1",
+            ).returncode
+            == 1
+        )
         time.sleep(2.5)  # a's host never renews: the lease (2 s, database clock) expires
-        second = b("register", "selfplay", "--node", "shared", "--pid", str(holder.pid),
-                   "--task-id", "job-1", "--json")
+        second = b(
+            "register",
+            "selfplay",
+            "--node",
+            "shared",
+            "--pid",
+            str(holder.pid),
+            "--task-id",
+            "job-1",
+            "--json",
+        )
         assert second.returncode == 0, second.stderr
         new_token = json.loads(second.stdout)["lease_token"]
         assert new_token > old_token
@@ -192,8 +242,14 @@ def test_expired_lease_on_another_node_is_reaped_and_fenced(nodes):
 def test_server_stopped_mid_run(nodes, pg_server, tmp_path):
     a, b = nodes[0], nodes[1]
     marker = tmp_path / "job-done"
-    job = a.popen("run", "training", "--", sys.executable, "-c",
-                  f"import time; time.sleep(4); open({str(marker)!r}, 'w').close()")
+    job = a.popen(
+        "run",
+        "training",
+        "--",
+        sys.executable,
+        "-c",
+        f"import time; time.sleep(4); open({str(marker)!r}, 'w').close()",
+    )
     deadline = time.monotonic() + 30
     while not json.loads(b("tasks", "list", "--json").stdout):
         assert time.monotonic() < deadline
@@ -234,8 +290,11 @@ def test_status_names_the_server_and_refuses_passwords_on_the_command_line(nodes
 
 def test_unreachable_server_never_allows(tmp_path):
     node = Node(tmp_path, "lonely", "postgresql://nobody@127.0.0.1:9/none", CONFIG)
-    for args in (("can-spawn", "selfplay"), ("register", "selfplay", "--pid", str(os.getpid())),
-                 ("run", "selfplay", "--", "true")):
+    for args in (
+        ("can-spawn", "selfplay"),
+        ("register", "selfplay", "--pid", str(os.getpid())),
+        ("run", "selfplay", "--", "true"),
+    ):
         result = node(*args)
         assert result.returncode == 75, (args, result.stderr)
         assert "Traceback" not in result.stderr

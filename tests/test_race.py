@@ -26,7 +26,6 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-
 from conftest import Coord
 
 # No rate limit, so only the slot limits decide. A long busy timeout: on a machine that
@@ -96,10 +95,15 @@ def race(coord: Coord, argvs: list[list[str]], mode: str) -> list[tuple[int, str
     go: int | None = None
     try:
         for argv in argvs:
-            procs.append(subprocess.Popen(
-                [sys.executable, "-c", RACER, str(fifo), str(ready), *argv], env=coord.env,
-                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-            ))
+            procs.append(
+                subprocess.Popen(
+                    [sys.executable, "-c", RACER, str(fifo), str(ready), *argv],
+                    env=coord.env,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    text=True,
+                )
+            )
         deadline = time.monotonic() + 90
         while len(ready.read_bytes()) < len(argvs):
             dead = [p for p in procs if p.poll() is not None]
@@ -143,8 +147,10 @@ def db_state(coord: Coord) -> dict[str, object]:
     assert allowed_ids == sorted(ids), "decision log disagrees with the task table"
     assert history == 0 and waiters == 0
     return {
-        "tasks": tasks, "per_node": Counter(t[1] for t in tasks),
-        "decisions": len(decisions), "denied": sum(1 for d in decisions if d[0] == 0),
+        "tasks": tasks,
+        "per_node": Counter(t[1] for t in tasks),
+        "decisions": len(decisions),
+        "denied": sum(1 for d in decisions if d[0] == 0),
     }
 
 
@@ -155,7 +161,10 @@ def listed(coord: Coord) -> list[dict[str, object]]:
 
 
 def check_outcome(
-    coord: Coord, results: list[tuple[int, str, str]], admitted: int, rule_text: str,
+    coord: Coord,
+    results: list[tuple[int, str, str]],
+    admitted: int,
+    rule_text: str,
     sleeper: int,
 ) -> dict[str, object]:
     codes = Counter(code for code, _, _ in results)
@@ -237,8 +246,10 @@ def test_stress_per_node_race_repeated_20_times(tmp_path: Path) -> None:
                 check_outcome(coord, results, 8, "per-node limit 8", sleeper_proc.pid)
             except AssertionError as exc:
                 raise AssertionError(f"round {round_no}: {exc}") from None
-        print(f"\n20 rounds of 64 racers: {sum(timings):.1f} s "
-              f"(min {min(timings):.1f}, max {max(timings):.1f} s per round)")
+        print(
+            f"\n20 rounds of 64 racers: {sum(timings):.1f} s "
+            f"(min {min(timings):.1f}, max {max(timings):.1f} s per round)"
+        )
     finally:
         sleeper_proc.kill()
         sleeper_proc.wait(timeout=10)

@@ -53,8 +53,10 @@ def test_critical_reading_blocks_only_that_node(coord):
     assert (rule["used"], rule["limit"]) == (90, 70)
     assert coord("can-spawn", "selfplay", "--node", "nY").returncode == 0  # other nodes: fine
 
-    assert coord("report", "--node", "nX", "--disk", "10", "--mem", "10", "--cpu", "10"
-                 ).returncode == 0
+    assert (
+        coord("report", "--node", "nX", "--disk", "10", "--mem", "10", "--cpu", "10").returncode
+        == 0
+    )
     assert coord("can-spawn", "selfplay", "--node", "nX").returncode == 0
     assert coord("report", "--node", "nX", "--mem", "75").returncode == 0
     warned = js(coord("--json", "can-spawn", "selfplay", "--node", "nX"))
@@ -110,8 +112,14 @@ def test_real_report_of_this_machine(local):
 
 
 def test_live_readings_of_this_host_decide_admission(local):
-    tight = ("--set", "resources.live_host=true", "--set", "thresholds.memory.critical=0.1",
-             "--set", "thresholds.memory.warning=0")
+    tight = (
+        "--set",
+        "resources.live_host=true",
+        "--set",
+        "thresholds.memory.critical=0.1",
+        "--set",
+        "thresholds.memory.warning=0",
+    )
     for where in ((), ("--node", os.uname().nodename)):
         denied = local(*tight, "can-spawn", "selfplay", *where)
         assert denied.returncode == 1, denied.stderr
@@ -121,15 +129,32 @@ def test_live_readings_of_this_host_decide_admission(local):
     assert doc["nodes"] == [] and doc["live"]["used_by_admission"] is True
     assert doc["live"]["blocking"] is True and doc["live"]["levels"]["memory"] == "critical"
     # without live readings (the tests' default) the same thresholds decide nothing here
-    assert local("--set", "thresholds.memory.critical=0.1", "--set",
-                 "thresholds.memory.warning=0", "can-spawn", "selfplay").returncode == 0
+    assert (
+        local(
+            "--set",
+            "thresholds.memory.critical=0.1",
+            "--set",
+            "thresholds.memory.warning=0",
+            "can-spawn",
+            "selfplay",
+        ).returncode
+        == 0
+    )
 
 
-@pytest.mark.parametrize("argv", [
-    ("report", "--disk", "150"), ("report", "--cpu", "abc"), ("report", "--mem", "-1"),
-    ("report", "--gpu", "nan"), ("report", "--load", "-2"), ("report", "--node", ""),
-    ("report", "--cpus", "many"), ("resources", "--node", "a\nb"),
-])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ("report", "--disk", "150"),
+        ("report", "--cpu", "abc"),
+        ("report", "--mem", "-1"),
+        ("report", "--gpu", "nan"),
+        ("report", "--load", "-2"),
+        ("report", "--node", ""),
+        ("report", "--cpus", "many"),
+        ("resources", "--node", "a\nb"),
+    ],
+)
 def test_bad_input_is_one_line_exit_2(local, argv):
     result = local(*argv)
     assert result.returncode == 2, (argv, result.returncode, result.stderr)
@@ -139,8 +164,24 @@ def test_bad_input_is_one_line_exit_2(local, argv):
 
 
 def test_manual_hardware_is_kept_and_caps_are_shown(local):
-    assert local("report", "--node", "g1", "--gpu-name", "H100", "--gpu-count", "8",
-                 "--cpus", "64", "--memory-gb", "512", "--gpu", "50").returncode == 0
+    assert (
+        local(
+            "report",
+            "--node",
+            "g1",
+            "--gpu-name",
+            "H100",
+            "--gpu-count",
+            "8",
+            "--cpus",
+            "64",
+            "--memory-gb",
+            "512",
+            "--gpu",
+            "50",
+        ).returncode
+        == 0
+    )
     reading = js(local("--json", "report", "--node", "g1", "--load", "100"))
     assert (reading["gpu_name"], reading["gpu_count"], reading["cpus"]) == ("H100", 8, 64)
     assert reading["gpu"] is None and reading["load_avg"] == 100  # figures are this report's
@@ -149,12 +190,16 @@ def test_manual_hardware_is_kept_and_caps_are_shown(local):
     assert doc["reasons"][0]["limit"] == 96
 
     # an OOM-lowered cap and a backpressure factor: in `resources` and in `limits`
-    with Context.open(state_dir=str(local.state_dir), config=str(local.config),
-                      env=local.env) as ctx:
+    with Context.open(
+        state_dir=str(local.state_dir), config=str(local.config), env=local.env
+    ) as ctx:
         Safeguards(ctx).record_failure("selfplay", "g1", "OOM")
         with ctx.store.write() as tx:
-            tx.execute("INSERT INTO lowered_caps (node, task_type, cap, lowered_at, ooms) "
-                       "VALUES ('g1', 'selfplay', 5, ?, 2)", (tx.now(),))
+            tx.execute(
+                "INSERT INTO lowered_caps (node, task_type, cap, lowered_at, ooms) "
+                "VALUES ('g1', 'selfplay', 5, ?, 2)",
+                (tx.now(),),
+            )
     caps = js(local("--json", "resources", "--node", "g1"))["nodes"][0]["caps"]
     assert caps["lowered"] == {"selfplay": 5} and caps["effective"]["selfplay"] == 5
     assert caps["backpressure"] == 0.5
@@ -162,7 +207,8 @@ def test_manual_hardware_is_kept_and_caps_are_shown(local):
     assert "H100 x8" in table and "selfplay 5" in table and "0.50" in table
     limits = js(local("--json", "limits"))
     assert [(c["node"], c["cap"], c["configured"]) for c in limits["lowered_caps"]] == [
-        ("g1", 5, 32)]
+        ("g1", 5, 32)
+    ]
     assert [(b["node"], b["factor"]) for b in limits["backpressure"]] == [("g1", 0.5)]
     text = local("limits").stdout
     assert "lowered after repeated OOMs" in text and "backpressure" in text
@@ -174,21 +220,23 @@ def test_manual_hardware_is_kept_and_caps_are_shown(local):
 @pytest.fixture
 def api_ctx(tmp_path, engine, request):
     config = tmp_path / "c.yaml"
-    config.write_text("rate_limits: {sync: {per_minute: 60, burst: 2}}\n"
-                      "task_limits: {training: {per_node: 1, cluster: 3}}\n")
+    config.write_text(
+        "rate_limits: {sync: {per_minute: 60, burst: 2}}\n"
+        "task_limits: {training: {per_node: 1, cluster: 3}}\n"
+    )
     state = ensure_state_dir(str(tmp_path / "state"))
     clock = ManualClock()
     if engine == "postgres":
         from ringrift_coord.store.postgres import PostgresStore
 
-        url = request.getfixturevalue("pg_server").create_database(
-            f"res_{next(_DB_NUMBERS)}")
+        url = request.getfixturevalue("pg_server").create_database(f"res_{next(_DB_NUMBERS)}")
         store = PostgresStore(url, clock=clock)
     else:
         store = SQLiteStore(os.path.join(state, "tasks.db"), clock=clock)
     settings = load_settings(str(config), env={"RINGRIFT_COORD_SET": "resources.live_host=false"})
-    ctx = Context(settings=settings, state_dir=state, store=store, clock=clock,
-                  env={"USER": "tester"})
+    ctx = Context(
+        settings=settings, state_dir=state, store=store, clock=clock, env={"USER": "tester"}
+    )
     yield ctx, clock
     ctx.close()
 
@@ -221,8 +269,11 @@ def test_safeguards_api(api_ctx, monkeypatch):
     # a critical reading blocks its node
     with ctx.store.write() as tx:
         readings.store_reading(tx, "n3", {"disk": 95.0, "memory": 75.0, "cpus": 8}, tx.now())
-        tx.execute("INSERT INTO lowered_caps (node, task_type, cap, lowered_at, ooms) "
-                   "VALUES ('n3', 'selfplay', 4, ?, 2)", (tx.now(),))
+        tx.execute(
+            "INSERT INTO lowered_caps (node, task_type, cap, lowered_at, ooms) "
+            "VALUES ('n3', 'selfplay', 4, ?, 2)",
+            (tx.now(),),
+        )
     allowed, reason = safeguards.check_before_spawn(ctx, "selfplay", "n3")
     assert not allowed and "disk at 95%" in reason
 
@@ -230,13 +281,20 @@ def test_safeguards_api(api_ctx, monkeypatch):
     json.dumps(stats)  # JSON-able
     assert stats["blocked_nodes"] == ["n3"] and stats["open_breakers"] == 1
     assert [(b["node"], b["task_type"], b["state"]) for b in stats["breakers"]] == [
-        ("n1", "training", "open")]
+        ("n1", "training", "open")
+    ]
     assert [(b["node"], b["factor"]) for b in stats["backpressure"]] == [("n1", 0.125)]
-    assert [(c["node"], c["task_type"], c["cap"], c["configured"])
-            for c in stats["lowered_caps"]] == [("n3", "selfplay", 4, 32)]
+    assert [
+        (c["node"], c["task_type"], c["cap"], c["configured"]) for c in stats["lowered_caps"]
+    ] == [("n3", "selfplay", 4, 32)]
     (n3,) = stats["readings"]
-    assert n3["levels"] == {"disk": "critical", "memory": "warning", "cpu": None, "gpu": None,
-                            "load_avg": None}
+    assert n3["levels"] == {
+        "disk": "critical",
+        "memory": "warning",
+        "cpu": None,
+        "gpu": None,
+        "load_avg": None,
+    }
     assert n3["caps"]["effective"]["selfplay"] == 4
     assert stats["last_block_reason"] == guard.get_block_reason()
 

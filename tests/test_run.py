@@ -17,7 +17,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
 from conftest import Coord, wait_for
 
 CONFIG = """\
@@ -148,7 +147,10 @@ def test_exit_code_is_passed_through_and_slot_freed(
     assert listed(coord) == []
     row = only_history_row(coord)
     assert (row["exit_code"], row["status"], row["task_type"], row["node"]) == (
-        code, status, "selfplay", "n1",
+        code,
+        status,
+        "selfplay",
+        "n1",
     )
     assert coord("can-spawn", "selfplay", "--node", "n1").returncode == 0
 
@@ -209,8 +211,19 @@ def test_job_sees_task_id_and_lease_token_and_its_row_exists(coord_run: Coord) -
         '"$0" -m ringrift_coord tasks list --json > "$1/list.tmp" && mv "$1/list.tmp" "$1/list"'
     )
     wrapper = Wrapper(
-        coord, "run", "selfplay", "--node", "n1", "--config-name", "square8_2p", "--",
-        "sh", "-c", script, sys.executable, str(out),
+        coord,
+        "run",
+        "selfplay",
+        "--node",
+        "n1",
+        "--config-name",
+        "square8_2p",
+        "--",
+        "sh",
+        "-c",
+        script,
+        sys.executable,
+        str(out),
     )
     assert wrapper.wait(timeout=60) == 0, wrapper.stderr
     env = dict(line.split("=", 1) for line in (out / "env").read_text().splitlines())
@@ -286,8 +299,18 @@ def test_signal_reaches_whole_job_group_including_grandchildren(
     coord.write_config(CONFIG + "run: {kill_grace: 8}\n")
     script = coord.tmp / "job.py"
     script.write_text(JOB_PY)
-    wrapper = Wrapper(coord, "run", "selfplay", "--node", "n1", "--",
-                      sys.executable, str(script), "leader", str(coord.tmp))
+    wrapper = Wrapper(
+        coord,
+        "run",
+        "selfplay",
+        "--node",
+        "n1",
+        "--",
+        sys.executable,
+        str(script),
+        "leader",
+        str(coord.tmp),
+    )
     leader, grandchild, sleeper = map(int, read_when_ready(coord.tmp / "ready").split())
     cleanup.append(leader)
     (task,) = listed(coord)
@@ -320,7 +343,14 @@ def test_signal_to_wrapper_ends_shell_job_with_background_children(
     coord.write_config(CONFIG + "run: {kill_grace: 2}\n")
     ready = coord.tmp / "ready"
     wrapper = Wrapper(
-        coord, "run", "selfplay", "--node", "n1", "--", "sh", "-c",
+        coord,
+        "run",
+        "selfplay",
+        "--node",
+        "n1",
+        "--",
+        "sh",
+        "-c",
         'sleep 300 & a=$!; sleep 300 & echo "$$ $a $!" > "$0.tmp"; mv "$0.tmp" "$0"; wait',
         str(ready),
     )
@@ -342,7 +372,14 @@ def test_sigkill_after_grace_when_job_ignores_sigterm(coord_run: Coord, cleanup:
     coord.write_config(CONFIG + "run: {kill_grace: 1}\n")
     ready = coord.tmp / "ready"
     wrapper = Wrapper(
-        coord, "run", "selfplay", "--node", "n1", "--", "sh", "-c",
+        coord,
+        "run",
+        "selfplay",
+        "--node",
+        "n1",
+        "--",
+        "sh",
+        "-c",
         'trap "" TERM INT HUP; sleep 300 & echo "$$ $!" > "$0.tmp"; mv "$0.tmp" "$0"; '
         "while :; do wait; done",
         str(ready),
@@ -373,7 +410,14 @@ def test_second_signal_does_not_release_twice(coord_run: Coord, cleanup: list[in
     coord.write_config(CONFIG + "run: {kill_grace: 1.5}\n")
     ready = coord.tmp / "ready"
     wrapper = Wrapper(
-        coord, "run", "selfplay", "--node", "n1", "--", "sh", "-c",
+        coord,
+        "run",
+        "selfplay",
+        "--node",
+        "n1",
+        "--",
+        "sh",
+        "-c",
         'trap "" TERM INT HUP; echo $$ > "$0.tmp"; mv "$0.tmp" "$0"; while :; do sleep 1; done',
         str(ready),
     )
@@ -399,9 +443,16 @@ def test_leftover_grandchildren_are_stopped_before_the_slot_is_freed(
     coord.write_config(CONFIG + "run: {kill_grace: 1}\n")
     gc_file = coord.tmp / "gc"
     result = coord(
-        "run", "selfplay", "--node", "n1", "--", "sh", "-c",
+        "run",
+        "selfplay",
+        "--node",
+        "n1",
+        "--",
+        "sh",
+        "-c",
         'sleep 300 & a=$!; (trap "" TERM; exec sleep 300) & echo "$$ $a $!" > "$0"',
-        str(gc_file), timeout=30,
+        str(gc_file),
+        timeout=30,
     )
     assert result.returncode == 0, result.stderr
     pids = [int(p) for p in gc_file.read_text().split()]
@@ -416,13 +467,19 @@ def test_leftover_grandchildren_are_stopped_before_the_slot_is_freed(
 def test_kill_9_of_wrapper_keeps_slot_while_job_lives_then_frees_it(
     coord: Coord, cleanup: list[int]
 ) -> None:
-    coord.write_config(
-        CONFIG.replace("per_node: 4", "per_node: 1") + "store: {lease_ttl: 1}\n"
-    )
+    coord.write_config(CONFIG.replace("per_node: 4", "per_node: 1") + "store: {lease_ttl: 1}\n")
     ready = coord.tmp / "ready"
     wrapper = Wrapper(
-        coord, "run", "selfplay", "--node", "n1", "--", "sh", "-c",
-        'sleep 300 & echo "$$ $!" > "$0.tmp"; mv "$0.tmp" "$0"; wait', str(ready),
+        coord,
+        "run",
+        "selfplay",
+        "--node",
+        "n1",
+        "--",
+        "sh",
+        "-c",
+        'sleep 300 & echo "$$ $!" > "$0.tmp"; mv "$0.tmp" "$0"; wait',
+        str(ready),
     )
     leader, grandchild = map(int, read_when_ready(ready).split())
     cleanup.append(leader)
@@ -454,7 +511,8 @@ def test_kill_9_of_wrapper_keeps_slot_while_job_lives_then_frees_it(
     os.kill(grandchild, signal.SIGKILL)
     started = time.monotonic()
     wait_for(
-        lambda: coord("can-spawn", "selfplay", "--node", "n1").returncode == 0, 30,
+        lambda: coord("can-spawn", "selfplay", "--node", "n1").returncode == 0,
+        30,
         "the slot to come back",
     )
     assert time.monotonic() - started < 30
@@ -473,8 +531,16 @@ def test_job_cannot_outlive_a_slot_freed_under_it(coord: Coord, cleanup: list[in
     )
     ready = coord.tmp / "ready"
     wrapper = Wrapper(
-        coord, "run", "selfplay", "--node", "n1", "--", "sh", "-c",
-        'sleep 300 & echo "$$ $!" > "$0.tmp"; mv "$0.tmp" "$0"; wait', str(ready),
+        coord,
+        "run",
+        "selfplay",
+        "--node",
+        "n1",
+        "--",
+        "sh",
+        "-c",
+        'sleep 300 & echo "$$ $!" > "$0.tmp"; mv "$0.tmp" "$0"; wait',
+        str(ready),
     )
     leader, child = map(int, read_when_ready(ready).split())
     cleanup.append(leader)
@@ -495,9 +561,17 @@ def test_kill_9_of_wrapper_then_job_finishes_by_itself(coord: Coord, cleanup: li
     coord.write_config(CONFIG.replace("per_node: 4", "per_node: 1"))
     ready, finish = coord.tmp / "ready", coord.tmp / "finish"
     wrapper = Wrapper(
-        coord, "run", "selfplay", "--node", "n1", "--", "sh", "-c",
+        coord,
+        "run",
+        "selfplay",
+        "--node",
+        "n1",
+        "--",
+        "sh",
+        "-c",
         'echo $$ > "$0.tmp"; mv "$0.tmp" "$0"; while [ ! -e "$1" ]; do sleep 0.05; done',
-        str(ready), str(finish),
+        str(ready),
+        str(finish),
     )
     leader = int(read_when_ready(ready))
     cleanup.append(leader)

@@ -20,11 +20,18 @@ pytestmark = pytest.mark.skipif(
 
 
 def launch(coord, script: str, *cmd: str, **env: str) -> subprocess.CompletedProcess[str]:
-    full_env = {**coord.env, "PATH": f"{BIN}:{coord.env.get('PATH', '/usr/bin:/bin')}",
-                "RINGRIFT_NODE_ID": "node-a", **env}
+    full_env = {
+        **coord.env,
+        "PATH": f"{BIN}:{coord.env.get('PATH', '/usr/bin:/bin')}",
+        "RINGRIFT_NODE_ID": "node-a",
+        **env,
+    }
     return subprocess.run(
-        ["bash", str(ROOT / "scripts" / script), *cmd], env=full_env, capture_output=True,
-        text=True, timeout=60,
+        ["bash", str(ROOT / "scripts" / script), *cmd],
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
 
 
@@ -41,8 +48,13 @@ def test_exit_code_passes_through(coord, script: str) -> None:
 
 
 def test_job_sees_its_slot(coord) -> None:
-    done = launch(coord, "selfplay.sh", "sh", "-c",
-                  'echo "$RINGRIFT_NODE_ID $RINGRIFT_TASK_TYPE ${RINGRIFT_TASK_ID:+has-id}"')
+    done = launch(
+        coord,
+        "selfplay.sh",
+        "sh",
+        "-c",
+        'echo "$RINGRIFT_NODE_ID $RINGRIFT_TASK_TYPE ${RINGRIFT_TASK_ID:+has-id}"',
+    )
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["node-a", "selfplay", "has-id"]
 
@@ -68,7 +80,9 @@ def test_no_command_is_usage_error(coord) -> None:
 
 @pytest.mark.skipif(shutil.which("shellcheck") is None, reason="shellcheck is not installed")
 def test_shellcheck_clean() -> None:
-    files = [ROOT / "scripts" / s for s in SCRIPTS] + [ROOT / ".ci" / "run",
-                                                       ROOT / "bench" / "contention.sh"]
+    files = [ROOT / "scripts" / s for s in SCRIPTS] + [
+        ROOT / ".ci" / "run",
+        ROOT / "bench" / "contention.sh",
+    ]
     done = subprocess.run(["shellcheck", *map(str, files)], capture_output=True, text=True)
     assert done.returncode == 0, done.stdout

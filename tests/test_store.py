@@ -36,7 +36,7 @@ def one_error_line(result: subprocess.CompletedProcess[str]) -> str:
     lines = result.stderr.splitlines()
     assert len(lines) == 1, f"expected one line on stderr, got {lines!r}"
     assert lines[0].startswith(PREFIX), lines[0]
-    return lines[0][len(PREFIX):]
+    return lines[0][len(PREFIX) :]
 
 
 def fingerprint(path: Path) -> tuple[str, int, int]:
@@ -56,8 +56,11 @@ def make_dir(path: Path, mode: int = 0o700) -> Path:
 
 
 def hot_commands() -> list[tuple[str, ...]]:
-    return [("can-spawn", "selfplay"), ("register", "training", "--pid", str(os.getpid())),
-            ("unregister", "selfplay-0123456789ab")]
+    return [
+        ("can-spawn", "selfplay"),
+        ("register", "training", "--pid", str(os.getpid())),
+        ("unregister", "selfplay-0123456789ab"),
+    ]
 
 
 # --------------------------------------------------------------------------- state directory
@@ -68,8 +71,9 @@ def test_default_state_dir_is_xdg_state_home_created_0700(coord, tmp_path: Path)
     xdg = tmp_path / "xdg-state"
     old_umask = os.umask(0)  # the child inherits a careless umask: the mode must not follow it
     try:
-        result = subprocess.run(coord.argv("can-spawn", "selfplay"), env=env,
-                                capture_output=True, text=True, timeout=60)
+        result = subprocess.run(
+            coord.argv("can-spawn", "selfplay"), env=env, capture_output=True, text=True, timeout=60
+        )
     finally:
         os.umask(old_umask)
     assert result.returncode == 0, result.stderr
@@ -85,12 +89,20 @@ def test_default_state_dir_is_xdg_state_home_created_0700(coord, tmp_path: Path)
 
 def test_default_state_dir_without_xdg_is_under_home(coord, tmp_path: Path) -> None:
     home = make_dir(tmp_path / "home")
-    env = {k: v for k, v in coord.env.items()
-           if k not in ("RINGRIFT_COORDINATOR_DIR", "XDG_STATE_HOME")}
+    env = {
+        k: v
+        for k, v in coord.env.items()
+        if k not in ("RINGRIFT_COORDINATOR_DIR", "XDG_STATE_HOME")
+    }
     env["HOME"] = str(home)
     env["RINGRIFT_COORDINATOR_DIR"] = ""  # empty means unset
-    result = subprocess.run(coord.argv("--json", "can-spawn", "selfplay"), env=env,
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        coord.argv("--json", "can-spawn", "selfplay"),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 0, result.stderr
     state = home / ".local" / "state" / "ringrift-coord"
     assert stat.S_IMODE(os.stat(state).st_mode) == 0o700
@@ -164,10 +176,16 @@ ROOT_LINE = "22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw,errors=remoun
 
 
 def _mount_line(mount_id: int, mount_point: str, fs_type: str, optional: str = "shared:7") -> str:
-    escaped = (mount_point.replace("\\", "\\134").replace(" ", "\\040")
-               .replace("\t", "\\011").replace("\n", "\\012"))
-    return (f"{mount_id} 22 0:{mount_id} / {escaped} rw,relatime {optional} - {fs_type} "
-            f"server:/export rw,vers=4.2\n")
+    escaped = (
+        mount_point.replace("\\", "\\134")
+        .replace(" ", "\\040")
+        .replace("\t", "\\011")
+        .replace("\n", "\\012")
+    )
+    return (
+        f"{mount_id} 22 0:{mount_id} / {escaped} rw,relatime {optional} - {fs_type} "
+        f"server:/export rw,vers=4.2\n"
+    )
 
 
 @pytest.mark.parametrize("fs_type", ["nfs4", "nfs", "cifs", "fuse.sshfs"])
@@ -196,8 +214,11 @@ def test_local_mount_inside_a_network_mount_is_accepted(coord, tmp_path: Path) -
     nfs = make_dir(tmp_path / "nfs")
     local = make_dir(nfs / "local")
     mountinfo = tmp_path / "mountinfo"
-    mountinfo.write_text(ROOT_LINE + _mount_line(90, str(nfs.resolve()), "nfs4")
-                         + _mount_line(91, str(local.resolve()), "xfs"))
+    mountinfo.write_text(
+        ROOT_LINE
+        + _mount_line(90, str(nfs.resolve()), "nfs4")
+        + _mount_line(91, str(local.resolve()), "xfs")
+    )
     env = {"RINGRIFT_COORD_MOUNTINFO": str(mountinfo)}
     result = coord("--state-dir", str(local / "state"), "can-spawn", "selfplay", env=env)
     assert result.returncode == 0, result.stderr
@@ -231,8 +252,9 @@ def test_filesystem_type_parses_mountinfo(tmp_path: Path) -> None:
     assert filesystem_type("/", str(tmp_path / "no-such-mountinfo")) is None
 
 
-def test_filesystem_type_of_this_host_without_override(monkeypatch: pytest.MonkeyPatch,
-                                                       tmp_path: Path) -> None:
+def test_filesystem_type_of_this_host_without_override(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     monkeypatch.delenv("RINGRIFT_COORD_MOUNTINFO", raising=False)
     if not os.path.exists("/proc/self/mountinfo"):
         pytest.skip("no /proc/self/mountinfo")
@@ -241,9 +263,12 @@ def test_filesystem_type_of_this_host_without_override(monkeypatch: pytest.Monke
 
 def test_refuse_network_filesystem_unit(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     mountinfo = tmp_path / "mountinfo"
-    mountinfo.write_text(ROOT_LINE + _mount_line(40, "/srv/shared", "nfs")
-                         + _mount_line(41, "/srv/fast", "fuse.glusterfs")
-                         + _mount_line(42, "/srv/local", "btrfs"))
+    mountinfo.write_text(
+        ROOT_LINE
+        + _mount_line(40, "/srv/shared", "nfs")
+        + _mount_line(41, "/srv/fast", "fuse.glusterfs")
+        + _mount_line(42, "/srv/local", "btrfs")
+    )
     monkeypatch.setenv("RINGRIFT_COORD_MOUNTINFO", str(mountinfo))
     for path in ("/srv/shared/tasks.db", "/srv/fast/x/tasks.db"):
         with pytest.raises(StateError, match="PostgreSQL"):
@@ -261,12 +286,25 @@ def real_db(tmp_path_factory: pytest.TempPathFactory) -> bytes:
     tmp = tmp_path_factory.mktemp("real-db")
     state = make_dir(tmp / "state")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RINGRIFT_", "_RINGRIFT"))}
-    env.update({"RINGRIFT_COORDINATOR_DIR": str(state), "XDG_CONFIG_HOME": str(tmp / "cfg"),
-                "RINGRIFT_COORD_SET": "resources.live_host=false"})
-    for argv in (["register", "selfplay", "--pid", str(os.getpid())], ["halt", "--reason", "x"],
-                 ["unhalt"]):
-        result = subprocess.run([sys.executable, "-m", "ringrift_coord", *argv], env=env,
-                                capture_output=True, text=True, timeout=60)
+    env.update(
+        {
+            "RINGRIFT_COORDINATOR_DIR": str(state),
+            "XDG_CONFIG_HOME": str(tmp / "cfg"),
+            "RINGRIFT_COORD_SET": "resources.live_host=false",
+        }
+    )
+    for argv in (
+        ["register", "selfplay", "--pid", str(os.getpid())],
+        ["halt", "--reason", "x"],
+        ["unhalt"],
+    ):
+        result = subprocess.run(
+            [sys.executable, "-m", "ringrift_coord", *argv],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert result.returncode == 0, result.stderr
     data = (state / "tasks.db").read_bytes()
     assert data.startswith(b"SQLite format 3\x00") and len(data) > 8192
@@ -292,8 +330,10 @@ def _foreign_wal(path: Path) -> None:
 
 DAMAGE = {
     "random-bytes": (lambda p, real: p.write_bytes(os.urandom(16384)), "not a SQLite database"),
-    "text-file": (lambda p, real: p.write_text("hello, I am a config file\n" * 50),
-                  "not a SQLite database"),
+    "text-file": (
+        lambda p, real: p.write_text("hello, I am a config file\n" * 50),
+        "not a SQLite database",
+    ),
     "truncated-half": (lambda p, real: p.write_bytes(real[: len(real) // 2]), "truncated"),
     "truncated-header": (lambda p, real: p.write_bytes(real[:60]), "truncated"),
     "truncated-first-page": (lambda p, real: p.write_bytes(real[:4096]), "truncated"),
@@ -360,15 +400,21 @@ conn.close()
 def test_store_locked_past_busy_timeout_exits_75(coord) -> None:
     coord.write_config("store: {busy_timeout: 0.3}\n")
     assert coord("can-spawn", "selfplay").returncode == 0  # create the database
-    locker = subprocess.Popen([sys.executable, "-c", LOCKER, str(coord.db)],
-                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    locker = subprocess.Popen(
+        [sys.executable, "-c", LOCKER, str(coord.db)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert locker.stdout is not None and locker.stdout.readline().strip() == "locked"
-        for argv in (("can-spawn", "selfplay"),
-                     ("register", "selfplay", "--pid", str(os.getpid())),
-                     ("--json", "register", "training", "--pid", str(os.getpid())),
-                     ("unregister", "selfplay-0123456789ab"),
-                     ("run", "selfplay", "--", sys.executable, "-c", "raise SystemExit(0)")):
+        for argv in (
+            ("can-spawn", "selfplay"),
+            ("register", "selfplay", "--pid", str(os.getpid())),
+            ("--json", "register", "training", "--pid", str(os.getpid())),
+            ("unregister", "selfplay-0123456789ab"),
+            ("run", "selfplay", "--", sys.executable, "-c", "raise SystemExit(0)"),
+        ):
             started = time.monotonic()
             result = coord(*argv, timeout=30)
             elapsed = time.monotonic() - started
@@ -419,12 +465,29 @@ def test_racing_processes_initialise_a_fresh_state_dir_exactly_once(coord, tmp_p
     procs = []
     try:
         for i in range(racers):
-            argv = (("can-spawn", "selfplay", "--node", f"n{i}") if i % 2 == 0
-                    else ("register", "selfplay", "--node", f"n{i}", "--pid", pid))
-            procs.append(subprocess.Popen(
-                [sys.executable, "-c", RACER, str(fifo), str(ready), "--state-dir", str(state),
-                 *argv], env=coord.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                text=True))
+            argv = (
+                ("can-spawn", "selfplay", "--node", f"n{i}")
+                if i % 2 == 0
+                else ("register", "selfplay", "--node", f"n{i}", "--pid", pid)
+            )
+            procs.append(
+                subprocess.Popen(
+                    [
+                        sys.executable,
+                        "-c",
+                        RACER,
+                        str(fifo),
+                        str(ready),
+                        "--state-dir",
+                        str(state),
+                        *argv,
+                    ],
+                    env=coord.env,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    text=True,
+                )
+            )
         deadline = time.monotonic() + 60
         while len(ready.read_bytes()) < racers:
             assert time.monotonic() < deadline, "racers did not get ready"

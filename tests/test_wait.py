@@ -18,7 +18,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
 from conftest import Coord, wait_for
 
 CONFIG = """\
@@ -59,9 +58,21 @@ class Waiter:
         self.err = coord.tmp / f"waiter-{name}.err"
         with open(self.err, "w") as err:
             self.proc = coord.popen(
-                "run", "selfplay", "--node", "n1", "--wait", *extra, "--",
-                "sh", "-c", JOB, str(log), name,
-                stdout=subprocess.DEVNULL, stderr=err, stdin=subprocess.DEVNULL,
+                "run",
+                "selfplay",
+                "--node",
+                "n1",
+                "--wait",
+                *extra,
+                "--",
+                "sh",
+                "-c",
+                JOB,
+                str(log),
+                name,
+                stdout=subprocess.DEVNULL,
+                stderr=err,
+                stdin=subprocess.DEVNULL,
             )
         self.pid = self.proc.pid
 
@@ -99,8 +110,11 @@ def join_line(coord: Coord, waiters: list[Waiter], log: Path, name: str, *extra:
     """Start a waiter and return once it stands in line (so arrival order is known)."""
     w = Waiter(coord, log, name, *extra)
     waiters.append(w)
-    wait_for(lambda: w.pid in waiter_pids(coord) or w.proc.poll() is not None, 20,
-             f"waiter {name} to join the line")
+    wait_for(
+        lambda: w.pid in waiter_pids(coord) or w.proc.poll() is not None,
+        20,
+        f"waiter {name} to join the line",
+    )
     assert w.proc.poll() is None, f"waiter {name} exited early: {w.stderr}"
     return w
 
@@ -138,8 +152,19 @@ def test_wait_timeout_gives_up_with_75(line: tuple[Coord, str, list[Waiter]]) ->
     coord, holder_id, _ = line
     marker = coord.tmp / "ran"
     started = time.monotonic()
-    result = coord("run", "selfplay", "--node", "n1", "--wait", "--timeout", "0.5", "--",
-                   "touch", str(marker), timeout=30)
+    result = coord(
+        "run",
+        "selfplay",
+        "--node",
+        "n1",
+        "--wait",
+        "--timeout",
+        "0.5",
+        "--",
+        "touch",
+        str(marker),
+        timeout=30,
+    )
     elapsed = time.monotonic() - started
     assert result.returncode == 75, result.stderr
     assert 0.5 <= elapsed < 2.0, f"gave up after {elapsed:.2f} s of wall time"
@@ -149,8 +174,19 @@ def test_wait_timeout_gives_up_with_75(line: tuple[Coord, str, list[Waiter]]) ->
     assert [t["task_id"] for t in listed(coord)] == [holder_id]
     assert history(coord) == []
 
-    zero = coord("run", "selfplay", "--node", "n1", "--wait", "--timeout", "0", "--",
-                 "touch", str(marker), timeout=30)
+    zero = coord(
+        "run",
+        "selfplay",
+        "--node",
+        "n1",
+        "--wait",
+        "--timeout",
+        "0",
+        "--",
+        "touch",
+        str(marker),
+        timeout=30,
+    )
     assert zero.returncode == 75, zero.stderr
     assert not marker.exists() and waiter_pids(coord) == []
 
@@ -201,8 +237,9 @@ def test_dead_waiter_is_dropped_while_the_slot_is_still_held(
     assert log_lines(log) == ["start b", "end b"]
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP],
-                         ids=lambda s: s.name)
+@pytest.mark.parametrize(
+    "sig", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP], ids=lambda s: s.name
+)
 def test_signalled_waiter_leaves_the_line(
     line: tuple[Coord, str, list[Waiter]], sig: signal.Signals
 ) -> None:

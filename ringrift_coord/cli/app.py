@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+from datetime import UTC
 from typing import Annotated, Any
 
 import typer
@@ -40,8 +41,10 @@ def _complete_types(incomplete: str) -> list[str]:
 
 
 TypeArg = Annotated[
-    str, typer.Argument(metavar="TYPE", help="Task type, e.g. selfplay or training.",
-                        autocompletion=_complete_types),
+    str,
+    typer.Argument(
+        metavar="TYPE", help="Task type, e.g. selfplay or training.", autocompletion=_complete_types
+    ),
 ]
 NodeOpt = Annotated[
     str | None, typer.Option("--node", help="Node id (default: $RINGRIFT_NODE_ID, else host name).")
@@ -75,26 +78,43 @@ def _ttl_ok(ttl: float | None) -> None:
 @app.callback()
 def _main(
     ctx: typer.Context,
-    db: Annotated[str | None, typer.Option(
-        "--db", help="Store: a path or sqlite:///path, or postgresql://host/db "
-        "(env RINGRIFT_COORD_DB; default: tasks.db in the state directory).")] = None,
-    state_dir: Annotated[str | None, typer.Option(
-        "--state-dir", help="State directory (env RINGRIFT_COORDINATOR_DIR; default: "
-        "$XDG_STATE_HOME/ringrift-coord).")] = None,
-    config: Annotated[str | None, typer.Option(
-        "--config", help="YAML config file (env RINGRIFT_COORD_CONFIG).")] = None,
-    overrides: Annotated[list[str] | None, typer.Option(
-        "--set", metavar="KEY=VALUE", help="Override one setting, e.g. --set "
-        "task_limits.selfplay.per_node=8 (repeatable; above env and config file).")] = None,
-    json_out: Annotated[bool, typer.Option(
-        "--json", help="Machine output: one JSON document on stdout.")] = False,
+    db: Annotated[
+        str | None,
+        typer.Option(
+            "--db",
+            help="Store: a path or sqlite:///path, or postgresql://host/db "
+            "(env RINGRIFT_COORD_DB; default: tasks.db in the state directory).",
+        ),
+    ] = None,
+    state_dir: Annotated[
+        str | None,
+        typer.Option(
+            "--state-dir",
+            help="State directory (env RINGRIFT_COORDINATOR_DIR; default: "
+            "$XDG_STATE_HOME/ringrift-coord).",
+        ),
+    ] = None,
+    config: Annotated[
+        str | None, typer.Option("--config", help="YAML config file (env RINGRIFT_COORD_CONFIG).")
+    ] = None,
+    overrides: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set",
+            metavar="KEY=VALUE",
+            help="Override one setting, e.g. --set "
+            "task_limits.selfplay.per_node=8 (repeatable; above env and config file).",
+        ),
+    ] = None,
+    json_out: Annotated[
+        bool, typer.Option("--json", help="Machine output: one JSON document on stdout.")
+    ] = False,
     version: Annotated[bool, typer.Option("--version", help="Print the version.")] = False,
 ) -> None:
     if version:
         sys.stdout.write(f"ringrift-coord {__version__}\n")
         raise typer.Exit(0)
-    ctx.obj = Globals(db=db, state_dir=state_dir, config=config, json=json_out,
-                      overrides=overrides)
+    ctx.obj = Globals(db=db, state_dir=state_dir, config=config, json=json_out, overrides=overrides)
 
 
 # --------------------------------------------------------------------------- hot commands
@@ -117,11 +137,14 @@ def register(
     ctx: typer.Context,
     task_type: TypeArg,
     node: NodeOpt = None,
-    pid: Annotated[int | None, typer.Option(
-        "--pid", help="Holder process (default: the calling shell, $PPID).")] = None,
+    pid: Annotated[
+        int | None,
+        typer.Option("--pid", help="Holder process (default: the calling shell, $PPID)."),
+    ] = None,
     task_id: Annotated[str | None, typer.Option("--task-id", help="Task id to use.")] = None,
-    config_name: Annotated[str | None, typer.Option(
-        "--config-name", help="Board config, e.g. square8_2p.")] = None,
+    config_name: Annotated[
+        str | None, typer.Option("--config-name", help="Board config, e.g. square8_2p.")
+    ] = None,
 ) -> None:
     """Check and register in one atomic step; prints the task id."""
     _done(hot.register(_g(ctx), task_type, node, pid, task_id, config_name))
@@ -131,38 +154,67 @@ def register(
 def unregister(
     ctx: typer.Context,
     task_id: Annotated[str, typer.Argument(metavar="ID", help="Task id from register.")],
-    exit_code: Annotated[int | None, typer.Option("--exit-code", help="The job's exit code.")] = None,
-    status: Annotated[str | None, typer.Option(
-        "--status", help="ok, failed, oom, killed or stopped (default from --exit-code).")] = None,
-    token: Annotated[int | None, typer.Option(
-        "--token", help="Fencing token (default $RINGRIFT_LEASE_TOKEN for this task).")] = None,
+    exit_code: Annotated[
+        int | None, typer.Option("--exit-code", help="The job's exit code.")
+    ] = None,
+    status: Annotated[
+        str | None,
+        typer.Option(
+            "--status", help="ok, failed, oom, killed or stopped (default from --exit-code)."
+        ),
+    ] = None,
+    token: Annotated[
+        int | None,
+        typer.Option(
+            "--token", help="Fencing token (default $RINGRIFT_LEASE_TOKEN for this task)."
+        ),
+    ] = None,
     reason: Annotated[str | None, typer.Option("--reason", help="Why it ended.")] = None,
 ) -> None:
     """Release a slot; records the duration and the exit status."""
     _done(hot.unregister(_g(ctx), task_id, exit_code, status, token, reason))
 
 
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True,
-                               "allow_interspersed_args": False})
+@app.command(
+    context_settings={
+        "allow_extra_args": True,
+        "ignore_unknown_options": True,
+        "allow_interspersed_args": False,
+    }
+)
 def run(
     ctx: typer.Context,
     task_type: TypeArg,
-    command: Annotated[list[str] | None, typer.Argument(metavar="-- CMD...",
-                       help="The command to run while the slot is held.")] = None,
+    command: Annotated[
+        list[str] | None,
+        typer.Argument(metavar="-- CMD...", help="The command to run while the slot is held."),
+    ] = None,
     node: NodeOpt = None,
-    config_name: Annotated[str | None, typer.Option(
-        "--config-name", help="Board config, e.g. square8_2p.")] = None,
+    config_name: Annotated[
+        str | None, typer.Option("--config-name", help="Board config, e.g. square8_2p.")
+    ] = None,
     wait: Annotated[bool, typer.Option("--wait", help="Wait in a fair queue for a slot.")] = False,
-    timeout: Annotated[float | None, typer.Option(
-        "--timeout", help="With --wait: give up after S seconds (exit 75).")] = None,
+    timeout: Annotated[
+        float | None,
+        typer.Option("--timeout", help="With --wait: give up after S seconds (exit 75)."),
+    ] = None,
 ) -> None:
     """Run CMD holding a slot: register, heartbeat, forward signals, release on any exit.
 
     Exits with CMD's exit code (128+N if it died of signal N, 126/127 if it could not run),
     or 75 when no slot was granted.
     """
-    _done(hot.run(_g(ctx), task_type, node, config_name, wait, timeout,
-                  list(command or []) + list(ctx.args)))
+    _done(
+        hot.run(
+            _g(ctx),
+            task_type,
+            node,
+            config_name,
+            wait,
+            timeout,
+            list(command or []) + list(ctx.args),
+        )
+    )
 
 
 # --------------------------------------------------------------------------- tasks
@@ -176,7 +228,8 @@ def tasks_default(ctx: typer.Context) -> None:
 
 @tasks_app.command("list")
 def tasks_list(
-    ctx: typer.Context, task_type: TypeOpt = None,
+    ctx: typer.Context,
+    task_type: TypeOpt = None,
     node: Annotated[str | None, typer.Option("--node", help="Only this node.")] = None,
 ) -> None:
     """Running tasks with age, pid, host and lease."""
@@ -204,8 +257,9 @@ def tasks_reap(ctx: typer.Context) -> None:
         emit_json({"reaped": rows})
     else:
         for row in rows:
-            sys.stdout.write(f"reaped {row['task_id']} ({row['task_type']} on {row['node']}): "
-                             f"{row['reason']}\n")
+            sys.stdout.write(
+                f"reaped {row['task_id']} ({row['task_type']} on {row['node']}): {row['reason']}\n"
+            )
         sys.stdout.write(f"{len(rows)} slot(s) freed\n")
     _done()
 
@@ -234,17 +288,20 @@ def tasks_history(
 @app.command()
 def reserve(
     ctx: typer.Context,
-    what: Annotated[str, typer.Argument(
-        metavar="TYPE|release|list", help="Task type to reserve for, or release ID, or list.",
-        autocompletion=lambda incomplete: [
-            w for w in (*TASK_TYPE_NAMES, "release", "list") if w.startswith(incomplete)
-        ])],
+    what: Annotated[
+        str,
+        typer.Argument(
+            metavar="TYPE|release|list",
+            help="Task type to reserve for, or release ID, or list.",
+            autocompletion=lambda incomplete: [
+                w for w in (*TASK_TYPE_NAMES, "release", "list") if w.startswith(incomplete)
+            ],
+        ),
+    ],
     res_id: Annotated[str | None, typer.Argument(metavar="[ID]", help="With release.")] = None,
     node: Annotated[str | None, typer.Option("--node", help="Node to hold slots on.")] = None,
-    slots: Annotated[int | None, typer.Option(
-        "--slots", help="How many slots.")] = None,
-    ttl: Annotated[float | None, typer.Option(
-        "--ttl", help="Expire after S seconds.")] = None,
+    slots: Annotated[int | None, typer.Option("--slots", help="How many slots.")] = None,
+    ttl: Annotated[float | None, typer.Option("--ttl", help="Expire after S seconds.")] = None,
 ) -> None:
     """Gauntlet reservation: hold K slots on a node for one task type (reserve release ID)."""
     from ringrift_coord.task_coordinator import TaskCoordinator
@@ -287,10 +344,13 @@ def reserve(
 @app.command()
 def halt(
     ctx: typer.Context,
-    reason: Annotated[str | None, typer.Option("--reason", help="Why (kept in the audit trail).")] = None,
+    reason: Annotated[
+        str | None, typer.Option("--reason", help="Why (kept in the audit trail).")
+    ] = None,
     task_type: TypeOpt = None,
-    ttl: Annotated[float | None, typer.Option(
-        "--ttl", help="Lift by itself after S seconds.")] = None,
+    ttl: Annotated[
+        float | None, typer.Option("--ttl", help="Lift by itself after S seconds.")
+    ] = None,
     check: Annotated[bool, typer.Option("--check", help="Only test: exit 1 when halted.")] = False,
 ) -> None:
     """Emergency stop of every new spawn (or of one type), cluster-wide."""
@@ -347,12 +407,14 @@ def unhalt(ctx: typer.Context, task_type: TypeOpt = None) -> None:
 def decisions(
     ctx: typer.Context,
     denied: Annotated[bool, typer.Option("--denied", help="Only refusals.")] = False,
-    since: Annotated[str | None, typer.Option(
-        "--since", help="ISO 8601 time, or an age like 30m, 2h, 1d.")] = None,
+    since: Annotated[
+        str | None, typer.Option("--since", help="ISO 8601 time, or an age like 30m, 2h, 1d.")
+    ] = None,
     node: Annotated[str | None, typer.Option("--node", help="Only this node.")] = None,
     task_type: TypeOpt = None,
-    limit: Annotated[int, typer.Option(
-        "--limit", min=1, max=1_000_000, help="How many, newest first.")] = 50,
+    limit: Annotated[
+        int, typer.Option("--limit", min=1, max=1_000_000, help="How many, newest first.")
+    ] = 50,
 ) -> None:
     """The persisted log of admission decisions: who asked, what was decided, why."""
     from ringrift_coord.task_coordinator import TaskCoordinator
@@ -380,14 +442,14 @@ def parse_since(text: str, now: float) -> float:
     raw = text.strip()
     if raw and raw[-1] in units and raw[:-1].replace(".", "", 1).isdigit():
         return now - float(raw[:-1]) * units[raw[-1]]
-    from datetime import datetime, timezone
+    from datetime import datetime
 
     try:
         moment = datetime.fromisoformat(raw.replace("Z", "+00:00"))
     except ValueError:
         raise UsageError(f"--since {text!r}: give an ISO 8601 time or an age like 30m") from None
     if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=timezone.utc)
+        moment = moment.replace(tzinfo=UTC)
     return moment.timestamp()
 
 
@@ -400,7 +462,8 @@ def _show_settings(g: Globals, sections: list[str], title: str, extra: Any = Non
         more = extra(c) if extra else {}  # limits: OOM-lowered caps and backpressure
     rows = [
         {"key": key, "value": value, "source": source}
-        for section in sections for key, value, source in settings.flat(section)
+        for section in sections
+        for key, value, source in settings.flat(section)
     ]
     if g.json:
         emit_json({"config_file": settings.file, "values": rows, **more})
@@ -414,8 +477,12 @@ def _show_settings(g: Globals, sections: list[str], title: str, extra: Any = Non
 def limits(ctx: typer.Context) -> None:
     """Effective task limits, rate limits, thresholds and store settings, with their source;
     the caps lowered after repeated OOMs and the backpressure factors in force."""
-    _show_settings(_g(ctx), ["task_limits", "rate_limits", "thresholds", "store", "run"],
-                   "limits", extra=resources_cmd.caps_in_force)
+    _show_settings(
+        _g(ctx),
+        ["task_limits", "rate_limits", "thresholds", "store", "run"],
+        "limits",
+        extra=resources_cmd.caps_in_force,
+    )
     _done()
 
 
@@ -438,8 +505,12 @@ def config_show(ctx: typer.Context) -> None:
 @config_app.command("validate")
 def config_validate(
     ctx: typer.Context,
-    file: Annotated[str | None, typer.Argument(
-        metavar="[FILE]", help="File to check (default: the effective config file).")] = None,
+    file: Annotated[
+        str | None,
+        typer.Argument(
+            metavar="[FILE]", help="File to check (default: the effective config file)."
+        ),
+    ] = None,
 ) -> None:
     """Check a config file: exit 0 when valid, 3 with the file, line and key when not."""
     from ringrift_coord.config import load_settings

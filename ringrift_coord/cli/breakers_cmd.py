@@ -72,8 +72,10 @@ def breakers_default(ctx: typer.Context) -> None:
 def breakers_list(
     ctx: typer.Context,
     node: Annotated[str | None, typer.Option("--node", help="Only this node.")] = None,
-    task_type: Annotated[str | None, typer.Option(
-        "--type", help="Only this task type.", autocompletion=_complete_types)] = None,
+    task_type: Annotated[
+        str | None,
+        typer.Option("--type", help="Only this task type.", autocompletion=_complete_types),
+    ] = None,
 ) -> None:
     """Every breaker: state, failures in the window, last reason, when it may retry."""
     from ringrift_coord import breakers
@@ -86,7 +88,8 @@ def breakers_list(
         with c.store.read() as tx:  # reading only: never restarts a timer
             now = tx.now()
             rows = [
-                b.to_dict(now, cfg) for b in breakers.load_all(tx)
+                b.to_dict(now, cfg)
+                for b in breakers.load_all(tx)
                 if (node is None or b.node == node) and (ttype is None or b.task_type == ttype)
             ]
     if g.json:
@@ -109,8 +112,15 @@ def breakers_table(rows: list[dict[str, Any]], now: float) -> None:
         views.console().print("no circuit breakers recorded (every node and type is closed)")
         return
     table = Table(title=f"circuit breakers ({len(rows)})", title_justify="left")
-    for col in ("node", "type", "state", "failures in window", "last reason", "opened at",
-                "retry at / in"):
+    for col in (
+        "node",
+        "type",
+        "state",
+        "failures in window",
+        "last reason",
+        "opened at",
+        "retry at / in",
+    ):
         table.add_column(col)
     for r in rows:
         colour = _COLOURS.get(r["state"], "white")
@@ -123,8 +133,13 @@ def breakers_table(rows: list[dict[str, Any]], now: float) -> None:
         elif r["state"] == "half_open":
             retry = "now (trial)"
         table.add_row(
-            escape(r["node"]), r["task_type"], state, str(r["failures"]),
-            escape(r["last_reason"] or "-"), views.ts(r["opened_at"]), retry,
+            escape(r["node"]),
+            r["task_type"],
+            state,
+            str(r["failures"]),
+            escape(r["last_reason"] or "-"),
+            views.ts(r["opened_at"]),
+            retry,
         )
     views.console().print(table)
 
@@ -135,11 +150,18 @@ def breakers_table(rows: list[dict[str, Any]], now: float) -> None:
 @breakers_app.command("reset")
 def breakers_reset(
     ctx: typer.Context,
-    node: Annotated[str | None, typer.Option(
-        "--node", help="The node whose breakers to close (with --type: one breaker).")] = None,
-    task_type: Annotated[str | None, typer.Option(
-        "--type", help="The task type whose breakers to close (with --node: one breaker).",
-        autocompletion=_complete_types)] = None,
+    node: Annotated[
+        str | None,
+        typer.Option("--node", help="The node whose breakers to close (with --type: one breaker)."),
+    ] = None,
+    task_type: Annotated[
+        str | None,
+        typer.Option(
+            "--type",
+            help="The task type whose breakers to close (with --node: one breaker).",
+            autocompletion=_complete_types,
+        ),
+    ] = None,
     all_: Annotated[bool, typer.Option("--all", help="Close every breaker.")] = False,
 ) -> None:
     """Close breakers by hand: one (--node and --type), a node's, a type's, or --all."""
@@ -158,9 +180,15 @@ def breakers_reset(
         _done()
     for r in rows:
         sys.stdout.write(f"reset {r['task_type']} on {r['node']} (was {r['state']})\n")
-    scope = ("every breaker" if all_ else " ".join(
-        part for part in (f"node {node}" if node else "", f"type {ttype}" if ttype else "")
-        if part))
+    scope = (
+        "every breaker"
+        if all_
+        else " ".join(
+            part
+            for part in (f"node {node}" if node else "", f"type {ttype}" if ttype else "")
+            if part
+        )
+    )
     sys.stdout.write(f"{len(rows)} breaker(s) reset ({scope})\n")
     _done()
 
@@ -168,8 +196,9 @@ def breakers_reset(
 # --------------------------------------------------------------------------- record
 
 
-def _record(ctx: typer.Context, node: str | None, task_type: str, ok: bool,
-            reason: str | None) -> None:
+def _record(
+    ctx: typer.Context, node: str | None, task_type: str, ok: bool, reason: str | None
+) -> None:
     from ringrift_coord import guards
     from ringrift_coord.breakers import BreakerConfig
 
@@ -184,7 +213,12 @@ def _record(ctx: typer.Context, node: str | None, task_type: str, ok: bool,
         with c.store.write() as tx:
             now = tx.now()
             breaker = guards.record_manual(
-                tx, c.settings, the_node, ttype, now, ok=ok,
+                tx,
+                c.settings,
+                the_node,
+                ttype,
+                now,
+                ok=ok,
                 reason=None if ok else (reason or "failure recorded by a script"),
             )
             doc = breaker.to_dict(now, cfg)
@@ -204,12 +238,18 @@ def _record(ctx: typer.Context, node: str | None, task_type: str, ok: bool,
 @breakers_app.command("record-failure")
 def breakers_record_failure(
     ctx: typer.Context,
-    task_type: Annotated[str, typer.Option(
-        "--type", help="Task type of the failed job.", autocompletion=_complete_types)],
-    node: Annotated[str | None, typer.Option(
-        "--node", help="Node id (default: $RINGRIFT_NODE_ID, else host name).")] = None,
-    reason: Annotated[str | None, typer.Option(
-        "--reason", help="Why it failed (shown as the breaker's last reason).")] = None,
+    task_type: Annotated[
+        str,
+        typer.Option("--type", help="Task type of the failed job.", autocompletion=_complete_types),
+    ],
+    node: Annotated[
+        str | None,
+        typer.Option("--node", help="Node id (default: $RINGRIFT_NODE_ID, else host name)."),
+    ] = None,
+    reason: Annotated[
+        str | None,
+        typer.Option("--reason", help="Why it failed (shown as the breaker's last reason)."),
+    ] = None,
 ) -> None:
     """Feed one failure to the (node, type) breaker, for jobs run outside `run`."""
     _record(ctx, node, task_type, False, reason)
@@ -218,10 +258,16 @@ def breakers_record_failure(
 @breakers_app.command("record-success")
 def breakers_record_success(
     ctx: typer.Context,
-    task_type: Annotated[str, typer.Option(
-        "--type", help="Task type of the job that succeeded.", autocompletion=_complete_types)],
-    node: Annotated[str | None, typer.Option(
-        "--node", help="Node id (default: $RINGRIFT_NODE_ID, else host name).")] = None,
+    task_type: Annotated[
+        str,
+        typer.Option(
+            "--type", help="Task type of the job that succeeded.", autocompletion=_complete_types
+        ),
+    ],
+    node: Annotated[
+        str | None,
+        typer.Option("--node", help="Node id (default: $RINGRIFT_NODE_ID, else host name)."),
+    ] = None,
 ) -> None:
     """Feed one success to the (node, type) breaker (a half-open one counts it as a trial)."""
     _record(ctx, node, task_type, True, None)

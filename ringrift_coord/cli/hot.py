@@ -24,8 +24,12 @@ class Globals:
     """The global options: --db, --state-dir, --config, --set, --json."""
 
     def __init__(
-        self, db: str | None = None, state_dir: str | None = None, config: str | None = None,
-        json: bool = False, overrides: list[str] | None = None,
+        self,
+        db: str | None = None,
+        state_dir: str | None = None,
+        config: str | None = None,
+        json: bool = False,
+        overrides: list[str] | None = None,
     ) -> None:
         self.db, self.state_dir, self.config, self.json = db, state_dir, config, json
         self.overrides = list(overrides or [])  # --set KEY=VALUE, highest precedence
@@ -70,12 +74,15 @@ def can_spawn(g: Globals, task_type: str, node: str | None) -> int:
 
 
 def register(
-    g: Globals, task_type: str, node: str | None, pid: int | None, task_id: str | None,
+    g: Globals,
+    task_type: str,
+    node: str | None,
+    pid: int | None,
+    task_id: str | None,
     config_name: str | None,
 ) -> int:
-    from ringrift_coord.task_coordinator import Holder, TaskCoordinator
-
     from ringrift_coord import procs
+    from ringrift_coord.task_coordinator import Holder, TaskCoordinator
 
     ttype = TaskType.parse(task_type)
     holder_pid = os.getppid() if pid is None else pid
@@ -83,8 +90,12 @@ def register(
         raise UsageError(f"--pid {holder_pid}: no running process with that pid on this host")
     with g.context() as ctx:
         decision = TaskCoordinator(ctx).acquire(
-            ttype, _node(node), holder=Holder(pid=holder_pid), source="register",
-            task_id=task_id, config_name=config_name,
+            ttype,
+            _node(node),
+            holder=Holder(pid=holder_pid),
+            source="register",
+            task_id=task_id,
+            config_name=config_name,
         )
     if g.json:
         document = decision.to_dict()
@@ -100,7 +111,11 @@ def register(
 
 
 def unregister(
-    g: Globals, task_id: str, exit_code: int | None, status: str | None, token: int | None,
+    g: Globals,
+    task_id: str,
+    exit_code: int | None,
+    status: str | None,
+    token: int | None,
     reason: str | None,
 ) -> int:
     from ringrift_coord.task_coordinator import TaskCoordinator
@@ -113,10 +128,13 @@ def unregister(
             task_id, exit_code=exit_code, status=status, token=token, reason=reason
         )
     if g.json:
-        emit_json({
-            "task_id": task_id, "released": row is not None,
-            "duration": None if row is None else round(row["duration"], 3),
-        })
+        emit_json(
+            {
+                "task_id": task_id,
+                "released": row is not None,
+                "duration": None if row is None else round(row["duration"], 3),
+            }
+        )
     elif row is None:
         say(f"{task_id} was already released")
     else:
@@ -144,7 +162,9 @@ class _Spinner:
             from rich.live import Live
 
             self.live = Live(
-                Spinner("dots", text), console=Console(stderr=True), transient=True,
+                Spinner("dots", text),
+                console=Console(stderr=True),
+                transient=True,
                 refresh_per_second=8,
             )
             self.live.start()
@@ -158,8 +178,13 @@ class _Spinner:
 
 
 def run(
-    g: Globals, task_type: str, node: str | None, config_name: str | None, wait: bool,
-    timeout: float | None, command: list[str],
+    g: Globals,
+    task_type: str,
+    node: str | None,
+    config_name: str | None,
+    wait: bool,
+    timeout: float | None,
+    command: list[str],
 ) -> int:
     from ringrift_coord.launcher import run_command
     from ringrift_coord.task_coordinator import TaskCoordinator
@@ -173,8 +198,13 @@ def run(
     with g.context() as ctx:
         try:
             result = run_command(
-                TaskCoordinator(ctx), ttype, _node(node), command, config_name=config_name,
-                wait=wait, timeout=timeout,
+                TaskCoordinator(ctx),
+                ttype,
+                _node(node),
+                command,
+                config_name=config_name,
+                wait=wait,
+                timeout=timeout,
                 on_wait=spinner.update if spinner else None,
                 on_admitted=spinner.stop if spinner else None,
                 warn=say,
@@ -183,8 +213,13 @@ def run(
             if spinner:
                 spinner.stop()
     if g.json:
-        emit_json({
-            "task_id": result.task_id, "exit_code": result.exit_code, "status": result.status,
-            "reason": result.reason, "duration": round(result.duration, 3),
-        })
+        emit_json(
+            {
+                "task_id": result.task_id,
+                "exit_code": result.exit_code,
+                "status": result.status,
+                "reason": result.reason,
+                "duration": round(result.duration, 3),
+            }
+        )
     return result.exit_code

@@ -58,27 +58,45 @@ def register(app: typer.Typer) -> None:
 
 def report(
     ctx: typer.Context,
-    node: Annotated[str | None, typer.Option(
-        "--node", help="Node the reading is for (default: $RINGRIFT_NODE_ID, else host name)."
-    )] = None,
-    cpu: Annotated[float | None, typer.Option(
-        "--cpu", metavar="P", help="Manual figure: CPU utilisation, percent.")] = None,
-    gpu: Annotated[float | None, typer.Option(
-        "--gpu", metavar="P", help="Manual figure: GPU utilisation, percent.")] = None,
-    mem: Annotated[float | None, typer.Option(
-        "--mem", metavar="P", help="Manual figure: memory used, percent.")] = None,
-    disk: Annotated[float | None, typer.Option(
-        "--disk", metavar="P", help="Manual figure: disk used, percent.")] = None,
-    load: Annotated[float | None, typer.Option(
-        "--load", metavar="L", help="Manual figure: 1-minute load average.")] = None,
-    gpu_name: Annotated[str | None, typer.Option(
-        "--gpu-name", metavar="NAME", help="Manual hardware: GPU model, e.g. H100.")] = None,
-    gpu_count: Annotated[int | None, typer.Option(
-        "--gpu-count", metavar="K", help="Manual hardware: number of GPUs.")] = None,
-    cpus: Annotated[int | None, typer.Option(
-        "--cpus", metavar="C", help="Manual hardware: logical CPUs.")] = None,
-    memory_gb: Annotated[float | None, typer.Option(
-        "--memory-gb", metavar="M", help="Manual hardware: memory, GiB.")] = None,
+    node: Annotated[
+        str | None,
+        typer.Option(
+            "--node", help="Node the reading is for (default: $RINGRIFT_NODE_ID, else host name)."
+        ),
+    ] = None,
+    cpu: Annotated[
+        float | None,
+        typer.Option("--cpu", metavar="P", help="Manual figure: CPU utilisation, percent."),
+    ] = None,
+    gpu: Annotated[
+        float | None,
+        typer.Option("--gpu", metavar="P", help="Manual figure: GPU utilisation, percent."),
+    ] = None,
+    mem: Annotated[
+        float | None,
+        typer.Option("--mem", metavar="P", help="Manual figure: memory used, percent."),
+    ] = None,
+    disk: Annotated[
+        float | None, typer.Option("--disk", metavar="P", help="Manual figure: disk used, percent.")
+    ] = None,
+    load: Annotated[
+        float | None,
+        typer.Option("--load", metavar="L", help="Manual figure: 1-minute load average."),
+    ] = None,
+    gpu_name: Annotated[
+        str | None,
+        typer.Option("--gpu-name", metavar="NAME", help="Manual hardware: GPU model, e.g. H100."),
+    ] = None,
+    gpu_count: Annotated[
+        int | None,
+        typer.Option("--gpu-count", metavar="K", help="Manual hardware: number of GPUs."),
+    ] = None,
+    cpus: Annotated[
+        int | None, typer.Option("--cpus", metavar="C", help="Manual hardware: logical CPUs.")
+    ] = None,
+    memory_gb: Annotated[
+        float | None, typer.Option("--memory-gb", metavar="M", help="Manual hardware: memory, GiB.")
+    ] = None,
 ) -> None:
     """Sample this host (psutil, NVML) and store it; or store figures given by hand."""
     from ringrift_coord import readings
@@ -96,8 +114,7 @@ def report(
     _text("--gpu-name", gpu_name)
     target = _node(node)
     figures = {"cpu": cpu, "gpu": gpu, "memory": mem, "disk": disk, "load_avg": load}
-    hardware = {"gpu_name": gpu_name, "gpu_count": gpu_count, "cpus": cpus,
-                "memory_gb": memory_gb}
+    hardware = {"gpu_name": gpu_name, "gpu_count": gpu_count, "cpus": cpus, "memory_gb": memory_gb}
     manual = any(v is not None for v in (*figures.values(), *hardware.values()))
     with g.context() as c:
         if not manual:
@@ -127,8 +144,10 @@ def _pct(value: Any) -> str:
 
 def _summary(r: dict[str, Any]) -> str:
     load = "-" if r.get("load_avg") is None else f"{r['load_avg']:.2f}"
-    return (f"cpu {_pct(r.get('cpu'))}, mem {_pct(r.get('memory'))}, disk {_pct(r.get('disk'))}, "
-            f"gpu {_pct(r.get('gpu'))}, load {load}; {_hardware(r)}")
+    return (
+        f"cpu {_pct(r.get('cpu'))}, mem {_pct(r.get('memory'))}, disk {_pct(r.get('disk'))}, "
+        f"gpu {_pct(r.get('gpu'))}, load {load}; {_hardware(r)}"
+    )
 
 
 def _hardware(r: dict[str, Any]) -> str:
@@ -195,13 +214,14 @@ def _resources_table(doc: dict[str, Any], node: str | None) -> None:
     from ringrift_coord.cli.views import age, console
 
     t = doc["thresholds"]
-    title = (f"resources (critical blocks the node: disk {t['disk']['critical']}%, memory "
-             f"{t['memory']['critical']}%, cpu {t['cpu']['critical']}%, gpu "
-             f"{t['gpu']['critical']}%, load {t['load_avg_critical_per_cpu']:g}×cpus; samples "
-             f"older than {doc['max_sample_age']:g} s are stale)")
+    title = (
+        f"resources (critical blocks the node: disk {t['disk']['critical']}%, memory "
+        f"{t['memory']['critical']}%, cpu {t['cpu']['critical']}%, gpu "
+        f"{t['gpu']['critical']}%, load {t['load_avg_critical_per_cpu']:g}×cpus; samples "
+        f"older than {doc['max_sample_age']:g} s are stale)"
+    )
     table = Table(title=title, title_justify="left")
-    for col in ("node", "source", "age", "cpu", "mem", "disk", "gpu", "load", "hardware",
-                "caps"):
+    for col in ("node", "source", "age", "cpu", "mem", "disk", "gpu", "load", "hardware", "caps"):
         table.add_column(col)
     entries = list(doc["nodes"])
     if doc["live"] is not None:
@@ -220,13 +240,16 @@ def _resources_table(doc: dict[str, Any], node: str | None) -> None:
         if r["load_critical"] is not None and r["load_avg"] is not None:
             load += f"/{r['load_critical']:g}"
         table.add_row(
-            name, escape(str(r["source"] or "-")), when,
+            name,
+            escape(str(r["source"] or "-")),
+            when,
             _cell(r["cpu"], lv["cpu"], _pct(r["cpu"]), stale),
             _cell(r["memory"], lv["memory"], _pct(r["memory"]), stale),
             _cell(r["disk"], lv["disk"], _pct(r["disk"]), stale),
             _cell(r["gpu"], lv["gpu"], _pct(r["gpu"]), stale),
             _cell(r["load_avg"], lv["load_avg"], load, stale),
-            escape(_hardware(r)), _caps(r["caps"]),
+            escape(_hardware(r)),
+            _caps(r["caps"]),
         )
     out = console()
     out.print(table)
@@ -261,9 +284,14 @@ def print_caps(doc: dict[str, Any]) -> None:
         for col in ("node", "type", "cap", "configured", "OOMs", "lowered at"):
             table.add_column(col)
         for r in doc["lowered_caps"]:
-            table.add_row(escape(r["node"]), r["task_type"], f"[red]{r['cap']}[/]",
-                          "∞" if r["configured"] is None else str(r["configured"]),
-                          str(r["ooms"]), ts(r["lowered_at"]))
+            table.add_row(
+                escape(r["node"]),
+                r["task_type"],
+                f"[red]{r['cap']}[/]",
+                "∞" if r["configured"] is None else str(r["configured"]),
+                str(r["ooms"]),
+                ts(r["lowered_at"]),
+            )
         out.print(table)
     if doc["backpressure"]:
         table = Table(title="backpressure (spawn-rate factor per node)", title_justify="left")

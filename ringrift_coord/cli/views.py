@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from rich.console import Console
@@ -22,7 +22,7 @@ def console() -> Console:
 def ts(epoch: float | None) -> str:
     if epoch is None:
         return "-"
-    return datetime.fromtimestamp(epoch, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ")
+    return datetime.fromtimestamp(epoch, tz=UTC).strftime("%Y-%m-%d %H:%M:%SZ")
 
 
 def age(seconds: float | None) -> str:
@@ -50,8 +50,14 @@ def tasks_table(rows: list[dict[str, Any]]) -> None:
         table.add_column(col)
     for r in rows:
         table.add_row(
-            r["task_id"], r["task_type"], r["node"], r["host"], str(r["pid"] or "-"),
-            age(r["age"]), age(r["lease_left"]), r.get("config_name") or "-",
+            r["task_id"],
+            r["task_type"],
+            r["node"],
+            r["host"],
+            str(r["pid"] or "-"),
+            age(r["age"]),
+            age(r["lease_left"]),
+            r.get("config_name") or "-",
         )
     console().print(table)
 
@@ -63,9 +69,14 @@ def history_table(rows: list[dict[str, Any]]) -> None:
     for r in rows:
         colour = "green" if r["status"] == "ok" else "red"
         table.add_row(
-            r["task_id"], r["task_type"], r["node"], ts(r["ended_at"]), age(r["duration"]),
+            r["task_id"],
+            r["task_type"],
+            r["node"],
+            ts(r["ended_at"]),
+            age(r["duration"]),
             "-" if r["exit_code"] is None else str(r["exit_code"]),
-            f"[{colour}]{r['status']}[/]", r.get("reason") or "",
+            f"[{colour}]{r['status']}[/]",
+            r.get("reason") or "",
         )
     console().print(table)
 
@@ -75,8 +86,14 @@ def reservations_table(rows: list[dict[str, Any]]) -> None:
     for col in ("id", "node", "type", "slots", "expires", "by"):
         table.add_column(col)
     for r in rows:
-        table.add_row(r["res_id"], r["node"], r["task_type"], str(r["slots"]),
-                      ts(r["expires_at"]), r.get("who") or "-")
+        table.add_row(
+            r["res_id"],
+            r["node"],
+            r["task_type"],
+            str(r["slots"]),
+            ts(r["expires_at"]),
+            r.get("who") or "-",
+        )
     console().print(table)
 
 
@@ -87,8 +104,9 @@ def decisions_table(rows: list[dict[str, Any]]) -> None:
     for r in rows:
         verdict = "[green]allowed[/]" if r["allowed"] else "[red]denied[/]"
         rules = "; ".join(x["message"] for x in r["rules"]) or "-"
-        table.add_row(ts(r["at"]), r["action"], r["task_type"], r["node"], r.get("who") or "-",
-                      verdict, rules)
+        table.add_row(
+            ts(r["at"]), r["action"], r["task_type"], r["node"], r.get("who") or "-", verdict, rules
+        )
     console().print(table)
 
 
@@ -111,21 +129,27 @@ def halt_check(status: dict[str, Any], halted: bool) -> None:
     for h in status["halts"]:
         scope = "all types" if h["scope"] == "*" else h["scope"]
         until = "" if h["expires_at"] is None else f", until {ts(h['expires_at'])}"
-        console().print(f"[red]HALTED[/] {scope} by {h['who']} at {ts(h['at'])}{until}: "
-                        f"{h['reason'] or 'no reason given'}")
+        console().print(
+            f"[red]HALTED[/] {scope} by {h['who']} at {ts(h['at'])}{until}: "
+            f"{h['reason'] or 'no reason given'}"
+        )
     if status["halt_file"] is not None:
         info = status["halt_file"]
-        console().print(f"[red]HALTED[/] this host by {info['path']}"
-                        + (f": {info['reason']}" if info.get("reason") else ""))
+        console().print(
+            f"[red]HALTED[/] this host by {info['path']}"
+            + (f": {info['reason']}" if info.get("reason") else "")
+        )
 
 
 def status_screen(doc: dict[str, Any]) -> None:
     out = console()
     store = doc["store"]
     where = store.get("path") or store.get("server") or "?"
-    out.print(f"[bold]ringrift-coord[/] · engine {store['engine']} ({where}) · "
-              f"state {doc['state']} · {doc['total_tasks']} running task(s) · "
-              f"{ts(time.time())}")
+    out.print(
+        f"[bold]ringrift-coord[/] · engine {store['engine']} ({where}) · "
+        f"state {doc['state']} · {doc['total_tasks']} running task(s) · "
+        f"{ts(time.time())}"
+    )
     halts = doc["halt"]
     if halts["halts"] or halts["halt_file"] is not None:
         halt_check(halts, True)
@@ -135,19 +159,33 @@ def status_screen(doc: dict[str, Any]) -> None:
     for col in ("type", "running", "queued", "cluster limit", "per-node limit", "per node"):
         table.add_column(col)
     for name, entry in doc["by_type"].items():
-        if not entry["running"] and not entry.get("queued") and entry.get("cluster_limit") is None \
-                and entry.get("per_node_limit") is None:
+        if (
+            not entry["running"]
+            and not entry.get("queued")
+            and entry.get("cluster_limit") is None
+            and entry.get("per_node_limit") is None
+        ):
             continue
         cluster = entry.get("cluster_limit")
         running = str(entry["running"])
         if cluster is not None and entry["running"] >= cluster:
             running = f"[red]{running}[/]"
         per_node_limit = entry.get("per_node_limit")
-        nodes = ", ".join(
-            f"{node} {count}/{_limit(per_node_limit)}" for node, count in sorted(entry["nodes"].items())
-        ) or "-"
-        table.add_row(name, running, str(entry.get("queued", 0)), _limit(cluster),
-                      _limit(per_node_limit), nodes)
+        nodes = (
+            ", ".join(
+                f"{node} {count}/{_limit(per_node_limit)}"
+                for node, count in sorted(entry["nodes"].items())
+            )
+            or "-"
+        )
+        table.add_row(
+            name,
+            running,
+            str(entry.get("queued", 0)),
+            _limit(cluster),
+            _limit(per_node_limit),
+            nodes,
+        )
     out.print(table)
     if doc["reservations"]:
         reservations_table(doc["reservations"])

@@ -40,8 +40,13 @@ def resolve_db(db: str | None, state_dir: str, env: Mapping[str, str]) -> tuple[
 
 
 def open_store(
-    db: str | None, state_dir: str, *, busy_timeout: float = 5.0, connect_timeout: float = 5.0,
-    env: Mapping[str, str] | None = None, clock: Clock = SYSTEM_CLOCK,
+    db: str | None,
+    state_dir: str,
+    *,
+    busy_timeout: float = 5.0,
+    connect_timeout: float = 5.0,
+    env: Mapping[str, str] | None = None,
+    clock: Clock = SYSTEM_CLOCK,
 ) -> Store:
     env = os.environ if env is None else env
     engine, location = resolve_db(db, state_dir, env)
@@ -50,7 +55,9 @@ def open_store(
 
         check_url(location, from_flag=db is not None)
         return PostgresStore(
-            location, busy_timeout=busy_timeout, connect_timeout=connect_timeout,
+            location,
+            busy_timeout=busy_timeout,
+            connect_timeout=connect_timeout,
             clock=None if clock is SYSTEM_CLOCK else clock,
         )
     refuse_network_filesystem(location)

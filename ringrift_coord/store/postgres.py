@@ -34,8 +34,13 @@ ADMISSION_LOCK = 0x72696E6772696674
 MIGRATION_LOCK = ADMISSION_LOCK + 1
 
 _CONFIG_PROBLEMS = (
-    "password authentication failed", "no password supplied", "does not exist",
-    "permission denied", "role", "authentication", "pg_hba.conf",
+    "password authentication failed",
+    "no password supplied",
+    "does not exist",
+    "permission denied",
+    "role",
+    "authentication",
+    "pg_hba.conf",
 )
 
 
@@ -80,7 +85,11 @@ class PostgresStore(Store):
     engine = "postgres"
 
     def __init__(
-        self, url: str, *, busy_timeout: float = 5.0, connect_timeout: float = 5.0,
+        self,
+        url: str,
+        *,
+        busy_timeout: float = 5.0,
+        connect_timeout: float = 5.0,
         clock: Clock | None = None,
     ) -> None:
         try:
@@ -105,7 +114,9 @@ class PostgresStore(Store):
         psycopg = self._psycopg
         try:
             self._conn = psycopg.connect(
-                self.url, connect_timeout=self.connect_timeout, autocommit=True,
+                self.url,
+                connect_timeout=self.connect_timeout,
+                autocommit=True,
                 application_name="ringrift-coord",
             )
             with self._conn.cursor() as cur:
@@ -234,8 +245,11 @@ class PostgresStore(Store):
         server = redact(self.url)
         if info is not None:
             server = f"{info.host}:{info.port}/{info.dbname}"
-        return {"engine": self.engine, "server": server,
-                "user": None if info is None else info.user}
+        return {
+            "engine": self.engine,
+            "server": server,
+            "user": None if info is None else info.user,
+        }
 
 
 def check_url(url: str, *, from_flag: bool) -> None:

@@ -73,7 +73,9 @@ class SQLiteStore(Store):
     def _connect(self) -> sqlite3.Connection:
         try:
             conn = sqlite3.connect(
-                self.path, timeout=self.busy_timeout, isolation_level=None,
+                self.path,
+                timeout=self.busy_timeout,
+                isolation_level=None,
                 check_same_thread=False,
             )
             conn.execute("PRAGMA synchronous=NORMAL")
@@ -162,7 +164,9 @@ def apply_migrations(tx: Tx, done: set[str], engine: str) -> None:
             continue
         for statement in statements(scripts[engine]):
             tx.execute(statement)
-        tx.execute("INSERT INTO schema_migrations (name, applied_at) VALUES (?, ?)", (name, tx.now()))
+        tx.execute(
+            "INSERT INTO schema_migrations (name, applied_at) VALUES (?, ?)", (name, tx.now())
+        )
 
 
 def check_database_file(path: str) -> None:
@@ -180,7 +184,9 @@ def check_database_file(path: str) -> None:
         raise StateError(f"cannot read database {path}: {exc.strerror}") from None
     advice = "it was left untouched: restore it from a backup or move it aside"
     if len(header) == 0:
-        raise StateError(f"database {path} is empty (0 bytes), not a ringrift-coord store; {advice}")
+        raise StateError(
+            f"database {path} is empty (0 bytes), not a ringrift-coord store; {advice}"
+        )
     if header[:16] != SQLITE_MAGIC[: len(header)] or len(header) < 16:
         raise StateError(f"{path} is not a SQLite database (foreign or corrupt file); {advice}")
     if len(header) < 100:
