@@ -1,7 +1,7 @@
-"""Domain exceptions and the exit codes of the command-line contract (SPEC §2).
+"""Domain exceptions and the exit codes of the command-line contract.
 
-The core raises these; exactly one place (``ringrift_coord.entry``) turns them into an exit
-code and one line on stderr.
+The core raises these; exactly one place (``ringrift_coord.cli.main``) turns them into an
+exit code and one line on stderr.
 """
 
 from __future__ import annotations
@@ -14,11 +14,24 @@ if TYPE_CHECKING:
 
 
 class ExitCode(IntEnum):
+    """Every code the tool returns (the README's table). ``run`` also passes on its
+    command's own exit code."""
+
     OK = 0
     DENIED = 1  # limit, rate, breaker, threshold, halt, reservation, peak hours
     USAGE = 2  # unknown command, type, option, bad value
     CONFIG = 3  # bad config, unreadable/corrupt DB, unsafe state dir
-    TEMPFAIL = 75  # run could not start its command; store busy; --wait timed out
+    SOFTWARE = 70  # internal error: a bug (sysexits' EX_SOFTWARE)
+    TEMPFAIL = 75  # nothing was done, try again: no slot for run, store busy, --wait timed out
+    CANNOT_EXECUTE = 126  # run: the command was found but could not be executed
+    NOT_FOUND = 127  # run: the command was not found
+    SIGNAL_BASE = 128  # run: 128+N, the command died of signal N (for_signal)
+    INTERRUPTED = 130  # 128 + SIGINT: interrupted (Ctrl-C)
+
+    @staticmethod
+    def for_signal(signum: int) -> int:
+        """The exit code of a command that died of signal ``signum``: 128 + N."""
+        return int(ExitCode.SIGNAL_BASE) + int(signum)
 
 
 class CoordError(Exception):
