@@ -499,9 +499,11 @@ def _release(
 
 
 def _command_text(argv: Sequence[str]) -> str:
+    """The command as the store records it: the job's words may be any bytes (they reach
+    the job untouched), the record is UTF-8 with undecodable bytes shown as \\udcXX."""
     import shlex
 
-    return shlex.join(argv)[:1000]
+    return shlex.join(argv)[:1000].encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 class _Terminal:
