@@ -32,7 +32,7 @@ def render() -> dict[str, str]:
     from typer._completion_shared import get_completion_script  # noqa: TID251
 
     from ringrift_coord.cli.app import app
-    from ringrift_coord.entry import COMPLETE_VAR, PROG
+    from ringrift_coord.cli.spec import COMPLETE_VAR, PROG
 
     prog = app.info.name or PROG
     out: dict[str, str] = {}

@@ -1,9 +1,11 @@
-"""The fast argv parser (``entry``) and the Typer app declare and parse the same hot commands.
+"""One declaration (``cli/spec.py``), two parsers: the fast one and the Typer app agree.
 
-``can-spawn``, ``register``, ``unregister`` and ``run`` are parsed by ``entry._parse_hot``
-on every launch (no Typer import), and by the Typer app for ``--help`` and completion. Both
-must accept the same options, with the same value kinds and destinations, and read the same
-argv the same way.
+``can-spawn``, ``register``, ``unregister`` and ``run`` are parsed by ``cli/parser.py`` on
+every launch (no Typer import) and by the Typer app for ``--help`` and completion; both are
+built from the spec. These tests check the construction both ways (every spec option is a
+Click option with the same destination, kind, metavar, help and completion, and Click has
+no other), and that both read the same argv the same way: a fixed corpus (the wrapped
+command's words included) and random argv from the spec's own vocabulary.
 """
 
 from __future__ import annotations
@@ -12,21 +14,21 @@ from typing import Any
 
 import pytest
 import typer
-from typer import _click as click
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from typer._click import core as click
+from typer._click import exceptions as click_exceptions
 
-from ringrift_coord import entry
+from ringrift_coord.cli import parser, spec
 from ringrift_coord.cli.app import app
+from ringrift_coord.errors import UsageError
+from ringrift_coord.task_coordinator import RELEASE_STATUSES
+from ringrift_coord.tasktypes import TASK_TYPE_NAMES
 
-HOT = ("can-spawn", "register", "unregister", "run")
 ROOT_CMD = typer.main.get_command(app)
-KIND_OF_TYPE = {
-    "str": "str",
-    "int": "int",
-    "int range": "int",
-    "float": "float",
-    "float range": "float",
-}
-TYPER_ONLY_GLOBALS = {"--version", "--help", "-h"}  # these always go to the Typer app
+HOT = [cmd.name for cmd in spec.HOT_COMMANDS]
+ALL_NAMES = [*HOT, *spec.ALIASES]
+KIND_OF_TYPE = {"str": "str", "int": "int", "float": "float"}
 
 
 def _kind(param: click.Parameter) -> str:
@@ -37,103 +39,126 @@ def _kind(param: click.Parameter) -> str:
     return KIND_OF_TYPE.get(param.type.name, param.type.name)
 
 
-def _typer_options(cmd: click.Command) -> dict[str, tuple[str, str]]:
-    out = {}
-    for param in cmd.params:
-        if param.param_type_name == "option":
-            for opt in param.opts:
-                out[opt] = (param.name, _kind(param))
-    return out
+def _complete(param: click.Parameter, incomplete: str = "") -> list[str]:
+    ctx = ROOT_CMD.make_context("ringrift-coord", [], resilient_parsing=True)
+    return [item.value for item in param.shell_complete(ctx, incomplete)]
 
 
-def _typer_arguments(cmd: click.Command) -> list[tuple[str, int]]:
-    return [(p.name, p.nargs) for p in cmd.params if p.param_type_name == "argument"]
+def _expected_completion(hint: Any) -> list[str]:
+    if hint is None:
+        return []
+    return list(TASK_TYPE_NAMES) if hint == spec.TASK_TYPES else list(hint)
+
+
+def _click_options(cmd: click.Command) -> dict[str, click.Parameter]:
+    return {
+        opt: p
+        for p in cmd.params
+        if p.param_type_name == "option"
+        for opt in p.opts
+        if opt not in spec.HELP_OPTIONS
+    }
+
+
+# --------------------------------------------------------------------------- construction
 
 
 def test_hot_commands_are_typer_commands() -> None:
-    assert set(HOT) == set(entry.HOT_COMMANDS)
-    assert set(HOT) <= set(ROOT_CMD.commands)
+    assert set(ALL_NAMES) <= set(ROOT_CMD.commands)
+    assert spec.ALIASES == {"spawn-check": "can-spawn"}
+    for alias, name in spec.ALIASES.items():
+        command = ROOT_CMD.commands[alias]
+        assert command.hidden and "alias" in (command.help or "").lower()
+        assert spec.hot_command(alias) is spec.hot_command(name)
+
+
+@pytest.mark.parametrize("name", ALL_NAMES)
+def test_same_options_both_ways(name: str) -> None:
+    declared = spec.hot_command(name)
+    assert declared is not None
+    click_opts = _click_options(ROOT_CMD.commands[name])
+    assert set(click_opts) == {opt.name for opt in declared.options}
+    for opt in declared.options:
+        param = click_opts[opt.name]
+        assert (param.name, _kind(param), param.help) == (opt.dest, opt.kind, opt.help)
+        if opt.kind != "flag":
+            assert param.metavar == opt.metavar
+        assert sorted(_complete(param)) == sorted(_expected_completion(opt.complete))
+
+
+@pytest.mark.parametrize("name", ALL_NAMES)
+def test_same_arguments_both_ways(name: str) -> None:
+    declared = spec.hot_command(name)
+    assert declared is not None
+    params = [p for p in ROOT_CMD.commands[name].params if p.param_type_name == "argument"]
+    expected = [(a.dest, 1, a.metavar, a.help) for a in declared.args]
+    if declared.rest is not None:
+        r = declared.rest
+        expected.append((r.dest, -1, r.metavar, r.help))
+    assert [(p.name, p.nargs, p.metavar, getattr(p, "help", None)) for p in params] == expected
+    for param, arg in zip(params, declared.args, strict=False):
+        assert _complete(param) == _expected_completion(arg.complete)
 
 
 @pytest.mark.parametrize("name", HOT)
-def test_same_options(name: str) -> None:
-    fast = entry.HOT_COMMANDS[name]["options"]
-    typer_opts = {
-        k: v
-        for k, v in _typer_options(ROOT_CMD.commands[name]).items()
-        if k not in ("--help", "-h")
-    }
-    assert typer_opts == fast, f"{name}: Typer {typer_opts} != fast parser {fast}"
+def test_same_help(name: str) -> None:
+    declared = spec.hot_command(name)
+    assert declared is not None and ROOT_CMD.commands[name].help == declared.help
 
 
-@pytest.mark.parametrize("name", HOT)
-def test_same_arguments(name: str) -> None:
-    spec = entry.HOT_COMMANDS[name]
-    expected = [(arg, 1) for arg in spec["args"]]
-    if spec.get("rest"):
-        expected.append((spec["rest"], -1))
-    assert _typer_arguments(ROOT_CMD.commands[name]) == expected
+def test_same_global_options_both_ways() -> None:
+    click_opts = _click_options(ROOT_CMD)
+    assert set(click_opts) == set(spec.GLOBAL_BY_NAME)
+    for opt in spec.GLOBAL_OPTIONS:
+        param = click_opts[opt.name]
+        assert (param.name, _kind(param), param.help) == (opt.dest, opt.kind, opt.help)
+        assert getattr(param, "is_eager", False) == opt.eager
 
 
-def test_same_global_options() -> None:
-    typer_globals = {opt: kind for opt, (_dest, kind) in _typer_options(ROOT_CMD).items()}
-    fast = {opt: kind for opt, (_dest, kind) in entry.GLOBAL_OPTIONS.items()}
-    assert {k: v for k, v in typer_globals.items() if k not in TYPER_ONLY_GLOBALS} == fast
+def test_completion_words_are_the_cores() -> None:
+    assert spec.RELEASE_STATUSES == RELEASE_STATUSES
 
 
-def test_spawn_check_is_an_alias_of_can_spawn() -> None:
-    assert entry.ALIASES == {"spawn-check": "can-spawn"}
-    alias, original = ROOT_CMD.commands["spawn-check"], ROOT_CMD.commands["can-spawn"]
-    assert alias.hidden and "alias" in (alias.help or "").lower()
-    assert _typer_options(alias) == _typer_options(original)
-    assert _typer_arguments(alias) == _typer_arguments(original)
-    assert entry._parse_hot(["spawn-check", "selfplay", "--node", "n1"]) == entry._parse_hot(
-        ["can-spawn", "selfplay", "--node", "n1"]
-    )
+def test_spec_imports_nothing() -> None:
+    import ast
+    from pathlib import Path
 
-
-def test_spawn_check_answers_like_can_spawn(coord) -> None:
-    a = coord("can-spawn", "selfplay", "--node", "n1", "--json")
-    b = coord("spawn-check", "selfplay", "--node", "n1", "--json")
-    assert (a.returncode, b.returncode) == (0, 0), (a.stderr, b.stderr)
-    assert '"allowed": true' in a.stdout and '"allowed": true' in b.stdout
+    tree = ast.parse(Path(spec.__file__).read_text())
+    imports = [n for n in ast.walk(tree) if isinstance(n, ast.Import | ast.ImportFrom)]
+    assert [getattr(n, "module", None) for n in imports] == ["__future__"]
 
 
 # --------------------------------------------------------------------------- same parse
 
 
 def typer_parse(argv: list[str]) -> tuple[str, dict[str, Any], dict[str, Any]]:
-    """What the Typer app would call the command with (after ``entry._globals_first``)."""
-    argv = entry._globals_first(list(argv))
+    """What the Typer app calls the command with (argv after ``parser.globals_first``)."""
+    argv = parser.globals_first(list(argv))
     ctx = ROOT_CMD.make_context("ringrift-coord", argv)
     rest = [*(getattr(ctx, "_protected_args", None) or []), *ctx.args]
+    if not rest:
+        raise click_exceptions.UsageError("Missing command.")
     name, cmd, args = ROOT_CMD.resolve_command(ctx, rest)
     assert name is not None and cmd is not None
     sub = cmd.make_context(name, args, parent=ctx)
+    assert sub.args == [], sub.args
     params = dict(sub.params)
-    if "command" in params:  # run: the wrapped command is the argument plus extra args
-        params["command"] = list(params["command"] or []) + list(sub.args)
-    name = entry.ALIASES.get(name, name)
-    typer_dest = {p.opts[0]: p.name for p in ROOT_CMD.params}
-    values = {}
-    for opt, (dest, kind) in entry.GLOBAL_OPTIONS.items():
-        value = ctx.params[typer_dest[opt]]
-        values[dest] = list(value or []) if kind == "append" else value
-    return name, values, params
+    declared = spec.hot_command(name)
+    assert declared is not None
+    values = {
+        opt.dest: (
+            list(ctx.params[opt.dest] or []) if opt.kind == "append" else ctx.params[opt.dest]
+        )
+        for opt in spec.GLOBAL_OPTIONS
+        if not opt.eager
+    }
+    return declared.name, values, params
 
 
 def fast_parse(argv: list[str]) -> tuple[str, dict[str, Any], dict[str, Any]]:
-    parsed = entry._parse_hot(list(argv))
-    assert parsed is not None, argv
-    name, values, params = parsed
-    full = {
-        dest: (False if kind == "flag" else None) for dest, kind in entry.GLOBAL_OPTIONS.values()
-    }
-    full.update(values)
-    for dest, kind in entry.GLOBAL_OPTIONS.values():
-        if kind == "append":
-            full[dest] = list(full[dest] or [])
-    return name, full, params
+    parsed = parser.parse(list(argv))
+    assert parsed is not None and parsed.command is not None and not parsed.help, argv
+    return parsed.command.name, parsed.globals, parsed.params
 
 
 SAME_PARSE = [
@@ -141,43 +166,29 @@ SAME_PARSE = [
     ["can-spawn", "selfplay", "--node", "n1"],
     ["spawn-check", "training", "--node=n2", "--json"],
     ["--json", "--db", "/tmp/x.db", "can-spawn", "selfplay"],
-    [
-        "--set",
-        "task_limits.selfplay.per_node=8",
-        "can-spawn",
-        "selfplay",
-        "--set=store.busy_timeout=2",
-    ],
+    ["--set", "a.b=1", "can-spawn", "selfplay", "--set=store.busy_timeout=2"],
     ["can-spawn", "selfplay", "--state-dir", "/tmp/s", "--config", "/tmp/c.yaml"],
-    [
-        "register",
-        "training",
-        "--node",
-        "n1",
-        "--pid",
-        "123",
-        "--task-id",
-        "t-1",
-        "--config-name",
-        "square8_2p",
-    ],
-    ["register", "--node", "n1", "selfplay", "--json"],
+    ["can-spawn", "selfplay", "--node", "--json"],  # a node called --json
+    ["can-spawn", "--", "selfplay"],
+    ["register", "training", "--node", "n1", "--pid", "123", "--task-id", "t-1"],
+    ["register", "--node", "n1", "selfplay", "--json", "--config-name", "square8_2p"],
     ["unregister", "t-1"],
-    [
-        "unregister",
-        "t-1",
-        "--exit-code",
-        "-9",
-        "--status",
-        "oom",
-        "--token",
-        "7",
-        "--reason",
-        "OOM killer",
-    ],
+    ["unregister", "t-1", "--exit-code", "-9", "--status", "oom", "--token", "7"],
+    ["unregister", "--reason", "OOM killer", "t-1", "--exit-code=0"],
     ["run", "selfplay", "echo", "hi"],
     ["run", "--node", "n1", "--wait", "--timeout", "2.5", "selfplay", "sh", "-c", "exit 3"],
     ["run", "--config-name", "square8_2p", "selfplay", "python", "x.py", "--node", "7"],
+    # the contract's own form, and the wrapped command's words (defect 3)
+    ["run", "selfplay", "--", "python", "-c", "pass"],
+    ["run", "selfplay", "--node", "n1", "--", "true"],
+    ["run", "selfplay", "--node", "n1", "--wait", "--timeout", "5", "--", "true"],
+    ["run", "--node", "n1", "selfplay", "--", "sh", "-c", "exit 3"],
+    ["run", "selfplay", "echo", "a", "--json", "-h"],
+    ["run", "selfplay", "--node", "n1", "echo", "a", "-h"],
+    ["run", "selfplay", "--json", "echo", "--", "--node"],
+    ["run", "selfplay", "--node", "--", "echo"],  # a node called --
+    ["run", "selfplay"],
+    ["run", "selfplay", "--"],
 ]
 
 
@@ -186,22 +197,121 @@ def test_same_parse(argv: list[str]) -> None:
     assert typer_parse(argv) == fast_parse(argv)
 
 
-# The contract's own form, `run TYPE [OPTIONS] -- CMD`, is read differently by the Typer
-# `run` (allow_interspersed_args=False): after TYPE it takes everything, options and the
-# `--` included, as CMD. Only --help and completion reach the Typer path today.
-RUN_CONTRACT_FORM = [
-    ["run", "selfplay", "--", "python", "-c", "pass"],
-    ["run", "selfplay", "--node", "n1", "--", "true"],
-    ["run", "selfplay", "--node", "n1", "--wait", "--timeout", "5", "--", "true"],
-    ["run", "--node", "n1", "selfplay", "--", "sh", "-c", "exit 3"],
+def test_the_wrapped_command_is_the_jobs() -> None:
+    _, values, params = fast_parse(["run", "selfplay", "echo", "a", "--json", "-h"])
+    assert params["command"] == ["echo", "a", "--json", "-h"] and values["json"] is False
+    _, _, params = fast_parse(["run", "selfplay", "--node", "n1", "echo", "a", "-h"])
+    assert (params["node"], params["command"]) == ("n1", ["echo", "a", "-h"])
+
+
+HELP = [
+    ["can-spawn", "--help"],
+    ["run", "-h"],
+    ["run", "selfplay", "--node", "n1", "-h", "echo"],
+    ["register", "--json", "-h"],
 ]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known: the Typer `run` keeps `--` and options after TYPE in CMD; the fast "
-    "parser (every real launch) reads them as SPEC §2 says",
+@pytest.mark.parametrize("argv", HELP, ids=" ".join)
+def test_same_help_requests(argv: list[str]) -> None:
+    parsed = parser.parse(argv)
+    assert parsed is not None and parsed.help
+    with pytest.raises(typer.Exit):  # Click prints the help and exits 0
+        ctx = ROOT_CMD.make_context("ringrift-coord", parser.globals_first(argv))
+        rest = [*(getattr(ctx, "_protected_args", None) or []), *ctx.args]
+        name, cmd, args = ROOT_CMD.resolve_command(ctx, rest)
+        assert cmd is not None
+        cmd.make_context(name or "", args, parent=ctx)
+
+
+# --------------------------------------------------------------------------- same refusals
+
+BAD = [
+    ["can-spawn"],
+    ["can-spawn", "selfplay", "training"],
+    ["can-spawn", "selfplay", "--bogus"],
+    ["can-spawn", "selfplay", "-x"],
+    ["can-spawn", "selfplay", "--node"],
+    ["can-spawn", "selfplay", "--json=yes"],
+    ["can-spawn", "selfplay", "--node", "a\nb"],
+    ["can-spawn", "selfplay", "--node", "n\udcff"],
+    ["can-spawn", "n\udcff"],
+    ["register", "selfplay", "--pid", "abc"],
+    ["register", "selfplay", "--pid", "99999999999999999999"],
+    ["register", "selfplay", "--pid", "--"],
+    ["unregister"],
+    ["unregister", "x", "--token", "1.5"],
+    ["unregister", "x\x1b"],
+    ["run", "--", "true"],
+    ["run", "selfplay", "--timeout", "nan", "--", "true"],
+    ["run", "selfplay", "--timeout", "soon", "true"],
+    ["run", "selfplay", "--bogus", "true"],
+    ["run", "selfplay", "--set", "x=\x7f", "true"],
+]
+
+
+def typer_refuses(argv: list[str]) -> bool:
+    try:
+        typer_parse(argv)
+    except (click_exceptions.UsageError, UsageError):
+        return True
+    return False
+
+
+@pytest.mark.parametrize("argv", BAD, ids=repr)
+def test_same_refusals(argv: list[str]) -> None:
+    with pytest.raises(UsageError):
+        parser.parse(argv)
+    assert typer_refuses(argv)
+
+
+# --------------------------------------------------------------------------- random argv
+
+WORDS = [
+    *ALL_NAMES,
+    *(opt.name for opt in spec.GLOBAL_OPTIONS if not opt.eager),
+    *{opt.name for cmd in spec.HOT_COMMANDS for opt in cmd.options},
+    "--node=n1",
+    "--set=a=1",
+    "--",
+    "-h",
+    "--bogus",
+    "-x",
+    "-",
+    "selfplay",
+    "training",
+    "echo",
+    "7",
+    "-9",
+    "2.5",
+    "nan",
+    "abc",
+    "",
+    "a\nb",
+]
+
+
+@settings(max_examples=400, deadline=None, derandomize=True)
+@given(
+    st.sampled_from(ALL_NAMES),
+    st.lists(st.sampled_from(WORDS), max_size=7),
+    st.lists(st.sampled_from(WORDS), max_size=2),
 )
-@pytest.mark.parametrize("argv", RUN_CONTRACT_FORM, ids=" ".join)
-def test_same_parse_run_contract_form(argv: list[str]) -> None:
-    assert typer_parse(argv) == fast_parse(argv)
+def test_random_argv_same_parse(name: str, tail: list[str], head: list[str]) -> None:
+    """Any argv from the spec's vocabulary: both accept it alike, or both refuse it."""
+    argv = [*head, name, *tail]
+    try:
+        fast = parser.parse(argv)
+    except UsageError:
+        assert typer_refuses(argv), argv
+        return
+    if fast is None or fast.help or fast.version or fast.command is None:
+        return  # not a hot command, help or version: the Typer app's own business
+    assert typer_parse(argv) == fast_parse(argv), argv
+
+
+def test_spawn_check_answers_like_can_spawn(coord) -> None:
+    a = coord("can-spawn", "selfplay", "--node", "n1", "--json")
+    b = coord("spawn-check", "selfplay", "--node", "n1", "--json")
+    assert (a.returncode, b.returncode) == (0, 0), (a.stderr, b.stderr)
+    assert '"allowed": true' in a.stdout and '"allowed": true' in b.stdout

@@ -6,7 +6,7 @@ Every racer is a real ``ringrift-coord register`` process. Two ways of starting 
   on a small machine their start-ups overlap, so their transactions collide.
 * ``barrier``: each racer is a real interpreter that imports the CLI's modules, says it is
   ready, then blocks opening a FIFO; once all are ready the test opens the FIFO and they all
-  call the CLI entry point (``ringrift_coord.entry.run_cli``, what ``python -m
+  call the CLI entry point (``ringrift_coord.cli.main.run_cli``, what ``python -m
   ringrift_coord`` runs) within a few milliseconds of each other: the tightest race a
   machine can produce, on a fresh state directory (so the database is created in the race
   too).
@@ -38,7 +38,7 @@ import os, sys
 fifo, ready = sys.argv[1], sys.argv[2]
 # Import what the hot path imports, so the race is between transactions, not start-ups.
 import sqlite3
-import ringrift_coord.entry as entry
+import ringrift_coord.cli.main as entry
 import ringrift_coord.cli.hot, ringrift_coord.context, ringrift_coord.task_coordinator
 import ringrift_coord.admission, ringrift_coord.store.sqlite
 fd = os.open(ready, os.O_WRONLY | os.O_APPEND)

@@ -445,7 +445,7 @@ RACER = """
 import os, sys
 fifo, ready = sys.argv[1], sys.argv[2]
 import sqlite3
-import ringrift_coord.entry as entry
+import ringrift_coord.cli.main as entry
 import ringrift_coord.cli.hot, ringrift_coord.context, ringrift_coord.store.sqlite
 fd = os.open(ready, os.O_WRONLY | os.O_APPEND)
 os.write(fd, b"r")

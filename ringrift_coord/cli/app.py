@@ -1,25 +1,24 @@
 """The Typer app: every command's parsing, help and completion.
 
 Each command parses, calls one core function, renders (``views``) and exits with the
-contract's code. Core errors propagate to the one boundary in ``ringrift_coord.entry``.
-The hot commands share their implementation with the fast parser (``cli/hot.py``).
+contract's code. Core errors propagate to the one boundary in ``cli/main.py``, which also
+runs this app (``run_typer``). The global options and the hot commands are generated from
+``cli/spec.py`` (``cli/build.py``), the declaration the fast parser reads too.
 """
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 from datetime import UTC
 from typing import Annotated, Any
 
 import typer
-from typer import _click as click
 
-from ringrift_coord import __version__
-from ringrift_coord.cli import hot, views
+from ringrift_coord.cli import build, views
 from ringrift_coord.cli.hot import Globals, emit_json
-from ringrift_coord.errors import CoordError, ExitCode, UsageError
+from ringrift_coord.cli.spec import HELP_OPTIONS
+from ringrift_coord.errors import ExitCode, UsageError
 from ringrift_coord.tasktypes import TASK_TYPE_NAMES
 
 app = typer.Typer(
@@ -28,7 +27,8 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
-    context_settings={"help_option_names": ["--help", "-h"]},
+    context_settings={"help_option_names": list(HELP_OPTIONS)},
+    cls=build.Group,  # every command's text values pass parser.check_text
 )
 tasks_app = typer.Typer(help="Running tasks: list them, reap dead holders, show history.")
 config_app = typer.Typer(help="Effective configuration and validation.", no_args_is_help=True)
@@ -40,15 +40,6 @@ def _complete_types(incomplete: str) -> list[str]:
     return [t for t in TASK_TYPE_NAMES if t.startswith(incomplete)]
 
 
-TypeArg = Annotated[
-    str,
-    typer.Argument(
-        metavar="TYPE", help="Task type, e.g. selfplay or training.", autocompletion=_complete_types
-    ),
-]
-NodeOpt = Annotated[
-    str | None, typer.Option("--node", help="Node id (default: $RINGRIFT_NODE_ID, else host name).")
-]
 TypeOpt = Annotated[
     str | None, typer.Option("--type", help="Task type.", autocompletion=_complete_types)
 ]
@@ -75,146 +66,7 @@ def _ttl_ok(ttl: float | None) -> None:
         raise UsageError(f"--ttl {ttl:g}: at most 1e9 seconds (about 31 years)")
 
 
-@app.callback()
-def _main(
-    ctx: typer.Context,
-    db: Annotated[
-        str | None,
-        typer.Option(
-            "--db",
-            help="Store: a path or sqlite:///path, or postgresql://host/db "
-            "(env RINGRIFT_COORD_DB; default: tasks.db in the state directory).",
-        ),
-    ] = None,
-    state_dir: Annotated[
-        str | None,
-        typer.Option(
-            "--state-dir",
-            help="State directory (env RINGRIFT_COORDINATOR_DIR; default: "
-            "$XDG_STATE_HOME/ringrift-coord).",
-        ),
-    ] = None,
-    config: Annotated[
-        str | None, typer.Option("--config", help="YAML config file (env RINGRIFT_COORD_CONFIG).")
-    ] = None,
-    overrides: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--set",
-            metavar="KEY=VALUE",
-            help="Override one setting, e.g. --set "
-            "task_limits.selfplay.per_node=8 (repeatable; above env and config file).",
-        ),
-    ] = None,
-    json_out: Annotated[
-        bool, typer.Option("--json", help="Machine output: one JSON document on stdout.")
-    ] = False,
-    version: Annotated[bool, typer.Option("--version", help="Print the version.")] = False,
-) -> None:
-    if version:
-        sys.stdout.write(f"ringrift-coord {__version__}\n")
-        raise typer.Exit(0)
-    ctx.obj = Globals(db=db, state_dir=state_dir, config=config, json=json_out, overrides=overrides)
-
-
-# --------------------------------------------------------------------------- hot commands
-
-
-@app.command("can-spawn")
-def can_spawn(ctx: typer.Context, task_type: TypeArg, node: NodeOpt = None) -> None:
-    """The whole admission decision, without taking a slot: exit 0 allowed, 1 denied."""
-    _done(hot.can_spawn(_g(ctx), task_type, node))
-
-
-@app.command("spawn-check", hidden=True)
-def spawn_check(ctx: typer.Context, task_type: TypeArg, node: NodeOpt = None) -> None:
-    """Alias of can-spawn."""
-    _done(hot.can_spawn(_g(ctx), task_type, node))
-
-
-@app.command()
-def register(
-    ctx: typer.Context,
-    task_type: TypeArg,
-    node: NodeOpt = None,
-    pid: Annotated[
-        int | None,
-        typer.Option("--pid", help="Holder process (default: the calling shell, $PPID)."),
-    ] = None,
-    task_id: Annotated[str | None, typer.Option("--task-id", help="Task id to use.")] = None,
-    config_name: Annotated[
-        str | None, typer.Option("--config-name", help="Board config, e.g. square8_2p.")
-    ] = None,
-) -> None:
-    """Check and register in one atomic step; prints the task id."""
-    _done(hot.register(_g(ctx), task_type, node, pid, task_id, config_name))
-
-
-@app.command()
-def unregister(
-    ctx: typer.Context,
-    task_id: Annotated[str, typer.Argument(metavar="ID", help="Task id from register.")],
-    exit_code: Annotated[
-        int | None, typer.Option("--exit-code", help="The job's exit code.")
-    ] = None,
-    status: Annotated[
-        str | None,
-        typer.Option(
-            "--status", help="ok, failed, oom, killed or stopped (default from --exit-code)."
-        ),
-    ] = None,
-    token: Annotated[
-        int | None,
-        typer.Option(
-            "--token", help="Fencing token (default $RINGRIFT_LEASE_TOKEN for this task)."
-        ),
-    ] = None,
-    reason: Annotated[str | None, typer.Option("--reason", help="Why it ended.")] = None,
-) -> None:
-    """Release a slot; records the duration and the exit status."""
-    _done(hot.unregister(_g(ctx), task_id, exit_code, status, token, reason))
-
-
-@app.command(
-    context_settings={
-        "allow_extra_args": True,
-        "ignore_unknown_options": True,
-        "allow_interspersed_args": False,
-    }
-)
-def run(
-    ctx: typer.Context,
-    task_type: TypeArg,
-    command: Annotated[
-        list[str] | None,
-        typer.Argument(metavar="-- CMD...", help="The command to run while the slot is held."),
-    ] = None,
-    node: NodeOpt = None,
-    config_name: Annotated[
-        str | None, typer.Option("--config-name", help="Board config, e.g. square8_2p.")
-    ] = None,
-    wait: Annotated[bool, typer.Option("--wait", help="Wait in a fair queue for a slot.")] = False,
-    timeout: Annotated[
-        float | None,
-        typer.Option("--timeout", help="With --wait: give up after S seconds (exit 75)."),
-    ] = None,
-) -> None:
-    """Run CMD holding a slot: register, heartbeat, forward signals, release on any exit.
-
-    Exits with CMD's exit code (128+N if it died of signal N, 126/127 if it could not run),
-    or 75 when no slot was granted.
-    """
-    _done(
-        hot.run(
-            _g(ctx),
-            task_type,
-            node,
-            config_name,
-            wait,
-            timeout,
-            list(command or []) + list(ctx.args),
-        )
-    )
+build.install(app)  # the global options and the hot commands, from cli/spec.py
 
 
 # --------------------------------------------------------------------------- tasks
@@ -564,34 +416,3 @@ breakers_cmd.register(app)
 from ringrift_coord.cli import resources_cmd  # noqa: E402  (report, resources)
 
 resources_cmd.register(app)
-
-
-# --------------------------------------------------------------------------- entry
-
-
-def run_app(argv: list[str]) -> int:
-    """Run the app without Click's own error printing; the boundary prints one line."""
-    command = typer.main.get_command(app)
-    if os.environ.get("_RINGRIFT_COORD_COMPLETE"):  # Tab completion (see completions/)
-        from typer.completion import completion_init
-
-        completion_init()  # registers Typer's bash/zsh/fish classes (add_completion=False)
-    try:
-        result = command.main(args=argv, prog_name="ringrift-coord", standalone_mode=False)
-    except click.exceptions.NoArgsIsHelpError as exc:  # the help is already on stdout
-        path = exc.ctx.command_path if exc.ctx is not None else "ringrift-coord"
-        raise _ClickUsage(f"missing command (see {path} --help)") from None
-    except click.exceptions.UsageError as exc:
-        hint = ""
-        if exc.ctx is not None:
-            hint = f" (see {exc.ctx.command_path} --help)"
-        raise _ClickUsage(f"{exc.format_message()}{hint}") from None
-    except click.exceptions.ClickException as exc:
-        raise _ClickUsage(exc.format_message()) from None
-    except typer.Abort:
-        raise KeyboardInterrupt from None
-    return int(result or 0) if isinstance(result, int) else 0
-
-
-class _ClickUsage(CoordError):
-    exit_code = ExitCode.USAGE

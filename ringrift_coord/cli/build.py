@@ -1,0 +1,208 @@
+"""The Typer side of ``cli/spec.py``: the global options and the hot commands, generated.
+
+``install(app)`` gives the Typer app its global callback and one command per hot command
+(and a hidden one per alias), each a generated function whose signature Typer reads
+(``Annotated[..., typer.Option(...)]`` from the spec's names, kinds, metavars, help and
+completion hints). Their values go through the fast parser's own rules (``parser.convert``),
+and ``run`` splits off the command it wraps with ``parser.split_rest``, so the two parsers
+read argv alike by construction. ``Group`` applies ``parser.check_text`` to the text
+options and arguments of every other command too.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from typing import Annotated, Any
+
+import typer
+from typer._click import core as click
+from typer._click import types as click_types
+from typer.core import TyperCommand, TyperGroup
+
+from ringrift_coord.cli import parser, spec
+from ringrift_coord.cli.hot import Globals
+from ringrift_coord.tasktypes import TASK_TYPE_NAMES
+
+# --------------------------------------------------------------------------- value types
+
+
+def _label(param: click.Parameter | None) -> str:
+    if param is not None and param.param_type_name == "option":
+        return "option " + next((o for o in param.opts if o.startswith("--")), param.opts[0])
+    if param is not None:
+        return f"argument {param.human_readable_name}"
+    return "value"
+
+
+class SpecType(click_types.ParamType):
+    """A value of one spec kind (str, int, float, append), read by ``parser.convert``."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self.name = "str" if kind == "append" else kind  # shown as <str> in the help
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if not isinstance(value, str):  # a default, or already converted
+            return value
+        return parser.convert(_label(param), value, self.kind)
+
+
+TEXT = SpecType("str")
+
+
+class Group(TyperGroup):
+    """The root group: every plain text parameter of every command gets ``TEXT``."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        _check_text_everywhere(self)
+
+
+def _check_text_everywhere(command: click.Command) -> None:
+    for param in command.params:
+        if type(param.type) is click_types.StringParamType:  # click.STRING, Typer's str
+            param.type = TEXT
+    for sub in getattr(command, "commands", {}).values():
+        _check_text_everywhere(sub)
+
+
+class RestCommand(TyperCommand):
+    """A command that wraps another (``run``): Click reads only the words before it."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        command = spec.hot_command(self.name or "")
+        assert command is not None and command.rest is not None
+        head, rest = parser.split_rest(command, args)
+        remaining = super().parse_args(ctx, head)
+        ctx.params[command.rest.dest] = rest
+        return remaining
+
+
+# --------------------------------------------------------------------------- completion
+
+
+def complete_task_types(incomplete: str) -> list[str]:
+    return [t for t in TASK_TYPE_NAMES if t.startswith(incomplete)]
+
+
+def _completer(hint: str | tuple[str, ...] | None) -> Callable[[str], list[str]] | None:
+    if hint is None:
+        return None
+    if hint == spec.TASK_TYPES:
+        return complete_task_types
+    if isinstance(hint, tuple):
+        words = hint
+        return lambda incomplete: [w for w in words if w.startswith(incomplete)]
+    raise ValueError(f"unknown completion hint {hint!r}")
+
+
+# --------------------------------------------------------------------------- parameters
+
+_PY_TYPE: dict[str, Any] = {
+    "str": str | None,
+    "int": int | None,
+    "float": float | None,
+    "flag": bool,
+    "append": list[str] | None,
+}
+
+
+def _option(opt: spec.Option, **extra: Any) -> inspect.Parameter:
+    info: dict[str, Any] = {"help": opt.help, **extra}
+    if opt.kind != "flag":
+        info["click_type"] = SpecType(opt.kind)
+        info["metavar"] = opt.metavar
+    completer = _completer(opt.complete)
+    if completer is not None:
+        info["autocompletion"] = completer
+    return inspect.Parameter(
+        opt.dest,
+        inspect.Parameter.KEYWORD_ONLY,
+        default=False if opt.kind == "flag" else None,
+        annotation=Annotated[_PY_TYPE[opt.kind], typer.Option(opt.name, **info)],
+    )
+
+
+def _argument(arg: spec.Argument) -> inspect.Parameter:
+    info: dict[str, Any] = {"metavar": arg.metavar, "help": arg.help, "click_type": TEXT}
+    completer = _completer(arg.complete)
+    if completer is not None:
+        info["autocompletion"] = completer
+    return inspect.Parameter(
+        arg.dest,
+        inspect.Parameter.POSITIONAL_OR_KEYWORD,
+        annotation=Annotated[str, typer.Argument(**info)],
+    )
+
+
+def _rest(arg: spec.Argument) -> inspect.Parameter:
+    return inspect.Parameter(
+        arg.dest,
+        inspect.Parameter.POSITIONAL_OR_KEYWORD,
+        default=None,
+        annotation=Annotated[list[str] | None, typer.Argument(metavar=arg.metavar, help=arg.help)],
+    )
+
+
+def _signed(func: Callable[..., Any], params: list[inspect.Parameter]) -> Callable[..., Any]:
+    """``func`` with the signature Typer reads (``inspect.signature``, ``get_type_hints``)."""
+    ctx = inspect.Parameter(
+        "ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=typer.Context
+    )
+    signature = inspect.Signature([ctx, *params])
+    func.__signature__ = signature  # type: ignore[attr-defined]
+    func.__annotations__ = {p.name: p.annotation for p in signature.parameters.values()}
+    return func
+
+
+def globals_of(ctx: typer.Context) -> Globals:
+    """The global options, from the root context (defaults when called without it)."""
+    obj = ctx.find_root().obj
+    return obj if isinstance(obj, Globals) else Globals()
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from ringrift_coord import __version__
+
+        typer.echo(f"{spec.PROG} {__version__}")
+        raise typer.Exit(0)
+
+
+def _global_callback() -> Callable[..., None]:
+    def callback(ctx: typer.Context, **values: Any) -> None:
+        ctx.obj = Globals(**{k: v for k, v in values.items() if k != "version"})
+
+    params = [
+        _option(opt, is_eager=True, callback=_print_version) if opt.eager else _option(opt)
+        for opt in spec.GLOBAL_OPTIONS
+    ]
+    return _signed(callback, params)
+
+
+def _command_callback(command: spec.Command) -> Callable[..., None]:
+    def callback(ctx: typer.Context, **params: Any) -> None:
+        from ringrift_coord.cli import hot
+
+        handler = getattr(hot, command.handler)
+        raise typer.Exit(int(handler(globals_of(ctx), **params)))
+
+    params = [_argument(arg) for arg in command.args]
+    if command.rest is not None:
+        params.append(_rest(command.rest))
+    params.extend(_option(opt) for opt in command.options)
+    callback.__name__ = command.handler
+    return _signed(callback, params)
+
+
+def install(app: typer.Typer) -> None:
+    """Give ``app`` the global options and every hot command (with its aliases)."""
+    app.callback()(_global_callback())
+    for command in spec.HOT_COMMANDS:
+        cls = RestCommand if command.rest is not None else TyperCommand
+        app.command(command.name, help=command.help, cls=cls)(_command_callback(command))
+        for alias in command.aliases:
+            app.command(alias, help=f"Alias of {command.name}.", hidden=True, cls=cls)(
+                _command_callback(command)
+            )

@@ -1,0 +1,205 @@
+"""The ``ringrift-coord`` entry point and the one error boundary.
+
+A lazy dispatcher: the hot commands (``can-spawn``, ``register``, ``unregister``, ``run``;
+every launch script starts a fresh interpreter for them) are read by the fast parser
+(``cli/parser.py``) and run by ``cli/hot.py`` without importing Typer or Rich. Everything
+else, the hot commands' ``--help`` and shell completion go to the Typer app (``cli/app.py``).
+Both are built from one declaration, ``cli/spec.py``. ``--version`` is answered here.
+
+Errors of the core (``CoordError``) become one line on stderr (and, with ``--json``, one
+JSON document on stdout) and the contract's exit code here, and nowhere else. A bug is
+``internal error: ...``, exit 70. A stdout that is closed, or a pipe whose reader has gone
+(``ringrift-coord status | head -1``), is quiet: what could not be written is dropped and
+the command exits with the code it would have returned (``register`` alone cares: an id it
+cannot deliver is not kept, see ``cli/hot.py``).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from ringrift_coord.cli import parser
+from ringrift_coord.cli.spec import COMPLETE_VAR, PROG
+from ringrift_coord.errors import CoordError, ExitCode, UsageError
+
+TYPE_CHECKING = False  # typing costs start-up time on the hot path; annotations are lazy
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from typing import Any
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    lost = _open_std_fds()
+    sys.stdout = _Stdout(sys.stdout, lost)
+    code = run_cli(list(sys.argv[1:] if argv is None else argv))
+    try:
+        sys.stdout.flush()
+    finally:
+        sys.exit(code)
+
+
+def run_cli(argv: list[str]) -> int:
+    """Run one command line; the exit code. Never raises (but SystemExit)."""
+    json_mode = "--json" in parser.options_part(argv)
+    try:
+        if os.environ.get(COMPLETE_VAR):
+            return run_typer(argv)  # Tab completion (see completions/)
+        parsed = parser.parse(argv)
+        if parsed is None:
+            return run_typer(parser.globals_first(argv))
+        if parsed.version:
+            from ringrift_coord import __version__
+
+            sys.stdout.write(f"{PROG} {__version__}\n")
+            return ExitCode.OK
+        assert parsed.command is not None
+        if parsed.help:
+            return run_typer([parsed.command.name, "--help"])
+        from ringrift_coord.cli import hot
+
+        handler = getattr(hot, parsed.command.handler)
+        return int(handler(hot.Globals(**parsed.globals), **parsed.params))
+    except CoordError as exc:
+        return _fail(exc.message, int(exc.exit_code), json_mode)
+    except KeyboardInterrupt:
+        return _fail("interrupted", ExitCode.INTERRUPTED, json_mode)
+    except MemoryError:
+        return _fail("out of memory", ExitCode.SOFTWARE, json_mode)
+    except Exception as exc:  # a bug: still one line, never a traceback
+        if os.environ.get("RINGRIFT_COORD_DEBUG"):
+            raise
+        return _fail(
+            f"internal error: {type(exc).__name__}: {exc} (set RINGRIFT_COORD_DEBUG=1 for a "
+            "traceback)",
+            ExitCode.SOFTWARE,
+            json_mode,
+        )
+
+
+def _fail(message: str, code: int, json_mode: bool) -> int:
+    first_line = message.strip().splitlines()[0] if message.strip() else "error"
+    if json_mode:
+        import json
+
+        try:
+            sys.stdout.write(json.dumps({"error": first_line, "exit_code": int(code)}) + "\n")
+            sys.stdout.flush()
+        except (OSError, ValueError, AttributeError):
+            pass
+    try:
+        sys.stderr.write(f"{PROG}: error: {first_line}\n")
+        sys.stderr.flush()
+    except (OSError, ValueError, AttributeError):
+        pass
+    return int(code)
+
+
+# --------------------------------------------------------------------------- stdout
+
+
+def _open_std_fds() -> bool:
+    """Put /dev/null on any of fds 0-2 that is closed; True if stdout (fd 1) was.
+
+    Otherwise the next file opened (the SQLite store) would get that number, and a stray
+    write to stdout or stderr would land in it.
+    """
+    stdout_closed = False
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+            continue
+        except OSError:
+            pass
+        null = os.open(os.devnull, os.O_RDWR)
+        if null != fd:
+            os.dup2(null, fd)
+            os.close(null)
+        if fd == 1:
+            stdout_closed = True
+            sys.stdout = open(1, "w", closefd=False)  # noqa: SIM115 (lives as long as we do)
+        elif fd == 2:
+            sys.stderr = open(2, "w", errors="backslashreplace", closefd=False)  # noqa: SIM115
+    return stdout_closed
+
+
+class _Stdout:
+    """``sys.stdout`` that drops what a closed stdout or a gone reader cannot take.
+
+    After the first failed write or flush, ``lost`` is True, fd 1 is /dev/null (so nothing
+    fails again, not even the interpreter's last flush) and everything is dropped. A broken
+    pipe or a closed descriptor is quiet; any other error (a full disk) says so once on
+    stderr. Either way the exit code stays the command's.
+    """
+
+    def __init__(self, stream: Any, lost: bool = False) -> None:
+        self._stream = stream
+        self.lost = lost
+
+    def write(self, text: str) -> int:
+        if not self.lost:
+            try:
+                return int(self._stream.write(text))
+            except (OSError, ValueError) as exc:
+                self._lose(exc)
+        return len(text)
+
+    def writelines(self, lines: Any) -> None:
+        for line in lines:
+            self.write(line)
+
+    def flush(self) -> None:
+        if not self.lost:
+            try:
+                self._stream.flush()
+            except (OSError, ValueError) as exc:
+                self._lose(exc)
+
+    def _lose(self, exc: Exception) -> None:
+        import errno
+
+        self.lost = True
+        if isinstance(exc, OSError) and exc.errno not in (errno.EPIPE, errno.EBADF):
+            try:
+                sys.stderr.write(f"{PROG}: stdout: {exc.strerror or exc}; output dropped\n")
+            except (OSError, ValueError, AttributeError):
+                pass
+        try:
+            null = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(null, 1)
+            os.close(null)
+        except OSError:
+            pass
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
+# --------------------------------------------------------------------------- Typer
+
+
+def run_typer(argv: list[str]) -> int:
+    """Run the Typer app without Click's own error printing; the boundary prints one line."""
+    import typer
+    from typer import _click as click
+
+    from ringrift_coord.cli.app import app
+
+    command = typer.main.get_command(app)
+    if os.environ.get(COMPLETE_VAR):
+        from typer.completion import completion_init
+
+        completion_init()  # registers Typer's bash/zsh/fish classes (add_completion=False)
+    try:
+        result = command.main(args=argv, prog_name=PROG, standalone_mode=False)
+    except click.exceptions.NoArgsIsHelpError as exc:  # the help is already on stdout
+        path = exc.ctx.command_path if exc.ctx is not None else PROG
+        raise UsageError(f"missing command (see {path} --help)") from None
+    except click.exceptions.UsageError as exc:
+        hint = f" (see {exc.ctx.command_path} --help)" if exc.ctx is not None else ""
+        raise UsageError(f"{exc.format_message()}{hint}") from None
+    except click.exceptions.ClickException as exc:
+        raise UsageError(exc.format_message()) from None
+    except typer.Abort:
+        raise KeyboardInterrupt from None
+    return int(result) if isinstance(result, int) else 0

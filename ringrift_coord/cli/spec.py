@@ -1,0 +1,229 @@
+"""The one declaration of the global options and the hot commands, as plain data.
+
+``can-spawn``, ``register``, ``unregister`` and ``run`` start a fresh interpreter for every
+job a launch script starts, so they are parsed by a small argv parser (``cli/parser.py``)
+that never imports Typer or Rich. The Typer app (``cli/app.py``, through ``cli/build.py``)
+builds the same commands and the global options from this module for ``--help``, shell
+completion and its own parsing. Nothing here is declared twice; ``tests/test_cli_parity.py``
+checks that both sides agree.
+
+This module imports nothing (not even ``typing``): it is read on every launch.
+
+Option kinds: ``str``, ``int`` (64-bit, what the store keeps), ``float`` (not NaN), ``flag``
+(no value) and ``append`` (a ``str`` that may repeat; the values in order). Every text value
+must be valid UTF-8 without control characters (``parser.check_text``), on both paths.
+
+A command's ``rest`` is the command it wraps (``run TYPE [OPTIONS] [--] CMD ...``): it starts
+after ``--``, or at the first word that is neither an option nor an option's value once every
+argument is given. Every word from there on is the job's, whatever it looks like; the
+command's options, the global options and ``--help`` are only recognised before it.
+"""
+
+from __future__ import annotations
+
+PROG = "ringrift-coord"
+COMPLETE_VAR = "_RINGRIFT_COORD_COMPLETE"  # set by the completion scripts in completions/
+HELP_OPTIONS = ("--help", "-h")
+KINDS = ("str", "int", "float", "flag", "append")
+
+# Completion sources by name (the Typer side maps them to functions); a tuple is the words.
+TASK_TYPES = "task_types"
+RELEASE_STATUSES = ("ok", "failed", "oom", "killed", "stopped")
+
+
+class Option:
+    """``--name VALUE`` (or ``--name=VALUE``), stored under ``dest``."""
+
+    __slots__ = ("name", "dest", "kind", "help", "metavar", "complete", "eager")
+
+    def __init__(
+        self,
+        name: str,
+        dest: str,
+        kind: str,
+        help: str,
+        *,
+        metavar: str | None = None,
+        complete: str | tuple[str, ...] | None = None,
+        eager: bool = False,
+    ) -> None:
+        if kind not in KINDS:
+            raise ValueError(f"{name}: unknown kind {kind!r}")
+        self.name, self.dest, self.kind, self.help = name, dest, kind, help
+        self.metavar, self.complete = metavar, complete
+        self.eager = eager  # acted on before arguments are checked (--version)
+
+    @property
+    def takes_value(self) -> bool:
+        return self.kind != "flag"
+
+    def __repr__(self) -> str:
+        return f"Option({self.name!r}, {self.dest!r}, {self.kind!r})"
+
+
+class Argument:
+    """A positional word (always one ``str``), stored under ``dest``."""
+
+    __slots__ = ("dest", "metavar", "help", "complete")
+
+    def __init__(
+        self, dest: str, metavar: str, help: str, *, complete: str | tuple[str, ...] | None = None
+    ) -> None:
+        self.dest, self.metavar, self.help, self.complete = dest, metavar, help, complete
+
+    def __repr__(self) -> str:
+        return f"Argument({self.dest!r}, {self.metavar!r})"
+
+
+class Command:
+    """A hot command: its arguments, options, aliases and (``run``) the command it wraps.
+
+    ``handler`` names the function of ``cli/hot.py`` both parsers call with the global
+    options and ``dest=value`` for every argument and option (and ``rest``).
+    """
+
+    __slots__ = ("name", "help", "args", "options", "aliases", "rest", "handler")
+
+    def __init__(
+        self,
+        name: str,
+        help: str,
+        args: tuple[Argument, ...],
+        options: tuple[Option, ...],
+        *,
+        aliases: tuple[str, ...] = (),
+        rest: Argument | None = None,
+    ) -> None:
+        self.name, self.help, self.args, self.options = name, help, args, options
+        self.aliases, self.rest = aliases, rest
+        self.handler = name.replace("-", "_")
+
+    def option(self, name: str) -> Option | None:
+        """This command's option ``name``, or a global option; None if neither."""
+        for opt in self.options:
+            if opt.name == name:
+                return opt
+        return GLOBAL_BY_NAME.get(name)
+
+    def __repr__(self) -> str:
+        return f"Command({self.name!r})"
+
+
+GLOBAL_OPTIONS: tuple[Option, ...] = (
+    Option(
+        "--db",
+        "db",
+        "str",
+        "Store: a path or sqlite:///path, or postgresql://host/db "
+        "(env RINGRIFT_COORD_DB; default: tasks.db in the state directory).",
+        metavar="URL|PATH",
+    ),
+    Option(
+        "--state-dir",
+        "state_dir",
+        "str",
+        "State directory (env RINGRIFT_COORDINATOR_DIR; default: $XDG_STATE_HOME/ringrift-coord).",
+        metavar="DIR",
+    ),
+    Option(
+        "--config", "config", "str", "YAML config file (env RINGRIFT_COORD_CONFIG).", metavar="FILE"
+    ),
+    Option(
+        "--set",
+        "overrides",
+        "append",
+        "Override one setting, e.g. --set task_limits.selfplay.per_node=8 "
+        "(repeatable; above env and config file).",
+        metavar="KEY=VALUE",
+    ),
+    Option("--json", "json", "flag", "Machine output: one JSON document on stdout."),
+    Option("--version", "version", "flag", "Print the version and exit.", eager=True),
+)
+GLOBAL_BY_NAME = {opt.name: opt for opt in GLOBAL_OPTIONS}
+
+_TYPE = Argument("task_type", "TYPE", "Task type, e.g. selfplay or training.", complete=TASK_TYPES)
+_NODE = Option(
+    "--node", "node", "str", "Node id (default: $RINGRIFT_NODE_ID, else host name).", metavar="N"
+)
+_CONFIG_NAME = Option(
+    "--config-name", "config_name", "str", "Board config, e.g. square8_2p.", metavar="C"
+)
+
+HOT_COMMANDS: tuple[Command, ...] = (
+    Command(
+        "can-spawn",
+        "The whole admission decision, without taking a slot: exit 0 allowed, 1 denied.",
+        (_TYPE,),
+        (_NODE,),
+        aliases=("spawn-check",),
+    ),
+    Command(
+        "register",
+        "Check and register in one atomic step; prints the task id.",
+        (_TYPE,),
+        (
+            _NODE,
+            Option(
+                "--pid",
+                "pid",
+                "int",
+                "Holder process (default: the calling shell, $PPID).",
+                metavar="P",
+            ),
+            Option("--task-id", "task_id", "str", "Task id to use.", metavar="ID"),
+            _CONFIG_NAME,
+        ),
+    ),
+    Command(
+        "unregister",
+        "Release a slot; records the duration and the exit status.",
+        (Argument("task_id", "ID", "Task id from register."),),
+        (
+            Option("--exit-code", "exit_code", "int", "The job's exit code.", metavar="N"),
+            Option(
+                "--status",
+                "status",
+                "str",
+                "ok, failed, oom, killed or stopped (default from --exit-code).",
+                metavar="S",
+                complete=RELEASE_STATUSES,
+            ),
+            Option(
+                "--token",
+                "token",
+                "int",
+                "Fencing token (default $RINGRIFT_LEASE_TOKEN for this task).",
+                metavar="T",
+            ),
+            Option("--reason", "reason", "str", "Why it ended.", metavar="R"),
+        ),
+    ),
+    Command(
+        "run",
+        "Run CMD holding a slot: register, heartbeat, forward signals, release on any exit.\n\n"
+        "Exits with CMD's exit code (128+N if it died of signal N, 126/127 if it could not "
+        "run), or 75 when no slot was granted. Every word from CMD on is the job's: options "
+        "of run (and --help) are only read before it.",
+        (_TYPE,),
+        (
+            _NODE,
+            _CONFIG_NAME,
+            Option("--wait", "wait", "flag", "Wait in a fair queue for a slot."),
+            Option(
+                "--timeout",
+                "timeout",
+                "float",
+                "With --wait: give up after S seconds (exit 75).",
+                metavar="S",
+            ),
+        ),
+        rest=Argument("command", "[--] CMD...", "The command to run while the slot is held."),
+    ),
+)
+HOT_BY_NAME = {cmd.name: cmd for cmd in HOT_COMMANDS}
+ALIASES = {alias: cmd.name for cmd in HOT_COMMANDS for alias in cmd.aliases}
+
+
+def hot_command(word: str) -> Command | None:
+    """The hot command ``word`` names (an alias included), or None."""
+    return HOT_BY_NAME.get(ALIASES.get(word, word))
