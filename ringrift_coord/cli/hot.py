@@ -1,8 +1,9 @@
 """The hot commands (``can-spawn``, ``register``, ``unregister``, ``run``), parser-agnostic.
 
-Both the Typer app and the fast argv parser of ``ringrift_coord.entry`` call these, so every
-launch script gets the same behaviour whichever parser read its arguments. Nothing here
-imports Typer or Rich (the wait spinner imports Rich only when a terminal watches).
+Both the fast argv parser (``cli/main.py``) and the Typer app (``cli/build.py``) call these,
+with the values ``cli/spec.py`` declares, so every launch script gets the same behaviour
+whichever parser read its arguments. Nothing here imports Typer or Rich (the wait spinner
+imports Rich only when a terminal watches).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import os
 import sys
 
 from ringrift_coord.context import Context
-from ringrift_coord.errors import ExitCode, UsageError
+from ringrift_coord.errors import CoordError, ExitCode, UsageError
 from ringrift_coord.tasktypes import TaskType
 
 TYPE_CHECKING = False  # typing costs start-up time on the hot path; annotations are lazy
@@ -43,6 +44,23 @@ class Globals:
 def emit_json(document: Any) -> None:
     sys.stdout.write(json.dumps(document, default=str, sort_keys=False) + "\n")
     sys.stdout.flush()
+
+
+def deliver(text: str) -> bool:
+    """Write ``text`` to stdout and flush; False when it did not arrive (stdout closed, or a
+    pipe whose reader has gone: see ``cli/main.py``)."""
+    try:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    except (OSError, ValueError, AttributeError):
+        return False
+    return not getattr(sys.stdout, "lost", False)
+
+
+class NotDelivered(CoordError):
+    """``register`` could not hand over the id of the slot it took (and released it)."""
+
+    exit_code = ExitCode.TEMPFAIL
 
 
 def say(message: str) -> None:
@@ -89,7 +107,8 @@ def register(
     if holder_pid <= 0 or procs.start_time(holder_pid) is None:
         raise UsageError(f"--pid {holder_pid}: no running process with that pid on this host")
     with g.context() as ctx:
-        decision = TaskCoordinator(ctx).acquire(
+        coord = TaskCoordinator(ctx)
+        decision = coord.acquire(
             ttype,
             _node(node),
             holder=Holder(pid=holder_pid),
@@ -97,12 +116,27 @@ def register(
             task_id=task_id,
             config_name=config_name,
         )
-    if g.json:
-        document = decision.to_dict()
-        document["lease_token"] = decision.lease_token
-        emit_json(document)
-    elif decision.allowed:
-        sys.stdout.write(f"{decision.task_id}\n")
+        if g.json:
+            document = decision.to_dict()
+            document["lease_token"] = decision.lease_token
+            delivered = deliver(json.dumps(document, default=str) + "\n")
+        elif decision.allowed:
+            delivered = deliver(f"{decision.task_id}\n")
+        else:
+            delivered = True  # nothing is held: the refusal goes to stderr
+        if decision.allowed and not delivered:
+            # Nobody can ever release a slot whose id never arrived: give it back now.
+            assert decision.task_id is not None
+            coord.unregister_task(
+                decision.task_id,
+                status="stopped",
+                token=decision.lease_token,
+                reason="id could not be delivered",
+            )
+            raise NotDelivered(
+                "register: the task id could not be written to stdout; its slot was released "
+                "(nothing is held: try again)"
+            )
     if not decision.allowed:
         if not g.json:
             say(decision.summary())

@@ -1,0 +1,373 @@
+"""The command line's edges: what ``run`` hands its job, ``--version``, bytes that are not
+UTF-8, internal errors, and a stdout that is closed or a pipe nobody reads.
+
+Every case runs the real program in a subprocess and checks the exit code, the exact
+stderr line and the store afterwards (``tasks --json`` / ``tasks history --json``).
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import Coord
+
+import ringrift_coord
+
+PREFIX = "ringrift-coord: error: "
+EXE = Path(sys.executable).parent / "ringrift-coord"
+CONFIG = "rate_limits: {selfplay: {per_minute: null}}\n"
+
+
+@pytest.fixture
+def c(coord: Coord) -> Coord:
+    coord.write_config(CONFIG)
+    return coord
+
+
+def one_error_line(result: subprocess.CompletedProcess, code: int) -> str:
+    """Exit ``code`` and exactly one line on stderr, the boundary's; returns the message."""
+    stderr = result.stderr if isinstance(result.stderr, str) else result.stderr.decode()
+    assert result.returncode == code, (result.returncode, stderr, result.stdout)
+    assert "Traceback" not in stderr, stderr
+    lines = stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(PREFIX), lines
+    return lines[0][len(PREFIX) :]
+
+
+def tasks(coord: Coord) -> list[dict]:
+    done = coord("--json", "tasks")
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+def history(coord: Coord) -> list[dict]:
+    done = coord("--json", "tasks", "history")
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+def run_bytes(coord: Coord, *args: str | bytes, **kw) -> subprocess.CompletedProcess[bytes]:
+    """Run with arguments given as bytes where they are not UTF-8 (what a shell passes)."""
+    return subprocess.run(
+        [sys.executable, "-m", "ringrift_coord", *args],
+        env=coord.env,
+        cwd=coord.tmp,  # a refused --db must not leave a file behind, least of all here
+        capture_output=True,
+        timeout=60,
+        **kw,
+    )
+
+
+def stdout_closed(coord: Coord, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run with file descriptor 1 closed (``ringrift-coord ... >&-``)."""
+    return subprocess.run(
+        ["sh", "-c", 'exec "$@" >&-', "sh", *coord.argv(*args)],
+        env=coord.env,
+        stdin=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        timeout=60,
+    )
+
+
+def stdout_broken_pipe(coord: Coord, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run with stdout a pipe whose read end is already closed (``... | head -0``)."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        proc = subprocess.Popen(
+            coord.argv(*args),
+            env=coord.env,
+            stdin=subprocess.DEVNULL,
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+    finally:
+        os.close(write_end)
+    _, err = proc.communicate(timeout=60)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, None, err)
+
+
+# --------------------------------------------------------------------------- defect 3: run's job
+
+
+def test_words_after_the_wrapped_command_are_the_jobs(c: Coord) -> None:
+    done = c("run", "selfplay", "echo", "a", "--json", "-h")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "a --json -h\n"  # the job's words; no JSON, no help from the wrapper
+    assert done.stderr == ""
+
+
+def test_options_of_run_before_the_wrapped_command_and_job_help(c: Coord) -> None:
+    job = 'echo "$RINGRIFT_NODE_ID" "$@"'
+    done = c("run", "selfplay", "--node", "n1", "sh", "-c", job, "sh", "a", "-h")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "n1 a -h\n"
+    done = c("run", "selfplay", "--node", "n1", "echo", "a", "-h")
+    assert (done.returncode, done.stdout) == (0, "a -h\n"), done.stderr
+    assert [row["node"] for row in history(c)] == ["n1", "n1"]
+
+
+@pytest.mark.parametrize(
+    "argv,job_output",
+    [
+        (("run", "selfplay", "--", "echo", "--node", "x"), "--node x\n"),
+        (("run", "selfplay", "echo", "--", "x"), "-- x\n"),
+        (("run", "selfplay", "sh", "-c", 'echo "$@"', "sh", "--help"), "--help\n"),
+        (("run", "selfplay", "--node", "n1", "--", "echo", "--wait"), "--wait\n"),
+        (("run", "--node", "n1", "selfplay", "echo", "--node", "n2"), "--node n2\n"),
+    ],
+    ids=" ".join,
+)
+def test_job_words_with_and_without_separator(c: Coord, argv, job_output: str) -> None:
+    done = c(*argv)
+    assert (done.returncode, done.stdout, done.stderr) == (0, job_output, "")
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ("--json", "run", "selfplay", "echo", "a"),
+        ("run", "selfplay", "--json", "echo", "a"),
+        ("run", "--json", "selfplay", "--", "echo", "a"),
+    ],
+    ids=" ".join,
+)
+def test_global_options_before_the_wrapped_command_are_the_wrappers(c: Coord, argv) -> None:
+    done = c(*argv)
+    assert done.returncode == 0, done.stderr
+    first, last = done.stdout.splitlines()
+    assert first == "a"
+    assert json.loads(last)["exit_code"] == 0
+
+
+@pytest.mark.parametrize("argv", [("run", "-h"), ("run", "selfplay", "--help")], ids=" ".join)
+def test_help_before_the_wrapped_command_is_help(c: Coord, argv) -> None:
+    done = c(*argv)
+    assert done.returncode == 0 and done.stderr == ""
+    assert "Usage: ringrift-coord run" in done.stdout and "--config-name" in done.stdout
+    assert history(c) == []
+
+
+# --------------------------------------------------------------------------- defect 4: --version
+
+
+def test_version(coord: Coord) -> None:
+    expected = f"ringrift-coord {importlib.metadata.version('ringrift-coord')}\n"
+    assert ringrift_coord.__version__ == importlib.metadata.version("ringrift-coord")
+    for argv in (coord.argv("--version"), [str(EXE), "--version"]):
+        done = subprocess.run(argv, env=coord.env, capture_output=True, text=True, timeout=60)
+        assert (done.returncode, done.stdout, done.stderr) == (0, expected, ""), argv
+
+
+def imported_by(coord: Coord, *args: str) -> set[str]:
+    done = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "ringrift_coord", *args],
+        env=coord.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    return {line.rsplit("|", 1)[-1].strip() for line in done.stderr.splitlines()}
+
+
+def test_version_does_not_import_typer(coord: Coord) -> None:
+    assert not {"typer", "rich", "click"} & imported_by(coord, "--version")
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [("can-spawn", "selfplay"), ("--json", "run", "selfplay", "--node", "n1", "--", "true")],
+    ids=" ".join,
+)
+def test_hot_commands_import_nothing_heavy(c: Coord, argv) -> None:
+    heavy = {"typer", "rich", "click", "typing", "dataclasses", "inspect"}
+    assert heavy & imported_by(c, *argv) == set()
+
+
+# --------------------------------------------------------------------------- defect 5: not UTF-8
+
+BAD = b"n\xff1"
+SHOWN = repr(os.fsdecode(BAD))  # 'n\udcff1'
+
+BAD_ARGS = {
+    "can-spawn --node": ([b"can-spawn", b"selfplay", b"--node", BAD], "option --node"),
+    "--node= inline": ([b"can-spawn", b"selfplay", b"--node=" + BAD], "option --node"),
+    "register --task-id": ([b"register", b"selfplay", b"--task-id", BAD], "option --task-id"),
+    "register --config-name": (
+        [b"register", b"selfplay", b"--config-name", BAD],
+        "option --config-name",
+    ),
+    "register --node": ([b"register", b"selfplay", b"--node", BAD], "option --node"),
+    "unregister --reason": ([b"unregister", b"x-1", b"--reason", BAD], "option --reason"),
+    "unregister ID": ([b"unregister", BAD], "argument ID"),
+    "run --node": ([b"run", b"selfplay", b"--node", BAD, b"--", b"true"], "option --node"),
+    "run --config-name": (
+        [b"run", b"selfplay", b"--config-name", BAD, b"true"],
+        "option --config-name",
+    ),
+    "global --db": ([b"--db", BAD, b"can-spawn", b"selfplay"], "option --db"),
+    "global --set": ([b"can-spawn", b"selfplay", b"--set", BAD], "option --set"),
+    "halt --reason": ([b"halt", b"--reason", BAD], "option --reason"),
+    "reserve --node": (
+        [b"reserve", b"selfplay", b"--node", BAD, b"--slots", b"1"],
+        "option --node",
+    ),
+    "breakers record-failure --reason": (
+        [b"breakers", b"record-failure", b"--type", b"selfplay", b"--reason", BAD],
+        "option --reason",
+    ),
+    "tasks list --node": ([b"tasks", b"list", b"--node", BAD], "option --node"),
+}
+
+
+@pytest.mark.parametrize("name", list(BAD_ARGS))
+def test_argument_not_utf8_is_a_usage_error(c: Coord, name: str) -> None:
+    argv, where = BAD_ARGS[name]
+    done = run_bytes(c, *argv)
+    assert one_error_line(done, 2) == f"{where}: {SHOWN} is not valid UTF-8"
+    assert done.stdout == b""
+
+
+def test_argument_not_utf8_with_json(c: Coord) -> None:
+    done = run_bytes(c, b"--json", b"halt", b"--reason", BAD)
+    message = one_error_line(done, 2)
+    assert json.loads(done.stdout) == {"error": message, "exit_code": 2}
+
+
+def test_nothing_is_stored_from_an_argument_not_utf8(c: Coord) -> None:
+    one_error_line(run_bytes(c, b"halt", b"--reason", BAD), 2)
+    one_error_line(run_bytes(c, b"register", b"selfplay", b"--task-id", BAD), 2)
+    one_error_line(run_bytes(c, b"reserve", b"selfplay", b"--node", BAD, b"--slots", b"1"), 2)
+    assert c("halt", "--check").returncode == 0
+    assert tasks(c) == [] and history(c) == []
+    assert json.loads(c("--json", "reserve", "list").stdout) == []
+
+
+def test_the_jobs_words_may_be_any_bytes(c: Coord) -> None:
+    for argv in (
+        [b"run", b"selfplay", b"printf", b"%s|", BAD, b"-h"],
+        [b"run", b"selfplay", b"--", b"printf", b"%s|", BAD, b"-h"],
+    ):
+        done = run_bytes(c, *argv)
+        assert (done.returncode, done.stdout, done.stderr) == (0, BAD + b"|-h|", b"")
+
+
+@pytest.mark.parametrize(
+    "argv,where",
+    [
+        (("tasks", "list", "--node", "a\nb"), "option --node"),
+        (("decisions", "--node", "\x1b[2J"), "option --node"),
+        (("breakers", "list", "--node", "a\tb"), "option --node"),
+        (("report", "--node", "n\x1b]0;x\x07"), "option --node"),
+        (("can-spawn", "selfplay", "--set", "a=\x1b[31m"), "option --set"),
+        (("unregister", "x\n1"), "argument ID"),
+    ],
+    ids=lambda v: repr(v) if isinstance(v, tuple) else v,
+)
+def test_control_characters_refused_in_every_command(c: Coord, argv, where: str) -> None:
+    value = next(a for a in argv if any(ch < " " for ch in a))
+    assert one_error_line(c(*argv), 2) == f"{where}: {value!r} contains control characters"
+
+
+# --------------------------------------------------------------------------- defect 6: exit codes
+
+BOOM = """
+import runpy, sys
+import ringrift_coord.cli.hot as hot
+
+def boom(*args, **kwargs):
+    raise RuntimeError("boom")
+
+hot.can_spawn = boom
+sys.argv = ["ringrift-coord", *sys.argv[1:]]
+runpy.run_module("ringrift_coord", run_name="__main__", alter_sys=True)
+"""
+
+
+def test_internal_error_exits_70(c: Coord) -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", BOOM, "can-spawn", "selfplay"],
+        env=c.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    message = one_error_line(done, 70)
+    assert message == (
+        "internal error: RuntimeError: boom (set RINGRIFT_COORD_DEBUG=1 for a traceback)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", BOOM, "--json", "can-spawn", "selfplay"],
+        env=c.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert json.loads(done.stdout) == {"error": one_error_line(done, 70), "exit_code": 70}
+
+
+def test_exit_codes_are_named() -> None:
+    from ringrift_coord.errors import ExitCode
+
+    assert {c.name: int(c) for c in ExitCode} == {
+        "OK": 0,
+        "DENIED": 1,
+        "USAGE": 2,
+        "CONFIG": 3,
+        "SOFTWARE": 70,
+        "TEMPFAIL": 75,
+        "CANNOT_EXECUTE": 126,
+        "NOT_FOUND": 127,
+        "SIGNAL_BASE": 128,
+        "INTERRUPTED": 130,
+    }
+    assert ExitCode.for_signal(9) == 137 and ExitCode.for_signal(2) == ExitCode.INTERRUPTED
+
+
+@pytest.mark.parametrize("json_mode", [False, True], ids=["text", "json"])
+@pytest.mark.parametrize("closed", [stdout_closed, stdout_broken_pipe], ids=["closed", "epipe"])
+def test_can_spawn_with_stdout_lost_keeps_the_decisions_code(c: Coord, json_mode, closed) -> None:
+    args = ("--json",) if json_mode else ()
+    done = closed(c, *args, "can-spawn", "selfplay")
+    assert (done.returncode, done.stderr) == (0, "")
+    assert c("halt", "--type", "selfplay").returncode == 0
+    done = closed(c, *args, "can-spawn", "selfplay")
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr and "internal error" not in done.stderr
+
+
+@pytest.mark.parametrize("closed", [stdout_closed, stdout_broken_pipe], ids=["closed", "epipe"])
+@pytest.mark.parametrize("argv", [("status",), ("tasks",), ("--json", "status"), ("limits",)])
+def test_listing_into_a_closed_stdout_is_quiet(c: Coord, argv, closed) -> None:
+    done = closed(c, *argv)
+    assert (done.returncode, done.stderr) == (0, "")
+
+
+@pytest.mark.parametrize("json_mode", [False, True], ids=["text", "json"])
+@pytest.mark.parametrize("closed", [stdout_closed, stdout_broken_pipe], ids=["closed", "epipe"])
+def test_register_that_cannot_deliver_its_id_keeps_no_slot(c: Coord, json_mode, closed) -> None:
+    args = ("--json",) if json_mode else ()
+    done = closed(c, *args, "register", "selfplay", "--pid", str(os.getpid()))
+    message = one_error_line(done, 75)
+    assert message == (
+        "register: the task id could not be written to stdout; its slot was released "
+        "(nothing is held: try again)"
+    )
+    assert tasks(c) == []
+    (row,) = history(c)
+    assert row["status"] == "stopped" and row["reason"] == "id could not be delivered"
+
+
+def test_run_with_stdout_closed_returns_the_jobs_code(c: Coord) -> None:
+    done = stdout_closed(c, "--json", "run", "selfplay", "--", "sh", "-c", "exit 5")
+    assert (done.returncode, done.stderr) == (5, "")
+    assert tasks(c) == []
