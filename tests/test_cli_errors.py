@@ -1,8 +1,8 @@
 """Bad input through the CLI: exit 2 and one clear line on stderr, never a traceback (SPEC §2).
 
-Both parsers are covered: the fast argv parser of ``entry`` (can-spawn, register, unregister,
-run) and the Typer app (everything else). With ``--json`` an error is also one JSON document
-``{"error": ..., "exit_code": ...}`` on stdout.
+Both parsers are covered: the fast argv parser of ``cli/parser.py`` (can-spawn, register,
+unregister, run) and the Typer app (everything else). With ``--json`` an error is also one
+JSON document ``{"error": ..., "exit_code": ...}`` on stdout.
 """
 
 from __future__ import annotations
