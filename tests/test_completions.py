@@ -92,6 +92,13 @@ def test_bash_completes_subcommands_and_options(coord) -> None:
 
 
 @needs_exe
+def test_bash_completes_hot_commands_from_the_spec(coord) -> None:
+    assert bash_complete(coord, "unregister", "x-1", "--status", "o") == ["ok", "oom"]
+    assert bash_complete(coord, "run", "selfplay", "--no") == ["--node"]
+    assert bash_complete(coord, "spawn-check", "tr") == ["training"]
+
+
+@needs_exe
 @pytest.mark.skipif(shutil.which("fish") is None, reason="fish is not installed")
 def test_fish_completes(coord) -> None:
     done = subprocess.run(
