@@ -278,6 +278,12 @@ def test_control_characters_refused_in_every_command(c: Coord, argv, where: str)
     assert one_error_line(c(*argv), 2) == f"{where}: {value!r} contains control characters"
 
 
+@pytest.mark.parametrize("argv", [("status", "--x\x1b[2J"), ("can-spawn", "selfplay", "-\x1b")])
+def test_an_error_line_never_carries_an_escape(c: Coord, argv) -> None:
+    message = one_error_line(c(*argv), 2)
+    assert "\x1b" not in message and "\\x1b" in message
+
+
 # --------------------------------------------------------------------------- defect 6: exit codes
 
 BOOM = """

@@ -79,6 +79,8 @@ def run_cli(argv: list[str]) -> int:
 
 def _fail(message: str, code: int, json_mode: bool) -> int:
     first_line = message.strip().splitlines()[0] if message.strip() else "error"
+    if not first_line.isprintable():  # an escape sequence from argv must stay inert
+        first_line = "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in first_line)
     if json_mode:
         import json
 

@@ -121,7 +121,7 @@ def split_rest(command: Command, words: list[str]) -> tuple[list[str], list[str]
     """
     if command.rest is None:
         return words, []
-    end = min(_own_end(command, words), len(words))
+    end = _own_end(command, words)
     if end < len(words) and words[end] == "--":
         return words[:end], words[end + 1 :]
     return words[:end], words[end:]
@@ -166,8 +166,9 @@ def parse(argv: list[str]) -> Parsed | None:
             name, eq, inline = word.partition("=")
             opt = command.option(name)
             if opt is None:
+                shown = name if name.isprintable() else repr(name)  # an escape stays inert
                 raise UsageError(
-                    f"{command.name}: no such option {name} (see {PROG} {command.name} --help)"
+                    f"{command.name}: no such option {shown} (see {PROG} {command.name} --help)"
                 )
             into = values if name in GLOBAL_BY_NAME else params
             j = _take(head, j, opt, inline if eq else None, into)
