@@ -93,29 +93,3 @@ def apply_overrides(settings: Settings, overrides: list[str]) -> None:
         apply_assignments(settings, overrides, "flag --set")
     except ConfigError as exc:
         raise UsageError(exc.message) from None
-
-
-_WHO: dict[tuple[str | None, ...], str] = {}
-
-
-def who_am_i(env: Mapping[str, str] | None = None) -> str:
-    """The operator or account behind this call, for the audit trail."""
-    env = os.environ if env is None else env
-    key = (env.get("SUDO_USER"), env.get("USER"), env.get("LOGNAME"))
-    if key not in _WHO:
-        _WHO[key] = _who(env)
-    return _WHO[key]
-
-
-def _who(env: Mapping[str, str]) -> str:
-    user = env.get("SUDO_USER") or env.get("USER") or env.get("LOGNAME")
-    if not user:
-        try:
-            import pwd
-
-            user = pwd.getpwuid(os.geteuid()).pw_name
-        except (ImportError, KeyError):
-            user = f"uid {os.geteuid()}"
-    from ringrift_coord.procs import host_name
-
-    return f"{user}@{host_name()}"
