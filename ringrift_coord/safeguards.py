@@ -15,8 +15,7 @@ from __future__ import annotations
 
 from ringrift_coord import admission, breakers, feedback, halts, identity, readings, reports, rules
 from ringrift_coord.breakers import BreakerConfig
-from ringrift_coord.context import Context
-from ringrift_coord.coordinator_base import ProcessWide
+from ringrift_coord.context import Context, ProcessWide
 from ringrift_coord.decision import Decision, Request
 from ringrift_coord.identity import default_node, who_am_i
 from ringrift_coord.tasktypes import TaskType

@@ -12,9 +12,8 @@ from __future__ import annotations
 import os
 from types import TracebackType
 
-from ringrift_coord import admission, feedback, identity, procs, queue, reports, reservations, slots
-from ringrift_coord.context import Context
-from ringrift_coord.coordinator_base import CoordinatorStatus, ProcessWide
+from ringrift_coord import admission, feedback, identity, procs, queue, reservations, slots
+from ringrift_coord.context import Context, ProcessWide
 from ringrift_coord.decision import Decision, Request
 from ringrift_coord.errors import NotFound, SpawnDenied, UsageError
 from ringrift_coord.identity import default_node, who_am_i
@@ -25,6 +24,8 @@ from ringrift_coord.tasktypes import ResourceType, TaskType
 TYPE_CHECKING = False  # typing costs start-up time on the hot path; annotations are lazy
 if TYPE_CHECKING:
     from typing import Any
+
+    from ringrift_coord.coordinator_base import CoordinatorStatus
 
 __all__ = [
     "RELEASE_STATUSES",
@@ -260,6 +261,8 @@ class TaskCoordinator(ProcessWide):
         limit: int = 100,
     ) -> list[Row]:
         """The decision log, newest first, each entry's ``rules`` decoded."""
+        from ringrift_coord import reports  # the read models: not on the hot path
+
         return reports.decisions(
             self.ctx,
             denied_only=denied_only,
@@ -271,10 +274,15 @@ class TaskCoordinator(ProcessWide):
 
     def get_state(self) -> CoordinatorStatus:
         """RUNNING, or PAUSED while a cluster-wide halt (or this host's halt file) holds."""
+        from ringrift_coord import reports
+        from ringrift_coord.coordinator_base import CoordinatorStatus
+
         return CoordinatorStatus(reports.state(self.ctx))
 
     def get_stats(self) -> dict[str, Any]:
         """Tasks per type and node against their limits, reservations and queue lengths."""
+        from ringrift_coord import reports
+
         return reports.stats(self.ctx)
 
 
