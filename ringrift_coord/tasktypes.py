@@ -1,4 +1,5 @@
-"""Task types and the resource class each one uses (SPEC §4)."""
+"""Task types and the resource class each one uses (cpu, gpu, hybrid, io): a reservation on
+a node holds its slots against the other types of the same class."""
 
 from __future__ import annotations
 
