@@ -20,7 +20,7 @@ from ringrift_coord.errors import ExitCode
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
 ROOT_CMD = typer.main.get_command(app)
-SPEC_EXIT_CODES = (0, 1, 2, 3, 75)  # the contract, plus "child's" (run passes its command's through)
+SPEC_EXIT_CODES = (0, 1, 2, 3, 75)  # the contract, plus "child's" (run passes its own through)
 HELP_OPTIONS = {"--help", "-h"}
 
 
