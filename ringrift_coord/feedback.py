@@ -15,6 +15,7 @@ import math
 
 from ringrift_coord import breakers, slots
 from ringrift_coord.breakers import HALF_OPEN, OPEN, BreakerConfig
+from ringrift_coord.inputs import printable
 
 TYPE_CHECKING = False  # typing costs start-up time on the hot path; annotations are lazy
 if TYPE_CHECKING:
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
     from ringrift_coord.store.base import Row, Tx
 
 FAILED_STATUSES = ("failed", "killed", "oom", "spawn_failed")
+MAX_REASON = 300  # a breaker's last reason: one line in every listing and refusal
 CAP_PROBE = "(SELECT COUNT(*) FROM lowered_caps WHERE node = ? AND task_type = ?)"  # (node, type)
 FACTOR_PROBE = "(SELECT factor FROM backpressure WHERE node = ?)"  # (node,)
 
@@ -165,7 +167,7 @@ def task_ended(
         now,
         ok=ok,
         trial=bool(row.get("trial")),
-        reason=None if ok else label[:300],
+        reason=None if ok else _one_line(label),
         evidence=None if ok else reason,
     )
     _adjust_backpressure(tx, settings, row["node"], ok, now)
@@ -194,6 +196,12 @@ def record_manual(
                 breaker.state, breaker.trial_successes = HALF_OPEN, 0
             breaker.trials_in_flight += 1
             breakers.save(tx, breaker)
+    reason = None if reason is None else _one_line(reason)
     result = breakers.record_outcome(tx, cfg, node, ttype, now, ok=ok, trial=trial, reason=reason)
     _adjust_backpressure(tx, settings, node, ok, now)
     return result
+
+
+def _one_line(reason: str) -> str:
+    """A breaker's last reason as refusals print it: one clean line of at most 300 chars."""
+    return " ".join(printable(reason).split())[:MAX_REASON]

@@ -28,7 +28,6 @@ if TYPE_CHECKING:
     from ringrift_coord.store.base import Row, Tx
 
 GLOBAL = halts.GLOBAL
-MAX_REASON = 300  # a breaker's last reason: one line in every listing
 DEFAULT_FAILURE_REASON = "failure recorded by a script"
 
 __all__ = [
@@ -203,8 +202,8 @@ def _record(
     node = node_id or default_node(ctx.env)
     if ok:
         reason = None
-    else:  # one line in every listing
-        reason = " ".join(str(reason or "").split())[:MAX_REASON] or DEFAULT_FAILURE_REASON
+    elif not (reason and reason.strip()):
+        reason = DEFAULT_FAILURE_REASON
     with ctx.store.write() as tx:
         now = tx.now()
         breaker = feedback.record_manual(tx, ctx.settings, node, ttype, now, ok=ok, reason=reason)
