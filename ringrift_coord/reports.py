@@ -85,6 +85,7 @@ def status(ctx: Context) -> dict[str, Any]:
         now = tx.now()
         doc = task_stats(tx, ctx.settings, ctx.state_dir, now)
         doc["halt"] = halts.status(tx, ctx.state_dir, now)
+        doc["state"] = PAUSED if doc["halt"]["paused"] else RUNNING  # one reading of the file
         doc["tasks"] = slots.running(tx, now)
         doc["breakers"] = breakers.views(tx, cfg, now)
     doc["store"] = ctx.store.describe()
