@@ -1,4 +1,4 @@
-"""The Python API (README "Python API") against a real SQLite file, with an explicit context and clock."""
+"""The Python API (README "Python API") on a real store, with an explicit context and clock."""
 
 from __future__ import annotations
 
