@@ -44,12 +44,12 @@ def seconds(value: float | None, field: str) -> float | None:
     if not 0 < value < float("inf"):  # also refuses nan
         raise UsageError(f"{value:g} is not a positive number of seconds", field=field)
     if value > MAX_SECONDS:
-        raise UsageError(f"{value:g}: at most 1e9 seconds (about 31 years)", field=field)
+        raise UsageError(f"{value:g} is more than 1e9 seconds (about 31 years)", field=field)
     return float(value)
 
 
 def slot_count(value: int, field: str) -> int:
     """A number of slots: 1 to 1000000."""
     if not 1 <= value <= MAX_SLOTS:
-        raise UsageError(f"{value}: give 1 to {MAX_SLOTS} slots", field=field)
+        raise UsageError(f"{value} is not a number of slots from 1 to {MAX_SLOTS}", field=field)
     return int(value)
