@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from ringrift_coord.config import Settings
 
 CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
+PROBE = "(SELECT COUNT(*) FROM breakers WHERE node = ? AND task_type = ?)"  # (node, type)
 
 
 class BreakerConfig:
@@ -285,6 +286,17 @@ def save(
             "DELETE FROM breaker_failures WHERE node = ? AND task_type = ? AND at < ?",
             (breaker.node, breaker.task_type, oldest),
         )
+
+
+def views(
+    tx: Tx, cfg: BreakerConfig, now: float, node: str | None = None, task_type: str | None = None
+) -> list[dict[str, Any]]:
+    """Every breaker (or a node's, a type's) as ``breakers list`` shows it; only reads."""
+    return [
+        b.to_dict(now, cfg)
+        for b in load_all(tx)
+        if (node is None or b.node == node) and (task_type is None or b.task_type == task_type)
+    ]
 
 
 def exists(tx: Tx, node: str, task_type: str) -> bool:

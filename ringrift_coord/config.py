@@ -24,7 +24,7 @@ CONFIG_ENV = "RINGRIFT_COORD_CONFIG"
 SET_ENV = "RINGRIFT_COORD_SET"  # "key=value;key=value": settings from the environment
 DEFAULT_CONFIG_NAME = "unified_loop.yaml"
 
-# --------------------------------------------------------------------------- defaults (SPEC §4)
+# --------------------------------------------------------------------------- defaults
 
 DEFAULTS: dict[str, Any] = {
     "task_limits": {
@@ -209,7 +209,7 @@ SCHEMA: dict[str, Any] = {
     "oom": {"lower_after": COUNT, "window": NUM, "factor": PCT_FRACTION, "decay_interval": NUM},
 }
 
-# environment variable -> keys it sets (SPEC §4)
+# environment variable -> keys it sets (below the file's values: environment > file > defaults)
 ENV_KEYS: dict[str, tuple[str, ...]] = {
     "RINGRIFT_TARGET_UTIL_MIN": ("resource_targets.cpu_min", "resource_targets.gpu_min"),
     "RINGRIFT_TARGET_UTIL_MAX": ("resource_targets.cpu_max", "resource_targets.gpu_max"),

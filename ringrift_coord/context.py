@@ -2,10 +2,13 @@
 
 The CLI builds one ``Context`` per call; library users and tests build theirs explicitly
 (``Context(settings=..., state_dir=..., store=...)``) or let ``Context.open`` resolve it.
+``ProcessWide`` is the package's one singleton policy: the process-wide ``TaskCoordinator`` and
+``Safeguards`` are built on a ``Context.open()`` from the environment.
 """
 
 from __future__ import annotations
 
+import _thread
 import os
 from collections.abc import Mapping
 
@@ -16,7 +19,7 @@ from ringrift_coord.store import Store, open_store
 
 TYPE_CHECKING = False  # typing costs start-up time on the hot path; annotations are lazy
 if TYPE_CHECKING:
-    from typing import Any
+    from typing import Any, Self
 
 
 class Context:
@@ -95,27 +98,28 @@ def apply_overrides(settings: Settings, overrides: list[str]) -> None:
         raise UsageError(exc.message) from None
 
 
-_WHO: dict[tuple[str | None, ...], str] = {}
+class ProcessWide:
+    """The singleton policy: ``get_instance()`` is one instance per process and class, its
+    ``Context`` built from the environment on first use; ``reset_instance()`` forgets it
+    (closing its store), so the next use builds anew. Anything can still build its own
+    instance with an explicit context (what tests do)."""
 
+    _instance: Any = None  # per subclass: get_instance assigns on the class it is called on
+    _lock = _thread.allocate_lock()
+    ctx: Context
 
-def who_am_i(env: Mapping[str, str] | None = None) -> str:
-    """The operator or account behind this call, for the audit trail."""
-    env = os.environ if env is None else env
-    key = (env.get("SUDO_USER"), env.get("USER"), env.get("LOGNAME"))
-    if key not in _WHO:
-        _WHO[key] = _who(env)
-    return _WHO[key]
+    @classmethod
+    def get_instance(cls) -> Self:
+        with ProcessWide._lock:
+            instance: Self | None = cls.__dict__.get("_instance")
+            if instance is None:
+                instance = cls._instance = cls()
+            return instance
 
-
-def _who(env: Mapping[str, str]) -> str:
-    user = env.get("SUDO_USER") or env.get("USER") or env.get("LOGNAME")
-    if not user:
-        try:
-            import pwd
-
-            user = pwd.getpwuid(os.geteuid()).pw_name
-        except (ImportError, KeyError):
-            user = f"uid {os.geteuid()}"
-    from ringrift_coord.procs import host_name
-
-    return f"{user}@{host_name()}"
+    @classmethod
+    def reset_instance(cls) -> None:
+        with ProcessWide._lock:
+            instance = cls.__dict__.get("_instance")
+            if instance is not None:
+                instance.ctx.close()
+            cls._instance = None

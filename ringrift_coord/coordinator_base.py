@@ -1,11 +1,15 @@
-"""Lifecycle states shared by the coordinators (reference: ``coordinator_base``)."""
+"""What the coordinators share (reference: ``coordinator_base``): their lifecycle states and
+the one singleton policy of the package (``ProcessWide``, kept with ``Context`` in
+``context``: the hot path does not pay for this module's enum)."""
 
 from __future__ import annotations
 
 from enum import Enum
 
+from ringrift_coord.context import ProcessWide
 
-class CoordinatorStatus(str, Enum):
+
+class CoordinatorStatus(str, Enum):  # noqa: UP042 (str() as the reference's enum)
     INITIALIZING = "initializing"
     READY = "ready"
     RUNNING = "running"
@@ -15,4 +19,4 @@ class CoordinatorStatus(str, Enum):
     STOPPED = "stopped"
 
 
-__all__ = ["CoordinatorStatus"]
+__all__ = ["CoordinatorStatus", "ProcessWide"]

@@ -1,4 +1,5 @@
-"""Domain exceptions and the exit codes of the command-line contract.
+"""Domain exceptions and the exit codes of the command-line contract (see the README's
+"Exit codes").
 
 The core raises these; exactly one place (``ringrift_coord.cli.main``) turns them into an
 exit code and one line on stderr.
@@ -48,7 +49,22 @@ class CoordError(Exception):
 
 
 class UsageError(CoordError, ValueError):
+    """Bad input. ``field`` names the input in the core's own terms (``ttl``, ``task_id``).
+
+    ``str(exc)`` is the core's sentence (``ttl: must be a positive number of seconds``);
+    ``message``, the line the command line prints, names the field as its option
+    (``option --ttl: ...``): option names are ``--`` + the field with ``-`` for ``_``.
+    """
+
     exit_code = ExitCode.USAGE
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        shown = message if field is None else f"option --{field.replace('_', '-')}: {message}"
+        super().__init__(shown)
+        self.field, self.detail = field, message
+
+    def __str__(self) -> str:
+        return self.detail if self.field is None else f"{self.field}: {self.detail}"
 
 
 class ConfigError(CoordError, ValueError):

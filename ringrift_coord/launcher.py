@@ -20,8 +20,8 @@ import time
 from collections.abc import Callable, Sequence
 
 from ringrift_coord import procs
-from ringrift_coord.admission import Decision
 from ringrift_coord.config import Settings
+from ringrift_coord.decision import Decision
 from ringrift_coord.errors import CoordError, ExitCode, StoreBusy, UsageError, WaitTimeout
 from ringrift_coord.task_coordinator import Holder, TaskCoordinator
 from ringrift_coord.tasktypes import TaskType

@@ -12,24 +12,6 @@ import sys
 
 _LINUX = sys.platform.startswith("linux")
 _BOOT_ID: str | None = None
-_HOST: str | None = None
-
-
-HOST_ENV = "RINGRIFT_COORD_HOST"  # containers, or several simulated hosts on one machine
-
-
-def host_name() -> str:
-    """This host's name as holders record it: a holder elsewhere is judged by its lease."""
-    global _HOST
-    if _HOST is None:
-        # os.uname().nodename == gethostname(), without importing socket
-        _HOST = os.environ.get(HOST_ENV) or os.uname().nodename
-    return _HOST
-
-
-def local_node() -> str:
-    """This host's node id: $RINGRIFT_NODE_ID, else the host name."""
-    return os.environ.get("RINGRIFT_NODE_ID") or host_name()
 
 
 def boot_id() -> str | None:

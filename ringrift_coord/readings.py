@@ -18,7 +18,10 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
+PROBE = "(SELECT COUNT(*) FROM readings WHERE node = ?)"  # admission's probe: (node,)
 RESOURCES = ("disk", "memory", "cpu", "gpu")
+FIGURES = ("cpu", "gpu", "memory", "disk", "load_avg")  # what `report` takes by hand
+HARDWARE = ("gpu_name", "gpu_count", "cpus", "memory_gb")  # kept from the previous reading
 FIELDS = (
     "cpu",
     "memory",
@@ -131,7 +134,7 @@ def sample(paths: list[str], cpu_interval: float = 0.2) -> dict[str, Any]:
 def gpu_readings() -> dict[str, Any]:
     """Utilisation and memory per GPU through NVML; no NVML or no GPU → gpu_count 0."""
     try:
-        import pynvml
+        import pynvml  # type: ignore[import-untyped]  # (nvidia-ml-py ships no stubs)
     except ImportError:
         return {
             "gpu_count": 0,
@@ -227,6 +230,30 @@ def decode(row: Row | None) -> Row | None:
     return out
 
 
+def level(value: float | None, limits: dict[str, Any]) -> str | None:
+    """A reading against its thresholds: ``critical``, ``warning``, ``ok`` (None: no value)."""
+    if value is None:
+        return None
+    if value >= limits["critical"]:
+        return "critical"
+    return "warning" if value >= limits["warning"] else "ok"
+
+
+def critical_load(cpus: int | None, thresholds: dict[str, Any]) -> float | None:
+    """The load average at which a node with ``cpus`` CPUs is critical (None: CPUs unknown)."""
+    return float(thresholds["load_avg_critical_per_cpu"]) * cpus if cpus else None
+
+
+def levels(reading: Row | dict[str, Any], thresholds: dict[str, Any]) -> dict[str, str | None]:
+    """Each resource's level, and the load average's (``critical`` or ``ok``: no warning)."""
+    out = {resource: level(reading.get(resource), thresholds[resource]) for resource in RESOURCES}
+    load, limit = reading.get("load_avg"), critical_load(reading.get("cpus"), thresholds)
+    out["load_avg"] = (
+        None if load is None or limit is None else ("critical" if load >= limit else "ok")
+    )
+    return out
+
+
 def assess(
     reading: Row | dict[str, Any], thresholds: dict[str, Any], now: float, max_age: float
 ) -> dict[str, Any]:
@@ -247,31 +274,8 @@ def assess(
     at = out["at"]
     out["age"] = None if at is None else round(now - at, 3)
     out["stale"] = at is not None and now - at > max_age
-    levels: dict[str, str | None] = {}
-    for resource in RESOURCES:
-        value = reading.get(resource)
-        limits = thresholds[resource]
-        levels[resource] = (
-            None
-            if value is None
-            else (
-                "critical"
-                if value >= limits["critical"]
-                else "warning"
-                if value >= limits["warning"]
-                else "ok"
-            )
-        )
-    load, cpus = reading.get("load_avg"), reading.get("cpus")
-    critical_load = None
-    if cpus:
-        critical_load = round(float(thresholds["load_avg_critical_per_cpu"]) * cpus, 3)
-    out["load_critical"] = critical_load
-    levels["load_avg"] = (
-        None
-        if load is None or critical_load is None
-        else ("critical" if load >= critical_load else "ok")
-    )
-    out["levels"] = levels
-    out["blocking"] = not out["stale"] and "critical" in levels.values()
+    limit = critical_load(reading.get("cpus"), thresholds)
+    out["load_critical"] = None if limit is None else round(limit, 3)
+    out["levels"] = levels(reading, thresholds)
+    out["blocking"] = not out["stale"] and "critical" in out["levels"].values()
     return out

@@ -1,4 +1,4 @@
-"""The state directory rules of SPEC §5.
+"""The state directory: where it is, and when it is refused.
 
 The state directory holds the SQLite file and the ``EMERGENCY_HALT`` file. It defaults to
 ``$XDG_STATE_HOME/ringrift-coord`` (never a shared /tmp path), is created mode 0700, and is

@@ -3,6 +3,8 @@
 Names follow the reference (``TaskCoordinator``, ``TaskType``, ``CoordinatedTask``,
 ``get_coordinator``, ``can_spawn_task``, ``register_task``, ``unregister_task``,
 ``get_stats``, ``get_state``) so code written against it ports by changing the import.
+A thin face: each method opens one transaction of its context's store and calls the core
+(``admission``, ``slots``, ``queue``, ``reservations``, ``reports``).
 """
 
 from __future__ import annotations
@@ -10,19 +12,12 @@ from __future__ import annotations
 import os
 from types import TracebackType
 
-from ringrift_coord import procs
-from ringrift_coord.admission import (
-    Decision,
-    Request,
-    admit,
-    read_halt_file,
-    reap,
-    release,
-    renew,
-)
-from ringrift_coord.context import Context, who_am_i
-from ringrift_coord.coordinator_base import CoordinatorStatus
+from ringrift_coord import admission, feedback, identity, procs, queue, reservations, slots
+from ringrift_coord.context import Context, ProcessWide
+from ringrift_coord.decision import Decision, Request
 from ringrift_coord.errors import NotFound, SpawnDenied, UsageError
+from ringrift_coord.identity import default_node, who_am_i
+from ringrift_coord.slots import RELEASE_STATUSES, StaleLease
 from ringrift_coord.store.base import Row
 from ringrift_coord.tasktypes import ResourceType, TaskType
 
@@ -30,21 +25,25 @@ TYPE_CHECKING = False  # typing costs start-up time on the hot path; annotations
 if TYPE_CHECKING:
     from typing import Any
 
+    from ringrift_coord.coordinator_base import CoordinatorStatus
+
 __all__ = [
+    "RELEASE_STATUSES",
     "CoordinatedTask",
     "Decision",
+    "Holder",
     "ResourceType",
+    "StaleLease",
     "TaskCoordinator",
     "TaskType",
     "can_spawn_task",
+    "default_node",
     "get_coordinator",
     "get_state",
     "get_stats",
     "register_task",
     "unregister_task",
 ]
-
-RELEASE_STATUSES = ("ok", "failed", "oom", "killed", "stopped")
 
 
 class Holder:
@@ -56,17 +55,14 @@ class Holder:
         self.pid, self.pgid, self.wrapper_pid = pid, pgid, wrapper_pid
 
     def request_fields(self) -> dict[str, Any]:
-        pid = self.pid
-        return {
-            "pid": pid,
-            "pid_start": procs.start_time(pid) if pid else None,
-            "pgid": self.pgid,
-            "wrapper_pid": self.wrapper_pid,
-            "wrapper_start": procs.start_time(self.wrapper_pid) if self.wrapper_pid else None,
-        }
+        return slots.holder_fields(self.pid, self.pgid, self.wrapper_pid)
 
 
-class TaskCoordinator:
+class TaskCoordinator(ProcessWide):
+    """Admission and slots over one ``Context`` (``get_instance()``: the process-wide one)."""
+
+    _instance: TaskCoordinator | None = None
+
     def __init__(self, ctx: Context | None = None) -> None:
         self.ctx = ctx or Context.open()
 
@@ -96,18 +92,22 @@ class TaskCoordinator:
             **(holder.request_fields() if holder else {}),
         )
 
-    def check(self, task_type: str | TaskType, node: str | None = None) -> Decision:
-        """The whole decision without taking a slot (dead holders are reaped first)."""
-        req = self._request(task_type, node, source="check")
+    def _admit(self, req: Request, *, take_slot: bool, action: str, log: bool = True) -> Decision:
         with self.ctx.store.write() as tx:
-            return admit(
+            return admission.admit(
                 tx,
                 req,
                 self.ctx.settings,
                 state_dir=self.ctx.state_dir,
-                take_slot=False,
-                action="can-spawn",
+                take_slot=take_slot,
+                action=action,
+                log=log,
             )
+
+    def check(self, task_type: str | TaskType, node: str | None = None) -> Decision:
+        """The whole decision without taking a slot (dead holders are reaped first)."""
+        req = self._request(task_type, node, source="check")
+        return self._admit(req, take_slot=False, action="can-spawn")
 
     def acquire(
         self,
@@ -133,16 +133,7 @@ class TaskCoordinator:
             command=command,
             waiter_seq=waiter_seq,
         )
-        with self.ctx.store.write() as tx:
-            return admit(
-                tx,
-                req,
-                self.ctx.settings,
-                state_dir=self.ctx.state_dir,
-                take_slot=True,
-                action=source,
-                log=log,
-            )
+        return self._admit(req, take_slot=True, action=source, log=log)
 
     def can_spawn_task(self, task_type: str | TaskType, node_id: str) -> tuple[bool, str]:
         decision = self.check(task_type, node_id)
@@ -187,10 +178,8 @@ class TaskCoordinator:
             status = "ok" if not exit_code else "failed"
         if reason is None and exit_code and status != "ok":
             reason = f"exit code {exit_code}"  # what the breaker and the history show
-        if status not in RELEASE_STATUSES + ("spawn_failed",):
-            raise UsageError(f"--status must be one of {', '.join(RELEASE_STATUSES)}")
         with self.ctx.store.write() as tx:
-            row = release(
+            row = slots.release(
                 tx,
                 task_id,
                 token=token,
@@ -198,136 +187,69 @@ class TaskCoordinator:
                 status=status,
                 reason=reason,
                 settings=self.ctx.settings,
+                on_end=feedback.task_ended,
             )
-            if row is None and not tx.one(
-                "SELECT 1 AS x FROM task_history WHERE task_id = ?", (task_id,)
-            ):
+            if row is None and not slots.ended(tx, task_id):
                 raise NotFound(f"no task {task_id!r} is registered")
         return row
 
     def renew_lease(self, task_id: str, token: int) -> bool:
         with self.ctx.store.write() as tx:
-            return renew(tx, task_id, token, float(self.ctx.settings.get("store.lease_ttl")))
+            return slots.renew(tx, task_id, token, float(self.ctx.settings.get("store.lease_ttl")))
 
     def set_holder(self, task_id: str, token: int, holder: Holder) -> bool:
         """Point the slot at the job's process group (``run`` does this after fork)."""
         fields = holder.request_fields()
         with self.ctx.store.write() as tx:
-            return bool(
-                tx.execute(
-                    "UPDATE tasks SET pid = ?, pid_start = ?, pgid = ? WHERE task_id = ? "
-                    "AND lease_token = ?",
-                    (fields["pid"], fields["pid_start"], fields["pgid"], task_id, token),
-                )
-            )
+            return slots.set_holder(tx, task_id, token, fields)
 
     # -- fair queue ---------------------------------------------------------------------
 
     def enqueue(self, task_type: str | TaskType, node: str | None) -> int:
         """Take a place in line (arrival order); the waiter is this process."""
         ttype = TaskType.parse(task_type).value
-        me = os.getpid()
+        node = node or default_node(self.ctx.env)
         with self.ctx.store.write() as tx:
-            now = tx.now()
-            rows = tx.query(
-                "INSERT INTO waiters (task_type, node, host, boot_id, pid, pid_start, "
-                "enqueued_at, heartbeat_at) VALUES (?,?,?,?,?,?,?,?) RETURNING seq",
-                (
-                    ttype,
-                    node or default_node(self.ctx.env),
-                    procs.host_name(),
-                    procs.boot_id(),
-                    me,
-                    procs.start_time(me),
-                    now,
-                    now,
-                ),
-            )
-        return int(rows[0]["seq"])
+            return queue.enqueue(tx, ttype, node, identity.host_name(), os.getpid())
 
     def leave_queue(self, seq: int) -> None:
         with self.ctx.store.write() as tx:
-            tx.execute("DELETE FROM waiters WHERE seq = ?", (seq,))
+            queue.leave(tx, seq)
 
     def heartbeat_waiter(self, seq: int) -> bool:
         with self.ctx.store.write() as tx:
-            return bool(
-                tx.execute("UPDATE waiters SET heartbeat_at = ? WHERE seq = ?", (tx.now(), seq))
-            )
+            return queue.heartbeat(tx, seq, tx.now())
 
     # -- housekeeping and views ---------------------------------------------------------
 
     def reap(self) -> list[Row]:
         with self.ctx.store.write() as tx:
-            return reap(tx, tx.now(), self.ctx.settings)
+            return slots.reap(tx, tx.now(), self.ctx.settings, on_end=feedback.task_ended)
 
     def list_tasks(self, task_type: str | None = None, node: str | None = None) -> list[Row]:
-        sql = (
-            "SELECT task_id, task_type, node, host, pid, pgid, wrapper_pid, config_name, "
-            "command, source, started_at, lease_expires, lease_token FROM tasks"
-        )
-        where, args = [], []
-        if task_type:
-            where.append("task_type = ?")
-            args.append(TaskType.parse(task_type).value)
-        if node:
-            where.append("node = ?")
-            args.append(node)
-        if where:
-            sql += " WHERE " + " AND ".join(where)
         with self.ctx.store.read() as tx:
-            now = tx.now()
-            rows = tx.query(sql + " ORDER BY started_at, task_id", args)
-        for row in rows:
-            row["age"] = round(now - row["started_at"], 3)
-            row["lease_left"] = round(row["lease_expires"] - now, 3)
-        return rows
+            return slots.running(tx, tx.now(), task_type, node)
 
     def history(self, limit: int = 50) -> list[Row]:
         with self.ctx.store.read() as tx:
-            return tx.query(
-                "SELECT * FROM task_history ORDER BY ended_at DESC, id DESC LIMIT ?", (int(limit),)
-            )
+            return slots.history(tx, limit)
 
     def reserve(
         self, task_type: str | TaskType, node: str, slots: int, ttl: float | None = None
     ) -> Row:
         """Hold ``slots`` slots on ``node`` for ``task_type`` (gauntlet workers)."""
-        if slots < 1:
-            raise UsageError("--slots must be at least 1")
-        if ttl is not None and not (0 < ttl < float("inf")):
-            raise UsageError("--ttl must be a positive number of seconds")
         ttype = TaskType.parse(task_type).value
-        res_id = f"res-{os.urandom(5).hex()}"
         with self.ctx.store.write() as tx:
-            now = tx.now()
-            expires = None if ttl is None else now + ttl
-            tx.execute(
-                "INSERT INTO reservations (res_id, node, task_type, slots, created_at, "
-                "expires_at, who) VALUES (?,?,?,?,?,?,?)",
-                (res_id, node, ttype, int(slots), now, expires, who_am_i(self.ctx.env)),
-            )
-        return {
-            "res_id": res_id,
-            "node": node,
-            "task_type": ttype,
-            "slots": int(slots),
-            "created_at": now,
-            "expires_at": expires,
-        }
+            return reservations.create(tx, ttype, node, slots, ttl, who_am_i(self.ctx.env))
 
     def release_reservation(self, res_id: str) -> None:
         with self.ctx.store.write() as tx:
-            if not tx.execute("DELETE FROM reservations WHERE res_id = ?", (res_id,)):
+            if not reservations.release(tx, res_id):
                 raise NotFound(f"no reservation {res_id!r}")
 
     def list_reservations(self) -> list[Row]:
         with self.ctx.store.read() as tx:
-            return tx.query(
-                "SELECT res_id, node, task_type, slots, created_at, expires_at, who "
-                "FROM reservations WHERE expires_at IS NULL OR expires_at > ? ORDER BY created_at",
-                (tx.now(),),
-            )
+            return reservations.active(tx, tx.now())
 
     def decisions(
         self,
@@ -338,87 +260,38 @@ class TaskCoordinator:
         task_type: str | None = None,
         limit: int = 100,
     ) -> list[Row]:
-        where, args = [], []
-        if denied_only:
-            where.append("allowed = 0")
-        if since is not None:
-            where.append("at >= ?")
-            args.append(since)
-        if node:
-            where.append("node = ?")
-            args.append(node)
-        if task_type:
-            where.append("task_type = ?")
-            args.append(TaskType.parse(task_type).value)
-        sql = "SELECT * FROM decisions"
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        with self.ctx.store.read() as tx:
-            return tx.query(sql + " ORDER BY id DESC LIMIT ?", (*args, int(limit)))
+        """The decision log, newest first, each entry's ``rules`` decoded."""
+        from ringrift_coord import reports  # the read models: not on the hot path
+
+        return reports.decisions(
+            self.ctx,
+            denied_only=denied_only,
+            since=since,
+            node=node,
+            task_type=task_type,
+            limit=limit,
+        )
 
     def get_state(self) -> CoordinatorStatus:
         """RUNNING, or PAUSED while a cluster-wide halt (or this host's halt file) holds."""
-        with self.ctx.store.read() as tx:
-            now = tx.now()
-            halted = tx.one(
-                "SELECT 1 AS x FROM halts WHERE scope = '*' AND (expires_at IS NULL OR "
-                "expires_at > ?)",
-                (now,),
-            )
-        if halted or read_halt_file(self.ctx.state_dir, now) is not None:
-            return CoordinatorStatus.PAUSED
-        return CoordinatorStatus.RUNNING
+        from ringrift_coord import reports
+        from ringrift_coord.coordinator_base import CoordinatorStatus
+
+        return CoordinatorStatus(reports.state(self.ctx))
 
     def get_stats(self) -> dict[str, Any]:
         """Tasks per type and node against their limits, reservations and queue lengths."""
-        settings = self.ctx.settings
-        with self.ctx.store.read() as tx:
-            counts = tx.query(
-                "SELECT task_type, node, COUNT(*) AS n FROM tasks GROUP BY task_type, node"
-            )
-            queued = tx.query("SELECT task_type, COUNT(*) AS n FROM waiters GROUP BY task_type")
-        by_type: dict[str, Any] = {}
-        for t in TaskType:
-            by_type[t.value] = {
-                "running": 0,
-                "per_node_limit": settings.task_limit(t.value, "per_node"),
-                "cluster_limit": settings.task_limit(t.value, "cluster"),
-                "nodes": {},
-                "queued": 0,
-            }
-        for row in counts:
-            entry = by_type.setdefault(row["task_type"], {"running": 0, "nodes": {}, "queued": 0})
-            entry["running"] += row["n"]
-            entry["nodes"][row["node"]] = row["n"]
-        for row in queued:
-            by_type.setdefault(row["task_type"], {"running": 0, "nodes": {}})["queued"] = row["n"]
-        return {
-            "state": self.get_state().value,
-            "total_tasks": sum(r["n"] for r in counts),
-            "by_type": by_type,
-            "reservations": self.list_reservations(),
-            "store": self.ctx.store.describe(),
-        }
+        from ringrift_coord import reports
 
-
-def default_node(env: Any = None) -> str:
-    env = os.environ if env is None else env
-    node = env.get("RINGRIFT_NODE_ID") or procs.host_name()
-    if any(ch < " " or ch == "\x7f" for ch in node):
-        raise UsageError(f"RINGRIFT_NODE_ID {node!r} contains control characters")
-    return node
+        return reports.stats(self.ctx)
 
 
 # --------------------------------------------------------------------------- module API
 
-_coordinator: TaskCoordinator | None = None
-
 
 def get_coordinator() -> TaskCoordinator:
-    global _coordinator
-    if _coordinator is None:
-        _coordinator = TaskCoordinator()
-    return _coordinator
+    """The process-wide coordinator (``TaskCoordinator.get_instance()``)."""
+    return TaskCoordinator.get_instance()
 
 
 def can_spawn_task(task_type: str | TaskType, node_id: str) -> tuple[bool, str]:

@@ -1,18 +1,19 @@
-"""Task types and the resource class each one uses (SPEC §4)."""
+"""Task types and the resource class each one uses (cpu, gpu, hybrid, io): a reservation on
+a node holds its slots against the other types of the same class."""
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import StrEnum
 
 
-class ResourceType(str, Enum):
+class ResourceType(StrEnum):
     CPU = "cpu"
     GPU = "gpu"
     HYBRID = "hybrid"
     IO = "io"
 
 
-class TaskType(str, Enum):
+class TaskType(StrEnum):
     SELFPLAY = "selfplay"
     TRAINING = "training"
     CMAES = "cmaes"

@@ -277,7 +277,7 @@ def test_store_clock_stepped_back_rebases_the_open_breaker(tmp_path: Path) -> No
     size of the step."""
     import os
 
-    from ringrift_coord import breakers, guards
+    from ringrift_coord import breakers, feedback
     from ringrift_coord.clock import ManualClock
     from ringrift_coord.config import load_settings
     from ringrift_coord.context import Context
@@ -300,7 +300,7 @@ def test_store_clock_stepped_back_rebases_the_open_breaker(tmp_path: Path) -> No
     coord = TaskCoordinator(ctx)
     with ctx.store.write() as tx:
         for _ in range(3):
-            guards.record_manual(
+            feedback.record_manual(
                 tx, ctx.settings, "n1", "evaluation", tx.now(), ok=False, reason="exit code 3"
             )
     decision = coord.check("evaluation", "n1")

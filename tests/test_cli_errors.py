@@ -1,4 +1,4 @@
-"""Bad input through the CLI: exit 2 and one clear line on stderr, never a traceback (SPEC §2).
+"""Bad input through the CLI: exit 2 and one clear line on stderr, never a traceback.
 
 Both parsers are covered: the fast argv parser of ``cli/parser.py`` (can-spawn, register,
 unregister, run) and the Typer app (everything else). With ``--json`` an error is also one

@@ -1,4 +1,4 @@
-"""Configuration (SPEC §4): the shipped ``config/unified_loop.yaml``, validation through the CLI,
+"""Configuration: the shipped ``config/unified_loop.yaml``, validation through the CLI,
 and the precedence defaults < YAML < environment (< --set), with each value's source.
 
 Every bad file must give exit 3 and exactly one line on stderr naming the file, the line and

@@ -1,7 +1,7 @@
 """Docs that are tested: every command has help and is in README.md's command reference.
 
 Also: every option of a command is named in its README subsection, every exit code of the
-contract (SPEC §2) is in the README's table, help texts survive Rich markup, and every
+contract is in the README's table, help texts survive Rich markup, and every
 ``ringrift-coord WORD`` the README shows in code is a real command.
 """
 
@@ -20,7 +20,7 @@ from ringrift_coord.errors import ExitCode
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
 ROOT_CMD = typer.main.get_command(app)
-SPEC_EXIT_CODES = (0, 1, 2, 3, 75)  # SPEC §2, plus "child's" (run passes its command's through)
+SPEC_EXIT_CODES = (0, 1, 2, 3, 75)  # the contract, plus "child's" (run passes its own through)
 HELP_OPTIONS = {"--help", "-h"}
 
 

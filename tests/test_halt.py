@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
+
+from conftest import Coord
 
 ENGINES = ("sqlite", "postgres")
 
@@ -109,3 +113,99 @@ def test_halt_bad_input(coord):
         assert len(result.stderr.strip().splitlines()) == 1
         assert "Traceback" not in result.stderr
     assert not (coord.state_dir / "EMERGENCY_HALT").exists()
+
+
+# --------------------------------------------------------------------------- two hosts, one store
+
+
+def second_host(coord: Coord) -> Coord:
+    """Another host on ``coord``'s store: its own state directory (so its own halt file) and
+    host name, the same database (a shared SQLite path, or the same PostgreSQL database)."""
+    if coord.engine == "sqlite":
+        coord.env["RINGRIFT_COORD_DB"] = str(coord.tmp / "shared.db")
+    coord.env["RINGRIFT_COORD_HOST"] = "host-a"
+    (coord.tmp / "b").mkdir()
+    other = Coord(coord.tmp / "b")
+    other.env.update(RINGRIFT_COORD_DB=coord.env["RINGRIFT_COORD_DB"], RINGRIFT_COORD_HOST="host-b")
+    return other
+
+
+API_VIEW = """
+import json
+from ringrift_coord import safeguards, task_coordinator
+print(json.dumps({
+    "state": task_coordinator.get_state().value,
+    "stats_state": task_coordinator.get_stats()["state"],
+    "emergency_active": safeguards.get_stats()["emergency_active"],
+    "is_halted": safeguards.is_halted(safeguards.Safeguards.get_instance().ctx),
+}))
+"""
+
+
+def views_of_the_halt(coord: Coord) -> dict[str, object]:
+    """What every command and the Python API say about the halt, without admitting anything."""
+    status = coord("status", "--json")
+    assert status.returncode == 0, status.stderr
+    doc = json.loads(status.stdout)
+    check = coord("halt", "--check", "--json")
+    assert check.returncode in (0, 1), check.stderr
+    api = subprocess.run(
+        [sys.executable, "-c", API_VIEW], env=coord.env, capture_output=True, text=True
+    )
+    assert api.returncode == 0, api.stderr
+    return {
+        "status_state": doc["state"],
+        "status_lists_a_halt": bool(doc["halt"]["halts"]) or doc["halt"]["halt_file"] is not None,
+        "check_exit": check.returncode,
+        "check_halted": json.loads(check.stdout)["halted"],
+        **json.loads(api.stdout),
+    }
+
+
+def test_unhalt_on_another_host_lifts_the_halt_for_every_command(coord):
+    """Host A halts (store row + its halt file), host B unhalts (the row): on A every view must
+    agree that nothing is halted, before anything on A has touched its stale copy."""
+    other = second_host(coord)
+    assert coord("halt", "--reason", "bad model").returncode == 0
+    halted = views_of_the_halt(coord)
+    assert halted == {
+        "status_state": "paused",
+        "status_lists_a_halt": True,
+        "check_exit": 1,
+        "check_halted": True,
+        "state": "paused",
+        "stats_state": "paused",
+        "emergency_active": True,
+        "is_halted": True,
+    }
+    assert other("halt", "--check").returncode == 1  # the store's row halts host B too
+
+    assert other("unhalt").returncode == 0
+    assert (coord.state_dir / "EMERGENCY_HALT").exists()  # A's copy: B cannot reach it
+    assert views_of_the_halt(coord) == {
+        "status_state": "running",
+        "status_lists_a_halt": False,
+        "check_exit": 0,
+        "check_halted": False,
+        "state": "running",
+        "stats_state": "running",
+        "emergency_active": False,
+        "is_halted": False,
+    }
+    assert coord("can-spawn", "selfplay").returncode == 0
+    # an admission on A (a write transaction) clears the stale copy
+    assert not (coord.state_dir / "EMERGENCY_HALT").exists()
+
+
+def test_a_touched_halt_file_is_never_stale(coord):
+    """Only ``halt``'s own copy of a cluster-wide halt goes stale with the store's row; a file
+    an operator touched halts this host, whatever another host lifts."""
+    other = second_host(coord)
+    coord("tasks")  # creates the state directory
+    (coord.state_dir / "EMERGENCY_HALT").touch()
+    assert other("unhalt").returncode == 0
+    views = views_of_the_halt(coord)
+    assert views["status_state"] == "paused" and views["check_exit"] == 1
+    assert views["state"] == "paused" and views["is_halted"] and views["emergency_active"]
+    assert coord("can-spawn", "selfplay").returncode == 1
+    assert (coord.state_dir / "EMERGENCY_HALT").exists()

@@ -21,7 +21,8 @@ RACER = textwrap.dedent("""
     import io, json, os, sys, time
     import psycopg  # imported before the start signal: the race is the admission, not imports
     from ringrift_coord.cli.main import run_cli
-    work, index, node, holder, rounds = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5])
+    work, index, node, holder = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
+    rounds = int(sys.argv[5])
     for r in range(rounds):
         go = os.path.join(work, f"go-{r}")
         while not os.path.exists(go):

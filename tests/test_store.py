@@ -1,4 +1,4 @@
-"""The state directory and the SQLite database (SPEC §5), through the CLI with real files.
+"""The state directory and the SQLite database , through the CLI with real files.
 
 - the state directory defaults to $XDG_STATE_HOME/ringrift-coord, is created 0700, and is
   refused (exit 3, one line) when it is a symlink, someone else's, or writable by others;

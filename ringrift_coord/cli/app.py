@@ -8,7 +8,6 @@ runs this app (``run_typer``). The global options and the hot commands are gener
 
 from __future__ import annotations
 
-import sys
 import time
 from datetime import UTC
 from typing import Annotated, Any
@@ -16,6 +15,7 @@ from typing import Annotated, Any
 import typer
 
 from ringrift_coord.cli import build, views
+from ringrift_coord.cli.common import complete_types, done, globals_of, node_option, one_line
 from ringrift_coord.cli.hot import Globals, emit_json
 from ringrift_coord.cli.spec import HELP_OPTIONS
 from ringrift_coord.errors import ExitCode, UsageError
@@ -36,34 +36,9 @@ app.add_typer(tasks_app, name="tasks")
 app.add_typer(config_app, name="config")
 
 
-def _complete_types(incomplete: str) -> list[str]:
-    return [t for t in TASK_TYPE_NAMES if t.startswith(incomplete)]
-
-
 TypeOpt = Annotated[
-    str | None, typer.Option("--type", help="Task type.", autocompletion=_complete_types)
+    str | None, typer.Option("--type", help="Task type.", autocompletion=complete_types)
 ]
-
-
-def _g(ctx: typer.Context) -> Globals:
-    obj = ctx.find_root().obj
-    return obj if isinstance(obj, Globals) else Globals()
-
-
-def _done(code: int = 0) -> None:
-    raise typer.Exit(int(code))
-
-
-def _one_line(option: str, value: str | None) -> None:
-    """Refuse control characters in text that later messages print (they must stay one line)."""
-    if value is not None and any(ch < " " or ch == "\x7f" for ch in value):
-        raise UsageError(f"option {option}: {value!r} contains control characters")
-
-
-def _ttl_ok(ttl: float | None) -> None:
-    """An expiry past what timestamps can show (year 9999) would break every later listing."""
-    if ttl is not None and ttl > 1e9:
-        raise UsageError(f"--ttl {ttl:g}: at most 1e9 seconds (about 31 years)")
 
 
 build.install(app)  # the global options and the hot commands, from cli/spec.py
@@ -87,14 +62,14 @@ def tasks_list(
     """Running tasks with age, pid, host and lease."""
     from ringrift_coord.task_coordinator import TaskCoordinator
 
-    g = _g(ctx)
+    g = globals_of(ctx)
     with g.context() as c:
         rows = TaskCoordinator(c).list_tasks(task_type, node)
     if g.json:
         emit_json(rows)
     else:
         views.tasks_table(rows)
-    _done()
+    done()
 
 
 @tasks_app.command("reap")
@@ -102,18 +77,14 @@ def tasks_reap(ctx: typer.Context) -> None:
     """Free the slots of dead holders now."""
     from ringrift_coord.task_coordinator import TaskCoordinator
 
-    g = _g(ctx)
+    g = globals_of(ctx)
     with g.context() as c:
         rows = TaskCoordinator(c).reap()
     if g.json:
         emit_json({"reaped": rows})
     else:
-        for row in rows:
-            sys.stdout.write(
-                f"reaped {row['task_id']} ({row['task_type']} on {row['node']}): {row['reason']}\n"
-            )
-        sys.stdout.write(f"{len(rows)} slot(s) freed\n")
-    _done()
+        views.reaped(rows)
+    done()
 
 
 @tasks_app.command("history")
@@ -124,14 +95,14 @@ def tasks_history(
     """Finished tasks: duration, exit code and status, newest first."""
     from ringrift_coord.task_coordinator import TaskCoordinator
 
-    g = _g(ctx)
+    g = globals_of(ctx)
     with g.context() as c:
         rows = TaskCoordinator(c).history(limit)
     if g.json:
         emit_json(rows)
     else:
         views.history_table(rows)
-    _done()
+    done()
 
 
 # --------------------------------------------------------------------------- reserve
@@ -158,36 +129,36 @@ def reserve(
     """Gauntlet reservation: hold K slots on a node for one task type (reserve release ID)."""
     from ringrift_coord.task_coordinator import TaskCoordinator
 
-    g = _g(ctx)
+    g = globals_of(ctx)
+    if what == "release":
+        if not res_id:
+            raise UsageError("reserve release needs the reservation ID")
+    elif what != "list":
+        if res_id is not None:
+            raise UsageError(f"unexpected extra argument {res_id!r}")
+        if not node or slots is None:
+            raise UsageError("reserve TYPE needs --node N and --slots K")
+        node_option(node)
     with g.context() as c:
         coord = TaskCoordinator(c)
         if what == "release":
-            if not res_id:
-                raise UsageError("reserve release needs the reservation ID")
+            assert res_id is not None
             coord.release_reservation(res_id)
             result: Any = {"released": res_id}
-            text = f"released {res_id}"
         elif what == "list":
             result = coord.list_reservations()
-            text = None
         else:
-            if res_id is not None:
-                raise UsageError(f"unexpected extra argument {res_id!r}")
-            if not node or slots is None:
-                raise UsageError("reserve TYPE needs --node N and --slots K")
-            _one_line("--node", node)
-            _ttl_ok(ttl)
-            if slots > 1_000_000:  # beyond any node, and beyond what the store keeps
-                raise UsageError(f"--slots {slots}: at most 1000000")
+            assert node is not None and slots is not None
             result = coord.reserve(what, node, slots, ttl)
-            text = result["res_id"]
     if g.json:
         emit_json(result)
-    elif text is None:
+    elif what == "release":
+        views.line(f"released {res_id}")
+    elif what == "list":
         views.reservations_table(result)
     else:
-        sys.stdout.write(text + "\n")
-    _done()
+        views.line(result["res_id"])
+    done()
 
 
 # --------------------------------------------------------------------------- halt
@@ -207,32 +178,26 @@ def halt(
 ) -> None:
     """Emergency stop of every new spawn (or of one type), cluster-wide."""
     from ringrift_coord import safeguards
-    from ringrift_coord.tasktypes import TaskType
 
-    g = _g(ctx)
-    _one_line("--reason", reason)
-    _ttl_ok(ttl)
+    g = globals_of(ctx)
+    one_line("--reason", reason)
+    if check:
+        if reason is not None or ttl is not None:
+            raise UsageError("halt --check takes no --reason or --ttl")
+        with g.context() as c:
+            status = safeguards.halt_status(c, task_type)
+        if g.json:
+            emit_json(status)
+        else:
+            views.halt_check(status)
+        done(ExitCode.DENIED if status["halted"] else ExitCode.OK)
     with g.context() as c:
-        if check:
-            if reason is not None or ttl is not None:
-                raise UsageError("halt --check takes no --reason or --ttl")
-            status = safeguards.halt_status(c)
-            scope = None if task_type is None else TaskType.parse(task_type).value
-            active = [h for h in status["halts"] if scope is None or h["scope"] in ("*", scope)]
-            halted = bool(active) or status["halt_file"] is not None
-            if g.json:
-                emit_json({"halted": halted, **status})
-            else:
-                views.halt_check(status, halted)
-            _done(ExitCode.DENIED if halted else ExitCode.OK)
         record = safeguards.activate_emergency(c, reason, task_type=task_type, ttl=ttl)
     if g.json:
         emit_json(record)
     else:
-        what = "every task type" if record["scope"] == "*" else record["scope"]
-        until = "" if record["expires_at"] is None else f" until {views.ts(record['expires_at'])}"
-        sys.stdout.write(f"halted {what} cluster-wide{until} (by {record['who']})\n")
-    _done()
+        views.halted(record)
+    done()
 
 
 @app.command()
@@ -240,16 +205,14 @@ def unhalt(ctx: typer.Context, task_type: TypeOpt = None) -> None:
     """Lift the halt (every halt, or only that of --type)."""
     from ringrift_coord import safeguards
 
-    g = _g(ctx)
+    g = globals_of(ctx)
     with g.context() as c:
         result = safeguards.deactivate_emergency(c, task_type=task_type)
     if g.json:
         emit_json(result)
     else:
-        lifted = ", ".join("all types" if s == "*" else s for s in result["lifted"]) or "nothing"
-        extra = " and removed the halt file" if result["removed_halt_file"] else ""
-        sys.stdout.write(f"unhalted: {lifted}{extra}\n")
-    _done()
+        views.unhalted(result)
+    done()
 
 
 # --------------------------------------------------------------------------- decisions
@@ -269,24 +232,19 @@ def decisions(
     ] = 50,
 ) -> None:
     """The persisted log of admission decisions: who asked, what was decided, why."""
-    from ringrift_coord.task_coordinator import TaskCoordinator
+    from ringrift_coord import reports
 
-    g = _g(ctx)
+    g = globals_of(ctx)
     since_ts = None if since is None else parse_since(since, time.time())
     with g.context() as c:
-        rows = TaskCoordinator(c).decisions(
-            denied_only=denied, since=since_ts, node=node, task_type=task_type, limit=limit
+        rows = reports.decisions(
+            c, denied_only=denied, since=since_ts, node=node, task_type=task_type, limit=limit
         )
-    for row in rows:
-        import json
-
-        row["rules"] = json.loads(row["rules"]) if row["rules"] else []
-        row["allowed"] = bool(row["allowed"])
     if g.json:
         emit_json(rows)
     else:
         views.decisions_table(rows)
-    _done()
+    done()
 
 
 def parse_since(text: str, now: float) -> float:
@@ -308,41 +266,41 @@ def parse_since(text: str, now: float) -> float:
 # --------------------------------------------------------------------------- limits, targets
 
 
-def _show_settings(g: Globals, sections: list[str], title: str, extra: Any = None) -> None:
+def _show_settings(g: Globals, sections: list[str], title: str) -> None:
+    from ringrift_coord import reports
+
     with g.context() as c:
-        settings = c.settings
-        more = extra(c) if extra else {}  # limits: OOM-lowered caps and backpressure
-    rows = [
-        {"key": key, "value": value, "source": source}
-        for section in sections
-        for key, value, source in settings.flat(section)
-    ]
+        doc = reports.settings(c, sections)
     if g.json:
-        emit_json({"config_file": settings.file, "values": rows, **more})
+        emit_json(doc)
     else:
-        views.settings_table(rows, title, settings.file)
-        if extra:
-            resources_cmd.print_caps(more)
+        views.settings_table(doc, title)
 
 
 @app.command()
 def limits(ctx: typer.Context) -> None:
     """Effective task limits, rate limits, thresholds and store settings, with their source;
     the caps lowered after repeated OOMs and the backpressure factors in force."""
-    _show_settings(
-        _g(ctx),
-        ["task_limits", "rate_limits", "thresholds", "store", "run"],
-        "limits",
-        extra=resources_cmd.caps_in_force,
-    )
-    _done()
+    from ringrift_coord import reports
+
+    g = globals_of(ctx)
+    with g.context() as c:
+        doc = reports.limits(c)
+    if g.json:
+        emit_json(doc)
+    else:
+        views.settings_table(doc, "limits")
+        views.caps_tables(doc)
+    done()
 
 
 @app.command()
 def targets(ctx: typer.Context) -> None:
     """Effective utilization targets and PID gains, with their source."""
-    _show_settings(_g(ctx), ["resource_targets", "durations", "peak_hours"], "targets")
-    _done()
+    from ringrift_coord.reports import TARGET_SECTIONS
+
+    _show_settings(globals_of(ctx), TARGET_SECTIONS, "targets")
+    done()
 
 
 @config_app.command("show")
@@ -350,8 +308,8 @@ def config_show(ctx: typer.Context) -> None:
     """Every effective setting and where it came from."""
     from ringrift_coord.config import SCHEMA
 
-    _show_settings(_g(ctx), list(SCHEMA), "configuration")
-    _done()
+    _show_settings(globals_of(ctx), list(SCHEMA), "configuration")
+    done()
 
 
 @config_app.command("validate")
@@ -367,13 +325,13 @@ def config_validate(
     """Check a config file: exit 0 when valid, 3 with the file, line and key when not."""
     from ringrift_coord.config import load_settings
 
-    g = _g(ctx)
+    g = globals_of(ctx)
     settings = load_settings(file or g.config)
     if g.json:
         emit_json({"valid": True, "file": settings.file})
     else:
-        sys.stdout.write(f"{settings.file or 'built-in defaults'}: valid\n")
-    _done()
+        views.line(f"{settings.file or 'built-in defaults'}: valid")
+    done()
 
 
 # --------------------------------------------------------------------------- status
@@ -382,29 +340,16 @@ def config_validate(
 @app.command()
 def status(ctx: typer.Context) -> None:
     """One screen: halt, tasks against limits per node and type, breakers, reservations."""
-    from ringrift_coord import breakers, safeguards
-    from ringrift_coord.breakers import BreakerConfig
-    from ringrift_coord.task_coordinator import TaskCoordinator
+    from ringrift_coord import reports
 
-    g = _g(ctx)
+    g = globals_of(ctx)
     with g.context() as c:
-        coord = TaskCoordinator(c)
-        stats = coord.get_stats()
-        halts = safeguards.halt_status(c)
-        tasks = coord.list_tasks()
-        cfg = BreakerConfig.from_settings(c.settings)
-        with c.store.read() as tx:  # reading never restarts a breaker's timer
-            now = tx.now()
-            breaker_rows = [b.to_dict(now, cfg) for b in breakers.load_all(tx)]
-    document = {**stats, "halt": halts, "tasks": tasks, "breakers": breaker_rows}
+        document = reports.status(c)
     if g.json:
         emit_json(document)
     else:
         views.status_screen(document)
-        not_closed = [r for r in breaker_rows if r["state"] != "closed"]
-        if not_closed:
-            breakers_cmd.breakers_table(not_closed, now)
-    _done()
+    done()
 
 
 # --------------------------------------------------------------------------- breakers

@@ -1,0 +1,207 @@
+"""What finished tasks teach admission: their outcome fed to the (node, type) circuit breaker,
+the node's backpressure factor (``backpressure``) and the OOM-lowered caps (``lowered_caps``).
+
+Each failed, killed or OOM-killed job halves its node's spawn-rate factor (down to
+``backpressure.min_factor``); each success adds ``backpressure.increase`` back (up to 1).
+``oom.lower_after`` OOMs of a type on a node within ``oom.window`` lower that node's cap for
+the type to running x ``oom.factor``; it grows back by one per ``oom.decay_interval``.
+The rules read what is learned here (``lowered_cap``, ``rate_factor``); ``slots`` calls
+``task_ended`` for every task it ends; scripts feed outcomes with ``record_manual``.
+"""
+
+from __future__ import annotations
+
+import math
+
+from ringrift_coord import breakers, slots
+from ringrift_coord.breakers import HALF_OPEN, OPEN, BreakerConfig
+from ringrift_coord.inputs import printable
+
+TYPE_CHECKING = False  # typing costs start-up time on the hot path; annotations are lazy
+if TYPE_CHECKING:
+    from typing import Any
+
+    from ringrift_coord.config import Settings
+    from ringrift_coord.store.base import Row, Tx
+
+FAILED_STATUSES = ("failed", "killed", "oom", "spawn_failed")
+MAX_REASON = 300  # a breaker's last reason: one line in every listing and refusal
+CAP_PROBE = "(SELECT COUNT(*) FROM lowered_caps WHERE node = ? AND task_type = ?)"  # (node, type)
+FACTOR_PROBE = "(SELECT factor FROM backpressure WHERE node = ?)"  # (node,)
+
+
+# --------------------------------------------------------------------------- what is learned
+
+
+def lowered_cap(tx: Tx, settings: Settings, node: str, ttype: str, now: float) -> int | None:
+    """The OOM-lowered per-node cap, grown back by one per decay interval (None: none)."""
+    row = tx.one(
+        "SELECT cap, lowered_at FROM lowered_caps WHERE node = ? AND task_type = ?", (node, ttype)
+    )
+    if row is None:
+        return None
+    interval = max(1.0, float(settings.get("oom.decay_interval")))
+    cap = int(row["cap"]) + int(max(0.0, now - row["lowered_at"]) // interval)
+    configured = settings.task_limit(ttype, "per_node")
+    if configured is not None and cap >= configured:
+        return None
+    return cap
+
+
+def rate_factor(tx: Tx, node: str) -> float:
+    """The node's backpressure: its rate limits are multiplied by this (1: none)."""
+    row = tx.one("SELECT factor FROM backpressure WHERE node = ?", (node,))
+    return 1.0 if row is None else float(row["factor"])
+
+
+def node_caps(tx: Tx, settings: Settings, node: str, now: float) -> dict[str, Any]:
+    """A node's effective per-node caps: configured limits, OOM-lowered caps, backpressure."""
+    per_node = {
+        name: entry["per_node"]
+        for name, entry in settings.get("task_limits").items()
+        if isinstance(entry, dict) and entry.get("per_node") is not None
+    }
+    lowered: dict[str, int] = {}
+    for row in tx.query(
+        "SELECT task_type FROM lowered_caps WHERE node = ? ORDER BY task_type", (node,)
+    ):
+        cap = lowered_cap(tx, settings, node, row["task_type"], now)
+        if cap is not None:
+            lowered[row["task_type"]] = cap
+    effective: dict[str, int] = dict(per_node)
+    for name, cap in lowered.items():
+        effective[name] = cap if per_node.get(name) is None else min(cap, per_node[name])
+    return {
+        "per_node": per_node,
+        "lowered": lowered,
+        "effective": effective,
+        "backpressure": rate_factor(tx, node),
+    }
+
+
+def caps_in_force(tx: Tx, settings: Settings, now: float) -> dict[str, Any]:
+    """Every OOM-lowered cap still below its configured limit, and every backpressure factor."""
+    lowered = []
+    for row in tx.query(
+        "SELECT node, task_type, lowered_at, ooms FROM lowered_caps ORDER BY node, task_type"
+    ):
+        cap = lowered_cap(tx, settings, row["node"], row["task_type"], now)
+        if cap is None:  # grown back to the configured limit
+            continue
+        lowered.append(
+            {**row, "cap": cap, "configured": settings.task_limit(row["task_type"], "per_node")}
+        )
+    backpressure = tx.query("SELECT node, factor, updated_at FROM backpressure ORDER BY node")
+    return {"lowered_caps": lowered, "backpressure": backpressure}
+
+
+# --------------------------------------------------------------------------- learning
+
+
+def _adjust_backpressure(tx: Tx, settings: Settings, node: str, ok: bool, now: float) -> None:
+    bp = settings.get("backpressure")
+    factor = rate_factor(tx, node)
+    if ok:
+        if factor >= 1.0:
+            return
+        factor = min(1.0, factor + float(bp["increase"]))  # additive increase
+    else:
+        factor = max(float(bp["min_factor"]), factor * float(bp["decrease"]))  # mult. decrease
+    tx.execute("DELETE FROM backpressure WHERE node = ?", (node,))
+    if factor < 1.0:
+        tx.execute(
+            "INSERT INTO backpressure (node, factor, updated_at) VALUES (?,?,?)",
+            (node, factor, now),
+        )
+
+
+def _note_oom(tx: Tx, settings: Settings, node: str, ttype: str, now: float) -> None:
+    """Repeated OOMs of a type on a node lower that node's cap for the type."""
+    oom = settings.get("oom")
+    count = slots.ended_since(tx, node, ttype, "oom", now - float(oom["window"]))
+    if count < int(oom["lower_after"]):
+        return
+    current = lowered_cap(tx, settings, node, ttype, now)
+    base = slots.count(tx, node, ttype) + 1
+    configured = settings.task_limit(ttype, "per_node")
+    for bound in (current, configured):
+        if bound is not None:
+            base = min(base, bound)
+    cap = max(1, min(base - 1, math.floor(base * float(oom["factor"]))))
+    tx.execute("DELETE FROM lowered_caps WHERE node = ? AND task_type = ?", (node, ttype))
+    tx.execute(
+        "INSERT INTO lowered_caps (node, task_type, cap, lowered_at, ooms) VALUES (?,?,?,?,?)",
+        (node, ttype, cap, now, count),
+    )
+
+
+def task_ended(
+    tx: Tx, settings: Settings, row: Row, status: str, reason: str | None, now: float
+) -> None:
+    """Feed a finished task to its breaker, its node's backpressure and the OOM caps."""
+    ok = status == "ok"
+    if not ok and status not in FAILED_STATUSES:
+        if row.get("trial"):  # reaped or otherwise lost: let another trial run
+            breaker = breakers.load(tx, row["node"], row["task_type"], now)
+            breaker.trial_lost()
+            breakers.save(tx, breaker)
+        return
+    if ok and not row.get("trial"):
+        # the common case: a success on a node with no breaker history and no backpressure
+        seen = tx.one(
+            f"SELECT {breakers.PROBE} AS b, (SELECT COUNT(*) FROM backpressure WHERE node = ?) "
+            "AS bp",
+            (row["node"], row["task_type"], row["node"]),
+        )
+        if seen is not None and not seen["b"] and not seen["bp"]:
+            return
+    cfg = BreakerConfig.from_settings(settings)
+    label = reason or status  # "exit code 3", "killed by SIGKILL", ...
+    if status == "oom" and reason and "oom" not in reason.lower():
+        label = f"oom: {reason}"
+    breakers.record_outcome(
+        tx,
+        cfg,
+        row["node"],
+        row["task_type"],
+        now,
+        ok=ok,
+        trial=bool(row.get("trial")),
+        reason=None if ok else _one_line(label),
+        evidence=None if ok else reason,
+    )
+    _adjust_backpressure(tx, settings, row["node"], ok, now)
+    if status == "oom":
+        _note_oom(tx, settings, row["node"], row["task_type"], now)
+
+
+def record_manual(
+    tx: Tx,
+    settings: Settings,
+    node: str,
+    ttype: str,
+    now: float,
+    *,
+    ok: bool,
+    reason: str | None,
+) -> breakers.Breaker:
+    """An outcome a script reports (``breakers record-failure`` / ``record-success``)."""
+    cfg = BreakerConfig.from_settings(settings)
+    trial = False
+    if breakers.exists(tx, node, ttype):
+        breaker = breakers.load(tx, node, ttype, now)
+        trial = breaker.view(now, cfg)[0] == HALF_OPEN
+        if trial:  # half-open: this outcome is a trial's, one that starts and ends at once
+            if breaker.state == OPEN:  # (without taking the place of a trial still running)
+                breaker.state, breaker.trial_successes = HALF_OPEN, 0
+            breaker.trials_in_flight += 1
+            breakers.save(tx, breaker)
+    reason = None if reason is None else _one_line(reason)
+    result = breakers.record_outcome(tx, cfg, node, ttype, now, ok=ok, trial=trial, reason=reason)
+    _adjust_backpressure(tx, settings, node, ok, now)
+    return result
+
+
+def _one_line(reason: str) -> str:
+    """A breaker's last reason as refusals print it: one clean line of at most 300 chars."""
+    return " ".join(printable(reason).split())[:MAX_REASON]

@@ -1,0 +1,66 @@
+"""The fair wait queue (``waiters``): ``run --wait`` takes a place in line per task type.
+
+Arrival order is the ``seq`` of a waiter's row. Admission counts the waiters ahead of a
+request against the limits, so a newcomer cannot jump the line. A waiter is alive while its
+process lives (on its own host) or while it keeps polling (its heartbeat, for other hosts);
+a dead one loses its place at the next admission on any node.
+"""
+
+from __future__ import annotations
+
+from ringrift_coord import procs
+
+TYPE_CHECKING = False  # typing costs start-up time on the hot path; annotations are lazy
+if TYPE_CHECKING:
+    from ringrift_coord.store.base import Row, Tx
+
+PROBE = "(SELECT COUNT(*) FROM waiters)"  # admission's probe: is anybody waiting at all?
+
+
+def enqueue(tx: Tx, task_type: str, node: str, host: str, pid: int) -> int:
+    """Take a place in line for process ``pid`` on this host; its ``seq``."""
+    now = tx.now()
+    rows = tx.query(
+        "INSERT INTO waiters (task_type, node, host, boot_id, pid, pid_start, "
+        "enqueued_at, heartbeat_at) VALUES (?,?,?,?,?,?,?,?) RETURNING seq",
+        (task_type, node, host, procs.boot_id(), pid, procs.start_time(pid), now, now),
+    )
+    return int(rows[0]["seq"])
+
+
+def leave(tx: Tx, seq: int) -> None:
+    """Give up the place (timed out, interrupted, or admitted)."""
+    tx.execute("DELETE FROM waiters WHERE seq = ?", (seq,))
+
+
+def heartbeat(tx: Tx, seq: int, now: float) -> bool:
+    """A waiter that still polls is alive: other hosts judge its place by this."""
+    return bool(tx.execute("UPDATE waiters SET heartbeat_at = ? WHERE seq = ?", (now, seq)))
+
+
+def ahead(tx: Tx, task_type: str, seq: int | None) -> list[str]:
+    """The nodes of the waiters for ``task_type`` ahead of ``seq`` (every waiter: None)."""
+    if seq is None:
+        rows = tx.query("SELECT node FROM waiters WHERE task_type = ?", (task_type,))
+    else:
+        rows = tx.query(
+            "SELECT node FROM waiters WHERE task_type = ? AND seq < ?", (task_type, seq)
+        )
+    return [row["node"] for row in rows]
+
+
+def lengths(tx: Tx) -> list[Row]:
+    """Waiters per task type: ``task_type``, ``n``."""
+    return tx.query("SELECT task_type, COUNT(*) AS n FROM waiters GROUP BY task_type")
+
+
+def reap_dead(tx: Tx, now: float, lease_ttl: float, host: str, this_boot: str | None) -> None:
+    """Drop waiters whose process died (this host) or that stopped polling (other hosts)."""
+    for waiter in tx.query("SELECT seq, host, boot_id, pid, pid_start, heartbeat_at FROM waiters"):
+        if waiter["host"] == host:
+            same_boot = not (this_boot and waiter["boot_id"] and waiter["boot_id"] != this_boot)
+            if same_boot and procs.pid_alive(waiter["pid"], waiter["pid_start"]):
+                continue
+        elif waiter["heartbeat_at"] >= now - lease_ttl:
+            continue
+        leave(tx, waiter["seq"])

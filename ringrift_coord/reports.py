@@ -1,0 +1,216 @@
+"""Read models: the documents ``status``, ``resources``, ``limits``, ``breakers list``,
+``decisions``, ``get_stats`` and ``get_state`` show.
+
+Each report taking a ``Context`` reads in ONE read transaction (so every part of a report is
+the same moment's state), never writes (looking at a breaker never moves its recovery
+timer; a stale halt file is shown as lifted, not removed) and returns a JSON-able document.
+The functions taking a transaction are the pieces, for callers that already hold one.
+"""
+
+from __future__ import annotations
+
+from ringrift_coord import (
+    admission,
+    breakers,
+    feedback,
+    halts,
+    identity,
+    queue,
+    readings,
+    reservations,
+    slots,
+)
+from ringrift_coord.breakers import BreakerConfig
+from ringrift_coord.tasktypes import TaskType
+
+TYPE_CHECKING = False  # typing costs start-up time on the hot path; annotations are lazy
+if TYPE_CHECKING:
+    from typing import Any
+
+    from ringrift_coord.config import Settings
+    from ringrift_coord.context import Context
+    from ringrift_coord.store.base import Row, Tx
+
+RUNNING, PAUSED = "running", "paused"  # CoordinatorStatus values
+
+
+# --------------------------------------------------------------------------- task coordinator
+
+
+def task_stats(tx: Tx, settings: Settings, state_dir: str, now: float) -> dict[str, Any]:
+    """Tasks per type and node against their limits, queue lengths, reservations, state."""
+    counts = slots.counts(tx)
+    by_type: dict[str, Any] = {}
+    for t in TaskType:
+        by_type[t.value] = {
+            "running": 0,
+            "per_node_limit": settings.task_limit(t.value, "per_node"),
+            "cluster_limit": settings.task_limit(t.value, "cluster"),
+            "nodes": {},
+            "queued": 0,
+        }
+    for row in counts:
+        entry = by_type.setdefault(row["task_type"], {"running": 0, "nodes": {}, "queued": 0})
+        entry["running"] += row["n"]
+        entry["nodes"][row["node"]] = row["n"]
+    for row in queue.lengths(tx):
+        by_type.setdefault(row["task_type"], {"running": 0, "nodes": {}})["queued"] = row["n"]
+    return {
+        "state": PAUSED if halts.state(tx, state_dir, now).paused else RUNNING,
+        "total_tasks": sum(r["n"] for r in counts),
+        "by_type": by_type,
+        "reservations": reservations.active(tx, now),
+    }
+
+
+def stats(ctx: Context) -> dict[str, Any]:
+    """``TaskCoordinator.get_stats``: ``task_stats`` and the store in use."""
+    with ctx.store.read() as tx:
+        doc = task_stats(tx, ctx.settings, ctx.state_dir, tx.now())
+    doc["store"] = ctx.store.describe()
+    return doc
+
+
+def state(ctx: Context) -> str:
+    """``running``, or ``paused`` while a cluster-wide halt (or this host's halt file) holds."""
+    with ctx.store.read() as tx:
+        return PAUSED if halts.state(tx, ctx.state_dir, tx.now()).paused else RUNNING
+
+
+def status(ctx: Context) -> dict[str, Any]:
+    """``status``: the task stats, the halts, the running tasks and the breakers, all as of
+    one moment (``at``)."""
+    cfg = BreakerConfig.from_settings(ctx.settings)
+    with ctx.store.read() as tx:
+        now = tx.now()
+        doc = task_stats(tx, ctx.settings, ctx.state_dir, now)
+        doc["halt"] = halts.status(tx, ctx.state_dir, now)
+        doc["state"] = PAUSED if doc["halt"]["paused"] else RUNNING  # one reading of the file
+        doc["tasks"] = slots.running(tx, now)
+        doc["breakers"] = breakers.views(tx, cfg, now)
+    doc["store"] = ctx.store.describe()
+    doc["at"] = now
+    return doc
+
+
+def decisions(ctx: Context, **filters: Any) -> list[Row]:
+    """``decisions``: the decision log, newest first (see ``admission.decisions``)."""
+    with ctx.store.read() as tx:
+        return admission.decisions(tx, **filters)
+
+
+# --------------------------------------------------------------------------- safeguards
+
+
+def resource_overview(
+    tx: Tx,
+    settings: Settings,
+    now: float,
+    *,
+    node: str | None = None,
+    state_dir: str | None = None,
+    live: bool = True,
+) -> dict[str, Any]:
+    """Every node's latest reading (or one node's) against the thresholds.
+
+    Each entry has the levels per resource, the load against its critical level, the
+    sample's age, ``stale`` (older than ``resources.max_sample_age``: admission ignores it),
+    ``blocking`` (what admission would refuse the node for) and the node's caps. With
+    ``live``, this host also gets ``live``: its cheap live readings, which admission uses
+    when ``resources.live_host`` is on and the host has no fresh sample.
+    """
+    thresholds = settings.get("thresholds")
+    max_age = float(settings.get("resources.max_sample_age"))
+    rows = [readings.latest(tx, node)] if node is not None else readings.all_latest(tx)
+    nodes = []
+    for row in rows:
+        if row is None:
+            continue
+        item = readings.assess(readings.decode(row) or {}, thresholds, now, max_age)
+        item["caps"] = feedback.node_caps(tx, settings, row["node"], now)
+        nodes.append(item)
+    local = identity.local_node()
+    live_doc = None
+    if live and (node is None or node == local):
+        paths = ([state_dir] if state_dir else []) + list(settings.get("resources.data_paths"))
+        reading = readings.live_host(paths)
+        reading.update(node=local, at=now)
+        live_doc = readings.assess(reading, thresholds, now, max_age)
+        fresh = any(n["node"] == local and not n["stale"] for n in nodes)
+        live_doc["used_by_admission"] = bool(settings.get("resources.live_host")) and not fresh
+        live_doc["blocking"] = live_doc["blocking"] and live_doc["used_by_admission"]
+        live_doc["caps"] = feedback.node_caps(tx, settings, local, now)
+    return {
+        "at": now,
+        "thresholds": thresholds,
+        "max_sample_age": max_age,
+        "live_host": bool(settings.get("resources.live_host")),
+        "local_node": local,
+        "nodes": nodes,
+        "live": live_doc,
+    }
+
+
+def resources(ctx: Context, node: str | None = None) -> dict[str, Any]:
+    """``resources``: see ``resource_overview``."""
+    with ctx.store.read() as tx:
+        return resource_overview(tx, ctx.settings, tx.now(), node=node, state_dir=ctx.state_dir)
+
+
+def breaker_list(
+    ctx: Context, node: str | None = None, task_type: str | None = None
+) -> dict[str, Any]:
+    """``breakers list``: every breaker (or a node's, a type's) as of ``at``."""
+    cfg = BreakerConfig.from_settings(ctx.settings)
+    with ctx.store.read() as tx:
+        now = tx.now()
+        return {"at": now, "breakers": breakers.views(tx, cfg, now, node, task_type)}
+
+
+def caps_in_force(ctx: Context) -> dict[str, Any]:
+    """What admission learned: OOM-lowered caps and backpressure factors in force."""
+    with ctx.store.read() as tx:
+        return feedback.caps_in_force(tx, ctx.settings, tx.now())
+
+
+def settings(ctx: Context, sections: list[str]) -> dict[str, Any]:
+    """The effective settings of ``sections``, each with its source."""
+    rows = [
+        {"key": key, "value": value, "source": source}
+        for section in sections
+        for key, value, source in ctx.settings.flat(section)
+    ]
+    return {"config_file": ctx.settings.file, "values": rows}
+
+
+LIMIT_SECTIONS = ["task_limits", "rate_limits", "thresholds", "store", "run"]
+TARGET_SECTIONS = ["resource_targets", "durations", "peak_hours"]
+
+
+def limits(ctx: Context) -> dict[str, Any]:
+    """``limits``: the limits in force with their sources, and the caps admission learned."""
+    return {**settings(ctx, LIMIT_SECTIONS), **caps_in_force(ctx)}
+
+
+def safeguard_stats(ctx: Context) -> dict[str, Any]:
+    """``Safeguards.get_stats``: breakers, halts, readings, backpressure and lowered caps."""
+    cfg = BreakerConfig.from_settings(ctx.settings)
+    with ctx.store.read() as tx:
+        now = tx.now()
+        halt = halts.state(tx, ctx.state_dir, now)
+        breaker_list = breakers.views(tx, cfg, now)
+        overview = resource_overview(tx, ctx.settings, now, state_dir=ctx.state_dir)
+        caps = feedback.caps_in_force(tx, ctx.settings, now)
+    return {
+        "at": now,
+        "emergency_active": halt.halted(),
+        "halts": halt.rows,
+        "halt_file": halt.file,
+        "breakers": breaker_list,
+        "open_breakers": sum(1 for b in breaker_list if b["state"] != "closed"),
+        "readings": overview["nodes"],
+        "live": overview["live"],
+        "thresholds": overview["thresholds"],
+        "blocked_nodes": sorted({n["node"] for n in overview["nodes"] if n["blocking"]}),
+        **caps,
+    }

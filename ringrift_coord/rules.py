@@ -1,0 +1,398 @@
+"""The rules admission composes: halt, circuit breaker, resource thresholds, per-node limit
+and reservations, OOM-lowered cap, cluster limit, spawn-rate bucket with backpressure.
+
+Each rule is one function ``rule(tx, req, settings, now, ev) -> Reason | list[Reason] | None``
+that reads the state as the admission transaction sees it, through ``ev`` (an
+``Evaluation``: what one evaluation reads once and several rules share) and the module that
+owns each table. No rule writes: a write a rule finds due (a breaker re-based after the
+store's clock stepped back, a rate bucket stamped in the future, a stale mirror halt file)
+goes to ``ev.chores``, which ``admission.admit`` runs in its write transaction. ``RULES`` is
+the order admission applies them in, which is the order a refusal lists them in; a new rule
+(peak hours, an optimizer's cap) is one more function in that tuple.
+
+The token bucket is kept here too: the rate rule reads it, ``take_token`` spends it.
+"""
+
+from __future__ import annotations
+
+from ringrift_coord import breakers, feedback, halts, identity, queue, readings, reservations, slots
+from ringrift_coord.breakers import HALF_OPEN, OPEN, BreakerConfig
+from ringrift_coord.decision import Reason
+from ringrift_coord.tasktypes import TaskType
+
+TYPE_CHECKING = False  # typing costs start-up time on the hot path; annotations are lazy
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any
+
+    from ringrift_coord.config import Settings
+    from ringrift_coord.decision import Request
+    from ringrift_coord.store.base import Row, Tx
+
+    Rule = Callable[[Tx, Request, Settings, float, "Evaluation"], "Reason | list[Reason] | None"]
+
+UNKNOWN_RETRY = 5.0  # seconds to suggest when no learned duration can say better
+
+
+class Evaluation:
+    """What one evaluation reads once and shares between rules, and what it leaves behind.
+
+    ``probe``: admission's one-statement probe of the side tables (which are empty);
+    ``running`` / ``on_node``: the type's running tasks (cluster / this node);
+    ``waiting``: the nodes of the waiters ahead of the request; ``reservations`` in force.
+    Left behind: ``breaker`` (the task's breaker, for admit to pass it through), ``rate``
+    (the bucket's rate after backpressure, for admit to spend a token), ``warnings``
+    (readings past their warning level: shown, not enforced) and ``chores``.
+    """
+
+    __slots__ = (
+        "probe",
+        "state_dir",
+        "running",
+        "on_node",
+        "waiting",
+        "ahead_node",
+        "reservations",
+        "breaker",
+        "rate",
+        "warnings",
+        "chores",
+    )
+
+    def __init__(self, tx: Tx, req: Request, now: float, probe: Row, state_dir: str | None) -> None:
+        ttype = req.task_type.value
+        self.probe, self.state_dir = probe, state_dir
+        self.running = slots.of_type(tx, ttype)
+        self.on_node = [r for r in self.running if r["node"] == req.node]
+        self.waiting = queue.ahead(tx, ttype, req.waiter_seq) if probe["waiters"] else []
+        self.ahead_node = sum(1 for node in self.waiting if node == req.node)
+        self.reservations = reservations.active(tx, now) if probe["reservations"] else []
+        self.breaker: breakers.Breaker | None = None
+        self.rate: tuple[float, float] | None = None
+        self.warnings: list[str] = []
+        self.chores: list[Callable[[Tx], None]] = []
+
+
+def _expected_end_wait(rows: list[Row], expected: float | None, now: float) -> float:
+    """Seconds until the earliest of ``rows`` is expected to finish (learned durations later)."""
+    if not rows or expected is None:
+        return UNKNOWN_RETRY
+    earliest = min(r["started_at"] for r in rows) + expected
+    return max(UNKNOWN_RETRY, earliest - now)
+
+
+# --------------------------------------------------------------------------- halt
+
+
+def halt(tx: Tx, req: Request, settings: Settings, now: float, ev: Evaluation) -> list[Reason]:
+    """Every halt that applies to the type, and this host's halt file (see ``halts``)."""
+    if ev.probe["halts"]:
+        state = halts.state(tx, ev.state_dir, now, req.task_type.value)
+    else:
+        state = halts.file_only(ev.state_dir, now)
+    stale = state.stale_file
+    if stale is not None:
+        ev.chores.append(lambda tx: halts.remove_stale_file(stale))
+    return state.reasons(now)
+
+
+# --------------------------------------------------------------------------- breaker
+
+
+def breaker(tx: Tx, req: Request, settings: Settings, now: float, ev: Evaluation) -> Reason | None:
+    """The (node, type) circuit breaker: open, or half-open with its trials all running."""
+    if not ev.probe["breaker"]:
+        return None
+    ttype = req.task_type.value
+    cfg = BreakerConfig.from_settings(settings)
+    found = ev.breaker = breakers.load(tx, req.node, ttype, now)
+    if found.rebase(now, cfg):  # the clock stepped back past its opening: keep the shorter
+        ev.chores.append(lambda tx: breakers.save(tx, found))  # wait, or it slides with "now"
+    state, retry_at = found.view(now, cfg)
+    last = f" (last: {found.last_reason})" if found.last_reason else ""
+    if state == OPEN:
+        assert retry_at is not None
+        return Reason(
+            "breaker",
+            f"circuit breaker for {ttype} on {req.node} is open after "
+            f"{found.recent_failures(now, cfg)} failure(s){last}",
+            used=found.recent_failures(now, cfg),
+            limit=cfg.failure_threshold,
+            retry_after=round(retry_at - now, 3),
+            details={"state": state, "opened_at": found.opened_at, "retry_at": retry_at},
+        )
+    trials = found.trials_in_flight  # trials still running, of this half-open period or not
+    if state == HALF_OPEN and trials >= cfg.half_open_trials:
+        return Reason(
+            "breaker",
+            f"circuit breaker for {ttype} on {req.node} is half-open with {trials} trial(s) "
+            f"running{last}",
+            requested=1,
+            used=trials,
+            limit=cfg.half_open_trials,
+            retry_after=float(settings.get("durations").get(ttype) or UNKNOWN_RETRY),
+            details={"state": state},
+        )
+    return None
+
+
+def pass_breaker(tx: Tx, settings: Settings, found: breakers.Breaker | None, now: float) -> bool:
+    """Pass an admitted task through its breaker; True when it runs as a half-open trial."""
+    if found is None:
+        return False
+    allowed, trial, _ = found.admit(now, BreakerConfig.from_settings(settings))
+    assert allowed  # the rule above said so, in this same transaction
+    breakers.save(tx, found)
+    return trial
+
+
+# --------------------------------------------------------------------------- thresholds
+
+
+def thresholds(
+    tx: Tx, req: Request, settings: Settings, now: float, ev: Evaluation
+) -> list[Reason] | None:
+    """Critical readings block the node; warnings are reported, not enforced.
+
+    Uses the node's latest sample while it is fresh; for this host without a fresh sample,
+    cheap live readings (memory, disk, load) when ``resources.live_host`` is on.
+    """
+    live = req.node == identity.local_node() and settings.get("resources.live_host")
+    if not ev.probe["reading"] and not live:
+        return None
+    reading: Row | dict[str, Any] | None = (
+        readings.latest(tx, req.node) if ev.probe["reading"] else None
+    )
+    if reading is not None and now - reading["at"] > float(
+        settings.get("resources.max_sample_age")
+    ):
+        reading = None  # stale: ignored (shown as stale by `resources`)
+    if reading is None and live:
+        paths = [ev.state_dir] if ev.state_dir else []
+        reading = readings.live_host(paths + list(settings.get("resources.data_paths")))
+    if reading is None:
+        return None
+    limits = settings.get("thresholds")
+    levels = readings.levels(reading, limits)
+    reasons: list[Reason] = []
+    for resource in readings.RESOURCES:
+        value, crit = reading.get(resource), limits[resource]["critical"]
+        if levels[resource] == "critical":
+            reasons.append(
+                Reason(
+                    "threshold",
+                    f"{resource} at {value:.0f}% on {req.node} >= critical {crit}%",
+                    used=value,
+                    limit=crit,
+                    retry_after=60.0,
+                    details={
+                        "resource": resource,
+                        "source": reading.get("source"),
+                        "at": reading.get("at", now),
+                    },
+                )
+            )
+        elif levels[resource] == "warning":
+            warn = limits[resource]["warning"]
+            ev.warnings.append(f"{resource} at {value:.0f}% on {req.node} >= warning {warn}%")
+    if levels["load_avg"] == "critical":
+        load, cpus = reading["load_avg"], reading["cpus"]
+        critical = readings.critical_load(cpus, limits)
+        per_cpu = limits["load_avg_critical_per_cpu"]
+        reasons.append(
+            Reason(
+                "threshold",
+                f"load average {load:.2f} on {req.node} >= critical {critical:g} "
+                f"({per_cpu:g} x {cpus} cpus)",
+                used=load,
+                limit=critical,
+                retry_after=60.0,
+                details={"resource": "load_avg", "source": reading.get("source")},
+            )
+        )
+    return reasons
+
+
+# --------------------------------------------------------------------------- limits
+
+
+def node_limit(
+    tx: Tx, req: Request, settings: Settings, now: float, ev: Evaluation
+) -> Reason | None:
+    """The per-node limit, less the slots reserved on the node for other types of the same
+    resource class (held whether or not they are used yet)."""
+    ttype = req.task_type.value
+    limit = settings.task_limit(ttype, "per_node")
+    if limit is None:
+        return None
+    held_for_others = 0
+    for res in ev.reservations:
+        if res["node"] != req.node or res["task_type"] == ttype:
+            continue
+        if TaskType.parse(res["task_type"]).resource_type != req.task_type.resource_type:
+            continue
+        # held for that type whether or not it uses them yet: its running tasks do not
+        # count against this type's limit, so only the whole reservation keeps room
+        held_for_others += res["slots"]
+    effective = limit - held_for_others
+    used, ahead = len(ev.on_node), ev.ahead_node
+    if used + ahead + 1 <= effective:
+        return None
+    wait = _expected_end_wait(ev.on_node, settings.duration(ttype), now)
+    queued = f" + {ahead} queued" if ahead else ""
+    if used + ahead + 1 > limit:
+        return Reason(
+            "node_limit",
+            f"{used} running{queued} + 1 requested > per-node limit {limit} on {req.node}",
+            requested=1,
+            used=used,
+            limit=limit,
+            retry_after=wait,
+            details={"queued": ahead},
+        )
+    return Reason(
+        "reservation",
+        f"{held_for_others} of the {limit} per-node slots on {req.node} are reserved for other "
+        f"work; {used} running{queued} + 1 requested > {effective}",
+        requested=1,
+        used=used,
+        limit=effective,
+        retry_after=wait,
+        details={"reserved": held_for_others, "queued": ahead},
+    )
+
+
+def oom_cap(tx: Tx, req: Request, settings: Settings, now: float, ev: Evaluation) -> Reason | None:
+    """The node's cap for the type, lowered after repeated OOMs (see ``feedback``)."""
+    if not ev.probe["cap"]:
+        return None
+    ttype = req.task_type.value
+    cap = feedback.lowered_cap(tx, settings, req.node, ttype, now)
+    limit = settings.task_limit(ttype, "per_node")
+    used, ahead = len(ev.on_node), ev.ahead_node
+    if cap is None or used + ahead + 1 <= cap:
+        return None
+    if limit is not None and used + ahead + 1 > limit:
+        return None  # the per-node limit already says so
+    queued = f" + {ahead} queued" if ahead else ""
+    return Reason(
+        "oom_cap",
+        f"{used} running{queued} + 1 requested > cap {cap} for {ttype} on {req.node}, "
+        "lowered after repeated OOMs",
+        requested=1,
+        used=used,
+        limit=cap,
+        retry_after=_expected_end_wait(ev.on_node, settings.duration(ttype), now),
+        details={"configured": limit, "queued": ahead},
+    )
+
+
+def cluster_limit(
+    tx: Tx, req: Request, settings: Settings, now: float, ev: Evaluation
+) -> Reason | None:
+    """The cluster limit, counting the waiters ahead and the type's reserved, still unused
+    slots on other nodes."""
+    ttype = req.task_type.value
+    cluster = settings.task_limit(ttype, "cluster")
+    if cluster is None:
+        return None
+    held_elsewhere = 0
+    if ev.reservations:
+        per_node_count: dict[str, int] = {}
+        for r in ev.running:
+            per_node_count[r["node"]] = per_node_count.get(r["node"], 0) + 1
+        for res in ev.reservations:
+            if res["task_type"] == ttype and res["node"] != req.node:
+                held_elsewhere += max(0, res["slots"] - per_node_count.get(res["node"], 0))
+    used, ahead = len(ev.running), len(ev.waiting)
+    if used + ahead + held_elsewhere + 1 <= cluster:
+        return None
+    extra = f" + {ahead} queued" if ahead else ""
+    if held_elsewhere:
+        extra += f" + {held_elsewhere} reserved on other nodes"
+    return Reason(
+        "cluster_limit",
+        f"{used} running{extra} + 1 requested > cluster limit {cluster}",
+        requested=1,
+        used=used,
+        limit=cluster,
+        retry_after=_expected_end_wait(ev.running, settings.duration(ttype), now),
+        details={"queued": ahead, "reserved_elsewhere": held_elsewhere},
+    )
+
+
+# --------------------------------------------------------------------------- spawn rate
+
+
+def rate(tx: Tx, req: Request, settings: Settings, now: float, ev: Evaluation) -> Reason | None:
+    """The (node, type) token bucket, its refill slowed by the node's backpressure."""
+    ttype = req.task_type.value
+    limits = settings.rate_limit(ttype)
+    if limits is None:
+        return None
+    factor = float(ev.probe["factor"]) if ev.probe["factor"] is not None else 1.0
+    if factor < 1.0:  # backpressure: this node's recent jobs keep failing
+        limits = (limits[0] * factor, limits[1])
+    ev.rate = limits
+    tokens, ahead_of_clock = _bucket(tx, req.node, ttype, limits, now)
+    if ahead_of_clock:
+        # the clock stepped back: restamp the bucket now, so that refilling resumes at once
+        # instead of after the size of the step (refilling nothing for the step itself)
+        ev.chores.append(lambda tx: _restamp(tx, req.node, ttype, now))
+    if tokens >= 1.0:
+        return None
+    per_minute, burst = limits
+    return Reason(
+        "rate",
+        f"spawn rate for {ttype} on {req.node} exhausted ({per_minute:g}/min, burst {burst:g})",
+        requested=1,
+        used=int(burst - tokens),
+        limit=burst,
+        retry_after=(1.0 - tokens) * 60.0 / per_minute if per_minute > 0 else None,
+        details={
+            "per_minute": per_minute,
+            "tokens": round(tokens, 3),
+            "backpressure": round(factor, 3),
+        },
+    )
+
+
+def _bucket(
+    tx: Tx, node: str, ttype: str, limits: tuple[float, float], now: float
+) -> tuple[float, bool]:
+    """(tokens in the bucket now, whether it was stamped after ``now``); reads only."""
+    per_minute, burst = limits
+    row = tx.one(
+        "SELECT tokens, updated_at FROM rate_buckets WHERE node = ? AND task_type = ?",
+        (node, ttype),
+    )
+    if row is None:
+        return burst, False
+    if row["updated_at"] > now:
+        return min(burst, row["tokens"]), True
+    elapsed = now - row["updated_at"]
+    return min(burst, row["tokens"] + elapsed * per_minute / 60.0), False
+
+
+def _restamp(tx: Tx, node: str, ttype: str, now: float) -> None:
+    tx.execute(
+        "UPDATE rate_buckets SET updated_at = ? WHERE node = ? AND task_type = ?",
+        (now, node, ttype),
+    )
+
+
+def take_token(tx: Tx, node: str, ttype: str, limits: tuple[float, float], now: float) -> None:
+    """Spend one token of the (node, type) bucket (an admission, or ``record_spawn``)."""
+    tokens = _bucket(tx, node, ttype, limits, now)[0] - 1.0
+    changed = tx.execute(
+        "UPDATE rate_buckets SET tokens = ?, updated_at = ? WHERE node = ? AND task_type = ?",
+        (tokens, now, node, ttype),
+    )
+    if not changed:
+        tx.execute(
+            "INSERT INTO rate_buckets (node, task_type, tokens, updated_at) VALUES (?,?,?,?)",
+            (node, ttype, tokens, now),
+        )
+
+
+RULES: tuple[Rule, ...] = (halt, breaker, thresholds, node_limit, oom_cap, cluster_limit, rate)

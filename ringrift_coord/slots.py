@@ -1,0 +1,332 @@
+"""Slots: the running tasks (``tasks``), their holders and leases, and the finished ones
+(``task_history``).
+
+A slot is a row of ``tasks``: the holder (host, boot, pid and its start time, the process
+group of a ``run`` job, the wrapper) and its lease, guarded by a fencing token (the id of the
+decision-log entry that admitted it). It ends exactly once (``finish``: delete + history,
+guarded by the token) by release, or by reaping: on the holder's own host the process
+decides (wrapper or any process of the job's group alive = held, whatever the lease); from
+other hosts, an expired lease. Whoever ends slots passes ``on_end``, which hears of every end
+(the safeguards' ``feedback.task_ended``), so no ended task goes unseen by the breakers.
+"""
+
+from __future__ import annotations
+
+import os
+
+from ringrift_coord import identity, procs, queue
+from ringrift_coord.errors import CoordError, ExitCode, UsageError
+from ringrift_coord.tasktypes import TaskType
+
+TYPE_CHECKING = False  # typing costs start-up time on the hot path; annotations are lazy
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any
+
+    from ringrift_coord.config import Settings
+    from ringrift_coord.decision import Request
+    from ringrift_coord.store.base import Row, Tx
+
+    OnEnd = Callable[[Tx, Settings, Row, str, "str | None", float], None]
+
+RELEASE_STATUSES = ("ok", "failed", "oom", "killed", "stopped")
+END_STATUSES = (*RELEASE_STATUSES, "spawn_failed")  # and "reaped", which only reaping gives
+MAX_TASK_ID = 200
+
+
+class StaleLease(CoordError):
+    """A release or renewal with a fencing token that no longer owns the slot."""
+
+    exit_code = ExitCode.DENIED
+
+
+# --------------------------------------------------------------------------- holders
+
+
+def holder_alive(row: Row, host: str, this_boot: str | None) -> bool | None:
+    """True/False for a holder on this host; None when it lives on another host."""
+    if row["host"] != host:
+        return None
+    if this_boot and row.get("boot_id") and row["boot_id"] != this_boot:
+        return False  # recorded before this host rebooted
+    if row.get("wrapper_pid") and procs.pid_alive(row["wrapper_pid"], row.get("wrapper_start")):
+        return True
+    if row.get("pgid"):
+        return procs.group_alive(row["pgid"], row.get("pid_start"))
+    return procs.pid_alive(row.get("pid"), row.get("pid_start"))
+
+
+def holder_fields(
+    pid: int | None, pgid: int | None = None, wrapper_pid: int | None = None
+) -> dict[str, Any]:
+    """A holder as the reaper watches it: each process with its start time."""
+    return {
+        "pid": pid,
+        "pid_start": procs.start_time(pid) if pid else None,
+        "pgid": pgid,
+        "wrapper_pid": wrapper_pid,
+        "wrapper_start": procs.start_time(wrapper_pid) if wrapper_pid else None,
+    }
+
+
+# --------------------------------------------------------------------------- taking a slot
+
+
+def new_task_id(tx: Tx, req: Request) -> str:
+    """The id of the slot ``req`` is about to take: its own (checked) or a fresh one."""
+    if req.task_id is None:
+        return f"{req.task_type.value}-{os.urandom(6).hex()}"
+    if not req.task_id.strip() or len(req.task_id) > MAX_TASK_ID:
+        raise UsageError(
+            f"must be a non-empty string of at most {MAX_TASK_ID} characters", field="task_id"
+        )
+    if tx.one("SELECT 1 AS x FROM tasks WHERE task_id = ?", (req.task_id,)):
+        raise UsageError(f"task id {req.task_id!r} is already registered and running")
+    return req.task_id
+
+
+def insert(
+    tx: Tx,
+    req: Request,
+    task_id: str,
+    now: float,
+    settings: Settings,
+    *,
+    token: int,
+    trial: bool,
+) -> None:
+    """The slot's row: its holder, its lease and its fencing token."""
+    lease_ttl = float(settings.get("store.lease_ttl"))
+    tx.execute(
+        "INSERT INTO tasks (task_id, task_type, node, host, boot_id, pid, pid_start, pgid, "
+        "wrapper_pid, wrapper_start, config_name, command, source, started_at, "
+        "lease_expires, lease_token, trial) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+        (
+            task_id,
+            req.task_type.value,
+            req.node,
+            req.host,
+            req.boot_id,
+            req.pid,
+            req.pid_start,
+            req.pgid,
+            req.wrapper_pid,
+            req.wrapper_start,
+            req.config_name,
+            req.command,
+            req.source,
+            now,
+            now + _lease_for(req, settings, lease_ttl),
+            token,
+            int(trial),
+        ),
+    )
+
+
+def _lease_for(req: Request, settings: Settings, lease_ttl: float) -> float:
+    """`run` renews its lease; a `register`ed holder has nobody doing so, so other hosts
+    (which judge it by its lease) give it twice the expected duration of its type (on its
+    own host its process decides, and any command there refreshes the lease)."""
+    if req.source == "run":
+        return lease_ttl
+    expected = settings.duration(req.task_type.value) or 0.0
+    return max(lease_ttl, 2.0 * expected)
+
+
+def set_holder(tx: Tx, task_id: str, token: int, fields: dict[str, Any]) -> bool:
+    """Point the slot at the job's process group (``run`` does this after fork)."""
+    return bool(
+        tx.execute(
+            "UPDATE tasks SET pid = ?, pid_start = ?, pgid = ? WHERE task_id = ? "
+            "AND lease_token = ?",
+            (fields["pid"], fields["pid_start"], fields["pgid"], task_id, token),
+        )
+    )
+
+
+def renew(tx: Tx, task_id: str, token: int, lease_ttl: float) -> bool:
+    """Extend a lease; False when the slot is no longer this holder's."""
+    now = tx.now()
+    return bool(
+        tx.execute(
+            "UPDATE tasks SET lease_expires = ? WHERE task_id = ? AND lease_token = ?",
+            (now + lease_ttl, task_id, token),
+        )
+    )
+
+
+# --------------------------------------------------------------------------- ending a slot
+
+
+def finish(
+    tx: Tx, row: Row, now: float, *, exit_code: int | None, status: str, reason: str | None
+) -> bool:
+    """Delete the slot and write its history, exactly once (the fencing token guards it)."""
+    deleted = tx.execute(
+        "DELETE FROM tasks WHERE task_id = ? AND lease_token = ?",
+        (row["task_id"], row["lease_token"]),
+    )
+    if not deleted:
+        return False
+    tx.execute(
+        "INSERT INTO task_history (task_id, task_type, node, host, pid, config_name, started_at, "
+        "ended_at, duration, exit_code, status, reason) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+        (
+            row["task_id"],
+            row["task_type"],
+            row["node"],
+            row["host"],
+            row.get("pid"),
+            row.get("config_name"),
+            row["started_at"],
+            now,
+            max(0.0, now - row["started_at"]),
+            exit_code,
+            status,
+            reason,
+        ),
+    )
+    return True
+
+
+def release(
+    tx: Tx,
+    task_id: str,
+    *,
+    token: int | None,
+    exit_code: int | None,
+    status: str,
+    reason: str | None = None,
+    settings: Settings,
+    on_end: OnEnd,
+) -> Row | None:
+    """Free ``task_id``'s slot once; None when it was already released (or reaped)."""
+    if status not in END_STATUSES:
+        raise UsageError(
+            f"must be one of {', '.join(RELEASE_STATUSES)}, not {status!r}", field="status"
+        )
+    row = tx.one("SELECT * FROM tasks WHERE task_id = ?", (task_id,))
+    if row is None:
+        return None
+    if token is not None and int(row["lease_token"]) != int(token):
+        raise StaleLease(
+            f"lease token {token} no longer holds task {task_id} (now held with token "
+            f"{row['lease_token']}); nothing was released"
+        )
+    now = tx.now()
+    if not finish(tx, row, now, exit_code=exit_code, status=status, reason=reason):
+        return None
+    on_end(tx, settings, row, status, reason, now)
+    row["ended_at"] = now
+    row["duration"] = max(0.0, now - row["started_at"])
+    return row
+
+
+def ended(tx: Tx, task_id: str) -> bool:
+    """True when ``task_id`` ran and is in the history."""
+    return tx.one("SELECT 1 AS x FROM task_history WHERE task_id = ?", (task_id,)) is not None
+
+
+def reap(
+    tx: Tx, now: float, settings: Settings, *, on_end: OnEnd, waiters: bool = True
+) -> list[Row]:
+    """Free slots of dead holders (this host) and expired leases (other hosts); drop dead
+    waiters from the queue too (``waiters=False``: the probe saw none).
+
+    On this host the process decides, not the lease: a job whose wrapper was killed keeps
+    its slot while any process of its group lives, however old its lease.
+    """
+    host, this_boot = identity.host_name(), procs.boot_id()
+    lease_ttl = float(settings.get("store.lease_ttl"))
+    reaped: list[Row] = []
+    rows = tx.query(
+        "SELECT task_id, task_type, node, host, boot_id, pid, pid_start, pgid, wrapper_pid, "
+        "wrapper_start, config_name, started_at, lease_expires, lease_token, trial FROM tasks"
+    )
+    for row in rows:
+        alive = holder_alive(row, host, this_boot)
+        if alive is None:
+            if row["lease_expires"] >= now:
+                continue
+            why = f"lease expired at {row['lease_expires']:.0f} on host {row['host']}"
+        elif alive:
+            if row["lease_expires"] < now + lease_ttl / 2:
+                # a live local holder keeps its lease fresh for hosts that judge by leases
+                tx.execute(
+                    "UPDATE tasks SET lease_expires = ? WHERE task_id = ? AND lease_token = ?",
+                    (now + lease_ttl, row["task_id"], row["lease_token"]),
+                )
+            continue
+        else:
+            why = "holder process gone"
+        if finish(tx, row, now, exit_code=None, status="reaped", reason=why):
+            row["reason"] = why
+            reaped.append(row)
+            on_end(tx, settings, row, "reaped", why, now)
+    if waiters:
+        queue.reap_dead(tx, now, lease_ttl, host, this_boot)
+    return reaped
+
+
+def prune_history(tx: Tx, cutoff: float) -> None:
+    tx.execute("DELETE FROM task_history WHERE ended_at < ?", (cutoff,))
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def of_type(tx: Tx, task_type: str) -> list[Row]:
+    """The running tasks of one type: node and start (what the limits count)."""
+    return tx.query("SELECT node, started_at FROM tasks WHERE task_type = ?", (task_type,))
+
+
+def count(tx: Tx, node: str, task_type: str) -> int:
+    row = tx.one(
+        "SELECT COUNT(*) AS n FROM tasks WHERE node = ? AND task_type = ?", (node, task_type)
+    )
+    return int(row["n"]) if row else 0
+
+
+def counts(tx: Tx) -> list[Row]:
+    """Running tasks per (type, node): ``task_type``, ``node``, ``n``."""
+    return tx.query("SELECT task_type, node, COUNT(*) AS n FROM tasks GROUP BY task_type, node")
+
+
+def ended_since(tx: Tx, node: str, task_type: str, status: str, since: float) -> int:
+    """How many tasks of a type on a node ended with ``status`` since ``since``."""
+    row = tx.one(
+        "SELECT COUNT(*) AS n FROM task_history WHERE node = ? AND task_type = ? "
+        "AND status = ? AND ended_at >= ?",
+        (node, task_type, status, since),
+    )
+    return int(row["n"]) if row else 0
+
+
+def running(tx: Tx, now: float, task_type: str | None = None, node: str | None = None) -> list[Row]:
+    """The running tasks with their age and lease left, oldest first."""
+    sql = (
+        "SELECT task_id, task_type, node, host, pid, pgid, wrapper_pid, config_name, "
+        "command, source, started_at, lease_expires, lease_token FROM tasks"
+    )
+    where: list[str] = []
+    args: list[object] = []
+    if task_type:
+        where.append("task_type = ?")
+        args.append(TaskType.parse(task_type).value)
+    if node:
+        where.append("node = ?")
+        args.append(node)
+    if where:
+        sql += " WHERE " + " AND ".join(where)
+    rows = tx.query(sql + " ORDER BY started_at, task_id", args)
+    for row in rows:
+        row["age"] = round(now - row["started_at"], 3)
+        row["lease_left"] = round(row["lease_expires"] - now, 3)
+    return rows
+
+
+def history(tx: Tx, limit: int) -> list[Row]:
+    """Finished tasks, newest first."""
+    return tx.query(
+        "SELECT * FROM task_history ORDER BY ended_at DESC, id DESC LIMIT ?", (int(limit),)
+    )

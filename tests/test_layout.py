@@ -1,0 +1,90 @@
+"""The package's layout: no import cycle between its modules, lazy imports included, and the
+hot path (``can-spawn``, ``register``, ``unregister``, ``run``) free of the CLI framework and
+of the read models.
+
+Every ``import`` / ``from ... import`` anywhere in a module (at the top, inside functions,
+under ``TYPE_CHECKING``) is an edge; a cycle is a strongly connected set of modules.
+"""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parent.parent / "ringrift_coord"
+
+
+def import_graph() -> dict[str, set[str]]:
+    modules: dict[str, Path] = {}
+    for path in PACKAGE.rglob("*.py"):
+        parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        modules[name] = path
+    graph: dict[str, set[str]] = {name: set() for name in modules}
+    for name, path in modules.items():
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            targets: list[str] = []
+            if isinstance(node, ast.Import):
+                targets = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                targets = [node.module, *(f"{node.module}.{a.name}" for a in node.names)]
+            graph[name].update(t for t in targets if t in modules and t != name)
+    return graph
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Tarjan's strongly connected components of more than one module."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    found: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        for w in sorted(graph[v]):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return found
+
+
+def test_no_import_cycle_lazy_imports_included() -> None:
+    graph = import_graph()
+    assert "ringrift_coord.admission" in graph and graph["ringrift_coord.admission"]
+    assert cycles(graph) == []
+
+
+def test_the_cycle_finder_finds_a_cycle() -> None:
+    assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+def test_hot_path_imports_no_cli_framework_and_no_read_model() -> None:
+    code = (
+        "import sys, ringrift_coord.cli.main, ringrift_coord.cli.parser, ringrift_coord.cli.hot, "
+        "ringrift_coord.task_coordinator, ringrift_coord.launcher\n"
+        "print(' '.join(sorted(m for m in sys.modules if m.split('.')[0] in "
+        "('typer', 'click', 'rich', 'typing', 'dataclasses') or m in "
+        "('ringrift_coord.reports', 'ringrift_coord.safeguards', 'ringrift_coord.cli.app'))))"
+    )
+    loaded = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert loaded == []
