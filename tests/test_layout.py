@@ -88,3 +88,15 @@ def test_hot_path_imports_no_cli_framework_and_no_read_model() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     ).stdout.split()
     assert loaded == []
+
+
+def test_the_core_never_imports_the_command_line_face() -> None:
+    """Only ``cli/`` (and ``__main__``, which starts it) may import ``ringrift_coord.cli``."""
+    graph = import_graph()
+    assert len(graph) > 20  # the walk found the package
+    offenders = {
+        module: sorted(t for t in targets if t.startswith("ringrift_coord.cli"))
+        for module, targets in graph.items()
+        if not module.startswith("ringrift_coord.cli") and module != "ringrift_coord.__main__"
+    }
+    assert {module: found for module, found in offenders.items() if found} == {}
