@@ -51,20 +51,16 @@ class CoordError(Exception):
 class UsageError(CoordError, ValueError):
     """Bad input. ``field`` names the input in the core's own terms (``ttl``, ``task_id``).
 
-    ``str(exc)`` is the core's sentence (``ttl: must be a positive number of seconds``);
-    ``message``, the line the command line prints, names the field as its option
-    (``option --ttl: ...``): option names are ``--`` + the field with ``-`` for ``_``.
+    ``message`` (and ``str(exc)``) is the core's sentence, ``ttl: 0 is not a positive
+    number of seconds``; ``detail`` is the sentence without the field. The command line
+    names the field as its option instead (``option --ttl: ...``, in ``cli/main.py``).
     """
 
     exit_code = ExitCode.USAGE
 
     def __init__(self, message: str, *, field: str | None = None) -> None:
-        shown = message if field is None else f"option --{field.replace('_', '-')}: {message}"
-        super().__init__(shown)
+        super().__init__(message if field is None else f"{field}: {message}")
         self.field, self.detail = field, message
-
-    def __str__(self) -> str:
-        return self.detail if self.field is None else f"{self.field}: {self.detail}"
 
 
 class ConfigError(CoordError, ValueError):

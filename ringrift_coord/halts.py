@@ -65,12 +65,12 @@ class HaltState:
 
     def halted(self, task_type: str | TaskType | None = None) -> bool:
         """Halted at all (no type), or for that type (a cluster-wide halt or its own)."""
+        scope = scope_of(task_type)  # an unknown type is bad input, whatever is halted
         if self.file is not None:
             return True
         if task_type is None:
             return bool(self.rows)
-        scopes = (GLOBAL, scope_of(task_type))
-        return any(row["scope"] in scopes for row in self.rows)
+        return any(row["scope"] in (GLOBAL, scope) for row in self.rows)
 
     @property
     def paused(self) -> bool:

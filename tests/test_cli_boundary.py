@@ -214,7 +214,6 @@ BAD_ARGS = {
         [b"run", b"selfplay", b"--config-name", BAD, b"true"],
         "option --config-name",
     ),
-    "global --db": ([b"--db", BAD, b"can-spawn", b"selfplay"], "option --db"),
     "global --set": ([b"can-spawn", b"selfplay", b"--set", BAD], "option --set"),
     "halt --reason": ([b"halt", b"--reason", BAD], "option --reason"),
     "reserve --node": (
@@ -250,6 +249,64 @@ def test_nothing_is_stored_from_an_argument_not_utf8(c: Coord) -> None:
     assert c("halt", "--check").returncode == 0
     assert tasks(c) == [] and history(c) == []
     assert json.loads(c("--json", "reserve", "list").stdout) == []
+
+
+@pytest.mark.parametrize("option", [b"--state-dir", b"--db"])
+def test_a_path_may_be_any_bytes(c: Coord, option: bytes) -> None:
+    """A file or directory name is whatever the file system allows: the emergency halt
+    never fails because the state directory's name is not UTF-8."""
+    place = os.fsencode(str(c.tmp)) + b"/place" + BAD
+    if option == b"--db":
+        place += b".db"
+    done = run_bytes(c, option, place, b"halt", b"--reason", b"maintenance")
+    assert done.returncode == 0, done.stderr
+    assert os.path.exists(place)
+    check = run_bytes(c, option, place, b"halt", b"--check")
+    assert check.returncode == 1, check.stderr
+    assert b"maintenance" in check.stdout
+
+
+def test_a_path_with_a_control_character_is_refused(c: Coord) -> None:
+    done = run_bytes(c, b"--state-dir", os.fsencode(str(c.tmp)) + b"/s\x1b[2J", b"status")
+    assert one_error_line(done, 2) == (
+        f"option --state-dir: {str(c.tmp) + '/s' + chr(27) + '[2J'!r} contains control characters"
+    )
+
+
+@pytest.mark.parametrize("separator", ["\u2028", "\u2029", "\x85"])
+def test_a_line_separator_in_a_value_is_refused_whole(c: Coord, separator: str) -> None:
+    """A Unicode line break would cut the one error line (and a stored name) in two."""
+    node = f"a{separator}b"
+    done = c("can-spawn", "selfplay", "--node", node)
+    assert one_error_line(done, 2) == f"option --node: {node!r} contains control characters"
+
+
+def test_json_mode_is_what_the_parser_read(c: Coord) -> None:
+    """``--node --json`` is a node called --json: an error is then one line, no JSON."""
+    done = c("can-spawn", "bogus", "--node", "--json")
+    assert one_error_line(done, 2).startswith("unknown task type 'bogus'")
+    assert done.stdout == ""
+
+
+def test_help_before_an_unknown_option_is_refused_by_both_parsers(c: Coord) -> None:
+    done = c("can-spawn", "-h", "--bogus")
+    assert "--bogus" in one_error_line(done, 2)
+
+
+def test_no_option_of_run_is_completed_among_the_jobs_words(c: Coord) -> None:
+    def complete(*words: str) -> list[str]:
+        env = {
+            **c.env,
+            "_RINGRIFT_COORD_COMPLETE": "complete_bash",
+            "COMP_WORDS": " ".join(["ringrift-coord", *words]),
+            "COMP_CWORD": str(len(words)),
+        }
+        done = subprocess.run([str(EXE)], env=env, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+        return done.stdout.split()
+
+    assert "--node" in complete("run", "selfplay", "--n")
+    assert complete("run", "selfplay", "echo", "--n") == []
 
 
 def test_the_jobs_words_may_be_any_bytes(c: Coord) -> None:

@@ -65,6 +65,9 @@ def test_touched_halt_file_halts_this_host(coord):
     assert [r["rule"] for r in rules] == ["halt_file"]
     assert coord("halt", "--check").returncode == 1
     assert coord("register", "selfplay").returncode == 1
+    # an unknown type is bad input whatever is halted (not "halted": exit 2, not 1)
+    bogus = coord("halt", "--check", "--type", "bogus")
+    assert bogus.returncode == 2 and "unknown task type 'bogus'" in bogus.stderr
     assert coord("unhalt").returncode == 0
     assert coord("can-spawn", "training").returncode == 0
 

@@ -15,7 +15,7 @@ from typing import Annotated, Any
 import typer
 
 from ringrift_coord.cli import build, views
-from ringrift_coord.cli.common import complete_types, done, globals_of, node_option, one_line
+from ringrift_coord.cli.common import complete_types, done, globals_of, node_option
 from ringrift_coord.cli.hot import Globals, emit_json
 from ringrift_coord.cli.spec import HELP_OPTIONS
 from ringrift_coord.errors import ExitCode, UsageError
@@ -180,7 +180,6 @@ def halt(
     from ringrift_coord import safeguards
 
     g = globals_of(ctx)
-    one_line("--reason", reason)
     if check:
         if reason is not None or ttl is not None:
             raise UsageError("halt --check takes no --reason or --ttl")
@@ -318,7 +317,9 @@ def config_validate(
     file: Annotated[
         str | None,
         typer.Argument(
-            metavar="[FILE]", help="File to check (default: the effective config file)."
+            metavar="[FILE]",
+            help="File to check (default: the effective config file).",
+            click_type=build.PATH,
         ),
     ] = None,
 ) -> None:

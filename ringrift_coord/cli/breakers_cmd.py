@@ -12,7 +12,7 @@ from typing import Annotated
 import typer
 
 from ringrift_coord.cli import views
-from ringrift_coord.cli.common import complete_types, done, globals_of, node_option, one_line
+from ringrift_coord.cli.common import complete_types, done, globals_of, node_option
 from ringrift_coord.cli.hot import emit_json
 from ringrift_coord.errors import UsageError
 from ringrift_coord.tasktypes import TaskType
@@ -107,7 +107,6 @@ def _record(
     from ringrift_coord import safeguards
 
     g = globals_of(ctx)
-    one_line("--reason", reason)
     TaskType.parse(task_type)  # a bad type is a usage error before the store is opened
     node = node_option(node)
     with g.context() as c:

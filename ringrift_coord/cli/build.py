@@ -21,8 +21,8 @@ from typer._click import types as click_types
 from typer.core import TyperCommand, TyperGroup
 
 from ringrift_coord.cli import parser, spec
+from ringrift_coord.cli.common import complete_types, globals_of
 from ringrift_coord.cli.hot import Globals
-from ringrift_coord.tasktypes import TASK_TYPE_NAMES
 
 # --------------------------------------------------------------------------- value types
 
@@ -49,6 +49,7 @@ class SpecType(click_types.ParamType):
 
 
 TEXT = SpecType("str")
+PATH = SpecType("path")  # for a file argument of a Typer command (``config validate FILE``)
 
 
 class Group(TyperGroup):
@@ -78,19 +79,22 @@ class RestCommand(TyperCommand):
         ctx.params[command.rest.dest] = rest
         return remaining
 
+    def shell_complete(self, ctx: click.Context, incomplete: str) -> list[Any]:
+        """No option of ``run`` is offered among the job's own words."""
+        command = spec.hot_command(self.name or "")
+        if command is not None and command.rest is not None and ctx.params.get(command.rest.dest):
+            return []
+        return super().shell_complete(ctx, incomplete)
+
 
 # --------------------------------------------------------------------------- completion
-
-
-def complete_task_types(incomplete: str) -> list[str]:
-    return [t for t in TASK_TYPE_NAMES if t.startswith(incomplete)]
 
 
 def _completer(hint: str | tuple[str, ...] | None) -> Callable[[str], list[str]] | None:
     if hint is None:
         return None
     if hint == spec.TASK_TYPES:
-        return complete_task_types
+        return complete_types
     if isinstance(hint, tuple):
         words = hint
         return lambda incomplete: [w for w in words if w.startswith(incomplete)]
@@ -101,6 +105,7 @@ def _completer(hint: str | tuple[str, ...] | None) -> Callable[[str], list[str]]
 
 _PY_TYPE: dict[str, Any] = {
     "str": str | None,
+    "path": str | None,
     "int": int | None,
     "float": float | None,
     "flag": bool,
@@ -154,12 +159,6 @@ def _signed(func: Callable[..., Any], params: list[inspect.Parameter]) -> Callab
     func.__signature__ = signature  # type: ignore[attr-defined]
     func.__annotations__ = {p.name: p.annotation for p in signature.parameters.values()}
     return func
-
-
-def globals_of(ctx: typer.Context) -> Globals:
-    """The global options, from the root context (defaults when called without it)."""
-    obj = ctx.find_root().obj
-    return obj if isinstance(obj, Globals) else Globals()
 
 
 def _print_version(value: bool) -> None:

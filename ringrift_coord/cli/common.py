@@ -7,9 +7,13 @@ from typing import NoReturn
 
 import typer
 
-from ringrift_coord.cli.hot import Globals
+from ringrift_coord.cli.hot import Globals, node_given
 from ringrift_coord.errors import UsageError
 from ringrift_coord.tasktypes import TASK_TYPE_NAMES
+
+__all__ = ["complete_types", "done", "globals_of", "node_option", "text_option"]
+
+node_option = node_given  # a --node value as given: never blank (the hot commands use it too)
 
 
 def globals_of(ctx: typer.Context) -> Globals:
@@ -27,22 +31,11 @@ def complete_types(incomplete: str) -> list[str]:
     return [t for t in TASK_TYPE_NAMES if t.startswith(incomplete)]
 
 
-def one_line(option: str, value: str | None) -> str | None:
-    """Refuse control characters in text that later messages print (they must stay one line)."""
-    if value is not None and any(ch < " " or ch == "\x7f" for ch in value):
-        raise UsageError(f"option {option}: {value!r} contains control characters")
-    return value
+def text_option(option: str, value: str | None) -> str | None:
+    """Free text that names something (a GPU model): not blank (None: not given).
 
-
-def node_option(value: str | None, option: str = "--node") -> str | None:
-    """A node given on the command line: non-empty text on one line (None: not given)."""
+    Every text value of every command is already clean, printable UTF-8 on one line
+    (``parser.check_text``, applied by ``build.Group``)."""
     if value is not None and not value.strip():
         raise UsageError(f"option {option} must not be empty")
-    return one_line(option, value)
-
-
-def text_option(option: str, value: str | None) -> str | None:
-    """Any other free text (a GPU model): non-empty text on one line (None: not given)."""
-    if value is not None and (not value.strip() or any(ch < " " or ch == "\x7f" for ch in value)):
-        raise UsageError(f"option {option}: {value!r} must be non-empty text on one line")
     return value

@@ -68,12 +68,17 @@ def say(message: str) -> None:
     sys.stderr.flush()
 
 
+def node_given(node: str | None) -> str | None:
+    """A ``--node`` value as given (None: not given): never blank."""
+    if node is not None and not node.strip():
+        raise UsageError("option --node must not be empty")
+    return node
+
+
 def _node(node: str | None) -> str:
     from ringrift_coord.task_coordinator import default_node
 
-    if node is not None and not node.strip():
-        raise UsageError("--node must not be empty")
-    return node or default_node()
+    return node_given(node) or default_node()
 
 
 def can_spawn(g: Globals, task_type: str, node: str | None) -> int:
@@ -127,12 +132,19 @@ def register(
         if decision.allowed and not delivered:
             # Nobody can ever release a slot whose id never arrived: give it back now.
             assert decision.task_id is not None
-            coord.unregister_task(
-                decision.task_id,
-                status="stopped",
-                token=decision.lease_token,
-                reason="id could not be delivered",
-            )
+            try:
+                coord.unregister_task(
+                    decision.task_id,
+                    status="stopped",
+                    token=decision.lease_token,
+                    reason="id could not be delivered",
+                )
+            except CoordError as exc:  # the store went busy or away in between
+                raise NotDelivered(
+                    f"register: the task id could not be written to stdout, and releasing "
+                    f"its slot failed ({exc.message}): release it with `ringrift-coord "
+                    f"unregister {decision.task_id}` (or it is reaped once this shell exits)"
+                ) from None
             raise NotDelivered(
                 "register: the task id could not be written to stdout; its slot was released "
                 "(nothing is held: try again)"

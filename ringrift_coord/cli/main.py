@@ -46,6 +46,8 @@ def run_cli(argv: list[str]) -> int:
         if os.environ.get(COMPLETE_VAR):
             return run_typer(argv)  # Tab completion (see completions/)
         parsed = parser.parse(argv)
+        if parsed is not None:  # what the parser read, not a word that looks like --json
+            json_mode = bool(parsed.globals.get("json"))
         if parsed is None:
             return run_typer(parser.globals_first(argv))
         if parsed.version:
@@ -54,14 +56,12 @@ def run_cli(argv: list[str]) -> int:
             sys.stdout.write(f"{PROG} {__version__}\n")
             return ExitCode.OK
         assert parsed.command is not None
-        if parsed.help:
-            return run_typer([parsed.command.name, "--help"])
         from ringrift_coord.cli import hot
 
         handler = getattr(hot, parsed.command.handler)
         return int(handler(hot.Globals(**parsed.globals), **parsed.params))
     except CoordError as exc:
-        return _fail(exc.message, int(exc.exit_code), json_mode)
+        return _fail(_shown(exc), int(exc.exit_code), json_mode)
     except KeyboardInterrupt:
         return _fail("interrupted", ExitCode.INTERRUPTED, json_mode)
     except MemoryError:
@@ -77,10 +77,23 @@ def run_cli(argv: list[str]) -> int:
         )
 
 
+def _shown(exc: CoordError) -> str:
+    """The error as the command line says it: a bad field of the core is named as the option
+    that gives it (options are ``--`` + the field with ``-`` for ``_``)."""
+    if isinstance(exc, UsageError) and exc.field is not None:
+        return f"option --{exc.field.replace('_', '-')}: {exc.detail}"
+    return exc.message
+
+
 def _fail(message: str, code: int, json_mode: bool) -> int:
-    first_line = message.strip().splitlines()[0] if message.strip() else "error"
-    if not first_line.isprintable():  # an escape sequence from argv must stay inert
-        first_line = "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in first_line)
+    # the first line only (a line break in the message itself; a U+2028 in a value is no
+    # line break here, it is escaped below), with anything unprintable shown as an escape:
+    # an escape sequence from argv or the environment must stay inert
+    first_line = message.strip().split("\n")[0] if message.strip() else "error"
+    if not first_line.isprintable():
+        from ringrift_coord.inputs import printable
+
+        first_line = printable(first_line)
     if json_mode:
         import json
 

@@ -1,7 +1,8 @@
 """The fast argv parser of the hot commands, read from ``cli/spec.py``.
 
 It reads argv the way Click reads it (an option's value is the next word, whatever it
-looks like; ``--`` ends the options; ``--help``/``-h`` anywhere among the options is help),
+looks like; ``--`` ends the options; ``--help``/``-h`` anywhere among the options hands
+the whole argv to the Typer app, which shows the help or refuses what comes before it),
 plus the global options after the command name and the one rule of a wrapped command
 (``split_rest``), which the Typer ``run`` shares. No Typer, no Rich, no ``typing``.
 
@@ -27,9 +28,9 @@ if TYPE_CHECKING:
 
 
 class Parsed:
-    """What argv asks for: a hot command with its values, its help, or the version."""
+    """What argv asks for: a hot command with its values, or the version."""
 
-    __slots__ = ("command", "globals", "params", "help", "version")
+    __slots__ = ("command", "globals", "params", "version")
 
     def __init__(
         self,
@@ -37,42 +38,51 @@ class Parsed:
         globals: dict[str, Any],
         params: dict[str, Any],
         *,
-        help: bool = False,
         version: bool = False,
     ) -> None:
         self.command, self.globals, self.params = command, globals, params
-        self.help, self.version = help, version
+        self.version = version
 
     def __repr__(self) -> str:
         name = self.command.name if self.command else None
-        return f"Parsed({name!r}, {self.globals!r}, {self.params!r}, help={self.help})"
+        return f"Parsed({name!r}, {self.globals!r}, {self.params!r})"
 
 
 # --------------------------------------------------------------------------- value rules
 
 
 def check_text(label: str, value: str) -> str:
-    """``value`` if it is valid UTF-8 without control characters, else a usage error.
+    """``value`` if it is valid UTF-8 made of printable characters, else a usage error.
 
     Arguments arrive with undecodable bytes as lone surrogates (``os.fsdecode``); storing or
-    printing one would fail much later. A control character (C0, DEL, C1) would break the
-    one-line messages or reach an operator's terminal as an escape sequence.
+    printing one would fail much later. A control character (C0, DEL, C1) or a line or
+    paragraph separator would break the one-line messages or reach an operator's terminal
+    as an escape sequence. The rule is ``str.isprintable``, as for names from the
+    environment (``identity``).
     """
-    if value.isascii() and value.isprintable():
-        return value  # the common case, in one C loop each
+    if value.isprintable():
+        return value  # the common case, in one C loop
     try:
         value.encode("utf-8")
     except UnicodeEncodeError:
         raise UsageError(f"{label}: {value!r} is not valid UTF-8") from None
-    if any(ch < " " or "\x7f" <= ch <= "\x9f" for ch in value):
-        raise UsageError(f"{label}: {value!r} contains control characters")
-    return value
+    raise UsageError(f"{label}: {value!r} contains control characters")
+
+
+def check_path(label: str, value: str) -> str:
+    """A file or directory name: whatever bytes the file system allows (an undecodable byte
+    stays a lone surrogate, as ``os.fsdecode`` gives it), but no control character."""
+    if value.isprintable() or not any(ch < " " or "\x7f" <= ch <= "\x9f" for ch in value):
+        return value
+    raise UsageError(f"{label}: {value!r} contains control characters")
 
 
 def convert(label: str, raw: str, kind: str) -> Any:
     """The value of an option of ``kind`` (str, int, float, append) given as ``raw``."""
     if kind in ("str", "append"):
         return check_text(label, raw)
+    if kind == "path":
+        return check_path(label, raw)
     try:
         value = int(raw) if kind == "int" else float(raw)
     except ValueError:
@@ -161,7 +171,7 @@ def parse(argv: list[str]) -> Parsed | None:
             positional.extend(head[j + 1 :])
             break
         if word in HELP_OPTIONS:
-            return Parsed(command, values, {}, help=True)
+            return None  # help (or Click's refusal of what follows): the Typer app's, whole
         if _is_option(word):
             name, eq, inline = word.partition("=")
             opt = command.option(name)

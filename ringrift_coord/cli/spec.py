@@ -9,9 +9,11 @@ checks that both sides agree.
 
 This module imports nothing (not even ``typing``): it is read on every launch.
 
-Option kinds: ``str``, ``int`` (64-bit, what the store keeps), ``float`` (not NaN), ``flag``
-(no value) and ``append`` (a ``str`` that may repeat; the values in order). Every text value
-must be valid UTF-8 without control characters (``parser.check_text``), on both paths.
+Option kinds: ``str``, ``path`` (a file or directory: any bytes the file system allows,
+but no control characters), ``int`` (64-bit, what the store keeps), ``float`` (not NaN),
+``flag`` (no value) and ``append`` (a ``str`` that may repeat; the values in order). Every
+text value must be valid UTF-8 made of printable characters (``parser.check_text``), on both
+paths.
 
 A command's ``rest`` is the command it wraps (``run TYPE [OPTIONS] [--] CMD ...``): it starts
 after ``--``, or at the first word that is neither an option nor an option's value once every
@@ -24,7 +26,7 @@ from __future__ import annotations
 PROG = "ringrift-coord"
 COMPLETE_VAR = "_RINGRIFT_COORD_COMPLETE"  # set by the completion scripts in completions/
 HELP_OPTIONS = ("--help", "-h")
-KINDS = ("str", "int", "float", "flag", "append")
+KINDS = ("str", "path", "int", "float", "flag", "append")
 
 # Completion sources by name (the Typer side maps them to functions); a tuple is the words.
 TASK_TYPES = "task_types"
@@ -113,7 +115,7 @@ GLOBAL_OPTIONS: tuple[Option, ...] = (
     Option(
         "--db",
         "db",
-        "str",
+        "path",
         "Store: a path or sqlite:///path, or postgresql://host/db "
         "(env RINGRIFT_COORD_DB; default: tasks.db in the state directory).",
         metavar="URL|PATH",
@@ -121,12 +123,16 @@ GLOBAL_OPTIONS: tuple[Option, ...] = (
     Option(
         "--state-dir",
         "state_dir",
-        "str",
+        "path",
         "State directory (env RINGRIFT_COORDINATOR_DIR; default: $XDG_STATE_HOME/ringrift-coord).",
         metavar="DIR",
     ),
     Option(
-        "--config", "config", "str", "YAML config file (env RINGRIFT_COORD_CONFIG).", metavar="FILE"
+        "--config",
+        "config",
+        "path",
+        "YAML config file (env RINGRIFT_COORD_CONFIG).",
+        metavar="FILE",
     ),
     Option(
         "--set",
