@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import errno
 import os
-import select
 import signal
 import sys
-import time
 from collections.abc import Callable, Sequence
 
 from ringrift_coord import procs
+from ringrift_coord.clock import Clock
 from ringrift_coord.config import Settings
 from ringrift_coord.decision import Decision
 from ringrift_coord.errors import CoordError, ExitCode, StoreBusy, UsageError, WaitTimeout
@@ -91,8 +90,9 @@ def acquire_slot(
             raise RunDenied(decision)
         return decision
 
+    clock = coord.ctx.clock
     poll = float(coord.ctx.settings.get("run.poll_interval"))
-    started = time.monotonic()
+    started = clock.monotonic()
     deadline = None if timeout is None else started + timeout
     previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGHUP)}
 
@@ -120,10 +120,10 @@ def acquire_slot(
             if decision.allowed:
                 admitted = True
                 return decision
-            waited = time.monotonic() - started
+            waited = clock.monotonic() - started
             if on_wait is not None:
                 on_wait(decision, waited)
-            if deadline is not None and time.monotonic() >= deadline:
+            if deadline is not None and clock.monotonic() >= deadline:
                 raise WaitTimeout(
                     f"gave up waiting for a {task_type.value} slot on {node} after "
                     f"{waited:.1f} s; {decision.summary()}",
@@ -132,8 +132,8 @@ def acquire_slot(
             # The head of the line polls fast; those behind it, more gently.
             interval = poll if decision.queued == 0 else min(0.5, poll * (2 + decision.queued))
             if deadline is not None:
-                interval = min(interval, max(0.0, deadline - time.monotonic()))
-            time.sleep(interval)
+                interval = min(interval, max(0.0, deadline - clock.monotonic()))
+            clock.sleep(interval)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
@@ -150,7 +150,8 @@ def acquire_slot(
 class _Job:
     """Signal forwarding and the grace-period escalation for one child process group."""
 
-    def __init__(self, kill_grace: float) -> None:
+    def __init__(self, kill_grace: float, clock: Clock) -> None:
+        self.clock = clock
         self.pgid: int | None = None
         self.kill_grace = kill_grace
         self.kill_deadline: float | None = None
@@ -162,7 +163,7 @@ class _Job:
         if self.pgid is not None:
             _killpg(self.pgid, signum)
         if self.kill_deadline is None:
-            self.kill_deadline = time.monotonic() + self.kill_grace
+            self.kill_deadline = self.clock.monotonic() + self.kill_grace
 
 
 def _killpg(pgid: int, signum: int) -> None:
@@ -236,6 +237,7 @@ def run_command(
     ttype = TaskType.parse(task_type)
     warn = warn or (lambda message: print(f"ringrift-coord: {message}", file=sys.stderr))
     settings = coord.ctx.settings
+    clock = coord.ctx.clock
     me = os.getpid()
     holder = Holder(pid=me, wrapper_pid=me)
     decision = acquire_slot(
@@ -254,11 +256,12 @@ def run_command(
     task_id, token = decision.task_id, decision.lease_token
     assert task_id is not None and token is not None
 
-    job = _Job(float(settings.get("run.kill_grace")))
+    job = _Job(float(settings.get("run.kill_grace")), clock)
     wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
     previous = {s: signal.signal(s, job.on_signal) for s in FORWARDED}
     old_wakeup = signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
-    started = time.monotonic()
+    started = clock.monotonic()
+    reason: str | None
     status, reason, exit_code = "failed", "wrapper error", 1
     pid: int | None = None
     terminal = _Terminal()
@@ -270,7 +273,9 @@ def run_command(
                 f"{signal.Signals(sig).name} before start",
                 128 + sig,
             )
-            return _result(exit_code, task_id, status, reason, started, decision)
+            return RunResult(
+                exit_code, task_id, status, reason, clock.monotonic() - started, decision
+            )
         env = dict(os.environ)
         env.update(
             {
@@ -309,7 +314,9 @@ def run_command(
             status = "spawn_failed"
             reason = f"cannot run {argv[0]!r}: {os.strerror(err)}"
             warn(reason)
-            return _result(exit_code, task_id, status, reason, started, decision)
+            return RunResult(
+                exit_code, task_id, status, reason, clock.monotonic() - started, decision
+            )
         for sig in job.received:  # a signal that came before the group existed
             _killpg(pid, sig)
         raw = _wait_child(coord, pid, job, wake_r, task_id, token, warn)
@@ -336,11 +343,11 @@ def run_command(
             exit_code = code
             status = "ok" if code == 0 else "failed"
             reason = None if code == 0 else f"exit code {code}"
-        return _result(exit_code, task_id, status, reason, started, decision)
+        return RunResult(exit_code, task_id, status, reason, clock.monotonic() - started, decision)
     finally:
         terminal.restore()
         if pid is not None:  # the wrapper itself failed while the job ran: stop the job
-            _stop_group(pid, job.kill_grace)
+            _stop_group(pid, job.kill_grace, clock)
         # release while our handlers still catch a second Ctrl-C / SIGTERM
         _release(coord, task_id, token, exit_code, status, reason, warn)
         signal.set_wakeup_fd(old_wakeup)
@@ -348,17 +355,6 @@ def run_command(
             signal.signal(sig, handler)
         os.close(wake_r)
         os.close(wake_w)
-
-
-def _result(
-    exit_code: int,
-    task_id: str,
-    status: str,
-    reason: str | None,
-    started: float,
-    decision: Decision,
-) -> RunResult:
-    return RunResult(exit_code, task_id, status, reason, time.monotonic() - started, decision)
 
 
 def _wait_child(
@@ -371,9 +367,10 @@ def _wait_child(
     warn: Callable[[str], None],
 ) -> int:
     """Wait for the child, renewing the lease and escalating to SIGKILL after the grace."""
+    clock = job.clock
     lease_ttl = float(coord.ctx.settings.get("store.lease_ttl"))
     renew_every = max(0.5, lease_ttl / 3.0)
-    next_renew = time.monotonic() + renew_every
+    next_renew = clock.monotonic() + renew_every
     try:
         pidfd: int | None = os.pidfd_open(pid)
     except (AttributeError, OSError):
@@ -383,7 +380,7 @@ def _wait_child(
             done, raw = os.waitpid(pid, os.WNOHANG)
             if done:
                 return raw
-            now = time.monotonic()
+            now = clock.monotonic()
             if job.kill_deadline is not None and now >= job.kill_deadline and not job.killed:
                 job.killed = True
                 _killpg(pid, signal.SIGKILL)
@@ -405,7 +402,7 @@ def _wait_child(
             watch = [wake_r] + ([pidfd] if pidfd is not None else [])
             if pidfd is None:
                 timeout = min(timeout, 0.05)
-            readable, _, _ = select.select(watch, [], [], max(0.0, timeout))
+            readable = clock.wait_readable(watch, max(0.0, timeout))
             if wake_r in readable:
                 try:
                     os.read(wake_r, 512)
@@ -442,17 +439,17 @@ def classify_sigkill(
     return "killed", f"killed by SIGKILL from outside (no OOM evidence: {counter}, memory {shown})"
 
 
-def _stop_group(pid: int, grace: float) -> None:
+def _stop_group(pid: int, grace: float, clock: Clock) -> None:
     """SIGTERM the job's group, SIGKILL it after ``grace``, and collect the leader."""
     _killpg(pid, signal.SIGTERM)
-    deadline = time.monotonic() + grace
+    deadline = clock.monotonic() + grace
     try:
         while os.waitpid(pid, os.WNOHANG)[0] == 0:
-            if time.monotonic() >= deadline:
+            if clock.monotonic() >= deadline:
                 _killpg(pid, signal.SIGKILL)
                 os.waitpid(pid, 0)
                 break
-            time.sleep(0.05)
+            clock.wait_readable([], 0.05)  # waiting for a real process: not a clock step
     except ChildProcessError:
         pass
     _killpg(pid, signal.SIGKILL)  # whatever is left of the group goes with the slot
@@ -464,9 +461,10 @@ def _reap_leftovers(job: _Job, warn: Callable[[str], None]) -> None:
     if not procs.group_members(job.pgid):
         return
     _killpg(job.pgid, signal.SIGTERM)
-    deadline = time.monotonic() + job.kill_grace
-    while procs.group_members(job.pgid) and time.monotonic() < deadline:
-        time.sleep(0.05)
+    clock = job.clock
+    deadline = clock.monotonic() + job.kill_grace
+    while procs.group_members(job.pgid) and clock.monotonic() < deadline:
+        clock.wait_readable([], 0.05)  # waiting for real processes: not a clock step
     if procs.group_members(job.pgid):
         warn(f"processes of job group {job.pgid} ignored SIGTERM; sending SIGKILL")
         _killpg(job.pgid, signal.SIGKILL)
@@ -482,6 +480,7 @@ def _release(
     warn: Callable[[str], None],
 ) -> None:
     """Release exactly once; retry a busy store, and leave the rest to the reaper."""
+    clock = coord.ctx.clock
     delay = 0.05
     for _ in range(8):
         try:
@@ -490,7 +489,7 @@ def _release(
             )
             return
         except StoreBusy:
-            time.sleep(delay)
+            clock.sleep(delay)
             delay = min(2.0, delay * 2)
         except CoordError as exc:
             warn(f"could not release {task_id}: {exc}")

@@ -7,6 +7,7 @@ stderr lines and files on disk are what a launch script would see.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -17,6 +18,12 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+
+# A shell that starts the tests in the background (`pytest &` in a script) makes them ignore
+# SIGINT, and every program they start inherits that: the tests that send SIGINT to a wrapper
+# would then wait for nothing. Take the default back (children get SIG_DFL at exec).
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 class Coord:
@@ -149,3 +156,75 @@ _db_counter = iter(range(1, 1_000_000))
 def pg_url(pg_server) -> str:
     """A fresh, empty database on the session's server."""
     return pg_server.create_database(f"t{os.getpid()}_{next(_db_counter)}")
+
+
+# --------------------------------------------------------------------------- in-process stores
+
+
+class EngineDB:
+    """One fresh database of this test's engine, opened in-process as often as a test needs.
+
+    ``open`` gives a new store (its own connection) on it; ``context`` a ``Context`` around a
+    new store, with the given config and clock. Every store and context opened is closed when
+    the test ends.
+    """
+
+    def __init__(self, engine: str, tmp: Path, request: pytest.FixtureRequest) -> None:
+        from ringrift_coord.statedir import ensure_state_dir
+
+        self.engine = engine
+        self.tmp = tmp
+        self.state_dir = ensure_state_dir(str(tmp / "state"))
+        self.url = (
+            request.getfixturevalue("pg_url")
+            if engine == "postgres"
+            else os.path.join(self.state_dir, "tasks.db")
+        )
+        self._opened: list[object] = []
+
+    def open(self, clock: object = None, busy_timeout: float = 5.0, url: str | None = None):  # noqa: ANN201
+        from ringrift_coord.clock import SYSTEM_CLOCK
+
+        url = url or self.url
+        if self.engine == "postgres":
+            from ringrift_coord.store.postgres import PostgresStore
+
+            store = PostgresStore(url, busy_timeout=busy_timeout, connect_timeout=2, clock=clock)  # type: ignore[arg-type]
+        else:
+            from ringrift_coord.store.sqlite import SQLiteStore
+
+            store = SQLiteStore(url, busy_timeout=busy_timeout, clock=clock or SYSTEM_CLOCK)  # type: ignore[arg-type]
+        self._opened.append(store)
+        return store
+
+    def context(self, config_text: str = "{}\n", clock: object = None):  # noqa: ANN201
+        from ringrift_coord.clock import SYSTEM_CLOCK
+        from ringrift_coord.config import load_settings
+        from ringrift_coord.context import Context
+
+        config = self.tmp / f"coord-{len(self._opened)}.yaml"
+        config.write_text(textwrap.dedent(config_text))
+        settings = load_settings(
+            str(config), env={"RINGRIFT_COORD_SET": "resources.live_host=false"}
+        )
+        ctx = Context(
+            settings=settings,
+            state_dir=self.state_dir,
+            store=self.open(clock, float(settings.get("store.busy_timeout"))),
+            clock=clock or SYSTEM_CLOCK,  # type: ignore[arg-type]
+            env={"USER": "tester"},
+        )
+        self._opened.append(ctx)
+        return ctx
+
+    def close(self) -> None:
+        for thing in reversed(self._opened):
+            thing.close()  # type: ignore[attr-defined]
+        self._opened.clear()
+
+
+@pytest.fixture
+def engine_db(engine: str, tmp_path: Path, request: pytest.FixtureRequest):  # noqa: ANN201
+    db = EngineDB(engine, tmp_path, request)
+    yield db
+    db.close()

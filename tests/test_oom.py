@@ -10,7 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from ringrift_coord.clock import ManualClock
+from ringrift_coord.launcher import run_command
 from ringrift_coord.procs import oom_kill_count
+from ringrift_coord.task_coordinator import TaskCoordinator
 
 ENGINES = ("sqlite", "postgres")
 
@@ -72,29 +75,51 @@ def test_sigkill_at_critical_memory_is_an_oom_and_repeated_ooms_lower_the_cap(co
         holder.wait()
 
 
-def test_failures_lower_the_node_rate_and_successes_restore_it(coord):
-    coord.write_config("""
-        rate_limits: {sync: {per_minute: 60, burst: 1}}
-        backpressure: {decrease: 0.5, increase: 0.25, min_factor: 0.1}
-        circuit_breaker: {failure_threshold: 50}
-    """)
-    for _ in range(2):
-        assert (
-            coord("run", "sync", "--node", "n1", "--wait", "--", "sh", "-c", "exit 1").returncode
-            == 1
+def test_failures_lower_the_node_rate_and_successes_restore_it(engine_db):
+    """``run --wait`` of real jobs, in-process on a manual clock: waiting for the spawn-rate
+    bucket steps the clock (about 9 s of it) instead of sleeping through it."""
+    clock = ManualClock()
+    coord = TaskCoordinator(
+        engine_db.context(
+            """
+            rate_limits: {sync: {per_minute: 60, burst: 1}}
+            backpressure: {decrease: 0.5, increase: 0.25, min_factor: 0.1}
+            circuit_breaker: {failure_threshold: 50}
+            """,
+            clock,
         )
-    denied = json.loads(coord("can-spawn", "sync", "--node", "n1", "--json").stdout)
-    rate = [r for r in denied["reasons"] if r["rule"] == "rate"][0]
-    assert rate["details"]["backpressure"] == 0.25
-    assert rate["details"]["per_minute"] == 15  # 60/min x 0.5 x 0.5
-    # another node keeps its full rate
-    other = json.loads(coord("can-spawn", "sync", "--node", "n2", "--json").stdout)
-    assert other["allowed"]
-    for _ in range(3):  # additive increase: 0.25 -> 0.5 -> 0.75 -> 1.0
-        assert coord("run", "sync", "--node", "n1", "--wait", "--", "true").returncode == 0
-    again = json.loads(coord("can-spawn", "sync", "--node", "n1", "--json").stdout)
-    for r in again["reasons"]:
-        assert r["rule"] != "rate" or r["details"]["backpressure"] == 1.0
+    )
+    poll = float(coord.ctx.settings.get("run.poll_interval"))
+
+    def run_waiting(*argv: str) -> tuple[int, float]:
+        """(exit code, clock seconds it waited for its slot)"""
+        before = clock.monotonic()
+        result = run_command(coord, "sync", "n1", list(argv), wait=True, warn=pytest.fail)
+        assert result.duration == 0.0  # the job itself took no clock time
+        return result.exit_code, clock.monotonic() - before
+
+    # the first failure halves the node's rate (60 -> 30 per minute): the second waits 2 s
+    assert run_waiting("sh", "-c", "exit 1") == (1, 0.0)  # the burst token
+    code, waited = run_waiting("sh", "-c", "exit 1")
+    assert code == 1 and 2.0 - 1e-6 <= waited <= 2.0 + poll + 1e-6
+    denied = coord.check("sync", "n1")
+    (rate,) = [r for r in denied.reasons if r.rule == "rate"]
+    assert rate.details["backpressure"] == 0.25
+    assert rate.details["per_minute"] == 15  # 60/min x 0.5 x 0.5
+    assert coord.check("sync", "n2").allowed  # another node keeps its full rate
+    # additive increase: 0.25 -> 0.5 -> 0.75 -> 1.0; each run waits one token at the rate of
+    # its moment: 60 / 15, 60 / 30, 60 / 45 seconds
+    for per_minute in (15, 30, 45):
+        code, waited = run_waiting("true")
+        expected = 60 / per_minute
+        assert code == 0 and expected - 1e-6 <= waited <= expected + poll + 1e-6, (
+            per_minute,
+            waited,
+        )
+    again = coord.check("sync", "n1")
+    for r in again.reasons:
+        assert r.rule != "rate" or (r.details["backpressure"] == 1.0)
+    assert [h["status"] for h in coord.history()] == ["ok"] * 3 + ["failed"] * 2
 
 
 CGROUP_V1 = Path("/sys/fs/cgroup/memory")

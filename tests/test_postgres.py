@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import REQUIRE_PG, Coord
+from conftest import REQUIRE_PG, Coord, wait_for
 
 if not REQUIRE_PG:
     pytest.importorskip("psycopg", reason="pip install -e '.[postgres]'")
@@ -21,7 +21,7 @@ RACER = textwrap.dedent("""
     import io, json, os, sys, time
     import psycopg  # imported before the start signal: the race is the admission, not imports
     from ringrift_coord.cli.main import run_cli
-    work, index, node, holder = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
+    work, index, node, holder = sys.argv[1:5]
     rounds = int(sys.argv[5])
     for r in range(rounds):
         go = os.path.join(work, f"go-{r}")
@@ -242,19 +242,18 @@ def test_expired_lease_on_another_node_is_reaped_and_fenced(nodes):
 
 def test_server_stopped_mid_run(nodes, pg_server, tmp_path):
     a, b = nodes[0], nodes[1]
-    marker = tmp_path / "job-done"
+    marker, finish = tmp_path / "job-done", tmp_path / "finish"
     job = a.popen(
         "run",
         "training",
         "--",
-        sys.executable,
+        "sh",
         "-c",
-        f"import time; time.sleep(4); open({str(marker)!r}, 'w').close()",
+        'while [ ! -e "$0" ]; do sleep 0.05; done; touch "$1"',
+        str(finish),
+        str(marker),
     )
-    deadline = time.monotonic() + 30
-    while not json.loads(b("tasks", "list", "--json").stdout):
-        assert time.monotonic() < deadline
-        time.sleep(0.1)
+    wait_for(lambda: json.loads(b("tasks", "list", "--json").stdout), 30, "the job's slot")
     pg_server.stop()
     try:
         started = time.monotonic()
@@ -263,10 +262,13 @@ def test_server_stopped_mid_run(nodes, pg_server, tmp_path):
         assert down.returncode == 75, down.stderr
         assert "unreachable" in down.stderr and "Traceback" not in down.stderr
         assert len(down.stderr.strip().splitlines()) == 1
-        assert elapsed < 2 + 3  # connect timeout 2 s, plus interpreter start
+        # refused at once (connect timeout 2 s), not after the 30 s busy timeout
+        assert elapsed < 20, f"took {elapsed:.1f} s"
         assert b("register", "training", "--pid", str(os.getpid())).returncode == 75
+        assert job.poll() is None  # the job runs on while its server is down
     finally:
         pg_server.start()
+    finish.touch()  # the job ends only now, with the server back: run releases its slot
     out, err = job.communicate(timeout=60)
     assert job.returncode == 0, err
     assert marker.exists()
@@ -274,6 +276,71 @@ def test_server_stopped_mid_run(nodes, pg_server, tmp_path):
     assert history[0]["task_type"] == "training" and history[0]["status"] == "ok"
     assert json.loads(b("tasks", "list", "--json").stdout) == []
     assert b("can-spawn", "training").returncode == 0
+
+
+def waiting_pids(url: str) -> list[int]:
+    import psycopg
+
+    with psycopg.connect(url) as conn:
+        return [r[0] for r in conn.execute("SELECT pid FROM waiters ORDER BY seq")]
+
+
+def test_run_and_run_wait_share_one_slot_across_nodes(nodes, pg_url, tmp_path):
+    """A real `run` on one node holds the cluster's one slot; `run --wait` on another node
+    queues in the server's line and runs as soon as the first job finishes."""
+    a, b = nodes[0], nodes[1]
+    one_slot = CONFIG.replace("cluster: 20", "cluster: 1") + "run: {poll_interval: 0.05}\n"
+    a.write_config(one_slot)
+    b.write_config(one_slot)
+    log, finish = tmp_path / "log", tmp_path / "finish"
+    first = a.popen(
+        "run",
+        "selfplay",
+        "--",
+        "sh",
+        "-c",
+        'echo "first $RINGRIFT_NODE_ID" >> "$0"; while [ ! -e "$1" ]; do sleep 0.05; done',
+        str(log),
+        str(finish),
+    )
+    second = None
+    try:
+        wait_for(lambda: log.exists(), 30, "the first job to start")
+        (held,) = json.loads(b("tasks", "list", "--json").stdout)
+        assert (held["node"], held["host"], held["source"]) == ("n0", "host-n0", "run")
+        # without --wait another node is refused at once (75: try later)
+        refused = b("run", "selfplay", "--", "true")
+        assert refused.returncode == 75 and "cluster limit 1" in refused.stderr, refused.stderr
+        second = b.popen(
+            "run",
+            "selfplay",
+            "--wait",
+            "--timeout",
+            "120",
+            "--",
+            "sh",
+            "-c",
+            'echo "second $RINGRIFT_NODE_ID $RINGRIFT_TASK_ID" >> "$0"',
+            str(log),
+        )
+        wait_for(lambda: second.pid in waiting_pids(pg_url), 30, "the waiter to queue")
+        assert log.read_text().splitlines() == ["first n0"]  # it waits: the slot is held
+        finish.touch()
+        assert first.wait(timeout=60) == 0
+        out, err = second.communicate(timeout=60)
+        assert second.returncode == 0, err
+    finally:
+        for proc in (first, second):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    lines = log.read_text().splitlines()
+    assert lines[0] == "first n0" and lines[1].startswith("second n1 selfplay-"), lines
+    assert waiting_pids(pg_url) == []
+    history = json.loads(a("tasks", "history", "--json").stdout)
+    assert [(h["node"], h["status"]) for h in history] == [("n1", "ok"), ("n0", "ok")]
+    assert history[0]["task_id"] == lines[1].split()[2]
+    assert json.loads(a("tasks", "list", "--json").stdout) == []
 
 
 def test_status_names_the_server_and_refuses_passwords_on_the_command_line(nodes, pg_url):

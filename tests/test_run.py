@@ -296,7 +296,7 @@ def test_signal_reaches_whole_job_group_including_grandchildren(
     coord_run: Coord, cleanup: list[int], sig: signal.Signals
 ) -> None:
     coord = coord_run
-    coord.write_config(CONFIG + "run: {kill_grace: 8}\n")
+    coord.write_config(CONFIG + "run: {kill_grace: 60}\n")
     script = coord.tmp / "job.py"
     script.write_text(JOB_PY)
     wrapper = Wrapper(
@@ -317,11 +317,9 @@ def test_signal_reaches_whole_job_group_including_grandchildren(
     assert task["pgid"] == leader and task["wrapper_pid"] == wrapper.pid
     assert sorted(group_pids(leader)) == sorted([leader, grandchild, sleeper])
 
-    started = time.monotonic()
     os.kill(wrapper.pid, sig)
-    assert wrapper.wait(timeout=20) == 128 + sig, wrapper.stderr
-    elapsed = time.monotonic() - started
-    assert elapsed < 6, f"took {elapsed:.1f} s: the signal was not forwarded, the grace ran out"
+    # well inside the 60 s grace: the job ended of the forwarded signal, not of a SIGKILL
+    assert wrapper.wait(timeout=30) == 128 + sig, wrapper.stderr
     # The grandchild got the very signal (its handler ran), not just a SIGKILL.
     assert read_when_ready(coord.tmp / "grandchild.sig", timeout=5) == str(int(sig))
     assert group_pids(leader) == []
@@ -332,6 +330,7 @@ def test_signal_reaches_whole_job_group_including_grandchildren(
     assert len(rows) == 1, rows  # released exactly once
     assert (rows[0]["status"], rows[0]["exit_code"]) == ("stopped", 128 + sig)
     assert f"forwarded {sig.name}" in rows[0]["reason"]
+    assert "grace" not in rows[0]["reason"]  # no SIGKILL was needed
     assert "could not release" not in wrapper.stderr and "Traceback" not in wrapper.stderr
 
 
@@ -395,7 +394,9 @@ def test_sigkill_after_grace_when_job_ignores_sigterm(coord_run: Coord, cleanup:
     code = wrapper.wait(timeout=20)
     elapsed = time.monotonic() - started
     assert code == 128 + signal.SIGKILL, wrapper.stderr
-    assert 0.9 <= elapsed < 5, f"SIGKILL came {elapsed:.2f} s after SIGTERM (grace 1 s)"
+    # not before the grace; that it comes exactly when the grace runs out is checked on a
+    # manual clock in test_launcher.py
+    assert elapsed >= 0.9, f"SIGKILL came {elapsed:.2f} s after SIGTERM (grace 1 s)"
     assert group_pids(leader) == [] and not alive(child)
     assert listed(coord) == []
     rows = history(coord)
@@ -450,7 +451,10 @@ def test_leftover_grandchildren_are_stopped_before_the_slot_is_freed(
         "--",
         "sh",
         "-c",
-        'sleep 300 & a=$!; (trap "" TERM; exec sleep 300) & echo "$$ $a $!" > "$0"',
+        # the leader exits only once the second child ignores SIGTERM (else the wrapper's
+        # SIGTERM could come first, and there would be nothing left to SIGKILL)
+        'sleep 300 & a=$!; (trap "" TERM; : > "$0.trap"; exec sleep 300) & '
+        'while [ ! -e "$0.trap" ]; do sleep 0.01; done; echo "$$ $a $!" > "$0"',
         str(gc_file),
         timeout=30,
     )
@@ -547,10 +551,8 @@ def test_job_cannot_outlive_a_slot_freed_under_it(coord: Coord, cleanup: list[in
     (task,) = listed(coord)
     freed = coord("unregister", task["task_id"], "--reason", "operator")
     assert freed.returncode == 0, freed.stderr
-    started = time.monotonic()
-    code = wrapper.wait(timeout=20)
+    code = wrapper.wait(timeout=30)  # the job itself would run 300 s
     assert code == 128 + signal.SIGTERM, wrapper.stderr
-    assert time.monotonic() - started < 5
     assert "lease of" in wrapper.stderr and "lost" in wrapper.stderr
     assert group_pids(leader) == [] and not alive(child)
     assert listed(coord) == []

@@ -167,7 +167,9 @@ def test_wait_timeout_gives_up_with_75(line: tuple[Coord, str, list[Waiter]]) ->
     )
     elapsed = time.monotonic() - started
     assert result.returncode == 75, result.stderr
-    assert 0.5 <= elapsed < 2.0, f"gave up after {elapsed:.2f} s of wall time"
+    # it waited its 0.5 s (and gave up by itself: the call's own timeout is 30 s); that it
+    # gives up at the deadline exactly is checked on a manual clock in test_launcher.py
+    assert elapsed >= 0.5, f"gave up after {elapsed:.2f} s of wall time"
     assert "gave up waiting" in result.stderr and "per-node limit 1" in result.stderr
     assert not marker.exists()
     assert waiter_pids(coord) == []  # it left the line

@@ -85,7 +85,7 @@ class Store(ABC):
     @abstractmethod
     def close(self) -> None: ...
 
-    def idle(self) -> None:  # noqa: B027 - a hook with a do-nothing default, not abstract
+    def idle(self) -> None:  # noqa: B027 (an optional hook: a no-op for most engines)
         """About to wait a long while (``run``): release what a server would hold for us.
 
         The next transaction reconnects if needed. A no-op for an embedded engine.

@@ -35,6 +35,7 @@ class SQLiteTx(Tx):
     def __init__(self, store: SQLiteStore) -> None:
         self._store = store
         self._conn = store._conn
+        self._now: float | None = None
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
         try:
@@ -51,7 +52,9 @@ class SQLiteTx(Tx):
             raise self._store._translate(exc) from None
 
     def now(self) -> float:
-        return self._store.clock.time()
+        if self._now is None:  # one moment for the whole transaction, as on every engine
+            self._now = self._store.clock.time()
+        return self._now
 
 
 class SQLiteStore(Store):
@@ -61,10 +64,11 @@ class SQLiteStore(Store):
         self.path = os.path.abspath(path)
         self.busy_timeout = float(busy_timeout)
         self.clock = clock
+        self._query_only = False
         if os.path.lexists(self.path):
             check_database_file(self.path)
         else:
-            _create_database(self.path)
+            _create_database(self.path, clock)
         self._conn = self._connect()
         self._migrate()
 
@@ -129,8 +133,16 @@ class SQLiteStore(Store):
 
     def _begin(self, write: bool) -> Tx:
         try:
-            self._conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+            if write:
+                self._conn.execute("BEGIN IMMEDIATE")
+            else:
+                self._conn.execute("BEGIN")
+                # a read transaction refuses to write (as PostgreSQL's READ ONLY does) instead
+                # of losing the write silently at its rollback
+                self._query_only = True
+                self._conn.execute("PRAGMA query_only = ON")
         except sqlite3.Error as exc:
+            self._rollback()
             raise self._translate(exc) from None
         return SQLiteTx(self)
 
@@ -145,6 +157,12 @@ class SQLiteStore(Store):
         if self._conn.in_transaction:
             try:
                 self._conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
+        if self._query_only:
+            try:
+                self._conn.execute("PRAGMA query_only = OFF")
+                self._query_only = False
             except sqlite3.Error:
                 pass
 
@@ -233,7 +251,7 @@ def _stays_short(path: str) -> tuple[int, int] | None:
     return size, expected
 
 
-def _create_database(path: str) -> None:
+def _create_database(path: str, clock: Clock) -> None:
     """Build a complete database under a temporary name, then publish it atomically."""
     directory = os.path.dirname(path)
     if not os.path.isdir(directory):
@@ -253,7 +271,7 @@ def _create_database(path: str) -> None:
                     conn.execute(statement)
                 conn.execute(
                     "INSERT INTO schema_migrations (name, applied_at) VALUES (?, ?)",
-                    (name, time.time()),
+                    (name, clock.time()),
                 )
             conn.execute("COMMIT")
         finally:

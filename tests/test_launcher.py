@@ -1,0 +1,392 @@
+"""``run`` in-process on a manual clock: the wait loop, lease renewal, the kill grace and the
+release retries run on the context's clock, so these tests step time instead of sleeping.
+
+The jobs are real processes and the signals real; only the passage of time is simulated. A
+second context on the same database (same clock) plays the operator or the other holder,
+from a helper thread while ``run_command`` runs in the main thread (signal handlers need it).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+from conftest import EngineDB, wait_for
+
+from ringrift_coord.clock import ManualClock
+from ringrift_coord.errors import ExitCode, WaitTimeout
+from ringrift_coord.launcher import RunDenied, RunResult, acquire_slot, run_command
+from ringrift_coord.task_coordinator import Holder, TaskCoordinator
+from ringrift_coord.tasktypes import TaskType
+
+ENGINES = ("sqlite", "postgres")
+
+ONE_SLOT = """\
+task_limits: {selfplay: {per_node: 1, cluster: 500}}
+rate_limits: {selfplay: {per_minute: null}}
+run: {poll_interval: 0.5, kill_grace: 30}
+store: {lease_ttl: 30, busy_timeout: 5}
+"""
+
+
+def alive(pid: int) -> bool:
+    """True while ``pid`` runs (a zombie counts as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            data = handle.read()
+    except OSError:
+        return False
+    return data[data.rfind(b")") + 2 :].split()[0] != b"Z"
+
+
+def at(seconds: float | list[float]) -> object:
+    """``pytest.approx`` with an absolute tolerance (a relative one is minutes at 1.8e9)."""
+    return pytest.approx(seconds, abs=1e-6)
+
+
+def waiters(coord: TaskCoordinator) -> list[int]:
+    with coord.ctx.store.read() as tx:
+        return [int(r["seq"]) for r in tx.query("SELECT seq FROM waiters ORDER BY seq")]
+
+
+class Side:
+    """Runs ``body`` in a helper thread; re-raises its failure in the test.
+
+    If ``body`` fails, the job whose pid is in ``ready`` is SIGKILLed with its group, so that
+    ``run_command`` in the main thread returns and the test fails instead of hanging.
+    """
+
+    def __init__(self, body: Callable[[], None], ready: Path) -> None:
+        self.error: BaseException | None = None
+
+        def run() -> None:
+            try:
+                body()
+            except BaseException as exc:  # handed to the test
+                self.error = exc
+                try:
+                    wait_for(ready.exists, 30, "the job to start")
+                    os.killpg(int(ready.read_text()), signal.SIGKILL)
+                except (AssertionError, OSError, ValueError):
+                    pass
+
+        self.thread = threading.Thread(target=run, daemon=True)
+        self.thread.start()
+
+    def join(self) -> None:
+        self.thread.join(timeout=60)
+        assert not self.thread.is_alive(), "helper thread still running"
+        if self.error is not None:
+            raise self.error
+
+
+@contextmanager
+def holder_slot(coord: TaskCoordinator) -> Iterator[str]:
+    """The one selfplay slot on n1, held by this (live) process like a ``register``."""
+    held = coord.acquire("selfplay", "n1", holder=Holder(pid=os.getpid()), source="register")
+    assert held.allowed and held.task_id
+    yield held.task_id
+
+
+@pytest.fixture
+def pair(engine_db: EngineDB) -> tuple[ManualClock, TaskCoordinator, TaskCoordinator]:
+    """(clock, the launcher's coordinator, the other side's), one database, one clock."""
+    clock = ManualClock()
+    mine = TaskCoordinator(engine_db.context(ONE_SLOT, clock))
+    other = TaskCoordinator(engine_db.context(ONE_SLOT, clock))
+    return clock, mine, other
+
+
+# --------------------------------------------------------------------------- the wait loop
+
+
+def test_wait_gives_up_after_exactly_its_timeout_of_clock_time(pair) -> None:
+    clock, mine, other = pair
+    seen: list[float] = []
+    with holder_slot(other):
+        start = clock.monotonic()
+        with pytest.raises(WaitTimeout) as raised:
+            acquire_slot(
+                mine,
+                TaskType.SELFPLAY,
+                "n1",
+                holder=Holder(pid=os.getpid()),
+                config_name=None,
+                command="true",
+                wait=True,
+                timeout=2.2,
+                on_wait=lambda decision, waited: seen.append(waited),
+            )
+    assert raised.value.exit_code == ExitCode.TEMPFAIL
+    assert "after 2.2 s" in raised.value.message and "per-node limit 1" in raised.value.message
+    # polled every poll_interval (0.5 s) as the head of the line; the last wait is cut short
+    # so that it gives up at the deadline, not one interval after it
+    assert clock.slept == at([0.5, 0.5, 0.5, 0.5, 0.2])
+    assert clock.monotonic() - start == at(2.2)
+    assert seen == at([0.0, 0.5, 1.0, 1.5, 2.0, 2.2])
+    assert waiters(other) == []  # it left the line
+
+
+def test_wait_with_zero_timeout_asks_once_and_never_sleeps(pair) -> None:
+    clock, mine, other = pair
+    with holder_slot(other), pytest.raises(WaitTimeout):
+        acquire_slot(
+            mine,
+            TaskType.SELFPLAY,
+            "n1",
+            holder=Holder(pid=os.getpid()),
+            config_name=None,
+            command="true",
+            wait=True,
+            timeout=0,
+        )
+    assert clock.slept == [] and clock.monotonic() == 0.0
+    assert waiters(other) == []
+
+
+def test_without_wait_a_denial_is_run_denied(pair) -> None:
+    clock, mine, other = pair
+    with holder_slot(other), pytest.raises(RunDenied) as raised:
+        run_command(mine, "selfplay", "n1", ["true"])
+    assert raised.value.exit_code == ExitCode.TEMPFAIL
+    assert clock.slept == [] and waiters(other) == []
+
+
+def test_waiter_gets_the_slot_at_the_first_poll_after_the_holder_finishes(pair) -> None:
+    clock, mine, other = pair
+    with holder_slot(other) as held:
+
+        def release_at_3s(decision, waited: float) -> None:
+            assert not decision.allowed and waited < 10, "the clock never reached 3.0"
+            if waited == at(3.0):
+                assert other.unregister_task(held) is not None
+
+        decision = acquire_slot(
+            mine,
+            TaskType.SELFPLAY,
+            "n1",
+            holder=Holder(pid=os.getpid(), wrapper_pid=os.getpid()),
+            config_name=None,
+            command="true",
+            wait=True,
+            timeout=None,
+            on_wait=release_at_3s,
+        )
+    assert decision.allowed
+    assert clock.monotonic() == at(3.5)  # released at 3.0, next poll at 3.5
+    assert clock.slept == at([0.5] * 7)
+    (row,) = other.list_tasks()
+    assert row["task_id"] == decision.task_id and row["wrapper_pid"] == os.getpid()
+    assert waiters(other) == []  # admitted: its place in line is gone
+
+
+def test_waiters_behind_the_head_poll_more_gently_and_never_jump_it(engine_db: EngineDB) -> None:
+    clock = ManualClock()
+    config = ONE_SLOT.replace("poll_interval: 0.5", "poll_interval: 0.1")
+    mine = TaskCoordinator(engine_db.context(config, clock))
+    other = TaskCoordinator(engine_db.context(config, clock))
+    steps: list[tuple[float, int]] = []
+    with holder_slot(other) as held:
+        head = other.enqueue("selfplay", "n1")  # someone is already waiting, ahead of us
+
+        def on_wait(decision, waited: float) -> None:
+            steps.append((round(waited, 6), decision.queued))
+            assert waited < 10, "the clock never reached 0.6 and 0.9"
+            if waited == at(0.6):
+                assert other.unregister_task(held) is not None  # the slot is free, but...
+            if waited == at(0.9):
+                other.leave_queue(head)  # ...it comes to us only once the head gives up
+
+        decision = acquire_slot(
+            mine,
+            TaskType.SELFPLAY,
+            "n1",
+            holder=Holder(pid=os.getpid()),
+            config_name=None,
+            command="true",
+            wait=True,
+            timeout=None,
+            on_wait=on_wait,
+        )
+    assert decision.allowed
+    # denied at 0.9 although the slot was free since 0.6: the head of the line comes first
+    assert steps == [(0.0, 1), (0.3, 1), (0.6, 1), (0.9, 1)]
+    # one ahead: it polls every min(0.5, poll_interval x (2 + 1)) = 0.3 s, not every 0.1 s
+    assert clock.slept == at([0.3] * 4)
+    assert clock.monotonic() == at(1.2)
+
+
+@pytest.mark.parametrize("poll", [0.05, 0.1, 0.2])
+def test_queue_poll_interval_grows_with_the_line(engine_db: EngineDB, poll: float) -> None:
+    clock = ManualClock()
+    config = ONE_SLOT.replace("poll_interval: 0.5", f"poll_interval: {poll}")
+    mine = TaskCoordinator(engine_db.context(config, clock))
+    other = TaskCoordinator(engine_db.context(config, clock))
+    with holder_slot(other):
+        for _ in range(2):
+            other.enqueue("selfplay", "n1")
+        with pytest.raises(WaitTimeout):
+            acquire_slot(
+                mine,
+                TaskType.SELFPLAY,
+                "n1",
+                holder=Holder(pid=os.getpid()),
+                config_name=None,
+                command="true",
+                wait=True,
+                timeout=1.0,
+            )
+    # two ahead of it: min(0.5, poll x (2 + 2)); 0.2 hits the 0.5 s cap
+    expected = min(0.5, poll * 4)
+    assert clock.slept[0] == at(expected)
+    assert sum(clock.slept) == at(1.0)
+
+
+# --------------------------------------------------------------------------- the running job
+
+
+def job_waiting_for(tmp: Path) -> tuple[list[str], Path, Path]:
+    """A job that says it runs (``ready`` holds its pid), then waits for ``finish``."""
+    ready, finish = tmp / "ready", tmp / "finish"
+    script = 'echo $$ > "$0.tmp"; mv "$0.tmp" "$0"; while [ ! -e "$1" ]; do sleep 0.02; done'
+    return ["sh", "-c", script, str(ready), str(finish)], ready, finish
+
+
+def lease_of(coord: TaskCoordinator) -> float:
+    with coord.ctx.store.read() as tx:
+        row = tx.one("SELECT lease_expires FROM tasks")
+    assert row is not None
+    return float(row["lease_expires"])
+
+
+def settle() -> None:
+    """Give the launcher's loop real time to act (it looks every 10 ms under a manual clock)."""
+    threading.Event().wait(0.3)
+
+
+def test_lease_is_renewed_every_third_of_its_ttl_of_clock_time(pair, tmp_path: Path) -> None:
+    clock, mine, other = pair
+    argv, ready, finish = job_waiting_for(tmp_path)
+    t0 = clock.time()
+    leases: list[float] = []
+
+    def operator() -> None:
+        wait_for(ready.exists, 30, "the job to start")
+        leases.append(lease_of(other))
+        clock.advance(9.9)  # lease_ttl 30: renewal due every 10 s
+        settle()
+        leases.append(lease_of(other))
+        clock.advance(0.1)
+        wait_for(lambda: lease_of(other) == at(t0 + 10 + 30), 30, "the renewal")
+        clock.advance(10)
+        wait_for(lambda: lease_of(other) == at(t0 + 20 + 30), 30, "the 2nd renewal")
+        finish.touch()
+
+    side = Side(operator, ready)
+    result = run_command(mine, "selfplay", "n1", argv, warn=pytest.fail)
+    side.join()
+    assert (result.exit_code, result.status) == (0, "ok")
+    assert leases == at([t0 + 30, t0 + 30])  # not renewed before it was due
+    assert result.duration == at(20.0)  # clock time, not wall time
+    assert other.list_tasks() == []
+    (row,) = other.history()
+    assert row["status"] == "ok" and row["task_id"] == result.task_id
+
+
+def test_job_is_stopped_at_the_first_renewal_after_its_slot_was_freed(pair, tmp_path: Path) -> None:
+    clock, mine, other = pair
+    argv, ready, _ = job_waiting_for(tmp_path)
+    warnings: list[str] = []
+    pids: list[int] = []
+
+    def operator() -> None:
+        wait_for(ready.exists, 30, "the job to start")
+        pids.append(int(ready.read_text()))
+        (task,) = other.list_tasks()
+        assert other.unregister_task(task["task_id"], reason="operator") is not None
+        settle()
+        assert alive(pids[0]), "stopped before the wrapper could know (no renewal was due)"
+        clock.advance(10)  # the renewal finds the slot gone
+
+    side = Side(operator, ready)
+    result = run_command(mine, "selfplay", "n1", argv, warn=warnings.append)
+    side.join()
+    assert result.exit_code == 128 + signal.SIGTERM
+    assert result.status == "stopped" and "forwarded SIGTERM" in (result.reason or "")
+    assert result.duration == at(10.0)  # stopped at the renewal the clock step made due
+    assert any("was lost" in w for w in warnings), warnings
+    assert not alive(pids[0])
+    assert len(other.history()) == 1  # released once: by the operator, not again by run
+
+
+def test_sigkill_comes_exactly_when_the_grace_runs_out_on_the_clock(pair, tmp_path: Path) -> None:
+    clock, mine, other = pair
+    ready, got = tmp_path / "ready", tmp_path / "got-term"
+    script = (
+        f'trap "echo term > {got}" TERM; echo $$ > "$0.tmp"; mv "$0.tmp" "$0"; '
+        "while :; do sleep 0.02; done"
+    )
+    pids: list[int] = []
+
+    def operator() -> None:
+        wait_for(ready.exists, 30, "the job to start")
+        pids.append(int(ready.read_text()))
+        os.kill(os.getpid(), signal.SIGTERM)  # to the wrapper (this process): forwarded
+        wait_for(got.exists, 30, "the job to see the forwarded SIGTERM")
+        clock.advance(29.9)  # kill_grace 30
+        settle()
+        assert alive(pids[0]), "SIGKILL before the grace ran out"
+        clock.advance(0.1)
+
+    side = Side(operator, ready)
+    result = run_command(mine, "selfplay", "n1", ["sh", "-c", script, str(ready)])
+    side.join()
+    assert result.exit_code == 128 + signal.SIGKILL
+    assert result.status == "stopped"
+    assert "forwarded SIGTERM" in (result.reason or "") and "30 s grace" in (result.reason or "")
+    assert result.duration == at(30.0)
+    assert not alive(pids[0])
+    assert other.list_tasks() == [] and len(other.history()) == 1
+
+
+def test_release_retries_a_busy_store_with_backoff_on_the_clock(
+    engine_db: EngineDB, tmp_path: Path
+) -> None:
+    clock = ManualClock()
+    busy = ONE_SLOT.replace("busy_timeout: 5", "busy_timeout: 0.05")
+    mine = TaskCoordinator(engine_db.context(busy, clock))
+    other = TaskCoordinator(engine_db.context(ONE_SLOT, clock))
+    argv, ready, finish = job_waiting_for(tmp_path)
+    released = threading.Event()
+
+    def locker() -> None:
+        wait_for(ready.exists, 30, "the job to start")
+        with other.ctx.store.write():  # hold the write lock while the job ends
+            finish.touch()
+            wait_for(lambda: len(clock.slept) >= 3, 30, "three release attempts")
+        released.set()
+
+    side = Side(locker, ready)
+    warnings: list[str] = []
+    result = run_command(mine, "selfplay", "n1", argv, warn=warnings.append)
+    side.join()
+    assert released.is_set()
+    assert (result.exit_code, result.status) == (0, "ok")
+    # 0.05 s, then doubling: each a clock step, none a real sleep
+    assert clock.slept[:3] == at([0.05, 0.1, 0.2])
+    assert not any("could not release" in w for w in warnings), warnings
+    assert other.list_tasks() == []
+    (row,) = other.history()
+    assert row["status"] == "ok"
+
+
+def test_duration_is_measured_on_the_clock(pair) -> None:
+    clock, mine, _ = pair
+    result: RunResult = run_command(mine, "selfplay", "n1", ["sh", "-c", "exit 3"])
+    assert (result.exit_code, result.status, result.reason) == (3, "failed", "exit code 3")
+    assert result.duration == 0.0  # nothing moved the manual clock
