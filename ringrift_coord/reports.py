@@ -93,9 +93,14 @@ def status(ctx: Context) -> dict[str, Any]:
     return doc
 
 
-def decisions(ctx: Context, **filters: Any) -> list[Row]:
-    """``decisions``: the decision log, newest first (see ``admission.decisions``)."""
+def decisions(ctx: Context, *, since_age: float | None = None, **filters: Any) -> list[Row]:
+    """``decisions``: the decision log, newest first (see ``admission.decisions``).
+
+    ``since_age``: only the last so many seconds, by the store's clock (the one the log's
+    times were written by)."""
     with ctx.store.read() as tx:
+        if since_age is not None:
+            filters["since"] = tx.now() - since_age
         return admission.decisions(tx, **filters)
 
 

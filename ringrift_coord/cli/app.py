@@ -8,7 +8,6 @@ runs this app (``run_typer``). The global options and the hot commands are gener
 
 from __future__ import annotations
 
-import time
 from datetime import UTC
 from typing import Annotated, Any
 
@@ -234,10 +233,16 @@ def decisions(
     from ringrift_coord import reports
 
     g = globals_of(ctx)
-    since_ts = None if since is None else parse_since(since, time.time())
+    since_at, since_age = (None, None) if since is None else parse_since(since)
     with g.context() as c:
         rows = reports.decisions(
-            c, denied_only=denied, since=since_ts, node=node, task_type=task_type, limit=limit
+            c,
+            denied_only=denied,
+            since=since_at,
+            since_age=since_age,
+            node=node,
+            task_type=task_type,
+            limit=limit,
         )
     if g.json:
         emit_json(rows)
@@ -246,11 +251,12 @@ def decisions(
     done()
 
 
-def parse_since(text: str, now: float) -> float:
+def parse_since(text: str) -> tuple[float | None, float | None]:
+    """``--since``: (a moment, None) for an ISO 8601 time, (None, seconds) for an age."""
     units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
     raw = text.strip()
     if raw and raw[-1] in units and raw[:-1].replace(".", "", 1).isdigit():
-        return now - float(raw[:-1]) * units[raw[-1]]
+        return None, float(raw[:-1]) * units[raw[-1]]
     from datetime import datetime
 
     try:
@@ -259,7 +265,7 @@ def parse_since(text: str, now: float) -> float:
         raise UsageError(f"--since {text!r}: give an ISO 8601 time or an age like 30m") from None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
-    return moment.timestamp()
+    return moment.timestamp(), None
 
 
 # --------------------------------------------------------------------------- limits, targets

@@ -9,7 +9,6 @@ literals written here. ``--json`` output does not come through here.
 from __future__ import annotations
 
 import sys
-import time
 from datetime import UTC, datetime
 from typing import Any
 
@@ -269,7 +268,7 @@ def status_screen(doc: dict[str, Any]) -> None:
         Text.assemble(
             ("ringrift-coord", "bold"),
             f" · engine {store['engine']} ({printable(str(where))}) · state {doc['state']} · "
-            f"{doc['total_tasks']} running task(s) · {ts(time.time())}",
+            f"{doc['total_tasks']} running task(s) · {ts(doc['at'])}",
         )
     )
     halts = doc["halt"]
