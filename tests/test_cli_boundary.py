@@ -434,3 +434,28 @@ def test_run_with_stdout_closed_returns_the_jobs_code(c: Coord) -> None:
     done = stdout_closed(c, "--json", "run", "selfplay", "--", "sh", "-c", "exit 5")
     assert (done.returncode, done.stderr) == (5, "")
     assert tasks(c) == []
+
+
+# --------------------------------------------------------------------------- a quick exit
+
+
+def test_a_quick_exit_still_runs_atexit_callbacks_and_flushes(c: Coord) -> None:
+    """``main`` skips the interpreter's teardown only when nothing waits for it: with an
+    ``atexit`` callback registered (a coverage tool, logging) the exit is the normal one,
+    and either way everything written reaches the pipe."""
+    code = (
+        "import atexit, sys\n"
+        "if sys.argv[1] == 'hook':\n"
+        "    atexit.register(lambda: print('atexit ran', flush=True))\n"
+        "sys.argv = ['ringrift-coord', '--json', 'status']\n"
+        "from ringrift_coord.cli.main import main\n"
+        "main()\n"
+    )
+    for hook in ("hook", "none"):
+        done = subprocess.run(
+            [sys.executable, "-c", code, hook], env=c.env, capture_output=True, text=True
+        )
+        assert done.returncode == 0, done.stderr
+        document, _, tail = done.stdout.partition("\n")
+        assert json.loads(document)["state"] == "running"
+        assert tail == ("atexit ran\n" if hook == "hook" else "")

@@ -36,7 +36,30 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         sys.stdout.flush()
     finally:
-        sys.exit(code)
+        _exit(code)
+
+
+def _exit(code: int) -> None:
+    """Exit with ``code``, skipping the interpreter's teardown when nothing needs it.
+
+    Tearing down ~100 modules costs a launch ~6 ms, more than a whole admission. When
+    the work is done (the store closed, stdout flushed), no ``atexit`` callback is waiting
+    (coverage tools, logging) and no other thread runs, there is nothing left to finish:
+    flush stderr and leave with ``os._exit``. Otherwise a normal ``sys.exit``.
+    """
+    import atexit
+
+    threading = sys.modules.get("threading")
+    quiet = getattr(atexit, "_ncallbacks", lambda: 1)() == 0 and (
+        threading is None or threading.active_count() == 1
+    )
+    if quiet:
+        try:
+            sys.stderr.flush()
+        except (OSError, ValueError, AttributeError):
+            pass
+        os._exit(code)
+    sys.exit(code)
 
 
 def run_cli(argv: list[str]) -> int:
