@@ -231,9 +231,9 @@ def run_command(
     warn: Callable[[str], None] | None = None,
 ) -> RunResult:
     if not argv:
-        raise UsageError("run needs a command: ringrift-coord run TYPE [OPTIONS] -- CMD ...")
+        raise UsageError("there is no command to run", field="command")
     if timeout is not None and not (timeout >= 0 and timeout < float("inf")):
-        raise UsageError("--timeout must be a non-negative number of seconds")
+        raise UsageError(f"{timeout:g} is not a non-negative number of seconds", field="timeout")
     ttype = TaskType.parse(task_type)
     warn = warn or (lambda message: print(f"ringrift-coord: {message}", file=sys.stderr))
     settings = coord.ctx.settings
