@@ -1,6 +1,6 @@
 """``python -m ringrift_coord`` — the same entry point as the ``ringrift-coord`` script."""
 
-from ringrift_coord.cli.main import main
+from ringrift_coord.cli.main import console_main
 
 if __name__ == "__main__":
-    main()
+    console_main()

@@ -28,6 +28,9 @@ from ringrift_coord.tasktypes import TaskType
 FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
+RENEW_RETRY = 5.0  # seconds to the next try after a lease renewal failed
+
+
 class RunDenied(CoordError):
     """``run`` could not start its command: exit 75 (the caller may retry later)."""
 
@@ -370,6 +373,7 @@ def _wait_child(
     clock = job.clock
     lease_ttl = float(coord.ctx.settings.get("store.lease_ttl"))
     renew_every = max(0.5, lease_ttl / 3.0)
+    retry_every = min(renew_every, RENEW_RETRY)
     next_renew = clock.monotonic() + renew_every
     try:
         pidfd: int | None = os.pidfd_open(pid)
@@ -391,11 +395,14 @@ def _wait_child(
                         # not outlive its slot, so stop it as if it had been sent SIGTERM
                         warn(f"lease of {task_id} was lost (its slot was freed); stopping the job")
                         job.on_signal(signal.SIGTERM, None)
+                    next_renew = now + renew_every
                 except CoordError as exc:  # busy, unreachable, disk full...: not the job's fault
+                    # retry soon, not a whole period later: two misses in a row would
+                    # otherwise meet the lease's expiry, and another host's reaper
                     warn(f"could not renew the lease of {task_id} ({exc}); retrying")
+                    next_renew = now + retry_every
                 finally:
                     coord.ctx.store.idle()
-                next_renew = now + renew_every
             timeout = next_renew - now
             if job.kill_deadline is not None and not job.killed:
                 timeout = min(timeout, max(0.0, job.kill_deadline - now))

@@ -440,7 +440,7 @@ def test_run_with_stdout_closed_returns_the_jobs_code(c: Coord) -> None:
 
 
 def test_a_quick_exit_still_runs_atexit_callbacks_and_flushes(c: Coord) -> None:
-    """``main`` skips the interpreter's teardown only when nothing waits for it: with an
+    """The program skips the interpreter's teardown only when nothing waits for it: with an
     ``atexit`` callback registered (a coverage tool, logging) the exit is the normal one,
     and either way everything written reaches the pipe."""
     code = (
@@ -448,8 +448,8 @@ def test_a_quick_exit_still_runs_atexit_callbacks_and_flushes(c: Coord) -> None:
         "if sys.argv[1] == 'hook':\n"
         "    atexit.register(lambda: print('atexit ran', flush=True))\n"
         "sys.argv = ['ringrift-coord', '--json', 'status']\n"
-        "from ringrift_coord.cli.main import main\n"
-        "main()\n"
+        "from ringrift_coord.cli.main import console_main\n"
+        "console_main()\n"
     )
     for hook in ("hook", "none"):
         done = subprocess.run(
@@ -459,3 +459,22 @@ def test_a_quick_exit_still_runs_atexit_callbacks_and_flushes(c: Coord) -> None:
         document, _, tail = done.stdout.partition("\n")
         assert json.loads(document)["state"] == "running"
         assert tail == ("atexit ran\n" if hook == "hook" else "")
+
+
+def test_main_in_process_returns_through_system_exit(c: Coord, tmp_path: Path) -> None:
+    """A Python program that calls ``main`` keeps its own exit: SystemExit comes back to it,
+    and what it wrote before is still flushed when it ends."""
+    out = tmp_path / "caller.txt"
+    code = (
+        "import sys\n"
+        f"f = open({str(out)!r}, 'w'); f.write('before\\n')\n"
+        "from ringrift_coord.cli.main import main\n"
+        "try:\n"
+        "    main(['--json', 'status'])\n"
+        "except SystemExit as exc:\n"
+        "    f.write(f'exit {exc.code}\\n')\n"
+        "f.close()\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], env=c.env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert out.read_text() == "before\nexit 0\n"

@@ -298,6 +298,44 @@ def test_lease_is_renewed_every_third_of_its_ttl_of_clock_time(pair, tmp_path: P
     assert row["status"] == "ok" and row["task_id"] == result.task_id
 
 
+def test_a_failed_renewal_is_retried_soon_not_a_whole_period_later(
+    engine_db: EngineDB, tmp_path: Path
+) -> None:
+    """A renewal that finds the store locked (busy, or a server gone) is tried again after
+    RENEW_RETRY (5 s), not after another third of the lease: two misses in a row would
+    otherwise meet the lease's expiry, and another host's reaper."""
+    clock = ManualClock()
+    mine = TaskCoordinator(
+        engine_db.context(ONE_SLOT.replace("busy_timeout: 5", "busy_timeout: 0.05"), clock)
+    )
+    other = TaskCoordinator(engine_db.context(ONE_SLOT, clock))
+    argv, ready, finish = job_waiting_for(tmp_path)
+    t0 = clock.time()
+    warnings: list[str] = []
+    leases: list[float] = []
+
+    def operator() -> None:
+        wait_for(ready.exists, 30, "the job to start")
+        with other.ctx.store.write():  # the store is locked when the renewal falls due
+            clock.advance(10)
+            wait_for(lambda: any("could not renew" in w for w in warnings), 30, "a miss")
+        clock.advance(4.9)
+        settle()
+        leases.append(lease_of(other))  # not tried again yet
+        clock.advance(0.1)
+        wait_for(lambda: lease_of(other) == at(t0 + 15 + 30), 30, "the retry")
+        finish.touch()
+
+    side = Side(operator, ready)
+    result = run_command(mine, "selfplay", "n1", argv, warn=warnings.append)
+    side.join()
+    assert (result.exit_code, result.status) == (0, "ok")
+    assert leases == at([t0 + 30])
+    assert sum("could not renew" in w for w in warnings) == 1, warnings
+    (row,) = other.history()
+    assert row["status"] == "ok"
+
+
 def test_job_is_stopped_at_the_first_renewal_after_its_slot_was_freed(pair, tmp_path: Path) -> None:
     clock, mine, other = pair
     argv, ready, _ = job_waiting_for(tmp_path)

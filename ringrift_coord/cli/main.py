@@ -30,13 +30,25 @@ if TYPE_CHECKING:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    """Run one command line and ``sys.exit`` with its code (for a caller in-process)."""
+    sys.exit(_main(argv))
+
+
+def console_main() -> None:
+    """The ``ringrift-coord`` program (and ``python -m ringrift_coord``): the process is
+    ours, so it may leave without the interpreter's teardown (``_exit``)."""
+    _exit(_main(None))
+
+
+def _main(argv: Sequence[str] | None) -> int:
     lost = _open_std_fds()
     sys.stdout = _Stdout(sys.stdout, lost)
     code = run_cli(list(sys.argv[1:] if argv is None else argv))
     try:
         sys.stdout.flush()
-    finally:
-        _exit(code)
+    except (OSError, ValueError):
+        pass
+    return code
 
 
 def _exit(code: int) -> None:

@@ -134,6 +134,9 @@ class SQLiteStore(Store):
     def _begin(self, write: bool) -> Tx:
         try:
             if write:
+                if self._query_only:  # a read interrupted before it could turn it off
+                    self._conn.execute("PRAGMA query_only = OFF")
+                    self._query_only = False
                 self._conn.execute("BEGIN IMMEDIATE")
             else:
                 self._conn.execute("BEGIN")
