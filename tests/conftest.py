@@ -101,6 +101,16 @@ def engine() -> str:  # replaced by pytest_generate_tests' parameter
     return "sqlite"
 
 
+def alive(pid: int) -> bool:
+    """True while ``pid`` runs (a zombie counts as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            data = handle.read()
+    except OSError:
+        return False
+    return data[data.rfind(b")") + 2 :].split()[0] != b"Z"
+
+
 def wait_for(predicate: Callable[[], object], timeout: float, what: str) -> object:
     """Poll ``predicate`` until it returns something true; fail after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout

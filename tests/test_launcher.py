@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from conftest import EngineDB, wait_for
+from conftest import EngineDB, alive, wait_for
 
 from ringrift_coord.clock import ManualClock
 from ringrift_coord.errors import ExitCode, WaitTimeout
@@ -32,16 +32,6 @@ rate_limits: {selfplay: {per_minute: null}}
 run: {poll_interval: 0.5, kill_grace: 30}
 store: {lease_ttl: 30, busy_timeout: 5}
 """
-
-
-def alive(pid: int) -> bool:
-    """True while ``pid`` runs (a zombie counts as gone)."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as handle:
-            data = handle.read()
-    except OSError:
-        return False
-    return data[data.rfind(b")") + 2 :].split()[0] != b"Z"
 
 
 def at(seconds: float | list[float]) -> object:

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import Coord, wait_for
+from conftest import Coord, alive, wait_for
 
 CONFIG = """\
 task_limits: {selfplay: {per_node: 4, cluster: 500}}
@@ -26,16 +26,6 @@ rate_limits: {selfplay: {per_minute: null}}
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def alive(pid: int) -> bool:
-    """True while ``pid`` runs (a zombie counts as gone)."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as handle:
-            data = handle.read()
-    except OSError:
-        return False
-    return data[data.rfind(b")") + 2 :].split()[0] != b"Z"
 
 
 def group_pids(pgid: int) -> list[int]:
