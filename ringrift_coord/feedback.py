@@ -24,7 +24,10 @@ if TYPE_CHECKING:
     from ringrift_coord.config import Settings
     from ringrift_coord.store.base import Row, Tx
 
-FAILED_STATUSES = ("failed", "killed", "oom", "spawn_failed")
+# What a breaker and backpressure count as a failure. Not ``spawn_failed`` (126/127: the
+# command could not be started, an operator's typo, not the node's fault), nor ``stopped``
+# (an operator's stop) or ``reaped``: ``breakers list`` shows spawn failures apart.
+FAILED_STATUSES = ("failed", "killed", "oom")
 MAX_REASON = 300  # a breaker's last reason: one line in every listing and refusal
 CAP_PROBE = "(SELECT COUNT(*) FROM lowered_caps WHERE node = ? AND task_type = ?)"  # (node, type)
 FACTOR_PROBE = "(SELECT factor FROM backpressure WHERE node = ?)"  # (node,)

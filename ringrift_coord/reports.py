@@ -169,7 +169,24 @@ def breaker_list(
     cfg = BreakerConfig.from_settings(ctx.settings)
     with ctx.store.read() as tx:
         now = tx.now()
-        return {"at": now, "breakers": breakers.views(tx, cfg, now, node, task_type)}
+        rows = breakers.views(tx, cfg, now, node, task_type)
+        # jobs that could not be started (exit 126/127) inside the window: counted apart,
+        # never fed to the breaker; a (node, type) with only those is listed as closed
+        spawn = {
+            (r["node"], r["task_type"]): r
+            for r in slots.ended_counts(tx, "spawn_failed", now - cfg.window)
+            if (node is None or r["node"] == node)
+            and (task_type is None or r["task_type"] == task_type)
+        }
+    for row in rows:
+        found = spawn.pop((row["node"], row["task_type"]), None)
+        row["spawn_failures"] = found["n"] if found else 0
+    for (n, t), found in spawn.items():
+        row = breakers.Breaker(n, t, now).to_dict(now, cfg)
+        row["spawn_failures"] = found["n"]
+        rows.append(row)
+    rows.sort(key=lambda r: (r["node"], r["task_type"]))
+    return {"at": now, "breakers": rows}
 
 
 def caps_in_force(ctx: Context) -> dict[str, Any]:

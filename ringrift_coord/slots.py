@@ -302,6 +302,15 @@ def ended_since(tx: Tx, node: str, task_type: str, status: str, since: float) ->
     return int(row["n"]) if row else 0
 
 
+def ended_counts(tx: Tx, status: str, since: float) -> list[Row]:
+    """Per (node, type): how many tasks ended with ``status`` since ``since``, and the last."""
+    return tx.query(
+        "SELECT node, task_type, COUNT(*) AS n, MAX(ended_at) AS last FROM task_history "
+        "WHERE status = ? AND ended_at >= ? GROUP BY node, task_type ORDER BY node, task_type",
+        (status, since),
+    )
+
+
 def running(tx: Tx, now: float, task_type: str | None = None, node: str | None = None) -> list[Row]:
     """The running tasks with their age and lease left, oldest first."""
     sql = (

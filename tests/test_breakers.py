@@ -505,6 +505,31 @@ def test_unregister_feeds_the_breaker(coord: Coord) -> None:
     assert denied.returncode == 1 and "circuit breaker" in denied.stderr
 
 
+def test_a_command_that_cannot_start_is_no_failure_of_the_node(coord: Coord) -> None:
+    """Three typos (exit 127) and a file that is not executable (126) are ``spawn_failed``:
+    the breaker stays closed, the node's rate keeps its factor 1, and ``breakers list``
+    counts them apart."""
+    coord.write_config(config(coord).replace("per_minute: null", "per_minute: 600, burst: 50"))
+    script = coord.tmp / "not-executable.sh"
+    script.write_text("#!/bin/sh\nexit 0\n")
+    script.chmod(0o644)
+    for argv in (["pyhton", "train.py"], ["pyhton"], ["/no/such/dir/x"], [str(script)]):
+        done = coord("run", "evaluation", "--node", "n4", "--", *argv)
+        assert done.returncode in (126, 127), (argv, done.stderr)
+    row = breaker_of(coord, "n4", "evaluation")
+    assert row is not None
+    assert (row["state"], row["failures"], row["spawn_failures"]) == ("closed", 0, 4)
+    assert coord("can-spawn", "evaluation", "--node", "n4").returncode == 0
+    caps = cli_json(coord, "limits")
+    assert isinstance(caps, dict) and caps["backpressure"] == []
+    # a real failure still counts, and the two counters stay apart
+    assert coord("run", "evaluation", "--node", "n4", "--", "sh", "-c", "exit 3").returncode == 3
+    row = breaker_of(coord, "n4", "evaluation")
+    assert row is not None and (row["failures"], row["spawn_failures"]) == (1, 4)
+    table = coord("breakers", "list")
+    assert table.returncode == 0 and "spawn failures" in table.stdout.replace("\n", " ")
+
+
 def test_reset_selectors_and_list_table(coord: Coord) -> None:
     coord.write_config(config(coord))
     for node, ttype in (("a", "evaluation"), ("a", "gauntlet"), ("b", "evaluation"), ("c", "sync")):
