@@ -51,6 +51,14 @@ def lowered_cap(tx: Tx, settings: Settings, node: str, ttype: str, now: float) -
     return cap
 
 
+def reset_backpressure(tx: Tx, node: str | None = None) -> list[Row]:
+    """Give a node (or every node) its full spawn rate back; the factors that were reset."""
+    clause, args = ("", ()) if node is None else (" WHERE node = ?", (node,))
+    rows = tx.query(f"SELECT node, factor FROM backpressure{clause} ORDER BY node", args)
+    tx.execute(f"DELETE FROM backpressure{clause}", args)
+    return rows
+
+
 def rate_factor(tx: Tx, node: str) -> float:
     """The node's backpressure: its rate limits are multiplied by this (1: none)."""
     row = tx.one("SELECT factor FROM backpressure WHERE node = ?", (node,))

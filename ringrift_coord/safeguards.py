@@ -45,6 +45,7 @@ __all__ = [
     "record_failure",
     "record_spawn",
     "record_success",
+    "reset",
     "reset_breakers",
     "resource_overview",
     "store_reading",
@@ -231,9 +232,23 @@ def reset_breakers(
     ctx: Context, *, node: str | None = None, task_type: str | TaskType | None = None
 ) -> list[Row]:
     """Close breakers by hand: one (node and type), a node's, a type's, or all (neither)."""
+    return reset(ctx, node=node, task_type=task_type)["reset"]
+
+
+def reset(
+    ctx: Context, *, node: str | None = None, task_type: str | TaskType | None = None
+) -> dict[str, list[Row]]:
+    """``breakers reset``: close breakers as ``reset_breakers`` does and, where a node is
+    named (or for all), give that node (every node) its full spawn rate back.
+
+    Returns ``reset`` (the breakers closed) and ``backpressure_reset`` (node, factor)."""
     ttype = None if task_type is None else TaskType.parse(task_type).value
     with ctx.store.write() as tx:
-        return breakers.reset(tx, node=node, task_type=ttype)
+        rows = breakers.reset(tx, node=node, task_type=ttype)
+        factors: list[Row] = []
+        if node is not None or ttype is None:
+            factors = feedback.reset_backpressure(tx, node)
+    return {"reset": rows, "backpressure_reset": factors}
 
 
 # --------------------------------------------------------------------------- readings, caps

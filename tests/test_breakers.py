@@ -530,6 +530,38 @@ def test_a_command_that_cannot_start_is_no_failure_of_the_node(coord: Coord) -> 
     assert table.returncode == 0 and "spawn failures" in table.stdout.replace("\n", " ")
 
 
+def test_breakers_reset_of_a_node_gives_it_its_full_rate_back(coord: Coord) -> None:
+    import os
+
+    coord.write_config(config(coord))
+    pid = str(os.getpid())
+    for node in ("n5", "n6"):
+        for _ in range(2):  # two failures: the breaker stays closed, the rate is halved twice
+            reg = cli_json(coord, "register", "evaluation", "--node", node, "--pid", pid)
+            assert isinstance(reg, dict)
+            assert coord("unregister", reg["task_id"], "--exit-code", "1").returncode == 0
+    factors = cli_json(coord, "limits")
+    assert isinstance(factors, dict)
+    assert {(b["node"], b["factor"]) for b in factors["backpressure"]} == {
+        ("n5", 0.25),
+        ("n6", 0.25),
+    }
+    # a type alone names no node: the nodes keep their backpressure
+    by_type = cli_json(coord, "breakers", "reset", "--type", "evaluation")
+    assert isinstance(by_type, dict) and by_type["backpressure_reset"] == []
+    done = coord("breakers", "reset", "--node", "n5")
+    assert done.returncode == 0, done.stderr
+    assert "full spawn rate back on n5 (backpressure was x0.25)" in done.stdout
+    after = cli_json(coord, "limits")
+    assert isinstance(after, dict)
+    assert [(b["node"], b["factor"]) for b in after["backpressure"]] == [("n6", 0.25)]
+    everything = cli_json(coord, "breakers", "reset", "--all")
+    assert isinstance(everything, dict)
+    assert [(b["node"], b["factor"]) for b in everything["backpressure_reset"]] == [("n6", 0.25)]
+    final = cli_json(coord, "limits")
+    assert isinstance(final, dict) and final["backpressure"] == []
+
+
 def test_reset_selectors_and_list_table(coord: Coord) -> None:
     coord.write_config(config(coord))
     for node, ttype in (("a", "evaluation"), ("a", "gauntlet"), ("b", "evaluation"), ("c", "sync")):

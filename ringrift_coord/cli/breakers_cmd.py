@@ -89,12 +89,16 @@ def breakers_reset(
     if not all_ and node is None and ttype is None:
         raise UsageError("breakers reset needs --node N and/or --type T, or --all")
     with g.context() as c:
-        rows = safeguards.reset_breakers(c, node=node, task_type=ttype)
+        result = safeguards.reset(c, node=node, task_type=ttype)
     if g.json:
-        emit_json({"reset": rows})
+        emit_json(result)
         done()
     selected = (f"node {node}" if node else "", f"type {ttype}" if ttype else "")
-    views.breakers_reset(rows, "every breaker" if all_ else " ".join(p for p in selected if p))
+    views.breakers_reset(
+        result["reset"],
+        "every breaker" if all_ else " ".join(p for p in selected if p),
+        result["backpressure_reset"],
+    )
     done()
 
 

@@ -353,10 +353,14 @@ def breakers_table(rows: list[dict[str, Any]], now: float) -> None:
     console().print(table)
 
 
-def breakers_reset(rows: list[dict[str, Any]], scope: str) -> None:
+def breakers_reset(
+    rows: list[dict[str, Any]], scope: str, factors: list[dict[str, Any]] | None = None
+) -> None:
     for r in rows:
         line(f"reset {r['task_type']} on {r['node']} (was {r['state']})")
     line(f"{len(rows)} breaker(s) reset ({scope})")
+    for f in factors or []:
+        line(f"full spawn rate back on {f['node']} (backpressure was x{f['factor']:.3g})")
 
 
 def outcome_recorded(doc: dict[str, Any], ok: bool) -> None:
