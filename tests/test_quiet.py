@@ -177,3 +177,20 @@ def test_bad_quiet_usage(coord: Coord, argv: list[str]) -> None:
     r = coord(*argv)
     assert r.returncode == 2 and r.stdout == ""
     assert len(r.stderr.splitlines()) == 1 and r.stderr.startswith("ringrift-coord: error: ")
+
+
+@pytest.mark.parametrize("flag", [None, "-q"])
+def test_run_quiet_silences_its_own_notes(quiet_coord: Coord, flag: str | None) -> None:
+    """A leftover that ignores SIGTERM is killed either way; only the note about it goes."""
+    ready = quiet_coord.tmp / f"ready-{flag}"  # the leftover ignores SIGTERM before sh exits
+    job = (
+        f"(trap '' TERM; touch {ready}; exec sleep 30) & until [ -e {ready} ]; do sleep 0.01; done"
+    )
+    args = ["--set", "run.kill_grace=0.3", "run", "selfplay", "--node", "n1"]
+    r = quiet_coord(*args, *([flag] if flag else []), "--", "sh", "-c", job)
+    assert r.returncode == 0 and r.stdout == ""
+    if flag:
+        assert r.stderr == ""
+    else:
+        assert "ignored SIGTERM; sending SIGKILL" in r.stderr
+    assert [row["status"] for row in history(quiet_coord)] == ["ok"]
