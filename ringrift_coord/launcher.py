@@ -232,13 +232,18 @@ def run_command(
     on_wait: WaitCallback | None = None,
     on_admitted: Callable[[], None] | None = None,
     warn: Callable[[str], None] | None = None,
+    note: Callable[[str], None] | None = None,
 ) -> RunResult:
+    """Run ``argv`` holding a slot. ``warn`` says what explains the outcome (the command
+    could not be run, its lease was lost); ``note`` (default ``warn``) what run handled
+    itself (a renewal retried, SIGKILL after the grace, a release left to the reaper)."""
     if not argv:
         raise UsageError("there is no command to run", field="command")
     if timeout is not None and not (timeout >= 0 and timeout < float("inf")):
         raise UsageError(f"{timeout:g} is not a non-negative number of seconds", field="timeout")
     ttype = TaskType.parse(task_type)
     warn = warn or (lambda message: print(f"ringrift-coord: {message}", file=sys.stderr))
+    note = note or warn
     settings = coord.ctx.settings
     clock = coord.ctx.clock
     me = os.getpid()
@@ -322,10 +327,10 @@ def run_command(
             )
         for sig in job.received:  # a signal that came before the group existed
             _killpg(pid, sig)
-        raw = _wait_child(coord, pid, job, wake_r, task_id, token, warn)
+        raw = _wait_child(coord, pid, job, wake_r, task_id, token, warn, note)
         pid = None
         code = os.waitstatus_to_exitcode(raw)
-        _reap_leftovers(job, warn)
+        _reap_leftovers(job, note)
         if code < 0:
             sig_name = signal.Signals(-code).name
             exit_code = 128 - code
@@ -352,7 +357,7 @@ def run_command(
         if pid is not None:  # the wrapper itself failed while the job ran: stop the job
             _stop_group(pid, job.kill_grace, clock)
         # release while our handlers still catch a second Ctrl-C / SIGTERM
-        _release(coord, task_id, token, exit_code, status, reason, warn)
+        _release(coord, task_id, token, exit_code, status, reason, note)
         signal.set_wakeup_fd(old_wakeup)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
@@ -368,6 +373,7 @@ def _wait_child(
     task_id: str,
     token: int,
     warn: Callable[[str], None],
+    note: Callable[[str], None],
 ) -> int:
     """Wait for the child, renewing the lease and escalating to SIGKILL after the grace."""
     clock = job.clock
@@ -399,7 +405,7 @@ def _wait_child(
                 except CoordError as exc:  # busy, unreachable, disk full...: not the job's fault
                     # retry soon, not a whole period later: two misses in a row would
                     # otherwise meet the lease's expiry, and another host's reaper
-                    warn(f"could not renew the lease of {task_id} ({exc}); retrying")
+                    note(f"could not renew the lease of {task_id} ({exc}); retrying")
                     next_renew = now + retry_every
                 finally:
                     coord.ctx.store.idle()

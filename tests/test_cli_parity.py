@@ -77,9 +77,10 @@ def test_same_options_both_ways(name: str) -> None:
     declared = spec.hot_command(name)
     assert declared is not None
     click_opts = _click_options(ROOT_CMD.commands[name])
-    assert set(click_opts) == {opt.name for opt in declared.options}
+    assert set(click_opts) == {name for opt in declared.options for name in opt.names}
     for opt in declared.options:
         param = click_opts[opt.name]
+        assert sorted(param.opts) == sorted(opt.names)  # the short name is the same option
         assert (param.name, _kind(param), param.help) == (opt.dest, opt.kind, opt.help)
         if opt.kind != "flag":
             assert param.metavar == opt.metavar
@@ -189,6 +190,15 @@ SAME_PARSE = [
     ["run", "selfplay", "--node", "--", "echo"],  # a node called --
     ["run", "selfplay"],
     ["run", "selfplay", "--"],
+    # -q/--quiet, short flags together, --no-slot-exit-code
+    ["can-spawn", "selfplay", "-q"],
+    ["can-spawn", "-q", "selfplay", "--quiet"],
+    ["spawn-check", "selfplay", "-qq"],
+    ["register", "selfplay", "--quiet", "--pid", "1"],
+    ["run", "selfplay", "-q", "--no-slot-exit-code", "9", "--", "sh", "-c", "exit 75"],
+    ["run", "-q", "selfplay", "--no-slot-exit-code=300", "true"],  # range: the handler's
+    ["run", "selfplay", "--node", "-q", "true"],  # a node called -q
+    ["run", "selfplay", "true", "-q"],  # the job's -q
 ]
 
 
@@ -206,6 +216,7 @@ def test_the_wrapped_command_is_the_jobs() -> None:
 
 HELP = [
     ["can-spawn", "--help"],
+    ["can-spawn", "selfplay", "-qh"],
     ["run", "-h"],
     ["run", "selfplay", "--node", "n1", "-h", "echo"],
     ["register", "--json", "-h"],
@@ -247,6 +258,15 @@ BAD = [
     ["run", "selfplay", "--timeout", "soon", "true"],
     ["run", "selfplay", "--bogus", "true"],
     ["run", "selfplay", "--set", "x=\x7f", "true"],
+    ["can-spawn", "selfplay", "-q=1"],
+    ["register", "selfplay", "--pid", "-q"],  # the value of --pid, not a flag: no integer
+    ["can-spawn", "selfplay", "--quiet=yes"],
+    ["can-spawn", "selfplay", "-qx"],
+    ["can-spawn", "selfplay", "-xq"],
+    ["unregister", "t-1", "-q"],  # unregister has no --quiet
+    ["run", "selfplay", "--no-slot-exit-code", "nine", "true"],
+    ["run", "selfplay", "--no-slot-exit-code", "1.5", "true"],
+    ["run", "selfplay", "--no-slot-exit-code"],
 ]
 
 
@@ -277,6 +297,13 @@ WORDS = [
     "-h",
     "--bogus",
     "-x",
+    "-q",
+    "-qq",
+    "-qx",
+    "-qh",
+    "-q=1",
+    "--no-slot-exit-code=9",
+    "256",
     "-",
     "selfplay",
     "training",

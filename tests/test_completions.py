@@ -94,7 +94,8 @@ def test_bash_completes_subcommands_and_options(coord) -> None:
 @needs_exe
 def test_bash_completes_hot_commands_from_the_spec(coord) -> None:
     assert bash_complete(coord, "unregister", "x-1", "--status", "o") == ["ok", "oom"]
-    assert bash_complete(coord, "run", "selfplay", "--no") == ["--node"]
+    assert bash_complete(coord, "run", "selfplay", "--no") == ["--node", "--no-slot-exit-code"]
+    assert bash_complete(coord, "can-spawn", "selfplay", "--qu") == ["--quiet"]
     assert bash_complete(coord, "spawn-check", "tr") == ["training"]
 
 

@@ -125,7 +125,7 @@ def _option(opt: spec.Option, **extra: Any) -> inspect.Parameter:
         opt.dest,
         inspect.Parameter.KEYWORD_ONLY,
         default=False if opt.kind == "flag" else None,
-        annotation=Annotated[_PY_TYPE[opt.kind], typer.Option(opt.name, **info)],
+        annotation=Annotated[_PY_TYPE[opt.kind], typer.Option(*opt.names, **info)],
     )
 
 

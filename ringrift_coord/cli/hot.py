@@ -81,7 +81,7 @@ def _node(node: str | None) -> str:
     return node_given(node) or default_node()
 
 
-def can_spawn(g: Globals, task_type: str, node: str | None) -> int:
+def can_spawn(g: Globals, task_type: str, node: str | None, quiet: bool = False) -> int:
     from ringrift_coord.task_coordinator import TaskCoordinator
 
     ttype = TaskType.parse(task_type)
@@ -90,9 +90,10 @@ def can_spawn(g: Globals, task_type: str, node: str | None) -> int:
     if g.json:
         emit_json(decision.to_dict())
     elif decision.allowed:
-        sys.stdout.write(decision.summary() + "\n")
+        if not quiet:
+            sys.stdout.write(decision.summary() + "\n")
     else:
-        say(decision.summary())
+        say(decision.summary())  # a refusal says why, --quiet or not
     return ExitCode.OK if decision.allowed else ExitCode.DENIED
 
 
@@ -103,7 +104,10 @@ def register(
     pid: int | None,
     task_id: str | None,
     config_name: str | None,
+    quiet: bool = False,
 ) -> int:
+    """Prints the task id on success, also with ``--quiet``: it is the output (``id=$(...)``),
+    not chatter; --quiet only promises that nothing else is said on success."""
     from ringrift_coord import procs
     from ringrift_coord.task_coordinator import Holder, TaskCoordinator
 
@@ -188,6 +192,10 @@ def unregister(
     return ExitCode.OK
 
 
+def _silent(message: str) -> None:
+    """A note ``--quiet`` does not say."""
+
+
 class _Spinner:
     """A Rich spinner on stderr while ``run --wait`` stands in line (terminals only)."""
 
@@ -231,33 +239,57 @@ def run(
     wait: bool,
     timeout: float | None,
     command: list[str],
+    quiet: bool = False,
+    no_slot_exit_code: int | None = None,
 ) -> int:
+    """Run ``command`` holding a slot; its exit code.
+
+    ``quiet``: no wait spinner and none of run's own notes about things it handled (a lease
+    renewal retried, SIGKILL after the grace period, a release left to the reaper); what
+    explains the outcome still goes to stderr (no slot, the command could not be run, the
+    lease was lost), and the job's own output is the job's. ``no_slot_exit_code``: the exit
+    code instead of 75 wherever run itself would exit 75, i.e. the command was not started
+    (no slot: denied, ``--wait`` timed out, or the store stayed busy), as flock's ``-E``.
+    """
     from ringrift_coord.launcher import run_command
     from ringrift_coord.task_coordinator import TaskCoordinator
 
+    if no_slot_exit_code is not None and not 0 <= no_slot_exit_code <= 255:
+        raise UsageError(
+            f"{no_slot_exit_code} is not an exit code (0-255)", field="no_slot_exit_code"
+        )
     if timeout is not None and not wait:
         raise UsageError("--timeout only applies with --wait")
     ttype = TaskType.parse(task_type)
     if not command:
         raise UsageError("run needs a command: ringrift-coord run TYPE [OPTIONS] -- CMD ...")
-    spinner = _Spinner() if (wait and not g.json and sys.stderr.isatty()) else None
-    with g.context() as ctx:
-        try:
-            result = run_command(
-                TaskCoordinator(ctx),
-                ttype,
-                _node(node),
-                command,
-                config_name=config_name,
-                wait=wait,
-                timeout=timeout,
-                on_wait=spinner.update if spinner else None,
-                on_admitted=spinner.stop if spinner else None,
-                warn=say,
-            )
-        finally:
-            if spinner:
-                spinner.stop()
+    spinner = _Spinner() if (wait and not quiet and not g.json and sys.stderr.isatty()) else None
+    result = None
+    try:
+        with g.context() as ctx:
+            try:
+                result = run_command(
+                    TaskCoordinator(ctx),
+                    ttype,
+                    _node(node),
+                    command,
+                    config_name=config_name,
+                    wait=wait,
+                    timeout=timeout,
+                    on_wait=spinner.update if spinner else None,
+                    on_admitted=spinner.stop if spinner else None,
+                    warn=say,
+                    note=_silent if quiet else say,
+                )
+            finally:
+                if spinner:
+                    spinner.stop()
+    except CoordError as exc:
+        # Every 75 of run's own means the command was not started (run_command returns
+        # the job's code once it ran, and releases its slot itself).
+        if result is None and no_slot_exit_code is not None and exc.exit_code == ExitCode.TEMPFAIL:
+            exc.exit_code = no_slot_exit_code  # type: ignore[assignment]
+        raise
     if g.json:
         emit_json(
             {

@@ -102,6 +102,12 @@ def _is_option(word: str) -> bool:
     return word.startswith("-") and word != "-"
 
 
+def _is_cluster(word: str) -> bool:
+    """``-qx``: several one-letter options in one word (only flags have short names, in
+    ``spec``, so none of them takes a value)."""
+    return len(word) > 2 and word[0] == "-" and word[1] != "-" and "=" not in word
+
+
 def _own_end(command: Command, words: list[str]) -> int:
     """How many of ``words`` (after the command name) are the command's own options and
     arguments: up to ``--`` (one that is not an option's value) or the wrapped command."""
@@ -175,6 +181,19 @@ def parse(argv: list[str]) -> Parsed | None:
         if _is_option(word):
             name, eq, inline = word.partition("=")
             opt = command.option(name)
+            if opt is None and _is_cluster(word):  # -qx: short flags given together
+                cluster = [command.option(f"-{ch}") for ch in word[1:]]
+                if any(f"-{ch}" in HELP_OPTIONS for ch in word[1:]):
+                    return None  # help among them: the Typer app's, as above
+                if all(cluster):
+                    for flag in cluster:
+                        assert flag is not None and flag.kind == "flag"
+                        params[flag.dest] = True
+                    j += 1
+                    continue
+                name = next(
+                    f"-{ch}" for ch, flag in zip(word[1:], cluster, strict=True) if flag is None
+                )
             if opt is None:
                 shown = name if name.isprintable() else repr(name)  # an escape stays inert
                 raise UsageError(

@@ -15,6 +15,10 @@ but no control characters), ``int`` (64-bit, what the store keeps), ``float`` (n
 text value must be valid UTF-8 made of printable characters (``parser.check_text``), on both
 paths.
 
+A flag may also have a ``short`` name, a dash and one letter (``-q``). Short flags may be
+given together in one word (``-qx``), as Click and getopt read them; only flags have short
+names, so a short word never takes a value (``-N5`` and ``-q=x`` are refused by both parsers).
+
 A command's ``rest`` is the command it wraps (``run TYPE [OPTIONS] [--] CMD ...``): it starts
 after ``--``, or at the first word that is neither an option nor an option's value once every
 argument is given. Every word from there on is the job's, whatever it looks like; the
@@ -36,7 +40,7 @@ RELEASE_STATUSES = ("ok", "failed", "oom", "killed", "stopped")
 class Option:
     """``--name VALUE`` (or ``--name=VALUE``), stored under ``dest``."""
 
-    __slots__ = ("name", "dest", "kind", "help", "metavar", "complete", "eager")
+    __slots__ = ("name", "dest", "kind", "help", "metavar", "complete", "eager", "short")
 
     def __init__(
         self,
@@ -48,9 +52,15 @@ class Option:
         metavar: str | None = None,
         complete: str | tuple[str, ...] | None = None,
         eager: bool = False,
+        short: str | None = None,
     ) -> None:
         if kind not in KINDS:
             raise ValueError(f"{name}: unknown kind {kind!r}")
+        if short is not None and (
+            kind != "flag" or len(short) != 2 or short[0] != "-" or not short[1].isalpha()
+        ):
+            raise ValueError(f"{name}: a short name is a dash and a letter, for a flag only")
+        self.short = short
         self.name, self.dest, self.kind, self.help = name, dest, kind, help
         self.metavar, self.complete = metavar, complete
         self.eager = eager  # acted on before arguments are checked (--version)
@@ -58,6 +68,11 @@ class Option:
     @property
     def takes_value(self) -> bool:
         return self.kind != "flag"
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """Every name the option answers to: ``--name``, then its short name if any."""
+        return (self.name,) if self.short is None else (self.name, self.short)
 
     def __repr__(self) -> str:
         return f"Option({self.name!r}, {self.dest!r}, {self.kind!r})"
@@ -101,9 +116,10 @@ class Command:
         self.handler = name.replace("-", "_")
 
     def option(self, name: str) -> Option | None:
-        """This command's option ``name``, or a global option; None if neither."""
+        """This command's option ``name`` (long or short), or a global option; None if
+        neither."""
         for opt in self.options:
-            if opt.name == name:
+            if name == opt.name or name == opt.short:
                 return opt
         return GLOBAL_BY_NAME.get(name)
 
@@ -154,13 +170,20 @@ _NODE = Option(
 _CONFIG_NAME = Option(
     "--config-name", "config_name", "str", "Board config, e.g. square8_2p.", metavar="C"
 )
+_QUIET = Option(
+    "--quiet",
+    "quiet",
+    "flag",
+    "Say nothing on success (for cron); a refusal or failure still says why on stderr.",
+    short="-q",
+)
 
 HOT_COMMANDS: tuple[Command, ...] = (
     Command(
         "can-spawn",
         "The whole admission decision, without taking a slot: exit 0 allowed, 1 denied.",
         (_TYPE,),
-        (_NODE,),
+        (_NODE, _QUIET),
         aliases=("spawn-check",),
     ),
     Command(
@@ -178,6 +201,7 @@ HOT_COMMANDS: tuple[Command, ...] = (
             ),
             Option("--task-id", "task_id", "str", "Task id to use.", metavar="ID"),
             _CONFIG_NAME,
+            _QUIET,
         ),
     ),
     Command(
@@ -208,8 +232,8 @@ HOT_COMMANDS: tuple[Command, ...] = (
         "run",
         "Run CMD holding a slot: register, heartbeat, forward signals, release on any exit.\n\n"
         "Exits with CMD's exit code (128+N if it died of signal N, 126/127 if it could not "
-        "run), or 75 when no slot was granted. Every word from CMD on is the job's: options "
-        "of run (and --help) are only read before it.",
+        "run), or 75 (or --no-slot-exit-code N) when no slot was granted. Every word from CMD "
+        "on is the job's: options of run (and --help) are only read before it.",
         (_TYPE,),
         (
             _NODE,
@@ -221,6 +245,15 @@ HOT_COMMANDS: tuple[Command, ...] = (
                 "float",
                 "With --wait: give up after S seconds (exit 75).",
                 metavar="S",
+            ),
+            _QUIET,
+            Option(
+                "--no-slot-exit-code",
+                "no_slot_exit_code",
+                "int",
+                "Exit N (0-255) instead of 75 when the command was not started for want of a "
+                "slot (denied, --wait timed out, store busy), so a job's own 75 stays its own.",
+                metavar="N",
             ),
         ),
         rest=Argument("command", "[--] CMD...", "The command to run while the slot is held."),
