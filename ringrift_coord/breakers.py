@@ -203,18 +203,7 @@ class Breaker:
 
 # --------------------------------------------------------------------------- the store
 
-_COLUMNS = (
-    "node",
-    "task_type",
-    "state",
-    "opened_at",
-    "retry_at",
-    "trials_in_flight",
-    "trial_successes",
-    "closed_at",
-    "last_reason",
-    "last_failure_at",
-)
+_COLUMNS = tuple(name for name in Breaker.__slots__ if name != "failures")  # its own table
 
 
 def _from_row(row: Row, failures: list[float]) -> Breaker:

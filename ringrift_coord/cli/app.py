@@ -14,7 +14,7 @@ from typing import Annotated, Any
 import typer
 
 from ringrift_coord.cli import build, views
-from ringrift_coord.cli.common import complete_types, done, globals_of, node_option
+from ringrift_coord.cli.common import complete_types, done, globals_of, not_blank
 from ringrift_coord.cli.hot import Globals, emit_json
 from ringrift_coord.cli.spec import HELP_OPTIONS
 from ringrift_coord.errors import ExitCode, UsageError
@@ -137,7 +137,7 @@ def reserve(
             raise UsageError(f"unexpected extra argument {res_id!r}")
         if not node or slots is None:
             raise UsageError("reserve TYPE needs --node N and --slots K")
-        node_option(node)
+        not_blank("--node", node)
     with g.context() as c:
         coord = TaskCoordinator(c)
         if what == "release":

@@ -12,7 +12,7 @@ from typing import Annotated
 import typer
 
 from ringrift_coord.cli import views
-from ringrift_coord.cli.common import complete_types, done, globals_of, node_option
+from ringrift_coord.cli.common import complete_types, done, globals_of, not_blank
 from ringrift_coord.cli.hot import emit_json
 from ringrift_coord.errors import UsageError
 from ringrift_coord.tasktypes import TaskType
@@ -49,7 +49,7 @@ def breakers_list(
     from ringrift_coord import reports
 
     g = globals_of(ctx)
-    node, ttype = node_option(node), _type(task_type)
+    node, ttype = not_blank("--node", node), _type(task_type)
     with g.context() as c:
         doc = reports.breaker_list(c, node, ttype)
     if g.json:
@@ -83,7 +83,7 @@ def breakers_reset(
     from ringrift_coord import safeguards
 
     g = globals_of(ctx)
-    node, ttype = node_option(node), _type(task_type)
+    node, ttype = not_blank("--node", node), _type(task_type)
     if all_ and (node is not None or ttype is not None):
         raise UsageError("breakers reset: --all takes no --node or --type")
     if not all_ and node is None and ttype is None:
@@ -112,7 +112,7 @@ def _record(
 
     g = globals_of(ctx)
     TaskType.parse(task_type)  # a bad type is a usage error before the store is opened
-    node = node_option(node)
+    node = not_blank("--node", node)
     with g.context() as c:
         if ok:
             doc = safeguards.record_success(c, task_type, node)

@@ -68,17 +68,18 @@ def say(message: str) -> None:
     sys.stderr.flush()
 
 
-def node_given(node: str | None) -> str | None:
-    """A ``--node`` value as given (None: not given): never blank."""
-    if node is not None and not node.strip():
-        raise UsageError("option --node must not be empty")
-    return node
+def not_blank(option: str, value: str | None) -> str | None:
+    """A text option that names something (a node, a GPU model) as given: never blank
+    (None: not given). Every text value is already printable UTF-8 (``parser.check_text``)."""
+    if value is not None and not value.strip():
+        raise UsageError(f"option {option} must not be empty")
+    return value
 
 
 def _node(node: str | None) -> str:
     from ringrift_coord.task_coordinator import default_node
 
-    return node_given(node) or default_node()
+    return not_blank("--node", node) or default_node()
 
 
 def can_spawn(g: Globals, task_type: str, node: str | None, quiet: bool = False) -> int:

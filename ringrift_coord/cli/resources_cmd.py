@@ -17,7 +17,7 @@ from typing import Annotated
 import typer
 
 from ringrift_coord.cli import views
-from ringrift_coord.cli.common import done, globals_of, node_option, text_option
+from ringrift_coord.cli.common import done, globals_of, not_blank
 from ringrift_coord.cli.hot import emit_json
 from ringrift_coord.errors import UsageError
 
@@ -91,8 +91,8 @@ def report(
     for option, count in (("--gpu-count", gpu_count), ("--cpus", cpus)):
         if count is not None and not 0 <= count <= 1_000_000:
             raise UsageError(f"option {option}: {count} is not a count from 0 to 1000000")
-    text_option("--gpu-name", gpu_name)
-    node = node_option(node)
+    not_blank("--gpu-name", gpu_name)
+    node = not_blank("--node", node)
     figures = {"cpu": cpu, "gpu": gpu, "memory": mem, "disk": disk, "load_avg": load}
     hardware = {"gpu_name": gpu_name, "gpu_count": gpu_count, "cpus": cpus, "memory_gb": memory_gb}
     with g.context() as c:
@@ -115,7 +115,7 @@ def resources(
     from ringrift_coord import reports
 
     g = globals_of(ctx)
-    node = node_option(node)
+    node = not_blank("--node", node)
     with g.context() as c:
         doc = reports.resources(c, node)
     if g.json:
