@@ -484,22 +484,26 @@ def _write_cache(
             pass
 
 
-_RANK = ("default", "file", "env", "flag")  # precedence of a value's source
+def _cross_fail(
+    message: str, keys: tuple[str, ...], sources: dict[str, str], path: str | None
+) -> ConfigError:
+    """A cross-check's error, blamed on the one of ``keys`` set by the highest layer (flag >
+    environment > file > default): the file's line (like every other error of the file), or
+    that source in brackets (``[flag --set thresholds.cpu.warning]``)."""
 
+    def rank(key: str) -> int:
+        source = sources.get(key, "default")
+        if source.startswith("flag "):
+            return 3
+        if source.startswith("env "):
+            return 2
+        return 0 if source == "default" else 1
 
-def _rank(source: str) -> int:
-    kind = source.split(" ", 1)[0]
-    return _RANK.index(kind) if kind in _RANK else 1  # "path:line" is the file
-
-
-def _cross_fail(message: str, keys: tuple[str, ...], sources: dict[str, str]) -> ConfigError:
-    """A cross-check's error, blamed on the value of ``keys`` with the highest precedence:
-    its file and line (like every other error of the file), or its source (``--set``...)."""
-    key = max(keys, key=lambda k: _rank(sources.get(k, "default")))
+    key = max(keys, key=rank)
     source = sources.get(key, "default")
-    file, colon, line = source.rpartition(":")
-    if _rank(source) == 1 and colon and line.isdigit():
-        return ConfigError(message, file=file, line=int(line), key=key)
+    line = source[len(path) + 1 :] if path and source.startswith(f"{path}:") else ""
+    if line.isdigit():
+        return ConfigError(message, file=path, line=int(line), key=key)
     return ConfigError(f"{message} [{source}]", key=key)
 
 
@@ -512,6 +516,7 @@ def _cross_checks(values: dict[str, Any], sources: dict[str, str], path: str | N
                 f"warning ({level['warning']}) is above critical ({level['critical']})",
                 (f"thresholds.{res}.warning", f"thresholds.{res}.critical"),
                 sources,
+                path,
             )
     rt = values["resource_targets"]
     for kind in ("cpu", "gpu"):
@@ -521,6 +526,7 @@ def _cross_checks(values: dict[str, Any], sources: dict[str, str], path: str | N
                 f"{kind}_min <= {kind}_target <= {kind}_max does not hold ({lo}, {mid}, {hi})",
                 tuple(f"resource_targets.{kind}_{end}" for end in ("min", "target", "max")),
                 sources,
+                path,
             )
     for name, entry in values["rate_limits"].items():
         if entry.get("per_minute") is not None and entry.get("burst", 1) < 1:
@@ -528,6 +534,7 @@ def _cross_checks(values: dict[str, Any], sources: dict[str, str], path: str | N
                 f"burst must be at least 1 when per_minute is set, got {entry['burst']}",
                 (f"rate_limits.{name}.burst",),
                 sources,
+                path,
             )
 
 
