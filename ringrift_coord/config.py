@@ -617,8 +617,8 @@ def _merge(
             )
         sub_schema = schema.item if isinstance(schema, MapOf) else schema[key]
         if isinstance(sub_schema, Leaf):
-            if sub_schema.kind != "hhmm":  # (an unquoted 14:00 is the time it reads as)
-                _check_number_text(value_node, path, dotted)
+            if sub_schema.kind != "hhmm" or ":" not in str(value_node.value):
+                _check_number_text(value_node, path, dotted)  # (an unquoted 14:00 is a time)
             value = _construct(value_node, path, dotted)
             target[key] = _check_leaf(
                 sub_schema, value, dotted, path, value_node.start_mark.line + 1

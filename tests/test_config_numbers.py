@@ -117,6 +117,9 @@ def test_unquoted_times_of_day_stay_times(tmp_path: Path) -> None:
     settings, _ = load_text(tmp_path, "peak_hours:\n  start: 14:00\n  end: 22:30\n")
     assert settings.get("peak_hours.start") == "14:00"
     assert settings.get("peak_hours.end") == "22:30"
+    with pytest.raises(ConfigError) as info:  # but no other number form is one
+        load_text(tmp_path, "peak_hours:\n  start: 0x10\n")
+    assert info.value.line == 2 and "write 16, not 0x10" in str(info.value)
 
 
 @pytest.mark.parametrize("written", ["010", "0x10", "1:30", "+5", "1_000"])
