@@ -234,10 +234,10 @@ BAD_FILES = {
     "invalid-yaml-flow": ("store: {busy_timeout: 1\nrun: {}\n", 2, None, "invalid YAML"),
     "invalid-yaml-tab": ("store:\n\tbusy_timeout: 1\n", 2, None, "invalid YAML"),
     "invalid-yaml-indent": ("store:\n  busy_timeout: 1\n lease_ttl: 2\n", 3, None, "invalid YAML"),
-    "cross-check": (
+    "cross-check": (  # a cross-check names the file and line of a value it compares
         "thresholds:\n  disk: {warning: 90, critical: 70}\n",
-        None,
-        "thresholds.disk",
+        2,
+        "thresholds.disk.warning",
         "warning (90) is above critical (70)",
     ),
 }

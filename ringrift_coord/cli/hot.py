@@ -173,7 +173,7 @@ def unregister(
 
     if token is None and os.environ.get("RINGRIFT_TASK_ID") == task_id:
         raw = os.environ.get("RINGRIFT_LEASE_TOKEN", "")
-        token = int(raw) if raw.isdigit() else None
+        token = int(raw) if raw.isascii() and raw.isdigit() else None  # not '٣': written by run
     with g.context() as ctx:
         row = TaskCoordinator(ctx).unregister_task(
             task_id, exit_code=exit_code, status=status, token=token, reason=reason

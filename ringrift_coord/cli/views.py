@@ -180,6 +180,8 @@ def settings_table(doc: dict[str, Any], title: str) -> None:
     for r in doc["values"]:
         value = r["value"]
         shown = "null (unlimited)" if value is None else str(value)
+        if not r.get("used", True):
+            shown += " (not used yet)"
         style = "" if r["source"] == "default" else "bold"
         table.add_row(_text(r["key"]), _text(shown), _text(r["source"]), style=style)
     console().print(table)
