@@ -336,6 +336,13 @@ def _schema_at(dotted: str, missing: Any = KeyError) -> Any:
 # --------------------------------------------------------------------------- loading
 
 
+def user_config_path(env: Mapping[str, str]) -> str:
+    """The user's own config file: ``$XDG_CONFIG_HOME/ringrift-coord/unified_loop.yaml``
+    (``~/.config/...`` by default); where ``config init`` writes without a path."""
+    base = env.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
+    return os.path.join(base, "ringrift-coord", DEFAULT_CONFIG_NAME)
+
+
 def find_config_file(explicit: str | None, env: Mapping[str, str]) -> str | None:
     """The config file to read: flag, then $RINGRIFT_COORD_CONFIG, then the XDG default."""
     path = explicit or env.get(CONFIG_ENV) or None
@@ -345,8 +352,7 @@ def find_config_file(explicit: str | None, env: Mapping[str, str]) -> str | None
         if not os.path.isfile(path):
             raise ConfigError(f"config file {path} is not a regular file")
         return path
-    base = env.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
-    candidate = os.path.join(base, "ringrift-coord", DEFAULT_CONFIG_NAME)
+    candidate = user_config_path(env)
     return candidate if os.path.isfile(candidate) else None
 
 

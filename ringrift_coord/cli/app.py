@@ -30,7 +30,10 @@ app = typer.Typer(
     cls=build.Group,  # every command's text values pass parser.check_text
 )
 tasks_app = typer.Typer(help="Running tasks: list them, reap dead holders, show history.")
-config_app = typer.Typer(help="Effective configuration and validation.", no_args_is_help=True)
+config_app = typer.Typer(
+    help="Effective configuration, validation, and the reference file to start from.",
+    no_args_is_help=True,
+)
 app.add_typer(tasks_app, name="tasks")
 app.add_typer(config_app, name="config")
 
@@ -368,3 +371,7 @@ breakers_cmd.register(app)
 from ringrift_coord.cli import resources_cmd  # noqa: E402  (report, resources)
 
 resources_cmd.register(app)
+
+from ringrift_coord.cli import package_cmd  # noqa: E402  (config init, completion)
+
+package_cmd.register(app, config_app)
