@@ -160,17 +160,18 @@ def _mode(path: Path) -> int:
     return stat.S_IMODE(path.lstat().st_mode)
 
 
-def _under_umask(mask: int, coord, *args: str) -> subprocess.CompletedProcess[str]:
+def _under_umask(mask: int, coord, *args: str, **kw) -> subprocess.CompletedProcess[str]:
     old = os.umask(mask)
     try:
-        return coord(*args)
+        return coord(*args, **kw)
     finally:
         os.umask(old)
 
 
 @pytest.mark.parametrize("mask", [0o000, 0o077, 0o022])
 def test_config_init_writes_the_reference_to_the_user_config(coord, tmp_path, mask) -> None:
-    result = _under_umask(mask, coord, "config", "init")
+    no_config = {"RINGRIFT_COORD_CONFIG": ""}  # the fixture's own; unset, the user's is read
+    result = _under_umask(mask, coord, "config", "init", env=no_config)
     assert result.returncode == 0, result.stderr
     target = tmp_path / "xdg-config" / "ringrift-coord" / "unified_loop.yaml"
     assert result.stdout == f"wrote {target}\n"
@@ -179,10 +180,23 @@ def test_config_init_writes_the_reference_to_the_user_config(coord, tmp_path, ma
     assert _mode(target) == 0o600
     assert _mode(target.parent) == 0o700 and _mode(target.parent.parent) == 0o700
     # it is the file a call without --config now reads, and it is valid
-    env = {"RINGRIFT_COORD_CONFIG": ""}
-    shown = coord("--json", "config", "validate", env=env)
+    shown = coord("--json", "config", "validate", env=no_config)
     assert shown.returncode == 0, shown.stderr
     assert json.loads(shown.stdout)["file"] == str(target)
+
+
+def test_config_init_says_when_another_file_is_read_instead(coord, tmp_path: Path) -> None:
+    target = tmp_path / "xdg-config" / "ringrift-coord" / "unified_loop.yaml"
+    result = coord("config", "init")  # the fixture sets RINGRIFT_COORD_CONFIG
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == f"wrote {target}\n"
+    assert result.stderr == (
+        f"ringrift-coord: note: RINGRIFT_COORD_CONFIG names {coord.config}, "
+        "which is read instead of this file\n"
+    )
+    other = tmp_path / "other.yaml"
+    result = coord("--config", str(coord.config), "config", "init", str(other))
+    assert result.returncode == 0 and result.stderr == "", result.stderr  # PATH given: no note
 
 
 def test_config_init_leaves_existing_parents_alone(coord, tmp_path: Path) -> None:

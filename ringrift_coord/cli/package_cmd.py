@@ -10,7 +10,7 @@ import typer
 
 from ringrift_coord.cli import build, views
 from ringrift_coord.cli.common import done, globals_of
-from ringrift_coord.cli.hot import deliver, emit_json
+from ringrift_coord.cli.hot import deliver, emit_json, say
 
 SHELLS = ("bash", "zsh", "fish")
 
@@ -39,7 +39,8 @@ def config_init(
     existing file is kept unless --force (exit 3)."""
     import os
 
-    from ringrift_coord.config import user_config_path
+    from ringrift_coord.config import CONFIG_ENV, user_config_path
+    from ringrift_coord.inputs import printable
     from ringrift_coord.packaged import write_reference_config
 
     g = globals_of(ctx)
@@ -48,6 +49,10 @@ def config_init(
         emit_json({"schema_version": 1, "path": written})
     else:
         views.line(f"wrote {written}")
+    chosen = g.config or os.environ.get(CONFIG_ENV)
+    if path is None and chosen:  # the user's file is read only when neither names another
+        where = "--config" if g.config else CONFIG_ENV
+        say(f"note: {where} names {printable(chosen)}, which is read instead of this file")
     done()
 
 
