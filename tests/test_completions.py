@@ -100,6 +100,38 @@ def bash_complete(coord, *words: str) -> list[str]:
     return [line for line in done.stdout.splitlines() if line]
 
 
+BASH_COMPLETION = Path("/usr/share/bash-completion/bash_completion")
+
+
+@needs_exe
+@pytest.mark.skipif(not BASH_COMPLETION.exists(), reason="bash-completion is not installed")
+def test_bash_completion_loads_it_from_the_user_directory(coord, tmp_path: Path) -> None:
+    """The README's install line: bash-completion finds the script on first use in
+    ``$XDG_DATA_HOME/bash-completion/completions/`` and it completes."""
+    target = tmp_path / "data" / "bash-completion" / "completions" / "ringrift-coord"
+    target.parent.mkdir(parents=True)
+    target.write_text(coord("completion", "bash").stdout)
+    script = r"""
+        source "$1"; shift
+        if declare -F _comp_load >/dev/null; then _comp_load ringrift-coord
+        else __load_completion ringrift-coord; fi
+        spec=$(complete -p ringrift-coord) || exit 97
+        fn=${spec#*-F }; fn=${fn%% *}
+        COMP_WORDS=("$@"); COMP_CWORD=$(( $# - 1 ))
+        "$fn" ringrift-coord "${COMP_WORDS[COMP_CWORD]}" "${COMP_WORDS[COMP_CWORD-1]}"
+        printf '%s\n' "${COMPREPLY[@]}"
+    """
+    done = subprocess.run(
+        ["bash", "-c", script, "bash", str(BASH_COMPLETION), "ringrift-coord", "can-spawn", "--no"],
+        env={**_env(coord), "XDG_DATA_HOME": str(tmp_path / "data"), "HOME": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["--node"]
+
+
 @needs_exe
 def test_bash_completes_commands(coord) -> None:
     assert "can-spawn" in bash_complete(coord, "ca")
