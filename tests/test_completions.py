@@ -11,6 +11,7 @@ candidates are captured at ``compadd``. Each shell's test skips when that shell 
 from __future__ import annotations
 
 import importlib.util
+import json
 import shutil
 import subprocess
 import sys
@@ -64,6 +65,19 @@ def test_completion_command_prints_the_shipped_script(coord, shell: str, name: s
     assert result.returncode == 0, result.stderr
     assert result.stdout == (SHIPPED / name).read_text()
     assert result.stderr == ""
+
+
+def test_completion_json_is_one_document(coord) -> None:
+    result = coord("--json", "completion", "zsh")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == {
+        "schema_version": 1,
+        "shell": "zsh",
+        "script": ZSH_SCRIPT.read_text(),
+    }
+    bad = coord("--json", "completion", "tcsh")
+    assert bad.returncode == 2
+    assert json.loads(bad.stdout)["exit_code"] == 2
 
 
 def test_completion_of_an_unknown_shell_is_a_usage_error(coord) -> None:

@@ -61,6 +61,7 @@ def _complete_shell(incomplete: str) -> list[str]:
 
 
 def completion(
+    ctx: typer.Context,
     shell: Annotated[
         str,
         typer.Argument(
@@ -74,5 +75,9 @@ def completion(
     put it)."""
     from ringrift_coord.packaged import completion_script
 
-    deliver(completion_script(shell))
+    script = completion_script(shell)
+    if globals_of(ctx).json:
+        emit_json({"schema_version": 1, "shell": shell, "script": script})
+    else:
+        deliver(script)
     done()
