@@ -10,6 +10,7 @@ import os
 import stat
 import subprocess
 import sys
+import tarfile
 import tomllib
 import zipfile
 from fnmatch import fnmatch
@@ -68,14 +69,33 @@ def test_license_is_declared_and_present() -> None:
 
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The wheel as ``pip install`` from an index makes it: an sdist of this tree, unpacked
+    elsewhere, built into a wheel (nothing is built inside the source tree)."""
     import setuptools
 
     if int(setuptools.__version__.split(".")[0]) < 77:
         pytest.skip(f"setuptools {setuptools.__version__} < 77 (pip install -e '.[test]')")
     out = tmp_path_factory.mktemp("wheel")
+    sdist = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys, setuptools.build_meta as b; print(b.build_sdist(sys.argv[1]))",
+        ]
+        + [str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert sdist.returncode == 0, sdist.stderr
+    with tarfile.open(out / sdist.stdout.split()[-1]) as archive:
+        safe = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}  # 3.11.4+
+        archive.extractall(out / "src", **safe)
+    (source,) = (out / "src").iterdir()
     done = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q"]
-        + ["--disable-pip-version-check", "-w", str(out), str(ROOT)],
+        + ["--disable-pip-version-check", "-w", str(out), str(source)],
         capture_output=True,
         text=True,
         timeout=300,
