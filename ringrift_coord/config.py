@@ -25,6 +25,14 @@ CONFIG_ENV = "RINGRIFT_COORD_CONFIG"
 SET_ENV = "RINGRIFT_COORD_SET"  # "key=value;key=value": settings from the environment
 DEFAULT_CONFIG_NAME = "unified_loop.yaml"
 
+
+def user_config_path(env: Mapping[str, str]) -> str:
+    """The user's own config file: ``$XDG_CONFIG_HOME/ringrift-coord/unified_loop.yaml``
+    (``~/.config/...`` by default); where ``config init`` writes without a path."""
+    base = env.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
+    return os.path.join(base, "ringrift-coord", DEFAULT_CONFIG_NAME)
+
+
 # --------------------------------------------------------------------------- defaults
 
 DEFAULTS: dict[str, Any] = {
@@ -336,13 +344,6 @@ def _schema_at(dotted: str, missing: Any = KeyError) -> Any:
 # --------------------------------------------------------------------------- loading
 
 
-def user_config_path(env: Mapping[str, str]) -> str:
-    """The user's own config file: ``$XDG_CONFIG_HOME/ringrift-coord/unified_loop.yaml``
-    (``~/.config/...`` by default); where ``config init`` writes without a path."""
-    base = env.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
-    return os.path.join(base, "ringrift-coord", DEFAULT_CONFIG_NAME)
-
-
 def find_config_file(explicit: str | None, env: Mapping[str, str]) -> str | None:
     """The config file to read: flag, then $RINGRIFT_COORD_CONFIG, then the XDG default."""
     path = explicit or env.get(CONFIG_ENV) or None
@@ -352,7 +353,8 @@ def find_config_file(explicit: str | None, env: Mapping[str, str]) -> str | None
         if not os.path.isfile(path):
             raise ConfigError(f"config file {path} is not a regular file")
         return path
-    candidate = user_config_path(env)
+    base = env.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
+    candidate = os.path.join(base, "ringrift-coord", DEFAULT_CONFIG_NAME)
     return candidate if os.path.isfile(candidate) else None
 
 
