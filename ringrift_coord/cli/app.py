@@ -30,10 +30,7 @@ app = typer.Typer(
     cls=build.Group,  # every command's text values pass parser.check_text
 )
 tasks_app = typer.Typer(help="Running tasks: list them, reap dead holders, show history.")
-config_app = typer.Typer(
-    help="Effective configuration, validation, and the reference file to start from.",
-    no_args_is_help=True,
-)
+config_app = typer.Typer(help="Effective configuration and validation.", no_args_is_help=True)
 app.add_typer(tasks_app, name="tasks")
 app.add_typer(config_app, name="config")
 
