@@ -11,8 +11,7 @@ import typer
 from ringrift_coord.cli import build, views
 from ringrift_coord.cli.common import done, globals_of
 from ringrift_coord.cli.hot import deliver, emit_json, say
-
-SHELLS = ("bash", "zsh", "fish")
+from ringrift_coord.packaged import COMPLETIONS
 
 
 def register(app: typer.Typer, config_app: typer.Typer) -> None:
@@ -57,7 +56,7 @@ def config_init(
 
 
 def _complete_shell(incomplete: str) -> list[str]:
-    return [s for s in SHELLS if s.startswith(incomplete)]
+    return [s for s in COMPLETIONS if s.startswith(incomplete)]
 
 
 def completion(
