@@ -25,6 +25,14 @@ CONFIG_ENV = "RINGRIFT_COORD_CONFIG"
 SET_ENV = "RINGRIFT_COORD_SET"  # "key=value;key=value": settings from the environment
 DEFAULT_CONFIG_NAME = "unified_loop.yaml"
 
+
+def user_config_path(env: Mapping[str, str]) -> str:
+    """The user's own config file: ``$XDG_CONFIG_HOME/ringrift-coord/unified_loop.yaml``
+    (``~/.config/...`` by default); where ``config init`` writes without a path."""
+    base = env.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
+    return os.path.join(base, "ringrift-coord", DEFAULT_CONFIG_NAME)
+
+
 # --------------------------------------------------------------------------- defaults
 
 DEFAULTS: dict[str, Any] = {

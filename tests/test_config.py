@@ -1,5 +1,6 @@
-"""Configuration: the shipped ``config/unified_loop.yaml``, validation through the CLI,
-and the precedence defaults < YAML < environment (< --set), with each value's source.
+"""Configuration: the shipped ``ringrift_coord/data/config/unified_loop.yaml``, validation
+through the CLI, and the precedence defaults < YAML < environment (< --set), with each value's
+source.
 
 Every bad file must give exit 3 and exactly one line on stderr naming the file, the line and
 the key, never a traceback.
@@ -24,7 +25,7 @@ from ringrift_coord.config import DEFAULTS, SCHEMA, Leaf, MapOf, load_settings
 from ringrift_coord.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
-SHIPPED = ROOT / "config" / "unified_loop.yaml"
+SHIPPED = ROOT / "ringrift_coord" / "data" / "config" / "unified_loop.yaml"
 PREFIX = "ringrift-coord: error: "
 
 

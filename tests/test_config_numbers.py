@@ -23,7 +23,7 @@ from ringrift_coord.errors import ConfigError
 from ringrift_coord.inputs import number_hint, strict_float, strict_int
 
 ROOT = Path(__file__).resolve().parent.parent
-SHIPPED = ROOT / "config" / "unified_loop.yaml"
+SHIPPED = ROOT / "ringrift_coord" / "data" / "config" / "unified_loop.yaml"
 PREFIX = "ringrift-coord: error: "
 LIVE_OFF = "resources.live_host=false"  # what the coord fixture's environment sets
 

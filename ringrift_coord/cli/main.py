@@ -79,7 +79,7 @@ def run_cli(argv: list[str]) -> int:
     json_mode = "--json" in parser.options_part(argv)
     try:
         if os.environ.get(COMPLETE_VAR):
-            return run_typer(argv)  # Tab completion (see completions/)
+            return run_typer(argv)  # Tab completion (see ringrift_coord/data/completions/)
         parsed = parser.parse(argv)
         if parsed is not None:  # what the parser read, not a word that looks like --json
             json_mode = bool(parsed.globals.get("json"))
