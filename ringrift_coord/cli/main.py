@@ -140,7 +140,11 @@ def _fail(message: str, code: int, json_mode: bool) -> int:
         try:
             from ringrift_coord.schema import SCHEMA_VERSION
 
-            document = {"schema_version": SCHEMA_VERSION, "error": first_line, "exit_code": code}
+            document = {
+                "schema_version": SCHEMA_VERSION,
+                "error": first_line,
+                "exit_code": int(code),
+            }
             sys.stdout.write(json.dumps(document) + "\n")
             sys.stdout.flush()
         except (OSError, ValueError, AttributeError):
