@@ -228,7 +228,7 @@ COMMANDS: dict[str, tuple[str, ...]] = {
     ),
     "config show": _SETTINGS,
     "config validate": ("valid", "config_file"),
-    "breakers list": ("breakers", "at"),
+    "breakers list": ("at", "breakers"),
     "breakers reset": ("reset", "backpressure_reset"),
     "breakers record-failure": _BREAKER,
     "breakers record-success": _BREAKER,

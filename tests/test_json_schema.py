@@ -121,6 +121,8 @@ def problems(name: str, document: dict[str, Any]) -> list[str]:
     extra, missing = set(keys) - declared - {"schema_version"}, declared - set(keys)
     if extra or missing:
         found.append(f"top-level keys: undeclared {sorted(extra)}, missing {sorted(missing)}")
+    elif keys[1:] != list(schema.COMMANDS[name]):
+        found.append(f"top-level keys in another order than declared: {keys[1:]}")
     found.extend(walk(document, "$"))
     return found
 
