@@ -106,7 +106,11 @@ def test_shipped_file_comments_every_value() -> None:
 def test_shipped_file_validates_through_the_cli(coord) -> None:
     result = coord("--json", "config", "validate", str(SHIPPED))
     assert result.returncode == 0, result.stderr
-    assert json.loads(result.stdout) == {"valid": True, "file": str(SHIPPED)}
+    assert json.loads(result.stdout) == {
+        "schema_version": 1,
+        "valid": True,
+        "config_file": str(SHIPPED),
+    }
     shown = coord(
         "--json", "--config", str(SHIPPED), "config", "show", env={"RINGRIFT_COORD_SET": ""}
     )  # nothing above the file
@@ -275,7 +279,7 @@ def test_bad_file_with_json_prints_one_error_document(coord) -> None:
     result = coord("--json", "limits")
     assert result.returncode == 3
     message = one_error_line(result)
-    assert json.loads(result.stdout) == {"error": message, "exit_code": 3}
+    assert json.loads(result.stdout) == {"schema_version": 1, "error": message, "exit_code": 3}
 
 
 def test_bad_file_named_as_argument_of_validate(coord, tmp_path: Path) -> None:
@@ -519,7 +523,7 @@ def test_bad_environment_value_names_the_variable(coord, var: str, raw: str, fra
         assert result.returncode == 3, (command, result.stderr)
         message = one_error_line(result)
         assert var in message and fragment in message, message
-        assert json.loads(result.stdout) == {"error": message, "exit_code": 3}
+        assert json.loads(result.stdout) == {"schema_version": 1, "error": message, "exit_code": 3}
 
 
 # --------------------------------------------------------------------------- properties

@@ -65,7 +65,7 @@ def tasks_list(
     with g.context() as c:
         rows = TaskCoordinator(c).list_tasks(task_type, node)
     if g.json:
-        emit_json(rows)
+        emit_json({"tasks": rows})
     else:
         views.tasks_table(rows)
     done()
@@ -98,7 +98,7 @@ def tasks_history(
     with g.context() as c:
         rows = TaskCoordinator(c).history(limit)
     if g.json:
-        emit_json(rows)
+        emit_json({"tasks": rows})
     else:
         views.history_table(rows)
     done()
@@ -143,14 +143,14 @@ def reserve(
         if what == "release":
             assert res_id is not None
             coord.release_reservation(res_id)
-            result: Any = {"released": res_id}
+            result: Any = {"reservation_id": res_id, "released": True}
         elif what == "list":
             result = coord.list_reservations()
         else:
             assert node is not None and slots is not None
             result = coord.reserve(what, node, slots, ttl)
     if g.json:
-        emit_json(result)
+        emit_json({"reservations": result} if what == "list" else result)
     elif what == "release":
         views.line(f"released {res_id}")
     elif what == "list":
@@ -245,7 +245,7 @@ def decisions(
             limit=limit,
         )
     if g.json:
-        emit_json(rows)
+        emit_json({"decisions": rows})
     else:
         views.decisions_table(rows)
     done()
@@ -335,7 +335,7 @@ def config_validate(
     g = globals_of(ctx)
     settings = load_settings(file or g.config)
     if g.json:
-        emit_json({"valid": True, "file": settings.file})
+        emit_json({"valid": True, "config_file": settings.file})
     else:
         views.line(f"{settings.file or 'built-in defaults'}: valid")
     done()

@@ -53,7 +53,7 @@ def breakers_list(
     with g.context() as c:
         doc = reports.breaker_list(c, node, ttype)
     if g.json:
-        emit_json(doc["breakers"])
+        emit_json(doc)
     else:
         views.breakers_table(doc["breakers"], doc["at"])
     done()

@@ -41,8 +41,17 @@ class Globals:
         )
 
 
-def emit_json(document: Any) -> None:
-    sys.stdout.write(json.dumps(document, default=str, sort_keys=False) + "\n")
+def json_text(document: dict[str, Any]) -> str:
+    """``document`` as the one JSON document a command prints: ``schema_version`` first, in
+    the vocabulary of ``ringrift_coord/schema.py``."""
+    from ringrift_coord.schema import envelope
+
+    return json.dumps(envelope(document), default=str, allow_nan=False) + "\n"
+
+
+def emit_json(document: dict[str, Any]) -> None:
+    """Print a command's ``--json`` document (a list command passes ``{"items": [...]}``)."""
+    sys.stdout.write(json_text(document))
     sys.stdout.flush()
 
 
@@ -129,7 +138,7 @@ def register(
         if g.json:
             document = decision.to_dict()
             document["lease_token"] = decision.lease_token
-            delivered = deliver(json.dumps(document, default=str) + "\n")
+            delivered = deliver(json_text(document))
         elif decision.allowed:
             delivered = deliver(f"{decision.task_id}\n")
         else:
@@ -281,6 +290,7 @@ def run(
                     on_admitted=spinner.stop if spinner else None,
                     warn=say,
                     note=_silent if quiet else say,
+                    stdout_to_stderr=g.json,  # stdout carries run's own document alone
                 )
             finally:
                 if spinner:
@@ -295,6 +305,8 @@ def run(
         emit_json(
             {
                 "task_id": result.task_id,
+                "task_type": ttype.value,
+                "node": result.decision.node,
                 "exit_code": result.exit_code,
                 "status": result.status,
                 "reason": result.reason,
