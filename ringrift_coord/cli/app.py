@@ -324,21 +324,19 @@ def limits(ctx: typer.Context, fmt: FormatOpt = None, no_header: NoHeaderOpt = F
 
 
 @app.command()
-def targets(ctx: typer.Context, fmt: FormatOpt = None, no_header: NoHeaderOpt = False) -> None:
+def targets(ctx: typer.Context) -> None:
     """Effective utilization targets and PID gains, with their source."""
     from ringrift_coord.reports import TARGET_SECTIONS
 
-    table_output(fmt, no_header)
     _show_settings(globals_of(ctx), TARGET_SECTIONS, "targets")
     done()
 
 
 @config_app.command("show")
-def config_show(ctx: typer.Context, fmt: FormatOpt = None, no_header: NoHeaderOpt = False) -> None:
+def config_show(ctx: typer.Context) -> None:
     """Every effective setting and where it came from."""
     from ringrift_coord.config import SCHEMA
 
-    table_output(fmt, no_header)
     _show_settings(globals_of(ctx), list(SCHEMA), "configuration")
     done()
 
