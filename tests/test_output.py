@@ -204,8 +204,8 @@ def test_status_brief_and_one_screen(coord, holder):
     screen = ok(coord("status", env=NARROW))
     assert "running tasks" not in screen  # the task list itself is `tasks`
     rows = [line.split() for line in screen.splitlines()]
-    assert [NODE, "1", "selfplay", "1/32"] in rows
-    assert [NODE2, "1", "improvement_loop", "1/∞"] in rows
+    assert [NODE, "1", "BLOCKED", "gpu", "selfplay=1/32"] in rows  # its reading, in words
+    assert [NODE2, "1", "warn", "mem", "improvement_loop=1/∞"] in rows
     assert any(r[:1] == ["improvement_loop"] and "FULL" in r for r in rows)
 
 

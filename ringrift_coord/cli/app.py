@@ -385,12 +385,13 @@ def status(
     table_output(fmt, no_header)
     with g.context() as c:
         document = reports.status(c)
+        readings = None if g.json or brief else reports.resources(c)
     if g.json:
         emit_json(document)
     elif brief:
         views.status_brief(document)
     else:
-        views.status_screen(document)
+        views.status_screen(document, readings)
     done()
 
 

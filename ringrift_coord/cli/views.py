@@ -164,12 +164,14 @@ class Grid:
         out = console()
         width = out.width
         keep = list(range(len(self.cols)))
-        need, whole = {}, {}  # narrowest (headers wrapped at words), and headers in one line
+        # the narrowest each column may be (headers wrapped at words, free text wrapped),
+        # with headers in one line, and with nothing wrapped
+        need, whole, natural = {}, {}, {}
         for i, col in enumerate(self.cols):
             words = max((len(w) for w in col.header.split()), default=0)
             widest = max((row[i].cell_len for row in self.rows), default=0)
             need[i] = max(words, widest)
-            whole[i] = max(len(col.header), widest)
+            whole[i] = natural[i] = max(len(col.header), widest)
             if col.text:
                 need[i] = whole[i] = min(need[i], max(words, 16))  # free text wraps to this
 
@@ -177,11 +179,11 @@ class Grid:
             overhead = 3 * len(cols) + 1 if boxed else 2 * (len(cols) - 1)
             return sum(widths[i] for i in cols) + overhead <= width
 
-        boxed = fits(keep, True)
+        boxed = fits(keep, True, natural)  # box drawing only where nothing has to wrap
         droppable = sorted(
             (i for i, c in enumerate(self.cols) if c.drop is not None),
             key=lambda i: self.cols[i].drop or 0,
-        )
+        ) + [i for i, c in enumerate(self.cols) if c.drop is None and c.text]  # then free text
         left_out = []
         while not boxed and not fits(keep, False) and droppable:
             gone = droppable.pop(0)
@@ -213,7 +215,14 @@ class Grid:
             out.print(table)
         else:  # still too narrow: longer lines rather than a cut id
             overhead = 3 * len(keep) + 1 if boxed else 2 * (len(keep) - 1)
-            out.print(table, width=sum(need[i] for i in keep) + overhead)
+            wide = Console(
+                highlight=False,
+                soft_wrap=False,
+                width=sum(need[i] for i in keep) + overhead,
+                color_system=out.color_system,  # type: ignore[arg-type]
+                no_color=out.no_color,
+            )
+            wide.print(table)
         if left_out:
             out.print(
                 Text(
@@ -452,10 +461,12 @@ def status_brief(doc: dict[str, Any]) -> None:
         )
 
 
-def status_screen(doc: dict[str, Any]) -> None:
+def status_screen(doc: dict[str, Any], readings: dict[str, Any] | None = None) -> None:
     """``status``: the store, the halts, the tasks against their limits per type, a node ×
     type summary (one row per node), reservations and the breakers that are not closed.
-    The task list itself is ``tasks``. ``tsv``: one row per (node, type) with tasks."""
+    The task list itself is ``tasks``. ``tsv``: one row per (node, type) with tasks.
+    ``readings`` (``resources``' document): each node's admission word (``BLOCKED``, ``warn``)
+    in the node rows, and a row for a node a reading blocks or warns about without tasks."""
     types = _type_rows(doc)
     if output_format() == "tsv":
         grid = Grid("", "node", "type", "running", "per-node limit")
@@ -510,20 +521,27 @@ def status_screen(doc: dict[str, Any]) -> None:
     for name, e in types:
         for node, count in e["nodes"].items():
             by_node.setdefault(node, []).append((name, count, e.get("per_node_limit")))
-    if by_node:
+    words: dict[str, Text] = {}
+    for r in (readings or {}).get("nodes", []):
+        word = admission_word(r)
+        if r["node"] in by_node or word.plain.startswith(("BLOCKED", "warn")):
+            words[r["node"]] = word
+    if by_node or words:
         grid = Grid(
             f"tasks per node ({len(by_node)} node(s); FULL: at the per-node limit)",
             "node",
             "tasks",
+            "reading",
             Col("by type (running/per-node limit)", text=True),
         )
-        for node in sorted(by_node):
-            entries = by_node[node]
+        for node in sorted(set(by_node) | set(words)):
+            entries = by_node.get(node, [])
             grid.add(
                 node,
                 sum(count for _, count, _ in entries),
+                words.get(node, Text("-")),
                 ", ".join(
-                    f"{name} {count}/{_limit(limit)}" + (" FULL" if _full(count, limit) else "")
+                    f"{name}={count}/{_limit(limit)}" + (" FULL" if _full(count, limit) else "")
                     for name, count, limit in entries
                 ),
             )
@@ -549,7 +567,7 @@ def breakers_table(rows: list[dict[str, Any]], now: float) -> None:
         "state",
         Col("failures in window", drop=2),
         Col("spawn failures", drop=1),
-        Col("last reason", text=True),
+        Col("last reason", text=True, drop=4),
         Col("opened at", drop=3),
         "retry at / in",
     )
