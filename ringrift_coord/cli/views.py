@@ -454,10 +454,10 @@ def status_brief(doc: dict[str, Any]) -> None:
         cluster, per_node = e.get("cluster_limit"), e.get("per_node_limit")
         full = " FULL" if _full(e["running"], cluster) else ""
         nodes_full = sum(1 for c in e["nodes"].values() if _full(c, per_node))
-        at_cap = f", {nodes_full} node(s) at the per-node limit" if nodes_full else ""
+        at_cap = f", {nodes_full} node(s) FULL" if nodes_full else ""
         line(
             f"{name}: {e['running']}/{_limit(cluster)} running{full} on {len(e['nodes'])} "
-            f"node(s) (per node {_limit(per_node)}{at_cap}), {e.get('queued', 0)} queued"
+            f"node(s), {e.get('queued', 0)} queued; per node {_limit(per_node)}{at_cap}"
         )
 
 
@@ -702,9 +702,9 @@ def resources_table(doc: dict[str, Any], node: str | None) -> None:
         "mem",
         "disk",
         "gpu",
-        Col("load", drop=2),
-        Col("hardware", text=True, drop=3),
-        Col("caps", text=True, drop=4),
+        Col("load", drop=4),
+        Col("hardware", text=True, drop=2),
+        Col("caps", text=True, drop=3),
     )
     entries = list(doc["nodes"])
     if doc["live"] is not None:
