@@ -285,3 +285,24 @@ def test_piped_output_is_the_same_whatever_the_width(coord, holder):
     wide = ok(coord("tasks", "--format", "plain", env={"COLUMNS": "300"}))
     strip = [line.split()[:3] + line.split()[4:5] for line in narrow.splitlines()]
     assert strip == [line.split()[:3] + line.split()[4:5] for line in wide.splitlines()]
+
+
+def test_status_of_28_nodes_fits_one_screen(tmp_path, holder):
+    """28 nodes at 80 columns: one row per node, every name whole, within 50 lines; the
+    layout does not depend on the engine (SQLite only)."""
+    coord = Coord(tmp_path)
+    nodes = [f"gpu-node-h100-us-east-{i:02d}" for i in range(1, 21)]
+    nodes += [f"cpu-node-epyc-us-central-{i:02d}" for i in range(1, 9)]
+    for i, node in enumerate(nodes):
+        ok(coord("register", "selfplay", "--node", node, "--pid", str(holder)))
+        if i % 10 == 0:  # three of them: the cluster limit of training
+            ok(coord("register", "training", "--node", node, "--pid", str(holder)))
+    ok(coord("report", "--node", nodes[3], "--disk", "99"))
+    screen = ok(coord("status", "--format", "table", env=NARROW)).splitlines()
+    assert len(screen) <= 50, "\n".join(screen)
+    assert all(len(line) <= 80 for line in screen)
+    rows = {line.split()[0]: line.split()[1:] for line in screen if line.strip()}
+    assert set(nodes) <= set(rows)
+    assert rows[nodes[3]][:3] == ["1", "BLOCKED", "disk"]
+    assert rows[nodes[0]][:2] == ["2", "-"] and "training=1/1" in rows[nodes[0]]
+    assert "running tasks" not in "\n".join(screen)

@@ -1,4 +1,10 @@
-"""Human output of every command: Rich tables and plain lines. Nothing here decides anything.
+"""Human output of every command: tables and plain lines. Nothing here decides anything.
+
+Every table is a ``Grid``, printed in the command's format (``set_format``): Rich on a
+terminal, plain aligned columns in a pipe, tab-separated with ``--format tsv``. Ids, node and
+type names and times are never cut: free text wraps first, and a terminal too narrow for the
+rest leaves whole columns out and says which. Colour only repeats a word (``BLOCKED``,
+``warn``, ``FULL``, a breaker's state), so ``NO_COLOR`` and pipes lose nothing.
 
 Stored text is data, never markup: node and config names, reasons, who and host, paths
 reach the terminal only through ``_text`` (a Rich ``Text`` of the printable form: no markup
