@@ -120,8 +120,10 @@ def test_status_screen_and_json(coord):
         assert status["halt"]["halts"][0]["scope"] == "training"
         screen = coord("status")
         assert screen.returncode == 0
-        for text in (f"engine {coord.engine}", "selfplay", "n1 1/32", "HALTED", "trainer bug"):
+        for text in (f"engine {coord.engine}", "selfplay=1/32", "HALTED", "trainer bug"):
             assert text in screen.stdout
+        rows = [row.split() for row in screen.stdout.splitlines()]
+        assert ["n1", "1", "-", "selfplay=1/32"] in rows  # the node × type summary
     finally:
         holder.kill()
         holder.wait()

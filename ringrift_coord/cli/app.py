@@ -14,7 +14,15 @@ from typing import Annotated, Any
 import typer
 
 from ringrift_coord.cli import build, views
-from ringrift_coord.cli.common import complete_types, done, globals_of, not_blank
+from ringrift_coord.cli.common import (
+    FormatOpt,
+    NoHeaderOpt,
+    complete_types,
+    done,
+    globals_of,
+    not_blank,
+    table_output,
+)
 from ringrift_coord.cli.hot import Globals, emit_json
 from ringrift_coord.cli.spec import HELP_OPTIONS
 from ringrift_coord.errors import ExitCode, UsageError
@@ -47,9 +55,11 @@ build.install(app)  # the global options and the hot commands, from cli/spec.py
 
 
 @tasks_app.callback(invoke_without_command=True)
-def tasks_default(ctx: typer.Context) -> None:
+def tasks_default(
+    ctx: typer.Context, fmt: FormatOpt = None, no_header: NoHeaderOpt = False
+) -> None:
     if ctx.invoked_subcommand is None:
-        tasks_list(ctx)
+        tasks_list(ctx, fmt=fmt, no_header=no_header)
 
 
 @tasks_app.command("list")
@@ -57,11 +67,14 @@ def tasks_list(
     ctx: typer.Context,
     task_type: TypeOpt = None,
     node: Annotated[str | None, typer.Option("--node", help="Only this node.")] = None,
+    fmt: FormatOpt = None,
+    no_header: NoHeaderOpt = False,
 ) -> None:
     """Running tasks with age, pid, host and lease."""
     from ringrift_coord.task_coordinator import TaskCoordinator
 
     g = globals_of(ctx)
+    table_output(fmt, no_header, ctx)
     with g.context() as c:
         rows = TaskCoordinator(c).list_tasks(task_type, node)
     if g.json:
@@ -90,17 +103,21 @@ def tasks_reap(ctx: typer.Context) -> None:
 def tasks_history(
     ctx: typer.Context,
     limit: Annotated[int, typer.Option("--limit", min=1, max=1_000_000, help="How many.")] = 20,
+    fmt: FormatOpt = None,
+    no_header: NoHeaderOpt = False,
 ) -> None:
     """Finished tasks: duration, exit code and status, newest first."""
     from ringrift_coord.task_coordinator import TaskCoordinator
 
     g = globals_of(ctx)
+    table_output(fmt, no_header, ctx)
     with g.context() as c:
         rows = TaskCoordinator(c).history(limit)
+        now = c.clock.time()
     if g.json:
         emit_json({"tasks": rows})
     else:
-        views.history_table(rows)
+        views.history_table(rows, now)
     done()
 
 
@@ -124,11 +141,14 @@ def reserve(
     node: Annotated[str | None, typer.Option("--node", help="Node to hold slots on.")] = None,
     slots: Annotated[int | None, typer.Option("--slots", help="How many slots.")] = None,
     ttl: Annotated[float | None, typer.Option("--ttl", help="Expire after S seconds.")] = None,
+    fmt: FormatOpt = None,
+    no_header: NoHeaderOpt = False,
 ) -> None:
     """Gauntlet reservation: hold K slots on a node for one task type (reserve release ID)."""
     from ringrift_coord.task_coordinator import TaskCoordinator
 
     g = globals_of(ctx)
+    table_output(fmt, no_header)
     if what == "release":
         if not res_id:
             raise UsageError("reserve release needs the reservation ID")
@@ -228,11 +248,14 @@ def decisions(
     limit: Annotated[
         int, typer.Option("--limit", min=1, max=1_000_000, help="How many, newest first.")
     ] = 50,
+    fmt: FormatOpt = None,
+    no_header: NoHeaderOpt = False,
 ) -> None:
     """The persisted log of admission decisions: who asked, what was decided, why."""
     from ringrift_coord import reports
 
     g = globals_of(ctx)
+    table_output(fmt, no_header)
     since_at, since_age = (None, None) if since is None else parse_since(since)
     with g.context() as c:
         rows = reports.decisions(
@@ -283,12 +306,13 @@ def _show_settings(g: Globals, sections: list[str], title: str) -> None:
 
 
 @app.command()
-def limits(ctx: typer.Context) -> None:
+def limits(ctx: typer.Context, fmt: FormatOpt = None, no_header: NoHeaderOpt = False) -> None:
     """Effective task limits, rate limits, thresholds and store settings, with their source;
     the caps lowered after repeated OOMs and the backpressure factors in force."""
     from ringrift_coord import reports
 
     g = globals_of(ctx)
+    table_output(fmt, no_header)
     with g.context() as c:
         doc = reports.limits(c)
     if g.json:
@@ -345,17 +369,29 @@ def config_validate(
 
 
 @app.command()
-def status(ctx: typer.Context) -> None:
-    """One screen: halt, tasks against limits per node and type, breakers, reservations."""
+def status(
+    ctx: typer.Context,
+    brief: Annotated[
+        bool, typer.Option("--brief", help="One line per task type (tsv: one row per type).")
+    ] = False,
+    fmt: FormatOpt = None,
+    no_header: NoHeaderOpt = False,
+) -> None:
+    """One screen: halt, tasks against limits per type, a node × type summary, breakers,
+    reservations (the task list itself: ``tasks``)."""
     from ringrift_coord import reports
 
     g = globals_of(ctx)
+    table_output(fmt, no_header)
     with g.context() as c:
         document = reports.status(c)
+        readings = None if g.json or brief else reports.resources(c)
     if g.json:
         emit_json(document)
+    elif brief:
+        views.status_brief(document)
     else:
-        views.status_screen(document)
+        views.status_screen(document, readings)
     done()
 
 

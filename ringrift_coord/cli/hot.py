@@ -77,6 +77,13 @@ def say(message: str) -> None:
     sys.stderr.flush()
 
 
+def warn_readings(decision: Any) -> None:
+    """The readings past their warning level that admission saw, one ``warning:`` line each
+    on stderr (text mode, not ``--quiet``: ``--json`` has them under ``warnings``)."""
+    for message in decision.warnings:
+        say(f"warning: {message}: not enforced; at the critical level new spawns are refused")
+
+
 def not_blank(option: str, value: str | None) -> str | None:
     """A text option that names something (a node, a GPU model) as given: never blank
     (None: not given). Every text value is already printable UTF-8 (``parser.check_text``)."""
@@ -102,8 +109,11 @@ def can_spawn(g: Globals, task_type: str, node: str | None, quiet: bool = False)
     elif decision.allowed:
         if not quiet:
             sys.stdout.write(decision.summary() + "\n")
+            warn_readings(decision)
     else:
         say(decision.summary())  # a refusal says why, --quiet or not
+        if not quiet:
+            warn_readings(decision)
     return ExitCode.OK if decision.allowed else ExitCode.DENIED
 
 
@@ -166,7 +176,11 @@ def register(
     if not decision.allowed:
         if not g.json:
             say(decision.summary())
+            if not quiet:
+                warn_readings(decision)
         return ExitCode.DENIED
+    if not g.json and not quiet:
+        warn_readings(decision)
     return ExitCode.OK
 
 
