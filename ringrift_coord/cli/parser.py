@@ -7,7 +7,9 @@ plus the global options after the command name and the one rule of a wrapped com
 (``split_rest``), which the Typer ``run`` shares. No Typer, no Rich, no ``typing``.
 
 ``check_text`` and ``convert`` are the value rules of every option of every command: the
-Typer app's parameter types call them too (``cli/build.py``).
+Typer app's parameter types call them too (``cli/build.py``). ``usage_error`` is the one form
+of a mistake in the command line's shape (``unknown option --nod (did you mean --node?);
+see 'ringrift-coord can-spawn --help'``); ``build.usage_from_click`` words Click's the same.
 """
 
 from __future__ import annotations
