@@ -104,8 +104,6 @@ def _usage_errors_in_our_words(command: click.Command) -> None:
     def resolve_command(ctx: click.Context, args: list[str]) -> Any:
         try:
             return resolve(ctx, args)
-        except click_exceptions.NoSuchOption:
-            raise
         except click_exceptions.UsageError as exc:
             if not exc.message.startswith("No such command") or not args:
                 raise
