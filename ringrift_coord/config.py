@@ -126,8 +126,9 @@ DEFAULTS: dict[str, Any] = {
 
 
 class Leaf:
-    """One setting's kind: "count", "number", "percent", "bool", "str", "hhmm", "globs",
-    "timezone" (a name in the time-zone database)."""
+    """One setting's kind: "count", "number", "seconds", "percent", "bool", "str", "hhmm",
+    "globs", "timezone" (a name in the time-zone database). A "seconds" setting is a number
+    of seconds or a duration with units, "5m"."""
 
     __slots__ = ("kind", "nullable")
 
@@ -138,6 +139,7 @@ class Leaf:
         text = {
             "count": "a non-negative integer",
             "number": "a non-negative number",
+            "seconds": 'a number of seconds or a duration like "90s", "5m", "1h30m"',
             "percent": "a number from 0 to 100",
             "fraction": "a number from 0 to 1",
             "bool": "true or false",
@@ -164,6 +166,7 @@ class MapOf:
 COUNT, OPT_COUNT = Leaf("count"), Leaf("count", nullable=True)
 NUM, OPT_NUM, PCT = Leaf("number"), Leaf("number", nullable=True), Leaf("percent")
 PCT_FRACTION = Leaf("fraction")
+SECS = Leaf("seconds")
 LEVELS = {"warning": PCT, "critical": PCT}
 
 SCHEMA: dict[str, Any] = {
@@ -171,8 +174,8 @@ SCHEMA: dict[str, Any] = {
     "rate_limits": MapOf(TASK_TYPE_NAMES, {"per_minute": OPT_NUM, "burst": NUM}),
     "circuit_breaker": {
         "failure_threshold": COUNT,
-        "window": NUM,
-        "recovery_timeout": NUM,
+        "window": SECS,
+        "recovery_timeout": SECS,
         "half_open_trials": COUNT,
         "success_threshold": COUNT,
     },
@@ -201,23 +204,23 @@ SCHEMA: dict[str, Any] = {
         "priorities": MapOf(("critical", "high", "normal", "background"), NUM),
         "max_concurrent_transfers": COUNT,
     },
-    "durations": MapOf(TASK_TYPE_NAMES, NUM),
+    "durations": MapOf(TASK_TYPE_NAMES, SECS),
     "peak_hours": {"start": Leaf("hhmm"), "end": Leaf("hhmm"), "timezone": Leaf("timezone")},
     "selfplay_configs": MapOf(None, NUM, replace=True),
     "store": {
-        "busy_timeout": NUM,
-        "connect_timeout": NUM,
-        "lease_ttl": NUM,
+        "busy_timeout": SECS,
+        "connect_timeout": SECS,
+        "lease_ttl": SECS,
         "decision_log_days": NUM,
     },
-    "run": {"kill_grace": NUM, "poll_interval": NUM},
-    "resources": {"data_paths": Leaf("globs"), "max_sample_age": NUM, "live_host": Leaf("bool")},
+    "run": {"kill_grace": SECS, "poll_interval": SECS},
+    "resources": {"data_paths": Leaf("globs"), "max_sample_age": SECS, "live_host": Leaf("bool")},
     "backpressure": {
         "decrease": PCT_FRACTION,
         "increase": PCT_FRACTION,
         "min_factor": PCT_FRACTION,
     },
-    "oom": {"lower_after": COUNT, "window": NUM, "factor": PCT_FRACTION, "decay_interval": NUM},
+    "oom": {"lower_after": COUNT, "window": SECS, "factor": PCT_FRACTION, "decay_interval": SECS},
 }
 
 # the least value a setting takes (and why): below it the loop it paces would only load the store
@@ -329,14 +332,15 @@ def _schema_at(dotted: str, missing: Any = KeyError) -> Any:
         if isinstance(node, MapOf):
             if node.keys is not None and part not in node.keys:
                 if missing is KeyError:
-                    raise ConfigError("unknown key", key=dotted)
+                    raise ConfigError("unknown key" + _nearest(part, node.keys), key=dotted)
                 return missing
             node = node.item
         elif isinstance(node, dict) and part in node:
             node = node[part]
         else:
             if missing is KeyError:
-                raise ConfigError("unknown key", key=dotted)
+                hint = _nearest(part, node) if isinstance(node, dict) else ""
+                raise ConfigError("unknown key" + hint, key=dotted)
             return missing
     return node
 
@@ -734,7 +738,16 @@ def _check_leaf(leaf: Leaf, value: Any, dotted: str, origin: str, line: int | No
             return None
         raise bad(f"expected {leaf.describe()}, got null")
     kind = leaf.kind
-    if kind in ("count", "number", "percent", "fraction"):
+    if kind == "seconds" and isinstance(value, str):  # "5m", "1h30m": durations.parse
+        from ringrift_coord import durations
+
+        try:
+            seconds = durations.parse(value)
+        except ValueError:
+            pass  # refused below, with the number form's hint where there is one ("0o10")
+        else:
+            value = int(seconds) if seconds.is_integer() else seconds
+    if kind in ("count", "number", "seconds", "percent", "fraction"):
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             hint = None
             if isinstance(value, str):  # 7 in quotes; YAML 1.1 also reads 09 and 1e3 as text

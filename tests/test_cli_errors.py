@@ -63,10 +63,10 @@ PID = str(os.getpid())
 # (argv, fragments the one line must contain)
 CASES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     # unknown command
-    "unknown-command": (("frobnicate",), ("No such command", "frobnicate")),
+    "unknown-command": (("frobnicate",), ("unknown command", "frobnicate")),
     "unknown-command-typo": (("can-spwan", "selfplay"), ("can-spwan", "can-spawn")),
-    "unknown-subcommand": (("tasks", "bogus"), ("No such command", "bogus")),
-    "empty-command": (("",), ("No such command",)),
+    "unknown-subcommand": (("tasks", "bogus"), ("unknown command", "bogus")),
+    "empty-command": (("",), ("unknown command",)),
     "missing-command": ((), ("missing command",)),
     "missing-subcommand": (("config",), ("missing command",)),
     # unknown options: fast parser ...
@@ -80,7 +80,7 @@ CASES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "unknown-short-option": (("can-spawn", "selfplay", "-x"), ("-x",)),
     "typer-option-on-hot-command": (("can-spawn", "selfplay", "--type", "training"), ("--type",)),
     # ... and Typer
-    "unknown-option-status": (("status", "--bogus"), ("No such option", "--bogus")),
+    "unknown-option-status": (("status", "--bogus"), ("unknown option", "--bogus")),
     "unknown-option-halt": (("halt", "--bogus"), ("--bogus",)),
     "unknown-option-decisions": (("decisions", "--pid", "1"), ("--pid",)),
     "unknown-global-option": (("--bogus", "can-spawn", "selfplay"), ("--bogus",)),
@@ -168,7 +168,7 @@ CASES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
         ("--exit-code",),
     ),
     # halt
-    "halt-negative-ttl": (("halt", "--ttl", "-5"), ("--ttl", "positive")),
+    "halt-negative-ttl": (("halt", "--ttl", "-5"), ("--ttl", "negative")),
     "halt-zero-ttl": (("halt", "--ttl", "0"), ("--ttl",)),
     "halt-nan-ttl": (("halt", "--ttl", "nan"), ("--ttl",)),
     "halt-huge-ttl": (("halt", "--ttl", "1e308"), ("--ttl",)),

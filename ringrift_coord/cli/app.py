@@ -140,7 +140,15 @@ def reserve(
     res_id: Annotated[str | None, typer.Argument(metavar="[ID]", help="With release.")] = None,
     node: Annotated[str | None, typer.Option("--node", help="Node to hold slots on.")] = None,
     slots: Annotated[int | None, typer.Option("--slots", help="How many slots.")] = None,
-    ttl: Annotated[float | None, typer.Option("--ttl", help="Expire after S seconds.")] = None,
+    ttl: Annotated[
+        float | None,
+        typer.Option(
+            "--ttl",
+            help="Expire after this long: seconds, or 30m, 2h, 1d.",
+            metavar="DURATION",
+            click_type=build.DURATION,
+        ),
+    ] = None,
     fmt: FormatOpt = None,
     no_header: NoHeaderOpt = False,
 ) -> None:
@@ -191,7 +199,13 @@ def halt(
     ] = None,
     task_type: TypeOpt = None,
     ttl: Annotated[
-        float | None, typer.Option("--ttl", help="Lift by itself after S seconds.")
+        float | None,
+        typer.Option(
+            "--ttl",
+            help="Lift by itself after this long: seconds, or 30m, 2h, 1d.",
+            metavar="DURATION",
+            click_type=build.DURATION,
+        ),
     ] = None,
     check: Annotated[bool, typer.Option("--check", help="Only test: exit 1 when halted.")] = False,
 ) -> None:
@@ -241,7 +255,8 @@ def decisions(
     ctx: typer.Context,
     denied: Annotated[bool, typer.Option("--denied", help="Only refusals.")] = False,
     since: Annotated[
-        str | None, typer.Option("--since", help="ISO 8601 time, or an age like 30m, 2h, 1d.")
+        str | None,
+        typer.Option("--since", help="ISO 8601 time, or an age like 30m, 2h, 1d, 3w."),
     ] = None,
     node: Annotated[str | None, typer.Option("--node", help="Only this node.")] = None,
     task_type: TypeOpt = None,
@@ -275,17 +290,26 @@ def decisions(
 
 
 def parse_since(text: str) -> tuple[float | None, float | None]:
-    """``--since``: (a moment, None) for an ISO 8601 time, (None, seconds) for an age."""
-    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-    raw = text.strip()
-    if raw and raw[-1] in units and raw[:-1].replace(".", "", 1).isdigit():
-        return None, float(raw[:-1]) * units[raw[-1]]
+    """``--since``: (a moment, None) for an ISO 8601 time, (None, seconds) for an age (a
+    duration: ``90``, ``30m``, ``1h30m``, ``3w``)."""
     from datetime import datetime
 
+    from ringrift_coord import durations
+
+    raw = text.strip()
+    try:
+        return None, durations.parse(raw)
+    except ValueError as exc:
+        as_age = str(exc)
     try:
         moment = datetime.fromisoformat(raw.replace("Z", "+00:00"))
     except ValueError:
-        raise UsageError(f"--since {text!r}: give an ISO 8601 time or an age like 30m") from None
+        if raw[:1] == "-":  # a negative age, not a date
+            raise UsageError(as_age, field="since") from None
+        raise UsageError(
+            f"{text!r} is neither an ISO 8601 time (2026-05-01T12:00) nor an age like 30m, 2h, 3w",
+            field="since",
+        ) from None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
     return moment.timestamp(), None

@@ -212,7 +212,9 @@ def unregister(
     elif row is None:
         say(f"{task_id} was already released")
     else:
-        sys.stdout.write(f"released {task_id} after {row['duration']:.1f} s\n")
+        from ringrift_coord.durations import human
+
+        sys.stdout.write(f"released {task_id} after {human(row['duration'])}\n")
     return ExitCode.OK
 
 
@@ -231,10 +233,12 @@ class _Spinner:
         from rich.spinner import Spinner
 
         position = f"{decision.queued} ahead, " if decision.queued else ""
+        from ringrift_coord.durations import human
+
         rules = ", ".join(r.rule for r in decision.reasons) or "queue"
         text = (
             f"waiting for a {decision.task_type} slot on {decision.node}: {position}"
-            f"blocked by {rules} ({waited:.0f} s)"
+            f"blocked by {rules} ({human(waited)})"
         )
         if self.live is None:
             from rich.live import Live

@@ -22,6 +22,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from ringrift_coord.durations import human
 from ringrift_coord.inputs import printable
 
 _console: Console | None = None
@@ -614,7 +615,7 @@ def breakers_reset(
 def outcome_recorded(doc: dict[str, Any], ok: bool) -> None:
     extra = ""
     if doc["state"] == "open" and doc["retry_after"] is not None:
-        extra = f", retry in {doc['retry_after']:.0f} s"
+        extra = f", retry in {human(doc['retry_after'])}"
     line(
         f"recorded {'success' if ok else 'failure'} for {doc['task_type']} on {doc['node']}: "
         f"breaker {doc['state']} ({doc['failures']} failure(s) in the window{extra})"
@@ -698,7 +699,7 @@ def resources_table(doc: dict[str, Any], node: str | None) -> None:
         f"resources (critical blocks the node: disk {t['disk']['critical']}%, memory "
         f"{t['memory']['critical']}%, cpu {t['cpu']['critical']}%, gpu "
         f"{t['gpu']['critical']}%, load {t['load_avg_critical_per_cpu']:g}×cpus; samples "
-        f"older than {doc['max_sample_age']:g} s are stale)"
+        f"older than {human(doc['max_sample_age'])} are stale)"
     )
     grid = Grid(
         Text(title),

@@ -21,6 +21,7 @@ import re
 from collections.abc import Sequence
 
 from ringrift_coord.clock import Clock
+from ringrift_coord.durations import human
 from ringrift_coord.errors import ConfigError, StateError, StoreBusy, UsageError
 from ringrift_coord.store.base import Row, Store, Tx
 from ringrift_coord.store.migrations import MIGRATION_NAMES, MIGRATIONS, statements
@@ -132,7 +133,7 @@ class PostgresStore(Store):
         where = redact(self.url)
         if isinstance(exc, psycopg.errors.LockNotAvailable) or "lock timeout" in text:
             return StoreBusy(
-                f"state store {where} is still locked after the {self.busy_timeout:g} s busy "
+                f"state store {where} is still locked after the {human(self.busy_timeout)} busy "
                 "timeout; nothing was decided, try again"
             )
         state = getattr(exc, "sqlstate", None) or ""

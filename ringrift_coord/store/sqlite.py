@@ -16,6 +16,7 @@ import time
 from collections.abc import Sequence
 
 from ringrift_coord.clock import SYSTEM_CLOCK, Clock
+from ringrift_coord.durations import human
 from ringrift_coord.errors import StateError, StoreBusy
 from ringrift_coord.store.base import Row, Store, Tx
 from ringrift_coord.store.migrations import MIGRATION_NAMES, MIGRATIONS, statements
@@ -119,7 +120,7 @@ class SQLiteStore(Store):
         text = str(exc)
         if isinstance(exc, sqlite3.OperationalError) and ("locked" in text or "busy" in text):
             return StoreBusy(
-                f"state store {self.path} is still locked after the {self.busy_timeout:g} s "
+                f"state store {self.path} is still locked after the {human(self.busy_timeout)} "
                 "busy timeout; nothing was decided, try again"
             )
         if "malformed" in text or "not a database" in text or "corrupt" in text:
