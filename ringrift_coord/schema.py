@@ -235,5 +235,7 @@ COMMANDS: dict[str, tuple[str, ...]] = {
     "report": _READING,
     "resources": ("at", "thresholds", "max_sample_age", "live_host", "local_node", "nodes", "live"),
     "--version": ("version",),
+    "config init": ("path",),
+    "completion": ("shell", "script"),
     "(any command that fails)": ("error", "exit_code"),
 }
