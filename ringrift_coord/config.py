@@ -513,16 +513,14 @@ CACHE_NAME = "config-cache.json"
 
 
 def _cache_key(path: str, text: bytes) -> list[Any] | None:
-    """The file's path and a hash of its whole text (exact, unlike mtimes), and this module's
-    identity: a cache for any other text, or another version of the code, is not used."""
-    import hashlib
-
+    """The file's path and whole text (exact, unlike mtimes or a prefix), and this module's
+    identity: a cache made from any other text, or by another version of the code, is not
+    used."""
     try:
         code = os.stat(__file__)
     except OSError:
         return None
-    digest = hashlib.sha256(text).hexdigest()
-    return [os.path.realpath(path), len(text), digest, code.st_mtime_ns, code.st_size]
+    return [os.path.realpath(path), text.decode("latin-1"), code.st_mtime_ns, code.st_size]
 
 
 def _read_cache(cache_dir: str, key: list[Any]) -> tuple[dict[str, Any], dict[str, str]] | None:

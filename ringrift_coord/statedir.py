@@ -2,7 +2,10 @@
 
 The state directory holds the SQLite file and the ``EMERGENCY_HALT`` file. It defaults to
 ``$XDG_STATE_HOME/ringrift-coord`` (never a shared /tmp path), is created mode 0700, and is
-refused when it is a symlink, owned by another user, or writable by group or others.
+refused when it is a symlink, owned by another user, writable by group or others, or inside a
+directory another user can change. A store shared by a host's users is the one exception: a
+setgid directory of the group ``store.shared_group`` names. Here too: the mode of every file
+the tool creates, and when a file read back from a store is trusted.
 """
 
 from __future__ import annotations
@@ -69,11 +72,8 @@ def prepare_state_dir(path: str) -> str:
     try:
         st = os.lstat(path)
     except FileNotFoundError:
-        parent = os.path.dirname(path)
         try:
-            os.makedirs(parent, mode=0o700, exist_ok=True)
-            os.mkdir(path, 0o700)
-            os.chmod(path, 0o700)  # whatever the umask
+            _make_dirs(path)
         except FileExistsError:
             pass  # another process made it first: check what it made
         except OSError as exc:
@@ -87,6 +87,22 @@ def prepare_state_dir(path: str) -> str:
     check_state_dir(path, st)
     check_parents(path, "state directory")
     return path
+
+
+def _make_dirs(path: str) -> None:
+    """mkdir -p with mode 0700 for each directory made, whatever the umask."""
+    missing = []
+    while not os.path.lexists(path):
+        missing.append(path)
+        path = os.path.dirname(path)
+    for directory in reversed(missing):
+        try:
+            os.mkdir(directory, 0o700)
+        except FileExistsError:
+            if directory == missing[0]:
+                raise
+            continue
+        os.chmod(directory, 0o700)
 
 
 def check_state_dir(path: str, st: os.stat_result) -> None:

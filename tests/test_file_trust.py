@@ -106,7 +106,7 @@ class Host:
                 "USER": user,
                 "LOGNAME": user,
                 "XDG_CONFIG_HOME": str(home / ".config"),
-                "XDG_STATE_HOME": str(home / ".state"),
+                "XDG_STATE_HOME": str(home / ".local" / "state"),
                 "XDG_CACHE_HOME": str(home / ".cache"),
                 "XDG_CONFIG_DIRS": str(self.sys_config_dirs),
                 "RINGRIFT_COORD_SET": "resources.live_host=false",
@@ -312,7 +312,7 @@ def test_created_files_have_explicit_modes_whatever_the_umask(host: Host, umask:
     config = host.home(ALICE) / "coord.yaml"
     env = host.env(ALICE, RINGRIFT_COORD_CONFIG=str(config))
     assert host.python(ALICE, f"open({str(config)!r}, 'w').write({LIMIT_ONE!r})").returncode == 0
-    state = host.home(ALICE) / ".state" / "ringrift-coord"
+    state = host.home(ALICE) / ".local" / "state" / "ringrift-coord"
     job = host.popen(
         ALICE,
         "run",
@@ -337,7 +337,9 @@ def test_created_files_have_explicit_modes_whatever_the_umask(host: Host, umask:
     assert expected <= set(files), files
     assert {name: m for name, (m, _) in files.items()} == dict.fromkeys(files, 0o600)
     assert stat.S_IMODE(os.stat(state).st_mode) == 0o700
-    assert stat.S_IMODE(os.stat(state.parent).st_mode) == 0o700
+    assert {stat.S_IMODE(os.stat(d).st_mode) for d in (state.parent, state.parent.parent)} == {
+        0o700
+    }
 
 
 # --------------------------------------------------------------------------- trust
@@ -347,13 +349,12 @@ def test_another_user_cannot_raise_limits_through_the_cache(host: Host) -> None:
     config = host.base / "coord.yaml"
     config.write_text(LIMIT_ONE)
     env = host.env(ALICE, RINGRIFT_COORD_CONFIG=str(config))
-    state = host.home(ALICE) / ".state" / "ringrift-coord"
+    state = host.home(ALICE) / ".local" / "state" / "ringrift-coord"
     assert host.run(ALICE, "can-spawn", "selfplay", "--node", "n1", env=env).returncode == 0
     cache = state / "config-cache.json"
     # the cache is alice's alone: mallory cannot write it, even where she can reach it
-    os.chmod(host.home(ALICE), 0o711)
-    os.chmod(state.parent, 0o711)
-    os.chmod(state, 0o711)
+    for directory in (host.home(ALICE), state.parent.parent, state.parent, state):
+        os.chmod(directory, 0o711)
     rewrite = (
         f"import json; p = {str(cache)!r}; d = json.load(open(p)); "
         "d['values']['task_limits']['selfplay']['per_node'] = 100000; "
@@ -427,7 +428,7 @@ def test_a_halt_file_of_another_user_is_refused(sqlite_host: Host) -> None:
     host = sqlite_host
     env = host.env(ALICE)
     assert host.run(ALICE, "can-spawn", "selfplay", env=env).returncode == 0
-    halt = host.home(ALICE) / ".state" / "ringrift-coord" / "EMERGENCY_HALT"
+    halt = host.home(ALICE) / ".local" / "state" / "ringrift-coord" / "EMERGENCY_HALT"
     halt.write_text("{}\n")
     os.chown(halt, pwd.getpwnam(MALLORY).pw_uid, -1)
     refused = host.run(ALICE, "can-spawn", "selfplay", env=env)
@@ -476,7 +477,7 @@ def test_hard_link_to_the_database_is_refused(sqlite_host: Host) -> None:
     host = sqlite_host
     env = host.env(ALICE)
     assert host.run(ALICE, "can-spawn", "selfplay", env=env).returncode == 0
-    db = host.home(ALICE) / ".state" / "ringrift-coord" / "tasks.db"
+    db = host.home(ALICE) / ".local" / "state" / "ringrift-coord" / "tasks.db"
     link = host.python(
         ALICE, f"import os; os.link({str(db)!r}, {str(host.home(ALICE) / 'x.db')!r})"
     )
