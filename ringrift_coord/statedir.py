@@ -141,12 +141,17 @@ def check_state_dir_group(path: str, shared_group: str | int | None) -> int | No
     check_state_dir(path, st)
     gid = None if shared_group is None else group_id(shared_group)
     mode = stat.S_IMODE(st.st_mode)
-    if gid is None or st.st_gid != gid:
+    if gid is None or st.st_gid != gid or not mode & 0o020:  # private: yours alone
         if st.st_uid != os.geteuid():
+            shared = (
+                f": a store owned by root is used only as one shared by a group: set "
+                f"store.shared_group to its group ({_group_name(st.st_gid)})"
+                if mode & 0o020
+                else "; refusing it"
+            )
             raise StateError(
                 f"state directory {path} is owned by uid {st.st_uid}, not by you (uid "
-                f"{os.geteuid()}); a store owned by root is used only as a shared store: set "
-                f"store.shared_group to its group ({_group_name(st.st_gid)})"
+                f"{os.geteuid()}){shared}"
             )
         if mode & 0o020:
             hint = (

@@ -569,3 +569,38 @@ def test_group_writable_state_dir_needs_the_shared_group(tmp_path: Path) -> None
     assert "store.shared_group" in refused.stderr
     bad = coord("--set", "store.shared_group=no-such-group-rrc", "can-spawn", "selfplay")
     assert bad.returncode == 3 and "no group 'no-such-group-rrc'" in bad.stderr, bad.stderr
+
+
+def test_private_dir_in_the_shared_group_keeps_private_modes(sqlite_host: Host) -> None:
+    host = sqlite_host
+    state = host.home(ALICE) / "state"
+    assert host.python(ALICE, f"import os; os.mkdir({str(state)!r}, 0o750)").returncode == 0
+    os.chown(state, -1, grp.getgrnam(GROUP).gr_gid)
+    os.chmod(state, 0o2750)  # the group may read, not write: not a shared store
+    env = host.env(ALICE, RINGRIFT_COORDINATOR_DIR=str(state))
+    done = host.run(ALICE, "--set", f"store.shared_group={GROUP}", "halt", "--reason", "r", env=env)
+    assert done.returncode == 0, done.stderr
+    modes = {n: m for n, (m, _) in _modes(state).items()}
+    assert {"tasks.db", "EMERGENCY_HALT"} <= set(modes) and set(modes.values()) == {0o600}
+
+
+def test_shared_mode_with_own_group_without_root(tmp_path: Path) -> None:
+    from ringrift_coord.statedir import check_state_dir_group, create_file, untrusted_file
+
+    gid = os.getegid()
+    store = tmp_path / "shared"
+    store.mkdir()
+    os.chmod(store, 0o2770)
+    assert check_state_dir_group(str(store), gid) == gid
+    assert check_state_dir_group(str(tmp_path), None) is None  # private
+    old = os.umask(0o077)
+    try:
+        os.close(create_file(str(store / "f"), gid))
+    finally:
+        os.umask(old)
+    st = os.stat(store / "f")
+    assert stat.S_IMODE(st.st_mode) == 0o660 and st.st_gid == gid
+    assert untrusted_file("f", st, gid) is None
+    assert untrusted_file("f", st, None) is not None  # group-writable outside a shared store
+    os.chmod(store / "f", 0o666)
+    assert "writable by others" in (untrusted_file("f", os.stat(store / "f"), gid) or "")
