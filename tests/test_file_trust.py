@@ -61,23 +61,47 @@ def users() -> None:
         pytest.skip("useradd/groupadd are not installed")
     _ensure_users()
     pw = pwd.getpwnam(ALICE)
-    try:
-        reach = subprocess.run(
-            [sys.executable, "-c", "import ringrift_coord, yaml"],
-            user=pw.pw_uid,
-            group=pw.pw_gid,
-            cwd="/",
-            capture_output=True,
-            timeout=60,
-        )
-        reachable = reach.returncode == 0
-    except PermissionError:
-        reachable = False
-    if not reachable:
-        pytest.skip(
-            f"{sys.executable} (or the package) cannot be run by another user, e.g. it lies "
-            "under /root: build the venv from a system python3"
-        )
+    for python, env in _interpreters():
+        try:
+            reach = subprocess.run(
+                [python, "-c", "import ringrift_coord, yaml, typer"],
+                user=pw.pw_uid,
+                group=pw.pw_gid,
+                cwd="/",
+                env={**os.environ, **env},
+                capture_output=True,
+                timeout=60,
+            )
+        except PermissionError:
+            continue
+        if reach.returncode == 0:
+            PYTHON[:] = [python]
+            PYTHON_ENV.clear()
+            PYTHON_ENV.update(env)
+            return
+    pytest.skip(
+        f"no interpreter another user can run with this package ({sys.executable} lies where "
+        "they cannot reach it, e.g. under /root, and no system python of the same version)"
+    )
+
+
+# the interpreter the other users run (this one, or a system one of the same version with
+# this venv's packages on its path when this one lies where they cannot reach it)
+PYTHON = [sys.executable]
+PYTHON_ENV: dict[str, str] = {}
+
+
+def _interpreters() -> list[tuple[str, dict[str, str]]]:
+    import site
+
+    version = f"python{sys.version_info.major}.{sys.version_info.minor}"
+    path = os.pathsep.join([str(Path(__file__).resolve().parent.parent), *site.getsitepackages()])
+    found: list[tuple[str, dict[str, str]]] = [(sys.executable, {})]
+    for directory in ("/usr/bin", "/usr/local/bin"):
+        candidate = os.path.join(directory, version)
+        if os.access(candidate, os.X_OK):
+            found.append((candidate, {"PYTHONPATH": path}))
+    return found
 
 
 class Host:
@@ -112,6 +136,7 @@ class Host:
                 "RINGRIFT_COORD_SET": "resources.live_host=false",
                 "PYTHONDONTWRITEBYTECODE": "1",
                 "COLUMNS": "200",
+                **PYTHON_ENV,
             }
         )
         if self.pg_url:
@@ -128,7 +153,7 @@ class Host:
         stdin: int | None = None,
     ) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-m", "ringrift_coord", *args],
+            [*PYTHON, "-m", "ringrift_coord", *args],
             **self._as(user, umask, env),
             capture_output=True,
             text=True,
@@ -137,7 +162,7 @@ class Host:
 
     def popen(self, user: str, *args: str, umask: int = 0o022, env: dict[str, str] | None = None):  # noqa: ANN201
         return subprocess.Popen(
-            [sys.executable, "-m", "ringrift_coord", *args],
+            [*PYTHON, "-m", "ringrift_coord", *args],
             **self._as(user, umask, env),
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
@@ -148,7 +173,7 @@ class Host:
     def python(self, user: str, code: str) -> subprocess.CompletedProcess[str]:
         """Run ``code`` as ``user``: what that user can do to the files, by hand."""
         return subprocess.run(
-            [sys.executable, "-c", code],
+            [*PYTHON, "-c", code],
             **self._as(user, 0o022, None),
             capture_output=True,
             text=True,
@@ -230,7 +255,7 @@ def test_two_users_share_one_store_and_one_halt(host: Host, umask: int) -> None:
         "--node",
         "n1",
         "--",
-        sys.executable,
+        PYTHON[0],
         "-c",
         "import sys; print('started', flush=True); sys.stdin.read()",
         umask=umask,
@@ -318,7 +343,7 @@ def test_created_files_have_explicit_modes_whatever_the_umask(host: Host, umask:
         "run",
         "selfplay",
         "--",
-        sys.executable,
+        PYTHON[0],
         "-c",
         "import sys; print('started', flush=True); sys.stdin.read()",
         umask=umask,
@@ -345,12 +370,16 @@ def test_created_files_have_explicit_modes_whatever_the_umask(host: Host, umask:
 # --------------------------------------------------------------------------- trust
 
 
-def test_another_user_cannot_raise_limits_through_the_cache(host: Host) -> None:
+@pytest.mark.parametrize("umask", [0o000, 0o077])
+def test_another_user_cannot_raise_limits_through_the_cache(host: Host, umask: int) -> None:
     config = host.base / "coord.yaml"
     config.write_text(LIMIT_ONE)
     env = host.env(ALICE, RINGRIFT_COORD_CONFIG=str(config))
     state = host.home(ALICE) / ".local" / "state" / "ringrift-coord"
-    assert host.run(ALICE, "can-spawn", "selfplay", "--node", "n1", env=env).returncode == 0
+    assert (
+        host.run(ALICE, "can-spawn", "selfplay", "--node", "n1", env=env, umask=umask).returncode
+        == 0
+    )
     cache = state / "config-cache.json"
     # the cache is alice's alone: mallory cannot write it, even where she can reach it
     for directory in (host.home(ALICE), state.parent.parent, state.parent, state):
@@ -368,15 +397,34 @@ def test_another_user_cannot_raise_limits_through_the_cache(host: Host) -> None:
     assert host.python(MALLORY, rewrite).returncode == 0
     assert json.loads(cache.read_text())["values"]["task_limits"]["selfplay"]["per_node"] == 100000
     first = host.run(
-        ALICE, "register", "selfplay", "--node", "n1", "--pid", str(os.getpid()), env=env
+        ALICE,
+        "register",
+        "selfplay",
+        "--node",
+        "n1",
+        "--pid",
+        str(os.getpid()),
+        env=env,
+        umask=umask,
     )
     assert first.returncode == 0, first.stderr
     second = host.run(
-        ALICE, "register", "selfplay", "--node", "n1", "--pid", str(os.getpid()), env=env
+        ALICE,
+        "register",
+        "selfplay",
+        "--node",
+        "n1",
+        "--pid",
+        str(os.getpid()),
+        env=env,
+        umask=umask,
     )
     assert second.returncode == 1, second.stderr
     assert "limit" in second.stderr
     assert _limit(host.run(ALICE, "--json", "limits", env=env).stdout) == 1
+    # alice's next call replaced the untrusted cache with her own, 0600 again
+    assert stat.S_IMODE(os.stat(cache).st_mode) == 0o600
+    assert json.loads(cache.read_text())["values"]["task_limits"]["selfplay"]["per_node"] == 1
 
 
 def test_a_group_member_cannot_plant_a_cache_in_a_shared_store(host: Host) -> None:
