@@ -24,6 +24,7 @@ import os
 from ringrift_coord.decision import Reason
 from ringrift_coord.errors import StateError
 from ringrift_coord.inputs import printable, seconds
+from ringrift_coord.statedir import create_file, shared_gid_of, untrusted_file
 from ringrift_coord.tasktypes import TaskType
 
 TYPE_CHECKING = False  # typing costs start-up time on the hot path; annotations are lazy
@@ -162,11 +163,14 @@ def read_file(state_dir: str, now: float) -> dict[str, Any] | None:
     path = os.path.join(state_dir, FILE_NAME)
     try:
         with open(path, encoding="utf-8", errors="replace") as handle:
-            text = handle.read(65536)
+            why = untrusted_file(path, os.fstat(handle.fileno()), shared_gid_of(state_dir))
+            text = "" if why else handle.read(65536)
     except FileNotFoundError:
         return None
     except OSError:
         return {"reason": "halt file present (unreadable)", "path": path, "mirror": False}
+    if why is not None:  # another user's file: neither trusted nor ignored
+        raise StateError(f"refusing the halt file: {why}; remove it")
     info: dict[str, Any] = {"path": path}
     try:
         data = json.loads(text) if text.strip() else {}
@@ -272,7 +276,12 @@ def _write_file(state_dir: str, record: dict[str, Any]) -> None:
     path = os.path.join(state_dir, FILE_NAME)
     tmp = f"{path}.{os.getpid()}.tmp"
     try:
-        with open(tmp, "w", encoding="utf-8") as handle:
+        try:
+            fd = create_file(tmp, shared_gid_of(state_dir))
+        except FileExistsError:  # left by a process with our pid that died: start afresh
+            os.unlink(tmp)
+            fd = create_file(tmp, shared_gid_of(state_dir))
+        with open(fd, "w", encoding="utf-8") as handle:
             json.dump(record, handle)
             handle.write("\n")
         os.replace(tmp, path)

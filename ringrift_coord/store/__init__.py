@@ -47,6 +47,7 @@ def open_store(
     connect_timeout: float = 5.0,
     env: Mapping[str, str] | None = None,
     clock: Clock = SYSTEM_CLOCK,
+    shared_gid: int | None = None,
 ) -> Store:
     env = os.environ if env is None else env
     engine, location = resolve_db(db, state_dir, env)
@@ -63,4 +64,4 @@ def open_store(
     refuse_network_filesystem(location)
     from ringrift_coord.store.sqlite import SQLiteStore
 
-    return SQLiteStore(location, busy_timeout=busy_timeout, clock=clock)
+    return SQLiteStore(location, busy_timeout=busy_timeout, clock=clock, shared_gid=shared_gid)
