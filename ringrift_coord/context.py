@@ -32,8 +32,10 @@ class Context:
         db: str | None = None,
         clock: Clock = SYSTEM_CLOCK,
         env: Mapping[str, str] | None = None,
+        create_store: bool = True,
     ) -> None:
         self.settings = settings
+        self.create_store = create_store  # False: a missing SQLite store is not created
         self.state_dir = state_dir
         self.db = db
         self.clock = clock
@@ -50,17 +52,34 @@ class Context:
         env: Mapping[str, str] | None = None,
         clock: Clock = SYSTEM_CLOCK,
         overrides: list[str] | None = None,
+        create_store: bool = True,
     ) -> Context:
         """Resolve config and state directory (validated); the store opens on first use.
 
         ``overrides`` are ``KEY=VALUE`` strings from ``--set``: the top of the precedence
-        (defaults < YAML < environment < flags).
+        (defaults < YAML < environment < flags). ``create_store=False`` (the read-only
+        commands): a SQLite store that does not exist is "no store at PATH" (``StateError``),
+        and neither it nor a missing state directory is created.
         """
         env = os.environ if env is None else env
+        if not create_store:
+            from ringrift_coord.store import check_sqlite_path, resolve_db
+
+            where = os.path.abspath(state_dir or default_state_dir(env))
+            engine, location = resolve_db(db, where, env)
+            if engine == "sqlite":
+                check_sqlite_path(location, create=False)
         directory = ensure_state_dir(state_dir or default_state_dir(env))
         settings = load_settings(config, env, cache_dir=directory)
         apply_overrides(settings, overrides or [])
-        return cls(settings=settings, state_dir=directory, db=db, clock=clock, env=env)
+        return cls(
+            settings=settings,
+            state_dir=directory,
+            db=db,
+            clock=clock,
+            env=env,
+            create_store=create_store,
+        )
 
     @property
     def store(self) -> Store:
@@ -72,6 +91,7 @@ class Context:
                 connect_timeout=float(self.settings.get("store.connect_timeout")),
                 env=self.env,
                 clock=self.clock,
+                create=self.create_store,
             )
         return self._store
 

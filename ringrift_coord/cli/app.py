@@ -62,7 +62,7 @@ def tasks_list(
     from ringrift_coord.task_coordinator import TaskCoordinator
 
     g = globals_of(ctx)
-    with g.context() as c:
+    with g.context(create=False) as c:
         rows = TaskCoordinator(c).list_tasks(task_type, node)
     if g.json:
         emit_json(rows)
@@ -95,7 +95,7 @@ def tasks_history(
     from ringrift_coord.task_coordinator import TaskCoordinator
 
     g = globals_of(ctx)
-    with g.context() as c:
+    with g.context(create=False) as c:
         rows = TaskCoordinator(c).history(limit)
     if g.json:
         emit_json(rows)
@@ -138,7 +138,7 @@ def reserve(
         if not node or slots is None:
             raise UsageError("reserve TYPE needs --node N and --slots K")
         not_blank("--node", node)
-    with g.context() as c:
+    with g.context(create=what != "list") as c:
         coord = TaskCoordinator(c)
         if what == "release":
             assert res_id is not None
@@ -175,14 +175,15 @@ def halt(
     ] = None,
     check: Annotated[bool, typer.Option("--check", help="Only test: exit 1 when halted.")] = False,
 ) -> None:
-    """Emergency stop of every new spawn (or of one type), cluster-wide."""
+    """Emergency stop of every new spawn (or of one type) in the store: cluster-wide on
+    PostgreSQL, this host's store with SQLite."""
     from ringrift_coord import safeguards
 
     g = globals_of(ctx)
     if check:
         if reason is not None or ttl is not None:
             raise UsageError("halt --check takes no --reason or --ttl")
-        with g.context() as c:
+        with g.context(create=False) as c:
             status = safeguards.halt_status(c, task_type)
         if g.json:
             emit_json(status)
@@ -234,7 +235,7 @@ def decisions(
 
     g = globals_of(ctx)
     since_at, since_age = (None, None) if since is None else parse_since(since)
-    with g.context() as c:
+    with g.context(create=False) as c:
         rows = reports.decisions(
             c,
             denied_only=denied,
@@ -289,7 +290,7 @@ def limits(ctx: typer.Context) -> None:
     from ringrift_coord import reports
 
     g = globals_of(ctx)
-    with g.context() as c:
+    with g.context(create=False) as c:
         doc = reports.limits(c)
     if g.json:
         emit_json(doc)
@@ -350,7 +351,7 @@ def status(ctx: typer.Context) -> None:
     from ringrift_coord import reports
 
     g = globals_of(ctx)
-    with g.context() as c:
+    with g.context(create=False) as c:
         document = reports.status(c)
     if g.json:
         emit_json(document)

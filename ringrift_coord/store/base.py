@@ -93,7 +93,13 @@ class Store(ABC):
 
     @abstractmethod
     def describe(self) -> dict[str, Any]:
-        """Engine and location, for ``status`` (never a password)."""
+        """Engine, location and ``scope``, for ``status`` (never a password)."""
+
+    @property
+    @abstractmethod
+    def scope(self) -> str:
+        """The store's reach as halt, unhalt and status lines say it (never a password):
+        "this host's store sqlite:/path/tasks.db" or "cluster-wide on postgres host/db"."""
 
     def __enter__(self) -> Store:
         return self

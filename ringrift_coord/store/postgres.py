@@ -44,13 +44,40 @@ _CONFIG_PROBLEMS = (
 )
 
 
+# A password in a URL's user part, in its query (``?password=``) or in a libpq keyword string
+# (``password=... `` / ``password='...'``, also ``sslpassword=``): never shown anywhere.
+_USERINFO_PASSWORD = re.compile(r"(://[^:/@\s]*):\S*@")
+_KEYWORD_PASSWORD = re.compile(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'?|[^\s&#]*)", re.IGNORECASE)
+
+
 def redact(url: str) -> str:
-    """The URL without any password."""
-    return re.sub(r"(://[^:/@]*):[^@/]*@", r"\1:***@", url)
+    """The address (URL or libpq keyword string) with every password masked as ``***``."""
+    return _KEYWORD_PASSWORD.sub(r"\1***", _USERINFO_PASSWORD.sub(r"\1:***@", url))
 
 
 def url_has_password(url: str) -> bool:
-    return bool(re.search(r"://[^:/@]*:[^@/]*@", url)) or "password=" in url
+    return redact(url) != url
+
+
+def address_parts(url: str) -> dict[str, str]:
+    """host, port and dbname of a URL or keyword string, without connecting ({} when it
+    cannot be parsed or psycopg is missing)."""
+    try:
+        from psycopg.conninfo import conninfo_to_dict
+    except ImportError:
+        return {}
+    try:
+        parts = conninfo_to_dict(url)
+    except Exception:  # noqa: BLE001 (any parse error: the address is shown masked instead)
+        return {}
+    return {k: str(parts[k]) for k in ("host", "port", "dbname", "user") if parts.get(k)}
+
+
+def server_name(host: str | None, port: str | int | None, dbname: str | None) -> str:
+    where = host or "localhost"
+    if port and str(port) != "5432":
+        where += f":{port}"
+    return f"{where}/{dbname or '?'}"
 
 
 class PostgresTx(Tx):
@@ -249,13 +276,48 @@ class PostgresStore(Store):
             "engine": self.engine,
             "server": server,
             "user": None if info is None else info.user,
+            "scope": self.scope,
         }
+
+    @property
+    def scope(self) -> str:
+        # every host that uses this database shares its halts and limits
+        info = self._conn.info if self._conn is not None else None
+        if info is not None:
+            where = server_name(info.host, info.port, info.dbname)
+        else:
+            parts = address_parts(self.url)
+            where = (
+                server_name(parts.get("host"), parts.get("port"), parts.get("dbname"))
+                if parts
+                else redact(self.url)
+            )
+        return f"cluster-wide on postgres {where}"
 
 
 def check_url(url: str, *, from_flag: bool) -> None:
-    """Refuse a password on the command line (it would show in ``ps`` and shell history)."""
+    """Refuse a password on the command line (it would show in ``ps`` and shell history),
+    and a keyword string libpq cannot read (said without the text: it may hold a password)."""
     if from_flag and url_has_password(url):
         raise UsageError(
             "do not put the password in --db (it shows in ps and shell history); use "
             "PGPASSFILE/~/.pgpass (mode 0600) or PGPASSWORD"
         )
+    from ringrift_coord.store import is_conninfo
+
+    if not is_conninfo(url):
+        return
+    try:
+        from psycopg.conninfo import conninfo_to_dict
+    except ImportError:
+        return  # PostgresStore says what to install
+    try:
+        conninfo_to_dict(url)
+    except Exception:  # noqa: BLE001 (psycopg.ProgrammingError and kin)
+        message = (
+            f"{redact(url)!r} is not a valid PostgreSQL keyword string "
+            "(host=H port=P dbname=D user=U; quote values with spaces in single quotes)"
+        )
+        if from_flag:
+            raise UsageError(message) from None
+        raise ConfigError(f"RINGRIFT_COORD_DB: {message}") from None
