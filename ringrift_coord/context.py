@@ -58,17 +58,10 @@ class Context:
 
         ``overrides`` are ``KEY=VALUE`` strings from ``--set``: the top of the precedence
         (defaults < YAML < environment < flags). ``create_store=False`` (the read-only
-        commands): a SQLite store that does not exist is "no store at PATH" (``StateError``),
-        and neither it nor a missing state directory is created.
+        commands): a SQLite store that does not exist is "no store at PATH" (``NoStore``, on
+        first use of ``store``), never created.
         """
         env = os.environ if env is None else env
-        if not create_store:
-            from ringrift_coord.store import check_sqlite_path, resolve_db
-
-            where = os.path.abspath(state_dir or default_state_dir(env))
-            engine, location = resolve_db(db, where, env)
-            if engine == "sqlite":
-                check_sqlite_path(location, create=False)
         directory = ensure_state_dir(state_dir or default_state_dir(env))
         settings = load_settings(config, env, cache_dir=directory)
         apply_overrides(settings, overrides or [])

@@ -195,8 +195,15 @@ def breaker_list(
 
 
 def caps_in_force(ctx: Context) -> dict[str, Any]:
-    """What admission learned: OOM-lowered caps and backpressure factors in force."""
-    with ctx.store.read() as tx:
+    """What admission learned: OOM-lowered caps and backpressure factors in force (none
+    while no store exists: a read-only command does not create one)."""
+    from ringrift_coord.store import NoStore
+
+    try:
+        store = ctx.store
+    except NoStore:
+        return {"lowered_caps": [], "backpressure": []}
+    with store.read() as tx:
         return feedback.caps_in_force(tx, ctx.settings, tx.now())
 
 

@@ -18,7 +18,7 @@ from ringrift_coord.cli.common import complete_types, done, globals_of, not_blan
 from ringrift_coord.cli.hot import Globals, emit_json
 from ringrift_coord.cli.spec import HELP_OPTIONS
 from ringrift_coord.errors import ExitCode, UsageError
-from ringrift_coord.tasktypes import TASK_TYPE_NAMES
+from ringrift_coord.tasktypes import TASK_TYPE_NAMES, TaskType
 
 app = typer.Typer(
     name="ringrift-coord",
@@ -43,6 +43,13 @@ TypeOpt = Annotated[
 build.install(app)  # the global options and the hot commands, from cli/spec.py
 
 
+def known_type(task_type: str | None) -> None:
+    """A ``--type`` that names no task type is bad input (exit 2), said before the store
+    is opened (a read-only command's "no store at PATH" is exit 3)."""
+    if task_type is not None:
+        TaskType.parse(task_type)
+
+
 # --------------------------------------------------------------------------- tasks
 
 
@@ -62,6 +69,7 @@ def tasks_list(
     from ringrift_coord.task_coordinator import TaskCoordinator
 
     g = globals_of(ctx)
+    known_type(task_type)  # bad input is exit 2 before "no store" (exit 3)
     with g.context(create=False) as c:
         rows = TaskCoordinator(c).list_tasks(task_type, node)
     if g.json:
@@ -183,6 +191,7 @@ def halt(
     if check:
         if reason is not None or ttl is not None:
             raise UsageError("halt --check takes no --reason or --ttl")
+        known_type(task_type)
         with g.context(create=False) as c:
             status = safeguards.halt_status(c, task_type)
         if g.json:
@@ -235,6 +244,7 @@ def decisions(
 
     g = globals_of(ctx)
     since_at, since_age = (None, None) if since is None else parse_since(since)
+    known_type(task_type)
     with g.context(create=False) as c:
         rows = reports.decisions(
             c,

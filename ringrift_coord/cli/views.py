@@ -274,7 +274,7 @@ def status_screen(doc: dict[str, Any]) -> None:
     out.print(
         Text.assemble(
             ("ringrift-coord", "bold"),
-            f" · {printable(str(where))} · state {doc['state']} · "
+            f" · engine {store['engine']} ({printable(str(where))}) · state {doc['state']} · "
             f"{doc['total_tasks']} running task(s) · {ts(doc['at'])}",
         )
     )

@@ -23,6 +23,7 @@ DEFAULT_DB_NAME = "tasks.db"
 
 __all__ = [
     "DB_ENV",
+    "NoStore",
     "Row",
     "Store",
     "Tx",
@@ -90,11 +91,15 @@ def open_store(
             connect_timeout=connect_timeout,
             clock=None if clock is SYSTEM_CLOCK else clock,
         )
-    check_sqlite_path(location, create=create)
     refuse_network_filesystem(location)
+    check_sqlite_path(location, create=create)
     from ringrift_coord.store.sqlite import SQLiteStore
 
     return SQLiteStore(location, busy_timeout=busy_timeout, clock=clock)
+
+
+class NoStore(StateError):
+    """A read-only command found no SQLite store where one was named (exit 3)."""
 
 
 def is_conninfo(value: str) -> bool:
@@ -112,7 +117,7 @@ def check_sqlite_path(path: str, *, create: bool = True) -> None:
         st = os.lstat(path)
     except FileNotFoundError:
         if not create:
-            raise StateError(
+            raise NoStore(
                 f"no store at {os.path.abspath(path)} (nothing recorded there yet; a command "
                 "that writes creates it)"
             ) from None
