@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from ringrift_coord.clock import SYSTEM_CLOCK, Clock
 from ringrift_coord.errors import ConfigError, StateError, UsageError
 from ringrift_coord.statedir import refuse_network_filesystem
-from ringrift_coord.store.base import Row, Store, Tx
+from ringrift_coord.store.base import Row, Store, Tx, is_conninfo
 
 DB_ENV = "RINGRIFT_COORD_DB"
 DEFAULT_DB_NAME = "tasks.db"
@@ -100,14 +100,6 @@ def open_store(
 
 class NoStore(StateError):
     """A read-only command found no SQLite store where one was named (exit 3)."""
-
-
-def is_conninfo(value: str) -> bool:
-    """A libpq keyword string (``host=... dbname=...``: it starts with ``keyword=``), which
-    names a PostgreSQL server, never a file (a file so named: ``./host=x`` or sqlite:///)."""
-    head, sep, _ = value.lstrip().partition("=")
-    head = head.rstrip()
-    return bool(sep) and head.isascii() and head.isidentifier()
 
 
 def check_sqlite_path(path: str, *, create: bool = True) -> None:

@@ -106,3 +106,11 @@ class Store(ABC):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def is_conninfo(value: str) -> bool:
+    """A libpq keyword string (``host=... dbname=...``: it starts with ``keyword=``), which
+    names a PostgreSQL server, never a file (a file so named: ``./host=x`` or sqlite:///)."""
+    head, sep, _ = value.lstrip().partition("=")
+    head = head.rstrip()
+    return bool(sep) and head.isascii() and head.isidentifier()

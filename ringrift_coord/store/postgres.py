@@ -22,7 +22,7 @@ from collections.abc import Sequence
 
 from ringrift_coord.clock import Clock
 from ringrift_coord.errors import ConfigError, StateError, StoreBusy, UsageError
-from ringrift_coord.store.base import Row, Store, Tx
+from ringrift_coord.store.base import Row, Store, Tx, is_conninfo
 from ringrift_coord.store.migrations import MIGRATION_NAMES, MIGRATIONS, statements
 
 TYPE_CHECKING = False
@@ -303,8 +303,6 @@ def check_url(url: str, *, from_flag: bool) -> None:
             "do not put the password in --db (it shows in ps and shell history); use "
             "PGPASSFILE/~/.pgpass (mode 0600) or PGPASSWORD"
         )
-    from ringrift_coord.store import is_conninfo
-
     if not is_conninfo(url):
         return
     try:
