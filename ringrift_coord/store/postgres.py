@@ -73,6 +73,16 @@ def address_parts(url: str) -> dict[str, str]:
     return {k: str(parts[k]) for k in ("host", "port", "dbname", "user") if parts.get(k)}
 
 
+def _password_of(url: str) -> str | None:
+    try:
+        from psycopg.conninfo import conninfo_to_dict
+
+        password = conninfo_to_dict(url).get("password")
+    except Exception:  # noqa: BLE001 (unparsable: connect says so, masked)
+        return None
+    return str(password) if password else None
+
+
 def server_name(host: str | None, port: str | int | None, dbname: str | None) -> str:
     where = host or "localhost"
     if port and str(port) != "5432":
@@ -127,6 +137,7 @@ class PostgresStore(Store):
             ) from None
         self._psycopg = psycopg
         self.url = url
+        self._secret = _password_of(url)  # masked in any text the server or libpq returns
         self.busy_timeout = float(busy_timeout)
         self.connect_timeout = max(1, int(round(connect_timeout)))
         self.clock = clock  # None: the database's clock (tests may inject one)
@@ -156,6 +167,9 @@ class PostgresStore(Store):
     def _translate(self, exc: Exception) -> Exception:
         psycopg = self._psycopg
         text = " ".join(str(exc).split()) or type(exc).__name__
+        if self._secret:
+            text = text.replace(self._secret, "***")
+        text = redact(text)
         where = redact(self.url)
         if isinstance(exc, psycopg.errors.LockNotAvailable) or "lock timeout" in text:
             return StoreBusy(
