@@ -39,9 +39,11 @@ class Context:
         clock: Clock = SYSTEM_CLOCK,
         env: Mapping[str, str] | None = None,
         shared_gid: int | None = None,
+        create_store: bool = True,
     ) -> None:
         self.settings = settings
         self.shared_gid = shared_gid  # the group of a store shared by a host's users
+        self.create_store = create_store  # False: a missing SQLite store is not created
         self.state_dir = state_dir
         self.db = db
         self.clock = clock
@@ -58,11 +60,14 @@ class Context:
         env: Mapping[str, str] | None = None,
         clock: Clock = SYSTEM_CLOCK,
         overrides: list[str] | None = None,
+        create_store: bool = True,
     ) -> Context:
         """Resolve config and state directory (validated); the store opens on first use.
 
         ``overrides`` are ``KEY=VALUE`` strings from ``--set``: the top of the precedence
-        (defaults < YAML < environment < flags).
+        (defaults < YAML < environment < flags). ``create_store=False`` (the read-only
+        commands): a SQLite store that does not exist is "no store at PATH" (``NoStore``, on
+        first use of ``store``), never created.
         """
         env = os.environ if env is None else env
         directory = prepare_state_dir(state_dir or default_state_dir(env))
@@ -79,6 +84,7 @@ class Context:
             clock=clock,
             env=env,
             shared_gid=shared_gid,
+            create_store=create_store,
         )
 
     @property
@@ -92,6 +98,7 @@ class Context:
                 env=self.env,
                 clock=self.clock,
                 shared_gid=self.shared_gid,
+                create=self.create_store,
             )
         return self._store
 

@@ -235,18 +235,19 @@ def test_pid_of_a_process_that_just_exited(coord) -> None:
     usage_error(
         coord("register", "selfplay", "--pid", str(pid)), f"--pid {pid}", "no running process"
     )
-    # and nothing was registered
+    # and nothing was registered: not even the store was created
     listed = coord("--json", "tasks")
-    assert listed.returncode == 0 and json.loads(listed.stdout)["tasks"] == []
+    assert listed.returncode == 3 and "no store at" in listed.stderr
+    assert not coord.db.exists()
 
 
 def test_rejected_halt_leaves_no_halt(coord) -> None:
     for ttl in ("-5", "1e308", "nan"):
         usage_error(coord("halt", "--ttl", ttl))
     usage_error(coord("halt", "--reason", "a\nb"))
-    check = coord("halt", "--check")
-    assert check.returncode == 0, check.stdout + check.stderr
-    assert not (coord.state_dir / "EMERGENCY_HALT").exists()
+    check = coord("halt", "--check")  # nothing at all was written: not even the store
+    assert check.returncode == 3 and "no store at" in check.stderr, check.stdout + check.stderr
+    assert not (coord.state_dir / "EMERGENCY_HALT").exists() and not coord.db.exists()
 
 
 def test_rejected_reserve_leaves_no_reservation(coord) -> None:

@@ -26,7 +26,7 @@ from ringrift_coord.cli.common import (
 from ringrift_coord.cli.hot import Globals, emit_json
 from ringrift_coord.cli.spec import HELP_OPTIONS
 from ringrift_coord.errors import ExitCode, UsageError
-from ringrift_coord.tasktypes import TASK_TYPE_NAMES
+from ringrift_coord.tasktypes import TASK_TYPE_NAMES, TaskType
 
 app = typer.Typer(
     name="ringrift-coord",
@@ -49,6 +49,13 @@ TypeOpt = Annotated[
 
 
 build.install(app)  # the global options and the hot commands, from cli/spec.py
+
+
+def known_type(task_type: str | None) -> None:
+    """A ``--type`` that names no task type is bad input (exit 2), said before the store
+    is opened (a read-only command's "no store at PATH" is exit 3)."""
+    if task_type is not None:
+        TaskType.parse(task_type)
 
 
 # --------------------------------------------------------------------------- tasks
@@ -75,7 +82,8 @@ def tasks_list(
 
     g = globals_of(ctx)
     table_output(fmt, no_header, ctx)
-    with g.context() as c:
+    known_type(task_type)  # bad input is exit 2 before "no store" (exit 3)
+    with g.context(create=False) as c:
         rows = TaskCoordinator(c).list_tasks(task_type, node)
     if g.json:
         emit_json({"tasks": rows})
@@ -111,7 +119,7 @@ def tasks_history(
 
     g = globals_of(ctx)
     table_output(fmt, no_header, ctx)
-    with g.context() as c:
+    with g.context(create=False) as c:
         rows = TaskCoordinator(c).history(limit)
         now = c.clock.time()
     if g.json:
@@ -166,7 +174,7 @@ def reserve(
         if not node or slots is None:
             raise UsageError("reserve TYPE needs --node N and --slots K")
         not_blank("--node", node)
-    with g.context() as c:
+    with g.context(create=what != "list") as c:
         coord = TaskCoordinator(c)
         if what == "release":
             assert res_id is not None
@@ -209,14 +217,16 @@ def halt(
     ] = None,
     check: Annotated[bool, typer.Option("--check", help="Only test: exit 1 when halted.")] = False,
 ) -> None:
-    """Emergency stop of every new spawn (or of one type), cluster-wide."""
+    """Emergency stop of every new spawn (or of one type) in the store: cluster-wide on
+    PostgreSQL, this host's store with SQLite."""
     from ringrift_coord import safeguards
 
     g = globals_of(ctx)
     if check:
         if reason is not None or ttl is not None:
             raise UsageError("halt --check takes no --reason or --ttl")
-        with g.context() as c:
+        known_type(task_type)
+        with g.context(create=False) as c:
             status = safeguards.halt_status(c, task_type)
         if g.json:
             emit_json(status)
@@ -272,7 +282,8 @@ def decisions(
     g = globals_of(ctx)
     table_output(fmt, no_header)
     since_at, since_age = (None, None) if since is None else parse_since(since)
-    with g.context() as c:
+    known_type(task_type)
+    with g.context(create=False) as c:
         rows = reports.decisions(
             c,
             denied_only=denied,
@@ -337,7 +348,7 @@ def limits(ctx: typer.Context, fmt: FormatOpt = None, no_header: NoHeaderOpt = F
 
     g = globals_of(ctx)
     table_output(fmt, no_header)
-    with g.context() as c:
+    with g.context(create=False) as c:
         doc = reports.limits(c)
     if g.json:
         emit_json(doc)
@@ -407,7 +418,7 @@ def status(
 
     g = globals_of(ctx)
     table_output(fmt, no_header)
-    with g.context() as c:
+    with g.context(create=False) as c:
         document = reports.status(c)
         readings = None if g.json or brief else reports.resources(c)
     if g.json:

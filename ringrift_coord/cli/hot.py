@@ -35,9 +35,15 @@ class Globals:
         self.db, self.state_dir, self.config, self.json = db, state_dir, config, json
         self.overrides = list(overrides or [])  # --set KEY=VALUE, highest precedence
 
-    def context(self) -> Context:
+    def context(self, *, create: bool = True) -> Context:
+        """The invocation's context; ``create=False`` for a command that only reads the
+        store: a missing SQLite store is "no store at PATH" (exit 3), never created."""
         return Context.open(
-            db=self.db, state_dir=self.state_dir, config=self.config, overrides=self.overrides
+            db=self.db,
+            state_dir=self.state_dir,
+            config=self.config,
+            overrides=self.overrides,
+            create_store=create,
         )
 
 

@@ -393,23 +393,29 @@ def caps_tables(doc: dict[str, Any]) -> None:
 # --------------------------------------------------------------------------- halts
 
 
+def _reach(doc: dict[str, Any]) -> str:
+    """Where a halt holds, as the store says it: "this host's store sqlite:/…/tasks.db" or
+    "cluster-wide on postgres host/db" (never a password)."""
+    return printable(str(doc.get("store_scope") or "the store"))
+
+
 def halted(record: dict[str, Any]) -> None:
     what = "every task type" if record["scope"] == "*" else record["scope"]
     until = "" if record["expires_at"] is None else f" until {ts(record['expires_at'])}"
-    line(f"halted {what} cluster-wide{until} (by {record['who']})")
+    line(f"halted {what} in {_reach(record)}{until} (by {record['who']})")
 
 
 def unhalted(result: dict[str, Any]) -> None:
     lifted = ", ".join("all types" if s == "*" else s for s in result["lifted"]) or "nothing"
     extra = " and removed the halt file" if result["removed_halt_file"] else ""
-    line(f"unhalted: {lifted}{extra}")
+    line(f"unhalted in {_reach(result)}: {lifted}{extra}")
 
 
 def halt_check(status: dict[str, Any]) -> None:
     """Every halt in force, or "not halted" (a halt of another type is listed as well)."""
     out = console()
     if not status["halted"]:
-        out.print("not halted")
+        out.print(f"not halted in {_reach(status)}")
         return
     for h in status["halts"]:
         scope = "all types" if h["scope"] == "*" else h["scope"]
@@ -417,7 +423,8 @@ def halt_check(status: dict[str, Any]) -> None:
         out.print(
             Text.assemble(
                 ("HALTED", "red"),
-                f" {printable(scope)} by {printable(str(h['who']))} at {ts(h['at'])}{until}: ",
+                f" {printable(scope)} in {_reach(status)} by {printable(str(h['who']))} at "
+                f"{ts(h['at'])}{until}: ",
                 printable(h["reason"] or "no reason given"),
             )
         )
@@ -485,7 +492,7 @@ def status_screen(doc: dict[str, Any], readings: dict[str, Any] | None = None) -
         grid.show()
         return
     store = doc["store"]
-    where = store.get("path") or store.get("server") or "?"
+    where = store.get("scope") or store.get("path") or store.get("server") or "?"
     note(
         Text.assemble(
             ("ringrift-coord", "bold"),
@@ -497,7 +504,7 @@ def status_screen(doc: dict[str, Any], readings: dict[str, Any] | None = None) -
     if halts["halts"] or halts["halt_file"] is not None:
         halt_check({**halts, "halted": True})
     else:
-        note(Text("no halt in force", "green"))
+        note(Text.assemble(("no halt in force", "green"), f" in {_reach(halts)}"))
     grid = Grid(
         "tasks vs limits",
         "type",

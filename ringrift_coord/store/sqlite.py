@@ -185,7 +185,12 @@ class SQLiteStore(Store):
             pass
 
     def describe(self) -> dict[str, Any]:
-        return {"engine": self.engine, "path": self.path}
+        return {"engine": self.engine, "path": self.path, "scope": self.scope}
+
+    @property
+    def scope(self) -> str:
+        # one file on one host: a halt here stops only the users of this file
+        return f"this host's store sqlite:{self.path}"
 
 
 def apply_migrations(tx: Tx, done: set[str], engine: str) -> None:
