@@ -295,7 +295,7 @@ def test_a_keyword_string_is_postgres_and_no_file_is_made(coord: Coord, pg_url: 
     assert done.returncode == 0, done.stderr
     status = json.loads(run("--db", keywords, "--json", "status").stdout)
     assert status["store"]["engine"] == "postgres"
-    assert status["store"]["scope"].startswith("cluster-wide on postgres 127.0.0.1:")
+    assert status["store"]["store_scope"].startswith("cluster-wide on postgres 127.0.0.1:")
     # the same database as the URL: a halt said through one is seen through the other
     assert run("--db", keywords, "halt", "--reason", "kw").returncode == 0
     assert run("--db", pg_url, "halt", "--check").returncode == 1
@@ -364,7 +364,7 @@ def test_halt_lines_name_the_real_scope(coord: Coord, engine: str) -> None:
     assert check.returncode == 1 and f"HALTED all types in {where} by" in check.stdout
     assert f"({where})" in " ".join(coord("status").stdout.split())
     document = json.loads(coord("--json", "status").stdout)
-    assert document["store"]["scope"] == where and document["halt"]["store_scope"] == where
+    assert document["store"]["store_scope"] == where and document["halt"]["store_scope"] == where
     assert json.loads(coord("--json", "halt", "--check").stdout)["store_scope"] == where
     unhalted = coord("unhalt")
     assert unhalted.stdout.startswith(f"unhalted in {where}: ")

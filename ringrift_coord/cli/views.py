@@ -492,7 +492,7 @@ def status_screen(doc: dict[str, Any], readings: dict[str, Any] | None = None) -
         grid.show()
         return
     store = doc["store"]
-    where = store.get("scope") or store.get("path") or store.get("server") or "?"
+    where = store.get("store_scope") or store.get("path") or store.get("server") or "?"
     note(
         Text.assemble(
             ("ringrift-coord", "bold"),

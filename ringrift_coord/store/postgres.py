@@ -291,7 +291,7 @@ class PostgresStore(Store):
             "engine": self.engine,
             "server": server,
             "user": None if info is None else info.user,
-            "scope": self.scope,
+            "store_scope": self.scope,
         }
 
     @property

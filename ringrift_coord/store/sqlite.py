@@ -185,7 +185,7 @@ class SQLiteStore(Store):
             pass
 
     def describe(self) -> dict[str, Any]:
-        return {"engine": self.engine, "path": self.path, "scope": self.scope}
+        return {"engine": self.engine, "path": self.path, "store_scope": self.scope}
 
     @property
     def scope(self) -> str:
