@@ -196,7 +196,8 @@ def check_parents(path: str, what: str) -> None:
     """Refuse ``path`` when a directory above it can be changed by another user (OpenSSH's
     StrictModes): every directory on the way, as written and as resolved, must be owned by
     root or you and writable by no one else, except a sticky directory (like /tmp) whose
-    entry on the way is yours (or root's)."""
+    entry on the way is yours (or root's). ``path`` itself may not exist yet (a database
+    about to be created, by you)."""
     me = os.geteuid()
     for chain in (os.path.abspath(path), os.path.realpath(path)):
         child = chain
@@ -205,7 +206,14 @@ def check_parents(path: str, what: str) -> None:
             if parent == child:
                 break
             try:
-                pst, cst = os.stat(parent), os.lstat(child)
+                pst = os.stat(parent)
+                try:
+                    cst = os.lstat(child)
+                except FileNotFoundError:
+                    if child != chain:
+                        raise
+                    # only the entry's owner is looked at, and you will create it
+                    cst = os.stat_result((0, 0, 0, 0, me, 0, 0, 0, 0, 0))
             except OSError as exc:
                 raise StateError(
                     f"cannot inspect {parent} above {what} {path}: {exc.strerror}"

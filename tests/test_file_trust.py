@@ -578,6 +578,24 @@ def test_parent_writable_by_others_is_refused_without_root(tmp_path: Path) -> No
     assert refused.returncode == 3 and f"inside {parent}" in refused.stderr, refused.stderr
 
 
+def test_db_outside_the_state_dir_gets_the_same_parent_check(tmp_path: Path) -> None:
+    """``--db`` elsewhere: its directory and every one above it, whether the file exists yet
+    or is about to be created."""
+    coord = Coord(tmp_path)
+    parent = tmp_path / "open"
+    parent.mkdir()
+    os.chmod(parent, 0o777)
+    db = parent / "elsewhere.db"
+    refused = coord("--db", str(db), "can-spawn", "selfplay")
+    assert refused.returncode == 3 and f"inside {parent}" in refused.stderr, refused.stderr
+    assert not db.exists()  # nothing was created there
+    os.chmod(parent, 0o755)
+    assert coord("--db", str(db), "can-spawn", "selfplay").returncode == 0
+    os.chmod(parent, 0o777)  # and a store already there is refused the same way
+    again = coord("--db", str(db), "status")
+    assert again.returncode == 3 and "not sticky" in again.stderr, again.stderr
+
+
 def test_hard_link_refused_without_root(tmp_path: Path) -> None:
     coord = Coord(tmp_path)
     assert coord("can-spawn", "selfplay").returncode == 0

@@ -225,9 +225,11 @@ def test_another_user_swapping_the_db_for_a_symlink_or_fifo_is_refused(
     db = shared / "tasks.db"
     old = os.umask(umask)
     try:
-        # our private store, and theirs made by us at first (a writing command creates it)
+        # our private store; a store in their directory is refused from the start (they
+        # could replace it), and nothing is created there
         assert coord("halt", "--reason", "private").returncode == 0
-        assert coord("--db", str(db), "can-spawn", "selfplay").returncode == 0
+        inside = one_line(coord("--db", str(db), "can-spawn", "selfplay"), 3)
+        assert f"owned by uid {user.pw_uid}" in inside and not db.exists(), inside
         before = coord.db.stat().st_mtime_ns, coord.db.stat().st_size
         if swap == "symlink":
             as_other(user, f"rm -f tasks.db* && ln -s {coord.db} tasks.db", shared)

@@ -94,6 +94,11 @@ def open_store(
         )
     refuse_network_filesystem(location)
     check_sqlite_path(location, create=create)
+    directory = os.path.dirname(os.path.abspath(location))
+    if directory != os.path.abspath(state_dir):  # the state directory was checked already
+        from ringrift_coord.statedir import check_parents
+
+        check_parents(location, "database")
     from ringrift_coord.store.sqlite import SQLiteStore
 
     return SQLiteStore(location, busy_timeout=busy_timeout, clock=clock, shared_gid=shared_gid)
@@ -122,3 +127,5 @@ def check_sqlite_path(path: str, *, create: bool = True) -> None:
             f"database {os.path.abspath(path)} is a symlink; refusing it (a symlink could lead "
             "into another store): give the real file's path"
         )
+    if not stat.S_ISREG(st.st_mode):  # a FIFO would block the open; a directory is no store
+        raise StateError(f"database {os.path.abspath(path)} is not a regular file; refusing it")
