@@ -16,6 +16,7 @@ import pwd
 import shutil
 import stat
 import subprocess
+import time
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -288,6 +289,36 @@ def test_two_users_share_one_store_and_one_halt(host: Host, umask: int) -> None:
     assert unhalt.returncode == 0, unhalt.stderr
     again = host.run(BOB, "run", "selfplay", "--node", "n2", "--", "true", env=env[BOB])
     assert again.returncode == 0, again.stderr
+
+
+@pytest.mark.parametrize("umask", [0o000, 0o077])
+@pytest.mark.parametrize("plant", ["fifo", "symlink"])
+def test_a_group_member_planting_a_special_halt_file_blocks_nobody(
+    host: Host, umask: int, plant: str
+) -> None:
+    """In a shared store another user of the group can create files: a FIFO (or a symlink) at
+    ``EMERGENCY_HALT`` is refused in one line, promptly, by every command; nothing hangs."""
+    store = _shared_store(host)
+    env = {u: host.env(u, RINGRIFT_COORDINATOR_DIR=str(store)) for u in (ALICE, BOB)}
+    assert host.run(ALICE, "can-spawn", "selfplay", umask=umask, env=env[ALICE]).returncode == 0
+    target = store / "EMERGENCY_HALT"
+    code = (
+        f"import os; os.mkfifo({str(target)!r}, 0o660)"
+        if plant == "fifo"
+        else f"import os; os.symlink('/etc/passwd', {str(target)!r})"
+    )
+    planted = host.python(BOB, code)
+    assert planted.returncode == 0, planted.stderr
+    started = time.monotonic()
+    for argv in (("can-spawn", "selfplay"), ("status",), ("run", "selfplay", "--", "true")):
+        done = host.run(ALICE, *argv, umask=umask, env=env[ALICE])
+        assert done.returncode == 3, (argv, done.stderr)
+        lines = done.stderr.strip().splitlines()
+        assert len(lines) == 1 and "halt file" in lines[0] and "refusing it" in lines[0], lines
+    assert time.monotonic() - started < 30  # each returned at once: the FIFO was never read
+    lifted = host.run(ALICE, "unhalt", umask=umask, env=env[ALICE])  # unhalt removes it
+    assert lifted.returncode == 0, lifted.stderr
+    assert not os.path.lexists(target)
 
 
 def test_shared_store_outside_the_group_or_unconfigured_is_refused(sqlite_host: Host) -> None:
