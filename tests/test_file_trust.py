@@ -16,9 +16,9 @@ import pwd
 import shutil
 import stat
 import subprocess
-import time
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
