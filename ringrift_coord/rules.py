@@ -330,7 +330,9 @@ def rate(tx: Tx, req: Request, settings: Settings, now: float, ev: Evaluation) -
     limits = settings.rate_limit(ttype)
     if limits is None:
         return None
-    factor = float(ev.probe["factor"]) if ev.probe["factor"] is not None else 1.0
+    factor = 1.0
+    if ev.probe["factor"] is not None:  # stored; what time has given back since counts too
+        factor = feedback.rate_factor(tx, settings, req.node, now)
     if factor < 1.0:  # backpressure: this node's recent jobs keep failing
         limits = (limits[0] * factor, limits[1])
     ev.rate = limits

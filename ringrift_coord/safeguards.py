@@ -209,7 +209,7 @@ def _record(
         now = tx.now()
         breaker = feedback.record_manual(tx, ctx.settings, node, ttype, now, ok=ok, reason=reason)
         state = breaker.to_dict(now, BreakerConfig.from_settings(ctx.settings))
-        state["backpressure"] = feedback.rate_factor(tx, node)
+        state["backpressure"] = feedback.rate_factor(tx, ctx.settings, node, now)
     return state
 
 

@@ -55,7 +55,7 @@ def breakers_list(
     if g.json:
         emit_json(doc["breakers"])
     else:
-        views.breakers_table(doc["breakers"], doc["at"])
+        views.breakers_table(doc["breakers"], doc["at"], doc["backpressure"])
     done()
 
 

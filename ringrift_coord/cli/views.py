@@ -212,12 +212,27 @@ def caps_tables(doc: dict[str, Any]) -> None:
             )
         out.print(table)
     if doc["backpressure"]:
-        table = _table("backpressure (spawn-rate factor per node)", "node", "factor", "updated")
-        for r in doc["backpressure"]:
-            table.add_row(
-                _text(r["node"]), Text(f"×{r['factor']:.2f}", "yellow"), ts(r["updated_at"])
-            )
-        out.print(table)
+        backpressure_table(doc["backpressure"])
+
+
+def backpressure_table(rows: list[dict[str, Any]]) -> None:
+    """The nodes whose spawn rate is cut: the factor now (it recovers with time), the factor
+    the last job left, and when."""
+    table = _table(
+        "backpressure (spawn-rate factor per node, recovering with time)",
+        "node",
+        "factor now",
+        "last set to",
+        "at",
+    )
+    for r in rows:
+        table.add_row(
+            _text(r["node"]),
+            Text(f"×{r['factor']:.2f}", "yellow"),
+            _text(f"×{r['stored_factor']:.2f}"),
+            ts(r["updated_at"]),
+        )
+    console().print(table)
 
 
 # --------------------------------------------------------------------------- halts
@@ -316,7 +331,11 @@ def status_screen(doc: dict[str, Any]) -> None:
 # --------------------------------------------------------------------------- breakers
 
 
-def breakers_table(rows: list[dict[str, Any]], now: float) -> None:
+def breakers_table(
+    rows: list[dict[str, Any]], now: float, backpressure: list[dict[str, Any]] | None = None
+) -> None:
+    if backpressure:
+        backpressure_table(backpressure)
     if not rows:
         console().print("no circuit breakers recorded (every node and type is closed)")
         return
