@@ -87,7 +87,7 @@ def _expected_end_wait(rows: list[Row], expected: float | None, now: float) -> f
 def halt(tx: Tx, req: Request, settings: Settings, now: float, ev: Evaluation) -> list[Reason]:
     """Every halt that applies to the type, and this host's halt file (see ``halts``)."""
     if ev.probe["halts"]:
-        state = halts.state(tx, ev.state_dir, now, req.task_type.value)
+        state = halts.state(tx, ev.state_dir, now, req.task_type.value, req.node)
     else:
         state = halts.file_only(ev.state_dir, now)
     stale = state.stale_file
