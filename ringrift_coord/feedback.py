@@ -54,12 +54,15 @@ def lowered_cap(tx: Tx, settings: Settings, node: str, ttype: str, now: float) -
     return cap
 
 
-def reset_backpressure(tx: Tx, node: str | None = None) -> list[Row]:
-    """Give a node (or every node) its full spawn rate back; the factors that were reset."""
+def reset_backpressure(
+    tx: Tx, settings: Settings, now: float, node: str | None = None
+) -> list[dict[str, Any]]:
+    """Give a node (or every node) its full spawn rate back; the factors (in force: after
+    their recovery with time) that were reset."""
+    rows = backpressure_in_force(tx, settings, now, node)
     clause, args = ("", ()) if node is None else (" WHERE node = ?", (node,))
-    rows = tx.query(f"SELECT node, factor FROM backpressure{clause} ORDER BY node", args)
     tx.execute(f"DELETE FROM backpressure{clause}", args)
-    return rows
+    return [{"node": r["node"], "factor": r["factor"]} for r in rows]
 
 
 FULL = 0.999  # a factor that has recovered this far is whole again (1)

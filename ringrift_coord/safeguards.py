@@ -261,7 +261,7 @@ def reset(
         rows = breakers.reset(tx, node=node, task_type=ttype)
         factors: list[Row] = []
         if node is not None or ttype is None:
-            factors = feedback.reset_backpressure(tx, node)
+            factors = feedback.reset_backpressure(tx, ctx.settings, tx.now(), node)
     return {"reset": rows, "backpressure_reset": factors}
 
 
