@@ -106,7 +106,7 @@ def node_caps(tx: Tx, settings: Settings, node: str, now: float) -> dict[str, An
         "per_node": per_node,
         "lowered": lowered,
         "effective": effective,
-        "backpressure": rate_factor(tx, settings, node, now),
+        "backpressure": round(rate_factor(tx, settings, node, now), 4),
     }
 
 

@@ -148,7 +148,7 @@ def task_show(doc: dict[str, Any]) -> None:
     for d in doc["decisions"]:
         verdict = "allowed" if d["allowed"] else "denied"
         rules = "; ".join(r["message"] for r in d["rules"])
-        line(f"decision: {ts(d['at'])} {d['action']} {verdict} by {d.get('who') or '-'}", "")
+        line(f"decision: {ts(d['at'])} {d['action']} {verdict} by {d.get('who') or '-'}")
         if rules:
             line(f"  {rules}")
 
