@@ -144,6 +144,8 @@ def cancel(ctx: Context, task_id: str, sig: signal.Signals, *, who: str) -> dict
         )
         ended = slots.history_of(tx, task_id)
     how = "cancel" if released is not None else "wrapper"
+    if not ended:  # released by its holder meanwhile, and its history already pruned
+        return _result({**row, "status": None, "exit_code": None, "reason": None}, sig, how, False)
     return _result(ended[0], sig, how, escalated)
 
 
