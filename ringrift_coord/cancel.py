@@ -151,7 +151,6 @@ def cancel(ctx: Context, task_id: str, sig: signal.Signals, *, who: str) -> dict
 
 def _result(ended: Row, sig: signal.Signals, released_by: str, escalated: bool) -> dict[str, Any]:
     return {
-        "schema_version": 1,
         "task_id": ended["task_id"],
         "task_type": ended["task_type"],
         "node": ended["node"],

@@ -14,6 +14,7 @@ import os
 from collections.abc import Mapping
 
 from ringrift_coord.errors import ConfigError
+from ringrift_coord.inputs import number_hint, strict_float, strict_int
 from ringrift_coord.tasktypes import TASK_TYPE_NAMES
 
 TYPE_CHECKING = False  # typing costs start-up time on the hot path; annotations are lazy
@@ -23,6 +24,14 @@ if TYPE_CHECKING:
 CONFIG_ENV = "RINGRIFT_COORD_CONFIG"
 SET_ENV = "RINGRIFT_COORD_SET"  # "key=value;key=value": settings from the environment
 DEFAULT_CONFIG_NAME = "unified_loop.yaml"
+
+
+def user_config_path(env: Mapping[str, str]) -> str:
+    """The user's own config file: ``$XDG_CONFIG_HOME/ringrift-coord/unified_loop.yaml``
+    (``~/.config/...`` by default); where ``config init`` writes without a path."""
+    base = env.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
+    return os.path.join(base, "ringrift-coord", DEFAULT_CONFIG_NAME)
+
 
 # --------------------------------------------------------------------------- defaults
 
@@ -123,7 +132,8 @@ DEFAULTS: dict[str, Any] = {
 
 
 class Leaf:
-    """One setting's kind: "count", "number", "percent", "bool", "str", "hhmm", "globs"."""
+    """One setting's kind: "count", "number", "percent", "bool", "str", "hhmm", "globs",
+    "timezone" (a name in the time-zone database)."""
 
     __slots__ = ("kind", "nullable")
 
@@ -140,6 +150,7 @@ class Leaf:
             "str": "a string",
             "hhmm": 'a time "HH:MM"',
             "globs": "a list of glob patterns",
+            "timezone": 'a time-zone name such as "UTC" or "Europe/Berlin"',
         }[self.kind]
         return text + (" or null (unlimited)" if self.nullable else "")
 
@@ -197,7 +208,7 @@ SCHEMA: dict[str, Any] = {
         "max_concurrent_transfers": COUNT,
     },
     "durations": MapOf(TASK_TYPE_NAMES, NUM),
-    "peak_hours": {"start": Leaf("hhmm"), "end": Leaf("hhmm"), "timezone": Leaf("str")},
+    "peak_hours": {"start": Leaf("hhmm"), "end": Leaf("hhmm"), "timezone": Leaf("timezone")},
     "selfplay_configs": MapOf(None, NUM, replace=True),
     "store": {
         "busy_timeout": NUM,
@@ -215,6 +226,26 @@ SCHEMA: dict[str, Any] = {
     },
     "oom": {"lower_after": COUNT, "window": NUM, "factor": PCT_FRACTION, "decay_interval": NUM},
 }
+
+# the least value a setting takes (and why): below it the loop it paces would only load the store
+FLOORS: dict[str, tuple[float, str]] = {
+    "run.poll_interval": (0.05, "seconds (polling the store faster only loads it)"),
+    "store.lease_ttl": (1, "second"),
+    "oom.decay_interval": (1, "second"),
+}
+
+# Settings that are validated and shown but that nothing reads yet: ``config show`` and the
+# shipped YAML mark them "(not used yet)". Whatever starts reading one removes it here.
+NOT_USED_YET: frozenset[str] = frozenset(
+    {"resource_targets", "hardware", "bandwidth", "peak_hours", "selfplay_configs"}
+)
+
+
+def is_used(dotted: str) -> bool:
+    """False for a setting (or a section) in ``NOT_USED_YET`` or under one of them."""
+    parts = dotted.split(".")
+    return not any(".".join(parts[:i]) in NOT_USED_YET for i in range(1, len(parts) + 1))
+
 
 # environment variable -> keys it sets (below the file's values: environment > file > defaults)
 ENV_KEYS: dict[str, tuple[str, ...]] = {
@@ -367,10 +398,12 @@ def load_settings(
         raw = env.get(var)
         if raw is None or raw == "":
             continue
-        try:
-            number = float(raw)
-        except ValueError:
-            raise ConfigError(f"environment {var}={raw!r}: expected a number") from None
+        number = strict_float(raw)
+        if number is None:
+            hint = number_hint(raw)
+            raise ConfigError(
+                f"environment {var}={raw!r}: expected a number" + (f"; {hint}" if hint else "")
+            )
         for key in keys:
             leaf = _schema_at(key)
             checked = _check_leaf(leaf, number, key, f"environment {var}", None)
@@ -399,20 +432,22 @@ def apply_assignments(settings: Settings, assignments: list[str], origin: str) -
             settings.set(key, parse_scalar(raw.strip()), f"{origin} {key}")
         except ConfigError as exc:
             raise ConfigError(f"{origin} {item!r}: {exc.message}") from None
+    if assignments:  # the same cross-checks as the file and the environment
+        _cross_checks(settings.values, settings.sources, settings.file)
 
 
 def parse_scalar(raw: str) -> Any:
+    """A ``--set`` value: null, true/false, a number written as one (plain ASCII decimal), or
+    text. '+5', '1_000', '٣' stay text, which a number setting refuses with what to write."""
     lowered = raw.lower()
     if lowered in ("null", "none", "~", ""):
         return None
     if lowered in ("true", "false"):
         return lowered == "true"
-    for convert in (int, float):
-        try:
-            return convert(raw)
-        except ValueError:
-            pass
-    return raw
+    number: float | None = strict_int(raw)
+    if number is None:
+        number = strict_float(raw)
+    return raw if number is None else number
 
 
 CACHE_NAME = "config-cache.json"
@@ -464,32 +499,58 @@ def _write_cache(
             pass
 
 
-def _cross_checks(values: dict[str, Any], sources: dict[str, str], path: str | None) -> None:
-    def where(key: str) -> str:
-        return sources.get(key, "default")
+def _cross_fail(
+    message: str, keys: tuple[str, ...], sources: dict[str, str], path: str | None
+) -> ConfigError:
+    """A cross-check's error, blamed on the one of ``keys`` set by the highest layer (flag >
+    environment > file > default): the file's line (like every other error of the file), or
+    that source in brackets (``[flag --set thresholds.cpu.warning]``)."""
 
+    def rank(key: str) -> int:
+        source = sources.get(key, "default")
+        if source.startswith("flag "):
+            return 3
+        if source.startswith("env "):
+            return 2
+        return 0 if source == "default" else 1
+
+    key = max(keys, key=rank)
+    source = sources.get(key, "default")
+    line = source[len(path) + 1 :] if path and source.startswith(f"{path}:") else ""
+    if line.isdigit():
+        return ConfigError(message, file=path, line=int(line), key=key)
+    return ConfigError(f"{message} [{source}]", key=key)
+
+
+def _cross_checks(values: dict[str, Any], sources: dict[str, str], path: str | None) -> None:
+    """Checks across settings, run after every layer (file, environment, ``--set``)."""
     for res in ("disk", "memory", "cpu", "gpu"):
         level = values["thresholds"][res]
         if level["warning"] > level["critical"]:
-            raise ConfigError(
-                f"warning ({level['warning']}) is above critical ({level['critical']}) "
-                f"[{where(f'thresholds.{res}.warning')}]",
-                key=f"thresholds.{res}",
+            raise _cross_fail(
+                f"warning ({level['warning']}) is above critical ({level['critical']})",
+                (f"thresholds.{res}.warning", f"thresholds.{res}.critical"),
+                sources,
+                path,
             )
     rt = values["resource_targets"]
     for kind in ("cpu", "gpu"):
         lo, mid, hi = rt[f"{kind}_min"], rt[f"{kind}_target"], rt[f"{kind}_max"]
         if not lo <= mid <= hi:
-            raise ConfigError(
-                f"{kind}_min <= {kind}_target <= {kind}_max does not hold ({lo}, {mid}, {hi}) "
-                f"[{where(f'resource_targets.{kind}_min')}]",
-                key="resource_targets",
+            raise _cross_fail(
+                f"{kind}_min <= {kind}_target <= {kind}_max does not hold ({lo}, {mid}, {hi})",
+                tuple(f"resource_targets.{kind}_{end}" for end in ("min", "target", "max")),
+                sources,
+                path,
             )
     for name, entry in values["rate_limits"].items():
         if entry.get("per_minute") is not None and entry.get("burst", 1) < 1:
-            raise ConfigError("burst must be at least 1", key=f"rate_limits.{name}.burst")
-    if values["store"]["lease_ttl"] < 1:
-        raise ConfigError("lease_ttl must be at least 1 second", key="store.lease_ttl")
+            raise _cross_fail(
+                f"burst must be at least 1 when per_minute is set, got {entry['burst']}",
+                (f"rate_limits.{name}.burst",),
+                sources,
+                path,
+            )
 
 
 def read_yaml_file(path: str) -> Any:
@@ -571,6 +632,8 @@ def _merge(
             )
         sub_schema = schema.item if isinstance(schema, MapOf) else schema[key]
         if isinstance(sub_schema, Leaf):
+            if sub_schema.kind != "hhmm" or ":" not in str(value_node.value):
+                _check_number_text(value_node, path, dotted)  # (an unquoted 14:00 is a time)
             value = _construct(value_node, path, dotted)
             target[key] = _check_leaf(
                 sub_schema, value, dotted, path, value_node.start_mark.line + 1
@@ -583,6 +646,34 @@ def _merge(
             if not isinstance(child, dict):
                 child = target[key] = {}
             _merge(child, value_node, sub_schema, dotted, path, sources)
+
+
+_NUMBER_TAGS = ("tag:yaml.org,2002:int", "tag:yaml.org,2002:float")
+
+
+def _check_number_text(node: Any, path: str, dotted: str) -> None:
+    """A number in the file is written in plain decimal: YAML 1.1 also reads 010 as 8,
+    0x10 as 16, 1:30 as 90, +5 and 1_000; each is refused with what to write instead.
+    (``.inf`` and ``.nan`` pass here; the range check names them.)"""
+    if node.tag not in _NUMBER_TAGS or not hasattr(node.value, "lower"):
+        return
+    text = node.value
+    if text.lower().lstrip("-") in (".inf", ".nan"):
+        return
+    if node.tag == _NUMBER_TAGS[0]:
+        digits = text[1:] if text.startswith("-") else text
+        plain = strict_int(text) is not None and (digits == "0" or digits[0] != "0")  # 010: 8
+    else:
+        plain = strict_float(text) is not None
+    if not plain:
+        hint = number_hint(text, yaml=True) or "write it in plain decimal"
+        read = _construct(node, path, dotted)
+        raise ConfigError(
+            f"YAML 1.1 reads {text} as {read!r}: {hint}",
+            file=path,
+            line=node.start_mark.line + 1,
+            key=dotted,
+        )
 
 
 def _is_null(node: Any) -> bool:
@@ -652,7 +743,13 @@ def _check_leaf(leaf: Leaf, value: Any, dotted: str, origin: str, line: int | No
     kind = leaf.kind
     if kind in ("count", "number", "percent", "fraction"):
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise bad(f"expected {leaf.describe()}, got {_show(value)}")
+            hint = None
+            if isinstance(value, str):  # 7 in quotes; YAML 1.1 also reads 09 and 1e3 as text
+                plain = strict_float(value) is not None
+                hint = number_hint(value) or ("write it without quotes" if plain else None)
+            raise bad(
+                f"expected {leaf.describe()}, got {_show(value)}" + (f"; {hint}" if hint else "")
+            )
         if not math.isfinite(value):
             raise bad(f"expected a finite number, got {value}")
         if value < 0:
@@ -667,6 +764,9 @@ def _check_leaf(leaf: Leaf, value: Any, dotted: str, origin: str, line: int | No
             raise bad(f"expected a percentage from 0 to 100, got {value}")
         if kind == "fraction" and value > 1:
             raise bad(f"expected a fraction from 0 to 1, got {value}")
+        floor = FLOORS.get(dotted)
+        if floor is not None and value < floor[0]:
+            raise bad(f"must be at least {floor[0]:g} {floor[1]}, got {value:g}")
         return value
     if kind == "bool":
         if not isinstance(value, bool):
@@ -686,6 +786,13 @@ def _check_leaf(leaf: Leaf, value: Any, dotted: str, origin: str, line: int | No
         if not (sep and hh.isdigit() and mm.isdigit() and int(hh) < 24 and int(mm) < 60):
             raise bad(f'expected a time "HH:MM", got {value!r}')
         return f"{int(hh):02d}:{int(mm):02d}"
+    if kind == "timezone":
+        if not isinstance(value, str) or not value:
+            raise bad(f"expected {leaf.describe()}, got {_show(value)}")
+        problem = _timezone_problem(value)
+        if problem:
+            raise bad(problem)
+        return value
     if kind == "globs":
         if isinstance(value, str):
             value = [value]
@@ -693,6 +800,29 @@ def _check_leaf(leaf: Leaf, value: Any, dotted: str, origin: str, line: int | No
             raise bad(f"expected a list of glob patterns, got {_show(value)}")
         return value
     raise AssertionError(kind)  # pragma: no cover
+
+
+def _timezone_problem(name: str) -> str | None:
+    """Why ``name`` is not a zone of the time-zone database (None when it is one)."""
+    import zoneinfo
+
+    try:
+        zoneinfo.ZoneInfo(name)
+        return None
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError, OSError):
+        pass
+    if name == "UTC":  # no database installed at all: UTC needs none
+        return None
+    import difflib
+
+    known = zoneinfo.available_timezones()
+    by_fold = {zone.casefold(): zone for zone in known}
+    match = by_fold.get(name.casefold()) or next(
+        iter(difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.6)), None
+    )
+    if match:
+        return f"unknown time zone {name!r} (did you mean {match!r}?)"
+    return f"unknown time zone {name!r}: write a name of the tz database, e.g. Europe/Berlin"
 
 
 def _show(value: Any) -> str:

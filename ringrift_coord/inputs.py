@@ -53,3 +53,89 @@ def slot_count(value: int, field: str) -> int:
     if not 1 <= value <= MAX_SLOTS:
         raise UsageError(f"{value} is not a number of slots from 1 to {MAX_SLOTS}", field=field)
     return int(value)
+
+
+# --------------------------------------------------------------------------- numbers
+#
+# A number is written as a number: plain ASCII decimal. Python's int() and float() also take
+# '٣' (other scripts' digits), ' 7 ' (spaces), '+5' and '1_000'; YAML 1.1 reads 010 as 8,
+# 0x10 as 16 and 1:30 as 90. Each of those is refused with what to write instead.
+
+_DIGITS = frozenset("0123456789")
+_NON_FINITE = frozenset(("inf", "-inf", "infinity", "-infinity", "nan", "-nan"))
+
+
+def _is_digits(text: str) -> bool:
+    return bool(text) and all(ch in _DIGITS for ch in text)
+
+
+def _is_decimal(text: str) -> bool:
+    """``-?(digits[.digits]|.digits)([eE][+-]?digits)?`` in ASCII."""
+    body = text[1:] if text.startswith("-") else text
+    mantissa, e, exponent = body.replace("E", "e").partition("e")
+    if e:
+        exponent = exponent[1:] if exponent[:1] in ("+", "-") else exponent
+        if not _is_digits(exponent):
+            return False
+    whole, dot, fraction = mantissa.partition(".")
+    if not dot:
+        return _is_digits(whole)
+    return (_is_digits(whole) and (not fraction or _is_digits(fraction))) or (
+        not whole and _is_digits(fraction)
+    )
+
+
+def strict_int(raw: str) -> int | None:
+    """``raw`` as an integer when it is written ``-?[0-9]+`` (ASCII), else None."""
+    body = raw[1:] if raw.startswith("-") else raw
+    return int(raw) if _is_digits(body) else None
+
+
+def strict_float(raw: str) -> float | None:
+    """``raw`` as a number when it is plain ASCII decimal (an exponent allowed), else None.
+
+    ``inf`` and ``nan`` are read too, so that the range checks name them."""
+    if _is_decimal(raw) or raw.lower() in _NON_FINITE:
+        return float(raw)
+    return None
+
+
+def number_hint(raw: str, *, yaml: bool = False) -> str | None:
+    """What to write instead of ``raw``, a number in another form ("write 5, not '+5'"),
+    or None when ``raw`` does not read as a number at all. With ``yaml``, also YAML 1.1's
+    readings: a leading 0 is octal, ``1:30`` is base 60."""
+    text = raw.strip()
+    sign = "-" if text.startswith("-") else ""
+    body = text[1:] if text[:1] in ("+", "-") else text
+    body = body.replace("_", "")
+    low = body.lower()
+    plain_text = raw and raw.isascii() and raw.isprintable() and " " not in raw
+    shown = raw if plain_text else repr(raw)
+    try:
+        if low[:2] in ("0x", "0o", "0b"):
+            value = int(body[2:], {"x": 16, "o": 8, "b": 2}[low[1]])
+            return f"write {sign}{value}, not {shown}"
+        if yaml and ":" in body:  # YAML 1.1's base 60: 1:30 is 90
+            parts = body.split(":")
+            total = 0.0
+            for part in parts:
+                total = total * 60 + float(part)
+            number = int(total) if total.is_integer() else total
+            return f"write {sign}{number}, not {shown}"
+        if yaml and len(body) > 1 and _is_digits(body) and body[0] == "0":
+            decimal = int(body, 10)
+            if all(ch < "8" for ch in body):  # YAML 1.1 reads a leading 0 as octal
+                return f"write {sign}{decimal} or {sign}{int(body, 8)}, not {shown}"
+            return f"write {sign}{decimal}, not {shown}"
+        number = int(body) if body.isdigit() else float(body)  # other scripts' digits too
+    except (ValueError, KeyError):
+        return None
+    if number != number or number in (float("inf"), float("-inf")):
+        return None
+    if isinstance(number, float) and not number.is_integer() or abs(number) >= 1e16:
+        plain = repr(number)
+    else:
+        plain = str(int(number))
+    if f"{sign}{plain}" == raw:
+        return None
+    return f"write {sign}{plain}, not {shown}"

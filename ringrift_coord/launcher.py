@@ -179,8 +179,11 @@ def _killpg(pgid: int, signum: int) -> None:
         pass
 
 
-def _spawn_gated(argv: Sequence[str], env: dict[str, str]) -> tuple[int, int, int]:
-    """Fork a child in its own process group that execs ``argv`` only once told to go.
+def _spawn_gated(
+    argv: Sequence[str], env: dict[str, str], stdout_to_stderr: bool = False
+) -> tuple[int, int, int]:
+    """Fork a child in its own process group that execs ``argv`` only once told to go
+    (``stdout_to_stderr``: with its stdout on our stderr).
 
     Returns (pid, go_fd, err_fd): write b"g" to go_fd to let it exec (closing go_fd
     without writing makes it exit 75); err_fd yields the exec errno, or EOF on success.
@@ -206,6 +209,8 @@ def _spawn_gated(argv: Sequence[str], env: dict[str, str]) -> tuple[int, int, in
             if os.read(go_r, 1) != b"g":
                 os._exit(75)
             os.close(go_r)
+            if stdout_to_stderr:
+                os.dup2(2, 1)
             os.execvpe(argv[0], list(argv), env)
         except OSError as exc:
             try:
@@ -236,10 +241,13 @@ def run_command(
     on_admitted: Callable[[], None] | None = None,
     warn: Callable[[str], None] | None = None,
     note: Callable[[str], None] | None = None,
+    stdout_to_stderr: bool = False,
 ) -> RunResult:
     """Run ``argv`` holding a slot. ``warn`` says what explains the outcome (the command
     could not be run, its lease was lost); ``note`` (default ``warn``) what run handled
-    itself (a renewal retried, SIGKILL after the grace, a release left to the reaper)."""
+    itself (a renewal retried, SIGKILL after the grace, a release left to the reaper).
+    ``stdout_to_stderr``: the job writes its stdout to our stderr (``run --json``, whose
+    stdout carries only its own summary document)."""
     if not argv:
         raise UsageError("there is no command to run", field="command")
     if timeout is not None and not (timeout >= 0 and timeout < float("inf")):
@@ -297,7 +305,7 @@ def run_command(
             }
         )
         oom_before = procs.oom_kill_count()
-        pid, go_w, err_r = _spawn_gated(argv, env)
+        pid, go_w, err_r = _spawn_gated(argv, env, stdout_to_stderr)
         job.pgid = pid
         try:
             recorded = coord.set_holder(task_id, token, Holder(pid=pid, pgid=pid, wrapper_pid=me))

@@ -254,6 +254,43 @@ def levels(reading: Row | dict[str, Any], thresholds: dict[str, Any]) -> dict[st
     return out
 
 
+def alerts(reading: Row | dict[str, Any], thresholds: dict[str, Any]) -> list[dict[str, Any]]:
+    """What a reading is past: each resource at or above its warning or critical level
+    (``level``, ``value``, ``limit``, ``message``), critical first. Admission refuses the
+    node for a critical one while the reading is fresh; a warning is reported only."""
+    marks = levels(reading, thresholds)
+    out: list[dict[str, Any]] = []
+    for resource in RESOURCES:
+        lv, value = marks[resource], reading.get(resource)
+        if lv in ("critical", "warning") and value is not None:
+            limit = thresholds[resource][lv]
+            out.append(
+                {
+                    "resource": resource,
+                    "level": lv,
+                    "value": value,
+                    "limit": limit,
+                    "message": f"{resource} at {value:.0f}% >= {lv} {limit}%",
+                }
+            )
+    if marks["load_avg"] == "critical":
+        load, cpus = reading["load_avg"], reading["cpus"]
+        limit = critical_load(cpus, thresholds)
+        per_cpu = thresholds["load_avg_critical_per_cpu"]
+        out.append(
+            {
+                "resource": "load_avg",
+                "level": "critical",
+                "value": load,
+                "limit": limit,
+                "message": f"load average {load:.2f} >= critical {limit:g} "
+                f"({per_cpu:g} x {cpus} cpus)",
+            }
+        )
+    out.sort(key=lambda a: a["level"] != "critical")
+    return out
+
+
 def assess(
     reading: Row | dict[str, Any], thresholds: dict[str, Any], now: float, max_age: float
 ) -> dict[str, Any]:

@@ -21,6 +21,7 @@ from ringrift_coord import (
     slots,
 )
 from ringrift_coord.breakers import BreakerConfig
+from ringrift_coord.config import is_used
 from ringrift_coord.tasktypes import TaskType
 
 TYPE_CHECKING = False  # typing costs start-up time on the hot path; annotations are lazy
@@ -197,9 +198,10 @@ def caps_in_force(ctx: Context) -> dict[str, Any]:
 
 
 def settings(ctx: Context, sections: list[str]) -> dict[str, Any]:
-    """The effective settings of ``sections``, each with its source."""
+    """The effective settings of ``sections``, each with its source; ``used`` is false for
+    one that nothing reads yet (``config.NOT_USED_YET``)."""
     rows = [
-        {"key": key, "value": value, "source": source}
+        {"key": key, "value": value, "source": source, "used": is_used(key)}
         for section in sections
         for key, value, source in ctx.settings.flat(section)
     ]

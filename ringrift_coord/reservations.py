@@ -34,6 +34,7 @@ def create(tx: Tx, task_type: str, node: str, slots: int, ttl: float | None, who
         "slots": slots,
         "created_at": now,
         "expires_at": expires,
+        "who": who,
     }
 
 

@@ -270,7 +270,6 @@ class TaskCoordinator(ProcessWide):
             running["lease_left"] = round(running["lease_expires"] - now, 3)
         latest = running if running is not None else ended[0]
         return {
-            "schema_version": 1,
             "task_id": task_id,
             "task_type": latest["task_type"],
             "node": latest["node"],

@@ -350,8 +350,9 @@ def cli_json(coord: Coord, *args: str, code: int = 0) -> object:
 
 
 def breaker_of(coord: Coord, node: str, ttype: str) -> dict[str, object] | None:
-    rows = cli_json(coord, "breakers", "list")
-    assert isinstance(rows, list)
+    doc = cli_json(coord, "breakers", "list")
+    assert isinstance(doc, dict)
+    rows = doc["breakers"]
     found = [r for r in rows if r["node"] == node and r["task_type"] == ttype]
     return found[0] if found else None
 
@@ -410,7 +411,7 @@ def test_breaker_lifecycle_through_the_cli(coord: Coord, tmp_path: Path) -> None
         "evaluation",
     )
     assert isinstance(row, dict) and row["state"] == "open"
-    assert row["retry_at"] - row["opened_at"] == pytest.approx(0.5, abs=1e-6)
+    assert row["retry_at"] - row["opened_at"] == pytest.approx(0.5, abs=2e-3)  # to the ms
     sleep_until(row["retry_at"])
     row = breaker_of(coord, "n1", "evaluation")
     assert row is not None and row["state"] == "half_open" and row["stored_state"] == "open"
@@ -580,7 +581,7 @@ def test_reset_selectors_and_list_table(coord: Coord) -> None:
     assert [(r["node"], r["task_type"]) for r in result["reset"]] == [("b", "evaluation")]
     done = coord("breakers", "reset", "--all")
     assert done.returncode == 0 and "sync on c" in done.stdout
-    assert cli_json(coord, "breakers", "list") == []
+    assert cli_json(coord, "breakers", "list")["breakers"] == []  # type: ignore[index]
 
 
 # =========================================================================== bad input

@@ -43,13 +43,13 @@ def one_error_line(result: subprocess.CompletedProcess, code: int) -> str:
 def tasks(coord: Coord) -> list[dict]:
     done = coord("--json", "tasks")
     assert done.returncode == 0, done.stderr
-    return json.loads(done.stdout)
+    return json.loads(done.stdout)["tasks"]
 
 
 def history(coord: Coord) -> list[dict]:
     done = coord("--json", "tasks", "history")
     assert done.returncode == 0, done.stderr
-    return json.loads(done.stdout)
+    return json.loads(done.stdout)["tasks"]
 
 
 def run_bytes(coord: Coord, *args: str | bytes, **kw) -> subprocess.CompletedProcess[bytes]:
@@ -143,9 +143,8 @@ def test_job_words_with_and_without_separator(c: Coord, argv, job_output: str) -
 def test_global_options_before_the_wrapped_command_are_the_wrappers(c: Coord, argv) -> None:
     done = c(*argv)
     assert done.returncode == 0, done.stderr
-    first, last = done.stdout.splitlines()
-    assert first == "a"
-    assert json.loads(last)["exit_code"] == 0
+    assert json.loads(done.stdout)["exit_code"] == 0  # the one document on stdout
+    assert done.stderr == "a\n"  # the job's stdout, on run's stderr with --json
 
 
 @pytest.mark.parametrize("argv", [("run", "-h"), ("run", "selfplay", "--help")], ids=" ".join)
@@ -239,7 +238,7 @@ def test_argument_not_utf8_is_a_usage_error(c: Coord, name: str) -> None:
 def test_argument_not_utf8_with_json(c: Coord) -> None:
     done = run_bytes(c, b"--json", b"halt", b"--reason", BAD)
     message = one_error_line(done, 2)
-    assert json.loads(done.stdout) == {"error": message, "exit_code": 2}
+    assert json.loads(done.stdout) == {"schema_version": 1, "error": message, "exit_code": 2}
 
 
 def test_nothing_is_stored_from_an_argument_not_utf8(c: Coord) -> None:
@@ -248,7 +247,7 @@ def test_nothing_is_stored_from_an_argument_not_utf8(c: Coord) -> None:
     one_error_line(run_bytes(c, b"reserve", b"selfplay", b"--node", BAD, b"--slots", b"1"), 2)
     assert c("halt", "--check").returncode == 0
     assert tasks(c) == [] and history(c) == []
-    assert json.loads(c("--json", "reserve", "list").stdout) == []
+    assert json.loads(c("--json", "reserve", "list").stdout)["reservations"] == []
 
 
 @pytest.mark.parametrize("option", [b"--state-dir", b"--db"])
@@ -375,7 +374,11 @@ def test_internal_error_exits_70(c: Coord) -> None:
         text=True,
         timeout=60,
     )
-    assert json.loads(done.stdout) == {"error": one_error_line(done, 70), "exit_code": 70}
+    assert json.loads(done.stdout) == {
+        "schema_version": 1,
+        "error": one_error_line(done, 70),
+        "exit_code": 70,
+    }
 
 
 def test_exit_codes_are_named() -> None:

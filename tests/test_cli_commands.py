@@ -28,25 +28,25 @@ def test_decision_log_says_who_why_and_numbers(coord):
         holder.kill()
         holder.wait()
 
-    rows = json.loads(coord("decisions", "--json").stdout)
+    rows = json.loads(coord("decisions", "--json").stdout)["decisions"]
     assert [(r["action"], r["node"], r["allowed"]) for r in rows] == [
         ("can-spawn", "n2", True),
         ("register", "n1", False),
         ("register", "n1", True),
     ]
-    denied = json.loads(coord("decisions", "--denied", "--json").stdout)
+    denied = json.loads(coord("decisions", "--denied", "--json").stdout)["decisions"]
     assert len(denied) == 1
-    rule = denied[0]["rules"][0]
+    rule = denied[0]["reasons"][0]
     assert (rule["rule"], rule["requested"], rule["used"], rule["limit"]) == ("node_limit", 1, 1, 1)
     assert denied[0]["who"] and denied[0]["pid"] == holder.pid
     assert (
-        json.loads(coord("decisions", "--since", "1h", "--node", "n2", "--json").stdout)[0][
-            "allowed"
-        ]
+        json.loads(coord("decisions", "--since", "1h", "--node", "n2", "--json").stdout)[
+            "decisions"
+        ][0]["allowed"]
         is True
     )
     future = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 3600))
-    assert json.loads(coord("decisions", "--since", future, "--json").stdout) == []
+    assert json.loads(coord("decisions", "--since", future, "--json").stdout)["decisions"] == []
     table = coord("decisions", "--denied")
     assert table.returncode == 0 and "per-node limit" in table.stdout
 
@@ -55,7 +55,7 @@ def test_reserve_cli(coord):
     coord.write_config("task_limits: {selfplay: {per_node: 2, cluster: 500}}\n")
     made = coord("reserve", "gauntlet", "--node", "n1", "--slots", "1", "--ttl", "600", "--json")
     assert made.returncode == 0, made.stderr
-    res_id = json.loads(made.stdout)["res_id"]
+    res_id = json.loads(made.stdout)["reservation_id"]
     holder = sleeper()
     try:
         assert (
@@ -78,7 +78,7 @@ def test_tasks_list_reap_and_history(coord):
     task_id = coord(
         "register", "sync", "--node", "n1", "--pid", str(holder.pid), "--config-name", "square8_2p"
     ).stdout.strip()
-    rows = json.loads(coord("tasks", "list", "--json").stdout)
+    rows = json.loads(coord("tasks", "list", "--json").stdout)["tasks"]
     assert [(r["task_id"], r["task_type"], r["node"], r["pid"]) for r in rows] == [
         (task_id, "sync", "n1", holder.pid)
     ]
@@ -88,8 +88,8 @@ def test_tasks_list_reap_and_history(coord):
     holder.wait()
     reaped = json.loads(coord("tasks", "reap", "--json").stdout)["reaped"]
     assert [r["task_id"] for r in reaped] == [task_id]
-    assert json.loads(coord("tasks", "--json").stdout) == []
-    history = json.loads(coord("tasks", "history", "--json").stdout)
+    assert json.loads(coord("tasks", "--json").stdout)["tasks"] == []
+    history = json.loads(coord("tasks", "history", "--json").stdout)["tasks"]
     assert history[0]["status"] == "reaped" and history[0]["reason"] == "holder process gone"
 
 
@@ -105,7 +105,7 @@ def test_register_then_unregister_records_exit(coord):
     finally:
         holder.kill()
         holder.wait()
-    last = json.loads(coord("tasks", "history", "--json").stdout)[0]
+    last = json.loads(coord("tasks", "history", "--json").stdout)["tasks"][0]
     assert (last["exit_code"], last["status"]) == (3, "failed")
 
 
@@ -116,12 +116,14 @@ def test_status_screen_and_json(coord):
         coord("halt", "--type", "training", "--reason", "trainer bug")
         status = json.loads(coord("status", "--json").stdout)
         assert status["store"]["engine"] == coord.engine
-        assert status["by_type"]["selfplay"]["nodes"] == {"n1": 1}
+        assert status["by_type"]["selfplay"]["running_by_node"] == {"n1": 1}
         assert status["halt"]["halts"][0]["scope"] == "training"
         screen = coord("status")
         assert screen.returncode == 0
-        for text in (f"engine {coord.engine}", "selfplay", "n1 1/32", "HALTED", "trainer bug"):
+        for text in (f"engine {coord.engine}", "selfplay=1/32", "HALTED", "trainer bug"):
             assert text in screen.stdout
+        rows = [row.split() for row in screen.stdout.splitlines()]
+        assert ["n1", "1", "-", "selfplay=1/32"] in rows  # the node × type summary
     finally:
         holder.kill()
         holder.wait()

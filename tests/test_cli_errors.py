@@ -227,7 +227,7 @@ def test_bad_input_with_json_prints_one_error_document(coord, name: str) -> None
     result = coord(*args, input="")
     message = usage_error(result, *fragments)
     document = json.loads(result.stdout)  # exactly one JSON document
-    assert document == {"error": message, "exit_code": 2}
+    assert document == {"schema_version": 1, "error": message, "exit_code": 2}
 
 
 def test_pid_of_a_process_that_just_exited(coord) -> None:
@@ -237,7 +237,7 @@ def test_pid_of_a_process_that_just_exited(coord) -> None:
     )
     # and nothing was registered
     listed = coord("--json", "tasks")
-    assert listed.returncode == 0 and json.loads(listed.stdout) == []
+    assert listed.returncode == 0 and json.loads(listed.stdout)["tasks"] == []
 
 
 def test_rejected_halt_leaves_no_halt(coord) -> None:
@@ -253,7 +253,7 @@ def test_rejected_reserve_leaves_no_reservation(coord) -> None:
     usage_error(coord("reserve", "selfplay", "--node", "n1", "--slots", "1", "--ttl", "1e308"))
     usage_error(coord("reserve", "selfplay", "--node", "n1", "--slots", "99999999999999999999"))
     listed = coord("--json", "reserve", "list")
-    assert listed.returncode == 0 and json.loads(listed.stdout) == []
+    assert listed.returncode == 0 and json.loads(listed.stdout)["reservations"] == []
     status = coord("status")  # and every listing still renders
     assert status.returncode == 0, status.stderr
 

@@ -1,5 +1,6 @@
-"""Configuration: the shipped ``config/unified_loop.yaml``, validation through the CLI,
-and the precedence defaults < YAML < environment (< --set), with each value's source.
+"""Configuration: the shipped ``ringrift_coord/data/config/unified_loop.yaml``, validation
+through the CLI, and the precedence defaults < YAML < environment (< --set), with each value's
+source.
 
 Every bad file must give exit 3 and exactly one line on stderr naming the file, the line and
 the key, never a traceback.
@@ -24,7 +25,7 @@ from ringrift_coord.config import DEFAULTS, SCHEMA, Leaf, MapOf, load_settings
 from ringrift_coord.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
-SHIPPED = ROOT / "config" / "unified_loop.yaml"
+SHIPPED = ROOT / "ringrift_coord" / "data" / "config" / "unified_loop.yaml"
 PREFIX = "ringrift-coord: error: "
 
 
@@ -105,7 +106,11 @@ def test_shipped_file_comments_every_value() -> None:
 def test_shipped_file_validates_through_the_cli(coord) -> None:
     result = coord("--json", "config", "validate", str(SHIPPED))
     assert result.returncode == 0, result.stderr
-    assert json.loads(result.stdout) == {"valid": True, "file": str(SHIPPED)}
+    assert json.loads(result.stdout) == {
+        "schema_version": 1,
+        "valid": True,
+        "config_file": str(SHIPPED),
+    }
     shown = coord(
         "--json", "--config", str(SHIPPED), "config", "show", env={"RINGRIFT_COORD_SET": ""}
     )  # nothing above the file
@@ -234,10 +239,10 @@ BAD_FILES = {
     "invalid-yaml-flow": ("store: {busy_timeout: 1\nrun: {}\n", 2, None, "invalid YAML"),
     "invalid-yaml-tab": ("store:\n\tbusy_timeout: 1\n", 2, None, "invalid YAML"),
     "invalid-yaml-indent": ("store:\n  busy_timeout: 1\n lease_ttl: 2\n", 3, None, "invalid YAML"),
-    "cross-check": (
+    "cross-check": (  # a cross-check names the file and line of a value it compares
         "thresholds:\n  disk: {warning: 90, critical: 70}\n",
-        None,
-        "thresholds.disk",
+        2,
+        "thresholds.disk.warning",
         "warning (90) is above critical (70)",
     ),
 }
@@ -274,7 +279,7 @@ def test_bad_file_with_json_prints_one_error_document(coord) -> None:
     result = coord("--json", "limits")
     assert result.returncode == 3
     message = one_error_line(result)
-    assert json.loads(result.stdout) == {"error": message, "exit_code": 3}
+    assert json.loads(result.stdout) == {"schema_version": 1, "error": message, "exit_code": 3}
 
 
 def test_bad_file_named_as_argument_of_validate(coord, tmp_path: Path) -> None:
@@ -518,7 +523,7 @@ def test_bad_environment_value_names_the_variable(coord, var: str, raw: str, fra
         assert result.returncode == 3, (command, result.stderr)
         message = one_error_line(result)
         assert var in message and fragment in message, message
-        assert json.loads(result.stdout) == {"error": message, "exit_code": 3}
+        assert json.loads(result.stdout) == {"schema_version": 1, "error": message, "exit_code": 3}
 
 
 # --------------------------------------------------------------------------- properties

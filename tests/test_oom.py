@@ -19,7 +19,7 @@ ENGINES = ("sqlite", "postgres")
 
 
 def breaker(coord, node: str, ttype: str) -> dict:
-    rows = json.loads(coord("breakers", "list", "--json").stdout)
+    rows = json.loads(coord("breakers", "list", "--json").stdout)["breakers"]
     (row,) = [r for r in rows if r["node"] == node and r["task_type"] == ttype]
     return row
 
@@ -27,7 +27,7 @@ def breaker(coord, node: str, ttype: str) -> dict:
 def test_self_sigkill_is_killed_with_its_evidence(coord):
     result = coord("run", "evaluation", "--node", "n1", "--", "sh", "-c", "kill -KILL $$")
     assert result.returncode == 137, result.stderr
-    history = json.loads(coord("tasks", "history", "--json").stdout)[0]
+    history = json.loads(coord("tasks", "history", "--json").stdout)["tasks"][0]
     assert (history["exit_code"], history["status"]) == (137, "killed")
     assert "no OOM evidence" in history["reason"]
     row = breaker(coord, "n1", "evaluation")
@@ -55,7 +55,7 @@ def test_sigkill_at_critical_memory_is_an_oom_and_repeated_ooms_lower_the_cap(co
                 *low, "run", "evaluation", "--node", "n1", "--", "sh", "-c", "kill -KILL $$"
             )
             assert result.returncode == 137
-        history = json.loads(coord("tasks", "history", "--json").stdout)
+        history = json.loads(coord("tasks", "history", "--json").stdout)["tasks"]
         assert [h["status"] for h in history[:2]] == ["oom", "oom"]
         assert "memory at" in history[0]["reason"] and ">= critical 0.1%" in history[0]["reason"]
         assert breaker(coord, "n1", "evaluation")["last_reason"].startswith("OOM-killed")
@@ -154,7 +154,7 @@ def test_real_oom_kill_in_a_memory_cgroup(coord, tmp_path):
             ["sh", "-c", script], env=coord.env, capture_output=True, text=True, timeout=120
         )
         assert result.returncode == 137, result.stderr
-        history = json.loads(coord("tasks", "history", "--json").stdout)[0]
+        history = json.loads(coord("tasks", "history", "--json").stdout)["tasks"][0]
         assert history["status"] == "oom", history
         assert "oom_kill 0 -> 1" in history["reason"] and "memory.oom_control" in history["reason"]
         assert breaker(coord, "n1", "training")["last_reason"].startswith("OOM-killed")
@@ -181,7 +181,7 @@ def test_an_operator_stop_is_not_a_failure(coord, tmp_path):
         time.sleep(0.05)
     wrapper.send_signal(signal.SIGTERM)
     assert wrapper.wait(timeout=30) == 143
-    history = json.loads(coord("tasks", "history", "--json").stdout)[0]
+    history = json.loads(coord("tasks", "history", "--json").stdout)["tasks"][0]
     assert history["status"] == "stopped" and "forwarded SIGTERM" in history["reason"]
     # neither the breaker nor the node's spawn rate pays for an operator's stop
-    assert json.loads(coord("breakers", "list", "--json").stdout) == []
+    assert json.loads(coord("breakers", "list", "--json").stdout)["breakers"] == []

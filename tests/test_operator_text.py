@@ -85,7 +85,7 @@ def test_node_and_config_names_with_markup_in_every_listing(coord, holder):
         shown = flat(ok(coord(*args)))
         assert NODE in shown, args
     assert CONFIG_NAME in flat(ok(coord("tasks")))
-    assert f"{NODE}1/32" in flat(ok(coord("status")))
+    assert f"{NODE}1-selfplay=1/32" in flat(ok(coord("status")))  # the node × type summary
     ok(coord("unregister", task_id, "--exit-code", "3", "--reason", "[bold]boom[/]"))
     history = flat(ok(coord("tasks", "history")))
     assert NODE in history and "[bold]boom[/]" in history

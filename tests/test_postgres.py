@@ -231,9 +231,9 @@ def test_expired_lease_on_another_node_is_reaped_and_fenced(nodes):
         assert new_token > old_token
         late = a("unregister", "job-1", "--token", str(old_token))
         assert late.returncode == 1 and "no longer holds" in late.stderr
-        rows = json.loads(a("tasks", "list", "--json").stdout)
+        rows = json.loads(a("tasks", "list", "--json").stdout)["tasks"]
         assert [(r["task_id"], r["host"]) for r in rows] == [("job-1", "host-n1")]
-        history = json.loads(a("tasks", "history", "--json").stdout)
+        history = json.loads(a("tasks", "history", "--json").stdout)["tasks"]
         assert history[0]["status"] == "reaped" and "lease expired" in history[0]["reason"]
     finally:
         holder.kill()
@@ -253,7 +253,7 @@ def test_server_stopped_mid_run(nodes, pg_server, tmp_path):
         str(finish),
         str(marker),
     )
-    wait_for(lambda: json.loads(b("tasks", "list", "--json").stdout), 30, "the job's slot")
+    wait_for(lambda: json.loads(b("tasks", "list", "--json").stdout)["tasks"], 30, "the job's slot")
     pg_server.stop()
     try:
         started = time.monotonic()
@@ -272,9 +272,9 @@ def test_server_stopped_mid_run(nodes, pg_server, tmp_path):
     out, err = job.communicate(timeout=60)
     assert job.returncode == 0, err
     assert marker.exists()
-    history = json.loads(b("tasks", "history", "--json").stdout)
+    history = json.loads(b("tasks", "history", "--json").stdout)["tasks"]
     assert history[0]["task_type"] == "training" and history[0]["status"] == "ok"
-    assert json.loads(b("tasks", "list", "--json").stdout) == []
+    assert json.loads(b("tasks", "list", "--json").stdout)["tasks"] == []
     assert b("can-spawn", "training").returncode == 0
 
 
@@ -306,7 +306,7 @@ def test_run_and_run_wait_share_one_slot_across_nodes(nodes, pg_url, tmp_path):
     second = None
     try:
         wait_for(lambda: log.exists(), 30, "the first job to start")
-        (held,) = json.loads(b("tasks", "list", "--json").stdout)
+        (held,) = json.loads(b("tasks", "list", "--json").stdout)["tasks"]
         assert (held["node"], held["host"], held["source"]) == ("n0", "host-n0", "run")
         # without --wait another node is refused at once (75: try later)
         refused = b("run", "selfplay", "--", "true")
@@ -337,10 +337,10 @@ def test_run_and_run_wait_share_one_slot_across_nodes(nodes, pg_url, tmp_path):
     lines = log.read_text().splitlines()
     assert lines[0] == "first n0" and lines[1].startswith("second n1 selfplay-"), lines
     assert waiting_pids(pg_url) == []
-    history = json.loads(a("tasks", "history", "--json").stdout)
+    history = json.loads(a("tasks", "history", "--json").stdout)["tasks"]
     assert [(h["node"], h["status"]) for h in history] == [("n1", "ok"), ("n0", "ok")]
     assert history[0]["task_id"] == lines[1].split()[2]
-    assert json.loads(a("tasks", "list", "--json").stdout) == []
+    assert json.loads(a("tasks", "list", "--json").stdout)["tasks"] == []
 
 
 def test_status_names_the_server_and_refuses_passwords_on_the_command_line(nodes, pg_url):

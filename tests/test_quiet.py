@@ -32,13 +32,13 @@ def quiet_coord(coord: Coord) -> Coord:
 def history(coord: Coord) -> list[dict]:
     result = coord("tasks", "history", "--json")
     assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout)
+    return json.loads(result.stdout)["tasks"]
 
 
 def running(coord: Coord) -> list[dict]:
     result = coord("tasks", "list", "--json")
     assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout)
+    return json.loads(result.stdout)["tasks"]
 
 
 # --------------------------------------------------------------------------- can-spawn

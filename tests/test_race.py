@@ -157,7 +157,7 @@ def db_state(coord: Coord) -> dict[str, object]:
 def listed(coord: Coord) -> list[dict[str, object]]:
     result = coord("tasks", "list", "--json", timeout=60)
     assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout)
+    return json.loads(result.stdout)["tasks"]
 
 
 def check_outcome(

@@ -202,7 +202,7 @@ def test_manual_hardware_is_kept_and_caps_are_shown(local):
             )
     caps = js(local("--json", "resources", "--node", "g1"))["nodes"][0]["caps"]
     assert caps["lowered"] == {"selfplay": 5} and caps["effective"]["selfplay"] == 5
-    assert 0.5 <= caps["backpressure"] < 0.51  # recovering with time since the failure
+    assert 0.5 <= caps["backpressure_factor"] < 0.51  # recovering with time since the failure
     table = local("resources", "--node", "g1").stdout
     assert "H100 x8" in table and "selfplay 5" in table and "0.50" in table
     limits = js(local("--json", "limits"))

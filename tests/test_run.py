@@ -54,13 +54,13 @@ def read_when_ready(path: Path, timeout: float = 20) -> str:
 def listed(coord: Coord) -> list[dict]:
     result = coord("tasks", "list", "--json")
     assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout)
+    return json.loads(result.stdout)["tasks"]
 
 
 def history(coord: Coord, task_id: str | None = None) -> list[dict]:
     result = coord("tasks", "history", "--json")
     assert result.returncode == 0, result.stderr
-    rows = json.loads(result.stdout)
+    rows = json.loads(result.stdout)["tasks"]
     return rows if task_id is None else [r for r in rows if r["task_id"] == task_id]
 
 
@@ -148,7 +148,7 @@ def test_exit_code_is_passed_through_and_slot_freed(
 def test_run_json_reports_the_exit_code(coord_run: Coord) -> None:
     result = coord_run("run", "--json", "selfplay", "--node", "n1", "--", "sh", "-c", "exit 7")
     assert result.returncode == 7, result.stderr
-    document = json.loads(result.stdout.strip().splitlines()[-1])
+    document = json.loads(result.stdout)  # the one document: the job's output is on stderr
     assert document["exit_code"] == 7 and document["status"] == "failed"
     row = only_history_row(coord_run)
     assert row["task_id"] == document["task_id"] and row["exit_code"] == 7
@@ -217,7 +217,7 @@ def test_job_sees_task_id_and_lease_token_and_its_row_exists(coord_run: Coord) -
     )
     assert wrapper.wait(timeout=60) == 0, wrapper.stderr
     env = dict(line.split("=", 1) for line in (out / "env").read_text().splitlines())
-    rows = json.loads((out / "list").read_text())
+    rows = json.loads((out / "list").read_text())["tasks"]
     job_pid = int((out / "pid").read_text())
 
     assert env["RINGRIFT_TASK_ID"].startswith("selfplay-")

@@ -1,4 +1,5 @@
-"""The launch wrappers in scripts/ pass the job's exit code through, and 75 when no slot."""
+"""The launch wrappers (shipped in ``ringrift_coord/data/scripts/``) pass the job's exit code
+through, and 75 when no slot."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
+SCRIPT_DIR = ROOT / "ringrift_coord" / "data" / "scripts"
 SCRIPTS = ["selfplay.sh", "training.sh"]
 
 pytestmark = pytest.mark.skipif(
@@ -27,7 +29,7 @@ def launch(coord, script: str, *cmd: str, **env: str) -> subprocess.CompletedPro
         **env,
     }
     return subprocess.run(
-        ["bash", str(ROOT / "scripts" / script), *cmd],
+        ["bash", str(SCRIPT_DIR / script), *cmd],
         env=full_env,
         capture_output=True,
         text=True,
@@ -80,7 +82,7 @@ def test_no_command_is_usage_error(coord) -> None:
 
 @pytest.mark.skipif(shutil.which("shellcheck") is None, reason="shellcheck is not installed")
 def test_shellcheck_clean() -> None:
-    files = [ROOT / "scripts" / s for s in SCRIPTS] + [
+    files = [SCRIPT_DIR / s for s in SCRIPTS] + [
         ROOT / ".ci" / "run",
         ROOT / "bench" / "contention.sh",
     ]

@@ -358,7 +358,11 @@ def test_damaged_database_is_refused_and_left_untouched(coord, real_db: bytes, k
         message = one_error_line(result)
         assert str(coord.db) in message and fragment in message, message
         if "--json" in argv:
-            assert json.loads(result.stdout) == {"error": message, "exit_code": 3}
+            assert json.loads(result.stdout) == {
+                "schema_version": 1,
+                "error": message,
+                "exit_code": 3,
+            }
     assert fingerprint(coord.db) == before, "the damaged file was modified or re-created"
     # nothing new beside it but the validated-config cache: no journal, WAL or fresh database
     assert set(os.listdir(coord.state_dir)) - listing <= {"config-cache.json"}
@@ -381,7 +385,7 @@ def test_whole_copy_of_a_real_database_works(coord, real_db: bytes) -> None:
     coord.db.write_bytes(real_db)
     result = coord("--json", "tasks")
     assert result.returncode == 0, result.stderr
-    assert [t["task_type"] for t in json.loads(result.stdout)] == ["selfplay"]
+    assert [t["task_type"] for t in json.loads(result.stdout)["tasks"]] == ["selfplay"]
 
 
 # --------------------------------------------------------------------------- locked store
@@ -423,7 +427,11 @@ def test_store_locked_past_busy_timeout_exits_75(coord) -> None:
             assert "locked" in message and "0.3 s" in message and "try again" in message
             assert elapsed < 5, f"{argv}: took {elapsed:.1f} s with a 0.3 s busy timeout"
             if argv[0] == "--json":
-                assert json.loads(result.stdout) == {"error": message, "exit_code": 75}
+                assert json.loads(result.stdout) == {
+                    "schema_version": 1,
+                    "error": message,
+                    "exit_code": 75,
+                }
             else:
                 assert result.stdout == ""  # in particular, register printed no task id
     finally:
@@ -433,7 +441,7 @@ def test_store_locked_past_busy_timeout_exits_75(coord) -> None:
         locker.wait(timeout=10)
     # nothing was registered while locked, and the store works again once the lock is gone
     result = coord("--json", "tasks")
-    assert result.returncode == 0 and json.loads(result.stdout) == []
+    assert result.returncode == 0 and json.loads(result.stdout)["tasks"] == []
     assert coord("can-spawn", "selfplay").returncode == 0
 
 

@@ -43,13 +43,13 @@ def waiter_pids(coord: Coord) -> list[int]:
 def listed(coord: Coord) -> list[dict]:
     result = coord("tasks", "list", "--json")
     assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout)
+    return json.loads(result.stdout)["tasks"]
 
 
 def history(coord: Coord) -> list[dict]:
     result = coord("tasks", "history", "--json")
     assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout)
+    return json.loads(result.stdout)["tasks"]
 
 
 class Waiter:

@@ -14,7 +14,15 @@ from typing import Annotated, Any
 import typer
 
 from ringrift_coord.cli import build, views
-from ringrift_coord.cli.common import complete_types, done, globals_of, not_blank
+from ringrift_coord.cli.common import (
+    FormatOpt,
+    NoHeaderOpt,
+    complete_types,
+    done,
+    globals_of,
+    not_blank,
+    table_output,
+)
 from ringrift_coord.cli.hot import Globals, emit_json
 from ringrift_coord.cli.spec import HELP_OPTIONS
 from ringrift_coord.errors import ExitCode, UsageError
@@ -49,9 +57,11 @@ build.install(app)  # the global options and the hot commands, from cli/spec.py
 
 
 @tasks_app.callback(invoke_without_command=True)
-def tasks_default(ctx: typer.Context) -> None:
+def tasks_default(
+    ctx: typer.Context, fmt: FormatOpt = None, no_header: NoHeaderOpt = False
+) -> None:
     if ctx.invoked_subcommand is None:
-        tasks_list(ctx)
+        tasks_list(ctx, fmt=fmt, no_header=no_header)
 
 
 @tasks_app.command("list")
@@ -59,15 +69,18 @@ def tasks_list(
     ctx: typer.Context,
     task_type: TypeOpt = None,
     node: Annotated[str | None, typer.Option("--node", help="Only this node.")] = None,
+    fmt: FormatOpt = None,
+    no_header: NoHeaderOpt = False,
 ) -> None:
     """Running tasks with age, pid, host and lease."""
     from ringrift_coord.task_coordinator import TaskCoordinator
 
     g = globals_of(ctx)
+    table_output(fmt, no_header, ctx)
     with g.context() as c:
         rows = TaskCoordinator(c).list_tasks(task_type, node)
     if g.json:
-        emit_json(rows)
+        emit_json({"tasks": rows})
     else:
         views.tasks_table(rows)
     done()
@@ -105,11 +118,14 @@ def tasks_history(
         str | None,
         typer.Option("--since", help="Ended since: ISO 8601 time, or an age like 30m, 2h, 1d."),
     ] = None,
+    fmt: FormatOpt = None,
+    no_header: NoHeaderOpt = False,
 ) -> None:
     """Finished tasks: duration, exit code and status, newest first."""
     from ringrift_coord.task_coordinator import TaskCoordinator
 
     g = globals_of(ctx)
+    table_output(fmt, no_header, ctx)
     node = not_blank("--node", node)
     since_at, since_age = (None, None) if since is None else parse_since(since)
     with g.context() as c:
@@ -121,10 +137,11 @@ def tasks_history(
             since=since_at,
             since_age=since_age,
         )
+        now = c.clock.time()
     if g.json:
-        emit_json(rows)
+        emit_json({"tasks": rows})
     else:
-        views.history_table(rows)
+        views.history_table(rows, now)
     done()
 
 
@@ -192,11 +209,14 @@ def reserve(
     node: Annotated[str | None, typer.Option("--node", help="Node to hold slots on.")] = None,
     slots: Annotated[int | None, typer.Option("--slots", help="How many slots.")] = None,
     ttl: Annotated[float | None, typer.Option("--ttl", help="Expire after S seconds.")] = None,
+    fmt: FormatOpt = None,
+    no_header: NoHeaderOpt = False,
 ) -> None:
     """Gauntlet reservation: hold K slots on a node for one task type (reserve release ID)."""
     from ringrift_coord.task_coordinator import TaskCoordinator
 
     g = globals_of(ctx)
+    table_output(fmt, no_header)
     if what == "release":
         if not res_id:
             raise UsageError("reserve release needs the reservation ID")
@@ -211,14 +231,14 @@ def reserve(
         if what == "release":
             assert res_id is not None
             coord.release_reservation(res_id)
-            result: Any = {"released": res_id}
+            result: Any = {"reservation_id": res_id, "released": True}
         elif what == "list":
             result = coord.list_reservations()
         else:
             assert node is not None and slots is not None
             result = coord.reserve(what, node, slots, ttl)
     if g.json:
-        emit_json(result)
+        emit_json({"reservations": result} if what == "list" else result)
     elif what == "release":
         views.line(f"released {res_id}")
     elif what == "list":
@@ -321,11 +341,14 @@ def decisions(
     limit: Annotated[
         int, typer.Option("--limit", min=1, max=1_000_000, help="How many, newest first.")
     ] = 50,
+    fmt: FormatOpt = None,
+    no_header: NoHeaderOpt = False,
 ) -> None:
     """The persisted log of admission decisions: who asked, what was decided, why."""
     from ringrift_coord import reports
 
     g = globals_of(ctx)
+    table_output(fmt, no_header)
     since_at, since_age = (None, None) if since is None else parse_since(since)
     with g.context() as c:
         rows = reports.decisions(
@@ -338,7 +361,7 @@ def decisions(
             limit=limit,
         )
     if g.json:
-        emit_json(rows)
+        emit_json({"decisions": rows})
     else:
         views.decisions_table(rows)
     done()
@@ -376,12 +399,13 @@ def _show_settings(g: Globals, sections: list[str], title: str) -> None:
 
 
 @app.command()
-def limits(ctx: typer.Context) -> None:
+def limits(ctx: typer.Context, fmt: FormatOpt = None, no_header: NoHeaderOpt = False) -> None:
     """Effective task limits, rate limits, thresholds and store settings, with their source;
     the caps lowered after repeated OOMs and the backpressure factors in force."""
     from ringrift_coord import reports
 
     g = globals_of(ctx)
+    table_output(fmt, no_header)
     with g.context() as c:
         doc = reports.limits(c)
     if g.json:
@@ -428,7 +452,7 @@ def config_validate(
     g = globals_of(ctx)
     settings = load_settings(file or g.config)
     if g.json:
-        emit_json({"valid": True, "file": settings.file})
+        emit_json({"valid": True, "config_file": settings.file})
     else:
         views.line(f"{settings.file or 'built-in defaults'}: valid")
     done()
@@ -438,17 +462,29 @@ def config_validate(
 
 
 @app.command()
-def status(ctx: typer.Context) -> None:
-    """One screen: halt, tasks against limits per node and type, breakers, reservations."""
+def status(
+    ctx: typer.Context,
+    brief: Annotated[
+        bool, typer.Option("--brief", help="One line per task type (tsv: one row per type).")
+    ] = False,
+    fmt: FormatOpt = None,
+    no_header: NoHeaderOpt = False,
+) -> None:
+    """One screen: halt, tasks against limits per type, a node × type summary, breakers,
+    reservations (the task list itself: ``tasks``)."""
     from ringrift_coord import reports
 
     g = globals_of(ctx)
+    table_output(fmt, no_header)
     with g.context() as c:
         document = reports.status(c)
+        readings = None if g.json or brief else reports.resources(c)
     if g.json:
         emit_json(document)
+    elif brief:
+        views.status_brief(document)
     else:
-        views.status_screen(document)
+        views.status_screen(document, readings)
     done()
 
 
@@ -461,3 +497,7 @@ breakers_cmd.register(app)
 from ringrift_coord.cli import resources_cmd  # noqa: E402  (report, resources)
 
 resources_cmd.register(app)
+
+from ringrift_coord.cli import package_cmd  # noqa: E402  (config init, completion)
+
+package_cmd.register(app, config_app)

@@ -12,7 +12,15 @@ from typing import Annotated
 import typer
 
 from ringrift_coord.cli import views
-from ringrift_coord.cli.common import complete_types, done, globals_of, not_blank
+from ringrift_coord.cli.common import (
+    FormatOpt,
+    NoHeaderOpt,
+    complete_types,
+    done,
+    globals_of,
+    not_blank,
+    table_output,
+)
 from ringrift_coord.cli.hot import emit_json
 from ringrift_coord.errors import UsageError
 from ringrift_coord.tasktypes import TaskType
@@ -30,10 +38,12 @@ def _type(task_type: str | None) -> str | None:
 
 
 @breakers_app.callback(invoke_without_command=True)
-def breakers_default(ctx: typer.Context) -> None:
+def breakers_default(
+    ctx: typer.Context, fmt: FormatOpt = None, no_header: NoHeaderOpt = False
+) -> None:
     """Circuit breakers per (node, task type): list (default), reset, record outcomes."""
     if ctx.invoked_subcommand is None:
-        breakers_list(ctx)
+        breakers_list(ctx, fmt=fmt, no_header=no_header)
 
 
 @breakers_app.command("list")
@@ -44,16 +54,19 @@ def breakers_list(
         str | None,
         typer.Option("--type", help="Only this task type.", autocompletion=complete_types),
     ] = None,
+    fmt: FormatOpt = None,
+    no_header: NoHeaderOpt = False,
 ) -> None:
     """Every breaker: state, failures in the window, last reason, when it may retry."""
     from ringrift_coord import reports
 
     g = globals_of(ctx)
+    table_output(fmt, no_header, ctx)
     node, ttype = not_blank("--node", node), _type(task_type)
     with g.context() as c:
         doc = reports.breaker_list(c, node, ttype)
     if g.json:
-        emit_json(doc["breakers"])
+        emit_json(doc)
     else:
         views.breakers_table(doc["breakers"], doc["at"], doc["backpressure"])
     done()

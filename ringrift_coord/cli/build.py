@@ -6,11 +6,13 @@
 completion hints). Their values go through the fast parser's own rules (``parser.convert``),
 and ``run`` splits off the command it wraps with ``parser.split_rest``, so the two parsers
 read argv alike by construction. ``Group`` applies ``parser.check_text`` to the text
-options and arguments of every other command too.
+options and arguments of every other command too, and ``parser.convert``'s number rules
+to their integer and number options.
 """
 
 from __future__ import annotations
 
+import copy
 import inspect
 from collections.abc import Callable
 from typing import Annotated, Any
@@ -60,10 +62,33 @@ class Group(TyperGroup):
         _check_text_everywhere(self)
 
 
+class _StrictNumber:
+    """Mixed into Click's INT/FLOAT (and IntRange/FloatRange) types of a Typer command: the
+    word is read by ``parser.convert`` (plain ASCII decimal) before Click's own checks."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, str):
+            kind = "int" if isinstance(self, click_types.IntParamType) else "float"
+            value = parser.convert(_label(param), value, kind)
+        return super().convert(value, param, ctx)  # type: ignore[misc]
+
+
+def _strict_number(param_type: Any) -> Any:
+    """A copy of ``param_type`` (click.INT is shared) that reads words strictly."""
+    if isinstance(param_type, _StrictNumber):
+        return param_type
+    cls = type(param_type)
+    strict = copy.copy(param_type)
+    strict.__class__ = type(f"Strict{cls.__name__}", (_StrictNumber, cls), {})
+    return strict
+
+
 def _check_text_everywhere(command: click.Command) -> None:
     for param in command.params:
         if type(param.type) is click_types.StringParamType:  # click.STRING, Typer's str
             param.type = TEXT
+        elif isinstance(param.type, (click_types.IntParamType, click_types.FloatParamType)):
+            param.type = _strict_number(param.type)
     for sub in getattr(command, "commands", {}).values():
         _check_text_everywhere(sub)
 

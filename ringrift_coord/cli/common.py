@@ -3,14 +3,39 @@ contract's exit code, the not-blank check of naming options, and completion of t
 
 from __future__ import annotations
 
-from typing import NoReturn
+from typing import Annotated, NoReturn
 
 import typer
 
 from ringrift_coord.cli.hot import Globals, not_blank
 from ringrift_coord.tasktypes import TASK_TYPE_NAMES
 
-__all__ = ["complete_types", "done", "globals_of", "not_blank"]
+__all__ = [
+    "FormatOpt",
+    "NoHeaderOpt",
+    "complete_types",
+    "done",
+    "globals_of",
+    "not_blank",
+    "table_output",
+]
+
+FORMATS = ("table", "plain", "tsv")
+
+FormatOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--format",
+        metavar="table|plain|tsv",
+        help="table: Rich tables fitted to the terminal (default on a terminal); plain: "
+        "aligned columns, no box, no colour, nothing cut (default in a pipe); tsv: "
+        "tab-separated rows for cut and awk.",
+        autocompletion=lambda incomplete: [f for f in FORMATS if f.startswith(incomplete)],
+    ),
+]
+NoHeaderOpt = Annotated[
+    bool, typer.Option("--no-header", help="No title and no column names (plain, tsv).")
+]
 
 
 def globals_of(ctx: typer.Context) -> Globals:
@@ -26,3 +51,19 @@ def done(code: int = 0) -> NoReturn:
 
 def complete_types(incomplete: str) -> list[str]:
     return [t for t in TASK_TYPE_NAMES if t.startswith(incomplete)]
+
+
+def table_output(fmt: str | None, no_header: bool, ctx: typer.Context | None = None) -> None:
+    """Set how this command prints its tables (``views.set_format``); a group's own
+    ``--format``/``--no-header`` (``tasks --format tsv``) apply when the command has none."""
+    from ringrift_coord.cli import views
+    from ringrift_coord.errors import UsageError
+
+    parent = ctx.parent if ctx is not None else None
+    if parent is not None and parent.params.get("fmt") is not None and fmt is None:
+        fmt = parent.params["fmt"]
+    if parent is not None and parent.params.get("no_header"):
+        no_header = True
+    if fmt is not None and fmt not in FORMATS:
+        raise UsageError(f"option --format: {fmt!r} is not one of {', '.join(FORMATS)}")
+    views.set_format(fmt, no_header)

@@ -41,8 +41,17 @@ class Globals:
         )
 
 
-def emit_json(document: Any) -> None:
-    sys.stdout.write(json.dumps(document, default=str, sort_keys=False) + "\n")
+def json_text(document: dict[str, Any]) -> str:
+    """``document`` as the one JSON document a command prints: ``schema_version`` first, in
+    the vocabulary of ``ringrift_coord/schema.py``."""
+    from ringrift_coord.schema import envelope
+
+    return json.dumps(envelope(document), default=str, allow_nan=False) + "\n"
+
+
+def emit_json(document: dict[str, Any]) -> None:
+    """Print a command's ``--json`` document (a list command passes ``{"items": [...]}``)."""
+    sys.stdout.write(json_text(document))
     sys.stdout.flush()
 
 
@@ -66,6 +75,13 @@ class NotDelivered(CoordError):
 def say(message: str) -> None:
     sys.stderr.write(f"ringrift-coord: {message}\n")
     sys.stderr.flush()
+
+
+def warn_readings(decision: Any) -> None:
+    """The readings past their warning level that admission saw, one ``warning:`` line each
+    on stderr (text mode, not ``--quiet``: ``--json`` has them under ``warnings``)."""
+    for message in decision.warnings:
+        say(f"warning: {message}: not enforced; at the critical level new spawns are refused")
 
 
 def not_blank(option: str, value: str | None) -> str | None:
@@ -93,8 +109,11 @@ def can_spawn(g: Globals, task_type: str, node: str | None, quiet: bool = False)
     elif decision.allowed:
         if not quiet:
             sys.stdout.write(decision.summary() + "\n")
+            warn_readings(decision)
     else:
         say(decision.summary())  # a refusal says why, --quiet or not
+        if not quiet:
+            warn_readings(decision)
     return ExitCode.OK if decision.allowed else ExitCode.DENIED
 
 
@@ -129,7 +148,7 @@ def register(
         if g.json:
             document = decision.to_dict()
             document["lease_token"] = decision.lease_token
-            delivered = deliver(json.dumps(document, default=str) + "\n")
+            delivered = deliver(json_text(document))
         elif decision.allowed:
             delivered = deliver(f"{decision.task_id}\n")
         else:
@@ -157,7 +176,11 @@ def register(
     if not decision.allowed:
         if not g.json:
             say(decision.summary())
+            if not quiet:
+                warn_readings(decision)
         return ExitCode.DENIED
+    if not g.json and not quiet:
+        warn_readings(decision)
     return ExitCode.OK
 
 
@@ -173,7 +196,7 @@ def unregister(
 
     if token is None and os.environ.get("RINGRIFT_TASK_ID") == task_id:
         raw = os.environ.get("RINGRIFT_LEASE_TOKEN", "")
-        token = int(raw) if raw.isdigit() else None
+        token = int(raw) if raw.isascii() and raw.isdigit() else None  # not '٣': written by run
     with g.context() as ctx:
         row = TaskCoordinator(ctx).unregister_task(
             task_id, exit_code=exit_code, status=status, token=token, reason=reason
@@ -281,6 +304,7 @@ def run(
                     on_admitted=spinner.stop if spinner else None,
                     warn=say,
                     note=_silent if quiet else say,
+                    stdout_to_stderr=g.json,  # stdout carries run's own document alone
                 )
             finally:
                 if spinner:
@@ -295,6 +319,8 @@ def run(
         emit_json(
             {
                 "task_id": result.task_id,
+                "task_type": ttype.value,
+                "node": result.decision.node,
                 "exit_code": result.exit_code,
                 "status": result.status,
                 "reason": result.reason,

@@ -79,7 +79,7 @@ def run_cli(argv: list[str]) -> int:
     json_mode = "--json" in parser.options_part(argv)
     try:
         if os.environ.get(COMPLETE_VAR):
-            return run_typer(argv)  # Tab completion (see completions/)
+            return run_typer(argv)  # Tab completion (see ringrift_coord/data/completions/)
         parsed = parser.parse(argv)
         if parsed is not None:  # what the parser read, not a word that looks like --json
             json_mode = bool(parsed.globals.get("json"))
@@ -88,7 +88,12 @@ def run_cli(argv: list[str]) -> int:
         if parsed.version:
             from ringrift_coord import __version__
 
-            sys.stdout.write(f"{PROG} {__version__}\n")
+            if json_mode:
+                from ringrift_coord.cli.hot import emit_json
+
+                emit_json({"version": __version__})
+            else:
+                sys.stdout.write(f"{PROG} {__version__}\n")
             return ExitCode.OK
         assert parsed.command is not None
         from ringrift_coord.cli import hot
@@ -133,7 +138,14 @@ def _fail(message: str, code: int, json_mode: bool) -> int:
         import json
 
         try:
-            sys.stdout.write(json.dumps({"error": first_line, "exit_code": int(code)}) + "\n")
+            from ringrift_coord.schema import SCHEMA_VERSION
+
+            document = {
+                "schema_version": SCHEMA_VERSION,
+                "error": first_line,
+                "exit_code": int(code),
+            }
+            sys.stdout.write(json.dumps(document) + "\n")
             sys.stdout.flush()
         except (OSError, ValueError, AttributeError):
             pass

@@ -21,6 +21,7 @@ from ringrift_coord.cli.spec import (
     hot_command,
 )
 from ringrift_coord.errors import UsageError
+from ringrift_coord.inputs import number_hint, strict_float, strict_int
 
 TYPE_CHECKING = False  # typing costs start-up time on the hot path; annotations are lazy
 if TYPE_CHECKING:
@@ -83,11 +84,12 @@ def convert(label: str, raw: str, kind: str) -> Any:
         return check_text(label, raw)
     if kind == "path":
         return check_path(label, raw)
-    try:
-        value = int(raw) if kind == "int" else float(raw)
-    except ValueError:
+    # plain ASCII decimal only: int() and float() also take '٣', ' 7 ', '+5' and '1_000'
+    value = strict_int(raw) if kind == "int" else strict_float(raw)
+    if value is None:
         expected = "an integer" if kind == "int" else "a number"
-        raise UsageError(f"{label}: {raw!r} is not {expected}") from None
+        hint = number_hint(raw)
+        raise UsageError(f"{label}: {raw!r} is not {expected}" + (f"; {hint}" if hint else ""))
     if kind == "float" and value != value:  # NaN
         raise UsageError(f"{label}: {raw!r} is not a number")
     if kind == "int" and not -(2**63) <= value < 2**63:  # the store keeps 64-bit integers

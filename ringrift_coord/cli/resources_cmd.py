@@ -17,8 +17,15 @@ from typing import Annotated
 import typer
 
 from ringrift_coord.cli import views
-from ringrift_coord.cli.common import done, globals_of, not_blank
-from ringrift_coord.cli.hot import emit_json
+from ringrift_coord.cli.common import (
+    FormatOpt,
+    NoHeaderOpt,
+    done,
+    globals_of,
+    not_blank,
+    table_output,
+)
+from ringrift_coord.cli.hot import emit_json, say
 from ringrift_coord.errors import UsageError
 
 
@@ -79,7 +86,7 @@ def report(
     ] = None,
 ) -> None:
     """Sample this host (psutil, NVML) and store it; or store figures given by hand."""
-    from ringrift_coord import safeguards
+    from ringrift_coord import readings, safeguards
 
     g = globals_of(ctx)
     for option, value in (("--cpu", cpu), ("--gpu", gpu), ("--mem", mem), ("--disk", disk)):
@@ -97,10 +104,13 @@ def report(
     hardware = {"gpu_name": gpu_name, "gpu_count": gpu_count, "cpus": cpus, "memory_gb": memory_gb}
     with g.context() as c:
         stored = safeguards.store_reading(c, node, figures, hardware)
+        alerts = readings.alerts(stored, c.settings.get("thresholds"))
     if g.json:
         emit_json(stored)
     else:
         views.reported(stored)
+    for message in views.reading_alerts(alerts, stored["node"]):
+        say(message)  # on stderr, with --json too: what the stored reading does to admission
     done()
 
 
@@ -110,11 +120,15 @@ def report(
 def resources(
     ctx: typer.Context,
     node: Annotated[str | None, typer.Option("--node", help="Only this node.")] = None,
+    fmt: FormatOpt = None,
+    no_header: NoHeaderOpt = False,
 ) -> None:
-    """Every node's latest reading against the thresholds, its hardware and effective caps."""
+    """Every node's latest reading against the thresholds, its hardware and effective caps;
+    a node that a reading blocks says BLOCKED, one past a warning level says warn."""
     from ringrift_coord import reports
 
     g = globals_of(ctx)
+    table_output(fmt, no_header)
     node = not_blank("--node", node)
     with g.context() as c:
         doc = reports.resources(c, node)

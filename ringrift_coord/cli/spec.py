@@ -28,7 +28,7 @@ command's options, the global options and ``--help`` are only recognised before 
 from __future__ import annotations
 
 PROG = "ringrift-coord"
-COMPLETE_VAR = "_RINGRIFT_COORD_COMPLETE"  # set by the completion scripts in completions/
+COMPLETE_VAR = "_RINGRIFT_COORD_COMPLETE"  # set by the shipped completion scripts
 HELP_OPTIONS = ("--help", "-h")
 KINDS = ("str", "path", "int", "float", "flag", "append")
 

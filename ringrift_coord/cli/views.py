@@ -1,4 +1,10 @@
-"""Human output of every command: Rich tables and plain lines. Nothing here decides anything.
+"""Human output of every command: tables and plain lines. Nothing here decides anything.
+
+Every table is a ``Grid``, printed in the command's format (``set_format``): Rich on a
+terminal, plain aligned columns in a pipe, tab-separated with ``--format tsv``. Ids, node and
+type names and times are never cut: free text wraps first, and a terminal too narrow for the
+rest leaves whole columns out and says which. Colour only repeats a word (``BLOCKED``,
+``warn``, ``FULL``, a breaker's state), so ``NO_COLOR`` and pipes lose nothing.
 
 Stored text is data, never markup: node and config names, reasons, who and host, paths
 reach the terminal only through ``_text`` (a Rich ``Text`` of the printable form: no markup
@@ -23,6 +29,25 @@ _console: Console | None = None
 STATE_STYLE = {"closed": "green", "open": "red", "half_open": "yellow"}
 LEVEL_STYLE = {"ok": "green", "warning": "yellow", "critical": "red", None: ""}
 
+FORMATS = ("table", "plain", "tsv")
+_format: str | None = None  # None: "table" on a terminal, "plain" otherwise
+_no_header = False
+
+
+def set_format(fmt: str | None, no_header: bool = False) -> None:
+    """How tables are printed: ``table`` (Rich, colour, box drawing, fitted to the terminal),
+    ``plain`` (aligned columns, no box, no colour, nothing cut), ``tsv`` (one row a line,
+    cells split by tabs); None picks ``table`` on a terminal and ``plain`` otherwise.
+    ``no_header``: no titles and no column names (plain and tsv)."""
+    global _format, _no_header
+    _format, _no_header = fmt, no_header
+
+
+def output_format() -> str:
+    if _format is not None:
+        return _format
+    return "table" if sys.stdout.isatty() else "plain"
+
 
 def console() -> Console:
     global _console
@@ -40,6 +65,18 @@ def _text(value: Any, style: str = "", empty: str = "-") -> Text:
 def line(*parts: Any) -> None:
     """One plain line on stdout (no Rich), every part in its printable form."""
     sys.stdout.write("".join(printable(str(p)) for p in parts) + "\n")
+
+
+def note(message: str | Text) -> None:
+    """A line outside a table (a title, an empty result): said in every format but tsv
+    (whose stdout is rows only) and not with ``--no-header``."""
+    fmt = output_format()
+    if fmt == "tsv" or _no_header:
+        return
+    if fmt == "plain":
+        sys.stdout.write((message.plain if isinstance(message, Text) else message) + "\n")
+    else:
+        console().print(message)
 
 
 def ts(epoch: float | None) -> str:
@@ -67,58 +104,196 @@ def _limit(value: Any) -> str:
     return "∞" if value is None else str(value)
 
 
-def _table(title: str | Text, *columns: str) -> Table:
-    table = Table(title=title, title_justify="left")
-    for column in columns:
-        table.add_column(column)
-    return table
+class Col:
+    """A column of a ``Grid``. ``text`` columns hold free text (reasons, rule messages,
+    hardware): they are the ones that wrap to fit a terminal. Every other column (ids, node
+    and type names, times, numbers) is never cut or wrapped; ``drop`` ranks the columns a
+    terminal too narrow for all of them leaves out first (1 first; None: never)."""
+
+    __slots__ = ("header", "text", "drop")
+
+    def __init__(self, header: str, *, text: bool = False, drop: int | None = None) -> None:
+        self.header, self.text, self.drop = header, text, drop
+
+
+class Grid:
+    """A table, printed in the chosen format (see ``set_format``). Ids, names and times are
+    never truncated: on a narrow terminal free text wraps, then the box drawing goes, then
+    the columns with a ``drop`` rank are left out, and a line says which."""
+
+    def __init__(self, title: str | Text, *cols: Col | str) -> None:
+        self.title = title
+        self.cols = [c if isinstance(c, Col) else Col(c) for c in cols]
+        self.rows: list[list[Text]] = []
+
+    def add(self, *cells: Any, style: str = "") -> None:
+        row = [c if isinstance(c, Text) else _text(c) for c in cells]
+        if style:
+            for cell in row:
+                cell.stylize(style)
+        self.rows.append(row)
+
+    def show(self) -> None:
+        fmt = output_format()
+        if fmt == "tsv":
+            self._tsv()
+        elif fmt == "plain":
+            self._plain()
+        else:
+            self._table()
+
+    def _tsv(self) -> None:
+        out = []
+        if not _no_header:
+            out.append("\t".join(c.header.replace(" ", "_") for c in self.cols))
+        for row in self.rows:
+            out.append("\t".join(cell.plain.replace("\t", " ") or "-" for cell in row))
+        sys.stdout.write("".join(f"{x}\n" for x in out))
+
+    def _plain(self) -> None:
+        from rich.cells import cell_len
+
+        lines = [[c.header for c in self.cols]] if not _no_header else []
+        lines += [[cell.plain for cell in row] for row in self.rows]
+        widths = [max((cell_len(r[i]) for r in lines), default=0) for i in range(len(self.cols))]
+        out = []
+        if not _no_header:
+            out.append(self.title.plain if isinstance(self.title, Text) else self.title)
+        for r in lines:
+            cells = [v + " " * (widths[i] - cell_len(v)) for i, v in enumerate(r)]
+            out.append("  ".join(cells).rstrip())
+        sys.stdout.write("".join(f"{x}\n" for x in out))
+
+    def _table(self) -> None:
+        from rich import box
+
+        out = console()
+        width = out.width
+        keep = list(range(len(self.cols)))
+        # the narrowest each column may be (headers wrapped at words, free text wrapped),
+        # with headers in one line, and with nothing wrapped
+        need, whole, natural = {}, {}, {}
+        for i, col in enumerate(self.cols):
+            words = max((len(w) for w in col.header.split()), default=0)
+            widest = max((row[i].cell_len for row in self.rows), default=0)
+            need[i] = max(words, widest)
+            whole[i] = natural[i] = max(len(col.header), widest)
+            if col.text:
+                need[i] = whole[i] = min(need[i], max(words, 16))  # free text wraps to this
+
+        def fits(cols: list[int], boxed: bool, widths: dict[int, int] = need) -> bool:
+            overhead = 3 * len(cols) + 1 if boxed else 2 * (len(cols) - 1)
+            return sum(widths[i] for i in cols) + overhead <= width
+
+        boxed = fits(keep, True, natural)  # box drawing only where nothing has to wrap
+        droppable = sorted(
+            (i for i, c in enumerate(self.cols) if c.drop is not None),
+            key=lambda i: self.cols[i].drop or 0,
+        ) + [i for i, c in enumerate(self.cols) if c.drop is None and c.text]  # then free text
+        left_out = []
+        while not boxed and not fits(keep, False) and droppable:
+            gone = droppable.pop(0)
+            keep.remove(gone)
+            left_out.append(self.cols[gone].header)
+        table = Table(
+            title=self.title,
+            title_justify="left",
+            box=box.HEAVY_HEAD if boxed else None,
+            pad_edge=boxed,
+            show_edge=boxed,
+        )
+        wrap_headers = not fits(keep, boxed, whole)
+        for i in keep:
+            col = self.cols[i]
+            if col.text:
+                table.add_column(col.header, overflow="fold")
+            else:
+                table.add_column(
+                    Text(col.header, no_wrap=False, overflow="fold"),  # headers may wrap
+                    no_wrap=True,
+                    min_width=need[i],
+                    max_width=need[i] if wrap_headers else None,
+                    overflow="fold",
+                )
+        for row in self.rows:
+            table.add_row(*(row[i] for i in keep))
+        if fits(keep, boxed):
+            out.print(table)
+        else:  # still too narrow: longer lines rather than a cut id
+            overhead = 3 * len(keep) + 1 if boxed else 2 * (len(keep) - 1)
+            wide = Console(
+                highlight=False,
+                soft_wrap=False,
+                width=sum(need[i] for i in keep) + overhead,
+                color_system=out.color_system,  # type: ignore[arg-type]
+                no_color=out.no_color,
+            )
+            wide.print(table)
+        if left_out:
+            out.print(
+                Text(
+                    f"(left out at {width} columns: {', '.join(left_out)}; "
+                    "--format plain shows every column)",
+                    "dim",
+                )
+            )
 
 
 # --------------------------------------------------------------------------- tasks
 
 
 def tasks_table(rows: list[dict[str, Any]]) -> None:
-    table = _table(
+    grid = Grid(
         f"running tasks ({len(rows)})",
         "task id",
-        "type",
+        Col("type", drop=4),
         "node",
-        "host",
-        "pid",
+        Col("host", drop=1),
+        Col("pid", drop=3),
         "age",
-        "lease left",
-        "config",
+        Col("lease left", drop=2),
+        Col("config", drop=5),
     )
     for r in rows:
-        table.add_row(
-            _text(r["task_id"]),
-            _text(r["task_type"]),
-            _text(r["node"]),
-            _text(r["host"]),
-            _text(r["pid"]),
+        grid.add(
+            r["task_id"],
+            r["task_type"],
+            r["node"],
+            r["host"],
+            r["pid"],
             age(r["age"]),
             age(r["lease_left"]),
-            _text(r.get("config_name")),
+            r.get("config_name"),
         )
-    console().print(table)
+    grid.show()
 
 
-def history_table(rows: list[dict[str, Any]]) -> None:
-    table = _table(
-        "finished tasks", "task id", "type", "node", "ended", "duration", "exit", "status", "reason"
+def history_table(rows: list[dict[str, Any]], now: float | None = None) -> None:
+    grid = Grid(
+        "finished tasks",
+        "task id",
+        Col("type", drop=3),
+        "node",
+        Col("ended", drop=5),
+        "ago",
+        Col("duration", drop=2),
+        Col("exit", drop=1),
+        "status",
+        Col("reason", text=True, drop=4),
     )
     for r in rows:
-        table.add_row(
-            _text(r["task_id"]),
-            _text(r["task_type"]),
-            _text(r["node"]),
+        grid.add(
+            r["task_id"],
+            r["task_type"],
+            r["node"],
             ts(r["ended_at"]),
+            "-" if now is None or r["ended_at"] is None else age(now - r["ended_at"]),
             age(r["duration"]),
-            _text(r["exit_code"]),
+            r["exit_code"],
             _text(r["status"], "green" if r["status"] == "ok" else "red"),
-            _text(r.get("reason"), empty=""),
+            r.get("reason"),
         )
-    console().print(table)
+    grid.show()
 
 
 TIME_FIELDS = ("started_at", "ended_at", "lease_expires", "at")
@@ -172,42 +347,37 @@ def reaped(rows: list[dict[str, Any]]) -> None:
 
 
 def reservations_table(rows: list[dict[str, Any]]) -> None:
-    table = _table("reservations", "id", "node", "type", "slots", "expires", "by")
+    grid = Grid("reservations", "id", "node", "type", "slots", "expires", Col("by", drop=1))
     for r in rows:
-        table.add_row(
-            _text(r["res_id"]),
-            _text(r["node"]),
-            _text(r["task_type"]),
-            _text(r["slots"]),
-            ts(r["expires_at"]),
-            _text(r.get("who")),
+        grid.add(
+            r["res_id"], r["node"], r["task_type"], r["slots"], ts(r["expires_at"]), r.get("who")
         )
-    console().print(table)
+    grid.show()
 
 
 def decisions_table(rows: list[dict[str, Any]]) -> None:
-    table = _table(
+    grid = Grid(
         "admission decisions (newest first)",
         "at",
-        "action",
+        Col("action", drop=2),
         "type",
         "node",
-        "who",
+        Col("who", drop=1),
         "decision",
-        "rules",
+        Col("rules", text=True),
     )
     for r in rows:
         verdict = Text("allowed", "green") if r["allowed"] else Text("denied", "red")
-        table.add_row(
+        grid.add(
             ts(r["at"]),
-            _text(r["action"]),
-            _text(r["task_type"]),
-            _text(r["node"]),
-            _text(r.get("who")),
+            r["action"],
+            r["task_type"],
+            r["node"],
+            r.get("who"),
             verdict,
-            _text("; ".join(x["message"] for x in r["rules"])),
+            "; ".join(x["message"] for x in r["rules"]),
         )
-    console().print(table)
+    grid.show()
 
 
 # --------------------------------------------------------------------------- settings, caps
@@ -215,28 +385,29 @@ def decisions_table(rows: list[dict[str, Any]]) -> None:
 
 def settings_table(doc: dict[str, Any], title: str) -> None:
     file = doc["config_file"]
-    table = _table(
+    grid = Grid(
         Text(f"{title} (config file: {printable(file) if file else 'none'})"),
         "key",
-        "value",
-        "source",
+        Col("value", text=True),
+        Col("source", text=True),
     )
     for r in doc["values"]:
         value = r["value"]
         shown = "null (unlimited)" if value is None else str(value)
+        if not r.get("used", True):
+            shown += " (not used yet)"
         style = "" if r["source"] == "default" else "bold"
-        table.add_row(_text(r["key"]), _text(shown), _text(r["source"]), style=style)
-    console().print(table)
+        grid.add(r["key"], shown, r["source"], style=style)
+    grid.show()
 
 
 def caps_tables(doc: dict[str, Any]) -> None:
     """``limits``' second part: the caps lowered after repeated OOMs, the backpressure."""
-    out = console()
     if not doc["lowered_caps"] and not doc["backpressure"]:
-        out.print("no OOM-lowered caps or backpressure in force")
+        note("no OOM-lowered caps or backpressure in force")
         return
     if doc["lowered_caps"]:
-        table = _table(
+        grid = Grid(
             "caps lowered after repeated OOMs",
             "node",
             "type",
@@ -246,15 +417,15 @@ def caps_tables(doc: dict[str, Any]) -> None:
             "lowered at",
         )
         for r in doc["lowered_caps"]:
-            table.add_row(
-                _text(r["node"]),
-                _text(r["task_type"]),
+            grid.add(
+                r["node"],
+                r["task_type"],
                 _text(r["cap"], "red"),
                 _limit(r["configured"]),
-                _text(r["ooms"]),
+                r["ooms"],
                 ts(r["lowered_at"]),
             )
-        out.print(table)
+        grid.show()
     if doc["backpressure"]:
         backpressure_table(doc["backpressure"])
 
@@ -262,21 +433,21 @@ def caps_tables(doc: dict[str, Any]) -> None:
 def backpressure_table(rows: list[dict[str, Any]]) -> None:
     """The nodes whose spawn rate is cut: the factor now (it recovers with time), the factor
     the last job left, and when."""
-    table = _table(
+    grid = Grid(
         "backpressure (spawn-rate factor per node, recovering with time)",
         "node",
         "factor now",
-        "last set to",
+        Col("last set to", drop=1),
         "at",
     )
     for r in rows:
-        table.add_row(
-            _text(r["node"]),
+        grid.add(
+            r["node"],
             Text(f"×{r['factor']:.2f}", "yellow"),
-            _text(f"×{r['stored_factor']:.2f}"),
+            f"×{r['stored_factor']:.2f}",
             ts(r["updated_at"]),
         )
-    console().print(table)
+    grid.show()
 
 
 # --------------------------------------------------------------------------- halts
@@ -325,11 +496,63 @@ def halt_check(status: dict[str, Any]) -> None:
 # --------------------------------------------------------------------------- status
 
 
-def status_screen(doc: dict[str, Any]) -> None:
-    out = console()
+def _type_rows(doc: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """The types ``status`` shows: those with a limit, a running task or a waiter."""
+    shown = []
+    for name, entry in doc["by_type"].items():
+        limited = entry.get("cluster_limit") is not None or entry.get("per_node_limit") is not None
+        if entry["running"] or entry.get("queued") or limited:
+            shown.append((name, entry))
+    return shown
+
+
+def _full(count: int, limit: Any) -> bool:
+    return limit is not None and count >= limit
+
+
+def status_brief(doc: dict[str, Any]) -> None:
+    """``status --brief``: one line per type (tsv: one row per type)."""
+    if output_format() == "tsv":
+        grid = Grid("", "type", "running", "queued", "nodes", "cluster limit", "per-node limit")
+        for name, e in _type_rows(doc):
+            grid.add(
+                name,
+                e["running"],
+                e.get("queued", 0),
+                len(e["nodes"]),
+                _limit(e.get("cluster_limit")),
+                _limit(e.get("per_node_limit")),
+            )
+        grid.show()
+        return
+    for name, e in _type_rows(doc):
+        cluster, per_node = e.get("cluster_limit"), e.get("per_node_limit")
+        full = " FULL" if _full(e["running"], cluster) else ""
+        nodes_full = sum(1 for c in e["nodes"].values() if _full(c, per_node))
+        at_cap = f", {nodes_full} node(s) FULL" if nodes_full else ""
+        line(
+            f"{name}: {e['running']}/{_limit(cluster)} running{full} on {len(e['nodes'])} "
+            f"node(s), {e.get('queued', 0)} queued; per node {_limit(per_node)}{at_cap}"
+        )
+
+
+def status_screen(doc: dict[str, Any], readings: dict[str, Any] | None = None) -> None:
+    """``status``: the store, the halts, the tasks against their limits per type, a node ×
+    type summary (one row per node), reservations and the breakers that are not closed.
+    The task list itself is ``tasks``. ``tsv``: one row per (node, type) with tasks.
+    ``readings`` (``resources``' document): each node's admission word (``BLOCKED``, ``warn``)
+    in the node rows, and a row for a node a reading blocks or warns about without tasks."""
+    types = _type_rows(doc)
+    if output_format() == "tsv":
+        grid = Grid("", "node", "type", "running", "per-node limit")
+        for name, e in types:
+            for node, count in sorted(e["nodes"].items()):
+                grid.add(node, name, count, _limit(e.get("per_node_limit")))
+        grid.show()
+        return
     store = doc["store"]
     where = store.get("path") or store.get("server") or "?"
-    out.print(
+    note(
         Text.assemble(
             ("ringrift-coord", "bold"),
             f" · engine {store['engine']} ({printable(str(where))}) · state {doc['state']} · "
@@ -340,39 +563,66 @@ def status_screen(doc: dict[str, Any]) -> None:
     if halts["halts"] or halts["halt_file"] is not None:
         halt_check({**halts, "halted": True})
     else:
-        out.print("[green]no halt in force[/]")
-    table = _table(
+        note(Text("no halt in force", "green"))
+    grid = Grid(
         "tasks vs limits",
         "type",
         "running",
         "queued",
+        "nodes",
         "cluster limit",
         "per-node limit",
-        "per node",
+        Col("full", text=True),
     )
-    for name, entry in doc["by_type"].items():
-        cluster, per_node_limit = entry.get("cluster_limit"), entry.get("per_node_limit")
-        limited = cluster is not None or per_node_limit is not None
-        if not entry["running"] and not entry.get("queued") and not limited:
-            continue
-        full = cluster is not None and entry["running"] >= cluster
-        nodes = ", ".join(
-            f"{node} {count}/{_limit(per_node_limit)}"
-            for node, count in sorted(entry["nodes"].items())
-        )
-        table.add_row(
-            _text(name),
-            _text(entry["running"], "red" if full else ""),
-            _text(entry.get("queued", 0)),
+    for name, e in types:
+        cluster, per_node = e.get("cluster_limit"), e.get("per_node_limit")
+        marks = []
+        if _full(e["running"], cluster):
+            marks.append("FULL cluster-wide")
+        nodes_full = sum(1 for c in e["nodes"].values() if _full(c, per_node))
+        if nodes_full:
+            marks.append(f"{nodes_full} node(s) full")
+        grid.add(
+            name,
+            _text(e["running"], "red" if _full(e["running"], cluster) else ""),
+            e.get("queued", 0),
+            len(e["nodes"]),
             _limit(cluster),
-            _limit(per_node_limit),
-            _text(nodes),
+            _limit(per_node),
+            _text(", ".join(marks), "red", empty=""),
         )
-    out.print(table)
+    grid.show()
+    by_node: dict[str, list[tuple[str, int, Any]]] = {}
+    for name, e in types:
+        for node, count in e["nodes"].items():
+            by_node.setdefault(node, []).append((name, count, e.get("per_node_limit")))
+    words: dict[str, Text] = {}
+    for r in (readings or {}).get("nodes", []):
+        word = admission_word(r)
+        if r["node"] in by_node or word.plain.startswith(("BLOCKED", "warn")):
+            words[r["node"]] = word
+    if by_node or words:
+        grid = Grid(
+            f"tasks per node ({len(by_node)} node(s); FULL: at the per-node limit)",
+            "node",
+            "tasks",
+            "reading",
+            Col("by type (running/per-node limit)", text=True),
+        )
+        for node in sorted(set(by_node) | set(words)):
+            entries = by_node.get(node, [])
+            grid.add(
+                node,
+                sum(count for _, count, _ in entries),
+                words.get(node, Text("-")),
+                ", ".join(
+                    f"{name}={count}/{_limit(limit)}" + (" FULL" if _full(count, limit) else "")
+                    for name, count, limit in entries
+                ),
+            )
+        grid.show()
     if doc["reservations"]:
         reservations_table(doc["reservations"])
-    if doc["tasks"]:
-        tasks_table(doc["tasks"])
     not_closed = [r for r in doc["breakers"] if r["state"] != "closed"]
     if not_closed:
         breakers_table(not_closed, doc["at"])
@@ -387,17 +637,17 @@ def breakers_table(
     if backpressure:
         backpressure_table(backpressure)
     if not rows:
-        console().print("no circuit breakers recorded (every node and type is closed)")
+        note("no circuit breakers recorded (every node and type is closed)")
         return
-    table = _table(
+    grid = Grid(
         f"circuit breakers ({len(rows)})",
         "node",
         "type",
         "state",
-        "failures in window",
-        "spawn failures",
-        "last reason",
-        "opened at",
+        Col("failures in window", drop=2),
+        Col("spawn failures", drop=1),
+        Col("last reason", text=True, drop=4),
+        Col("opened at", drop=3),
         "retry at / in",
     )
     for r in rows:
@@ -409,17 +659,17 @@ def breakers_table(
             retry = f"{ts(r['retry_at'])} (in {age(max(0.0, r['retry_at'] - now))})"
         elif r["state"] == "half_open":
             retry = "now (trial)"
-        table.add_row(
-            _text(r["node"]),
-            _text(r["task_type"]),
+        grid.add(
+            r["node"],
+            r["task_type"],
             state,
-            _text(r["failures"]),
-            _text(r.get("spawn_failures", 0)),
-            _text(r["last_reason"]),
+            r["failures"],
+            r.get("spawn_failures", 0),
+            r["last_reason"],
             ts(r["opened_at"]),
             retry,
         )
-    console().print(table)
+    grid.show()
 
 
 def breakers_reset(
@@ -480,6 +730,25 @@ def _level_cell(value: Any, level: str | None, text: str, stale: bool) -> Text:
     return Text(text, "dim" if stale else LEVEL_STYLE[level])
 
 
+def admission_word(r: dict[str, Any]) -> Text:
+    """What a reading means for admission, in words (colour only repeats it): ``BLOCKED``
+    and the critical resources, ``warn`` and the resources past their warning level,
+    ``stale`` (ignored), ``unused`` (a live reading admission does not use), ``ok``."""
+    levels = r["levels"]
+    names = {"memory": "mem", "load_avg": "load"}
+    critical = [names.get(k, k) for k, v in levels.items() if v == "critical"]
+    warning = [names.get(k, k) for k, v in levels.items() if v == "warning"]
+    if r.get("used_by_admission") is False:
+        return Text("unused")
+    if r["stale"]:
+        return Text("stale", "dim")
+    if r["blocking"]:
+        return Text(f"BLOCKED {','.join(critical)}", "bold red")
+    if warning:
+        return Text(f"warn {','.join(warning)}", "yellow")
+    return Text("ok", "green")
+
+
 def _caps(caps: dict[str, Any]) -> Text:
     parts: list[Text] = []
     for name, limit in caps["effective"].items():
@@ -502,18 +771,19 @@ def resources_table(doc: dict[str, Any], node: str | None) -> None:
         f"{t['gpu']['critical']}%, load {t['load_avg_critical_per_cpu']:g}×cpus; samples "
         f"older than {doc['max_sample_age']:g} s are stale)"
     )
-    table = _table(
+    grid = Grid(
         Text(title),
         "node",
-        "source",
+        "admission",
+        Col("source", drop=1),
         "age",
         "cpu",
         "mem",
         "disk",
         "gpu",
-        "load",
-        "hardware",
-        "caps",
+        Col("load", drop=4),
+        Col("hardware", text=True, drop=2),
+        Col("caps", text=True, drop=3),
     )
     entries = list(doc["nodes"])
     if doc["live"] is not None:
@@ -524,7 +794,7 @@ def resources_table(doc: dict[str, Any], node: str | None) -> None:
         name = _text(r["node"])
         if live:
             name.append(" (live)")
-            when = Text("now" + ("" if r["used_by_admission"] else " (not used by admission)"))
+            when = Text("now")
         elif stale:
             when = Text.assemble(("STALE", "red"), f" {age(r['age'])}")
         else:
@@ -532,20 +802,33 @@ def resources_table(doc: dict[str, Any], node: str | None) -> None:
         load = "-" if r["load_avg"] is None else f"{r['load_avg']:.2f}"
         if r["load_critical"] is not None and r["load_avg"] is not None:
             load += f"/{r['load_critical']:g}"
-        table.add_row(
+        grid.add(
             name,
-            _text(r["source"]),
+            admission_word(r),
+            r["source"],
             when,
             _level_cell(r["cpu"], lv["cpu"], _pct(r["cpu"]), stale),
             _level_cell(r["memory"], lv["memory"], _pct(r["memory"]), stale),
             _level_cell(r["disk"], lv["disk"], _pct(r["disk"]), stale),
             _level_cell(r["gpu"], lv["gpu"], _pct(r["gpu"]), stale),
             _level_cell(r["load_avg"], lv["load_avg"], load, stale),
-            _text(_hardware(r)),
+            _hardware(r),
             _caps(r["caps"]),
         )
-    out = console()
-    out.print(table)
+    grid.show()
     if not doc["nodes"]:
         which = f"node {printable(node)}" if node else "any node"
-        out.print(Text(f"no reading stored for {which} (ringrift-coord report stores one)"))
+        note(Text(f"no reading stored for {which} (ringrift-coord report stores one)"))
+
+
+def reading_alerts(alerts: list[dict[str, Any]], node: str) -> list[str]:
+    """``report``'s stderr lines for the reading it just stored: what blocks the node,
+    what is past its warning level."""
+    out = []
+    for a in alerts:
+        what = printable(f"node {node} {a['message']}")
+        if a["level"] == "critical":
+            out.append(f"warning: {what}: new spawns on this node are refused")
+        else:
+            out.append(f"warning: {what}: past the warning level, new spawns still admitted")
+    return out

@@ -1,25 +1,25 @@
 #!/usr/bin/env bash
-# Launch one training run under ringrift-coord: the slot is held exactly as long as it runs.
+# Launch one self-play job under ringrift-coord: the slot is held exactly as long as it runs.
 #
-#   scripts/training.sh python train.py --config square8_2p ...
+#   selfplay.sh python selfplay.py --board square8 ...
 #
 # Environment: RINGRIFT_NODE_ID (default: host name), RINGRIFT_CONFIG_NAME (board config,
 # default square8_2p), RINGRIFT_WAIT_TIMEOUT (seconds to wait in line for a slot, default
-# 3600), RINGRIFT_COORD (the program, default ringrift-coord).
+# 240: less than a 5-minute cron period), RINGRIFT_COORD (the program, default ringrift-coord).
 #
 # Exit: the job's own exit code (128+N if it died of signal N); 75 = no slot granted
-# (denied, halted, peak hours, or the wait timed out): nothing ran, retry later; 2 usage;
-# 3 bad config or state.
+# (denied, halted, or the wait timed out): nothing ran, retry later; 2 usage; 3 bad config
+# or state.
 set -euo pipefail
 
 NODE="${RINGRIFT_NODE_ID:-${HOSTNAME:-$(uname -n)}}"
 CONFIG="${RINGRIFT_CONFIG_NAME:-square8_2p}"
-TIMEOUT="${RINGRIFT_WAIT_TIMEOUT:-3600}"
+TIMEOUT="${RINGRIFT_WAIT_TIMEOUT:-240}"
 
 if [ "$#" -eq 0 ]; then
   echo "usage: $0 COMMAND [ARGS...]" >&2
   exit 2
 fi
 
-exec "${RINGRIFT_COORD:-ringrift-coord}" run training --node "$NODE" --config-name "$CONFIG" \
+exec "${RINGRIFT_COORD:-ringrift-coord}" run selfplay --node "$NODE" --config-name "$CONFIG" \
   --wait --timeout "$TIMEOUT" -- "$@"
