@@ -74,7 +74,7 @@ def _start(coord: Coord, script: str) -> tuple[subprocess.Popen[str], dict]:
         env={"READY": str(ready)},
     )
     wait_for(ready.exists, 30, "the job to start")
-    (task,) = json.loads(coord("tasks", "--json").stdout)
+    (task,) = json.loads(coord("tasks", "--json").stdout)["tasks"]
     assert task["wrapper_pid"] == wrapper.pid and task["pgid"]
     return wrapper, task
 
@@ -86,13 +86,15 @@ def _orphan(coord: Coord, script: str, groups: list[int]) -> dict:
     wrapper.wait(timeout=10)
     # the job outlives its wrapper and keeps its slot: the reaper sees its group alive
     assert coord("tasks", "reap").returncode == 0
-    assert [t["task_id"] for t in json.loads(coord("tasks", "--json").stdout)] == [task["task_id"]]
+    assert [t["task_id"] for t in json.loads(coord("tasks", "--json").stdout)["tasks"]] == [
+        task["task_id"]
+    ]
     assert alive(task["pgid"])
     return task
 
 
 def _nothing_learned(coord: Coord) -> None:
-    breakers = json.loads(coord("breakers", "list", "--json").stdout)
+    breakers = json.loads(coord("breakers", "list", "--json").stdout)["breakers"]
     assert [b for b in breakers if b.get("failures")] == [], breakers
     assert json.loads(coord("limits", "--json").stdout)["backpressure"] == []
 
@@ -116,8 +118,8 @@ def test_cancel_ends_the_orphan_of_a_kill_9ed_wrapper(coord: Coord, groups: list
     assert (doc["signal"], doc["escalated"], doc["released_by"]) == ("SIGTERM", False, "cancel")
     assert doc["exit_code"] == 143
     assert _group_members(pgid) == []  # every process of the group, not just the leader
-    assert json.loads(coord("tasks", "--json").stdout) == []
-    (row,) = json.loads(coord("tasks", "history", "--json").stdout)
+    assert json.loads(coord("tasks", "--json").stdout)["tasks"] == []
+    (row,) = json.loads(coord("tasks", "history", "--json").stdout)["tasks"]
     assert (row["status"], row["exit_code"]) == ("stopped", 143)
     assert "cancelled by" in row["reason"] and "SIGTERM" in row["reason"]
     _nothing_learned(coord)  # an operator's stop: the breaker (threshold 1) stays closed
@@ -134,7 +136,7 @@ def test_a_job_that_ignores_term_gets_kill_after_the_grace(coord: Coord, groups:
     assert result.returncode == 0, result.stderr
     assert "then SIGKILL" in result.stdout
     assert _group_members(task["pgid"]) == []
-    (row,) = json.loads(coord("tasks", "history", "--json").stdout)
+    (row,) = json.loads(coord("tasks", "history", "--json").stdout)["tasks"]
     assert (row["status"], row["exit_code"]) == ("stopped", 137)
     assert "SIGKILL after the 0.5 s grace" in row["reason"]
     _nothing_learned(coord)
@@ -164,7 +166,7 @@ def test_cancel_from_another_host_is_refused(coord: Coord) -> None:
     assert refused.returncode == 3
     assert "runs on host gpu-host-7" in refused.stderr and "Traceback" not in refused.stderr
     assert len(refused.stderr.strip().splitlines()) == 1
-    assert [t["task_id"] for t in json.loads(coord("tasks", "--json").stdout)] == [task_id]
+    assert [t["task_id"] for t in json.loads(coord("tasks", "--json").stdout)["tasks"]] == [task_id]
 
 
 def test_cancel_bad_input(coord: Coord) -> None:
@@ -225,7 +227,9 @@ def test_tasks_history_filters(coord: Coord) -> None:
     def ids(*args: str) -> list[tuple[str, str, str]]:
         result = coord("tasks", "history", "--json", *args)
         assert result.returncode == 0, result.stderr
-        return sorted((r["task_type"], r["node"], r["status"]) for r in json.loads(result.stdout))
+        return sorted(
+            (r["task_type"], r["node"], r["status"]) for r in json.loads(result.stdout)["tasks"]
+        )
 
     assert len(ids()) == 4
     assert ids("--type", "training") == [("training", "n1", "failed"), ("training", "n2", "ok")]

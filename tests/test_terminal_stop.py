@@ -90,11 +90,11 @@ def _run_on_pty(coord: Coord, job: list[str], ready: Path, key: bytes) -> tuple[
 def _history(coord: Coord) -> list[dict]:
     result = coord("tasks", "history", "--json")
     assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout)
+    return json.loads(result.stdout)["tasks"]
 
 
 def _nothing_learned(coord: Coord) -> None:
-    breakers = json.loads(coord("breakers", "list", "--json").stdout)
+    breakers = json.loads(coord("breakers", "list", "--json").stdout)["breakers"]
     assert [b for b in breakers if b.get("failures")] == [], breakers
     limits = json.loads(coord("limits", "--json").stdout)
     assert limits["backpressure"] == []
@@ -154,5 +154,5 @@ def test_the_same_death_without_a_terminal_is_still_killed(coord: Coord) -> None
     assert result.returncode == 130
     (row,) = _history(coord)
     assert row["status"] == "killed"
-    breakers = json.loads(coord("breakers", "list", "--json").stdout)
+    breakers = json.loads(coord("breakers", "list", "--json").stdout)["breakers"]
     assert breakers[0]["failures"] == 1
