@@ -634,10 +634,13 @@ def status_screen(doc: dict[str, Any], readings: dict[str, Any] | None = None) -
 def breakers_table(
     rows: list[dict[str, Any]], now: float, backpressure: list[dict[str, Any]] | None = None
 ) -> None:
-    if backpressure:
-        backpressure_table(backpressure)
+    # after the breakers, and only where a second table cannot be mistaken for their rows
+    # (not in tsv, not without headers): `limits` lists the backpressure in every format
+    also = backpressure if backpressure and output_format() != "tsv" and not _no_header else []
     if not rows:
         note("no circuit breakers recorded (every node and type is closed)")
+        if also:
+            backpressure_table(also)
         return
     grid = Grid(
         f"circuit breakers ({len(rows)})",
@@ -670,6 +673,8 @@ def breakers_table(
             retry,
         )
     grid.show()
+    if also:
+        backpressure_table(also)
 
 
 def breakers_reset(
