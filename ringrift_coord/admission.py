@@ -29,6 +29,8 @@ from ringrift_coord.tasktypes import TaskType
 
 TYPE_CHECKING = False  # typing costs start-up time on the hot path; annotations are lazy
 if TYPE_CHECKING:
+    from typing import Any
+
     from ringrift_coord.config import Settings
     from ringrift_coord.store.base import Row, Tx
 
@@ -59,6 +61,8 @@ def evaluate(
     *,
     state_dir: str | None,
     probed: Row | None = None,
+    halt_file: halts.Snapshot | None = None,
+    live: dict[str, Any] | None = None,
 ) -> Decision:
     """Every rule, with the state as this transaction sees it. Read-only.
 
@@ -67,9 +71,18 @@ def evaluate(
     stepped back, a rate bucket stamped in the future, a stale mirror halt file; see
     ``rules``) is left in the decision's ``_chores``: ``admit`` runs them in its write
     transaction. ``probed`` (from ``probe``) saves the probe when the caller has one.
+    ``halt_file``: this host's halt file as read before the transaction (``halts.snapshot``);
+    without it the file in ``state_dir`` is read here. ``live``: this host's live reading,
+    taken likewise before (``rules.live_reading``); without it, read here when needed.
     """
     ev = rules.Evaluation(
-        tx, req, now, probed or probe(tx, req.node, req.task_type.value), state_dir
+        tx,
+        req,
+        now,
+        probed or probe(tx, req.node, req.task_type.value),
+        state_dir,
+        halt_file,
+        live,
     )
     reasons: list[Reason] = []
     for rule in rules.RULES:
@@ -106,14 +119,27 @@ def admit(
     take_slot: bool,
     action: str,
     log: bool = True,
+    halt_file: halts.Snapshot | None = None,
+    live: dict[str, Any] | None = None,
 ) -> Decision:
     """Reap, evaluate and (when allowed and ``take_slot``) take the slot: one write
-    transaction. It also runs the chores the evaluation found due."""
+    transaction. It also runs the chores the evaluation found due. Callers that hold the
+    store's write lock pass ``halt_file`` (``halts.snapshot``) and ``live``
+    (``rules.live_reading``), both read before the transaction."""
     now = tx.now()
     ttype = req.task_type.value
     probed = probe(tx, req.node, ttype)
     slots.reap(tx, now, settings, on_end=feedback.task_ended, waiters=bool(probed["waiters"]))
-    decision = evaluate(tx, req, settings, now, state_dir=state_dir, probed=probed)
+    decision = evaluate(
+        tx,
+        req,
+        settings,
+        now,
+        state_dir=state_dir,
+        probed=probed,
+        halt_file=halt_file,
+        live=live,
+    )
     for chore in decision._chores:
         chore(tx)
     if decision.allowed and take_slot:

@@ -111,7 +111,14 @@ DEFAULTS: dict[str, Any] = {
         "square19_2p": 0.2,
         "hexagonal_2p": 0.2,
     },
-    "store": {"busy_timeout": 5, "connect_timeout": 5, "lease_ttl": 120, "decision_log_days": 7},
+    # shared_group: the Unix group of a state directory shared by a host's users (null: private)
+    "store": {
+        "busy_timeout": 5,
+        "connect_timeout": 5,
+        "lease_ttl": 120,
+        "decision_log_days": 7,
+        "shared_group": None,
+    },
     "run": {"kill_grace": 10, "poll_interval": 0.05},
     # readings: disk is checked on the state directory and these paths; older samples are stale
     # live_host: without a fresh sample, admission reads this host's memory/disk/load itself
@@ -132,8 +139,9 @@ DEFAULTS: dict[str, Any] = {
 
 
 class Leaf:
-    """One setting's kind: "count", "number", "percent", "bool", "str", "hhmm", "globs",
-    "timezone" (a name in the time-zone database)."""
+    """One setting's kind: "count", "number", "seconds", "percent", "bool", "str", "hhmm",
+    "globs", "timezone" (a name in the time-zone database), "group" (a Unix group name or
+    id). A "seconds" setting is a number of seconds or a duration with units, "5m"."""
 
     __slots__ = ("kind", "nullable")
 
@@ -144,6 +152,7 @@ class Leaf:
         text = {
             "count": "a non-negative integer",
             "number": "a non-negative number",
+            "seconds": 'a number of seconds or a duration like "90s", "5m", "1h30m"',
             "percent": "a number from 0 to 100",
             "fraction": "a number from 0 to 1",
             "bool": "true or false",
@@ -151,8 +160,11 @@ class Leaf:
             "hhmm": 'a time "HH:MM"',
             "globs": "a list of glob patterns",
             "timezone": 'a time-zone name such as "UTC" or "Europe/Berlin"',
+            "group": "a Unix group name or id",
         }[self.kind]
-        return text + (" or null (unlimited)" if self.nullable else "")
+        if not self.nullable:
+            return text
+        return text + (" or null (not shared)" if self.kind == "group" else " or null (unlimited)")
 
 
 class MapOf:
@@ -170,6 +182,7 @@ class MapOf:
 COUNT, OPT_COUNT = Leaf("count"), Leaf("count", nullable=True)
 NUM, OPT_NUM, PCT = Leaf("number"), Leaf("number", nullable=True), Leaf("percent")
 PCT_FRACTION = Leaf("fraction")
+SECS = Leaf("seconds")
 LEVELS = {"warning": PCT, "critical": PCT}
 
 SCHEMA: dict[str, Any] = {
@@ -177,8 +190,8 @@ SCHEMA: dict[str, Any] = {
     "rate_limits": MapOf(TASK_TYPE_NAMES, {"per_minute": OPT_NUM, "burst": NUM}),
     "circuit_breaker": {
         "failure_threshold": COUNT,
-        "window": NUM,
-        "recovery_timeout": NUM,
+        "window": SECS,
+        "recovery_timeout": SECS,
         "half_open_trials": COUNT,
         "success_threshold": COUNT,
     },
@@ -207,24 +220,25 @@ SCHEMA: dict[str, Any] = {
         "priorities": MapOf(("critical", "high", "normal", "background"), NUM),
         "max_concurrent_transfers": COUNT,
     },
-    "durations": MapOf(TASK_TYPE_NAMES, NUM),
+    "durations": MapOf(TASK_TYPE_NAMES, SECS),
     "peak_hours": {"start": Leaf("hhmm"), "end": Leaf("hhmm"), "timezone": Leaf("timezone")},
     "selfplay_configs": MapOf(None, NUM, replace=True),
     "store": {
-        "busy_timeout": NUM,
-        "connect_timeout": NUM,
-        "lease_ttl": NUM,
+        "busy_timeout": SECS,
+        "connect_timeout": SECS,
+        "lease_ttl": SECS,
         "decision_log_days": NUM,
+        "shared_group": Leaf("group", nullable=True),
     },
-    "run": {"kill_grace": NUM, "poll_interval": NUM},
-    "resources": {"data_paths": Leaf("globs"), "max_sample_age": NUM, "live_host": Leaf("bool")},
+    "run": {"kill_grace": SECS, "poll_interval": SECS},
+    "resources": {"data_paths": Leaf("globs"), "max_sample_age": SECS, "live_host": Leaf("bool")},
     "backpressure": {
         "decrease": PCT_FRACTION,
         "increase": PCT_FRACTION,
         "min_factor": PCT_FRACTION,
         "recovery_half_life": NUM,
     },
-    "oom": {"lower_after": COUNT, "window": NUM, "factor": PCT_FRACTION, "decay_interval": NUM},
+    "oom": {"lower_after": COUNT, "window": SECS, "factor": PCT_FRACTION, "decay_interval": SECS},
 }
 
 # the least value a setting takes (and why): below it the loop it paces would only load the store
@@ -336,14 +350,15 @@ def _schema_at(dotted: str, missing: Any = KeyError) -> Any:
         if isinstance(node, MapOf):
             if node.keys is not None and part not in node.keys:
                 if missing is KeyError:
-                    raise ConfigError("unknown key", key=dotted)
+                    raise ConfigError("unknown key" + _nearest(part, node.keys), key=dotted)
                 return missing
             node = node.item
         elif isinstance(node, dict) and part in node:
             node = node[part]
         else:
             if missing is KeyError:
-                raise ConfigError("unknown key", key=dotted)
+                hint = _nearest(part, node) if isinstance(node, dict) else ""
+                raise ConfigError("unknown key" + hint, key=dotted)
             return missing
     return node
 
@@ -352,7 +367,9 @@ def _schema_at(dotted: str, missing: Any = KeyError) -> Any:
 
 
 def find_config_file(explicit: str | None, env: Mapping[str, str]) -> str | None:
-    """The config file to read: flag, then $RINGRIFT_COORD_CONFIG, then the XDG default."""
+    """The config file to read: flag, then $RINGRIFT_COORD_CONFIG, then the user's own
+    (``$XDG_CONFIG_HOME/ringrift-coord/``), then the system's: each of ``$XDG_CONFIG_DIRS``
+    (default /etc/xdg) and ``/etc/ringrift-coord/``. The first that exists is read."""
     path = explicit or env.get(CONFIG_ENV) or None
     if path:
         if not os.path.exists(path):
@@ -360,9 +377,60 @@ def find_config_file(explicit: str | None, env: Mapping[str, str]) -> str | None
         if not os.path.isfile(path):
             raise ConfigError(f"config file {path} is not a regular file")
         return path
-    base = env.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
-    candidate = os.path.join(base, "ringrift-coord", DEFAULT_CONFIG_NAME)
-    return candidate if os.path.isfile(candidate) else None
+    for candidate in config_search_path(env):
+        if os.path.isfile(candidate):
+            return candidate
+    return None
+
+
+def config_search_path(env: Mapping[str, str]) -> list[str]:
+    """Where the config file is looked for when no flag or variable names one, in order."""
+    dirs = [d for d in (env.get("XDG_CONFIG_DIRS") or "/etc/xdg").split(":") if d]
+    system = [os.path.join(d, "ringrift-coord", DEFAULT_CONFIG_NAME) for d in dirs]
+    return [user_config_path(env), *system, os.path.join(SYSTEM_CONFIG_DIR, DEFAULT_CONFIG_NAME)]
+
+
+SYSTEM_CONFIG_DIR = "/etc/ringrift-coord"
+
+
+def read_config_bytes(path: str) -> bytes:
+    """The whole text of the config file ``path``, refused (exit 3) when another user could
+    have written it: it, and every directory above it, must be owned by you or root and
+    writable by no one else (as the state directory)."""
+    import stat
+
+    from ringrift_coord.errors import StateError
+    from ringrift_coord.statedir import check_parents
+
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file: {exc.strerror}", file=path) from None
+    with open(fd, "rb") as handle:
+        st = os.fstat(fd)
+        mode = stat.S_IMODE(st.st_mode)
+        if not stat.S_ISREG(st.st_mode):
+            raise ConfigError("config file is not a regular file", file=path)
+        if st.st_uid not in (os.geteuid(), 0):
+            raise ConfigError(
+                f"config file is owned by uid {st.st_uid}, not by you (uid {os.geteuid()}) or "
+                "root; refusing it",
+                file=path,
+            )
+        if mode & 0o022:
+            raise ConfigError(
+                f"config file is writable by group or others (mode {mode:04o}); refusing it: "
+                f"run chmod go-w {path}",
+                file=path,
+            )
+        try:
+            check_parents(path, "config file")
+        except StateError as exc:
+            raise ConfigError(exc.message) from None
+        try:
+            return handle.read()
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file: {exc.strerror}", file=path) from None
 
 
 def load_settings(
@@ -382,18 +450,20 @@ def load_settings(
     values: dict[str, Any] = {}
     sources: dict[str, str] = {}
     path = find_config_file(config_file, env) if (config_file or use_default_file) else None
-    cached = _read_cache(cache_dir, path) if path and cache_dir else None
+    text = read_config_bytes(path) if path else None
+    cache_key = _cache_key(path, text) if path and text is not None and cache_dir else None
+    cached = _read_cache(cache_dir, cache_key) if cache_dir and cache_key else None
     if cached is not None:
         values, sources = cached
     else:
         values = copy.deepcopy(DEFAULTS)
         if path:
-            document = read_yaml_file(path)
+            document = read_yaml_file(path, text)
             if document is not None:
                 _merge(values, document, SCHEMA, "", path, sources)
             _cross_checks(values, sources, path)
-            if cache_dir:
-                _write_cache(cache_dir, path, values, sources)
+            if cache_dir and cache_key:
+                _write_cache(cache_dir, cache_key, values, sources)
     for var, keys in ENV_KEYS.items():
         raw = env.get(var)
         if raw is None or raw == "":
@@ -453,25 +523,38 @@ def parse_scalar(raw: str) -> Any:
 CACHE_NAME = "config-cache.json"
 
 
-def _cache_key(path: str) -> list[Any] | None:
-    """The file's path and whole text (exact, unlike mtimes), and this module's identity."""
+def _cache_key(path: str, text: bytes) -> list[Any] | None:
+    """The file's path and whole text (exact, unlike mtimes or a prefix), and this module's
+    identity: a cache made from any other text, or by another version of the code, is not
+    used."""
     try:
-        with open(path, "rb") as handle:
-            text = handle.read(1 << 20)
         code = os.stat(__file__)
     except OSError:
         return None
     return [os.path.realpath(path), text.decode("latin-1"), code.st_mtime_ns, code.st_size]
 
 
-def _read_cache(cache_dir: str, path: str) -> tuple[dict[str, Any], dict[str, str]] | None:
+def _read_cache(cache_dir: str, key: list[Any]) -> tuple[dict[str, Any], dict[str, str]] | None:
+    """The cached settings for ``key``, when the cache file is yours alone (owned by you,
+    written by no one else, one name); anything else is ignored and parsed again."""
     import json
 
-    key = _cache_key(path)
+    from ringrift_coord.statedir import untrusted_file
+
     try:
-        with open(os.path.join(cache_dir, CACHE_NAME), encoding="utf-8") as handle:
+        fd = os.open(
+            os.path.join(cache_dir, CACHE_NAME),
+            os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
+        )
+    except OSError:
+        return None
+    try:
+        with open(fd, encoding="utf-8") as handle:
+            st = os.fstat(fd)
+            if st.st_uid != os.geteuid() or untrusted_file(CACHE_NAME, st, None) is not None:
+                return None
             data = json.load(handle)
-        if key is not None and data.get("key") == key:
+        if data.get("key") == key:
             return data["values"], data["sources"]
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         pass  # missing or damaged: parse the YAML again
@@ -479,17 +562,21 @@ def _read_cache(cache_dir: str, path: str) -> tuple[dict[str, Any], dict[str, st
 
 
 def _write_cache(
-    cache_dir: str, path: str, values: dict[str, Any], sources: dict[str, str]
+    cache_dir: str, key: list[Any], values: dict[str, Any], sources: dict[str, str]
 ) -> None:
     import json
 
-    key = _cache_key(path)
-    if key is None:
-        return
+    from ringrift_coord.statedir import create_file
+
     target = os.path.join(cache_dir, CACHE_NAME)
     tmp = f"{target}.{os.getpid()}.tmp"
     try:
-        with open(tmp, "w", encoding="utf-8") as handle:
+        try:
+            fd = create_file(tmp, None)  # 0600 whatever the umask
+        except FileExistsError:  # left by a process with our pid that died
+            os.unlink(tmp)
+            fd = create_file(tmp, None)
+        with open(fd, "w", encoding="utf-8") as handle:
             json.dump({"key": key, "values": values, "sources": sources}, handle)
         os.replace(tmp, target)
     except OSError:
@@ -553,13 +640,15 @@ def _cross_checks(values: dict[str, Any], sources: dict[str, str], path: str | N
             )
 
 
-def read_yaml_file(path: str) -> Any:
-    """Compose ``path`` with the safe loader; return the node tree (None when empty)."""
-    try:
-        with open(path, "rb") as handle:
-            data = handle.read()
-    except OSError as exc:
-        raise ConfigError(f"cannot read config file: {exc.strerror}", file=path) from None
+def read_yaml_file(path: str, data: bytes | None = None) -> Any:
+    """Compose ``path`` (or its text ``data``, already read) with the safe loader; return the
+    node tree (None when empty)."""
+    if data is None:
+        try:
+            with open(path, "rb") as handle:
+                data = handle.read()
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file: {exc.strerror}", file=path) from None
     import yaml
 
     loader_cls = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
@@ -741,7 +830,16 @@ def _check_leaf(leaf: Leaf, value: Any, dotted: str, origin: str, line: int | No
             return None
         raise bad(f"expected {leaf.describe()}, got null")
     kind = leaf.kind
-    if kind in ("count", "number", "percent", "fraction"):
+    if kind == "seconds" and isinstance(value, str):  # "5m", "1h30m": durations.parse
+        from ringrift_coord import durations
+
+        try:
+            seconds = durations.parse(value)
+        except ValueError:
+            pass  # refused below, with the number form's hint where there is one ("0o10")
+        else:
+            value = int(seconds) if seconds.is_integer() else seconds
+    if kind in ("count", "number", "seconds", "percent", "fraction"):
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             hint = None
             if isinstance(value, str):  # 7 in quotes; YAML 1.1 also reads 09 and 1e3 as text
@@ -798,6 +896,12 @@ def _check_leaf(leaf: Leaf, value: Any, dotted: str, origin: str, line: int | No
             value = [value]
         if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
             raise bad(f"expected a list of glob patterns, got {_show(value)}")
+        return value
+    if kind == "group":
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+            return value
+        if not isinstance(value, str) or not value or not value.isprintable() or ":" in value:
+            raise bad(f"expected a Unix group name or id, got {_show(value)}")
         return value
     raise AssertionError(kind)  # pragma: no cover
 

@@ -14,7 +14,13 @@ from collections.abc import Mapping
 
 from ringrift_coord.clock import SYSTEM_CLOCK, Clock
 from ringrift_coord.config import Settings, load_settings
-from ringrift_coord.statedir import default_state_dir, ensure_state_dir
+from ringrift_coord.statedir import (
+    check_state_dir_group,
+    default_state_dir,
+    is_private_dir,
+    prepare_state_dir,
+    user_cache_dir,
+)
 from ringrift_coord.store import Store, open_store
 
 TYPE_CHECKING = False  # typing costs start-up time on the hot path; annotations are lazy
@@ -32,8 +38,12 @@ class Context:
         db: str | None = None,
         clock: Clock = SYSTEM_CLOCK,
         env: Mapping[str, str] | None = None,
+        shared_gid: int | None = None,
+        create_store: bool = True,
     ) -> None:
         self.settings = settings
+        self.shared_gid = shared_gid  # the group of a store shared by a host's users
+        self.create_store = create_store  # False: a missing SQLite store is not created
         self.state_dir = state_dir
         self.db = db
         self.clock = clock
@@ -50,17 +60,32 @@ class Context:
         env: Mapping[str, str] | None = None,
         clock: Clock = SYSTEM_CLOCK,
         overrides: list[str] | None = None,
+        create_store: bool = True,
     ) -> Context:
         """Resolve config and state directory (validated); the store opens on first use.
 
         ``overrides`` are ``KEY=VALUE`` strings from ``--set``: the top of the precedence
-        (defaults < YAML < environment < flags).
+        (defaults < YAML < environment < flags). ``create_store=False`` (the read-only
+        commands): a SQLite store that does not exist is "no store at PATH" (``NoStore``, on
+        first use of ``store``), never created.
         """
         env = os.environ if env is None else env
-        directory = ensure_state_dir(state_dir or default_state_dir(env))
-        settings = load_settings(config, env, cache_dir=directory)
+        directory = prepare_state_dir(state_dir or default_state_dir(env))
+        # the config cache lives in a private state directory; a shared store's users keep
+        # theirs in their own cache directory
+        cache_dir = directory if is_private_dir(directory) else user_cache_dir(env)
+        settings = load_settings(config, env, cache_dir=cache_dir)
         apply_overrides(settings, overrides or [])
-        return cls(settings=settings, state_dir=directory, db=db, clock=clock, env=env)
+        shared_gid = check_state_dir_group(directory, settings.get("store.shared_group"))
+        return cls(
+            settings=settings,
+            state_dir=directory,
+            db=db,
+            clock=clock,
+            env=env,
+            shared_gid=shared_gid,
+            create_store=create_store,
+        )
 
     @property
     def store(self) -> Store:
@@ -72,6 +97,8 @@ class Context:
                 connect_timeout=float(self.settings.get("store.connect_timeout")),
                 env=self.env,
                 clock=self.clock,
+                shared_gid=self.shared_gid,
+                create=self.create_store,
             )
         return self._store
 

@@ -8,6 +8,7 @@ that decides (the rules, admission) or shows a decision imports these from here.
 from __future__ import annotations
 
 from ringrift_coord import identity, procs
+from ringrift_coord.durations import human
 from ringrift_coord.tasktypes import TaskType
 
 TYPE_CHECKING = False  # typing costs start-up time on the hot path; annotations are lazy
@@ -148,7 +149,7 @@ class Decision:
         if self.allowed:
             return f"allowed: {self.task_type} on {self.node}"
         parts = "; ".join(r.message for r in self.reasons)
-        retry = "" if self.retry_after is None else f" (retry in {self.retry_after:.0f} s)"
+        retry = "" if self.retry_after is None else f" (retry in {human(self.retry_after)})"
         if self.retry_after is None and self.reasons:
             retry = " (no retry time: wait for an operator)"
         return f"denied: {self.task_type} on {self.node}: {parts}{retry}"

@@ -16,16 +16,26 @@ Every reader (admission, ``status``, ``halt --check``, ``get_state``, ``get_stat
 the halts through ``HaltState``, which applies the rule; reading never removes the file,
 only a write transaction does (admission's chores, ``unhalt``). A file without the mark (an
 operator's ``touch``) is never stale.
+
+**Special files never block.** The halt file is opened with ``O_NONBLOCK | O_NOFOLLOW`` and
+read only when it is a regular file: a FIFO, socket, device or symlink there is refused with
+one line (``StateError``, exit 3) instead of hanging or being followed. It is read before any
+transaction (``snapshot``): nothing is read from the filesystem while the store's write lock
+is held. A halt's reach is said with the store's ``scope`` ("this host's store sqlite:…" or
+"cluster-wide on postgres …"): a SQLite store halts only the users of that one file.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import stat
 
 from ringrift_coord.decision import Reason
 from ringrift_coord.errors import StateError, UsageError
 from ringrift_coord.inputs import printable, seconds
+from ringrift_coord.statedir import create_file, shared_gid_of, untrusted_file
 from ringrift_coord.tasktypes import TaskType
 
 TYPE_CHECKING = False  # typing costs start-up time on the hot path; annotations are lazy
@@ -69,12 +79,11 @@ def _applies(row: Row, scope: str | None, node: str | None) -> bool:
 
 
 def describe(row: Row) -> str:
-    """Where a halt applies, in words: "cluster-wide", "for training", "on node n1",
-    "for training on node n1"."""
+    """What a halt stops, in words: "every task type", "training", "every task type on node
+    n1", "training on node n1" (where the store reaches is said apart)."""
     node = row.get("node", ALL_NODES)
-    if row["scope"] == GLOBAL:
-        return "cluster-wide" if node == ALL_NODES else f"on node {node}"
-    return f"for {row['scope']}" + ("" if node == ALL_NODES else f" on node {node}")
+    what = "every task type" if row["scope"] == GLOBAL else str(row["scope"])
+    return what if node == ALL_NODES else f"{what} on node {node}"
 
 
 # --------------------------------------------------------------------------- reading
@@ -88,9 +97,12 @@ class HaltState:
     mirror, for a write transaction to remove.
     """
 
-    __slots__ = ("rows", "file", "stale_file")
+    __slots__ = ("rows", "file", "stale_file", "where")
 
-    def __init__(self, rows: list[Row], file: dict[str, Any] | None) -> None:
+    def __init__(
+        self, rows: list[Row], file: dict[str, Any] | None, where: str | None = None
+    ) -> None:
+        self.where = where  # the store's reach, as halt lines say it (None: not known)
         self.stale_file: str | None = None
         if file is not None and file.get("mirror") and not any(_cluster_wide(r) for r in rows):
             self.stale_file, file = file["path"], None  # the mirror rule
@@ -115,6 +127,7 @@ class HaltState:
         reasons = []
         for halt in self.rows:
             scope = describe(halt)
+            scope += f" in {self.where}" if self.where else ""
             expires = halt["expires_at"]
             reasons.append(
                 Reason(
@@ -145,15 +158,41 @@ class HaltState:
         return reasons
 
 
+class Snapshot:
+    """This host's halt file as read before a transaction (``info``: None when absent; its
+    expiry is judged later, by the transaction's clock), and ``where``, the store's scope."""
+
+    __slots__ = ("info", "where")
+
+    def __init__(self, info: dict[str, Any] | None, where: str | None = None) -> None:
+        self.info, self.where = info, where
+
+
+def snapshot(state_dir: str | None, where: str | None = None) -> Snapshot:
+    """Read this host's halt file now, before any transaction takes the store's lock."""
+    return Snapshot(None if state_dir is None else load_file(state_dir), where)
+
+
+def _file(source: str | Snapshot | None, now: float) -> tuple[dict[str, Any] | None, str | None]:
+    if source is None:
+        return None, None
+    if isinstance(source, Snapshot):
+        return unexpired(source.info, now), source.where
+    return read_file(source, now), None
+
+
 def state(
     tx: Tx,
-    state_dir: str | None,
+    source: str | Snapshot | None,
     now: float,
     task_type: str | None = None,
     node: str | None = None,
 ) -> HaltState:
     """The halts in force (of every scope and node, or those that apply to ``task_type``
-    on ``node``: admission asks for its request's)."""
+    on ``node``: admission asks for its request's).
+
+    ``source``: a ``snapshot`` taken before the transaction (what a write transaction
+    passes), a state directory whose file is read now, or None (no file)."""
     where = "(expires_at IS NULL OR expires_at > ?)"
     args: list[object] = [now]
     if task_type is not None:
@@ -163,25 +202,26 @@ def state(
         where += " AND node IN (?, ?)"
         args += [ALL_NODES, node]
     rows = tx.query(f"SELECT {_COLUMNS} FROM halts WHERE {where} ORDER BY at, node", args)
-    return HaltState(rows, None if state_dir is None else read_file(state_dir, now))
+    return HaltState(rows, *_file(source, now))
 
 
-def file_only(state_dir: str | None, now: float) -> HaltState:
+def file_only(source: str | Snapshot | None, now: float) -> HaltState:
     """The halts when the store holds none (admission's probe said so): the file alone."""
-    return HaltState([], None if state_dir is None else read_file(state_dir, now))
+    return HaltState([], *_file(source, now))
 
 
 def status(
     tx: Tx,
-    state_dir: str,
+    source: str | Snapshot | None,
     now: float,
     task_type: str | TaskType | None = None,
     node: str | None = None,
 ) -> dict[str, Any]:
     """Every halt in force, this host's halt file (when it halts), the last audit entries,
-    and ``halted``: whether this host is halted at all (or for ``task_type``; on ``node``
-    only, when given: a drain of another node does not halt it)."""
-    halts = state(tx, state_dir, now)
+    ``halted``: whether this host is halted at all (or for ``task_type``; on ``node`` only,
+    when given: a drain of another node does not halt it), and ``store_scope``: the store's
+    reach (when the snapshot says it)."""
+    halts = state(tx, source, now)
     recent = tx.query(
         "SELECT action, scope, node, reason, who, host, at, expires_at FROM halt_log "
         "ORDER BY id DESC LIMIT 10"
@@ -193,6 +233,7 @@ def status(
         "halt_file": halts.file,
         "recent": recent,
         "at": now,
+        "store_scope": halts.where,
     }
 
 
@@ -202,14 +243,77 @@ def read_file(state_dir: str, now: float) -> dict[str, Any] | None:
     ``halt`` writes who/when/why (and an optional expiry) as JSON; a file an operator merely
     touched, or one that cannot be parsed, still halts. Its text is shown on one clean line.
     """
+    return unexpired(load_file(state_dir), now)
+
+
+def unexpired(info: dict[str, Any] | None, now: float) -> dict[str, Any] | None:
+    """The halt file's ``info`` unless it has expired by ``now``."""
+    if info is None:
+        return None
+    expires = info.get("expires_at")
+    if isinstance(expires, (int, float)) and expires <= now:
+        return None
+    return info
+
+
+def _kind(mode: int) -> str:
+    for test, name in (
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISLNK, "a symlink"),
+    ):
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
+def _refuse(path: str, kind: str) -> StateError:
+    return StateError(
+        f"halt file {path} is {kind}, not a regular file; refusing it (nothing was decided): "
+        "remove it, or halt with `ringrift-coord halt`"
+    )
+
+
+def load_file(state_dir: str) -> dict[str, Any] | None:
+    """This host's halt file as it is now (expiry not judged), or None when absent.
+
+    Opened with ``O_NONBLOCK | O_NOFOLLOW`` and read only when it is a regular file: a FIFO
+    cannot hang the caller and a symlink is never followed (both refused, ``StateError``).
+    """
     path = os.path.join(state_dir, FILE_NAME)
+    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
     try:
-        with open(path, encoding="utf-8", errors="replace") as handle:
-            text = handle.read(65536)
+        fd = os.open(path, flags)
     except FileNotFoundError:
         return None
+    except OSError as exc:
+        try:
+            mode = os.lstat(path).st_mode
+        except OSError:
+            mode = stat.S_IFREG
+        if exc.errno in (errno.ELOOP, errno.EMLINK) or stat.S_ISLNK(mode):
+            raise _refuse(path, "a symlink") from None
+        if not stat.S_ISREG(mode):  # a socket (ENXIO), or a device that would not open
+            raise _refuse(path, _kind(mode)) from None
+        return {"reason": "halt file present (unreadable)", "path": path, "mirror": False}
+    try:
+        st = os.fstat(fd)
+        mode = st.st_mode
+        why = untrusted_file(path, st, shared_gid_of(state_dir)) if stat.S_ISREG(mode) else None
+        # never read a FIFO, nor another user's file
+        raw = os.read(fd, 65536) if stat.S_ISREG(mode) and why is None else None
     except OSError:
         return {"reason": "halt file present (unreadable)", "path": path, "mirror": False}
+    finally:
+        os.close(fd)
+    if why is not None:  # another user's file: neither trusted nor ignored
+        raise StateError(f"refusing the halt file: {why}; remove it")
+    if raw is None:
+        raise _refuse(path, _kind(mode))
+    text = raw.decode("utf-8", errors="replace")
     info: dict[str, Any] = {"path": path}
     try:
         data = json.loads(text) if text.strip() else {}
@@ -221,9 +325,6 @@ def read_file(state_dir: str, now: float) -> dict[str, Any] | None:
     for key in ("who", "reason", "host"):  # hand-written text must not break one-line output
         if info.get(key) is not None:
             info[key] = " ".join(printable(str(info[key])).split())[:200] or None
-    expires = info.get("expires_at")
-    if isinstance(expires, (int, float)) and expires <= now:
-        return None
     return info
 
 
@@ -274,6 +375,7 @@ def activate(
         "host": host,
         "at": now,
         "expires_at": expires,
+        "store_scope": ctx.store.scope,
     }
     if scope == GLOBAL and on == ALL_NODES:
         _write_file(ctx.state_dir, {**record, "mirror": True})
@@ -330,6 +432,7 @@ def deactivate(
         "removed_halt_file": removed_file,
         "who": who,
         "at": now,
+        "store_scope": ctx.store.scope,
     }
 
 
@@ -337,7 +440,12 @@ def _write_file(state_dir: str, record: dict[str, Any]) -> None:
     path = os.path.join(state_dir, FILE_NAME)
     tmp = f"{path}.{os.getpid()}.tmp"
     try:
-        with open(tmp, "w", encoding="utf-8") as handle:
+        try:
+            fd = create_file(tmp, shared_gid_of(state_dir))
+        except FileExistsError:  # left by a process with our pid that died: start afresh
+            os.unlink(tmp)
+            fd = create_file(tmp, shared_gid_of(state_dir))
+        with open(fd, "w", encoding="utf-8") as handle:
             json.dump(record, handle)
             handle.write("\n")
         os.replace(tmp, path)

@@ -5,6 +5,10 @@ from __future__ import annotations
 
 from ringrift_coord.errors import UsageError
 
+TYPE_CHECKING = False  # typing costs start-up time on the hot path; annotations are lazy
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
 MAX_SECONDS = 1e9  # about 31 years: an expiry past what timestamps can show breaks listings
 MAX_SLOTS = 1_000_000  # beyond any node, and beyond what the store keeps
 _WHITESPACE = "\t\n\r\v\f"
@@ -139,3 +143,12 @@ def number_hint(raw: str, *, yaml: bool = False) -> str | None:
     if f"{sign}{plain}" == raw:
         return None
     return f"write {sign}{plain}, not {shown}"
+
+
+def did_you_mean(word: str, choices: Iterable[str]) -> str:
+    """`` (did you mean X?)`` for the choice closest to a mistyped ``word``, or "": the one
+    hint of every parser (options, commands, task types)."""
+    import difflib
+
+    match = difflib.get_close_matches(word, sorted(set(choices)), n=1, cutoff=0.6)
+    return f" (did you mean {match[0]}?)" if match else ""

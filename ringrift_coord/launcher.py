@@ -21,6 +21,7 @@ from ringrift_coord import procs
 from ringrift_coord.clock import Clock
 from ringrift_coord.config import Settings
 from ringrift_coord.decision import Decision
+from ringrift_coord.durations import human
 from ringrift_coord.errors import CoordError, ExitCode, StoreBusy, UsageError, WaitTimeout
 from ringrift_coord.task_coordinator import Holder, TaskCoordinator
 from ringrift_coord.tasktypes import TaskType
@@ -132,7 +133,7 @@ def acquire_slot(
             if deadline is not None and clock.monotonic() >= deadline:
                 raise WaitTimeout(
                     f"gave up waiting for a {task_type.value} slot on {node} after "
-                    f"{waited:.1f} s; {decision.summary()}",
+                    f"{human(waited)}; {decision.summary()}",
                     decision,
                 )
             # The head of the line polls fast; those behind it, more gently.
@@ -353,9 +354,9 @@ def run_command(
                 status = "stopped"
                 reason += f" (forwarded {signal.Signals(job.received[0]).name})"
                 if job.killed:
-                    reason += f" after the {job.kill_grace:g} s grace period"
+                    reason += f" after the {human(job.kill_grace)} grace period"
             elif job.killed:
-                reason += f" after the {job.kill_grace:g} s grace period"
+                reason += f" after the {human(job.kill_grace)} grace period"
             elif terminal.fd is not None and -code in TERMINAL_SIGNALS:
                 # the job had the terminal: Ctrl-C / Ctrl-\ / a hang-up is the operator
                 # stopping it, exactly like a `kill -INT` forwarded by this wrapper

@@ -38,7 +38,9 @@ RUNNING, PAUSED = "running", "paused"  # CoordinatorStatus values
 # --------------------------------------------------------------------------- task coordinator
 
 
-def task_stats(tx: Tx, settings: Settings, state_dir: str, now: float) -> dict[str, Any]:
+def task_stats(
+    tx: Tx, settings: Settings, state_dir: str | halts.Snapshot | None, now: float
+) -> dict[str, Any]:
     """Tasks per type and node against their limits, queue lengths, reservations, state."""
     counts = slots.counts(tx)
     by_type: dict[str, Any] = {}
@@ -66,26 +68,29 @@ def task_stats(tx: Tx, settings: Settings, state_dir: str, now: float) -> dict[s
 
 def stats(ctx: Context) -> dict[str, Any]:
     """``TaskCoordinator.get_stats``: ``task_stats`` and the store in use."""
+    local = halts.snapshot(ctx.state_dir, ctx.store.scope)  # files first, then the store
     with ctx.store.read() as tx:
-        doc = task_stats(tx, ctx.settings, ctx.state_dir, tx.now())
+        doc = task_stats(tx, ctx.settings, local, tx.now())
     doc["store"] = ctx.store.describe()
     return doc
 
 
 def state(ctx: Context) -> str:
     """``running``, or ``paused`` while a cluster-wide halt (or this host's halt file) holds."""
+    local = halts.snapshot(ctx.state_dir, ctx.store.scope)
     with ctx.store.read() as tx:
-        return PAUSED if halts.state(tx, ctx.state_dir, tx.now()).paused else RUNNING
+        return PAUSED if halts.state(tx, local, tx.now()).paused else RUNNING
 
 
 def status(ctx: Context) -> dict[str, Any]:
     """``status``: the task stats, the halts, the running tasks and the breakers, all as of
     one moment (``at``)."""
     cfg = BreakerConfig.from_settings(ctx.settings)
+    local = halts.snapshot(ctx.state_dir, ctx.store.scope)  # read once, before the store
     with ctx.store.read() as tx:
         now = tx.now()
-        doc = task_stats(tx, ctx.settings, ctx.state_dir, now)
-        doc["halt"] = halts.status(tx, ctx.state_dir, now)
+        doc = task_stats(tx, ctx.settings, local, now)
+        doc["halt"] = halts.status(tx, local, now)
         doc["state"] = PAUSED if doc["halt"]["paused"] else RUNNING  # one reading of the file
         doc["tasks"] = slots.running(tx, now)
         doc["breakers"] = breakers.views(tx, cfg, now)
@@ -192,8 +197,15 @@ def breaker_list(
 
 
 def caps_in_force(ctx: Context) -> dict[str, Any]:
-    """What admission learned: OOM-lowered caps and backpressure factors in force."""
-    with ctx.store.read() as tx:
+    """What admission learned: OOM-lowered caps and backpressure factors in force (none
+    while no store exists: a read-only command does not create one)."""
+    from ringrift_coord.store import NoStore
+
+    try:
+        store = ctx.store
+    except NoStore:
+        return {"lowered_caps": [], "backpressure": []}
+    with store.read() as tx:
         return feedback.caps_in_force(tx, ctx.settings, tx.now())
 
 
@@ -220,9 +232,10 @@ def limits(ctx: Context) -> dict[str, Any]:
 def safeguard_stats(ctx: Context) -> dict[str, Any]:
     """``Safeguards.get_stats``: breakers, halts, readings, backpressure and lowered caps."""
     cfg = BreakerConfig.from_settings(ctx.settings)
+    local = halts.snapshot(ctx.state_dir, ctx.store.scope)
     with ctx.store.read() as tx:
         now = tx.now()
-        halt = halts.state(tx, ctx.state_dir, now)
+        halt = halts.state(tx, local, now)
         breaker_list = breakers.views(tx, cfg, now)
         overview = resource_overview(tx, ctx.settings, now, state_dir=ctx.state_dir)
         caps = feedback.caps_in_force(tx, ctx.settings, now)

@@ -48,6 +48,8 @@ class Evaluation:
     __slots__ = (
         "probe",
         "state_dir",
+        "halt_file",
+        "live",
         "running",
         "on_node",
         "waiting",
@@ -59,9 +61,23 @@ class Evaluation:
         "chores",
     )
 
-    def __init__(self, tx: Tx, req: Request, now: float, probe: Row, state_dir: str | None) -> None:
+    def __init__(
+        self,
+        tx: Tx,
+        req: Request,
+        now: float,
+        probe: Row,
+        state_dir: str | None,
+        halt_file: halts.Snapshot | None = None,
+        live: dict[str, Any] | None = None,
+    ) -> None:
         ttype = req.task_type.value
         self.probe, self.state_dir = probe, state_dir
+        # this host's halt file, read before the transaction (else read from state_dir)
+        self.halt_file: halts.Snapshot | str | None = (
+            halt_file if halt_file is not None else state_dir
+        )
+        self.live = live  # this host's live reading, taken before the transaction
         self.running = slots.of_type(tx, ttype)
         self.on_node = [r for r in self.running if r["node"] == req.node]
         self.waiting = queue.ahead(tx, ttype, req.waiter_seq) if probe["waiters"] else []
@@ -87,9 +103,9 @@ def _expected_end_wait(rows: list[Row], expected: float | None, now: float) -> f
 def halt(tx: Tx, req: Request, settings: Settings, now: float, ev: Evaluation) -> list[Reason]:
     """Every halt that applies to the type, and this host's halt file (see ``halts``)."""
     if ev.probe["halts"]:
-        state = halts.state(tx, ev.state_dir, now, req.task_type.value, req.node)
+        state = halts.state(tx, ev.halt_file, now, req.task_type.value, req.node)
     else:
-        state = halts.file_only(ev.state_dir, now)
+        state = halts.file_only(ev.halt_file, now)
     stale = state.stale_file
     if stale is not None:
         ev.chores.append(lambda tx: halts.remove_stale_file(stale))
@@ -149,6 +165,20 @@ def pass_breaker(tx: Tx, settings: Settings, found: breakers.Breaker | None, now
 # --------------------------------------------------------------------------- thresholds
 
 
+def live_reading(
+    settings: Settings, state_dir: str | None, node: str | None = None
+) -> dict[str, Any] | None:
+    """This host's cheap live reading (memory, disk, load), or None when admission of
+    ``node`` would not use one (another node, or ``resources.live_host`` off). Taken before
+    the admission transaction: nothing is read from the filesystem under the store's lock."""
+    if node is not None and (
+        node != identity.local_node() or not settings.get("resources.live_host")
+    ):
+        return None
+    paths = [state_dir] if state_dir else []
+    return readings.live_host(paths + list(settings.get("resources.data_paths")))
+
+
 def thresholds(
     tx: Tx, req: Request, settings: Settings, now: float, ev: Evaluation
 ) -> list[Reason] | None:
@@ -168,8 +198,7 @@ def thresholds(
     ):
         reading = None  # stale: ignored (shown as stale by `resources`)
     if reading is None and live:
-        paths = [ev.state_dir] if ev.state_dir else []
-        reading = readings.live_host(paths + list(settings.get("resources.data_paths")))
+        reading = ev.live if ev.live is not None else live_reading(settings, ev.state_dir)
     if reading is None:
         return None
     limits = settings.get("thresholds")

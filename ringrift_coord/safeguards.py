@@ -112,8 +112,9 @@ def halt_status(
     """Every halt in force (store rows, this host's halt file), the last audit entries, and
     ``halted``: whether this host is halted at all (or for ``task_type``; on ``node`` only,
     when given)."""
+    local = halts.snapshot(ctx.state_dir, ctx.store.scope)  # the file before the store
     with ctx.store.read() as tx:
-        return halts.status(tx, ctx.state_dir, tx.now(), task_type, node)
+        return halts.status(tx, local, tx.now(), task_type, node)
 
 
 def is_halted(
@@ -148,12 +149,16 @@ def _request(ctx: Context, task_type: str | TaskType, node_id: str | None) -> Re
 
 def _decide(ctx: Context, task_type: str | TaskType, node_id: str | None) -> Decision:
     req = _request(ctx, task_type, node_id)
+    local = halts.snapshot(ctx.state_dir, ctx.store.scope)  # never read under the lock
+    live = rules.live_reading(ctx.settings, ctx.state_dir, req.node)
     with ctx.store.write() as tx:  # write: dead holders are reaped before counting
         return admission.admit(
             tx,
             req,
             ctx.settings,
             state_dir=ctx.state_dir,
+            halt_file=local,
+            live=live,
             take_slot=False,
             action="check",
             log=False,
@@ -196,9 +201,18 @@ def record_spawn(*args: Any) -> Decision:
     """
     ctx, (task_type, node_id) = _split(args, ("task_type", "node"), 1)
     req = _request(ctx, task_type, node_id)
+    local = halts.snapshot(ctx.state_dir, ctx.store.scope)  # never read under the lock
+    live = rules.live_reading(ctx.settings, ctx.state_dir, req.node)
     with ctx.store.write() as tx:
         decision = admission.admit(
-            tx, req, ctx.settings, state_dir=ctx.state_dir, take_slot=False, action="record-spawn"
+            tx,
+            req,
+            ctx.settings,
+            state_dir=ctx.state_dir,
+            halt_file=local,
+            live=live,
+            take_slot=False,
+            action="record-spawn",
         )
         if decision._rate is not None:  # after backpressure; None: the type has no rate limit
             rules.take_token(tx, req.node, req.task_type.value, decision._rate, tx.now())

@@ -357,10 +357,7 @@ def history(
         where.append("node = ?")
         args.append(node)
     if status:
-        if status not in HISTORY_STATUSES:
-            raise UsageError(
-                f"must be one of {', '.join(HISTORY_STATUSES)}, not {status!r}", field="status"
-            )
+        check_history_status(status)
         where.append("status = ?")
         args.append(status)
     if since is not None:
@@ -370,6 +367,14 @@ def history(
     if where:
         sql += " WHERE " + " AND ".join(where)
     return tx.query(sql + " ORDER BY ended_at DESC, id DESC LIMIT ?", (*args, int(limit)))
+
+
+def check_history_status(status: str | None) -> None:
+    """A status ``tasks history --status`` can find (None: any)."""
+    if status is not None and status not in HISTORY_STATUSES:
+        raise UsageError(
+            f"must be one of {', '.join(HISTORY_STATUSES)}, not {status!r}", field="status"
+        )
 
 
 def history_of(tx: Tx, task_id: str) -> list[Row]:

@@ -13,7 +13,17 @@ import json
 import os
 from types import TracebackType
 
-from ringrift_coord import admission, feedback, identity, procs, queue, reservations, slots
+from ringrift_coord import (
+    admission,
+    feedback,
+    halts,
+    identity,
+    procs,
+    queue,
+    reservations,
+    rules,
+    slots,
+)
 from ringrift_coord.context import Context, ProcessWide
 from ringrift_coord.decision import Decision, Request
 from ringrift_coord.errors import NotFound, SpawnDenied, UsageError
@@ -94,12 +104,17 @@ class TaskCoordinator(ProcessWide):
         )
 
     def _admit(self, req: Request, *, take_slot: bool, action: str, log: bool = True) -> Decision:
-        with self.ctx.store.write() as tx:
+        ctx = self.ctx
+        local = halts.snapshot(ctx.state_dir, ctx.store.scope)  # never read under the lock
+        live = rules.live_reading(ctx.settings, ctx.state_dir, req.node)
+        with ctx.store.write() as tx:
             return admission.admit(
                 tx,
                 req,
-                self.ctx.settings,
-                state_dir=self.ctx.state_dir,
+                ctx.settings,
+                state_dir=ctx.state_dir,
+                halt_file=local,
+                live=live,
                 take_slot=take_slot,
                 action=action,
                 log=log,

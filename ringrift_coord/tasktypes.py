@@ -41,9 +41,11 @@ class TaskType(StrEnum):
             return cls(key)
         except ValueError:
             from ringrift_coord.errors import UsageError
+            from ringrift_coord.inputs import did_you_mean
 
             valid = ", ".join(t.value for t in cls)
-            raise UsageError(f"unknown task type {name!r}; valid types: {valid}") from None
+            hint = did_you_mean(key, (t.value for t in cls))
+            raise UsageError(f"unknown task type {name!r}{hint}; valid types: {valid}") from None
 
 
 RESOURCE_TYPES: dict[TaskType, ResourceType] = {

@@ -170,6 +170,9 @@ def test_cancel_from_another_host_is_refused(coord: Coord) -> None:
 
 
 def test_cancel_bad_input(coord: Coord) -> None:
+    bad = coord("tasks", "cancel", "x", "--signal", "USR1")  # said before "no store" (3)
+    assert bad.returncode == 2 and "--signal" in bad.stderr
+    assert coord("tasks", "reap").returncode == 0  # a store, with no such task in it
     unknown = coord("tasks", "cancel", "no-such-task")
     assert unknown.returncode == 2 and "no task 'no-such-task'" in unknown.stderr
     bad = coord("tasks", "cancel", "x", "--signal", "USR1")

@@ -63,10 +63,10 @@ PID = str(os.getpid())
 # (argv, fragments the one line must contain)
 CASES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     # unknown command
-    "unknown-command": (("frobnicate",), ("No such command", "frobnicate")),
+    "unknown-command": (("frobnicate",), ("unknown command", "frobnicate")),
     "unknown-command-typo": (("can-spwan", "selfplay"), ("can-spwan", "can-spawn")),
-    "unknown-subcommand": (("tasks", "bogus"), ("No such command", "bogus")),
-    "empty-command": (("",), ("No such command",)),
+    "unknown-subcommand": (("tasks", "bogus"), ("unknown command", "bogus")),
+    "empty-command": (("",), ("unknown command",)),
     "missing-command": ((), ("missing command",)),
     "missing-subcommand": (("config",), ("missing command",)),
     # unknown options: fast parser ...
@@ -80,7 +80,7 @@ CASES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "unknown-short-option": (("can-spawn", "selfplay", "-x"), ("-x",)),
     "typer-option-on-hot-command": (("can-spawn", "selfplay", "--type", "training"), ("--type",)),
     # ... and Typer
-    "unknown-option-status": (("status", "--bogus"), ("No such option", "--bogus")),
+    "unknown-option-status": (("status", "--bogus"), ("unknown option", "--bogus")),
     "unknown-option-halt": (("halt", "--bogus"), ("--bogus",)),
     "unknown-option-decisions": (("decisions", "--pid", "1"), ("--pid",)),
     "unknown-global-option": (("--bogus", "can-spawn", "selfplay"), ("--bogus",)),
@@ -168,7 +168,7 @@ CASES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
         ("--exit-code",),
     ),
     # halt
-    "halt-negative-ttl": (("halt", "--ttl", "-5"), ("--ttl", "positive")),
+    "halt-negative-ttl": (("halt", "--ttl", "-5"), ("--ttl", "negative")),
     "halt-zero-ttl": (("halt", "--ttl", "0"), ("--ttl",)),
     "halt-nan-ttl": (("halt", "--ttl", "nan"), ("--ttl",)),
     "halt-huge-ttl": (("halt", "--ttl", "1e308"), ("--ttl",)),
@@ -235,24 +235,29 @@ def test_pid_of_a_process_that_just_exited(coord) -> None:
     usage_error(
         coord("register", "selfplay", "--pid", str(pid)), f"--pid {pid}", "no running process"
     )
-    # and nothing was registered
+    # and nothing was registered: not even the store was created
     listed = coord("--json", "tasks")
-    assert listed.returncode == 0 and json.loads(listed.stdout)["tasks"] == []
+    assert listed.returncode == 3 and "no store at" in listed.stderr
+    assert not coord.db.exists()
 
 
 def test_rejected_halt_leaves_no_halt(coord) -> None:
     for ttl in ("-5", "1e308", "nan"):
         usage_error(coord("halt", "--ttl", ttl))
     usage_error(coord("halt", "--reason", "a\nb"))
-    check = coord("halt", "--check")
-    assert check.returncode == 0, check.stdout + check.stderr
-    assert not (coord.state_dir / "EMERGENCY_HALT").exists()
+    check = coord("halt", "--check")  # nothing at all was written: not even the store
+    assert check.returncode == 3 and "no store at" in check.stderr, check.stdout + check.stderr
+    assert not (coord.state_dir / "EMERGENCY_HALT").exists() and not coord.db.exists()
 
 
 def test_rejected_reserve_leaves_no_reservation(coord) -> None:
     usage_error(coord("reserve", "selfplay", "--node", "n1", "--slots", "1", "--ttl", "1e308"))
     usage_error(coord("reserve", "selfplay", "--node", "n1", "--slots", "99999999999999999999"))
     listed = coord("--json", "reserve", "list")
+    if coord.engine == "sqlite":  # nothing was written: not even the store
+        assert listed.returncode == 3 and "no store at" in listed.stderr, listed.stderr
+        assert not coord.db.exists()
+        return
     assert listed.returncode == 0 and json.loads(listed.stdout)["reservations"] == []
     status = coord("status")  # and every listing still renders
     assert status.returncode == 0, status.stderr

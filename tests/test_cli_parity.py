@@ -5,7 +5,8 @@ every launch (no Typer import) and by the Typer app for ``--help`` and completio
 built from the spec. These tests check the construction both ways (every spec option is a
 Click option with the same destination, kind, metavar, help and completion, and Click has
 no other), and that both read the same argv the same way: a fixed corpus (the wrapped
-command's words included) and random argv from the spec's own vocabulary.
+command's words included) and random argv from the spec's own vocabulary. A mistake gets the
+same one line from both, byte for byte, with the same "did you mean" hint.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from hypothesis import strategies as st
 from typer._click import core as click
 from typer._click import exceptions as click_exceptions
 
-from ringrift_coord.cli import parser, spec
+from ringrift_coord.cli import build, main, parser, spec
 from ringrift_coord.cli.app import app
 from ringrift_coord.errors import UsageError
 from ringrift_coord.task_coordinator import RELEASE_STATUSES
@@ -199,6 +200,11 @@ SAME_PARSE = [
     ["run", "-q", "selfplay", "--no-slot-exit-code=300", "true"],  # range: the handler's
     ["run", "selfplay", "--node", "-q", "true"],  # a node called -q
     ["run", "selfplay", "true", "-q"],  # the job's -q
+    # durations: seconds, or with units (one parser, durations.parse, on both sides)
+    ["run", "selfplay", "--wait", "--timeout", "5m", "--", "true"],
+    ["run", "selfplay", "--wait", "--timeout=1h30m", "--", "true"],
+    ["run", "--wait", "--timeout", "0.3s", "selfplay", "true"],
+    ["run", "--wait", "--timeout", "2d", "selfplay", "--", "true"],
 ]
 
 
@@ -267,22 +273,138 @@ BAD = [
     ["run", "selfplay", "--no-slot-exit-code", "nine", "true"],
     ["run", "selfplay", "--no-slot-exit-code", "1.5", "true"],
     ["run", "selfplay", "--no-slot-exit-code"],
+    ["run", "selfplay", "--wait", "--timeout", "5x", "true"],
+    ["run", "selfplay", "--wait", "--timeout", "-5m", "true"],
+    ["run", "selfplay", "--wait", "--timeout", "1h30", "true"],
+    ["can-spawn", "selfplay", "--nod", "n1"],
 ]
 
 
-def typer_refuses(argv: list[str]) -> bool:
+def typer_refusal(argv: list[str]) -> str | None:
+    """The Typer app's one line for ``argv`` (None: it accepts it), as the boundary says it."""
     try:
         typer_parse(argv)
-    except (click_exceptions.UsageError, UsageError):
-        return True
-    return False
+    except click_exceptions.UsageError as exc:
+        return main._shown(build.usage_from_click(exc))
+    except UsageError as exc:
+        return main._shown(exc)
+    return None
+
+
+def typer_refuses(argv: list[str]) -> bool:
+    return typer_refusal(argv) is not None
+
+
+def fast_refusal(argv: list[str]) -> str:
+    with pytest.raises(UsageError) as raised:
+        parser.parse(argv)
+    return main._shown(raised.value)
 
 
 @pytest.mark.parametrize("argv", BAD, ids=repr)
 def test_same_refusals(argv: list[str]) -> None:
-    with pytest.raises(UsageError):
-        parser.parse(argv)
-    assert typer_refuses(argv)
+    assert typer_refusal(argv) == fast_refusal(argv)
+
+
+# (argv, the one line both parsers give): typos get the nearest name as a hint; a mistake in
+# the command line's shape points to the help of the command as typed
+MISTAKES = [
+    (["can-spawn", "selfplay", "--nod", "n1"], "unknown option --nod (did you mean --node?)"),
+    (["can-spawn", "selfplay", "--nod=n1"], "unknown option --nod (did you mean --node?)"),
+    (["spawn-check", "selfplay", "--nod", "n1"], "unknown option --nod (did you mean --node?)"),
+    (["can-spawn", "selfplay", "--qiuet"], "unknown option --qiuet (did you mean --quiet?)"),
+    (["can-spawn", "selfplay", "--jsn"], "unknown option --jsn (did you mean --json?)"),
+    (["can-spawn", "selfplay", "--hlep"], "unknown option --hlep (did you mean --help?)"),
+    (["can-spawn", "selfplay", "--bogus"], "unknown option --bogus"),
+    (["can-spawn", "selfplay", "-x"], "unknown option -x"),
+    (["can-spawn", "selfplay", "-qx"], "unknown option -x"),
+    (["register", "selfplay", "--pdi", "5"], "unknown option --pdi (did you mean --pid?)"),
+    (
+        ["register", "selfplay", "--task-di", "t"],
+        "unknown option --task-di (did you mean --task-id?)",
+    ),
+    (
+        ["unregister", "t-1", "--exit-cod", "3"],
+        "unknown option --exit-cod (did you mean --exit-code?)",
+    ),
+    (["unregister", "t-1", "--stauts", "ok"], "unknown option --stauts (did you mean --status?)"),
+    (["run", "selfplay", "--wiat", "--", "true"], "unknown option --wiat (did you mean --wait?)"),
+    (
+        ["run", "--timeuot", "5", "selfplay", "--", "true"],
+        "unknown option --timeuot (did you mean --timeout?)",
+    ),
+    (
+        ["run", "selfplay", "--no-slot-exit", "9", "--", "true"],
+        "unknown option --no-slot-exit (did you mean --no-slot-exit-code?)",
+    ),
+    (
+        ["run", "--nod", "n1", "selfplay", "--", "true"],
+        "unknown option --nod (did you mean --node?)",
+    ),
+    (["can-spawn"], "missing argument TYPE"),
+    (["register", "--node", "n1"], "missing argument TYPE"),
+    (["unregister"], "missing argument ID"),
+    (["run", "--", "true"], "missing argument TYPE"),
+    (["can-spawn", "selfplay", "training"], "unexpected extra argument (training)"),
+    (["can-spawn", "selfplay", "training", "cmaes"], "unexpected extra arguments (training cmaes)"),
+    (["unregister", "a", "b"], "unexpected extra argument (b)"),
+    (["can-spawn", "selfplay", "--node"], "option --node requires a value"),
+    (["register", "selfplay", "--pid"], "option --pid requires a value"),
+    (["run", "selfplay", "--no-slot-exit-code"], "option --no-slot-exit-code requires a value"),
+    (["can-spawn", "selfplay", "--quiet=yes"], "option --quiet takes no value"),
+]
+# a global option's mistake points to the program's help, wherever it is given
+GLOBAL_MISTAKES = [
+    (["can-spawn", "selfplay", "--json=yes"], "option --json takes no value"),
+    (["--json=yes", "can-spawn", "selfplay"], "option --json takes no value"),
+    (["can-spawn", "selfplay", "--db"], "option --db requires a value"),
+    (["run", "selfplay", "--set"], "option --set requires a value"),
+    (["--db"], "option --db requires a value"),
+]
+# a bad value names the option and says what is wrong
+VALUE_MISTAKES = [
+    (["register", "selfplay", "--pid", "abc"], "option --pid: 'abc' is not an integer"),
+    (["unregister", "t-1", "--token", "1.5"], "option --token: '1.5' is not an integer"),
+    (
+        ["run", "selfplay", "--wait", "--timeout", "-1", "--", "true"],
+        "option --timeout: '-1' is negative: a duration is 0 or more "
+        "(e.g. 90, 45s, 5m, 1h30m, 2d or 3w)",
+    ),
+    (
+        ["run", "selfplay", "--wait", "--timeout", "5x", "--", "true"],
+        "option --timeout: '5x' is not a number of seconds or a duration with units s, m, h, "
+        "d, w (e.g. 90, 45s, 5m, 1h30m, 2d or 3w)",
+    ),
+]
+CORPUS = [
+    *[(argv, f"{text}; see 'ringrift-coord {argv[0]} --help'") for argv, text in MISTAKES],
+    *[(argv, f"{text}; see 'ringrift-coord --help'") for argv, text in GLOBAL_MISTAKES],
+    *VALUE_MISTAKES,
+]
+CORPUS_IDS = [" ".join(argv) for argv, _ in CORPUS]
+
+
+@pytest.mark.parametrize(("argv", "line"), CORPUS, ids=CORPUS_IDS)
+def test_same_line_for_the_same_mistake(argv: list[str], line: str) -> None:
+    """Both parsers' own messages, compared with each other and with the expected line."""
+    assert fast_refusal(argv) == line
+    assert typer_refusal(argv) == line
+
+
+@pytest.mark.parametrize(("argv", "line"), CORPUS, ids=CORPUS_IDS)
+def test_byte_identical_stderr(
+    argv: list[str], line: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Through the real boundary (``main.run_cli``): the fast parser's stderr, then the
+    Typer app's for the same argv (the fast parser told to hand everything over): the same
+    bytes and exit 2."""
+    assert main.run_cli(list(argv)) == 2
+    fast = capsys.readouterr()
+    monkeypatch.setattr(parser, "parse", lambda argv: None)
+    assert main.run_cli(list(argv)) == 2
+    slow = capsys.readouterr()
+    assert fast.err == slow.err == f"ringrift-coord: error: {line}\n"
+    assert fast.out == slow.out == ""
 
 
 # --------------------------------------------------------------------------- random argv
@@ -311,6 +433,11 @@ WORDS = [
     "7",
     "-9",
     "2.5",
+    "5m",
+    "1h30m",
+    "-5m",
+    "--nod",
+    "--timeuot",
     "nan",
     "abc",
     "",
@@ -329,8 +456,8 @@ def test_random_argv_same_parse(name: str, tail: list[str], head: list[str]) -> 
     argv = [*head, name, *tail]
     try:
         fast = parser.parse(argv)
-    except UsageError:
-        assert typer_refuses(argv), argv
+    except UsageError as exc:
+        assert typer_refusal(argv) == main._shown(exc), argv
         return
     if fast is None or fast.version or fast.command is None:
         return  # not a hot command, help or version: only the Typer app reads it

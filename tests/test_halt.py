@@ -26,7 +26,7 @@ def test_halt_blocks_everything_until_unhalt(coord):
     for ttype in ("selfplay", "training", "sync"):
         denied = coord("can-spawn", ttype, "--node", "n1")
         assert denied.returncode == 1
-        assert "halted cluster-wide by" in denied.stderr and "bad model pushed" in denied.stderr
+        assert "halted every task type in " in denied.stderr and "bad model pushed" in denied.stderr
         assert len(denied.stderr.strip().splitlines()) == 1
 
     check = coord("halt", "--check")
@@ -57,7 +57,7 @@ def test_deleting_the_file_by_hand_does_not_lift_a_halt(coord):
 
 
 def test_touched_halt_file_halts_this_host(coord):
-    coord("tasks")  # creates the state directory
+    coord("tasks", "reap")  # creates the state directory and the store
     (coord.state_dir / "EMERGENCY_HALT").touch()
     denied = coord("can-spawn", "training", "--json")
     assert denied.returncode == 1

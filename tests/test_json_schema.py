@@ -16,6 +16,7 @@ import re
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -79,6 +80,8 @@ CASES: list[tuple[str, tuple[str, ...], int]] = [
     ("report", ("report", "--node", "n5"), 0),  # sampled here
     ("resources", ("resources",), 0),
     ("--version", ("--version",), 0),
+    ("config init", ("config", "init", "{config_path}"), 0),
+    ("completion", ("completion", "fish"), 0),
     (FAILED, ("unregister", "no-such-task"), 2),
     (FAILED, ("--set", "task_limits.sync.cluster=0", "run", "sync", "true"), 75),
 ]
@@ -191,10 +194,11 @@ def walk(value: Any, path: str, key: str | None = None) -> list[str]:
     return found
 
 
-def test_every_command_prints_one_document_in_the_schema(coord: Coord) -> None:
+def test_every_command_prints_one_document_in_the_schema(coord: Coord, tmp_path: Path) -> None:
     holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"])
     try:
         values = populate(coord, holder.pid)
+        values["config_path"] = str(tmp_path / "written" / "coord.yaml")  # config init's file
         failures, seen = [], set()
         for name, argv, code in CASES:
             args = [a.format(**values) for a in argv]

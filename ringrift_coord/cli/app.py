@@ -26,7 +26,7 @@ from ringrift_coord.cli.common import (
 from ringrift_coord.cli.hot import Globals, emit_json
 from ringrift_coord.cli.spec import HELP_OPTIONS
 from ringrift_coord.errors import ExitCode, UsageError
-from ringrift_coord.tasktypes import TASK_TYPE_NAMES
+from ringrift_coord.tasktypes import TASK_TYPE_NAMES, TaskType
 
 app = typer.Typer(
     name="ringrift-coord",
@@ -53,6 +53,13 @@ TypeOpt = Annotated[
 build.install(app)  # the global options and the hot commands, from cli/spec.py
 
 
+def known_type(task_type: str | None) -> None:
+    """A ``--type`` that names no task type is bad input (exit 2), said before the store
+    is opened (a read-only command's "no store at PATH" is exit 3)."""
+    if task_type is not None:
+        TaskType.parse(task_type)
+
+
 # --------------------------------------------------------------------------- tasks
 
 
@@ -77,7 +84,8 @@ def tasks_list(
 
     g = globals_of(ctx)
     table_output(fmt, no_header, ctx)
-    with g.context() as c:
+    known_type(task_type)  # bad input is exit 2 before "no store" (exit 3)
+    with g.context(create=False) as c:
         rows = TaskCoordinator(c).list_tasks(task_type, node)
     if g.json:
         emit_json({"tasks": rows})
@@ -127,8 +135,12 @@ def tasks_history(
     g = globals_of(ctx)
     table_output(fmt, no_header, ctx)
     node = not_blank("--node", node)
+    known_type(task_type)  # bad input is exit 2 before "no store" (exit 3)
+    from ringrift_coord.slots import check_history_status
+
+    check_history_status(status)
     since_at, since_age = (None, None) if since is None else parse_since(since)
-    with g.context() as c:
+    with g.context(create=False) as c:
         rows = TaskCoordinator(c).history(
             limit,
             task_type=task_type,
@@ -154,7 +166,7 @@ def tasks_show(
     from ringrift_coord.task_coordinator import TaskCoordinator
 
     g = globals_of(ctx)
-    with g.context() as c:
+    with g.context(create=False) as c:
         doc = TaskCoordinator(c).show(task_id)
     if g.json:
         emit_json(doc)
@@ -180,7 +192,10 @@ def tasks_cancel(
     from ringrift_coord.task_coordinator import TaskCoordinator
 
     g = globals_of(ctx)
-    with g.context() as c:
+    from ringrift_coord.cancel import parse_signal
+
+    parse_signal(signal_name)  # bad input is exit 2 before "no store" (exit 3)
+    with g.context(create=False) as c:
         result = TaskCoordinator(c).cancel(task_id, signal_name)
     if g.json:
         emit_json(result)
@@ -208,7 +223,15 @@ def reserve(
     res_id: Annotated[str | None, typer.Argument(metavar="[ID]", help="With release.")] = None,
     node: Annotated[str | None, typer.Option("--node", help="Node to hold slots on.")] = None,
     slots: Annotated[int | None, typer.Option("--slots", help="How many slots.")] = None,
-    ttl: Annotated[float | None, typer.Option("--ttl", help="Expire after S seconds.")] = None,
+    ttl: Annotated[
+        float | None,
+        typer.Option(
+            "--ttl",
+            help="Expire after this long: seconds, or 30m, 2h, 1d.",
+            metavar="DURATION",
+            click_type=build.DURATION,
+        ),
+    ] = None,
     fmt: FormatOpt = None,
     no_header: NoHeaderOpt = False,
 ) -> None:
@@ -226,7 +249,7 @@ def reserve(
         if not node or slots is None:
             raise UsageError("reserve TYPE needs --node N and --slots K")
         not_blank("--node", node)
-    with g.context() as c:
+    with g.context(create=what != "list") as c:
         coord = TaskCoordinator(c)
         if what == "release":
             assert res_id is not None
@@ -263,7 +286,13 @@ def halt(
         typer.Option("--node", help="Drain this node only (the others go on spawning)."),
     ] = None,
     ttl: Annotated[
-        float | None, typer.Option("--ttl", help="Lift by itself after S seconds.")
+        float | None,
+        typer.Option(
+            "--ttl",
+            help="Lift by itself after this long: seconds, or 30m, 2h, 1d.",
+            metavar="DURATION",
+            click_type=build.DURATION,
+        ),
     ] = None,
     check: Annotated[
         bool,
@@ -272,7 +301,8 @@ def halt(
         ),
     ] = False,
 ) -> None:
-    """Emergency stop of every new spawn (or of one type), cluster-wide or on one node."""
+    """Emergency stop of every new spawn (or of one type) in the store: cluster-wide on
+    PostgreSQL, this host's store with SQLite; with --node, on that node only."""
     from ringrift_coord import safeguards
 
     g = globals_of(ctx)
@@ -280,9 +310,10 @@ def halt(
     if check:
         if reason is not None or ttl is not None:
             raise UsageError("halt --check takes no --reason or --ttl")
+        known_type(task_type)
         from ringrift_coord.identity import default_node
 
-        with g.context() as c:
+        with g.context(create=False) as c:
             if node is None:
                 try:  # this node's drains count; with no usable node name, any node's do
                     node = default_node(c.env)
@@ -334,7 +365,8 @@ def decisions(
     ctx: typer.Context,
     denied: Annotated[bool, typer.Option("--denied", help="Only refusals.")] = False,
     since: Annotated[
-        str | None, typer.Option("--since", help="ISO 8601 time, or an age like 30m, 2h, 1d.")
+        str | None,
+        typer.Option("--since", help="ISO 8601 time, or an age like 30m, 2h, 1d, 3w."),
     ] = None,
     node: Annotated[str | None, typer.Option("--node", help="Only this node.")] = None,
     task_type: TypeOpt = None,
@@ -350,7 +382,8 @@ def decisions(
     g = globals_of(ctx)
     table_output(fmt, no_header)
     since_at, since_age = (None, None) if since is None else parse_since(since)
-    with g.context() as c:
+    known_type(task_type)
+    with g.context(create=False) as c:
         rows = reports.decisions(
             c,
             denied_only=denied,
@@ -368,17 +401,26 @@ def decisions(
 
 
 def parse_since(text: str) -> tuple[float | None, float | None]:
-    """``--since``: (a moment, None) for an ISO 8601 time, (None, seconds) for an age."""
-    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-    raw = text.strip()
-    if raw and raw[-1] in units and raw[:-1].replace(".", "", 1).isdigit():
-        return None, float(raw[:-1]) * units[raw[-1]]
+    """``--since``: (a moment, None) for an ISO 8601 time, (None, seconds) for an age (a
+    duration: ``90``, ``30m``, ``1h30m``, ``3w``)."""
     from datetime import datetime
 
+    from ringrift_coord import durations
+
+    raw = text.strip()
+    try:
+        return None, durations.parse(raw)
+    except ValueError as exc:
+        as_age = str(exc)
     try:
         moment = datetime.fromisoformat(raw.replace("Z", "+00:00"))
     except ValueError:
-        raise UsageError(f"--since {text!r}: give an ISO 8601 time or an age like 30m") from None
+        if raw[:1] == "-":  # a negative age, not a date
+            raise UsageError(as_age, field="since") from None
+        raise UsageError(
+            f"{text!r} is neither an ISO 8601 time (2026-05-01T12:00) nor an age like 30m, 2h, 3w",
+            field="since",
+        ) from None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
     return moment.timestamp(), None
@@ -406,7 +448,7 @@ def limits(ctx: typer.Context, fmt: FormatOpt = None, no_header: NoHeaderOpt = F
 
     g = globals_of(ctx)
     table_output(fmt, no_header)
-    with g.context() as c:
+    with g.context(create=False) as c:
         doc = reports.limits(c)
     if g.json:
         emit_json(doc)
@@ -476,7 +518,7 @@ def status(
 
     g = globals_of(ctx)
     table_output(fmt, no_header)
-    with g.context() as c:
+    with g.context(create=False) as c:
         document = reports.status(c)
         readings = None if g.json or brief else reports.resources(c)
     if g.json:

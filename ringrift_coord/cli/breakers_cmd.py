@@ -63,7 +63,7 @@ def breakers_list(
     g = globals_of(ctx)
     table_output(fmt, no_header, ctx)
     node, ttype = not_blank("--node", node), _type(task_type)
-    with g.context() as c:
+    with g.context(create=False) as c:
         doc = reports.breaker_list(c, node, ttype)
     if g.json:
         emit_json(doc)

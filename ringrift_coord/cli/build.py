@@ -7,7 +7,8 @@ completion hints). Their values go through the fast parser's own rules (``parser
 and ``run`` splits off the command it wraps with ``parser.split_rest``, so the two parsers
 read argv alike by construction. ``Group`` applies ``parser.check_text`` to the text
 options and arguments of every other command too, and ``parser.convert``'s number rules
-to their integer and number options.
+to their integer and number options; ``usage_from_click`` words Click's usage errors as
+the fast parser words the same mistake.
 """
 
 from __future__ import annotations
@@ -19,12 +20,15 @@ from typing import Annotated, Any
 
 import typer
 from typer._click import core as click
+from typer._click import exceptions as click_exceptions
 from typer._click import types as click_types
 from typer.core import TyperCommand, TyperGroup
 
 from ringrift_coord.cli import parser, spec
 from ringrift_coord.cli.common import complete_types, globals_of
 from ringrift_coord.cli.hot import Globals
+from ringrift_coord.errors import UsageError
+from ringrift_coord.inputs import did_you_mean
 
 # --------------------------------------------------------------------------- value types
 
@@ -38,7 +42,8 @@ def _label(param: click.Parameter | None) -> str:
 
 
 class SpecType(click_types.ParamType):
-    """A value of one spec kind (str, int, float, append), read by ``parser.convert``."""
+    """A value of one spec kind (str, int, float, duration, append), read by
+    ``parser.convert``."""
 
     def __init__(self, kind: str) -> None:
         self.kind = kind
@@ -52,6 +57,7 @@ class SpecType(click_types.ParamType):
 
 TEXT = SpecType("str")
 PATH = SpecType("path")  # for a file argument of a Typer command (``config validate FILE``)
+DURATION = SpecType("duration")  # seconds or 5m, 1h30m: ``halt --ttl``, ``reserve --ttl``
 
 
 class Group(TyperGroup):
@@ -89,8 +95,48 @@ def _check_text_everywhere(command: click.Command) -> None:
             param.type = TEXT
         elif isinstance(param.type, (click_types.IntParamType, click_types.FloatParamType)):
             param.type = _strict_number(param.type)
+    _usage_errors_in_our_words(command)
     for sub in getattr(command, "commands", {}).values():
         _check_text_everywhere(sub)
+
+
+def _usage_errors_in_our_words(command: click.Command) -> None:
+    """Click's usage errors of ``command`` with what ``usage_from_click`` needs to word them
+    as the fast parser does: the context (Click's option parser leaves it out), the words
+    after a command's last argument, the name of an unknown subcommand."""
+    parse = command.parse_args
+    leaf = not hasattr(command, "commands")
+
+    def parse_args(ctx: click.Context, args: list[str]) -> list[str]:
+        strict = leaf and not ctx.allow_extra_args and not ctx.resilient_parsing
+        ctx.allow_extra_args = ctx.allow_extra_args or strict
+        try:
+            rest = parse(ctx, args)
+        except click_exceptions.UsageError as exc:
+            exc.ctx = exc.ctx or ctx
+            raise
+        finally:
+            ctx.allow_extra_args = ctx.allow_extra_args and not strict
+        if strict and rest:
+            raise parser.extra_arguments(rest, _where(ctx))
+        return rest
+
+    setattr(command, "parse_args", parse_args)  # noqa: B010 (this command only)
+    resolve = getattr(command, "resolve_command", None)
+    if resolve is None:
+        return
+
+    def resolve_command(ctx: click.Context, args: list[str]) -> Any:
+        try:
+            return resolve(ctx, args)
+        except click_exceptions.UsageError as exc:
+            if not exc.message.startswith("No such command") or not args:
+                raise
+            visible = [n for n, c in getattr(command, "commands", {}).items() if not c.hidden]
+            hint = did_you_mean(args[0], visible)
+            raise parser.usage_error(f"unknown command {args[0]!r}{hint}", _where(ctx)) from None
+
+    setattr(command, "resolve_command", resolve_command)  # noqa: B010
 
 
 class RestCommand(TyperCommand):
@@ -133,6 +179,7 @@ _PY_TYPE: dict[str, Any] = {
     "path": str | None,
     "int": int | None,
     "float": float | None,
+    "duration": float | None,
     "flag": bool,
     "append": list[str] | None,
 }
@@ -230,3 +277,68 @@ def install(app: typer.Typer) -> None:
             app.command(alias, help=f"Alias of {command.name}.", hidden=True, cls=cls)(
                 _command_callback(command)
             )
+
+
+# --------------------------------------------------------------------------- usage errors
+
+
+def option_takes_value(root: click.Command) -> Callable[[list[str], str], bool | None]:
+    """For ``parser.globals_first``: does option ``name`` of the command that ``words``
+    name (``["halt"]``, ``["tasks", "history"]``) take a value? None: no option of its own."""
+
+    def takes_value(words: list[str], name: str) -> bool | None:
+        command = root
+        for word in words:
+            commands = getattr(command, "commands", None)
+            if not commands or word not in commands:
+                break
+            command = commands[word]
+        if command is root:
+            return None
+        for param in command.params:
+            if param.param_type_name == "option" and name in (*param.opts, *param.secondary_opts):
+                return not (getattr(param, "is_flag", False) or getattr(param, "count", False))
+        return None
+
+    return takes_value
+
+
+def _where(ctx: click.Context | None) -> str:
+    """The command as typed after the program's name (``tasks history``), "" for the root."""
+    if ctx is None:
+        return ""
+    path = ctx.command_path
+    return path[len(spec.PROG) :].strip() if path.startswith(spec.PROG) else path
+
+
+def _option_choices(ctx: click.Context | None) -> list[str]:
+    names = [*spec.GLOBAL_BY_NAME, *spec.HELP_OPTIONS]
+    if ctx is not None:
+        for param in ctx.command.get_params(ctx):
+            if param.param_type_name == "option":
+                names.extend([*param.opts, *param.secondary_opts])
+    return names
+
+
+def usage_from_click(exc: click_exceptions.UsageError) -> UsageError:
+    """Click's usage error in the words and the one form the fast parser gives the same
+    mistake (``parser.usage_error``)."""
+    ctx, message = exc.ctx, exc.message
+    where = _where(ctx)
+    if isinstance(exc, click_exceptions.NoSuchOption):
+        known = spec.GLOBAL_BY_NAME.get(exc.option_name)
+        if known is not None and known.takes_value:  # the last word: left for the command
+            return parser.missing_value(known.name, "")
+        return parser.unknown_option(exc.option_name, _option_choices(ctx), where)
+    if isinstance(exc, click_exceptions.BadOptionUsage) and exc.option_name:
+        if "does not take a value" in message:
+            return parser.no_value(exc.option_name, where)
+        if "requires an argument" in message:
+            return parser.missing_value(exc.option_name, where)
+    if isinstance(exc, click_exceptions.MissingParameter) and exc.param is not None:
+        param = exc.param
+        if param.param_type_name == "argument":
+            return parser.usage_error(f"missing argument {param.human_readable_name}", where)
+        return parser.usage_error(f"missing option {param.opts[0]}", where)
+    text = exc.format_message().rstrip(".")
+    return parser.usage_error(text[:1].lower() + text[1:], where)

@@ -35,9 +35,15 @@ class Globals:
         self.db, self.state_dir, self.config, self.json = db, state_dir, config, json
         self.overrides = list(overrides or [])  # --set KEY=VALUE, highest precedence
 
-    def context(self) -> Context:
+    def context(self, *, create: bool = True) -> Context:
+        """The invocation's context; ``create=False`` for a command that only reads the
+        store: a missing SQLite store is "no store at PATH" (exit 3), never created."""
         return Context.open(
-            db=self.db, state_dir=self.state_dir, config=self.config, overrides=self.overrides
+            db=self.db,
+            state_dir=self.state_dir,
+            config=self.config,
+            overrides=self.overrides,
+            create_store=create,
         )
 
 
@@ -212,7 +218,9 @@ def unregister(
     elif row is None:
         say(f"{task_id} was already released")
     else:
-        sys.stdout.write(f"released {task_id} after {row['duration']:.1f} s\n")
+        from ringrift_coord.durations import human
+
+        sys.stdout.write(f"released {task_id} after {human(row['duration'])}\n")
     return ExitCode.OK
 
 
@@ -231,10 +239,12 @@ class _Spinner:
         from rich.spinner import Spinner
 
         position = f"{decision.queued} ahead, " if decision.queued else ""
+        from ringrift_coord.durations import human
+
         rules = ", ".join(r.rule for r in decision.reasons) or "queue"
         text = (
             f"waiting for a {decision.task_type} slot on {decision.node}: {position}"
-            f"blocked by {rules} ({waited:.0f} s)"
+            f"blocked by {rules} ({human(waited)})"
         )
         if self.live is None:
             from rich.live import Live

@@ -84,7 +84,7 @@ def run_cli(argv: list[str]) -> int:
         if parsed is not None:  # what the parser read, not a word that looks like --json
             json_mode = bool(parsed.globals.get("json"))
         if parsed is None:
-            return run_typer(parser.globals_first(argv))
+            return run_typer(argv, hoist=True)
         if parsed.version:
             from ringrift_coord import __version__
 
@@ -240,14 +240,21 @@ class _Stdout:
 # --------------------------------------------------------------------------- Typer
 
 
-def run_typer(argv: list[str]) -> int:
-    """Run the Typer app without Click's own error printing; the boundary prints one line."""
+def run_typer(argv: list[str], *, hoist: bool = False) -> int:
+    """Run the Typer app without Click's own error printing; the boundary prints one line,
+    worded as the fast parser words the same mistake (``build.usage_from_click``).
+
+    With ``hoist``, the global options given after the command move to the front first
+    (``parser.globals_first``)."""
     import typer
     from typer import _click as click
 
     from ringrift_coord.cli.app import app
+    from ringrift_coord.cli.build import option_takes_value, usage_from_click
 
     command = typer.main.get_command(app)
+    if hoist:
+        argv = parser.globals_first(argv, option_takes_value(command))
     if os.environ.get(COMPLETE_VAR):
         from typer.completion import completion_init
 
@@ -256,10 +263,9 @@ def run_typer(argv: list[str]) -> int:
         result = command.main(args=argv, prog_name=PROG, standalone_mode=False)
     except click.exceptions.NoArgsIsHelpError as exc:  # the help is already on stdout
         path = exc.ctx.command_path if exc.ctx is not None else PROG
-        raise UsageError(f"missing command (see {path} --help)") from None
+        raise parser.usage_error("missing command", path[len(PROG) :].strip()) from None
     except click.exceptions.UsageError as exc:
-        hint = f" (see {exc.ctx.command_path} --help)" if exc.ctx is not None else ""
-        raise UsageError(f"{exc.format_message()}{hint}") from None
+        raise usage_from_click(exc) from None
     except click.exceptions.ClickException as exc:
         raise UsageError(exc.format_message()) from None
     except typer.Abort:

@@ -7,7 +7,9 @@ plus the global options after the command name and the one rule of a wrapped com
 (``split_rest``), which the Typer ``run`` shares. No Typer, no Rich, no ``typing``.
 
 ``check_text`` and ``convert`` are the value rules of every option of every command: the
-Typer app's parameter types call them too (``cli/build.py``).
+Typer app's parameter types call them too (``cli/build.py``). ``usage_error`` is the one form
+of a mistake in the command line's shape (``unknown option --nod (did you mean --node?);
+see 'ringrift-coord can-spawn --help'``); ``build.usage_from_click`` words Click's the same.
 """
 
 from __future__ import annotations
@@ -21,10 +23,11 @@ from ringrift_coord.cli.spec import (
     hot_command,
 )
 from ringrift_coord.errors import UsageError
-from ringrift_coord.inputs import number_hint, strict_float, strict_int
+from ringrift_coord.inputs import did_you_mean, number_hint, strict_float, strict_int
 
 TYPE_CHECKING = False  # typing costs start-up time on the hot path; annotations are lazy
 if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable
     from typing import Any
 
 
@@ -79,11 +82,20 @@ def check_path(label: str, value: str) -> str:
 
 
 def convert(label: str, raw: str, kind: str) -> Any:
-    """The value of an option of ``kind`` (str, int, float, append) given as ``raw``."""
+    """The value of an option of ``kind`` (str, int, float, duration, append) given as
+    ``raw``."""
     if kind in ("str", "append"):
         return check_text(label, raw)
     if kind == "path":
         return check_path(label, raw)
+    if kind == "duration":
+        from ringrift_coord import durations
+
+        try:
+            return durations.parse(raw)
+        except ValueError as exc:
+            hint = number_hint(raw)  # '+5', '1_000', '٣': the same advice as a number option
+            raise UsageError(f"{label}: {exc}" + (f"; {hint}" if hint else "")) from None
     # plain ASCII decimal only: int() and float() also take '٣', ' 7 ', '+5' and '1_000'
     value = strict_int(raw) if kind == "int" else strict_float(raw)
     if value is None:
@@ -97,6 +109,51 @@ def convert(label: str, raw: str, kind: str) -> Any:
     return value
 
 
+# --------------------------------------------------------------------------- usage errors
+
+
+def usage_error(detail: str, command: str = "") -> UsageError:
+    """A mistake in the command line's shape, in the one form both parsers give (the Typer
+    app's through ``cli/main.py``): what is wrong, then where the help is, e.g.
+    ``unknown option --nod (did you mean --node?); see 'ringrift-coord can-spawn --help'``.
+    ``command`` is the command as typed (``tasks history``); "" for the program itself."""
+    path = f"{PROG} {command}" if command else PROG
+    return UsageError(f"{detail}; see '{path} --help'")
+
+
+def shown(word: str) -> str:
+    """A word of argv in a message: as it is, or quoted with its escapes when unprintable."""
+    return word if word.isprintable() else repr(word)
+
+
+def unknown_option(name: str, choices: Iterable[str], command: str = "") -> UsageError:
+    """``--nod`` is no option here; the nearest of ``choices`` is the hint."""
+    return usage_error(f"unknown option {shown(name)}{did_you_mean(name, choices)}", command)
+
+
+def option_choices(command: Command | None) -> list[str]:
+    """Every option name a command line may give there: the command's own, the global
+    options (read anywhere before a wrapped command) and the help options."""
+    names = [*GLOBAL_BY_NAME, *HELP_OPTIONS]
+    if command is not None:
+        names.extend(name for opt in command.options for name in opt.names)
+    return names
+
+
+def missing_value(name: str, command: str = "") -> UsageError:
+    return usage_error(f"option {name} requires a value", command)
+
+
+def no_value(name: str, command: str = "") -> UsageError:
+    return usage_error(f"option {name} takes no value", command)
+
+
+def extra_arguments(words: list[str], command: str = "") -> UsageError:
+    """Words past a command's last argument (listed as Click lists them)."""
+    plural = "s" if len(words) > 1 else ""
+    return usage_error(f"unexpected extra argument{plural} ({' '.join(words)})", command)
+
+
 # --------------------------------------------------------------------------- argv
 
 
@@ -106,8 +163,9 @@ def _is_option(word: str) -> bool:
 
 def _is_cluster(word: str) -> bool:
     """``-qx``: several one-letter options in one word (only flags have short names, in
-    ``spec``, so none of them takes a value)."""
-    return len(word) > 2 and word[0] == "-" and word[1] != "-" and "=" not in word
+    ``spec``, so none of them takes a value). As in Click, every character after the dash is
+    one (``-q=1`` is ``-q``, ``-=`` and ``-1``)."""
+    return len(word) > 2 and word[0] == "-" and word[1] != "-"
 
 
 def _own_end(command: Command, words: list[str]) -> int:
@@ -148,16 +206,21 @@ def split_rest(command: Command, words: list[str]) -> tuple[list[str], list[str]
 def parse(argv: list[str]) -> Parsed | None:
     """Parse a hot command; None: not a hot command, for the Typer app to read.
 
-    Raises ``UsageError`` for bad input, with the message both parsers give.
+    Raises ``UsageError`` for bad input, with the message both parsers give. Of several
+    mistakes, the one the Typer app meets first is the one said: the global options' (the
+    app reads them first, wherever they are given: ``globals_first``), their values, then
+    the command's own options as they come, their values in the order they were first given,
+    the arguments', and last the words past the arguments.
     """
     values: dict[str, Any] = {}
+    order: list[Option] = []  # global options, as first given
     i = 0
     while i < len(argv):  # global options before the command
         word = argv[i]
         name, eq, inline = word.partition("=")
         opt = GLOBAL_BY_NAME.get(name)
         if opt is not None:
-            i = _take(argv, i, opt, inline if eq else None, values)
+            i = _take(argv, i, opt, inline if eq else None, values, "", order)
             continue
         if _is_option(word):
             return None  # --help, --, an unknown option: the Typer app says what it is
@@ -169,9 +232,12 @@ def parse(argv: list[str]) -> Parsed | None:
         if values.get("version"):
             return Parsed(None, values, {}, version=True)
         return None  # not a hot command
+    where = argv[i]  # the name as typed (an alias too), for the help it points to
     head, rest = split_rest(command, argv[i + 1 :])
     params: dict[str, Any] = {}
+    own: list[Option] = []  # the command's options, as first given
     positional: list[str] = []
+    mistake: UsageError | None = None  # the first one among the command's own words
     j = 0
     while j < len(head):
         word = head[j]
@@ -180,69 +246,95 @@ def parse(argv: list[str]) -> Parsed | None:
             break
         if word in HELP_OPTIONS:
             return None  # help (or Click's refusal of what follows): the Typer app's, whole
-        if _is_option(word):
-            name, eq, inline = word.partition("=")
-            opt = command.option(name)
-            if opt is None and _is_cluster(word):  # -qx: short flags given together
-                cluster = [command.option(f"-{ch}") for ch in word[1:]]
-                if any(f"-{ch}" in HELP_OPTIONS for ch in word[1:]):
-                    return None  # help among them: the Typer app's, as above
-                if all(cluster):
-                    for flag in cluster:
-                        assert flag is not None and flag.kind == "flag"
-                        params[flag.dest] = True
-                    j += 1
-                    continue
+        if not _is_option(word):
+            positional.append(word)
+            j += 1
+            continue
+        j += 1
+        name, eq, inline = word.partition("=")
+        opt = command.option(name)
+        if _is_cluster(word):  # -qx: short flags given together
+            cluster = [command.option(f"-{ch}") for ch in word[1:]]
+            if any(f"-{ch}" in HELP_OPTIONS for ch in word[1:]):
+                return None  # help among them: the Typer app's, as above
+            if all(cluster):
+                for flag in cluster:
+                    assert flag is not None and flag.kind == "flag"
+                    _take([word], 0, flag, None, params, where, own)
+            elif mistake is None:
                 name = next(
                     f"-{ch}" for ch, flag in zip(word[1:], cluster, strict=True) if flag is None
                 )
-            if opt is None:
-                shown = name if name.isprintable() else repr(name)  # an escape stays inert
-                raise UsageError(
-                    f"{command.name}: no such option {shown} (see {PROG} {command.name} --help)"
-                )
-            into = values if name in GLOBAL_BY_NAME else params
-            j = _take(head, j, opt, inline if eq else None, into)
+                mistake = unknown_option(name, option_choices(command), where)
             continue
-        positional.append(word)
-        j += 1
+        if opt is None:
+            mistake = mistake or unknown_option(name, option_choices(command), where)
+            continue
+        if name in GLOBAL_BY_NAME:  # read first, as the program's own (its help)
+            width = 1 if eq or not opt.takes_value else 2
+            if j - 1 + width > len(head):  # no value: left with the command, where it fails
+                mistake = mistake or missing_value(opt.name, "")
+            else:
+                _take(head, j - 1, opt, inline if eq else None, values, "", order)
+            j += width - 1
+            continue
+        try:
+            j = _take(head, j - 1, opt, inline if eq else None, params, where, own)
+        except UsageError as exc:
+            mistake = mistake or exc
+            j += 1 if opt.takes_value and not eq else 0
     if values.get("version"):
         return Parsed(command, values, {}, version=True)
-    args = command.args
-    if len(positional) < len(args):
-        missing = args[len(positional)].metavar
-        raise UsageError(
-            f"{command.name}: missing argument {missing} (see {PROG} {command.name} --help)"
-        )
-    if len(positional) > len(args):
-        raise UsageError(
-            f"{command.name}: unexpected extra argument {positional[len(args)]!r} "
-            f"(see {PROG} {command.name} --help)"
-        )
-    for arg, word in zip(args, positional, strict=True):
-        params[arg.dest] = check_text(f"argument {arg.metavar}", word)
-    for opt in command.options:
-        params[opt.dest] = _value(opt, params)
-    for opt in GLOBAL_BY_NAME.values():
+    for opt in order:
         values[opt.dest] = _value(opt, values)
+    if mistake is not None:
+        raise mistake
+    for opt in own:
+        params[opt.dest] = _value(opt, params)
+    args = command.args
+    for n, arg in enumerate(args):
+        if n >= len(positional):
+            raise usage_error(f"missing argument {arg.metavar}", where)
+        params[arg.dest] = check_text(f"argument {arg.metavar}", positional[n])
+    if len(positional) > len(args):
+        raise extra_arguments(positional[len(args) :], where)
+    for opt in command.options:
+        if opt not in own:
+            params[opt.dest] = _value(opt, params)
+    for opt in GLOBAL_BY_NAME.values():
+        if opt not in order:
+            values[opt.dest] = _value(opt, values)
     if command.rest is not None:
         params[command.rest.dest] = rest
     return Parsed(command, _globals(values), params)
 
 
-def _take(argv: list[str], i: int, opt: Option, inline: str | None, into: dict[str, Any]) -> int:
-    """Store ``opt``'s value from ``argv[i]`` (and the next word); the index after it."""
+def _take(
+    argv: list[str],
+    i: int,
+    opt: Option,
+    inline: str | None,
+    into: dict[str, Any],
+    where: str,
+    order: list[Option],
+) -> int:
+    """Store ``opt``'s value from ``argv[i]`` (and the next word); the index after it.
+    ``order``: the options given so far, in the order they were first given."""
     if opt.kind == "flag":
         if inline is not None:
-            raise UsageError(f"option {opt.name} takes no value")
+            raise no_value(opt.name, where)
         into[opt.dest] = True
+        if opt not in order:
+            order.append(opt)
         return i + 1
     if inline is None:
         if i + 1 >= len(argv):
-            raise UsageError(f"option {opt.name} requires a value")
+            raise missing_value(opt.name, where)
         raw, nxt = argv[i + 1], i + 2
     else:
         raw, nxt = inline, i + 1
+    if opt not in order:
+        order.append(opt)
     if opt.kind == "append":
         into.setdefault(opt.dest, []).append(raw)
     else:
@@ -283,28 +375,42 @@ def options_part(argv: list[str]) -> list[str]:
     return argv[: argv.index("--")] if "--" in argv else argv
 
 
-def globals_first(argv: list[str]) -> list[str]:
+def globals_first(
+    argv: list[str], takes_value: Callable[[list[str], str], bool | None] | None = None
+) -> list[str]:
     """argv with the global options given after the command moved to the front, where the
     Typer app reads them; a wrapped command's words (and any after ``--``) stay put.
 
-    For a hot command the values of its own options are skipped (``--node --json`` is a
-    node called ``--json``); other commands' options are not known here.
+    The values of a command's own options are skipped (``--node --json`` is a node called
+    ``--json``, ``halt --reason --json`` a reason): for a hot command from the spec, for any
+    other from ``takes_value(words, name)`` (the Typer app's answer for the command named by
+    ``words``: True or False for its own option ``name``, None for none of its own).
     """
     own = options_part(argv)
     front: list[str] = []
     rest: list[str] = []
     command: Command | None = None
+    words: list[str] = []  # a non-hot command's name (and subcommand, arguments) so far
     i = 0
     while i < len(own):
         word = own[i]
         name, eq, _ = word.partition("=")
-        opt = GLOBAL_BY_NAME.get(name) if command is None else command.option(name)
-        width = 1 if opt is None or eq or not opt.takes_value else 2
-        if opt is not None and name in GLOBAL_BY_NAME and i + width <= len(own):
+        mine = None
+        if command is None and words and takes_value is not None and _is_option(word):
+            mine = takes_value(words, name)
+        if mine is not None:  # the command's own option, whatever its name
+            is_global, width = False, 2 if mine and not eq else 1
+        else:
+            opt = GLOBAL_BY_NAME.get(name) if command is None else command.option(name)
+            is_global = opt is not None and name in GLOBAL_BY_NAME
+            width = 1 if opt is None or eq or not opt.takes_value else 2
+        if is_global and i + width <= len(own):
             front.extend(own[i : i + width])
         else:
-            if not rest and not _is_option(word):
-                command = hot_command(word)
+            if not _is_option(word):
+                if not rest:
+                    command = hot_command(word)
+                words.append(word)
             rest.extend(own[i : i + width])
         i += width
     return front + rest + argv[len(own) :]

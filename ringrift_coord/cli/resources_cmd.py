@@ -130,7 +130,7 @@ def resources(
     g = globals_of(ctx)
     table_output(fmt, no_header)
     node = not_blank("--node", node)
-    with g.context() as c:
+    with g.context(create=False) as c:
         doc = reports.resources(c, node)
     if g.json:
         emit_json(doc)

@@ -11,6 +11,7 @@ This module imports nothing (not even ``typing``): it is read on every launch.
 
 Option kinds: ``str``, ``path`` (a file or directory: any bytes the file system allows,
 but no control characters), ``int`` (64-bit, what the store keeps), ``float`` (not NaN),
+``duration`` (seconds, or with units: ``90``, ``5m``, ``1h30m``; ``durations.parse``),
 ``flag`` (no value) and ``append`` (a ``str`` that may repeat; the values in order). Every
 text value must be valid UTF-8 made of printable characters (``parser.check_text``), on both
 paths.
@@ -30,7 +31,7 @@ from __future__ import annotations
 PROG = "ringrift-coord"
 COMPLETE_VAR = "_RINGRIFT_COORD_COMPLETE"  # set by the shipped completion scripts
 HELP_OPTIONS = ("--help", "-h")
-KINDS = ("str", "path", "int", "float", "flag", "append")
+KINDS = ("str", "path", "int", "float", "duration", "flag", "append")
 
 # Completion sources by name (the Typer side maps them to functions); a tuple is the words.
 TASK_TYPES = "task_types"
@@ -242,9 +243,9 @@ HOT_COMMANDS: tuple[Command, ...] = (
             Option(
                 "--timeout",
                 "timeout",
-                "float",
-                "With --wait: give up after S seconds (exit 75).",
-                metavar="S",
+                "duration",
+                "With --wait: give up after this long (exit 75): seconds, or 5m, 1h30m.",
+                metavar="DURATION",
             ),
             _QUIET,
             Option(

@@ -22,6 +22,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from ringrift_coord.durations import human
 from ringrift_coord.inputs import printable
 
 _console: Console | None = None
@@ -453,12 +454,18 @@ def backpressure_table(rows: list[dict[str, Any]]) -> None:
 # --------------------------------------------------------------------------- halts
 
 
+def _reach(doc: dict[str, Any]) -> str:
+    """Where a halt holds, as the store says it: "this host's store sqlite:/…/tasks.db" or
+    "cluster-wide on postgres host/db" (never a password)."""
+    return printable(str(doc.get("store_scope") or "the store"))
+
+
 def halted(record: dict[str, Any]) -> None:
     what = "every task type" if record["scope"] == "*" else record["scope"]
     until = "" if record["expires_at"] is None else f" until {ts(record['expires_at'])}"
     node = record.get("node", "*")
-    where = "cluster-wide" if node == "*" else f"on node {node} only"
-    line(f"halted {what} {where}{until} (by {record['who']})")
+    only = "" if node == "*" else f" on node {node} only"
+    line(f"halted {what}{only} in {_reach(record)}{until} (by {record['who']})")
 
 
 def unhalted(result: dict[str, Any]) -> None:
@@ -466,14 +473,14 @@ def unhalted(result: dict[str, Any]) -> None:
     if result.get("node") is not None:
         lifted += f" on node {result['node']}"
     extra = " and removed the halt file" if result["removed_halt_file"] else ""
-    line(f"unhalted: {lifted}{extra}")
+    line(f"unhalted in {_reach(result)}: {lifted}{extra}")
 
 
 def halt_check(status: dict[str, Any]) -> None:
     """Every halt in force, or "not halted" (a halt of another type is listed as well)."""
     out = console()
     if not status["halted"]:
-        out.print("not halted")
+        out.print(f"not halted in {_reach(status)}")
         return
     for h in status["halts"]:
         scope = "all types" if h["scope"] == "*" else h["scope"]
@@ -483,7 +490,8 @@ def halt_check(status: dict[str, Any]) -> None:
         out.print(
             Text.assemble(
                 ("HALTED", "red"),
-                f" {printable(scope)} by {printable(str(h['who']))} at {ts(h['at'])}{until}: ",
+                f" {printable(scope)} in {_reach(status)} by {printable(str(h['who']))} at "
+                f"{ts(h['at'])}{until}: ",
                 printable(h["reason"] or "no reason given"),
             )
         )
@@ -551,7 +559,7 @@ def status_screen(doc: dict[str, Any], readings: dict[str, Any] | None = None) -
         grid.show()
         return
     store = doc["store"]
-    where = store.get("path") or store.get("server") or "?"
+    where = store.get("store_scope") or store.get("path") or store.get("server") or "?"
     note(
         Text.assemble(
             ("ringrift-coord", "bold"),
@@ -563,7 +571,7 @@ def status_screen(doc: dict[str, Any], readings: dict[str, Any] | None = None) -
     if halts["halts"] or halts["halt_file"] is not None:
         halt_check({**halts, "halted": True})
     else:
-        note(Text("no halt in force", "green"))
+        note(Text.assemble(("no halt in force", "green"), f" in {_reach(halts)}"))
     grid = Grid(
         "tasks vs limits",
         "type",
@@ -690,7 +698,7 @@ def breakers_reset(
 def outcome_recorded(doc: dict[str, Any], ok: bool) -> None:
     extra = ""
     if doc["state"] == "open" and doc["retry_after"] is not None:
-        extra = f", retry in {doc['retry_after']:.0f} s"
+        extra = f", retry in {human(doc['retry_after'])}"
     line(
         f"recorded {'success' if ok else 'failure'} for {doc['task_type']} on {doc['node']}: "
         f"breaker {doc['state']} ({doc['failures']} failure(s) in the window{extra})"
@@ -774,7 +782,7 @@ def resources_table(doc: dict[str, Any], node: str | None) -> None:
         f"resources (critical blocks the node: disk {t['disk']['critical']}%, memory "
         f"{t['memory']['critical']}%, cpu {t['cpu']['critical']}%, gpu "
         f"{t['gpu']['critical']}%, load {t['load_avg_critical_per_cpu']:g}×cpus; samples "
-        f"older than {doc['max_sample_age']:g} s are stale)"
+        f"older than {human(doc['max_sample_age'])} are stale)"
     )
     grid = Grid(
         Text(title),

@@ -1,20 +1,37 @@
 """Open the store a ``--db`` value names: a path or ``sqlite:///path`` (SQLite, the embedded
-default) or ``postgresql://…`` (the cluster-wide engine)."""
+default) or ``postgresql://…`` / a libpq keyword string ``host=… dbname=…`` (the
+cluster-wide engine).
+
+An address is never misread: a keyword string is PostgreSQL, never a file name; SQLite's
+``:memory:`` and ``file:`` URIs are refused; a SQLite path that is a symlink is refused (never
+followed into another store); a password is never shown (``redact``).
+"""
 
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Mapping
 
 from ringrift_coord.clock import SYSTEM_CLOCK, Clock
-from ringrift_coord.errors import ConfigError, UsageError
+from ringrift_coord.errors import ConfigError, StateError, UsageError
 from ringrift_coord.statedir import refuse_network_filesystem
-from ringrift_coord.store.base import Row, Store, Tx
+from ringrift_coord.store.base import Row, Store, Tx, is_conninfo
 
 DB_ENV = "RINGRIFT_COORD_DB"
 DEFAULT_DB_NAME = "tasks.db"
 
-__all__ = ["DB_ENV", "Row", "Store", "Tx", "open_store", "resolve_db"]
+__all__ = [
+    "DB_ENV",
+    "NoStore",
+    "Row",
+    "Store",
+    "Tx",
+    "check_sqlite_path",
+    "is_conninfo",
+    "open_store",
+    "resolve_db",
+]
 
 
 def resolve_db(db: str | None, state_dir: str, env: Mapping[str, str]) -> tuple[str, str]:
@@ -23,20 +40,31 @@ def resolve_db(db: str | None, state_dir: str, env: Mapping[str, str]) -> tuple[
     value = db if db is not None else env.get(DB_ENV) or None
     if value is None:
         return "sqlite", os.path.join(state_dir, DEFAULT_DB_NAME)
-    if value.startswith(("postgresql://", "postgres://")):
+    if value.startswith(("postgresql://", "postgres://")) or is_conninfo(value):
         return "postgres", value
-    if value.startswith("sqlite:///"):
-        return "sqlite", value[len("sqlite://") :]
-    if value.startswith("sqlite://"):
-        value = value[len("sqlite://") :]
-    if "://" in value or not value.strip():
-        message = (
-            f"unsupported database {value!r}: give a path, sqlite:///path or postgresql://host/db"
-        )
+
+    from ringrift_coord.store.postgres import redact  # only now: a SQLite path is the hot path
+
+    def refuse(message: str) -> UsageError | ConfigError:
         if origin_is_flag:
-            raise UsageError(message)
-        raise ConfigError(f"{DB_ENV}: {message}")
-    return "sqlite", os.path.expanduser(value)
+            return UsageError(message)
+        return ConfigError(f"{DB_ENV}: {message}")
+
+    if value.startswith("sqlite:///"):
+        path = value[len("sqlite://") :]
+    else:
+        path = value[len("sqlite://") :] if value.startswith("sqlite://") else value
+        if "://" in path or not path.strip():
+            raise refuse(
+                f"unsupported database {redact(value)!r}: give a path, sqlite:///path or "
+                "postgresql://host/db"
+            )
+    if path == ":memory:" or path.startswith("file:"):
+        raise refuse(
+            f"{redact(value)!r} is an in-memory or URI SQLite name, not a store every command "
+            "shares: give a file path or sqlite:///path (or postgresql://host/db)"
+        )
+    return "sqlite", os.path.expanduser(path)
 
 
 def open_store(
@@ -47,7 +75,11 @@ def open_store(
     connect_timeout: float = 5.0,
     env: Mapping[str, str] | None = None,
     clock: Clock = SYSTEM_CLOCK,
+    shared_gid: int | None = None,
+    create: bool = True,
 ) -> Store:
+    """The store; ``create=False`` (read-only commands): a SQLite file that does not exist
+    is not created, ``StateError`` "no store at PATH" instead."""
     env = os.environ if env is None else env
     engine, location = resolve_db(db, state_dir, env)
     if engine == "postgres":
@@ -61,6 +93,32 @@ def open_store(
             clock=None if clock is SYSTEM_CLOCK else clock,
         )
     refuse_network_filesystem(location)
+    check_sqlite_path(location, create=create)
     from ringrift_coord.store.sqlite import SQLiteStore
 
-    return SQLiteStore(location, busy_timeout=busy_timeout, clock=clock)
+    return SQLiteStore(location, busy_timeout=busy_timeout, clock=clock, shared_gid=shared_gid)
+
+
+class NoStore(StateError):
+    """A read-only command found no SQLite store where one was named (exit 3)."""
+
+
+def check_sqlite_path(path: str, *, create: bool = True) -> None:
+    """Refuse a SQLite path that is a symlink (it would lead into another store, silently),
+    and, unless ``create``, one where no store exists yet."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        if not create:
+            raise NoStore(
+                f"no store at {os.path.abspath(path)} (nothing recorded there yet; a command "
+                "that writes creates it)"
+            ) from None
+        return
+    except OSError:
+        return  # the engine says what is wrong with it
+    if stat.S_ISLNK(st.st_mode):
+        raise StateError(
+            f"database {os.path.abspath(path)} is a symlink; refusing it (a symlink could lead "
+            "into another store): give the real file's path"
+        )

@@ -93,10 +93,24 @@ class Store(ABC):
 
     @abstractmethod
     def describe(self) -> dict[str, Any]:
-        """Engine and location, for ``status`` (never a password)."""
+        """Engine, location and ``scope``, for ``status`` (never a password)."""
+
+    @property
+    @abstractmethod
+    def scope(self) -> str:
+        """The store's reach as halt, unhalt and status lines say it (never a password):
+        "this host's store sqlite:/path/tasks.db" or "cluster-wide on postgres host/db"."""
 
     def __enter__(self) -> Store:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def is_conninfo(value: str) -> bool:
+    """A libpq keyword string (``host=... dbname=...``: it starts with ``keyword=``), which
+    names a PostgreSQL server, never a file (a file so named: ``./host=x`` or sqlite:///)."""
+    head, sep, _ = value.lstrip().partition("=")
+    head = head.rstrip()
+    return bool(sep) and head.isascii() and head.isidentifier()

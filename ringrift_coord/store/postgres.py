@@ -21,8 +21,9 @@ import re
 from collections.abc import Sequence
 
 from ringrift_coord.clock import Clock
+from ringrift_coord.durations import human
 from ringrift_coord.errors import ConfigError, StateError, StoreBusy, UsageError
-from ringrift_coord.store.base import Row, Store, Tx
+from ringrift_coord.store.base import Row, Store, Tx, is_conninfo
 from ringrift_coord.store.migrations import MIGRATION_NAMES, MIGRATIONS, statements
 
 TYPE_CHECKING = False
@@ -44,13 +45,50 @@ _CONFIG_PROBLEMS = (
 )
 
 
+# A password in a URL's user part, in its query (``?password=``) or in a libpq keyword string
+# (``password=... `` / ``password='...'``, also ``sslpassword=``): never shown anywhere.
+_USERINFO_PASSWORD = re.compile(r"(://[^:/@\s]*):\S*@")
+_KEYWORD_PASSWORD = re.compile(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'?|[^\s&#]*)", re.IGNORECASE)
+
+
 def redact(url: str) -> str:
-    """The URL without any password."""
-    return re.sub(r"(://[^:/@]*):[^@/]*@", r"\1:***@", url)
+    """The address (URL or libpq keyword string) with every password masked as ``***``."""
+    return _KEYWORD_PASSWORD.sub(r"\1***", _USERINFO_PASSWORD.sub(r"\1:***@", url))
 
 
 def url_has_password(url: str) -> bool:
-    return bool(re.search(r"://[^:/@]*:[^@/]*@", url)) or "password=" in url
+    return redact(url) != url
+
+
+def address_parts(url: str) -> dict[str, str]:
+    """host, port and dbname of a URL or keyword string, without connecting ({} when it
+    cannot be parsed or psycopg is missing)."""
+    try:
+        from psycopg.conninfo import conninfo_to_dict
+    except ImportError:
+        return {}
+    try:
+        parts = conninfo_to_dict(url)
+    except Exception:  # noqa: BLE001 (any parse error: the address is shown masked instead)
+        return {}
+    return {k: str(parts[k]) for k in ("host", "port", "dbname", "user") if parts.get(k)}
+
+
+def _password_of(url: str) -> str | None:
+    try:
+        from psycopg.conninfo import conninfo_to_dict
+
+        password = conninfo_to_dict(url).get("password")
+    except Exception:  # noqa: BLE001 (unparsable: connect says so, masked)
+        return None
+    return str(password) if password else None
+
+
+def server_name(host: str | None, port: str | int | None, dbname: str | None) -> str:
+    where = host or "localhost"
+    if port and str(port) != "5432":
+        where += f":{port}"
+    return f"{where}/{dbname or '?'}"
 
 
 class PostgresTx(Tx):
@@ -100,6 +138,7 @@ class PostgresStore(Store):
             ) from None
         self._psycopg = psycopg
         self.url = url
+        self._secret = _password_of(url)  # masked in any text the server or libpq returns
         self.busy_timeout = float(busy_timeout)
         self.connect_timeout = max(1, int(round(connect_timeout)))
         self.clock = clock  # None: the database's clock (tests may inject one)
@@ -129,10 +168,13 @@ class PostgresStore(Store):
     def _translate(self, exc: Exception) -> Exception:
         psycopg = self._psycopg
         text = " ".join(str(exc).split()) or type(exc).__name__
+        if self._secret:
+            text = text.replace(self._secret, "***")
+        text = redact(text)
         where = redact(self.url)
         if isinstance(exc, psycopg.errors.LockNotAvailable) or "lock timeout" in text:
             return StoreBusy(
-                f"state store {where} is still locked after the {self.busy_timeout:g} s busy "
+                f"state store {where} is still locked after the {human(self.busy_timeout)} busy "
                 "timeout; nothing was decided, try again"
             )
         state = getattr(exc, "sqlstate", None) or ""
@@ -249,13 +291,46 @@ class PostgresStore(Store):
             "engine": self.engine,
             "server": server,
             "user": None if info is None else info.user,
+            "store_scope": self.scope,
         }
+
+    @property
+    def scope(self) -> str:
+        # every host that uses this database shares its halts and limits
+        info = self._conn.info if self._conn is not None else None
+        if info is not None:
+            where = server_name(info.host, info.port, info.dbname)
+        else:
+            parts = address_parts(self.url)
+            where = (
+                server_name(parts.get("host"), parts.get("port"), parts.get("dbname"))
+                if parts
+                else redact(self.url)
+            )
+        return f"cluster-wide on postgres {where}"
 
 
 def check_url(url: str, *, from_flag: bool) -> None:
-    """Refuse a password on the command line (it would show in ``ps`` and shell history)."""
+    """Refuse a password on the command line (it would show in ``ps`` and shell history),
+    and a keyword string libpq cannot read (said without the text: it may hold a password)."""
     if from_flag and url_has_password(url):
         raise UsageError(
             "do not put the password in --db (it shows in ps and shell history); use "
             "PGPASSFILE/~/.pgpass (mode 0600) or PGPASSWORD"
         )
+    if not is_conninfo(url):
+        return
+    try:
+        from psycopg.conninfo import conninfo_to_dict
+    except ImportError:
+        return  # PostgresStore says what to install
+    try:
+        conninfo_to_dict(url)
+    except Exception:  # noqa: BLE001 (psycopg.ProgrammingError and kin)
+        message = (
+            f"{redact(url)!r} is not a valid PostgreSQL keyword string "
+            "(host=H port=P dbname=D user=U; quote values with spaces in single quotes)"
+        )
+        if from_flag:
+            raise UsageError(message) from None
+        raise ConfigError(f"RINGRIFT_COORD_DB: {message}") from None

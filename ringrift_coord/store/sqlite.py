@@ -16,6 +16,7 @@ import time
 from collections.abc import Sequence
 
 from ringrift_coord.clock import SYSTEM_CLOCK, Clock
+from ringrift_coord.durations import human
 from ringrift_coord.errors import StateError, StoreBusy
 from ringrift_coord.store.base import Row, Store, Tx
 from ringrift_coord.store.migrations import MIGRATION_NAMES, MIGRATIONS, statements
@@ -60,15 +61,23 @@ class SQLiteTx(Tx):
 class SQLiteStore(Store):
     engine = "sqlite"
 
-    def __init__(self, path: str, *, busy_timeout: float = 5.0, clock: Clock = SYSTEM_CLOCK):
+    def __init__(
+        self,
+        path: str,
+        *,
+        busy_timeout: float = 5.0,
+        clock: Clock = SYSTEM_CLOCK,
+        shared_gid: int | None = None,
+    ):
         self.path = os.path.abspath(path)
         self.busy_timeout = float(busy_timeout)
         self.clock = clock
         self._query_only = False
         if os.path.lexists(self.path):
-            check_database_file(self.path)
+            check_database_file(self.path, shared_gid)
         else:
-            _create_database(self.path, clock)
+            _create_database(self.path, clock, shared_gid)
+            check_database_file(self.path, shared_gid)
         self._conn = self._connect()
         self._migrate()
 
@@ -119,7 +128,7 @@ class SQLiteStore(Store):
         text = str(exc)
         if isinstance(exc, sqlite3.OperationalError) and ("locked" in text or "busy" in text):
             return StoreBusy(
-                f"state store {self.path} is still locked after the {self.busy_timeout:g} s "
+                f"state store {self.path} is still locked after the {human(self.busy_timeout)} "
                 "busy timeout; nothing was decided, try again"
             )
         if "malformed" in text or "not a database" in text or "corrupt" in text:
@@ -176,7 +185,12 @@ class SQLiteStore(Store):
             pass
 
     def describe(self) -> dict[str, Any]:
-        return {"engine": self.engine, "path": self.path}
+        return {"engine": self.engine, "path": self.path, "store_scope": self.scope}
+
+    @property
+    def scope(self) -> str:
+        # one file on one host: a halt here stops only the users of this file
+        return f"this host's store sqlite:{self.path}"
 
 
 def apply_migrations(tx: Tx, done: set[str], engine: str) -> None:
@@ -190,14 +204,17 @@ def apply_migrations(tx: Tx, done: set[str], engine: str) -> None:
         )
 
 
-def check_database_file(path: str) -> None:
-    """Refuse anything at ``path`` that is not a whole SQLite database, without touching it."""
+def check_database_file(path: str, shared_gid: int | None = None) -> None:
+    """Refuse anything at ``path`` that is not a whole SQLite database, without touching it,
+    or that another user could have written: the file and its ``-wal`` and ``-shm`` must be
+    owned by you (or be in the store's shared group), writable by no one else, with one name."""
     try:
         st = os.stat(path)
     except OSError as exc:
         raise StateError(f"cannot open database {path}: {exc.strerror}") from None
     if not stat.S_ISREG(st.st_mode):
         raise StateError(f"database {path} is not a regular file")
+    _check_trust(path, st, shared_gid)
     try:
         with open(path, "rb") as handle:
             header = handle.read(100)
@@ -224,6 +241,44 @@ def check_database_file(path: str) -> None:
             raise StateError(
                 f"database {path} is truncated ({short[0]} of {short[1]} bytes); {advice}"
             )
+
+
+def _check_trust(path: str, st: os.stat_result, shared_gid: int | None) -> None:
+    from ringrift_coord.statedir import untrusted_file
+
+    if st.st_nlink > 1 and _publishing(path, st):
+        st = os.stat(path)  # another process is publishing it (a moment's second name)
+    why = untrusted_file(path, st, shared_gid)
+    for side in ("-wal", "-shm"):
+        if why is None:
+            try:
+                side_st = os.lstat(path + side)
+            except OSError:
+                continue
+            why = untrusted_file(path + side, side_st, shared_gid)
+    if why is not None:
+        raise StateError(f"refusing database {path}: {why}")
+
+
+def _publishing(path: str, st: os.stat_result) -> bool:
+    """Whether the other name of ``path`` is the temporary one it is being published from."""
+    directory, name = os.path.split(path)
+    try:
+        names = [n for n in os.listdir(directory) if n.startswith(name + ".init-")]
+    except OSError:
+        return False
+    for other in names:
+        try:
+            ost = os.lstat(os.path.join(directory, other))
+        except OSError:
+            continue
+        if (ost.st_dev, ost.st_ino) == (st.st_dev, st.st_ino):
+            for _ in range(100):  # the publisher unlinks it right after link(2)
+                if not os.path.lexists(os.path.join(directory, other)):
+                    return True
+                time.sleep(0.01)
+            return True
+    return False
 
 
 def _stays_short(path: str) -> tuple[int, int] | None:
@@ -254,13 +309,19 @@ def _stays_short(path: str) -> tuple[int, int] | None:
     return size, expected
 
 
-def _create_database(path: str, clock: Clock) -> None:
-    """Build a complete database under a temporary name, then publish it atomically."""
+def _create_database(path: str, clock: Clock, shared_gid: int | None = None) -> None:
+    """Build a complete database under a temporary name, then publish it atomically.
+
+    The file is made with the store's mode (0600, or 0660 in a shared store) whatever the
+    umask, and SQLite gives its ``-wal`` and ``-shm`` files the same mode."""
+    from ringrift_coord.statedir import create_file
+
     directory = os.path.dirname(path)
     if not os.path.isdir(directory):
         raise StateError(f"directory {directory} for database {path} does not exist")
     tmp = f"{path}.init-{os.getpid()}-{time.monotonic_ns()}"
     try:
+        os.close(create_file(tmp, shared_gid))
         conn = sqlite3.connect(tmp, isolation_level=None)
         try:
             conn.execute(f"PRAGMA page_size={PAGE_SIZE}")
@@ -279,7 +340,6 @@ def _create_database(path: str, clock: Clock) -> None:
             conn.execute("COMMIT")
         finally:
             conn.close()  # checkpoints the WAL into the file and removes it
-        os.chmod(tmp, 0o600)
         try:
             os.link(tmp, path)  # atomic publish; fails if another process won the race
         except FileExistsError:

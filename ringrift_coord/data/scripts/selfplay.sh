@@ -4,8 +4,9 @@
 #   selfplay.sh python selfplay.py --board square8 ...
 #
 # Environment: RINGRIFT_NODE_ID (default: host name), RINGRIFT_CONFIG_NAME (board config,
-# default square8_2p), RINGRIFT_WAIT_TIMEOUT (seconds to wait in line for a slot, default
-# 240: less than a 5-minute cron period), RINGRIFT_COORD (the program, default ringrift-coord).
+# default square8_2p), RINGRIFT_WAIT_TIMEOUT (how long to wait in line for a slot: seconds, or
+# 4m, 1h; default 240: less than a 5-minute cron period), RINGRIFT_COORD (the program, default
+# ringrift-coord).
 #
 # Exit: the job's own exit code (128+N if it died of signal N); 75 = no slot granted
 # (denied, halted, or the wait timed out): nothing ran, retry later; 2 usage; 3 bad config

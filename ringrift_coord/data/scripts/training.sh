@@ -4,8 +4,8 @@
 #   training.sh python train.py --config square8_2p ...
 #
 # Environment: RINGRIFT_NODE_ID (default: host name), RINGRIFT_CONFIG_NAME (board config,
-# default square8_2p), RINGRIFT_WAIT_TIMEOUT (seconds to wait in line for a slot, default
-# 3600), RINGRIFT_COORD (the program, default ringrift-coord).
+# default square8_2p), RINGRIFT_WAIT_TIMEOUT (how long to wait in line for a slot: seconds, or
+# 4m, 1h; default 3600), RINGRIFT_COORD (the program, default ringrift-coord).
 #
 # Exit: the job's own exit code (128+N if it died of signal N); 75 = no slot granted
 # (denied, halted, peak hours, or the wait timed out): nothing ran, retry later; 2 usage;
