@@ -3,7 +3,7 @@
 A halt is a row of ``halts`` in the store: of every task type (scope ``*``) or of one, on
 every node (node ``*``) or on one node only (a drain: that node refuses new spawns, the others
 go on), optionally expiring; every halt and unhalt is appended to ``halt_log``. A halt of
-every type on every node (cluster-wide) also writes the ``EMERGENCY_HALT`` file in the state
+every type on every node also writes the ``EMERGENCY_HALT`` file in the state
 directory of the host that said it (JSON: who, when, why, expiry, ``mirror: true``). A halt
 file's mere presence halts its host, so an operator can ``touch`` one by hand; deleting it
 does not lift a halt said with ``halt`` (the row still halts), only ``unhalt`` or the halt's
