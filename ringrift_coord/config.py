@@ -124,7 +124,13 @@ DEFAULTS: dict[str, Any] = {
     # live_host: without a fresh sample, admission reads this host's memory/disk/load itself
     "resources": {"data_paths": [], "max_sample_age": 600, "live_host": True},
     # node spawn-rate factor: x decrease per failed/killed job, + increase per success
-    "backpressure": {"decrease": 0.5, "increase": 0.1, "min_factor": 0.1},
+    # ... and the gap to 1 halves every recovery_half_life seconds (0: only successes restore)
+    "backpressure": {
+        "decrease": 0.5,
+        "increase": 0.1,
+        "min_factor": 0.1,
+        "recovery_half_life": 600,
+    },
     # lower a node's cap for a type after lower_after OOMs within window; +1 per decay_interval
     "oom": {"lower_after": 2, "window": 3600, "factor": 0.75, "decay_interval": 3600},
 }
@@ -230,6 +236,7 @@ SCHEMA: dict[str, Any] = {
         "decrease": PCT_FRACTION,
         "increase": PCT_FRACTION,
         "min_factor": PCT_FRACTION,
+        "recovery_half_life": NUM,
     },
     "oom": {"lower_after": COUNT, "window": SECS, "factor": PCT_FRACTION, "decay_interval": SECS},
 }

@@ -2,7 +2,10 @@
 the node's backpressure factor (``backpressure``) and the OOM-lowered caps (``lowered_caps``).
 
 Each failed, killed or OOM-killed job halves its node's spawn-rate factor (down to
-``backpressure.min_factor``); each success adds ``backpressure.increase`` back (up to 1).
+``backpressure.min_factor``); each success adds ``backpressure.increase`` back (up to 1), and
+time alone gives it back too: the gap to 1 halves every ``backpressure.recovery_half_life``
+seconds. The stored factor and its time are all that is kept; the factor in force is worked
+out from them when read (``rate_factor``), so no process has to run for it to recover.
 ``oom.lower_after`` OOMs of a type on a node within ``oom.window`` lower that node's cap for
 the type to running x ``oom.factor``; it grows back by one per ``oom.decay_interval``.
 The rules read what is learned here (``lowered_cap``, ``rate_factor``); ``slots`` calls
@@ -51,18 +54,35 @@ def lowered_cap(tx: Tx, settings: Settings, node: str, ttype: str, now: float) -
     return cap
 
 
-def reset_backpressure(tx: Tx, node: str | None = None) -> list[Row]:
-    """Give a node (or every node) its full spawn rate back; the factors that were reset."""
+def reset_backpressure(
+    tx: Tx, settings: Settings, now: float, node: str | None = None
+) -> list[dict[str, Any]]:
+    """Give a node (or every node) its full spawn rate back; the factors (in force: after
+    their recovery with time) that were reset."""
+    rows = backpressure_in_force(tx, settings, now, node)
     clause, args = ("", ()) if node is None else (" WHERE node = ?", (node,))
-    rows = tx.query(f"SELECT node, factor FROM backpressure{clause} ORDER BY node", args)
     tx.execute(f"DELETE FROM backpressure{clause}", args)
-    return rows
+    return [{"node": r["node"], "factor": r["factor"]} for r in rows]
 
 
-def rate_factor(tx: Tx, node: str) -> float:
-    """The node's backpressure: its rate limits are multiplied by this (1: none)."""
-    row = tx.one("SELECT factor FROM backpressure WHERE node = ?", (node,))
-    return 1.0 if row is None else float(row["factor"])
+FULL = 0.999  # a factor that has recovered this far is whole again (1)
+
+
+def recovered(factor: float, since: float, now: float, settings: Settings) -> float:
+    """A factor stored at ``since`` as it stands at ``now``: its gap to 1 halves every
+    ``backpressure.recovery_half_life`` seconds (0: it never recovers with time)."""
+    half_life = float(settings.get("backpressure.recovery_half_life"))
+    if half_life > 0 and now > since:
+        factor = 1.0 - (1.0 - factor) * 0.5 ** ((now - since) / half_life)
+    return 1.0 if factor >= FULL else factor
+
+
+def rate_factor(tx: Tx, settings: Settings, node: str, now: float) -> float:
+    """The node's backpressure now: its rate limits are multiplied by this (1: none)."""
+    row = tx.one("SELECT factor, updated_at FROM backpressure WHERE node = ?", (node,))
+    if row is None:
+        return 1.0
+    return recovered(float(row["factor"]), float(row["updated_at"]), now, settings)
 
 
 def node_caps(tx: Tx, settings: Settings, node: str, now: float) -> dict[str, Any]:
@@ -86,7 +106,7 @@ def node_caps(tx: Tx, settings: Settings, node: str, now: float) -> dict[str, An
         "per_node": per_node,
         "lowered": lowered,
         "effective": effective,
-        "backpressure": rate_factor(tx, node),
+        "backpressure": round(rate_factor(tx, settings, node, now), 4),
     }
 
 
@@ -102,8 +122,30 @@ def caps_in_force(tx: Tx, settings: Settings, now: float) -> dict[str, Any]:
         lowered.append(
             {**row, "cap": cap, "configured": settings.task_limit(row["task_type"], "per_node")}
         )
-    backpressure = tx.query("SELECT node, factor, updated_at FROM backpressure ORDER BY node")
-    return {"lowered_caps": lowered, "backpressure": backpressure}
+    return {"lowered_caps": lowered, "backpressure": backpressure_in_force(tx, settings, now)}
+
+
+def backpressure_in_force(
+    tx: Tx, settings: Settings, now: float, node: str | None = None
+) -> list[dict[str, Any]]:
+    """Every node (or one) whose spawn rate is still cut: ``factor`` in force now (after
+    recovery with time), ``stored_factor`` and ``updated_at`` (when a job last moved it)."""
+    clause, args = ("", ()) if node is None else (" WHERE node = ?", (node,))
+    found = []
+    for row in tx.query(
+        f"SELECT node, factor, updated_at FROM backpressure{clause} ORDER BY node", args
+    ):
+        factor = recovered(float(row["factor"]), float(row["updated_at"]), now, settings)
+        if factor < 1.0:
+            found.append(
+                {
+                    "node": row["node"],
+                    "factor": round(factor, 4),
+                    "stored_factor": float(row["factor"]),
+                    "updated_at": row["updated_at"],
+                }
+            )
+    return found
 
 
 # --------------------------------------------------------------------------- learning
@@ -111,7 +153,7 @@ def caps_in_force(tx: Tx, settings: Settings, now: float) -> dict[str, Any]:
 
 def _adjust_backpressure(tx: Tx, settings: Settings, node: str, ok: bool, now: float) -> None:
     bp = settings.get("backpressure")
-    factor = rate_factor(tx, node)
+    factor = rate_factor(tx, settings, node, now)  # what time has given back counts
     if ok:
         if factor >= 1.0:
             return

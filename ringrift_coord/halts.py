@@ -1,11 +1,13 @@
 """Halts: the emergency stop, and the one module that knows how a halt is kept.
 
-A halt is a row of ``halts`` in the store: cluster-wide (scope ``*``) or of one task type,
-optionally expiring; every halt and unhalt is appended to ``halt_log``. A cluster-wide halt
-also writes the ``EMERGENCY_HALT`` file in the state directory of the host that said it
-(JSON: who, when, why, expiry, ``mirror: true``). A halt file's mere presence halts its
-host, so an operator can ``touch`` one by hand; deleting it does not lift a halt said with
-``halt`` (the row still halts), only ``unhalt`` or the halt's expiry does.
+A halt is a row of ``halts`` in the store: of every task type (scope ``*``) or of one, on
+every node (node ``*``) or on one node only (a drain: that node refuses new spawns, the others
+go on), optionally expiring; every halt and unhalt is appended to ``halt_log``. A halt of
+every type on every node also writes the ``EMERGENCY_HALT`` file in the state
+directory of the host that said it (JSON: who, when, why, expiry, ``mirror: true``). A halt
+file's mere presence halts its host, so an operator can ``touch`` one by hand; deleting it
+does not lift a halt said with ``halt`` (the row still halts), only ``unhalt`` or the halt's
+expiry does.
 
 **The mirror rule.** A file ``halt`` wrote (``mirror: true``) is a copy of the store's
 cluster-wide halt. An ``unhalt`` on another host lifts the row but cannot reach this host's
@@ -31,7 +33,7 @@ import os
 import stat
 
 from ringrift_coord.decision import Reason
-from ringrift_coord.errors import StateError
+from ringrift_coord.errors import StateError, UsageError
 from ringrift_coord.inputs import printable, seconds
 from ringrift_coord.statedir import create_file, shared_gid_of, untrusted_file
 from ringrift_coord.tasktypes import TaskType
@@ -44,14 +46,44 @@ if TYPE_CHECKING:
     from ringrift_coord.store.base import Row, Tx
 
 GLOBAL = "*"
+ALL_NODES = "*"  # a halt's node when it halts every node
 FILE_NAME = "EMERGENCY_HALT"
 PROBE = "(SELECT COUNT(*) FROM halts)"  # admission's probe: are there any halt rows at all?
-_COLUMNS = "scope, reason, who, host, at, expires_at"
+_COLUMNS = "scope, node, reason, who, host, at, expires_at"
 
 
 def scope_of(task_type: str | TaskType | None) -> str:
     """The scope a halt of ``task_type`` has (``*``: every type)."""
     return GLOBAL if task_type is None else TaskType.parse(task_type).value
+
+
+def node_of(node: str | None) -> str:
+    """The node a halt on ``node`` has (``*``: every node)."""
+    if node is None:
+        return ALL_NODES
+    node = printable(node).strip()
+    if not node or node == ALL_NODES:
+        raise UsageError("must name one node (omit it to halt every node)", field="node")
+    return node
+
+
+def _cluster_wide(row: Row) -> bool:
+    return bool(row["scope"] == GLOBAL and row.get("node", ALL_NODES) == ALL_NODES)
+
+
+def _applies(row: Row, scope: str | None, node: str | None) -> bool:
+    """Whether a halt row stops ``scope`` (None: any type) on ``node`` (None: any node)."""
+    if scope is not None and row["scope"] not in (GLOBAL, scope):
+        return False
+    return node is None or row.get("node", ALL_NODES) in (ALL_NODES, node)
+
+
+def describe(row: Row) -> str:
+    """What a halt stops, in words: "every task type", "training", "every task type on node
+    n1", "training on node n1" (where the store reaches is said apart)."""
+    node = row.get("node", ALL_NODES)
+    what = "every task type" if row["scope"] == GLOBAL else str(row["scope"])
+    return what if node == ALL_NODES else f"{what} on node {node}"
 
 
 # --------------------------------------------------------------------------- reading
@@ -72,30 +104,29 @@ class HaltState:
     ) -> None:
         self.where = where  # the store's reach, as halt lines say it (None: not known)
         self.stale_file: str | None = None
-        if file is not None and file.get("mirror") and not any(r["scope"] == GLOBAL for r in rows):
+        if file is not None and file.get("mirror") and not any(_cluster_wide(r) for r in rows):
             self.stale_file, file = file["path"], None  # the mirror rule
         self.rows, self.file = rows, file
 
-    def halted(self, task_type: str | TaskType | None = None) -> bool:
-        """Halted at all (no type), or for that type (a cluster-wide halt or its own)."""
+    def halted(self, task_type: str | TaskType | None = None, node: str | None = None) -> bool:
+        """Halted at all (no type), or for that type (a halt of every type or its own); on
+        ``node`` only (a halt of every node or of that one), or on any node (None)."""
         scope = scope_of(task_type)  # an unknown type is bad input, whatever is halted
         if self.file is not None:
             return True
-        if task_type is None:
-            return bool(self.rows)
-        return any(row["scope"] in (GLOBAL, scope) for row in self.rows)
+        return any(_applies(row, None if task_type is None else scope, node) for row in self.rows)
 
     @property
     def paused(self) -> bool:
         """Everything is halted: a cluster-wide halt, or this host's halt file."""
-        return self.file is not None or any(row["scope"] == GLOBAL for row in self.rows)
+        return self.file is not None or any(_cluster_wide(row) for row in self.rows)
 
     def reasons(self, now: float) -> list[Reason]:
         """Each halt as a blocking rule of admission (a file that repeats the store's
         cluster-wide halt is said once)."""
         reasons = []
         for halt in self.rows:
-            scope = "every task type" if halt["scope"] == GLOBAL else halt["scope"]
+            scope = describe(halt)
             scope += f" in {self.where}" if self.where else ""
             expires = halt["expires_at"]
             reasons.append(
@@ -105,7 +136,8 @@ class HaltState:
                     f"{halt['reason'] or 'no reason given'}",
                     retry_after=None if expires is None else max(0.0, expires - now),
                     details={
-                        k: halt[k] for k in ("scope", "who", "host", "at", "expires_at", "reason")
+                        k: halt.get(k)
+                        for k in ("scope", "node", "who", "host", "at", "expires_at", "reason")
                     },
                 )
             )
@@ -150,23 +182,26 @@ def _file(source: str | Snapshot | None, now: float) -> tuple[dict[str, Any] | N
 
 
 def state(
-    tx: Tx, source: str | Snapshot | None, now: float, task_type: str | None = None
+    tx: Tx,
+    source: str | Snapshot | None,
+    now: float,
+    task_type: str | None = None,
+    node: str | None = None,
 ) -> HaltState:
-    """The halts in force (of every scope, or those that apply to ``task_type``).
+    """The halts in force (of every scope and node, or those that apply to ``task_type``
+    on ``node``: admission asks for its request's).
 
     ``source``: a ``snapshot`` taken before the transaction (what a write transaction
     passes), a state directory whose file is read now, or None (no file)."""
-    if task_type is None:
-        rows = tx.query(
-            f"SELECT {_COLUMNS} FROM halts WHERE expires_at IS NULL OR expires_at > ? ORDER BY at",
-            (now,),
-        )
-    else:
-        rows = tx.query(
-            f"SELECT {_COLUMNS} FROM halts WHERE scope IN (?, ?) "
-            "AND (expires_at IS NULL OR expires_at > ?) ORDER BY at",
-            (GLOBAL, task_type, now),
-        )
+    where = "(expires_at IS NULL OR expires_at > ?)"
+    args: list[object] = [now]
+    if task_type is not None:
+        where += " AND scope IN (?, ?)"
+        args += [GLOBAL, task_type]
+    if node is not None:
+        where += " AND node IN (?, ?)"
+        args += [ALL_NODES, node]
+    rows = tx.query(f"SELECT {_COLUMNS} FROM halts WHERE {where} ORDER BY at, node", args)
     return HaltState(rows, *_file(source, now))
 
 
@@ -176,18 +211,23 @@ def file_only(source: str | Snapshot | None, now: float) -> HaltState:
 
 
 def status(
-    tx: Tx, source: str | Snapshot | None, now: float, task_type: str | TaskType | None = None
+    tx: Tx,
+    source: str | Snapshot | None,
+    now: float,
+    task_type: str | TaskType | None = None,
+    node: str | None = None,
 ) -> dict[str, Any]:
     """Every halt in force, this host's halt file (when it halts), the last audit entries,
-    ``halted``: whether this host is halted at all (or for ``task_type``), and
-    ``store_scope``: the store's reach (when the snapshot says it)."""
+    ``halted``: whether this host is halted at all (or for ``task_type``; on ``node`` only,
+    when given: a drain of another node does not halt it), and ``store_scope``: the store's
+    reach (when the snapshot says it)."""
     halts = state(tx, source, now)
     recent = tx.query(
-        "SELECT action, scope, reason, who, host, at, expires_at FROM halt_log "
+        "SELECT action, scope, node, reason, who, host, at, expires_at FROM halt_log "
         "ORDER BY id DESC LIMIT 10"
     )
     return {
-        "halted": halts.halted(task_type),
+        "halted": halts.halted(task_type, node),
         "paused": halts.paused,
         "halts": halts.rows,
         "halt_file": halts.file,
@@ -307,26 +347,29 @@ def activate(
     ttl: float | None,
     who: str,
     host: str,
+    node: str | None = None,
 ) -> dict[str, Any]:
-    """Halt every new spawn (or those of one type) until unhalt or expiry: the row, the audit
-    entry, and for a cluster-wide halt this host's mirror file."""
+    """Halt every new spawn (or those of one type; on every node, or on ``node`` only) until
+    unhalt or expiry: the row, the audit entry, and for a cluster-wide halt this host's
+    mirror file."""
     ttl = seconds(ttl, "ttl")
-    scope = scope_of(task_type)
+    scope, on = scope_of(task_type), node_of(node)
     reason = None if reason is None else printable(reason)
     with ctx.store.write() as tx:
         now = tx.now()
         expires = None if ttl is None else now + ttl
-        tx.execute("DELETE FROM halts WHERE scope = ?", (scope,))
+        tx.execute("DELETE FROM halts WHERE scope = ? AND node = ?", (scope, on))
         tx.execute(
-            f"INSERT INTO halts ({_COLUMNS}) VALUES (?,?,?,?,?,?)",
-            (scope, reason, who, host, now, expires),
+            f"INSERT INTO halts ({_COLUMNS}) VALUES (?,?,?,?,?,?,?)",
+            (scope, on, reason, who, host, now, expires),
         )
         tx.execute(
-            f"INSERT INTO halt_log (action, {_COLUMNS}) VALUES ('halt',?,?,?,?,?,?)",
-            (scope, reason, who, host, now, expires),
+            f"INSERT INTO halt_log (action, {_COLUMNS}) VALUES ('halt',?,?,?,?,?,?,?)",
+            (scope, on, reason, who, host, now, expires),
         )
     record = {
         "scope": scope,
+        "node": on,
         "reason": reason,
         "who": who,
         "host": host,
@@ -334,31 +377,43 @@ def activate(
         "expires_at": expires,
         "store_scope": ctx.store.scope,
     }
-    if scope == GLOBAL:
+    if scope == GLOBAL and on == ALL_NODES:
         _write_file(ctx.state_dir, {**record, "mirror": True})
     return record
 
 
 def deactivate(
-    ctx: Context, *, task_type: str | TaskType | None, who: str, host: str
+    ctx: Context,
+    *,
+    task_type: str | TaskType | None,
+    who: str,
+    host: str,
+    node: str | None = None,
 ) -> dict[str, Any]:
-    """Lift every halt (and remove this host's halt file), or only the halt of one type."""
+    """Lift every halt (and remove this host's halt file), or only the halt of one type (on
+    every node); with ``node``, only that node's own halts (of every type, or of one).
+
+    ``lifted``: the scopes lifted; ``lifted_halts``: each as (scope, node)."""
+    on = None if node is None else node_of(node)
     with ctx.store.write() as tx:
         now = tx.now()
-        if task_type is None:
-            lifted = [r["scope"] for r in tx.query("SELECT scope FROM halts")]
-            tx.execute("DELETE FROM halts")
-        else:
-            scope = scope_of(task_type)
-            lifted = [scope] if tx.execute("DELETE FROM halts WHERE scope = ?", (scope,)) else []
-        for scope in lifted or ([GLOBAL] if task_type is None else []):
+        where, args = "", list[object]()
+        if task_type is not None:
+            where, args = " WHERE scope = ? AND node = ?", [scope_of(task_type), on or ALL_NODES]
+        elif on is not None:
+            where, args = " WHERE node = ?", [on]
+        found = tx.query(f"SELECT scope, node FROM halts{where} ORDER BY scope, node", args)
+        tx.execute(f"DELETE FROM halts{where}", args)
+        audit = found or ([{"scope": GLOBAL, "node": ALL_NODES}] if not where else [])
+        for row in audit:
             tx.execute(
-                "INSERT INTO halt_log (action, scope, reason, who, host, at) "
-                "VALUES ('unhalt',?,NULL,?,?,?)",
-                (scope, who, host, now),
+                "INSERT INTO halt_log (action, scope, node, reason, who, host, at) "
+                "VALUES ('unhalt',?,?,NULL,?,?,?)",
+                (row["scope"], row["node"], who, host, now),
             )
+    lifted = [r["scope"] for r in found]
     removed_file = False
-    if task_type is None:
+    if task_type is None and on is None:
         path = os.path.join(ctx.state_dir, FILE_NAME)
         try:
             os.unlink(path)
@@ -372,6 +427,8 @@ def deactivate(
             ) from None
     return {
         "lifted": lifted,
+        "lifted_halts": found,
+        "node": on,
         "removed_halt_file": removed_file,
         "who": who,
         "at": now,

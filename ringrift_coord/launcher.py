@@ -27,6 +27,9 @@ from ringrift_coord.task_coordinator import Holder, TaskCoordinator
 from ringrift_coord.tasktypes import TaskType
 
 FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+# What a terminal sends its foreground process group (Ctrl-C, Ctrl-\, hang-up): while the
+# job holds the terminal, a death by one of these is an operator's stop, not a failure.
+TERMINAL_SIGNALS = (signal.SIGINT, signal.SIGQUIT, signal.SIGHUP)
 
 
 RENEW_RETRY = 5.0  # seconds to the next try after a lease renewal failed
@@ -354,12 +357,26 @@ def run_command(
                     reason += f" after the {human(job.kill_grace)} grace period"
             elif job.killed:
                 reason += f" after the {human(job.kill_grace)} grace period"
+            elif terminal.fd is not None and -code in TERMINAL_SIGNALS:
+                # the job had the terminal: Ctrl-C / Ctrl-\ / a hang-up is the operator
+                # stopping it, exactly like a `kill -INT` forwarded by this wrapper
+                status = "stopped"
+                reason += " (from its terminal)"
             elif -code == signal.SIGKILL:  # from outside: the kernel's OOM killer, or someone
                 status, reason = classify_sigkill(oom_before, settings, coord.ctx.state_dir)
         else:
             exit_code = code
             status = "ok" if code == 0 else "failed"
             reason = None if code == 0 else f"exit code {code}"
+            caught = code - 128
+            # a job that catches SIGINT and exits 128 + SIGINT (the shells' convention) after
+            # a forwarded signal or a Ctrl-C on its terminal: stopped as well
+            if caught in job.received:
+                status = "stopped"
+                reason = f"exit code {code} after forwarded {signal.Signals(caught).name}"
+            elif terminal.fd is not None and caught in TERMINAL_SIGNALS:
+                status = "stopped"
+                reason = f"exit code {code} after {signal.Signals(caught).name} from its terminal"
         return RunResult(exit_code, task_id, status, reason, clock.monotonic() - started, decision)
     finally:
         terminal.restore()

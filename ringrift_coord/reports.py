@@ -184,6 +184,7 @@ def breaker_list(
             if (node is None or r["node"] == node)
             and (task_type is None or r["task_type"] == task_type)
         }
+        backpressure = feedback.backpressure_in_force(tx, ctx.settings, now, node)
     for row in rows:
         found = spawn.pop((row["node"], row["task_type"]), None)
         row["spawn_failures"] = found["n"] if found else 0
@@ -192,7 +193,7 @@ def breaker_list(
         row["spawn_failures"] = found["n"]
         rows.append(row)
     rows.sort(key=lambda r: (r["node"], r["task_type"]))
-    return {"at": now, "breakers": rows}
+    return {"at": now, "breakers": rows, "backpressure": backpressure}
 
 
 def caps_in_force(ctx: Context) -> dict[str, Any]:
@@ -219,7 +220,7 @@ def settings(ctx: Context, sections: list[str]) -> dict[str, Any]:
     return {"config_file": ctx.settings.file, "values": rows}
 
 
-LIMIT_SECTIONS = ["task_limits", "rate_limits", "thresholds", "store", "run"]
+LIMIT_SECTIONS = ["task_limits", "rate_limits", "thresholds", "store", "run", "backpressure"]
 TARGET_SECTIONS = ["resource_targets", "durations", "peak_hours"]
 
 

@@ -103,7 +103,7 @@ def _expected_end_wait(rows: list[Row], expected: float | None, now: float) -> f
 def halt(tx: Tx, req: Request, settings: Settings, now: float, ev: Evaluation) -> list[Reason]:
     """Every halt that applies to the type, and this host's halt file (see ``halts``)."""
     if ev.probe["halts"]:
-        state = halts.state(tx, ev.halt_file, now, req.task_type.value)
+        state = halts.state(tx, ev.halt_file, now, req.task_type.value, req.node)
     else:
         state = halts.file_only(ev.halt_file, now)
     stale = state.stale_file
@@ -359,7 +359,9 @@ def rate(tx: Tx, req: Request, settings: Settings, now: float, ev: Evaluation) -
     limits = settings.rate_limit(ttype)
     if limits is None:
         return None
-    factor = float(ev.probe["factor"]) if ev.probe["factor"] is not None else 1.0
+    factor = 1.0
+    if ev.probe["factor"] is not None:  # stored; what time has given back since counts too
+        factor = feedback.rate_factor(tx, settings, req.node, now)
     if factor < 1.0:  # backpressure: this node's recent jobs keep failing
         limits = (limits[0] * factor, limits[1])
     ev.rate = limits

@@ -62,8 +62,10 @@ def activate_emergency(
     task_type: str | TaskType | None = None,
     ttl: float | None = None,
     who: str | None = None,
+    node: str | None = None,
 ) -> dict[str, Any]:
-    """Halt every new spawn (or those of one type), cluster-wide, until unhalt or expiry.
+    """Halt every new spawn (or those of one type), cluster-wide (or on ``node`` only: a
+    drain), until unhalt or expiry.
 
     ``activate_emergency(ctx, reason)``, or the reference's ``activate_emergency(reason)``
     with the process-wide context.
@@ -81,6 +83,7 @@ def activate_emergency(
         ttl=ttl,
         who=who or who_am_i(context.env),
         host=identity.host_name(),
+        node=node,
     )
 
 
@@ -89,24 +92,35 @@ def deactivate_emergency(
     *,
     task_type: str | TaskType | None = None,
     who: str | None = None,
+    node: str | None = None,
 ) -> dict[str, Any]:
-    """Lift the halt: every halt without ``task_type``, else only that type's."""
+    """Lift the halt: every halt without ``task_type``, else only that type's; with
+    ``node``, only that node's own halts."""
     ctx = ctx if ctx is not None else Safeguards.get_instance().ctx
     return halts.deactivate(
-        ctx, task_type=task_type, who=who or who_am_i(ctx.env), host=identity.host_name()
+        ctx,
+        task_type=task_type,
+        who=who or who_am_i(ctx.env),
+        host=identity.host_name(),
+        node=node,
     )
 
 
-def halt_status(ctx: Context, task_type: str | TaskType | None = None) -> dict[str, Any]:
+def halt_status(
+    ctx: Context, task_type: str | TaskType | None = None, node: str | None = None
+) -> dict[str, Any]:
     """Every halt in force (store rows, this host's halt file), the last audit entries, and
-    ``halted``: whether this host is halted at all (or for ``task_type``)."""
+    ``halted``: whether this host is halted at all (or for ``task_type``; on ``node`` only,
+    when given)."""
     local = halts.snapshot(ctx.state_dir, ctx.store.scope)  # the file before the store
     with ctx.store.read() as tx:
-        return halts.status(tx, local, tx.now(), task_type)
+        return halts.status(tx, local, tx.now(), task_type, node)
 
 
-def is_halted(ctx: Context, task_type: str | TaskType | None = None) -> bool:
-    return bool(halt_status(ctx, task_type)["halted"])
+def is_halted(
+    ctx: Context, task_type: str | TaskType | None = None, node: str | None = None
+) -> bool:
+    return bool(halt_status(ctx, task_type, node)["halted"])
 
 
 # --------------------------------------------------------------------------- the check
@@ -223,7 +237,7 @@ def _record(
         now = tx.now()
         breaker = feedback.record_manual(tx, ctx.settings, node, ttype, now, ok=ok, reason=reason)
         state = breaker.to_dict(now, BreakerConfig.from_settings(ctx.settings))
-        state["backpressure"] = feedback.rate_factor(tx, node)
+        state["backpressure"] = feedback.rate_factor(tx, ctx.settings, node, now)
     return state
 
 
@@ -261,7 +275,7 @@ def reset(
         rows = breakers.reset(tx, node=node, task_type=ttype)
         factors: list[Row] = []
         if node is not None or ttype is None:
-            factors = feedback.reset_backpressure(tx, node)
+            factors = feedback.reset_backpressure(tx, ctx.settings, tx.now(), node)
     return {"reset": rows, "backpressure_reset": factors}
 
 

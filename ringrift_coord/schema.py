@@ -38,8 +38,8 @@ RENAMED_OBJECT = {"nodes": "running_by_node"}  # node -> running tasks (an objec
 DURATIONS = frozenset({"duration", "age", "retry_after", "lease_left", "max_sample_age"})
 PERCENTS = frozenset({"cpu", "gpu", "memory", "disk", "gpu_memory"})
 LOADS = frozenset({"load_avg", "load_critical"})
-FACTORS = frozenset({"factor", "backpressure_factor"})
-BOOLEANS = frozenset({"allowed", "trial", "mirror", "stale", "blocking", "released"})
+FACTORS = frozenset({"factor", "backpressure_factor", "stored_factor"})
+BOOLEANS = frozenset({"allowed", "trial", "mirror", "stale", "blocking", "released", "escalated"})
 VERBATIM = frozenset({"thresholds", "value"})  # configuration: as configured
 # objects keyed by data (task type, node or resource names), not by field names
 MAPS = frozenset({"by_type", "running_by_node", "per_node", "lowered", "effective", "levels"})
@@ -161,7 +161,8 @@ FIELDS: dict[str, tuple[str, str]] = {
     "spawn_failures": ("integer", "jobs that could not be started (126/127) in the window"),
     "factor": ("number", "a node's backpressure factor in a list of nodes"),
     "backpressure_factor": ("number", "one node's backpressure factor (1: none)"),
-    "backpressure": ("array", "every node's backpressure: node, factor, updated_at"),
+    "backpressure": ("array", "every node's backpressure: node, factor, stored_factor, updated_at"),
+    "stored_factor": ("number", "the backpressure factor the last job left (before recovery)"),
     "config_file": ("string?", "the YAML file in effect (null: built-in defaults)"),
     "values": ("array", "settings: key, value, source"),
     "trial": ("boolean", "admitted as a half-open breaker's trial"),
@@ -210,12 +211,43 @@ COMMANDS: dict[str, tuple[str, ...]] = {
     "tasks list": ("tasks",),
     "tasks history": ("tasks",),
     "tasks reap": ("reaped",),
+    "tasks show": (
+        "task_id",
+        "task_type",
+        "node",
+        "host",
+        "status",
+        "running",
+        "history",
+        "decisions",
+        "at",
+    ),
+    "tasks cancel": (
+        "task_id",
+        "task_type",
+        "node",
+        "host",
+        "signal",
+        "escalated",
+        "released_by",
+        "status",
+        "exit_code",
+        "reason",
+    ),
     "reserve": ("reservation_id", "node", "task_type", "slots", "created_at", "expires_at", "who"),
     "reserve list": ("reservations",),
     "reserve release": ("reservation_id", "released"),
-    "halt": ("scope", "reason", "who", "host", "at", "expires_at", "store_scope"),
+    "halt": ("scope", "node", "reason", "who", "host", "at", "expires_at", "store_scope"),
     "halt --check": ("halted", "paused", "halts", "halt_file", "recent", "at", "store_scope"),
-    "unhalt": ("lifted", "removed_halt_file", "who", "at", "store_scope"),
+    "unhalt": (
+        "lifted",
+        "lifted_halts",
+        "node",
+        "removed_halt_file",
+        "who",
+        "at",
+        "store_scope",
+    ),
     "decisions": ("decisions",),
     "limits": (*_SETTINGS, "lowered_caps", "backpressure"),
     "targets": _SETTINGS,
@@ -232,7 +264,7 @@ COMMANDS: dict[str, tuple[str, ...]] = {
     ),
     "config show": _SETTINGS,
     "config validate": ("valid", "config_file"),
-    "breakers list": ("at", "breakers"),
+    "breakers list": ("at", "breakers", "backpressure"),
     "breakers reset": ("reset", "backpressure_reset"),
     "breakers record-failure": _BREAKER,
     "breakers record-success": _BREAKER,

@@ -334,8 +334,57 @@ def running(tx: Tx, now: float, task_type: str | None = None, node: str | None =
     return rows
 
 
-def history(tx: Tx, limit: int) -> list[Row]:
-    """Finished tasks, newest first."""
+HISTORY_STATUSES = (*END_STATUSES, "reaped")
+
+
+def history(
+    tx: Tx,
+    limit: int,
+    *,
+    task_type: str | None = None,
+    node: str | None = None,
+    status: str | None = None,
+    since: float | None = None,
+) -> list[Row]:
+    """Finished tasks, newest first (of one type, on one node, with one status, ended at or
+    after ``since``)."""
+    where: list[str] = []
+    args: list[object] = []
+    if task_type:
+        where.append("task_type = ?")
+        args.append(TaskType.parse(task_type).value)
+    if node:
+        where.append("node = ?")
+        args.append(node)
+    if status:
+        check_history_status(status)
+        where.append("status = ?")
+        args.append(status)
+    if since is not None:
+        where.append("ended_at >= ?")
+        args.append(since)
+    sql = "SELECT * FROM task_history"
+    if where:
+        sql += " WHERE " + " AND ".join(where)
+    return tx.query(sql + " ORDER BY ended_at DESC, id DESC LIMIT ?", (*args, int(limit)))
+
+
+def check_history_status(status: str | None) -> None:
+    """A status ``tasks history --status`` can find (None: any)."""
+    if status is not None and status not in HISTORY_STATUSES:
+        raise UsageError(
+            f"must be one of {', '.join(HISTORY_STATUSES)}, not {status!r}", field="status"
+        )
+
+
+def history_of(tx: Tx, task_id: str) -> list[Row]:
+    """One task's history rows, newest first (a task id is ended once; a reused one, more)."""
     return tx.query(
-        "SELECT * FROM task_history ORDER BY ended_at DESC, id DESC LIMIT ?", (int(limit),)
+        "SELECT * FROM task_history WHERE task_id = ? ORDER BY ended_at DESC, id DESC",
+        (task_id,),
     )
+
+
+def running_row(tx: Tx, task_id: str) -> Row | None:
+    """Everything recorded about a running task (None: not running)."""
+    return tx.one("SELECT * FROM tasks WHERE task_id = ?", (task_id,))

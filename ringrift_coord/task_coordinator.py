@@ -9,6 +9,7 @@ A thin face: each method opens one transaction of its context's store and calls 
 
 from __future__ import annotations
 
+import json
 import os
 from types import TracebackType
 
@@ -245,9 +246,63 @@ class TaskCoordinator(ProcessWide):
         with self.ctx.store.read() as tx:
             return slots.running(tx, tx.now(), task_type, node)
 
-    def history(self, limit: int = 50) -> list[Row]:
+    def history(
+        self,
+        limit: int = 50,
+        *,
+        task_type: str | None = None,
+        node: str | None = None,
+        status: str | None = None,
+        since: float | None = None,
+        since_age: float | None = None,
+    ) -> list[Row]:
+        """Finished tasks, newest first; ``since`` a moment, ``since_age`` seconds before
+        the store's now."""
         with self.ctx.store.read() as tx:
-            return slots.history(tx, limit)
+            if since_age is not None:
+                since = tx.now() - since_age
+            return slots.history(
+                tx, limit, task_type=task_type, node=node, status=status, since=since
+            )
+
+    def show(self, task_id: str) -> dict[str, Any]:
+        """Everything recorded about one task: its running row (holder, lease, command), its
+        history, and the admission decisions that name it. Unknown ids raise NotFound."""
+        with self.ctx.store.read() as tx:
+            now = tx.now()
+            running = slots.running_row(tx, task_id)
+            ended = slots.history_of(tx, task_id)
+            logged = tx.query(
+                "SELECT * FROM decisions WHERE task_id = ? ORDER BY id DESC LIMIT 20", (task_id,)
+            )
+        if running is None and not ended:
+            raise NotFound(f"no task {task_id!r} is registered or in the history")
+        for row in logged:
+            row["rules"] = json.loads(row["rules"]) if row["rules"] else []
+            row["allowed"] = bool(row["allowed"])
+        if running is not None:
+            running["age"] = round(now - running["started_at"], 3)
+            running["lease_left"] = round(running["lease_expires"] - now, 3)
+        latest = running if running is not None else ended[0]
+        return {
+            "task_id": task_id,
+            "task_type": latest["task_type"],
+            "node": latest["node"],
+            "host": latest["host"],
+            "status": "running" if running is not None else ended[0]["status"],
+            "running": running,
+            "history": ended,
+            "decisions": logged,
+            "at": now,
+        }
+
+    def cancel(self, task_id: str, signal_name: str = "TERM") -> dict[str, Any]:
+        """``tasks cancel``: signal the task's job on its own host, SIGKILL it after the
+        grace, release its slot as ``stopped`` (see ``cancel``)."""
+        from ringrift_coord import cancel
+
+        sig = cancel.parse_signal(signal_name)
+        return cancel.cancel(self.ctx, task_id, sig, who=who_am_i(self.ctx.env))
 
     def reserve(
         self, task_type: str | TaskType, node: str, slots: int, ttl: float | None = None

@@ -44,6 +44,15 @@ CASES: list[tuple[str, tuple[str, ...], int]] = [
     ("tasks list", ("tasks", "list", "--node", "n1"), 0),
     ("tasks history", ("tasks", "history"), 0),
     ("tasks reap", ("tasks", "reap"), 0),
+    (
+        "tasks history",
+        ("tasks", "history", "--type", "selfplay", "--node", "n1", "--status", "ok"),
+        0,
+    ),
+    ("tasks history", ("tasks", "history", "--since", "1h"), 0),
+    ("tasks show", ("tasks", "show", "{spare_task}"), 0),  # ended: its history row
+    ("tasks show", ("tasks", "show", "{running_task}"), 0),  # running: its holder and lease
+    ("tasks cancel", ("tasks", "cancel", "{spare_task}"), 0),  # already ended
     ("reserve", ("reserve", "gauntlet", "--node", "n2", "--slots", "1", "--ttl", "600"), 0),
     ("reserve list", ("reserve", "list"), 0),
     ("reserve release", ("reserve", "release", "{spare_reservation}"), 0),
@@ -51,6 +60,9 @@ CASES: list[tuple[str, tuple[str, ...], int]] = [
     ("halt --check", ("halt", "--check"), 1),
     ("can-spawn", ("can-spawn", "training", "--node", "n1"), 1),  # denied: reasons
     ("unhalt", ("unhalt", "--type", "training"), 0),
+    ("halt", ("halt", "--node", "n4", "--reason", "drain"), 0),
+    ("halt --check", ("halt", "--check", "--node", "n4"), 1),
+    ("unhalt", ("unhalt", "--node", "n4"), 0),
     ("halt --check", ("halt", "--check"), 0),
     ("decisions", ("decisions",), 0),
     ("decisions", ("decisions", "--denied", "--since", "1h"), 0),
@@ -87,7 +99,9 @@ def populate(coord: Coord, holder: int) -> dict[str, str]:
         assert done.returncode == 0, (argv, done.stderr)
         return done.stdout.strip()
 
-    ok("register", "selfplay", "--node", "n1", "--pid", str(holder), "--config-name", "sq8")
+    running = ok(
+        "register", "selfplay", "--node", "n1", "--pid", str(holder), "--config-name", "sq8"
+    )
     spare = ok("register", "sync", "--node", "n2", "--pid", str(holder))
     ok("reserve", "gauntlet", "--node", "n1", "--slots", "1")
     reservation = ok("reserve", "gauntlet", "--node", "n1", "--slots", "1", "--ttl", "60")
@@ -100,7 +114,12 @@ def populate(coord: Coord, holder: int) -> dict[str, str]:
     ok("register", "evaluation", "--node", "n2", "--pid", str(dead.pid))
     dead.kill()
     dead.wait()
-    return {"pid": str(holder), "spare_task": spare, "spare_reservation": reservation}
+    return {
+        "pid": str(holder),
+        "spare_task": spare,
+        "spare_reservation": reservation,
+        "running_task": running,
+    }
 
 
 def one_document(stdout: str) -> dict[str, Any]:

@@ -83,7 +83,7 @@ def test_failures_lower_the_node_rate_and_successes_restore_it(engine_db):
         engine_db.context(
             """
             rate_limits: {sync: {per_minute: 60, burst: 1}}
-            backpressure: {decrease: 0.5, increase: 0.25, min_factor: 0.1}
+            backpressure: {decrease: 0.5, increase: 0.25, min_factor: 0.1, recovery_half_life: 0}
             circuit_breaker: {failure_threshold: 50}
             """,
             clock,

@@ -202,14 +202,14 @@ def test_manual_hardware_is_kept_and_caps_are_shown(local):
             )
     caps = js(local("--json", "resources", "--node", "g1"))["nodes"][0]["caps"]
     assert caps["lowered"] == {"selfplay": 5} and caps["effective"]["selfplay"] == 5
-    assert caps["backpressure_factor"] == 0.5
+    assert 0.5 <= caps["backpressure_factor"] < 0.51  # recovering with time since the failure
     table = local("resources", "--node", "g1").stdout
     assert "H100 x8" in table and "selfplay 5" in table and "0.50" in table
     limits = js(local("--json", "limits"))
     assert [(c["node"], c["cap"], c["configured"]) for c in limits["lowered_caps"]] == [
         ("g1", 5, 32)
     ]
-    assert [(b["node"], b["factor"]) for b in limits["backpressure"]] == [("g1", 0.5)]
+    assert [(b["node"], round(b["factor"], 1)) for b in limits["backpressure"]] == [("g1", 0.5)]
     text = local("limits").stdout
     assert "lowered after repeated OOMs" in text and "backpressure" in text
 

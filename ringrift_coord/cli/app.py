@@ -37,7 +37,9 @@ app = typer.Typer(
     context_settings={"help_option_names": list(HELP_OPTIONS)},
     cls=build.Group,  # every command's text values pass parser.check_text
 )
-tasks_app = typer.Typer(help="Running tasks: list them, reap dead holders, show history.")
+tasks_app = typer.Typer(
+    help="Running tasks: list, show or cancel one, reap dead holders, show history."
+)
 config_app = typer.Typer(help="Effective configuration and validation.", no_args_is_help=True)
 app.add_typer(tasks_app, name="tasks")
 app.add_typer(config_app, name="config")
@@ -111,6 +113,19 @@ def tasks_reap(ctx: typer.Context) -> None:
 def tasks_history(
     ctx: typer.Context,
     limit: Annotated[int, typer.Option("--limit", min=1, max=1_000_000, help="How many.")] = 20,
+    task_type: TypeOpt = None,
+    node: Annotated[str | None, typer.Option("--node", help="Only this node.")] = None,
+    status: Annotated[
+        str | None,
+        typer.Option(
+            "--status",
+            help="Only this status (ok, failed, oom, killed, stopped, spawn_failed, reaped).",
+        ),
+    ] = None,
+    since: Annotated[
+        str | None,
+        typer.Option("--since", help="Ended since: ISO 8601 time, or an age like 30m, 2h, 1d."),
+    ] = None,
     fmt: FormatOpt = None,
     no_header: NoHeaderOpt = False,
 ) -> None:
@@ -119,13 +134,73 @@ def tasks_history(
 
     g = globals_of(ctx)
     table_output(fmt, no_header, ctx)
+    node = not_blank("--node", node)
+    known_type(task_type)  # bad input is exit 2 before "no store" (exit 3)
+    from ringrift_coord.slots import check_history_status
+
+    check_history_status(status)
+    since_at, since_age = (None, None) if since is None else parse_since(since)
     with g.context(create=False) as c:
-        rows = TaskCoordinator(c).history(limit)
+        rows = TaskCoordinator(c).history(
+            limit,
+            task_type=task_type,
+            node=node,
+            status=status,
+            since=since_at,
+            since_age=since_age,
+        )
         now = c.clock.time()
     if g.json:
         emit_json({"tasks": rows})
     else:
         views.history_table(rows, now)
+    done()
+
+
+@tasks_app.command("show")
+def tasks_show(
+    ctx: typer.Context,
+    task_id: Annotated[str, typer.Argument(metavar="ID", help="The task id.")],
+) -> None:
+    """Everything recorded about one task: holder, lease, command, history, decisions."""
+    from ringrift_coord.task_coordinator import TaskCoordinator
+
+    g = globals_of(ctx)
+    with g.context(create=False) as c:
+        doc = TaskCoordinator(c).show(task_id)
+    if g.json:
+        emit_json(doc)
+    else:
+        views.task_show(doc)
+    done()
+
+
+@tasks_app.command("cancel")
+def tasks_cancel(
+    ctx: typer.Context,
+    task_id: Annotated[str, typer.Argument(metavar="ID", help="The task id.")],
+    signal_name: Annotated[
+        str,
+        typer.Option(
+            "--signal",
+            help="TERM (default), INT, HUP or KILL; SIGKILL follows after run.kill_grace.",
+        ),
+    ] = "TERM",
+) -> None:
+    """End a running task on its own host: signal its job's process group, SIGKILL it after
+    the grace, release the slot as stopped (e.g. the job of a wrapper killed by kill -9)."""
+    from ringrift_coord.task_coordinator import TaskCoordinator
+
+    g = globals_of(ctx)
+    from ringrift_coord.cancel import parse_signal
+
+    parse_signal(signal_name)  # bad input is exit 2 before "no store" (exit 3)
+    with g.context(create=False) as c:
+        result = TaskCoordinator(c).cancel(task_id, signal_name)
+    if g.json:
+        emit_json(result)
+    else:
+        views.cancelled(result)
     done()
 
 
@@ -206,6 +281,10 @@ def halt(
         str | None, typer.Option("--reason", help="Why (kept in the audit trail).")
     ] = None,
     task_type: TypeOpt = None,
+    node: Annotated[
+        str | None,
+        typer.Option("--node", help="Drain this node only (the others go on spawning)."),
+    ] = None,
     ttl: Annotated[
         float | None,
         typer.Option(
@@ -215,26 +294,39 @@ def halt(
             click_type=build.DURATION,
         ),
     ] = None,
-    check: Annotated[bool, typer.Option("--check", help="Only test: exit 1 when halted.")] = False,
+    check: Annotated[
+        bool,
+        typer.Option(
+            "--check", help="Only test: exit 1 when halted (on --node, default this node)."
+        ),
+    ] = False,
 ) -> None:
     """Emergency stop of every new spawn (or of one type) in the store: cluster-wide on
-    PostgreSQL, this host's store with SQLite."""
+    PostgreSQL, this host's store with SQLite; with --node, on that node only."""
     from ringrift_coord import safeguards
 
     g = globals_of(ctx)
+    node = not_blank("--node", node)
     if check:
         if reason is not None or ttl is not None:
             raise UsageError("halt --check takes no --reason or --ttl")
         known_type(task_type)
+        from ringrift_coord.identity import default_node
+
         with g.context(create=False) as c:
-            status = safeguards.halt_status(c, task_type)
+            if node is None:
+                try:  # this node's drains count; with no usable node name, any node's do
+                    node = default_node(c.env)
+                except UsageError:
+                    node = None
+            status = safeguards.halt_status(c, task_type, node)
         if g.json:
             emit_json(status)
         else:
             views.halt_check(status)
         done(ExitCode.DENIED if status["halted"] else ExitCode.OK)
     with g.context() as c:
-        record = safeguards.activate_emergency(c, reason, task_type=task_type, ttl=ttl)
+        record = safeguards.activate_emergency(c, reason, task_type=task_type, ttl=ttl, node=node)
     if g.json:
         emit_json(record)
     else:
@@ -243,13 +335,21 @@ def halt(
 
 
 @app.command()
-def unhalt(ctx: typer.Context, task_type: TypeOpt = None) -> None:
-    """Lift the halt (every halt, or only that of --type)."""
+def unhalt(
+    ctx: typer.Context,
+    task_type: TypeOpt = None,
+    node: Annotated[
+        str | None,
+        typer.Option("--node", help="Lift only this node's own halts (with --type: that one)."),
+    ] = None,
+) -> None:
+    """Lift the halt (every halt, only that of --type, or only those of --node)."""
     from ringrift_coord import safeguards
 
     g = globals_of(ctx)
+    node = not_blank("--node", node)
     with g.context() as c:
-        result = safeguards.deactivate_emergency(c, task_type=task_type)
+        result = safeguards.deactivate_emergency(c, task_type=task_type, node=node)
     if g.json:
         emit_json(result)
     else:

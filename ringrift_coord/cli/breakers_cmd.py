@@ -68,7 +68,7 @@ def breakers_list(
     if g.json:
         emit_json(doc)
     else:
-        views.breakers_table(doc["breakers"], doc["at"])
+        views.breakers_table(doc["breakers"], doc["at"], doc["backpressure"])
     done()
 
 

@@ -297,6 +297,50 @@ def history_table(rows: list[dict[str, Any]], now: float | None = None) -> None:
     grid.show()
 
 
+TIME_FIELDS = ("started_at", "ended_at", "lease_expires", "at")
+DURATION_FIELDS = ("age", "lease_left", "duration")
+
+
+def task_show(doc: dict[str, Any]) -> None:
+    """``tasks show``: every recorded field of one task, one ``key: value`` line each."""
+    line(f"task {doc['task_id']}: {doc['status']}")
+
+    def fields(row: dict[str, Any], indent: str = "  ") -> None:
+        for key, value in row.items():
+            if key in TIME_FIELDS and value is not None:
+                shown = ts(value)
+            elif key in DURATION_FIELDS and value is not None:
+                shown = age(value)
+            else:
+                shown = "-" if value is None or value == "" else str(value)
+            line(f"{indent}{key}: {shown}")
+
+    if doc["running"] is not None:
+        line("running:")
+        fields(doc["running"])
+    for row in doc["history"]:
+        line("ended:")
+        fields(row)
+    for d in doc["decisions"]:
+        verdict = "allowed" if d["allowed"] else "denied"
+        rules = "; ".join(r["message"] for r in d["rules"])
+        line(f"decision: {ts(d['at'])} {d['action']} {verdict} by {d.get('who') or '-'}")
+        if rules:
+            line(f"  {rules}")
+
+
+def cancelled(result: dict[str, Any]) -> None:
+    if result["released_by"] == "already_ended":
+        line(f"task {result['task_id']} had already ended ({result['status']}); nothing to do")
+        return
+    by = "its run wrapper" if result["released_by"] == "wrapper" else "cancel"
+    line(
+        f"cancelled {result['task_id']} ({result['task_type']} on {result['node']}) with "
+        f"{result['signal']}{', then SIGKILL' if result['escalated'] else ''}: "
+        f"{result['status']}, slot released by {by} ({result['reason']})"
+    )
+
+
 def reaped(rows: list[dict[str, Any]]) -> None:
     for r in rows:
         line(f"reaped {r['task_id']} ({r['task_type']} on {r['node']}): {r['reason']}")
@@ -384,10 +428,27 @@ def caps_tables(doc: dict[str, Any]) -> None:
             )
         grid.show()
     if doc["backpressure"]:
-        grid = Grid("backpressure (spawn-rate factor per node)", "node", "factor", "updated")
-        for r in doc["backpressure"]:
-            grid.add(r["node"], Text(f"×{r['factor']:.2f}", "yellow"), ts(r["updated_at"]))
-        grid.show()
+        backpressure_table(doc["backpressure"])
+
+
+def backpressure_table(rows: list[dict[str, Any]]) -> None:
+    """The nodes whose spawn rate is cut: the factor now (it recovers with time), the factor
+    the last job left, and when."""
+    grid = Grid(
+        "backpressure (spawn-rate factor per node, recovering with time)",
+        "node",
+        "factor now",
+        Col("last set to", drop=1),
+        "at",
+    )
+    for r in rows:
+        grid.add(
+            r["node"],
+            Text(f"×{r['factor']:.2f}", "yellow"),
+            f"×{r['stored_factor']:.2f}",
+            ts(r["updated_at"]),
+        )
+    grid.show()
 
 
 # --------------------------------------------------------------------------- halts
@@ -402,11 +463,15 @@ def _reach(doc: dict[str, Any]) -> str:
 def halted(record: dict[str, Any]) -> None:
     what = "every task type" if record["scope"] == "*" else record["scope"]
     until = "" if record["expires_at"] is None else f" until {ts(record['expires_at'])}"
-    line(f"halted {what} in {_reach(record)}{until} (by {record['who']})")
+    node = record.get("node", "*")
+    only = "" if node == "*" else f" on node {node} only"
+    line(f"halted {what}{only} in {_reach(record)}{until} (by {record['who']})")
 
 
 def unhalted(result: dict[str, Any]) -> None:
     lifted = ", ".join("all types" if s == "*" else s for s in result["lifted"]) or "nothing"
+    if result.get("node") is not None:
+        lifted += f" on node {result['node']}"
     extra = " and removed the halt file" if result["removed_halt_file"] else ""
     line(f"unhalted in {_reach(result)}: {lifted}{extra}")
 
@@ -419,6 +484,8 @@ def halt_check(status: dict[str, Any]) -> None:
         return
     for h in status["halts"]:
         scope = "all types" if h["scope"] == "*" else h["scope"]
+        if h.get("node", "*") != "*":
+            scope += f" on node {h['node']}"
         until = "" if h["expires_at"] is None else f", until {ts(h['expires_at'])}"
         out.print(
             Text.assemble(
@@ -572,9 +639,16 @@ def status_screen(doc: dict[str, Any], readings: dict[str, Any] | None = None) -
 # --------------------------------------------------------------------------- breakers
 
 
-def breakers_table(rows: list[dict[str, Any]], now: float) -> None:
+def breakers_table(
+    rows: list[dict[str, Any]], now: float, backpressure: list[dict[str, Any]] | None = None
+) -> None:
+    # after the breakers, and only where a second table cannot be mistaken for their rows
+    # (not in tsv, not without headers): `limits` lists the backpressure in every format
+    also = backpressure if backpressure and output_format() != "tsv" and not _no_header else []
     if not rows:
         note("no circuit breakers recorded (every node and type is closed)")
+        if also:
+            backpressure_table(also)
         return
     grid = Grid(
         f"circuit breakers ({len(rows)})",
@@ -607,6 +681,8 @@ def breakers_table(rows: list[dict[str, Any]], now: float) -> None:
             retry,
         )
     grid.show()
+    if also:
+        backpressure_table(also)
 
 
 def breakers_reset(

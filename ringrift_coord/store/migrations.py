@@ -169,10 +169,31 @@ CREATE TABLE lowered_caps (
 );
 """
 
+# A halt may drain one node (Slurm's drain): halts are keyed by (scope, node), node "*" being
+# every node; the halts already stored keep applying to every node.
+_NODE_HALTS = """
+CREATE TABLE halts_by_node (
+    scope TEXT NOT NULL,
+    node TEXT NOT NULL,
+    reason TEXT,
+    who TEXT,
+    host TEXT,
+    at DOUBLE PRECISION NOT NULL,
+    expires_at DOUBLE PRECISION,
+    PRIMARY KEY (scope, node)
+);
+INSERT INTO halts_by_node (scope, node, reason, who, host, at, expires_at)
+    SELECT scope, '*', reason, who, host, at, expires_at FROM halts;
+DROP TABLE halts;
+ALTER TABLE halts_by_node RENAME TO halts;
+ALTER TABLE halt_log ADD COLUMN node TEXT NOT NULL DEFAULT '*'
+"""
+
 # (name, engine -> SQL script)
 MIGRATIONS: list[tuple[str, dict[str, str]]] = [
     ("0001_initial", {engine: _initial(engine) for engine in _SERIAL}),
     ("0002_safeguards", {engine: _SAFEGUARDS.format(serial=_SERIAL[engine]) for engine in _SERIAL}),
+    ("0003_node_halts", {engine: _NODE_HALTS for engine in _SERIAL}),
 ]
 
 MIGRATION_NAMES: tuple[str, ...] = tuple(name for name, _ in MIGRATIONS)

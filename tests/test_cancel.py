@@ -1,0 +1,250 @@
+"""``tasks cancel``, ``tasks show`` and ``tasks history``'s filters, with real wrappers and jobs.
+
+The orphan: a ``run`` wrapper killed by ``kill -9`` leaves its job running, and the slot stays
+held while any process of the job's group lives (the reaper watches the group). ``tasks
+cancel`` is how an operator ends it: the group is signalled on its own host, SIGKILLed after
+the grace when it ignores the signal, and the slot is released as ``stopped``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from conftest import Coord, alive, wait_for
+
+ENGINES = ("sqlite", "postgres")
+
+CONFIG = """\
+task_limits: {selfplay: {per_node: 4, cluster: 500}}
+rate_limits: {selfplay: {per_minute: null}, training: {per_minute: null}}
+circuit_breaker: {failure_threshold: 1}
+"""
+
+
+@pytest.fixture
+def groups() -> Iterator[list[int]]:
+    """Process groups to SIGKILL when the test ends, whatever happened."""
+    found: list[int] = []
+    yield found
+    for pgid in found:
+        try:
+            os.killpg(pgid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+def _group_members(pgid: int) -> list[int]:
+    members = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                data = Path(f"/proc/{entry}/stat").read_bytes()
+            except OSError:
+                continue
+            fields = data[data.rfind(b")") + 2 :].split()
+            if fields[0] != b"Z" and int(fields[2]) == pgid:
+                members.append(int(entry))
+    return members
+
+
+def _start(coord: Coord, script: str) -> tuple[subprocess.Popen[str], dict]:
+    """A real ``run`` wrapper around ``sh -c script``; returns it and its task once the job
+    has written ``ready``."""
+    ready = coord.tmp / "ready"
+    wrapper = coord.popen(
+        "run",
+        "selfplay",
+        "--node",
+        "n1",
+        "--",
+        "sh",
+        "-c",
+        f"{script}",
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={"READY": str(ready)},
+    )
+    wait_for(ready.exists, 30, "the job to start")
+    (task,) = json.loads(coord("tasks", "--json").stdout)["tasks"]
+    assert task["wrapper_pid"] == wrapper.pid and task["pgid"]
+    return wrapper, task
+
+
+def _orphan(coord: Coord, script: str, groups: list[int]) -> dict:
+    wrapper, task = _start(coord, script)
+    groups.append(task["pgid"])
+    os.kill(wrapper.pid, signal.SIGKILL)
+    wrapper.wait(timeout=10)
+    # the job outlives its wrapper and keeps its slot: the reaper sees its group alive
+    assert coord("tasks", "reap").returncode == 0
+    assert [t["task_id"] for t in json.loads(coord("tasks", "--json").stdout)["tasks"]] == [
+        task["task_id"]
+    ]
+    assert alive(task["pgid"])
+    return task
+
+
+def _nothing_learned(coord: Coord) -> None:
+    breakers = json.loads(coord("breakers", "list", "--json").stdout)["breakers"]
+    assert [b for b in breakers if b.get("failures")] == [], breakers
+    assert json.loads(coord("limits", "--json").stdout)["backpressure"] == []
+
+
+def test_cancel_ends_the_orphan_of_a_kill_9ed_wrapper(coord: Coord, groups: list[int]) -> None:
+    coord.write_config(CONFIG)
+    task = _orphan(coord, 'touch "$READY"; sleep 300 & sleep 300; wait', groups)
+    pgid = task["pgid"]
+    assert len(_group_members(pgid)) >= 2  # the shell and its sleeps
+
+    result = coord("tasks", "cancel", task["task_id"], "--json")
+    assert result.returncode == 0, result.stderr
+    doc = json.loads(result.stdout)
+    assert doc["schema_version"] == 1
+    assert (doc["task_id"], doc["node"], doc["task_type"], doc["status"]) == (
+        task["task_id"],
+        "n1",
+        "selfplay",
+        "stopped",
+    )
+    assert (doc["signal"], doc["escalated"], doc["released_by"]) == ("SIGTERM", False, "cancel")
+    assert doc["exit_code"] == 143
+    assert _group_members(pgid) == []  # every process of the group, not just the leader
+    assert json.loads(coord("tasks", "--json").stdout)["tasks"] == []
+    (row,) = json.loads(coord("tasks", "history", "--json").stdout)["tasks"]
+    assert (row["status"], row["exit_code"]) == ("stopped", 143)
+    assert "cancelled by" in row["reason"] and "SIGTERM" in row["reason"]
+    _nothing_learned(coord)  # an operator's stop: the breaker (threshold 1) stays closed
+    assert coord("can-spawn", "selfplay", "--node", "n1").returncode == 0
+    # again: the task has ended, nothing to do (not an error)
+    again = coord("tasks", "cancel", task["task_id"])
+    assert again.returncode == 0 and "already ended" in again.stdout
+
+
+def test_a_job_that_ignores_term_gets_kill_after_the_grace(coord: Coord, groups: list[int]) -> None:
+    coord.write_config(CONFIG)
+    task = _orphan(coord, "trap '' TERM; touch \"$READY\"; while :; do sleep 0.1; done", groups)
+    result = coord("--set", "run.kill_grace=0.5", "tasks", "cancel", task["task_id"])
+    assert result.returncode == 0, result.stderr
+    assert "then SIGKILL" in result.stdout
+    assert _group_members(task["pgid"]) == []
+    (row,) = json.loads(coord("tasks", "history", "--json").stdout)["tasks"]
+    assert (row["status"], row["exit_code"]) == ("stopped", 137)
+    assert "SIGKILL after the 0.5 s grace" in row["reason"]
+    _nothing_learned(coord)
+
+
+def test_cancel_with_a_live_wrapper_lets_it_stop_the_job(coord: Coord, groups: list[int]) -> None:
+    coord.write_config(CONFIG)
+    wrapper, task = _start(coord, 'touch "$READY"; sleep 300')
+    groups.append(task["pgid"])
+    result = coord("tasks", "cancel", task["task_id"], "--signal", "INT", "--json")
+    assert result.returncode == 0, result.stderr
+    doc = json.loads(result.stdout)
+    assert (doc["status"], doc["released_by"]) == ("stopped", "wrapper")
+    assert "forwarded SIGINT" in doc["reason"]
+    assert wrapper.wait(timeout=30) == 130
+    assert _group_members(task["pgid"]) == []
+    _nothing_learned(coord)
+
+
+def test_cancel_from_another_host_is_refused(coord: Coord) -> None:
+    coord.write_config(CONFIG)
+    other = {"RINGRIFT_COORD_HOST": "gpu-host-7"}
+    registered = coord("register", "selfplay", "--node", "n1", "--pid", str(os.getpid()), env=other)
+    assert registered.returncode == 0, registered.stderr
+    task_id = registered.stdout.strip()
+    refused = coord("tasks", "cancel", task_id)
+    assert refused.returncode == 3
+    assert "runs on host gpu-host-7" in refused.stderr and "Traceback" not in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1
+    assert [t["task_id"] for t in json.loads(coord("tasks", "--json").stdout)["tasks"]] == [task_id]
+
+
+def test_cancel_bad_input(coord: Coord) -> None:
+    bad = coord("tasks", "cancel", "x", "--signal", "USR1")  # said before "no store" (3)
+    assert bad.returncode == 2 and "--signal" in bad.stderr
+    assert coord("tasks", "reap").returncode == 0  # a store, with no such task in it
+    unknown = coord("tasks", "cancel", "no-such-task")
+    assert unknown.returncode == 2 and "no task 'no-such-task'" in unknown.stderr
+    bad = coord("tasks", "cancel", "x", "--signal", "USR1")
+    assert bad.returncode == 2 and "--signal" in bad.stderr
+
+
+def test_tasks_show_prints_everything_recorded(coord: Coord) -> None:
+    coord.write_config(CONFIG)
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        made = coord(
+            "register", "selfplay", "--node", "n1", "--pid", str(holder.pid),
+            "--config-name", "square8_2p",
+        )  # fmt: skip
+        task_id = made.stdout.strip()
+        doc = json.loads(coord("tasks", "show", task_id, "--json").stdout)
+        assert doc["schema_version"] == 1
+        assert (doc["task_id"], doc["task_type"], doc["node"], doc["status"]) == (
+            task_id,
+            "selfplay",
+            "n1",
+            "running",
+        )
+        running = doc["running"]
+        assert running["pid"] == holder.pid and running["config_name"] == "square8_2p"
+        assert running["lease_token"] and running["source"] == "register"
+        assert [d["allowed"] for d in doc["decisions"]] == [True]
+        text = coord("tasks", "show", task_id)
+        assert text.returncode == 0
+        assert f"task {task_id}: running" in text.stdout
+        assert f"pid: {holder.pid}" in text.stdout and "config_name: square8_2p" in text.stdout
+        assert coord("unregister", task_id, "--exit-code", "3").returncode == 0
+        doc = json.loads(coord("tasks", "show", task_id, "--json").stdout)
+        assert doc["status"] == "failed" and doc["running"] is None
+        assert doc["history"][0]["exit_code"] == 3
+        assert "exit_code: 3" in coord("tasks", "show", task_id).stdout
+    finally:
+        holder.kill()
+        holder.wait()
+    missing = coord("tasks", "show", "nope")
+    assert missing.returncode == 2 and "no task 'nope'" in missing.stderr
+
+
+def test_tasks_history_filters(coord: Coord) -> None:
+    coord.write_config(CONFIG)
+    runs = [
+        ("selfplay", "n1", "true"),
+        ("selfplay", "n2", "exit 3"),
+        ("training", "n1", "exit 3"),
+        ("training", "n2", "true"),
+    ]
+    for ttype, node, script in runs:
+        coord("run", ttype, "--node", node, "--", "sh", "-c", script)
+
+    def ids(*args: str) -> list[tuple[str, str, str]]:
+        result = coord("tasks", "history", "--json", *args)
+        assert result.returncode == 0, result.stderr
+        return sorted(
+            (r["task_type"], r["node"], r["status"]) for r in json.loads(result.stdout)["tasks"]
+        )
+
+    assert len(ids()) == 4
+    assert ids("--type", "training") == [("training", "n1", "failed"), ("training", "n2", "ok")]
+    assert ids("--node", "n2") == [("selfplay", "n2", "failed"), ("training", "n2", "ok")]
+    assert ids("--status", "failed", "--node", "n1") == [("training", "n1", "failed")]
+    assert len(ids("--since", "1h")) == 4
+    future = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
+    assert ids("--since", future) == []
+    assert ids("--type", "selfplay", "--status", "ok", "--since", "10m") == [
+        ("selfplay", "n1", "ok")
+    ]
+    for bad in (("--status", "exploded"), ("--since", "yesterday"), ("--type", "bogus")):
+        result = coord("tasks", "history", *bad)
+        assert result.returncode == 2, (bad, result.stderr)
+        assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
