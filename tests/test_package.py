@@ -202,7 +202,7 @@ def test_config_init_writes_the_reference_to_the_user_config(coord, tmp_path, ma
     # it is the file a call without --config now reads, and it is valid
     shown = coord("--json", "config", "validate", env=no_config)
     assert shown.returncode == 0, shown.stderr
-    assert json.loads(shown.stdout)["file"] == str(target)
+    assert json.loads(shown.stdout)["config_file"] == str(target)
 
 
 def test_config_init_says_when_another_file_is_read_instead(coord, tmp_path: Path) -> None:
