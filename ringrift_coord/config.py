@@ -378,6 +378,14 @@ def find_config_file(explicit: str | None, env: Mapping[str, str]) -> str | None
             raise ConfigError(f"config file {path} is not a regular file")
         return path
     for candidate in config_search_path(env):
+        try:
+            os.stat(candidate)
+        except FileNotFoundError:
+            continue
+        except NotADirectoryError:
+            continue
+        except OSError as exc:  # there but unreadable: never silently the defaults instead
+            raise ConfigError(f"cannot read config file {candidate}: {exc.strerror}") from None
         if os.path.isfile(candidate):
             return candidate
     return None

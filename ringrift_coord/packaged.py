@@ -27,8 +27,10 @@ COMPLETIONS = {
 LAUNCH_SCRIPTS = ("selfplay.sh", "training.sh")
 MAN_PAGE = "man/ringrift-coord.1"
 
-FILE_MODE = 0o600
-DIR_MODE = 0o700
+# A config holds limits, not secrets, and every user on a node must be able to read the one
+# under /etc: readable by all, writable by its owner alone (what the trust check requires).
+FILE_MODE = 0o644
+DIR_MODE = 0o755
 
 
 def data_file(name: str) -> resources.abc.Traversable:
@@ -57,7 +59,7 @@ def completion_script(shell: str) -> str:
 
 
 def _make_parents(directory: str) -> None:
-    """Create ``directory`` and its missing parents, each new one mode 0700 whatever the umask."""
+    """Create ``directory`` and its missing parents, each new one mode 0755 whatever the umask."""
     missing: list[str] = []
     current = directory
     while not os.path.lexists(current):

@@ -204,13 +204,19 @@ def thresholds(
     limits = settings.get("thresholds")
     levels = readings.levels(reading, limits)
     reasons: list[Reason] = []
+    # this host's own live reading: say so, and how a busy development box turns it off
+    here = (
+        " (this host's live reading; resources.live_host=false leaves it out)"
+        if reading.get("source") == "live"
+        else ""
+    )
     for resource in readings.RESOURCES:
         value, crit = reading.get(resource), limits[resource]["critical"]
         if levels[resource] == "critical":
             reasons.append(
                 Reason(
                     "threshold",
-                    f"{resource} at {value:.0f}% on {req.node} >= critical {crit}%",
+                    f"{resource} at {value:.0f}% on {req.node} >= critical {crit}%{here}",
                     used=value,
                     limit=crit,
                     retry_after=60.0,
@@ -232,7 +238,7 @@ def thresholds(
             Reason(
                 "threshold",
                 f"load average {load:.2f} on {req.node} >= critical {critical:g} "
-                f"({per_cpu:g} x {cpus} cpus)",
+                f"({per_cpu:g} x {cpus} cpus){here}",
                 used=load,
                 limit=critical,
                 retry_after=60.0,

@@ -701,3 +701,25 @@ def test_shared_mode_with_own_group_without_root(tmp_path: Path) -> None:
     assert untrusted_file("f", st, None) is not None  # group-writable outside a shared store
     os.chmod(store / "f", 0o666)
     assert "writable by others" in (untrusted_file("f", os.stat(store / "f"), gid) or "")
+
+
+def test_a_system_config_another_user_cannot_reach_is_an_error(sqlite_host: Host) -> None:
+    """``sudo ringrift-coord config init`` into the system location gives a file every user
+    reads; one that is there but cannot be reached is an error, never the defaults."""
+    host = sqlite_host
+    target = host.sys_config_dirs / "ringrift-coord" / "unified_loop.yaml"
+    written = subprocess.run(
+        [*PYTHON, "-m", "ringrift_coord", "config", "init", str(target)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, **PYTHON_ENV},
+    )
+    assert written.returncode == 0, written.stderr
+    env = host.env(ALICE)
+    shown = host.run(ALICE, "--json", "config", "show", env=env)
+    assert shown.returncode == 0, shown.stderr
+    assert json.loads(shown.stdout)["config_file"] == str(target)
+    os.chmod(target.parent, 0o700)  # root's, out of alice's reach
+    hidden = host.run(ALICE, "--json", "config", "show", env=env)
+    assert hidden.returncode == 3 and "Permission denied" in hidden.stderr, hidden.stdout

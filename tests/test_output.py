@@ -180,7 +180,7 @@ def test_tsv_feeds_cut_and_no_header_drops_titles(coord, holder):
 
     status = ok(coord("status", "--format", "tsv", "--no-header")).splitlines()
     assert sorted(status) == sorted(
-        [f"{NODE}\tselfplay\t1\t32", f"{NODE2}\timprovement_loop\t1\t∞"]
+        [f"{NODE}\tselfplay\t1\t32", f"{NODE2}\timprovement_loop\t1\t-"]
     ), status
     resources = ok(coord("resources", "--format", "tsv")).splitlines()
     header = resources[0].split("\t")
@@ -200,13 +200,39 @@ def test_status_brief_and_one_screen(coord, holder):
     assert "gauntlet" not in by_type  # no limit, nothing running or queued
     tsv = ok(coord("status", "--brief", "--format", "tsv")).splitlines()
     assert tsv[0].split("\t")[:3] == ["type", "running", "queued"]
-    assert "improvement_loop\t1\t0\t1\t1\t∞" in tsv
+    assert "improvement_loop\t1\t0\t1\t1\t-\t-" in tsv
     screen = ok(coord("status", env=NARROW))
     assert "running tasks" not in screen  # the task list itself is `tasks`
     rows = [line.split() for line in screen.splitlines()]
     assert [NODE, "1", "BLOCKED", "gpu", "selfplay=1/32"] in rows  # its reading, in words
     assert [NODE2, "1", "warn", "mem", "improvement_loop=1/∞"] in rows
     assert any(r[:1] == ["improvement_loop"] and "FULL" in r for r in rows)
+
+
+def test_status_brief_never_hides_a_halt(coord):
+    """The short form is what cron mails and small screens show: a halt or a drain is said
+    first, and on each type it stops (tsv: a ``halt`` column)."""
+    assert coord("can-spawn", "selfplay", "--node", "n1").returncode == 0
+    calm = ok(coord("status", "--brief"))
+    assert "HALTED" not in calm and "drained" not in calm
+    assert coord("halt", "--type", "training", "--reason", "bad model").returncode == 0
+    assert coord("halt", "--node", "n7", "--type", "selfplay", "--reason", "disk").returncode == 0
+    brief = ok(coord("status", "--brief")).splitlines()
+    assert brief[0].startswith("HALTED training in ") and brief[0].endswith(": bad model")
+    assert brief[1].startswith("HALTED selfplay on node n7 in ")
+    by_type = {line.split(":")[0]: line for line in brief[2:]}
+    assert by_type["training"].endswith("[HALTED]")
+    assert by_type["selfplay"].endswith("[drained n7]")
+    assert "[" not in by_type["cmaes"]
+    tsv = [r.split("\t") for r in ok(coord("status", "--brief", "--format", "tsv")).splitlines()]
+    column = {row[0]: row[tsv[0].index("halt")] for row in tsv[1:]}
+    assert column["training"] == "HALTED" and column["selfplay"] == "drained n7"
+    assert column["cmaes"] == "-"
+    assert coord("halt", "--reason", "everything").returncode == 0
+    everything = [
+        r.split("\t") for r in ok(coord("status", "--brief", "--format", "tsv")).splitlines()
+    ]
+    assert {row[-1] for row in everything[1:]} == {"HALTED"}
 
 
 def test_bad_format_is_one_line_exit_2(coord):

@@ -197,8 +197,8 @@ def test_config_init_writes_the_reference_to_the_user_config(coord, tmp_path, ma
     assert result.stdout == f"wrote {target}\n"
     assert result.stderr == ""
     assert target.read_text() == packaged.reference_config()
-    assert _mode(target) == 0o600
-    assert _mode(target.parent) == 0o700 and _mode(target.parent.parent) == 0o700
+    assert _mode(target) == 0o644
+    assert _mode(target.parent) == 0o755 and _mode(target.parent.parent) == 0o755
     # it is the file a call without --config now reads, and it is valid
     shown = coord("--json", "config", "validate", env=no_config)
     assert shown.returncode == 0, shown.stderr
@@ -226,8 +226,8 @@ def test_config_init_leaves_existing_parents_alone(coord, tmp_path: Path) -> Non
     result = coord("config", "init", str(parent / "new" / "coord.yaml"))
     assert result.returncode == 0, result.stderr
     assert _mode(parent) == 0o755
-    assert _mode(parent / "new") == 0o700
-    assert _mode(parent / "new" / "coord.yaml") == 0o600
+    assert _mode(parent / "new") == 0o755
+    assert _mode(parent / "new" / "coord.yaml") == 0o644
 
 
 def test_config_init_refuses_to_overwrite_without_force(coord, tmp_path: Path) -> None:
@@ -248,7 +248,7 @@ def test_config_init_refuses_to_overwrite_without_force(coord, tmp_path: Path) -
     assert forced.returncode == 0, forced.stderr
     assert json.loads(forced.stdout) == {"schema_version": 1, "path": str(target)}
     assert target.read_text() == packaged.reference_config()
-    assert _mode(target) == 0o600
+    assert _mode(target) == 0o644
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".mine")] == []
 
 

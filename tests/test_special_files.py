@@ -418,3 +418,18 @@ def test_read_only_commands_never_create_a_store(coord: Coord, engine: str) -> N
     assert coord.db.exists() and stat.S_ISREG(coord.db.stat().st_mode)
     for argv in READ_ONLY:
         assert coord(*argv).returncode == 0, (argv, coord(*argv).stderr)
+
+
+def test_a_password_with_url_punctuation_is_masked_whole(coord: Coord) -> None:
+    """libpq reads a keyword string's value up to the next space, ``&`` and ``#`` included:
+    so does the mask. An ``@`` in a URL's query is no password."""
+    secret = "se&cret#xyz"
+    dead = f"host=127.0.0.1 port=1 dbname=d user=u password={secret} connect_timeout=1"
+    for argv in (("status",), ("--json", "status"), ("can-spawn", "selfplay")):
+        done = coord(*argv, env={"RINGRIFT_COORD_DB": dead})
+        assert done.returncode == 75, done.stderr
+        shown = done.stdout + done.stderr
+        assert "cret" not in shown and "xyz" not in shown and "password=***" in shown, shown
+    query_at = "postgresql://127.0.0.1:1/d?application_name=a@b&connect_timeout=1"
+    done = coord("--db", query_at, "status")  # not refused as "a password in --db"
+    assert done.returncode == 75 and "password" not in done.stderr, done.stderr

@@ -65,10 +65,18 @@ def known_type(task_type: str | None) -> None:
 
 @tasks_app.callback(invoke_without_command=True)
 def tasks_default(
-    ctx: typer.Context, fmt: FormatOpt = None, no_header: NoHeaderOpt = False
+    ctx: typer.Context,
+    task_type: TypeOpt = None,
+    node: Annotated[str | None, typer.Option("--node", help="Only this node.")] = None,
+    fmt: FormatOpt = None,
+    no_header: NoHeaderOpt = False,
 ) -> None:
+    """``tasks`` alone is ``tasks list``, with the same filters."""
     if ctx.invoked_subcommand is None:
-        tasks_list(ctx, fmt=fmt, no_header=no_header)
+        tasks_list(ctx, task_type=task_type, node=node, fmt=fmt, no_header=no_header)
+    elif task_type is not None or node is not None:
+        sub = ctx.invoked_subcommand
+        raise UsageError(f"--type and --node go after the subcommand: tasks {sub} --node N")
 
 
 @tasks_app.command("list")
@@ -124,7 +132,11 @@ def tasks_history(
     ] = None,
     since: Annotated[
         str | None,
-        typer.Option("--since", help="Ended since: ISO 8601 time, or an age like 30m, 2h, 1d."),
+        typer.Option(
+            "--since",
+            metavar="WHEN",
+            help="Ended since: ISO 8601 time, or an age like 30m, 2h, 1d.",
+        ),
     ] = None,
     fmt: FormatOpt = None,
     no_header: NoHeaderOpt = False,
@@ -366,7 +378,9 @@ def decisions(
     denied: Annotated[bool, typer.Option("--denied", help="Only refusals.")] = False,
     since: Annotated[
         str | None,
-        typer.Option("--since", help="ISO 8601 time, or an age like 30m, 2h, 1d, 3w."),
+        typer.Option(
+            "--since", metavar="WHEN", help="ISO 8601 time, or an age like 30m, 2h, 1d, 3w."
+        ),
     ] = None,
     node: Annotated[str | None, typer.Option("--node", help="Only this node.")] = None,
     task_type: TypeOpt = None,
@@ -513,7 +527,7 @@ def status(
     no_header: NoHeaderOpt = False,
 ) -> None:
     """One screen: halt, tasks against limits per type, a node × type summary, breakers,
-    reservations (the task list itself: ``tasks``)."""
+    reservations (the task list itself: tasks)."""
     from ringrift_coord import reports
 
     g = globals_of(ctx)

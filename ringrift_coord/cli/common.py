@@ -65,5 +65,10 @@ def table_output(fmt: str | None, no_header: bool, ctx: typer.Context | None = N
     if parent is not None and parent.params.get("no_header"):
         no_header = True
     if fmt is not None and fmt not in FORMATS:
-        raise UsageError(f"option --format: {fmt!r} is not one of {', '.join(FORMATS)}")
+        from ringrift_coord.inputs import did_you_mean
+
+        raise UsageError(
+            f"option --format: {fmt!r} is not one of {', '.join(FORMATS)}"
+            + did_you_mean(fmt, FORMATS)
+        )
     views.set_format(fmt, no_header)

@@ -14,6 +14,7 @@ literals written here. ``--json`` output does not come through here.
 
 from __future__ import annotations
 
+import re
 import sys
 from datetime import UTC, datetime
 from typing import Any
@@ -80,6 +81,15 @@ def note(message: str | Text) -> None:
         console().print(message)
 
 
+def say(message: str | Text) -> None:
+    """A line that is the answer itself (not a title): said in every format; never wrapped
+    outside a terminal."""
+    if output_format() == "table":
+        console().print(message)
+    else:
+        sys.stdout.write((message.plain if isinstance(message, Text) else message) + "\n")
+
+
 def ts(epoch: float | None) -> str:
     if epoch is None:
         return "-"
@@ -102,7 +112,15 @@ def age(seconds: float | None) -> str:
 
 
 def _limit(value: Any) -> str:
-    return "∞" if value is None else str(value)
+    """A limit; none is ``∞`` to people and ``-`` (an empty cell) in tsv, for scripts."""
+    if value is None:
+        return "-" if output_format() == "tsv" else "∞"
+    return str(value)
+
+
+def _tsv_name(header: str) -> str:
+    """A column name a script can use: ``per-node limit`` → ``per_node_limit``."""
+    return "_".join(re.findall(r"[A-Za-z0-9]+", header)) or "-"
 
 
 class Col:
@@ -146,7 +164,7 @@ class Grid:
     def _tsv(self) -> None:
         out = []
         if not _no_header:
-            out.append("\t".join(c.header.replace(" ", "_") for c in self.cols))
+            out.append("\t".join(_tsv_name(c.header) for c in self.cols))
         for row in self.rows:
             out.append("\t".join(cell.plain.replace("\t", " ") or "-" for cell in row))
         sys.stdout.write("".join(f"{x}\n" for x in out))
@@ -247,13 +265,13 @@ def tasks_table(rows: list[dict[str, Any]]) -> None:
     grid = Grid(
         f"running tasks ({len(rows)})",
         "task id",
-        Col("type", drop=4),
+        Col("type", drop=5),  # last to go: the id starts with it
         "node",
-        Col("host", drop=1),
-        Col("pid", drop=3),
+        Col("host", drop=2),
+        Col("pid", drop=4),
         "age",
-        Col("lease left", drop=2),
-        Col("config", drop=5),
+        Col("lease left", drop=3),
+        Col("config", drop=1),
     )
     for r in rows:
         grid.add(
@@ -273,12 +291,12 @@ def history_table(rows: list[dict[str, Any]], now: float | None = None) -> None:
     grid = Grid(
         "finished tasks",
         "task id",
-        Col("type", drop=3),
+        Col("type", drop=5),  # last to go: the id starts with it
         "node",
-        Col("ended", drop=5),
+        Col("ended", drop=1),
         "ago",
         Col("duration", drop=2),
-        Col("exit", drop=1),
+        Col("exit", drop=3),
         "status",
         Col("reason", text=True, drop=4),
     )
@@ -307,6 +325,8 @@ def task_show(doc: dict[str, Any]) -> None:
 
     def fields(row: dict[str, Any], indent: str = "  ") -> None:
         for key, value in row.items():
+            if key == "id":  # the history table's own row number: nothing to an operator
+                continue
             if key in TIME_FIELDS and value is not None:
                 shown = ts(value)
             elif key in DURATION_FIELDS and value is not None:
@@ -394,7 +414,10 @@ def settings_table(doc: dict[str, Any], title: str) -> None:
     )
     for r in doc["values"]:
         value = r["value"]
-        shown = "null (unlimited)" if value is None else str(value)
+        shown = str(value)
+        if value is None:  # a limit that is null is no limit; another null setting is unset
+            limit = r["key"].startswith(("task_limits.", "rate_limits."))
+            shown = "null (unlimited)" if limit else "null (not set)"
         if not r.get("used", True):
             shown += " (not used yet)"
         style = "" if r["source"] == "default" else "bold"
@@ -469,25 +492,26 @@ def halted(record: dict[str, Any]) -> None:
 
 
 def unhalted(result: dict[str, Any]) -> None:
-    lifted = ", ".join("all types" if s == "*" else s for s in result["lifted"]) or "nothing"
-    if result.get("node") is not None:
-        lifted += f" on node {result['node']}"
-    extra = " and removed the halt file" if result["removed_halt_file"] else ""
-    line(f"unhalted in {_reach(result)}: {lifted}{extra}")
+    parts = []
+    for h in result.get("lifted_halts") or [{"scope": s, "node": "*"} for s in result["lifted"]]:
+        what = "all types" if h["scope"] == "*" else h["scope"]
+        parts.append(f"{what} everywhere" if h["node"] == "*" else f"{what} on node {h['node']}")
+    if result["removed_halt_file"]:
+        parts.append("removed the halt file")
+    line(f"unhalted in {_reach(result)}: {'; '.join(parts) or 'nothing'}")
 
 
 def halt_check(status: dict[str, Any]) -> None:
     """Every halt in force, or "not halted" (a halt of another type is listed as well)."""
-    out = console()
     if not status["halted"]:
-        out.print(f"not halted in {_reach(status)}")
+        say(f"not halted in {_reach(status)}")
         return
     for h in status["halts"]:
         scope = "all types" if h["scope"] == "*" else h["scope"]
         if h.get("node", "*") != "*":
             scope += f" on node {h['node']}"
         until = "" if h["expires_at"] is None else f", until {ts(h['expires_at'])}"
-        out.print(
+        say(
             Text.assemble(
                 ("HALTED", "red"),
                 f" {printable(scope)} in {_reach(status)} by {printable(str(h['who']))} at "
@@ -498,7 +522,7 @@ def halt_check(status: dict[str, Any]) -> None:
     info = status["halt_file"]
     if info is not None:
         why = f": {printable(info['reason'])}" if info.get("reason") else ""
-        out.print(Text.assemble(("HALTED", "red"), f" this host by {printable(info['path'])}{why}"))
+        say(Text.assemble(("HALTED", "red"), f" this host by {printable(info['path'])}{why}"))
 
 
 # --------------------------------------------------------------------------- status
@@ -518,10 +542,25 @@ def _full(count: int, limit: Any) -> bool:
     return limit is not None and count >= limit
 
 
+def _halted_word(halts: dict[str, Any], task_type: str) -> str:
+    """What stops ``task_type`` now: ``HALTED`` (everywhere), ``drained n1,n2`` or ``-``."""
+    if halts["halt_file"] is not None:
+        return "HALTED"
+    hit = [h for h in halts["halts"] if h["scope"] in ("*", task_type)]
+    if any(h.get("node", "*") == "*" for h in hit):
+        return "HALTED"
+    nodes = sorted({printable(str(h["node"])) for h in hit})
+    return f"drained {','.join(nodes)}" if nodes else "-"
+
+
 def status_brief(doc: dict[str, Any]) -> None:
-    """``status --brief``: one line per type (tsv: one row per type)."""
+    """``status --brief``: the halts in force, then one line per type (tsv: one row per
+    type, with a ``halt`` column)."""
+    halts = doc["halt"]
     if output_format() == "tsv":
-        grid = Grid("", "type", "running", "queued", "nodes", "cluster limit", "per-node limit")
+        grid = Grid(
+            "", "type", "running", "queued", "nodes", "cluster limit", "per-node limit", "halt"
+        )
         for name, e in _type_rows(doc):
             grid.add(
                 name,
@@ -530,17 +569,22 @@ def status_brief(doc: dict[str, Any]) -> None:
                 len(e["nodes"]),
                 _limit(e.get("cluster_limit")),
                 _limit(e.get("per_node_limit")),
+                _halted_word(halts, name),
             )
         grid.show()
         return
+    if halts["halts"] or halts["halt_file"] is not None:  # a halted cluster never looks idle
+        halt_check({**halts, "halted": True})
     for name, e in _type_rows(doc):
         cluster, per_node = e.get("cluster_limit"), e.get("per_node_limit")
         full = " FULL" if _full(e["running"], cluster) else ""
         nodes_full = sum(1 for c in e["nodes"].values() if _full(c, per_node))
         at_cap = f", {nodes_full} node(s) FULL" if nodes_full else ""
+        halted = _halted_word(halts, name)
+        stop = "" if halted == "-" else f" [{halted}]"
         line(
             f"{name}: {e['running']}/{_limit(cluster)} running{full} on {len(e['nodes'])} "
-            f"node(s), {e.get('queued', 0)} queued; per node {_limit(per_node)}{at_cap}"
+            f"node(s), {e.get('queued', 0)} queued; per node {_limit(per_node)}{at_cap}{stop}"
         )
 
 

@@ -47,13 +47,18 @@ _CONFIG_PROBLEMS = (
 
 # A password in a URL's user part, in its query (``?password=``) or in a libpq keyword string
 # (``password=... `` / ``password='...'``, also ``sslpassword=``): never shown anywhere.
-_USERINFO_PASSWORD = re.compile(r"(://[^:/@\s]*):\S*@")
-_KEYWORD_PASSWORD = re.compile(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'?|[^\s&#]*)", re.IGNORECASE)
+# The user part ends at the first / (the path; "?a=b@c" later is not a password); a query
+# value ends at & or #, a keyword string's at the next space (libpq reads "se&cret" whole).
+_USERINFO_PASSWORD = re.compile(r"(://[^:/@\s]*):[^/@\s]*@")
+_QUOTED = r"'(?:[^'\\]|\\.)*'?"
+_QUERY_PASSWORD = re.compile(rf"(password\s*=\s*)({_QUOTED}|[^\s&#]*)", re.IGNORECASE)
+_KEYWORD_PASSWORD = re.compile(rf"(password\s*=\s*)({_QUOTED}|\S*)", re.IGNORECASE)
 
 
 def redact(url: str) -> str:
     """The address (URL or libpq keyword string) with every password masked as ``***``."""
-    return _KEYWORD_PASSWORD.sub(r"\1***", _USERINFO_PASSWORD.sub(r"\1:***@", url))
+    keyword = _KEYWORD_PASSWORD if is_conninfo(url) else _QUERY_PASSWORD
+    return keyword.sub(r"\1***", _USERINFO_PASSWORD.sub(r"\1:***@", url))
 
 
 def url_has_password(url: str) -> bool:
@@ -172,6 +177,8 @@ class PostgresStore(Store):
             text = text.replace(self._secret, "***")
         text = redact(text)
         where = redact(self.url)
+        if self._secret:
+            where = where.replace(self._secret, "***")
         if isinstance(exc, psycopg.errors.LockNotAvailable) or "lock timeout" in text:
             return StoreBusy(
                 f"state store {where} is still locked after the {human(self.busy_timeout)} busy "

@@ -246,8 +246,13 @@ def check_database_file(path: str, shared_gid: int | None = None) -> None:
 def _check_trust(path: str, st: os.stat_result, shared_gid: int | None) -> None:
     from ringrift_coord.statedir import untrusted_file
 
-    if st.st_nlink > 1 and _publishing(path, st):
-        st = os.stat(path)  # another process is publishing it (a moment's second name)
+    if st.st_nlink > 1:
+        # another process publishing it has a moment's second name, which it unlinks right
+        # after link(2): maybe before we looked for it, so the name may already be gone
+        fresh = os.stat(path)
+        same = (fresh.st_dev, fresh.st_ino) == (st.st_dev, st.st_ino)
+        if same and (fresh.st_nlink == 1 or _publishing(path, fresh)):
+            st = os.stat(path)
     why = untrusted_file(path, st, shared_gid)
     for side in ("-wal", "-shm"):
         if why is None:
