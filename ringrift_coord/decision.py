@@ -145,6 +145,12 @@ class Decision:
     def __repr__(self) -> str:
         return f"Decision({self.summary()!r})"
 
+    @property
+    def halted(self) -> bool:
+        """Denied by a halt (in the store, or this host's halt file), whatever else denies
+        it: an operator's stop, not a lack of room (a waiter holds no place meanwhile)."""
+        return any(r.rule in ("halt", "halt_file") for r in self.reasons)
+
     def summary(self) -> str:
         if self.allowed:
             return f"allowed: {self.task_type} on {self.node}"

@@ -33,6 +33,7 @@ TERMINAL_SIGNALS = (signal.SIGINT, signal.SIGQUIT, signal.SIGHUP)
 
 
 RENEW_RETRY = 5.0  # seconds to the next try after a lease renewal failed
+HALTED_POLL = 0.5  # seconds between the polls of a waiter that a halt denies
 
 
 class RunDenied(CoordError):
@@ -109,7 +110,7 @@ def acquire_slot(
     for sig in previous:
         signal.signal(sig, interrupted)
     seq = coord.enqueue(task_type, node)
-    admitted = False
+    in_line, admitted = True, False
     try:
         attempt = 0
         while True:
@@ -127,6 +128,16 @@ def acquire_slot(
             if decision.allowed:
                 admitted = True
                 return decision
+            # Denied by a halt (its node drained, its type or everything halted), it holds no
+            # place: it would count against every other node's limits while it cannot run.
+            # It keeps its seq, so the waiters ahead of it by arrival are still the ones
+            # counted, and takes its place back once only the limits deny it.
+            if decision.halted and in_line:
+                coord.leave_queue(seq)
+                in_line = False
+            elif not decision.halted and not in_line:
+                coord.enqueue(task_type, node, seq)
+                in_line = True
             waited = clock.monotonic() - started
             if on_wait is not None:
                 on_wait(decision, waited)
@@ -136,15 +147,18 @@ def acquire_slot(
                     f"{human(waited)}; {decision.summary()}",
                     decision,
                 )
-            # The head of the line polls fast; those behind it, more gently.
+            # The head of the line polls fast; those behind it, and a halted waiter (an
+            # operator lifts a halt), more gently.
             interval = poll if decision.queued == 0 else min(0.5, poll * (2 + decision.queued))
+            if not in_line:
+                interval = max(poll, HALTED_POLL)
             if deadline is not None:
                 interval = min(interval, max(0.0, deadline - clock.monotonic()))
             clock.sleep(interval)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-        if not admitted:
+        if not admitted:  # out of line already (halted): deleting nothing is harmless
             try:
                 coord.leave_queue(seq)
             except CoordError:

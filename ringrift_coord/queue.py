@@ -1,7 +1,10 @@
 """The fair wait queue (``waiters``): ``run --wait`` takes a place in line per task type.
 
 Arrival order is the ``seq`` of a waiter's row. Admission counts the waiters ahead of a
-request against the limits, so a newcomer cannot jump the line. A waiter is alive while its
+request against the limits, so a newcomer cannot jump the line. A waiter that a halt denies
+(its node drained, its type or everything halted) holds no place meanwhile: it steps out of
+line, so it counts against nobody's limits, and takes its own ``seq`` back once the halt
+lifts (``run``'s wait loop does both). A waiter is alive while its
 process lives (on its own host) or while it keeps polling (its heartbeat, for other hosts);
 a dead one loses its place at the next admission on any node.
 """
@@ -17,13 +20,24 @@ if TYPE_CHECKING:
 PROBE = "(SELECT COUNT(*) FROM waiters)"  # admission's probe: is anybody waiting at all?
 
 
-def enqueue(tx: Tx, task_type: str, node: str, host: str, pid: int) -> int:
-    """Take a place in line for process ``pid`` on this host; its ``seq``."""
+def enqueue(tx: Tx, task_type: str, node: str, host: str, pid: int, seq: int | None = None) -> int:
+    """Take a place in line for process ``pid`` on this host; its ``seq``.
+
+    ``seq``: take back the place this waiter had (it stepped out while a halt denied it), so
+    it rejoins in arrival order, ahead of those who came after it (a seq is never reused).
+    """
     now = tx.now()
+    if seq is not None and heartbeat(tx, seq, now):
+        return seq  # still in line
+    fields = (task_type, node, host, procs.boot_id(), pid, procs.start_time(pid), now, now)
+    columns = "task_type, node, host, boot_id, pid, pid_start, enqueued_at, heartbeat_at"
+    if seq is not None:
+        tx.execute(
+            f"INSERT INTO waiters (seq, {columns}) VALUES (?,?,?,?,?,?,?,?,?)", (seq, *fields)
+        )
+        return seq
     rows = tx.query(
-        "INSERT INTO waiters (task_type, node, host, boot_id, pid, pid_start, "
-        "enqueued_at, heartbeat_at) VALUES (?,?,?,?,?,?,?,?) RETURNING seq",
-        (task_type, node, host, procs.boot_id(), pid, procs.start_time(pid), now, now),
+        f"INSERT INTO waiters ({columns}) VALUES (?,?,?,?,?,?,?,?) RETURNING seq", fields
     )
     return int(rows[0]["seq"])
 

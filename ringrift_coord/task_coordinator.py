@@ -221,12 +221,13 @@ class TaskCoordinator(ProcessWide):
 
     # -- fair queue ---------------------------------------------------------------------
 
-    def enqueue(self, task_type: str | TaskType, node: str | None) -> int:
-        """Take a place in line (arrival order); the waiter is this process."""
+    def enqueue(self, task_type: str | TaskType, node: str | None, seq: int | None = None) -> int:
+        """Take a place in line (arrival order); the waiter is this process. ``seq``: take
+        back the place this process had before it stepped out of line (see ``queue``)."""
         ttype = TaskType.parse(task_type).value
         node = node or default_node(self.ctx.env)
         with self.ctx.store.write() as tx:
-            return queue.enqueue(tx, ttype, node, identity.host_name(), os.getpid())
+            return queue.enqueue(tx, ttype, node, identity.host_name(), os.getpid(), seq)
 
     def leave_queue(self, seq: int) -> None:
         with self.ctx.store.write() as tx:
