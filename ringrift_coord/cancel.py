@@ -8,7 +8,12 @@ Without a live wrapper (it was ``kill -9``ed: the orphaned job keeps its slot wh
 process of its group lives) the job's process group (a ``register``ed holder: its pid) is
 signalled here, SIGKILLed when still alive after ``run.kill_grace`` seconds, and the slot is
 released as ``stopped`` (an operator's stop: no breaker or backpressure hears of it). The
-holder's identity is its pid and that process's start time, so a reused pid is never signalled.
+holder's identity is its pid and that process's start time, so a reused pid is never signalled,
+nor a new group that took the number of the job's ended group (checked again before each signal).
+
+Refused with a state error (exit 3), the slot kept: a job with a process of a user this one may
+not signal (nothing is signalled: a store shared by a host's users holds other users' jobs), and
+a job whose processes are still there ``KILL_WAIT`` seconds after SIGKILL.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ SIGNALS = ("TERM", "INT", "HUP", "KILL")
 FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 POLL = 0.05  # seconds between looks at real processes (not a clock step)
 WRAPPER_MARGIN = 5.0  # seconds a live wrapper gets past its grace to release the slot itself
+KILL_WAIT = 5.0  # seconds the job's processes get to vanish after SIGKILL before cancel gives up
 
 
 def parse_signal(name: str) -> signal.Signals:
@@ -56,19 +62,70 @@ def _group_alive(row: Row) -> bool:
     return procs.pid_alive(row.get("pid"), row.get("pid_start"))
 
 
+def _job_pids(row: Row) -> list[int]:
+    """The live processes of the task's job (its group's members, or its holder)."""
+    if row.get("pgid"):
+        if not _group_alive(row):
+            return []
+        since = row.get("pid_start")
+        return [
+            pid
+            for pid in procs.group_members(int(row["pgid"]))
+            if since is None or (procs.start_time(pid) or 0) >= since
+        ]
+    if row.get("pid") and procs.pid_alive(row["pid"], row.get("pid_start")):
+        return [int(row["pid"])]
+    return []
+
+
+def _refuse(task_id: str, uid: int | None, *, before: bool = False) -> StateError:
+    owner = f"uid {uid}" if uid is not None else "another user"
+    return StateError(
+        f"task {task_id}'s processes belong to {owner}: run `ringrift-coord tasks cancel "
+        f"{task_id}` as that user or root{' (nothing was signalled)' if before else ''}; the "
+        f"task keeps its slot"
+    )
+
+
+def _check_may_signal(task_id: str, pids: list[int]) -> None:
+    """Refuse before anything is signalled when one of ``pids`` is another user's."""
+    found = procs.not_signallable(pids)
+    if found is not None:
+        raise _refuse(task_id, found[1], before=True)
+
+
+def _kill(task_id: str, pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
+    except PermissionError:
+        raise _refuse(task_id, procs.owner_uid(pid)) from None
+
+
 def _send(row: Row, sig: int) -> None:
+    """Signal the job, after checking once more that its group (or holder) is still the one
+    recorded: a number reused by a stranger is never signalled."""
     try:
         if row.get("pgid"):
-            os.killpg(int(row["pgid"]), sig)
+            if _group_alive(row):
+                os.killpg(int(row["pgid"]), sig)
         elif row.get("pid") and procs.pid_alive(row["pid"], row.get("pid_start")):
             os.kill(int(row["pid"]), sig)
-    except (ProcessLookupError, PermissionError):
+    except ProcessLookupError:
         pass
+    except PermissionError:
+        found = procs.not_signallable(_job_pids(row))
+        raise _refuse(row["task_id"], found[1] if found else None) from None
 
 
 def cancel(ctx: Context, task_id: str, sig: signal.Signals, *, who: str) -> dict[str, Any]:
     """Signal ``task_id``'s job on this host, SIGKILL it after the grace, free its slot as
-    ``stopped``. Returns what was done and the task's history row."""
+    ``stopped``. Returns what was done and the task's history row.
+
+    Refused (StateError, nothing signalled, the slot kept) when a process of the job belongs
+    to a user this one may not signal, and when processes of the group still live
+    ``KILL_WAIT`` seconds after SIGKILL (a process in uninterruptible sleep)."""
     clock = ctx.clock
     grace = float(ctx.settings.get("run.kill_grace"))
     with ctx.store.read() as tx:
@@ -93,12 +150,11 @@ def cancel(ctx: Context, task_id: str, sig: signal.Signals, *, who: str) -> dict
         and row["wrapper_pid"] != os.getpid()
         and procs.pid_alive(row["wrapper_pid"], row.get("wrapper_start"))
     )
+    if not rebooted:  # another user's job: refuse before signalling anything
+        _check_may_signal(task_id, ([int(row["wrapper_pid"])] if wrapper else []) + _job_pids(row))
     if wrapper and sig in FORWARDED:
         # the wrapper forwards it, escalates after its grace and releases as stopped
-        try:
-            os.kill(int(row["wrapper_pid"]), sig)
-        except ProcessLookupError:
-            pass
+        _kill(task_id, int(row["wrapper_pid"]), sig)
         deadline = clock.monotonic() + grace + WRAPPER_MARGIN
         while clock.monotonic() < deadline:
             with ctx.store.read() as tx:
@@ -109,11 +165,9 @@ def cancel(ctx: Context, task_id: str, sig: signal.Signals, *, who: str) -> dict
             ctx.store.idle()
             clock.wait_readable([], POLL)
         # a wrapper that did not end it in time: end both here
-    if wrapper:
-        try:  # first the wrapper (so it cannot release the slot as killed), then the job
-            os.kill(int(row["wrapper_pid"]), signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+    if wrapper and procs.pid_alive(row["wrapper_pid"], row.get("wrapper_start")):
+        # first the wrapper (so it cannot release the slot as killed), then the job
+        _kill(task_id, int(row["wrapper_pid"]), signal.SIGKILL)
     escalated = False
     sig_used = sig
     if not rebooted and _group_alive(row):
@@ -124,7 +178,14 @@ def cancel(ctx: Context, task_id: str, sig: signal.Signals, *, who: str) -> dict
         if _group_alive(row):
             escalated, sig_used = True, signal.SIGKILL
             _send(row, signal.SIGKILL)
+            deadline = clock.monotonic() + KILL_WAIT
             while _group_alive(row):
+                if clock.monotonic() >= deadline:
+                    raise StateError(
+                        f"task {task_id}: processes of its job still live {KILL_WAIT:g} s "
+                        f"after SIGKILL (in uninterruptible sleep?): they could not be ended, "
+                        f"and the task keeps its slot"
+                    )
                 clock.wait_readable([], POLL)
         reason = f"cancelled by {who} with {sig.name}"
         if escalated:

@@ -92,13 +92,17 @@ def group_alive(pgid: int | None, leader_start: int | None) -> bool:
     """True while any live process of the job's process group remains.
 
     The leader is checked first; if it has gone, the group may still hold its children, so
-    /proc is scanned for members started no earlier than the leader (a later process that
-    reuses the number as a new group cannot have started before it).
+    /proc is scanned for members started no earlier than the leader. A process that now has
+    the leader's pid but another start time means the group is gone: the kernel never hands
+    out a pid while a process group of that number still has members, so the pid (and any
+    group of that number) belongs to a stranger.
     """
     if not pgid:
         return False
     if pid_alive(pgid, leader_start):
         return True
+    if leader_start is not None and _taken_by_another(pgid, leader_start):
+        return False
     if not _LINUX:
         try:
             os.killpg(pgid, 0)
@@ -120,6 +124,47 @@ def group_alive(pgid: int | None, leader_start: int | None) -> bool:
         if int(fields[2]) == pgid and (leader_start is None or int(fields[19]) >= leader_start):
             return True
     return False
+
+
+def _taken_by_another(pid: int, started: int) -> bool:
+    """Some process other than the one that started at ``started`` has the number ``pid`` now
+    (a zombie counts: the leader itself, not yet reaped, does not)."""
+    if _LINUX:
+        fields = _stat_fields(pid)
+        return fields is not None and int(fields[19]) != started
+    return _pid_exists(pid) and start_time(pid) not in (None, started)
+
+
+def owner_uid(pid: int) -> int | None:
+    """The real uid of process ``pid``, or None when it is gone or cannot be read."""
+    if _LINUX:
+        try:
+            with open(f"/proc/{pid}/status", encoding="ascii", errors="replace") as handle:
+                for entry in handle:
+                    if entry.startswith("Uid:"):
+                        return int(entry.split()[1])
+        except (OSError, ValueError, IndexError):
+            return None
+        return None
+    try:
+        import psutil
+
+        return int(psutil.Process(pid).uids().real)
+    except Exception:  # psutil.Error, or psutil missing
+        return None
+
+
+def not_signallable(pids: list[int]) -> tuple[int, int | None] | None:
+    """The first of ``pids`` this process may not signal, with its owner's uid; None when it
+    may signal every one (or they have gone)."""
+    for pid in pids:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            continue
+        except PermissionError:
+            return pid, owner_uid(pid)
+    return None
 
 
 def group_members(pgid: int) -> list[int]:

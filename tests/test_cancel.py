@@ -20,6 +20,22 @@ from pathlib import Path
 import pytest
 from conftest import Coord, alive, wait_for
 
+# the other local user, played for real (root only): the machinery of the file-trust tests
+from test_file_trust import (  # noqa: F401 (host and users are fixtures)
+    ALICE,
+    PYTHON,
+    Host,
+    _shared_store,
+    host,
+    users,
+)
+
+from ringrift_coord import cancel, procs
+from ringrift_coord.clock import ManualClock
+from ringrift_coord.errors import StateError
+from ringrift_coord.store import open_store
+from ringrift_coord.task_coordinator import Holder, TaskCoordinator
+
 ENGINES = ("sqlite", "postgres")
 
 CONFIG = """\
@@ -167,6 +183,183 @@ def test_cancel_from_another_host_is_refused(coord: Coord) -> None:
     assert "runs on host gpu-host-7" in refused.stderr and "Traceback" not in refused.stderr
     assert len(refused.stderr.strip().splitlines()) == 1
     assert [t["task_id"] for t in json.loads(coord("tasks", "--json").stdout)["tasks"]] == [task_id]
+
+
+def test_cancel_of_another_users_job_is_refused(host: Host, groups: list[int]) -> None:  # noqa: F811
+    """In a store shared by a host's users, alice may not end root's job: one line, exit 3,
+    nothing signalled, the slot kept; with the wrapper alive and once it was kill -9ed (the
+    orphan: the wait after SIGKILL would otherwise never end)."""
+    store = _shared_store(host, CONFIG)
+    env = {u: host.env(u, RINGRIFT_COORDINATOR_DIR=str(store)) for u in ("root", ALICE)}
+    ready = host.base / "ready"
+    wrapper = subprocess.Popen(
+        [*PYTHON, "-m", "ringrift_coord", "run", "selfplay", "--node", "n1", "--"]
+        + ["sh", "-c", 'touch "$READY"; sleep 300'],
+        env={**env["root"], "READY": str(ready)},
+        cwd=host.home("root"),
+        start_new_session=True,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for(ready.exists, 30, "root's job to start")
+        listed = host.run(ALICE, "tasks", "--json", env=env[ALICE])
+        assert listed.returncode == 0, listed.stderr
+        (task,) = json.loads(listed.stdout)["tasks"]
+        groups.append(task["pgid"])
+
+        def refused() -> None:
+            result = host.run(
+                ALICE, "--set", "run.kill_grace=0.5", "tasks", "cancel", task["task_id"],
+                env=env[ALICE],
+            )  # fmt: skip
+            assert result.returncode == 3, result.stderr
+            assert result.stderr.strip() == (
+                f"ringrift-coord: error: task {task['task_id']}'s processes belong to uid 0: "
+                f"run `ringrift-coord tasks cancel {task['task_id']}` as that user or root "
+                "(nothing was signalled); the task keeps its slot"
+            )
+            assert alive(task["pgid"])
+            held = json.loads(host.run(ALICE, "tasks", "--json", env=env[ALICE]).stdout)
+            assert [t["task_id"] for t in held["tasks"]] == [task["task_id"]]
+
+        refused()  # the wrapper lives
+        assert wrapper.poll() is None
+        wrapper.kill()  # kill -9: the orphan
+        wrapper.wait(timeout=10)
+        refused()
+        # root may
+        done = host.run("root", "tasks", "cancel", task["task_id"], env=env["root"])
+        assert done.returncode == 0, done.stderr
+        assert _group_members(task["pgid"]) == []
+    finally:
+        if wrapper.poll() is None:
+            wrapper.kill()
+            wrapper.wait()
+
+
+class RefillingClock(ManualClock):
+    """A test clock that, whenever the code looks at it, adds a fresh process to the job's
+    group: a group SIGKILL never empties, as one whose process sits in uninterruptible sleep.
+    Each wait moves it a whole second."""
+
+    def __init__(self, pgid: int) -> None:
+        super().__init__()
+        self.pgid = pgid
+        self.added: list[subprocess.Popen[bytes]] = []
+        self.refill = True
+
+    def monotonic(self) -> float:
+        if self.refill:
+            if len(self.added) > 100:  # cancel would wait forever: fail, do not fork on
+                raise AssertionError("cancel still waits after 100 looks at its clock")
+            self.added.append(subprocess.Popen(["sleep", "300"], process_group=self.pgid))
+        return super().monotonic()
+
+    def wait_readable(self, fds: object, timeout: float) -> list[int]:
+        self.advance(1.0)
+        return []
+
+
+def test_cancel_gives_up_on_processes_sigkill_does_not_end(engine_db) -> None:  # noqa: ANN001
+    """Processes still there after SIGKILL: cancel says so after ``KILL_WAIT`` seconds (on
+    its clock), raises a state error (exit 3) and keeps the slot, instead of waiting
+    forever."""
+    # the job's leader; killed, it stays a zombie (never reaped here) and keeps the group
+    leader = subprocess.Popen(["sleep", "300"], process_group=0)  # in this session
+    clock = RefillingClock(leader.pid)
+    ctx = engine_db.context(CONFIG + "run: {kill_grace: 2}\n", clock=clock)
+    try:
+        decision = TaskCoordinator(ctx).acquire(
+            "selfplay", "n1", holder=Holder(pid=leader.pid, pgid=leader.pid)
+        )
+        assert decision.allowed and decision.task_id
+        with pytest.raises(StateError) as caught:
+            cancel.cancel(ctx, decision.task_id, signal.SIGTERM, who="tester")
+        assert str(caught.value) == (
+            f"task {decision.task_id}: processes of its job still live {cancel.KILL_WAIT:g} s "
+            "after SIGKILL (in uninterruptible sleep?): they could not be ended, and the task "
+            "keeps its slot"
+        )
+        assert clock.monotonic() >= 2 + cancel.KILL_WAIT  # the grace, then the wait's end
+        held = TaskCoordinator(ctx).list_tasks()
+        assert [t["task_id"] for t in held] == [decision.task_id]
+        assert TaskCoordinator(ctx).history() == []
+    finally:
+        clock.refill = False
+        try:
+            os.killpg(leader.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        for proc in [leader, *clock.added]:
+            proc.wait(timeout=30)
+
+
+def test_cancel_never_signals_a_stranger_that_reused_the_group_number(
+    coord: Coord, groups: list[int]
+) -> None:
+    """The orphan's group died; its number now belongs to a new session leader (here the
+    row is pointed at a stranger's pid, keeping the old leader's start time, as if the
+    kernel had reused it). The stranger passes the old scan (a member of that group started
+    after the leader) but is not the job: it is never signalled, and the slot is freed."""
+    coord.write_config(CONFIG)
+    task = _orphan(coord, 'touch "$READY"; sleep 300', groups)
+    os.killpg(task["pgid"], signal.SIGKILL)
+    wait_for(lambda: _group_members(task["pgid"]) == [], 10, "the job's group to end")
+    stranger = subprocess.Popen(["sh", "-c", "sleep 300 & sleep 300; wait"], start_new_session=True)
+    groups.append(stranger.pid)
+    wait_for(lambda: len(_group_members(stranger.pid)) >= 2, 10, "the stranger's group")
+    store = open_store(None, str(coord.state_dir), env=coord.env)
+    try:
+        with store.write() as tx:
+            recorded = tx.one("SELECT pid_start FROM tasks WHERE task_id = ?", (task["task_id"],))
+            assert recorded is not None and recorded["pid_start"]
+            old_start = recorded["pid_start"]
+            changed = tx.execute(
+                "UPDATE tasks SET pid = ?, pgid = ? WHERE task_id = ?",
+                (stranger.pid, stranger.pid, task["task_id"]),
+            )
+            assert changed == 1
+    finally:
+        store.close()
+    result = coord("tasks", "cancel", task["task_id"], "--json")
+    assert result.returncode == 0, result.stderr
+    doc = json.loads(result.stdout)
+    assert (doc["status"], doc["released_by"], doc["escalated"]) == ("stopped", "cancel", False)
+    assert "already ended" in doc["reason"]
+    assert stranger.poll() is None and len(_group_members(stranger.pid)) >= 2
+    assert json.loads(coord("tasks", "--json").stdout)["tasks"] == []
+    # the reaper's test of a holder does not mistake it for the job either
+    start = procs.start_time(stranger.pid)
+    assert start is not None and start > old_start
+    assert not procs.group_alive(stranger.pid, old_start)
+    assert procs.group_alive(stranger.pid, start)
+    stranger.kill()
+    stranger.wait()
+
+
+def test_group_alive_follows_the_group_after_its_leader_exits() -> None:
+    """The leader's pid free again (its exit reaped) while a child of the group lives: the
+    group is alive until that child ends."""
+    leader = subprocess.Popen(
+        ["sh", "-c", "sleep 300 & echo $!; read x"],
+        start_new_session=True,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    )
+    assert leader.stdout is not None and leader.stdin is not None
+    child = int(leader.stdout.readline())
+    try:
+        start = procs.start_time(leader.pid)
+        assert start is not None
+        leader.stdin.close()
+        leader.wait(timeout=10)  # reaped: no process has the leader's pid now
+        assert procs.start_time(leader.pid) is None
+        assert procs.group_alive(leader.pid, start)
+    finally:
+        os.kill(child, signal.SIGKILL)
+    wait_for(lambda: not procs.group_alive(leader.pid, start), 10, "the group to end")
 
 
 def test_cancel_bad_input(coord: Coord) -> None:
