@@ -22,6 +22,7 @@ import os
 import signal
 
 from ringrift_coord import feedback, identity, procs, slots
+from ringrift_coord.durations import human
 from ringrift_coord.errors import NotFound, StateError, UsageError
 
 TYPE_CHECKING = False  # typing costs start-up time on the hot path; annotations are lazy
@@ -170,7 +171,8 @@ def cancel(ctx: Context, task_id: str, sig: signal.Signals, *, who: str) -> dict
         _kill(task_id, int(row["wrapper_pid"]), signal.SIGKILL)
     escalated = False
     sig_used = sig
-    if not rebooted and _group_alive(row):
+    signalled = not rebooted and _group_alive(row)
+    if signalled:
         _send(row, sig)
         deadline = clock.monotonic() + grace
         while _group_alive(row) and clock.monotonic() < deadline:
@@ -182,14 +184,14 @@ def cancel(ctx: Context, task_id: str, sig: signal.Signals, *, who: str) -> dict
             while _group_alive(row):
                 if clock.monotonic() >= deadline:
                     raise StateError(
-                        f"task {task_id}: processes of its job still live {KILL_WAIT:g} s "
+                        f"task {task_id}: processes of its job still live {human(KILL_WAIT)} "
                         f"after SIGKILL (in uninterruptible sleep?): they could not be ended, "
                         f"and the task keeps its slot"
                     )
                 clock.wait_readable([], POLL)
         reason = f"cancelled by {who} with {sig.name}"
         if escalated:
-            reason += f", then SIGKILL after the {grace:g} s grace period"
+            reason += f", then SIGKILL after the {human(grace)} grace period"
     else:
         reason = f"cancelled by {who}; its processes had already ended"
     with ctx.store.write() as tx:
@@ -197,7 +199,7 @@ def cancel(ctx: Context, task_id: str, sig: signal.Signals, *, who: str) -> dict
             tx,
             task_id,
             token=None,
-            exit_code=128 + int(sig_used),
+            exit_code=128 + int(sig_used) if signalled else None,  # no exit that never was
             status="stopped",
             reason=reason,
             settings=ctx.settings,
