@@ -92,11 +92,29 @@ PYTHON = [sys.executable]
 PYTHON_ENV: dict[str, str] = {}
 
 
+def _reachable_package() -> str:
+    """A copy of this package in a directory every user can read (the checkout itself may lie
+    under /root): the other users import it from there."""
+    import atexit
+
+    top = tempfile.mkdtemp(prefix="rrc-pkg-")
+    atexit.register(shutil.rmtree, top, True)
+    os.chmod(top, 0o755)
+    source = Path(__file__).resolve().parent.parent / "ringrift_coord"
+    shutil.copytree(source, Path(top) / "ringrift_coord", ignore=shutil.ignore_patterns("*.pyc"))
+    for root, dirs, files in os.walk(top):
+        for name in dirs:
+            os.chmod(os.path.join(root, name), 0o755)
+        for name in files:
+            os.chmod(os.path.join(root, name), 0o644)
+    return top
+
+
 def _interpreters() -> list[tuple[str, dict[str, str]]]:
     import site
 
     version = f"python{sys.version_info.major}.{sys.version_info.minor}"
-    path = os.pathsep.join([str(Path(__file__).resolve().parent.parent), *site.getsitepackages()])
+    path = os.pathsep.join([_reachable_package(), *site.getsitepackages()])
     found: list[tuple[str, dict[str, str]]] = [(sys.executable, {})]
     for directory in ("/usr/bin", "/usr/local/bin"):
         candidate = os.path.join(directory, version)

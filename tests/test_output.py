@@ -228,6 +228,13 @@ def test_status_brief_never_hides_a_halt(coord):
     column = {row[0]: row[tsv[0].index("halt")] for row in tsv[1:]}
     assert column["training"] == "HALTED" and column["selfplay"] == "drained n7"
     assert column["cmaes"] == "-"
+    # a drain of every type on a node: said once on its own line, in each type's tsv cell
+    assert coord("halt", "--node", "n8", "--reason", "swap").returncode == 0
+    brief = ok(coord("status", "--brief")).splitlines()
+    assert any(line.startswith("HALTED all types on node n8 in ") for line in brief), brief
+    assert "[" not in next(line for line in brief if line.startswith("cmaes:"))
+    tsv = [r.split("\t") for r in ok(coord("status", "--brief", "--format", "tsv")).splitlines()]
+    assert {row[0]: row[-1] for row in tsv[1:]}["cmaes"] == "drained n8"
     assert coord("halt", "--reason", "everything").returncode == 0
     everything = [
         r.split("\t") for r in ok(coord("status", "--brief", "--format", "tsv")).splitlines()

@@ -542,11 +542,17 @@ def _full(count: int, limit: Any) -> bool:
     return limit is not None and count >= limit
 
 
-def _halted_word(halts: dict[str, Any], task_type: str) -> str:
-    """What stops ``task_type`` now: ``HALTED`` (everywhere), ``drained n1,n2`` or ``-``."""
+def _halted_word(halts: dict[str, Any], task_type: str, *, own_only: bool = False) -> str:
+    """What stops ``task_type`` now: ``HALTED`` (everywhere), ``drained n1,n2`` or ``-``.
+    ``own_only``: a drain of every type is left out (said once, on its own line)."""
     if halts["halt_file"] is not None:
         return "HALTED"
-    hit = [h for h in halts["halts"] if h["scope"] in ("*", task_type)]
+    scopes = (task_type,) if own_only else ("*", task_type)
+    hit = [
+        h
+        for h in halts["halts"]
+        if h["scope"] in scopes or (h["scope"] == "*" and h.get("node", "*") == "*")
+    ]
     if any(h.get("node", "*") == "*" for h in hit):
         return "HALTED"
     nodes = sorted({printable(str(h["node"])) for h in hit})
@@ -580,7 +586,7 @@ def status_brief(doc: dict[str, Any]) -> None:
         full = " FULL" if _full(e["running"], cluster) else ""
         nodes_full = sum(1 for c in e["nodes"].values() if _full(c, per_node))
         at_cap = f", {nodes_full} node(s) FULL" if nodes_full else ""
-        halted = _halted_word(halts, name)
+        halted = _halted_word(halts, name, own_only=True)
         stop = "" if halted == "-" else f" [{halted}]"
         line(
             f"{name}: {e['running']}/{_limit(cluster)} running{full} on {len(e['nodes'])} "
