@@ -536,7 +536,10 @@ def test_a_halt_file_of_another_user_is_refused(sqlite_host: Host) -> None:
 # --------------------------------------------------------------------------- parents
 
 
-def test_state_dir_in_a_directory_another_user_can_write_is_refused(sqlite_host: Host) -> None:
+@pytest.mark.parametrize("umask", [0o000, 0o077])
+def test_state_dir_in_a_directory_another_user_can_write_is_refused(
+    sqlite_host: Host, umask: int
+) -> None:
     host = sqlite_host
     alice, mallory = pwd.getpwnam(ALICE), pwd.getpwnam(MALLORY)
     evil = host.base / "mallory-0777"
@@ -547,17 +550,17 @@ def test_state_dir_in_a_directory_another_user_can_write_is_refused(sqlite_host:
     state.mkdir(mode=0o700)
     os.chown(state, alice.pw_uid, alice.pw_gid)
     env = host.env(ALICE, RINGRIFT_COORDINATOR_DIR=str(state))
-    refused = host.run(ALICE, "can-spawn", "selfplay", env=env)
+    refused = host.run(ALICE, "can-spawn", "selfplay", umask=umask, env=env)
     assert refused.returncode == 3, refused.stderr
     assert f"inside {evil}" in refused.stderr and f"uid {mallory.pw_uid}" in refused.stderr
     assert not (state / "tasks.db").exists()
     # root's 0777 without the sticky bit: anyone can swap the entry
     os.chown(evil, 0, 0)
-    open_dir = host.run(ALICE, "can-spawn", "selfplay", env=env)
+    open_dir = host.run(ALICE, "can-spawn", "selfplay", umask=umask, env=env)
     assert open_dir.returncode == 3 and "not sticky" in open_dir.stderr, open_dir.stderr
     # sticky (like /tmp): fine when the entry is alice's, not when it is mallory's
     os.chmod(evil, 0o1777)
-    assert host.run(ALICE, "can-spawn", "selfplay", env=env).returncode == 0
+    assert host.run(ALICE, "can-spawn", "selfplay", umask=umask, env=env).returncode == 0
     middle = evil / "mallorys"
     middle.mkdir(mode=0o755)
     os.chown(middle, mallory.pw_uid, mallory.pw_gid)
@@ -565,7 +568,11 @@ def test_state_dir_in_a_directory_another_user_can_write_is_refused(sqlite_host:
     deeper.mkdir(mode=0o700)
     os.chown(deeper, alice.pw_uid, alice.pw_gid)
     theirs = host.run(
-        ALICE, "can-spawn", "selfplay", env={**env, "RINGRIFT_COORDINATOR_DIR": str(deeper)}
+        ALICE,
+        "can-spawn",
+        "selfplay",
+        umask=umask,
+        env={**env, "RINGRIFT_COORDINATOR_DIR": str(deeper)},
     )
     assert theirs.returncode == 3 and f"inside {middle}" in theirs.stderr, theirs.stderr
 
