@@ -159,10 +159,10 @@ def cancel(ctx: Context, task_id: str, sig: signal.Signals, *, who: str) -> dict
         deadline = clock.monotonic() + grace + WRAPPER_MARGIN
         while clock.monotonic() < deadline:
             with ctx.store.read() as tx:
-                if tx.one("SELECT 1 AS x FROM tasks WHERE task_id = ?", (task_id,)) is None:
-                    ended = slots.history_of(tx, task_id)
-                    if ended:
-                        return _result(ended[0], sig, "wrapper", False)
+                gone = tx.one("SELECT 1 AS x FROM tasks WHERE task_id = ?", (task_id,)) is None
+                ended = slots.history_of(tx, task_id) if gone else []
+            if ended:
+                return _result(_signed(ctx, ended[0], who, sig), sig, "wrapper", False)
             ctx.store.idle()
             clock.wait_readable([], POLL)
         # a wrapper that did not end it in time: end both here
@@ -210,6 +210,17 @@ def cancel(ctx: Context, task_id: str, sig: signal.Signals, *, who: str) -> dict
     if not ended:  # released by its holder meanwhile, and its history already pruned
         return _result({**row, "status": None, "exit_code": None, "reason": None}, sig, how, False)
     return _result(ended[0], sig, how, escalated)
+
+
+def _signed(ctx: Context, ended: Row, who: str, sig: signal.Signals) -> Row:
+    """The wrapper recorded a forwarded signal: say in its history who asked for it (a job
+    that ended on its own meanwhile is left as it was)."""
+    if ended["status"] != "stopped":
+        return ended
+    reason = f"cancelled by {who} with {sig.name}: {ended['reason'] or 'stopped'}"
+    with ctx.store.write() as tx:
+        tx.execute("UPDATE task_history SET reason = ? WHERE id = ?", (reason, ended["id"]))
+    return {**ended, "reason": reason}
 
 
 def _result(ended: Row, sig: signal.Signals, released_by: str, escalated: bool) -> dict[str, Any]:

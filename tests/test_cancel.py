@@ -166,8 +166,10 @@ def test_cancel_with_a_live_wrapper_lets_it_stop_the_job(coord: Coord, groups: l
     assert result.returncode == 0, result.stderr
     doc = json.loads(result.stdout)
     assert (doc["status"], doc["released_by"]) == ("stopped", "wrapper")
-    assert "forwarded SIGINT" in doc["reason"]
+    assert "forwarded SIGINT" in doc["reason"] and doc["reason"].startswith("cancelled by ")
     assert wrapper.wait(timeout=30) == 130
+    history = json.loads(coord("--json", "tasks", "history").stdout)["tasks"]
+    assert history[0]["reason"] == doc["reason"]  # the operator is on record, not in JSON only
     assert _group_members(task["pgid"]) == []
     _nothing_learned(coord)
 
