@@ -292,12 +292,15 @@ def create_file(path: str, shared_gid: int | None) -> int:
     return fd
 
 
-def untrusted_file(path: str, st: os.stat_result, shared_gid: int | None) -> str | None:
+def untrusted_file(
+    path: str, st: os.stat_result, shared_gid: int | None, *, second_name_ok: bool = False
+) -> str | None:
     """Why a file read back from a store cannot be trusted, or None: it must be a regular file
-    with one name, owned by you or root (or in the shared group), writable by no one else."""
+    with one name, owned by you or root (or in the shared group), writable by no one else.
+    ``second_name_ok``: its other name is known to be a moment's, in the same directory."""
     if not stat.S_ISREG(st.st_mode):
         return f"{path} is not a regular file"
-    if st.st_nlink > 1:
+    if st.st_nlink > 1 and not (second_name_ok and st.st_nlink == 2):
         return f"{path} has {st.st_nlink} hard links (another name can change it)"
     mode = stat.S_IMODE(st.st_mode)
     if shared_gid is not None and st.st_gid == shared_gid:

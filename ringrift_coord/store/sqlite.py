@@ -246,14 +246,10 @@ def check_database_file(path: str, shared_gid: int | None = None) -> None:
 def _check_trust(path: str, st: os.stat_result, shared_gid: int | None) -> None:
     from ringrift_coord.statedir import untrusted_file
 
-    if st.st_nlink > 1:
-        # another process publishing it has a moment's second name, which it unlinks right
-        # after link(2): maybe before we looked for it, so the name may already be gone
-        fresh = os.stat(path)
-        same = (fresh.st_dev, fresh.st_ino) == (st.st_dev, st.st_ino)
-        if same and (fresh.st_nlink == 1 or _publishing(path, fresh)):
-            st = os.stat(path)
-    why = untrusted_file(path, st, shared_gid)
+    # a database being published has a moment's second name: the temporary one it was built
+    # under, in this same directory, which its publisher unlinks right after link(2)
+    publishing = st.st_nlink == 2 and _publishing(path, st)
+    why = untrusted_file(path, st, shared_gid, second_name_ok=publishing)
     for side in ("-wal", "-shm"):
         if why is None:
             try:
@@ -266,7 +262,9 @@ def _check_trust(path: str, st: os.stat_result, shared_gid: int | None) -> None:
 
 
 def _publishing(path: str, st: os.stat_result) -> bool:
-    """Whether the other name of ``path`` is the temporary one it is being published from."""
+    """Whether the second name of ``path`` is (or just was) the temporary one it is being
+    published from: a ``.init-`` name in the same directory with the same inode, or none left
+    at all when we look again (the publisher has unlinked it meanwhile)."""
     directory, name = os.path.split(path)
     try:
         names = [n for n in os.listdir(directory) if n.startswith(name + ".init-")]
@@ -278,12 +276,12 @@ def _publishing(path: str, st: os.stat_result) -> bool:
         except OSError:
             continue
         if (ost.st_dev, ost.st_ino) == (st.st_dev, st.st_ino):
-            for _ in range(100):  # the publisher unlinks it right after link(2)
-                if not os.path.lexists(os.path.join(directory, other)):
-                    return True
-                time.sleep(0.01)
             return True
-    return False
+    try:
+        again = os.lstat(path)
+    except OSError:
+        return False
+    return (again.st_dev, again.st_ino) == (st.st_dev, st.st_ino) and again.st_nlink == 1
 
 
 def _stays_short(path: str) -> tuple[int, int] | None:
