@@ -60,21 +60,12 @@ def completion_script(shell: str) -> str:
 
 def _make_parents(directory: str) -> None:
     """Create ``directory`` and its missing parents, each new one mode 0755 whatever the umask."""
-    missing: list[str] = []
-    current = directory
-    while not os.path.lexists(current):
-        missing.append(current)
-        parent = os.path.dirname(current)
-        if parent == current:
-            break
-        current = parent
-    for path in reversed(missing):
-        try:
-            os.mkdir(path, DIR_MODE)
-        except FileExistsError:
-            pass  # made by someone else meanwhile: left as it is
-        else:
-            os.chmod(path, DIR_MODE)
+    from ringrift_coord.statedir import make_dirs
+
+    try:
+        make_dirs(directory, DIR_MODE)
+    except FileExistsError:
+        pass  # made by someone else meanwhile: left as it is
     if not os.path.isdir(directory):
         raise StateError(f"cannot write the config: {directory} is not a directory")
 

@@ -73,7 +73,7 @@ def prepare_state_dir(path: str) -> str:
         st = os.lstat(path)
     except FileNotFoundError:
         try:
-            _make_dirs(path)
+            make_dirs(path)
         except FileExistsError:
             pass  # another process made it first: check what it made
         except OSError as exc:
@@ -89,20 +89,21 @@ def prepare_state_dir(path: str) -> str:
     return path
 
 
-def _make_dirs(path: str) -> None:
-    """mkdir -p with mode 0700 for each directory made, whatever the umask."""
+def make_dirs(path: str, mode: int = 0o700) -> None:
+    """mkdir -p with ``mode`` for each directory made, whatever the umask. FileExistsError
+    when another process made ``path`` itself meanwhile (its maker's mode, not ours)."""
     missing = []
     while not os.path.lexists(path):
         missing.append(path)
         path = os.path.dirname(path)
     for directory in reversed(missing):
         try:
-            os.mkdir(directory, 0o700)
+            os.mkdir(directory, mode)
         except FileExistsError:
             if directory == missing[0]:
                 raise
             continue
-        os.chmod(directory, 0o700)
+        os.chmod(directory, mode)
 
 
 def check_state_dir(path: str, st: os.stat_result) -> None:
