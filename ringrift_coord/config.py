@@ -91,6 +91,10 @@ DEFAULTS: dict[str, Any] = {
             "RTX 4080": 8,
             "RTX 3070": 4,
         },
+        "default_gpu_jobs": 8,  # a GPU model not in gpu_jobs
+        "jobs_per_cpu": 1,  # every node: at most this many self-play jobs per logical CPU
+        "memory_gb_per_job": 2,  # ... and one job per this many GiB of memory
+        "cap_selfplay": False,  # admission: the node's hardware cap limits its self-play jobs
     },
     "bandwidth": {
         "host_types": {
@@ -104,6 +108,19 @@ DEFAULTS: dict[str, Any] = {
     },
     "durations": {"selfplay": 3600, "training": 14400, "cmaes": 28800, "pipeline": 21600},
     "peak_hours": {"start": "14:00", "end": "22:00", "timezone": "UTC"},
+    # the feedback loop (`adjust`) and the self-play rate it steers, in games per hour
+    "optimizer": {
+        "rate": {"initial": 1000, "min": 100, "max": 5000},
+        "interval": 300,
+        "min_interval": 60,
+        "max_gap": 900,
+        "max_step": 0.2,
+        "max_change": 0.25,
+        "smoothing": 0.5,
+        "state_ttl": 1800,
+        "trend": {"window": 1800, "horizon": 300, "min_samples": 3},
+        "enforce_config_shares": False,
+    },
     "selfplay_configs": {
         "square8_2p": 0.4,
         "square8_3p": 0.1,
@@ -213,7 +230,13 @@ SCHEMA: dict[str, Any] = {
         "scale_down_above": PCT,
         "pid": {"kp": NUM, "ki": NUM, "kd": NUM, "gain_scheduling": Leaf("bool")},
     },
-    "hardware": {"gpu_jobs": MapOf(None, COUNT)},
+    "hardware": {
+        "gpu_jobs": MapOf(None, COUNT),
+        "default_gpu_jobs": COUNT,
+        "jobs_per_cpu": NUM,
+        "memory_gb_per_job": NUM,
+        "cap_selfplay": Leaf("bool"),
+    },
     "bandwidth": {
         "host_types": MapOf(None, {"match": Leaf("globs"), "mbps": NUM}),
         "default_mbps": NUM,
@@ -222,6 +245,18 @@ SCHEMA: dict[str, Any] = {
     },
     "durations": MapOf(TASK_TYPE_NAMES, SECS),
     "peak_hours": {"start": Leaf("hhmm"), "end": Leaf("hhmm"), "timezone": Leaf("timezone")},
+    "optimizer": {
+        "rate": {"initial": NUM, "min": NUM, "max": NUM},
+        "interval": SECS,
+        "min_interval": SECS,
+        "max_gap": SECS,
+        "max_step": PCT_FRACTION,
+        "max_change": PCT_FRACTION,
+        "smoothing": PCT_FRACTION,
+        "state_ttl": SECS,
+        "trend": {"window": SECS, "horizon": SECS, "min_samples": COUNT},
+        "enforce_config_shares": Leaf("bool"),
+    },
     "selfplay_configs": MapOf(None, NUM, replace=True),
     "store": {
         "busy_timeout": SECS,
@@ -251,7 +286,7 @@ FLOORS: dict[str, tuple[float, str]] = {
 # Settings that are validated and shown but that nothing reads yet: ``config show`` and the
 # shipped YAML mark them "(not used yet)". Whatever starts reading one removes it here.
 NOT_USED_YET: frozenset[str] = frozenset(
-    {"resource_targets", "hardware", "bandwidth", "peak_hours", "selfplay_configs"}
+    {"resource_targets", "bandwidth", "peak_hours", "selfplay_configs"}
 )
 
 

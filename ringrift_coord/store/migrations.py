@@ -189,11 +189,60 @@ ALTER TABLE halts_by_node RENAME TO halts;
 ALTER TABLE halt_log ADD COLUMN node TEXT NOT NULL DEFAULT '*'
 """
 
+# The resource optimizer: the self-play rate and its controller's state (one row per key),
+# every change of the rate, each node's self-play job target, cluster utilization samples.
+_OPTIMIZER = """
+CREATE TABLE optimizer_state (
+    key TEXT PRIMARY KEY,
+    rate DOUBLE PRECISION NOT NULL,
+    action TEXT NOT NULL,
+    confidence DOUBLE PRECISION,
+    reason TEXT,
+    updated_at DOUBLE PRECISION NOT NULL,
+    updated_by TEXT,
+    pid TEXT,
+    detail TEXT
+);
+CREATE TABLE rate_history (
+    id {serial},
+    at DOUBLE PRECISION NOT NULL,
+    rate DOUBLE PRECISION NOT NULL,
+    previous_rate DOUBLE PRECISION,
+    requested_rate DOUBLE PRECISION,
+    source TEXT NOT NULL,
+    action TEXT NOT NULL,
+    confidence DOUBLE PRECISION,
+    reason TEXT,
+    requestor TEXT,
+    who TEXT,
+    host TEXT
+);
+CREATE INDEX rate_history_at ON rate_history (at);
+CREATE TABLE selfplay_targets (
+    node TEXT PRIMARY KEY,
+    target INTEGER NOT NULL,
+    cap INTEGER,
+    at DOUBLE PRECISION NOT NULL
+);
+CREATE TABLE utilization_samples (
+    id {serial},
+    at DOUBLE PRECISION NOT NULL,
+    cpu DOUBLE PRECISION,
+    gpu DOUBLE PRECISION,
+    gpu_memory DOUBLE PRECISION,
+    fresh_nodes INTEGER NOT NULL,
+    stale_nodes INTEGER NOT NULL,
+    running_jobs INTEGER NOT NULL
+);
+CREATE INDEX utilization_samples_at ON utilization_samples (at)
+"""
+
 # (name, engine -> SQL script)
 MIGRATIONS: list[tuple[str, dict[str, str]]] = [
     ("0001_initial", {engine: _initial(engine) for engine in _SERIAL}),
     ("0002_safeguards", {engine: _SAFEGUARDS.format(serial=_SERIAL[engine]) for engine in _SERIAL}),
     ("0003_node_halts", {engine: _NODE_HALTS for engine in _SERIAL}),
+    ("0004_optimizer", {engine: _OPTIMIZER.format(serial=_SERIAL[engine]) for engine in _SERIAL}),
 ]
 
 MIGRATION_NAMES: tuple[str, ...] = tuple(name for name, _ in MIGRATIONS)
