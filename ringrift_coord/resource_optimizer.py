@@ -1,0 +1,118 @@
+"""The resource optimizer, the reference's Python face: cluster utilization against the
+targets, the scaling questions, and the feedback step that sets the self-play rate.
+
+``ResourceOptimizer`` (``get_instance``; built with an explicit ``Context`` like the other
+faces), ``get_resource_optimizer()``, and module functions of the reference's names over the
+process-wide instance: ``should_scale_up(resource)``, ``should_scale_down(resource)``,
+``get_utilization_status()`` (the document ``utilization --json`` prints) and
+``apply_feedback_adjustment()`` (one ``adjust`` step; returns the new rate). A thin face
+over ``optimizer.utilization`` and ``optimizer.adjust``: every call reads the store in one
+transaction, by the store's clock.
+"""
+
+from __future__ import annotations
+
+from ringrift_coord.context import Context, ProcessWide
+from ringrift_coord.identity import host_name, who_am_i
+from ringrift_coord.optimizer import adjust as adjust_step
+from ringrift_coord.optimizer import utilization
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+__all__ = [
+    "ResourceOptimizer",
+    "apply_feedback_adjustment",
+    "get_resource_optimizer",
+    "get_utilization_status",
+    "should_scale_down",
+    "should_scale_up",
+    # [merge] helper "rate": negotiate_selfplay_rate (optimizer/negotiate.py) is re-exported
+    # here; helper "capacity": get_max_selfplay_for_node. Add their names above and below.
+]
+
+
+def _resource(resource: str) -> str:
+    name = str(resource).strip().lower()
+    if name not in utilization.RESOURCES:
+        from ringrift_coord.errors import UsageError
+
+        valid = ", ".join(utilization.RESOURCES)
+        raise UsageError(f"unknown resource {resource!r}; valid resources: {valid}")
+    return name
+
+
+class ResourceOptimizer(ProcessWide):
+    """Object face of the optimizer over one ``Context`` (``get_instance()``: the
+    process-wide one)."""
+
+    _instance: ResourceOptimizer | None = None
+
+    def __init__(self, ctx: Context | None = None) -> None:
+        self.ctx = ctx or Context.open()
+
+    def get_cluster_utilization(self) -> dict[str, Any]:
+        """Cluster utilization from the fresh readings (``optimizer.utilization.cluster``)."""
+        with self.ctx.store.read() as tx:
+            return utilization.cluster(tx, self.ctx.settings, tx.now())
+
+    def get_utilization_status(self) -> dict[str, Any]:
+        """Utilization against the targets, the scaling flags, the controlling resource and
+        the optimizer's rate, last action and confidence (one JSON-able document)."""
+        utilization.targets(self.ctx.settings)
+        with self.ctx.store.read() as tx:
+            return utilization.status(tx, self.ctx.settings, tx.now())
+
+    def should_scale_up(self, resource: str) -> bool:
+        """The cluster's ``resource`` (cpu, gpu) utilization is below the scale-up point."""
+        name = _resource(resource)
+        tgt = utilization.targets(self.ctx.settings)
+        return utilization.should_scale_up(self.get_cluster_utilization(), tgt, name)
+
+    def should_scale_down(self, resource: str) -> bool:
+        """The cluster's ``resource`` (cpu, gpu) utilization is above the scale-down point."""
+        name = _resource(resource)
+        tgt = utilization.targets(self.ctx.settings)
+        return utilization.should_scale_down(self.get_cluster_utilization(), tgt, name)
+
+    def adjust(self, *, dry_run: bool = False, requestor: str | None = None) -> dict[str, Any]:
+        """One feedback step (``adjust``); the whole document of what it did."""
+        return adjust_step.adjust(
+            self.ctx.store,
+            self.ctx.settings,
+            dry_run=dry_run,
+            who=requestor or who_am_i(self.ctx.env),
+            host=host_name(),
+        )
+
+    def apply_feedback_adjustment(self, requestor: str | None = None) -> float:
+        """One feedback step; returns the self-play rate (games per hour) now in force."""
+        return float(self.adjust(requestor=requestor)["rate"])
+
+
+def get_resource_optimizer() -> ResourceOptimizer:
+    """The process-wide optimizer (its context built from the environment on first use)."""
+    return ResourceOptimizer.get_instance()
+
+
+def should_scale_up(resource: str) -> bool:
+    return get_resource_optimizer().should_scale_up(resource)
+
+
+def should_scale_down(resource: str) -> bool:
+    return get_resource_optimizer().should_scale_down(resource)
+
+
+def get_utilization_status() -> dict[str, Any]:
+    return get_resource_optimizer().get_utilization_status()
+
+
+def apply_feedback_adjustment(requestor: str | None = None) -> float:
+    """The reference's ``apply_feedback_adjustment("unified_loop")``: one step, the new rate."""
+    return get_resource_optimizer().apply_feedback_adjustment(requestor)
+
+
+# [merge] re-exports of the other helpers' reference names go here:
+# from ringrift_coord.optimizer.negotiate import negotiate_selfplay_rate
+# from ringrift_coord.optimizer.capacity import get_max_selfplay_for_node

@@ -1,0 +1,318 @@
+"""The resource optimizer's feedback loop over the real store, on both engines: ``adjust``
+raises or lowers the self-play rate and the per-node targets, admission enforces them (rule
+``optimizer``), the dead band holds, ``--dry-run`` stores nothing, expired targets fail open,
+no fresh readings hold with the reason, racing adjusts act once. Time is a ``ManualClock``
+(the store's clock), stepped by the optimizer's interval instead of sleeping."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import pytest
+from conftest import Coord
+
+from ringrift_coord import reports, safeguards
+from ringrift_coord.clock import ManualClock
+from ringrift_coord.optimizer import state as opt_state
+from ringrift_coord.resource_optimizer import ResourceOptimizer
+from ringrift_coord.task_coordinator import Holder, TaskCoordinator
+
+ENGINES = ("sqlite", "postgres")
+
+H100 = {"gpu_name": "H100", "gpu_count": 1, "cpus": 32, "memory_gb": 64}  # cap 24
+
+CONFIG = """
+rate_limits: {selfplay: {per_minute: null}}
+store: {lease_ttl: 1000000}
+thresholds: {gpu: {warning: 98, critical: 99}, cpu: {warning: 98, critical: 99}}
+"""
+
+
+class Loop:
+    """A store on a manual clock, with the optimizer's and the coordinator's faces on it."""
+
+    def __init__(self, engine_db: Any, config: str = CONFIG) -> None:
+        self.clock = ManualClock()
+        self.ctx = engine_db.context(config, self.clock)
+        self.opt = ResourceOptimizer(self.ctx)
+        self.coord = TaskCoordinator(self.ctx)
+        self.interval = float(self.ctx.settings.get("optimizer.interval"))
+
+    def report(self, node: str, gpu: float, cpu: float | None = None, **hw: Any) -> None:
+        safeguards.store_reading(self.ctx, node, {"gpu": gpu, "cpu": cpu}, {**H100, **hw})
+
+    def adjust(self, **kw: Any) -> dict[str, Any]:
+        return self.opt.adjust(**kw)
+
+    def step(self) -> None:
+        self.clock.advance(self.interval)
+
+    def targets(self) -> dict[str, int]:
+        with self.ctx.store.read() as tx:
+            return {r["node"]: r["target"] for r in opt_state.targets(tx)}
+
+    def history(self) -> list[dict[str, Any]]:
+        with self.ctx.store.read() as tx:
+            return list(reversed(opt_state.history(tx, limit=1000)))
+
+    def start(self, node: str) -> Any:
+        return self.coord.acquire("selfplay", node, holder=Holder(pid=os.getpid()))
+
+    def status(self) -> dict[str, Any]:
+        return reports.status(self.ctx)["optimizer"]
+
+
+def test_under_target_adjusts_raise_the_rate_and_the_targets(engine_db: Any) -> None:
+    loop = Loop(engine_db)
+    rates, targets = [], []
+    for _ in range(4):
+        for node in ("n1", "n2"):
+            loop.report(node, gpu=30.0)
+        done = loop.adjust()
+        assert done["acted"] and done["action"] == "scale_up", done
+        assert done["controlling"] == "gpu" and done["measurement"] == 30.0
+        assert done["previous_rate"] < done["rate"] <= done["previous_rate"] * 1.2 + 1e-6
+        rates.append(done["rate"])
+        targets.append(loop.targets())
+        loop.step()
+    assert rates == sorted(rates) and rates[0] > 1000.0
+    # the targets follow the rate: ceil(cap 24 x rate / 5000), never lower, ending higher
+    for rate, found in zip(rates, targets, strict=True):
+        expected = -(-24 * rate // 5000)
+        assert found == {"n1": expected, "n2": expected}, (rate, found)
+    assert targets[-1]["n1"] > targets[0]["n1"] >= 5
+    # the history says so, and so does status
+    history = loop.history()
+    assert [h["action"] for h in history] == ["scale_up"] * 4
+    assert [h["rate"] for h in history] == rates
+    assert all(h["source"] == "adjust" and h["confidence"] > 0 for h in history)
+    status = loop.status()
+    assert status["rate"] == rates[-1] and status["action"] == "scale_up"
+    assert status["utilization"]["gpu"] == 30.0 and status["scale_up"]["gpu"] is True
+    assert status["in_range"] == {"cpu": None, "gpu": False}
+    assert status["problem"] is None and status["age"] == loop.interval
+
+
+def test_over_target_adjusts_lower_the_targets_and_admission_refuses(engine_db: Any) -> None:
+    loop = Loop(engine_db)
+    loop.report("n1", gpu=95.0)
+    loop.report("n2", gpu=95.0)
+    for _ in range(6):  # no target yet: admission does not limit self-play by the optimizer
+        assert loop.start("n1").allowed
+    rates = []
+    for _ in range(3):
+        loop.report("n1", gpu=95.0)
+        loop.report("n2", gpu=95.0)
+        done = loop.adjust()
+        assert done["action"] == "scale_down", done
+        rates.append(done["rate"])
+        loop.step()
+    assert rates == sorted(rates, reverse=True) and rates[0] < 1000.0
+    target = loop.targets()["n1"]
+    assert target == -(-24 * rates[-1] // 5000) and target < 6
+    denied = loop.coord.check("selfplay", "n1")
+    assert not denied.allowed
+    (reason,) = denied.reasons
+    assert reason.rule == "optimizer"
+    assert (reason.requested, reason.used, reason.limit) == (1, 6, target)
+    assert reason.details["rate"] == rates[-1] and reason.details["action"] == "scale_down"
+    assert reason.details["target_age"] == loop.interval
+    # the next adjust is due now (the clock moved one interval since the last): at least 5 s
+    assert reason.retry_after == 5.0
+    assert f"self-play target {target} on n1" in reason.message
+    # another node with room under its target, and other task types, are not limited
+    assert loop.start("n2").allowed
+    assert loop.coord.check("training", "n1").allowed
+    status = loop.status()
+    assert status["action"] == "scale_down" and status["scale_down"]["gpu"] is True
+
+
+def test_inside_the_dead_band_the_rate_holds(engine_db: Any) -> None:
+    loop = Loop(engine_db)
+    for value in (72.0, 65.0, 78.0, 70.0):
+        loop.report("n1", gpu=value, cpu=50.0)
+        done = loop.adjust()
+        assert done["action"] == "none" and done["rate"] == 1000.0, done
+        assert "inside the target 60-80%" in done["reason"]
+        assert done["controller"]["output"] == 0.0
+        assert loop.targets() == {"n1": 5}  # refreshed each run: ceil(24 x 1000 / 5000)
+        loop.step()
+    assert [h["action"] for h in loop.history()] == ["none"] * 4
+
+
+def test_dry_run_changes_nothing(engine_db: Any) -> None:
+    loop = Loop(engine_db)
+    loop.report("n1", gpu=20.0)
+    before = loop.adjust(dry_run=True)
+    assert before["dry_run"] and not before["acted"] and before["action"] == "scale_up"
+    assert before["node_targets"] == [
+        {"node": "n1", "target": -(-24 * before["rate"] // 5000), "cap": 24}
+    ]
+    assert loop.targets() == {} and loop.history() == []
+    with loop.ctx.store.read() as tx:
+        assert not opt_state.load(tx, loop.ctx.settings)["stored"]
+        assert opt_state.samples(tx, 0) == []
+    # and a dry run right after a real adjust neither stores nor says "already adjusted"
+    real = loop.adjust()
+    assert real["acted"] and real["rate"] == before["rate"]
+    again = loop.adjust(dry_run=True)
+    assert again["dry_run"] and "already" not in again["reason"]
+    assert len(loop.history()) == 1
+
+
+def test_expired_targets_do_not_block(engine_db: Any) -> None:
+    loop = Loop(engine_db)
+    loop.report("n1", gpu=95.0)
+    for _ in range(6):
+        assert loop.start("n1").allowed
+    loop.adjust()
+    assert loop.targets()["n1"] < 6
+    assert [r.rule for r in loop.coord.check("selfplay", "n1").reasons] == ["optimizer"]
+    ttl = float(loop.ctx.settings.get("optimizer.state_ttl"))
+    loop.clock.advance(ttl + 1)  # no adjust since: the target is old, admission fails open
+    assert loop.coord.check("selfplay", "n1").allowed
+    status = loop.status()
+    assert [t["in_force"] for t in status["selfplay_targets"]] == [False]
+    # a target from a clock far ahead is not trusted either
+    loop.clock.advance(-(ttl + 1) - 3600)
+    assert loop.coord.check("selfplay", "n1").allowed
+
+
+def test_no_fresh_readings_hold_with_the_reason(engine_db: Any) -> None:
+    loop = Loop(engine_db)
+    loop.report("n1", gpu=30.0)
+    loop.report("n2", gpu=30.0)
+    first = loop.adjust()
+    assert first["action"] == "scale_up"
+    kept = loop.targets()
+    loop.clock.advance(float(loop.ctx.settings.get("resources.max_sample_age")) + 1)
+    held = loop.adjust()
+    assert held["acted"] and held["action"] == "none" and held["rate"] == first["rate"]
+    assert held["reason"] == "no fresh readings: 2 stale (n1, n2); holding the rate"
+    assert held["confidence"] == 0.0
+    assert loop.targets() == kept  # no target changed (they lapse with state_ttl)
+    status = loop.status()
+    assert status["reason"] == held["reason"] and status["utilization"]["stale_nodes"] == 2
+    assert status["utilization"]["stale_names"] == ["n1", "n2"]
+    assert loop.history()[-1]["action"] == "none"
+
+
+def test_an_adjust_within_min_interval_acts_not(engine_db: Any) -> None:
+    loop = Loop(engine_db)
+    loop.report("n1", gpu=30.0)
+    first = loop.adjust()
+    loop.clock.advance(float(loop.ctx.settings.get("optimizer.min_interval")) - 1)
+    second = loop.adjust()
+    assert not second["acted"] and second["rate"] == first["rate"]
+    assert second["reason"].startswith("already adjusted 59 s ago by ")
+    assert len(loop.history()) == 1
+    loop.clock.advance(1)
+    assert loop.adjust()["acted"]
+
+
+def test_apply_feedback_adjustment_returns_the_new_rate(engine_db: Any) -> None:
+    loop = Loop(engine_db)
+    loop.report("n1", gpu=30.0, cpu=20.0)
+    rate = loop.opt.apply_feedback_adjustment("unified_loop")
+    assert rate > 1000.0 and loop.history()[-1]["who"] == "unified_loop"
+    assert loop.opt.should_scale_up("gpu") and loop.opt.should_scale_up("cpu")
+    assert not loop.opt.should_scale_down("gpu")
+    assert loop.opt.get_utilization_status()["rate"] == rate
+
+
+def test_the_utilization_is_weighted_and_stale_nodes_are_left_out(engine_db: Any) -> None:
+    loop = Loop(engine_db)
+    loop.report("big", gpu=90.0, cpu=80.0, gpu_count=4, cpus=96)
+    loop.report("small", gpu=40.0, cpu=20.0, gpu_count=1, cpus=32)
+    loop.report("cpuonly", gpu=None, cpu=50.0, gpu_name=None, gpu_count=0, cpus=32)
+    loop.clock.advance(500)
+    loop.report("fresh", gpu=10.0, cpu=10.0, gpu_count=1, cpus=32)
+    loop.clock.advance(200)  # the first three are now 700 s old: stale
+    util = loop.opt.get_cluster_utilization()
+    assert (util["fresh_nodes"], util["stale_nodes"]) == (1, 3)
+    assert util["stale_names"] == ["big", "cpuonly", "small"]
+    loop.clock.advance(-600)  # all fresh again
+    util = loop.opt.get_cluster_utilization()
+    assert (util["gpu_nodes"], util["cpu_nodes"], util["stale_nodes"]) == (3, 1, 0)
+    assert util["gpu"] == pytest.approx((90 * 4 + 40 + 10) / 6)
+    assert util["cpu"] == pytest.approx((80 * 96 + 20 * 32 + 50 * 32 + 10 * 32) / 192)
+
+
+# --------------------------------------------------------------------------- the CLI
+
+
+def test_cli_adjust_status_and_refusal(coord: Coord) -> None:
+    def ok(*argv: str) -> dict[str, Any]:
+        done = coord("--json", *argv)
+        assert done.returncode == 0, (argv, done.stdout, done.stderr)
+        document: dict[str, Any] = json.loads(done.stdout)
+        return document
+
+    coord.write_config(CONFIG)  # the reading's 97 % GPU is not a critical one here
+    ok(
+        "report",
+        "--node",
+        "n1",
+        "--gpu",
+        "97",
+        "--gpu-name",
+        "RTX 3070",
+        "--gpu-count",
+        "1",
+        "--cpus",
+        "8",
+        "--memory-gb",
+        "32",
+    )
+    for _ in range(3):
+        ok("register", "selfplay", "--node", "n1", "--pid", str(os.getpid()))
+    dry = ok("adjust", "--dry-run")
+    assert dry["dry_run"] and not dry["acted"] and dry["action"] == "scale_down"
+    assert ok("status")["optimizer"]["stored"] is False
+    done = ok("adjust")
+    assert done["acted"] and done["action"] == "scale_down"
+    assert done["node_targets"] == [{"node": "n1", "target": 1, "cap": 4}]
+    denied = coord("--json", "can-spawn", "selfplay", "--node", "n1")
+    assert denied.returncode == 1, denied.stderr
+    (reason,) = json.loads(denied.stdout)["reasons"]
+    assert (reason["rule"], reason["requested"], reason["used"], reason["limit"]) == (
+        "optimizer",
+        1,
+        3,
+        1,
+    )
+    human = coord("can-spawn", "selfplay", "--node", "n1")
+    assert "3 running + 1 requested > self-play target 1 on n1" in human.stdout + human.stderr
+    status = ok("status")["optimizer"]
+    assert status["action"] == "scale_down" and status["rate"] == done["rate"]
+    assert status["utilization"]["gpu"] == 97.0
+    screen = coord("status")
+    assert "optimizer: rate" in screen.stdout and "last action scale_down" in screen.stdout
+    util = coord("utilization")
+    assert util.returncode == 0 and "gpu: 97% (target 60-80%: high" in util.stdout
+    again = coord("adjust")
+    assert again.returncode == 0 and again.stdout.startswith("not adjusted: already adjusted")
+
+
+def test_two_racing_adjust_processes_act_once(coord: Coord) -> None:
+    done = coord("report", "--node", "n1", "--gpu", "30", "--gpu-count", "1", "--cpus", "8")
+    assert done.returncode == 0, done.stderr
+    procs = [coord.popen("--json", "adjust") for _ in range(2)]
+    outs = [p.communicate(timeout=60) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    docs = [json.loads(out) for out, _ in outs]
+    assert sorted(d["acted"] for d in docs) == [False, True], docs
+    (lost,) = [d for d in docs if not d["acted"]]
+    assert lost["reason"].startswith("already adjusted")
+    history = coord("--json", "utilization")
+    assert json.loads(history.stdout)["action"] == "scale_up"
+
+
+@pytest.mark.parametrize("dry", [False, True])
+def test_cli_adjust_without_readings_holds(coord: Coord, dry: bool) -> None:
+    argv = ["adjust", "--dry-run"] if dry else ["adjust"]
+    done = coord(*argv)
+    assert done.returncode == 0, done.stderr
+    assert "no fresh readings: no node has reported" in done.stdout
