@@ -79,6 +79,10 @@ CASES: list[tuple[str, tuple[str, ...], int]] = [
     ("report", ("report", "--node", "n1", "--cpu", "12.345", "--load", "0.123456"), 0),
     ("report", ("report", "--node", "n5"), 0),  # sampled here
     ("resources", ("resources",), 0),
+    ("adjust", ("adjust", "--dry-run"), 0),
+    ("adjust", ("adjust",), 0),
+    ("adjust", ("adjust",), 0),  # already adjusted: acts not
+    ("utilization", ("utilization",), 0),
     ("--version", ("--version",), 0),
     ("config init", ("config", "init", "{config_path}"), 0),
     ("completion", ("completion", "fish"), 0),

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 
-from ringrift_coord import durations
+from ringrift_coord import durations, schema
 from ringrift_coord.optimizer import pid, trend, utilization
 from ringrift_coord.optimizer import state as opt_state
 
@@ -226,7 +226,9 @@ def step(
         "setpoint": band["target"],
         "input": blended,
         "output": output,
-        **{k: v for k, v in detail.items() if k not in ("state", "status", "pid")},
+        # the controller's own figures; a name the JSON vocabulary gives another meaning
+        # (``error`` is a failed command's message) gets a ``pid_`` prefix
+        **{(f"pid_{k}" if k in schema.FIELDS else k): v for k, v in detail.items()},
     }
     pid_doc = {"resource": resource, "pid_state": new_state}
     record = {
