@@ -271,6 +271,8 @@ def test_cli_adjust_status_and_refusal(coord: Coord) -> None:
     dry = ok("adjust", "--dry-run")
     assert dry["dry_run"] and not dry["acted"] and dry["action"] == "scale_down"
     assert ok("status")["optimizer"]["stored"] is False
+    never = coord("status").stdout.splitlines()
+    assert "optimizer: never adjusted · gpu 97% (target 60-80%) · rate 1000/h" in never
     done = ok("adjust")
     assert done["acted"] and done["action"] == "scale_down"
     assert done["node_targets"] == [{"node": "n1", "target": 1, "cap": 4}]
@@ -289,7 +291,9 @@ def test_cli_adjust_status_and_refusal(coord: Coord) -> None:
     assert status["action"] == "scale_down" and status["rate"] == done["rate"]
     assert status["utilization"]["gpu"] == 97.0
     screen = coord("status")
-    assert "optimizer: rate" in screen.stdout and "last action scale_down" in screen.stdout
+    (line,) = [x for x in screen.stdout.splitlines() if x.startswith("optimizer: ")]
+    assert line.startswith("optimizer: gpu 97% (target 60-80%) · rate ")
+    assert " · scale_down " in line and line.endswith(" ago")
     util = coord("utilization")
     assert util.returncode == 0 and "gpu: 97% (target 60-80%: high" in util.stdout
     again = coord("adjust")

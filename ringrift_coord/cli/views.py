@@ -1050,16 +1050,36 @@ def optimizer_line(doc: dict[str, Any]) -> str:
 
 
 def optimizer_status(doc: dict[str, Any] | None) -> None:
-    """``status``'s optimizer lines: utilization against the targets and ``optimizer_line``."""
+    """``status``'s optimizer line (one line at 80 columns): utilization against the targets,
+    the rate, the last action with its confidence and age; or why it holds, has never run or
+    is not in use. ``utilization`` has the reason in full."""
     if not doc:
         return
     if doc.get("problem"):
         note(optimizer_line(doc))
         return
     util, targets = doc["utilization"], doc["targets"]
-    parts = [f"{r} {_where(util.get(r), targets, r)}" for r in ("cpu", "gpu")]
-    note(
-        f"utilization: {'; '.join(parts)} · {util['fresh_nodes']} fresh node(s), "
-        f"{util['stale_nodes']} stale"
-    )
-    note(optimizer_line(doc))
+    shown = [r for r in ("gpu", "cpu") if util.get(r) is not None]
+    if not shown:
+        where = "no fresh cpu/gpu readings"
+    else:
+        bands = {_band(targets, r) for r in shown}
+        band = (
+            f"target {bands.pop()}"
+            if len(bands) == 1
+            else "targets " + ", ".join(f"{r} {_band(targets, r)}" for r in shown)
+        )
+        where = " ".join(f"{r} {_pct(util[r])}" for r in shown) + f" ({band})"
+    if not doc.get("stored"):
+        note(f"optimizer: never adjusted · {where} · rate {_rate(doc.get('rate'))}")
+        return
+    conf = doc.get("confidence")
+    action = f"{doc.get('action')}" + ("" if conf is None else f" {conf:.2f}")
+    parts = [where, f"rate {_rate(doc.get('rate'))}", f"{action} {age(doc.get('age'))} ago"]
+    reason = str(doc.get("reason") or "")
+    if reason.startswith("no fresh readings"):
+        parts.append("holding: no fresh readings")
+    in_force = [t for t in doc.get("selfplay_targets") or [] if t.get("in_force")]
+    if doc.get("selfplay_targets") and not in_force:
+        parts.append("targets lapsed")
+    note("optimizer: " + " · ".join(parts))
