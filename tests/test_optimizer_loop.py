@@ -320,3 +320,17 @@ def test_cli_adjust_without_readings_holds(coord: Coord, dry: bool) -> None:
     done = coord(*argv)
     assert done.returncode == 0, done.stderr
     assert "no fresh readings: no node has reported" in done.stdout
+
+
+def test_utilization_shows_stored_names_as_data(coord: Coord) -> None:
+    """Node names are data: never Rich markup, in every format (tsv: the node rows only)."""
+    name = "evil[bold]n[/bold]"
+    done = coord("report", "--node", name, "--gpu", "50", "--gpu-count", "1")
+    assert done.returncode == 0, done.stderr
+    for fmt in ("table", "plain", "tsv"):
+        shown = coord("utilization", "--format", fmt)
+        assert shown.returncode == 0, shown.stderr
+        assert name in shown.stdout, (fmt, shown.stdout)
+    tsv = coord("utilization", "--format", "tsv").stdout.splitlines()
+    assert tsv[0].split("\t")[0] == "node" and tsv[1].split("\t")[:2] == [name, "gpu"]
+    assert len(tsv) == 2

@@ -981,21 +981,30 @@ def adjusted(doc: dict[str, Any]) -> None:
 def utilization_screen(doc: dict[str, Any]) -> None:
     """``utilization``: the cluster against the targets, the optimizer's state, the nodes."""
     util, targets = doc["utilization"], doc["targets"]
+    if output_format() == "tsv":  # rows only: the node table
+        _utilization_nodes(doc)
+        return
     note(Text.assemble(("cluster utilization", "bold"), f" · {ts(doc['at'])}"))
     for resource in ("cpu", "gpu"):
         mark = " (controlling)" if doc.get("controlling") == resource else ""
-        say(f"{resource}: {_where(util.get(resource), targets, resource)}{mark}")
-    say(f"gpu memory: {_pct(util.get('gpu_memory'))}")
+        say(Text(f"{resource}: {_where(util.get(resource), targets, resource)}{mark}"))
+    say(Text(f"gpu memory: {_pct(util.get('gpu_memory'))}"))
     stale = ""
     if util.get("stale_nodes"):
         names = ", ".join(printable(str(n)) for n in util.get("stale_names") or [])
         stale = f" (left out: {names})"
     say(
-        f"nodes: {util['fresh_nodes']} fresh ({util['gpu_nodes']} GPU, {util['cpu_nodes']} "
-        f"CPU), {util['stale_nodes']} stale{stale}; {util['running_jobs']} running job(s), "
-        f"{util['selfplay_jobs']} self-play"
+        Text(
+            f"nodes: {util['fresh_nodes']} fresh ({util['gpu_nodes']} GPU, "
+            f"{util['cpu_nodes']} CPU), {util['stale_nodes']} stale{stale}; "
+            f"{util['running_jobs']} running job(s), {util['selfplay_jobs']} self-play"
+        )
     )
-    say(optimizer_line(doc))
+    say(Text(optimizer_line(doc)))
+    _utilization_nodes(doc)
+
+
+def _utilization_nodes(doc: dict[str, Any]) -> None:
     nodes = doc.get("nodes") or []
     if nodes:
         targets_by_node = {t["node"]: t for t in doc.get("selfplay_targets") or []}
@@ -1056,7 +1065,7 @@ def optimizer_status(doc: dict[str, Any] | None) -> None:
     if not doc:
         return
     if doc.get("problem"):
-        note(optimizer_line(doc))
+        note(Text(optimizer_line(doc)))
         return
     util, targets = doc["utilization"], doc["targets"]
     shown = [r for r in ("gpu", "cpu") if util.get(r) is not None]
@@ -1071,7 +1080,7 @@ def optimizer_status(doc: dict[str, Any] | None) -> None:
         )
         where = " ".join(f"{r} {_pct(util[r])}" for r in shown) + f" ({band})"
     if not doc.get("stored"):
-        note(f"optimizer: never adjusted · {where} · rate {_rate(doc.get('rate'))}")
+        note(Text(f"optimizer: never adjusted · {where} · rate {_rate(doc.get('rate'))}"))
         return
     conf = doc.get("confidence")
     action = f"{doc.get('action')}" + ("" if conf is None else f" {conf:.2f}")
@@ -1082,4 +1091,4 @@ def optimizer_status(doc: dict[str, Any] | None) -> None:
     in_force = [t for t in doc.get("selfplay_targets") or [] if t.get("in_force")]
     if doc.get("selfplay_targets") and not in_force:
         parts.append("targets lapsed")
-    note("optimizer: " + " · ".join(parts))
+    note(Text("optimizer: " + " · ".join(parts)))
