@@ -212,6 +212,28 @@ def test_an_adjust_within_min_interval_acts_not(engine_db: Any) -> None:
     assert loop.adjust()["acted"]
 
 
+def test_min_interval_counts_from_the_last_adjust_not_a_negotiation(engine_db: Any) -> None:
+    loop = Loop(engine_db)
+    loop.report("n1", gpu=30.0)
+    assert loop.adjust()["acted"]
+    loop.clock.advance(float(loop.ctx.settings.get("optimizer.min_interval")))
+    with loop.ctx.store.write() as tx:  # what `rate negotiate` stores
+        opt_state.set_rate(
+            tx,
+            loop.ctx.settings,
+            rate=2000.0,
+            now=tx.now(),
+            source="negotiate",
+            action="scale_up",
+            previous_rate=1100.0,
+            requestor="unified_loop",
+        )
+    loop.clock.advance(1)
+    done = loop.adjust()
+    assert done["acted"] and done["previous_rate"] == 2000.0, done
+    assert [h["source"] for h in loop.history()] == ["adjust", "negotiate", "adjust"]
+
+
 def test_apply_feedback_adjustment_returns_the_new_rate(engine_db: Any) -> None:
     loop = Loop(engine_db)
     loop.report("n1", gpu=30.0, cpu=20.0)

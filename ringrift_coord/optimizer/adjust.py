@@ -97,11 +97,12 @@ def step(
     tgt = utilization.targets(settings)
     saved = opt_state.load(tx, settings)
     old_rate = float(saved["rate"])
-    last = saved.get("updated_at")
-    if not dry_run and last is not None:
-        age = now - float(last)
+    last_row = None if dry_run else opt_state.last_adjust(tx)
+    if last_row is not None:
+        last = float(last_row["at"])
+        age = now - last
         if -float(opt["min_interval"]) < age < float(opt["min_interval"]):
-            by = f" by {saved['updated_by']}" if saved.get("updated_by") else ""
+            by = f" by {last_row['who']}" if last_row.get("who") else ""
             return _document(
                 action=saved["action"],
                 rate=old_rate,

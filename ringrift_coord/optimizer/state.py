@@ -154,6 +154,15 @@ def history(tx: Tx, limit: int = 20, since: float | None = None) -> list[Row]:
     )
 
 
+def last_adjust(tx: Tx) -> Row | None:
+    """The latest history row an ``adjust`` wrote (acted or held), None when none did: what
+    ``optimizer.min_interval`` is measured from (a negotiation is not an adjust)."""
+    return tx.one(
+        "SELECT at, who, host, action FROM rate_history WHERE source = 'adjust' "
+        "ORDER BY id DESC LIMIT 1"
+    )
+
+
 def prune_history(tx: Tx, before: float) -> None:
     tx.execute("DELETE FROM rate_history WHERE at < ?", (before,))
 
