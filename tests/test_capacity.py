@@ -362,6 +362,10 @@ def test_hardware_cap_rule_on_and_off(coord) -> None:
         }
     table = coord(*ON, "resources", "--format", "plain").stdout
     assert "hw cap 4 by gpu (enforced)" in table
+    # at 80 columns the caps column still fits (wrapped), every line within the width
+    narrow = coord(*ON, "resources", "--format", "table", env={"COLUMNS": "80"}).stdout
+    assert "hw cap 4 by gpu" in " ".join(narrow.split())
+    assert max(len(x) for x in narrow.splitlines()) <= 80
 
 
 def test_hardware_cap_holds_with_a_reading_of_any_age(engine_db) -> None:
