@@ -105,6 +105,8 @@ def test_config_makes_nonsense_safe_instead_of_dividing_by_it() -> None:
         1.0,
     )
     assert cfg.inner_band() == (65.0, 75.0)
+    assert make_cfg(inner=1.0).inner_band() == (60.0, 80.0)
+    assert make_cfg(inner=float("nan")).inner == 0.5
 
 
 # --------------------------------------------------------------------------- behaviours
@@ -170,6 +172,9 @@ def test_dead_band_with_hysteresis_settles_into_the_inner_band() -> None:
     assert outs[6] < 0  # above the band
     assert outs[7] < 0 and details[7]["settling"] is True  # back in band: settles down to 75
     assert outs[8] == 0.0
+    # inner=1: no hysteresis, the plain dead band holds from the band's edge
+    plain, _, _ = run_steps(make_cfg(inner=1.0), [50.0, 61.0, 63.0])
+    assert plain[0] > 0 and plain[1:] == [0.0, 0.0]
     # a first run inside the band holds: nothing to settle from
     out, _, detail = step(cfg, {}, 62.0, T0)
     assert out == 0.0 and detail["settling"] is False

@@ -561,3 +561,7 @@ optimizer_cmd.register(app)
 from ringrift_coord.cli import package_cmd  # noqa: E402  (config init, completion)
 
 package_cmd.register(app, config_app)
+
+from ringrift_coord.cli import capacity_cmd  # noqa: E402
+
+capacity_cmd.register(app)

@@ -78,9 +78,10 @@ def _clamp(value: float, low: float, high: float) -> float:
 
 
 class PIDConfig:
-    """The controller's gains and limits. Values are made safe rather than refused (config
-    validation is the settings' job): a non-finite or negative gain acts as 0, ``max_step``
-    and ``smoothing`` are kept within 0..1, a non-positive ``interval`` acts as 1 second."""
+    """The controller's gains and limits (``inner``: see ``inner_band``). Values are made
+    safe rather than refused (config validation is the settings' job): a non-finite or
+    negative gain acts as 0, ``max_step``, ``smoothing`` and ``inner`` are kept within 0..1, a
+    non-positive ``interval`` acts as 1 second."""
 
     __slots__ = (
         "kp",
@@ -94,6 +95,7 @@ class PIDConfig:
         "smoothing",
         "interval",
         "max_gap",
+        "inner",
     )
 
     def __init__(
@@ -110,6 +112,7 @@ class PIDConfig:
         smoothing: float,
         interval: float,
         max_gap: float,
+        inner: float = INNER,
     ) -> None:
         self.kp = max(0.0, _finite(kp) or 0.0)
         self.ki = max(0.0, _finite(ki) or 0.0)
@@ -124,6 +127,8 @@ class PIDConfig:
         interval_value = _finite(interval) or 0.0
         self.interval = interval_value if interval_value > 0 else 1.0
         self.max_gap = max(0.0, _finite(max_gap) or 0.0)
+        inner_value = _finite(inner)
+        self.inner = INNER if inner_value is None else _clamp(inner_value, 0.0, 1.0)
 
     @classmethod
     def from_settings(cls, settings: Settings, resource: str) -> PIDConfig:
@@ -150,9 +155,10 @@ class PIDConfig:
         )
 
     def inner_band(self) -> tuple[float, float]:
-        """Where settling ends: halfway between each edge of the band and the setpoint."""
-        low = self.setpoint - (self.setpoint - self.band_min) * INNER
-        high = self.setpoint + (self.band_max - self.setpoint) * INNER
+        """Where settling ends: ``inner`` of the way from the setpoint to each edge of the band
+        (halfway by default; 1: the band itself, i.e. no hysteresis)."""
+        low = self.setpoint - (self.setpoint - self.band_min) * self.inner
+        high = self.setpoint + (self.band_max - self.setpoint) * self.inner
         return max(self.band_min, min(low, high)), min(self.band_max, max(low, high))
 
     def as_dict(self) -> dict[str, Any]:
