@@ -5,9 +5,10 @@ targets, the scaling questions, and the feedback step that sets the self-play ra
 faces), ``get_resource_optimizer()``, and module functions of the reference's names over the
 process-wide instance: ``should_scale_up(resource)``, ``should_scale_down(resource)``,
 ``get_utilization_status()`` (the document ``utilization --json`` prints) and
-``apply_feedback_adjustment()`` (one ``adjust`` step; returns the new rate). A thin face
-over ``optimizer.utilization`` and ``optimizer.adjust``: every call reads the store in one
-transaction, by the store's clock.
+``apply_feedback_adjustment()`` (one ``adjust`` step; returns the new rate) and
+``get_max_selfplay_for_node(...)`` (``optimizer.capacity``'s hardware cap). A thin face over
+``optimizer.utilization``, ``optimizer.adjust`` and ``optimizer.capacity``: every call reads
+the store in one transaction, by the store's clock.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from ringrift_coord.context import Context, ProcessWide
 from ringrift_coord.identity import host_name, who_am_i
 from ringrift_coord.optimizer import adjust as adjust_step
 from ringrift_coord.optimizer import utilization
+from ringrift_coord.optimizer.capacity import get_max_selfplay_for_node
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -24,12 +26,13 @@ if TYPE_CHECKING:
 __all__ = [
     "ResourceOptimizer",
     "apply_feedback_adjustment",
+    "get_max_selfplay_for_node",
     "get_resource_optimizer",
     "get_utilization_status",
     "should_scale_down",
     "should_scale_up",
     # [merge] helper "rate": negotiate_selfplay_rate (optimizer/negotiate.py) is re-exported
-    # here; helper "capacity": get_max_selfplay_for_node. Add their names above and below.
+    # here: add its name above and its import below.
 ]
 
 
@@ -86,6 +89,20 @@ class ResourceOptimizer(ProcessWide):
             host=host_name(),
         )
 
+    def get_max_selfplay_for_node(
+        self,
+        node_id: str | None,
+        gpu_count: int | None,
+        gpu_name: str | None,
+        cpu_count: int | None,
+        memory_gb: float | None,
+        has_gpu: bool | None,
+    ) -> int:
+        """The node's hardware cap for self-play, with this optimizer's settings."""
+        return get_max_selfplay_for_node(
+            node_id, gpu_count, gpu_name, cpu_count, memory_gb, has_gpu, self.ctx.settings
+        )
+
     def apply_feedback_adjustment(self, requestor: str | None = None) -> float:
         """One feedback step; returns the self-play rate (games per hour) now in force."""
         return float(self.adjust(requestor=requestor)["rate"])
@@ -113,6 +130,5 @@ def apply_feedback_adjustment(requestor: str | None = None) -> float:
     return get_resource_optimizer().apply_feedback_adjustment(requestor)
 
 
-# [merge] re-exports of the other helpers' reference names go here:
+# [merge] the rate helper's reference name goes here:
 # from ringrift_coord.optimizer.negotiate import negotiate_selfplay_rate
-# from ringrift_coord.optimizer.capacity import get_max_selfplay_for_node

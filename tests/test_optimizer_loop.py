@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from typing import Any
 
 import pytest
 from conftest import Coord
 
-from ringrift_coord import reports, safeguards
+from ringrift_coord import reports, resource_optimizer, safeguards
 from ringrift_coord.clock import ManualClock
 from ringrift_coord.optimizer import state as opt_state
 from ringrift_coord.resource_optimizer import ResourceOptimizer
@@ -242,6 +244,16 @@ def test_apply_feedback_adjustment_returns_the_new_rate(engine_db: Any) -> None:
     assert loop.opt.should_scale_up("gpu") and loop.opt.should_scale_up("cpu")
     assert not loop.opt.should_scale_down("gpu")
     assert loop.opt.get_utilization_status()["rate"] == rate
+    assert loop.opt.get_max_selfplay_for_node("h100", 1, "H100", 32, 64, True) == 24
+    assert resource_optimizer.get_max_selfplay_for_node("3070", 1, "RTX 3070", 8, 32, True) == 4
+    assert set(resource_optimizer.__all__) >= {
+        "get_resource_optimizer",
+        "should_scale_up",
+        "should_scale_down",
+        "get_utilization_status",
+        "apply_feedback_adjustment",
+        "get_max_selfplay_for_node",
+    }
 
 
 def test_the_utilization_is_weighted_and_stale_nodes_are_left_out(engine_db: Any) -> None:
@@ -356,3 +368,25 @@ def test_utilization_shows_stored_names_as_data(coord: Coord) -> None:
     tsv = coord("utilization", "--format", "tsv").stdout.splitlines()
     assert tsv[0].split("\t")[0] == "node" and tsv[1].split("\t")[:2] == [name, "gpu"]
     assert len(tsv) == 2
+
+
+def test_the_reference_module_functions_use_the_process_wide_optimizer(coord: Coord) -> None:
+    """The reference's calls, on the context built from the environment."""
+    done = coord("report", "--node", "n1", "--gpu", "30", "--gpu-count", "1", "--cpus", "8")
+    assert done.returncode == 0, done.stderr
+    code = (
+        "import json\n"
+        "from ringrift_coord.resource_optimizer import *\n"
+        "rate = apply_feedback_adjustment('unified_loop')\n"
+        "status = get_utilization_status()\n"
+        "print(json.dumps([rate, should_scale_up('gpu'), should_scale_down('gpu'),\n"
+        "    status['action'], status['updated_by'], get_resource_optimizer() is\n"
+        "    get_resource_optimizer()]))\n"
+    )
+    ran = subprocess.run(
+        [sys.executable, "-c", code], env=coord.env, capture_output=True, text=True, timeout=60
+    )
+    assert ran.returncode == 0, ran.stderr
+    rate, up, down, action, who, same = json.loads(ran.stdout)
+    assert rate > 1000 and up is True and down is False
+    assert (action, who, same) == ("scale_up", "unified_loop", True)
