@@ -528,18 +528,19 @@ def load_settings(
         values = copy.deepcopy(DEFAULTS)
         if path:
             document = read_yaml_file(path, text)
-            layer = _Layer(values, sources, problems)
+            file_layer = _Layer(values, sources, problems)
             if document is not None:
-                _merge(values, document, SCHEMA, "", path, sources, layer)
+                _merge(values, document, SCHEMA, "", path, sources, file_layer)
             _cross_checks(values, sources, path)
-            layer.finish(path)
+            file_layer.finish(path)
             if cache_dir and cache_key and not problems:  # a bad section: parsed each time
                 _write_cache(cache_dir, cache_key, values, sources)
-    layer = _Layer(values, sources, problems)
-    for var, keys in ENV_KEYS.items():
-        raw = env.get(var)
-        if raw is None or raw == "":
-            continue
+    assignments = [a for a in env.get(SET_ENV, "").split(";") if a.strip()]
+    given = [(var, keys, env[var]) for var, keys in ENV_KEYS.items() if env.get(var)]
+    # (the snapshot of the deferred sections costs, so it is taken when there is a layer)
+    layer = _Layer(values, sources, problems) if given or assignments else None
+    for var, keys, raw in given:
+        assert layer is not None
         section = keys[0].partition(".")[0]
         if section in layer.failed:
             continue
@@ -564,7 +565,6 @@ def load_settings(
                 raise
             layer.fail(section, exc)
     settings = Settings(values, sources, path, problems)
-    assignments = [a for a in env.get(SET_ENV, "").split(";") if a.strip()]
     # the environment's variables and its RINGRIFT_COORD_SET are one layer, checked together
     apply_assignments(settings, assignments, f"env {SET_ENV}", layer)
     return settings
@@ -578,6 +578,8 @@ def apply_assignments(
     keeps its values from before these assignments, or from before ``layer``); any other
     raises. The cross-checks run after them."""
     checks = bool(assignments) or layer is not None
+    if not checks:
+        return
     if layer is None:
         layer = _Layer(settings.values, settings.sources, settings.problems)
     for item in assignments:
