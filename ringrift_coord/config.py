@@ -13,7 +13,7 @@ import math
 import os
 from collections.abc import Mapping
 
-from ringrift_coord.errors import ConfigError
+from ringrift_coord.errors import ConfigError, ExitCode
 from ringrift_coord.inputs import number_hint, strict_float, strict_int
 from ringrift_coord.tasktypes import TASK_TYPE_NAMES
 
@@ -285,9 +285,7 @@ FLOORS: dict[str, tuple[float, str]] = {
 
 # Settings that are validated and shown but that nothing reads yet: ``config show`` and the
 # shipped YAML mark them "(not used yet)". Whatever starts reading one removes it here.
-NOT_USED_YET: frozenset[str] = frozenset(
-    {"resource_targets", "bandwidth", "peak_hours", "selfplay_configs"}
-)
+NOT_USED_YET: frozenset[str] = frozenset({"bandwidth", "peak_hours", "selfplay_configs"})
 
 
 def is_used(dotted: str) -> bool:
@@ -295,6 +293,17 @@ def is_used(dotted: str) -> bool:
     parts = dotted.split(".")
     return not any(".".join(parts[:i]) in NOT_USED_YET for i in range(1, len(parts) + 1))
 
+
+# The optimizer's sections: an error in one (a bad value from the file, the environment or
+# --set, or a cross-check among them) does not stop loading. The section keeps its values from
+# the layers below, the error is kept in ``Settings.problems``, and ``Settings.require``
+# raises it: only the commands that use the section fail; admission goes on.
+DEFERRED_SECTIONS: tuple[str, ...] = (
+    "resource_targets",
+    "optimizer",
+    "hardware",
+    "selfplay_configs",
+)
 
 # environment variable -> keys it sets (below the file's values: environment > file > defaults)
 ENV_KEYS: dict[str, tuple[str, ...]] = {
@@ -311,10 +320,26 @@ ENV_KEYS: dict[str, tuple[str, ...]] = {
 class Settings:
     """Resolved configuration: nested values plus the source of every leaf."""
 
-    def __init__(self, values: dict[str, Any], sources: dict[str, str], file: str | None):
+    def __init__(
+        self,
+        values: dict[str, Any],
+        sources: dict[str, str],
+        file: str | None,
+        problems: dict[str, ConfigError] | None = None,
+    ):
         self.values = values
         self.sources = sources
         self.file = file
+        # section -> the first error found in it (``DEFERRED_SECTIONS`` only); the section
+        # holds its values from the layers below the bad one
+        self.problems: dict[str, ConfigError] = {} if problems is None else problems
+
+    def require(self, section: str) -> None:
+        """Raise the error kept for ``section`` (exit 3, or 2 for a ``--set`` flag): what a
+        command that uses one of the ``DEFERRED_SECTIONS`` calls before reading it."""
+        problem = self.problems.get(section)
+        if problem is not None:
+            raise problem
 
     def get(self, dotted: str) -> Any:
         node: Any = self.values
@@ -492,6 +517,7 @@ def load_settings(
     env = os.environ if env is None else env
     values: dict[str, Any] = {}
     sources: dict[str, str] = {}
+    problems: dict[str, ConfigError] = {}
     path = find_config_file(config_file, env) if (config_file or use_default_file) else None
     text = read_config_bytes(path) if path else None
     cache_key = _cache_key(path, text) if path and text is not None and cache_dir else None
@@ -502,51 +528,113 @@ def load_settings(
         values = copy.deepcopy(DEFAULTS)
         if path:
             document = read_yaml_file(path, text)
+            file_layer = _Layer(values, sources, problems)
             if document is not None:
-                _merge(values, document, SCHEMA, "", path, sources)
+                _merge(values, document, SCHEMA, "", path, sources, file_layer)
             _cross_checks(values, sources, path)
-            if cache_dir and cache_key:
+            file_layer.finish(path)
+            if cache_dir and cache_key and not problems:  # a bad section: parsed each time
                 _write_cache(cache_dir, cache_key, values, sources)
-    for var, keys in ENV_KEYS.items():
-        raw = env.get(var)
-        if raw is None or raw == "":
-            continue
-        number = strict_float(raw)
-        if number is None:
-            hint = number_hint(raw)
-            raise ConfigError(
-                f"environment {var}={raw!r}: expected a number" + (f"; {hint}" if hint else "")
-            )
-        for key in keys:
-            leaf = _schema_at(key)
-            checked = _check_leaf(leaf, number, key, f"environment {var}", None)
-            section, _, rest = key.partition(".")
-            node = values[section]
-            parts = rest.split(".")
-            for part in parts[:-1]:
-                node = node[part]
-            node[parts[-1]] = checked
-            sources[key] = f"env {var}"
-    settings = Settings(values, sources, path)
     assignments = [a for a in env.get(SET_ENV, "").split(";") if a.strip()]
-    apply_assignments(settings, assignments, f"env {SET_ENV}")
-    _cross_checks(values, sources, path)
+    given = [(var, keys, env[var]) for var, keys in ENV_KEYS.items() if env.get(var)]
+    # (the snapshot of the deferred sections costs, so it is taken when there is a layer)
+    layer = _Layer(values, sources, problems) if given or assignments else None
+    for var, keys, raw in given:
+        assert layer is not None
+        section = keys[0].partition(".")[0]
+        if section in layer.failed:
+            continue
+        try:
+            number = strict_float(raw)
+            if number is None:
+                hint = number_hint(raw)
+                raise ConfigError(
+                    f"env {var}={raw!r}: expected a number" + (f"; {hint}" if hint else "")
+                )
+            for key in keys:
+                leaf = _schema_at(key)
+                checked = _check_leaf(leaf, number, key, f"env {var}", None)
+                node = values[section]
+                parts = key.split(".")[1:]
+                for part in parts[:-1]:
+                    node = node[part]
+                node[parts[-1]] = checked
+                sources[key] = f"env {var}"
+        except ConfigError as exc:
+            if section not in DEFERRED_SECTIONS:
+                raise
+            layer.fail(section, exc)
+    settings = Settings(values, sources, path, problems)
+    # the environment's variables and its RINGRIFT_COORD_SET are one layer, checked together
+    apply_assignments(settings, assignments, f"env {SET_ENV}", layer)
     return settings
 
 
-def apply_assignments(settings: Settings, assignments: list[str], origin: str) -> None:
-    """Apply ``KEY=VALUE`` strings (``--set`` flags, or ``$RINGRIFT_COORD_SET`` split on ';')."""
+def apply_assignments(
+    settings: Settings, assignments: list[str], origin: str, layer: _Layer | None = None
+) -> None:
+    """Apply ``KEY=VALUE`` strings (``--set`` flags, or ``$RINGRIFT_COORD_SET`` split on ';').
+    A bad one for a ``DEFERRED_SECTIONS`` key is kept in ``settings.problems`` (that section
+    keeps its values from before these assignments, or from before ``layer``); any other
+    raises. The cross-checks run after them."""
+    checks = bool(assignments) or layer is not None
+    if not checks:
+        return
+    if layer is None:
+        layer = _Layer(settings.values, settings.sources, settings.problems)
     for item in assignments:
         key, sep, raw = item.partition("=")
         key = key.strip()
         if not sep or not key:
             raise ConfigError(f"{origin} {item!r}: expected KEY=VALUE, e.g. store.lease_ttl=60")
+        section = key.partition(".")[0]
+        if section in layer.failed:
+            continue
         try:
             settings.set(key, parse_scalar(raw.strip()), f"{origin} {key}")
         except ConfigError as exc:
-            raise ConfigError(f"{origin} {item!r}: {exc.message}") from None
-    if assignments:  # the same cross-checks as the file and the environment
+            error = ConfigError(f"{origin} {item!r}: {exc.message}")
+            if section not in DEFERRED_SECTIONS:
+                raise error from None
+            if origin.startswith("flag "):
+                error.exit_code = ExitCode.USAGE  # a bad flag is bad usage, as everywhere
+            layer.fail(section, error)
+    if checks:  # the same cross-checks as the file and the environment
         _cross_checks(settings.values, settings.sources, settings.file)
+        layer.finish(settings.file)
+
+
+class _Layer:
+    """One layer of settings (the file, the environment, ``RINGRIFT_COORD_SET``, ``--set``)
+    as it lands on the ``DEFERRED_SECTIONS``: what they held before it, so that a section the
+    layer gets wrong goes back to that, with its error kept in ``problems``."""
+
+    def __init__(
+        self, values: dict[str, Any], sources: dict[str, str], problems: dict[str, ConfigError]
+    ) -> None:
+        self.values, self.sources, self.problems = values, sources, problems
+        self.before = {name: copy.deepcopy(values[name]) for name in DEFERRED_SECTIONS}
+        self.before_sources = {k: v for k, v in sources.items() if _section(k) in self.before}
+        self.failed: set[str] = set()
+
+    def fail(self, section: str, error: ConfigError) -> None:
+        self.values[section] = copy.deepcopy(self.before[section])
+        for key in [k for k in self.sources if _section(k) == section]:
+            del self.sources[key]
+        self.sources.update(
+            {k: v for k, v in self.before_sources.items() if _section(k) == section}
+        )
+        self.failed.add(section)
+        self.problems.setdefault(section, error)  # the first error found in the section
+
+    def finish(self, path: str | None) -> None:
+        """The cross-checks of the deferred sections, after the layer."""
+        for section, error in _deferred_checks(self.values, self.sources, path):
+            self.fail(section, error)
+
+
+def _section(dotted: str) -> str:
+    return dotted.partition(".")[0]
 
 
 def parse_scalar(raw: str) -> Any:
@@ -649,7 +737,10 @@ def _cross_fail(
     line = source[len(path) + 1 :] if path and source.startswith(f"{path}:") else ""
     if line.isdigit():
         return ConfigError(message, file=path, line=int(line), key=key)
-    return ConfigError(f"{message} [{source}]", key=key)
+    error = ConfigError(f"{message} [{source}]", key=key)
+    if source.startswith("flag "):
+        error.exit_code = ExitCode.USAGE  # a bad flag is bad usage, as everywhere
+    return error
 
 
 def _cross_checks(values: dict[str, Any], sources: dict[str, str], path: str | None) -> None:
@@ -663,16 +754,6 @@ def _cross_checks(values: dict[str, Any], sources: dict[str, str], path: str | N
                 sources,
                 path,
             )
-    rt = values["resource_targets"]
-    for kind in ("cpu", "gpu"):
-        lo, mid, hi = rt[f"{kind}_min"], rt[f"{kind}_target"], rt[f"{kind}_max"]
-        if not lo <= mid <= hi:
-            raise _cross_fail(
-                f"{kind}_min <= {kind}_target <= {kind}_max does not hold ({lo}, {mid}, {hi})",
-                tuple(f"resource_targets.{kind}_{end}" for end in ("min", "target", "max")),
-                sources,
-                path,
-            )
     for name, entry in values["rate_limits"].items():
         if entry.get("per_minute") is not None and entry.get("burst", 1) < 1:
             raise _cross_fail(
@@ -681,6 +762,57 @@ def _cross_checks(values: dict[str, Any], sources: dict[str, str], path: str | N
                 sources,
                 path,
             )
+
+
+def _deferred_checks(
+    values: dict[str, Any], sources: dict[str, str], path: str | None
+) -> list[tuple[str, ConfigError]]:
+    """The cross-checks of the ``DEFERRED_SECTIONS``: (section, error) for each that fails
+    one (its first failure only)."""
+    found: list[tuple[str, ConfigError]] = []
+    rt = values["resource_targets"]
+    for kind in ("cpu", "gpu"):
+        order = ["scale_up_below", f"{kind}_min", f"{kind}_target", f"{kind}_max"]
+        order.append("scale_down_above")
+        bad = next(((a, b) for a, b in zip(order, order[1:], strict=False) if rt[a] > rt[b]), None)
+        if bad is not None:
+            a, b = bad
+            found.append(
+                (
+                    "resource_targets",
+                    _cross_fail(
+                        f"{a} ({rt[a]:g}) is above {b} ({rt[b]:g}); the targets need "
+                        + " <= ".join(order),
+                        (f"resource_targets.{a}", f"resource_targets.{b}"),
+                        sources,
+                        path,
+                    ),
+                )
+            )
+            break
+    rate = values["optimizer"]["rate"]
+    problem = None
+    if rate["min"] <= 0:
+        problem = _cross_fail(
+            f"the least self-play rate must be above 0, got {rate['min']:g}",
+            ("optimizer.rate.min",),
+            sources,
+            path,
+        )
+    else:
+        for a, b in (("min", "initial"), ("initial", "max")):
+            if rate[a] > rate[b]:
+                problem = _cross_fail(
+                    f"{a} ({rate[a]:g}) is above {b} ({rate[b]:g}); the rate needs "
+                    "min <= initial <= max",
+                    (f"optimizer.rate.{a}", f"optimizer.rate.{b}"),
+                    sources,
+                    path,
+                )
+                break
+    if problem is not None:
+        found.append(("optimizer", problem))
+    return found
 
 
 def read_yaml_file(path: str, data: bytes | None = None) -> Any:
@@ -722,8 +854,11 @@ def _merge(
     prefix: str,
     path: str,
     sources: dict[str, str],
+    layer: _Layer | None = None,
 ) -> None:
-    """Validate the mapping ``node`` against ``schema`` and merge it into ``target``."""
+    """Validate the mapping ``node`` against ``schema`` and merge it into ``target``; with
+    ``layer`` (the document's top level), an error inside one of the ``DEFERRED_SECTIONS``
+    is kept there instead of raised."""
     import yaml
 
     line = node.start_mark.line + 1
@@ -777,7 +912,13 @@ def _merge(
             child = target.setdefault(key, {})
             if not isinstance(child, dict):
                 child = target[key] = {}
-            _merge(child, value_node, sub_schema, dotted, path, sources)
+            if layer is None or key not in DEFERRED_SECTIONS:
+                _merge(child, value_node, sub_schema, dotted, path, sources)
+                continue
+            try:
+                _merge(child, value_node, sub_schema, dotted, path, sources)
+            except ConfigError as exc:
+                layer.fail(key, exc)
 
 
 _NUMBER_TAGS = ("tag:yaml.org,2002:int", "tag:yaml.org,2002:float")

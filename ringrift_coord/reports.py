@@ -252,7 +252,18 @@ def settings(ctx: Context, sections: list[str]) -> dict[str, Any]:
 
 
 LIMIT_SECTIONS = ["task_limits", "rate_limits", "thresholds", "store", "run", "backpressure"]
-TARGET_SECTIONS = ["resource_targets", "durations", "peak_hours"]
+TARGET_SECTIONS = ["resource_targets", "optimizer", "durations", "peak_hours"]
+
+
+def targets(ctx: Context) -> dict[str, Any]:
+    """``targets``: the target settings with their sources, and ``notes`` on the per-node
+    thresholds against the targets. Raises the error kept for a bad ``resource_targets`` or
+    ``optimizer`` setting (``Settings.require``)."""
+    from ringrift_coord.resource_targets import get_resource_targets, threshold_notes
+
+    get_resource_targets(ctx.settings)
+    ctx.settings.require("optimizer")
+    return {**settings(ctx, TARGET_SECTIONS), "notes": threshold_notes(ctx.settings)}
 
 
 def limits(ctx: Context) -> dict[str, Any]:

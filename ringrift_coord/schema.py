@@ -250,7 +250,7 @@ COMMANDS: dict[str, tuple[str, ...]] = {
     ),
     "decisions": ("decisions",),
     "limits": (*_SETTINGS, "lowered_caps", "backpressure"),
-    "targets": _SETTINGS,
+    "targets": (*_SETTINGS, "notes"),
     "status": (
         "state",
         "total_tasks",

@@ -130,9 +130,9 @@ def test_status_screen_and_json(coord):
 
 
 def test_precedence_defaults_yaml_env_flag(coord):
-    coord.write_config("resource_targets: {cpu_min: 50}\nstore: {lease_ttl: 90}\n")
+    coord.write_config("resource_targets: {cpu_min: 56}\nstore: {lease_ttl: 90}\n")
     values = {r["key"]: r for r in json.loads(coord("targets", "--json").stdout)["values"]}
-    assert values["resource_targets.cpu_min"]["value"] == 50
+    assert values["resource_targets.cpu_min"]["value"] == 56
     assert values["resource_targets.cpu_min"]["source"].endswith("coord.yaml:1")
     assert values["resource_targets.gpu_max"]["source"] == "default"
     env = {"RINGRIFT_TARGET_UTIL_MIN": "65"}

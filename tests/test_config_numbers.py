@@ -254,7 +254,6 @@ def test_set_values_are_plain_numbers(coord) -> None:
     ("assignment", "fragment"),
     [
         ("thresholds.cpu.warning=95", "warning (95) is above critical (80)"),
-        ("resource_targets.cpu_min=75", "cpu_min <= cpu_target <= cpu_max"),
         ("rate_limits.selfplay.burst=0.5", "burst must be at least 1"),
     ],
 )
@@ -389,7 +388,7 @@ def _leaves(prefix: str, node: Any) -> list[str]:
 
 def test_is_used() -> None:
     assert not is_used("peak_hours") and not is_used("peak_hours.timezone")
-    assert not is_used("resource_targets.pid.kp") and is_used("hardware.gpu_jobs.H100")
+    assert is_used("resource_targets.pid.kp") and is_used("hardware.gpu_jobs.H100")
     assert is_used("store.lease_ttl") and is_used("durations.selfplay")
     assert is_used("peak") and is_used("resource")  # prefixes of names are not sections
     assert NOT_USED_YET <= set(DEFAULTS)

@@ -474,10 +474,20 @@ def limits(ctx: typer.Context, fmt: FormatOpt = None, no_header: NoHeaderOpt = F
 
 @app.command()
 def targets(ctx: typer.Context) -> None:
-    """Effective utilization targets and PID gains, with their source."""
-    from ringrift_coord.reports import TARGET_SECTIONS
+    """Effective utilization targets, PID gains and optimizer settings, with their source;
+    exit 3 naming the source of a bad one. Notes where a node's critical threshold is below
+    the target band's top."""
+    from ringrift_coord import reports
 
-    _show_settings(globals_of(ctx), TARGET_SECTIONS, "targets")
+    g = globals_of(ctx)
+    with g.context() as c:
+        doc = reports.targets(c)
+    if g.json:
+        emit_json(doc)
+    else:
+        views.settings_table(doc, "targets")
+        for message in doc["notes"]:
+            views.note(f"note: {message}")
     done()
 
 
@@ -507,6 +517,8 @@ def config_validate(
 
     g = globals_of(ctx)
     settings = load_settings(file or g.config)
+    for problem in settings.problems.values():  # an error the optimizer alone would meet
+        raise problem
     if g.json:
         emit_json({"valid": True, "config_file": settings.file})
     else:

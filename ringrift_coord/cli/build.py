@@ -243,7 +243,8 @@ def _print_version(value: bool) -> None:
 
 def _global_callback() -> Callable[..., None]:
     def callback(ctx: typer.Context, **values: Any) -> None:
-        ctx.obj = Globals(**{k: v for k, v in values.items() if k != "version"})
+        given = {k: v for k, v in values.items() if k != "version"}
+        ctx.obj = Globals(**given, command=ctx.invoked_subcommand)
 
     params = [
         _option(opt, is_eager=True, callback=_print_version) if opt.eager else _option(opt)

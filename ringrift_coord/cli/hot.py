@@ -21,8 +21,23 @@ if TYPE_CHECKING:
     from typing import Any
 
 
+# The commands that read the optimizer's settings (``config.DEFERRED_SECTIONS``) and the
+# sections each reads: an error kept in one of them fails the command (``Settings.require``).
+# Every other command, and these for the sections they do not read, warns once and goes on.
+SECTION_USERS: dict[str, tuple[str, ...]] = {
+    "targets": ("resource_targets", "optimizer"),
+    "adjust": ("resource_targets", "optimizer", "hardware", "selfplay_configs"),
+    "utilization": ("resource_targets",),
+    "rate": ("resource_targets", "optimizer"),
+    "distribution": ("optimizer", "selfplay_configs"),
+    "capacity": ("hardware",),
+}
+_warned: set[str] = set()  # the settings problems this process has warned of
+
+
 class Globals:
-    """The global options: --db, --state-dir, --config, --set, --json."""
+    """The global options: --db, --state-dir, --config, --set, --json; ``command``: the
+    command's name (the first word), ``quiet``: its ``--quiet``."""
 
     def __init__(
         self,
@@ -31,20 +46,43 @@ class Globals:
         config: str | None = None,
         json: bool = False,
         overrides: list[str] | None = None,
+        command: str | None = None,
     ) -> None:
         self.db, self.state_dir, self.config, self.json = db, state_dir, config, json
         self.overrides = list(overrides or [])  # --set KEY=VALUE, highest precedence
+        self.command, self.quiet = command, False
 
     def context(self, *, create: bool = True) -> Context:
         """The invocation's context; ``create=False`` for a command that only reads the
-        store: a missing SQLite store is "no store at PATH" (exit 3), never created."""
-        return Context.open(
+        store: a missing SQLite store is "no store at PATH" (exit 3), never created.
+
+        An error in a setting only the optimizer reads (``Settings.problems``) is one
+        ``warning:`` line on stderr, once per process, for a command that does not read it
+        (not with ``--quiet``); one that does calls ``Settings.require`` and fails."""
+        ctx = Context.open(
             db=self.db,
             state_dir=self.state_dir,
             config=self.config,
             overrides=self.overrides,
             create_store=create,
         )
+        used = SECTION_USERS.get(self.command or "", ())
+        for section, problem in ctx.settings.problems.items():
+            if section in used or self.quiet or problem.message in _warned:
+                continue
+            _warned.add(problem.message)
+            warn_setting(problem.message)
+        return ctx
+
+
+def warn_setting(message: str) -> None:
+    """The warning for a bad setting that this command does not use."""
+    text = message.strip().split("\n")[0]
+    if not text.isprintable():
+        from ringrift_coord.inputs import printable
+
+        text = printable(text)
+    say(f"warning: {text} (ignored: only the optimizer commands use it)")
 
 
 def json_text(document: dict[str, Any]) -> str:
@@ -108,6 +146,7 @@ def can_spawn(g: Globals, task_type: str, node: str | None, quiet: bool = False)
     from ringrift_coord.task_coordinator import TaskCoordinator
 
     ttype = TaskType.parse(task_type)
+    g.quiet = quiet
     with g.context() as ctx:
         decision = TaskCoordinator(ctx).check(ttype, _node(node))
     if g.json:
@@ -141,6 +180,7 @@ def register(
     holder_pid = os.getppid() if pid is None else pid
     if holder_pid <= 0 or procs.start_time(holder_pid) is None:
         raise UsageError(f"--pid {holder_pid}: no running process with that pid on this host")
+    g.quiet = quiet
     with g.context() as ctx:
         coord = TaskCoordinator(ctx)
         decision = coord.acquire(
@@ -298,6 +338,7 @@ def run(
     if not command:
         raise UsageError("run needs a command: ringrift-coord run TYPE [OPTIONS] -- CMD ...")
     spinner = _Spinner() if (wait and not quiet and not g.json and sys.stderr.isatty()) else None
+    g.quiet = quiet
     result = None
     try:
         with g.context() as ctx:
