@@ -390,3 +390,24 @@ def test_the_reference_module_functions_use_the_process_wide_optimizer(coord: Co
     rate, up, down, action, who, same = json.loads(ran.stdout)
     assert rate > 1000 and up is True and down is False
     assert (action, who, same) == ("scale_up", "unified_loop", True)
+
+
+def test_a_bad_target_fails_the_optimizer_commands_only(coord: Coord) -> None:
+    """RINGRIFT_TARGET_UTIL_MIN=85 (above the optimal 70): adjust and utilization exit 3
+    naming the variable; status says the optimizer is not in use; admission goes on."""
+    bad = {"RINGRIFT_TARGET_UTIL_MIN": "85"}
+    assert coord("report", "--node", "n1", "--gpu", "30", "--gpu-count", "1").returncode == 0
+    for argv in (["adjust"], ["adjust", "--dry-run"], ["utilization"]):
+        done = coord(*argv, env=bad)
+        assert done.returncode == 3, (argv, done.stdout, done.stderr)
+        (line,) = done.stderr.splitlines()
+        assert line.startswith("ringrift-coord: error: resource_targets.cpu_min: ")
+        assert "env RINGRIFT_TARGET_UTIL_MIN" in line
+    status = coord("--json", "status", env=bad)
+    assert status.returncode == 0, status.stderr
+    problem = json.loads(status.stdout)["optimizer"]["problem"]
+    assert "env RINGRIFT_TARGET_UTIL_MIN" in problem
+    screen = coord("status", env=bad)
+    assert any(x.startswith("optimizer: not in use: ") for x in screen.stdout.splitlines())
+    assert coord("can-spawn", "selfplay", "--node", "n1", env=bad).returncode == 0
+    assert coord("adjust").returncode == 0  # without the bad variable it runs

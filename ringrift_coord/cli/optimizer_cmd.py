@@ -61,7 +61,8 @@ def utilization(
     g = globals_of(ctx)
     table_output(fmt, no_header)
     with g.context(create=False) as c:
-        util.targets(c.settings)  # a bad target setting: exit 3 naming its source
+        util.targets(c.settings)  # a bad setting it reads: exit 3 naming its source
+        c.settings.require("optimizer")
         with c.store.read() as tx:
             doc = util.status(tx, c.settings, tx.now())
     if g.json:

@@ -38,12 +38,6 @@ if TYPE_CHECKING:
 EPSILON = 1e-9
 
 
-def _require(settings: Settings, section: str) -> None:
-    require = getattr(settings, "require", None)
-    if require is not None:
-        require(section)
-
-
 def adjust(
     store: Store,
     settings: Settings,
@@ -53,8 +47,9 @@ def adjust(
     host: str | None = None,
 ) -> dict[str, Any]:
     """One feedback step (see the module's docstring); returns what it did or would do."""
-    _require(settings, "optimizer")
-    utilization.targets(settings)  # a bad target refuses before the store is touched
+    # a bad setting it reads refuses before the store is touched (exit 3, naming its source)
+    for section in ("resource_targets", "optimizer", "hardware"):
+        settings.require(section)
     if dry_run:
         with store.read() as tx:
             return step(tx, settings, tx.now(), dry_run=True, who=who, host=host)

@@ -34,9 +34,7 @@ def targets(settings: Settings) -> dict[str, Any]:
     """The utilization targets: per resource ``min``, ``target`` (optimal), ``max``,
     ``scale_up_below``, ``scale_down_above``. A bad ``resource_targets`` setting raises here
     (the commands that steer by it refuse; admission never reads it)."""
-    require = getattr(settings, "require", None)
-    if require is not None:
-        require("resource_targets")
+    settings.require("resource_targets")
     rt = settings.get("resource_targets")
     return {
         res: {
@@ -172,6 +170,7 @@ def status(tx: Tx, settings: Settings, now: float) -> dict[str, Any]:
     the initial rate), ``selfplay_targets`` (each node's target, cap, at, and ``in_force``)
     and ``nodes`` (per-node rows)."""
     tgt = targets(settings)
+    settings.require("optimizer")  # the rate's bounds, the targets' lifetime
     util = cluster(tx, settings, now)
     nodes = util.pop("nodes")
     saved = opt_state.load(tx, settings)
