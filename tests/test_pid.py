@@ -73,16 +73,17 @@ def test_from_settings_reads_the_reference_gains_targets_and_timing() -> None:
         settings,
         [
             "resource_targets.cpu_target=65",
-            "resource_targets.cpu_min=50",
+            "resource_targets.cpu_min=56",
             "resource_targets.pid.kd=0.2",
             "optimizer.max_step=0.1",
         ],
         "--set",
     )
+    assert not settings.problems  # every value above passes the targets' cross-checks
     cpu = PIDConfig.from_settings(settings, "cpu")
     assert (cpu.setpoint, cpu.band_min, cpu.band_max, cpu.kd, cpu.max_step) == (
         65,
-        50,
+        56,
         80,
         0.2,
         0.1,

@@ -24,13 +24,6 @@ def register(app: typer.Typer) -> None:
     app.command("capacity")(capacity)
 
 
-def _require_hardware(settings: Any) -> None:
-    """A bad ``hardware`` section stops this command (it is the one that uses it)."""
-    require = getattr(settings, "require", None)  # Settings.require: the deferred error
-    if require is not None:
-        require("hardware")
-
-
 def _manual(
     gpu_name: str | None, gpu_count: int | None, cpus: int | None, memory_gb: float | None
 ) -> dict[str, Any]:
@@ -128,7 +121,7 @@ def capacity(
         source = "node"
     with g.context(create=False) as c:
         settings = c.settings
-        _require_hardware(settings)
+        settings.require("hardware")  # a bad hardware section stops the command that uses it
         if node is not None:
             with c.store.read() as tx:
                 reading = readings.latest(tx, node)
