@@ -201,6 +201,17 @@ def test_no_fresh_readings_hold_with_the_reason(engine_db: Any) -> None:
     assert loop.history()[-1]["action"] == "none"
 
 
+def test_a_hold_names_at_most_five_stale_nodes(engine_db: Any) -> None:
+    loop = Loop(engine_db)
+    for i in range(7):
+        loop.report(f"n{i}", gpu=50.0)
+    loop.clock.advance(float(loop.ctx.settings.get("resources.max_sample_age")) + 1)
+    held = loop.adjust()
+    assert held["reason"] == (
+        "no fresh readings: 7 stale (n0, n1, n2, n3, n4, +2 more); holding the rate"
+    )
+
+
 def test_an_adjust_within_min_interval_acts_not(engine_db: Any) -> None:
     loop = Loop(engine_db)
     loop.report("n1", gpu=30.0)

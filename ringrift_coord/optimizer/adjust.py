@@ -23,6 +23,7 @@ like every admission), so two racing adjusts act once:
 from __future__ import annotations
 
 import math
+import time
 
 from ringrift_coord import durations, schema
 from ringrift_coord.optimizer import pid, trend, utilization
@@ -103,7 +104,8 @@ def step(
                 rate=old_rate,
                 previous_rate=old_rate,
                 confidence=saved["confidence"],
-                reason=f"already adjusted {durations.human(abs(age))} ago{by} (at {last:.3f}; "
+                reason=f"already adjusted {durations.human(abs(age))} ago{by} (at "
+                f"{time.strftime('%Y-%m-%d %H:%M:%SZ', time.gmtime(last))}; "
                 f"optimizer.min_interval is {durations.human(float(opt['min_interval']))})",
                 at=now,
             )
@@ -113,8 +115,10 @@ def step(
     resource = utilization.controlling(util, tgt)
     if fresh == 0 or resource is None:
         if fresh == 0:
+            names = util["stale_names"]
+            shown = ", ".join(names[:5]) + (f", +{len(names) - 5} more" if len(names) > 5 else "")
             reason = (
-                f"no fresh readings: {stale} stale ({', '.join(util['stale_names'])})"
+                f"no fresh readings: {stale} stale ({shown})"
                 if stale
                 else "no fresh readings: no node has reported (ringrift-coord report)"
             )
