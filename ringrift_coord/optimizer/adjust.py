@@ -185,7 +185,11 @@ def step(
     stored_pid = saved.get("pid") or {}
     pid_state = stored_pid.get("pid_state") if stored_pid.get("resource") == resource else None
     cfg = pid.PIDConfig.from_settings(settings, resource)
-    output, new_state, detail = pid.step(cfg, dict(pid_state or {}), blended, now)
+    # the controller acts on the blend; settling inside the band ends only once the reading
+    # itself (``observed``) is well inside too
+    output, new_state, detail = pid.step(
+        cfg, dict(pid_state or {}), blended, now, observed=measured
+    )
     if not math.isfinite(output):
         output = 0.0
     new_rate = opt_state.bounded_rate(old_rate * (1.0 + output), settings)
