@@ -557,3 +557,7 @@ resources_cmd.register(app)
 from ringrift_coord.cli import package_cmd  # noqa: E402  (config init, completion)
 
 package_cmd.register(app, config_app)
+
+from ringrift_coord.cli import rate_cmd  # noqa: E402  (rate, distribution)
+
+rate_cmd.register(app)
