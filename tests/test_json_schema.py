@@ -79,6 +79,12 @@ CASES: list[tuple[str, tuple[str, ...], int]] = [
     ("report", ("report", "--node", "n1", "--cpu", "12.345", "--load", "0.123456"), 0),
     ("report", ("report", "--node", "n5"), 0),  # sampled here
     ("resources", ("resources",), 0),
+    ("rate show", ("rate",), 0),
+    ("rate negotiate", ("rate", "negotiate", "1500", "--reason", "r", "--requestor", "q"), 0),
+    ("rate show", ("rate", "show", "--limit", "5"), 0),
+    ("distribution", ("distribution",), 0),
+    ("distribution", ("distribution", "--rate", "700"), 0),
+    ("distribution", ("distribution", "--node", "n2"), 0),
     ("--version", ("--version",), 0),
     ("config init", ("config", "init", "{config_path}"), 0),
     ("completion", ("completion", "fish"), 0),
