@@ -57,6 +57,8 @@ def rate_default(
     """``rate`` alone is ``rate show``."""
     if ctx.invoked_subcommand is None:
         rate_show(ctx, limit=limit, fmt=fmt, no_header=no_header)
+    elif limit != 20:
+        raise UsageError("--limit goes after the subcommand: rate show --limit N")
 
 
 @rate_app.command("show")

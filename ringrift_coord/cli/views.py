@@ -914,12 +914,13 @@ LIMITED_BY = {
 
 
 def rate_screen(doc: dict[str, Any]) -> None:
-    """``rate show``: the current rate, then its history newest first."""
+    """``rate show``: the current rate (a title: not in tsv, not with --no-header), then its
+    history newest first."""
     bounds = doc["bounds"]
     if doc["stored"]:
         confidence = doc["confidence"]
         conf = "" if confidence is None else f", confidence {confidence:.2f}"
-        say(
+        note(
             Text(
                 printable(
                     f"self-play rate {_rate(doc['rate'])} games/h (last action "
@@ -930,7 +931,7 @@ def rate_screen(doc: dict[str, Any]) -> None:
             )
         )
     else:
-        say(
+        note(
             f"self-play rate {_rate(doc['rate'])} games/h (the initial rate: nothing "
             f"negotiated or adjusted yet); bounds {_rate(bounds['min'])}..{_rate(bounds['max'])}"
         )
