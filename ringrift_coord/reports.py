@@ -139,6 +139,7 @@ def resource_overview(
             continue
         item = readings.assess(readings.decode(row) or {}, thresholds, now, max_age)
         item["caps"] = feedback.node_caps(tx, settings, row["node"], now)
+        item["caps"]["hardware_cap"] = hardware_cap(row, settings)
         nodes.append(item)
     local = identity.local_node()
     live_doc = None
@@ -151,6 +152,9 @@ def resource_overview(
         live_doc["used_by_admission"] = bool(settings.get("resources.live_host")) and not fresh
         live_doc["blocking"] = live_doc["blocking"] and live_doc["used_by_admission"]
         live_doc["caps"] = feedback.node_caps(tx, settings, local, now)
+        # admission caps this host by its stored reading's hardware, never by a live one
+        stored = next((r for r in rows if r is not None and r["node"] == local), None)
+        live_doc["caps"]["hardware_cap"] = hardware_cap(stored, settings)
     return {
         "at": now,
         "thresholds": thresholds,
@@ -159,6 +163,23 @@ def resource_overview(
         "local_node": local,
         "nodes": nodes,
         "live": live_doc,
+    }
+
+
+def hardware_cap(reading: Row | None, settings: Settings) -> dict[str, Any] | None:
+    """A node's self-play hardware cap from its stored reading (any age: hardware does not
+    go stale), what bounds it, and whether admission enforces it (``hardware.cap_selfplay``;
+    a cap of unknown hardware limits nothing); None without a reading."""
+    if reading is None:
+        return None
+    from ringrift_coord.optimizer import capacity
+
+    found = capacity.of_reading(reading, settings)
+    cap = found["max_selfplay_jobs"]
+    return {
+        "max_selfplay_jobs": cap,
+        "bounded_by": found["bounded_by"],
+        "enforced": bool(settings.get("hardware.cap_selfplay")) and cap is not None,
     }
 
 

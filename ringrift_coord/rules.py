@@ -1,5 +1,6 @@
 """The rules admission composes: halt, circuit breaker, resource thresholds, per-node limit
-and reservations, OOM-lowered cap, cluster limit, spawn-rate bucket with backpressure.
+and reservations, OOM-lowered cap, hardware cap, cluster limit, spawn-rate bucket with
+backpressure.
 
 Each rule is one function ``rule(tx, req, settings, now, ev) -> Reason | list[Reason] | None``
 that reads the state as the admission transaction sees it, through ``ev`` (an
@@ -322,6 +323,49 @@ def oom_cap(tx: Tx, req: Request, settings: Settings, now: float, ev: Evaluation
     )
 
 
+def hardware_cap(
+    tx: Tx, req: Request, settings: Settings, now: float, ev: Evaluation
+) -> Reason | None:
+    """Self-play on a node up to its hardware cap (GPU model and count, CPUs, memory: see
+    ``optimizer.capacity``), from its latest reading of any age (hardware does not go
+    stale), when ``hardware.cap_selfplay`` is on. A node of unknown hardware is not limited."""
+    if req.task_type is not TaskType.SELFPLAY or not ev.probe["reading"]:
+        return None
+    if not settings.get("hardware.cap_selfplay"):
+        return None
+    reading = readings.latest(tx, req.node)
+    if reading is None:
+        return None
+    from ringrift_coord.optimizer import capacity
+
+    found = capacity.of_reading(reading, settings)
+    cap = found["max_selfplay_jobs"]
+    ttype = req.task_type.value
+    limit = settings.task_limit(ttype, "per_node")
+    used, ahead = len(ev.on_node), ev.ahead_node
+    if cap is None or used + ahead + 1 <= cap:
+        return None
+    if limit is not None and used + ahead + 1 > limit:
+        return None  # the per-node limit already says so
+    queued = f" + {ahead} queued" if ahead else ""
+    return Reason(
+        "hardware_cap",
+        f"{used} running{queued} + 1 requested > hardware cap {cap} for {ttype} on "
+        f"{req.node} (bounded by {found['bounded_by']})",
+        requested=1,
+        used=used,
+        limit=cap,
+        retry_after=_expected_end_wait(ev.on_node, settings.duration(ttype), now),
+        details={
+            "bounded_by": found["bounded_by"],
+            "gpu_model": found["gpu_model"],
+            "per_gpu": found["per_gpu"],
+            "configured": limit,
+            "queued": ahead,
+        },
+    )
+
+
 def cluster_limit(
     tx: Tx, req: Request, settings: Settings, now: float, ev: Evaluation
 ) -> Reason | None:
@@ -480,6 +524,7 @@ RULES: tuple[Rule, ...] = (
     thresholds,
     node_limit,
     oom_cap,
+    hardware_cap,
     cluster_limit,
     config_share,
     rate,

@@ -270,6 +270,16 @@ COMMANDS: dict[str, tuple[str, ...]] = {
     "breakers record-success": _BREAKER,
     "report": _READING,
     "resources": ("at", "thresholds", "max_sample_age", "live_host", "local_node", "nodes", "live"),
+    "capacity": (
+        "max_selfplay_jobs",
+        "bounded_by",
+        "per_gpu",
+        "gpu_model",
+        "bounds",
+        "inputs",
+        "source",
+        "enforced",
+    ),
     "rate show": (
         "rate",
         "stored",

@@ -79,6 +79,9 @@ CASES: list[tuple[str, tuple[str, ...], int]] = [
     ("report", ("report", "--node", "n1", "--cpu", "12.345", "--load", "0.123456"), 0),
     ("report", ("report", "--node", "n5"), 0),  # sampled here
     ("resources", ("resources",), 0),
+    ("capacity", ("capacity", "--gpu-name", "H100", "--gpu-count", "1", "--cpus", "32"), 0),
+    ("capacity", ("capacity", "--node", "n2"), 0),  # the stored reading's hardware
+    ("capacity", ("capacity", "--detect"), 0),
     ("rate show", ("rate",), 0),
     ("rate negotiate", ("rate", "negotiate", "1500", "--reason", "r", "--requestor", "q"), 0),
     ("rate show", ("rate", "show", "--limit", "5"), 0),

@@ -823,6 +823,10 @@ def _caps(caps: dict[str, Any]) -> Text:
     if caps["backpressure"] < 1.0:
         rate = f"rate ×{caps['backpressure']:.2f}"
         parts.append(Text.assemble((rate, "yellow"), " (backpressure)"))
+    hw = caps.get("hardware_cap")
+    if hw and hw["max_selfplay_jobs"] is not None:
+        how = "enforced" if hw["enforced"] else "not enforced"
+        parts.append(Text(f"hw cap {hw['max_selfplay_jobs']} by {hw['bounded_by']} ({how})"))
     return Text(", ").join(parts) if parts else Text("-")
 
 
@@ -895,6 +899,66 @@ def reading_alerts(alerts: list[dict[str, Any]], node: str) -> list[str]:
         else:
             out.append(f"warning: {what}: past the warning level, new spawns still admitted")
     return out
+
+
+# --------------------------------------------------------------------------- capacity
+
+
+def capacity_report(
+    doc: dict[str, Any],
+    *,
+    jobs_per_cpu: float,
+    memory_gb_per_job: float,
+    per_node_limit: int | None,
+) -> None:
+    """``capacity``: the cap and what bounds it, each bound with its figures, where the
+    hardware came from and whether admission enforces the cap."""
+    inputs, bounds = doc["inputs"], doc["bounds"]
+    cap = doc["max_selfplay_jobs"]
+    if doc["source"] == "node":
+        origin = f"node {inputs['node']}'s latest reading ({age(inputs['age'])} old)"
+    elif doc["source"] == "detect":
+        origin = "this host, detected (psutil, NVML)"
+        if inputs.get("gpu_note"):
+            origin += f"; no GPU seen: {inputs['gpu_note']}"
+    else:
+        origin = "given by hand"
+    if cap is None:
+        line(f"max self-play jobs: unknown: no GPU, CPU count or memory known ({origin})")
+        line("admission does not limit a node of unknown hardware")
+        return
+    line(f"max self-play jobs: {cap} (bounded by {doc['bounded_by']})")
+    if "gpu" in bounds:
+        per_gpu = doc["per_gpu"]
+        gpus = bounds["gpu"] // per_gpu if per_gpu else inputs.get("gpu_count")
+        name = inputs.get("gpu_name")
+        named = f" ({name!r})" if name and name != doc["gpu_model"] else ""
+        if doc["gpu_model"] is not None:
+            model = f"{doc['gpu_model']}{named}: {per_gpu} per GPU"
+        else:
+            model = (
+                f"{name!r}" if name else "a GPU of unknown model"
+            ) + f": not in hardware.gpu_jobs: default_gpu_jobs {per_gpu} per GPU"
+        line(f"  gpu     {bounds['gpu']:>5}  {gpus} x {model}")
+    else:
+        line("  gpu         -  no GPU")
+    if "cpu" in bounds:
+        line(f"  cpu     {bounds['cpu']:>5}  {inputs['cpus']} cpus x {jobs_per_cpu:g} per cpu")
+    else:
+        line("  cpu         -  CPU count unknown")
+    if "memory" in bounds:
+        line(
+            f"  memory  {bounds['memory']:>5}  {inputs['memory_gb']:g} GiB / "
+            f"{memory_gb_per_job:g} GiB per job"
+        )
+    else:
+        line("  memory      -  memory unknown")
+    line(f"hardware: {origin}")
+    limit = "no per-node limit" if per_node_limit is None else f"per-node limit {per_node_limit}"
+    if doc["enforced"]:
+        line(f"admission: enforced for selfplay (hardware.cap_selfplay is true); {limit}")
+    else:
+        line(f"admission: not enforced (hardware.cap_selfplay is false); {limit}")
 
 
 # --------------------------------------------------------------------------- rate, distribution

@@ -5,12 +5,16 @@ A GPU node carries its GPU model's jobs per GPU (``hardware.gpu_jobs``: H100 24,
 not, is also bounded by its CPUs (``hardware.jobs_per_cpu`` per logical CPU) and its memory
 (one job per ``hardware.memory_gb_per_job`` GiB). A GH200's 48 per GPU is therefore bounded
 by its cores, and a CPU-only node carries one job per core. An unknown figure bounds nothing.
-Pure functions: no store, no I/O.
+Pure functions: no store, no I/O (``get_max_selfplay_for_node`` without settings reads the
+effective configuration, as every façade does).
 """
 
 from __future__ import annotations
 
 import math
+import re
+
+from ringrift_coord.errors import UsageError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -24,14 +28,21 @@ def _normal(name: str) -> str:
 
 
 def gpu_model(gpu_name: str | None, table: dict[str, int]) -> str | None:
-    """The key of ``table`` that names ``gpu_name``: the longest key found in it, case and
-    spacing ignored ("NVIDIA H100 80GB HBM3" → "H100", "NVIDIA GeForce RTX 4090" →
-    "RTX 4090"); None when no key matches."""
+    """The key of ``table`` that names ``gpu_name``: the longest key found in it as whole
+    words, case, dashes and spacing ignored ("NVIDIA H100 80GB HBM3" → "H100", "NVIDIA
+    GeForce RTX 4090" → "RTX 4090", "NVIDIA A100-SXM4-80GB" → "A100"); None when no key
+    matches. A key must start a word and may not run on into more digits: "NVIDIA GH200
+    480GB" is a GH200, never an H200, and an "RTX A1000" is no A100; letters may follow, so
+    an "L40S" is an L40 (the same chip and memory) and an "RTX 4090 D" an RTX 4090."""
     if not gpu_name:
         return None
-    name = f" {_normal(gpu_name)} "
-    found = [key for key in table if f" {_normal(key)}" in name]
-    return max(found, key=len) if found else None
+    name = _normal(gpu_name)
+    found = [
+        key
+        for key in table
+        if _normal(key) and re.search(rf"(?<![A-Z0-9]){re.escape(_normal(key))}(?![0-9])", name)
+    ]
+    return max(found, key=lambda key: (len(_normal(key)), key)) if found else None
 
 
 def max_selfplay(
@@ -51,8 +62,8 @@ def max_selfplay(
     hw = settings.get("hardware")
     table: dict[str, int] = hw["gpu_jobs"]
     gpus = gpu_count or 0
-    if has_gpu is None:
-        has_gpu = gpus > 0 or bool(gpu_name)
+    if has_gpu is None:  # a count says it (0: no GPU, as `report` stores one); else a name
+        has_gpu = gpus > 0 if gpu_count is not None else bool(gpu_name)
     if has_gpu and gpus <= 0:
         gpus = 1  # a GPU of unknown count: at least the one named
     model = gpu_model(gpu_name, table) if has_gpu else None
@@ -88,7 +99,14 @@ def node_cap(reading: dict[str, Any] | None, settings: Settings) -> int | None:
     """A node's hardware cap from its stored reading's hardware (None: hardware unknown)."""
     if reading is None:
         return None
-    found = max_selfplay(
+    cap: int | None = of_reading(reading, settings)["max_selfplay_jobs"]
+    return cap
+
+
+def of_reading(reading: dict[str, Any], settings: Settings) -> dict[str, Any]:
+    """``max_selfplay`` of a stored reading's hardware (its GPU model and count, CPUs and
+    memory; hardware does not go stale, so a reading of any age will do)."""
+    return max_selfplay(
         gpu_name=reading.get("gpu_name"),
         gpu_count=reading.get("gpu_count"),
         cpus=reading.get("cpus"),
@@ -96,5 +114,77 @@ def node_cap(reading: dict[str, Any] | None, settings: Settings) -> int | None:
         has_gpu=None,
         settings=settings,
     )
-    cap: int | None = found["max_selfplay_jobs"]
-    return cap
+
+
+def _count(name: str, value: Any) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        else:
+            raise UsageError(f"{value!r} is not a whole number", field=name)
+    if value < 0:
+        raise UsageError(f"{value} is not a count (0 or more)", field=name)
+    return int(value)
+
+
+def _size(name: str, value: Any) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise UsageError(f"{value!r} is not a number of GiB", field=name)
+    if not 0.0 <= float(value) < 1e9:  # also refuses nan and inf
+        raise UsageError(f"{value!r} is not a size in GiB (0 or more, finite)", field=name)
+    return float(value)
+
+
+def check_inputs(
+    gpu_count: Any, gpu_name: Any, cpu_count: Any, memory_gb: Any
+) -> tuple[int | None, str | None, int | None, float | None]:
+    """The figures ``get_max_selfplay_for_node`` takes, checked: whole counts of 0 or more,
+    a finite size of 0 or more, a name that is text (UsageError naming the field if not)."""
+    if gpu_name is not None and not isinstance(gpu_name, str):
+        raise UsageError(f"{gpu_name!r} is not a GPU model name", field="gpu_name")
+    return (
+        _count("gpu_count", gpu_count),
+        gpu_name.strip() or None if isinstance(gpu_name, str) else None,
+        _count("cpu_count", cpu_count),
+        _size("memory_gb", memory_gb),
+    )
+
+
+def get_max_selfplay_for_node(
+    node_id: str | None,
+    gpu_count: int | None,
+    gpu_name: str | None,
+    cpu_count: int | None,
+    memory_gb: float | None,
+    has_gpu: bool | None,
+    settings: Settings | None = None,
+) -> int:
+    """The most self-play jobs a node of this hardware should run (the reference's name).
+
+    ``node_id`` names the node in messages only: the cap depends on the figures alone.
+    ``has_gpu`` None: the node has a GPU when a count or a name is given. Without
+    ``settings``, the effective configuration (defaults < YAML < environment). Raises
+    UsageError for a bad figure, and when nothing bounds the cap (no GPU, no CPU count,
+    no memory): there is no number to give."""
+    counts = check_inputs(gpu_count, gpu_name, cpu_count, memory_gb)
+    if settings is None:
+        from ringrift_coord.config import load_settings
+
+        settings = load_settings()
+    found = max_selfplay(
+        gpu_name=counts[1],
+        gpu_count=counts[0],
+        cpus=counts[2],
+        memory_gb=counts[3],
+        has_gpu=has_gpu,
+        settings=settings,
+    )
+    cap = found["max_selfplay_jobs"]
+    if cap is None:
+        who = f" of node {node_id}" if node_id else ""
+        raise UsageError(f"nothing is known about the hardware{who}: give a GPU, CPUs or memory")
+    return int(cap)
