@@ -305,3 +305,47 @@ def test_config_share_enforced(coord: Coord) -> None:
     finally:
         holder.kill()
         holder.wait()
+
+
+def _share_reasons(done: subprocess.CompletedProcess[str]) -> list[dict[str, object]]:
+    """The decision's config_share reasons (other rules may refuse too)."""
+    return [r for r in json.loads(done.stdout)["reasons"] if r["rule"] == "config_share"]
+
+
+def test_config_share_follows_the_optimizer_target(coord: Coord) -> None:
+    """The node's slots are its optimizer target while one is in force, else the per-node
+    limit bounded by its hardware cap."""
+    coord.write_config(
+        "selfplay_configs: {square8_2p: 3, hexagonal_2p: 1}\n"
+        "optimizer: {enforce_config_shares: true}\n"
+    )
+    reported = coord("report", "--node", "n1", "--cpu", "20", "--gpu-name", "RTX 3070",
+                     "--gpu-count", "1", "--cpus", "16")  # fmt: skip
+    assert reported.returncode == 0, reported.stderr
+    ask = ("--json", "can-spawn", "selfplay", "--node", "n1", "--config-name")
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        _fill(coord, holder.pid, "hexagonal_2p", 1)  # its share of the cap 4 is 1
+        (reason,) = _share_reasons(coord(*ask, "hexagonal_2p"))
+        assert reason["details"] == {
+            "config": "hexagonal_2p",
+            "share": 1,
+            "slots": 4,
+            "basis": "hardware cap",
+        }
+        # a negotiated rate of 1250 sets n1's target to ceil(4 × 1250 / 5000) = 1, all of
+        # it square8_2p's (the larger weight)
+        negotiated = coord("rate", "negotiate", "2000", "--reason", "r", "--requestor", "q")
+        assert negotiated.returncode == 0, negotiated.stderr
+        (reason,) = _share_reasons(coord(*ask, "hexagonal_2p"))
+        assert (reason["used"], reason["limit"]) == (1, 0)
+        assert reason["details"] == {
+            "config": "hexagonal_2p",
+            "share": 0,
+            "slots": 1,
+            "basis": "optimizer target",
+        }
+        assert _share_reasons(coord(*ask, "square8_2p")) == []  # 0 running of its share 1
+    finally:
+        holder.kill()
+        holder.wait()
