@@ -959,3 +959,108 @@ def capacity_report(
         line(f"admission: enforced for selfplay (hardware.cap_selfplay is true); {limit}")
     else:
         line(f"admission: not enforced (hardware.cap_selfplay is false); {limit}")
+
+
+# --------------------------------------------------------------------------- rate, distribution
+
+
+def _rate(value: Any) -> str:
+    """A rate in games per hour, as people read it (``1250``, ``1312.5``)."""
+    return "-" if value is None else f"{float(value):.6g}"
+
+
+LIMITED_BY = {
+    "min": "raised to the minimum rate {min}",
+    "max": "lowered to the maximum rate {max}",
+    "max_change": "one negotiation moves the rate by at most {pct} of the current {previous}",
+    "over_target": "the cluster is over its utilization target: the rate is not raised",
+}
+
+
+def rate_screen(doc: dict[str, Any]) -> None:
+    """``rate show``: the current rate (a title: not in tsv, not with --no-header), then its
+    history newest first."""
+    bounds = doc["bounds"]
+    if doc["stored"]:
+        confidence = doc["confidence"]
+        conf = "" if confidence is None else f", confidence {confidence:.2f}"
+        note(
+            Text(
+                printable(
+                    f"self-play rate {_rate(doc['rate'])} games/h (last action "
+                    f"{doc['action']}{conf}; set {ts(doc['updated_at'])} by "
+                    f"{doc['updated_by'] or '-'}); bounds {_rate(bounds['min'])}.."
+                    f"{_rate(bounds['max'])}"
+                )
+            )
+        )
+    else:
+        note(
+            f"self-play rate {_rate(doc['rate'])} games/h (the initial rate: nothing "
+            f"negotiated or adjusted yet); bounds {_rate(bounds['min'])}..{_rate(bounds['max'])}"
+        )
+    grid = Grid(
+        "rate history (newest first)",
+        "at",
+        "rate",
+        Col("previous", drop=3),
+        Col("requested", drop=2),
+        "source",
+        "action",
+        Col("requestor", drop=4),
+        Col("who", drop=1),
+        Col("reason", text=True),
+    )
+    for r in doc["history"]:
+        grid.add(
+            ts(r["at"]),
+            _rate(r["rate"]),
+            _rate(r.get("previous_rate")),
+            _rate(r.get("requested_rate")),
+            r.get("source"),
+            r.get("action"),
+            r.get("requestor"),
+            r.get("who"),
+            r.get("reason"),
+        )
+    if doc["history"]:
+        grid.show()
+    else:
+        note("no rate change recorded yet")
+
+
+def rate_negotiated(doc: dict[str, Any]) -> None:
+    """``rate negotiate``: the approved rate and, when it differs, why."""
+    approved, asked = doc["approved_rate"], doc["requested_rate"]
+    line(
+        f"approved self-play rate {_rate(approved)} games/h (requested {_rate(asked)}, "
+        f"was {_rate(doc['previous_rate'])}; {doc['action']})"
+    )
+    bounds = doc.get("bounds") or {}
+    for limit in doc["limited_by"]:
+        template = LIMITED_BY.get(limit, limit)
+        line(
+            "  "
+            + template.format(
+                min=_rate(bounds.get("min")),
+                max=_rate(bounds.get("max")),
+                pct=f"{float(bounds.get('max_change') or 0) * 100:g}%",
+                previous=_rate(doc["previous_rate"]),
+            )
+        )
+    targets = doc.get("node_targets") or []
+    if targets:
+        shown = ", ".join(f"{t['node']} {t['target']}/{t['cap']}" for t in targets)
+        line(f"self-play job targets (target/cap): {shown}")
+
+
+def distribution_table(doc: dict[str, Any]) -> None:
+    """``distribution``: each config's weight and share of the total."""
+    if doc["unit"] == "slots":
+        title = f"{doc['total']} self-play slots on {doc['node']} ({doc['basis']})"
+    else:
+        title = f"{doc['total']} self-play games/h ({doc['basis']})"
+    grid = Grid(Text(printable(title)), "config", "weight", "share")
+    for part in doc["parts"]:
+        grid.add(part["config"], f"{part['weight']:g}", part["share"])
+    grid.show()
