@@ -123,6 +123,8 @@ def distribution(
 
     Returns ``total``, ``unit`` (``games_per_hour`` or ``slots``), ``basis`` (where the
     total came from), ``node`` and ``parts``."""
+    settings.require("optimizer")  # a bad section stops the commands that use it
+    settings.require("selfplay_configs")
     configured = weights(settings)
     if node is not None:
         if rate is not None:

@@ -165,6 +165,8 @@ def negotiate_in(
     asked = requested(requested_rate)  # bad input is said before the store is opened
     text(reason, "reason")
     text(requestor, "requestor")
+    ctx.settings.require("resource_targets")  # a bad section stops the commands using it
+    ctx.settings.require("optimizer")
     with ctx.store.write() as tx:
         return negotiate(
             tx,
@@ -197,6 +199,7 @@ def history(ctx: Context, limit: int = 20) -> dict[str, Any]:
     set, and its history newest first (at most ``limit`` rows)."""
     if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 10_000:
         raise UsageError(f"{limit!r} is not a number of rows from 1 to 10000", field="limit")
+    ctx.settings.require("optimizer")
     with ctx.store.read() as tx:
         current = state.load(tx, ctx.settings)
         rows = state.history(tx, limit)
