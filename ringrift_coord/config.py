@@ -285,7 +285,7 @@ FLOORS: dict[str, tuple[float, str]] = {
 
 # Settings that are validated and shown but that nothing reads yet: ``config show`` and the
 # shipped YAML mark them "(not used yet)". Whatever starts reading one removes it here.
-NOT_USED_YET: frozenset[str] = frozenset({"bandwidth", "peak_hours", "selfplay_configs"})
+NOT_USED_YET: frozenset[str] = frozenset({"bandwidth", "peak_hours"})
 
 
 def is_used(dotted: str) -> bool:

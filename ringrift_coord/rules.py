@@ -400,6 +400,48 @@ def cluster_limit(
     )
 
 
+# --------------------------------------------------------------------------- config share
+
+
+def config_share(
+    tx: Tx, req: Request, settings: Settings, now: float, ev: Evaluation
+) -> Reason | None:
+    """With ``optimizer.enforce_config_shares``: a self-play job of a board config already
+    running its largest-remainder share of the node's self-play slots (``selfplay_configs``'
+    weights; see ``optimizer.distribution``) is refused. Configs not listed are not limited."""
+    config = req.config_name
+    if req.task_type is not TaskType.SELFPLAY or not config:
+        return None
+    if not settings.get("optimizer.enforce_config_shares"):
+        return None
+    configured = settings.get("selfplay_configs")
+    if config not in configured:
+        return None
+    from ringrift_coord.optimizer import distribution
+
+    slots_known, basis = distribution.node_slots(tx, settings, req.node, now)
+    if slots_known is None:
+        return None
+    try:
+        share = distribution.split(slots_known, dict(configured))[config]
+    except ValueError:  # every weight 0: nothing to share by
+        return None
+    running = slots.of_config(tx, req.node, "selfplay", config)
+    used = len(running)
+    if used + 1 <= share:
+        return None
+    return Reason(
+        "config_share",
+        f"{used} {config} running + 1 requested > its share {share} of the {slots_known} "
+        f"self-play slots on {req.node} ({basis})",
+        requested=1,
+        used=used,
+        limit=share,
+        retry_after=_expected_end_wait(running, settings.duration("selfplay"), now),
+        details={"config": config, "share": share, "slots": slots_known, "basis": basis},
+    )
+
+
 # --------------------------------------------------------------------------- spawn rate
 
 
@@ -526,6 +568,7 @@ RULES: tuple[Rule, ...] = (
     oom_cap,
     hardware_cap,
     cluster_limit,
+    config_share,
     rate,
     optimizer,
 )

@@ -287,6 +287,14 @@ def count(tx: Tx, node: str, task_type: str) -> int:
     return int(row["n"]) if row else 0
 
 
+def of_config(tx: Tx, node: str, task_type: str, config_name: str) -> list[Row]:
+    """The running tasks of one type and board config on a node (start times)."""
+    return tx.query(
+        "SELECT node, started_at FROM tasks WHERE node = ? AND task_type = ? AND config_name = ?",
+        (node, task_type, config_name),
+    )
+
+
 def counts(tx: Tx) -> list[Row]:
     """Running tasks per (type, node): ``task_type``, ``node``, ``n``."""
     return tx.query("SELECT task_type, node, COUNT(*) AS n FROM tasks GROUP BY task_type, node")

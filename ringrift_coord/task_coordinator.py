@@ -120,9 +120,12 @@ class TaskCoordinator(ProcessWide):
                 log=log,
             )
 
-    def check(self, task_type: str | TaskType, node: str | None = None) -> Decision:
-        """The whole decision without taking a slot (dead holders are reaped first)."""
-        req = self._request(task_type, node, source="check")
+    def check(
+        self, task_type: str | TaskType, node: str | None = None, *, config_name: str | None = None
+    ) -> Decision:
+        """The whole decision without taking a slot (dead holders are reaped first);
+        ``config_name``: the board config the job would play (rule ``config_share``)."""
+        req = self._request(task_type, node, source="check", config_name=config_name)
         return self._admit(req, take_slot=False, action="can-spawn")
 
     def acquire(

@@ -389,6 +389,7 @@ def _leaves(prefix: str, node: Any) -> list[str]:
 def test_is_used() -> None:
     assert not is_used("peak_hours") and not is_used("peak_hours.timezone")
     assert is_used("resource_targets.pid.kp") and is_used("hardware.gpu_jobs.H100")
+    assert is_used("selfplay_configs") and is_used("selfplay_configs.square8_2p")
     assert is_used("store.lease_ttl") and is_used("durations.selfplay")
     assert is_used("peak") and is_used("resource")  # prefixes of names are not sections
     assert NOT_USED_YET <= set(DEFAULTS)

@@ -82,6 +82,12 @@ CASES: list[tuple[str, tuple[str, ...], int]] = [
     ("capacity", ("capacity", "--gpu-name", "H100", "--gpu-count", "1", "--cpus", "32"), 0),
     ("capacity", ("capacity", "--node", "n2"), 0),  # the stored reading's hardware
     ("capacity", ("capacity", "--detect"), 0),
+    ("rate show", ("rate",), 0),
+    ("rate negotiate", ("rate", "negotiate", "1500", "--reason", "r", "--requestor", "q"), 0),
+    ("rate show", ("rate", "show", "--limit", "5"), 0),
+    ("distribution", ("distribution",), 0),
+    ("distribution", ("distribution", "--rate", "700"), 0),
+    ("distribution", ("distribution", "--node", "n2"), 0),
     ("adjust", ("adjust", "--dry-run"), 0),
     ("adjust", ("adjust",), 0),
     ("adjust", ("adjust",), 0),  # already adjusted: acts not

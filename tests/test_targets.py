@@ -461,3 +461,29 @@ def test_a_high_average_does_not_refuse_a_node_below_critical(coord: Coord) -> N
     admitted = coord("can-spawn", "selfplay", "--node", "n1", env=raised)
     assert admitted.returncode == 0, admitted.stderr  # admission has no opinion on averages
     assert coord("can-spawn", "selfplay", "--node", "n1").returncode == 1  # at 80: critical
+
+
+@pytest.mark.parametrize(
+    ("setting", "argv"),
+    [
+        ("hardware.jobs_per_cpu=-1", ("capacity", "--cpus", "8")),
+        ("selfplay_configs.square8_2p=-1", ("distribution", "--rate", "100")),
+        ("optimizer.max_step=2", ("distribution", "--rate", "100")),
+        ("optimizer.max_step=2", ("rate", "show")),
+        (
+            "resource_targets.gpu_max=90",
+            ("rate", "negotiate", "900", "--reason", "r", "--requestor", "q"),
+        ),
+    ],
+)
+def test_each_optimizer_command_fails_on_the_sections_it_uses(
+    coord: Coord, setting: str, argv: tuple[str, ...]
+) -> None:
+    env = {"RINGRIFT_COORD_SET": setting}
+    key = setting.partition("=")[0]
+    made = coord("register", "selfplay", "--node", "n1", "--pid", "1", env=env)  # a store
+    assert made.returncode == 0 and f"[env RINGRIFT_COORD_SET {key}]" in warning_line(made)
+    failed = coord(*argv, env=env)
+    assert failed.returncode == 3, (argv, failed.stderr)
+    assert f"[env RINGRIFT_COORD_SET {key}]" in error_line(failed)
+    assert coord(*argv).returncode == 0  # the same command without the bad setting

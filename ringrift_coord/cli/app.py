@@ -577,3 +577,7 @@ package_cmd.register(app, config_app)
 from ringrift_coord.cli import capacity_cmd  # noqa: E402
 
 capacity_cmd.register(app)
+
+from ringrift_coord.cli import rate_cmd  # noqa: E402  (rate, distribution)
+
+rate_cmd.register(app)

@@ -142,13 +142,19 @@ def _node(node: str | None) -> str:
     return not_blank("--node", node) or default_node()
 
 
-def can_spawn(g: Globals, task_type: str, node: str | None, quiet: bool = False) -> int:
+def can_spawn(
+    g: Globals,
+    task_type: str,
+    node: str | None,
+    quiet: bool = False,
+    config_name: str | None = None,
+) -> int:
     from ringrift_coord.task_coordinator import TaskCoordinator
 
     ttype = TaskType.parse(task_type)
     g.quiet = quiet
     with g.context() as ctx:
-        decision = TaskCoordinator(ctx).check(ttype, _node(node))
+        decision = TaskCoordinator(ctx).check(ttype, _node(node), config_name=config_name)
     if g.json:
         emit_json(decision.to_dict())
     elif decision.allowed:

@@ -184,7 +184,7 @@ HOT_COMMANDS: tuple[Command, ...] = (
         "can-spawn",
         "The whole admission decision, without taking a slot: exit 0 allowed, 1 denied.",
         (_TYPE,),
-        (_NODE, _QUIET),
+        (_NODE, _CONFIG_NAME, _QUIET),
         aliases=("spawn-check",),
     ),
     Command(

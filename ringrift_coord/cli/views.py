@@ -928,21 +928,21 @@ def _where(value: Any, targets: dict[str, Any], resource: str) -> str:
     return f"{value:.0f}% (target {_band(targets, resource)}: {word})"
 
 
-def _rate(value: Any) -> str:
+def _per_hour(value: Any) -> str:
     return "-" if value is None else f"{float(value):g}/h"
 
 
 def adjusted(doc: dict[str, Any]) -> None:
     """``adjust``: what the step did (or would do), the figures it used, the node targets."""
     if not doc["acted"] and not doc["dry_run"]:
-        line(f"not adjusted: {doc['reason']}; rate {_rate(doc['rate'])}")
+        line(f"not adjusted: {doc['reason']}; rate {_per_hour(doc['rate'])}")
         return
     head = "dry run (nothing stored): " if doc["dry_run"] else ""
     conf = "-" if doc["confidence"] is None else f"{doc['confidence']:.2f}"
     if doc["rate"] == doc["previous_rate"]:
-        change = f"rate stays {_rate(doc['rate'])}"
+        change = f"rate stays {_per_hour(doc['rate'])}"
     else:
-        change = f"rate {_rate(doc['previous_rate'])} -> {_rate(doc['rate'])}"
+        change = f"rate {_per_hour(doc['previous_rate'])} -> {_per_hour(doc['rate'])}"
     line(f"{head}{doc['action']}: {change} (confidence {conf})")
     line(f"  {doc['reason']}")
     util = doc.get("utilization") or {}
@@ -1049,14 +1049,14 @@ def optimizer_line(doc: dict[str, Any]) -> str:
         return f"optimizer: not in use: {printable(str(doc['problem']))}"
     if not doc.get("stored"):
         return (
-            f"optimizer: never adjusted: rate {_rate(doc.get('rate'))} (the initial one); "
+            f"optimizer: never adjusted: rate {_per_hour(doc.get('rate'))} (the initial one); "
             "admission is not limited by it (run `ringrift-coord adjust` from cron)"
         )
     conf = doc.get("confidence")
     conf_text = "" if conf is None else f", confidence {conf:.2f}"
     in_force = sum(1 for t in doc.get("selfplay_targets") or [] if t.get("in_force"))
     return (
-        f"optimizer: rate {_rate(doc.get('rate'))}; last action {doc.get('action')}"
+        f"optimizer: rate {_per_hour(doc.get('rate'))}; last action {doc.get('action')}"
         f"{conf_text}, {age(doc.get('age'))} ago by {printable(str(doc.get('updated_by')))}; "
         f"{in_force} node target(s) in force; {printable(str(doc.get('reason') or ''))}"
     )
@@ -1084,11 +1084,11 @@ def optimizer_status(doc: dict[str, Any] | None) -> None:
         )
         where = " ".join(f"{r} {_pct(util[r])}" for r in shown) + f" ({band})"
     if not doc.get("stored"):
-        note(Text(f"optimizer: never adjusted · {where} · rate {_rate(doc.get('rate'))}"))
+        note(Text(f"optimizer: never adjusted · {where} · rate {_per_hour(doc.get('rate'))}"))
         return
     conf = doc.get("confidence")
     action = f"{doc.get('action')}" + ("" if conf is None else f" {conf:.2f}")
-    parts = [where, f"rate {_rate(doc.get('rate'))}", f"{action} {age(doc.get('age'))} ago"]
+    parts = [where, f"rate {_per_hour(doc.get('rate'))}", f"{action} {age(doc.get('age'))} ago"]
     reason = str(doc.get("reason") or "")
     if reason.startswith("no fresh readings"):
         parts.append("holding: no fresh readings")
@@ -1156,3 +1156,108 @@ def capacity_report(
         line(f"admission: enforced for selfplay (hardware.cap_selfplay is true); {limit}")
     else:
         line(f"admission: not enforced (hardware.cap_selfplay is false); {limit}")
+
+
+# --------------------------------------------------------------------------- rate, distribution
+
+
+def _rate(value: Any) -> str:
+    """A rate in games per hour, as people read it (``1250``, ``1312.5``)."""
+    return "-" if value is None else f"{float(value):.6g}"
+
+
+LIMITED_BY = {
+    "min": "raised to the minimum rate {min}",
+    "max": "lowered to the maximum rate {max}",
+    "max_change": "one negotiation moves the rate by at most {pct} of the current {previous}",
+    "over_target": "the cluster is over its utilization target: the rate is not raised",
+}
+
+
+def rate_screen(doc: dict[str, Any]) -> None:
+    """``rate show``: the current rate (a title: not in tsv, not with --no-header), then its
+    history newest first."""
+    bounds = doc["bounds"]
+    if doc["stored"]:
+        confidence = doc["confidence"]
+        conf = "" if confidence is None else f", confidence {confidence:.2f}"
+        note(
+            Text(
+                printable(
+                    f"self-play rate {_rate(doc['rate'])} games/h (last action "
+                    f"{doc['action']}{conf}; set {ts(doc['updated_at'])} by "
+                    f"{doc['updated_by'] or '-'}); bounds {_rate(bounds['min'])}.."
+                    f"{_rate(bounds['max'])}"
+                )
+            )
+        )
+    else:
+        note(
+            f"self-play rate {_rate(doc['rate'])} games/h (the initial rate: nothing "
+            f"negotiated or adjusted yet); bounds {_rate(bounds['min'])}..{_rate(bounds['max'])}"
+        )
+    grid = Grid(
+        "rate history (newest first)",
+        "at",
+        "rate",
+        Col("previous", drop=3),
+        Col("requested", drop=2),
+        "source",
+        "action",
+        Col("requestor", drop=4),
+        Col("who", drop=1),
+        Col("reason", text=True),
+    )
+    for r in doc["history"]:
+        grid.add(
+            ts(r["at"]),
+            _rate(r["rate"]),
+            _rate(r.get("previous_rate")),
+            _rate(r.get("requested_rate")),
+            r.get("source"),
+            r.get("action"),
+            r.get("requestor"),
+            r.get("who"),
+            r.get("reason"),
+        )
+    if doc["history"]:
+        grid.show()
+    else:
+        note("no rate change recorded yet")
+
+
+def rate_negotiated(doc: dict[str, Any]) -> None:
+    """``rate negotiate``: the approved rate and, when it differs, why."""
+    approved, asked = doc["approved_rate"], doc["requested_rate"]
+    line(
+        f"approved self-play rate {_rate(approved)} games/h (requested {_rate(asked)}, "
+        f"was {_rate(doc['previous_rate'])}; {doc['action']})"
+    )
+    bounds = doc.get("bounds") or {}
+    for limit in doc["limited_by"]:
+        template = LIMITED_BY.get(limit, limit)
+        line(
+            "  "
+            + template.format(
+                min=_rate(bounds.get("min")),
+                max=_rate(bounds.get("max")),
+                pct=f"{float(bounds.get('max_change') or 0) * 100:g}%",
+                previous=_rate(doc["previous_rate"]),
+            )
+        )
+    targets = doc.get("node_targets") or []
+    if targets:
+        shown = ", ".join(f"{t['node']} {t['target']}/{t['cap']}" for t in targets)
+        line(f"self-play job targets (target/cap): {shown}")
+
+
+def distribution_table(doc: dict[str, Any]) -> None:
+    """``distribution``: each config's weight and share of the total."""
+    if doc["unit"] == "slots":
+        title = f"{doc['total']} self-play slots on {doc['node']} ({doc['basis']})"
+    else:
+        title = f"{doc['total']} self-play games/h ({doc['basis']})"
+    grid = Grid(Text(printable(title)), "config", "weight", "share")
+    for part in doc["parts"]:
+        grid.add(part["config"], f"{part['weight']:g}", part["share"])
+    grid.show()
