@@ -5,10 +5,12 @@ targets, the scaling questions, and the feedback step that sets the self-play ra
 faces), ``get_resource_optimizer()``, and module functions of the reference's names over the
 process-wide instance: ``should_scale_up(resource)``, ``should_scale_down(resource)``,
 ``get_utilization_status()`` (the document ``utilization --json`` prints) and
-``apply_feedback_adjustment()`` (one ``adjust`` step; returns the new rate) and
-``get_max_selfplay_for_node(...)`` (``optimizer.capacity``'s hardware cap). A thin face over
-``optimizer.utilization``, ``optimizer.adjust`` and ``optimizer.capacity``: every call reads
-the store in one transaction, by the store's clock.
+``apply_feedback_adjustment()`` (one ``adjust`` step; returns the new rate),
+``negotiate_selfplay_rate(requested_rate, reason, requestor)`` (``rate negotiate``; returns
+the approved rate) and ``get_max_selfplay_for_node(...)`` (the hardware cap). A thin face
+over ``optimizer.utilization``, ``optimizer.adjust``, ``optimizer.negotiate`` and
+``optimizer.capacity``: every call reads or writes the store in one transaction, by the
+store's clock.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from __future__ import annotations
 from ringrift_coord.context import Context, ProcessWide
 from ringrift_coord.identity import host_name, who_am_i
 from ringrift_coord.optimizer import adjust as adjust_step
-from ringrift_coord.optimizer import utilization
+from ringrift_coord.optimizer import negotiate, utilization
 from ringrift_coord.optimizer.capacity import get_max_selfplay_for_node
 
 TYPE_CHECKING = False
@@ -29,10 +31,9 @@ __all__ = [
     "get_max_selfplay_for_node",
     "get_resource_optimizer",
     "get_utilization_status",
+    "negotiate_selfplay_rate",
     "should_scale_down",
     "should_scale_up",
-    # [merge] helper "rate": negotiate_selfplay_rate (optimizer/negotiate.py) is re-exported
-    # here: add its name above and its import below.
 ]
 
 
@@ -103,6 +104,12 @@ class ResourceOptimizer(ProcessWide):
             node_id, gpu_count, gpu_name, cpu_count, memory_gb, has_gpu, self.ctx.settings
         )
 
+    def negotiate_selfplay_rate(self, requested_rate: float, reason: str, requestor: str) -> float:
+        """Ask for a self-play rate (games per hour); returns the approved one, stored
+        (``rate negotiate``: bounded, a limited change, no rise while over target)."""
+        found = negotiate.negotiate_in(self.ctx, requested_rate, reason, requestor)
+        return float(found["approved_rate"])
+
     def apply_feedback_adjustment(self, requestor: str | None = None) -> float:
         """One feedback step; returns the self-play rate (games per hour) now in force."""
         return float(self.adjust(requestor=requestor)["rate"])
@@ -130,5 +137,7 @@ def apply_feedback_adjustment(requestor: str | None = None) -> float:
     return get_resource_optimizer().apply_feedback_adjustment(requestor)
 
 
-# [merge] the rate helper's reference name goes here:
-# from ringrift_coord.optimizer.negotiate import negotiate_selfplay_rate
+def negotiate_selfplay_rate(requested_rate: float, reason: str, requestor: str) -> float:
+    """The reference's ``negotiate_selfplay_rate(requested_rate, reason, requestor)``: the
+    approved rate."""
+    return get_resource_optimizer().negotiate_selfplay_rate(requested_rate, reason, requestor)

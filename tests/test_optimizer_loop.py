@@ -264,7 +264,11 @@ def test_apply_feedback_adjustment_returns_the_new_rate(engine_db: Any) -> None:
         "get_utilization_status",
         "apply_feedback_adjustment",
         "get_max_selfplay_for_node",
+        "negotiate_selfplay_rate",
     }
+    approved = loop.opt.negotiate_selfplay_rate(rate * 2, "momentum_accelerating", "unified_loop")
+    assert rate < approved <= rate * 1.25 + 1e-6  # at most optimizer.max_change per negotiation
+    assert loop.history()[-1]["source"] == "negotiate"
 
 
 def test_the_utilization_is_weighted_and_stale_nodes_are_left_out(engine_db: Any) -> None:
@@ -332,6 +336,9 @@ def test_cli_adjust_status_and_refusal(coord: Coord) -> None:
     )
     human = coord("can-spawn", "selfplay", "--node", "n1")
     assert "3 running + 1 requested > self-play target 1 on n1" in human.stdout + human.stderr
+    shown = ok("rate", "show")  # the rate and its history: the adjust's row, its action
+    assert (shown["rate"], shown["action"]) == (done["rate"], "scale_down")
+    assert [(h["source"], h["action"]) for h in shown["history"]] == [("adjust", "scale_down")]
     status = ok("status")["optimizer"]
     assert status["action"] == "scale_down" and status["rate"] == done["rate"]
     assert status["utilization"]["gpu"] == 97.0
