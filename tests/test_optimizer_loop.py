@@ -247,6 +247,31 @@ def test_min_interval_counts_from_the_last_adjust_not_a_negotiation(engine_db: A
     assert [h["source"] for h in loop.history()] == ["adjust", "negotiate", "adjust"]
 
 
+def test_a_long_gap_or_a_clock_step_back_restarts_the_controller(engine_db: Any) -> None:
+    """The controller's state persists between runs; a gap past optimizer.max_gap is not
+    integrated as if the error had lasted all that time, nor is a clock stepped back."""
+    loop = Loop(engine_db)
+    loop.report("n1", gpu=30.0)
+    first = loop.adjust()
+    assert first["controller"]["restart_reason"] == "first run"
+    loop.step()
+    loop.report("n1", gpu=30.0)
+    second = loop.adjust()
+    assert second["controller"]["restarted"] is False and second["controller"]["dt_runs"] == 1.0
+    loop.clock.advance(2 * 3600)  # the timer's node was down for two hours
+    loop.report("n1", gpu=30.0)
+    late = loop.adjust()
+    assert late["controller"]["restarted"] is True
+    assert late["controller"]["restart_reason"].startswith("gap 7200s")
+    assert late["controller"]["i"] == 0.0  # nothing integrated over the gap
+    loop.clock.advance(-3600)  # the store's clock stepped back an hour
+    loop.report("n1", gpu=30.0)
+    back = loop.adjust()
+    assert back["acted"] and back["controller"]["restart_reason"] == "clock stepped back"
+    for done in (first, second, late, back):
+        assert -0.2 <= done["controller"]["output"] <= 0.2
+
+
 def test_apply_feedback_adjustment_returns_the_new_rate(engine_db: Any) -> None:
     loop = Loop(engine_db)
     loop.report("n1", gpu=30.0, cpu=20.0)
