@@ -94,9 +94,19 @@ def status(ctx: Context) -> dict[str, Any]:
         doc["state"] = PAUSED if doc["halt"]["paused"] else RUNNING  # one reading of the file
         doc["tasks"] = slots.running(tx, now)
         doc["breakers"] = breakers.views(tx, cfg, now)
+        optimizer = _optimizer_summary(tx, ctx.settings, now)
     doc["store"] = ctx.store.describe()
     doc["at"] = now
+    doc["optimizer"] = optimizer
     return doc
+
+
+def _optimizer_summary(tx: Tx, settings: Settings, now: float) -> dict[str, Any]:
+    """Utilization against the targets, the self-play rate and the last adjust's action and
+    confidence (``optimizer.utilization.summary``)."""
+    from ringrift_coord.optimizer import utilization
+
+    return utilization.summary(tx, settings, now)
 
 
 def decisions(ctx: Context, *, since_age: float | None = None, **filters: Any) -> list[Row]:

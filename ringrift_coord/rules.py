@@ -518,6 +518,48 @@ def take_token(tx: Tx, node: str, ttype: str, limits: tuple[float, float], now: 
         )
 
 
+# --------------------------------------------------------------------------- optimizer
+
+
+def optimizer(
+    tx: Tx, req: Request, settings: Settings, now: float, ev: Evaluation
+) -> Reason | None:
+    """The node's self-play job target set by the feedback loop (``adjust``), while it is in
+    force (younger than ``optimizer.state_ttl``); missing or expired: no limit (fail open).
+    Self-play only: one indexed read of ``selfplay_targets``."""
+    if req.task_type is not TaskType.SELFPLAY:
+        return None
+    from ringrift_coord.optimizer import state as optimizer_state  # self-play only: ~0.4 ms
+
+    found = optimizer_state.target_for(tx, req.node, settings, now)
+    if found is None:
+        return None
+    target, used, ahead = int(found["target"]), len(ev.on_node), ev.ahead_node
+    if used + ahead + 1 <= target:
+        return None
+    saved = optimizer_state.load(tx, settings)
+    age = now - float(found["at"])
+    interval = float(settings.get("optimizer.interval"))
+    queued = f" + {ahead} queued" if ahead else ""
+    return Reason(
+        "optimizer",
+        f"{used} running{queued} + 1 requested > self-play target {target} on {req.node} "
+        f"(the optimizer's rate {saved['rate']:g}/h, last action {saved['action']})",
+        requested=1,
+        used=used,
+        limit=target,
+        retry_after=max(UNKNOWN_RETRY, interval - age),
+        details={
+            "rate": saved["rate"],
+            "action": saved["action"],
+            "at": found["at"],
+            "target_age": round(age, 3),
+            "cap": found["cap"],
+            "queued": ahead,
+        },
+    )
+
+
 RULES: tuple[Rule, ...] = (
     halt,
     breaker,
@@ -528,4 +570,5 @@ RULES: tuple[Rule, ...] = (
     cluster_limit,
     config_share,
     rate,
+    optimizer,
 )

@@ -88,6 +88,10 @@ CASES: list[tuple[str, tuple[str, ...], int]] = [
     ("distribution", ("distribution",), 0),
     ("distribution", ("distribution", "--rate", "700"), 0),
     ("distribution", ("distribution", "--node", "n2"), 0),
+    ("adjust", ("adjust", "--dry-run"), 0),
+    ("adjust", ("adjust",), 0),
+    ("adjust", ("adjust",), 0),  # already adjusted: acts not
+    ("utilization", ("utilization",), 0),
     ("--version", ("--version",), 0),
     ("config init", ("config", "init", "{config_path}"), 0),
     ("completion", ("completion", "fish"), 0),

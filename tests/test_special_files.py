@@ -388,6 +388,7 @@ READ_ONLY = [
     ("decisions",),
     ("breakers", "list"),
     ("resources",),
+    ("utilization",),
     ("halt", "--check"),
     ("reserve", "list"),
 ]

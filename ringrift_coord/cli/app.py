@@ -566,6 +566,10 @@ from ringrift_coord.cli import resources_cmd  # noqa: E402  (report, resources)
 
 resources_cmd.register(app)
 
+from ringrift_coord.cli import optimizer_cmd  # noqa: E402  (adjust, utilization)
+
+optimizer_cmd.register(app)
+
 from ringrift_coord.cli import package_cmd  # noqa: E402  (config init, completion)
 
 package_cmd.register(app, config_app)

@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 SECTION_USERS: dict[str, tuple[str, ...]] = {
     "targets": ("resource_targets", "optimizer"),
     "adjust": ("resource_targets", "optimizer", "hardware", "selfplay_configs"),
-    "utilization": ("resource_targets",),
+    "utilization": ("resource_targets", "optimizer"),
     "rate": ("resource_targets", "optimizer"),
     "distribution": ("optimizer", "selfplay_configs"),
     "capacity": ("hardware",),

@@ -681,6 +681,7 @@ def status_screen(doc: dict[str, Any], readings: dict[str, Any] | None = None) -
         grid.show()
     if doc["reservations"]:
         reservations_table(doc["reservations"])
+    optimizer_status(doc.get("optimizer"))
     not_closed = [r for r in doc["breakers"] if r["state"] != "closed"]
     if not_closed:
         breakers_table(not_closed, doc["at"])
@@ -899,6 +900,202 @@ def reading_alerts(alerts: list[dict[str, Any]], node: str) -> list[str]:
         else:
             out.append(f"warning: {what}: past the warning level, new spawns still admitted")
     return out
+
+
+# --------------------------------------------------------------------------- optimizer
+
+
+def _band(targets: dict[str, Any], resource: str) -> str:
+    t = targets.get(resource) or {}
+    return f"{t.get('min', 0):g}-{t.get('max', 0):g}%"
+
+
+def _where(value: Any, targets: dict[str, Any], resource: str) -> str:
+    """``72% (target 60-80%: in range)`` / ``low`` / ``high`` / ``no data``."""
+    if value is None:
+        return f"no data (target {_band(targets, resource)})"
+    t = targets[resource]
+    if value < t["scale_up_below"]:
+        word = f"low: scale up below {t['scale_up_below']:g}%"
+    elif value < t["min"]:
+        word = "below the range"
+    elif value > t["scale_down_above"]:
+        word = f"high: scale down above {t['scale_down_above']:g}%"
+    elif value > t["max"]:
+        word = "above the range"
+    else:
+        word = "in range"
+    return f"{value:.0f}% (target {_band(targets, resource)}: {word})"
+
+
+def _per_hour(value: Any) -> str:
+    return "-" if value is None else f"{float(value):g}/h"
+
+
+def adjusted(doc: dict[str, Any]) -> None:
+    """``adjust``: what the step did (or would do), the figures it used, the node targets."""
+    if not doc["acted"] and not doc["dry_run"]:
+        line(f"not adjusted: {doc['reason']}; rate {_per_hour(doc['rate'])}")
+        return
+    head = "dry run (nothing stored): " if doc["dry_run"] else ""
+    conf = "-" if doc["confidence"] is None else f"{doc['confidence']:.2f}"
+    if doc["rate"] == doc["previous_rate"]:
+        change = f"rate stays {_per_hour(doc['rate'])}"
+    else:
+        change = f"rate {_per_hour(doc['previous_rate'])} -> {_per_hour(doc['rate'])}"
+    line(f"{head}{doc['action']}: {change} (confidence {conf})")
+    line(f"  {doc['reason']}")
+    util = doc.get("utilization") or {}
+    if util:
+        line(
+            f"  cluster: cpu {_pct(util.get('cpu'))}, gpu {_pct(util.get('gpu'))}, "
+            f"gpu memory {_pct(util.get('gpu_memory'))}; {util.get('fresh_nodes', 0)} fresh "
+            f"node(s) ({util.get('gpu_nodes', 0)} GPU, {util.get('cpu_nodes', 0)} CPU), "
+            f"{util.get('stale_nodes', 0)} stale; {util.get('running_jobs', 0)} running job(s), "
+            f"{util.get('selfplay_jobs', 0)} self-play"
+        )
+    fc = doc.get("forecast")
+    if fc and fc.get("value") is not None:
+        slope = fc.get("slope_per_min")
+        slope_text = "" if slope is None else f", {slope:+.2f} points/min"
+        line(
+            f"  forecast {fc['value']:.1f}% (confidence {fc.get('confidence') or 0:.2f}"
+            f"{slope_text}, {fc.get('samples') or 0} sample(s))"
+        )
+    ctl = doc.get("controller")
+    if ctl:
+        line(
+            f"  controller on {ctl['resource']}: input {ctl['input']:.1f}% vs setpoint "
+            f"{ctl['setpoint']:g}%, output {ctl['output']:+.3f} of the rate"
+        )
+    targets = doc.get("node_targets") or []
+    if targets:
+        grid = Grid(
+            f"self-play targets ({len(targets)} node(s)"
+            + ("; not stored)" if doc["dry_run"] else ")"),
+            "node",
+            "target",
+            "hardware cap",
+        )
+        for t in targets:
+            grid.add(t["node"], t["target"], _limit(t.get("cap")))
+        grid.show()
+
+
+def utilization_screen(doc: dict[str, Any]) -> None:
+    """``utilization``: the cluster against the targets, the optimizer's state, the nodes."""
+    util, targets = doc["utilization"], doc["targets"]
+    if output_format() == "tsv":  # rows only: the node table
+        _utilization_nodes(doc)
+        return
+    note(Text.assemble(("cluster utilization", "bold"), f" · {ts(doc['at'])}"))
+    for resource in ("cpu", "gpu"):
+        mark = " (controlling)" if doc.get("controlling") == resource else ""
+        say(Text(f"{resource}: {_where(util.get(resource), targets, resource)}{mark}"))
+    say(Text(f"gpu memory: {_pct(util.get('gpu_memory'))}"))
+    stale = ""
+    if util.get("stale_nodes"):
+        names = ", ".join(printable(str(n)) for n in util.get("stale_names") or [])
+        stale = f" (left out: {names})"
+    say(
+        Text(
+            f"nodes: {util['fresh_nodes']} fresh ({util['gpu_nodes']} GPU, "
+            f"{util['cpu_nodes']} CPU), {util['stale_nodes']} stale{stale}; "
+            f"{util['running_jobs']} running job(s), {util['selfplay_jobs']} self-play"
+        )
+    )
+    say(Text(optimizer_line(doc)))
+    _utilization_nodes(doc)
+
+
+def _utilization_nodes(doc: dict[str, Any]) -> None:
+    nodes = doc.get("nodes") or []
+    if nodes:
+        targets_by_node = {t["node"]: t for t in doc.get("selfplay_targets") or []}
+        grid = Grid(
+            "nodes",
+            "node",
+            "kind",
+            "cpu",
+            "gpu",
+            "gpu mem",
+            "self-play",
+            "target",
+            "age",
+        )
+        for r in nodes:
+            t = targets_by_node.get(r["node"])
+            target = "-" if t is None else f"{t['target']}" + ("" if t["in_force"] else " (old)")
+            grid.add(
+                r["node"],
+                r["kind"],
+                _pct(r.get("cpu")),
+                _pct(r.get("gpu")),
+                _pct(r.get("gpu_memory")),
+                r.get("selfplay_jobs", 0),
+                target,
+                _text(
+                    age(r.get("age")) + (" STALE" if r.get("stale") else ""),
+                    "yellow" if r.get("stale") else "",
+                ),
+            )
+        grid.show()
+
+
+def optimizer_line(doc: dict[str, Any]) -> str:
+    """The optimizer in one line: the rate, the last action, its confidence and age, or why
+    it holds or has not run."""
+    if doc.get("problem"):
+        return f"optimizer: not in use: {printable(str(doc['problem']))}"
+    if not doc.get("stored"):
+        return (
+            f"optimizer: never adjusted: rate {_per_hour(doc.get('rate'))} (the initial one); "
+            "admission is not limited by it (run `ringrift-coord adjust` from cron)"
+        )
+    conf = doc.get("confidence")
+    conf_text = "" if conf is None else f", confidence {conf:.2f}"
+    in_force = sum(1 for t in doc.get("selfplay_targets") or [] if t.get("in_force"))
+    return (
+        f"optimizer: rate {_per_hour(doc.get('rate'))}; last action {doc.get('action')}"
+        f"{conf_text}, {age(doc.get('age'))} ago by {printable(str(doc.get('updated_by')))}; "
+        f"{in_force} node target(s) in force; {printable(str(doc.get('reason') or ''))}"
+    )
+
+
+def optimizer_status(doc: dict[str, Any] | None) -> None:
+    """``status``'s optimizer line (one line at 80 columns): utilization against the targets,
+    the rate, the last action with its confidence and age; or why it holds, has never run or
+    is not in use. ``utilization`` has the reason in full."""
+    if not doc:
+        return
+    if doc.get("problem"):
+        note(Text(optimizer_line(doc)))
+        return
+    util, targets = doc["utilization"], doc["targets"]
+    shown = [r for r in ("gpu", "cpu") if util.get(r) is not None]
+    if not shown:
+        where = "no fresh cpu/gpu readings"
+    else:
+        bands = {_band(targets, r) for r in shown}
+        band = (
+            f"target {bands.pop()}"
+            if len(bands) == 1
+            else "targets " + ", ".join(f"{r} {_band(targets, r)}" for r in shown)
+        )
+        where = " ".join(f"{r} {_pct(util[r])}" for r in shown) + f" ({band})"
+    if not doc.get("stored"):
+        note(Text(f"optimizer: never adjusted · {where} · rate {_per_hour(doc.get('rate'))}"))
+        return
+    conf = doc.get("confidence")
+    action = f"{doc.get('action')}" + ("" if conf is None else f" {conf:.2f}")
+    parts = [where, f"rate {_per_hour(doc.get('rate'))}", f"{action} {age(doc.get('age'))} ago"]
+    reason = str(doc.get("reason") or "")
+    if reason.startswith("no fresh readings"):
+        parts.append("holding: no fresh readings")
+    in_force = [t for t in doc.get("selfplay_targets") or [] if t.get("in_force")]
+    if doc.get("selfplay_targets") and not in_force:
+        parts.append("targets lapsed")
+    note(Text("optimizer: " + " · ".join(parts)))
 
 
 # --------------------------------------------------------------------------- capacity

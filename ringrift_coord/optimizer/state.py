@@ -16,7 +16,6 @@ import json
 import math
 
 from ringrift_coord import readings
-from ringrift_coord.optimizer import capacity
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -154,6 +153,15 @@ def history(tx: Tx, limit: int = 20, since: float | None = None) -> list[Row]:
     )
 
 
+def last_adjust(tx: Tx) -> Row | None:
+    """The latest history row an ``adjust`` wrote (acted or held), None when none did: what
+    ``optimizer.min_interval`` is measured from (a negotiation is not an adjust)."""
+    return tx.one(
+        "SELECT at, who, host, action FROM rate_history WHERE source = 'adjust' "
+        "ORDER BY id DESC LIMIT 1"
+    )
+
+
 def prune_history(tx: Tx, before: float) -> None:
     tx.execute("DELETE FROM rate_history WHERE at < ?", (before,))
 
@@ -164,6 +172,8 @@ def prune_history(tx: Tx, before: float) -> None:
 def fresh_caps(tx: Tx, settings: Settings, now: float) -> dict[str, int | None]:
     """Each node with a fresh reading → its self-play cap: the hardware cap bounded by the
     per-node self-play limit (None: neither is known)."""
+    from ringrift_coord.optimizer import capacity  # not on admission's path (target_for)
+
     max_age = float(settings.get("resources.max_sample_age"))
     per_node = settings.task_limit("selfplay", "per_node")
     out: dict[str, int | None] = {}
