@@ -454,3 +454,21 @@ def test_a_bad_target_fails_the_optimizer_commands_only(coord: Coord) -> None:
     assert any(x.startswith("optimizer: not in use: ") for x in screen.stdout.splitlines())
     assert coord("can-spawn", "selfplay", "--node", "n1", env=bad).returncode == 0
     assert coord("adjust").returncode == 0  # without the bad variable it runs
+
+
+def test_the_rate_history_is_kept_as_long_as_the_decision_log(engine_db: Any) -> None:
+    config = CONFIG.replace("store: {lease_ttl: 1000000}", "store: {decision_log_days: 2}")
+    loop = Loop(engine_db, config)
+    loop.report("n1", gpu=70.0)
+    assert loop.adjust()["acted"]
+    loop.clock.advance(86400.0)  # a day later: still within two days
+    loop.report("n1", gpu=70.0)
+    assert loop.adjust()["acted"]
+    assert len(loop.history()) == 2
+    loop.clock.advance(1.5 * 86400.0)  # the first row is now older than two days
+    loop.report("n1", gpu=70.0)
+    assert loop.adjust()["acted"]
+    assert [h["at"] for h in loop.history()] == [
+        loop.clock.time() - 1.5 * 86400.0,
+        loop.clock.time(),
+    ]

@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from ringrift_coord.store.base import Store, Tx
 
 EPSILON = 1e-9
+MIN_KEEP = 86400.0  # the last day of the rate's history stays whatever the log's setting
 
 
 def adjust(
@@ -109,6 +110,9 @@ def step(
                 f"optimizer.min_interval is {durations.human(float(opt['min_interval']))})",
                 at=now,
             )
+    if not dry_run:  # the rate's history is kept as long as the decision log
+        keep = max(float(settings.get("store.decision_log_days")) * 86400.0, MIN_KEEP)
+        opt_state.prune_history(tx, now - keep)
     util = utilization.cluster(tx, settings, now)
     util.pop("nodes")  # per-node rows: `utilization` shows them
     fresh, stale = int(util["fresh_nodes"]), int(util["stale_nodes"])
