@@ -427,6 +427,37 @@ def test_listing_into_a_closed_stdout_is_quiet(c: Coord, argv, closed) -> None:
     assert (done.returncode, done.stderr) == (0, "")
 
 
+def both_broken(coord: Coord, *args: str, env: dict[str, str]) -> int:
+    """Run with stdout and stderr one pipe whose read end is already closed
+    (``ringrift-coord ... 2>&1 | true``); return the exit code."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        proc = subprocess.Popen(
+            coord.argv(*args),
+            env={**coord.env, **env},
+            stdin=subprocess.DEVNULL,
+            stdout=write_end,
+            stderr=write_end,
+        )
+    finally:
+        os.close(write_end)
+    return proc.wait(timeout=60)
+
+
+@pytest.mark.parametrize("json_mode", [False, True], ids=["text", "json"])
+def test_a_gone_reader_of_stderr_keeps_the_commands_code(c: Coord, json_mode) -> None:
+    """A warning (here a bad optimizer setting's) written to a stderr nobody reads is dropped:
+    the exit code stays the decision's, never 70 (internal error) or another."""
+    args = ("--json",) if json_mode else ()
+    bad = {"RINGRIFT_TARGET_UTIL_MIN": "75"}
+    assert both_broken(c, *args, "can-spawn", "training", env=bad) == 0
+    assert both_broken(c, *args, "report", "--node", "g9", "--gpu", "95", env=bad) == 0
+    assert both_broken(c, *args, "status", env=bad) == 0
+    assert both_broken(c, *args, "can-spawn", "selfplay", "--node", "g9", env=bad) == 1
+    assert both_broken(c, *args, "can-spawn", "selfplay", "--bogus", env=bad) == 2
+
+
 @pytest.mark.parametrize("json_mode", [False, True], ids=["text", "json"])
 @pytest.mark.parametrize("closed", [stdout_closed, stdout_broken_pipe], ids=["closed", "epipe"])
 def test_register_that_cannot_deliver_its_id_keeps_no_slot(c: Coord, json_mode, closed) -> None:

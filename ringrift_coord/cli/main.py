@@ -43,6 +43,7 @@ def console_main() -> None:
 def _main(argv: Sequence[str] | None) -> int:
     lost = _open_std_fds()
     sys.stdout = _Stdout(sys.stdout, lost)
+    sys.stderr = _Stdout(sys.stderr, fd=2)  # a gone reader of stderr changes no exit code
     code = run_cli(list(sys.argv[1:] if argv is None else argv))
     try:
         sys.stdout.flush()
@@ -186,17 +187,20 @@ def _open_std_fds() -> bool:
 
 
 class _Stdout:
-    """``sys.stdout`` that drops what a closed stdout or a gone reader cannot take.
+    """``sys.stdout`` (or ``sys.stderr``, ``fd`` 2) that drops what a closed descriptor or a
+    gone reader cannot take.
 
-    After the first failed write or flush, ``lost`` is True, fd 1 is /dev/null (so nothing
-    fails again, not even the interpreter's last flush) and everything is dropped. A broken
-    pipe or a closed descriptor is quiet; any other error (a full disk) says so once on
-    stderr. Either way the exit code stays the command's.
+    After the first failed write or flush, ``lost`` is True, the descriptor is /dev/null (so
+    nothing fails again, not even the interpreter's last flush) and everything is dropped. A
+    broken pipe or a closed descriptor is quiet; any other error of stdout (a full disk) says
+    so once on stderr. Either way the exit code stays the command's: `cmd 2>&1 | head -1`
+    exits as `cmd` does.
     """
 
-    def __init__(self, stream: Any, lost: bool = False) -> None:
+    def __init__(self, stream: Any, lost: bool = False, fd: int = 1) -> None:
         self._stream = stream
         self.lost = lost
+        self.fd = fd
 
     def write(self, text: str) -> int:
         if not self.lost:
@@ -221,14 +225,15 @@ class _Stdout:
         import errno
 
         self.lost = True
-        if isinstance(exc, OSError) and exc.errno not in (errno.EPIPE, errno.EBADF):
+        quiet = (errno.EPIPE, errno.EBADF)
+        if self.fd == 1 and isinstance(exc, OSError) and exc.errno not in quiet:
             try:
                 sys.stderr.write(f"{PROG}: stdout: {exc.strerror or exc}; output dropped\n")
             except (OSError, ValueError, AttributeError):
                 pass
         try:
             null = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(null, 1)
+            os.dup2(null, self.fd)
             os.close(null)
         except OSError:
             pass
