@@ -161,6 +161,9 @@ def test_dry_run_changes_nothing(engine_db: Any) -> None:
     assert real["acted"] and real["rate"] == before["rate"]
     again = loop.adjust(dry_run=True)
     assert again["dry_run"] and "already" not in again["reason"]
+    assert again["reason"].endswith(
+        "(a real adjust now would act not: the last one was 0 s ago, within optimizer.min_interval)"
+    )
     assert len(loop.history()) == 1
 
 
@@ -170,7 +173,7 @@ def test_expired_targets_do_not_block(engine_db: Any) -> None:
     for _ in range(6):
         assert loop.start("n1").allowed
     loop.adjust()
-    assert loop.targets()["n1"] < 6
+    assert loop.targets()["n1"] <= 6  # over target: no room above what runs
     assert [r.rule for r in loop.coord.check("selfplay", "n1").reasons] == ["optimizer"]
     ttl = float(loop.ctx.settings.get("optimizer.state_ttl"))
     loop.clock.advance(ttl + 1)  # no adjust since: the target is old, admission fails open
@@ -349,7 +352,9 @@ def test_cli_adjust_status_and_refusal(coord: Coord) -> None:
     assert "optimizer: never adjusted · gpu 97% (target 60-80%) · rate 1000/h" in never
     done = ok("adjust")
     assert done["acted"] and done["action"] == "scale_down"
-    assert done["node_targets"] == [{"node": "n1", "target": 1, "cap": 4}]
+    assert done["previous_rate"] == 3750.0  # the first adjust starts from the load: 3 of 4
+    (target,) = done["node_targets"]
+    assert target["cap"] == 4 and target["target"] == -(-4 * done["rate"] // 5000) == 3
     denied = coord("--json", "can-spawn", "selfplay", "--node", "n1")
     assert denied.returncode == 1, denied.stderr
     (reason,) = json.loads(denied.stdout)["reasons"]
@@ -357,10 +362,10 @@ def test_cli_adjust_status_and_refusal(coord: Coord) -> None:
         "optimizer",
         1,
         3,
-        1,
+        3,
     )
     human = coord("can-spawn", "selfplay", "--node", "n1")
-    assert "3 running + 1 requested > self-play target 1 on n1" in human.stdout + human.stderr
+    assert "3 running + 1 requested > self-play target 3 on n1" in human.stdout + human.stderr
     shown = ok("rate", "show")  # the rate and its history: the adjust's row, its action
     assert (shown["rate"], shown["action"]) == (done["rate"], "scale_down")
     assert [(h["source"], h["action"]) for h in shown["history"]] == [("adjust", "scale_down")]
@@ -394,6 +399,7 @@ def test_two_racing_adjust_processes_act_once(coord: Coord) -> None:
 @pytest.mark.parametrize("dry", [False, True])
 def test_cli_adjust_without_readings_holds(coord: Coord, dry: bool) -> None:
     argv = ["adjust", "--dry-run"] if dry else ["adjust"]
+    assert coord("tasks", "reap").returncode == 0  # a store (a dry run creates none)
     done = coord(*argv)
     assert done.returncode == 0, done.stderr
     assert "no fresh readings: no node has reported" in done.stdout
@@ -472,3 +478,74 @@ def test_the_rate_history_is_kept_as_long_as_the_decision_log(engine_db: Any) ->
         loop.clock.time() - 1.5 * 86400.0,
         loop.clock.time(),
     ]
+
+
+def test_the_first_adjust_starts_from_the_load_running_now(engine_db: Any) -> None:
+    """Bumpless on the cluster too: a controller that never ran starts from the rate the
+    running self-play implies, so its first step (inside the band: a hold) takes room from
+    no node, and a hold never lowers a node's target below the jobs it runs."""
+    loop = Loop(engine_db)
+    loop.report("h1", gpu=70.0, cpu=60.0)  # cap 24
+    loop.report("h2", gpu=70.0, cpu=60.0)
+    for _ in range(10):
+        assert loop.start("h1").allowed
+    for _ in range(2):
+        assert loop.start("h2").allowed
+    done = loop.adjust()
+    assert done["action"] == "none" and "inside the target 60-80%" in done["reason"], done
+    assert done["previous_rate"] == done["rate"] == 5000.0 * 12 / 48  # 1250 games/h
+    # ceil(24 x 1250 / 5000) = 6 on both, but h1 runs 10: a hold keeps them
+    assert loop.targets() == {"h1": 10, "h2": 6}
+    assert loop.coord.check("selfplay", "h2").allowed
+    denied = loop.coord.check("selfplay", "h1")  # full at what it runs: no more, none cut
+    assert [r.rule for r in denied.reasons] == ["optimizer"]
+    # over target, the targets fall below what runs (the node drains as its jobs end)
+    loop.step()
+    loop.report("h1", gpu=95.0, cpu=60.0)
+    loop.report("h2", gpu=95.0, cpu=60.0)
+    down = loop.adjust()
+    assert down["action"] == "scale_down" and "above the target 60-80%" in down["reason"]
+    assert loop.targets()["h1"] < 10
+
+
+def test_the_reason_places_the_reading_and_shows_the_forecast_beside_it(engine_db: Any) -> None:
+    loop = Loop(engine_db)
+    for value in (50.0, 58.0, 66.0, 74.0):  # rising: the trend forecasts above the band
+        loop.report("n1", gpu=value)
+        done = loop.adjust()
+        loop.step()
+    assert done["measurement"] == 74.0
+    assert done["forecast"]["value"] > 80.0 and done["forecast"]["confidence"] > 0.5
+    assert "gpu 74.0% (forecast " in done["reason"]
+    assert "inside the target 60-80%" in done["reason"]  # the reading's place, not the blend's
+    assert "measurement" not in done["controller"]  # its input has one name: "input"
+    assert done["controller"]["input"] > done["measurement"]
+
+
+def test_adjusts_sooner_than_the_interval_move_the_rate_by_their_share(engine_db: Any) -> None:
+    """Two timers 150 s apart (or a cron every minute) do not double the loop's gain: a run
+    moves the rate by the share of optimizer.interval since the last adjust."""
+    loop = Loop(engine_db)
+
+    def steps(gap: float, runs: int) -> tuple[float, float, list[float]]:
+        with loop.ctx.store.write() as tx:  # a fresh optimizer on the same store
+            for table in ("optimizer_state", "rate_history", "utilization_samples"):
+                tx.execute(f"DELETE FROM {table}")
+        loop.report("n1", gpu=30.0)
+        start = loop.adjust()["rate"]
+        shares = []
+        for _ in range(runs):
+            loop.clock.advance(gap)
+            loop.report("n1", gpu=30.0)
+            done = loop.adjust()
+            assert done["acted"], done
+            shares.append(done["controller"]["interval_share"])
+        return start, done["rate"], shares
+
+    start, end, shares = steps(loop.interval, 1)
+    one_step = end / start - 1.0
+    assert shares == [1.0] and one_step > 0.0
+    start, end, shares = steps(loop.interval / 2, 2)
+    two_halves = end / start - 1.0
+    assert shares == [0.5, 0.5]
+    assert 0.0 < two_halves < 1.3 * one_step, (one_step, two_halves)  # not twice the step

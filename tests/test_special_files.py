@@ -389,6 +389,8 @@ READ_ONLY = [
     ("breakers", "list"),
     ("resources",),
     ("utilization",),
+    ("adjust", "--dry-run"),
+    ("rate", "show"),
     ("halt", "--check"),
     ("reserve", "list"),
 ]

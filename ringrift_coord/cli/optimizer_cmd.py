@@ -38,7 +38,7 @@ def adjust(
     from ringrift_coord.optimizer import adjust as step
 
     g = globals_of(ctx)
-    with g.context() as c:
+    with g.context(create=not dry_run) as c:  # a dry run creates no store either
         doc = step.adjust(
             c.store, c.settings, dry_run=dry_run, who=who_am_i(c.env), host=host_name()
         )

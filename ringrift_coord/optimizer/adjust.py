@@ -94,7 +94,18 @@ def step(
     tgt = utilization.targets(settings)
     saved = opt_state.load(tx, settings)
     old_rate = float(saved["rate"])
-    last_row = None if dry_run else opt_state.last_adjust(tx)
+    if not saved["stored"]:  # never adjusted nor negotiated: start from the load running now
+        old_rate = opt_state.rate_of_load(tx, settings, now) or old_rate
+    previous = opt_state.last_adjust(tx)
+    last_row = None if dry_run else previous
+    too_soon = ""
+    if previous is not None and dry_run:  # what a real adjust now would do: say it
+        age = now - float(previous["at"])
+        if -float(opt["min_interval"]) < age < float(opt["min_interval"]):
+            too_soon = (
+                f" (a real adjust now would act not: the last one was {durations.human(abs(age))}"
+                f" ago, within optimizer.min_interval)"
+            )
     if last_row is not None:
         last = float(last_row["at"])
         age = now - last
@@ -196,6 +207,14 @@ def step(
     )
     if not math.isfinite(output):
         output = 0.0
+    # The rate moves by the output once per optimizer.interval, however often adjust runs:
+    # a run sooner than that moves it by its share of the interval (two timers 150 s apart
+    # each make half a step, instead of doubling the loop's gain until it oscillates).
+    share = 1.0
+    if previous is not None:
+        since = now - float(previous["at"])
+        share = min(1.0, max(0.0, since / max(float(opt["interval"]), 1.0)))
+    output *= share
     new_rate = opt_state.bounded_rate(old_rate * (1.0 + output), settings)
     new_rate = round(new_rate, 1)
     if new_rate > old_rate + EPSILON:
@@ -211,9 +230,12 @@ def step(
     where = f"{resource} {measured:.1f}%"
     if forecast.get("value") is not None and trend_conf > 0:
         where += f" (forecast {float(forecast['value']):.1f}%, confidence {trend_conf:.2f})"
-    if band["min"] <= blended <= band["max"]:
+    # where the reading itself stands (the forecast is shown beside it, not in its place)
+    if band["min"] <= measured <= band["max"]:
         position = f"inside the target {band['min']:g}-{band['max']:g}%"
-    elif blended < band["min"]:
+        if action != "none":  # coming from outside, or the forecast leaving the band
+            position += f", steering towards {band['target']:g}%"
+    elif measured < band["min"]:
         position = f"below the target {band['min']:g}-{band['max']:g}%"
     else:
         position = f"above the target {band['min']:g}-{band['max']:g}%"
@@ -227,16 +249,21 @@ def step(
             outcome = f"rate holds at {new_rate:g}/h"
     else:
         outcome = f"rate {old_rate:g} -> {new_rate:g}/h"
-    reason = f"{where} {position}: {outcome}"
+    reason = f"{where} {position}: {outcome}{too_soon}"
 
     controller = {
         "resource": resource,
+        "interval_share": round(share, 3),
         "setpoint": band["target"],
         "input": blended,
         "output": output,
         # the controller's own figures; a name the JSON vocabulary gives another meaning
         # (``error`` is a failed command's message) gets a ``pid_`` prefix
-        **{(f"pid_{k}" if k in schema.FIELDS else k): v for k, v in detail.items()},
+        **{
+            (f"pid_{k}" if k in schema.FIELDS else k): v
+            for k, v in detail.items()
+            if k != "measurement"  # the controller's input, above: one name, one value
+        },
     }
     pid_doc = {"resource": resource, "pid_state": new_state}
     record = {
@@ -246,8 +273,13 @@ def step(
         "forecast": forecast,
         "controller": controller,
     }
+    # holding inside the band takes room from no node: a target never falls below what the
+    # node runs now (scale-down, and a hold outside the band at a bound, do lower it)
+    hold = action == "none" and band["min"] <= measured <= band["max"]
     if dry_run:
         found = opt_state.node_targets(new_rate, opt_state.fresh_caps(tx, settings, now), settings)
+        if hold:
+            found = opt_state.keep_running(found, opt_state.running_selfplay(tx))
     else:
         found = opt_state.set_rate(
             tx,
@@ -263,6 +295,7 @@ def step(
             host=host,
             pid=pid_doc,
             detail=record,
+            hold=hold,
         )
     return _document(
         acted=not dry_run,

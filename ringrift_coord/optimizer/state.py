@@ -200,6 +200,41 @@ def node_targets(
     }
 
 
+def running_selfplay(tx: Tx) -> dict[str, int]:
+    """node → its running self-play jobs."""
+    from ringrift_coord import slots
+
+    out: dict[str, int] = {}
+    for row in slots.of_type(tx, "selfplay"):
+        out[row["node"]] = out.get(row["node"], 0) + 1
+    return out
+
+
+def keep_running(
+    found: dict[str, tuple[int, int]], running: dict[str, int]
+) -> dict[str, tuple[int, int]]:
+    """``found`` with no node's target below the self-play jobs it runs now (up to its cap):
+    holding the rate inside the target band lowers what no node may run."""
+    return {
+        node: (max(target, min(cap, running.get(node, 0))), cap)
+        for node, (target, cap) in found.items()
+    }
+
+
+def rate_of_load(tx: Tx, settings: Settings, now: float) -> float | None:
+    """The rate the self-play jobs running now imply (the inverse of ``node_targets``:
+    rate.max × running / caps over the nodes with a fresh reading and a known cap), where
+    a controller that never ran starts, so that its first step changes no node's room by
+    more than that step; None when no such node runs self-play."""
+    caps = {n: c for n, c in fresh_caps(tx, settings, now).items() if c}
+    running = running_selfplay(tx)
+    busy = sum(min(running.get(node, 0), cap) for node, cap in caps.items())
+    total = sum(caps.values())
+    if not busy or not total:
+        return None
+    return bounded_rate(float(settings.get("optimizer.rate.max")) * busy / total, settings)
+
+
 def store_targets(tx: Tx, targets: dict[str, tuple[int, int]], now: float) -> None:
     """Replace every node's self-play job target."""
     tx.execute("DELETE FROM selfplay_targets")
@@ -243,11 +278,15 @@ def set_rate(
     host: str | None = None,
     pid: dict[str, Any] | None = None,
     detail: dict[str, Any] | None = None,
+    hold: bool = False,
 ) -> dict[str, tuple[int, int]]:
     """Store a new rate: the state row, a history row and the per-node targets it implies
-    for the nodes with fresh readings. Returns those targets."""
+    for the nodes with fresh readings (with ``hold``, none below what the node runs now:
+    ``keep_running``). Returns those targets."""
     rate = bounded_rate(rate, settings)
     found = node_targets(rate, fresh_caps(tx, settings, now), settings)
+    if hold:
+        found = keep_running(found, running_selfplay(tx))
     save(
         tx,
         rate=rate,
