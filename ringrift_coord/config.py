@@ -810,9 +810,76 @@ def _deferred_checks(
                     path,
                 )
                 break
+    if problem is None:
+        problem = _timing_problem(values["optimizer"], sources, path)
     if problem is not None:
         found.append(("optimizer", problem))
+    hw = values["hardware"]
+    if hw["jobs_per_cpu"] <= 0:  # 0 would cap every node at one job, not "no bound"
+        found.append(
+            (
+                "hardware",
+                _cross_fail(
+                    f"jobs_per_cpu must be above 0, got {hw['jobs_per_cpu']:g}",
+                    ("hardware.jobs_per_cpu",),
+                    sources,
+                    path,
+                ),
+            )
+        )
+    weights = values["selfplay_configs"]
+    if weights and not any(w > 0 for w in weights.values()):
+        found.append(
+            (
+                "selfplay_configs",
+                _cross_fail(
+                    "every weight is 0: at least one board config needs a weight above 0",
+                    tuple(f"selfplay_configs.{name}" for name in weights),
+                    sources,
+                    path,
+                ),
+            )
+        )
     return found
+
+
+def _timing_problem(
+    opt: dict[str, Any], sources: dict[str, str], path: str | None
+) -> ConfigError | None:
+    """The optimizer's periods against each other: a run every ``interval`` (> 0); an adjust
+    sooner than ``min_interval`` (<= interval) acts not; a gap past ``max_gap`` (>= interval)
+    restarts the controller; targets last ``state_ttl`` (>= interval); a trend needs
+    ``trend.min_samples`` >= 3 (two points always fit a line perfectly)."""
+    checks = (
+        (opt["interval"] > 0, "interval must be above 0", ("interval",)),
+        (
+            opt["min_interval"] <= opt["interval"],
+            f"min_interval ({opt['min_interval']:g}) is above interval ({opt['interval']:g})",
+            ("min_interval", "interval"),
+        ),
+        (
+            opt["max_gap"] >= opt["interval"],
+            f"max_gap ({opt['max_gap']:g}) is below interval ({opt['interval']:g}): every "
+            "run would restart the controller",
+            ("max_gap", "interval"),
+        ),
+        (
+            opt["state_ttl"] >= opt["interval"],
+            f"state_ttl ({opt['state_ttl']:g}) is below interval ({opt['interval']:g}): the "
+            "targets would lapse between runs",
+            ("state_ttl", "interval"),
+        ),
+        (
+            opt["trend"]["min_samples"] >= 3,
+            f"trend.min_samples must be at least 3, got {opt['trend']['min_samples']} (two "
+            "points always fit a line)",
+            ("trend.min_samples",),
+        ),
+    )
+    for ok, message, keys in checks:
+        if not ok:
+            return _cross_fail(message, tuple(f"optimizer.{k}" for k in keys), sources, path)
+    return None
 
 
 def read_yaml_file(path: str, data: bytes | None = None) -> Any:

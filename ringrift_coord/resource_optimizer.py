@@ -86,8 +86,9 @@ class ResourceOptimizer(ProcessWide):
             self.ctx.store,
             self.ctx.settings,
             dry_run=dry_run,
-            who=requestor or who_am_i(self.ctx.env),
+            who=who_am_i(self.ctx.env),
             host=host_name(),
+            requestor=requestor,
         )
 
     def get_max_selfplay_for_node(

@@ -437,7 +437,10 @@ def config_share(
         requested=1,
         used=used,
         limit=share,
-        retry_after=_expected_end_wait(running, settings.duration("selfplay"), now),
+        # a share of 0 frees no slot as jobs end: no time to retry at (the weights decide)
+        retry_after=(
+            _expected_end_wait(running, settings.duration("selfplay"), now) if share else None
+        ),
         details={"config": config, "share": share, "slots": slots_known, "basis": basis},
     )
 
@@ -529,6 +532,8 @@ def optimizer(
     Self-play only: one indexed read of ``selfplay_targets``."""
     if req.task_type is not TaskType.SELFPLAY:
         return None
+    if "optimizer" in settings.problems or "resource_targets" in settings.problems:
+        return None  # its settings are bad (every command warns): the optimizer is not in use
     from ringrift_coord.optimizer import state as optimizer_state  # self-play only: ~0.4 ms
 
     found = optimizer_state.target_for(tx, req.node, settings, now)

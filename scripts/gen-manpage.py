@@ -24,7 +24,11 @@ OUT = ROOT / "ringrift_coord" / "data" / "man" / "ringrift-coord.1"
 
 EXIT_STATUS = [
     ("0", "done, or allowed"),
-    ("1", "denied by a rule: limit, rate, breaker, threshold, halt, reservation, peak hours"),
+    (
+        "1",
+        "denied by a rule: limit, rate, breaker, threshold, halt, reservation, the "
+        "optimizer's self-play target, hardware cap, config share",
+    ),
     ("2", "usage error: unknown command, type, option or task id, or a bad value"),
     (
         "3",
@@ -49,6 +53,11 @@ ENVIRONMENT = [
     ("RINGRIFT_COORD_CONFIG", "the YAML config file, as --config"),
     ("RINGRIFT_COORD_SET", '"key=value;key=value": settings, above the config file'),
     ("RINGRIFT_NODE_ID", "the default --node (else the host name)"),
+    ("RINGRIFT_TARGET_UTIL_MIN", "resource_targets.cpu_min and gpu_min (60), above the file"),
+    ("RINGRIFT_TARGET_UTIL_MAX", "resource_targets.cpu_max and gpu_max (80), above the file"),
+    ("RINGRIFT_PID_KP", "the PID's proportional gain (0.3), above the file"),
+    ("RINGRIFT_PID_KI", "the PID's integral gain (0.05), above the file"),
+    ("RINGRIFT_PID_KD", "the PID's derivative gain (0.1), above the file"),
     ("NO_COLOR", "no colour in tables"),
 ]
 

@@ -208,7 +208,7 @@ def test_distribution_of_a_node(coord: Coord) -> None:
             "selfplay_configs: {a: 0, b: 0}\n",
             ("distribution", "--rate", "5"),
             3,
-            "selfplay_configs: every weight is 0",
+            "selfplay_configs.a: every weight is 0",
         ),
         (
             "task_limits: {selfplay: {per_node: null}}\n",

@@ -279,7 +279,9 @@ def test_apply_feedback_adjustment_returns_the_new_rate(engine_db: Any) -> None:
     loop = Loop(engine_db)
     loop.report("n1", gpu=30.0, cpu=20.0)
     rate = loop.opt.apply_feedback_adjustment("unified_loop")
-    assert rate > 1000.0 and loop.history()[-1]["who"] == "unified_loop"
+    (row,) = loop.history()
+    assert rate > 1000.0 and row["requestor"] == "unified_loop"  # who asked; and the account:
+    assert row["who"] and row["who"] != "unified_loop"
     assert loop.opt.should_scale_up("gpu") and loop.opt.should_scale_up("cpu")
     assert not loop.opt.should_scale_down("gpu")
     assert loop.opt.get_utilization_status()["rate"] == rate
@@ -438,7 +440,9 @@ def test_the_reference_module_functions_use_the_process_wide_optimizer(coord: Co
     assert ran.returncode == 0, ran.stderr
     rate, up, down, action, who, same = json.loads(ran.stdout)
     assert rate > 1000 and up is True and down is False
-    assert (action, who, same) == ("scale_up", "unified_loop", True)
+    assert (action, same) == ("scale_up", True) and who and who != "unified_loop"
+    shown = json.loads(coord("--json", "rate", "show").stdout)["history"]
+    assert [row["requestor"] for row in shown] == ["unified_loop"]  # who asked, logged
 
 
 def test_a_bad_target_fails_the_optimizer_commands_only(coord: Coord) -> None:
@@ -460,6 +464,16 @@ def test_a_bad_target_fails_the_optimizer_commands_only(coord: Coord) -> None:
     assert any(x.startswith("optimizer: not in use: ") for x in screen.stdout.splitlines())
     assert coord("can-spawn", "selfplay", "--node", "n1", env=bad).returncode == 0
     assert coord("adjust").returncode == 0  # without the bad variable it runs
+    # with targets stored, a node at its target is refused by rule optimizer; while the
+    # optimizer's settings are bad it is "not in use" there too: admission fails open
+    (target,) = json.loads(coord("--json", "utilization").stdout)["selfplay_targets"]
+    for _ in range(target["target"]):
+        held = coord("register", "selfplay", "--node", "n1", "--pid", str(os.getpid()))
+        assert held.returncode == 0, held.stderr
+    refused = coord("--json", "can-spawn", "selfplay", "--node", "n1")
+    assert [r["rule"] for r in json.loads(refused.stdout)["reasons"]] == ["optimizer"]
+    allowed = coord("can-spawn", "selfplay", "--node", "n1", env=bad)
+    assert allowed.returncode == 0 and "env RINGRIFT_TARGET_UTIL_MIN" in allowed.stderr
 
 
 def test_the_rate_history_is_kept_as_long_as_the_decision_log(engine_db: Any) -> None:

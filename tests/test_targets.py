@@ -487,3 +487,39 @@ def test_each_optimizer_command_fails_on_the_sections_it_uses(
     assert failed.returncode == 3, (argv, failed.stderr)
     assert f"[env RINGRIFT_COORD_SET {key}]" in error_line(failed)
     assert coord(*argv).returncode == 0  # the same command without the bad setting
+
+
+@pytest.mark.parametrize(
+    ("assignment", "section", "words"),
+    [
+        ("optimizer.interval=0", "optimizer", "interval must be above 0"),
+        ("optimizer.min_interval=400", "optimizer", "min_interval (400) is above interval (300)"),
+        ("optimizer.max_gap=200", "optimizer", "max_gap (200) is below interval (300)"),
+        ("optimizer.state_ttl=100", "optimizer", "state_ttl (100) is below interval (300)"),
+        ("optimizer.trend.min_samples=2", "optimizer", "trend.min_samples must be at least 3"),
+        ("hardware.jobs_per_cpu=0", "hardware", "jobs_per_cpu must be above 0"),
+        ("selfplay_configs.square8_2p=0", None, None),  # one weight 0: fine
+    ],
+)
+def test_the_optimizers_periods_and_bounds_are_checked_together(
+    tmp_path: Path, assignment: str, section: str | None, words: str | None
+) -> None:
+    settings, _ = load(tmp_path, RINGRIFT_COORD_SET=assignment)
+    if section is None:
+        assert settings.problems == {}
+        return
+    assert list(settings.problems) == [section]
+    message = settings.problems[section].message
+    assert (
+        words in message and f"[env RINGRIFT_COORD_SET {assignment.partition('=')[0]}]" in message
+    )
+
+
+def test_all_zero_weights_are_a_problem_of_the_file(tmp_path: Path) -> None:
+    text = "selfplay_configs:\n  a: 0\n  b: 0\n"
+    settings, path = load(tmp_path, text)
+    error = settings.problems["selfplay_configs"]
+    assert error.file == path and error.line == 2  # a weight of the file: its line
+    assert "every weight is 0" in error.message
+    with pytest.raises(ConfigError):
+        settings.require("selfplay_configs")

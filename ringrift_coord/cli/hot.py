@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 # Every other command, and these for the sections they do not read, warns once and goes on.
 SECTION_USERS: dict[str, tuple[str, ...]] = {
     "targets": ("resource_targets", "optimizer"),
-    "adjust": ("resource_targets", "optimizer", "hardware", "selfplay_configs"),
+    "adjust": ("resource_targets", "optimizer", "hardware"),
     "utilization": ("resource_targets", "optimizer"),
     "rate": ("resource_targets", "optimizer"),
     "distribution": ("optimizer", "selfplay_configs"),

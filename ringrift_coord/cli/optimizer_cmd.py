@@ -15,7 +15,14 @@ from typing import Annotated
 import typer
 
 from ringrift_coord.cli import views
-from ringrift_coord.cli.common import FormatOpt, NoHeaderOpt, done, globals_of, table_output
+from ringrift_coord.cli.common import (
+    FormatOpt,
+    NoHeaderOpt,
+    done,
+    globals_of,
+    not_blank,
+    table_output,
+)
 from ringrift_coord.cli.hot import emit_json
 
 
@@ -31,6 +38,14 @@ def adjust(
         bool,
         typer.Option("--dry-run", help="Compute and print the step; store nothing."),
     ] = False,
+    requestor: Annotated[
+        str | None,
+        typer.Option(
+            "--requestor",
+            metavar="R",
+            help="Who asks, e.g. cron or unified_loop (logged in the rate's history).",
+        ),
+    ] = None,
 ) -> None:
     """One feedback step of the resource optimizer: set the self-play rate and the per-node
     self-play targets from cluster utilization (run it from cron on one node)."""
@@ -38,9 +53,15 @@ def adjust(
     from ringrift_coord.optimizer import adjust as step
 
     g = globals_of(ctx)
+    requestor = not_blank("--requestor", requestor)
     with g.context(create=not dry_run) as c:  # a dry run creates no store either
         doc = step.adjust(
-            c.store, c.settings, dry_run=dry_run, who=who_am_i(c.env), host=host_name()
+            c.store,
+            c.settings,
+            dry_run=dry_run,
+            who=who_am_i(c.env),
+            host=host_name(),
+            requestor=requestor,
         )
     if g.json:
         emit_json(doc)

@@ -47,8 +47,15 @@ def adjust(
     dry_run: bool = False,
     who: str | None = None,
     host: str | None = None,
+    requestor: str | None = None,
 ) -> dict[str, Any]:
-    """One feedback step (see the module's docstring); returns what it did or would do."""
+    """One feedback step (see the module's docstring); returns what it did or would do.
+    ``requestor``: who asked (``adjust --requestor``, ``apply_feedback_adjustment``), logged
+    in the rate's history beside the account (``who``)."""
+    if requestor is not None:  # data: printable, length-capped, like a negotiation's
+        from ringrift_coord.optimizer.negotiate import text
+
+        requestor = text(requestor, "requestor")
     # a bad setting it reads refuses before the store is touched (exit 3, naming its source)
     for section in ("resource_targets", "optimizer", "hardware"):
         settings.require(section)
@@ -56,7 +63,7 @@ def adjust(
         with store.read() as tx:
             return step(tx, settings, tx.now(), dry_run=True, who=who, host=host)
     with store.write() as tx:
-        return step(tx, settings, tx.now(), dry_run=False, who=who, host=host)
+        return step(tx, settings, tx.now(), dry_run=False, who=who, host=host, requestor=requestor)
 
 
 def _document(**fields: Any) -> dict[str, Any]:
@@ -88,6 +95,7 @@ def step(
     dry_run: bool,
     who: str | None = None,
     host: str | None = None,
+    requestor: str | None = None,
 ) -> dict[str, Any]:
     """One feedback step inside ``tx`` (a write transaction unless ``dry_run``)."""
     opt = settings.get("optimizer")
@@ -161,6 +169,7 @@ def step(
                 action="none",
                 confidence=0.0,
                 reason=reason,
+                requestor=requestor,
                 who=who,
                 host=host,
             )
@@ -291,6 +300,7 @@ def step(
             previous_rate=old_rate,
             confidence=confidence,
             reason=reason,
+            requestor=requestor,
             who=who,
             host=host,
             pid=pid_doc,
@@ -320,11 +330,3 @@ def step(
         ],
         at=now,
     )
-
-
-def seconds_to_next(settings: Settings, updated_at: float | None, now: float) -> float:
-    """Seconds until the next adjust is due (at least 5)."""
-    interval = float(settings.get("optimizer.interval"))
-    if updated_at is None:
-        return interval
-    return max(5.0, interval - (now - float(updated_at)))

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import math
 
-from ringrift_coord import readings
 from ringrift_coord.errors import UsageError
 from ringrift_coord.inputs import printable
 from ringrift_coord.optimizer import state
@@ -51,30 +50,17 @@ def text(value: Any, field: str) -> str:
 
 
 def cluster_over_target(tx: Tx, settings: Settings, now: float) -> bool | None:
-    """Whether the cluster is over target: the controlling resource (of CPU and GPU, the one
-    furthest above its optimal target) averages above its target maximum, over the fresh
-    readings (CPU weighted by each node's CPUs, GPU by each GPU node's GPU count; 1 when
-    unknown). None: no fresh reading says."""
-    max_age = float(settings.get("resources.max_sample_age"))
-    sums = {"cpu": [0.0, 0.0], "gpu": [0.0, 0.0]}
-    for row in readings.all_latest(tx):
-        if row.get("source") == "live" or now - row["at"] > max_age:
-            continue
-        for resource, weight in (("cpu", row.get("cpus")), ("gpu", row.get("gpu_count"))):
-            value = row.get(resource)
-            if isinstance(value, (int, float)) and math.isfinite(value):
-                w = float(weight) if weight else 1.0
-                sums[resource][0] += value * w
-                sums[resource][1] += w
-    band = settings.get("resource_targets")
-    found = [
-        (total / count - float(band[f"{r}_target"]), total / count > float(band[f"{r}_max"]))
-        for r, (total, count) in sums.items()
-        if count > 0
-    ]
-    if not found:
+    """Whether the cluster is over target: its controlling resource (the bottleneck, see
+    ``utilization.controlling``) averages above its target maximum over the fresh readings.
+    None: no fresh reading says."""
+    from ringrift_coord.optimizer import utilization
+
+    tgt = utilization.targets(settings)
+    util = utilization.cluster(tx, settings, now)
+    resource = utilization.controlling(util, tgt)
+    if resource is None:
         return None
-    return max(found)[1]
+    return float(util[resource]) > tgt[resource]["max"]
 
 
 def negotiate(
@@ -200,6 +186,7 @@ def history(ctx: Context, limit: int = 20) -> dict[str, Any]:
     if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 10_000:
         raise UsageError(f"{limit!r} is not a number of rows from 1 to 10000", field="limit")
     ctx.settings.require("optimizer")
+    ctx.settings.require("resource_targets")  # the rate's family fails on it, as negotiate does
     with ctx.store.read() as tx:
         current = state.load(tx, ctx.settings)
         rows = state.history(tx, limit)

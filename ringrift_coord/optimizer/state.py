@@ -178,8 +178,9 @@ def fresh_caps(tx: Tx, settings: Settings, now: float) -> dict[str, int | None]:
     per_node = settings.task_limit("selfplay", "per_node")
     out: dict[str, int | None] = {}
     for row in readings.all_latest(tx):
-        if row.get("source") == "live" or now - row["at"] > max_age:
-            continue
+        age = now - row["at"]
+        if row.get("source") == "live" or not -max_age <= age <= max_age:
+            continue  # stale, or far in the future: as utilization.cluster counts them
         cap = capacity.node_cap(row, settings)
         if per_node is not None:
             cap = per_node if cap is None else min(cap, per_node)
@@ -283,7 +284,7 @@ def set_rate(
     """Store a new rate: the state row, a history row and the per-node targets it implies
     for the nodes with fresh readings (with ``hold``, none below what the node runs now:
     ``keep_running``). Returns those targets."""
-    rate = bounded_rate(rate, settings)
+    rate = round(bounded_rate(rate, settings), 1)  # games per hour: a tenth is plenty
     found = node_targets(rate, fresh_caps(tx, settings, now), settings)
     if hold:
         found = keep_running(found, running_selfplay(tx))
