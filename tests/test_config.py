@@ -533,7 +533,7 @@ def test_bad_environment_value_names_the_variable(coord, var: str, raw: str, fra
     assert admitted.stderr == f"ringrift-coord: warning: {message} " + IGNORED + "\n"
 
 
-IGNORED = "(ignored: only the optimizer commands use it)"
+IGNORED = "(ignored: this command does not use it)"
 
 
 # --------------------------------------------------------------------------- properties

@@ -31,7 +31,7 @@ from ringrift_coord.resource_targets import (
 ENGINES = ("sqlite", "postgres")
 PREFIX = "ringrift-coord: error: "
 WARNING = "ringrift-coord: warning: "
-IGNORED = " (ignored: only the optimizer commands use it)"
+IGNORED = " (ignored: this command does not use it)"
 DEFAULT_SETTINGS = load_settings(None, env={}, use_default_file=False)
 
 

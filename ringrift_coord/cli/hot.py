@@ -82,7 +82,7 @@ def warn_setting(message: str) -> None:
         from ringrift_coord.inputs import printable
 
         text = printable(text)
-    say(f"warning: {text} (ignored: only the optimizer commands use it)")
+    say(f"warning: {text} (ignored: this command does not use it)")
 
 
 def json_text(document: dict[str, Any]) -> str:

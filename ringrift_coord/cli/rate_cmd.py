@@ -32,6 +32,9 @@ LimitOpt = Annotated[
 ]
 
 
+MAX_RATE = 1e9  # games per hour: far above any cluster, far below where floats lose units
+
+
 def _number(raw: str, what: str) -> float:
     """A positive finite number written as one (``2000``, ``1.5e3``), else a usage error."""
     from ringrift_coord.inputs import strict_float
@@ -41,6 +44,8 @@ def _number(raw: str, what: str) -> float:
         raise UsageError(f"{what}: {raw!r} is not a number")
     if not 0 < value < float("inf"):
         raise UsageError(f"{what}: {raw} is not a finite positive number of games per hour")
+    if value > MAX_RATE:
+        raise UsageError(f"{what}: {raw} is more than {MAX_RATE:g} games per hour")
     return value
 
 

@@ -414,7 +414,7 @@ def settings_table(doc: dict[str, Any], title: str) -> None:
     )
     for r in doc["values"]:
         value = r["value"]
-        shown = str(value)
+        shown = str(value).lower() if isinstance(value, bool) else str(value)  # YAML's words
         if value is None:  # a limit that is null is no limit; another null setting is unset
             limit = r["key"].startswith(("task_limits.", "rate_limits."))
             shown = "null (unlimited)" if limit else "null (not set)"
