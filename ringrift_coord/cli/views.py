@@ -214,9 +214,7 @@ class Grid:
             gone = droppable.pop(0)
             keep.remove(gone)
             left_out.append(self.cols[gone].header)
-        table = Table(
-            title=self.title,
-            title_justify="left",
+        table = Table(  # the title is printed on its own: a terminal-wide line, never markup
             box=box.HEAVY_HEAD if boxed else None,
             pad_edge=boxed,
             show_edge=boxed,
@@ -236,6 +234,9 @@ class Grid:
                 )
         for row in self.rows:
             table.add_row(*(row[i] for i in keep))
+        if self.title:
+            title = self.title if isinstance(self.title, Text) else Text(self.title)
+            out.print(title, style="italic")
         if fits(keep, boxed):
             out.print(table)
         else:  # still too narrow: longer lines rather than a cut id
@@ -933,9 +934,10 @@ def _per_hour(value: Any) -> str:
 
 
 def adjusted(doc: dict[str, Any]) -> None:
-    """``adjust``: what the step did (or would do), the figures it used, the node targets."""
+    """``adjust``: what the step did (or would do), the figures it used, the node targets.
+    Its lines wrap at word boundaries on a terminal, never in a pipe."""
     if not doc["acted"] and not doc["dry_run"]:
-        line(f"not adjusted: {doc['reason']}; rate {_per_hour(doc['rate'])}")
+        say(_text(f"not adjusted: {doc['reason']}; rate {_per_hour(doc['rate'])}"))
         return
     head = "dry run (nothing stored): " if doc["dry_run"] else ""
     conf = "-" if doc["confidence"] is None else f"{doc['confidence']:.2f}"
@@ -943,39 +945,44 @@ def adjusted(doc: dict[str, Any]) -> None:
         change = f"rate stays {_per_hour(doc['rate'])}"
     else:
         change = f"rate {_per_hour(doc['previous_rate'])} -> {_per_hour(doc['rate'])}"
-    line(f"{head}{doc['action']}: {change} (confidence {conf})")
-    line(f"  {doc['reason']}")
+    say(_text(f"{head}{doc['action']}: {change} (confidence {conf})"))
+    say(_text(f"  {doc['reason']}"))
     util = doc.get("utilization") or {}
     if util:
-        line(
-            f"  cluster: cpu {_pct(util.get('cpu'))}, gpu {_pct(util.get('gpu'))}, "
-            f"gpu memory {_pct(util.get('gpu_memory'))}; {util.get('fresh_nodes', 0)} fresh "
-            f"node(s) ({util.get('gpu_nodes', 0)} GPU, {util.get('cpu_nodes', 0)} CPU), "
-            f"{util.get('stale_nodes', 0)} stale; {util.get('running_jobs', 0)} running job(s), "
-            f"{util.get('selfplay_jobs', 0)} self-play"
+        say(
+            _text(
+                f"  cluster: cpu {_pct(util.get('cpu'))}, gpu {_pct(util.get('gpu'))}, "
+                f"gpu memory {_pct(util.get('gpu_memory'))}; {util.get('fresh_nodes', 0)} fresh "
+                f"node(s) ({util.get('gpu_nodes', 0)} GPU, {util.get('cpu_nodes', 0)} CPU), "
+                f"{util.get('stale_nodes', 0)} stale; {util.get('running_jobs', 0)} running job(s), "
+                f"{util.get('selfplay_jobs', 0)} self-play"
+            )
         )
     fc = doc.get("forecast")
     if fc and fc.get("value") is not None:
         slope = fc.get("slope_per_min")
         slope_text = "" if slope is None else f", {slope:+.2f} points/min"
-        line(
-            f"  forecast {fc['value']:.1f}% (confidence {fc.get('confidence') or 0:.2f}"
-            f"{slope_text}, {fc.get('samples') or 0} sample(s))"
+        say(
+            _text(
+                f"  forecast {fc['value']:.1f}% (confidence {fc.get('confidence') or 0:.2f}"
+                f"{slope_text}, {fc.get('samples') or 0} sample(s))"
+            )
         )
     ctl = doc.get("controller")
     if ctl:
-        line(
-            f"  controller on {ctl['resource']}: input {ctl['input']:.1f}% vs setpoint "
-            f"{ctl['setpoint']:g}%, output {ctl['output']:+.3f} of the rate"
+        say(
+            _text(
+                f"  controller on {ctl['resource']}: input {ctl['input']:.1f}% vs setpoint "
+                f"{ctl['setpoint']:g}%, output {ctl['output']:+.3f} of the rate"
+            )
         )
     targets = doc.get("node_targets") or []
     if targets:
         grid = Grid(
-            f"self-play targets ({len(targets)} node(s)"
-            + ("; not stored)" if doc["dry_run"] else ")"),
+            "self-play targets" + (" (not stored)" if doc["dry_run"] else ""),
             "node",
             "target",
-            "hardware cap",
+            "self-play cap",
         )
         for t in targets:
             grid.add(t["node"], t["target"], _limit(t.get("cap")))
