@@ -954,8 +954,8 @@ def adjusted(doc: dict[str, Any]) -> None:
                 f"  cluster: cpu {_pct(util.get('cpu'))}, gpu {_pct(util.get('gpu'))}, "
                 f"gpu memory {_pct(util.get('gpu_memory'))}; {util.get('fresh_nodes', 0)} fresh "
                 f"node(s) ({util.get('gpu_nodes', 0)} GPU, {util.get('cpu_nodes', 0)} CPU), "
-                f"{util.get('stale_nodes', 0)} stale; {util.get('running_jobs', 0)} running job(s), "
-                f"{util.get('selfplay_jobs', 0)} self-play"
+                f"{util.get('stale_nodes', 0)} stale; {util.get('running_jobs', 0)} running "
+                f"job(s), {util.get('selfplay_jobs', 0)} self-play"
             )
         )
     fc = doc.get("forecast")
