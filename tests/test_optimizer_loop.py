@@ -378,6 +378,7 @@ def test_cli_adjust_status_and_refusal(coord: Coord) -> None:
     (line,) = [x for x in screen.stdout.splitlines() if x.startswith("optimizer: ")]
     assert line.startswith("optimizer: gpu 97% (target 60-80%) · rate ")
     assert " · scale_down " in line and line.endswith(" ago")
+    assert any("selfplay=3/32 (optimizer target 3)" in x for x in screen.stdout.splitlines())
     util = coord("utilization")
     assert util.returncode == 0 and "gpu: 97% (target 60-80%: high" in util.stdout
     again = coord("adjust")

@@ -660,6 +660,10 @@ def status_screen(doc: dict[str, Any], readings: dict[str, Any] | None = None) -
         word = admission_word(r)
         if r["node"] in by_node or word.plain.startswith(("BLOCKED", "warn")):
             words[r["node"]] = word
+    opt = doc.get("optimizer") or {}
+    target_of = {  # the optimizer's self-play targets admission enforces now
+        t["node"]: t["target"] for t in opt.get("selfplay_targets") or [] if t.get("in_force")
+    }
     if by_node or words:
         grid = Grid(
             f"tasks per node ({len(by_node)} node(s); FULL: at the per-node limit)",
@@ -675,7 +679,13 @@ def status_screen(doc: dict[str, Any], readings: dict[str, Any] | None = None) -
                 sum(count for _, count, _ in entries),
                 words.get(node, Text("-")),
                 ", ".join(
-                    f"{name}={count}/{_limit(limit)}" + (" FULL" if _full(count, limit) else "")
+                    f"{name}={count}/{_limit(limit)}"
+                    + (" FULL" if _full(count, limit) else "")
+                    + (
+                        f" (optimizer target {target_of[node]})"
+                        if name == "selfplay" and node in target_of
+                        else ""
+                    )
                     for name, count, limit in entries
                 ),
             )
