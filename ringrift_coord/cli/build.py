@@ -321,14 +321,6 @@ def _option_choices(ctx: click.Context | None) -> list[str]:
     return names
 
 
-def _negative_number(word: str) -> bool:
-    try:
-        float(word)
-    except ValueError:
-        return False
-    return word.startswith("-")
-
-
 def usage_from_click(exc: click_exceptions.UsageError) -> UsageError:
     """Click's usage error in the words and the one form the fast parser gives the same
     mistake (``parser.usage_error``)."""
@@ -338,12 +330,6 @@ def usage_from_click(exc: click_exceptions.UsageError) -> UsageError:
         known = spec.GLOBAL_BY_NAME.get(exc.option_name)
         if known is not None and known.takes_value:  # the last word: left for the command
             return parser.missing_value(known.name, "")
-        if _negative_number(exc.option_name):  # "-5": a value, not an option
-            return parser.usage_error(
-                f"{exc.option_name} is a negative number, and no number this command takes "
-                "may be below 0",
-                where,
-            )
         return parser.unknown_option(exc.option_name, _option_choices(ctx), where)
     if isinstance(exc, click_exceptions.BadOptionUsage) and exc.option_name:
         if "does not take a value" in message:

@@ -127,7 +127,19 @@ def shown(word: str) -> str:
 
 
 def unknown_option(name: str, choices: Iterable[str], command: str = "") -> UsageError:
-    """``--nod`` is no option here; the nearest of ``choices`` is the hint."""
+    """``--nod`` is no option here; the nearest of ``choices`` is the hint. ``-5`` is a
+    negative number where a value was expected: said as one."""
+    if name.startswith("-") and name[1:2].isdigit():
+        try:
+            float(name)
+        except ValueError:
+            pass
+        else:
+            return usage_error(
+                f"{shown(name)} is a negative number, and no number this command takes may be "
+                "below 0",
+                command,
+            )
     return usage_error(f"unknown option {shown(name)}{did_you_mean(name, choices)}", command)
 
 
