@@ -298,12 +298,19 @@ def node_limit(
     )
 
 
-def oom_cap(tx: Tx, req: Request, settings: Settings, now: float, ev: Evaluation) -> Reason | None:
-    """The node's cap for the type, lowered after repeated OOMs (see ``feedback``)."""
-    if not ev.probe["cap"]:
-        return None
+def _below_limit_cap(
+    rule: str,
+    cap: int | None,
+    what: str,
+    req: Request,
+    settings: Settings,
+    now: float,
+    ev: Evaluation,
+    details: dict[str, Any],
+) -> Reason | None:
+    """A node's cap for the type below its per-node limit (OOM-lowered, hardware): refused
+    when running + queued ahead + 1 exceed it, unless the per-node limit already says so."""
     ttype = req.task_type.value
-    cap = feedback.lowered_cap(tx, settings, req.node, ttype, now)
     limit = settings.task_limit(ttype, "per_node")
     used, ahead = len(ev.on_node), ev.ahead_node
     if cap is None or used + ahead + 1 <= cap:
@@ -312,15 +319,24 @@ def oom_cap(tx: Tx, req: Request, settings: Settings, now: float, ev: Evaluation
         return None  # the per-node limit already says so
     queued = f" + {ahead} queued" if ahead else ""
     return Reason(
-        "oom_cap",
-        f"{used} running{queued} + 1 requested > cap {cap} for {ttype} on {req.node}, "
-        "lowered after repeated OOMs",
+        rule,
+        f"{used} running{queued} + 1 requested > {what}",
         requested=1,
         used=used,
         limit=cap,
         retry_after=_expected_end_wait(ev.on_node, settings.duration(ttype), now),
-        details={"configured": limit, "queued": ahead},
+        details={**details, "configured": limit, "queued": ahead},
     )
+
+
+def oom_cap(tx: Tx, req: Request, settings: Settings, now: float, ev: Evaluation) -> Reason | None:
+    """The node's cap for the type, lowered after repeated OOMs (see ``feedback``)."""
+    if not ev.probe["cap"]:
+        return None
+    ttype = req.task_type.value
+    cap = feedback.lowered_cap(tx, settings, req.node, ttype, now)
+    what = f"cap {cap} for {ttype} on {req.node}, lowered after repeated OOMs"
+    return _below_limit_cap("oom_cap", cap, what, req, settings, now, ev, {})
 
 
 def hardware_cap(
@@ -340,30 +356,12 @@ def hardware_cap(
 
     found = capacity.of_reading(reading, settings)
     cap = found["max_selfplay_jobs"]
-    ttype = req.task_type.value
-    limit = settings.task_limit(ttype, "per_node")
-    used, ahead = len(ev.on_node), ev.ahead_node
-    if cap is None or used + ahead + 1 <= cap:
-        return None
-    if limit is not None and used + ahead + 1 > limit:
-        return None  # the per-node limit already says so
-    queued = f" + {ahead} queued" if ahead else ""
-    return Reason(
-        "hardware_cap",
-        f"{used} running{queued} + 1 requested > hardware cap {cap} for {ttype} on "
-        f"{req.node} (bounded by {found['bounded_by']})",
-        requested=1,
-        used=used,
-        limit=cap,
-        retry_after=_expected_end_wait(ev.on_node, settings.duration(ttype), now),
-        details={
-            "bounded_by": found["bounded_by"],
-            "gpu_model": found["gpu_model"],
-            "per_gpu": found["per_gpu"],
-            "configured": limit,
-            "queued": ahead,
-        },
+    what = (
+        f"hardware cap {cap} for {req.task_type.value} on {req.node} "
+        f"(bounded by {found['bounded_by']})"
     )
+    details = {k: found[k] for k in ("bounded_by", "gpu_model", "per_gpu")}
+    return _below_limit_cap("hardware_cap", cap, what, req, settings, now, ev, details)
 
 
 def cluster_limit(
