@@ -100,6 +100,20 @@ def test_an_exception_rolls_the_write_back_and_goes_on(db: EngineDB) -> None:
     assert probe(b) == 2
 
 
+def test_a_transaction_a_signal_left_open_is_rolled_back_by_the_next(db: EngineDB) -> None:
+    """A signal's exception (``run --wait``'s SIGTERM/SIGHUP) raised between a BEGIN and the
+    code that would roll it back leaves the connection in a transaction: the next write on
+    the store rolls it back and goes on (before, it failed, and a waiter kept its place)."""
+    a, b = db.open(), db.open()
+    tx = a._begin(write=True)  # what an interrupted write leaves behind: begun, never ended
+    put(tx, "a", 1)
+    with a.write() as tx:  # the store carries on, without the abandoned row
+        put(tx, "b", 2)
+    assert probe(b, "a") is None and probe(b, "b") == 2
+    with a.read() as tx:  # a read too
+        assert tx.one("SELECT COUNT(*) AS n FROM contract_probe")["n"] == 1
+
+
 def test_a_read_transaction_refuses_to_write_and_persists_nothing(db: EngineDB) -> None:
     a = db.open()
     with pytest.raises(StateError) as raised, a.read() as tx:

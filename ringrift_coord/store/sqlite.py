@@ -141,6 +141,8 @@ class SQLiteStore(Store):
     # -- transactions -------------------------------------------------------------------
 
     def _begin(self, write: bool) -> Tx:
+        if self._conn.in_transaction:  # one a signal's exception left open between two lines
+            self._rollback()
         try:
             if write:
                 if self._query_only:  # a read interrupted before it could turn it off
@@ -156,6 +158,9 @@ class SQLiteStore(Store):
         except sqlite3.Error as exc:
             self._rollback()
             raise self._translate(exc) from None
+        except BaseException:  # a signal's exception (run --wait's SIGHUP) mid-way: roll back
+            self._rollback()
+            raise
         return SQLiteTx(self)
 
     def _commit(self) -> None:
