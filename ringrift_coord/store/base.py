@@ -60,13 +60,23 @@ class Store(ABC):
             lock = self.__dict__.setdefault("_lock", _thread.RLock())
         return lock
 
+    def _stale_transaction(self) -> bool:
+        """True when no ``write``/``read`` of this store is open: a transaction the
+        connection is still in was left by a signal's exception between a BEGIN and the code
+        that would end it, and ``_begin`` rolls it back (never one a caller holds)."""
+        return not self.__dict__.get("_depth", 0)
+
     @contextmanager
     def write(self) -> Iterator[Tx]:
         """A serialised read-then-write transaction; commits on success."""
         with self._thread_lock():
             tx = self._begin(write=True)
             try:
-                yield tx
+                self.__dict__["_depth"] = self.__dict__.get("_depth", 0) + 1
+                try:
+                    yield tx
+                finally:
+                    self.__dict__["_depth"] -= 1
             except BaseException:
                 self._rollback()
                 raise
@@ -78,7 +88,11 @@ class Store(ABC):
         with self._thread_lock():
             tx = self._begin(write=False)
             try:
-                yield tx
+                self.__dict__["_depth"] = self.__dict__.get("_depth", 0) + 1
+                try:
+                    yield tx
+                finally:
+                    self.__dict__["_depth"] -= 1
             finally:
                 self._rollback()
 

@@ -246,7 +246,10 @@ class PostgresStore(Store):
     def _begin(self, write: bool, lock: int = ADMISSION_LOCK) -> Tx:
         if self._conn is None or self._conn.closed or self._conn.broken:
             self._connect()  # the server came back: carry on with a fresh session
-        elif self._conn.info.transaction_status != self._psycopg.pq.TransactionStatus.IDLE:
+        elif (
+            self._conn.info.transaction_status != self._psycopg.pq.TransactionStatus.IDLE
+            and self._stale_transaction()
+        ):
             self._rollback()  # one a signal's exception left open between two lines
         tx = PostgresTx(self)
         try:

@@ -141,8 +141,8 @@ class SQLiteStore(Store):
     # -- transactions -------------------------------------------------------------------
 
     def _begin(self, write: bool) -> Tx:
-        if self._conn.in_transaction:  # one a signal's exception left open between two lines
-            self._rollback()
+        if self._conn.in_transaction and self._stale_transaction():
+            self._rollback()  # one a signal's exception left open between two lines
         try:
             if write:
                 if self._query_only:  # a read interrupted before it could turn it off
