@@ -564,3 +564,15 @@ def test_adjusts_sooner_than_the_interval_move_the_rate_by_their_share(engine_db
     two_halves = end / start - 1.0
     assert shares == [0.5, 0.5]
     assert 0.0 < two_halves < 1.3 * one_step, (one_step, two_halves)  # not twice the step
+
+
+def test_a_first_step_on_target_from_an_uneven_load_holds(engine_db: Any) -> None:
+    """7 of 24 running: the load's rate (1458.3/h) is stored in tenths like every rate, so a
+    first step inside the band is a hold, not a 'scale_down' of a rounding."""
+    loop = Loop(engine_db)
+    loop.report("g1", gpu=70.0, cpu=70.0)
+    for _ in range(7):
+        assert loop.start("g1").allowed
+    done = loop.adjust()
+    assert done["action"] == "none" and done["rate"] == done["previous_rate"] == 1458.3, done
+    assert loop.targets() == {"g1": 7}  # ceil(24 x 1458.3 / 5000) = 7 = what it runs

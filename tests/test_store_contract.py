@@ -265,6 +265,21 @@ def test_a_server_gone_between_transactions_is_busy_then_comes_back(
     assert probe(store, "b") is None
 
 
+def test_a_left_over_transaction_whose_session_the_server_ended(db: EngineDB) -> None:
+    """The transaction a signal left open outlived its session (the server's idle timeout,
+    a restart): the next write gets a fresh session, not the driver's raw error."""
+    if db.engine == "sqlite":
+        pytest.skip("an embedded engine has no session to end")
+    store, other = db.open(), db.open()
+    tx = store._begin(write=True)
+    (pid,) = tx.one("SELECT pg_backend_pid() AS pid").values()
+    with other.read() as otx:  # (a write would wait for the left-over one's lock)
+        otx.query("SELECT pg_terminate_backend(?)", (pid,))
+    with store.write() as tx:  # the store carries on, on a new session
+        put(tx, "a", 1)
+    assert probe(other) == 1
+
+
 # --------------------------------------------------------------------------- clock
 
 

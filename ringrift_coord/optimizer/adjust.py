@@ -224,8 +224,7 @@ def step(
         since = now - float(previous["at"])
         share = min(1.0, max(0.0, since / max(float(opt["interval"]), 1.0)))
     output *= share
-    new_rate = opt_state.bounded_rate(old_rate * (1.0 + output), settings)
-    new_rate = round(new_rate, 1)
+    new_rate = opt_state.bounded_rate(round(old_rate * (1.0 + output), 1), settings)
     if new_rate > old_rate + EPSILON:
         action = "scale_up"
     elif new_rate < old_rate - EPSILON:

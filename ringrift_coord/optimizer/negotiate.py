@@ -107,7 +107,7 @@ def negotiate(
     if over_target and approved > previous:
         approved = previous
         limited.append("over_target")
-    approved = state.bounded_rate(approved, settings)
+    approved = state.bounded_rate(round(approved, 1), settings)  # as stored: tenths
     action = "scale_up" if approved > previous else "scale_down" if approved < previous else "none"
     targets = state.set_rate(
         tx,

@@ -233,7 +233,8 @@ def rate_of_load(tx: Tx, settings: Settings, now: float) -> float | None:
     total = sum(caps.values())
     if not busy or not total:
         return None
-    return bounded_rate(float(settings.get("optimizer.rate.max")) * busy / total, settings)
+    top = float(settings.get("optimizer.rate.max"))
+    return bounded_rate(round(top * busy / total, 1), settings)  # stored rates: tenths
 
 
 def store_targets(tx: Tx, targets: dict[str, tuple[int, int]], now: float) -> None:
@@ -284,7 +285,7 @@ def set_rate(
     """Store a new rate: the state row, a history row and the per-node targets it implies
     for the nodes with fresh readings (with ``hold``, none below what the node runs now:
     ``keep_running``). Returns those targets."""
-    rate = round(bounded_rate(rate, settings), 1)  # games per hour: a tenth is plenty
+    rate = bounded_rate(round(rate, 1), settings)  # games per hour: a tenth is plenty
     found = node_targets(rate, fresh_caps(tx, settings, now), settings)
     if hold:
         found = keep_running(found, running_selfplay(tx))

@@ -244,13 +244,17 @@ class PostgresStore(Store):
     # -- transactions -------------------------------------------------------------------
 
     def _begin(self, write: bool, lock: int = ADMISSION_LOCK) -> Tx:
-        if self._conn is None or self._conn.closed or self._conn.broken:
-            self._connect()  # the server came back: carry on with a fresh session
-        elif (
-            self._conn.info.transaction_status != self._psycopg.pq.TransactionStatus.IDLE
+        conn = self._conn
+        if (
+            conn is not None
+            and not conn.closed
+            and not conn.broken
+            and conn.info.transaction_status != self._psycopg.pq.TransactionStatus.IDLE
             and self._stale_transaction()
         ):
             self._rollback()  # one a signal's exception left open between two lines
+        if self._conn is None or self._conn.closed or self._conn.broken:
+            self._connect()  # the server came back (or ended that session): a fresh one
         tx = PostgresTx(self)
         try:
             if write:
