@@ -136,8 +136,8 @@ def unknown_option(name: str, choices: Iterable[str], command: str = "") -> Usag
             pass
         else:
             return usage_error(
-                f"{shown(name)} is a negative number, and no number this command takes may be "
-                "below 0",
+                f"unknown option {shown(name)} (if it is meant as a number: none here may be "
+                "below 0)",
                 command,
             )
     return usage_error(f"unknown option {shown(name)}{did_you_mean(name, choices)}", command)
