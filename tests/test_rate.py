@@ -253,7 +253,7 @@ def test_cli_negotiate_and_show(coord: Coord) -> None:
         (("rate", "negotiate", "nan", "--reason", "r", "--requestor", "q"), "argument RATE"),
         (("rate", "negotiate", "2e9", "--reason", "r", "--requestor", "q"), "more than 1e+09"),
         (("distribution", "--rate", "1e308"), "option --rate: 1e308 is more than"),
-        (("rate", "negotiate", "-5", "--reason", "r", "--requestor", "q"), "none here may be below 0"),
+        (("rate", "negotiate", "-5", "--reason", "r", "--requestor", "q"), "below 0"),
         (("rate", "negotiate", "100", "--reason", "", "--requestor", "q"), "option --reason"),
         (("rate", "negotiate", "100", "--reason", "r", "--requestor", " "), "option --requestor"),
         (("rate", "negotiate", "100", "--requestor", "q"), "--reason"),
