@@ -421,7 +421,7 @@ def config_share(
     if slots_known is None:
         return None
     try:
-        share = distribution.split(slots_known, dict(configured))[config]
+        share = distribution.split(slots_known, dict(configured), req.node)[config]
     except ValueError:  # every weight 0: nothing to share by
         return None
     running = slots.of_config(tx, req.node, "selfplay", config)

@@ -349,3 +349,51 @@ def test_config_share_follows_the_optimizer_target(coord: Coord) -> None:
     finally:
         holder.kill()
         holder.wait()
+
+
+REFERENCE_WEIGHTS = {
+    "square8_2p": 0.4,
+    "square8_3p": 0.1,
+    "square8_4p": 0.1,
+    "square19_2p": 0.2,
+    "hexagonal_2p": 0.2,
+}
+
+
+def test_a_nodes_salt_breaks_equal_remainders_its_own_way() -> None:
+    """5 slots: 2, 0.5, 0.5, 1, 1: the last slot goes to square8_3p or square8_4p. By name it
+    is square8_3p on every node (square8_4p could never run anywhere); salted by the node's
+    name, each node breaks the tie its own way, the same way every time."""
+    assert split(5, REFERENCE_WEIGHTS)["square8_3p"] == 1
+    winners = set()
+    for i in range(16):
+        shares = split(5, REFERENCE_WEIGHTS, f"n{i}")
+        assert sum(shares.values()) == 5 and shares["square8_2p"] == 2
+        assert shares["square19_2p"] == shares["hexagonal_2p"] == 1
+        assert shares == split(5, REFERENCE_WEIGHTS, f"n{i}")  # deterministic
+        (winner,) = [c for c in ("square8_3p", "square8_4p") if shares[c] == 1]
+        winners.add(winner)
+    assert winners == {"square8_3p", "square8_4p"}
+
+
+def test_distribution_of_a_node_is_the_split_its_rule_enforces(coord: Coord) -> None:
+    coord.write_config(
+        "task_limits: {selfplay: {per_node: 5}}\noptimizer: {enforce_config_shares: true}\n"
+    )
+    assert coord("tasks", "reap").returncode == 0  # a store (distribution only reads)
+    seen = set()
+    for i in range(8):
+        node = f"n{i}"
+        shown = coord("--json", "distribution", "--node", node)
+        assert shown.returncode == 0, shown.stderr
+        shares = {p["config"]: p["share"] for p in json.loads(shown.stdout)["parts"]}
+        assert shares == split(5, REFERENCE_WEIGHTS, node)
+        for config in ("square8_3p", "square8_4p"):
+            done = coord("--json", "can-spawn", "selfplay", "--node", node, "--config-name", config)
+            assert done.returncode == (0 if shares[config] else 1), (node, config, done.stdout)
+            if shares[config] == 0:
+                (reason,) = _share_reasons(done)
+                assert reason["limit"] == 0 and json.loads(done.stdout)["retry_after"] is None
+            else:
+                seen.add(config)
+    assert seen == {"square8_3p", "square8_4p"}  # each runs on some node

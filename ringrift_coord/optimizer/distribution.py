@@ -17,6 +17,7 @@ latest reading (of any age), else whichever of the two is known.
 from __future__ import annotations
 
 import math
+import zlib
 from fractions import Fraction
 
 from ringrift_coord import readings
@@ -36,9 +37,11 @@ PER_NODE_LIMIT = "per-node limit"
 HARDWARE_CAP = "hardware cap"
 
 
-def split(total: int, weights: dict[str, float]) -> dict[str, int]:
+def split(total: int, weights: dict[str, float], salt: str | None = None) -> dict[str, int]:
     """``total`` split across ``weights``' keys in proportion to the weights, by largest
     remainder: the parts sum exactly to ``total``; every key is in the result (weight 0: 0).
+    Equal remainders of equal weights go by name, or with ``salt`` (a node's name) in an
+    order of its own: a node's slots then favour no config the same way on every node.
 
     Raises ``ValueError`` for a negative total, a negative or non-finite weight, or weights
     that are all 0 (there is nothing to split by)."""
@@ -57,10 +60,14 @@ def split(total: int, weights: dict[str, float]) -> dict[str, int]:
     quotas = {name: total * weight / whole for name, weight in exact.items()}
     shares = {name: math.floor(quota) for name, quota in quotas.items()}
     left = total - sum(shares.values())
-    # the leftover units: largest remainder first, then larger weight, then name
+
+    # the leftover units: largest remainder first, then larger weight, then name (salted)
+    def tie(name: str) -> tuple[int, str]:
+        return (0 if salt is None else zlib.crc32(f"{salt}\0{name}".encode()), name)
+
     order = sorted(
         (name for name in quotas if exact[name] > 0),
-        key=lambda name: (-(quotas[name] - shares[name]), -exact[name], name),
+        key=lambda name: (-(quotas[name] - shares[name]), -exact[name], tie(name)),
     )
     for name in order[:left]:
         shares[name] += 1
@@ -78,10 +85,12 @@ def weights(settings: Settings) -> dict[str, float]:
     return found
 
 
-def parts(total: int, configured: dict[str, float]) -> list[dict[str, Any]]:
-    """``[{config, weight, share}]`` in the configured order."""
+def parts(
+    total: int, configured: dict[str, float], salt: str | None = None
+) -> list[dict[str, Any]]:
+    """``[{config, weight, share}]`` in the configured order (``salt``: see ``split``)."""
     try:
-        shares = split(total, configured)
+        shares = split(total, configured, salt)
     except ValueError as exc:
         raise ConfigError(str(exc), key="selfplay_configs") from None
     return [
@@ -138,7 +147,7 @@ def distribution(
             "unit": "slots",
             "basis": basis,
             "node": node,
-            "parts": parts(slots, configured),
+            "parts": parts(slots, configured, node),  # the split the node's rule uses
         }
     if rate is None:
         assert tx is not None
