@@ -148,30 +148,23 @@ def step(
         else:
             reason = f"no fresh readings with a CPU or GPU figure ({fresh} fresh)"
         reason += "; holding the rate"
-        if not dry_run:
-            opt_state.save(
+        if not dry_run:  # the rate and the targets stay (the targets lapse by themselves)
+            opt_state.set_rate(
                 tx,
+                settings,
                 rate=old_rate,
-                action="none",
-                confidence=0.0,
-                reason=reason,
                 now=now,
-                who=who,
-                pid=saved.get("pid") or {},
-                detail={"utilization": util, "hold": True},
-            )
-            opt_state.record_rate(
-                tx,
-                at=now,
-                rate=old_rate,
-                previous_rate=old_rate,
                 source="adjust",
                 action="none",
+                previous_rate=old_rate,
                 confidence=0.0,
                 reason=reason,
                 requestor=requestor,
                 who=who,
                 host=host,
+                pid=saved.get("pid") or {},
+                detail={"utilization": util, "hold": True},
+                retarget=False,
             )
         return _document(
             acted=not dry_run,
@@ -285,9 +278,7 @@ def step(
     # node runs now (scale-down, and a hold outside the band at a bound, do lower it)
     hold = action == "none" and band["min"] <= measured <= band["max"]
     if dry_run:
-        found = opt_state.node_targets(new_rate, opt_state.fresh_caps(tx, settings, now), settings)
-        if hold:
-            found = opt_state.keep_running(found, opt_state.running_selfplay(tx))
+        found = opt_state.implied_targets(tx, settings, new_rate, now, hold)
     else:
         found = opt_state.set_rate(
             tx,

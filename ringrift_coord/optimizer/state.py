@@ -237,6 +237,15 @@ def rate_of_load(tx: Tx, settings: Settings, now: float) -> float | None:
     return bounded_rate(round(top * busy / total, 1), settings)  # stored rates: tenths
 
 
+def implied_targets(
+    tx: Tx, settings: Settings, rate: float, now: float, hold: bool = False
+) -> dict[str, tuple[int, int]]:
+    """The per-node targets ``rate`` implies for the nodes with fresh readings; with
+    ``hold``, none below what the node runs now (``keep_running``)."""
+    found = node_targets(rate, fresh_caps(tx, settings, now), settings)
+    return keep_running(found, running_selfplay(tx)) if hold else found
+
+
 def store_targets(tx: Tx, targets: dict[str, tuple[int, int]], now: float) -> None:
     """Replace every node's self-play job target."""
     tx.execute("DELETE FROM selfplay_targets")
@@ -281,14 +290,13 @@ def set_rate(
     pid: dict[str, Any] | None = None,
     detail: dict[str, Any] | None = None,
     hold: bool = False,
+    retarget: bool = True,
 ) -> dict[str, tuple[int, int]]:
-    """Store a new rate: the state row, a history row and the per-node targets it implies
-    for the nodes with fresh readings (with ``hold``, none below what the node runs now:
-    ``keep_running``). Returns those targets."""
+    """Store a rate: the state row, a history row and (unless not ``retarget``: a hold
+    without readings keeps the targets to lapse) the per-node targets it implies
+    (``implied_targets``). Returns the targets stored."""
     rate = bounded_rate(round(rate, 1), settings)  # games per hour: a tenth is plenty
-    found = node_targets(rate, fresh_caps(tx, settings, now), settings)
-    if hold:
-        found = keep_running(found, running_selfplay(tx))
+    found = implied_targets(tx, settings, rate, now, hold) if retarget else {}
     save(
         tx,
         rate=rate,
@@ -314,7 +322,8 @@ def set_rate(
         who=who,
         host=host,
     )
-    store_targets(tx, found, now)
+    if retarget:
+        store_targets(tx, found, now)
     return found
 
 
