@@ -14,7 +14,7 @@ import os
 from collections.abc import Mapping
 
 from ringrift_coord.errors import ConfigError, ExitCode
-from ringrift_coord.inputs import number_hint, strict_float, strict_int
+from ringrift_coord.inputs import did_you_mean, number_hint, strict_float, strict_int
 from ringrift_coord.tasktypes import TASK_TYPE_NAMES
 
 TYPE_CHECKING = False  # typing costs start-up time on the hot path; annotations are lazy
@@ -107,7 +107,18 @@ DEFAULTS: dict[str, Any] = {
         "max_concurrent_transfers": 4,
     },
     "durations": {"selfplay": 3600, "training": 14400, "cmaes": 28800, "pipeline": 21600},
-    "peak_hours": {"start": "14:00", "end": "22:00", "timezone": "UTC"},
+    # enforce: admission refuses the task_types that would run into a peak window
+    "peak_hours": {
+        "start": "14:00",
+        "end": "22:00",
+        "timezone": "UTC",
+        "enforce": False,
+        "task_types": ["training", "cmaes", "pipeline"],
+    },
+    # learned durations: the last `samples` successful runs of each (type, config) are kept;
+    # `min_samples` of them replace the default; a running task older than stale_factor x its
+    # expected duration is listed as stale
+    "schedule": {"samples": 20, "min_samples": 3, "stale_factor": 2.0},
     # the feedback loop (`adjust`) and the self-play rate it steers, in games per hour
     "optimizer": {
         "rate": {"initial": 1000, "min": 100, "max": 5000},
@@ -158,7 +169,8 @@ DEFAULTS: dict[str, Any] = {
 class Leaf:
     """One setting's kind: "count", "number", "seconds", "percent", "bool", "str", "hhmm",
     "globs", "timezone" (a name in the time-zone database), "group" (a Unix group name or
-    id). A "seconds" setting is a number of seconds or a duration with units, "5m"."""
+    id), "task_types" (a list of task type names). A "seconds" setting is a number of
+    seconds or a duration with units, "5m"."""
 
     __slots__ = ("kind", "nullable")
 
@@ -178,6 +190,7 @@ class Leaf:
             "globs": "a list of glob patterns",
             "timezone": 'a time-zone name such as "UTC" or "Europe/Berlin"',
             "group": "a Unix group name or id",
+            "task_types": "a list of task types",
         }[self.kind]
         if not self.nullable:
             return text
@@ -240,11 +253,18 @@ SCHEMA: dict[str, Any] = {
     "bandwidth": {
         "host_types": MapOf(None, {"match": Leaf("globs"), "mbps": NUM}),
         "default_mbps": NUM,
-        "priorities": MapOf(("critical", "high", "normal", "background"), NUM),
+        "priorities": MapOf(("critical", "high", "normal", "background"), PCT_FRACTION),
         "max_concurrent_transfers": COUNT,
     },
     "durations": MapOf(TASK_TYPE_NAMES, SECS),
-    "peak_hours": {"start": Leaf("hhmm"), "end": Leaf("hhmm"), "timezone": Leaf("timezone")},
+    "peak_hours": {
+        "start": Leaf("hhmm"),
+        "end": Leaf("hhmm"),
+        "timezone": Leaf("timezone"),
+        "enforce": Leaf("bool"),
+        "task_types": Leaf("task_types"),
+    },
+    "schedule": {"samples": COUNT, "min_samples": COUNT, "stale_factor": NUM},
     "optimizer": {
         "rate": {"initial": NUM, "min": NUM, "max": NUM},
         "interval": SECS,
@@ -285,7 +305,7 @@ FLOORS: dict[str, tuple[float, str]] = {
 
 # Settings that are validated and shown but that nothing reads yet: ``config show`` and the
 # shipped YAML mark them "(not used yet)". Whatever starts reading one removes it here.
-NOT_USED_YET: frozenset[str] = frozenset({"bandwidth", "peak_hours"})
+NOT_USED_YET: frozenset[str] = frozenset({"bandwidth", "peak_hours"})  # issue-10 helpers remove
 
 
 def is_used(dotted: str) -> bool:
@@ -294,15 +314,17 @@ def is_used(dotted: str) -> bool:
     return not any(".".join(parts[:i]) in NOT_USED_YET for i in range(1, len(parts) + 1))
 
 
-# The optimizer's sections: an error in one (a bad value from the file, the environment or
-# --set, or a cross-check among them) does not stop loading. The section keeps its values from
-# the layers below, the error is kept in ``Settings.problems``, and ``Settings.require``
-# raises it: only the commands that use the section fail; admission goes on.
+# The optimizer's and the bandwidth manager's sections: an error in one (a bad value from the
+# file, the environment or --set, or a cross-check among them) does not stop loading. The
+# section keeps its values from the layers below, the error is kept in ``Settings.problems``,
+# and ``Settings.require`` raises it: only the commands that use the section fail; admission
+# goes on.
 DEFERRED_SECTIONS: tuple[str, ...] = (
     "resource_targets",
     "optimizer",
     "hardware",
     "selfplay_configs",
+    "bandwidth",
 )
 
 # environment variable -> keys it sets (below the file's values: environment > file > defaults)
@@ -754,6 +776,31 @@ def _cross_checks(values: dict[str, Any], sources: dict[str, str], path: str | N
                 sources,
                 path,
             )
+    peak = values["peak_hours"]
+    if peak["start"] == peak["end"]:
+        raise _cross_fail(
+            f"start and end are both {peak['start']}: a peak window needs two different times "
+            "(to let long tasks start at any hour, set peak_hours.enforce: false)",
+            ("peak_hours.start", "peak_hours.end"),
+            sources,
+            path,
+        )
+    sched = values["schedule"]
+    if not 1 <= sched["min_samples"] <= sched["samples"]:
+        raise _cross_fail(
+            f"min_samples ({sched['min_samples']}) must be at least 1 and at most samples "
+            f"({sched['samples']}), the number of durations kept",
+            ("schedule.min_samples", "schedule.samples"),
+            sources,
+            path,
+        )
+    if sched["stale_factor"] <= 0:
+        raise _cross_fail(
+            f"stale_factor must be above 0, got {sched['stale_factor']:g}",
+            ("schedule.stale_factor",),
+            sources,
+            path,
+        )
     for name, entry in values["rate_limits"].items():
         if entry.get("per_minute") is not None and entry.get("burst", 1) < 1:
             raise _cross_fail(
@@ -840,7 +887,29 @@ def _deferred_checks(
                 ),
             )
         )
+    bandwidth = _bandwidth_problem(values["bandwidth"], sources, path)
+    if bandwidth is not None:
+        found.append(("bandwidth", bandwidth))
     return found
+
+
+def _bandwidth_problem(
+    bw: dict[str, Any], sources: dict[str, str], path: str | None
+) -> ConfigError | None:
+    """A link of 0 Mbps, a priority with no share of it, or no transfer allowed at once
+    would refuse every transfer: each must be above 0."""
+    keys = [f"host_types.{name}.mbps" for name in bw["host_types"]]
+    keys += ["default_mbps", "max_concurrent_transfers"]
+    keys += [f"priorities.{name}" for name in bw["priorities"]]
+    for key in keys:
+        node: Any = bw
+        for part in key.split("."):
+            node = node[part]
+        if node <= 0:
+            return _cross_fail(
+                f"{key} must be above 0, got {node:g}", (f"bandwidth.{key}",), sources, path
+            )
+    return None
 
 
 def _timing_problem(
@@ -1148,6 +1217,15 @@ def _check_leaf(leaf: Leaf, value: Any, dotted: str, origin: str, line: int | No
         if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
             raise bad(f"expected a list of glob patterns, got {_show(value)}")
         return value
+    if kind == "task_types":
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise bad(f"expected a list of task types, got {_show(value)}")
+        for name in value:
+            if name not in TASK_TYPE_NAMES:
+                raise bad(f"unknown task type {name!r}{did_you_mean(name, TASK_TYPE_NAMES)}")
+        return list(dict.fromkeys(value))
     if kind == "group":
         if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
             return value

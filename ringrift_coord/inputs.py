@@ -59,6 +59,25 @@ def slot_count(value: int, field: str) -> int:
     return int(value)
 
 
+def instant(text: str, field: str) -> float:
+    """An ISO 8601 time (``2026-12-01T12:00``, ``...Z``, ``...+02:00``; a time without a zone
+    is UTC, the cluster's clock) as seconds since the epoch: ``--now``, ``--since``."""
+    from datetime import UTC, datetime
+
+    raw = text.strip()
+    try:
+        moment = datetime.fromisoformat(raw.replace("Z", "+00:00").replace("z", "+00:00"))
+    except ValueError:
+        raise UsageError(
+            f"{text!r} is not an ISO 8601 time like 2026-12-01T12:00 (UTC) or "
+            "2026-12-01T12:00+02:00",
+            field=field,
+        ) from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.timestamp()
+
+
 # --------------------------------------------------------------------------- numbers
 #
 # A number is written as a number: plain ASCII decimal. Python's int() and float() also take

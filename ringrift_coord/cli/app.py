@@ -8,7 +8,6 @@ runs this app (``run_typer``). The global options and the hot commands are gener
 
 from __future__ import annotations
 
-from datetime import UTC
 from typing import Annotated, Any
 
 import typer
@@ -417,27 +416,23 @@ def decisions(
 def parse_since(text: str) -> tuple[float | None, float | None]:
     """``--since``: (a moment, None) for an ISO 8601 time, (None, seconds) for an age (a
     duration: ``90``, ``30m``, ``1h30m``, ``3w``)."""
-    from datetime import datetime
-
     from ringrift_coord import durations
+    from ringrift_coord.inputs import instant
 
     raw = text.strip()
     try:
         return None, durations.parse(raw)
     except ValueError as exc:
         as_age = str(exc)
+    if raw[:1] == "-":  # a negative age, not a date
+        raise UsageError(as_age, field="since")
     try:
-        moment = datetime.fromisoformat(raw.replace("Z", "+00:00"))
-    except ValueError:
-        if raw[:1] == "-":  # a negative age, not a date
-            raise UsageError(as_age, field="since") from None
+        return instant(raw, "since"), None
+    except UsageError:
         raise UsageError(
             f"{text!r} is neither an ISO 8601 time (2026-05-01T12:00) nor an age like 30m, 2h, 3w",
             field="since",
         ) from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return moment.timestamp(), None
 
 
 # --------------------------------------------------------------------------- limits, targets

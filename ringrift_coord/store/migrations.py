@@ -237,12 +237,73 @@ CREATE TABLE utilization_samples (
 CREATE INDEX utilization_samples_at ON utilization_samples (at)
 """
 
+# Transfers admitted by the bandwidth manager (holder and lease as a task's), the ended ones
+# with their bytes and observed rate, and the durations of successful runs the scheduler
+# learns from. ``remote`` is the host at the other end of a transfer, whose link the limit is
+# for; ``host`` (as in ``tasks``) is the machine holding the transfer, which the reaper checks.
+_TRANSFERS_SCHEDULE = """
+CREATE TABLE transfers (
+    transfer_id TEXT PRIMARY KEY,
+    remote TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    priority TEXT NOT NULL,
+    kbps DOUBLE PRECISION NOT NULL,
+    node TEXT NOT NULL,
+    host TEXT NOT NULL,
+    boot_id TEXT,
+    pid INTEGER,
+    pid_start BIGINT,
+    pgid INTEGER,
+    wrapper_pid INTEGER,
+    wrapper_start BIGINT,
+    command TEXT,
+    source TEXT NOT NULL,
+    started_at DOUBLE PRECISION NOT NULL,
+    lease_expires DOUBLE PRECISION NOT NULL,
+    lease_token BIGINT NOT NULL
+);
+CREATE INDEX transfers_remote ON transfers (remote);
+CREATE TABLE transfer_history (
+    id {serial},
+    transfer_id TEXT NOT NULL,
+    remote TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    priority TEXT NOT NULL,
+    kbps DOUBLE PRECISION NOT NULL,
+    node TEXT NOT NULL,
+    host TEXT NOT NULL,
+    started_at DOUBLE PRECISION NOT NULL,
+    ended_at DOUBLE PRECISION NOT NULL,
+    seconds DOUBLE PRECISION NOT NULL,
+    bytes BIGINT,
+    observed_kbps DOUBLE PRECISION,
+    ema_kbps DOUBLE PRECISION,
+    status TEXT NOT NULL,
+    reason TEXT
+);
+CREATE INDEX transfer_history_remote ON transfer_history (remote, ended_at);
+CREATE TABLE duration_samples (
+    id {serial},
+    task_type TEXT NOT NULL,
+    config_name TEXT NOT NULL,
+    seconds DOUBLE PRECISION NOT NULL,
+    at DOUBLE PRECISION NOT NULL,
+    source TEXT NOT NULL,
+    task_id TEXT
+);
+CREATE INDEX duration_samples_key ON duration_samples (task_type, config_name, at)
+"""
+
 # (name, engine -> SQL script)
 MIGRATIONS: list[tuple[str, dict[str, str]]] = [
     ("0001_initial", {engine: _initial(engine) for engine in _SERIAL}),
     ("0002_safeguards", {engine: _SAFEGUARDS.format(serial=_SERIAL[engine]) for engine in _SERIAL}),
     ("0003_node_halts", {engine: _NODE_HALTS for engine in _SERIAL}),
     ("0004_optimizer", {engine: _OPTIMIZER.format(serial=_SERIAL[engine]) for engine in _SERIAL}),
+    (
+        "0005_transfers_schedule",
+        {engine: _TRANSFERS_SCHEDULE.format(serial=_SERIAL[engine]) for engine in _SERIAL},
+    ),
 ]
 
 MIGRATION_NAMES: tuple[str, ...] = tuple(name for name, _ in MIGRATIONS)
