@@ -210,7 +210,7 @@ COMMANDS: dict[str, tuple[str, ...]] = {
     "run": ("task_id", "task_type", "node", "exit_code", "status", "reason", "duration"),
     "tasks list": ("tasks",),
     "tasks history": ("tasks",),
-    "tasks reap": ("reaped",),
+    "tasks reap": ("reaped", "reaped_transfers"),
     "tasks show": (
         "task_id",
         "task_type",
