@@ -180,7 +180,7 @@ def bandwidth_start(
             decision = transfers.start(tx, c.settings, req, tx.now())
         if not decision.allowed:
             if g.json:
-                emit_json(decision.to_dict())
+                emit_json({**decision.to_dict(), "lease_token": None})
             else:
                 say(decision.summary())
             done(ExitCode.DENIED)
@@ -219,6 +219,24 @@ def bandwidth_start(
 
 
 # --------------------------------------------------------------------------- end
+
+# the history row's fields in ``end --json`` (null when the transfer had already ended)
+END_FIELDS = (
+    "remote",
+    "kind",
+    "priority",
+    "kbps",
+    "node",
+    "host",
+    "started_at",
+    "ended_at",
+    "seconds",
+    "bytes",
+    "observed_kbps",
+    "ema_kbps",
+    "status",
+    "reason",
+)
 
 
 @bandwidth_app.command("end")
@@ -273,9 +291,8 @@ def bandwidth_end(
         limit = None if row is None else transfers.link(c.settings, row["remote"])["limit_kbps"]
     if g.json:
         doc: dict[str, Any] = {"transfer_id": transfer_id, "ended": row is not None}
-        if row is not None:
-            doc.update({k: v for k, v in row.items() if k != "transfer_id"})
-            doc["limit_kbps"] = round(float(limit or 0), 1)
+        doc.update({k: None if row is None else row[k] for k in END_FIELDS})
+        doc["limit_kbps"] = None if limit is None else round(float(limit), 1)
         emit_json(doc)
     elif row is None:
         say(f"{transfer_id} had already ended")
