@@ -103,16 +103,19 @@ def tasks_list(
 
 @tasks_app.command("reap")
 def tasks_reap(ctx: typer.Context) -> None:
-    """Free the slots of dead holders now."""
+    """Free the slots of dead holders now, and end the transfers of dead holders."""
+    from ringrift_coord import transfers
     from ringrift_coord.task_coordinator import TaskCoordinator
 
     g = globals_of(ctx)
     with g.context() as c:
         rows = TaskCoordinator(c).reap()
+        with c.store.write() as tx:
+            gone = transfers.reap(tx, c.settings, tx.now())
     if g.json:
-        emit_json({"reaped": rows})
+        emit_json({"reaped": rows, "reaped_transfers": gone})
     else:
-        views.reaped(rows)
+        views.reaped(rows, gone)
     done()
 
 
@@ -572,6 +575,10 @@ package_cmd.register(app, config_app)
 from ringrift_coord.cli import capacity_cmd  # noqa: E402
 
 capacity_cmd.register(app)
+
+from ringrift_coord.cli import bandwidth_cmd  # noqa: E402
+
+bandwidth_cmd.register(app)
 
 from ringrift_coord.cli import rate_cmd  # noqa: E402  (rate, distribution)
 

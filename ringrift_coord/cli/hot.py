@@ -31,6 +31,7 @@ SECTION_USERS: dict[str, tuple[str, ...]] = {
     "rate": ("resource_targets", "optimizer"),
     "distribution": ("optimizer", "selfplay_configs"),
     "capacity": ("hardware",),
+    "bandwidth": ("bandwidth",),
 }
 _warned: set[str] = set()  # the settings problems this process has warned of
 

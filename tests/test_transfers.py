@@ -1,0 +1,248 @@
+"""The bandwidth manager's core (``transfers``) on both engines: allocations per host type and
+priority, the concurrent cap, never over a link's limit, end with its EMA, reaping."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from ringrift_coord import procs, queue, transfers
+from ringrift_coord.clock import ManualClock
+from ringrift_coord.errors import NotFound, UsageError
+from ringrift_coord.slots import StaleLease
+from ringrift_coord.transfers import TransferRequest
+
+ENGINES = ("sqlite", "postgres")
+
+ME = {"pid": os.getpid(), "pid_start": procs.start_time(os.getpid())}
+
+
+def _req(remote: str, priority: str = "normal", **kw: object) -> TransferRequest:
+    fields = {**ME, **kw}
+    return TransferRequest(remote, "data", priority, **fields)  # type: ignore[arg-type]
+
+
+def _start(ctx, remote: str, priority: str = "normal", **kw: object):
+    with ctx.store.write() as tx:
+        return transfers.start(tx, ctx.settings, _req(remote, priority, **kw), tx.now())
+
+
+def _end(ctx, transfer_id: str, **kw: object):
+    with ctx.store.write() as tx:
+        return transfers.end(tx, ctx.settings, transfer_id, tx.now(), **kw)
+
+
+def test_host_types_limits_and_rounding(engine_db) -> None:
+    ctx = engine_db.context()
+    s = ctx.settings
+    assert transfers.host_type(s, "node-RunPod-7") == ("runpod", 1000.0)
+    assert transfers.host_type(s, "lambda-gh200-1") == ("gh200", 2500.0)
+    assert transfers.host_type(s, "aws-east") == ("aws", 500.0)
+    assert transfers.host_type(s, "vast-3") == ("default", 100.0)
+    assert transfers.kib_per_s(1000) == pytest.approx(122070.3125)
+    expected = {  # whole KiB/s, rounded down
+        "runpod-a": (122070, 61035, 30517, 12207),
+        "x-gh200-y": (305175, 152587, 76293, 30517),
+        "my-aws-1": (61035, 30517, 15258, 6103),
+        "other": (12207, 6103, 3051, 1220),
+    }
+    with ctx.store.read() as tx:
+        for remote, numbers in expected.items():
+            got = tuple(
+                transfers.evaluate(tx, s, remote, p, tx.now()).kbps for p in transfers.PRIORITIES
+            )
+            assert got == numbers, remote
+    with pytest.raises(UsageError, match="valid priorities"):
+        transfers.check_priority("urgent")
+    assert transfers.check_priority("HIGH") == "high"
+
+
+def test_first_matching_type_in_file_order(engine_db) -> None:
+    ctx = engine_db.context(
+        """
+        bandwidth:
+          host_types:
+            fast: {match: ["*-gpu-*"], mbps: 800}
+            lab: {match: ["lab-*", "*.lab"], mbps: 10000}
+            aws: {mbps: 400}
+        """
+    )
+    # the file's types merge into the defaults (runpod, gh200, aws first), then in file order
+    s = ctx.settings
+    assert transfers.host_type(s, "lab-gpu-1") == ("fast", 800.0)
+    assert transfers.host_type(s, "box.LAB") == ("lab", 10000.0)
+    assert transfers.host_type(s, "aws-gpu-1") == ("aws", 400.0)
+    assert transfers.host_type(s, "runpod-1") == ("runpod", 1000.0)
+    assert transfers.host_type(s, "vast-1") == ("default", 100.0)
+
+
+def test_cap_refuses_and_end_frees(engine_db) -> None:
+    ctx = engine_db.context("bandwidth: {max_concurrent_transfers: 2}\n", ManualClock())
+    a = _start(ctx, "runpod-1", "background")
+    b = _start(ctx, "runpod-1", "background")
+    assert a.allowed and b.allowed and a.task_id != b.task_id
+    assert a.task_id.startswith("xfer-") and a.lease_token and a.lease_token > 0
+    c = _start(ctx, "runpod-1", "background")
+    assert not c.allowed and c.task_id is None
+    (cap,) = c.reasons
+    assert (cap.rule, cap.requested, cap.used, cap.limit) == ("transfer_cap", 1, 2, 2)
+    assert c.retry_after == transfers.UNKNOWN_RETRY
+    # another remote is not affected
+    assert _start(ctx, "runpod-2", "background").allowed
+    row = _end(ctx, a.task_id, bytes=1024)
+    assert row["status"] == "ok" and row["remote"] == "runpod-1"
+    assert _start(ctx, "runpod-1", "background").allowed
+
+
+def test_never_over_the_limit_with_mixed_priorities(engine_db) -> None:
+    ctx = engine_db.context("bandwidth: {max_concurrent_transfers: 10}\n")
+    limit = transfers.kib_per_s(100)  # "other": the default 100 Mbps = 12207.03 KiB/s
+    got = [_start(ctx, "other", p) for p in ("high", "critical", "normal", "high", "background")]
+    assert [d.kbps for d in got[:2]] == [6103, 6104]  # critical gets what high left
+    assert not got[2].allowed and got[2].reasons[0].rule == "bandwidth"
+    assert "6103" in got[2].reasons[0].message and "high" in got[2].reasons[0].message
+    assert sum(d.kbps for d in got if d.allowed) <= limit
+    with ctx.store.read() as tx:
+        assert sum(r["kbps"] for r in transfers.active(tx, tx.now())) <= limit
+    _end(ctx, got[0].task_id)
+    d = _start(ctx, "other", "normal")
+    assert d.allowed and d.kbps == 3051
+
+
+def test_both_reasons_when_both_hold(engine_db) -> None:
+    ctx = engine_db.context("bandwidth: {max_concurrent_transfers: 1}\n")
+    assert _start(ctx, "other", "critical").allowed
+    denied = _start(ctx, "other", "background")
+    assert [r.rule for r in denied.reasons] == ["transfer_cap", "bandwidth"]
+    assert denied.to_dict()["allowed"] is False
+
+
+def test_end_records_rate_and_ema(engine_db) -> None:
+    clock = ManualClock()
+    ctx = engine_db.context("", clock)
+    first = _start(ctx, "aws-1", "critical")
+    clock.advance(10)
+    row = _end(ctx, first.task_id, bytes=10 * 1024 * 1000)  # 1000 KiB/s
+    assert row["seconds"] == pytest.approx(10)
+    assert row["observed_kbps"] == pytest.approx(1000)
+    assert row["ema_kbps"] == pytest.approx(1000)  # the first one: the observed rate
+    second = _start(ctx, "aws-1", "critical")
+    clock.advance(4)
+    row = _end(ctx, second.task_id, bytes=4 * 1024 * 2000)  # 2000 KiB/s
+    assert row["observed_kbps"] == pytest.approx(2000)
+    assert row["ema_kbps"] == pytest.approx(0.3 * 2000 + 0.7 * 1000)
+    # without bytes: no rate, and the EMA carries on from the last one that had one
+    third = _start(ctx, "aws-1")
+    clock.advance(1)
+    row = _end(ctx, third.task_id, status="failed", reason="exit code 23")
+    assert row["observed_kbps"] is None and row["ema_kbps"] is None
+    fourth = _start(ctx, "aws-1")
+    clock.advance(1)
+    row = _end(ctx, fourth.task_id, bytes=1024 * 1300)
+    assert row["ema_kbps"] == pytest.approx(0.3 * 1300 + 0.7 * 1300)
+    with ctx.store.read() as tx:
+        st = transfers.status(tx, ctx.settings, tx.now())
+    (host,) = st["hosts"]
+    assert host["transfers"] == 4 and host["bytes"] == 1024 * (10000 + 8000 + 1300)
+    assert host["ema_kbps"] == pytest.approx(1300, abs=0.1)
+    assert host["ema_pct"] == pytest.approx(100 * 1300 / transfers.kib_per_s(500), abs=0.1)
+    # ended once: a second end is None, an unknown id is NotFound, a bad status a usage error
+    assert _end(ctx, first.task_id) is None
+    with pytest.raises(NotFound, match="no active transfer"):
+        _end(ctx, "xfer-nope")
+    with pytest.raises(UsageError, match="must be one of"):
+        _end(ctx, "xfer-nope", status="great")
+    with pytest.raises(UsageError, match="bytes"):
+        _end(ctx, "xfer-nope", bytes=-1)
+
+
+def test_token_guards_end_renew_and_holder(engine_db) -> None:
+    clock = ManualClock()
+    ctx = engine_db.context("", clock)
+    d = _start(ctx, "runpod-9", transfer_id="copy-1", source="run")
+    assert d.task_id == "copy-1"
+    with pytest.raises(UsageError, match="already active"):
+        _start(ctx, "runpod-9", transfer_id="copy-1")
+    with ctx.store.write() as tx:
+        assert transfers.renew(tx, "copy-1", d.lease_token, 120, tx.now() + 50)
+        assert not transfers.renew(tx, "copy-1", d.lease_token + 1, 120, tx.now())
+        fields = {"pid": os.getpid(), "pid_start": ME["pid_start"], "pgid": os.getpgrp()}
+        assert transfers.set_holder(tx, "copy-1", d.lease_token, fields)
+        assert not transfers.set_holder(tx, "copy-1", d.lease_token + 1, fields)
+        (row,) = transfers.active(tx, tx.now())
+        assert row["pgid"] == os.getpgrp() and row["lease_left"] == pytest.approx(170)
+    with pytest.raises(StaleLease):
+        _end(ctx, "copy-1", token=d.lease_token + 1)
+    assert _end(ctx, "copy-1", token=d.lease_token)["status"] == "ok"
+
+
+def test_dead_holder_is_reaped_and_frees_its_share(engine_db) -> None:
+    ctx = engine_db.context("bandwidth: {max_concurrent_transfers: 1}\n")
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child_start = procs.start_time(child.pid)
+    dead = _start(ctx, "runpod-1", "critical", pid=child.pid, pid_start=child_start)
+    assert dead.allowed
+    child.wait()
+    # allocate (read-only) no longer counts it, and start reaps it
+    with ctx.store.read() as tx:
+        assert transfers.evaluate(tx, ctx.settings, "runpod-1", "critical", tx.now()).allowed
+        assert len(transfers.active(tx, tx.now())) == 1
+    again = _start(ctx, "runpod-1", "critical")
+    assert again.allowed and again.kbps == 122070
+    with ctx.store.read() as tx:
+        (hist,) = transfers.history(tx)
+    assert (hist["transfer_id"], hist["status"]) == (dead.task_id, "reaped")
+    assert hist["reason"] == "holder process gone"
+
+
+def test_other_hosts_judge_by_lease(engine_db) -> None:
+    clock = ManualClock()
+    ctx = engine_db.context("", clock)
+    far = _start(ctx, "gh200-a", host="elsewhere", source="run")
+    shell = _start(ctx, "gh200-a", host="elsewhere", source="start")
+    clock.advance(121)  # past the run's lease (store.lease_ttl), not the shell's
+    with ctx.store.write() as tx:
+        reaped = transfers.reap(tx, ctx.settings, tx.now())
+    assert [r["transfer_id"] for r in reaped] == [far.task_id]
+    assert "lease expired" in reaped[0]["reason"]
+    clock.advance(transfers.SHELL_LEASE)
+    with ctx.store.write() as tx:
+        assert [r["transfer_id"] for r in transfers.reap(tx, ctx.settings, tx.now())] == [
+            shell.task_id
+        ]
+
+
+def test_waiters_ahead_count_against_the_cap(engine_db) -> None:
+    ctx = engine_db.context("bandwidth: {max_concurrent_transfers: 2}\n")
+    assert _start(ctx, "aws-2").allowed
+    with ctx.store.write() as tx:
+        first = queue.enqueue(tx, transfers.TASK_TYPE, "aws-2", "h", os.getpid())
+        queue.enqueue(tx, transfers.TASK_TYPE, "aws-3", "h", os.getpid())  # another remote
+    # a newcomer (no place in line) counts every waiter for the remote: refused
+    denied = _start(ctx, "aws-2")
+    assert not denied.allowed and denied.reasons[0].used == 2 and denied.queued == 1
+    # the first in line is admitted and leaves the queue
+    with ctx.store.write() as tx:
+        d = transfers.start(tx, ctx.settings, _req("aws-2"), tx.now(), waiter_seq=first)
+        assert d.allowed
+        assert queue.ahead(tx, transfers.TASK_TYPE, None) == ["aws-3"]
+
+
+def test_history_is_pruned_per_remote(engine_db, monkeypatch) -> None:
+    monkeypatch.setattr(transfers, "HISTORY_ROWS", 3)
+    clock = ManualClock()
+    ctx = engine_db.context("", clock)
+    for _ in range(5):
+        _end(ctx, _start(ctx, "runpod-1").task_id, bytes=1)
+        clock.advance(1)
+    _end(ctx, _start(ctx, "aws-1").task_id, bytes=1)
+    with ctx.store.read() as tx:
+        assert len(transfers.history(tx, 100, "runpod-1")) == 3
+        assert len(transfers.history(tx, 100, "aws-1")) == 1
+    clock.advance(transfers.HISTORY_DAYS * 86400 + 10)
+    _end(ctx, _start(ctx, "runpod-1").task_id, bytes=1)
+    with ctx.store.read() as tx:
+        assert len(transfers.history(tx, 100, "runpod-1")) == 1
