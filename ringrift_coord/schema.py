@@ -205,6 +205,7 @@ _READING = (
 _SETTINGS = ("config_file", "values")
 COMMANDS: dict[str, tuple[str, ...]] = {
     "can-spawn": _DECISION,
+    "can-spawn --now": (*_DECISION, "what_if", "now"),
     "register": (*_DECISION, "lease_token"),
     "unregister": ("task_id", "released", "duration"),
     "run": ("task_id", "task_type", "node", "exit_code", "status", "reason", "duration"),
@@ -341,6 +342,20 @@ COMMANDS: dict[str, tuple[str, ...]] = {
         "stored",
         "selfplay_targets",
         "nodes",
+    ),
+    "schedule can-start": (
+        "task_type",
+        "config_name",
+        "allowed",
+        "reason",
+        "expected_seconds",
+        "expected_finish",
+        "peak_start",
+        "peak_end",
+        "in_peak",
+        "retry_after",
+        "timezone",
+        "now",
     ),
     "--version": ("version",),
     "config init": ("path",),

@@ -387,7 +387,8 @@ def _leaves(prefix: str, node: Any) -> list[str]:
 
 
 def test_is_used() -> None:
-    assert not is_used("peak_hours") and not is_used("peak_hours.timezone")
+    assert not is_used("bandwidth") and not is_used("bandwidth.default_mbps")
+    assert is_used("peak_hours") and is_used("peak_hours.timezone")
     assert is_used("resource_targets.pid.kp") and is_used("hardware.gpu_jobs.H100")
     assert is_used("selfplay_configs") and is_used("selfplay_configs.square8_2p")
     assert is_used("store.lease_ttl") and is_used("durations.selfplay")
@@ -409,7 +410,9 @@ def test_config_show_marks_the_settings_nothing_uses_yet(coord) -> None:
     assert {row["key"] for row in rows if row["used"] is False} == expected
     assert all(row["used"] is True for row in rows if row["key"] not in expected)
     targets = coord("targets")  # the same marking wherever the settings are shown
-    assert "(not used yet)" in targets.stdout
+    unused_shown = [key for key in expected if f"\n{key} " in targets.stdout]
+    assert ("(not used yet)" in targets.stdout) == bool(unused_shown), targets.stdout
+    assert "peak_hours.start" in targets.stdout  # shown, and read (by rule peak_hours)
     assert "(not used yet)" not in coord("limits").stdout  # every limit is enforced
 
 
