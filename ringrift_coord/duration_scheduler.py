@@ -10,6 +10,11 @@ a ``now`` is given.
 from __future__ import annotations
 
 from ringrift_coord.context import Context, ProcessWide
+from ringrift_coord.tasktypes import TaskType
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from ringrift_coord.schedule.peak import Verdict
 
 __all__ = ["DurationScheduler", "get_duration_scheduler"]
 
@@ -22,6 +27,26 @@ class DurationScheduler(ProcessWide):
 
     def __init__(self, ctx: Context | None = None) -> None:
         self.ctx = ctx or Context.open()
+
+    def peak_verdict(
+        self, task_type: str | TaskType, config: str | None = None, now: float | None = None
+    ) -> Verdict:
+        """The whole peak-hours verdict for (type, config) at ``now`` (default: the store's
+        clock): ``allowed``, ``reason``, ``expected_finish``, ``peak_start``/``peak_end``,
+        ``retry_at``, ``in_peak`` (``schedule.peak.Verdict``)."""
+        from ringrift_coord.schedule import peak
+
+        ttype = TaskType.parse(task_type).value
+        with self.ctx.store.read() as tx:
+            at = tx.now() if now is None else float(now)
+            return peak.verdict_at(tx, self.ctx.settings, ttype, config or None, at)
+
+    def can_start_before_peak(
+        self, task_type: str | TaskType, config: str | None = None, now: float | None = None
+    ) -> bool:
+        """True when a (type, config) task started at ``now`` is expected to finish before
+        the next peak window, or may start anyway (see ``peak_verdict``)."""
+        return self.peak_verdict(task_type, config, now).allowed
 
 
 def get_duration_scheduler() -> DurationScheduler:

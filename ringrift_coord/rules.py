@@ -163,6 +163,38 @@ def pass_breaker(tx: Tx, settings: Settings, found: breakers.Breaker | None, now
     return trial
 
 
+# --------------------------------------------------------------------------- peak hours
+
+
+def peak_hours(
+    tx: Tx, req: Request, settings: Settings, now: float, ev: Evaluation
+) -> Reason | None:
+    """With ``peak_hours.enforce``: a type of ``peak_hours.task_types`` does not start inside
+    a peak window, nor when it is expected to run into the next one (``schedule.peak``).
+    Off (the default) or another type: one dictionary lookup, nothing imported."""
+    peak = settings.get("peak_hours")
+    if not peak["enforce"] or req.task_type.value not in peak["task_types"]:
+        return None
+    from ringrift_coord.schedule import peak as windows
+
+    found = windows.verdict_at(tx, settings, req.task_type.value, req.config_name, now)
+    if found.allowed:
+        return None
+    return Reason(
+        "peak_hours",
+        found.reason,
+        retry_after=found.retry_after,
+        details={
+            "expected_seconds": found.expected_seconds,
+            "expected_finish": found.expected_finish,
+            "peak_start": found.peak_start,
+            "peak_end": found.peak_end,
+            "in_peak": found.in_peak,
+            "timezone": found.timezone,
+        },
+    )
+
+
 # --------------------------------------------------------------------------- thresholds
 
 
@@ -566,6 +598,7 @@ def optimizer(
 RULES: tuple[Rule, ...] = (
     halt,
     breaker,
+    peak_hours,
     thresholds,
     node_limit,
     oom_cap,

@@ -222,6 +222,7 @@ _TRANSFER = (
 )
 COMMANDS: dict[str, tuple[str, ...]] = {
     "can-spawn": _DECISION,
+    "can-spawn --now": (*_DECISION, "what_if", "now"),
     "register": (*_DECISION, "lease_token"),
     "unregister": ("task_id", "released", "duration"),
     "run": ("task_id", "task_type", "node", "exit_code", "status", "reason", "duration"),
@@ -381,6 +382,20 @@ COMMANDS: dict[str, tuple[str, ...]] = {
         "limit_kbps",
     ),
     "bandwidth status": ("active", "hosts", "host_types", "cap", "at"),
+    "schedule can-start": (
+        "task_type",
+        "config_name",
+        "allowed",
+        "reason",
+        "expected_seconds",
+        "expected_finish",
+        "peak_start",
+        "peak_end",
+        "in_peak",
+        "retry_after",
+        "timezone",
+        "now",
+    ),
     "--version": ("version",),
     "config init": ("path",),
     "completion": ("shell", "script"),

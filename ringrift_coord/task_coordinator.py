@@ -121,12 +121,30 @@ class TaskCoordinator(ProcessWide):
             )
 
     def check(
-        self, task_type: str | TaskType, node: str | None = None, *, config_name: str | None = None
+        self,
+        task_type: str | TaskType,
+        node: str | None = None,
+        *,
+        config_name: str | None = None,
+        now: float | None = None,
     ) -> Decision:
         """The whole decision without taking a slot (dead holders are reaped first);
-        ``config_name``: the board config the job would play (rule ``config_share``)."""
+        ``config_name``: the board config the job would play (rule ``config_share``).
+
+        ``now``: a what-if at that time (seconds since the epoch): every rule evaluated as
+        the store stands, in a read transaction, with every expiry (leases, breakers, halts,
+        reservations, readings' age, peak hours) judged at ``now``; nothing is reaped, logged
+        or written."""
         req = self._request(task_type, node, source="check", config_name=config_name)
-        return self._admit(req, take_slot=False, action="can-spawn")
+        if now is None:
+            return self._admit(req, take_slot=False, action="can-spawn")
+        ctx = self.ctx
+        local = halts.snapshot(ctx.state_dir, ctx.store.scope)
+        live = rules.live_reading(ctx.settings, ctx.state_dir, req.node)
+        with ctx.store.read() as tx:
+            return admission.evaluate(
+                tx, req, ctx.settings, now, state_dir=ctx.state_dir, halt_file=local, live=live
+            )
 
     def acquire(
         self,

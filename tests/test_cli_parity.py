@@ -193,6 +193,8 @@ SAME_PARSE = [
     ["run", "selfplay", "--"],
     # -q/--quiet, short flags together, --no-slot-exit-code
     ["can-spawn", "selfplay", "-q"],
+    ["can-spawn", "training", "--now", "2026-12-01T12:00", "--node", "n1"],
+    ["spawn-check", "training", "--now=2026-12-01T12:00+02:00"],
     ["can-spawn", "-q", "selfplay", "--quiet"],
     ["spawn-check", "selfplay", "-qq"],
     ["register", "selfplay", "--quiet", "--pid", "1"],

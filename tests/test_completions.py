@@ -136,7 +136,16 @@ def test_bash_completion_loads_it_from_the_user_directory(coord, tmp_path: Path)
         printf '%s\n' "${COMPREPLY[@]}"
     """
     done = subprocess.run(
-        ["bash", "-c", script, "bash", str(BASH_COMPLETION), "ringrift-coord", "can-spawn", "--no"],
+        [
+            "bash",
+            "-c",
+            script,
+            "bash",
+            str(BASH_COMPLETION),
+            "ringrift-coord",
+            "can-spawn",
+            "--nod",
+        ],
         env={**_env(coord), "XDG_DATA_HOME": str(tmp_path / "data"), "HOME": str(tmp_path)},
         capture_output=True,
         text=True,
@@ -211,7 +220,7 @@ def fish_complete(coord, tmp_path: Path, line: str) -> list[str]:
 def test_fish_completes(coord, tmp_path: Path) -> None:
     assert "can-spawn" in fish_complete(coord, tmp_path, "ringrift-coord ca")
     assert fish_complete(coord, tmp_path, "ringrift-coord run sel") == ["selfplay"]
-    assert fish_complete(coord, tmp_path, "ringrift-coord can-spawn --no") == ["--node"]
+    assert fish_complete(coord, tmp_path, "ringrift-coord can-spawn --nod") == ["--node"]
     assert {"--node", "--quiet"} <= set(
         fish_complete(coord, tmp_path, "ringrift-coord can-spawn --")
     )
@@ -289,7 +298,7 @@ def test_zsh_completes(coord, tmp_path: Path, mode: str) -> None:
     """The first TAB already completes, whether the script was autoloaded or sourced."""
     assert "can-spawn" in zsh_complete(coord, tmp_path, "ringrift-coord ca", mode)
     assert zsh_complete(coord, tmp_path, "ringrift-coord run sel", mode) == ["selfplay"]
-    assert zsh_complete(coord, tmp_path, "ringrift-coord can-spawn --no", mode) == ["--node"]
+    assert zsh_complete(coord, tmp_path, "ringrift-coord can-spawn --nod", mode) == ["--node"]
     assert {"--node", "--quiet"} <= set(
         zsh_complete(coord, tmp_path, "ringrift-coord can-spawn --", mode)
     )

@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 import yaml
 
+from ringrift_coord import config
 from ringrift_coord.config import DEFAULTS, NOT_USED_YET, is_used, load_settings
 from ringrift_coord.errors import ConfigError
 from ringrift_coord.inputs import number_hint, strict_float, strict_int
@@ -386,13 +387,16 @@ def _leaves(prefix: str, node: Any) -> list[str]:
     return [prefix]
 
 
-def test_is_used() -> None:
-    assert not is_used("peak_hours") and not is_used("peak_hours.timezone")
-    assert is_used("resource_targets.pid.kp") and is_used("hardware.gpu_jobs.H100")
-    assert is_used("selfplay_configs") and is_used("selfplay_configs.square8_2p")
-    assert is_used("store.lease_ttl") and is_used("durations.selfplay")
-    assert is_used("peak") and is_used("resource")  # prefixes of names are not sections
+def test_is_used(monkeypatch: pytest.MonkeyPatch) -> None:
     assert NOT_USED_YET <= set(DEFAULTS)
+    for key in ("bandwidth.default_mbps", "peak_hours.timezone", "selfplay_configs.square8_2p"):
+        assert is_used(key)  # every section of this version is read by something
+    monkeypatch.setattr(config, "NOT_USED_YET", frozenset({"bandwidth"}))
+    assert not is_used("bandwidth") and not is_used("bandwidth.default_mbps")
+    assert is_used("peak_hours") and is_used("peak_hours.timezone")
+    assert is_used("resource_targets.pid.kp") and is_used("hardware.gpu_jobs.H100")
+    assert is_used("store.lease_ttl") and is_used("durations.selfplay")
+    assert is_used("band") and is_used("bandwidthx")  # prefixes of names are not sections
 
 
 def test_config_show_marks_the_settings_nothing_uses_yet(coord) -> None:
@@ -403,13 +407,15 @@ def test_config_show_marks_the_settings_nothing_uses_yet(coord) -> None:
     # keys may hold spaces ("RTX 4090"): the longest key that starts the line is its key
     marked = {max((k for k in expected if line.startswith(k + " ")), key=len) for line in lines}
     assert len(lines) == len(marked)
-    assert marked == expected and expected, marked ^ expected
+    assert marked == expected, marked ^ expected
     shown = coord("--json", "config", "show")
     rows = json.loads(shown.stdout)["values"]
     assert {row["key"] for row in rows if row["used"] is False} == expected
     assert all(row["used"] is True for row in rows if row["key"] not in expected)
     targets = coord("targets")  # the same marking wherever the settings are shown
-    assert "(not used yet)" in targets.stdout
+    unused_shown = [key for key in expected if f"\n{key} " in targets.stdout]
+    assert ("(not used yet)" in targets.stdout) == bool(unused_shown), targets.stdout
+    assert "peak_hours.start" in targets.stdout  # shown, and read (by rule peak_hours)
     assert "(not used yet)" not in coord("limits").stdout  # every limit is enforced
 
 

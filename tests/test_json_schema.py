@@ -35,6 +35,8 @@ FAILED = "(any command that fails)"
 CASES: list[tuple[str, tuple[str, ...], int]] = [
     ("can-spawn", ("can-spawn", "selfplay", "--node", "n1"), 0),
     ("can-spawn", ("spawn-check", "selfplay", "--node", "n1"), 0),
+    ("can-spawn --now", ("can-spawn", "training", "--node", "n9", "--now", "2026-12-01T12:00"), 0),
+    ("schedule can-start", ("schedule", "can-start", "training", "--now", "2026-12-01T12:00"), 1),
     ("register", ("register", "selfplay", "--node", "n1", "--pid", "{pid}"), 0),
     ("unregister", ("unregister", "{spare_task}", "--exit-code", "3"), 0),
     ("unregister", ("unregister", "{spare_task}"), 0),  # already released

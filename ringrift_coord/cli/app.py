@@ -579,6 +579,9 @@ capacity_cmd.register(app)
 from ringrift_coord.cli import bandwidth_cmd  # noqa: E402
 
 bandwidth_cmd.register(app)
+from ringrift_coord.cli import schedule_cmd  # noqa: E402
+
+schedule_cmd.register(app)
 
 from ringrift_coord.cli import rate_cmd  # noqa: E402  (rate, distribution)
 

@@ -149,21 +149,38 @@ def can_spawn(
     node: str | None,
     quiet: bool = False,
     config_name: str | None = None,
+    now: str | None = None,
 ) -> int:
     from ringrift_coord.task_coordinator import TaskCoordinator
 
     ttype = TaskType.parse(task_type)
+    at = None
+    if now is not None:
+        from ringrift_coord.inputs import instant
+
+        at = instant(now, "now")
     g.quiet = quiet
     with g.context() as ctx:
-        decision = TaskCoordinator(ctx).check(ttype, _node(node), config_name=config_name)
+        decision = TaskCoordinator(ctx).check(ttype, _node(node), config_name=config_name, now=at)
     if g.json:
-        emit_json(decision.to_dict())
-    elif decision.allowed:
+        document = decision.to_dict()
+        if at is not None:
+            from ringrift_coord.schedule.peak import iso
+
+            document.update(what_if=True, now=iso(at))
+        emit_json(document)
+        return ExitCode.OK if decision.allowed else ExitCode.DENIED
+    summary = decision.summary()
+    if at is not None:
+        from ringrift_coord.schedule.peak import iso
+
+        summary = f"what if at {iso(at)}: {summary}"
+    if decision.allowed:
         if not quiet:
-            sys.stdout.write(decision.summary() + "\n")
+            sys.stdout.write(summary + "\n")
             warn_readings(decision)
     else:
-        say(decision.summary())  # a refusal says why, --quiet or not
+        say(summary)  # a refusal says why, --quiet or not
         if not quiet:
             warn_readings(decision)
     return ExitCode.OK if decision.allowed else ExitCode.DENIED

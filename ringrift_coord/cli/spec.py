@@ -184,7 +184,21 @@ HOT_COMMANDS: tuple[Command, ...] = (
         "can-spawn",
         "The whole admission decision, without taking a slot: exit 0 allowed, 1 denied.",
         (_TYPE,),
-        (_NODE, _CONFIG_NAME, _QUIET),
+        (
+            _NODE,
+            _CONFIG_NAME,
+            _QUIET,
+            Option(
+                "--now",
+                "now",
+                "str",
+                "What if: the decision at this ISO 8601 time (UTC unless it names a zone), "
+                "read-only: nothing is reaped, logged or written; halts, reservations, "
+                "breakers, readings' age and peak hours are judged at that time, the running "
+                "tasks count as they stand now.",
+                metavar="ISO8601",
+            ),
+        ),
         aliases=("spawn-check",),
     ),
     Command(

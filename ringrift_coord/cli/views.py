@@ -1382,3 +1382,17 @@ def bandwidth_status(doc: dict[str, Any]) -> None:
         hosts.show()
     else:
         note("no transfers yet")
+
+
+# --------------------------------------------------------------------------- schedule
+
+
+def peak_verdict(found: Any) -> None:
+    """``schedule can-start``: yes on stdout; no, with when to retry, on stderr."""
+    if found.allowed:
+        line("yes: ", found.reason)
+        return
+    retry = ""
+    if found.retry_shown is not None:
+        retry = f"; retry at {found.retry_shown} (in {age(found.retry_after)})"
+    sys.stderr.write(printable(f"ringrift-coord: no: {found.reason}{retry}") + "\n")

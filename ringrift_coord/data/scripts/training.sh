@@ -8,8 +8,8 @@
 # 4m, 1h; default 3600), RINGRIFT_COORD (the program, default ringrift-coord).
 #
 # Exit: the job's own exit code (128+N if it died of signal N); 75 = no slot granted
-# (denied, halted, peak hours, or the wait timed out): nothing ran, retry later; 2 usage;
-# 3 bad config or state.
+# (denied, halted, peak hours when peak_hours.enforce is on, or the wait timed out): nothing
+# ran, retry later; 2 usage; 3 bad config or state.
 set -euo pipefail
 
 NODE="${RINGRIFT_NODE_ID:-${HOSTNAME:-$(uname -n)}}"
