@@ -9,7 +9,13 @@ a ``now`` is given.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from ringrift_coord.context import Context, ProcessWide
+
+if TYPE_CHECKING:
+    from ringrift_coord.schedule.expected import Expected
+    from ringrift_coord.tasktypes import TaskType
 
 __all__ = ["DurationScheduler", "get_duration_scheduler"]
 
@@ -22,6 +28,43 @@ class DurationScheduler(ProcessWide):
 
     def __init__(self, ctx: Context | None = None) -> None:
         self.ctx = ctx or Context.open()
+
+    # -- learned durations (schedule.expected) ------------------------------------------
+
+    def get_expected_duration(
+        self, task_type: str | TaskType, config: str | None = None
+    ) -> float | None:
+        """Seconds a task of (type, config) is expected to run: learned from its successful
+        runs once ``schedule.min_samples`` are recorded, else the type's default
+        (``durations``); None for a type with neither."""
+        return self.expected(task_type, config).seconds
+
+    def expected(self, task_type: str | TaskType, config: str | None = None) -> Expected:
+        """The whole answer of ``get_expected_duration``: seconds, source, samples, used."""
+        from ringrift_coord.schedule import expected
+        from ringrift_coord.tasktypes import TaskType
+
+        ttype = TaskType.parse(task_type).value
+        with self.ctx.store.read() as tx:
+            return expected.lookup(tx, self.ctx.settings, ttype, _config(config))
+
+    def record_duration(
+        self, task_type: str | TaskType, config: str | None, actual_seconds: float
+    ) -> None:
+        """Teach (type, config) one duration (a run that ended well elsewhere); ``run`` and
+        ``unregister`` record successful tasks themselves. Positive, at most 1e9 s."""
+        from ringrift_coord.schedule import expected
+        from ringrift_coord.tasktypes import TaskType
+
+        ttype = TaskType.parse(task_type).value
+        seconds = expected.check_seconds(float(actual_seconds), "actual_seconds")
+        with self.ctx.store.write() as tx:
+            expected.record(tx, self.ctx.settings, ttype, _config(config), seconds, tx.now(), "api")
+
+
+def _config(config: str | None) -> str:
+    """A config name as stored (as register stores it); '' for none."""
+    return config or ""
 
 
 def get_duration_scheduler() -> DurationScheduler:

@@ -90,12 +90,24 @@ class Evaluation:
         self.chores: list[Callable[[Tx], None]] = []
 
 
-def _expected_end_wait(rows: list[Row], expected: float | None, now: float) -> float:
-    """Seconds until the earliest of ``rows`` is expected to finish (learned durations later)."""
-    if not rows or expected is None:
-        return UNKNOWN_RETRY
-    earliest = min(r["started_at"] for r in rows) + expected
-    return max(UNKNOWN_RETRY, earliest - now)
+def _slot_wait(
+    tx: Tx,
+    settings: Settings,
+    ttype: str,
+    node: str | None,
+    limit: int,
+    ahead: int,
+    now: float,
+    config_name: str | None = None,
+) -> float:
+    """Seconds until a slot of ``limit`` is expected to free for a refused request, from the
+    running tasks' learned (or default) durations (``schedule.forecast``); at least
+    ``UNKNOWN_RETRY``. Called only once a rule refuses: an admitted request never pays for it."""
+    from ringrift_coord.schedule import forecast
+
+    return forecast.retry_after(
+        tx, settings, ttype, node, limit, ahead, now, UNKNOWN_RETRY, config_name
+    )
 
 
 # --------------------------------------------------------------------------- halt
@@ -274,7 +286,7 @@ def node_limit(
     used, ahead = len(ev.on_node), ev.ahead_node
     if used + ahead + 1 <= effective:
         return None
-    wait = _expected_end_wait(ev.on_node, settings.duration(ttype), now)
+    wait = _slot_wait(tx, settings, ttype, req.node, effective, ahead, now)
     queued = f" + {ahead} queued" if ahead else ""
     if used + ahead + 1 > limit:
         return Reason(
@@ -299,6 +311,7 @@ def node_limit(
 
 
 def _below_limit_cap(
+    tx: Tx,
     rule: str,
     cap: int | None,
     what: str,
@@ -324,7 +337,7 @@ def _below_limit_cap(
         requested=1,
         used=used,
         limit=cap,
-        retry_after=_expected_end_wait(ev.on_node, settings.duration(ttype), now),
+        retry_after=_slot_wait(tx, settings, ttype, req.node, cap, ahead, now),
         details={**details, "configured": limit, "queued": ahead},
     )
 
@@ -336,7 +349,7 @@ def oom_cap(tx: Tx, req: Request, settings: Settings, now: float, ev: Evaluation
     ttype = req.task_type.value
     cap = feedback.lowered_cap(tx, settings, req.node, ttype, now)
     what = f"cap {cap} for {ttype} on {req.node}, lowered after repeated OOMs"
-    return _below_limit_cap("oom_cap", cap, what, req, settings, now, ev, {})
+    return _below_limit_cap(tx, "oom_cap", cap, what, req, settings, now, ev, {})
 
 
 def hardware_cap(
@@ -361,7 +374,7 @@ def hardware_cap(
         f"(bounded by {found['bounded_by']})"
     )
     details = {k: found[k] for k in ("bounded_by", "gpu_model", "per_gpu")}
-    return _below_limit_cap("hardware_cap", cap, what, req, settings, now, ev, details)
+    return _below_limit_cap(tx, "hardware_cap", cap, what, req, settings, now, ev, details)
 
 
 def cluster_limit(
@@ -393,7 +406,7 @@ def cluster_limit(
         requested=1,
         used=used,
         limit=cluster,
-        retry_after=_expected_end_wait(ev.running, settings.duration(ttype), now),
+        retry_after=_slot_wait(tx, settings, ttype, None, cluster - held_elsewhere, ahead, now),
         details={"queued": ahead, "reserved_elsewhere": held_elsewhere},
     )
 
@@ -437,7 +450,7 @@ def config_share(
         limit=share,
         # a share of 0 frees no slot as jobs end: no time to retry at (the weights decide)
         retry_after=(
-            _expected_end_wait(running, settings.duration("selfplay"), now) if share else None
+            _slot_wait(tx, settings, "selfplay", req.node, share, 0, now, config) if share else None
         ),
         details={"config": config, "share": share, "slots": slots_known, "basis": basis},
     )

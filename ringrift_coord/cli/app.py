@@ -573,6 +573,10 @@ from ringrift_coord.cli import capacity_cmd  # noqa: E402
 
 capacity_cmd.register(app)
 
+from ringrift_coord.cli import schedule_cmd  # noqa: E402
+
+schedule_cmd.register(app)
+
 from ringrift_coord.cli import rate_cmd  # noqa: E402  (rate, distribution)
 
 rate_cmd.register(app)
