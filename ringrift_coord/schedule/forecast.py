@@ -62,6 +62,10 @@ def running_ends(
     return out, None if also is None else known[(also[0], also[1] or "")]
 
 
+def _round(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds, 3)
+
+
 def free_at(
     ends: list[float | None], limit: int, ahead: int, duration: float | None, now: float
 ) -> float | None:
@@ -205,7 +209,7 @@ def next_slot(tx: Tx, settings: Settings, task_type: str, node: str, now: float)
             "node": r["node"],
             "config_name": r["config_name"] or None,
             "started_at": r["started_at"],
-            "expected_seconds": r["expected_seconds"],
+            "expected_seconds": _round(r["expected_seconds"]),
             "expected_source": r["expected_source"],
             "expected_end_at": r["expected_end_at"],
             "overdue": r["overdue"],
@@ -220,7 +224,7 @@ def next_slot(tx: Tx, settings: Settings, task_type: str, node: str, now: float)
         "free_now": not binding,
         "free_at": when,
         "in_seconds": None if when is None else round(max(0.0, when - now), 3),
-        "expected_seconds": own.seconds,
+        "expected_seconds": _round(own.seconds),
         "limits": limits,
         "basis": basis,
     }
