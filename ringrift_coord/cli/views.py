@@ -1334,7 +1334,7 @@ def stale_table(doc: dict[str, Any]) -> None:
         "node",
         "age",
         "expected",
-        Col("x", drop=3),
+        Col("ratio", drop=3),
         Col("source", drop=1),
         Col("config", drop=2),
     )
