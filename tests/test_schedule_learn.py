@@ -233,17 +233,35 @@ def test_a_reaped_task_teaches_nothing(engine_db) -> None:
         assert expected.samples(tx, "training", "sq8") == []
 
 
-def test_run_records_success_and_not_failure(coord) -> None:
-    """`run` releases through the same path: exit 0 teaches (source run), exit 3 does not."""
+def test_run_and_unregister_record_success_and_not_failure(coord) -> None:
+    """`run` and `unregister` release through the same path: exit 0 teaches (sources run
+    and register), a failed run or an unregister with an exit code does not."""
     assert (
         coord("run", "selfplay", "--node", "n1", "--config-name", "x", "--", "true").returncode == 0
     )
     failed = coord("run", "selfplay", "--node", "n1", "--config-name", "x", "--", "false")
     assert failed.returncode == 1
-    done = coord("--json", "schedule", "expected", "selfplay", "--config-name", "x")
-    doc = json.loads(done.stdout)
+    doc = js(coord, "schedule", "expected", "selfplay", "--config-name", "x")
     assert (doc["samples"], doc["source"], doc["expected_seconds"]) == (1, "default", 3600.0)
     assert doc["needed"] == 3 and doc["default_seconds"] == 3600
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        for code in ("0", "3"):
+            task = coord(
+                "register",
+                "selfplay",
+                "--node",
+                "n1",
+                "--pid",
+                str(holder.pid),
+                "--config-name",
+                "x",
+            ).stdout.strip()
+            assert coord("unregister", task, "--exit-code", code).returncode == 0
+    finally:
+        holder.kill()
+        holder.wait()
+    assert js(coord, "schedule", "expected", "selfplay", "--config-name", "x")["samples"] == 2
 
 
 # --------------------------------------------------------------------------- the commands
