@@ -273,15 +273,7 @@ def node_limit(
     limit = settings.task_limit(ttype, "per_node")
     if limit is None:
         return None
-    held_for_others = 0
-    for res in ev.reservations:
-        if res["node"] != req.node or res["task_type"] == ttype:
-            continue
-        if TaskType.parse(res["task_type"]).resource_type != req.task_type.resource_type:
-            continue
-        # held for that type whether or not it uses them yet: its running tasks do not
-        # count against this type's limit, so only the whole reservation keeps room
-        held_for_others += res["slots"]
+    held_for_others = reservations.held_for_others(ev.reservations, req.node, ttype)
     effective = limit - held_for_others
     used, ahead = len(ev.on_node), ev.ahead_node
     if used + ahead + 1 <= effective:
@@ -386,14 +378,9 @@ def cluster_limit(
     cluster = settings.task_limit(ttype, "cluster")
     if cluster is None:
         return None
-    held_elsewhere = 0
-    if ev.reservations:
-        per_node_count: dict[str, int] = {}
-        for r in ev.running:
-            per_node_count[r["node"]] = per_node_count.get(r["node"], 0) + 1
-        for res in ev.reservations:
-            if res["task_type"] == ttype and res["node"] != req.node:
-                held_elsewhere += max(0, res["slots"] - per_node_count.get(res["node"], 0))
+    held_elsewhere = reservations.held_elsewhere(
+        ev.reservations, [r["node"] for r in ev.running] if ev.reservations else [], req.node, ttype
+    )
     used, ahead = len(ev.running), len(ev.waiting)
     if used + ahead + held_elsewhere + 1 <= cluster:
         return None

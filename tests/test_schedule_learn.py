@@ -455,3 +455,26 @@ def test_an_admitted_request_does_not_load_the_forecast(coord) -> None:
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_next_slot_counts_reservations_like_admission(engine_db) -> None:
+    """Training slots reserved on another node count against the cluster limit, in the
+    forecast as in admission: the slot frees when the one running training ends."""
+    from ringrift_coord import reservations
+
+    clock = ManualClock()
+    ctx = engine_db.context("task_limits: {training: {per_node: 5, cluster: 3}}\n", clock)
+    coord = TaskCoordinator(ctx)
+    t0 = clock.time()
+    coord.register_task(None, "training", "n1")
+    with ctx.store.write() as tx:
+        reservations.create(tx, "training", "n2", 2, None, "tester")
+    clock.advance(HOUR)
+    with ctx.store.read() as tx:
+        doc = forecast.next_slot(tx, ctx.settings, "training", "n1", clock.time())
+    cluster = next(x for x in doc["limits"] if x["kind"] == "cluster")
+    assert (cluster["limit"], cluster["reserved"], cluster["running"]) == (3, 2, 1)
+    assert cluster["binds"] is True and doc["free_at"] == t0 + 4 * HOUR
+    denied = coord.check("training", "n1")
+    assert [r.rule for r in denied.reasons] == ["cluster_limit"]
+    assert denied.retry_after == 3 * HOUR

@@ -1378,6 +1378,8 @@ def next_slot(doc: dict[str, Any]) -> None:
     for limit in doc["limits"]:
         scope = "per-node" if limit["kind"] == "per_node" else "cluster"
         queued = f" + {limit['queued']} queued" if limit["queued"] else ""
+        if limit["reserved"]:
+            queued += f" + {limit['reserved']} reserved"
         state = "full" if limit["binds"] else "room"
         note(f"  {scope} limit {limit['limit']}: {limit['running']} running{queued} ({state})")
     if not doc["basis"]:

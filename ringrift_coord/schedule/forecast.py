@@ -159,8 +159,9 @@ def stale(
 def next_slot(tx: Tx, settings: Settings, task_type: str, node: str, now: float) -> dict[str, Any]:
     """When a slot of ``task_type`` is expected to free on ``node``: the later of what the
     per-node and the cluster limit say (each simulated from the running tasks' expected ends
-    and the waiters queued ahead). ``free_at`` is None when it cannot be told."""
-    from ringrift_coord import queue
+    and the waiters queued ahead, less the slots reservations hold, as admission counts
+    them). ``free_at`` is None when it cannot be told."""
+    from ringrift_coord import queue, reservations
 
     per_node = settings.task_limit(task_type, "per_node")
     cluster = settings.task_limit(task_type, "cluster")
@@ -173,6 +174,13 @@ def next_slot(tx: Tx, settings: Settings, task_type: str, node: str, now: float)
     on_node = [r for r in ends if r["node"] == node]
     waiting = queue.ahead(tx, task_type, None)
     ahead_node = sum(1 for n in waiting if n == node)
+    held_res = reservations.active(tx, now)
+    reserved = {
+        "per_node": reservations.held_for_others(held_res, node, task_type),
+        "cluster": reservations.held_elsewhere(
+            held_res, [r["node"] for r in ends], node, task_type
+        ),
+    }
     limits: list[dict[str, Any]] = []
     for scope, limit, held, ahead in (
         ("per_node", per_node, on_node, ahead_node),
@@ -180,9 +188,10 @@ def next_slot(tx: Tx, settings: Settings, task_type: str, node: str, now: float)
     ):
         if limit is None:
             continue
-        binds = len(held) + ahead + 1 > limit
+        room = limit - reserved[scope]  # what admission counts: reservations keep slots
+        binds = len(held) + ahead + 1 > room
         at = (
-            free_at([r["expected_end_at"] for r in held], limit, ahead, own.seconds, now)
+            free_at([r["expected_end_at"] for r in held], room, ahead, own.seconds, now)
             if binds
             else now
         )
@@ -190,6 +199,7 @@ def next_slot(tx: Tx, settings: Settings, task_type: str, node: str, now: float)
             {
                 "kind": scope,
                 "limit": limit,
+                "reserved": reserved[scope],
                 "running": len(held),
                 "queued": ahead,
                 "binds": binds,
