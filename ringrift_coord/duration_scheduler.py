@@ -14,6 +14,7 @@ from ringrift_coord.tasktypes import TaskType
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from ringrift_coord.schedule.expected import Expected
     from ringrift_coord.schedule.peak import Verdict
 
 __all__ = ["DurationScheduler", "get_duration_scheduler"]
@@ -47,6 +48,41 @@ class DurationScheduler(ProcessWide):
         """True when a (type, config) task started at ``now`` is expected to finish before
         the next peak window, or may start anyway (see ``peak_verdict``)."""
         return self.peak_verdict(task_type, config, now).allowed
+
+    # -- learned durations (schedule.expected) ------------------------------------------
+
+    def get_expected_duration(
+        self, task_type: str | TaskType, config: str | None = None
+    ) -> float | None:
+        """Seconds a task of (type, config) is expected to run: learned from its successful
+        runs once ``schedule.min_samples`` are recorded, else the type's default
+        (``durations``); None for a type with neither."""
+        return self.expected(task_type, config).seconds
+
+    def expected(self, task_type: str | TaskType, config: str | None = None) -> Expected:
+        """The whole answer of ``get_expected_duration``: seconds, source, samples, used."""
+        from ringrift_coord.schedule import expected
+
+        ttype = TaskType.parse(task_type).value
+        with self.ctx.store.read() as tx:
+            return expected.lookup(tx, self.ctx.settings, ttype, _config(config))
+
+    def record_duration(
+        self, task_type: str | TaskType, config: str | None, actual_seconds: float
+    ) -> None:
+        """Teach (type, config) one duration (a run that ended well elsewhere); ``run`` and
+        ``unregister`` record successful tasks themselves. Positive, at most 1e9 s."""
+        from ringrift_coord.schedule import expected
+
+        ttype = TaskType.parse(task_type).value
+        seconds = expected.check_seconds(float(actual_seconds), "actual_seconds")
+        with self.ctx.store.write() as tx:
+            expected.record(tx, self.ctx.settings, ttype, _config(config), seconds, tx.now(), "api")
+
+
+def _config(config: str | None) -> str:
+    """A config name as stored (as register stores it); '' for none."""
+    return config or ""
 
 
 def get_duration_scheduler() -> DurationScheduler:

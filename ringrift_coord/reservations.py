@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 
 from ringrift_coord.inputs import seconds, slot_count
+from ringrift_coord.tasktypes import TaskType
 
 TYPE_CHECKING = False  # typing costs start-up time on the hot path; annotations are lazy
 if TYPE_CHECKING:
@@ -49,4 +50,33 @@ def active(tx: Tx, now: float) -> list[Row]:
         "SELECT res_id, node, task_type, slots, created_at, expires_at, who FROM reservations "
         "WHERE expires_at IS NULL OR expires_at > ? ORDER BY created_at",
         (now,),
+    )
+
+
+def held_for_others(rows: list[Row], node: str, task_type: str) -> int:
+    """Slots reserved on ``node`` for other types of ``task_type``'s resource class (held
+    whether or not they are used yet: their running tasks do not count against this type's
+    limit, so only the whole reservation keeps room)."""
+    own = TaskType.parse(task_type).resource_type
+    return sum(
+        res["slots"]
+        for res in rows
+        if res["node"] == node
+        and res["task_type"] != task_type
+        and TaskType.parse(res["task_type"]).resource_type == own
+    )
+
+
+def held_elsewhere(rows: list[Row], running_nodes: list[str], node: str, task_type: str) -> int:
+    """Slots reserved for ``task_type`` on nodes other than ``node`` and not yet used by its
+    running tasks there (``running_nodes``: the node of each running task of the type)."""
+    if not rows:
+        return 0
+    per_node: dict[str, int] = {}
+    for n in running_nodes:
+        per_node[n] = per_node.get(n, 0) + 1
+    return sum(
+        max(0, res["slots"] - per_node.get(res["node"], 0))
+        for res in rows
+        if res["task_type"] == task_type and res["node"] != node
     )

@@ -90,12 +90,24 @@ class Evaluation:
         self.chores: list[Callable[[Tx], None]] = []
 
 
-def _expected_end_wait(rows: list[Row], expected: float | None, now: float) -> float:
-    """Seconds until the earliest of ``rows`` is expected to finish (learned durations later)."""
-    if not rows or expected is None:
-        return UNKNOWN_RETRY
-    earliest = min(r["started_at"] for r in rows) + expected
-    return max(UNKNOWN_RETRY, earliest - now)
+def _slot_wait(
+    tx: Tx,
+    settings: Settings,
+    ttype: str,
+    node: str | None,
+    limit: int,
+    ahead: int,
+    now: float,
+    config_name: str | None = None,
+) -> float:
+    """Seconds until a slot of ``limit`` is expected to free for a refused request, from the
+    running tasks' learned (or default) durations (``schedule.forecast``); at least
+    ``UNKNOWN_RETRY``. Called only once a rule refuses: an admitted request never pays for it."""
+    from ringrift_coord.schedule import forecast
+
+    return forecast.retry_after(
+        tx, settings, ttype, node, limit, ahead, now, UNKNOWN_RETRY, config_name
+    )
 
 
 # --------------------------------------------------------------------------- halt
@@ -293,20 +305,12 @@ def node_limit(
     limit = settings.task_limit(ttype, "per_node")
     if limit is None:
         return None
-    held_for_others = 0
-    for res in ev.reservations:
-        if res["node"] != req.node or res["task_type"] == ttype:
-            continue
-        if TaskType.parse(res["task_type"]).resource_type != req.task_type.resource_type:
-            continue
-        # held for that type whether or not it uses them yet: its running tasks do not
-        # count against this type's limit, so only the whole reservation keeps room
-        held_for_others += res["slots"]
+    held_for_others = reservations.held_for_others(ev.reservations, req.node, ttype)
     effective = limit - held_for_others
     used, ahead = len(ev.on_node), ev.ahead_node
     if used + ahead + 1 <= effective:
         return None
-    wait = _expected_end_wait(ev.on_node, settings.duration(ttype), now)
+    wait = _slot_wait(tx, settings, ttype, req.node, effective, ahead, now)
     queued = f" + {ahead} queued" if ahead else ""
     if used + ahead + 1 > limit:
         return Reason(
@@ -331,6 +335,7 @@ def node_limit(
 
 
 def _below_limit_cap(
+    tx: Tx,
     rule: str,
     cap: int | None,
     what: str,
@@ -356,7 +361,7 @@ def _below_limit_cap(
         requested=1,
         used=used,
         limit=cap,
-        retry_after=_expected_end_wait(ev.on_node, settings.duration(ttype), now),
+        retry_after=_slot_wait(tx, settings, ttype, req.node, cap, ahead, now),
         details={**details, "configured": limit, "queued": ahead},
     )
 
@@ -368,7 +373,7 @@ def oom_cap(tx: Tx, req: Request, settings: Settings, now: float, ev: Evaluation
     ttype = req.task_type.value
     cap = feedback.lowered_cap(tx, settings, req.node, ttype, now)
     what = f"cap {cap} for {ttype} on {req.node}, lowered after repeated OOMs"
-    return _below_limit_cap("oom_cap", cap, what, req, settings, now, ev, {})
+    return _below_limit_cap(tx, "oom_cap", cap, what, req, settings, now, ev, {})
 
 
 def hardware_cap(
@@ -393,7 +398,7 @@ def hardware_cap(
         f"(bounded by {found['bounded_by']})"
     )
     details = {k: found[k] for k in ("bounded_by", "gpu_model", "per_gpu")}
-    return _below_limit_cap("hardware_cap", cap, what, req, settings, now, ev, details)
+    return _below_limit_cap(tx, "hardware_cap", cap, what, req, settings, now, ev, details)
 
 
 def cluster_limit(
@@ -405,14 +410,9 @@ def cluster_limit(
     cluster = settings.task_limit(ttype, "cluster")
     if cluster is None:
         return None
-    held_elsewhere = 0
-    if ev.reservations:
-        per_node_count: dict[str, int] = {}
-        for r in ev.running:
-            per_node_count[r["node"]] = per_node_count.get(r["node"], 0) + 1
-        for res in ev.reservations:
-            if res["task_type"] == ttype and res["node"] != req.node:
-                held_elsewhere += max(0, res["slots"] - per_node_count.get(res["node"], 0))
+    held_elsewhere = reservations.held_elsewhere(
+        ev.reservations, [r["node"] for r in ev.running] if ev.reservations else [], req.node, ttype
+    )
     used, ahead = len(ev.running), len(ev.waiting)
     if used + ahead + held_elsewhere + 1 <= cluster:
         return None
@@ -425,7 +425,7 @@ def cluster_limit(
         requested=1,
         used=used,
         limit=cluster,
-        retry_after=_expected_end_wait(ev.running, settings.duration(ttype), now),
+        retry_after=_slot_wait(tx, settings, ttype, None, cluster - held_elsewhere, ahead, now),
         details={"queued": ahead, "reserved_elsewhere": held_elsewhere},
     )
 
@@ -469,7 +469,7 @@ def config_share(
         limit=share,
         # a share of 0 frees no slot as jobs end: no time to retry at (the weights decide)
         retry_after=(
-            _expected_end_wait(running, settings.duration("selfplay"), now) if share else None
+            _slot_wait(tx, settings, "selfplay", req.node, share, 0, now, config) if share else None
         ),
         details={"config": config, "share": share, "slots": slots_known, "basis": basis},
     )

@@ -219,7 +219,29 @@ def release(
     on_end(tx, settings, row, status, reason, now)
     row["ended_at"] = now
     row["duration"] = max(0.0, now - row["started_at"])
+    if status == "ok":
+        _learn_duration(tx, settings, row, now)
     return row
+
+
+def _learn_duration(tx: Tx, settings: Settings, row: Row, now: float) -> None:
+    """A task that ended ``ok`` teaches its (type, config) expected duration, in the
+    transaction that frees its slot; a failed, stopped or reaped one teaches nothing (its
+    duration says nothing of how long the work takes)."""
+    from ringrift_coord.schedule import expected
+
+    seconds = row["duration"]
+    if 0 < seconds <= expected.MAX_SECONDS:  # a clock stepped back gives no duration
+        expected.record(
+            tx,
+            settings,
+            row["task_type"],
+            row.get("config_name"),
+            seconds,
+            now,
+            row.get("source") or "register",
+            row["task_id"],
+        )
 
 
 def ended(tx: Tx, task_id: str) -> bool:

@@ -112,6 +112,21 @@ CASES: list[tuple[str, tuple[str, ...], int]] = [
     ("bandwidth end", ("bandwidth", "end", "{transfer}", "--bytes", "1048576"), 0),
     ("bandwidth end", ("bandwidth", "end", "{transfer}"), 0),  # already ended
     ("bandwidth status", ("bandwidth", "status"), 0),
+    ("schedule expected", ("schedule", "expected", "training"), 0),
+    (
+        "schedule record",
+        ("schedule", "record", "selfplay", "--config-name", "sq8", "--seconds", "90m"),
+        0,
+    ),
+    ("schedule expected", ("schedule", "expected", "selfplay", "--config-name", "sq8"), 0),
+    ("schedule stale", ("schedule", "stale"), 0),
+    ("schedule stale", ("schedule", "stale", "--now", "2099-01-01T00:00"), 0),  # all stale
+    ("schedule next-slot", ("schedule", "next-slot", "selfplay", "--node", "n1"), 0),
+    (
+        "schedule next-slot",
+        ("schedule", "next-slot", "sync", "--node", "n2", "--now", "2099-01-01"),
+        0,
+    ),
     ("--version", ("--version",), 0),
     ("config init", ("config", "init", "{config_path}"), 0),
     ("completion", ("completion", "fish"), 0),

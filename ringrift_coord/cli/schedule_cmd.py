@@ -12,13 +12,189 @@ from typing import Annotated
 import typer
 
 from ringrift_coord.cli import views
-from ringrift_coord.cli.common import complete_types, done, globals_of, not_blank
+from ringrift_coord.cli.common import (
+    FormatOpt,
+    NoHeaderOpt,
+    complete_types,
+    done,
+    globals_of,
+    not_blank,
+    table_output,
+)
 from ringrift_coord.cli.hot import emit_json
 from ringrift_coord.errors import ExitCode
 
 schedule_app = typer.Typer(
-    help="Expected durations, peak hours, stale tasks and when a slot frees (--now for what-if)."
+    help="Expected durations, peak hours, stale tasks and when a slot frees (--now for what-if).",
+    no_args_is_help=True,
 )
+
+TypeArg = Annotated[
+    str,
+    typer.Argument(
+        metavar="TYPE",
+        help="Task type: selfplay, training, cmaes, ...",
+        autocompletion=complete_types,
+    ),
+]
+ConfigOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--config-name", metavar="C", help="Board config, e.g. square8_2p (none: the type alone)."
+    ),
+]
+NowOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--now",
+        metavar="T",
+        help="Answer as of this time (ISO 8601, e.g. 2026-12-01T09:00; no zone: UTC).",
+    ),
+]
+
+
+def _type(task_type: str) -> str:
+    from ringrift_coord.tasktypes import TaskType
+
+    return TaskType.parse(task_type).value
+
+
+def _config(config_name: str | None) -> str | None:
+    """A ``--config-name``: '' is none; otherwise not blank."""
+    if config_name == "":
+        return None
+    return not_blank("--config-name", config_name)
+
+
+def _now(now: str | None) -> float | None:
+    from ringrift_coord.inputs import instant
+
+    return None if now is None else instant(now, "now")
+
+
+@schedule_app.command("expected")
+def expected_cmd(ctx: typer.Context, task_type: TypeArg, config_name: ConfigOpt = None) -> None:
+    """How long a task of TYPE (and config) is expected to run: learned from its successful
+    runs (the median inside a log-space MAD fence) once schedule.min_samples are recorded,
+    else the type's default (durations.TYPE)."""
+    from ringrift_coord.schedule import expected
+
+    g = globals_of(ctx)
+    ttype, config = _type(task_type), _config(config_name)
+    with g.context(create=False) as c, c.store.read() as tx:
+        found = expected.lookup(tx, c.settings, ttype, config)
+    doc = {"task_type": ttype, "config_name": config, **found.to_dict()}
+    if g.json:
+        emit_json(doc)
+    else:
+        views.expected_duration(doc)
+    done()
+
+
+@schedule_app.command("record")
+def record_cmd(
+    ctx: typer.Context,
+    task_type: TypeArg,
+    seconds: Annotated[
+        str,
+        typer.Option(
+            "--seconds", metavar="S", help="The duration: seconds, or with units (4h, 90m, 1h30m)."
+        ),
+    ],
+    config_name: ConfigOpt = None,
+) -> None:
+    """Teach TYPE (and config) one duration of a run that ended well (``run`` and
+    ``unregister`` record successful tasks themselves); prints the new expected duration."""
+    from ringrift_coord import durations
+    from ringrift_coord.errors import UsageError
+    from ringrift_coord.schedule import expected
+
+    g = globals_of(ctx)
+    ttype, config = _type(task_type), _config(config_name)
+    try:
+        value = durations.parse(seconds.strip())
+    except ValueError as exc:
+        raise UsageError(str(exc), field="seconds") from None
+    value = expected.check_seconds(value, "seconds")
+    with g.context() as c, c.store.write() as tx:
+        now = tx.now()
+        expected.record(tx, c.settings, ttype, config, value, now, "manual")
+        found = expected.lookup(tx, c.settings, ttype, config)
+    new = found.to_dict()
+    doc = {
+        "task_type": ttype,
+        "config_name": config,
+        "recorded_seconds": value,
+        "expected_seconds": new["expected_seconds"],
+        "expected_source": new["source"],
+        "samples": new["samples"],
+        "used": new["used"],
+        "needed": new["needed"],
+        "at": now,
+    }
+    if g.json:
+        emit_json(doc)
+    else:
+        views.duration_recorded(doc)
+    done()
+
+
+@schedule_app.command("stale")
+def stale_cmd(
+    ctx: typer.Context,
+    task_type: Annotated[
+        str | None,
+        typer.Option("--type", help="Only this task type.", autocompletion=complete_types),
+    ] = None,
+    node: Annotated[str | None, typer.Option("--node", help="Only this node.")] = None,
+    now: NowOpt = None,
+    fmt: FormatOpt = None,
+    no_header: NoHeaderOpt = False,
+) -> None:
+    """Running tasks older than schedule.stale_factor times their expected duration (types
+    with no expected duration are never stale), the most overdue first."""
+    from ringrift_coord.schedule import forecast
+
+    g = globals_of(ctx)
+    table_output(fmt, no_header)
+    ttype = None if task_type is None else _type(task_type)
+    node = not_blank("--node", node)
+    at = _now(now)
+    with g.context(create=False) as c, c.store.read() as tx:
+        doc = forecast.stale(tx, c.settings, tx.now() if at is None else at, ttype, node)
+    if g.json:
+        emit_json(doc)
+    else:
+        views.stale_table(doc)
+    done()
+
+
+@schedule_app.command("next-slot")
+def next_slot_cmd(
+    ctx: typer.Context,
+    task_type: TypeArg,
+    node: Annotated[str, typer.Option("--node", metavar="N", help="The node to start on.")],
+    now: NowOpt = None,
+    fmt: FormatOpt = None,
+    no_header: NoHeaderOpt = False,
+) -> None:
+    """When a slot of TYPE is expected to free on a node: from the running tasks' ages and
+    expected durations, and the waiters queued ahead, under the per-node and cluster limits."""
+    from ringrift_coord.schedule import forecast
+
+    g = globals_of(ctx)
+    table_output(fmt, no_header)
+    ttype = _type(task_type)
+    checked = not_blank("--node", node)
+    assert checked is not None
+    at = _now(now)
+    with g.context(create=False) as c, c.store.read() as tx:
+        doc = forecast.next_slot(tx, c.settings, ttype, checked, tx.now() if at is None else at)
+    if g.json:
+        emit_json(doc)
+    else:
+        views.next_slot(doc)
+    done()
 
 
 def register(app: typer.Typer) -> None:
@@ -27,26 +203,6 @@ def register(app: typer.Typer) -> None:
 
 
 # --------------------------------------------------------------------------- can-start
-
-
-def now_option(now: str | None) -> float | None:
-    """``--now``: an ISO 8601 time (UTC unless it names a zone), or None (the store's clock)."""
-    if now is None:
-        return None
-    from ringrift_coord.inputs import instant
-
-    return instant(now, "now")
-
-
-NowOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--now",
-        metavar="ISO8601",
-        help="What if: answer for this time (2026-12-01T12:00 is UTC; +02:00 or Z name a zone) "
-        "instead of the store's clock.",
-    ),
-]
 
 
 @schedule_app.command("can-start")
@@ -76,11 +232,9 @@ def can_start(
 
     g = globals_of(ctx)
     ttype = TaskType.parse(task_type)
-    at = now_option(now)
+    at = _now(now)
     with g.context() as c:
-        found = DurationScheduler(c).peak_verdict(
-            ttype, not_blank("--config-name", config_name), at
-        )
+        found = DurationScheduler(c).peak_verdict(ttype, _config(config_name), at)
     if g.json:
         emit_json(found.to_dict())
     else:

@@ -1396,3 +1396,129 @@ def peak_verdict(found: Any) -> None:
     if found.retry_shown is not None:
         retry = f"; retry at {found.retry_shown} (in {age(found.retry_after)})"
     sys.stderr.write(printable(f"ringrift-coord: no: {found.reason}{retry}") + "\n")
+
+
+# --------------------------------------------------------------------------- schedule
+
+
+def _key(doc: dict[str, Any]) -> str:
+    config = doc.get("config_name")
+    return doc["task_type"] + (f" ({config})" if config else "")
+
+
+def _expected_words(seconds: Any, source: str, samples: int, used: int, needed: int) -> str:
+    if source == "learned":
+        dropped = samples - used
+        out = f" ({dropped} dropped as outliers)" if dropped else ""
+        return f"~{human(seconds)}, learned from {samples} successful run(s){out}"
+    if source == "default":
+        return (
+            f"~{human(seconds)}, the type's default ({samples} of {needed} runs recorded "
+            "before it is learned)"
+        )
+    return f"unknown: no default duration and {samples} of {needed} runs recorded"
+
+
+def expected_duration(doc: dict[str, Any]) -> None:
+    """``schedule expected``: one line."""
+    words = _expected_words(
+        doc["expected_seconds"], doc["source"], doc["samples"], doc["used"], doc["needed"]
+    )
+    line(f"{_key(doc)}: expected {words}")
+
+
+def duration_recorded(doc: dict[str, Any]) -> None:
+    """``schedule record``: what was recorded and the expected duration now."""
+    words = _expected_words(
+        doc["expected_seconds"], doc["expected_source"], doc["samples"], doc["used"], doc["needed"]
+    )
+    line(f"recorded {human(doc['recorded_seconds'])} for {_key(doc)}; expected now {words}")
+
+
+def stale_table(doc: dict[str, Any]) -> None:
+    """``schedule stale``: the tasks past stale_factor x their expected duration."""
+    rows = doc["tasks"]
+    factor = f"{doc['stale_factor']:g}"
+    if not rows:
+        note(
+            f"no stale task: none of the {doc['checked']} running task(s) is older than "
+            f"{factor} x its expected duration (as of {ts(doc['at'])})"
+        )
+        return
+    grid = Grid(
+        f"stale tasks: older than {factor} x their expected duration (as of {ts(doc['at'])})",
+        "task id",
+        Col("type", drop=4),
+        "node",
+        "age",
+        "expected",
+        Col("ratio", drop=3),
+        Col("source", drop=1),
+        Col("config", drop=2),
+    )
+    for r in rows:
+        grid.add(
+            r["task_id"],
+            r["task_type"],
+            r["node"],
+            age(r["age"]),
+            age(r["expected_seconds"]),
+            f"{r['times_expected']:.1f}",
+            r["expected_source"],
+            r.get("config_name"),
+        )
+    grid.show()
+
+
+def next_slot(doc: dict[str, Any]) -> None:
+    """``schedule next-slot``: the answer, each limit, and the running tasks it rests on."""
+    what = f"{doc['task_type']} on {doc['node']}"
+    if doc["free_now"]:
+        say(Text(printable(f"a slot for {what} is free now")))
+    elif doc["free_at"] is None:
+        say(
+            Text(
+                printable(
+                    f"no slot for {what} now; when one frees cannot be told (a running task "
+                    "or the type has no expected duration, or the limit is 0)"
+                )
+            )
+        )
+    else:
+        say(
+            Text(
+                printable(
+                    f"a slot for {what} is expected to free at {ts(doc['free_at'])} "
+                    f"(in {human(doc['in_seconds'])})"
+                )
+            )
+        )
+    for limit in doc["limits"]:
+        scope = "per-node" if limit["kind"] == "per_node" else "cluster"
+        queued = f" + {limit['queued']} queued" if limit["queued"] else ""
+        if limit["reserved"]:
+            queued += f" + {limit['reserved']} reserved"
+        state = "full" if limit["binds"] else "room"
+        note(f"  {scope} limit {limit['limit']}: {limit['running']} running{queued} ({state})")
+    if not doc["basis"]:
+        return
+    grid = Grid(
+        "running tasks by expected end",
+        "task id",
+        "node",
+        "started",
+        "expected end",
+        Col("expected", drop=2),
+        Col("config", drop=1),
+    )
+    for r in doc["basis"]:
+        end = "-" if r["expected_end_at"] is None else ts(r["expected_end_at"])
+        grid.add(
+            r["task_id"],
+            r["node"],
+            ts(r["started_at"]),
+            end + (" (overdue)" if r["overdue"] else ""),
+            age(r["expected_seconds"]),
+            r.get("config_name"),
+        )
+    grid.show()

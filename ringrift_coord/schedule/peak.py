@@ -269,9 +269,14 @@ def _verdict(peak: PeakHours, now: float, expected: float | None, task_type: str
 def _expected_seconds(
     tx: Tx | None, settings: Settings, task_type: str, config_name: str | None
 ) -> float | None:
-    """The expected duration of (type, config): the configured default until the learned
-    durations (``schedule.expected``) answer here. The one place peak hours ask."""
-    return settings.duration(task_type)
+    """The expected duration of (type, config): learned from its successful runs
+    (``schedule.expected``), else the type's default; without a store, the default. The one
+    place peak hours ask."""
+    if tx is None:
+        return settings.duration(task_type)
+    from ringrift_coord.schedule import expected
+
+    return expected.lookup(tx, settings, task_type, config_name).seconds
 
 
 def verdict_at(
