@@ -292,6 +292,37 @@ def test_can_spawn_what_if_must_show(coord: Coord) -> None:
         assert coord("can-spawn", ttype, "--node", "n1", "--now", when).returncode == 0
 
 
+def test_peak_hours_ask_the_learned_duration(coord: Coord) -> None:
+    """At 12:00 a 4 h training runs into the 14:00 window; one that has learned to take an
+    hour (three recorded runs) fits, in can-start and in admission; other configs do not."""
+    for seconds in ("55m", "1h", "65m"):
+        recorded = coord(
+            "schedule", "record", "training", "--config-name", "fast", "--seconds", seconds
+        )
+        assert recorded.returncode == 0, recorded.stderr
+    when = ("--now", "2026-12-01T12:00")
+    fast = ("--config-name", "fast")
+    assert coord("schedule", "can-start", "training", *fast, *when).returncode == 0
+    assert coord("schedule", "can-start", "training", *when).returncode == 1
+    assert (
+        coord("schedule", "can-start", "training", "--config-name", "slow", *when).returncode == 1
+    )
+    enforce = (
+        "--set",
+        "peak_hours.enforce=true",
+        "--json",
+        "can-spawn",
+        "training",
+        "--node",
+        "n1",
+    )
+    doc = json.loads(coord(*enforce, *fast, *when).stdout)
+    assert doc["allowed"] is True, doc
+    doc = json.loads(coord(*enforce, "--config-name", "slow", *when).stdout)
+    assert [r["rule"] for r in doc["reasons"]] == ["peak_hours"]
+    assert doc["reasons"][0]["details"]["expected_seconds"] == 14400
+
+
 def test_can_start_wrapped_window_in_another_zone(coord: Coord) -> None:
     zone = ("--set", "peak_hours.timezone=America/New_York")
     window = ("--set", "peak_hours.start=22:00", "--set", "peak_hours.end=06:00")
