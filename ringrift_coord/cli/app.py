@@ -573,6 +573,11 @@ from ringrift_coord.cli import capacity_cmd  # noqa: E402
 
 capacity_cmd.register(app)
 
+from ringrift_coord.cli import bandwidth_cmd  # noqa: E402
+
+bandwidth_cmd.register(app)
+build.install_group(bandwidth_cmd.bandwidth_app, "bandwidth")  # bandwidth run, from the spec
+
 from ringrift_coord.cli import rate_cmd  # noqa: E402  (rate, distribution)
 
 rate_cmd.register(app)
