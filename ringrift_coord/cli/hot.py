@@ -438,6 +438,8 @@ def bandwidth_run(
     from ringrift_coord.transfer_run import run_transfer
 
     _check_wrapper_options(no_slot_exit_code, wait, timeout)
+    if not host.strip():
+        raise UsageError("argument HOST must not be empty")
     not_blank("--priority", priority)
     not_blank("--kind", kind)
     if bytes_from is not None and not bytes_from.strip():
