@@ -305,7 +305,7 @@ FLOORS: dict[str, tuple[float, str]] = {
 
 # Settings that are validated and shown but that nothing reads yet: ``config show`` and the
 # shipped YAML mark them "(not used yet)". Whatever starts reading one removes it here.
-NOT_USED_YET: frozenset[str] = frozenset({"bandwidth", "peak_hours"})  # issue-10 helpers remove
+NOT_USED_YET: frozenset[str] = frozenset({"peak_hours"})  # issue-10 helpers remove
 
 
 def is_used(dotted: str) -> bool:

@@ -263,6 +263,11 @@ class TransferDecision(Decision):
     def transfer_id(self) -> str | None:
         return self.task_id
 
+    def summary(self) -> str:
+        if self.allowed:
+            return f"allowed: {self.kbps} KiB/s to {self.node} ({self.priority})"
+        return super().summary().replace(f"{TASK_TYPE} on ", f"{self.priority} transfer to ", 1)
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "allowed": self.allowed,
@@ -328,14 +333,21 @@ def evaluate(
     dead holders are not counted (``start`` reaps them). ``active``: the remote's live
     transfers when the caller has them."""
     remote = check_remote(remote)
+    rows = _live(tx, remote, now) if active is None else active
+    return decide(settings, remote, priority, rows, _waiting_ahead(tx, remote, waiter_seq))
+
+
+def decide(
+    settings: Settings, remote: str, priority: str | None, rows: list[Row], ahead: int = 0
+) -> TransferDecision:
+    """The allocation (pure): ``rows`` are the remote's active transfers (``kbps`` and
+    ``priority`` of each), ``ahead`` the waiters in line before this request."""
     prio = check_priority(priority)
     bw = settings.get("bandwidth")
     info = link(settings, remote)
     limit = info["limit_kbps"]
     factor = float(bw["priorities"][prio])
     cap = int(bw["max_concurrent_transfers"])
-    rows = _live(tx, remote, now) if active is None else active
-    ahead = _waiting_ahead(tx, remote, waiter_seq)
     used = sum(float(r["kbps"]) for r in rows)
     free = max(0.0, limit - used)
     granted = int(math.floor(min(limit * factor, free) + 1e-9))

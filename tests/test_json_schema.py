@@ -97,6 +97,24 @@ CASES: list[tuple[str, tuple[str, ...], int]] = [
     ("adjust", ("adjust",), 0),
     ("adjust", ("adjust",), 0),  # already adjusted: acts not
     ("utilization", ("utilization",), 0),
+    ("bandwidth allocate", ("bandwidth", "allocate", "runpod-1", "--priority", "high"), 0),
+    ("bandwidth start", ("bandwidth", "start", "runpod-1", "--kind", "data", "--pid", "{pid}"), 0),
+    (
+        "bandwidth start",
+        (
+            *("--set", "bandwidth.max_concurrent_transfers=1", "bandwidth", "start"),
+            *("runpod-1", "--kind", "data", "--pid", "{pid}"),
+        ),
+        1,
+    ),
+    (
+        "bandwidth allocate",
+        ("--set", "bandwidth.max_concurrent_transfers=1", "bandwidth", "allocate", "runpod-1"),
+        1,
+    ),
+    ("bandwidth end", ("bandwidth", "end", "{transfer}", "--bytes", "1048576"), 0),
+    ("bandwidth end", ("bandwidth", "end", "{transfer}"), 0),  # already ended
+    ("bandwidth status", ("bandwidth", "status"), 0),
     ("--version", ("--version",), 0),
     ("config init", ("config", "init", "{config_path}"), 0),
     ("completion", ("completion", "fish"), 0),
@@ -127,6 +145,8 @@ def populate(coord: Coord, holder: int) -> dict[str, str]:
     for _ in range(2):
         ok("breakers", "record-failure", "--type", "selfplay", "--node", "n3", "--reason", "x")
     ok("report", "--node", "n2", "--cpu", "50", "--mem", "60.25", "--cpus", "8", "--load", "2")
+    transfer = ok("bandwidth", "start", "aws-1", "--kind", "data", "--pid", str(holder))
+    ok("bandwidth", "end", ok("bandwidth", "start", "aws-1", "--kind", "x"), "--bytes", "4096")
     # last: a holder that is gone, for `tasks reap` (the next admission would reap it)
     dead = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     ok("register", "evaluation", "--node", "n2", "--pid", str(dead.pid))
@@ -137,6 +157,7 @@ def populate(coord: Coord, holder: int) -> dict[str, str]:
         "spare_task": spare,
         "spare_reservation": reservation,
         "running_task": running,
+        "transfer": transfer,
     }
 
 

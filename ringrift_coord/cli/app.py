@@ -103,16 +103,19 @@ def tasks_list(
 
 @tasks_app.command("reap")
 def tasks_reap(ctx: typer.Context) -> None:
-    """Free the slots of dead holders now."""
+    """Free the slots of dead holders now, and end the transfers of dead holders."""
+    from ringrift_coord import transfers
     from ringrift_coord.task_coordinator import TaskCoordinator
 
     g = globals_of(ctx)
     with g.context() as c:
         rows = TaskCoordinator(c).reap()
+        with c.store.write() as tx:
+            gone = transfers.reap(tx, c.settings, tx.now())
     if g.json:
-        emit_json({"reaped": rows})
+        emit_json({"reaped": rows, "reaped_transfers": gone})
     else:
-        views.reaped(rows)
+        views.reaped(rows, gone)
     done()
 
 

@@ -26,13 +26,13 @@ if TYPE_CHECKING:
 # sections each reads: an error kept in one of them fails the command (``Settings.require``).
 # Every other command, and these for the sections they do not read, warns once and goes on.
 SECTION_USERS: dict[str, tuple[str, ...]] = {
-    "bandwidth": ("bandwidth",),
     "targets": ("resource_targets", "optimizer"),
     "adjust": ("resource_targets", "optimizer", "hardware"),
     "utilization": ("resource_targets", "optimizer"),
     "rate": ("resource_targets", "optimizer"),
     "distribution": ("optimizer", "selfplay_configs"),
     "capacity": ("hardware",),
+    "bandwidth": ("bandwidth",),
 }
 _warned: set[str] = set()  # the settings problems this process has warned of
 

@@ -362,10 +362,14 @@ def cancelled(result: dict[str, Any]) -> None:
     )
 
 
-def reaped(rows: list[dict[str, Any]]) -> None:
+def reaped(rows: list[dict[str, Any]], transfers: list[dict[str, Any]] | None = None) -> None:
     for r in rows:
         line(f"reaped {r['task_id']} ({r['task_type']} on {r['node']}): {r['reason']}")
     line(f"{len(rows)} slot(s) freed")
+    for r in transfers or []:
+        line(f"reaped transfer {r['transfer_id']} (to {r['remote']}): {r['reason']}")
+    if transfers:
+        line(f"{len(transfers)} transfer(s) ended")
 
 
 def reservations_table(rows: list[dict[str, Any]]) -> None:
@@ -1278,3 +1282,103 @@ def distribution_table(doc: dict[str, Any]) -> None:
     for part in doc["parts"]:
         grid.add(part["config"], f"{part['weight']:g}", part["share"])
     grid.show()
+
+
+# --------------------------------------------------------------------------- bandwidth
+
+
+def size(nbytes: float | None, *, short: bool = False) -> str:
+    """Bytes as people read them: ``512 B``, ``3.2 KiB``, ``52.4 MiB``, ``1.3 GiB``
+    (``short``, for tables: ``512B``, ``3.2K``, ``52.4M``, ``1.3G``)."""
+    if nbytes is None:
+        return "-"
+    value = float(nbytes)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            shown = f"{value:.0f}" if unit == "B" else f"{value:.1f}"
+            return f"{shown}{unit[0]}" if short else f"{shown} {unit}"
+        value /= 1024
+    return "-"  # not reached
+
+
+def _kbps(value: float | None) -> str:
+    return "-" if value is None else f"{float(value):.0f}"
+
+
+def transfer_ended(row: dict[str, Any], limit_kbps: float | None) -> None:
+    """``bandwidth end``: one line: bytes, seconds, the observed rate against the allocated
+    one, the host's moving average against its limit."""
+    text = f"ended {row['transfer_id']} to {row['remote']} ({row['status']}) after " + human(
+        row["seconds"]
+    )
+    if row.get("bytes") is None:
+        text += ": bytes unknown, no rate recorded"
+    else:
+        text += f": {size(row['bytes'])}"
+        observed = row.get("observed_kbps")
+        if observed is not None:
+            pct = 100.0 * observed / row["kbps"] if row["kbps"] else 0.0
+            text += f", {observed:.0f} KiB/s observed of {row['kbps']:.0f} allocated ({pct:.0f}%)"
+    if row.get("ema_kbps") is not None and limit_kbps:
+        pct = 100.0 * row["ema_kbps"] / limit_kbps
+        text += f"; EMA {row['ema_kbps']:.0f} KiB/s, {pct:.0f}% of the {limit_kbps:.0f} limit"
+    line(text)
+
+
+def bandwidth_status(doc: dict[str, Any]) -> None:
+    """``bandwidth status``: the active transfers, then each host's link and history."""
+    active = Grid(
+        f"active transfers ({len(doc['active'])})",
+        "transfer id",
+        "remote",
+        Col("kind", drop=3),
+        "priority",
+        "KiB/s",
+        Col("node", drop=1),
+        Col("pid", drop=2),
+        "age",
+    )
+    for r in doc["active"]:
+        active.add(
+            r["transfer_id"],
+            r["remote"],
+            r["kind"],
+            r["priority"],
+            _kbps(r["kbps"]),
+            r["node"],
+            r.get("pid"),
+            age(r["age"]),
+        )
+    active.show()
+    hosts = Grid(
+        "hosts (rates in KiB/s; history of the ended transfers)",
+        "remote",
+        Col("type", drop=4),
+        "limit",
+        Col("alloc", drop=3),
+        "act",
+        "ended",
+        "bytes",
+        Col("secs", drop=2),
+        "observed",
+        "EMA",
+        Col("EMA%", drop=1),
+    )
+    for h in doc["hosts"]:
+        hosts.add(
+            h["remote"],
+            h["host_type"],
+            _kbps(h["limit_kbps"]),
+            _kbps(h["allocated_kbps"]),
+            f"{h['active']}/{h['cap']}",
+            h["transfers"],
+            size(h["bytes"], short=True) if h["transfers"] else "-",
+            f"{h['seconds']:.0f}" if h["transfers"] else "-",
+            _kbps(h["observed_kbps"]),
+            _kbps(h["ema_kbps"]),
+            "-" if h["ema_pct"] is None else f"{h['ema_pct']:.0f}%",
+        )
+    if doc["hosts"]:
+        hosts.show()
+    else:
+        note("no transfers yet")

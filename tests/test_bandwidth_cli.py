@@ -1,0 +1,162 @@
+"""``bandwidth allocate/start/end/status`` through the real program, on both engines: the
+allocation table (four host types x four priorities), the concurrent cap and ``end`` freeing
+it, history in ``status``, the exit codes and lines of refusals and bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from conftest import Coord
+
+ENGINES = ("sqlite", "postgres")
+
+# remote -> KiB/s (rsync --bwlimit units, rounded down) for critical, high, normal, background
+ALLOCATIONS = {
+    "node-runpod-3": (122070, 61035, 30517, 12207),  # runpod: 1 Gbps
+    "lambda-GH200-1": (305175, 152587, 76293, 30517),  # gh200: 2.5 Gbps
+    "aws-east-2": (61035, 30517, 15258, 6103),  # aws: 500 Mbps
+    "vast-7": (12207, 6103, 3051, 1220),  # any other host: 100 Mbps
+}
+TYPES = {"node-runpod-3": "runpod", "lambda-GH200-1": "gh200", "aws-east-2": "aws"}
+PRIORITIES = ("critical", "high", "normal", "background")
+FACTORS = (1.0, 0.5, 0.25, 0.1)
+
+
+def _json(done: subprocess.CompletedProcess[str]) -> dict:
+    return json.loads(done.stdout)
+
+
+@pytest.mark.parametrize(
+    ("remote", "priority"),
+    [(r, p) for r in ALLOCATIONS for p in PRIORITIES],
+)
+def test_allocation_table_four_host_types_by_four_priorities(
+    coord: Coord, remote: str, priority: str
+) -> None:
+    done = coord("--json", "bandwidth", "allocate", remote, "--priority", priority)
+    assert done.returncode == 0, done.stderr
+    doc = _json(done)
+    index = PRIORITIES.index(priority)
+    assert doc["allowed"] is True
+    assert doc["kbps"] == ALLOCATIONS[remote][index]
+    assert doc["host_type"] == TYPES.get(remote, "default")
+    assert doc["priority"] == priority and doc["factor"] == FACTORS[index]
+    assert doc["limit_kbps"] == pytest.approx(ALLOCATIONS[remote][0], abs=1)
+    assert (doc["active"], doc["cap"], doc["reasons"], doc["retry_after"]) == (0, 4, [], None)
+    assert doc["free_kbps"] == doc["limit_kbps"]
+    # the plain form is just the number, for rsync --bwlimit=$(...)
+    plain = coord("bandwidth", "allocate", remote, "--priority", priority)
+    assert plain.returncode == 0 and plain.stdout == f"{ALLOCATIONS[remote][index]}\n"
+
+
+def test_units_and_bad_input(coord: Coord) -> None:
+    assert coord("bandwidth", "allocate", "vast-7").stdout == "3051\n"  # normal by default
+    assert coord("bandwidth", "allocate", "vast-7", "--unit", "MiB").stdout == "2.9\n"
+    assert coord("bandwidth", "allocate", "vast-7", "--unit", "Mbit/s").stdout == "24.9\n"
+    assert coord("bandwidth", "allocate", "vast-7", "--unit", "bytes").stdout == "3124224\n"
+    doc = _json(coord("--json", "bandwidth", "allocate", "vast-7", "--unit", "mbps"))
+    assert (doc["unit"], doc["rate"], doc["kbps"]) == ("Mbit/s", 24.9, 3051)
+    bad = coord("bandwidth", "allocate", "vast-7", "--unit", "furlongs")
+    assert bad.returncode == 2 and bad.stdout == ""
+    assert "valid units: kib, mib, mbit, bytes" in bad.stderr
+    assert len(bad.stderr.splitlines()) == 1
+    bad = coord("bandwidth", "allocate", "vast-7", "--priority", "urgent")
+    assert bad.returncode == 2 and "valid priorities: critical, high" in bad.stderr
+    bad = coord("bandwidth", "start", "vast-7", "--kind", "data", "--pid", "999999999")
+    assert bad.returncode == 2 and "no running process" in bad.stderr
+    help_text = coord("bandwidth", "allocate", "--help").stdout
+    assert "KiB/s" in help_text and "rsync --bwlimit" in help_text
+
+
+def test_cap_refuses_the_next_transfer_and_end_frees_it(coord: Coord) -> None:
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"])
+    try:
+        coord.write_config("bandwidth: {max_concurrent_transfers: 2}\n")
+        pid = str(holder.pid)
+        ids = []
+        for _ in range(2):
+            done = coord("bandwidth", "start", "aws-east-2", "--kind", "data", "--pid", pid)
+            assert done.returncode == 0, done.stderr
+            ids.append(done.stdout.strip())
+            assert ids[-1].startswith("xfer-") and "15258 KiB/s" in done.stderr
+        # the next one: refused, exit 1, the numbers on stderr, nothing on stdout
+        refused = coord("bandwidth", "start", "aws-east-2", "--kind", "data", "--pid", pid)
+        assert refused.returncode == 1 and refused.stdout == ""
+        assert "2 transfer(s) running, at its cap of 2" in refused.stderr
+        denied = coord("--json", "bandwidth", "allocate", "aws-east-2")
+        assert denied.returncode == 1
+        (reason,) = _json(denied)["reasons"]
+        assert (reason["rule"], reason["used"], reason["limit"]) == ("transfer_cap", 2, 2)
+        assert _json(denied)["retry_after"] > 0
+        plain = coord("bandwidth", "allocate", "aws-east-2")
+        assert plain.returncode == 1 and plain.stdout == "" and "cap of 2" in plain.stderr
+        # end frees it: one line with the bytes and the rates
+        ended = coord("bandwidth", "end", ids[0], "--bytes", "10485760")
+        assert ended.returncode == 0, ended.stderr
+        assert ended.stdout.startswith(f"ended {ids[0]} to aws-east-2 (ok)")
+        assert "10.0 MiB" in ended.stdout and "allocated" in ended.stdout
+        assert "EMA" in ended.stdout and "61035 limit" in ended.stdout
+        again = coord("--json", "bandwidth", "start", "aws-east-2", "--kind", "model", "--pid", pid)
+        assert again.returncode == 0, again.stderr
+        doc = _json(again)
+        assert doc["allowed"] and doc["transfer_id"].startswith("xfer-") and doc["lease_token"]
+        # ended twice: said, exit 0; an unknown id: exit 2
+        twice = coord("bandwidth", "end", ids[0], "--bytes", "1")
+        assert twice.returncode == 0 and "already ended" in twice.stderr
+        unknown = coord("bandwidth", "end", "xfer-000000000000")
+        assert unknown.returncode == 2 and "no active transfer" in unknown.stderr
+        # the history in status
+        coord("bandwidth", "end", ids[1], "--bytes", "2048", "--status", "failed")
+        status = _json(coord("--json", "bandwidth", "status"))
+        (active,) = status["active"]
+        assert active["transfer_id"] == doc["transfer_id"] and active["kind"] == "model"
+        (host,) = status["hosts"]
+        assert host["remote"] == "aws-east-2" and host["host_type"] == "aws"
+        assert (host["active"], host["cap"], host["transfers"]) == (1, 2, 2)
+        assert host["bytes"] == 10485760 + 2048
+        assert host["ema_kbps"] is not None and host["ema_pct"] is not None
+        assert host["limit_kbps"] == pytest.approx(61035, abs=1)
+        table = coord("bandwidth", "status", env={"COLUMNS": "80"})
+        assert table.returncode == 0, table.stderr
+        assert all(len(line) <= 80 for line in table.stdout.splitlines()), table.stdout
+        assert doc["transfer_id"] in table.stdout and "aws-east-2" in table.stdout
+        assert "10.0M" in table.stdout and "EMA" in table.stdout
+        wide = coord("bandwidth", "status", "--format", "table", env={"COLUMNS": "80"})
+        assert wide.returncode == 0 and "aws-east-2" in wide.stdout
+        assert all(len(line) <= 80 for line in wide.stdout.splitlines()), wide.stdout
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_dead_transfers_are_reaped_by_tasks_reap(coord: Coord) -> None:
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE
+    )
+    started = coord("bandwidth", "start", "vast-7", "--kind", "data", "--pid", str(holder.pid))
+    assert started.returncode == 0, started.stderr
+    assert holder.stdin is not None
+    holder.stdin.close()  # the holder exits
+    holder.wait()
+    transfer_id = started.stdout.strip()
+    reaped = coord("--json", "tasks", "reap")
+    assert reaped.returncode == 0, reaped.stderr
+    (row,) = _json(reaped)["reaped_transfers"]
+    assert row["transfer_id"] == transfer_id and row["status"] == "reaped"
+    assert "reaped transfer" not in coord("tasks", "reap").stdout  # already gone
+    history = _json(coord("--json", "bandwidth", "status"))["hosts"][0]
+    assert history["transfers"] == 1 and history["active"] == 0
+
+
+def test_a_bad_bandwidth_section_fails_only_bandwidth_commands(coord: Coord) -> None:
+    coord.write_config("bandwidth: {default_mbps: 0}\n")
+    done = coord("bandwidth", "allocate", "vast-7")
+    assert done.returncode == 3 and done.stdout == ""
+    assert "default_mbps must be above 0" in done.stderr
+    assert len(done.stderr.splitlines()) == 1
+    other = coord("can-spawn", "selfplay", "--node", "n1")
+    assert other.returncode == 0
+    assert "warning" in other.stderr and "default_mbps" in other.stderr
