@@ -255,6 +255,42 @@ def test_bytes_from_a_file_when_the_output_has_no_stats(coord: Coord) -> None:
     assert history(coord)[0]["bytes"] == 12
 
 
+def test_a_large_output_streams_through_and_its_stats_still_count(coord: Coord) -> None:
+    """More than a pipe holds (8 MiB through a 64 KiB pipe): the wrapper copies as the job
+    writes, so the job never blocks, and the stats at the end are read."""
+    script = (
+        "head -c 8388608 /dev/zero | tr '\\0' 'x' | fold -w 1000; echo; "
+        "echo 'Total bytes sent: 8,388,608'; echo 'Total bytes received: 0'"
+    )
+    done = subprocess.run(
+        coord.argv("bandwidth", "run", "h1", "--", "sh", "-c", script),
+        env=coord.env,
+        capture_output=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.count(b"x") == 8 * 1024 * 1024
+    assert done.stdout.endswith(b"Total bytes received: 0\n")
+    assert only_history(coord)["bytes"] == 8 * 1024 * 1024
+
+
+def test_the_lease_is_renewed_while_the_command_runs(coord: Coord, cleanup) -> None:
+    coord.write_config("store: {lease_ttl: 1}\n")  # renewed every 0.5 s
+    gate = coord.tmp / "gate"
+    wrapper = Wrapper(
+        coord, "bandwidth", "run", "h1", "--",
+        "sh", "-c", 'while [ ! -e "$0" ]; do sleep 0.05; done', str(gate),
+    )  # fmt: skip
+    cleanup.append(wrapper.pid)
+    (row,) = wait_for(lambda: [r for r in active(coord) if r["pgid"]], 30, "the transfer")
+    cleanup.append(row["pgid"])
+    first = row["lease_expires"]
+    wait_for(lambda: active(coord)[0]["lease_expires"] > first + 1, 30, "a renewal")
+    gate.touch()
+    assert wrapper.wait() == 0, wrapper.stderr
+    assert only_history(coord)["status"] == "ok"
+
+
 def test_a_command_that_cannot_run_is_126_127_and_released(coord: Coord) -> None:
     done = coord("bandwidth", "run", "h1", "--", "no-such-command-xyz")
     assert done.returncode == 127
@@ -313,14 +349,18 @@ def test_the_cap_refuses_with_75_and_wait_gets_in_after(coord: Coord, cleanup) -
     assert "gave up waiting for a transfer to h1" in timed_out.stderr
     # another remote is not held back
     assert coord("bandwidth", "run", "h2", "--", "true").returncode == 0
-    # a waiter is in line: status and tasks still work with a "transfer" waiter queued
+    # a waiter is in line: status and tasks work, and show no "transfer" task type (the
+    # transfers are `bandwidth status`'s)
     waiter = Wrapper(coord, "bandwidth", "run", "h1", "--wait", "--", "sh", "-c", "echo in")
     with store(coord) as ctx:
         wait_for(lambda: _waiting(ctx), 30, "the waiter in line")
-    for argv in (("status",), ("--json", "status"), ("tasks",), ("can-spawn", "selfplay")):
+    for argv in (("status",), ("tasks",), ("can-spawn", "selfplay"), ("bandwidth", "status")):
         done = coord(*argv)
         assert done.returncode == 0, (argv, done.stderr)
-    assert json.loads(coord("--json", "status").stdout)["by_type"]["transfer"]["queued"] == 1
+    assert not re.search(r"^transfer ", coord("status").stdout, re.M)  # no task type line
+    status = json.loads(coord("--json", "status").stdout)
+    assert "transfer" not in status["by_type"]
+    assert all(entry["queued"] == 0 for entry in status["by_type"].values())
     gate.touch()
     assert holder.wait() == 0, holder.stderr
     assert waiter.wait() == 0, waiter.stderr
