@@ -54,6 +54,8 @@ def test_allocation_table_four_host_types_by_four_priorities(
 
 def test_units_and_bad_input(coord: Coord) -> None:
     assert coord("bandwidth", "allocate", "vast-7").stdout == "3051\n"  # normal by default
+    if coord.engine == "sqlite":
+        assert not coord.db.exists()  # read-only: no store is created for it
     assert coord("bandwidth", "allocate", "vast-7", "--unit", "MiB").stdout == "2.9\n"
     assert coord("bandwidth", "allocate", "vast-7", "--unit", "Mbit/s").stdout == "24.9\n"
     assert coord("bandwidth", "allocate", "vast-7", "--unit", "bytes").stdout == "3124224\n"
@@ -160,3 +162,27 @@ def test_a_bad_bandwidth_section_fails_only_bandwidth_commands(coord: Coord) -> 
     other = coord("can-spawn", "selfplay", "--node", "n1")
     assert other.returncode == 0
     assert "warning" in other.stderr and "default_mbps" in other.stderr
+
+
+def test_racing_starts_never_pass_the_cap_or_the_limit(coord: Coord) -> None:
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"])
+    try:
+        coord.write_config("bandwidth: {max_concurrent_transfers: 3}\n")
+        argv = ("--json", "bandwidth", "start", "vast-7", "--kind", "data", "--pid")
+        racers = [
+            coord.popen(*argv, str(holder.pid), "--priority", p)
+            for p in ("critical", "high", "normal", "background") * 2
+        ]
+        results = [(p.wait(timeout=120), p.communicate()) for p in racers]
+        admitted = [json.loads(out) for code, (out, _) in results if code == 0]
+        refused = [json.loads(out) for code, (out, _) in results if code == 1]
+        assert len(admitted) + len(refused) == 8, results
+        assert 1 <= len(admitted) <= 3
+        assert sum(d["kbps"] for d in admitted) <= 12207
+        assert all(d["reasons"] and d["transfer_id"] is None for d in refused)
+        status = json.loads(coord("--json", "bandwidth", "status").stdout)
+        assert len(status["active"]) == len(admitted)
+        assert status["hosts"][0]["allocated_kbps"] == sum(d["kbps"] for d in admitted)
+    finally:
+        holder.kill()
+        holder.wait()
