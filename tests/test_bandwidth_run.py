@@ -274,6 +274,25 @@ def test_a_large_output_streams_through_and_its_stats_still_count(coord: Coord) 
     assert only_history(coord)["bytes"] == 8 * 1024 * 1024
 
 
+def test_a_gone_reader_of_our_stdout_stops_the_copy_not_the_transfer(coord: Coord) -> None:
+    """``bandwidth run ... | head -1``: the copy to our stdout stops, the job runs on."""
+    script = (
+        '"$0" -m ringrift_coord bandwidth run h1 -- '
+        'sh -c "seq 1 200000; echo Total bytes sent: 5" | head -1; echo "rc=${PIPESTATUS[0]}"'
+    )
+    done = subprocess.run(
+        ["bash", "-c", script, coord.argv()[0]],
+        env=coord.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.stdout == "1\nrc=0\n", (done.stdout, done.stderr)
+    assert "Traceback" not in done.stderr
+    row = only_history(coord)  # the job ran to its end; its stats still counted
+    assert (row["status"], row["bytes"]) == ("ok", 5)
+
+
 def test_the_lease_is_renewed_while_the_command_runs(coord: Coord, cleanup) -> None:
     coord.write_config("store: {lease_ttl: 1}\n")  # renewed every 0.5 s
     gate = coord.tmp / "gate"
