@@ -9,6 +9,8 @@ is how many bare ``python -c pass`` starts one call costs. Rows (median wall tim
   ringrift-coord can-spawn selfplay --node n1  fast parser, one read-only decision
   ringrift-coord run selfplay --node n1 -- true
                                                fast parser, register + fork/exec + release
+  ringrift-coord bandwidth run h1 -- true      fast parser, a transfer: start + fork/exec
+                                               (stdout teed) + end
   ringrift-coord status                        the Typer path (Typer + Rich)
 
 ringrift-coord is the script next to this interpreter (the venv's bin/, not a PATH shim),
@@ -75,6 +77,7 @@ def rows(exe: str) -> list[tuple[str, list[str]]]:
         ("python -c pass", [py, "-c", "pass"]),
         ("can-spawn selfplay --node n1", [exe, "can-spawn", "selfplay", "--node", "n1"]),
         ("run selfplay --node n1 -- true", [exe, "run", "selfplay", "--node", "n1", "--", "true"]),
+        ("bandwidth run h1 -- true", [exe, "bandwidth", "run", "h1", "--", "true"]),
         ("status (Typer path)", [exe, "status"]),
     ]
 

@@ -7,12 +7,19 @@ wrapper at any moment leaves either no job, or a job whose slot stays held while
 of its group lives (the reaper watches the group, not this wrapper). SIGINT/SIGTERM/SIGHUP
 are forwarded to the whole group, SIGKILL follows after a grace period; the lease is renewed
 while the command runs; the slot is released exactly once on every exit path.
+
+One runner serves every command that holds something while a job runs: ``run`` holds a task
+slot (``TaskSlot``), ``bandwidth run`` a transfer (``transfer_run.TransferSlot``). What it
+holds is a ``SlotKeeper``: admission (and the fair queue for ``--wait``), the holder, the
+lease and the release; the child's process group, signals, terminal, exit codes and the
+wait loop are the runner's alone.
 """
 
 from __future__ import annotations
 
 import errno
 import os
+import select
 import signal
 import sys
 from collections.abc import Callable, Sequence
@@ -20,6 +27,7 @@ from collections.abc import Callable, Sequence
 from ringrift_coord import procs
 from ringrift_coord.clock import Clock
 from ringrift_coord.config import Settings
+from ringrift_coord.context import Context
 from ringrift_coord.decision import Decision
 from ringrift_coord.durations import human
 from ringrift_coord.errors import CoordError, ExitCode, StoreBusy, UsageError, WaitTimeout
@@ -69,6 +77,115 @@ class RunResult:
 WaitCallback = Callable[[Decision, float], None]
 
 
+# --------------------------------------------------------------------------- what is held
+
+
+class SlotKeeper:
+    """What the runner holds while a job runs, and how it takes, keeps and gives it back.
+
+    ``acquire`` admits (one transaction; ``waiter_seq``: this process's place in the fair
+    queue, ``log``: whether the decision is logged); ``enqueue``/``leave_queue`` keep the
+    place in line; ``set_holder``, ``renew`` and ``release`` act on the id and fencing
+    token of the admitted decision. ``release`` may raise ``StoreBusy`` (retried with
+    backoff) or another ``CoordError`` (said, and left to the reaper).
+    """
+
+    ctx: Context
+
+    def waiting_for(self) -> str:
+        """What a waiter waits for, in a message: ``a selfplay slot on n1``."""
+        raise NotImplementedError
+
+    def acquire(self, waiter_seq: int | None, log: bool) -> Decision:
+        raise NotImplementedError
+
+    def enqueue(self, seq: int | None = None) -> int:
+        raise NotImplementedError
+
+    def leave_queue(self, seq: int) -> None:
+        raise NotImplementedError
+
+    def set_holder(self, ident: str, token: int, holder: Holder) -> bool:
+        raise NotImplementedError
+
+    def renew(self, ident: str, token: int) -> bool:
+        raise NotImplementedError
+
+    def release(
+        self, ident: str, token: int, exit_code: int, status: str, reason: str | None
+    ) -> None:
+        raise NotImplementedError
+
+    def job_env(self, decision: Decision) -> dict[str, str]:
+        """The variables the job gets besides our environment."""
+        return {}
+
+    def job_argv(self, decision: Decision, argv: Sequence[str]) -> list[str]:
+        """The words the job runs (``bandwidth run`` fills in ``{bwlimit}``)."""
+        return list(argv)
+
+
+class TaskSlot(SlotKeeper):
+    """A task slot of ``TaskCoordinator``: what ``run`` holds."""
+
+    def __init__(
+        self,
+        coord: TaskCoordinator,
+        task_type: TaskType,
+        node: str,
+        *,
+        holder: Holder,
+        config_name: str | None,
+        command: str,
+    ) -> None:
+        self.coord, self.ctx = coord, coord.ctx
+        self.task_type, self.node, self.holder = task_type, node, holder
+        self.config_name, self.command = config_name, command
+
+    def waiting_for(self) -> str:
+        return f"a {self.task_type.value} slot on {self.node}"
+
+    def acquire(self, waiter_seq: int | None, log: bool) -> Decision:
+        return self.coord.acquire(
+            self.task_type,
+            self.node,
+            holder=self.holder,
+            source="run",
+            config_name=self.config_name,
+            command=self.command,
+            waiter_seq=waiter_seq,
+            log=log,
+        )
+
+    def enqueue(self, seq: int | None = None) -> int:
+        return self.coord.enqueue(self.task_type, self.node, seq)
+
+    def leave_queue(self, seq: int) -> None:
+        self.coord.leave_queue(seq)
+
+    def set_holder(self, ident: str, token: int, holder: Holder) -> bool:
+        return self.coord.set_holder(ident, token, holder)
+
+    def renew(self, ident: str, token: int) -> bool:
+        return self.coord.renew_lease(ident, token)
+
+    def release(
+        self, ident: str, token: int, exit_code: int, status: str, reason: str | None
+    ) -> None:
+        self.coord.unregister_task(
+            ident, exit_code=exit_code, status=status, token=token, reason=reason
+        )
+
+    def job_env(self, decision: Decision) -> dict[str, str]:
+        assert decision.task_id is not None
+        return {
+            "RINGRIFT_TASK_ID": decision.task_id,
+            "RINGRIFT_LEASE_TOKEN": str(decision.lease_token),
+            "RINGRIFT_TASK_TYPE": self.task_type.value,
+            "RINGRIFT_NODE_ID": self.node,
+        }
+
+
 # --------------------------------------------------------------------------- admission
 
 
@@ -85,21 +202,28 @@ def acquire_slot(
     on_wait: WaitCallback | None = None,
 ) -> Decision:
     """Take a slot now, or (``wait``) wait in the fair queue for one."""
+    keeper = TaskSlot(
+        coord, task_type, node, holder=holder, config_name=config_name, command=command
+    )
+    return acquire(keeper, wait=wait, timeout=timeout, on_wait=on_wait)
+
+
+def acquire(
+    keeper: SlotKeeper,
+    *,
+    wait: bool,
+    timeout: float | None,
+    on_wait: WaitCallback | None = None,
+) -> Decision:
+    """Admit through ``keeper`` now, or (``wait``) wait in the fair queue until admitted."""
     if not wait:
-        decision = coord.acquire(
-            task_type,
-            node,
-            holder=holder,
-            source="run",
-            config_name=config_name,
-            command=command,
-        )
+        decision = keeper.acquire(None, True)
         if not decision.allowed:
             raise RunDenied(decision)
         return decision
 
-    clock = coord.ctx.clock
-    poll = float(coord.ctx.settings.get("run.poll_interval"))
+    clock = keeper.ctx.clock
+    poll = float(keeper.ctx.settings.get("run.poll_interval"))
     started = clock.monotonic()
     deadline = None if timeout is None else started + timeout
     previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGHUP)}
@@ -109,21 +233,12 @@ def acquire_slot(
 
     for sig in previous:
         signal.signal(sig, interrupted)
-    seq = coord.enqueue(task_type, node)
+    seq = keeper.enqueue()
     in_line, admitted = True, False
     try:
         attempt = 0
         while True:
-            decision = coord.acquire(
-                task_type,
-                node,
-                holder=holder,
-                source="run",
-                config_name=config_name,
-                command=command,
-                waiter_seq=seq,
-                log=attempt == 0,
-            )
+            decision = keeper.acquire(seq, attempt == 0)
             attempt += 1
             if decision.allowed:
                 admitted = True
@@ -133,17 +248,17 @@ def acquire_slot(
             # It keeps its seq, so the waiters ahead of it by arrival are still the ones
             # counted, and takes its place back once only the limits deny it.
             if decision.halted and in_line:
-                coord.leave_queue(seq)
+                keeper.leave_queue(seq)
                 in_line = False
             elif not decision.halted and not in_line:
-                coord.enqueue(task_type, node, seq)
+                keeper.enqueue(seq)
                 in_line = True
             waited = clock.monotonic() - started
             if on_wait is not None:
                 on_wait(decision, waited)
             if deadline is not None and clock.monotonic() >= deadline:
                 raise WaitTimeout(
-                    f"gave up waiting for a {task_type.value} slot on {node} after "
+                    f"gave up waiting for {keeper.waiting_for()} after "
                     f"{human(waited)}; {decision.summary()}",
                     decision,
                 )
@@ -160,7 +275,7 @@ def acquire_slot(
             signal.signal(sig, handler)
         if not admitted:  # out of line already (halted): deleting nothing is harmless
             try:
-                coord.leave_queue(seq)
+                keeper.leave_queue(seq)
             except CoordError:
                 pass  # a dead waiter loses its place when the next admission reaps it
 
@@ -195,10 +310,14 @@ def _killpg(pgid: int, signum: int) -> None:
 
 
 def _spawn_gated(
-    argv: Sequence[str], env: dict[str, str], stdout_to_stderr: bool = False
+    argv: Sequence[str],
+    env: dict[str, str],
+    stdout_to_stderr: bool = False,
+    stdout_fd: int | None = None,
 ) -> tuple[int, int, int]:
     """Fork a child in its own process group that execs ``argv`` only once told to go
-    (``stdout_to_stderr``: with its stdout on our stderr).
+    (``stdout_to_stderr``: with its stdout on our stderr; ``stdout_fd``: on that descriptor,
+    the write end of the pipe the runner reads the job's output from).
 
     Returns (pid, go_fd, err_fd): write b"g" to go_fd to let it exec (closing go_fd
     without writing makes it exit 75); err_fd yields the exec errno, or EOF on success.
@@ -224,7 +343,9 @@ def _spawn_gated(
             if os.read(go_r, 1) != b"g":
                 os._exit(75)
             os.close(go_r)
-            if stdout_to_stderr:
+            if stdout_fd is not None:
+                os.dup2(stdout_fd, 1)  # dup2 clears close-on-exec on fd 1 only
+            elif stdout_to_stderr:
                 os.dup2(2, 1)
             os.execvpe(argv[0], list(argv), env)
         except OSError as exc:
@@ -241,6 +362,56 @@ def _spawn_gated(
     except OSError:
         pass
     return pid, go_w, err_r
+
+
+class _Tee:
+    """The job's stdout through a pipe: copied to ours (or to stderr) as it comes, and each
+    chunk shown to ``scan`` (which keeps what it needs, never the whole output)."""
+
+    def __init__(self, scan: Callable[[bytes], None], sink: int) -> None:
+        self.scan, self.sink = scan, sink
+        self.read_fd: int | None
+        self.read_fd, self.write_fd = os.pipe2(os.O_CLOEXEC)
+        os.set_blocking(self.read_fd, False)
+        self.sink_lost = False
+
+    def parent_side(self) -> None:
+        """After the fork: only the job writes into the pipe."""
+        os.close(self.write_fd)
+
+    def pump(self) -> bool:
+        """Copy what the pipe holds now; False once it is at its end (every writer gone)."""
+        while self.read_fd is not None:
+            try:
+                chunk = os.read(self.read_fd, 65536)
+            except BlockingIOError:
+                return True
+            except InterruptedError:
+                continue
+            if not chunk:
+                self.close()
+                return False
+            self._copy(chunk)
+            self.scan(chunk)
+        return False
+
+    def _copy(self, chunk: bytes) -> None:
+        # a gone reader of our stdout stops the copy, not the job (its bytes still count)
+        view = memoryview(chunk)
+        while view and not self.sink_lost:
+            try:
+                view = view[os.write(self.sink, view) :]
+            except InterruptedError:
+                continue
+            except BlockingIOError:
+                select.select([], [self.sink], [], 1.0)
+            except OSError:
+                self.sink_lost = True
+
+    def close(self) -> None:
+        if self.read_fd is not None:
+            os.close(self.read_fd)
+            self.read_fd = None
 
 
 def run_command(
@@ -265,26 +436,61 @@ def run_command(
     stdout carries only its own summary document)."""
     if not argv:
         raise UsageError("there is no command to run", field="command")
-    if timeout is not None and not (timeout >= 0 and timeout < float("inf")):
-        raise UsageError(f"{timeout:g} is not a non-negative number of seconds", field="timeout")
+    _check_timeout(timeout)
     ttype = TaskType.parse(task_type)
-    warn = warn or (lambda message: print(f"ringrift-coord: {message}", file=sys.stderr))
-    note = note or warn
-    settings = coord.ctx.settings
-    clock = coord.ctx.clock
     me = os.getpid()
-    holder = Holder(pid=me, wrapper_pid=me)
-    decision = acquire_slot(
+    keeper = TaskSlot(
         coord,
         ttype,
         node,
-        holder=holder,
+        holder=Holder(pid=me, wrapper_pid=me),
         config_name=config_name,
         command=_command_text(argv),
+    )
+    return run_held(
+        keeper,
+        argv,
         wait=wait,
         timeout=timeout,
         on_wait=on_wait,
+        on_admitted=on_admitted,
+        warn=warn,
+        note=note,
+        stdout_to_stderr=stdout_to_stderr,
     )
+
+
+def _check_timeout(timeout: float | None) -> None:
+    if timeout is not None and not (timeout >= 0 and timeout < float("inf")):
+        raise UsageError(f"{timeout:g} is not a non-negative number of seconds", field="timeout")
+
+
+def run_held(
+    keeper: SlotKeeper,
+    argv: Sequence[str],
+    *,
+    wait: bool = False,
+    timeout: float | None = None,
+    on_wait: WaitCallback | None = None,
+    on_admitted: Callable[[], None] | None = None,
+    warn: Callable[[str], None] | None = None,
+    note: Callable[[str], None] | None = None,
+    stdout_to_stderr: bool = False,
+    scan: Callable[[bytes], None] | None = None,
+) -> RunResult:
+    """Admit through ``keeper`` (``wait``: in the fair queue, up to ``timeout``), run
+    ``argv`` while holding what it admitted, release it exactly once; the outcome.
+    ``scan``: the job's stdout goes through a pipe, copied to ours (to stderr with
+    ``stdout_to_stderr``) and shown to ``scan`` chunk by chunk."""
+    if not argv:
+        raise UsageError("there is no command to run", field="command")
+    _check_timeout(timeout)
+    warn = warn or (lambda message: print(f"ringrift-coord: {message}", file=sys.stderr))
+    note = note or warn
+    settings = keeper.ctx.settings
+    clock = keeper.ctx.clock
+    me = os.getpid()
+    decision = acquire(keeper, wait=wait, timeout=timeout, on_wait=on_wait)
     if on_admitted is not None:
         on_admitted()
     task_id, token = decision.task_id, decision.lease_token
@@ -299,6 +505,7 @@ def run_command(
     status, reason, exit_code = "failed", "wrapper error", 1
     pid: int | None = None
     terminal = _Terminal()
+    tee: _Tee | None = None
     try:
         if job.received:
             sig = job.received[0]
@@ -311,26 +518,27 @@ def run_command(
                 exit_code, task_id, status, reason, clock.monotonic() - started, decision
             )
         env = dict(os.environ)
-        env.update(
-            {
-                "RINGRIFT_TASK_ID": task_id,
-                "RINGRIFT_LEASE_TOKEN": str(token),
-                "RINGRIFT_TASK_TYPE": ttype.value,
-                "RINGRIFT_NODE_ID": node,
-            }
-        )
+        env.update(keeper.job_env(decision))
+        words = keeper.job_argv(decision, argv)
         oom_before = procs.oom_kill_count()
-        pid, go_w, err_r = _spawn_gated(argv, env, stdout_to_stderr)
+        if scan is not None:
+            sys.stdout.flush()  # what we wrote comes before the job's words
+            tee = _Tee(scan, 2 if stdout_to_stderr else 1)
+        pid, go_w, err_r = _spawn_gated(
+            words, env, stdout_to_stderr, None if tee is None else tee.write_fd
+        )
+        if tee is not None:
+            tee.parent_side()
         job.pgid = pid
         try:
-            recorded = coord.set_holder(task_id, token, Holder(pid=pid, pgid=pid, wrapper_pid=me))
+            recorded = keeper.set_holder(task_id, token, Holder(pid=pid, pgid=pid, wrapper_pid=me))
         except BaseException:
             os.close(go_w)  # the child exits without running anything
             raise
         if not recorded:
             os.close(go_w)
-            raise CoordError(f"slot {task_id} was taken away before the command started")
-        coord.ctx.store.idle()  # hold no server connection while the job runs
+            raise CoordError(f"{task_id} was taken away before the command started")
+        keeper.ctx.store.idle()  # hold no server connection while the job runs
         terminal.give_to(pid)
         try:
             os.write(go_w, b"g")
@@ -346,17 +554,20 @@ def run_command(
             err = int(failure.decode() or 0)
             exit_code = 127 if err == errno.ENOENT else 126
             status = "spawn_failed"
-            reason = f"cannot run {argv[0]!r}: {os.strerror(err)}"
+            reason = f"cannot run {words[0]!r}: {os.strerror(err)}"
             warn(reason)
             return RunResult(
                 exit_code, task_id, status, reason, clock.monotonic() - started, decision
             )
         for sig in job.received:  # a signal that came before the group existed
             _killpg(pid, sig)
-        raw = _wait_child(coord, pid, job, wake_r, task_id, token, warn, note)
+        raw = _wait_child(keeper, pid, job, wake_r, task_id, token, warn, note, tee)
         pid = None
         code = os.waitstatus_to_exitcode(raw)
         _reap_leftovers(job, note)
+        if tee is not None:
+            tee.pump()  # what the job wrote before it ended (a writer it left out of its
+            # group is not waited for)
         if code < 0:
             sig_name = signal.Signals(-code).name
             exit_code = 128 - code
@@ -377,7 +588,7 @@ def run_command(
                 status = "stopped"
                 reason += " (from its terminal)"
             elif -code == signal.SIGKILL:  # from outside: the kernel's OOM killer, or someone
-                status, reason = classify_sigkill(oom_before, settings, coord.ctx.state_dir)
+                status, reason = classify_sigkill(oom_before, settings, keeper.ctx.state_dir)
         else:
             exit_code = code
             status = "ok" if code == 0 else "failed"
@@ -396,8 +607,10 @@ def run_command(
         terminal.restore()
         if pid is not None:  # the wrapper itself failed while the job ran: stop the job
             _stop_group(pid, job.kill_grace, clock)
+        if tee is not None:
+            tee.close()
         # release while our handlers still catch a second Ctrl-C / SIGTERM
-        _release(coord, task_id, token, exit_code, status, reason, note)
+        _release(keeper, task_id, token, exit_code, status, reason, note)
         signal.set_wakeup_fd(old_wakeup)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
@@ -406,7 +619,7 @@ def run_command(
 
 
 def _wait_child(
-    coord: TaskCoordinator,
+    keeper: SlotKeeper,
     pid: int,
     job: _Job,
     wake_r: int,
@@ -414,10 +627,12 @@ def _wait_child(
     token: int,
     warn: Callable[[str], None],
     note: Callable[[str], None],
+    tee: _Tee | None = None,
 ) -> int:
-    """Wait for the child, renewing the lease and escalating to SIGKILL after the grace."""
+    """Wait for the child, renewing the lease and escalating to SIGKILL after the grace
+    (``tee``: copying the job's output as it comes)."""
     clock = job.clock
-    lease_ttl = float(coord.ctx.settings.get("store.lease_ttl"))
+    lease_ttl = float(keeper.ctx.settings.get("store.lease_ttl"))
     renew_every = max(0.5, lease_ttl / 3.0)
     retry_every = min(renew_every, RENEW_RETRY)
     next_renew = clock.monotonic() + renew_every
@@ -436,7 +651,7 @@ def _wait_child(
                 _killpg(pid, signal.SIGKILL)
             if now >= next_renew:
                 try:
-                    if not coord.renew_lease(task_id, token) and job.kill_deadline is None:
+                    if not keeper.renew(task_id, token) and job.kill_deadline is None:
                         # the slot was freed (unregistered, or reaped elsewhere): a job may
                         # not outlive its slot, so stop it as if it had been sent SIGTERM
                         warn(f"lease of {task_id} was lost (its slot was freed); stopping the job")
@@ -448,11 +663,13 @@ def _wait_child(
                     note(f"could not renew the lease of {task_id} ({exc}); retrying")
                     next_renew = now + retry_every
                 finally:
-                    coord.ctx.store.idle()
+                    keeper.ctx.store.idle()
             timeout = next_renew - now
             if job.kill_deadline is not None and not job.killed:
                 timeout = min(timeout, max(0.0, job.kill_deadline - now))
             watch = [wake_r] + ([pidfd] if pidfd is not None else [])
+            if tee is not None and tee.read_fd is not None:
+                watch.append(tee.read_fd)
             if pidfd is None:
                 timeout = min(timeout, 0.05)
             readable = clock.wait_readable(watch, max(0.0, timeout))
@@ -461,6 +678,8 @@ def _wait_child(
                     os.read(wake_r, 512)
                 except BlockingIOError:
                     pass
+            if tee is not None and tee.read_fd is not None and tee.read_fd in readable:
+                tee.pump()
     finally:
         if pidfd is not None:
             os.close(pidfd)
@@ -524,7 +743,7 @@ def _reap_leftovers(job: _Job, warn: Callable[[str], None]) -> None:
 
 
 def _release(
-    coord: TaskCoordinator,
+    keeper: SlotKeeper,
     task_id: str,
     token: int,
     exit_code: int,
@@ -533,13 +752,11 @@ def _release(
     warn: Callable[[str], None],
 ) -> None:
     """Release exactly once; retry a busy store, and leave the rest to the reaper."""
-    clock = coord.ctx.clock
+    clock = keeper.ctx.clock
     delay = 0.05
     for _ in range(8):
         try:
-            coord.unregister_task(
-                task_id, exit_code=exit_code, status=status, token=token, reason=reason
-            )
+            keeper.release(task_id, token, exit_code, status, reason)
             return
         except StoreBusy:
             clock.sleep(delay)

@@ -23,6 +23,7 @@ from ringrift_coord import (
 from ringrift_coord.breakers import BreakerConfig
 from ringrift_coord.config import is_used
 from ringrift_coord.tasktypes import TaskType
+from ringrift_coord.transfers import TASK_TYPE as TRANSFER_QUEUE
 
 TYPE_CHECKING = False  # typing costs start-up time on the hot path; annotations are lazy
 if TYPE_CHECKING:
@@ -57,6 +58,8 @@ def task_stats(
         entry["running"] += row["n"]
         entry["nodes"][row["node"]] = row["n"]
     for row in queue.lengths(tx):
+        if row["task_type"] == TRANSFER_QUEUE:
+            continue  # transfers wait per remote, under its cap: not a task type's line
         by_type.setdefault(row["task_type"], {"running": 0, "nodes": {}})["queued"] = row["n"]
     return {
         "state": PAUSED if halts.state(tx, state_dir, now).paused else RUNNING,

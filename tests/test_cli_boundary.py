@@ -190,7 +190,11 @@ def test_version_does_not_import_typer(coord: Coord) -> None:
 
 @pytest.mark.parametrize(
     "argv",
-    [("can-spawn", "selfplay"), ("--json", "run", "selfplay", "--node", "n1", "--", "true")],
+    [
+        ("can-spawn", "selfplay"),
+        ("--json", "run", "selfplay", "--node", "n1", "--", "true"),
+        ("--json", "bandwidth", "run", "h1", "--", "true"),
+    ],
     ids=" ".join,
 )
 def test_hot_commands_import_nothing_heavy(c: Coord, argv) -> None:

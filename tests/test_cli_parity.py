@@ -51,6 +51,14 @@ def _expected_completion(hint: Any) -> list[str]:
     return list(TASK_TYPE_NAMES) if hint == spec.TASK_TYPES else list(hint)
 
 
+def click_command(name: str) -> click.Command:
+    """The Click command of a spec name (``bandwidth run``: the group's ``run``)."""
+    command: click.Command = ROOT_CMD
+    for word in name.split(" "):
+        command = command.commands[word]  # type: ignore[attr-defined]
+    return command
+
+
 def _click_options(cmd: click.Command) -> dict[str, click.Parameter]:
     return {
         opt: p
@@ -65,7 +73,9 @@ def _click_options(cmd: click.Command) -> dict[str, click.Parameter]:
 
 
 def test_hot_commands_are_typer_commands() -> None:
-    assert set(ALL_NAMES) <= set(ROOT_CMD.commands)
+    for name in ALL_NAMES:
+        assert click_command(name).name == name.split(" ")[-1]
+    assert spec.GROUPS == {"bandwidth"}
     assert spec.ALIASES == {"spawn-check": "can-spawn"}
     for alias, name in spec.ALIASES.items():
         command = ROOT_CMD.commands[alias]
@@ -77,7 +87,7 @@ def test_hot_commands_are_typer_commands() -> None:
 def test_same_options_both_ways(name: str) -> None:
     declared = spec.hot_command(name)
     assert declared is not None
-    click_opts = _click_options(ROOT_CMD.commands[name])
+    click_opts = _click_options(click_command(name))
     assert set(click_opts) == {name for opt in declared.options for name in opt.names}
     for opt in declared.options:
         param = click_opts[opt.name]
@@ -92,7 +102,7 @@ def test_same_options_both_ways(name: str) -> None:
 def test_same_arguments_both_ways(name: str) -> None:
     declared = spec.hot_command(name)
     assert declared is not None
-    params = [p for p in ROOT_CMD.commands[name].params if p.param_type_name == "argument"]
+    params = [p for p in click_command(name).params if p.param_type_name == "argument"]
     expected = [(a.dest, 1, a.metavar, a.help) for a in declared.args]
     if declared.rest is not None:
         r = declared.rest
@@ -105,7 +115,7 @@ def test_same_arguments_both_ways(name: str) -> None:
 @pytest.mark.parametrize("name", HOT)
 def test_same_help(name: str) -> None:
     declared = spec.hot_command(name)
-    assert declared is not None and ROOT_CMD.commands[name].help == declared.help
+    assert declared is not None and click_command(name).help == declared.help
 
 
 def test_same_global_options_both_ways() -> None:
@@ -140,9 +150,7 @@ def typer_parse(argv: list[str]) -> tuple[str, dict[str, Any], dict[str, Any]]:
     rest = [*(getattr(ctx, "_protected_args", None) or []), *ctx.args]
     if not rest:
         raise click_exceptions.UsageError("Missing command.")
-    name, cmd, args = ROOT_CMD.resolve_command(ctx, rest)
-    assert name is not None and cmd is not None
-    sub = cmd.make_context(name, args, parent=ctx)
+    name, sub = _descend(ctx, rest)
     assert sub.args == [], sub.args
     params = dict(sub.params)
     declared = spec.hot_command(name)
@@ -155,6 +163,22 @@ def typer_parse(argv: list[str]) -> tuple[str, dict[str, Any], dict[str, Any]]:
         if not opt.eager
     }
     return declared.name, values, params
+
+
+def _descend(ctx: click.Context, rest: list[str]) -> tuple[str, click.Context]:
+    """Resolve ``rest`` down to its command (through a group: ``bandwidth run``): the
+    command's name as the spec has it and its context."""
+    words: list[str] = []
+    group: click.Command = ROOT_CMD
+    while True:
+        name, cmd, args = group.resolve_command(ctx, rest)  # type: ignore[attr-defined]
+        assert name is not None and cmd is not None
+        words.append(name)
+        sub = cmd.make_context(name, args, parent=ctx)
+        if not hasattr(cmd, "commands"):
+            return " ".join(words), sub
+        group, ctx = cmd, sub
+        rest = [*(getattr(sub, "_protected_args", None) or []), *sub.args]
 
 
 def fast_parse(argv: list[str]) -> tuple[str, dict[str, Any], dict[str, Any]]:
@@ -207,6 +231,14 @@ SAME_PARSE = [
     ["run", "selfplay", "--wait", "--timeout=1h30m", "--", "true"],
     ["run", "--wait", "--timeout", "0.3s", "selfplay", "true"],
     ["run", "--wait", "--timeout", "2d", "selfplay", "--", "true"],
+    # bandwidth run: two words select it
+    ["bandwidth", "run", "h1", "rsync", "-a", "--bwlimit={bwlimit}", "a/", "b/"],
+    ["bandwidth", "run", "h1", "--priority", "high", "--kind", "models", "--", "true"],
+    ["--json", "bandwidth", "run", "--wait", "--timeout", "5m", "h1", "--", "true"],
+    ["bandwidth", "run", "h1", "--json", "--bytes-from", "/tmp/n", "-q", "true", "--json"],
+    ["bandwidth", "run", "--node", "n1", "--no-slot-exit-code", "9", "h1", "true"],
+    ["bandwidth", "run", "h1", "--priority", "--json", "true"],  # a priority called --json
+    ["bandwidth", "run", "h1"],
 ]
 
 
@@ -228,6 +260,9 @@ HELP = [
     ["run", "-h"],
     ["run", "selfplay", "--node", "n1", "-h", "echo"],
     ["register", "--json", "-h"],
+    ["bandwidth", "run", "--help"],
+    ["bandwidth", "run", "h1", "-h", "rsync"],
+    ["bandwidth", "--help"],
 ]
 
 
@@ -237,9 +272,7 @@ def test_same_help_requests(argv: list[str]) -> None:
     with pytest.raises(typer.Exit):  # Click prints the help and exits 0
         ctx = ROOT_CMD.make_context("ringrift-coord", parser.globals_first(argv))
         rest = [*(getattr(ctx, "_protected_args", None) or []), *ctx.args]
-        name, cmd, args = ROOT_CMD.resolve_command(ctx, rest)
-        assert cmd is not None
-        cmd.make_context(name or "", args, parent=ctx)
+        _descend(ctx, rest)
 
 
 # --------------------------------------------------------------------------- same refusals
@@ -279,6 +312,13 @@ BAD = [
     ["run", "selfplay", "--wait", "--timeout", "-5m", "true"],
     ["run", "selfplay", "--wait", "--timeout", "1h30", "true"],
     ["can-spawn", "selfplay", "--nod", "n1"],
+    ["bandwidth", "run"],
+    ["bandwidth", "run", "--", "true"],
+    ["bandwidth", "run", "h1", "--prio", "high", "true"],
+    ["bandwidth", "run", "h1", "--priority"],
+    ["bandwidth", "run", "h1", "--timeout", "soon", "true"],
+    ["bandwidth", "run", "h1", "--bytes-from", "a\x01b", "true"],
+    ["bandwidth", "run", "h\x1b", "true"],
 ]
 
 
@@ -378,8 +418,21 @@ VALUE_MISTAKES = [
         "d, w (e.g. 90, 45s, 5m, 1h30m, 2d or 3w)",
     ),
 ]
+# bandwidth run: the two words are the command's name in every line
+BANDWIDTH_MISTAKES = [
+    (
+        ["bandwidth", "run", "h1", "--prio", "high", "--", "true"],
+        "unknown option --prio (did you mean --priority?)",
+    ),
+    (["bandwidth", "run", "--", "true"], "missing argument HOST"),
+    (["bandwidth", "run", "h1", "--kind"], "option --kind requires a value"),
+]
 CORPUS = [
     *[(argv, f"{text}; see 'ringrift-coord {argv[0]} --help'") for argv, text in MISTAKES],
+    *[
+        (argv, f"{text}; see 'ringrift-coord bandwidth run --help'")
+        for argv, text in BANDWIDTH_MISTAKES
+    ],
     *[(argv, f"{text}; see 'ringrift-coord --help'") for argv, text in GLOBAL_MISTAKES],
     *VALUE_MISTAKES,
 ]
@@ -412,7 +465,7 @@ def test_byte_identical_stderr(
 # --------------------------------------------------------------------------- random argv
 
 WORDS = [
-    *ALL_NAMES,
+    *dict.fromkeys(word for name in ALL_NAMES for word in name.split(" ")),
     *(opt.name for opt in spec.GLOBAL_OPTIONS if not opt.eager),
     *{opt.name for cmd in spec.HOT_COMMANDS for opt in cmd.options},
     "--node=n1",
@@ -444,6 +497,9 @@ WORDS = [
     "abc",
     "",
     "a\nb",
+    "h1",
+    "--priority",
+    "{bwlimit}",
 ]
 
 
@@ -455,7 +511,7 @@ WORDS = [
 )
 def test_random_argv_same_parse(name: str, tail: list[str], head: list[str]) -> None:
     """Any argv from the spec's vocabulary: both accept it alike, or both refuse it."""
-    argv = [*head, name, *tail]
+    argv = [*head, *name.split(" "), *tail]
     try:
         fast = parser.parse(argv)
     except UsageError as exc:

@@ -42,6 +42,11 @@ CASES: list[tuple[str, tuple[str, ...], int]] = [
     ("unregister", ("unregister", "{spare_task}"), 0),  # already released
     ("run", ("run", "selfplay", "--node", "n1", "--", "sh", "-c", "echo hello; echo oops >&2"), 0),
     ("run", ("run", "selfplay", "--node", "n1", "--", "sh", "-c", "exit 7"), 7),
+    (
+        "bandwidth run",
+        ("bandwidth", "run", "h1", "--", "sh", "-c", "echo 'Total bytes sent: 1,024'"),
+        0,
+    ),
     ("tasks list", ("tasks",), 0),
     ("tasks list", ("tasks", "list", "--node", "n1"), 0),
     ("tasks history", ("tasks", "history"), 0),

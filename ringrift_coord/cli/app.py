@@ -579,6 +579,8 @@ capacity_cmd.register(app)
 from ringrift_coord.cli import bandwidth_cmd  # noqa: E402
 
 bandwidth_cmd.register(app)
+build.install_group(bandwidth_cmd.bandwidth_app, "bandwidth")  # bandwidth run, from the spec
+
 from ringrift_coord.cli import schedule_cmd  # noqa: E402
 
 schedule_cmd.register(app)

@@ -140,10 +140,13 @@ def _usage_errors_in_our_words(command: click.Command) -> None:
 
 
 class RestCommand(TyperCommand):
-    """A command that wraps another (``run``): Click reads only the words before it."""
+    """A command that wraps another (``run``): Click reads only the words before it.
+    ``spec_name``: its name in the spec (``bandwidth run`` for the group's ``run``)."""
+
+    spec_name: str | None = None
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
-        command = spec.hot_command(self.name or "")
+        command = spec.hot_command(self.spec_name or self.name or "")
         assert command is not None and command.rest is not None
         head, rest = parser.split_rest(command, args)
         remaining = super().parse_args(ctx, head)
@@ -152,7 +155,7 @@ class RestCommand(TyperCommand):
 
     def shell_complete(self, ctx: click.Context, incomplete: str) -> list[Any]:
         """No option of ``run`` is offered among the job's own words."""
-        command = spec.hot_command(self.name or "")
+        command = spec.hot_command(self.spec_name or self.name or "")
         if command is not None and command.rest is not None and ctx.params.get(command.rest.dest):
             return []
         return super().shell_complete(ctx, incomplete)
@@ -268,16 +271,36 @@ def _command_callback(command: spec.Command) -> Callable[..., None]:
     return _signed(callback, params)
 
 
+def _command_class(command: spec.Command) -> type[TyperCommand]:
+    if command.rest is None:
+        return TyperCommand
+    if len(command.words) == 1:
+        return RestCommand
+    name = "".join(w.title() for w in command.words).replace("-", "") + "Command"
+    return type(name, (RestCommand,), {"spec_name": command.name})
+
+
 def install(app: typer.Typer) -> None:
-    """Give ``app`` the global options and every hot command (with its aliases)."""
+    """Give ``app`` the global options and every hot command of one word (with its
+    aliases); a group's (``bandwidth run``) come with ``install_group``."""
     app.callback()(_global_callback())
     for command in spec.HOT_COMMANDS:
-        cls = RestCommand if command.rest is not None else TyperCommand
+        if len(command.words) > 1:
+            continue
+        cls = _command_class(command)
         app.command(command.name, help=command.help, cls=cls)(_command_callback(command))
         for alias in command.aliases:
             app.command(alias, help=f"Alias of {command.name}.", hidden=True, cls=cls)(
                 _command_callback(command)
             )
+
+
+def install_group(group: typer.Typer, name: str) -> None:
+    """Give the group ``name`` (``bandwidth``) its hot commands (``bandwidth run``)."""
+    for command in spec.HOT_COMMANDS:
+        if len(command.words) > 1 and command.words[0] == name:
+            cls = _command_class(command)
+            group.command(command.words[-1], help=command.help, cls=cls)(_command_callback(command))
 
 
 # --------------------------------------------------------------------------- usage errors

@@ -1,4 +1,5 @@
-"""The hot commands (``can-spawn``, ``register``, ``unregister``, ``run``), parser-agnostic.
+"""The hot commands (``can-spawn``, ``register``, ``unregister``, ``run``, ``bandwidth
+run``), parser-agnostic.
 
 Both the fast argv parser (``cli/main.py``) and the Typer app (``cli/build.py``) call these,
 with the values ``cli/spec.py`` declares, so every launch script gets the same behaviour
@@ -329,6 +330,54 @@ class _Spinner:
             self.live = None
 
 
+def _check_wrapper_options(
+    no_slot_exit_code: int | None, wait: bool, timeout: float | None
+) -> None:
+    if no_slot_exit_code is not None and not 0 <= no_slot_exit_code <= 255:
+        raise UsageError(
+            f"{no_slot_exit_code} is not an exit code (0-255)", field="no_slot_exit_code"
+        )
+    if timeout is not None and not wait:
+        raise UsageError("--timeout only applies with --wait")
+
+
+def _wrapped(
+    g: Globals,
+    wait: bool,
+    quiet: bool,
+    no_slot_exit_code: int | None,
+    call: Any,
+) -> Any:
+    """Run ``call(ctx, runner_options)`` (``run`` or ``bandwidth run``) with the wait spinner,
+    the notes ``--quiet`` silences and ``--no-slot-exit-code``; its result."""
+    spinner = _Spinner() if (wait and not quiet and not g.json and sys.stderr.isatty()) else None
+    g.quiet = quiet
+    result = None
+    try:
+        with g.context() as ctx:
+            try:
+                result = call(
+                    ctx,
+                    {
+                        "on_wait": spinner.update if spinner else None,
+                        "on_admitted": spinner.stop if spinner else None,
+                        "warn": say,
+                        "note": _silent if quiet else say,
+                        "stdout_to_stderr": g.json,  # stdout carries our own document alone
+                    },
+                )
+            finally:
+                if spinner:
+                    spinner.stop()
+    except CoordError as exc:
+        # Every 75 of the runner's own means the command was not started (it returns the
+        # job's code once it ran, and releases what it held itself).
+        if result is None and no_slot_exit_code is not None and exc.exit_code == ExitCode.TEMPFAIL:
+            exc.exit_code = no_slot_exit_code  # type: ignore[assignment]
+        raise
+    return result
+
+
 def run(
     g: Globals,
     task_type: str,
@@ -352,44 +401,24 @@ def run(
     from ringrift_coord.launcher import run_command
     from ringrift_coord.task_coordinator import TaskCoordinator
 
-    if no_slot_exit_code is not None and not 0 <= no_slot_exit_code <= 255:
-        raise UsageError(
-            f"{no_slot_exit_code} is not an exit code (0-255)", field="no_slot_exit_code"
-        )
-    if timeout is not None and not wait:
-        raise UsageError("--timeout only applies with --wait")
+    _check_wrapper_options(no_slot_exit_code, wait, timeout)
     ttype = TaskType.parse(task_type)
     if not command:
         raise UsageError("run needs a command: ringrift-coord run TYPE [OPTIONS] -- CMD ...")
-    spinner = _Spinner() if (wait and not quiet and not g.json and sys.stderr.isatty()) else None
-    g.quiet = quiet
-    result = None
-    try:
-        with g.context() as ctx:
-            try:
-                result = run_command(
-                    TaskCoordinator(ctx),
-                    ttype,
-                    _node(node),
-                    command,
-                    config_name=config_name,
-                    wait=wait,
-                    timeout=timeout,
-                    on_wait=spinner.update if spinner else None,
-                    on_admitted=spinner.stop if spinner else None,
-                    warn=say,
-                    note=_silent if quiet else say,
-                    stdout_to_stderr=g.json,  # stdout carries run's own document alone
-                )
-            finally:
-                if spinner:
-                    spinner.stop()
-    except CoordError as exc:
-        # Every 75 of run's own means the command was not started (run_command returns
-        # the job's code once it ran, and releases its slot itself).
-        if result is None and no_slot_exit_code is not None and exc.exit_code == ExitCode.TEMPFAIL:
-            exc.exit_code = no_slot_exit_code  # type: ignore[assignment]
-        raise
+
+    def call(ctx: Context, options: dict[str, Any]) -> Any:
+        return run_command(
+            TaskCoordinator(ctx),
+            ttype,
+            _node(node),
+            command,
+            config_name=config_name,
+            wait=wait,
+            timeout=timeout,
+            **options,
+        )
+
+    result = _wrapped(g, wait, quiet, no_slot_exit_code, call)
     if g.json:
         emit_json(
             {
@@ -402,4 +431,78 @@ def run(
                 "duration": round(result.duration, 3),
             }
         )
-    return result.exit_code
+    return int(result.exit_code)
+
+
+def bandwidth_run(
+    g: Globals,
+    host: str,
+    priority: str | None,
+    kind: str | None,
+    wait: bool,
+    timeout: float | None,
+    bytes_from: str | None,
+    node: str | None,
+    command: list[str],
+    quiet: bool = False,
+    no_slot_exit_code: int | None = None,
+) -> int:
+    """Run ``command`` holding a transfer to ``host``; its exit code (as ``run``'s).
+
+    The granted KiB/s replace every ``{bwlimit}`` of the command's words and are in
+    ``$RINGRIFT_BWLIMIT_KBPS``; the bytes it moved (rsync ``--stats`` in its output, else
+    ``--bytes-from``) are recorded with the observed rate when it ends."""
+    from ringrift_coord.transfer_run import run_transfer
+
+    _check_wrapper_options(no_slot_exit_code, wait, timeout)
+    if not host.strip():
+        raise UsageError("argument HOST must not be empty")
+    not_blank("--priority", priority)
+    not_blank("--kind", kind)
+    if bytes_from is not None and not bytes_from.strip():
+        raise UsageError("option --bytes-from must not be empty")
+    if not command:
+        raise UsageError(
+            "bandwidth run needs a command: ringrift-coord bandwidth run HOST [OPTIONS] -- CMD ..."
+        )
+    g.command = "bandwidth"
+
+    def call(ctx: Context, options: dict[str, Any]) -> Any:
+        return run_transfer(
+            ctx,
+            host,
+            command,
+            priority=priority,
+            kind=kind,
+            node=not_blank("--node", node),
+            bytes_from=bytes_from,
+            wait=wait,
+            timeout=timeout,
+            **options,
+        )
+
+    result = _wrapped(g, wait, quiet, no_slot_exit_code, call)
+    run = result.run
+    if g.json:
+        emit_json(
+            {
+                "task_id": run.task_id,
+                "task_type": "transfer",
+                "node": result.node,
+                "exit_code": run.exit_code,
+                "status": run.status,
+                "reason": run.reason,
+                "duration": round(run.duration, 3),
+                "transfer_id": result.transfer_id,
+                "remote": result.remote,
+                "host_type": result.host_type,
+                "priority": result.priority,
+                "kbps": result.kbps,
+                "limit_kbps": round(result.limit_kbps, 1),
+                "bytes": result.bytes,
+                "observed_kbps": (
+                    None if result.observed_kbps is None else round(result.observed_kbps, 1)
+                ),
+            }
+        )
+    return int(run.exit_code)

@@ -21,6 +21,7 @@ from ringrift_coord.cli.spec import (
     Command,
     Option,
     hot_command,
+    hot_command_at,
 )
 from ringrift_coord.errors import UsageError
 from ringrift_coord.inputs import did_you_mean, number_hint, strict_float, strict_int
@@ -239,13 +240,13 @@ def parse(argv: list[str]) -> Parsed | None:
         break
     if i == len(argv):
         return Parsed(None, values, {}, version=True) if values.get("version") else None
-    command = hot_command(argv[i])
+    command, after = hot_command_at(argv, i)
     if command is None:
         if values.get("version"):
             return Parsed(None, values, {}, version=True)
         return None  # not a hot command
-    where = argv[i]  # the name as typed (an alias too), for the help it points to
-    head, rest = split_rest(command, argv[i + 1 :])
+    where = " ".join(argv[i:after])  # the name as typed (an alias too), for its help
+    head, rest = split_rest(command, argv[after:])
     params: dict[str, Any] = {}
     own: list[Option] = []  # the command's options, as first given
     positional: list[str] = []
@@ -381,9 +382,9 @@ def options_part(argv: list[str]) -> list[str]:
         opt = GLOBAL_BY_NAME.get(name)
         i += 2 if opt is not None and opt.takes_value and not eq else 1
     if i < len(argv) and argv[i] != "--":
-        command = hot_command(argv[i])
+        command, after = hot_command_at(argv, i)
         if command is not None:
-            return argv[: i + 1 + _own_end(command, argv[i + 1 :])]
+            return argv[: after + _own_end(command, argv[after:])]
     return argv[: argv.index("--")] if "--" in argv else argv
 
 
@@ -421,7 +422,9 @@ def globals_first(
         else:
             if not _is_option(word):
                 if not rest:
-                    command = hot_command(word)
+                    command = hot_command_at([word], 0)[0]
+                elif command is None and words == rest and len(words) == 1:
+                    command = hot_command(f"{words[0]} {word}")  # bandwidth run
                 words.append(word)
             rest.extend(own[i : i + width])
         i += width

@@ -20,6 +20,10 @@ A flag may also have a ``short`` name, a dash and one letter (``-q``). Short fla
 given together in one word (``-qx``), as Click and getopt read them; only flags have short
 names, so a short word never takes a value (``-N5`` and ``-q=x`` are refused by both parsers).
 
+A command's name may be two words, a group and a command (``bandwidth run``): the two words
+together select it; every other command of that group (and the group's own ``--help``) is
+the Typer app's.
+
 A command's ``rest`` is the command it wraps (``run TYPE [OPTIONS] [--] CMD ...``): it starts
 after ``--``, or at the first word that is neither an option nor an option's value once every
 argument is given. Every word from there on is the job's, whatever it looks like; the
@@ -97,10 +101,11 @@ class Command:
     """A hot command: its arguments, options, aliases and (``run``) the command it wraps.
 
     ``handler`` names the function of ``cli/hot.py`` both parsers call with the global
-    options and ``dest=value`` for every argument and option (and ``rest``).
+    options and ``dest=value`` for every argument and option (and ``rest``). ``words``: the
+    name's words (two for a command of a group: ``bandwidth run``).
     """
 
-    __slots__ = ("name", "help", "args", "options", "aliases", "rest", "handler")
+    __slots__ = ("name", "help", "args", "options", "aliases", "rest", "handler", "words")
 
     def __init__(
         self,
@@ -114,7 +119,8 @@ class Command:
     ) -> None:
         self.name, self.help, self.args, self.options = name, help, args, options
         self.aliases, self.rest = aliases, rest
-        self.handler = name.replace("-", "_")
+        self.words = tuple(name.split(" "))
+        self.handler = "_".join(self.words).replace("-", "_")
 
     def option(self, name: str) -> Option | None:
         """This command's option ``name`` (long or short), or a global option; None if
@@ -171,6 +177,23 @@ _NODE = Option(
 _CONFIG_NAME = Option(
     "--config-name", "config_name", "str", "Board config, e.g. square8_2p.", metavar="C"
 )
+_WAIT = Option("--wait", "wait", "flag", "Wait in a fair queue for a slot.")
+_TIMEOUT = Option(
+    "--timeout",
+    "timeout",
+    "duration",
+    "With --wait: give up after this long (exit 75): seconds, or 5m, 1h30m.",
+    metavar="DURATION",
+)
+_NO_SLOT_EXIT_CODE = Option(
+    "--no-slot-exit-code",
+    "no_slot_exit_code",
+    "int",
+    "Exit N (0-255) instead of 75 when the command was not started for want of a "
+    "slot (denied, --wait timed out, store busy), so a job's own 75 stays its own.",
+    metavar="N",
+)
+PRIORITIES = ("critical", "high", "normal", "background")
 _QUIET = Option(
     "--quiet",
     "quiet",
@@ -253,31 +276,79 @@ HOT_COMMANDS: tuple[Command, ...] = (
         (
             _NODE,
             _CONFIG_NAME,
-            Option("--wait", "wait", "flag", "Wait in a fair queue for a slot."),
-            Option(
-                "--timeout",
-                "timeout",
-                "duration",
-                "With --wait: give up after this long (exit 75): seconds, or 5m, 1h30m.",
-                metavar="DURATION",
-            ),
+            _WAIT,
+            _TIMEOUT,
             _QUIET,
-            Option(
-                "--no-slot-exit-code",
-                "no_slot_exit_code",
-                "int",
-                "Exit N (0-255) instead of 75 when the command was not started for want of a "
-                "slot (denied, --wait timed out, store busy), so a job's own 75 stays its own.",
-                metavar="N",
-            ),
+            _NO_SLOT_EXIT_CODE,
         ),
         rest=Argument("command", "[--] CMD...", "The command to run while the slot is held."),
+    ),
+    Command(
+        "bandwidth run",
+        "Run a transfer command (rsync, scp, ...) holding a transfer to HOST: admitted by "
+        "the host's link and the priority, released on any exit.\n\n"
+        "Every word {bwlimit} of CMD becomes the granted rate in KiB/s (rsync --bwlimit "
+        "units), also in $RINGRIFT_BWLIMIT_KBPS; the bytes moved are read from rsync's "
+        "--stats output (or --bytes-from FILE) and recorded with the observed rate. Exits "
+        "like run: CMD's exit code, or 75 (or --no-slot-exit-code N) when not admitted.",
+        (Argument("host", "HOST", "The other end of the transfer (its host name)."),),
+        (
+            Option(
+                "--priority",
+                "priority",
+                "str",
+                "critical, high, normal or background (default normal): the share of the "
+                "host's link asked for.",
+                metavar="P",
+                complete=PRIORITIES,
+            ),
+            Option(
+                "--kind",
+                "kind",
+                "str",
+                "What is moved, e.g. models or games (default: the command's name).",
+                metavar="K",
+            ),
+            _WAIT,
+            _TIMEOUT,
+            Option(
+                "--bytes-from",
+                "bytes_from",
+                "path",
+                "After CMD, read the bytes it moved from FILE (one integer), when its output "
+                "has no rsync --stats.",
+                metavar="FILE",
+            ),
+            _NODE,
+            _QUIET,
+            _NO_SLOT_EXIT_CODE,
+        ),
+        rest=Argument("command", "[--] CMD...", "The transfer command, run while it is admitted."),
     ),
 )
 HOT_BY_NAME = {cmd.name: cmd for cmd in HOT_COMMANDS}
 ALIASES = {alias: cmd.name for cmd in HOT_COMMANDS for alias in cmd.aliases}
+# the groups a hot command belongs to (``bandwidth``): their other commands are the Typer app's
+GROUPS = frozenset(cmd.words[0] for cmd in HOT_COMMANDS if len(cmd.words) > 1)
 
 
-def hot_command(word: str) -> Command | None:
-    """The hot command ``word`` names (an alias included), or None."""
-    return HOT_BY_NAME.get(ALIASES.get(word, word))
+def hot_command(name: str) -> Command | None:
+    """The hot command ``name`` names (an alias included; ``bandwidth run`` as one string),
+    or None."""
+    return HOT_BY_NAME.get(ALIASES.get(name, name))
+
+
+def hot_command_at(argv: list[str], i: int) -> tuple[Command | None, int]:
+    """The hot command named at ``argv[i]`` (one word, or a group and its command) and the
+    index after its name; (None, i + 1) when none is."""
+    word = argv[i]
+    if word in GROUPS:
+        if i + 1 < len(argv):
+            command = HOT_BY_NAME.get(f"{word} {argv[i + 1]}")
+            if command is not None:
+                return command, i + 2
+        return None, i + 1
+    command = hot_command(word)
+    if command is not None and len(command.words) > 1:
+        command = None  # one word of argv that holds a space: no command's name
+    return command, i + 1
