@@ -54,7 +54,9 @@ class BandwidthManager(ProcessWide):
         or why not (``reasons``). Read-only."""
         settings = self._settings()
         with self.ctx.store.read() as tx:
-            return transfers.evaluate(tx, settings, host, priority, tx.now())
+            return transfers.evaluate(
+                tx, settings, host, priority, tx.now(), halt_source=self.ctx.state_dir
+            )
 
     def allocate(self, host: str, priority: str | None = None) -> int:
         """The rate in KiB/s (``rsync --bwlimit`` units) a transfer would get now; 0 when
@@ -97,7 +99,7 @@ class BandwidthManager(ProcessWide):
         )
         settings = self._settings()
         with self.ctx.store.write() as tx:
-            decision = transfers.start(tx, settings, req, tx.now())
+            decision = transfers.start(tx, settings, req, tx.now(), halt_source=self.ctx.state_dir)
         if decision.allowed and decision.task_id and decision.lease_token:
             self._tokens[decision.task_id] = decision.lease_token
         self.last_decision = decision

@@ -84,7 +84,14 @@ class TransferSlot(SlotKeeper):
 
     def acquire(self, waiter_seq: int | None, log: bool) -> Decision:
         with self.ctx.store.write() as tx:
-            return transfers.start(tx, self.ctx.settings, self.request, tx.now(), waiter_seq)
+            return transfers.start(
+                tx,
+                self.ctx.settings,
+                self.request,
+                tx.now(),
+                waiter_seq,
+                halt_source=self.ctx.state_dir,
+            )
 
     def enqueue(self, seq: int | None = None) -> int:
         with self.ctx.store.write() as tx:

@@ -19,6 +19,10 @@ judge it by its lease. Dead ones are reaped (history status ``reaped``) at the s
 every admission on the same remote and by ``tasks reap``. ``end`` deletes the row exactly
 once (the fencing token guards it) and writes the history: seconds, bytes, the observed
 rate and the remote's exponential moving average of observed rates.
+
+A halt stops new transfers as it stops new tasks: a transfer is data sync, so a halt of every
+type, or of type ``sync``, on the transfer's node (or on every node), and this host's
+``EMERGENCY_HALT`` file, refuse it (rule ``halt``). Running transfers go on.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ import fnmatch
 import math
 import os
 
-from ringrift_coord import identity, procs, queue, slots
+from ringrift_coord import halts, identity, procs, queue, slots
 from ringrift_coord.decision import Decision, Reason
 from ringrift_coord.errors import NotFound, UsageError
 
@@ -39,6 +43,7 @@ if TYPE_CHECKING:
     from ringrift_coord.store.base import Row, Tx
 
 TASK_TYPE = "transfer"  # the fair queue's task type for transfers (node = the remote)
+HALT_TYPE = "sync"  # the task type whose halts (and halts of every type) stop new transfers
 PRIORITIES = ("critical", "high", "normal", "background")
 DEFAULT_PRIORITY = "normal"
 END_STATUSES = ("ok", "failed", "killed", "stopped")  # and "reaped", which only reaping gives
@@ -328,13 +333,35 @@ def evaluate(
     *,
     waiter_seq: int | None = None,
     active: list[Row] | None = None,
+    halt_source: str | halts.Snapshot | None = None,
+    node: str | None = None,
 ) -> TransferDecision:
     """What a transfer of ``priority`` to ``remote`` would get now. Read-only: transfers of
     dead holders are not counted (``start`` reaps them). ``active``: the remote's live
-    transfers when the caller has them."""
+    transfers when the caller has them. ``halt_source`` (this host's state directory, or a
+    ``halts.snapshot`` of its halt file): the halts that stop a transfer on ``node`` (default
+    this host's node) are checked too."""
     remote = check_remote(remote)
     rows = _live(tx, remote, now) if active is None else active
-    return decide(settings, remote, priority, rows, _waiting_ahead(tx, remote, waiter_seq))
+    decision = decide(settings, remote, priority, rows, _waiting_ahead(tx, remote, waiter_seq))
+    if halt_source is not None:
+        _halted(tx, decision, halt_source, now, node)
+    return decision
+
+
+def _halted(
+    tx: Tx, decision: TransferDecision, source: str | halts.Snapshot, now: float, node: str | None
+) -> None:
+    """Put the halts that stop a transfer on ``node`` first among ``decision``'s reasons."""
+    found = halts.state(tx, source, now, HALT_TYPE, node or identity.default_node())
+    reasons = found.reasons(now)
+    if not reasons:
+        return
+    decision.reasons[:0] = reasons
+    decision.allowed = False
+    decision.kbps = 0
+    waits = [r.retry_after for r in decision.reasons]
+    decision.retry_after = None if any(w is None for w in waits) else max(w or 0.0 for w in waits)
 
 
 def decide(
@@ -437,11 +464,13 @@ def start(
     req: TransferRequest,
     now: float,
     waiter_seq: int | None = None,
+    halt_source: str | halts.Snapshot | None = None,
 ) -> TransferDecision:
     """Admit ``req`` atomically (inside the caller's write transaction): reap the remote's
-    dead transfers, check the cap (waiters ahead count) and the bandwidth left, and when
-    allowed insert the transfer with its holder, lease and fencing token. An admitted
-    waiter leaves the queue; a refused one keeps its place (its heartbeat is refreshed)."""
+    dead transfers, check the halts (``halt_source``: see ``evaluate``), the cap (waiters
+    ahead count) and the bandwidth left, and when allowed insert the transfer with its
+    holder, lease and fencing token. An admitted waiter leaves the queue; a refused one
+    keeps its place (its heartbeat is refreshed)."""
     reap(tx, settings, now, remote=req.remote)
     decision = evaluate(
         tx,
@@ -451,6 +480,8 @@ def start(
         now,
         waiter_seq=waiter_seq,
         active=_rows(tx, req.remote),
+        halt_source=halt_source,
+        node=req.node,
     )
     if not decision.allowed:
         if waiter_seq is not None:

@@ -510,3 +510,37 @@ def test_real_rsync_keeps_to_the_printed_limit(tmp_path: Path) -> None:
     assert abs(row["observed_kbps"] - achieved) <= 0.05 * achieved
     print(f"rsync: {moved} bytes in {doc['duration']:.2f} s = {achieved:.0f} KiB/s "
           f"(limit {doc['kbps']} KiB/s, wall {wall:.2f} s)")  # fmt: skip
+
+
+# --------------------------------------------------------------------------- halts
+
+
+def test_a_halt_stops_new_transfers_and_a_waiter_gets_in_after_unhalt(
+    coord: Coord, cleanup
+) -> None:
+    """A halt of every type (or of sync, what a transfer is) refuses allocate, start and run
+    with the halt's reason; a halt of another type does not; an unhalt lets a waiter in."""
+    assert coord("halt", "--type", "training", "--reason", "other").returncode == 0
+    assert coord("bandwidth", "allocate", "h1").returncode == 0
+    assert coord("halt", "--type", "sync", "--reason", "link maintenance").returncode == 0
+    for argv in (("bandwidth", "allocate", "h1"), ("bandwidth", "start", "h1", "--kind", "d")):
+        done = coord(*argv)
+        assert done.returncode == 1, (argv, done.stderr)
+        assert "link maintenance" in done.stderr and done.stdout == ""
+    doc = json.loads(coord("--json", "bandwidth", "allocate", "h1").stdout)
+    assert doc["allowed"] is False and [r["rule"] for r in doc["reasons"]] == ["halt"]
+    assert doc["rate"] == 0
+    ran = coord("bandwidth", "run", "h1", "--", "true")
+    assert ran.returncode == 75 and "link maintenance" in ran.stderr
+    assert coord("unhalt", "--type", "sync").returncode == 0
+    assert coord("halt", "--reason", "3 a.m. stop").returncode == 0  # every type
+    waiter = Wrapper(coord, "bandwidth", "run", "h1", "--wait", "--", "sh", "-c", "echo in")
+    cleanup.append(waiter.pid)
+    deadline = time.monotonic() + 1.0
+    while time.monotonic() < deadline:  # a real process waiting: it keeps asking, unadmitted
+        assert waiter.proc.poll() is None and not active(coord)
+        time.sleep(0.1)
+    assert coord("unhalt").returncode == 0
+    assert waiter.wait() == 0, waiter.stderr
+    assert waiter.out.read_text() == "in\n"
+    assert [r["status"] for r in history(coord)] == ["ok"]

@@ -101,7 +101,9 @@ def bandwidth_allocate(
         c.settings.require("bandwidth")
         try:
             with c.store.read() as tx:
-                decision = transfers.evaluate(tx, c.settings, remote, prio, tx.now())
+                decision = transfers.evaluate(
+                    tx, c.settings, remote, prio, tx.now(), halt_source=c.state_dir
+                )
         except NoStore:  # nothing recorded on this host yet: no transfer is active
             decision = transfers.decide(c.settings, remote, prio, [])
     if g.json:
@@ -177,7 +179,7 @@ def bandwidth_start(
     with g.context() as c:
         c.settings.require("bandwidth")
         with c.store.write() as tx:
-            decision = transfers.start(tx, c.settings, req, tx.now())
+            decision = transfers.start(tx, c.settings, req, tx.now(), halt_source=c.state_dir)
         if not decision.allowed:
             if g.json:
                 emit_json({**decision.to_dict(), "lease_token": None})
