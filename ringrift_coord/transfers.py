@@ -723,8 +723,9 @@ def host_types(settings: Settings) -> list[dict[str, Any]]:
 
 def status(tx: Tx, settings: Settings, now: float) -> dict[str, Any]:
     """The read model of ``bandwidth status``: active transfers, and per remote its link,
-    what is allocated, and its kept history (transfers, bytes, seconds, mean observed rate,
-    the EMA and the EMA as a percentage of the limit)."""
+    what is allocated, the transfers waiting in line for it, and its kept history
+    (transfers, bytes, seconds, mean observed rate, the EMA and the EMA as a percentage of
+    the limit)."""
     bw = settings.get("bandwidth")
     cap = int(bw["max_concurrent_transfers"])
     rows = active(tx, now)
@@ -744,6 +745,7 @@ def status(tx: Tx, settings: Settings, now: float) -> dict[str, Any]:
                 "limit_kbps": round(info["limit_kbps"], 1),
                 "allocated_kbps": 0.0,
                 "active": 0,
+                "queued": 0,
                 "cap": cap,
                 "transfers": 0,
                 "bytes": 0,
@@ -761,6 +763,8 @@ def status(tx: Tx, settings: Settings, now: float) -> dict[str, Any]:
         e = entry(row["remote"])
         e["active"] += 1
         e["allocated_kbps"] += float(row["kbps"])
+    for remote in queue.ahead(tx, TASK_TYPE, None):  # `bandwidth run --wait`s in line
+        entry(remote)["queued"] += 1
     for tot in totals:
         e = entry(tot["remote"])
         e["transfers"] = int(tot["transfers"])

@@ -380,6 +380,11 @@ def test_the_cap_refuses_with_75_and_wait_gets_in_after(coord: Coord, cleanup) -
     status = json.loads(coord("--json", "status").stdout)
     assert "transfer" not in status["by_type"]
     assert all(entry["queued"] == 0 for entry in status["by_type"].values())
+    hosts = json.loads(coord("--json", "bandwidth", "status").stdout)["hosts"]
+    assert [(h["remote"], h["active"], h["queued"]) for h in hosts if h["remote"] == "h1"] == [
+        ("h1", 1, 1)
+    ]
+    assert re.search(r"^h1 .* 1/1 \+1 ", coord("bandwidth", "status").stdout, re.M)
     gate.touch()
     assert holder.wait() == 0, holder.stderr
     assert waiter.wait() == 0, waiter.stderr

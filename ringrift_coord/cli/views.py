@@ -1351,7 +1351,7 @@ def bandwidth_status(doc: dict[str, Any]) -> None:
         )
     active.show()
     hosts = Grid(
-        "hosts (rates in KiB/s; history of the ended transfers)",
+        "hosts (rates in KiB/s; act: active/cap, +N waiting; history of ended transfers)",
         "remote",
         Col("type", drop=4),
         "limit",
@@ -1370,7 +1370,7 @@ def bandwidth_status(doc: dict[str, Any]) -> None:
             h["host_type"],
             _kbps(h["limit_kbps"]),
             _kbps(h["allocated_kbps"]),
-            f"{h['active']}/{h['cap']}",
+            f"{h['active']}/{h['cap']}" + (f" +{h['queued']}" if h.get("queued") else ""),
             h["transfers"],
             size(h["bytes"], short=True) if h["transfers"] else "-",
             f"{h['seconds']:.0f}" if h["transfers"] else "-",
