@@ -594,11 +594,13 @@ def run_held(
             status = "ok" if code == 0 else "failed"
             reason = None if code == 0 else f"exit code {code}"
             caught = code - 128
-            # a job that catches SIGINT and exits 128 + SIGINT (the shells' convention) after
-            # a forwarded signal or a Ctrl-C on its terminal: stopped as well
-            if caught in job.received:
+            # A job that exits after a forwarded signal, with whatever code it chose (the
+            # shells' 128 + N, rsync's 20, a graceful 0), was stopped: neither a failure for
+            # the breaker nor a success whose duration the scheduler would learn.
+            if job.received:
+                sig = caught if caught in job.received else job.received[0]
                 status = "stopped"
-                reason = f"exit code {code} after forwarded {signal.Signals(caught).name}"
+                reason = f"exit code {code} after forwarded {signal.Signals(sig).name}"
             elif terminal.fd is not None and caught in TERMINAL_SIGNALS:
                 status = "stopped"
                 reason = f"exit code {code} after {signal.Signals(caught).name} from its terminal"

@@ -418,3 +418,26 @@ def test_duration_is_measured_on_the_clock(pair) -> None:
     result: RunResult = run_command(mine, "selfplay", "n1", ["sh", "-c", "exit 3"])
     assert (result.exit_code, result.status, result.reason) == (3, "failed", "exit code 3")
     assert result.duration == 0.0  # nothing moved the manual clock
+
+
+@pytest.mark.parametrize("code", [0, 20])
+def test_any_exit_after_a_forwarded_signal_is_a_stop(pair, tmp_path: Path, code: int) -> None:
+    """rsync exits 20 when it is signalled, a careful job exits 0: after a forwarded signal
+    either is the operator's stop, not a failure (breaker) nor a success (learned durations)."""
+    clock, mine, other = pair
+    ready = tmp_path / "ready"
+    script = f'trap "exit {code}" TERM; echo $$ > "$0.tmp"; mv "$0.tmp" "$0"; '
+    script += "while :; do sleep 0.02; done"
+
+    def operator() -> None:
+        wait_for(ready.exists, 30, "the job to start")
+        os.kill(os.getpid(), signal.SIGTERM)  # to the wrapper (this process): forwarded
+
+    side = Side(operator, ready)
+    result = run_command(mine, "training", "n1", ["sh", "-c", script, str(ready)])
+    side.join()
+    assert result.exit_code == code
+    assert result.status == "stopped", (result.status, result.reason)
+    assert result.reason == f"exit code {code} after forwarded SIGTERM"
+    (ended,) = other.history()
+    assert ended["status"] == "stopped"
