@@ -151,6 +151,13 @@ class Decision:
         it: an operator's stop, not a lack of room (a waiter holds no place meanwhile)."""
         return any(r.rule in ("halt", "halt_file") for r in self.reasons)
 
+    @property
+    def held_back(self) -> bool:
+        """Denied by something that no freed slot changes: a halt, or peak hours (the task
+        may not start before the window ends). A waiter so denied holds no place in line,
+        so it blocks no one that may start meanwhile."""
+        return self.halted or any(r.rule == "peak_hours" for r in self.reasons)
+
     def summary(self) -> str:
         if self.allowed:
             return f"allowed: {self.task_type} on {self.node}"

@@ -10,6 +10,9 @@ if TYPE_CHECKING:
     from collections.abc import Iterable
 
 MAX_SECONDS = 1e9  # about 31 years: an expiry past what timestamps can show breaks listings
+# the instants --now and --since take: the epoch to the year 9000, so that a day's windows,
+# an expected finish or a duration added to one stays within what datetime can show
+INSTANTS = (0.0, 221845392000.0)
 MAX_SLOTS = 1_000_000  # beyond any node, and beyond what the store keeps
 _WHITESPACE = "\t\n\r\v\f"
 
@@ -75,7 +78,15 @@ def instant(text: str, field: str) -> float:
         ) from None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
-    return moment.timestamp()
+    try:
+        seconds = moment.timestamp()
+    except (OverflowError, ValueError):  # 0001-01-01T00:00+01:00 is in year 0
+        seconds = float("nan")
+    if not INSTANTS[0] <= seconds <= INSTANTS[1]:
+        raise UsageError(
+            f"{text!r} is outside the times this tool answers for (1970 to 9000)", field=field
+        )
+    return seconds
 
 
 # --------------------------------------------------------------------------- numbers

@@ -42,6 +42,7 @@ TERMINAL_SIGNALS = (signal.SIGINT, signal.SIGQUIT, signal.SIGHUP)
 
 RENEW_RETRY = 5.0  # seconds to the next try after a lease renewal failed
 HALTED_POLL = 0.5  # seconds between the polls of a waiter that a halt denies
+PEAK_POLL = 30.0  # ... and at most between those of one that peak hours hold back
 
 
 class RunDenied(CoordError):
@@ -243,14 +244,15 @@ def acquire(
             if decision.allowed:
                 admitted = True
                 return decision
-            # Denied by a halt (its node drained, its type or everything halted), it holds no
-            # place: it would count against every other node's limits while it cannot run.
-            # It keeps its seq, so the waiters ahead of it by arrival are still the ones
+            # Denied by a halt (its node drained, its type or everything halted) or by peak
+            # hours, it holds no place: it would count against every other node's limits
+            # (and against shorter tasks that may start before the window) while it cannot
+            # run. It keeps its seq, so the waiters ahead of it by arrival are still the ones
             # counted, and takes its place back once only the limits deny it.
-            if decision.halted and in_line:
+            if decision.held_back and in_line:
                 keeper.leave_queue(seq)
                 in_line = False
-            elif not decision.halted and not in_line:
+            elif not decision.held_back and not in_line:
                 keeper.enqueue(seq)
                 in_line = True
             waited = clock.monotonic() - started
@@ -267,6 +269,8 @@ def acquire(
             interval = poll if decision.queued == 0 else min(0.5, poll * (2 + decision.queued))
             if not in_line:
                 interval = max(poll, HALTED_POLL)
+                if not decision.halted and decision.retry_after:  # peak hours: hours ahead
+                    interval = max(interval, min(decision.retry_after, PEAK_POLL))
             if deadline is not None:
                 interval = min(interval, max(0.0, deadline - clock.monotonic()))
             clock.sleep(interval)

@@ -2,9 +2,9 @@
 
 Arrival order is the ``seq`` of a waiter's row. Admission counts the waiters ahead of a
 request against the limits, so a newcomer cannot jump the line. A waiter that a halt denies
-(its node drained, its type or everything halted) holds no place meanwhile: it steps out of
-line, so it counts against nobody's limits, and takes its own ``seq`` back once the halt
-lifts (``run``'s wait loop does both). A waiter is alive while its
+(its node drained, its type or everything halted), or peak hours, holds no place meanwhile:
+it steps out of line, so it counts against nobody's limits, and takes its own ``seq`` back
+once the halt lifts or the window ends (``run``'s wait loop does both). A waiter is alive while its
 process lives (on its own host) or while it keeps polling (its heartbeat, for other hosts);
 a dead one loses its place at the next admission on any node.
 """

@@ -13,7 +13,7 @@ import sys
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from conftest import Coord
+from conftest import Coord, wait_for
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -387,6 +387,33 @@ def test_register_run_and_can_spawn_see_the_rule(coord: Coord) -> None:
         holder.wait()
 
 
+def test_a_waiter_held_back_by_peak_hours_blocks_no_task_that_fits(coord: Coord) -> None:
+    """A `run --wait` that peak hours refuse (4 h into a window 2 h ahead) holds no place in
+    line: a shorter task of the same type that fits before the window may still start."""
+    window = window_around_now(-2, 5)
+    for _ in range(3):
+        assert coord("schedule", "record", "training", "--config-name", "short",
+                     "--seconds", "10m").returncode == 0  # fmt: skip
+    waiter = coord.popen(*window, "run", "training", "--node", "n1", "--wait", "--", "true")
+    try:
+
+        def asked() -> bool:
+            doc = json.loads(coord("--json", "decisions", "--type", "training").stdout)
+            return any(d["action"] == "run" for d in doc["decisions"])
+
+        wait_for(asked, 30, "the waiter's first refusal")
+        short = (*window, "can-spawn", "training", "--node", "n1", "--config-name", "short")
+        wait_for(lambda: coord(*short).returncode == 0, 30, "the short task to be allowed")
+        assert waiter.poll() is None  # still waiting for the window to end
+        queued = json.loads(
+            coord(*window, "--json", "can-spawn", "training", "--node", "n1").stdout
+        )
+        assert [r["rule"] for r in queued["reasons"]] == ["peak_hours"]  # not node_limit
+    finally:
+        waiter.kill()
+        waiter.wait()
+
+
 def test_can_spawn_now_is_read_only(coord: Coord) -> None:
     gone = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     task = coord("register", "training", "--node", "n1", "--pid", str(gone.pid)).stdout.strip()
@@ -430,6 +457,25 @@ def test_bad_now_of_can_start(coord: Coord) -> None:
     done = coord("schedule", "can-start", "training", "--now", "tomorrow")
     assert done.returncode == 2
     assert done.stderr.startswith("ringrift-coord: error: option --now: 'tomorrow' is not")
+
+
+@pytest.mark.parametrize(
+    "when", ["9999-12-31T23:59", "0001-01-01T00:00", "0001-01-01T00:00+01:00", "1969-12-31"]
+)
+def test_a_now_out_of_range_is_a_usage_error(coord: Coord, when: str) -> None:
+    """Times datetime cannot carry a day's windows or a finish for: one line, exit 2."""
+    enforce = ("--set", "peak_hours.enforce=true")
+    for argv in (
+        ("schedule", "can-start", "training", "--now", when),
+        (*enforce, "can-spawn", "training", "--node", "n1", "--now", when),
+        ("schedule", "stale", "--now", when),
+    ):
+        done = coord(*argv)
+        assert done.returncode == 2, (argv, done.stderr)
+        assert done.stderr == (
+            f"ringrift-coord: error: option --now: {when!r} is outside the times this tool "
+            "answers for (1970 to 9000)\n"
+        )
 
 
 # --------------------------------------------------------------------------- hot path
