@@ -369,23 +369,39 @@ def _spawn_gated(
 
 
 class _Tee:
-    """The job's stdout through a pipe: copied to ours (or to stderr) as it comes, and each
-    chunk shown to ``scan`` (which keeps what it needs, never the whole output)."""
+    """The job's stdout through a pipe: each chunk shown to ``scan`` (which keeps what it
+    needs, never the whole output) and copied to ours (or to stderr) by a writer thread, so
+    a reader of ours that stalls holds the job's output back, as a plain pipe would, but
+    never this wrapper's lease renewals or its signal handling."""
+
+    BACKLOG = 16  # chunks (up to 64 KiB each) waiting for the writer before the pipe fills
 
     def __init__(self, scan: Callable[[bytes], None], sink: int) -> None:
+        import queue
+        import threading
+
         self.scan, self.sink = scan, sink
         self.read_fd: int | None
         self.read_fd, self.write_fd = os.pipe2(os.O_CLOEXEC)
         os.set_blocking(self.read_fd, False)
         self.sink_lost = False
+        self._chunks: queue.Queue[bytes | None] = queue.Queue()
+        self._writer = threading.Thread(target=self._write_all, name="tee", daemon=True)
 
     def parent_side(self) -> None:
         """After the fork: only the job writes into the pipe."""
         os.close(self.write_fd)
 
-    def pump(self) -> bool:
-        """Copy what the pipe holds now; False once it is at its end (every writer gone)."""
+    def wants_input(self) -> bool:
+        """The pipe is open and the writer has room: watch it."""
+        return self.read_fd is not None and self._chunks.qsize() < self.BACKLOG
+
+    def pump(self, bounded: bool = True) -> bool:
+        """Take what the pipe holds now (``bounded``: no more than the writer has room for);
+        False once it is at its end (every writer gone)."""
         while self.read_fd is not None:
+            if bounded and not self.wants_input():
+                return True
             try:
                 chunk = os.read(self.read_fd, 65536)
             except BlockingIOError:
@@ -393,11 +409,23 @@ class _Tee:
             except InterruptedError:
                 continue
             if not chunk:
-                self.close()
+                os.close(self.read_fd)
+                self.read_fd = None
                 return False
-            self._copy(chunk)
             self.scan(chunk)
+            if self._writer.ident is None:  # the first output starts the writer
+                self._writer.start()
+            self._chunks.put(chunk)
         return False
+
+    def drain(self) -> None:
+        """What the job wrote before it ended, all of it (a writer it left out of its group
+        is not waited for): the pipe holds at most its capacity once the job is gone."""
+        self.pump(bounded=False)
+
+    def _write_all(self) -> None:
+        while (chunk := self._chunks.get()) is not None:
+            self._copy(chunk)
 
     def _copy(self, chunk: bytes) -> None:
         # a gone reader of our stdout stops the copy, not the job (its bytes still count)
@@ -413,9 +441,14 @@ class _Tee:
                 self.sink_lost = True
 
     def close(self) -> None:
+        """Stop taking output and let the writer copy what it holds (it waits for our
+        reader as the job would have), then end it."""
         if self.read_fd is not None:
             os.close(self.read_fd)
             self.read_fd = None
+        if self._writer.ident is not None:
+            self._chunks.put(None)
+            self._writer.join()
 
 
 def run_command(
@@ -570,8 +603,7 @@ def run_held(
         code = os.waitstatus_to_exitcode(raw)
         _reap_leftovers(job, note)
         if tee is not None:
-            tee.pump()  # what the job wrote before it ended (a writer it left out of its
-            # group is not waited for)
+            tee.drain()  # what the job wrote before it ended: its bytes count
         if code < 0:
             sig_name = signal.Signals(-code).name
             exit_code = 128 - code
@@ -613,10 +645,10 @@ def run_held(
         terminal.restore()
         if pid is not None:  # the wrapper itself failed while the job ran: stop the job
             _stop_group(pid, job.kill_grace, clock)
-        if tee is not None:
-            tee.close()
         # release while our handlers still catch a second Ctrl-C / SIGTERM
         _release(keeper, task_id, token, exit_code, status, reason, note)
+        if tee is not None:  # then hand on the job's last output, however slow our reader
+            tee.close()
         signal.set_wakeup_fd(old_wakeup)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
@@ -674,8 +706,10 @@ def _wait_child(
             if job.kill_deadline is not None and not job.killed:
                 timeout = min(timeout, max(0.0, job.kill_deadline - now))
             watch = [wake_r] + ([pidfd] if pidfd is not None else [])
-            if tee is not None and tee.read_fd is not None:
-                watch.append(tee.read_fd)
+            if tee is not None and tee.wants_input():
+                watch.append(tee.read_fd)  # type: ignore[arg-type]
+            elif tee is not None and tee.read_fd is not None:
+                timeout = min(timeout, 0.05)  # the writer is behind: look again for room
             if pidfd is None:
                 timeout = min(timeout, 0.05)
             readable = clock.wait_readable(watch, max(0.0, timeout))

@@ -310,6 +310,37 @@ def test_the_lease_is_renewed_while_the_command_runs(coord: Coord, cleanup) -> N
     assert only_history(coord)["status"] == "ok"
 
 
+def test_a_stalled_reader_of_our_output_stops_no_renewal(coord: Coord, cleanup) -> None:
+    """The job fills a pipe nobody reads (`bandwidth run ... | sleep`): its output waits,
+    the lease is still renewed, and once the reader drains it everything arrives in order
+    and the transfer ends with its bytes."""
+    coord.write_config("store: {lease_ttl: 1}\n")  # renewed every 0.5 s
+    gate = coord.tmp / "gate"
+    script = (
+        'yes | head -c 2000000; echo "Total bytes sent: 2,000,000"; '
+        'while [ ! -e "$0" ]; do sleep 0.05; done'
+    )
+    read_end, write_end = os.pipe()
+    proc = coord.popen("bandwidth", "run", "h1", "--", "sh", "-c", script, str(gate),
+                       stdout=write_end, stderr=subprocess.DEVNULL)  # fmt: skip
+    os.close(write_end)
+    cleanup.append(proc.pid)
+    try:
+        (row,) = wait_for(lambda: [r for r in active(coord) if r["pgid"]], 30, "the transfer")
+        cleanup.append(row["pgid"])
+        first = row["lease_expires"]  # the pipe (64 KiB) is full long before 2 MB
+        wait_for(lambda: active(coord)[0]["lease_expires"] > first + 2, 30, "renewals")
+        gate.touch()
+        received = bytearray()
+        while chunk := os.read(read_end, 1 << 16):
+            received += chunk
+    finally:
+        os.close(read_end)
+    assert proc.wait(timeout=60) == 0
+    assert len(received) == 2_000_000 + len("Total bytes sent: 2,000,000\n")
+    assert only_history(coord)["bytes"] == 2_000_000
+
+
 def test_a_command_that_cannot_run_is_126_127_and_released(coord: Coord) -> None:
     done = coord("bandwidth", "run", "h1", "--", "no-such-command-xyz")
     assert done.returncode == 127
