@@ -561,6 +561,9 @@ def run_held(
         if scan is not None:
             sys.stdout.flush()  # what we wrote comes before the job's words
             tee = _Tee(scan, 2 if stdout_to_stderr else 1)
+            # the job may hold the terminal while we copy its output to it: with `stty
+            # tostop` a write from our (background) group would stop this wrapper
+            previous[signal.SIGTTOU] = signal.signal(signal.SIGTTOU, signal.SIG_IGN)
         pid, go_w, err_r = _spawn_gated(
             words, env, stdout_to_stderr, None if tee is None else tee.write_fd
         )
