@@ -807,6 +807,14 @@ def _release(
         except CoordError as exc:
             warn(f"could not release {task_id}: {exc}")
             return
+        except Exception as exc:  # a bug must not cost the job its exit code
+            if os.environ.get("RINGRIFT_COORD_DEBUG"):
+                raise
+            warn(
+                f"could not release {task_id}: internal error: {type(exc).__name__}: {exc}; "
+                "the reaper will free it"
+            )
+            return
     warn(f"could not release {task_id}: store busy; the reaper will free it")
 
 
