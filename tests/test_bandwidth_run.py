@@ -511,11 +511,11 @@ def test_real_rsync_records_what_it_reported(coord: Coord) -> None:
     assert sorted(p.name for p in dst.iterdir()) == [f"part{n}.bin" for n in range(4)]
 
 
-# 64 Mbit/s: normal priority (a quarter) gets 16 Mbit/s = 1953 KiB/s, so 8 MiB take ~4 s
+# 256 Mbit/s: normal priority (a quarter) gets 64 Mbit/s = 7812 KiB/s, so 32 MiB take ~4 s
 RSYNC_LIMIT = """\
 bandwidth:
   host_types:
-    testlink: {match: ["testlink-*"], mbps: 64}
+    testlink: {match: ["testlink-*"], mbps: 256}
 """
 
 
@@ -525,7 +525,7 @@ def test_real_rsync_keeps_to_the_printed_limit(tmp_path: Path) -> None:
     command's, the engines only record it (the fast test above checks both)."""
     coord = Coord(tmp_path)
     coord.write_config(RSYNC_LIMIT)
-    src, dst = _rsync_tree(coord.tmp, 8)
+    src, dst = _rsync_tree(coord.tmp, 32)
     started = time.monotonic()
     done = coord(
         "--json", "bandwidth", "run", "testlink-1", "--",
@@ -535,9 +535,9 @@ def test_real_rsync_keeps_to_the_printed_limit(tmp_path: Path) -> None:
     wall = time.monotonic() - started
     assert done.returncode == 0, done.stderr
     doc = json.loads(done.stdout)
-    assert doc["kbps"] == 1953 and doc["host_type"] == "testlink"
+    assert doc["kbps"] == 7812 and doc["host_type"] == "testlink"
     moved = doc["bytes"]
-    assert moved is not None and moved >= 8 * 1024 * 1024
+    assert moved is not None and moved >= 32 * 1024 * 1024
     achieved = moved / 1024 / doc["duration"]  # KiB/s over the command's own run
     assert abs(achieved - doc["kbps"]) <= 0.2 * doc["kbps"], (achieved, doc, wall)
     assert 3.0 <= doc["duration"] <= wall
