@@ -116,9 +116,10 @@ DEFAULTS: dict[str, Any] = {
         "task_types": ["training", "cmaes", "pipeline"],
     },
     # learned durations: the last `samples` successful runs of each (type, config) are kept;
-    # `min_samples` of them replace the default; a running task older than stale_factor x its
+    # `min_samples` of them replace the default; a run shorter than `min_seconds` (a smoke
+    # test, an instant exit) is not recorded; a running task older than stale_factor x its
     # expected duration is listed as stale
-    "schedule": {"samples": 20, "min_samples": 3, "stale_factor": 2.0},
+    "schedule": {"samples": 20, "min_samples": 3, "min_seconds": 60, "stale_factor": 2.0},
     # the feedback loop (`adjust`) and the self-play rate it steers, in games per hour
     "optimizer": {
         "rate": {"initial": 1000, "min": 100, "max": 5000},
@@ -264,7 +265,7 @@ SCHEMA: dict[str, Any] = {
         "enforce": Leaf("bool"),
         "task_types": Leaf("task_types"),
     },
-    "schedule": {"samples": COUNT, "min_samples": COUNT, "stale_factor": NUM},
+    "schedule": {"samples": COUNT, "min_samples": COUNT, "min_seconds": SECS, "stale_factor": NUM},
     "optimizer": {
         "rate": {"initial": NUM, "min": NUM, "max": NUM},
         "interval": SECS,
@@ -325,6 +326,7 @@ DEFERRED_SECTIONS: tuple[str, ...] = (
     "hardware",
     "selfplay_configs",
     "bandwidth",
+    "schedule",
 )
 
 # environment variable -> keys it sets (below the file's values: environment > file > defaults)
@@ -780,24 +782,8 @@ def _cross_checks(values: dict[str, Any], sources: dict[str, str], path: str | N
     if peak["start"] == peak["end"]:
         raise _cross_fail(
             f"start and end are both {peak['start']}: a peak window needs two different times "
-            "(to let long tasks start at any hour, set peak_hours.enforce: false)",
+            "(pick two; peak hours refuse admissions only when peak_hours.enforce is true)",
             ("peak_hours.start", "peak_hours.end"),
-            sources,
-            path,
-        )
-    sched = values["schedule"]
-    if not 1 <= sched["min_samples"] <= sched["samples"]:
-        raise _cross_fail(
-            f"min_samples ({sched['min_samples']}) must be at least 1 and at most samples "
-            f"({sched['samples']}), the number of durations kept",
-            ("schedule.min_samples", "schedule.samples"),
-            sources,
-            path,
-        )
-    if sched["stale_factor"] <= 0:
-        raise _cross_fail(
-            f"stale_factor must be above 0, got {sched['stale_factor']:g}",
-            ("schedule.stale_factor",),
             sources,
             path,
         )
@@ -890,7 +876,32 @@ def _deferred_checks(
     bandwidth = _bandwidth_problem(values["bandwidth"], sources, path)
     if bandwidth is not None:
         found.append(("bandwidth", bandwidth))
+    schedule = _schedule_problem(values["schedule"], sources, path)
+    if schedule is not None:
+        found.append(("schedule", schedule))
     return found
+
+
+def _schedule_problem(
+    sched: dict[str, Any], sources: dict[str, str], path: str | None
+) -> ConfigError | None:
+    """The learned durations need 1 <= min_samples <= samples and a stale factor above 0."""
+    if not 1 <= sched["min_samples"] <= sched["samples"]:
+        return _cross_fail(
+            f"min_samples ({sched['min_samples']}) must be at least 1 and at most samples "
+            f"({sched['samples']}), the number of durations kept",
+            ("schedule.min_samples", "schedule.samples"),
+            sources,
+            path,
+        )
+    if sched["stale_factor"] <= 0:
+        return _cross_fail(
+            f"stale_factor must be above 0, got {sched['stale_factor']:g}",
+            ("schedule.stale_factor",),
+            sources,
+            path,
+        )
+    return None
 
 
 def _bandwidth_problem(
@@ -1218,8 +1229,8 @@ def _check_leaf(leaf: Leaf, value: Any, dotted: str, origin: str, line: int | No
             raise bad(f"expected a list of glob patterns, got {_show(value)}")
         return value
     if kind == "task_types":
-        if isinstance(value, str):
-            value = [value]
+        if isinstance(value, str):  # from --set or the environment: "training,cmaes"
+            value = [part.strip() for part in value.split(",")]
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise bad(f"expected a list of task types, got {_show(value)}")
         for name in value:

@@ -10,7 +10,7 @@ and the Python API keep their own shapes while the command line speaks one vocab
   (``lease_expires_at``); a node's own backpressure factor is ``backpressure_factor`` (the
   name ``backpressure`` is the list of every node's factor); ``status``'s running tasks of a
   type per node are ``running_by_node`` (``nodes`` is the list of node readings);
-- moments (``at``, ``*_at``) are epoch seconds, numbers rounded to the millisecond;
+- moments (``at``, ``*_at``, ``MOMENTS``) are epoch seconds, numbers rounded to the millisecond;
   durations in seconds (``DURATIONS``) likewise; percentages to 0.1, load averages to 0.01,
   factors to 0.001; a number that is not finite is ``null`` (jq refuses ``NaN``);
 - flags (``BOOLEANS``) are booleans, never 0/1;
@@ -47,8 +47,12 @@ MAPS = frozenset({"by_type", "running_by_node", "per_node", "lowered", "effectiv
 RETIRED = frozenset({"res_id", "rules", "lease_expires", "file", "id"})
 
 
+# moments whose names predate the ``_at`` rule (peak hours): epoch seconds all the same
+MOMENTS = frozenset({"expected_finish", "peak_start", "peak_end"})
+
+
 def is_moment(key: str | None) -> bool:
-    return key is not None and (key == "at" or key.endswith("_at"))
+    return key is not None and (key == "at" or key.endswith("_at") or key in MOMENTS)
 
 
 def _digits(key: str | None) -> int | None:
@@ -174,6 +178,10 @@ FIELDS: dict[str, tuple[str, str]] = {
         "number?",
         "seconds a task of a type (and config) is expected to run (null: unknown)",
     ),
+    "expected_finish": ("number?", "when a task started now is expected to end (null: unknown)"),
+    "peak_start": ("number", "the start of the peak window that blocks a task, or the next one"),
+    "peak_end": ("number", "the end of that peak window"),
+    "now": ("string", "the moment a what-if answer is for, ISO 8601 in UTC"),
 }
 
 # Each command's top-level keys (besides schema_version). "*": a list command's items.
@@ -438,6 +446,7 @@ COMMANDS: dict[str, tuple[str, ...]] = {
         "needed",
         "at",
     ),
+    "schedule forget": ("task_type", "config_name", "all_configs", "forgotten"),
     "schedule stale": ("at", "stale_factor", "checked", "tasks"),
     "schedule next-slot": (
         "task_type",

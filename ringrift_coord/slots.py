@@ -227,11 +227,14 @@ def release(
 def _learn_duration(tx: Tx, settings: Settings, row: Row, now: float) -> None:
     """A task that ended ``ok`` teaches its (type, config) expected duration, in the
     transaction that frees its slot; a failed, stopped or reaped one teaches nothing (its
-    duration says nothing of how long the work takes)."""
+    duration says nothing of how long the work takes), nor does one shorter than
+    ``schedule.min_seconds`` (a smoke test, an instant exit)."""
     from ringrift_coord.schedule import expected
 
     seconds = row["duration"]
-    if 0 < seconds <= expected.MAX_SECONDS:  # a clock stepped back gives no duration
+    shortest = max(float(settings.get("schedule.min_seconds")), 0.0)
+    # (a clock stepped back gives no duration: 0 is never recorded)
+    if 0 < seconds <= expected.MAX_SECONDS and seconds >= shortest:
         expected.record(
             tx,
             settings,

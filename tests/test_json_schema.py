@@ -125,6 +125,7 @@ CASES: list[tuple[str, tuple[str, ...], int]] = [
     ),
     ("schedule expected", ("schedule", "expected", "selfplay", "--config-name", "sq8"), 0),
     ("schedule stale", ("schedule", "stale"), 0),
+    ("schedule forget", ("schedule", "forget", "cmaes", "--config-name", "none"), 0),
     ("schedule stale", ("schedule", "stale", "--now", "2099-01-01T00:00"), 0),  # all stale
     ("schedule next-slot", ("schedule", "next-slot", "selfplay", "--node", "n1"), 0),
     (

@@ -72,9 +72,9 @@ def test_refusal_says_the_expected_finish_the_window_and_when_to_retry() -> None
         "allowed": False,
         "reason": found.reason,
         "expected_seconds": TRAINING,
-        "expected_finish": "2026-12-01T16:00:00Z",
-        "peak_start": "2026-12-01T14:00:00Z",
-        "peak_end": "2026-12-01T22:00:00Z",
+        "expected_finish": at("2026-12-01T16:00"),  # moments: epoch seconds, as everywhere
+        "peak_start": at("2026-12-01T14:00"),
+        "peak_end": at("2026-12-01T22:00"),
         "in_peak": False,
         "retry_after": 10 * HOUR,
         "timezone": "UTC",
@@ -342,7 +342,7 @@ def test_can_start_wrapped_window_in_another_zone(coord: Coord) -> None:
             "2026-12-02T05:00",
         ).stdout
     )  # midnight EST: inside
-    assert doc["in_peak"] is True and doc["peak_end"] == "2026-12-02T11:00:00Z"
+    assert doc["in_peak"] is True and doc["peak_end"] == at("2026-12-02T11:00")
     assert doc["retry_after"] == 6 * HOUR and doc["timezone"] == "America/New_York"
     ok = coord(*zone, *window, "schedule", "can-start", "training", "--now", "2026-12-01T12:00")
     assert ok.returncode == 0, ok.stderr  # 07:00 EST, done by 11:00 EST

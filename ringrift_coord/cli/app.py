@@ -39,7 +39,7 @@ app = typer.Typer(
 tasks_app = typer.Typer(
     help="Running tasks: list, show or cancel one, reap dead holders, show history."
 )
-config_app = typer.Typer(help="Effective configuration and validation.", no_args_is_help=True)
+config_app = typer.Typer(help="Effective configuration and validation.")
 app.add_typer(tasks_app, name="tasks")
 app.add_typer(config_app, name="config")
 

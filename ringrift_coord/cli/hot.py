@@ -33,6 +33,7 @@ SECTION_USERS: dict[str, tuple[str, ...]] = {
     "distribution": ("optimizer", "selfplay_configs"),
     "capacity": ("hardware",),
     "bandwidth": ("bandwidth",),
+    "schedule": ("schedule",),
 }
 _warned: set[str] = set()  # the settings problems this process has warned of
 

@@ -7,7 +7,8 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -24,9 +25,14 @@ from ringrift_coord.cli.common import (
 from ringrift_coord.cli.hot import emit_json
 from ringrift_coord.errors import ExitCode
 
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from ringrift_coord.context import Context
+    from ringrift_coord.store.base import Tx
+
 schedule_app = typer.Typer(
-    help="Expected durations, peak hours, stale tasks and when a slot frees (--now for what-if).",
-    no_args_is_help=True,
+    help="Expected durations, peak hours, stale tasks and when a slot frees (--now for what-if)."
 )
 
 TypeArg = Annotated[
@@ -72,6 +78,22 @@ def _now(now: str | None) -> float | None:
     return None if now is None else instant(now, "now")
 
 
+@contextmanager
+def _read(c: Context) -> Iterator[Tx]:
+    """A read of the store; of none when no store exists yet (nothing recorded on this host:
+    no task, no sample), without creating one."""
+    from ringrift_coord.schedule.forecast import NoRows
+    from ringrift_coord.store import NoStore
+
+    try:
+        store = c.store
+    except NoStore:
+        yield NoRows(c.clock)  # type: ignore[misc]
+        return
+    with store.read() as tx:
+        yield tx
+
+
 @schedule_app.command("expected")
 def expected_cmd(ctx: typer.Context, task_type: TypeArg, config_name: ConfigOpt = None) -> None:
     """How long a task of TYPE (and config) is expected to run: learned from its successful
@@ -81,8 +103,10 @@ def expected_cmd(ctx: typer.Context, task_type: TypeArg, config_name: ConfigOpt 
 
     g = globals_of(ctx)
     ttype, config = _type(task_type), _config(config_name)
-    with g.context(create=False) as c, c.store.read() as tx:
-        found = expected.lookup(tx, c.settings, ttype, config)
+    with g.context(create=False) as c:
+        c.settings.require("schedule")
+        with _read(c) as tx:
+            found = expected.lookup(tx, c.settings, ttype, config)
     doc = {"task_type": ttype, "config_name": config, **found.to_dict()}
     if g.json:
         emit_json(doc)
@@ -103,8 +127,9 @@ def record_cmd(
     ],
     config_name: ConfigOpt = None,
 ) -> None:
-    """Teach TYPE (and config) one duration of a run that ended well (``run`` and
-    ``unregister`` record successful tasks themselves); prints the new expected duration."""
+    """Teach TYPE (and config) one duration of a run that ended well (run and unregister
+    record successful tasks themselves, from schedule.min_seconds on; a duration given here
+    is recorded whatever its length); prints the new expected duration."""
     from ringrift_coord import durations
     from ringrift_coord.errors import UsageError
     from ringrift_coord.schedule import expected
@@ -114,12 +139,19 @@ def record_cmd(
     try:
         value = durations.parse(seconds.strip())
     except ValueError as exc:
-        raise UsageError(str(exc), field="seconds") from None
+        from ringrift_coord.inputs import strict_float
+
+        number = strict_float(seconds.strip())
+        if number is None:  # 2e9, -5: a number, judged as one below
+            raise UsageError(str(exc), field="seconds") from None
+        value = number
     value = expected.check_seconds(value, "seconds")
-    with g.context() as c, c.store.write() as tx:
-        now = tx.now()
-        expected.record(tx, c.settings, ttype, config, value, now, "manual")
-        found = expected.lookup(tx, c.settings, ttype, config)
+    with g.context() as c:
+        c.settings.require("schedule")
+        with c.store.write() as tx:
+            now = tx.now()
+            expected.record(tx, c.settings, ttype, config, value, now, "manual")
+            found = expected.lookup(tx, c.settings, ttype, config)
     new = found.to_dict()
     doc = {
         "task_type": ttype,
@@ -136,6 +168,48 @@ def record_cmd(
         emit_json(doc)
     else:
         views.duration_recorded(doc)
+    done()
+
+
+@schedule_app.command("forget")
+def forget_cmd(
+    ctx: typer.Context,
+    task_type: TypeArg,
+    config_name: ConfigOpt = None,
+    all_configs: Annotated[
+        bool, typer.Option("--all-configs", help="Every config of TYPE (and TYPE alone).")
+    ] = False,
+) -> None:
+    """Delete the recorded durations of TYPE (and config, or every config): it goes back to
+    the type's default until schedule.min_samples are recorded again. Prints how many."""
+    from ringrift_coord.errors import UsageError
+    from ringrift_coord.schedule import expected
+
+    g = globals_of(ctx)
+    ttype, config = _type(task_type), _config(config_name)
+    if all_configs and config is not None:
+        raise UsageError("--config-name and --all-configs: give one of them")
+    with g.context(create=False) as c:
+        c.settings.require("schedule")
+        from ringrift_coord.store import NoStore
+
+        try:
+            store = c.store
+        except NoStore:  # nothing recorded on this host yet: nothing to forget
+            count = 0
+        else:
+            with store.write() as tx:
+                count = expected.forget(tx, ttype, config, all_configs)
+    doc = {
+        "task_type": ttype,
+        "config_name": None if all_configs else config,
+        "all_configs": all_configs,
+        "forgotten": count,
+    }
+    if g.json:
+        emit_json(doc)
+    else:
+        views.durations_forgotten(doc)
     done()
 
 
@@ -160,8 +234,10 @@ def stale_cmd(
     ttype = None if task_type is None else _type(task_type)
     node = not_blank("--node", node)
     at = _now(now)
-    with g.context(create=False) as c, c.store.read() as tx:
-        doc = forecast.stale(tx, c.settings, tx.now() if at is None else at, ttype, node)
+    with g.context(create=False) as c:
+        c.settings.require("schedule")
+        with _read(c) as tx:
+            doc = forecast.stale(tx, c.settings, tx.now() if at is None else at, ttype, node)
     if g.json:
         emit_json(doc)
     else:
@@ -173,7 +249,14 @@ def stale_cmd(
 def next_slot_cmd(
     ctx: typer.Context,
     task_type: TypeArg,
-    node: Annotated[str, typer.Option("--node", metavar="N", help="The node to start on.")],
+    node: Annotated[
+        str | None,
+        typer.Option(
+            "--node",
+            metavar="N",
+            help="The node to start on (default: $RINGRIFT_NODE_ID, else host name).",
+        ),
+    ] = None,
     now: NowOpt = None,
     fmt: FormatOpt = None,
     no_header: NoHeaderOpt = False,
@@ -186,10 +269,15 @@ def next_slot_cmd(
     table_output(fmt, no_header)
     ttype = _type(task_type)
     checked = not_blank("--node", node)
-    assert checked is not None
+    if checked is None:
+        from ringrift_coord.identity import default_node
+
+        checked = default_node()
     at = _now(now)
-    with g.context(create=False) as c, c.store.read() as tx:
-        doc = forecast.next_slot(tx, c.settings, ttype, checked, tx.now() if at is None else at)
+    with g.context(create=False) as c:
+        c.settings.require("schedule")
+        with _read(c) as tx:
+            doc = forecast.next_slot(tx, c.settings, ttype, checked, tx.now() if at is None else at)
     if g.json:
         emit_json(doc)
     else:
@@ -234,6 +322,7 @@ def can_start(
     ttype = TaskType.parse(task_type)
     at = _now(now)
     with g.context() as c:
+        c.settings.require("schedule")
         found = DurationScheduler(c).peak_verdict(ttype, _config(config_name), at)
     if g.json:
         emit_json(found.to_dict())

@@ -1394,7 +1394,7 @@ def peak_verdict(found: Any) -> None:
         return
     retry = ""
     if found.retry_shown is not None:
-        retry = f"; retry at {found.retry_shown} (in {age(found.retry_after)})"
+        retry = f"; retry at {found.retry_shown} (in {human(found.retry_after)})"
     sys.stderr.write(printable(f"ringrift-coord: no: {found.reason}{retry}") + "\n")
 
 
@@ -1432,7 +1432,21 @@ def duration_recorded(doc: dict[str, Any]) -> None:
     words = _expected_words(
         doc["expected_seconds"], doc["expected_source"], doc["samples"], doc["used"], doc["needed"]
     )
-    line(f"recorded {human(doc['recorded_seconds'])} for {_key(doc)}; expected now {words}")
+    line(f"recorded {_exact(doc['recorded_seconds'])} for {_key(doc)}; expected now {words}")
+
+
+def _exact(seconds: float) -> str:
+    """A duration as given, to the millisecond: ``100 s``, ``14400 s (4 h)``."""
+    shown = f"{seconds:.3f}".rstrip("0").rstrip(".")
+    if seconds < 60 or seconds % 60:  # "2 min" for 100 s would not be what was given
+        return f"{shown} s"
+    return f"{shown} s ({human(seconds)})"
+
+
+def durations_forgotten(doc: dict[str, Any]) -> None:
+    """``schedule forget``: how many recorded durations were deleted."""
+    key = doc["task_type"] + " (every config)" if doc["all_configs"] else _key(doc)
+    line(f"forgot {doc['forgotten']} recorded duration(s) of {key}; it uses its default now")
 
 
 def stale_table(doc: dict[str, Any]) -> None:
@@ -1473,6 +1487,9 @@ def stale_table(doc: dict[str, Any]) -> None:
 def next_slot(doc: dict[str, Any]) -> None:
     """``schedule next-slot``: the answer, each limit, and the running tasks it rests on."""
     what = f"{doc['task_type']} on {doc['node']}"
+    if _format is not None:  # --format: the table alone, as every command prints it
+        _next_slot_grid(doc)
+        return
     if doc["free_now"]:
         say(Text(printable(f"a slot for {what} is free now")))
     elif doc["free_at"] is None:
@@ -1500,24 +1517,28 @@ def next_slot(doc: dict[str, Any]) -> None:
             queued += f" + {limit['reserved']} reserved"
         state = "full" if limit["binds"] else "room"
         note(f"  {scope} limit {limit['limit']}: {limit['running']} running{queued} ({state})")
-    if not doc["basis"]:
-        return
+    if doc["basis"]:
+        _next_slot_grid(doc)
+
+
+def _next_slot_grid(doc: dict[str, Any]) -> None:
     grid = Grid(
         "running tasks by expected end",
         "task id",
         "node",
         "started",
         "expected end",
+        "overdue",
         Col("expected", drop=2),
         Col("config", drop=1),
     )
     for r in doc["basis"]:
-        end = "-" if r["expected_end_at"] is None else ts(r["expected_end_at"])
         grid.add(
             r["task_id"],
             r["node"],
             ts(r["started_at"]),
-            end + (" (overdue)" if r["overdue"] else ""),
+            None if r["expected_end_at"] is None else ts(r["expected_end_at"]),
+            "yes" if r["overdue"] else "no",
             age(r["expected_seconds"]),
             r.get("config_name"),
         )

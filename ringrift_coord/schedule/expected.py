@@ -34,6 +34,7 @@ __all__ = [
     "SOURCES",
     "Expected",
     "check_seconds",
+    "forget",
     "lookup",
     "lookup_many",
     "record",
@@ -108,7 +109,7 @@ def check_seconds(value: float, field: str = "seconds") -> float:
     from ringrift_coord.errors import UsageError
 
     if not 0 < value < float("inf"):  # also refuses nan
-        raise UsageError(f"{value:g} is not a positive number of seconds", field=field)
+        raise UsageError(f"{value:g} is not a duration: it must be more than 0", field=field)
     if value > MAX_SECONDS:
         raise UsageError(f"{value:g} is more than 1e9 seconds (about 31 years)", field=field)
     return float(value)
@@ -175,6 +176,17 @@ def record(
         "(SELECT id FROM duration_samples WHERE task_type = ? AND config_name = ? "
         "ORDER BY at DESC, id DESC LIMIT ?)",
         (task_type, config, task_type, config, keep),
+    )
+
+
+def forget(tx: Tx, task_type: str, config_name: str | None, all_configs: bool = False) -> int:
+    """Delete the samples of (type, config name), or of every config of the type with
+    ``all_configs``; how many were deleted. The key goes back to its default."""
+    if all_configs:
+        return tx.execute("DELETE FROM duration_samples WHERE task_type = ?", (task_type,))
+    return tx.execute(
+        "DELETE FROM duration_samples WHERE task_type = ? AND config_name = ?",
+        (task_type, config_name or ""),
     )
 
 

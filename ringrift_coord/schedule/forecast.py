@@ -28,7 +28,25 @@ if TYPE_CHECKING:
     from ringrift_coord.config import Settings
     from ringrift_coord.store.base import Row, Tx
 
-__all__ = ["free_at", "next_slot", "retry_after", "running_ends", "stale"]
+__all__ = ["NoRows", "free_at", "next_slot", "retry_after", "running_ends", "stale"]
+
+
+class NoRows:
+    """A read of a store not created yet (SQLite, no file): no task, no waiter, no sample,
+    no reservation; ``now`` by the store's clock. Lets ``schedule expected``, ``stale`` and
+    ``next-slot`` answer from the defaults without creating the store."""
+
+    def __init__(self, clock: Any) -> None:
+        self._clock = clock
+
+    def query(self, sql: str, params: Any = ()) -> list[Row]:
+        return []
+
+    def one(self, sql: str, params: Any = ()) -> Row | None:
+        return None
+
+    def now(self) -> float:
+        return float(self._clock.time())
 
 
 def running_ends(

@@ -113,9 +113,11 @@ class PeakHours:
         date when it is not the day of ``now`` (in that zone)."""
         local = datetime.fromtimestamp(t, self.tz)
         same_day = now is not None and datetime.fromtimestamp(now, self.tz).date() == local.date()
-        text = local.strftime("%H:%M %Z" if same_day else "%Y-%m-%d %H:%M %Z")
+        # seconds when they are not 0: 14:00:01 must not read as 14:00, the window's start
+        clock = "%H:%M:%S" if local.second or local.microsecond else "%H:%M"
+        text = local.strftime(f"{clock} %Z" if same_day else f"%Y-%m-%d {clock} %Z")
         if local.utcoffset() != timedelta(0):
-            text += f" ({datetime.fromtimestamp(t, UTC).strftime('%H:%M')} UTC)"
+            text += f" ({datetime.fromtimestamp(t, UTC).strftime(clock)} UTC)"
         return text
 
     def label(self) -> str:
@@ -172,16 +174,17 @@ class Verdict:
         return None if self.retry_at is None else round(max(0.0, self.retry_at - self.now), 3)
 
     def to_dict(self) -> dict[str, Any]:
-        """The JSON form: instants as ISO 8601 in UTC."""
+        """The JSON form: moments in epoch seconds, as every moment of the JSON schema (and
+        as the peak_hours rule's details); ``now`` as ISO 8601, as ``can-spawn --now``."""
         return {
             "task_type": self.task_type,
             "config_name": self.config_name,
             "allowed": self.allowed,
             "reason": self.reason,
             "expected_seconds": self.expected_seconds,
-            "expected_finish": iso(self.expected_finish),
-            "peak_start": iso(self.peak_start),
-            "peak_end": iso(self.peak_end),
+            "expected_finish": self.expected_finish,
+            "peak_start": self.peak_start,
+            "peak_end": self.peak_end,
             "in_peak": self.in_peak,
             "retry_after": self.retry_after,
             "timezone": self.timezone,
@@ -239,11 +242,13 @@ def _verdict(peak: PeakHours, now: float, expected: float | None, task_type: str
             **fields,
         )
     if finish is None or finish <= start:
-        until = "" if finish is None else f", until {peak.show(finish, now)}"
+        if finish is None:
+            why = "no expected duration; the next peak window starts at"
+        else:
+            why = f"expected to finish at {peak.show(finish, now)}, before the peak window at"
         return Verdict(
             allowed=True,
-            reason=f"{task_type} may start{until}: the next peak window starts at "
-            f"{peak.show(start, now)}",
+            reason=f"{task_type} may start: {why} {peak.show(start, now)}",
             retry_at=None,
             **fields,
         )
