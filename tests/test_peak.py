@@ -142,6 +142,13 @@ def test_daylight_saving_changes_in_berlin() -> None:
         at("2026-03-29T01:30"),
         at("2026-03-29T02:00"),
     )
+    # a window wholly inside the skipped hour does not happen that night (never inverted)
+    inside = PeakHours("02:30", "03:00", "Europe/Berlin")
+    assert inside.next_window(at("2026-03-29T00:00")) == (
+        at("2026-03-30T00:30"),
+        at("2026-03-30T01:00"),
+    )
+    assert not inside.in_peak(at("2026-03-29T01:45"))
     # a window ending in the repeated hour: its first occurrence (02:30 CEST)
     repeated = PeakHours("01:00", "02:30", "Europe/Berlin")
     assert repeated.next_window(at("2026-10-24T22:00")) == (

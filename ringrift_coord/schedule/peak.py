@@ -75,10 +75,11 @@ class PeakHours:
         return datetime(day.year, day.month, day.day, hour, minute, tzinfo=self.tz).timestamp()
 
     def window_of(self, day: date) -> tuple[float, float]:
-        """The window that starts on local day ``day``: (start, end) in epoch seconds."""
+        """The window that starts on local day ``day``: (start, end) in epoch seconds; empty
+        (end == start) when it lies inside the hour a change to daylight saving time skips."""
         start = self._at(day, self._start)
         end_day = day + timedelta(days=1) if self.wraps else day
-        return start, self._at(end_day, self._end)
+        return start, max(start, self._at(end_day, self._end))
 
     def windows(self, t: float, before: int = 2, after: int = 2) -> list[tuple[float, float]]:
         """The windows of the local days around ``t``, in order (overlaps merged)."""
@@ -86,6 +87,8 @@ class PeakHours:
         found: list[tuple[float, float]] = []
         for offset in range(-before, after + 1):
             start, end = self.window_of(today + timedelta(days=offset))
+            if end <= start:
+                continue  # no window that day
             if found and start <= found[-1][1]:
                 found[-1] = (found[-1][0], max(found[-1][1], end))
             else:
