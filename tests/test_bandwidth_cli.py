@@ -11,6 +11,8 @@ import sys
 import pytest
 from conftest import Coord
 
+from ringrift_coord.context import Context
+
 ENGINES = ("sqlite", "postgres")
 
 # remote -> KiB/s (rsync --bwlimit units, rounded down) for critical, high, normal, background
@@ -27,6 +29,26 @@ FACTORS = (1.0, 0.5, 0.25, 0.1)
 
 def _json(done: subprocess.CompletedProcess[str]) -> dict:
     return json.loads(done.stdout)
+
+
+def _store(coord: Coord) -> Context:
+    """A context on the commands' store (to read it back, or to age a transfer)."""
+    return Context.open(
+        db=coord.env.get("RINGRIFT_COORD_DB"),
+        state_dir=str(coord.state_dir),
+        config=str(coord.config),
+        env=coord.env,
+    )
+
+
+def _age(coord: Coord, transfer_id: str, seconds: float) -> None:
+    """Make ``transfer_id`` started ``seconds`` earlier (a transfer that took that long),
+    instead of sleeping."""
+    with _store(coord) as ctx, ctx.store.write() as tx:
+        tx.execute(
+            "UPDATE transfers SET started_at = started_at - ? WHERE transfer_id = ?",
+            (seconds, transfer_id),
+        )
 
 
 @pytest.mark.parametrize(
@@ -96,6 +118,7 @@ def test_cap_refuses_the_next_transfer_and_end_frees_it(coord: Coord) -> None:
         plain = coord("bandwidth", "allocate", "aws-east-2")
         assert plain.returncode == 1 and plain.stdout == "" and "cap of 2" in plain.stderr
         # end frees it: one line with the bytes and the rates
+        _age(coord, ids[0], 3)
         ended = coord("bandwidth", "end", ids[0], "--bytes", "10485760")
         assert ended.returncode == 0, ended.stderr
         assert ended.stdout.startswith(f"ended {ids[0]} to aws-east-2 (ok)")
