@@ -582,3 +582,48 @@ def test_a_halt_stops_new_transfers_and_a_waiter_gets_in_after_unhalt(
     assert waiter.wait() == 0, waiter.stderr
     assert waiter.out.read_text() == "in\n"
     assert [r["status"] for r in history(coord)] == ["ok"]
+
+
+# --------------------------------------------------------------------------- rsync -h levels
+
+
+def test_the_size_unit_comes_from_rsyncs_own_words() -> None:
+    """One -h: sizes in powers of 1000; -hh (any spelling): 1024, with the same letters."""
+    from ringrift_coord.transfer_stats import human_unit
+
+    assert human_unit(["rsync", "-a", "--stats"]) == 1000
+    assert human_unit(["rsync", "-ah", "--stats"]) == 1000
+    assert human_unit(["rsync", "-ahh", "--stats"]) == 1024
+    assert human_unit(["/usr/bin/rsync", "-h", "-a", "-h"]) == 1024
+    assert human_unit(["rsync", "-h", "--human-readable"]) == 1024
+    assert human_unit(["rsync", "--human-readable", "--human-readable"]) == 1024
+    assert human_unit(["rsync", "-hh", "--no-h", "-h"]) == 1000  # --no-h starts over
+    assert human_unit(["rsync", "-e", "ssh -h -h", "-ah"]) == 1000  # -e's value is not rsync's
+    assert human_unit(["rsync", "-essh -hh", "-a"]) == 1000
+    assert human_unit(["rsync", "-a", "--", "-hh"]) == 1000  # a file name
+    assert human_unit(["sh", "-c", "rsync -ahh --stats a b"]) == 1000  # not rsync itself
+    assert human_unit([]) == 1000
+    assert parse_number("1.50M", 1024) == 1572864 and parse_number("1.50M") == 1500000
+    assert parse_number("2G", 1024) == 2 * 1024**3 and parse_number("12,345", 1024) == 12345
+    scanner = StatsScanner(1024)
+    scanner.feed(b"Total bytes sent: 1.00M\nTotal bytes received: 2.00K\n")
+    scanner.finish()
+    assert scanner.total == 1024 * 1024 + 2048
+
+
+def test_a_run_of_rsync_hh_reads_sizes_in_1024s(coord: Coord, tmp_path: Path) -> None:
+    """A command named rsync given -hh: its output's K/M/G are read as powers of 1024 (a
+    stand-in rsync prints what rsync -hh --stats prints); through sh -c: 1000."""
+    fake = tmp_path / "bin" / "rsync"
+    fake.parent.mkdir()
+    fake.write_text(
+        "#!/bin/sh\necho 'Total bytes sent: 3.00M'\necho 'Total bytes received: 1.00K'\n"
+    )
+    fake.chmod(0o755)
+    done = coord("bandwidth", "run", "h1", "--", str(fake), "-ahh", "--stats", "a", "b")
+    assert done.returncode == 0, done.stderr
+    assert only_history(coord)["bytes"] == 3 * 1024 * 1024 + 1024
+    done = coord("bandwidth", "run", "h2", "--", "sh", "-c", f"{fake} -ahh --stats a b")
+    assert done.returncode == 0, done.stderr
+    (row,) = [r for r in history(coord) if r["remote"] == "h2"]
+    assert row["bytes"] == 3 * 1000 * 1000 + 1000  # not rsync itself: read as one -h
