@@ -271,6 +271,7 @@ def test_the_readme_allocate_snippet_fails_closed(coord: Coord) -> None:
 def test_start_and_run_take_the_node_from_the_environment(coord: Coord) -> None:
     """--node, else $RINGRIFT_NODE_ID, else the host name (as run): the node recorded, and
     the node whose halt refuses allocate, start and run."""
+    assert "RINGRIFT_NODE_ID" in coord("bandwidth", "start", "--help").stdout
     env = {"RINGRIFT_NODE_ID": "node-7"}
     doc = _json(coord("--json", "bandwidth", "start", "vast-7", "--kind", "d", env=env))
     status = _json(coord("--json", "bandwidth", "status"))

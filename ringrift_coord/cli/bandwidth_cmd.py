@@ -151,7 +151,12 @@ def bandwidth_start(
     ] = None,
     node: Annotated[
         str | None,
-        typer.Option("--node", metavar="N", help="The node doing it (default: this host)."),
+        typer.Option(
+            "--node",
+            metavar="N",
+            help="The node doing it, whose halts stop it (default: $RINGRIFT_NODE_ID, else "
+            "this host's name).",
+        ),
     ] = None,
     quiet: Annotated[
         bool, typer.Option("--quiet", "-q", help="Only the id: no note of the rate on stderr.")
