@@ -908,7 +908,23 @@ def _bandwidth_problem(
     bw: dict[str, Any], sources: dict[str, str], path: str | None
 ) -> ConfigError | None:
     """A link of 0 Mbps, a priority with no share of it, or no transfer allowed at once
-    would refuse every transfer: each must be above 0."""
+    would refuse every transfer: each must be above 0. A host type matches hosts by its
+    ``match`` globs: it needs at least one, each a well-formed glob (no unclosed ``[``)."""
+    for name, entry in bw["host_types"].items():
+        patterns = entry.get("match") or []
+        key = f"bandwidth.host_types.{name}.match"
+        if not patterns:
+            return _cross_fail(
+                f"host type {name} has no match globs, so it would match no host: give it "
+                'match: ["glob", ...]',
+                (key, f"bandwidth.host_types.{name}.mbps"),
+                sources,
+                path,
+            )
+        for pattern in patterns:
+            problem = _glob_problem(str(pattern))
+            if problem is not None:
+                return _cross_fail(f"{str(pattern)!r} {problem}", (key,), sources, path)
     keys = [f"host_types.{name}.mbps" for name in bw["host_types"]]
     keys += ["default_mbps", "max_concurrent_transfers"]
     keys += [f"priorities.{name}" for name in bw["priorities"]]
@@ -920,6 +936,30 @@ def _bandwidth_problem(
             return _cross_fail(
                 f"{key} must be above 0, got {node:g}", (f"bandwidth.{key}",), sources, path
             )
+    return None
+
+
+def _glob_problem(pattern: str) -> str | None:
+    """Why ``pattern`` is not a well-formed glob (None: it is): empty, or a ``[`` that no
+    ``]`` closes (fnmatch would read it as a plain character)."""
+    if not pattern.strip():
+        return "is empty"
+    i = 0
+    while i < len(pattern):
+        if pattern[i] == "[":
+            j = i + 1
+            if j < len(pattern) and pattern[j] == "!":
+                j += 1
+            if j < len(pattern) and pattern[j] == "]":
+                j += 1  # a ] first in the set is one of its characters
+            close = pattern.find("]", j)
+            if close < 0:
+                return (
+                    f"is not a glob: its [ at character {i + 1} is never closed by a ] "
+                    "(a literal [ is [[])"
+                )
+            i = close
+        i += 1
     return None
 
 

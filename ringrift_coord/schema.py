@@ -410,7 +410,7 @@ COMMANDS: dict[str, tuple[str, ...]] = {
         "reason",
         "limit_kbps",
     ),
-    "bandwidth status": ("active", "hosts", "host_types", "cap", "at"),
+    "bandwidth status": ("active", "dead", "hosts", "host_types", "cap", "at"),
     "schedule can-start": (
         "task_type",
         "config_name",

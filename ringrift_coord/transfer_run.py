@@ -27,7 +27,7 @@ from ringrift_coord.launcher import (
     run_held,
 )
 from ringrift_coord.task_coordinator import Holder
-from ringrift_coord.transfer_stats import StatsScanner, bytes_from_file
+from ringrift_coord.transfer_stats import StatsScanner, bytes_from_file, human_unit
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -54,6 +54,7 @@ class TransferSlot(SlotKeeper):
         command: str,
         bytes_from: str | None = None,
         warn: Callable[[str], None] | None = None,
+        size_unit: int = 1000,
     ) -> None:
         ctx.settings.require("bandwidth")
         self.ctx = ctx
@@ -68,7 +69,7 @@ class TransferSlot(SlotKeeper):
             command=command,
             **holder,
         )
-        self.scanner = StatsScanner()
+        self.scanner = StatsScanner(size_unit)
         self.bytes_from = bytes_from
         self.warn = warn
         self.ended: Row | None = None
@@ -218,6 +219,7 @@ def run_transfer(
         command=_command_text(argv),
         bytes_from=bytes_from,
         warn=warn,
+        size_unit=human_unit(list(argv)),
     )
     result = run_held(
         keeper,

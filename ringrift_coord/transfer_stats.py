@@ -5,14 +5,17 @@ line in progress (at most ``MAX_LINE`` bytes) and the numbers found so far, neve
 output. What went over the link is ``Total bytes sent`` + ``Total bytes received`` (rsync
 ``--stats``); without them, rsync's summary line ``sent N bytes  received M bytes ...``
 (``-v``). The last report wins. Numbers may carry thousands separators (``1,234,567``, or
-``1.234.567`` in a locale that groups with dots) or, with rsync ``-h``, a unit
-(``1.23M``: powers of 1000, as one ``-h`` prints them; approximate).
+``1.234.567`` in a locale that groups with dots) or, with rsync ``-h``, a unit letter
+(``1.23M``): one ``-h`` prints powers of 1000, ``-hh`` powers of 1024 with the same letters,
+so the scanner is told which (``human_unit`` reads it from an rsync command's words; any
+other command: 1000). Such sizes are rounded by rsync: approximate.
 
 ``bytes_from_file`` reads ``--bytes-from FILE``: one non-negative integer the command wrote.
 """
 
 from __future__ import annotations
 
+import os
 import re
 
 MAX_LINE = 4096  # a longer line is not a stats line: it is skipped, not kept
@@ -23,30 +26,62 @@ _SUMMARY = re.compile(
     rb"^\s*sent\s+" + _NUMBER + rb"\s+bytes\s+received\s+" + _NUMBER + rb"\s+bytes"
 )
 _GROUPED = re.compile(r"^[0-9]{1,3}([,.][0-9]{3})+$")
-_UNITS = {"K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15}
+_POWERS = {"K": 1, "M": 2, "G": 3, "T": 4, "P": 5}
+# rsync's short options that take a value: the rest of their word (or the next word) is it
+_VALUED = set("eBTfM@")
 
 
-def parse_number(text: str) -> int | None:
-    """rsync's way of writing a byte count as an int; None when it is not one."""
+def human_unit(argv: list[str] | tuple[str, ...]) -> int:
+    """The unit (1000 or 1024) of the size letters the command's output will carry: 1024
+    when it is rsync itself given ``-h`` twice or more (``-hh``, ``-ah -h``,
+    ``--human-readable`` counted too; ``--no-h`` starts over), else 1000."""
+    if not argv or os.path.basename(argv[0]) != "rsync":
+        return 1000
+    level = 0
+    skip_next = False
+    for word in argv[1:]:
+        if skip_next:
+            skip_next = False
+            continue
+        if word == "--":
+            break
+        if word in ("--human-readable", "--human"):
+            level += 1
+        elif word in ("--no-human-readable", "--no-h"):
+            level = 0
+        elif word.startswith("-") and not word.startswith("--"):
+            for i, letter in enumerate(word[1:], 1):
+                if letter == "h":
+                    level += 1
+                elif letter in _VALUED:
+                    skip_next = i == len(word) - 1  # the value is the next word
+                    break
+    return 1024 if level >= 2 else 1000
+
+
+def parse_number(text: str, unit: int = 1000) -> int | None:
+    """rsync's way of writing a byte count as an int (a size letter in powers of ``unit``);
+    None when it is not one."""
     if text.isdigit():
         return int(text)
     if _GROUPED.match(text):
         return int(text.replace(",", "").replace(".", ""))
-    unit = _UNITS.get(text[-1:])
-    if unit is not None:
+    power = _POWERS.get(text[-1:])
+    if power is not None:
         body = text[:-1].replace(",", ".")  # a decimal comma in some locales
         try:
             value = float(body)
         except ValueError:
             return None
-        return int(round(value * unit))
+        return int(round(value * unit**power))
     return None
 
 
 class StatsScanner:
     """Feed it the output chunk by chunk (``feed``); ``total`` is the bytes reported."""
 
-    def __init__(self) -> None:
+    def __init__(self, unit: int = 1000) -> None:
+        self.unit = unit  # of the size letters (``human_unit``)
         self._partial = b""
         self._skipping = False  # inside a line longer than MAX_LINE
         self.sent: int | None = None
@@ -74,7 +109,7 @@ class StatsScanner:
         line = line.rstrip(b"\r")
         match = _TOTAL.match(line)
         if match is not None:
-            value = parse_number(match.group(2).decode("ascii"))
+            value = parse_number(match.group(2).decode("ascii"), self.unit)
             if value is not None:
                 if match.group(1) == b"sent":
                     self.sent = value
@@ -83,8 +118,8 @@ class StatsScanner:
             return
         match = _SUMMARY.match(line)
         if match is not None:
-            sent = parse_number(match.group(1).decode("ascii"))
-            received = parse_number(match.group(2).decode("ascii"))
+            sent = parse_number(match.group(1).decode("ascii"), self.unit)
+            received = parse_number(match.group(2).decode("ascii"), self.unit)
             if sent is not None and received is not None:
                 self._summary = (sent, received)
 
@@ -98,9 +133,9 @@ class StatsScanner:
         return None
 
 
-def scan_text(text: str | bytes) -> int | None:
+def scan_text(text: str | bytes, unit: int = 1000) -> int | None:
     """The bytes a whole output reports (``StatsScanner`` over one chunk)."""
-    scanner = StatsScanner()
+    scanner = StatsScanner(unit)
     scanner.feed(text.encode() if isinstance(text, str) else text)
     scanner.finish()
     return scanner.total

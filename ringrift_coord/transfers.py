@@ -49,6 +49,7 @@ DEFAULT_PRIORITY = "normal"
 END_STATUSES = ("ok", "failed", "killed", "stopped")  # and "reaped", which only reaping gives
 HISTORY_STATUSES = (*END_STATUSES, "reaped")
 KIB = 1024.0
+MIN_TIMED_SECONDS = 1.0  # a shorter transfer records its bytes but no observed rate (no EMA)
 EMA_WEIGHT = 0.3  # ema = 0.3 * observed + 0.7 * the previous ema of the same remote
 HISTORY_ROWS = 1000  # history kept per remote: at most this many rows ...
 HISTORY_DAYS = 30.0  # ... and none older than this
@@ -69,7 +70,6 @@ _UNIT_ALIASES = {
     "kib": "kib",
     "kibs": "kib",
     "kib/s": "kib",
-    "kbps": "kib",
     "k": "kib",
     "mib": "mib",
     "mibs": "mib",
@@ -86,6 +86,8 @@ _UNIT_ALIASES = {
     "b/s": "bytes",
 }
 UNITS = tuple(_UNITS)
+# spellings that name no one unit: kbps is kilobits/s to most readers, KiB/s to rsync
+_AMBIGUOUS_UNITS = {"kbps", "kb/s", "kbit", "kbits", "kbit/s", "kb"}
 
 
 # --------------------------------------------------------------------------- host links
@@ -133,7 +135,16 @@ def check_unit(unit: str | None) -> str:
     """A rate unit: kib (default), mib, mbit or bytes; common spellings, any case."""
     if unit is None:
         return "kib"
-    key = _UNIT_ALIASES.get(str(unit).strip().lower())
+    name = str(unit).strip().lower()
+    if name in _AMBIGUOUS_UNITS:
+        from ringrift_coord.inputs import printable
+
+        raise UsageError(
+            f"unit {printable(str(unit))!r} is ambiguous (kilobits or KiB per second?): use "
+            "kib for KiB/s (rsync --bwlimit's unit) or mbit for Mbit/s",
+            field="unit",
+        )
+    key = _UNIT_ALIASES.get(name)
     if key is None:
         from ringrift_coord.inputs import printable
 
@@ -175,7 +186,8 @@ def check_kind(kind: str) -> str:
 class TransferRequest:
     """Who asks to move data to or from ``remote``; the holder is what the reaper watches.
 
-    ``node``: the node doing the transfer (default this host's name). ``source``: ``start``
+    ``node``: the node doing the transfer (default ``identity.default_node()``:
+    $RINGRIFT_NODE_ID, else this host's name). ``source``: ``start``
     (a shell), ``run`` (``bandwidth run``, which renews its lease) or ``api``.
     """
 
@@ -218,7 +230,8 @@ class TransferRequest:
         self.kind = check_kind(kind)
         self.priority = check_priority(priority)
         self.host = host or identity.host_name()
-        self.node = node or self.host
+        # the global rule, as ``run``: the node named, else $RINGRIFT_NODE_ID, else the host
+        self.node = node or identity.default_node()
         self.source, self.command, self.transfer_id = source, command, transfer_id
         self.boot_id = boot_id if boot_id is not None else procs.boot_id()
         self.pid, self.pid_start, self.pgid = pid, pid_start, pgid
@@ -394,12 +407,23 @@ def decide(
             )
         )
     if granted < 1:
-        held = ", ".join(f"{r['priority']} {float(r['kbps']):.0f}" for r in rows) or "none"
+        if limit * factor < 1 and not rows:  # nothing taken: the link or share is too small
+            message = (
+                f"{remote}'s link ({info['host_type']}, {info['mbps']:g} Mbps = {limit:.2f} "
+                f"KiB/s) gives a {prio} transfer ({factor:g} of it) less than 1 KiB/s, "
+                "the smallest rate rsync --bwlimit takes"
+            )
+        else:
+            held = ", ".join(f"{r['priority']} {float(r['kbps']):.0f}" for r in rows)
+            message = (
+                f"{remote}'s link of {limit:.0f} KiB/s ({info['host_type']}) is taken: "
+                f"{used:.0f} KiB/s allocated to {len(rows)} transfer(s)"
+                + (f" ({held} KiB/s)" if rows else "")
+            )
         reasons.append(
             Reason(
                 "bandwidth",
-                f"{remote}'s link of {limit:.0f} KiB/s ({info['host_type']}) is taken: "
-                f"{used:.0f} KiB/s allocated to {len(rows)} transfer(s) ({held} KiB/s)",
+                message,
                 requested=1,
                 used=round(used, 1),
                 limit=round(limit, 1),
@@ -446,9 +470,16 @@ def new_transfer_id(tx: Tx, given: str | None) -> str:
     return given
 
 
+TOKEN_BITS = 52  # tokens stay below 2**53: exact as a double (jq, JavaScript) round-trips them
+
+
 def new_token() -> int:
-    """A fencing token: a random positive 62-bit integer."""
-    return max(1, int.from_bytes(os.urandom(8), "big") >> 2)
+    """A fencing token: a random positive integer of at most ``TOKEN_BITS`` bits (never 0),
+    exact as a JSON number read into a double (``jq .lease_token``)."""
+    while True:
+        token = int.from_bytes(os.urandom(7), "big") >> (56 - TOKEN_BITS)
+        if token:
+            return token
 
 
 def lease_for(req: TransferRequest, settings: Settings) -> float:
@@ -567,7 +598,9 @@ def _finish(
     if not deleted:
         return None
     seconds = max(0.0, now - float(row["started_at"]))
-    observed = nbytes / KIB / seconds if nbytes is not None and seconds > 0 else None
+    # under MIN_TIMED_SECONDS the clock's resolution and start-up dominate: not a measurement
+    timed = nbytes is not None and seconds >= MIN_TIMED_SECONDS
+    observed = nbytes / KIB / seconds if timed and nbytes is not None else None
     ema = None
     if observed is not None:
         previous = _previous_ema(tx, row["remote"])
@@ -721,17 +754,38 @@ def host_types(settings: Settings) -> list[dict[str, Any]]:
     return out
 
 
+def empty_status(settings: Settings) -> dict[str, Any]:
+    """``status`` before anything was recorded (no store yet): no transfers, the links."""
+    cap = int(settings.get("bandwidth")["max_concurrent_transfers"])
+    return {"active": [], "dead": [], "hosts": [], "host_types": host_types(settings), "cap": cap}
+
+
 def status(tx: Tx, settings: Settings, now: float) -> dict[str, Any]:
     """The read model of ``bandwidth status``: active transfers, and per remote its link,
     what is allocated, the transfers waiting in line for it, and its kept history
-    (transfers, bytes, seconds, mean observed rate, the EMA and the EMA as a percentage of
-    the limit)."""
+    (transfers, bytes, seconds, the mean observed rate over the timed seconds, the EMA and
+    the EMA as a percentage of the limit).
+
+    Transfers whose holder is dead are not active (``allocate`` and ``start`` do not count
+    them either): they are listed under ``dead``, each with why, until reaped."""
     bw = settings.get("bandwidth")
     cap = int(bw["max_concurrent_transfers"])
-    rows = active(tx, now)
+    host, boot = identity.host_name(), procs.boot_id()
+    live: list[Row] = []
+    dead: list[Row] = []
+    for row in _rows(tx, None):
+        why = _dead(row, host, boot, now)
+        row["dead"] = why
+        (live if why is None else dead).append(row)
+    for row in live + dead:
+        row["age"] = round(now - float(row["started_at"]), 3)
+        row["lease_left"] = round(float(row["lease_expires"]) - now, 3)
+        row.pop("boot_id", None)
+    # the observed rate is over the transfers with one (bytes known, timed >= 1 s)
     totals = tx.query(
         "SELECT remote, COUNT(*) AS transfers, SUM(bytes) AS bytes, SUM(seconds) AS seconds, "
-        "SUM(CASE WHEN bytes IS NOT NULL THEN seconds ELSE 0 END) AS timed, "
+        "SUM(CASE WHEN observed_kbps IS NOT NULL THEN seconds ELSE 0 END) AS timed, "
+        "SUM(CASE WHEN observed_kbps IS NOT NULL THEN bytes ELSE 0 END) AS timed_bytes, "
         "MAX(ended_at) AS last_ended_at FROM transfer_history GROUP BY remote"
     )
     by_remote: dict[str, dict[str, Any]] = {}
@@ -745,11 +799,13 @@ def status(tx: Tx, settings: Settings, now: float) -> dict[str, Any]:
                 "limit_kbps": round(info["limit_kbps"], 1),
                 "allocated_kbps": 0.0,
                 "active": 0,
+                "dead": 0,
                 "queued": 0,
                 "cap": cap,
                 "transfers": 0,
-                "bytes": 0,
+                "bytes": None,
                 "seconds": 0.0,
+                "timed_seconds": 0.0,
                 "observed_kbps": None,
                 "ema_kbps": None,
                 "ema_pct": None,
@@ -757,22 +813,25 @@ def status(tx: Tx, settings: Settings, now: float) -> dict[str, Any]:
             }
         return by_remote[remote]
 
-    for row in rows:
-        info = link(settings, row["remote"])
-        row["host_type"] = info["host_type"]
+    for row in live + dead:
+        row["host_type"] = link(settings, row["remote"])["host_type"]
         e = entry(row["remote"])
-        e["active"] += 1
-        e["allocated_kbps"] += float(row["kbps"])
+        if row["dead"] is None:
+            e["active"] += 1
+            e["allocated_kbps"] += float(row["kbps"])
+        else:
+            e["dead"] += 1
     for remote in queue.ahead(tx, TASK_TYPE, None):  # `bandwidth run --wait`s in line
         entry(remote)["queued"] += 1
     for tot in totals:
         e = entry(tot["remote"])
         e["transfers"] = int(tot["transfers"])
-        e["bytes"] = int(tot["bytes"] or 0)
+        e["bytes"] = None if tot["bytes"] is None else int(tot["bytes"])
         e["seconds"] = round(float(tot["seconds"] or 0.0), 3)
         timed = float(tot["timed"] or 0.0)
-        if tot["bytes"] is not None and timed > 0:
-            e["observed_kbps"] = round(int(tot["bytes"]) / KIB / timed, 1)
+        e["timed_seconds"] = round(timed, 3)
+        if timed > 0:
+            e["observed_kbps"] = round(int(tot["timed_bytes"] or 0) / KIB / timed, 1)
         e["last_ended_at"] = tot["last_ended_at"]
         ema = _previous_ema(tx, tot["remote"])
         if ema is not None:
@@ -781,7 +840,8 @@ def status(tx: Tx, settings: Settings, now: float) -> dict[str, Any]:
     for e in by_remote.values():
         e["free_kbps"] = round(max(0.0, e["limit_kbps"] - e["allocated_kbps"]), 1)
     return {
-        "active": rows,
+        "active": live,
+        "dead": dead,
         "hosts": [by_remote[k] for k in sorted(by_remote)],
         "host_types": host_types(settings),
         "cap": cap,

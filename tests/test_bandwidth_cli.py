@@ -5,11 +5,17 @@ it, history in ``status``, the exit codes and lines of refusals and bad input.""
 from __future__ import annotations
 
 import json
+import os
+import shlex
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from conftest import Coord
+
+from ringrift_coord import transfers
+from ringrift_coord.context import Context
 
 ENGINES = ("sqlite", "postgres")
 
@@ -27,6 +33,26 @@ FACTORS = (1.0, 0.5, 0.25, 0.1)
 
 def _json(done: subprocess.CompletedProcess[str]) -> dict:
     return json.loads(done.stdout)
+
+
+def _store(coord: Coord) -> Context:
+    """A context on the commands' store (to read it back, or to age a transfer)."""
+    return Context.open(
+        db=coord.env.get("RINGRIFT_COORD_DB"),
+        state_dir=str(coord.state_dir),
+        config=str(coord.config),
+        env=coord.env,
+    )
+
+
+def _age(coord: Coord, transfer_id: str, seconds: float) -> None:
+    """Make ``transfer_id`` started ``seconds`` earlier (a transfer that took that long),
+    instead of sleeping."""
+    with _store(coord) as ctx, ctx.store.write() as tx:
+        tx.execute(
+            "UPDATE transfers SET started_at = started_at - ? WHERE transfer_id = ?",
+            (seconds, transfer_id),
+        )
 
 
 @pytest.mark.parametrize(
@@ -96,6 +122,7 @@ def test_cap_refuses_the_next_transfer_and_end_frees_it(coord: Coord) -> None:
         plain = coord("bandwidth", "allocate", "aws-east-2")
         assert plain.returncode == 1 and plain.stdout == "" and "cap of 2" in plain.stderr
         # end frees it: one line with the bytes and the rates
+        _age(coord, ids[0], 3)
         ended = coord("bandwidth", "end", ids[0], "--bytes", "10485760")
         assert ended.returncode == 0, ended.stderr
         assert ended.stdout.startswith(f"ended {ids[0]} to aws-east-2 (ok)")
@@ -186,3 +213,161 @@ def test_racing_starts_never_pass_the_cap_or_the_limit(coord: Coord) -> None:
     finally:
         holder.kill()
         holder.wait()
+
+
+# --------------------------------------------------------------------------- operator pass
+
+
+def test_the_token_survives_jq(coord: Coord) -> None:
+    """``--json`` numbers read as doubles (jq): the fencing token comes back exact, so
+    ``end --token $(... | jq .lease_token)`` ends the transfer."""
+    doc = _json(coord("--json", "bandwidth", "start", "vast-7", "--kind", "data"))
+    as_jq = json.loads(json.dumps(doc), parse_int=float)["lease_token"]  # what jq holds
+    assert as_jq == doc["lease_token"] and 0 < doc["lease_token"] < 2**53
+    shown = f"{as_jq:.17g}"  # jq prints a double: the integer digits, never rounded here
+    assert int(shown) == doc["lease_token"]
+    _age(coord, doc["transfer_id"], 2.5)
+    ended = coord("--json", "bandwidth", "end", doc["transfer_id"], "--token", shown)
+    assert ended.returncode == 0, ended.stderr
+    row = _json(ended)
+    assert row["ended"] is True
+    # numbers rounded as in the other documents: seconds to 3 places, rates to 1
+    assert row["seconds"] == round(row["seconds"], 3) and row["seconds"] >= 2.5
+    assert row["ended_at"] == round(row["ended_at"], 3)
+
+
+def test_the_readme_allocate_snippet_fails_closed(coord: Coord) -> None:
+    """A refused allocate prints nothing, and rsync reads an empty --bwlimit as no limit:
+    the README's shape stops the script before the copy."""
+    coord.write_config("bandwidth: {max_concurrent_transfers: 1}\n")
+    held = coord("bandwidth", "start", "vast-7", "--kind", "data", "--pid", str(os.getpid()))
+    assert held.returncode == 0, held.stderr
+    program = " ".join(shlex.quote(w) for w in coord.argv())
+    marker = coord.tmp / "copied"
+    script = (
+        f"rate=$({program} bandwidth allocate vast-7) || exit 75\n"
+        f'echo "--bwlimit=$rate" > {shlex.quote(str(marker))}\n'
+    )
+    done = subprocess.run(
+        ["sh", "-c", script], env=coord.env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 75 and not marker.exists()
+    assert "cap of 1" in done.stderr
+    coord("bandwidth", "end", held.stdout.strip())
+    done = subprocess.run(
+        ["sh", "-c", script], env=coord.env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert marker.read_text() == "--bwlimit=3051\n"
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    assert "|| exit 75" in readme and 'rsync -a --bwlimit="$rate"' in readme
+    assert '--bwlimit="$(ringrift-coord bandwidth allocate' not in readme.replace(
+        '`rsync --bwlimit="$(ringrift-coord bandwidth allocate HOST)"` would', ""
+    )
+    help_text = coord("bandwidth", "allocate", "--help").stdout
+    assert "|| exit 75" in help_text and "no limit" in help_text
+
+
+def test_start_and_run_take_the_node_from_the_environment(coord: Coord) -> None:
+    """--node, else $RINGRIFT_NODE_ID, else the host name (as run): the node recorded, and
+    the node whose halt refuses allocate, start and run."""
+    assert "RINGRIFT_NODE_ID" in coord("bandwidth", "start", "--help").stdout
+    env = {"RINGRIFT_NODE_ID": "node-7"}
+    doc = _json(coord("--json", "bandwidth", "start", "vast-7", "--kind", "d", env=env))
+    status = _json(coord("--json", "bandwidth", "status"))
+    assert [(r["transfer_id"], r["node"]) for r in status["active"]] == [
+        (doc["transfer_id"], "node-7")
+    ]
+    named = _json(
+        coord("--json", "bandwidth", "start", "vast-7", "--kind", "d", "--node", "n9", env=env)
+    )
+    ran = coord("--json", "bandwidth", "run", "vast-7", "--", "true", env=env)
+    assert ran.returncode == 0, ran.stderr
+    assert _json(ran)["node"] == "node-7"
+    with _store(coord) as ctx, ctx.store.read() as tx:
+        (hist,) = transfers.history(tx)
+        nodes = {r["transfer_id"]: r["node"] for r in transfers.active(tx, tx.now())}
+    assert hist["node"] == "node-7" and nodes[named["transfer_id"]] == "n9"
+    # a sync halt on node-7 stops the transfers of node-7, not those of other nodes
+    assert coord("halt", "--type", "sync", "--node", "node-7", "--reason", "x").returncode == 0
+    for argv in (
+        ("bandwidth", "allocate", "vast-7"),
+        ("bandwidth", "start", "vast-7", "--kind", "d"),
+    ):
+        refused = coord(*argv, env=env)
+        assert refused.returncode == 1 and "halt" in refused.stderr, (argv, refused.stderr)
+        assert coord(*argv, env={"RINGRIFT_NODE_ID": "node-8"}).returncode == 0, argv
+    refused = coord("bandwidth", "run", "vast-7", "--", "true", env=env)
+    assert refused.returncode == 75 and "halt" in refused.stderr
+    assert (
+        coord("bandwidth", "run", "vast-7", "--node", "n9", "--", "true", env=env).returncode == 0
+    )
+
+
+def test_status_on_a_fresh_store_and_its_table(coord: Coord) -> None:
+    fresh = coord("bandwidth", "status")
+    assert fresh.returncode == 0, fresh.stderr
+    assert "no transfers yet" in fresh.stderr + fresh.stdout
+    doc = _json(coord("--json", "bandwidth", "status"))
+    assert (doc["active"], doc["dead"], doc["hosts"], doc["cap"]) == ([], [], [], 4)
+    assert len(doc["host_types"]) == 4 and doc["at"] > 0
+    if coord.engine == "sqlite":
+        assert not coord.db.exists()  # read-only: still no store
+    # bytes unknown: "-", not 0B; a dead holder: listed, marked, not counted
+    first = coord("bandwidth", "start", "aws-1", "--kind", "d").stdout.strip()
+    _age(coord, first, 4)
+    assert coord("bandwidth", "end", first, "--status", "failed").returncode == 0
+    child = subprocess.Popen(
+        [sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE
+    )
+    gone = coord("bandwidth", "start", "aws-1", "--kind", "d", "--pid", str(child.pid))
+    assert gone.returncode == 0, gone.stderr
+    assert child.stdin is not None
+    child.stdin.close()  # the holder exits; nothing reaps it before status
+    child.wait()
+    doc = _json(coord("--json", "bandwidth", "status"))
+    (host,) = doc["hosts"]
+    assert (host["bytes"], host["timed_seconds"], host["active"], host["dead"]) == (
+        None,
+        0.0,
+        0,
+        1,
+    )
+    assert host["allocated_kbps"] == 0 and doc["active"] == []
+    assert [r["transfer_id"] for r in doc["dead"]] == [gone.stdout.strip()]
+    tsv = coord("bandwidth", "status", "--format", "tsv").stdout.splitlines()
+    hosts_header = next(line for line in tsv if line.startswith("remote\t"))
+    names = hosts_header.split("\t")
+    assert len(names) == len(set(names)) and "EMA_pct" in names and "EMA" in names
+    row = next(line for line in tsv if line.startswith("aws-1\t")).split("\t")
+    assert row[names.index("bytes")] == "-"
+    assert row[names.index("act")].startswith("0/")
+    table = coord("bandwidth", "status").stdout
+    assert f"{gone.stdout.strip()} (dead)" in table
+
+
+def test_small_input_fixes(coord: Coord) -> None:
+    for argv in (("bandwidth", "allocate", " "), ("bandwidth", "start", "", "--kind", "d")):
+        done = coord(*argv)
+        assert done.returncode == 2 and "argument HOST must not be empty" in done.stderr
+    done = coord("bandwidth", "end", "")
+    assert done.returncode == 2 and "argument ID must not be empty" in done.stderr
+    bad = coord("bandwidth", "allocate", "vast-7", "--unit", "kbps")
+    assert bad.returncode == 2 and "ambiguous" in bad.stderr and "mbit" in bad.stderr
+    coord.write_config('bandwidth: {host_types: {lab: {match: ["lab-["], mbps: 100}}}\n')
+    bad = coord("bandwidth", "allocate", "lab-1")
+    assert bad.returncode == 3 and "bandwidth.host_types.lab.match" in bad.stderr
+    coord.write_config("bandwidth: {host_types: {lab: {mbps: 100}}}\n")
+    bad = coord("bandwidth", "allocate", "lab-1")
+    assert bad.returncode == 3 and "host_types.lab" in bad.stderr and "no match" in bad.stderr
+    coord.write_config('bandwidth: {host_types: {lab: {match: ["lab-[[]*"], mbps: 100}}}\n')
+    assert coord("--json", "bandwidth", "allocate", "lab-[1")  # a literal [ is fine
+    coord.write_config("bandwidth: {default_mbps: 0.005}\n")
+    tiny = coord("bandwidth", "allocate", "vast-7")
+    assert tiny.returncode == 1 and "none" not in tiny.stderr and "less than 1 KiB/s" in tiny.stderr
+    coord.write_config("{}\n")
+    started = coord("bandwidth", "start", "vast-7", "--kind", "d", "-q").stdout.strip()
+    quiet = coord("bandwidth", "end", started, "--bytes", "10", "-q")
+    assert (quiet.returncode, quiet.stdout, quiet.stderr) == (0, "", "")
+    again = coord("bandwidth", "end", started, "--quiet")
+    assert (again.returncode, again.stdout, again.stderr) == (0, "", "")

@@ -3,13 +3,14 @@ priority, the concurrent cap, never over a link's limit, end with its EMA, reapi
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 
 import pytest
 
-from ringrift_coord import procs, queue, transfers
+from ringrift_coord import identity, procs, queue, transfers
 from ringrift_coord.clock import ManualClock
 from ringrift_coord.errors import NotFound, UsageError
 from ringrift_coord.slots import StaleLease
@@ -246,3 +247,123 @@ def test_history_is_pruned_per_remote(engine_db, monkeypatch) -> None:
     _end(ctx, _start(ctx, "runpod-1").task_id, bytes=1)
     with ctx.store.read() as tx:
         assert len(transfers.history(tx, 100, "runpod-1")) == 1
+
+
+# --------------------------------------------------------------------------- operator pass
+
+
+def test_tokens_stay_exact_as_doubles(engine_db) -> None:
+    """jq and other JSON readers hold numbers as doubles: a token above 2^53 would come back
+    rounded and ``end --token`` would then refuse it."""
+    for _ in range(2000):
+        token = transfers.new_token()
+        assert 0 < token <= 2**53 - 1
+        assert int(float(token)) == token
+        assert json.loads(json.dumps(token), parse_int=float) == token
+    ctx = engine_db.context()
+    d = _start(ctx, "aws-1")
+    seen = json.loads(json.dumps({"lease_token": d.lease_token}), parse_int=float)
+    assert seen["lease_token"] == d.lease_token
+    assert _end(ctx, d.task_id, token=int(seen["lease_token"]))["status"] == "ok"
+
+
+def test_under_a_second_records_bytes_but_no_rate(engine_db) -> None:
+    """A transfer shorter than 1 s is no measurement: its bytes are kept, but no observed
+    rate, and the host's EMA is left as it was; status's observed rate is over the timed
+    transfers only (``timed_seconds``)."""
+    clock = ManualClock()
+    ctx = engine_db.context("", clock)
+    first = _start(ctx, "aws-1")
+    clock.advance(10)
+    assert _end(ctx, first.task_id, bytes=10 * 1024 * 100)["ema_kbps"] == pytest.approx(100)
+    quick = _start(ctx, "aws-1")
+    clock.advance(0.25)
+    row = _end(ctx, quick.task_id, bytes=50 * 1024 * 1024)  # would "observe" 204800 KiB/s
+    assert row["bytes"] == 50 * 1024 * 1024 and row["seconds"] == pytest.approx(0.25)
+    assert row["observed_kbps"] is None and row["ema_kbps"] is None
+    at_once = _start(ctx, "aws-1")
+    row = _end(ctx, at_once.task_id, bytes=1000)  # start and end at once: 0 s
+    assert row["observed_kbps"] is None and row["ema_kbps"] is None
+    unknown = _start(ctx, "aws-1")
+    clock.advance(5)
+    assert _end(ctx, unknown.task_id)["bytes"] is None  # 5 s, bytes unknown: not timed
+    with ctx.store.read() as tx:
+        (host,) = transfers.status(tx, ctx.settings, tx.now())["hosts"]
+    assert host["transfers"] == 4
+    assert host["bytes"] == 10 * 1024 * 100 + 50 * 1024 * 1024 + 1000
+    assert host["seconds"] == pytest.approx(15.25)
+    assert host["timed_seconds"] == pytest.approx(10)  # only the first one was timed
+    assert host["observed_kbps"] == pytest.approx(100)
+    assert host["ema_kbps"] == pytest.approx(100)  # untouched by the quick ones
+
+
+def test_status_bytes_unknown_is_none(engine_db) -> None:
+    clock = ManualClock()
+    ctx = engine_db.context("", clock)
+    d = _start(ctx, "aws-1")
+    clock.advance(3)
+    _end(ctx, d.task_id, status="failed")
+    with ctx.store.read() as tx:
+        (host,) = transfers.status(tx, ctx.settings, tx.now())["hosts"]
+    assert (host["transfers"], host["bytes"], host["seconds"]) == (1, None, 3.0)
+    assert (host["timed_seconds"], host["observed_kbps"]) == (0.0, None)
+
+
+def test_status_lists_dead_holders_apart_from_the_active(engine_db) -> None:
+    """As ``allocate`` ignores a transfer whose holder is gone, ``status`` neither counts it
+    active nor allocated: it is listed under ``dead`` with why, until reaped."""
+    ctx = engine_db.context()
+    live = _start(ctx, "runpod-1", "normal")
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone = _start(ctx, "runpod-1", "high", pid=child.pid, pid_start=procs.start_time(child.pid))
+    child.wait()  # gone, not yet reaped (the next start to runpod-1 would)
+    with ctx.store.read() as tx:
+        st = transfers.status(tx, ctx.settings, tx.now())
+        free = transfers.evaluate(tx, ctx.settings, "runpod-1", "critical", tx.now()).free_kbps
+    assert [r["transfer_id"] for r in st["active"]] == [live.task_id]
+    assert st["active"][0]["dead"] is None
+    (dead,) = st["dead"]
+    assert (dead["transfer_id"], dead["dead"]) == (gone.task_id, "holder process gone")
+    (host,) = st["hosts"]
+    assert (host["active"], host["dead"], host["allocated_kbps"]) == (1, 1, 30517)
+    assert host["free_kbps"] == pytest.approx(free, abs=0.1)  # as allocate sees it
+    with ctx.store.write() as tx:
+        (reaped,) = transfers.reap(tx, ctx.settings, tx.now())
+        assert transfers.status(tx, ctx.settings, tx.now())["dead"] == []
+    assert reaped["transfer_id"] == gone.task_id
+
+
+def test_default_node_is_the_global_rule(engine_db, monkeypatch) -> None:
+    monkeypatch.delenv("RINGRIFT_NODE_ID", raising=False)
+    assert _req("aws-1").node == identity.host_name()
+    monkeypatch.setenv("RINGRIFT_NODE_ID", "node-7")
+    assert _req("aws-1").node == "node-7"
+    assert _req("aws-1", node="other").node == "other"
+    ctx = engine_db.context()
+    d = _start(ctx, "aws-1")
+    with ctx.store.read() as tx:
+        (row,) = transfers.active(tx, tx.now())
+    assert (row["transfer_id"], row["node"], row["host"]) == (
+        d.task_id,
+        "node-7",
+        identity.host_name(),
+    )
+
+
+def test_kbps_is_ambiguous_and_a_tiny_link_says_so(engine_db) -> None:
+    for word in ("kbps", "KBPS", "kb/s"):
+        with pytest.raises(UsageError, match="ambiguous.*use kib.*or mbit"):
+            transfers.check_unit(word)
+    assert [transfers.check_unit(u) for u in ("KiB/s", "mbps", "MiB", "bytes")] == [
+        "kib",
+        "mbit",
+        "mib",
+        "bytes",
+    ]
+    ctx = engine_db.context("bandwidth: {default_mbps: 0.005}\n")  # 0.61 KiB/s
+    with ctx.store.read() as tx:
+        d = transfers.evaluate(tx, ctx.settings, "vast-1", "critical", tx.now())
+    assert not d.allowed
+    (reason,) = d.reasons
+    assert "none" not in reason.message and "0 KiB/s" not in reason.message
+    assert "0.61 KiB/s" in reason.message and "less than 1 KiB/s" in reason.message

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+import time
 from typing import Annotated, Any
 
 import typer
@@ -52,7 +53,8 @@ def register(app: typer.Typer) -> None:
 def _host(host: str) -> str:
     from ringrift_coord import transfers
 
-    not_blank("HOST", host)
+    if not host.strip():
+        raise UsageError("argument HOST must not be empty")
     return transfers.check_remote(host)
 
 
@@ -85,10 +87,12 @@ def bandwidth_allocate(
     ] = None,
 ) -> None:
     """The rate a transfer to HOST would get now, in KiB/s (1024 bytes/s: the unit of
-    rsync --bwlimit), rounded down; just the number, so that
-    rsync --bwlimit=$(ringrift-coord bandwidth allocate HOST) works. Read-only: nothing is
-    admitted (bandwidth start does that). Refused (HOST at its concurrent-transfer cap or
-    its link taken): exit 1, the reason on stderr, nothing on stdout."""
+    rsync --bwlimit), rounded down; just the number. Read-only: nothing is admitted
+    (bandwidth start does that). Refused (HOST at its concurrent-transfer cap, its link
+    taken, or halted): exit 1, the reason on stderr, nothing on stdout. Check the exit
+    status before using the number, since rsync reads an empty or 0 --bwlimit as no limit:
+    rate=$(ringrift-coord bandwidth allocate HOST) || exit 75, then
+    rsync --bwlimit="$rate" ..."""
     from ringrift_coord import transfers
 
     g = globals_of(ctx)
@@ -147,7 +151,12 @@ def bandwidth_start(
     ] = None,
     node: Annotated[
         str | None,
-        typer.Option("--node", metavar="N", help="The node doing it (default: this host)."),
+        typer.Option(
+            "--node",
+            metavar="N",
+            help="The node doing it, whose halts stop it (default: $RINGRIFT_NODE_ID, else "
+            "this host's name).",
+        ),
     ] = None,
     quiet: Annotated[
         bool, typer.Option("--quiet", "-q", help="Only the id: no note of the rate on stderr.")
@@ -241,6 +250,17 @@ END_FIELDS = (
 )
 
 
+# rounded like the other documents: times to the millisecond, rates to 0.1 KiB/s
+_END_ROUNDING = {
+    "started_at": 3,
+    "ended_at": 3,
+    "seconds": 3,
+    "kbps": 1,
+    "observed_kbps": 1,
+    "ema_kbps": 1,
+}
+
+
 @bandwidth_app.command("end")
 def bandwidth_end(
     ctx: typer.Context,
@@ -265,12 +285,20 @@ def bandwidth_end(
         int | None,
         typer.Option("--token", metavar="T", help="The transfer's fencing token (start --json)."),
     ] = None,
+    quiet: Annotated[
+        bool,
+        typer.Option("--quiet", "-q", help="No line of its own: the exit status says it all."),
+    ] = False,
 ) -> None:
     """Close transfer ID and record its bytes, seconds and observed rate (and the host's
-    moving average of observed rates). Already ended: says so, exit 0."""
+    moving average of observed rates; a transfer under 1 second records its bytes but no
+    rate). Already ended: says so, exit 0."""
     from ringrift_coord import transfers
 
     g = globals_of(ctx)
+    g.quiet = quiet
+    if not transfer_id.strip():
+        raise UsageError("argument ID must not be empty")
     if nbytes is not None and nbytes < 0:
         raise UsageError(f"option --bytes: {nbytes} is not a number of bytes (0 or more)")
     if reason is not None:
@@ -294,8 +322,13 @@ def bandwidth_end(
     if g.json:
         doc: dict[str, Any] = {"transfer_id": transfer_id, "ended": row is not None}
         doc.update({k: None if row is None else row[k] for k in END_FIELDS})
+        for key, places in _END_ROUNDING.items():
+            if doc[key] is not None:
+                doc[key] = round(float(doc[key]), places)
         doc["limit_kbps"] = None if limit is None else round(float(limit), 1)
         emit_json(doc)
+    elif quiet:
+        pass
     elif row is None:
         say(f"{transfer_id} had already ended")
     else:
@@ -318,11 +351,17 @@ def bandwidth_status(
 
     g = globals_of(ctx)
     table_output(fmt, no_header, ctx)
+    from ringrift_coord.store import NoStore
+
     with g.context(create=False) as c:
         c.settings.require("bandwidth")
-        with c.store.read() as tx:
-            now = tx.now()
-            doc = transfers.status(tx, c.settings, now)
+        try:
+            with c.store.read() as tx:
+                now = tx.now()
+                doc = transfers.status(tx, c.settings, now)
+        except NoStore:  # nothing recorded yet (and none created): no transfers yet
+            now = c.clock.time() if c.clock is not None else time.time()
+            doc = transfers.empty_status(c.settings)
     doc["at"] = now
     if g.json:
         emit_json(doc)

@@ -119,8 +119,9 @@ def _limit(value: Any) -> str:
 
 
 def _tsv_name(header: str) -> str:
-    """A column name a script can use: ``per-node limit`` → ``per_node_limit``."""
-    return "_".join(re.findall(r"[A-Za-z0-9]+", header)) or "-"
+    """A column name a script can use: ``per-node limit`` → ``per_node_limit``, ``EMA%`` →
+    ``EMA_pct``."""
+    return "_".join(re.findall(r"[A-Za-z0-9]+", header.replace("%", " pct"))) or "-"
 
 
 class Col:
@@ -1319,6 +1320,8 @@ def transfer_ended(row: dict[str, Any], limit_kbps: float | None) -> None:
         if observed is not None:
             pct = 100.0 * observed / row["kbps"] if row["kbps"] else 0.0
             text += f", {observed:.0f} KiB/s observed of {row['kbps']:.0f} allocated ({pct:.0f}%)"
+        else:
+            text += " (under 1 s: too short to measure a rate; none recorded)"
     if row.get("ema_kbps") is not None and limit_kbps:
         pct = 100.0 * row["ema_kbps"] / limit_kbps
         text += f"; EMA {row['ema_kbps']:.0f} KiB/s, {pct:.0f}% of the {limit_kbps:.0f} limit"
@@ -1327,8 +1330,12 @@ def transfer_ended(row: dict[str, Any], limit_kbps: float | None) -> None:
 
 def bandwidth_status(doc: dict[str, Any]) -> None:
     """``bandwidth status``: the active transfers, then each host's link and history."""
+    dead_rows = doc.get("dead", [])
+    title = f"active transfers ({len(doc['active'])})"
+    if dead_rows:  # not active, not allocated: waiting for the next start or tasks reap
+        title += f"; {len(dead_rows)} dead (holder gone: not counted)"
     active = Grid(
-        f"active transfers ({len(doc['active'])})",
+        title,
         "transfer id",
         "remote",
         Col("kind", drop=3),
@@ -1338,9 +1345,10 @@ def bandwidth_status(doc: dict[str, Any]) -> None:
         Col("pid", drop=2),
         "age",
     )
-    for r in doc["active"]:
+    for r in [*doc["active"], *dead_rows]:
+        dead = r.get("dead") is not None
         active.add(
-            r["transfer_id"],
+            r["transfer_id"] + (" (dead)" if dead else ""),
             r["remote"],
             r["kind"],
             r["priority"],
@@ -1351,7 +1359,7 @@ def bandwidth_status(doc: dict[str, Any]) -> None:
         )
     active.show()
     hosts = Grid(
-        "hosts (rates in KiB/s; act: active/cap, +N waiting; history of ended transfers)",
+        "hosts (rates in KiB/s; act: active/cap +N waiting; obs: bytes over timed secs)",
         "remote",
         Col("type", drop=4),
         "limit",
@@ -1360,7 +1368,8 @@ def bandwidth_status(doc: dict[str, Any]) -> None:
         "ended",
         "bytes",
         Col("secs", drop=2),
-        "observed",
+        Col("timed", drop=2),
+        "obs",
         "EMA",
         Col("EMA%", drop=1),
     )
@@ -1372,8 +1381,9 @@ def bandwidth_status(doc: dict[str, Any]) -> None:
             _kbps(h["allocated_kbps"]),
             f"{h['active']}/{h['cap']}" + (f" +{h['queued']}" if h.get("queued") else ""),
             h["transfers"],
-            size(h["bytes"], short=True) if h["transfers"] else "-",
+            "-" if h.get("bytes") is None else size(h["bytes"], short=True),
             f"{h['seconds']:.0f}" if h["transfers"] else "-",
+            f"{h['timed_seconds']:.0f}" if h.get("observed_kbps") is not None else "-",
             _kbps(h["observed_kbps"]),
             _kbps(h["ema_kbps"]),
             "-" if h["ema_pct"] is None else f"{h['ema_pct']:.0f}%",
