@@ -129,7 +129,7 @@ class BandwidthManager(ProcessWide):
         settings = self._settings()
         with self.ctx.store.write() as tx:
             row = tx.one("SELECT remote FROM transfers WHERE transfer_id = ?", (transfer_id,))
-            if row is not None and row["remote"] != host:
+            if row is not None and row["remote"] != transfers.check_remote(host):
                 raise UsageError(
                     f"transfer {transfer_id} is to {row['remote']}, not {host}", field="host"
                 )

@@ -925,6 +925,13 @@ def _bandwidth_problem(
             problem = _glob_problem(str(pattern))
             if problem is not None:
                 return _cross_fail(f"{str(pattern)!r} {problem}", (key,), sources, path)
+        if entry.get("mbps") is None:
+            return _cross_fail(
+                f"host type {name} has no mbps: give its link speed in megabits per second",
+                (key,),
+                sources,
+                path,
+            )
     keys = [f"host_types.{name}.mbps" for name in bw["host_types"]]
     keys += ["default_mbps", "max_concurrent_transfers"]
     keys += [f"priorities.{name}" for name in bw["priorities"]]

@@ -135,13 +135,21 @@ class TransferSlot(SlotKeeper):
         ``--bytes-from`` file (a bad or missing one is a warning: bytes unknown)."""
         self.scanner.finish()
         if self.scanner.total is not None:
-            return self.scanner.total
+            return self._kept(self.scanner.total, "the command's stats")
         if self.bytes_from is None:
             return None
         value, problem = bytes_from_file(self.bytes_from)
         if problem is not None and self.warn is not None:
             self.warn(f"--bytes-from: {problem}; the transfer's bytes are not recorded")
-        return value
+        return None if value is None else self._kept(value, "--bytes-from")
+
+    def _kept(self, nbytes: int, where: str) -> int | None:
+        """``nbytes`` when the store can keep it; past 8 EiB no transfer moved it."""
+        if nbytes <= transfers.MAX_BYTES:
+            return nbytes
+        if self.warn is not None:
+            self.warn(f"{where}: {nbytes} bytes is not believable; the bytes are not recorded")
+        return None
 
     def job_env(self, decision: Decision) -> dict[str, str]:
         assert decision.task_id is not None

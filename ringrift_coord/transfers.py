@@ -49,6 +49,7 @@ DEFAULT_PRIORITY = "normal"
 END_STATUSES = ("ok", "failed", "killed", "stopped")  # and "reaped", which only reaping gives
 HISTORY_STATUSES = (*END_STATUSES, "reaped")
 KIB = 1024.0
+MAX_BYTES = 2**63 - 1  # a BIGINT: past any real transfer (8 EiB)
 MIN_TIMED_SECONDS = 1.0  # a shorter transfer records its bytes but no observed rate (no EMA)
 EMA_WEIGHT = 0.3  # ema = 0.3 * observed + 0.7 * the previous ema of the same remote
 HISTORY_ROWS = 1000  # history kept per remote: at most this many rows ...
@@ -163,13 +164,15 @@ def in_unit(kbps: float, unit: str) -> tuple[float, str]:
 
 
 def check_remote(remote: str) -> str:
+    """``remote`` as the ledger keys it: stripped, lower case, no trailing dot."""
     if not isinstance(remote, str) or not remote.strip() or len(remote) > MAX_ID:
         raise UsageError(
             f"must be a non-empty host name of at most {MAX_ID} characters", field="host"
         )
     from ringrift_coord.inputs import printable
 
-    return printable(remote.strip())
+    # host names are DNS names: RUNPOD-1, runpod-1 and runpod-1. are one link
+    return printable(remote.strip().lower().rstrip(".") or remote.strip())
 
 
 def check_kind(kind: str) -> str:
@@ -647,6 +650,10 @@ def check_bytes(nbytes: int | None) -> int | None:
         raise UsageError(
             f"must be a whole number of bytes, 0 or more, not {nbytes!r}", field="bytes"
         )
+    if nbytes > MAX_BYTES:
+        raise UsageError(
+            f"{nbytes} bytes is more than the store keeps ({MAX_BYTES})", field="bytes"
+        )
     return nbytes
 
 
@@ -687,9 +694,12 @@ def end(
 
 def reap(tx: Tx, settings: Settings, now: float, *, remote: str | None = None) -> list[Row]:
     """End the transfers (of ``remote``, or all) whose holders are dead: history status
-    ``reaped``. A live holder on this host gets its lease refreshed for other hosts."""
+    ``reaped``. A live holder on this host gets its lease refreshed for other hosts. Dead
+    waiters leave the fair queue too, so a killed ``bandwidth run --wait`` holds no place
+    in a host's line on a node where no task admission would clear it."""
     host, this_boot = identity.host_name(), procs.boot_id()
     lease_ttl = float(settings.get("store.lease_ttl"))
+    queue.reap_dead(tx, now, lease_ttl, host, this_boot)
     reaped: list[Row] = []
     for row in _rows(tx, remote):
         why = _dead(row, host, this_boot, now)

@@ -627,3 +627,33 @@ def test_a_run_of_rsync_hh_reads_sizes_in_1024s(coord: Coord, tmp_path: Path) ->
     assert done.returncode == 0, done.stderr
     (row,) = [r for r in history(coord) if r["remote"] == "h2"]
     assert row["bytes"] == 3 * 1000 * 1000 + 1000  # not rsync itself: read as one -h
+
+
+def test_unbelievable_bytes_are_a_warning_and_the_job_keeps_its_exit(coord: Coord) -> None:
+    """A byte count past what the store keeps (a garbled stats line, a bad --bytes-from
+    file) is not recorded: one warning, the job's exit code, the transfer released."""
+    huge = "99999999999999999999"
+    done = coord(
+        "bandwidth", "run", "h1", "--", "sh", "-c", f'echo "Total bytes sent: {huge}"; exit 3'
+    )
+    assert done.returncode == 3, done.stderr
+    assert f"the command's stats: {huge} bytes is not believable" in done.stderr
+    assert "internal error" not in done.stderr
+    row = only_history(coord)
+    assert (row["status"], row["bytes"]) == ("failed", None)
+    count = coord.tmp / "bytes"
+    count.write_text(huge + "0000\n")
+    done = coord("bandwidth", "run", "h1", "--bytes-from", str(count), "--", "true")
+    assert done.returncode == 0 and "--bytes-from: " in done.stderr, done.stderr
+    assert active(coord) == []
+
+
+def test_a_host_type_without_mbps_fails_only_the_bandwidth_commands(coord: Coord) -> None:
+    path = coord.write_config('bandwidth: {host_types: {lab: {match: ["lab-*"]}}}\n')
+    spawn = coord("can-spawn", "selfplay", "--node", "n1")
+    assert spawn.returncode == 0, spawn.stderr
+    assert "host type lab has no mbps" in spawn.stderr  # one warning line
+    allocate = coord("bandwidth", "allocate", "lab-1")
+    assert allocate.returncode == 3
+    assert allocate.stderr.startswith(f"ringrift-coord: error: {path}:1: ")
+    assert "host type lab has no mbps" in allocate.stderr

@@ -367,3 +367,38 @@ def test_kbps_is_ambiguous_and_a_tiny_link_says_so(engine_db) -> None:
     (reason,) = d.reasons
     assert "none" not in reason.message and "0 KiB/s" not in reason.message
     assert "0.61 KiB/s" in reason.message and "less than 1 KiB/s" in reason.message
+
+
+def test_one_link_whatever_the_spelling_of_its_host(engine_db) -> None:
+    """Host names are DNS names: RUNPOD-1, runpod-1 and runpod-1. share one link, so four
+    critical starts in four spellings do not get four links' worth."""
+    ctx = engine_db.context()
+    first = _start(ctx, "runpod-1", "critical")
+    assert first.allowed and first.kbps == 122070
+    for spelling in ("RUNPOD-1", "Runpod-1", "runpod-1."):
+        again = _start(ctx, spelling, "critical")
+        assert not again.allowed and [r.rule for r in again.reasons] == ["bandwidth"], spelling
+    with ctx.store.read() as tx:
+        assert [r["remote"] for r in transfers.active(tx, tx.now())] == ["runpod-1"]
+
+
+def test_a_dead_waiter_holds_no_place_in_a_hosts_line(engine_db) -> None:
+    """A killed `bandwidth run --wait` leaves its row in the queue: the next start to that
+    host reaps it (no task admission is needed to clear it)."""
+    ctx = engine_db.context("bandwidth: {max_concurrent_transfers: 1}\n")
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    with ctx.store.write() as tx:
+        queue.enqueue(tx, transfers.TASK_TYPE, "aws-2", identity.host_name(), gone.pid)
+    decision = _start(ctx, "aws-2")
+    assert decision.allowed, decision.summary()
+    with ctx.store.read() as tx:
+        assert tx.query("SELECT seq FROM waiters") == []
+
+
+def test_bytes_past_what_the_store_keeps_are_refused(engine_db) -> None:
+    ctx = engine_db.context()
+    started = _start(ctx, "aws-3")
+    with pytest.raises(UsageError, match="more than the store keeps"):
+        _end(ctx, started.transfer_id, bytes=2**63)
+    assert _end(ctx, started.transfer_id, bytes=2**63 - 1)["bytes"] == 2**63 - 1
