@@ -43,6 +43,8 @@ TERMINAL_SIGNALS = (signal.SIGINT, signal.SIGQUIT, signal.SIGHUP)
 RENEW_RETRY = 5.0  # seconds to the next try after a lease renewal failed
 HALTED_POLL = 0.5  # seconds between the polls of a waiter that a halt denies
 PEAK_POLL = 30.0  # ... and at most between those of one that peak hours hold back
+DRAIN_LIMIT = 1 << 20  # bytes read after the job ended: a pipe's largest default capacity
+PUMP_LIMIT = 1 << 20  # bytes of the job's output taken per look, between renewals
 
 
 class RunDenied(CoordError):
@@ -374,7 +376,7 @@ class _Tee:
     a reader of ours that stalls holds the job's output back, as a plain pipe would, but
     never this wrapper's lease renewals or its signal handling."""
 
-    BACKLOG = 16  # chunks (up to 64 KiB each) waiting for the writer before the pipe fills
+    BACKLOG = 1 << 20  # bytes waiting for the writer before the job's pipe is left to fill
 
     def __init__(self, scan: Callable[[bytes], None], sink: int) -> None:
         import queue
@@ -386,6 +388,8 @@ class _Tee:
         os.set_blocking(self.read_fd, False)
         self.sink_lost = False
         self._chunks: queue.Queue[bytes | None] = queue.Queue()
+        self._waiting = 0  # bytes in _chunks, not yet written
+        self._lock = threading.Lock()
         self._writer = threading.Thread(target=self._write_all, name="tee", daemon=True)
 
     def parent_side(self) -> None:
@@ -394,13 +398,17 @@ class _Tee:
 
     def wants_input(self) -> bool:
         """The pipe is open and the writer has room: watch it."""
-        return self.read_fd is not None and self._chunks.qsize() < self.BACKLOG
+        return self.read_fd is not None and self._waiting < self.BACKLOG
 
-    def pump(self, bounded: bool = True) -> bool:
-        """Take what the pipe holds now (``bounded``: no more than the writer has room for);
-        False once it is at its end (every writer gone)."""
+    def pump(self, bounded: bool = True, limit: int | None = None) -> bool:
+        """Take what the pipe holds now (``bounded``: no more than the writer has room for;
+        at most ``limit`` bytes, default ``PUMP_LIMIT``); False once it is at its end (every
+        writer gone)."""
+        taken, limit = 0, PUMP_LIMIT if limit is None else limit
         while self.read_fd is not None:
             if bounded and not self.wants_input():
+                return True
+            if taken >= limit:  # a job that never stops writing must not hold the loop
                 return True
             try:
                 chunk = os.read(self.read_fd, 65536)
@@ -412,20 +420,26 @@ class _Tee:
                 os.close(self.read_fd)
                 self.read_fd = None
                 return False
+            taken += len(chunk)
             self.scan(chunk)
             if self._writer.ident is None:  # the first output starts the writer
                 self._writer.start()
+            with self._lock:
+                self._waiting += len(chunk)
             self._chunks.put(chunk)
         return False
 
     def drain(self) -> None:
-        """What the job wrote before it ended, all of it (a writer it left out of its group
-        is not waited for): the pipe holds at most its capacity once the job is gone."""
-        self.pump(bounded=False)
+        """What the job wrote before it ended: what the pipe holds, at most its largest
+        capacity. A process the job left outside its group may go on writing into it; it is
+        neither waited for nor followed."""
+        self.pump(bounded=False, limit=DRAIN_LIMIT)
 
     def _write_all(self) -> None:
         while (chunk := self._chunks.get()) is not None:
             self._copy(chunk)
+            with self._lock:
+                self._waiting -= len(chunk)
 
     def _copy(self, chunk: bytes) -> None:
         # a gone reader of our stdout stops the copy, not the job (its bytes still count)
@@ -650,11 +664,11 @@ def run_held(
             _stop_group(pid, job.kill_grace, clock)
         # release while our handlers still catch a second Ctrl-C / SIGTERM
         _release(keeper, task_id, token, exit_code, status, reason, note)
-        if tee is not None:  # then hand on the job's last output, however slow our reader
-            tee.close()
         signal.set_wakeup_fd(old_wakeup)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+        if tee is not None:  # then hand on the job's last output, however slow our reader
+            tee.close()  # (the job is gone: a signal now ends this wait, as it would ours)
         os.close(wake_r)
         os.close(wake_w)
 

@@ -32,12 +32,13 @@ _VALUED = set("eBTfM@")
 
 
 def human_unit(argv: list[str] | tuple[str, ...]) -> int:
-    """The unit (1000 or 1024) of the size letters the command's output will carry: 1024
-    when it is rsync itself given ``-h`` twice or more (``-hh``, ``-ah -h``,
-    ``--human-readable`` counted too; ``--no-h`` starts over), else 1000."""
+    """The unit (1000 or 1024) of the size letters the command's output will carry, as
+    rsync counts it: its level starts at 1, each ``-h`` (``--human-readable``) adds one,
+    ``--no-h`` sets it to 0; level 2 is units of 1000, 3 and above of 1024. So ``-hh`` is
+    1024, ``--no-h -hh`` 1000. A command that is not rsync itself: 1000."""
     if not argv or os.path.basename(argv[0]) != "rsync":
         return 1000
-    level = 0
+    level = 1
     skip_next = False
     for word in argv[1:]:
         if skip_next:
@@ -56,7 +57,7 @@ def human_unit(argv: list[str] | tuple[str, ...]) -> int:
                 elif letter in _VALUED:
                     skip_next = i == len(word) - 1  # the value is the next word
                     break
-    return 1024 if level >= 2 else 1000
+    return 1024 if level >= 3 else 1000
 
 
 def parse_number(text: str, unit: int = 1000) -> int | None:

@@ -791,11 +791,14 @@ def status(tx: Tx, settings: Settings, now: float) -> dict[str, Any]:
         row["age"] = round(now - float(row["started_at"]), 3)
         row["lease_left"] = round(float(row["lease_expires"]) - now, 3)
         row.pop("boot_id", None)
-    # the observed rate is over the transfers with one (bytes known, timed >= 1 s)
+    # the observed rate is over the transfers with one (bytes known, timed >= 1 s); bytes
+    # are summed as floats: two counts near a BIGINT's end would overflow SQLite's SUM
     totals = tx.query(
-        "SELECT remote, COUNT(*) AS transfers, SUM(bytes) AS bytes, SUM(seconds) AS seconds, "
+        "SELECT remote, COUNT(*) AS transfers, SUM(CAST(bytes AS DOUBLE PRECISION)) AS bytes, "
+        "SUM(seconds) AS seconds, "
         "SUM(CASE WHEN observed_kbps IS NOT NULL THEN seconds ELSE 0 END) AS timed, "
-        "SUM(CASE WHEN observed_kbps IS NOT NULL THEN bytes ELSE 0 END) AS timed_bytes, "
+        "SUM(CASE WHEN observed_kbps IS NOT NULL THEN CAST(bytes AS DOUBLE PRECISION) ELSE 0 "
+        "END) AS timed_bytes, "
         "MAX(ended_at) AS last_ended_at FROM transfer_history GROUP BY remote"
     )
     by_remote: dict[str, dict[str, Any]] = {}
@@ -841,7 +844,7 @@ def status(tx: Tx, settings: Settings, now: float) -> dict[str, Any]:
         timed = float(tot["timed"] or 0.0)
         e["timed_seconds"] = round(timed, 3)
         if timed > 0:
-            e["observed_kbps"] = round(int(tot["timed_bytes"] or 0) / KIB / timed, 1)
+            e["observed_kbps"] = round(float(tot["timed_bytes"] or 0) / KIB / timed, 1)
         e["last_ended_at"] = tot["last_ended_at"]
         ema = _previous_ema(tx, tot["remote"])
         if ema is not None:

@@ -343,6 +343,46 @@ def test_a_stalled_reader_of_our_output_stops_no_renewal(coord: Coord, cleanup) 
     assert only_history(coord)["bytes"] == 2_000_000
 
 
+def test_a_writer_left_outside_the_group_does_not_hold_the_wrapper(coord: Coord) -> None:
+    """The job leaves a process in its own session writing into the pipe forever: the
+    wrapper takes what the job wrote (a bounded amount), releases, and exits."""
+    leftover = coord.tmp / "leftover.pid"
+    script = (
+        f'setsid sh -c "echo \\$\\$ > {leftover}; exec yes" & echo "Total bytes sent: 7"; sleep 0.3'
+    )
+    proc = coord.popen("bandwidth", "run", "h1", "--", "sh", "-c", script,
+                       stdout=subprocess.DEVNULL)  # fmt: skip
+    try:
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if leftover.exists():
+            try:
+                os.kill(int(leftover.read_text()), signal.SIGKILL)
+            except (ProcessLookupError, ValueError):
+                pass  # ended by the closed pipe
+    row = only_history(coord)
+    assert (row["status"], row["bytes"]) == ("ok", 7)
+
+
+def test_a_signal_ends_the_wait_for_a_stalled_reader_after_the_release(coord: Coord) -> None:
+    """The job is done and its transfer released; the wrapper still holds output our reader
+    does not take: SIGTERM ends the wrapper now (it forwards nothing to a dead group)."""
+    read_end, write_end = os.pipe()
+    proc = coord.popen("bandwidth", "run", "h1", "--", "sh", "-c", "yes | head -c 300000",
+                       stdout=write_end, stderr=subprocess.DEVNULL)  # fmt: skip
+    os.close(write_end)
+    try:
+        wait_for(lambda: history(coord), 30, "the transfer's release")
+        assert proc.poll() is None  # still handing on the job's output
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == -signal.SIGTERM
+    finally:
+        os.close(read_end)
+        if proc.poll() is None:
+            proc.kill()
+    assert only_history(coord)["status"] == "ok"
+
+
 def test_a_command_that_cannot_run_is_126_127_and_released(coord: Coord) -> None:
     done = coord("bandwidth", "run", "h1", "--", "no-such-command-xyz")
     assert done.returncode == 127
@@ -597,7 +637,9 @@ def test_the_size_unit_comes_from_rsyncs_own_words() -> None:
     assert human_unit(["/usr/bin/rsync", "-h", "-a", "-h"]) == 1024
     assert human_unit(["rsync", "-h", "--human-readable"]) == 1024
     assert human_unit(["rsync", "--human-readable", "--human-readable"]) == 1024
-    assert human_unit(["rsync", "-hh", "--no-h", "-h"]) == 1000  # --no-h starts over
+    assert human_unit(["rsync", "-hh", "--no-h", "-h"]) == 1000  # --no-h starts over at 0
+    assert human_unit(["rsync", "--no-h", "-hh"]) == 1000  # level 2, as real rsync 3.2.7 says
+    assert human_unit(["rsync", "--no-h", "-hhh"]) == 1024
     assert human_unit(["rsync", "-e", "ssh -h -h", "-ah"]) == 1000  # -e's value is not rsync's
     assert human_unit(["rsync", "-essh -hh", "-a"]) == 1000
     assert human_unit(["rsync", "-a", "--", "-hh"]) == 1000  # a file name

@@ -402,3 +402,8 @@ def test_bytes_past_what_the_store_keeps_are_refused(engine_db) -> None:
     with pytest.raises(UsageError, match="more than the store keeps"):
         _end(ctx, started.transfer_id, bytes=2**63)
     assert _end(ctx, started.transfer_id, bytes=2**63 - 1)["bytes"] == 2**63 - 1
+    again = _start(ctx, "aws-3")
+    _end(ctx, again.transfer_id, bytes=2**63 - 1)  # the host's total is past a BIGINT now
+    with ctx.store.read() as tx:
+        (host,) = transfers.status(tx, ctx.settings, tx.now())["hosts"]
+    assert host["transfers"] == 2 and host["bytes"] == pytest.approx(2.0**64)
