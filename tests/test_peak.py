@@ -136,19 +136,26 @@ def test_daylight_saving_changes_in_berlin() -> None:
         at("2026-10-25T21:00"),
         at("2026-10-26T05:00"),
     )
-    # a window starting in the skipped hour: 02:30 does not exist; read as 03:30 CEST
+    # a window starting in the skipped hour: 02:30 does not exist; it starts at the change
+    # (03:00 CEST = 01:00 UTC), and 03:05 CEST is inside it
     skipped = PeakHours("02:30", "04:00", "Europe/Berlin")
     assert skipped.next_window(at("2026-03-29T00:00")) == (
-        at("2026-03-29T01:30"),
+        at("2026-03-29T01:00"),
         at("2026-03-29T02:00"),
     )
-    # a window wholly inside the skipped hour does not happen that night (never inverted)
-    inside = PeakHours("02:30", "03:00", "Europe/Berlin")
-    assert inside.next_window(at("2026-03-29T00:00")) == (
-        at("2026-03-30T00:30"),
-        at("2026-03-30T01:00"),
+    short = PeakHours("02:30", "03:30", "Europe/Berlin")
+    assert short.next_window(at("2026-03-29T00:00")) == (
+        at("2026-03-29T01:00"),
+        at("2026-03-29T01:30"),
     )
-    assert not inside.in_peak(at("2026-03-29T01:45"))
+    assert short.in_peak(at("2026-03-29T01:05"))
+    # a window wholly inside the skipped hour does not happen that night (never inverted,
+    # never moved past it)
+    for start, end in (("02:30", "03:00"), ("02:15", "02:45")):
+        inside = PeakHours(start, end, "Europe/Berlin")
+        nxt = inside.next_window(at("2026-03-29T00:00"))
+        assert nxt[0] > at("2026-03-29T12:00") and nxt[1] - nxt[0] in (1800, 1800.0), nxt
+        assert not inside.in_peak(at("2026-03-29T01:20"))
     # a window ending in the repeated hour: its first occurrence (02:30 CEST)
     repeated = PeakHours("01:00", "02:30", "Europe/Berlin")
     assert repeated.next_window(at("2026-10-24T22:00")) == (

@@ -214,6 +214,8 @@ def test_a_bad_schedule_section_stops_only_the_schedule_commands(coord) -> None:
     assert spawn.returncode == 0, spawn.stderr
     warnings = spawn.stderr.splitlines()
     assert len(warnings) == 1 and "stale_factor must be above 0" in warnings[0], warnings
+    # admission reads the section (learned durations): not "does not use it"
+    assert warnings[0].endswith("(ignored: this command goes on with the values below it)")
     ran = coord("run", "selfplay", "--node", "n1", "--", "true")
     assert ran.returncode == 0, ran.stderr
     message = one_error_line(coord("schedule", "expected", "training"), 3)

@@ -59,9 +59,9 @@ class Globals:
         """The invocation's context; ``create=False`` for a command that only reads the
         store: a missing SQLite store is "no store at PATH" (exit 3), never created.
 
-        An error in a setting only the optimizer reads (``Settings.problems``) is one
-        ``warning:`` line on stderr, once per process, for a command that does not read it
-        (not with ``--quiet``); one that does calls ``Settings.require`` and fails."""
+        An error in a deferred section (``Settings.problems``) is one ``warning:`` line on
+        stderr, once per process, for a command that does not require it (not with
+        ``--quiet``); one that does calls ``Settings.require`` and fails."""
         ctx = Context.open(
             db=self.db,
             state_dir=self.state_dir,
@@ -74,18 +74,26 @@ class Globals:
             if section in used or self.quiet or problem.message in _warned:
                 continue
             _warned.add(problem.message)
-            warn_setting(problem.message)
+            warn_setting(problem.message, section)
         return ctx
 
 
-def warn_setting(message: str) -> None:
-    """The warning for a bad setting that this command does not use."""
+# Deferred sections that commands other than their own still read in part: a bad value there
+# is not "unused", the command goes on with the section's values from the layers below.
+READ_BY_ADMISSION = frozenset({"schedule"})
+
+
+def warn_setting(message: str, section: str | None = None) -> None:
+    """The warning for a bad setting of a section this command does not require."""
     text = message.strip().split("\n")[0]
     if not text.isprintable():
         from ringrift_coord.inputs import printable
 
         text = printable(text)
-    say(f"warning: {text} (ignored: this command does not use it)")
+    if section in READ_BY_ADMISSION:
+        say(f"warning: {text} (ignored: this command goes on with the values below it)")
+    else:
+        say(f"warning: {text} (ignored: this command does not use it)")
 
 
 def json_text(document: dict[str, Any]) -> str:

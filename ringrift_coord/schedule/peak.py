@@ -9,8 +9,9 @@ wraps midnight (22:00-06:00 ends the next morning). Each day's window is compute
 time and converted to UTC, so a window in a zone with daylight saving time stays at the
 same local hours across the change (it is an hour shorter or longer in UTC on those nights
 when it spans the change). A local time that does not exist (in the hour skipped in spring)
-is read with the offset before the change (02:30 is 03:30 after it); one that occurs twice
-(in autumn) is its first occurrence.
+is the moment of the change (02:30 is 03:00 after it), so a window that starts in the skipped
+hour starts when it ends, and one wholly inside it does not happen that night; a time that
+occurs twice (in autumn) is its first occurrence.
 
 The verdict for a task expected to run ``d`` seconds, asked at ``t``: inside a window, no
 (retry at its end). Outside: yes when ``t + d`` is at or before the next window's start (retry
@@ -71,12 +72,28 @@ class PeakHours:
         return self._end < self._start
 
     def _at(self, day: date, minutes: int) -> float:
+        """Local ``day`` at ``minutes`` past midnight as epoch seconds. A time that occurs
+        twice (autumn) is its first occurrence; one the change to daylight saving time skips
+        (spring) is the moment of the change, the first that is at or past it."""
         hour, minute = divmod(minutes, 60)
-        return datetime(day.year, day.month, day.day, hour, minute, tzinfo=self.tz).timestamp()
+        wall = datetime(day.year, day.month, day.day, hour, minute)
+        early = wall.replace(tzinfo=self.tz).timestamp()  # fold 0: the offset before
+        if datetime.fromtimestamp(early, self.tz).replace(tzinfo=None) == wall:
+            return early
+        late = wall.replace(tzinfo=self.tz, fold=1).timestamp()  # skipped: the offset after
+        low, high = min(early, late), max(early, late)  # the change lies between them
+        while high - low > 1:
+            mid = (low + high) // 2
+            if datetime.fromtimestamp(mid, self.tz).replace(tzinfo=None) >= wall:
+                high = mid
+            else:
+                low = mid
+        return high
 
     def window_of(self, day: date) -> tuple[float, float]:
         """The window that starts on local day ``day``: (start, end) in epoch seconds; empty
-        (end == start) when it lies inside the hour a change to daylight saving time skips."""
+        (end == start) when it lies wholly inside the hour a change to daylight saving time
+        skips."""
         start = self._at(day, self._start)
         end_day = day + timedelta(days=1) if self.wraps else day
         return start, max(start, self._at(end_day, self._end))
