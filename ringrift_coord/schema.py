@@ -217,6 +217,23 @@ _READING = (
     "details",
 )
 _SETTINGS = ("config_file", "values")
+# an ended transfer's history row as ``bandwidth end --json`` shows it (null: already ended)
+TRANSFER_ENDED = (
+    "remote",
+    "kind",
+    "priority",
+    "kbps",
+    "node",
+    "host",
+    "started_at",
+    "ended_at",
+    "seconds",
+    "bytes",
+    "observed_kbps",
+    "ema_kbps",
+    "status",
+    "reason",
+)
 _TRANSFER = (
     "allowed",
     "remote",
@@ -391,25 +408,7 @@ COMMANDS: dict[str, tuple[str, ...]] = {
     ),
     "bandwidth allocate": (*_TRANSFER, "unit", "rate"),
     "bandwidth start": (*_TRANSFER, "transfer_id", "lease_token"),
-    "bandwidth end": (
-        "transfer_id",
-        "ended",
-        "remote",
-        "kind",
-        "priority",
-        "kbps",
-        "node",
-        "host",
-        "started_at",
-        "ended_at",
-        "seconds",
-        "bytes",
-        "observed_kbps",
-        "ema_kbps",
-        "status",
-        "reason",
-        "limit_kbps",
-    ),
+    "bandwidth end": ("transfer_id", "ended", *TRANSFER_ENDED, "limit_kbps"),
     "bandwidth status": ("active", "dead", "hosts", "host_types", "cap", "at"),
     "schedule can-start": (
         "task_type",

@@ -16,6 +16,7 @@ import os
 
 from ringrift_coord import identity, procs, queue
 from ringrift_coord.errors import CoordError, ExitCode, UsageError
+from ringrift_coord.inputs import MAX_SECONDS
 from ringrift_coord.tasktypes import TaskType
 
 TYPE_CHECKING = False  # typing costs start-up time on the hot path; annotations are lazy
@@ -229,12 +230,13 @@ def _learn_duration(tx: Tx, settings: Settings, row: Row, now: float) -> None:
     transaction that frees its slot; a failed, stopped or reaped one teaches nothing (its
     duration says nothing of how long the work takes), nor does one shorter than
     ``schedule.min_seconds`` (a smoke test, an instant exit)."""
-    from ringrift_coord.schedule import expected
-
     seconds = row["duration"]
     shortest = max(float(settings.get("schedule.min_seconds")), 0.0)
-    # (a clock stepped back gives no duration: 0 is never recorded)
-    if 0 < seconds <= expected.MAX_SECONDS and seconds >= shortest:
+    # (a clock stepped back gives no duration: 0 is never recorded); a short run, the
+    # common case of a smoke test, does not pay for the scheduler's import
+    if 0 < seconds <= MAX_SECONDS and seconds >= shortest:
+        from ringrift_coord.schedule import expected
+
         expected.record(
             tx,
             settings,

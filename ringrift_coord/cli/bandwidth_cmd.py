@@ -15,6 +15,7 @@ from typing import Annotated, Any
 
 import typer
 
+from ringrift_coord import schema
 from ringrift_coord.cli import views
 from ringrift_coord.cli.common import (
     FormatOpt,
@@ -231,24 +232,6 @@ def bandwidth_start(
 
 # --------------------------------------------------------------------------- end
 
-# the history row's fields in ``end --json`` (null when the transfer had already ended)
-END_FIELDS = (
-    "remote",
-    "kind",
-    "priority",
-    "kbps",
-    "node",
-    "host",
-    "started_at",
-    "ended_at",
-    "seconds",
-    "bytes",
-    "observed_kbps",
-    "ema_kbps",
-    "status",
-    "reason",
-)
-
 
 # rounded like the other documents: times to the millisecond, rates to 0.1 KiB/s
 _END_ROUNDING = {
@@ -321,7 +304,7 @@ def bandwidth_end(
         limit = None if row is None else transfers.link(c.settings, row["remote"])["limit_kbps"]
     if g.json:
         doc: dict[str, Any] = {"transfer_id": transfer_id, "ended": row is not None}
-        doc.update({k: None if row is None else row[k] for k in END_FIELDS})
+        doc.update({k: None if row is None else row[k] for k in schema.TRANSFER_ENDED})
         for key, places in _END_ROUNDING.items():
             if doc[key] is not None:
                 doc[key] = round(float(doc[key]), places)

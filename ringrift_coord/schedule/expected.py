@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import math
 
+from ringrift_coord import inputs
+
 TYPE_CHECKING = False  # typing costs start-up time on the hot path; annotations are lazy
 if TYPE_CHECKING:
     from collections.abc import Iterable, Sequence
@@ -41,7 +43,7 @@ __all__ = [
     "robust",
 ]
 
-MAX_SECONDS = 1e9  # about 31 years
+MAX_SECONDS = inputs.MAX_SECONDS  # about 31 years: the longest duration anything takes
 SOURCES = ("run", "register", "manual", "api")
 _MAD_SIGMA = 1.4826  # MAD x 1.4826 estimates the standard deviation of normal data
 _FENCE_SIGMAS = 3.0
