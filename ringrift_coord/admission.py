@@ -187,6 +187,13 @@ def log_decision(
         ),
     )
     assert row is not None
+    if not decision.allowed:  # ringrift_denials_total: one count per blocking rule
+        from ringrift_coord import counters
+
+        for rule in dict.fromkeys(r.rule for r in decision.reasons):
+            counters.add(
+                tx, "denials", {"rule": rule, "type": decision.task_type, "node": decision.node}
+            )
     if os.urandom(1)[0] < 4:  # prune about once per 64 decisions, not on every one
         cutoff = now - float(settings.get("store.decision_log_days")) * 86400.0
         tx.execute("DELETE FROM decisions WHERE at < ?", (cutoff,))

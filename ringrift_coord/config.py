@@ -120,6 +120,12 @@ DEFAULTS: dict[str, Any] = {
     # test, an instant exit) is not recorded; a running task older than stale_factor x its
     # expected duration is listed as stale
     "schedule": {"samples": 20, "min_samples": 3, "min_seconds": 60, "stale_factor": 2.0},
+    # the event log: events not published again for retention_days are pruned; each hook runs
+    # its command (a list of words, never through a shell) on the events whose type matches one
+    # of its `on` globs, the event as JSON on stdin, killed after `timeout` seconds
+    "events": {"retention_days": 7, "hooks": {}},
+    # `serve`: loopback unless asked; store_timeout bounds each store read of a request
+    "serve": {"host": "127.0.0.1", "port": 9464, "store_timeout": 2.0},
     # the feedback loop (`adjust`) and the self-play rate it steers, in games per hour
     "optimizer": {
         "rate": {"initial": 1000, "min": 100, "max": 5000},
@@ -169,9 +175,10 @@ DEFAULTS: dict[str, Any] = {
 
 class Leaf:
     """One setting's kind: "count", "number", "seconds", "percent", "bool", "str", "hhmm",
-    "globs", "timezone" (a name in the time-zone database), "group" (a Unix group name or
-    id), "task_types" (a list of task type names). A "seconds" setting is a number of
-    seconds or a duration with units, "5m"."""
+    "globs", "argv" (a command as a list of words, or one string split as a shell would split
+    it, never run through one), "timezone" (a name in the time-zone database), "group" (a Unix
+    group name or id), "task_types" (a list of task type names). A "seconds" setting is a
+    number of seconds or a duration with units, "5m"."""
 
     __slots__ = ("kind", "nullable")
 
@@ -189,6 +196,7 @@ class Leaf:
             "str": "a string",
             "hhmm": 'a time "HH:MM"',
             "globs": "a list of glob patterns",
+            "argv": "a command: a list of words or one string",
             "timezone": 'a time-zone name such as "UTC" or "Europe/Berlin"',
             "group": "a Unix group name or id",
             "task_types": "a list of task types",
@@ -266,6 +274,13 @@ SCHEMA: dict[str, Any] = {
         "task_types": Leaf("task_types"),
     },
     "schedule": {"samples": COUNT, "min_samples": COUNT, "min_seconds": SECS, "stale_factor": NUM},
+    "events": {
+        "retention_days": NUM,
+        "hooks": MapOf(
+            None, {"on": Leaf("globs"), "command": Leaf("argv"), "timeout": SECS}, replace=True
+        ),
+    },
+    "serve": {"host": Leaf("str"), "port": COUNT, "store_timeout": SECS},
     "optimizer": {
         "rate": {"initial": NUM, "min": NUM, "max": NUM},
         "interval": SECS,
@@ -315,11 +330,11 @@ def is_used(dotted: str) -> bool:
     return not any(".".join(parts[:i]) in NOT_USED_YET for i in range(1, len(parts) + 1))
 
 
-# The optimizer's and the bandwidth manager's sections: an error in one (a bad value from the
-# file, the environment or --set, or a cross-check among them) does not stop loading. The
-# section keeps its values from the layers below, the error is kept in ``Settings.problems``,
-# and ``Settings.require`` raises it: only the commands that use the section fail; admission
-# goes on.
+# The optimizer's, the bandwidth manager's, the scheduler's, the event log's and the server's
+# sections: an error in one (a bad value from the file, the environment or --set, or a
+# cross-check among them) does not stop loading. The section keeps its values from the layers
+# below, the error is kept in ``Settings.problems``, and ``Settings.require`` raises it: only
+# the commands that use the section fail; admission goes on.
 DEFERRED_SECTIONS: tuple[str, ...] = (
     "resource_targets",
     "optimizer",
@@ -327,6 +342,8 @@ DEFERRED_SECTIONS: tuple[str, ...] = (
     "selfplay_configs",
     "bandwidth",
     "schedule",
+    "events",
+    "serve",
 )
 
 # environment variable -> keys it sets (below the file's values: environment > file > defaults)
@@ -1106,6 +1123,9 @@ def _merge(
             child = target.setdefault(key, {})
             if not isinstance(child, dict):
                 child = target[key] = {}
+            if isinstance(sub_schema, MapOf) and not value_node.value:
+                # "hooks: {}" has no leaf to carry its source: the mapping itself does
+                sources[dotted] = f"{path}:{value_node.start_mark.line + 1}"
             if layer is None or key not in DEFERRED_SECTIONS:
                 _merge(child, value_node, sub_schema, dotted, path, sources)
                 continue
@@ -1274,6 +1294,19 @@ def _check_leaf(leaf: Leaf, value: Any, dotted: str, origin: str, line: int | No
             value = [value]
         if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
             raise bad(f"expected a list of glob patterns, got {_show(value)}")
+        return value
+    if kind == "argv":
+        if isinstance(value, str):
+            import shlex
+
+            try:
+                value = shlex.split(value)
+            except ValueError as exc:  # an unclosed quote
+                raise bad(f"cannot split the command into words: {exc}") from None
+        if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
+            raise bad(f"expected {leaf.describe()}, got {_show(value)}")
+        if not value[0]:
+            raise bad("the command's first word (the program) is empty")
         return value
     if kind == "task_types":
         if isinstance(value, str):  # from --set or the environment: "training,cmaes"

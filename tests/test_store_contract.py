@@ -343,6 +343,44 @@ def test_driver_errors_become_state_errors_and_roll_back(db: EngineDB) -> None:
     assert probe(store) == 3
 
 
+def test_after_commit_runs_once_committed_and_never_after_a_rollback(db: EngineDB) -> None:
+    store = db.open()
+    ran: list[object] = []
+    with store.write() as tx:
+        put(tx, "a", 1)
+        tx.after_commit(lambda: ran.append(probe(store)))  # sees the committed row
+        tx.after_commit(lambda: 1 / 0)  # a failing one does not undo the change...
+        tx.after_commit(lambda: ran.append("next"))  # ...nor stop the next one
+        assert ran == []  # not while the transaction is open
+    assert ran == [1, "next"]
+    with pytest.raises(StateError), store.write() as tx:
+        tx.after_commit(lambda: ran.append("rolled back"))
+        put(tx, "a", 2)  # a duplicate key: the transaction rolls back
+    with store.write() as tx:
+        put(tx, "b", 3)
+    assert ran == [1, "next"]  # neither then nor with the next transaction
+
+
+def test_counters_only_go_up_and_survive_reopening(db: EngineDB) -> None:
+    from ringrift_coord import counters
+
+    store = db.open()
+    with store.write() as tx:
+        counters.add(tx, "denials", {"rule": "node_limit", "type": "training", "node": "n1"})
+        counters.add(tx, "denials", {"type": "training", "node": "n1", "rule": "node_limit"})
+        counters.add(tx, "transfer_bytes", {"remote": "aws-1"}, 2.5e12)
+        with pytest.raises(ValueError):
+            counters.add(tx, "transfer_bytes", {"remote": "aws-1"}, -1)
+    store.close()
+    store = db.open()
+    with store.read() as tx:
+        assert counters.read(tx, "denials") == [
+            ({"node": "n1", "rule": "node_limit", "type": "training"}, 2.0)
+        ]
+        assert counters.read(tx, "transfer_bytes") == [({"remote": "aws-1"}, 2.5e12)]
+        assert counters.read(tx, "nothing") == []
+
+
 def test_statements_rows_and_placeholders(db: EngineDB) -> None:
     store = db.open()
     with store.write() as tx:

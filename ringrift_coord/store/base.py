@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import _thread
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
 Row = dict  # dict[str, Any]: one row, column name -> value
@@ -21,7 +21,16 @@ if TYPE_CHECKING:
 
 
 class Tx(ABC):
-    """One open transaction."""
+    """One open transaction.
+
+    ``after_commit(fn)`` runs ``fn()`` once the write transaction has committed (never after a
+    rollback): work that must not hold the write lock or must not happen for a change that did
+    not land, such as starting an event's hooks. Its exceptions are swallowed: the change is
+    already made.
+    """
+
+    def after_commit(self, fn: Callable[[], object]) -> None:
+        self.__dict__.setdefault("_after_commit", []).append(fn)
 
     @abstractmethod
     def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
@@ -81,6 +90,11 @@ class Store(ABC):
                 self._rollback()
                 raise
             self._commit()
+            for fn in tx.__dict__.pop("_after_commit", ()):
+                try:
+                    fn()
+                except Exception:  # noqa: S110 (the change has landed; a hook never undoes it)
+                    pass
 
     @contextmanager
     def read(self) -> Iterator[Tx]:

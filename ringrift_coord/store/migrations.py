@@ -295,6 +295,34 @@ CREATE INDEX duration_samples_key ON duration_samples (task_type, config_name, a
 """
 
 # (name, engine -> SQL script)
+# The event log: an event is stored once per digest (a SHA-256 of its type and canonical
+# payload); publishing it again counts it (``seen``, ``last_at``). ``counters`` holds the
+# exported Prometheus counters (refusals per rule, type and node; bytes moved per remote host):
+# running totals that never go down when the decision log and the transfer history are pruned.
+_EVENTS = """
+CREATE TABLE events (
+    id {serial},
+    type TEXT NOT NULL,
+    digest TEXT NOT NULL UNIQUE,
+    payload TEXT NOT NULL,
+    source TEXT NOT NULL,
+    host TEXT NOT NULL,
+    node TEXT,
+    who TEXT,
+    at DOUBLE PRECISION NOT NULL,
+    last_at DOUBLE PRECISION NOT NULL,
+    seen INTEGER NOT NULL
+);
+CREATE INDEX events_last_at ON events (last_at);
+CREATE INDEX events_type ON events (type, id);
+CREATE TABLE counters (
+    family TEXT NOT NULL,
+    labels TEXT NOT NULL,
+    value DOUBLE PRECISION NOT NULL,
+    PRIMARY KEY (family, labels)
+);
+"""
+
 MIGRATIONS: list[tuple[str, dict[str, str]]] = [
     ("0001_initial", {engine: _initial(engine) for engine in _SERIAL}),
     ("0002_safeguards", {engine: _SAFEGUARDS.format(serial=_SERIAL[engine]) for engine in _SERIAL}),
@@ -304,6 +332,7 @@ MIGRATIONS: list[tuple[str, dict[str, str]]] = [
         "0005_transfers_schedule",
         {engine: _TRANSFERS_SCHEDULE.format(serial=_SERIAL[engine]) for engine in _SERIAL},
     ),
+    ("0006_events", {engine: _EVENTS.format(serial=_SERIAL[engine]) for engine in _SERIAL}),
 ]
 
 MIGRATION_NAMES: tuple[str, ...] = tuple(name for name, _ in MIGRATIONS)
