@@ -152,7 +152,10 @@ def check_payload(value: Any, field: str = "payload") -> dict[str, Any]:
     if not isinstance(value, dict):
         kind = "an array" if isinstance(value, list) else f"a {type(value).__name__}"
         raise UsageError(f"{field}: must be a JSON object ({{...}}), got {kind}")
-    size = len(canonical(value).encode("utf-8", "surrogatepass"))
+    try:
+        size = len(canonical(value).encode("utf-8", "surrogatepass"))
+    except UsageError:
+        raise UsageError(f"{field}: NaN and Infinity are not JSON numbers") from None
     if size > MAX_PAYLOAD:
         raise UsageError(
             f"{field}: {size} bytes of canonical JSON is more than the {MAX_PAYLOAD} allowed"
@@ -166,8 +169,8 @@ def canonical(payload: dict[str, Any]) -> str:
         return json.dumps(
             payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
         )
-    except ValueError as exc:  # NaN or Infinity: not JSON
-        raise UsageError(f"payload: {exc}") from None
+    except ValueError:  # NaN or Infinity: not JSON
+        raise UsageError("payload: NaN and Infinity are not JSON numbers") from None
 
 
 def digest(event_type: str, payload: dict[str, Any]) -> str:

@@ -285,9 +285,16 @@ def record_manual(
         tx, cfg, node, ttype, now, ok=ok, trial=trial, reason=reason, settings=settings
     )
     _adjust_backpressure(tx, settings, node, ok, now)
-    if not ok and reason is not None and "oom" in reason.lower().replace("-", " ").split():
+    if not ok and reason is not None and _says_oom(reason):
         publish_oom(tx, settings, node, ttype, now, reason=reason)
     return result
+
+
+def _says_oom(reason: str) -> bool:
+    """A recorded reason that names an OOM: the word "OOM" ("OOM", "oom: cuda", "OOM-killed")."""
+    import re
+
+    return "oom" in re.findall(r"[a-z0-9]+", reason.lower())
 
 
 def _one_line(reason: str) -> str:

@@ -90,6 +90,7 @@ def _read(g: Any, **query: Any) -> list[Any]:
     from ringrift_coord.store import NoStore
 
     with g.context(create=False) as c:
+        c.settings.require("events")  # the event log's own commands: its section must be right
         try:
             with c.store.read() as tx:
                 since = query.pop("since_raw", None)
@@ -224,6 +225,8 @@ def events_tail(
     kind = _event_type(event_type)
     if not 0 <= lines <= MAX_LIMIT:
         raise UsageError(f"option -n: {lines} is not a number of events from 0 to {MAX_LIMIT}")
+    if follow:  # SIGTERM ends it like Ctrl-C: exit 0 (from the start, not only once polling)
+        signal.signal(signal.SIGTERM, _stop)
     found = _read(g, event_type=kind, limit=lines) if lines else []
     if not follow:
         if g.json:
@@ -232,10 +235,17 @@ def events_tail(
             for event in found:
                 views.event_line(event.to_dict())
         done()
-    for event in found:
-        _print_line(event.to_dict(), g.json)
+    try:
+        for event in found:
+            _print_line(event.to_dict(), g.json)
+    except KeyboardInterrupt:
+        done(0)
     last = found[-1].id if found else None
     _follow(g, kind, last)
+
+
+def _stop(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def _print_line(doc: dict[str, Any], as_json: bool) -> None:
@@ -251,10 +261,6 @@ def _follow(g: Any, kind: str | None, last: int | None) -> None:
     from ringrift_coord import events
     from ringrift_coord.store import NoStore
 
-    def stop(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, stop)
     try:
         with g.context(create=False) as c:
             while True:
