@@ -410,3 +410,31 @@ def test_the_hook_runner_refuses_a_bad_job_quietly() -> None:
         [sys.executable, "-m", "ringrift_coord.hookrun"], input=b"not json", capture_output=True
     )
     assert done.returncode == 2 and done.stderr == b""
+
+
+def test_tail_follow_ends_when_its_reader_is_gone(coord: Coord) -> None:
+    """``events tail -f | head -1``: the next line finds the pipe closed, and it exits 0."""
+    import subprocess
+
+    assert coord("events", "publish", "X").returncode == 0
+    pipeline = subprocess.Popen(
+        [
+            "bash",
+            "-c",
+            'set -o pipefail; "$0" -m ringrift_coord events tail -f -n 1 | head -1; echo "rc=$?"',
+            sys.executable,
+        ],
+        env=coord.env,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert pipeline.stdout is not None
+        assert " X {}" in pipeline.stdout.readline()  # head's one line; head has exited
+        assert coord("events", "publish", "Y").returncode == 0
+        out, _ = pipeline.communicate(timeout=20)
+        assert pipeline.returncode == 0 and out == "rc=0\n"
+    finally:
+        if pipeline.poll() is None:
+            pipeline.kill()
+            pipeline.wait()

@@ -254,6 +254,8 @@ def _print_line(doc: dict[str, Any], as_json: bool) -> None:
     else:
         views.event_line(doc)
     sys.stdout.flush()
+    if getattr(sys.stdout, "lost", False):  # the reader is gone (| head -1): stop, as tail does
+        raise KeyboardInterrupt
 
 
 def _follow(g: Any, kind: str | None, last: int | None) -> None:
