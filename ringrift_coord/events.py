@@ -239,7 +239,7 @@ def prune(tx: Tx, now: float, retention_days: float) -> int:
 
 def list_events(
     tx: Tx,
-    event_type: str | None = None,
+    type: str | None = None,  # the design's name (shadows the builtin here only)
     since: float | None = None,
     after_id: int | None = None,
     limit: int | None = None,
@@ -247,9 +247,9 @@ def list_events(
     """Events oldest first (by id); with ``limit``, the newest ``limit`` of them. ``since``:
     last published at or after; ``after_id``: stored after that id (``tail --follow``)."""
     where, args = [], list[Any]()
-    if event_type is not None:
+    if type is not None:
         where.append("type = ?")
-        args.append(event_type)
+        args.append(type)
     if since is not None:
         where.append("last_at >= ?")
         args.append(since)

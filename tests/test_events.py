@@ -30,7 +30,7 @@ def _publish(ctx, kind: str, payload: dict, **kw) -> events.Event:  # noqa: ANN0
 
 def _all(ctx, kind: str | None = None) -> list[events.Event]:  # noqa: ANN001
     with ctx.store.read() as tx:
-        return events.list_events(tx, event_type=kind)
+        return events.list_events(tx, type=kind)
 
 
 # --------------------------------------------------------------------------- dedupe

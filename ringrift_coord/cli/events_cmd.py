@@ -188,9 +188,7 @@ def events_list(
     published, type, node, how often seen, the payload. Only reads."""
     g = globals_of(ctx)
     table_output(fmt, no_header, ctx)
-    found = _read(
-        g, event_type=_event_type(event_type), since_raw=since, limit=_limit(limit, "--limit")
-    )
+    found = _read(g, type=_event_type(event_type), since_raw=since, limit=_limit(limit, "--limit"))
     docs = [e.to_dict() for e in found]
     if g.json:
         emit_json({"events": docs})
@@ -227,7 +225,7 @@ def events_tail(
         raise UsageError(f"option -n: {lines} is not a number of events from 0 to {MAX_LIMIT}")
     if follow:  # SIGTERM ends it like Ctrl-C: exit 0 (from the start, not only once polling)
         signal.signal(signal.SIGTERM, _stop)
-    found = _read(g, event_type=kind, limit=lines) if lines else []
+    found = _read(g, type=kind, limit=lines) if lines else []
     if not follow:
         if g.json:
             emit_json({"events": [e.to_dict() for e in found]})
@@ -272,7 +270,7 @@ def _follow(g: Any, kind: str | None, last: int | None) -> None:
                             last = events.last_id(tx) if kind is None else _last_of(tx, kind)
                             new: list[Any] = []
                         else:
-                            new = events.list_events(tx, event_type=kind, after_id=last)
+                            new = events.list_events(tx, type=kind, after_id=last)
                 except NoStore:
                     new = []
                     c.close()  # look again next time: the store may be created meanwhile
@@ -287,5 +285,5 @@ def _follow(g: Any, kind: str | None, last: int | None) -> None:
 def _last_of(tx: Any, kind: str) -> int:
     from ringrift_coord import events
 
-    found = events.list_events(tx, event_type=kind, limit=1)
+    found = events.list_events(tx, type=kind, limit=1)
     return found[-1].id if found else events.last_id(tx)
