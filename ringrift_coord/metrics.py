@@ -418,7 +418,8 @@ def _transfers(tx: Tx, settings: Settings, now: float, fam: Families) -> None:
         status = {"hosts": []}
     for host in status["hosts"]:
         active.add(host["active"], host["remote"])
-        limit.add(float(host["limit_kbps"]) * KIB, host["remote"])
+        exact = transfers.link(settings, host["remote"])["limit_kbps"]  # status rounds it
+        limit.add(float(exact) * KIB, host["remote"])
         allocated.add(float(host["allocated_kbps"]) * KIB, host["remote"])
     moved = fam.counter(
         "ringrift_transfer_bytes_total",
