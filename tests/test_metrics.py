@@ -112,7 +112,7 @@ def test_every_family_from_a_populated_store(engine_db: Any) -> None:
     clock = ManualClock()
     ctx = engine_db.context(CONFIG, clock=clock)
     populate(ctx, clock)
-    got = metrics.collect(ctx)
+    got = metrics.gather(ctx)
     assert got.store_up and got.problem is None and got.at == clock.time()
     names = [m.name for m in got.metrics]
     expected = {
@@ -278,7 +278,7 @@ def test_counters_never_go_down_across_a_prune(engine_db: Any) -> None:
     bw = BandwidthManager(ctx)
     safeguards.deactivate_emergency(ctx)
     bw.end_transfer("h1", str(bw.start("h1").task_id), bytes_transferred=10**12)
-    before = metrics.collect(ctx)
+    before = metrics.gather(ctx)
     assert by_label(before, "ringrift_denials_total", rule="halt", type="selfplay", node="n1") == 3
     assert by_label(before, "ringrift_transfer_bytes_total", remote="h1") == 10**12
     # the decision log's and the transfer history's pruning (what admission and transfers.end
@@ -288,12 +288,12 @@ def test_counters_never_go_down_across_a_prune(engine_db: Any) -> None:
         tx.execute("DELETE FROM decisions WHERE at < ?", (tx.now() - 86400,))
         tx.execute("DELETE FROM transfer_history WHERE ended_at < ?", (tx.now() - 86400,))
         assert not tx.query("SELECT id FROM decisions")
-    after = metrics.collect(ctx)
+    after = metrics.gather(ctx)
     assert by_label(after, "ringrift_denials_total", rule="halt", type="selfplay", node="n1") == 3
     assert by_label(after, "ringrift_transfer_bytes_total", remote="h1") == 10**12
     safeguards.activate_emergency(ctx, "again")
     assert not tc.check("selfplay", "n1").allowed
-    later = metrics.collect(ctx)
+    later = metrics.gather(ctx)
     assert by_label(later, "ringrift_denials_total", rule="halt", type="selfplay", node="n1") == 4
 
 
