@@ -9,6 +9,7 @@ without it.
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -16,6 +17,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import Coord
+from prometheus_client.parser import text_string_to_metric_families
 
 ROOT = Path(__file__).resolve().parent.parent
 RULES_DIR = ROOT / "monitoring" / "prometheus" / "rules"
@@ -27,46 +30,46 @@ README = (ROOT / "README.md").read_text()
 SEVERITIES = {"critical", "warning", "info"}
 METRIC = re.compile(r"\bringrift_[a-z0-9_]+\b")
 
-# The series `ringrift-coord metrics` exports (the names every rule and panel may read).
-EXPORTED = frozenset(
-    {
-        "ringrift_store_up",
-        "ringrift_store_schema_migrations",
-        "ringrift_cluster_cpu_utilization",
-        "ringrift_cluster_gpu_utilization",
-        "ringrift_cluster_gpu_memory_utilization",
-        "ringrift_cpu_in_target_range",
-        "ringrift_gpu_in_target_range",
-        "ringrift_optimization_action",
-        "ringrift_optimization_confidence",
-        "ringrift_cluster_gpu_nodes",
-        "ringrift_cluster_cpu_nodes",
-        "ringrift_cluster_total_jobs",
-        "ringrift_tasks",
-        "ringrift_task_node_limit",
-        "ringrift_task_cluster_limit",
-        "ringrift_waiters",
-        "ringrift_halted",
-        "ringrift_halt_active",
-        "ringrift_breaker_state",
-        "ringrift_breaker_opened_timestamp_seconds",
-        "ringrift_denials_total",
-        "ringrift_backpressure_factor",
-        "ringrift_lowered_cap",
-        "ringrift_selfplay_rate_games_per_hour",
-        "ringrift_transfers",
-        "ringrift_transfer_bandwidth_limit_bytes_per_second",
-        "ringrift_transfer_bandwidth_allocated_bytes_per_second",
-        "ringrift_transfer_bytes_total",
-        "ringrift_node_reading_age_seconds",
-        "ringrift_node_utilization",
-        "ringrift_node_critical",
-    }
-)
+
+def populate(coord: Coord) -> None:
+    """A store with something in every area the rules and the dashboard read."""
+    pid = str(os.getpid())
+    steps = [
+        ("report", "--node", "gpu-1", "--cpu", "50", "--gpu", "90", "--mem", "40", "--disk", "30"),
+        ("report", "--node", "gpu-2", "--cpu", "40", "--gpu", "60", "--mem", "30", "--disk", "20"),
+        ("report", "--node", "cpu-1", "--cpu", "65", "--mem", "20", "--disk", "10"),
+        *[
+            ("register", "selfplay", "--node", "gpu-2", "--pid", pid, "--task-id", f"sp{i}")
+            for i in range(4)
+        ],
+        ("unregister", "sp0", "--status", "oom"),
+        ("unregister", "sp1", "--status", "oom"),  # the second OOM lowers gpu-2's cap
+        ("halt", "--node", "cpu-2", "--reason", "maintenance"),
+        *[("breakers", "record-failure", "--type", "training", "--node", "gpu-1")] * 3,
+        ("bandwidth", "start", "backup-host", "--kind", "data"),
+        ("adjust",),
+    ]
+    for args in steps:
+        result = coord(*args)
+        assert result.returncode == 0, (args, result.stderr)
+    assert coord("can-spawn", "training", "--node", "gpu-1").returncode == 1  # a denial
+    xfer = coord("bandwidth", "start", "backup-host", "--kind", "model").stdout.strip()
+    assert coord("bandwidth", "end", xfer, "--bytes", "1000000").returncode == 0
 
 
-def exported_names() -> frozenset[str]:
-    return EXPORTED
+def exported(coord: Coord) -> dict[str, list[dict[str, str]]]:
+    """What `ringrift-coord metrics` exports: each name (a family's TYPE name, a counter's with
+    its _total, and every sample's name) with the label sets of its samples."""
+    result = coord("metrics")
+    assert result.returncode == 0, result.stderr
+    names: dict[str, list[dict[str, str]]] = {}
+    for line in result.stdout.splitlines():
+        if line.startswith("# TYPE "):
+            names.setdefault(line.split()[2], [])
+    for family in text_string_to_metric_families(result.stdout):
+        for sample in family.samples:
+            names.setdefault(sample.name, []).append(dict(sample.labels))
+    return names
 
 
 @pytest.fixture(scope="module")
@@ -303,9 +306,30 @@ def queried_names() -> dict[str, set[str]]:
     return found
 
 
-def test_rules_and_dashboard_read_only_exported_series() -> None:
+def test_rules_and_dashboard_read_only_exported_series(coord: Coord) -> None:
+    populate(coord)
+    series = exported(coord)
     queried = queried_names()
     assert len(queried) >= 25, sorted(queried)  # the scan itself finds them
-    exported = exported_names()
-    missing = {name: sorted(where) for name, where in queried.items() if name not in exported}
+    missing = {name: sorted(where) for name, where in queried.items() if name not in series}
     assert not missing, f"queried but not exported by ringrift-coord metrics: {missing}"
+    # the labels the alerts' templates and the dashboard's legends read are on real samples
+    for name, labels in [
+        ("ringrift_halt_active", {"scope", "type", "node"}),
+        ("ringrift_breaker_opened_timestamp_seconds", {"type", "node"}),
+        ("ringrift_breaker_state", {"type", "node", "state"}),
+        ("ringrift_denials_total", {"rule", "type", "node"}),
+        ("ringrift_node_critical", {"node", "resource"}),
+        ("ringrift_node_utilization", {"node", "resource"}),
+        ("ringrift_node_reading_age_seconds", {"node"}),
+        ("ringrift_tasks", {"type", "node"}),
+        ("ringrift_lowered_cap", {"type", "node"}),
+        ("ringrift_transfer_bytes_total", {"remote"}),
+        ("ringrift_transfers", {"remote"}),
+        ("ringrift_optimization_action", {"action"}),
+    ]:
+        assert series[name], f"the populated store gives no {name} sample"
+        assert all(set(sample) == labels for sample in series[name]), (name, series[name])
+    for name in ["ringrift_halted", "ringrift_cpu_in_target_range", "ringrift_store_up"]:
+        assert series[name] == [{}], (name, series[name])
+    assert {"node": "cpu-2", "scope": "node", "type": "all"} in series["ringrift_halt_active"]
