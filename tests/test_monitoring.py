@@ -12,12 +12,18 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
+import sys
+import time
+import urllib.parse
+import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import yaml
-from conftest import Coord
+from conftest import Coord, wait_for
 from prometheus_client.parser import text_string_to_metric_families
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -333,3 +339,154 @@ def test_rules_and_dashboard_read_only_exported_series(coord: Coord) -> None:
     for name in ["ringrift_halted", "ringrift_cpu_in_target_range", "ringrift_store_up"]:
         assert series[name] == [{}], (name, series[name])
     assert {"node": "cpu-2", "scope": "node", "type": "all"} in series["ringrift_halt_active"]
+
+
+# --------------------------------------------------------------------------- a real Prometheus
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def get_json(url: str) -> dict:
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return json.loads(response.read())
+
+
+@pytest.fixture
+def prometheus(coord: Coord, tmp_path: Path):  # noqa: ANN201
+    """A real Prometheus (loopback only) with the rules loaded, scraping the exposition of a
+    populated store (`metrics --textfile`, served as a file) in the job `ringrift-coord`, and
+    a target that is down in the job `ringrift-coord-down`. Yields its API's base URL."""
+    binary = shutil.which("prometheus")
+    if binary is None:
+        pytest.skip("prometheus is not installed (Debian: apt install prometheus)")
+    populate(coord)
+    served = tmp_path / "served"
+    served.mkdir()
+    assert coord("metrics", "--textfile", str(served / "ringrift.prom")).returncode == 0
+    web, api = free_port(), free_port()
+    config = {
+        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+        "rule_files": [str(RULES)],
+        "scrape_configs": [
+            {
+                "job_name": "ringrift-coord",
+                "metrics_path": "/ringrift.prom",
+                "static_configs": [{"targets": [f"127.0.0.1:{web}"]}],
+            },
+            {
+                "job_name": "ringrift-coord-down",
+                "static_configs": [{"targets": [f"127.0.0.1:{free_port()}"]}],
+            },
+        ],
+    }
+    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "http.server", "--bind", "127.0.0.1", str(web)],
+            cwd=served,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        ),
+        subprocess.Popen(
+            [
+                binary,
+                f"--config.file={tmp_path / 'prometheus.yml'}",
+                f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+                f"--web.listen-address=127.0.0.1:{api}",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=(tmp_path / "prometheus.log").open("w"),
+        ),
+    ]
+    base = f"http://127.0.0.1:{api}"
+
+    def ready() -> bool:
+        try:
+            return urllib.request.urlopen(f"{base}/-/ready", timeout=2).status == 200
+        except OSError:
+            return False
+
+    try:
+        wait_for(ready, 60, "Prometheus to be ready")
+        yield base
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            proc.wait(timeout=30)
+
+
+def eventually(predicate: Callable[[], object], what: str, timeout: float = 60) -> object:
+    """``wait_for`` at a pace a Prometheus on a busy 2-core box does not mind."""
+
+    def paced() -> object:
+        value = predicate()
+        if not value:
+            time.sleep(0.25)
+        return value
+
+    return wait_for(paced, timeout, what)
+
+
+def query(base: str, expr: str) -> list[dict]:
+    answer = get_json(f"{base}/api/v1/query?" + urllib.parse.urlencode({"query": expr}))
+    assert answer["status"] == "success", (expr, answer)
+    return list(answer["data"]["result"])
+
+
+def test_real_prometheus_evaluates_the_rules_on_real_metrics(prometheus: str) -> None:
+    """The store has a node halt, a GPU node at 90 % (critical; the GPU mean in the band, the
+    CPU mean below it) and a breaker just opened; one ringrift target is down. Those alerts
+    go pending (their `for:` has not passed), with the labels and descriptions the real
+    series give; the others stay quiet."""
+
+    def active() -> dict[str, list[dict]]:
+        alerts = get_json(f"{prometheus}/api/v1/alerts")["data"]["alerts"]
+        found: dict[str, list[dict]] = {}
+        for alert in alerts:
+            found.setdefault(alert["labels"]["alertname"], []).append(alert)
+        return found
+
+    expected = {
+        "RingriftHaltActive",
+        "RingriftNodeCritical",
+        "RingriftCpuOutOfTargetBand",
+        "RingriftCoordinatorDown",
+    }
+    alerts = eventually(lambda: (found := active()).keys() >= expected and found, "alerts")
+    assert isinstance(alerts, dict)
+    assert set(alerts) == expected, sorted(alerts)
+    rules = get_json(f"{prometheus}/api/v1/rules")["data"]["groups"][0]["rules"]
+    assert {rule["name"] for rule in rules} == set(ALERTS)
+    assert all(rule["health"] == "ok" for rule in rules), rules
+
+    (halt,) = alerts["RingriftHaltActive"]
+    assert halt["state"] == "pending" and halt["labels"]["job"] == "ringrift-coord"
+    assert "In force: [scope=node type=all node=cpu-2] (a" in halt["annotations"]["description"]
+    (critical,) = alerts["RingriftNodeCritical"]
+    assert critical["labels"]["node"] == "gpu-1" and critical["labels"]["resource"] == "gpu"
+    assert "threshold for 5 minutes (now 90%)" in critical["annotations"]["description"]
+    (cpu,) = alerts["RingriftCpuOutOfTargetBand"]
+    assert re.search(r"CPU utilization \(\d+(\.\d+)?% now\)", cpu["annotations"]["description"])
+    (down,) = alerts["RingriftCoordinatorDown"]
+    assert down["labels"]["job"] == "ringrift-coord-down"
+
+
+def test_real_prometheus_answers_every_dashboard_query(prometheus: str) -> None:
+    """Every panel's query runs on the real series of a populated store and returns data, but
+    for the two series the store has nothing for."""
+    wait_for(lambda: query(prometheus, "count(up) >= 2 and count(ringrift_tasks) > 0"), 60, "")
+    # two scrapes at least, so rate() has two points
+    wait_for(lambda: query(prometheus, "rate(ringrift_denials_total[1m])"), 60, "two scrapes")
+    empty = set()
+    for panel in panels(dashboard()):
+        for target in panel.get("targets", []):
+            expr = grafana_to_promql(target["expr"]).replace("[5m]", "[1m]")
+            if not query(prometheus, expr):
+                empty.add(METRIC.search(expr).group(0))  # type: ignore[union-attr]
+    # no launcher waits here, and a manual report has no GPU memory figure
+    assert empty == {"ringrift_waiters", "ringrift_cluster_gpu_memory_utilization"}, empty
