@@ -1,10 +1,11 @@
 """Prometheus metrics: every family read in ONE read transaction, exposed as Prometheus text.
 
-``collect`` reads the store once (one read transaction, one moment) through the existing read
-models (slots, queue, halts, breakers, feedback, readings, the optimizer's utilization,
+``collect`` reads the store once (one read transaction, one moment) through the existing
+read models (slots, queue, halts, breakers, feedback, readings, the optimizer's utilization,
 transfers and the counters) and returns ``Metric`` families: plain data, no Prometheus
-types. ``exposition`` renders them through prometheus_client (a custom collector over a
-private registry, ``generate_latest``): HELP and TYPE for each family, label values escaped
+types (``gather``: the same with the moment and whether the store answered).
+``exposition`` renders them through prometheus_client (a custom collector over a private
+registry, ``generate_latest``): HELP and TYPE for each family, label values escaped
 (a node name is data: quotes, backslashes and newlines come out escaped). ``write_textfile``
 writes the exposition for node_exporter's textfile collector, atomically.
 
@@ -118,8 +119,13 @@ class Collection:
 # --------------------------------------------------------------------------- collecting
 
 
-def collect(ctx: Context) -> Collection:
+def collect(ctx: Context) -> list[Metric]:
     """Every family, read in one read transaction of the store (see the module docstring)."""
+    return gather(ctx).metrics
+
+
+def gather(ctx: Context) -> Collection:
+    """``collect``, with the store's moment and whether (or why not) the store answered."""
     from ringrift_coord import halts
     from ringrift_coord.store import NoStore
 
@@ -498,7 +504,7 @@ def render(collection: Collection) -> bytes:
 
 def exposition(ctx: Context) -> bytes:
     """Every family as Prometheus text exposition (format 0.0.4)."""
-    return render(collect(ctx))
+    return render(gather(ctx))
 
 
 def check_textfile(path: str) -> str:
@@ -524,7 +530,7 @@ def write_textfile(ctx: Context, path: str) -> Collection:
     fsync, mode 0644, rename over ``path`` (a reader sees the old file or the new one, never
     half of one). Returns what was collected."""
     target = check_textfile(path)
-    collection = collect(ctx)
+    collection = gather(ctx)
     data = render(collection)
     directory = os.path.dirname(target)
     try:

@@ -42,7 +42,7 @@ def metrics(
         if textfile is not None:
             collection = core.write_textfile(c, textfile)
         else:
-            collection = core.collect(c)
+            collection = core.gather(c)
     if collection.problem is not None:  # stderr: the exposition itself says ringrift_store_up 0
         from ringrift_coord.inputs import printable
 
