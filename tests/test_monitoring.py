@@ -440,9 +440,10 @@ def query(base: str, expr: str) -> list[dict]:
 
 def test_real_prometheus_evaluates_the_rules_on_real_metrics(prometheus: str) -> None:
     """The store has a node halt, a GPU node at 90 % (critical; the GPU mean in the band, the
-    CPU mean below it) and a breaker just opened; one ringrift target is down. Those alerts
-    go pending (their `for:` has not passed), with the labels and descriptions the real
-    series give; the others stay quiet."""
+    CPU mean below it) and a breaker just opened (not closed: pending for 30 minutes, not
+    open too long); one ringrift target is down. Those alerts go pending (their `for:` has
+    not passed), with the labels and descriptions the real series give; the others stay
+    quiet."""
 
     def active() -> dict[str, list[dict]]:
         alerts = get_json(f"{prometheus}/api/v1/alerts")["data"]["alerts"]
@@ -455,6 +456,7 @@ def test_real_prometheus_evaluates_the_rules_on_real_metrics(prometheus: str) ->
         "RingriftHaltActive",
         "RingriftNodeCritical",
         "RingriftCpuOutOfTargetBand",
+        "RingriftBreakerReopening",
         "RingriftCoordinatorDown",
     }
     alerts = eventually(lambda: (found := active()).keys() >= expected and found, "alerts")
@@ -472,6 +474,9 @@ def test_real_prometheus_evaluates_the_rules_on_real_metrics(prometheus: str) ->
     assert "threshold for 5 minutes (now 90%)" in critical["annotations"]["description"]
     (cpu,) = alerts["RingriftCpuOutOfTargetBand"]
     assert re.search(r"CPU utilization \(\d+(\.\d+)?% now\)", cpu["annotations"]["description"])
+    (breaker,) = alerts["RingriftBreakerReopening"]
+    assert (breaker["labels"]["type"], breaker["labels"]["node"]) == ("training", "gpu-1")
+    assert "state" not in breaker["labels"]
     (down,) = alerts["RingriftCoordinatorDown"]
     assert down["labels"]["job"] == "ringrift-coord-down"
 
