@@ -134,6 +134,11 @@ print(stats["circuit_breakers"])
 def test_circuit_breaker_open_steps(coord: Coord) -> None:
     out = ok(py(coord, BREAKER_STEPS))
     assert "'selfplay:node-1'" in out and "'state': 'open'" in out
+    assert coord("halt", "--reason", "look").returncode == 0
+    stats = json.loads(ok(py(coord, CHECK_SAFEGUARDS.replace(", default=str", ""))))
+    assert stats["circuit_breakers"]["selfplay:node-1"]["state"] == "open"
+    assert stats["emergency_active"] is True and stats["open_breakers"] == 1
+    assert coord("unhalt").returncode == 0
     assert coord("can-spawn", "selfplay", "--node", "node-1").returncode == 1
     # the reference's manual reset (clearing a private dict) is `breakers reset` here
     assert coord("breakers", "reset", "--node", "node-1", "--type", "selfplay").returncode == 0
