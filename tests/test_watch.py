@@ -24,14 +24,20 @@ needs_tmux = pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is no
 
 
 class Tmux:
-    """One private tmux server (its own socket) running one command in an 80 x 30 pane."""
+    """One private tmux server (its own socket) running one command in an 80 x 30 pane.
+
+    The pane's shell runs the command and writes its exit status to a file (tmux 3.3's own
+    ``pane_dead_status`` is sometimes left empty); the pane stays after it ends
+    (``remain-on-exit``), so its last screen can still be read."""
 
     def __init__(self, coord: Coord, argv: list[str], width: int = 80, height: int = 30) -> None:
         self.socket = f"ringrift-test-{os.getpid()}-{id(self)}"
+        self.exit_file = coord.tmp / f"exit-{id(self)}"
         self.env = {**coord.env, "TERM": "xterm-256color"}
         self.env.pop("COLUMNS", None)  # the pane's width, not the tests' 200
         self.env.pop("TMUX", None)
-        command = "exec " + " ".join(shlex.quote(a) for a in argv)
+        command = " ".join(shlex.quote(a) for a in argv)
+        command += f"; echo $? > {shlex.quote(str(self.exit_file))}"
         self.tmux(
             "-f", "/dev/null", "new-session", "-d", "-s", "w", "-x", str(width),
             "-y", str(height), command, ";", "set-option", "-w", "-t", "w",
@@ -53,16 +59,24 @@ class Tmux:
         return self.tmux("capture-pane", "-p", "-t", "w")
 
     def pid(self) -> int:
-        return int(self.tmux("display-message", "-p", "-t", "w", "#{pane_pid}").strip())
+        """The command's pid (the child of the pane's shell)."""
+        shell = int(self.tmux("display-message", "-p", "-t", "w", "#{pane_pid}").strip())
+
+        def child() -> int:
+            path = f"/proc/{shell}/task/{shell}/children"
+            with open(path) as handle:
+                found = handle.read().split()
+            return int(found[0]) if found else 0
+
+        return int(str(wait_for(child, 15, "the command to start")))
 
     def exit_status(self) -> int | None:
         """The command's exit status once it has ended (128+N: killed by signal N)."""
-        what = "#{pane_dead}:#{pane_dead_status}:#{pane_dead_signal}"
-        out = self.tmux("display-message", "-p", "-t", "w", what)
-        dead, status, sig = out.strip().split(":")
-        if dead != "1" or not (status or sig):
+        try:
+            text = self.exit_file.read_text()
+        except FileNotFoundError:
             return None
-        return int(status) if status else 128 + int(sig)
+        return int(text) if text.endswith("\n") else None
 
     def wait_screen(self, needle: str, timeout: float = 30) -> str:
         def seen() -> str:
@@ -196,3 +210,17 @@ def test_watch_without_a_store_fails_as_status_does(coord: Coord, engine: str) -
     done = coord("--json", "status", "--watch")
     assert done.returncode == 3
     assert "no store at" in json.loads(done.stdout)["error"]
+
+
+def test_watch_json_ends_when_the_reader_goes(coord: Coord) -> None:
+    _populate(coord)
+    argv = " ".join(shlex.quote(a) for a in coord.argv("--json", "status", "--watch"))
+    done = subprocess.run(
+        ["bash", "-c", f"{argv} --interval 0.5 | head -1; echo ${{PIPESTATUS[0]}} >&2"],
+        env=coord.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert json.loads(done.stdout)["total_tasks"] == 1
+    assert done.stderr == "0\n"  # exit 0, nothing said

@@ -9,8 +9,9 @@ stays below it) and retried at the next tick; the first read fails as ``status``
 
 With ``--json``: one ``status`` document per interval, one line each (JSON lines), flushed;
 an error is a line ``{"schema_version": 1, "error": ..., "exit_code": ...}`` and the next
-tick retries. Without ``--json`` a stdout that is not a terminal is refused (exit 2): a
-pipe wants ``--json`` or a plain ``status`` from a loop.
+tick retries; a reader that goes away (``| head -1``) ends it with exit 0. Without
+``--json`` a stdout that is not a terminal is refused (exit 2): a pipe wants ``--json`` or a
+plain ``status`` from a loop.
 """
 
 from __future__ import annotations
@@ -94,6 +95,8 @@ def _json_lines(g: Any, interval: float, first: tuple[dict[str, Any], Any]) -> N
             text = json_text({"error": error, "exit_code": code})
         sys.stdout.write(text)
         sys.stdout.flush()
+        if getattr(sys.stdout, "lost", False):  # the reader has gone (`| head -1`): done
+            return
         time.sleep(interval)
         try:
             doc = _read(g, True)[0]
