@@ -12,6 +12,7 @@ import shlex
 import shutil
 import signal
 import subprocess
+from pathlib import Path
 
 import pytest
 from conftest import Coord, wait_for
@@ -86,7 +87,10 @@ class Tmux:
         return str(wait_for(seen, timeout, f"{needle!r} on the screen"))
 
     def close(self) -> None:
-        subprocess.run(["tmux", "-L", self.socket, "kill-server"], env=self.env, check=False)
+        argv = ["tmux", "-L", self.socket, "kill-server"]
+        subprocess.run(argv, env=self.env, check=False, capture_output=True)
+        base = os.environ.get("TMUX_TMPDIR") or "/tmp"
+        Path(base, f"tmux-{os.getuid()}", self.socket).unlink(missing_ok=True)  # left behind
 
 
 @pytest.fixture
