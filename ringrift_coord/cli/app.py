@@ -588,3 +588,7 @@ schedule_cmd.register(app)
 from ringrift_coord.cli import rate_cmd  # noqa: E402  (rate, distribution)
 
 rate_cmd.register(app)
+
+from ringrift_coord.cli import serve_cmd  # noqa: E402
+
+serve_cmd.register(app)
