@@ -75,9 +75,10 @@ def is_loopback(host: str) -> bool:
 # --------------------------------------------------------------------------- store reads
 
 
-def request_context(base: Context, timeout: float) -> Context:
+def request_context(base: Context, timeout: float, *, create: bool = False) -> Context:
     """A ``Context`` like ``base`` whose store is opened on first use with every timeout
-    at ``timeout`` (and never created); the caller closes it."""
+    at ``timeout`` (a missing SQLite store is created only with ``create``: ``serve``'s
+    check at start); the caller closes it."""
     from ringrift_coord.context import Context
     from ringrift_coord.store import open_store
 
@@ -93,7 +94,7 @@ def request_context(base: Context, timeout: float) -> Context:
                     env=self.env,
                     clock=self.clock,
                     shared_gid=self.shared_gid,
-                    create=False,
+                    create=create,
                     statement_timeout=timeout,
                 )
             return self._store
@@ -105,7 +106,7 @@ def request_context(base: Context, timeout: float) -> Context:
         clock=base.clock,
         env=base.env,
         shared_gid=base.shared_gid,
-        create_store=False,
+        create_store=create,
     )
 
 
@@ -134,7 +135,11 @@ async def in_thread(fn: Callable[[], Any], timeout: float, name: str) -> Any:
             pass  # the loop closed meanwhile: nobody waits any more
 
     threading.Thread(target=work, name=name, daemon=True).start()
-    return await asyncio.wait_for(asyncio.shield(future), timeout)
+    try:
+        return await asyncio.wait_for(asyncio.shield(future), timeout)
+    except BaseException:
+        future.cancel()  # given up on: what the thread ends with later is dropped
+        raise
 
 
 def full_health(ctx: Context) -> dict[str, Any]:
@@ -307,11 +312,11 @@ class HealthChecker(StoreReader):
         try:
             doc = await self.read(full_health)
             code = 200
+        except CoordError as exc:  # before TimeoutError: StoreBusy is one too
+            doc = self._down(exc.message)
+            code = 503
         except TimeoutError:
             doc = self._down(f"the store did not answer within {self.store_timeout:g} s")
-            code = 503
-        except CoordError as exc:
-            doc = self._down(exc.message)
             code = 503
         doc["store"]["read_seconds"] = round(time.monotonic() - started, 4)
         doc["store"]["timeout_seconds"] = self.store_timeout

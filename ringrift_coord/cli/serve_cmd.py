@@ -50,11 +50,13 @@ def serve(
         conf_host, conf_port, timeout = server.settings_of(c)
         host = host if host is not None else conf_host
         port = port if port is not None else conf_port
-        try:
-            c.store  # noqa: B018 (open it once: a bad --db is exit 3 now, not a 503 later)
+        probe = server.request_context(c, timeout, create=True)
+        try:  # open (or create) it once: a bad --db is exit 3 now, not 503 on every request
+            probe.store  # noqa: B018
         except StoreBusy as exc:
             say(f"warning: {exc.message}; /admin/health/full answers 503 until it is back")
-        c.close()
+        finally:
+            probe.close()
         if not server.is_loopback(host):
             say(
                 f"warning: listening on {host}, not loopback: anyone who can reach "
