@@ -397,7 +397,8 @@ class HttpListener(CoordinatorBase):
         self.access_log = access_log
         self.on_request = on_request
         self._server: asyncio.base_events.Server | None = None
-        self._in_flight: set[asyncio.Task[Any]] = set()
+        self._connected: set[asyncio.Task[Any]] = set()  # no complete request head yet
+        self._in_flight: set[asyncio.Task[Any]] = set()  # a request being answered
         self.requests = 0
         self.by_code: dict[int, int] = {}
 
@@ -430,7 +431,9 @@ class HttpListener(CoordinatorBase):
         if self._server is None:
             return
         self._server.close()  # no new connections from here on
-        pending = {t for t in self._in_flight if not t.done()}
+        for task in self._connected:  # connections that have not asked anything yet
+            task.cancel()
+        pending = {t for t in self._in_flight | self._connected if not t.done()}
         if pending:
             _, pending = await asyncio.wait(pending, timeout=DRAIN_SECONDS)
         for task in pending:
@@ -438,7 +441,7 @@ class HttpListener(CoordinatorBase):
         if pending:
             await asyncio.wait(pending, timeout=0.5)
         try:
-            await asyncio.wait_for(self._server.wait_closed(), 1.0)
+            await asyncio.wait_for(self._server.wait_closed(), 0.5)
         except TimeoutError:
             pass
 
@@ -452,8 +455,8 @@ class HttpListener(CoordinatorBase):
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
-        if task is not None:
-            self._in_flight.add(task)
+        assert task is not None
+        self._connected.add(task)
         started = time.monotonic()
         method, path, code = "-", "-", 0
         try:
@@ -463,6 +466,9 @@ class HttpListener(CoordinatorBase):
                 return  # the client went away or never finished its request
             except asyncio.LimitOverrunError:
                 head = b""
+            self._connected.discard(task)
+            self._in_flight.add(task)
+            started = time.monotonic()
             parts = head.split(b"\r\n", 1)[0].decode("latin-1").split()
             if len(parts) != 3 or not parts[2].startswith("HTTP/"):
                 code, ctype, body = 400, "text/plain; charset=utf-8", b"bad request\n"
@@ -500,6 +506,8 @@ class HttpListener(CoordinatorBase):
                 await asyncio.wait_for(writer.drain(), HEADER_SECONDS)
             except (ConnectionError, TimeoutError):
                 pass
+        except asyncio.CancelledError:
+            pass  # shutting down: dropped (its task ends normally, nothing left to report)
         finally:
             if code:
                 self.requests += 1
@@ -517,8 +525,8 @@ class HttpListener(CoordinatorBase):
                         f"{elapsed * 1000:.0f}ms"
                     )
             writer.close()
-            if task is not None:
-                self._in_flight.discard(task)
+            self._connected.discard(task)
+            self._in_flight.discard(task)
 
 
 # --------------------------------------------------------------------------- the server
@@ -582,7 +590,7 @@ class Server:
 
     async def run(self, on_ready: Callable[[Server], None] | None = None) -> dict[str, bool]:
         """Start, install SIGTERM/SIGINT, serve until one arrives; the shutdown's results."""
-        self.registry.install_signal_handlers(timeout=DRAIN_SECONDS + 1.0)
+        self.registry.install_signal_handlers(timeout=DRAIN_SECONDS + 1.5)
         try:
             await self.start()
             if on_ready is not None:

@@ -211,6 +211,37 @@ def test_sigterm_drains_a_slow_request(tmp_path: Path, served: Any, pg_url: str)
     srv.stop(limit=5)  # already gone: checks the exit code and stderr
 
 
+def test_sigterm_bounds_a_request_that_does_not_finish(
+    tmp_path: Path, served: Any, pg_url: str
+) -> None:
+    """A request that would wait 20 s on a lock: the drain gives it 3 s, then the server
+    exits 0 anyway, within 5 s."""
+    import psycopg
+
+    coord = Coord(tmp_path)
+    coord.env["RINGRIFT_COORD_DB"] = pg_url
+    coord.write_config("serve:\n  store_timeout: 20\n")
+    srv = served(coord)
+    answers: list[object] = []
+
+    def ask() -> None:
+        try:
+            answers.append(srv.get("/admin/health/full", timeout=30)[0])
+        except OSError as exc:  # the connection closed without an answer
+            answers.append(exc)
+
+    with psycopg.connect(pg_url, autocommit=True) as locker:
+        locker.execute("BEGIN")
+        locker.execute("LOCK TABLE halts IN ACCESS EXCLUSIVE MODE")
+        slow = threading.Thread(target=ask)
+        slow.start()
+        wait_for(lambda: _in_flight(srv) >= 2, 10, "the slow request in flight")
+        took = srv.stop()
+        locker.execute("ROLLBACK")
+    slow.join(10)
+    assert 3 <= took < 5 and len(answers) == 1 and not isinstance(answers[0], int), answers
+
+
 def test_sigint_and_a_non_loopback_address_warns(tmp_path: Path, served: Any) -> None:
     coord = Coord(tmp_path)
     srv = served(coord, "--host", "0.0.0.0")  # noqa: S104 (the warning is the point)
@@ -219,7 +250,12 @@ def test_sigint_and_a_non_loopback_address_warns(tmp_path: Path, served: Any) ->
         for line in srv.stderr
     )
     assert srv.get("/admin/health/full")[0] == 200
-    srv.stop(signal.SIGINT)
+    # connections that never send a request do not hold the exit up
+    idle = [socket.create_connection(("127.0.0.1", srv.port), timeout=5) for _ in range(3)]
+    idle[0].sendall(b"GET /metrics HTTP/1.1\r\n")  # half a request head
+    assert srv.stop(signal.SIGINT) < 2
+    for sock in idle:
+        sock.close()
 
 
 def test_bad_port_and_port_in_use(tmp_path: Path) -> None:
