@@ -46,6 +46,7 @@ if TYPE_CHECKING:
 
 DRAIN_SECONDS = 3.0  # the longest a shutdown waits for the requests in flight
 GRACE_SECONDS = 0.5  # past store_timeout, before a request gives up on the store
+MAX_READS = 8  # store reads (threads, connections) at once; more: 503 at once
 HEADER_SECONDS = 5.0  # a client that sends no complete request head within this is dropped
 MAX_HEAD = 16 * 1024
 PATHS = ("/metrics", "/admin/health/coordinators", "/admin/health/full")
@@ -255,9 +256,17 @@ def store_down_exposition() -> bytes:
 # --------------------------------------------------------------------------- components
 
 
+class TooBusy(CoordError):
+    """Already ``MAX_READS`` store reads running (a store that hangs, scraped often)."""
+
+
 class StoreReader(CoordinatorBase):
     """What the endpoints read from the store: one thread and one store per read, bounded
-    by ``store_timeout``; counts reads, failures and the last read's duration."""
+    by ``store_timeout``; counts reads, failures and the last read's duration. At most
+    ``MAX_READS`` reads run at once in the process (a thread a hung store holds counts until
+    it ends), so a store that hangs cannot pile up threads and connections."""
+
+    _slots = threading.BoundedSemaphore(MAX_READS)
 
     def __init__(self, name: str, base: Context, store_timeout: float) -> None:
         super().__init__(name)
@@ -275,13 +284,22 @@ class StoreReader(CoordinatorBase):
         timeout = self.store_timeout
 
         def work() -> Any:
-            ctx = request_context(base, timeout)
             try:
-                return fn(ctx)
+                ctx = request_context(base, timeout)
+                try:
+                    return fn(ctx)
+                finally:
+                    ctx.close()
             finally:
-                ctx.close()
+                slots.release()
 
         self.reads += 1
+        slots = self._slots
+        if not slots.acquire(blocking=False):
+            self.failures += 1
+            error = TooBusy(f"{MAX_READS} store reads are still running; try again later")
+            self.record_error(error)
+            raise error
         started = time.monotonic()
         try:
             result = await in_thread(work, timeout + GRACE_SECONDS, f"serve-{self.name}")

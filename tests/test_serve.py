@@ -401,3 +401,55 @@ def test_a_real_prometheus_scrapes_serve(tmp_path: Path, served: Any) -> None:
         prom.terminate()
         prom.wait(20)
     srv.stop()
+
+
+def test_store_reads_are_bounded_in_number(engine_db: Any) -> None:
+    """Reads a hung store holds count until their threads end: past MAX_READS a request is
+    refused at once (503) instead of piling up threads and connections."""
+    import asyncio
+
+    from ringrift_coord import server
+    from ringrift_coord.context import Context
+
+    engine_db.context().close()  # creates the store (SQLite) and runs the migrations
+    ctx = Context(
+        settings=engine_db.context().settings,
+        state_dir=engine_db.state_dir,
+        db=engine_db.url,  # each read opens its own store on it
+        env={"USER": "tester"},
+    )
+    reader = server.StoreReader("reader", ctx, store_timeout=0.2)
+    release = threading.Event()
+
+    def hung(c: Any) -> int:
+        with c.store.read() as tx:  # a real store, opened per read
+            tx.one("SELECT 1 AS one")
+        release.wait(30)  # the store "hangs" after connecting
+        return 1
+
+    def quick(c: Any) -> int:
+        with c.store.read() as tx:
+            return int(tx.one("SELECT COUNT(*) AS n FROM tasks")["n"])
+
+    async def go() -> None:
+        results = await asyncio.gather(
+            *(reader.read(hung) for _ in range(server.MAX_READS)), return_exceptions=True
+        )
+        assert all(isinstance(r, TimeoutError) for r in results), results
+        started = time.monotonic()
+        with pytest.raises(server.TooBusy, match="store reads are still running"):
+            await reader.read(quick)
+        assert time.monotonic() - started < 0.1
+        release.set()  # the hung reads end: their places free up
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                assert await reader.read(quick) == 0
+                break
+            except server.TooBusy:
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.02)
+
+    asyncio.run(go())
+    assert reader.failures >= server.MAX_READS + 1 and reader.reads > reader.failures
+    assert reader.stats()["last_error"].startswith("TooBusy")

@@ -57,16 +57,17 @@ def serve(
             say(f"warning: {exc.message}; /admin/health/full answers 503 until it is back")
         finally:
             probe.close()
-        if not server.is_loopback(host):
-            say(
-                f"warning: listening on {host}, not loopback: anyone who can reach "
-                f"{host}:{port} can read the cluster's state (no authentication)"
-            )
         app = server.Server(
             c, host, port, store_timeout=timeout, access_log=say if access_log else None
         )
 
         def ready(srv: server.Server) -> None:
+            if not server.is_loopback(srv.http.host):
+                say(
+                    f"warning: listening on {srv.http.host}, not loopback: anyone who can "
+                    f"reach {srv.http.host}:{srv.http.port} can read the cluster's state (no "
+                    "authentication)"
+                )
             where = f"[{srv.http.host}]" if ":" in srv.http.host else srv.http.host
             say(
                 f"serving http://{where}:{srv.http.port}/metrics, /admin/health/coordinators "
