@@ -182,7 +182,7 @@ def full_health(ctx: Context) -> dict[str, Any]:
             queues[row["task_type"]] = int(row["n"])
     describe = store.describe()
     return {
-        "at": now,
+        "at": round(now, 3),
         "store": {
             "reachable": True,
             "engine": describe.get("engine"),
@@ -353,7 +353,7 @@ class HealthChecker(StoreReader):
         except CoordError:
             engine = None
         return {
-            "at": time.time(),
+            "at": round(time.time(), 3),
             "store": {"reachable": False, "engine": engine, "scope": None, "error": message},
         }
 
