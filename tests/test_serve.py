@@ -456,3 +456,27 @@ def test_store_reads_are_bounded_in_number(engine_db: Any) -> None:
     asyncio.run(go())
     assert reader.failures >= server.MAX_READS + 1 and reader.reads > reader.failures
     assert reader.stats()["last_error"].startswith("TooBusy")
+
+
+def test_postgres_statements_are_bounded_for_serve(pg_url: str) -> None:
+    """serve's stores set statement_timeout = store_timeout: a statement that would run
+    longer is cancelled by the server itself."""
+    from ringrift_coord.errors import CoordError
+    from ringrift_coord.store.postgres import PostgresStore
+
+    store = PostgresStore(pg_url, connect_timeout=2, statement_timeout=0.3)
+    try:
+        with store.read() as tx:
+            assert tx.one("SHOW statement_timeout") == {"statement_timeout": "300ms"}
+        started = time.monotonic()
+        with pytest.raises(CoordError, match="statement timeout"), store.read() as tx:
+            tx.one("SELECT pg_sleep(5)")
+        assert time.monotonic() - started < 2
+    finally:
+        store.close()
+    plain = PostgresStore(pg_url, connect_timeout=2)  # admission: no such bound
+    try:
+        with plain.read() as tx:
+            assert tx.one("SHOW statement_timeout") == {"statement_timeout": "0"}
+    finally:
+        plain.close()
