@@ -78,6 +78,7 @@ CASES: list[tuple[str, tuple[str, ...], int]] = [
     ("status", ("status",), 0),
     ("config show", ("config", "show"), 0),
     ("config validate", ("config", "validate"), 0),
+    ("metrics", ("metrics",), 0),
     ("breakers list", ("breakers",), 0),
     ("breakers list", ("breakers", "list", "--node", "n3"), 0),
     ("breakers record-failure", ("breakers", "record-failure", "--type", "sync"), 0),

@@ -589,6 +589,10 @@ from ringrift_coord.cli import rate_cmd  # noqa: E402  (rate, distribution)
 
 rate_cmd.register(app)
 
+from ringrift_coord.cli import metrics_cmd  # noqa: E402
+
+metrics_cmd.register(app)
+
 from ringrift_coord.cli import serve_cmd  # noqa: E402
 
 serve_cmd.register(app)
