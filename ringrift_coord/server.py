@@ -210,47 +210,20 @@ def full_health(ctx: Context) -> dict[str, Any]:
 
 
 def exposition(ctx: Context) -> bytes:
-    """The Prometheus exposition of the store's state (swapped for ``metrics.exposition``
-    once that module exists): ``ringrift_store_up``, ``ringrift_cluster_total_jobs`` and
-    ``ringrift_tasks{type,node}``."""
-    from prometheus_client import CollectorRegistry, generate_latest
-    from prometheus_client.core import GaugeMetricFamily
+    """``/metrics``' store part: ``metrics.exposition`` (every family in one read
+    transaction; a store that fails gives ``ringrift_store_up 0`` alone)."""
+    from ringrift_coord import metrics
 
-    from ringrift_coord import slots
-
-    class Collector:
-        def collect(self):  # type: ignore[no-untyped-def]  # noqa: ANN202
-            up = GaugeMetricFamily("ringrift_store_up", "1 when the store answered, else 0")
-            try:
-                with ctx.store.read() as tx:
-                    counts = slots.counts(tx)
-            except CoordError:
-                up.add_metric([], 0)
-                yield up
-                return
-            up.add_metric([], 1)
-            yield up
-            total = GaugeMetricFamily("ringrift_cluster_total_jobs", "Running tasks")
-            total.add_metric([], sum(int(r["n"]) for r in counts))
-            yield total
-            tasks = GaugeMetricFamily(
-                "ringrift_tasks", "Running tasks per type and node", labels=["type", "node"]
-            )
-            for row in counts:
-                tasks.add_metric([row["task_type"], row["node"]], int(row["n"]))
-            yield tasks
-
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(Collector())
-    return bytes(generate_latest(registry))
+    return metrics.exposition(ctx)
 
 
-def store_down_exposition() -> bytes:
-    from prometheus_client import CollectorRegistry, Gauge, generate_latest
+def store_down_exposition(problem: str) -> bytes:
+    """``ringrift_store_up 0`` alone: the store did not answer within the request's bound."""
+    from ringrift_coord import metrics
 
-    registry = CollectorRegistry()
-    Gauge("ringrift_store_up", "1 when the store answered, else 0", registry=registry).set(0)
-    return bytes(generate_latest(registry))
+    down = metrics.Metric("ringrift_store_up", metrics.GAUGE, metrics.UP_HELP)
+    down.add(0)
+    return metrics.render(metrics.Collection([down], None, False, problem))
 
 
 # --------------------------------------------------------------------------- components
@@ -368,8 +341,10 @@ class MetricsCollector(StoreReader):
     async def scrape(self) -> bytes:
         try:
             body = await self.read(exposition)
-        except (TimeoutError, CoordError):
-            body = store_down_exposition()
+        except CoordError as exc:  # before TimeoutError: StoreBusy is one too
+            body = store_down_exposition(exc.message)
+        except TimeoutError:
+            body = store_down_exposition("the store did not answer in time")
         return bytes(body) + self._own()
 
     def _own(self) -> bytes:

@@ -22,6 +22,7 @@ import pytest
 from conftest import Coord, wait_for
 
 ENGINES = ("sqlite", "postgres")
+PROMTOOL = shutil.which("promtool")
 PROMETHEUS = shutil.which("prometheus") or (
     "/usr/bin/prometheus" if os.access("/usr/bin/prometheus", os.X_OK) else None
 )
@@ -161,8 +162,13 @@ def test_endpoints(coord: Coord, served: Any, engine: str) -> None:
         sock.sendall(b"garbage\r\n\r\n")
         assert sock.recv(100).startswith(b"HTTP/1.1 400 ")
 
-    # what it served is counted on /metrics
+    # what it served is counted on /metrics, and the whole page is valid exposition
     text = srv.get("/metrics")[2].decode()
+    if PROMTOOL is not None:
+        checked = subprocess.run(
+            [PROMTOOL, "check", "metrics"], input=text, capture_output=True, text=True
+        )
+        assert checked.returncode == 0, checked.stdout + checked.stderr
     assert 'ringrift_serve_requests_total{code="404",path="other"} 1.0' in text
     assert 'ringrift_serve_requests_total{code="405",path="/metrics"} 1.0' in text
     srv.stop()
