@@ -617,3 +617,7 @@ rate_cmd.register(app)
 from ringrift_coord.cli import metrics_cmd  # noqa: E402
 
 metrics_cmd.register(app)
+
+from ringrift_coord.cli import serve_cmd  # noqa: E402
+
+serve_cmd.register(app)
