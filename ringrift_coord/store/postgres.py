@@ -220,7 +220,23 @@ class PostgresStore(Store):
         except self._psycopg.Error as exc:
             raise self._translate(exc) from None
 
+    def _up_to_date(self) -> bool:
+        """True when every known migration is recorded: a read-only look, so a store that is
+        already migrated costs no lock, no DDL and no write privilege (a monitoring role with
+        SELECT only can read it). A missing table or a newer store says False: the locked path
+        below creates or refuses."""
+        tx = self._begin(write=False)
+        try:
+            done = {r["name"] for r in tx.query("SELECT name FROM schema_migrations")}
+        except StateError:
+            return False  # no schema_migrations yet (or no right to read it): the full path
+        finally:
+            self._rollback()
+        return done == set(MIGRATION_NAMES)
+
     def _migrate(self) -> None:
+        if self._up_to_date():
+            return
         tx = self._begin(write=True, lock=MIGRATION_LOCK)
         try:
             tx.execute(
