@@ -900,6 +900,9 @@ def _deferred_checks(
     events = _events_problem(values["events"], sources, path)
     if events is not None:
         found.append(("events", events))
+    serve = _serve_problem(values["serve"], sources, path)
+    if serve is not None:
+        found.append(("serve", serve))
     return found
 
 
@@ -925,6 +928,31 @@ def _events_problem(
                 sources,
                 path,
             )
+    return None
+
+
+def _serve_problem(
+    serve: dict[str, Any], sources: dict[str, str], path: str | None
+) -> ConfigError | None:
+    """``serve`` needs a TCP port (1..65535), an address and a store timeout above 0."""
+    if not 1 <= serve["port"] <= 65535:
+        return _cross_fail(
+            f"port must be a TCP port (1..65535), got {serve['port']}",
+            ("serve.port",),
+            sources,
+            path,
+        )
+    if not str(serve["host"]).strip():
+        return _cross_fail(
+            "host is empty: give an address such as 127.0.0.1", ("serve.host",), sources, path
+        )
+    if serve["store_timeout"] <= 0:
+        return _cross_fail(
+            f"store_timeout must be above 0, got {serve['store_timeout']:g}",
+            ("serve.store_timeout",),
+            sources,
+            path,
+        )
     return None
 
 

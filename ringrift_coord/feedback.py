@@ -15,6 +15,7 @@ The rules read what is learned here (``lowered_cap``, ``rate_factor``); ``slots`
 from __future__ import annotations
 
 import math
+import re
 
 from ringrift_coord import breakers, slots
 from ringrift_coord.breakers import HALF_OPEN, OPEN, BreakerConfig
@@ -34,6 +35,9 @@ FAILED_STATUSES = ("failed", "killed", "oom")
 MAX_REASON = 300  # a breaker's last reason: one line in every listing and refusal
 CAP_PROBE = "(SELECT COUNT(*) FROM lowered_caps WHERE node = ? AND task_type = ?)"  # (node, type)
 FACTOR_PROBE = "(SELECT factor FROM backpressure WHERE node = ?)"  # (node,)
+# a failure a script records whose reason says the job ran out of memory ("OOM", "oom: ...",
+# "CUDA out of memory", "oom-kill") counts as an OOM, like one ``run`` detects
+OOM_REASON = re.compile(r"\boom\b|out of memory|oom[-_ ]?kill", re.IGNORECASE)
 
 
 # --------------------------------------------------------------------------- what is learned
@@ -269,7 +273,9 @@ def record_manual(
     ok: bool,
     reason: str | None,
 ) -> breakers.Breaker:
-    """An outcome a script reports (``breakers record-failure`` / ``record-success``)."""
+    """An outcome a script reports (``breakers record-failure`` / ``record-success``). A
+    failure whose reason says OOM (``is_oom``) is also kept as an ``oom`` history row and
+    counts toward the node's OOM-lowered cap, as a detected OOM does."""
     cfg = BreakerConfig.from_settings(settings)
     trial = False
     if breakers.exists(tx, node, ttype):
@@ -285,16 +291,16 @@ def record_manual(
         tx, cfg, node, ttype, now, ok=ok, trial=trial, reason=reason, settings=settings
     )
     _adjust_backpressure(tx, settings, node, ok, now)
-    if not ok and reason is not None and _says_oom(reason):
+    if not ok and is_oom(reason):  # as a detected OOM: toward the node's lowered cap
+        slots.record_outside(tx, ttype, node, now, status="oom", reason=reason)
         publish_oom(tx, settings, node, ttype, now, reason=reason)
+        _note_oom(tx, settings, node, ttype, now)
     return result
 
 
-def _says_oom(reason: str) -> bool:
-    """A recorded reason that names an OOM: the word "OOM" ("OOM", "oom: cuda", "OOM-killed")."""
-    import re
-
-    return "oom" in re.findall(r"[a-z0-9]+", reason.lower())
+def is_oom(reason: str | None) -> bool:
+    """Whether a recorded failure's reason says the job ran out of memory."""
+    return bool(reason and OOM_REASON.search(reason))
 
 
 def _one_line(reason: str) -> str:

@@ -68,6 +68,14 @@ def lengths(tx: Tx) -> list[Row]:
     return tx.query("SELECT task_type, COUNT(*) AS n FROM waiters GROUP BY task_type")
 
 
+def lengths_by_node(tx: Tx) -> list[Row]:
+    """Waiters per task type and node: ``task_type``, ``node``, ``n``."""
+    return tx.query(
+        "SELECT task_type, node, COUNT(*) AS n FROM waiters GROUP BY task_type, node "
+        "ORDER BY task_type, node"
+    )
+
+
 def reap_dead(tx: Tx, now: float, lease_ttl: float, host: str, this_boot: str | None) -> None:
     """Drop waiters whose process died (this host) or that stopped polling (other hosts)."""
     for waiter in tx.query("SELECT seq, host, boot_id, pid, pid_start, heartbeat_at FROM waiters"):

@@ -290,6 +290,9 @@ def safeguard_stats(ctx: Context) -> dict[str, Any]:
         "halts": halt.rows,
         "halt_file": halt.file,
         "breakers": breaker_list,
+        # the reference's shape: one entry per breaker, keyed "task_type:node" (the same
+        # rows as "breakers"; a breaker never written is closed and absent)
+        "circuit_breakers": {f"{b['task_type']}:{b['node']}": b for b in breaker_list},
         "open_breakers": sum(1 for b in breaker_list if b["state"] != "closed"),
         "readings": overview["nodes"],
         "live": overview["live"],

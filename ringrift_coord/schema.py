@@ -343,6 +343,7 @@ COMMANDS: dict[str, tuple[str, ...]] = {
     ),
     "config show": _SETTINGS,
     "config validate": ("valid", "config_file"),
+    "metrics": ("at", "store_up", "problem", "families"),
     "breakers list": ("at", "breakers", "backpressure"),
     "breakers reset": ("reset", "backpressure_reset"),
     "breakers record-failure": _BREAKER,

@@ -190,6 +190,23 @@ def finish(
     return True
 
 
+def record_outside(
+    tx: Tx, task_type: str, node: str, now: float, *, status: str, reason: str | None
+) -> str:
+    """Write the history row of a job that ran outside any slot and ended with ``status``
+    (a script's ``record_failure(..., "OOM")``): an instant row (started and ended ``now``)
+    under a fresh ``recorded-`` id, on this host, so it counts as a task that ended so
+    (the OOM-lowered caps count the ``oom`` rows). Returns the id."""
+    task_id = f"recorded-{os.urandom(6).hex()}"
+    tx.execute(
+        "INSERT INTO task_history (task_id, task_type, node, host, pid, config_name, started_at, "
+        "ended_at, duration, exit_code, status, reason) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+        (task_id, task_type, node, identity.host_name(), None, None, now, now, 0.0, None,
+         status, reason),
+    )  # fmt: skip
+    return task_id
+
+
 def release(
     tx: Tx,
     task_id: str,

@@ -187,7 +187,13 @@ class TaskCoordinator(ProcessWide):
         """Register (atomically checked) and return the task id; raise SpawnDenied if not."""
         pid = pid if pid is not None else os.getpid()
         if procs.start_time(pid) is None:
-            raise UsageError(f"no running process with pid {pid} on this host")
+            raise UsageError(
+                f"no running process with pid {pid} on this host: a slot's holder must be a "
+                "live process here (the reaper frees the slot of a holder that is gone, and a "
+                "pid means nothing on another host); register from the host the job runs on, "
+                "with its pid, or leave pid out to hold the slot with this process",
+                field="pid",
+            )
         decision = self.acquire(
             task_type,
             node_id,

@@ -630,6 +630,10 @@ def _finish(
         f"INSERT INTO transfer_history ({columns}) VALUES ({','.join('?' * len(hist))})",
         tuple(hist.values()),
     )
+    if nbytes:  # the exported running total: it never goes down when the history is pruned
+        from ringrift_coord import counters
+
+        counters.add(tx, "transfer_bytes", {"remote": row["remote"]}, float(nbytes))
     _prune(tx, row["remote"], now)
     return hist
 

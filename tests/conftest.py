@@ -10,9 +10,11 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -94,6 +96,17 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     """
     if "engine" in metafunc.fixturenames:
         metafunc.parametrize("engine", getattr(metafunc.module, "ENGINES", ("sqlite",)))
+
+
+@contextmanager
+def user_admin_lock() -> Iterator[None]:
+    """Serialise useradd/groupadd/usermod across the test processes (pytest-xdist runs
+    several): they lock /etc/passwd and fail, rather than wait, when another holds it."""
+    import fcntl
+
+    with open(os.path.join(tempfile.gettempdir(), "ringrift-coord-tests-useradd.lock"), "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        yield
 
 
 @pytest.fixture

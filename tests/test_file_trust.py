@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import Coord
+from conftest import Coord, user_admin_lock
 
 from ringrift_coord.config import SYSTEM_CONFIG_DIR, config_search_path, find_config_file
 
@@ -60,7 +60,8 @@ def users() -> None:
         pytest.skip("playing a second local user needs root (useradd, setuid)")
     if shutil.which("useradd") is None or shutil.which("groupadd") is None:
         pytest.skip("useradd/groupadd are not installed")
-    _ensure_users()
+    with user_admin_lock():
+        _ensure_users()
     pw = pwd.getpwnam(ALICE)
     for python, env in _interpreters():
         try:

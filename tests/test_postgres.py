@@ -366,3 +366,37 @@ def test_unreachable_server_never_allows(tmp_path):
         result = node(*args)
         assert result.returncode == 75, (args, result.stderr)
         assert "Traceback" not in result.stderr
+
+
+def test_a_migrated_store_opens_read_only_for_a_role_that_may_only_select(
+    pg_server, pg_url: str, tmp_path: Path
+) -> None:
+    """Opening a store that is already migrated writes nothing and takes no lock: a monitoring
+    role with SELECT only runs `metrics` and `status`; a write is refused with the server's own
+    reason."""
+    import psycopg
+
+    coord = Coord(tmp_path)
+    coord.env["RINGRIFT_COORD_DB"] = pg_url
+    assert coord("register", "selfplay", "--node", "n1", "-q").returncode == 0  # migrates
+    role = f"monitor_{os.getpid()}_{time.monotonic_ns() % 100000}"
+    dbname = pg_url.rsplit("/", 1)[1]
+    with psycopg.connect(
+        pg_server.admin_url.rsplit("/", 1)[0] + f"/{dbname}", autocommit=True
+    ) as c:
+        c.execute(f'CREATE ROLE "{role}" LOGIN')
+        c.execute(f'GRANT USAGE ON SCHEMA public TO "{role}"')
+        c.execute(f'GRANT SELECT ON ALL TABLES IN SCHEMA public TO "{role}"')
+    (tmp_path / "monitor").mkdir()
+    monitor = Coord(tmp_path / "monitor")
+    monitor.env["RINGRIFT_COORD_DB"] = pg_url.replace("ringrift@", f"{role}@")
+    shown = monitor("metrics")
+    assert shown.returncode == 0, shown.stderr
+    assert "ringrift_store_up 1.0" in shown.stdout
+    assert 'ringrift_tasks{node="n1",type="selfplay"} 1.0' in shown.stdout
+    status = monitor("--json", "status")
+    assert status.returncode == 0, status.stderr
+    assert [t["node"] for t in json.loads(status.stdout)["tasks"]] == ["n1"]
+    # a write is refused by the server, with its reason, and exits 3
+    refused = monitor("register", "selfplay", "--node", "n1", "-q")
+    assert refused.returncode == 3 and "permission denied" in refused.stderr, refused.stderr

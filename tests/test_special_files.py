@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import Coord
+from conftest import Coord, user_admin_lock
 
 ENGINES = ("sqlite", "postgres")
 SECRET = "sekrit-Pw-42"
@@ -183,11 +183,12 @@ def other_user() -> pwd.struct_passwd:
     try:
         return pwd.getpwnam(OTHER_USER)
     except KeyError:
-        subprocess.run(
-            ["useradd", "--no-create-home", "--shell", "/bin/sh", OTHER_USER],
-            check=False,
-            capture_output=True,
-        )
+        with user_admin_lock():
+            subprocess.run(
+                ["useradd", "--no-create-home", "--shell", "/bin/sh", OTHER_USER],
+                check=False,
+                capture_output=True,
+            )
         return pwd.getpwnam(OTHER_USER)
 
 

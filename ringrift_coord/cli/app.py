@@ -535,6 +535,22 @@ def status(
     ] = False,
     fmt: FormatOpt = None,
     no_header: NoHeaderOpt = False,
+    watch: Annotated[
+        bool,
+        typer.Option(
+            "--watch",
+            help="Redraw the screen every --interval seconds until Ctrl-C (a terminal; "
+            "with --json: one JSON document per interval).",
+        ),
+    ] = False,
+    interval: Annotated[
+        float | None,
+        typer.Option(
+            "--interval",
+            metavar="S",
+            help="With --watch: seconds between redraws (default 2, min 0.5).",
+        ),
+    ] = None,
 ) -> None:
     """One screen: halt, tasks against limits per type, a node × type summary, breakers,
     reservations (the task list itself: tasks)."""
@@ -542,6 +558,15 @@ def status(
 
     g = globals_of(ctx)
     table_output(fmt, no_header)
+    if interval is not None and not watch:
+        raise UsageError("option --interval: only with --watch")
+    if watch:
+        from ringrift_coord.cli import watch as watcher
+
+        if fmt not in (None, "table") or no_header:
+            raise UsageError("option --watch draws the table screen: no --format or --no-header")
+        every = watcher.check_interval(interval)
+        done(watcher.watch(g, interval=every, brief=brief))
     with g.context(create=False) as c:
         document = reports.status(c)
         readings = None if g.json or brief else reports.resources(c)
@@ -588,6 +613,14 @@ schedule_cmd.register(app)
 from ringrift_coord.cli import rate_cmd  # noqa: E402  (rate, distribution)
 
 rate_cmd.register(app)
+
+from ringrift_coord.cli import metrics_cmd  # noqa: E402
+
+metrics_cmd.register(app)
+
+from ringrift_coord.cli import serve_cmd  # noqa: E402
+
+serve_cmd.register(app)
 
 from ringrift_coord.cli import events_cmd  # noqa: E402
 

@@ -1606,3 +1606,57 @@ def event_line(doc: dict[str, Any]) -> None:
     node = f" node={doc['node']}" if doc.get("node") else ""
     seen = f" (seen {doc['seen']} times)" if doc["seen"] > 1 else ""
     line(ts(doc["at"]), f" #{doc['event_id']} ", doc["type"], node, " ", _payload(doc), seen)
+
+
+# --------------------------------------------------------------------------- status --watch
+
+
+def captured(draw: Any, width: int) -> Text:
+    """What ``draw()`` prints through this module (its console and stdout), as Rich text
+    for a live screen ``width`` columns wide: the tables drawn as on a terminal of that
+    width (``table`` format), each line cut at ``width`` rather than wrapped."""
+    import contextlib
+    import io
+
+    global _console, _format
+    real = console()
+    buf = io.StringIO()
+    saved, saved_format = _console, _format
+    _console = Console(
+        file=buf,
+        width=width,
+        force_terminal=real.is_terminal,
+        color_system=real.color_system,  # type: ignore[arg-type]
+        no_color=real.no_color,
+        highlight=False,
+        soft_wrap=False,
+    )
+    _format = "table"
+    try:
+        with contextlib.redirect_stdout(buf):  # lines written past the console, wide tables
+            draw()
+    finally:
+        _console, _format = saved, saved_format
+    body = Text.from_ansi(buf.getvalue().rstrip("\n"), no_wrap=True, overflow="crop")
+    body.no_wrap, body.overflow = True, "crop"
+    return body
+
+
+def watch_header(now: float, interval: float, error: str | None, last_ok: float | None) -> Text:
+    """The live screen's first line(s): the time, the refresh interval and how to leave;
+    a store error (shown, then retried) in red with the time of the last good read."""
+    every = f"{interval:g}s"
+    head = Text.assemble(
+        ("ringrift-coord status", "bold"),
+        f" · every {every} · {ts(now)} · ",
+        ("Ctrl-C to quit", "dim"),
+        no_wrap=True,
+        overflow="ellipsis",
+    )
+    if error is None:
+        return head
+    since = "no good read yet" if last_ok is None else f"showing the read of {ts(last_ok)}"
+    problem = Text(f"store error, retrying every {every}: ", style="bold red")
+    problem.append(_text(error.splitlines()[0] if error else "unknown error", "red"))
+    problem.append(f" ({since})", style="dim")
+    return Text("\n").join([head, problem])

@@ -77,9 +77,11 @@ def open_store(
     clock: Clock = SYSTEM_CLOCK,
     shared_gid: int | None = None,
     create: bool = True,
+    statement_timeout: float | None = None,
 ) -> Store:
     """The store; ``create=False`` (read-only commands): a SQLite file that does not exist
-    is not created, ``StateError`` "no store at PATH" instead."""
+    is not created, ``StateError`` "no store at PATH" instead. ``statement_timeout``
+    (PostgreSQL): the server cancels a statement running longer (``serve``'s reads)."""
     env = os.environ if env is None else env
     engine, location = resolve_db(db, state_dir, env)
     if engine == "postgres":
@@ -91,6 +93,7 @@ def open_store(
             busy_timeout=busy_timeout,
             connect_timeout=connect_timeout,
             clock=None if clock is SYSTEM_CLOCK else clock,
+            statement_timeout=statement_timeout,
         )
     refuse_network_filesystem(location)
     check_sqlite_path(location, create=create)

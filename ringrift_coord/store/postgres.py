@@ -134,6 +134,7 @@ class PostgresStore(Store):
         busy_timeout: float = 5.0,
         connect_timeout: float = 5.0,
         clock: Clock | None = None,
+        statement_timeout: float | None = None,
     ) -> None:
         try:
             import psycopg
@@ -146,6 +147,8 @@ class PostgresStore(Store):
         self._secret = _password_of(url)  # masked in any text the server or libpq returns
         self.busy_timeout = float(busy_timeout)
         self.connect_timeout = max(1, int(round(connect_timeout)))
+        # None: no bound (admission); ``serve`` bounds each statement by its store_timeout
+        self.statement_timeout = statement_timeout
         self.clock = clock  # None: the database's clock (tests may inject one)
         self._sql_cache: dict[str, str] = {}
         self._conn: Any = None
@@ -166,6 +169,10 @@ class PostgresStore(Store):
             with self._conn.cursor() as cur:
                 cur.execute(f"SET lock_timeout = {int(self.busy_timeout * 1000)}")
                 cur.execute("SET idle_in_transaction_session_timeout = 60000")
+                if self.statement_timeout:
+                    cur.execute(
+                        f"SET statement_timeout = {max(1, int(self.statement_timeout * 1000))}"
+                    )
         except psycopg.Error as exc:
             self._conn = None
             raise self._translate(exc) from None
@@ -213,7 +220,23 @@ class PostgresStore(Store):
         except self._psycopg.Error as exc:
             raise self._translate(exc) from None
 
+    def _up_to_date(self) -> bool:
+        """True when every known migration is recorded: a read-only look, so a store that is
+        already migrated costs no lock, no DDL and no write privilege (a monitoring role with
+        SELECT only can read it). A missing table or a newer store says False: the locked path
+        below creates or refuses."""
+        tx = self._begin(write=False)
+        try:
+            done = {r["name"] for r in tx.query("SELECT name FROM schema_migrations")}
+        except StateError:
+            return False  # no schema_migrations yet (or no right to read it): the full path
+        finally:
+            self._rollback()
+        return done == set(MIGRATION_NAMES)
+
     def _migrate(self) -> None:
+        if self._up_to_date():
+            return
         tx = self._begin(write=True, lock=MIGRATION_LOCK)
         try:
             tx.execute(

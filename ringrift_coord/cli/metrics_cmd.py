@@ -1,0 +1,59 @@
+"""``metrics``: the Prometheus exposition on stdout, or atomically into a textfile for
+node_exporter's textfile collector (``--textfile``, quiet: cron and timers run it)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from ringrift_coord.cli import build
+from ringrift_coord.cli.common import done, globals_of
+from ringrift_coord.cli.hot import deliver, emit_json, say
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``metrics`` to the app."""
+    app.command("metrics")(metrics)
+
+
+def metrics(
+    ctx: typer.Context,
+    textfile: Annotated[
+        str | None,
+        typer.Option(
+            "--textfile",
+            metavar="PATH",
+            help="Write the exposition to PATH (must end in .prom) atomically for "
+            "node_exporter's textfile collector; print nothing.",
+            click_type=build.PATH,
+        ),
+    ] = None,
+) -> None:
+    """Prometheus metrics: tasks, limits, waiters, halts, breakers, denials, backpressure,
+    lowered caps, transfers, readings and the optimizer, read in one transaction. A store
+    that cannot be reached gives ringrift_store_up 0 (and a warning); none is created."""
+    from ringrift_coord import metrics as core
+
+    g = globals_of(ctx)
+    if textfile is not None:
+        core.check_textfile(textfile)  # a bad name: before any store is opened
+    with g.context(create=False) as c:
+        if textfile is not None:
+            collection = core.write_textfile(c, textfile)
+        else:
+            collection = core.gather(c)
+    if collection.problem is not None:  # stderr: the exposition itself says ringrift_store_up 0
+        from ringrift_coord.inputs import printable
+
+        say(
+            f"warning: the store did not answer ({printable(collection.problem)}): "
+            "ringrift_store_up is 0"
+        )
+    if textfile is not None:
+        done()
+    if g.json:
+        emit_json(collection.to_dict())
+    else:
+        deliver(core.render(collection).decode("utf-8"))
+    done()

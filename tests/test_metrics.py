@@ -1,0 +1,435 @@
+"""``metrics``: every family from one read transaction of a populated store, on both engines;
+the real output passes ``promtool check metrics``; counters survive the decision log's
+pruning; ``--textfile`` is atomic and its errors are one line with the contract's code; a
+hostile node name comes out escaped; no store yet and a store that is down."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import Coord
+
+from ringrift_coord import metrics, readings, safeguards
+from ringrift_coord.bandwidth_manager import BandwidthManager
+from ringrift_coord.clock import ManualClock
+from ringrift_coord.halts import FILE_NAME
+from ringrift_coord.task_coordinator import TaskCoordinator
+
+ENGINES = ("sqlite", "postgres")
+PROMTOOL = shutil.which("promtool")
+HOSTILE = 'n"6\\x\ny'  # quote, backslash, newline: label values are data
+
+CONFIG = """
+resources:
+  max_sample_age: 300
+"""
+
+
+def samples(collection: metrics.Collection, name: str) -> dict[tuple[str, ...], float]:
+    for metric in collection.metrics:
+        if metric.name == name:
+            return metric.samples
+    raise AssertionError(f"no family {name}")
+
+
+def by_label(collection: metrics.Collection, name: str, **labels: str) -> float | None:
+    family = next(m for m in collection.metrics if m.name == name)
+    key = tuple(labels[label] for label in family.labels)
+    return family.samples.get(key)
+
+
+def promtool_check(text: bytes) -> None:
+    if PROMTOOL is None:
+        pytest.skip("promtool is not installed (Debian's prometheus package)")
+    done = subprocess.run(
+        [PROMTOOL, "check", "metrics"], input=text, capture_output=True, timeout=60
+    )
+    assert done.returncode == 0, (done.stdout, done.stderr)
+
+
+def populate(ctx: Any, clock: ManualClock) -> dict[str, Any]:
+    """Tasks on two nodes, OOMs (a lowered cap, backpressure), an open breaker, readings
+    (one stale, one critical, one hostile), transfers (one active, one ended with bytes), an
+    optimizer adjust, a waiter, a refusal, then a cluster halt, a node drain and the file."""
+    pid = os.getpid()
+    tc = TaskCoordinator(ctx)
+    with ctx.store.write() as tx:  # stale by the time the others are taken
+        readings.store_reading(tx, "n5", {"cpu": 10.0, "cpus": 4}, tx.now())
+    clock.advance(400)
+    for _ in range(2):
+        tc.register_task(None, "selfplay", "n1", pid=pid)
+    tc.register_task(None, "selfplay", "n2", pid=pid)
+    tc.register_task(None, "training", "n2", pid=pid)
+    ooms = [tc.register_task(None, "selfplay", "n4", pid=pid) for _ in range(4)]
+    for task_id in ooms[:2]:
+        tc.unregister_task(task_id, status="oom", reason="OOM killed")
+    for _ in range(3):
+        safeguards.record_failure(ctx, "training", "n3", "boom")
+    bw = BandwidthManager(ctx)
+    active = bw.start("aws-1", "data")
+    assert active.allowed, active.summary()
+    ended = bw.start("aws-1", "data")
+    bw.end_transfer("aws-1", str(ended.task_id), bytes_transferred=4096)
+    other = bw.start("runpod-2", "data")
+    bw.end_transfer("runpod-2", str(other.task_id), bytes_transferred=1000)
+    bw.end_transfer(
+        "aws-1", str(bw.start("aws-1", "data").task_id), bytes_transferred=None
+    )  # unknown bytes: not counted
+    with ctx.store.write() as tx:  # after the spawns: n1 and n2 are critical now
+        now = tx.now()
+        readings.store_reading(
+            tx,
+            "n1",
+            {"cpu": 50.0, "memory": 60.0, "disk": 10.0, "gpu": 90.0, "gpu_memory": 40.0}
+            | {"cpus": 8, "gpu_count": 2},
+            now,
+        )
+        readings.store_reading(tx, "n2", {"cpu": 95.0, "memory": 20.0, "cpus": 4}, now)
+        readings.store_reading(tx, HOSTILE, {"cpu": 5.0, "cpus": 2}, now)
+    from ringrift_coord.identity import host_name
+    from ringrift_coord.optimizer import adjust
+
+    step = adjust.adjust(ctx.store, ctx.settings, who="tester", host=host_name())
+    tc.enqueue("training", "n2")
+    denied = tc.check("training", "n2")  # per-node limit 1 on n2: refused, logged
+    assert not denied.allowed
+    safeguards.activate_emergency(ctx, "maintenance")
+    safeguards.activate_emergency(ctx, "drain", node="n2")
+    Path(ctx.state_dir, FILE_NAME).write_text("")  # an operator's touch still halts
+    refused = tc.check("selfplay", "n1")
+    assert not refused.allowed
+    return {"step": step, "active": active}
+
+
+def test_every_family_from_a_populated_store(engine_db: Any) -> None:
+    clock = ManualClock()
+    ctx = engine_db.context(CONFIG, clock=clock)
+    populate(ctx, clock)
+    got = metrics.gather(ctx)
+    assert got.store_up and got.problem is None and got.at == clock.time()
+    names = [m.name for m in got.metrics]
+    expected = {
+        "ringrift_store_up",
+        "ringrift_store_schema_migrations",
+        "ringrift_cluster_cpu_utilization",
+        "ringrift_cluster_gpu_utilization",
+        "ringrift_cluster_gpu_memory_utilization",
+        "ringrift_cpu_in_target_range",
+        "ringrift_gpu_in_target_range",
+        "ringrift_optimization_action",
+        "ringrift_optimization_confidence",
+        "ringrift_cluster_gpu_nodes",
+        "ringrift_cluster_cpu_nodes",
+        "ringrift_cluster_total_jobs",
+        "ringrift_tasks",
+        "ringrift_task_node_limit",
+        "ringrift_task_cluster_limit",
+        "ringrift_waiters",
+        "ringrift_halted",
+        "ringrift_halt_active",
+        "ringrift_breaker_state",
+        "ringrift_breaker_opened_timestamp_seconds",
+        "ringrift_denials_total",
+        "ringrift_backpressure_factor",
+        "ringrift_lowered_cap",
+        "ringrift_selfplay_rate_games_per_hour",
+        "ringrift_transfers",
+        "ringrift_transfer_bandwidth_limit_bytes_per_second",
+        "ringrift_transfer_bandwidth_allocated_bytes_per_second",
+        "ringrift_transfer_bytes_total",
+        "ringrift_node_reading_age_seconds",
+        "ringrift_node_utilization",
+        "ringrift_node_critical",
+    }
+    assert set(names) == expected and len(names) == len(expected)
+    for metric in got.metrics:  # every family but the optional ones has a sample
+        assert metric.samples, metric.name
+    one = {m.name: m.samples.get(()) for m in got.metrics if not m.labels}
+    assert one["ringrift_store_up"] == 1
+    assert one["ringrift_store_schema_migrations"] >= 6
+    # fresh readings: n1 (8 cpus at 50 %, 2 GPUs), n2 (4 cpus at 95 %), the hostile one
+    # (2 cpus at 5 %); n5 is stale and left out
+    assert one["ringrift_cluster_cpu_utilization"] == pytest.approx((400 + 380 + 10) / 14 / 100)
+    assert one["ringrift_cluster_gpu_utilization"] == pytest.approx(0.9)
+    assert one["ringrift_cluster_gpu_memory_utilization"] == pytest.approx(0.4)
+    assert one["ringrift_cluster_gpu_nodes"] == 1
+    assert one["ringrift_cluster_cpu_nodes"] == 2
+    assert one["ringrift_cluster_total_jobs"] == 6  # 2 + 1 + 1 + the 2 left on n4
+    assert one["ringrift_cpu_in_target_range"] == 0  # 56 % is below cpu_min 60
+    assert one["ringrift_gpu_in_target_range"] == 0  # 90 % is above gpu_max 80
+    action = samples(got, "ringrift_optimization_action")
+    assert sorted(action) == [("none",), ("scale_down",), ("scale_up",)]
+    assert sum(action.values()) == 1
+    from ringrift_coord.optimizer import state as opt_state
+
+    with ctx.store.read() as tx:
+        saved = opt_state.load(tx, ctx.settings)
+    assert saved["stored"]
+    assert action[(saved["action"],)] == 1
+    assert one["ringrift_optimization_confidence"] == pytest.approx(saved["confidence"])
+    assert one["ringrift_selfplay_rate_games_per_hour"] == pytest.approx(saved["rate"])
+    # tasks and limits per type and node
+    assert by_label(got, "ringrift_tasks", type="selfplay", node="n1") == 2
+    assert by_label(got, "ringrift_tasks", type="training", node="n2") == 1
+    assert by_label(got, "ringrift_tasks", type="selfplay", node="n4") == 2
+    assert by_label(got, "ringrift_tasks", type="training", node="n1") == 0
+    assert by_label(got, "ringrift_task_node_limit", type="training", node="n2") == 1
+    assert by_label(got, "ringrift_task_node_limit", type="selfplay", node="n1") == 32
+    assert by_label(got, "ringrift_task_node_limit", type="sync", node="n1") is None  # unlimited
+    from ringrift_coord import reports
+
+    lowered = reports.caps_in_force(ctx)["lowered_caps"]
+    assert [(r["node"], r["task_type"]) for r in lowered] == [("n4", "selfplay")]
+    cap = lowered[0]["cap"]
+    assert cap < 32
+    assert by_label(got, "ringrift_lowered_cap", type="selfplay", node="n4") == cap
+    assert by_label(got, "ringrift_task_node_limit", type="selfplay", node="n4") == cap
+    assert by_label(got, "ringrift_task_cluster_limit", type="selfplay") == 500
+    assert by_label(got, "ringrift_task_cluster_limit", type="sync") is None
+    assert samples(got, "ringrift_waiters") == {("training", "n2"): 1}
+    # halts: the cluster, the drain, the file
+    assert one["ringrift_halted"] == 1
+    from ringrift_coord.identity import local_node
+
+    assert samples(got, "ringrift_halt_active") == {
+        ("cluster", "all", "all"): 1,
+        ("node", "all", "n2"): 1,
+        ("file", "all", local_node()): 1,
+    }
+    # breakers: n3/training open (3 failures), n4/selfplay closed (2 OOMs)
+    state = samples(got, "ringrift_breaker_state")
+    assert state[("training", "n3", "open")] == 1
+    assert state[("training", "n3", "closed")] == 0
+    assert state[("training", "n3", "half_open")] == 0
+    assert state[("selfplay", "n4", "closed")] == 1
+    assert samples(got, "ringrift_breaker_opened_timestamp_seconds") == {
+        ("training", "n3"): pytest.approx(clock.time())
+    }
+    denials = samples(got, "ringrift_denials_total")
+    assert denials[("node_limit", "training", "n2")] == 1
+    assert denials[("halt", "selfplay", "n1")] == 1  # two halts, one rule: counted once
+    assert denials[("halt_file", "selfplay", "n1")] == 1
+    factors = samples(got, "ringrift_backpressure_factor")
+    assert factors[("n4",)] == pytest.approx(0.25)  # halved by each OOM
+    assert factors[("n3",)] == pytest.approx(0.125)
+    assert factors[("n1",)] == 1.0
+    # transfers: one active to aws-1, bytes per remote (a transfer of unknown bytes adds none)
+    assert samples(got, "ringrift_transfers") == {("aws-1",): 1, ("runpod-2",): 0}
+    allocated = samples(got, "ringrift_transfer_bandwidth_allocated_bytes_per_second")
+    assert allocated[("aws-1",)] == pytest.approx(float(got_kbps(ctx)) * 1024)
+    assert allocated[("runpod-2",)] == 0
+    limits = samples(got, "ringrift_transfer_bandwidth_limit_bytes_per_second")
+    assert limits[("aws-1",)] > allocated[("aws-1",)]
+    assert samples(got, "ringrift_transfer_bytes_total") == {("aws-1",): 4096, ("runpod-2",): 1000}
+    # readings: every node's age; utilization and the critical flags of the fresh ones only
+    ages = samples(got, "ringrift_node_reading_age_seconds")
+    assert ages[("n5",)] == pytest.approx(400)
+    assert ages[("n1",)] == 0
+    util = samples(got, "ringrift_node_utilization")
+    assert util[("n1", "gpu_memory")] == pytest.approx(0.4)
+    assert util[("n2", "cpu")] == pytest.approx(0.95)
+    assert ("n5", "cpu") not in util
+    critical = samples(got, "ringrift_node_critical")
+    assert critical[("n2", "cpu")] == 1
+    assert critical[("n1", "gpu")] == 1  # 90 % >= thresholds.gpu.critical 80
+    assert critical[("n1", "cpu")] == 0
+    assert ("n5", "cpu") not in critical
+    # the real output: promtool's check, the hostile name escaped and read back as it was
+    text = metrics.render(got)
+    assert b'node="n\\"6\\\\x\\ny"' in text
+    from prometheus_client.parser import text_string_to_metric_families
+
+    nodes = {
+        s.labels["node"]
+        for f in text_string_to_metric_families(text.decode())
+        for s in f.samples
+        if f.name == "ringrift_node_reading_age_seconds"
+    }
+    assert HOSTILE in nodes
+    for line in text.decode().splitlines():
+        if not line.startswith("#"):
+            continue
+        assert line.startswith(("# HELP ringrift_", "# TYPE ringrift_")), line
+    assert text.count(b"# TYPE ") == text.count(b"# HELP ") == len(expected)
+    promtool_check(text)
+
+
+def got_kbps(ctx: Any) -> float:
+    with ctx.store.read() as tx:
+        row = tx.one("SELECT kbps FROM transfers")
+    assert row is not None
+    return float(row["kbps"])
+
+
+def test_counters_never_go_down_across_a_prune(engine_db: Any) -> None:
+    clock = ManualClock()
+    ctx = engine_db.context(CONFIG, clock=clock)
+    tc = TaskCoordinator(ctx)
+    safeguards.activate_emergency(ctx, "maintenance")
+    for _ in range(3):
+        assert not tc.check("selfplay", "n1").allowed
+    bw = BandwidthManager(ctx)
+    safeguards.deactivate_emergency(ctx)
+    bw.end_transfer("h1", str(bw.start("h1").task_id), bytes_transferred=10**12)
+    before = metrics.gather(ctx)
+    assert by_label(before, "ringrift_denials_total", rule="halt", type="selfplay", node="n1") == 3
+    assert by_label(before, "ringrift_transfer_bytes_total", remote="h1") == 10**12
+    # the decision log's and the transfer history's pruning (what admission and transfers.end
+    # run when the rows are old enough): the logs go, the totals stay
+    clock.advance(400 * 86400)
+    with ctx.store.write() as tx:
+        tx.execute("DELETE FROM decisions WHERE at < ?", (tx.now() - 86400,))
+        tx.execute("DELETE FROM transfer_history WHERE ended_at < ?", (tx.now() - 86400,))
+        assert not tx.query("SELECT id FROM decisions")
+    after = metrics.gather(ctx)
+    assert by_label(after, "ringrift_denials_total", rule="halt", type="selfplay", node="n1") == 3
+    assert by_label(after, "ringrift_transfer_bytes_total", remote="h1") == 10**12
+    safeguards.activate_emergency(ctx, "again")
+    assert not tc.check("selfplay", "n1").allowed
+    later = metrics.gather(ctx)
+    assert by_label(later, "ringrift_denials_total", rule="halt", type="selfplay", node="n1") == 4
+
+
+# --------------------------------------------------------------------------- the command
+
+
+def test_command_output_passes_promtool(coord: Coord) -> None:
+    pid = str(os.getpid())
+    for node in ("n1", "n2"):
+        assert coord("register", "selfplay", "--node", node, "--pid", pid).returncode == 0
+    assert coord("report", "--node", 'n"3\\', "--cpu", "91", "--cpus", "4").returncode == 0
+    assert coord("halt", "--node", "n2", "--reason", "drain").returncode == 0
+    assert coord("can-spawn", "selfplay", "--node", "n2").returncode == 1
+    transfer = coord("bandwidth", "start", "aws-1", "--kind", "data").stdout.strip()
+    assert coord("bandwidth", "end", transfer, "--bytes", "2048").returncode == 0
+    done = coord("metrics")
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == ""
+    assert 'ringrift_tasks{node="n1",type="selfplay"} 1.0' in done.stdout
+    assert 'ringrift_denials_total{node="n2",rule="halt",type="selfplay"} 1.0' in done.stdout
+    assert 'ringrift_transfer_bytes_total{remote="aws-1"} 2048.0' in done.stdout
+    assert 'ringrift_node_critical{node="n\\"3\\\\",resource="cpu"} 1.0' in done.stdout
+    promtool_check(done.stdout.encode())
+    as_json = coord("--json", "metrics")
+    assert as_json.returncode == 0, as_json.stderr
+    import json
+
+    doc = json.loads(as_json.stdout)
+    assert doc["store_up"] is True and doc["problem"] is None
+    families = {f["name"]: f for f in doc["families"]}
+    assert set(families) == {
+        line.split()[2] for line in done.stdout.splitlines() if line.startswith("# TYPE")
+    }
+    assert {"labels": {"remote": "aws-1"}, "value": 2048.0} in families[
+        "ringrift_transfer_bytes_total"
+    ]["samples"]
+
+
+def test_no_store_yet_creates_none(tmp_path: Path) -> None:
+    """A host where nothing was recorded yet (SQLite: no file): an empty store's values,
+    and no store created."""
+    coord = Coord(tmp_path)
+    coord.state_dir.mkdir(mode=0o700)
+    (coord.state_dir / FILE_NAME).write_text("")
+    done = coord("metrics")
+    assert done.returncode == 0, done.stderr
+    assert not coord.db.exists()
+    assert "ringrift_store_up 1.0" in done.stdout
+    assert "ringrift_store_schema_migrations 0.0" in done.stdout
+    assert "ringrift_halted 1.0" in done.stdout  # the file halts this host all the same
+    assert "ringrift_cluster_total_jobs 0.0" in done.stdout
+    promtool_check(done.stdout.encode())
+
+
+def test_textfile(coord: Coord, tmp_path: Path) -> None:
+    out = tmp_path / "textfile"
+    out.mkdir()
+    target = out / "ringrift.prom"
+    done = coord("metrics", "--textfile", str(target))
+    assert (done.returncode, done.stdout, done.stderr) == (0, "", "")
+    assert oct(target.stat().st_mode & 0o777) == "0o644"
+    assert b"ringrift_store_up 1.0" in target.read_bytes()
+    promtool_check(target.read_bytes())
+    assert os.listdir(out) == ["ringrift.prom"]  # no temporary file left behind
+    # errors: one line each, the contract's codes
+    bad = coord("metrics", "--textfile", str(out / "ringrift.txt"))
+    assert bad.returncode == 2 and bad.stdout == ""
+    assert bad.stderr.count("\n") == 1 and ".prom" in bad.stderr, bad.stderr
+    missing = coord("metrics", "--textfile", str(tmp_path / "nowhere" / "x.prom"))
+    assert missing.returncode == 3 and "does not exist" in missing.stderr
+    assert missing.stderr.count("\n") == 1, missing.stderr
+    assert "Traceback" not in bad.stderr + missing.stderr
+
+
+def test_textfile_is_never_seen_half_written(engine_db: Any, tmp_path: Path) -> None:
+    """A reader polling the file while it is rewritten over and over sees a whole
+    exposition every time (the rename replaces it: a new inode each write)."""
+    ctx = engine_db.context(CONFIG, clock=ManualClock())
+    tc = TaskCoordinator(ctx)
+    for n in range(40):  # a file of some size: many series
+        tc.register_task(None, "selfplay", f"node-{n:03d}", pid=os.getpid())
+    out = tmp_path / "textfile"
+    out.mkdir()
+    target = out / "ringrift.prom"
+    metrics.write_textfile(ctx, str(target))
+    whole = target.read_bytes()
+    assert whole.endswith(b"\n") and len(whole) > 10_000
+    stop = threading.Event()
+    seen: list[bytes] = []
+    inodes: set[int] = set()
+
+    def read() -> None:
+        while not stop.is_set():
+            with open(target, "rb") as handle:
+                inodes.add(os.fstat(handle.fileno()).st_ino)
+                seen.append(handle.read())
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    try:
+        for _ in range(30):
+            metrics.write_textfile(ctx, str(target))
+    finally:
+        stop.set()
+        reader.join()
+    assert seen
+    for text in seen:
+        assert text == whole  # never a prefix of it, never empty
+    assert len(inodes) > 1  # it was replaced while being read
+    assert os.listdir(out) == ["ringrift.prom"]  # no temporary file left behind
+
+
+def test_store_down_is_store_up_zero(tmp_path: Path) -> None:
+    """A PostgreSQL server that does not answer: ringrift_store_up 0 (and a warning), exit 0,
+    valid exposition; the textfile says so too."""
+    pytest.importorskip("psycopg")
+    runner = Coord(tmp_path)
+    runner.env["RINGRIFT_COORD_DB"] = "postgresql://nobody@127.0.0.1:1/none"
+    done = runner("metrics", "--set", "store.connect_timeout=2", timeout=60)
+    assert done.returncode == 0, done.stderr
+    lines = [line for line in done.stdout.splitlines() if not line.startswith("#")]
+    assert lines == ["ringrift_store_up 0.0"]
+    assert done.stderr.startswith("ringrift-coord: warning: the store did not answer")
+    assert done.stderr.count("\n") == 1
+    promtool_check(done.stdout.encode())
+    target = tmp_path / "down.prom"
+    written = runner("metrics", "--set", "store.connect_timeout=2", "--textfile", str(target))
+    assert written.returncode == 0 and written.stdout == ""
+    assert b"ringrift_store_up 0.0" in target.read_bytes()
+
+
+def test_metrics_is_not_on_the_hot_path() -> None:
+    """Admission never imports prometheus_client: only the exporting commands pay for it."""
+    code = (
+        "import sys; import ringrift_coord.admission, ringrift_coord.cli.hot, "
+        "ringrift_coord.transfers; print('prometheus_client' in sys.modules)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.stdout.strip() == "False", done.stderr
