@@ -194,6 +194,19 @@ def log_decision(
             counters.add(
                 tx, "denials", {"rule": rule, "type": decision.task_type, "node": decision.node}
             )
+        from ringrift_coord import events
+
+        # TASK_DENIED: a storm of identical refusals within a minute is one event, seen N times
+        payload = {
+            "rules": sorted(dict.fromkeys(r.rule for r in decision.reasons)),
+            "type": decision.task_type,
+            "node": decision.node,
+            "action": action,
+            "minute": int(now // 60) * 60,
+        }
+        events.publish(
+            tx, settings, "TASK_DENIED", payload, source="tool", node=decision.node, now=now
+        )
     if os.urandom(1)[0] < 4:  # prune about once per 64 decisions, not on every one
         cutoff = now - float(settings.get("store.decision_log_days")) * 86400.0
         tx.execute("DELETE FROM decisions WHERE at < ?", (cutoff,))

@@ -242,9 +242,23 @@ def load_all(tx: Tx) -> list[Breaker]:
 
 
 def save(
-    tx: Tx, breaker: Breaker, *, evidence: str | None = None, new_failure: bool = False
+    tx: Tx,
+    breaker: Breaker,
+    *,
+    evidence: str | None = None,
+    new_failure: bool = False,
+    settings: Settings | None = None,
 ) -> None:
+    """Store the breaker; a change of its stored state is published as an event
+    (BREAKER_OPENED, BREAKER_HALF_OPEN, BREAKER_CLOSED) in the same transaction."""
     values = [getattr(breaker, name) for name in _COLUMNS]
+    before = tx.one(
+        "SELECT state FROM breakers WHERE node = ? AND task_type = ?",
+        (breaker.node, breaker.task_type),
+    )
+    previous = CLOSED if before is None else before["state"]
+    if previous != breaker.state:
+        _publish(tx, settings, breaker, previous)
     tx.execute(
         "DELETE FROM breakers WHERE node = ? AND task_type = ?", (breaker.node, breaker.task_type)
     )
@@ -277,6 +291,35 @@ def save(
         )
 
 
+_EVENT_OF = {OPEN: "BREAKER_OPENED", HALF_OPEN: "BREAKER_HALF_OPEN", CLOSED: "BREAKER_CLOSED"}
+
+
+def _publish(
+    tx: Tx, settings: Settings | None, breaker: Breaker, previous: str, kind: str | None = None
+) -> None:
+    from ringrift_coord import events
+
+    now = tx.now()
+    payload = {
+        "node": breaker.node,
+        "type": breaker.task_type,
+        "from": previous,
+        "to": breaker.state,
+        "reason": breaker.last_reason,
+        "opened_at": breaker.opened_at,
+        "at": now,
+    }
+    events.publish(
+        tx,
+        settings,
+        kind or _EVENT_OF.get(breaker.state, "BREAKER_CLOSED"),
+        payload,
+        source="tool",
+        node=breaker.node,
+        now=now,
+    )
+
+
 def views(
     tx: Tx, cfg: BreakerConfig, now: float, node: str | None = None, task_type: str | None = None
 ) -> list[dict[str, Any]]:
@@ -306,6 +349,7 @@ def record_outcome(
     trial: bool,
     reason: str | None = None,
     evidence: str | None = None,
+    settings: Settings | None = None,
 ) -> Breaker:
     """Feed one outcome to the (node, type) breaker; a success on a closed breaker with no
     history writes nothing."""
@@ -313,11 +357,17 @@ def record_outcome(
         return Breaker(node, task_type, now)
     breaker = load(tx, node, task_type, now)
     breaker.record(now, cfg, ok=ok, trial=trial, reason=reason)
-    save(tx, breaker, evidence=evidence, new_failure=not ok)
+    save(tx, breaker, evidence=evidence, new_failure=not ok, settings=settings)
     return breaker
 
 
-def reset(tx: Tx, *, node: str | None = None, task_type: str | None = None) -> list[Row]:
+def reset(
+    tx: Tx,
+    *,
+    node: str | None = None,
+    task_type: str | None = None,
+    settings: Settings | None = None,
+) -> list[Row]:
     """Close breakers by hand: one (node and type), a node's, a type's, or all."""
     where, args = [], []
     if node is not None:
@@ -328,6 +378,9 @@ def reset(tx: Tx, *, node: str | None = None, task_type: str | None = None) -> l
         args.append(task_type)
     clause = (" WHERE " + " AND ".join(where)) if where else ""
     rows = tx.query(f"SELECT node, task_type, state FROM breakers{clause}", args)
+    for row in rows:  # BREAKER_RESET: closed by hand, from whatever state it was in
+        closed = Breaker(row["node"], row["task_type"])
+        _publish(tx, settings, closed, row["state"], "BREAKER_RESET")
     tx.execute(f"DELETE FROM breakers{clause}", args)
     tx.execute(f"DELETE FROM breaker_failures{clause}", args)
     return rows

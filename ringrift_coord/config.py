@@ -374,6 +374,7 @@ class Settings:
         # section -> the first error found in it (``DEFERRED_SECTIONS`` only); the section
         # holds its values from the layers below the bad one
         self.problems: dict[str, ConfigError] = {} if problems is None else problems
+        self.state_dir: str | None = None  # set by Context: where the event hooks log
 
     def require(self, section: str) -> None:
         """Raise the error kept for ``section`` (exit 3, or 2 for a ``--set`` flag): what a
@@ -896,10 +897,38 @@ def _deferred_checks(
     schedule = _schedule_problem(values["schedule"], sources, path)
     if schedule is not None:
         found.append(("schedule", schedule))
+    events = _events_problem(values["events"], sources, path)
+    if events is not None:
+        found.append(("events", events))
     serve = _serve_problem(values["serve"], sources, path)
     if serve is not None:
         found.append(("serve", serve))
     return found
+
+
+def _events_problem(
+    ev: dict[str, Any], sources: dict[str, str], path: str | None
+) -> ConfigError | None:
+    """Each event hook needs ``on`` (the type globs it runs on) and ``command``."""
+    for name, hook in ev["hooks"].items():
+        base = f"events.hooks.{name}"
+        keys = tuple(k for k in (f"{base}.{leaf}" for leaf in ("on", "command", "timeout")))
+        for leaf, example in (("on", "on: [HALT, BREAKER_*]"), ("command", "command: [prog, arg]")):
+            if not hook.get(leaf):
+                return _cross_fail(
+                    f"hook {name} has no {leaf}: give it {example}",
+                    tuple(k for k in keys if k in sources) or (base,),
+                    sources,
+                    path,
+                )
+        if hook.get("timeout") is not None and hook["timeout"] <= 0:
+            return _cross_fail(
+                f"hook {name}: timeout must be above 0, got {hook['timeout']:g}",
+                (f"{base}.timeout",),
+                sources,
+                path,
+            )
+    return None
 
 
 def _serve_problem(

@@ -42,6 +42,7 @@ class Context:
         create_store: bool = True,
     ) -> None:
         self.settings = settings
+        settings.state_dir = state_dir  # the event hooks' log lives there
         self.shared_gid = shared_gid  # the group of a store shared by a host's users
         self.create_store = create_store  # False: a missing SQLite store is not created
         self.state_dir = state_dir

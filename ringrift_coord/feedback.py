@@ -190,6 +190,10 @@ def _note_oom(tx: Tx, settings: Settings, node: str, ttype: str, now: float) -> 
         "INSERT INTO lowered_caps (node, task_type, cap, lowered_at, ooms) VALUES (?,?,?,?,?)",
         (node, ttype, cap, now, count),
     )
+    from ringrift_coord import events
+
+    payload = {"node": node, "type": ttype, "cap": cap, "ooms": count, "at": now}
+    events.publish(tx, settings, "CAP_LOWERED", payload, source="tool", node=node, now=now)
 
 
 def task_ended(
@@ -201,7 +205,7 @@ def task_ended(
         if row.get("trial"):  # reaped or otherwise lost: let another trial run
             breaker = breakers.load(tx, row["node"], row["task_type"], now)
             breaker.trial_lost()
-            breakers.save(tx, breaker)
+            breakers.save(tx, breaker, settings=settings)
         return
     if ok and not row.get("trial"):
         # the common case: a success on a node with no breaker history and no backpressure
@@ -226,10 +230,37 @@ def task_ended(
         trial=bool(row.get("trial")),
         reason=None if ok else _one_line(label),
         evidence=None if ok else reason,
+        settings=settings,
     )
     _adjust_backpressure(tx, settings, row["node"], ok, now)
     if status == "oom":
+        publish_oom(tx, settings, row["node"], row["task_type"], now, row=row, reason=reason)
         _note_oom(tx, settings, row["node"], row["task_type"], now)
+
+
+def publish_oom(
+    tx: Tx,
+    settings: Settings,
+    node: str,
+    ttype: str,
+    now: float,
+    *,
+    row: Row | None = None,
+    reason: str | None = None,
+) -> None:
+    """The OOM event: a task killed for memory (``row``: its task id and pid), or a failure
+    a script recorded with an OOM reason."""
+    from ringrift_coord import events
+
+    payload = {
+        "node": node,
+        "type": ttype,
+        "task_id": None if row is None else row.get("task_id"),
+        "pid": None if row is None else row.get("pid"),
+        "reason": None if reason is None else _one_line(reason),
+        "at": now,
+    }
+    events.publish(tx, settings, "OOM", payload, source="tool", node=node, now=now)
 
 
 def record_manual(
@@ -254,12 +285,15 @@ def record_manual(
             if breaker.state == OPEN:  # (without taking the place of a trial still running)
                 breaker.state, breaker.trial_successes = HALF_OPEN, 0
             breaker.trials_in_flight += 1
-            breakers.save(tx, breaker)
+            breakers.save(tx, breaker, settings=settings)
     reason = None if reason is None else _one_line(reason)
-    result = breakers.record_outcome(tx, cfg, node, ttype, now, ok=ok, trial=trial, reason=reason)
+    result = breakers.record_outcome(
+        tx, cfg, node, ttype, now, ok=ok, trial=trial, reason=reason, settings=settings
+    )
     _adjust_backpressure(tx, settings, node, ok, now)
     if not ok and is_oom(reason):  # as a detected OOM: toward the node's lowered cap
         slots.record_outside(tx, ttype, node, now, status="oom", reason=reason)
+        publish_oom(tx, settings, node, ttype, now, reason=reason)
         _note_oom(tx, settings, node, ttype, now)
     return result
 

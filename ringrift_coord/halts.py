@@ -367,6 +367,7 @@ def activate(
             f"INSERT INTO halt_log (action, {_COLUMNS}) VALUES ('halt',?,?,?,?,?,?,?)",
             (scope, on, reason, who, host, now, expires),
         )
+        _publish(tx, ctx, "HALT", scope, on, who, host, now, reason=reason, expires_at=expires)
     record = {
         "scope": scope,
         "node": on,
@@ -411,6 +412,7 @@ def deactivate(
                 "VALUES ('unhalt',?,?,NULL,?,?,?)",
                 (row["scope"], row["node"], who, host, now),
             )
+            _publish(tx, ctx, "UNHALT", row["scope"], row["node"], who, host, now)
     lifted = [r["scope"] for r in found]
     removed_file = False
     if task_type is None and on is None:
@@ -434,6 +436,33 @@ def deactivate(
         "at": now,
         "store_scope": ctx.store.scope,
     }
+
+
+def _publish(
+    tx: Tx,
+    ctx: Context,
+    kind: str,
+    scope: str,
+    on: str,
+    who: str,
+    host: str,
+    now: float,
+    **more: Any,
+) -> None:
+    """The HALT / UNHALT event, in the transaction of the change: the halt's identity (its
+    scope, type, node and time), so two halts are two events."""
+    from ringrift_coord import events
+
+    payload = {
+        "scope": "cluster" if on == ALL_NODES else "node",
+        "type": "all" if scope == GLOBAL else scope,
+        "node": "all" if on == ALL_NODES else on,
+        "who": who,
+        "at": now,
+        **more,
+    }
+    node = None if on == ALL_NODES else on
+    events.publish(tx, ctx.settings, kind, payload, source="tool", node=node, who=who, host=host)
 
 
 def _write_file(state_dir: str, record: dict[str, Any]) -> None:

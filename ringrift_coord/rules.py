@@ -136,7 +136,9 @@ def breaker(tx: Tx, req: Request, settings: Settings, now: float, ev: Evaluation
     cfg = BreakerConfig.from_settings(settings)
     found = ev.breaker = breakers.load(tx, req.node, ttype, now)
     if found.rebase(now, cfg):  # the clock stepped back past its opening: keep the shorter
-        ev.chores.append(lambda tx: breakers.save(tx, found))  # wait, or it slides with "now"
+        ev.chores.append(
+            lambda tx: breakers.save(tx, found, settings=settings)
+        )  # wait, or it slides with "now"
     state, retry_at = found.view(now, cfg)
     last = f" (last: {found.last_reason})" if found.last_reason else ""
     if state == OPEN:
@@ -171,7 +173,7 @@ def pass_breaker(tx: Tx, settings: Settings, found: breakers.Breaker | None, now
         return False
     allowed, trial, _ = found.admit(now, BreakerConfig.from_settings(settings))
     assert allowed  # the rule above said so, in this same transaction
-    breakers.save(tx, found)
+    breakers.save(tx, found, settings=settings)
     return trial
 
 

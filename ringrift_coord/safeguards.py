@@ -272,7 +272,7 @@ def reset(
     Returns ``reset`` (the breakers closed) and ``backpressure_reset`` (node, factor)."""
     ttype = None if task_type is None else TaskType.parse(task_type).value
     with ctx.store.write() as tx:
-        rows = breakers.reset(tx, node=node, task_type=ttype)
+        rows = breakers.reset(tx, node=node, task_type=ttype, settings=ctx.settings)
         factors: list[Row] = []
         if node is not None or ttype is None:
             factors = feedback.reset_backpressure(tx, ctx.settings, tx.now(), node)

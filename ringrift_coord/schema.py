@@ -40,7 +40,7 @@ PERCENTS = frozenset({"cpu", "gpu", "memory", "disk", "gpu_memory"})
 LOADS = frozenset({"load_avg", "load_critical"})
 FACTORS = frozenset({"factor", "backpressure_factor", "stored_factor"})
 BOOLEANS = frozenset({"allowed", "trial", "mirror", "stale", "blocking", "released", "escalated"})
-VERBATIM = frozenset({"thresholds", "value"})  # configuration: as configured
+VERBATIM = frozenset({"thresholds", "value", "payload"})  # as configured, as published
 # objects keyed by data (task type, node or resource names), not by field names
 MAPS = frozenset({"by_type", "running_by_node", "per_node", "lowered", "effective", "levels"})
 # names version 1 no longer uses (``id``: no bare ids, every id says what it identifies)
@@ -135,6 +135,7 @@ FIELDS: dict[str, tuple[str, str]] = {
     "remote": ("string?", "the host at the other end of a transfer, whose link is limited"),
     "reservation_id": ("string", "a reservation, as reserve prints it"),
     "decision_id": ("integer", "an entry of the decision log"),
+    "event_id": ("integer", "an event of the event log, as events publish prints it"),
     "lease_token": ("integer?", "the fencing token of a task's slot"),
     "task_type": ("string", "a task type: selfplay, training, ..."),
     "node": ("string?", "a node id"),
@@ -217,6 +218,19 @@ _READING = (
     "details",
 )
 _SETTINGS = ("config_file", "values")
+_EVENT = (
+    "event_id",
+    "type",
+    "payload",
+    "source",
+    "host",
+    "node",
+    "who",
+    "at",
+    "last_at",
+    "seen",
+    "digest",
+)
 # an ended transfer's history row as ``bandwidth end --json`` shows it (null: already ended)
 TRANSFER_ENDED = (
     "remote",
@@ -459,6 +473,9 @@ COMMANDS: dict[str, tuple[str, ...]] = {
         "limits",
         "basis",
     ),
+    "events publish": (*_EVENT, "new", "known"),
+    "events list": ("events",),
+    "events tail": ("events",),
     "--version": ("version",),
     "config init": ("path",),
     "completion": ("shell", "script"),

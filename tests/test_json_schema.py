@@ -99,6 +99,10 @@ CASES: list[tuple[str, tuple[str, ...], int]] = [
     ("adjust", ("adjust", "--dry-run"), 0),
     ("adjust", ("adjust",), 0),
     ("adjust", ("adjust",), 0),  # already adjusted: acts not
+    ("events publish", ("events", "publish", "MODEL_PROMOTED", "--payload", '{{"at": "x"}}'), 0),
+    ("events publish", ("events", "publish", "MODEL_PROMOTED", "--payload", '{{"at": "x"}}'), 0),
+    ("events list", ("events", "list", "--since", "1h"), 0),
+    ("events tail", ("events", "tail", "-n", "3"), 0),
     ("utilization", ("utilization",), 0),
     ("bandwidth allocate", ("bandwidth", "allocate", "runpod-1", "--priority", "high"), 0),
     ("bandwidth start", ("bandwidth", "start", "runpod-1", "--kind", "data", "--pid", "{pid}"), 0),

@@ -621,3 +621,7 @@ metrics_cmd.register(app)
 from ringrift_coord.cli import serve_cmd  # noqa: E402
 
 serve_cmd.register(app)
+
+from ringrift_coord.cli import events_cmd  # noqa: E402
+
+events_cmd.register(app)

@@ -34,6 +34,7 @@ SECTION_USERS: dict[str, tuple[str, ...]] = {
     "capacity": ("hardware",),
     "bandwidth": ("bandwidth",),
     "schedule": ("schedule",),
+    "events": ("events",),
     "serve": ("serve",),
 }
 _warned: set[str] = set()  # the settings problems this process has warned of

@@ -1555,6 +1555,59 @@ def _next_slot_grid(doc: dict[str, Any]) -> None:
     grid.show()
 
 
+# --------------------------------------------------------------------------- events
+
+
+def _payload(doc: dict[str, Any]) -> str:
+    import json
+
+    return json.dumps(doc.get("payload") or {}, sort_keys=True, ensure_ascii=False)
+
+
+def event_published(doc: dict[str, Any], new: bool) -> None:
+    """``events publish``: the event's id; a repeat says how often it was seen."""
+    if new:
+        line(doc["event_id"])
+    else:
+        line(doc["event_id"], f" (already stored: seen {doc['seen']} times)")
+
+
+def events_table(rows: list[dict[str, Any]]) -> None:
+    if not rows:
+        note("no events")
+        return
+    grid = Grid(
+        f"events ({len(rows)}, oldest first)",
+        "id",
+        "at",
+        "type",
+        Col("node", drop=3),
+        Col("seen", drop=4),
+        Col("last", drop=2),
+        Col("source", drop=1),
+        Col("payload", text=True),
+    )
+    for r in rows:
+        grid.add(
+            r["event_id"],
+            ts(r["at"]),
+            r["type"],
+            r.get("node"),
+            r["seen"],
+            ts(r["last_at"]) if r["seen"] > 1 else "-",
+            r["source"],
+            _payload(r),
+        )
+    grid.show()
+
+
+def event_line(doc: dict[str, Any]) -> None:
+    """One event as one plain line (``events tail``): time, id, type, node, payload, seen."""
+    node = f" node={doc['node']}" if doc.get("node") else ""
+    seen = f" (seen {doc['seen']} times)" if doc["seen"] > 1 else ""
+    line(ts(doc["at"]), f" #{doc['event_id']} ", doc["type"], node, " ", _payload(doc), seen)
+
+
 # --------------------------------------------------------------------------- status --watch
 
 

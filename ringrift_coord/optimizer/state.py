@@ -297,6 +297,21 @@ def set_rate(
     (``implied_targets``). Returns the targets stored."""
     rate = bounded_rate(round(rate, 1), settings)  # games per hour: a tenth is plenty
     found = implied_targets(tx, settings, rate, now, hold) if retarget else {}
+    before = tx.one("SELECT action FROM optimizer_state WHERE key = ?", (KEY,))
+    _publish_changes(
+        tx,
+        settings,
+        now,
+        rate=rate,
+        previous_rate=previous_rate,
+        action=action,
+        previous_action=None if before is None else before["action"],
+        source=source,
+        reason=reason,
+        who=who,
+        requestor=requestor,
+        host=host,
+    )
     save(
         tx,
         rate=rate,
@@ -325,6 +340,45 @@ def set_rate(
     if retarget:
         store_targets(tx, found, now)
     return found
+
+
+def _publish_changes(
+    tx: Tx,
+    settings: Settings,
+    now: float,
+    *,
+    rate: float,
+    previous_rate: float | None,
+    action: str,
+    previous_action: str | None,
+    source: str,
+    reason: str | None,
+    who: str | None,
+    requestor: str | None,
+    host: str | None,
+) -> None:
+    """SELFPLAY_RATE_CHANGED (the rate moved) and OPTIMIZER_ACTION (the action changed),
+    in the transaction that stores them."""
+    from ringrift_coord import events
+
+    common = {"source": source, "reason": reason, "who": who, "at": now}
+    if previous_rate is None or round(previous_rate, 1) != rate:
+        payload = {"old_rate": previous_rate, "new_rate": rate, "requestor": requestor, **common}
+        events.publish(
+            tx,
+            settings,
+            "SELFPLAY_RATE_CHANGED",
+            payload,
+            source="tool",
+            who=who,
+            host=host,
+            now=now,
+        )
+    if previous_action != action:
+        payload = {"old_action": previous_action, "new_action": action, "rate": rate, **common}
+        events.publish(
+            tx, settings, "OPTIMIZER_ACTION", payload, source="tool", who=who, host=host, now=now
+        )
 
 
 # --------------------------------------------------------------------------- samples

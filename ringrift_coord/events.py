@@ -1,0 +1,340 @@
+"""The event log: what happened on the cluster, stored once per distinct content.
+
+An event is a type (``TRAINING_COMPLETED``, ``HALT``, ...) and a payload (a JSON object). Its
+digest is the SHA-256 of the type, a newline and the payload's canonical JSON (keys sorted, no
+spaces, UTF-8): publishing the same type and content again stores nothing new, it raises the
+stored event's ``seen`` count and ``last_at``. ``publish`` is one upsert in the caller's write
+transaction, so the tool's own events (halts, breaker transitions, OOMs, rate and optimizer
+changes, denials) land with the change they describe, or not at all.
+
+Hooks (``events.hooks``: name -> on globs, command, timeout) run for NEW events only, after the
+transaction committed (``Tx.after_commit``), in a detached runner (``ringrift_coord.hookrun``)
+in its own session: the publisher never waits for a hook and never fails because of one.
+Events not published again for ``events.retention_days`` are pruned, about once per 64
+publishes (a read never writes).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from typing import Any
+
+from ringrift_coord.errors import UsageError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from ringrift_coord.config import Settings
+    from ringrift_coord.store.base import Row, Tx
+
+# The reference's training-loop events: launch scripts publish them (``events publish``).
+REFERENCE_TYPES: tuple[str, ...] = (
+    "TRAINING_COMPLETED",
+    "EVALUATION_COMPLETED",
+    "SELFPLAY_COMPLETE",
+    "SELFPLAY_RATE_CHANGED",
+    "PLATEAU_DETECTED",
+    "MODEL_PROMOTED",
+    "HYPERPARAMETER_UPDATED",
+    "NEW_GAMES_AVAILABLE",
+)
+# The tool's own events (published in the transaction that makes the change they describe);
+# SELFPLAY_RATE_CHANGED, the reference's own name, is published by ``adjust`` and ``rate
+# negotiate`` too.
+TOOL_TYPES: tuple[str, ...] = (
+    "HALT",
+    "UNHALT",
+    "BREAKER_OPENED",
+    "BREAKER_HALF_OPEN",
+    "BREAKER_CLOSED",
+    "BREAKER_RESET",
+    "OOM",
+    "CAP_LOWERED",
+    "OPTIMIZER_ACTION",
+    "TASK_DENIED",
+)
+KNOWN_TYPES: tuple[str, ...] = REFERENCE_TYPES + TOOL_TYPES
+
+TYPE_PATTERN = re.compile(r"[A-Z][A-Z0-9_]{0,63}\Z")
+MAX_PAYLOAD = 64 * 1024  # bytes of canonical JSON
+SOURCES = ("tool", "user")
+DEFAULT_HOOK_TIMEOUT = 10.0
+PRUNE_ONE_IN = 64  # prune about once per this many publishes
+
+_COLUMNS = "id, type, digest, payload, source, host, node, who, at, last_at, seen"
+
+
+class Event:
+    """One stored event; ``new``: this publish stored it (False: it was seen before)."""
+
+    __slots__ = (
+        "id",
+        "type",
+        "digest",
+        "payload",
+        "source",
+        "host",
+        "node",
+        "who",
+        "at",
+        "last_at",
+        "seen",
+        "new",
+    )
+
+    def __init__(self, row: Row, new: bool = False) -> None:
+        self.id = int(row["id"])
+        self.type = str(row["type"])
+        self.digest = str(row["digest"])
+        payload = row["payload"]
+        self.payload: dict[str, Any] = json.loads(payload) if isinstance(payload, str) else payload
+        self.source = str(row["source"])
+        self.host = str(row["host"])
+        self.node: str | None = row["node"]
+        self.who: str | None = row["who"]
+        self.at = float(row["at"])
+        self.last_at = float(row["last_at"])
+        self.seen = int(row["seen"])
+        self.new = new
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "event_id": self.id,
+            "type": self.type,
+            "payload": self.payload,
+            "source": self.source,
+            "host": self.host,
+            "node": self.node,
+            "who": self.who,
+            "at": self.at,
+            "last_at": self.last_at,
+            "seen": self.seen,
+            "digest": self.digest,
+        }
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+def check_type(name: str, field: str = "argument TYPE") -> str:
+    """A well-formed event type (``[A-Z][A-Z0-9_]{0,63}``), else a usage error."""
+    if not isinstance(name, str) or not TYPE_PATTERN.match(name):
+        shown = name if not isinstance(name, str) else _short(name)
+        raise UsageError(
+            f"{field}: {shown!r} is not an event type: capital letters, digits and "
+            "underscores, starting with a letter, at most 64 (e.g. TRAINING_COMPLETED)"
+        )
+    return name
+
+
+def near_miss(name: str) -> str | None:
+    """The known type an unknown ``name`` is probably a misspelling of, or None."""
+    if name in KNOWN_TYPES:
+        return None
+    import difflib
+
+    found = difflib.get_close_matches(name, KNOWN_TYPES, n=1, cutoff=0.8)
+    return found[0] if found else None
+
+
+def parse_payload(text: str, field: str = "option --payload") -> dict[str, Any]:
+    """The payload given as JSON text: an object, at most 64 KiB in canonical form."""
+    try:
+        value = json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        raise UsageError(f"{field}: not valid JSON ({_short(str(exc))})") from None
+    return check_payload(value, field)
+
+
+def check_payload(value: Any, field: str = "payload") -> dict[str, Any]:
+    if not isinstance(value, dict):
+        kind = "an array" if isinstance(value, list) else f"a {type(value).__name__}"
+        raise UsageError(f"{field}: must be a JSON object ({{...}}), got {kind}")
+    try:
+        size = len(canonical(value).encode("utf-8", "surrogatepass"))
+    except UsageError:
+        raise UsageError(f"{field}: NaN and Infinity are not JSON numbers") from None
+    if size > MAX_PAYLOAD:
+        raise UsageError(
+            f"{field}: {size} bytes of canonical JSON is more than the {MAX_PAYLOAD} allowed"
+        )
+    return value
+
+
+def canonical(payload: dict[str, Any]) -> str:
+    """The payload's canonical JSON: keys sorted, no spaces, non-ASCII kept as is."""
+    try:
+        return json.dumps(
+            payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+        )
+    except ValueError:  # NaN or Infinity: not JSON
+        raise UsageError("payload: NaN and Infinity are not JSON numbers") from None
+
+
+def digest(event_type: str, payload: dict[str, Any]) -> str:
+    """SHA-256 (hex) of the type, a newline and the canonical payload."""
+    data = f"{event_type}\n{canonical(payload)}".encode("utf-8", "surrogatepass")
+    return hashlib.sha256(data).hexdigest()
+
+
+def _short(text: str, limit: int = 80) -> str:
+    from ringrift_coord.inputs import printable
+
+    text = printable(text)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+# --------------------------------------------------------------------------- publish
+
+
+def publish(
+    tx: Tx,
+    settings: Settings | None,
+    event_type: str,
+    payload: dict[str, Any],
+    *,
+    source: str = "user",
+    node: str | None = None,
+    who: str | None = None,
+    host: str | None = None,
+    now: float | None = None,
+) -> Event:
+    """Store the event (or count it again: same type and canonical payload) in ``tx``.
+
+    A NEW event starts the hooks that match its type once ``tx`` has committed; a repeat
+    does not. ``settings`` None: no hooks, the default retention."""
+    check_type(event_type, "event type")
+    check_payload(payload)
+    if source not in SOURCES:
+        raise ValueError(f"event source {source!r}")
+    if host is None:
+        from ringrift_coord.identity import host_name
+
+        host = host_name()
+    at = tx.now() if now is None else now
+    text = canonical(payload)
+    row = tx.one(
+        "INSERT INTO events (type, digest, payload, source, host, node, who, at, last_at, seen) "
+        "VALUES (?,?,?,?,?,?,?,?,?,1) ON CONFLICT (digest) DO UPDATE SET "
+        "seen = events.seen + 1, last_at = excluded.last_at "
+        f"RETURNING {_COLUMNS}",
+        (event_type, digest(event_type, payload), text, source, host, node, who, at, at),
+    )
+    assert row is not None
+    event = Event(row, new=int(row["seen"]) == 1)
+    if event.new and settings is not None:
+        _fire_hooks(tx, settings, event)
+    if os.urandom(1)[0] < 256 // PRUNE_ONE_IN:
+        days = 7.0 if settings is None else float(settings.get("events.retention_days"))
+        prune(tx, at, days)
+    return event
+
+
+def prune(tx: Tx, now: float, retention_days: float) -> int:
+    """Delete the events not published again for ``retention_days``; how many went."""
+    return tx.execute("DELETE FROM events WHERE last_at < ?", (now - retention_days * 86400.0,))
+
+
+def list_events(
+    tx: Tx,
+    type: str | None = None,  # the design's name (shadows the builtin here only)
+    since: float | None = None,
+    after_id: int | None = None,
+    limit: int | None = None,
+) -> list[Event]:
+    """Events oldest first (by id); with ``limit``, the newest ``limit`` of them. ``since``:
+    last published at or after; ``after_id``: stored after that id (``tail --follow``)."""
+    where, args = [], list[Any]()
+    if type is not None:
+        where.append("type = ?")
+        args.append(type)
+    if since is not None:
+        where.append("last_at >= ?")
+        args.append(since)
+    if after_id is not None:
+        where.append("id > ?")
+        args.append(after_id)
+    clause = (" WHERE " + " AND ".join(where)) if where else ""
+    if limit is None:
+        rows = tx.query(f"SELECT {_COLUMNS} FROM events{clause} ORDER BY id", args)
+    else:
+        rows = tx.query(
+            f"SELECT {_COLUMNS} FROM events{clause} ORDER BY id DESC LIMIT ?", [*args, limit]
+        )
+        rows.reverse()
+    return [Event(row) for row in rows]
+
+
+def last_id(tx: Tx) -> int:
+    row = tx.one("SELECT MAX(id) AS m FROM events")
+    return int(row["m"]) if row is not None and row["m"] is not None else 0
+
+
+# --------------------------------------------------------------------------- hooks
+
+
+def hooks_for(settings: Settings, event_type: str) -> list[dict[str, Any]]:
+    """The hooks whose ``on`` globs match ``event_type``: name, command, timeout. A hook the
+    cross-checks refused (no ``on`` or ``command``) is left out."""
+    from fnmatch import fnmatchcase
+
+    found = []
+    for name, hook in sorted((settings.get("events.hooks") or {}).items()):
+        on, command = hook.get("on"), hook.get("command")
+        if not on or not command:
+            continue
+        if any(fnmatchcase(event_type, glob) for glob in on):
+            timeout = hook.get("timeout")
+            found.append(
+                {
+                    "name": name,
+                    "command": list(command),
+                    "timeout": float(DEFAULT_HOOK_TIMEOUT if timeout is None else timeout),
+                }
+            )
+    return found
+
+
+def hooks_log(settings: Settings) -> str:
+    state_dir = getattr(settings, "state_dir", None)
+    if not state_dir:
+        from ringrift_coord.statedir import default_state_dir
+
+        state_dir = default_state_dir(os.environ)
+    return os.path.join(state_dir, "hooks.log")
+
+
+def _fire_hooks(tx: Tx, settings: Settings, event: Event) -> None:
+    hooks = hooks_for(settings, event.type)
+    if not hooks:
+        return
+    job = {"event": event.to_dict(), "hooks": hooks, "log": hooks_log(settings)}
+    tx.after_commit(lambda: start_runner(job))
+
+
+def start_runner(job: dict[str, Any]) -> None:
+    """Start the detached hook runner with ``job`` on its stdin (an unlinked temporary file:
+    never a pipe the publisher could block on); never waits for it."""
+    import subprocess
+    import sys
+    import tempfile
+
+    package_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
+    with tempfile.TemporaryFile() as spool:
+        spool.write(json.dumps(job, ensure_ascii=False).encode("utf-8", "surrogatepass"))
+        spool.flush()
+        spool.seek(0)
+        subprocess.Popen(  # noqa: S603 (our own runner, no shell)
+            [sys.executable, "-m", "ringrift_coord.hookrun"],
+            stdin=spool,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+            close_fds=True,
+            cwd="/",
+            env=env,
+        )

@@ -1,0 +1,440 @@
+"""The event log: dedupe by digest, the tool's own events, hooks (detached, bounded, logged),
+pruning by age, and ``events publish / list / tail --follow`` for real, on both engines."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import statistics
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+from conftest import Coord, alive, wait_for
+
+from ringrift_coord import events, halts
+from ringrift_coord.clock import ManualClock
+from ringrift_coord.errors import UsageError
+from ringrift_coord.task_coordinator import TaskCoordinator
+
+ENGINES = ("sqlite", "postgres")
+
+
+def _publish(ctx, kind: str, payload: dict, **kw) -> events.Event:  # noqa: ANN001, ANN003
+    with ctx.store.write() as tx:
+        return events.publish(tx, ctx.settings, kind, payload, **kw)
+
+
+def _all(ctx, kind: str | None = None) -> list[events.Event]:  # noqa: ANN001
+    with ctx.store.read() as tx:
+        return events.list_events(tx, type=kind)
+
+
+# --------------------------------------------------------------------------- dedupe
+
+
+def test_the_same_event_twice_is_one_row_seen_twice(engine_db) -> None:  # noqa: ANN001
+    clock = ManualClock()
+    ctx = engine_db.context(clock=clock)
+    first = _publish(ctx, "TRAINING_COMPLETED", {"model": "sq8", "epoch": 3, "loss": 0.25})
+    clock.advance(5)
+    again = _publish(ctx, "TRAINING_COMPLETED", {"loss": 0.25, "epoch": 3, "model": "sq8"})
+    assert first.new and not again.new
+    assert again.id == first.id and again.seen == 2 and again.digest == first.digest
+    assert again.at == first.at and again.last_at == first.at + 5
+    other = _publish(ctx, "TRAINING_COMPLETED", {"model": "sq8", "epoch": 4, "loss": 0.25})
+    same_content_other_type = _publish(ctx, "MODEL_PROMOTED", {"model": "sq8"})
+    (stored, second) = _all(ctx, "TRAINING_COMPLETED")
+    assert (stored.id, stored.seen) == (first.id, 2) and second.id == other.id
+    assert stored.payload == {"epoch": 3, "loss": 0.25, "model": "sq8"}
+    assert same_content_other_type.new and len(_all(ctx)) == 3
+
+
+def test_key_order_and_spacing_do_not_change_the_digest() -> None:
+    a = events.digest("X", events.parse_payload('{"b": 1, "a": {"y": [1, 2], "x": "é"}}'))
+    b = events.digest("X", events.parse_payload('{"a":{"x":"é","y":[1,2]},"b":1}'))
+    assert a == b
+    assert events.canonical({"b": 1, "a": "é"}) == '{"a":"é","b":1}'
+    assert a != events.digest("Y", {"a": {"x": "é", "y": [1, 2]}, "b": 1})
+    import hashlib
+
+    assert a == hashlib.sha256('X\n{"a":{"x":"é","y":[1,2]},"b":1}'.encode()).hexdigest()
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[1, 2]", "must be a JSON object"),
+        ('"text"', "must be a JSON object"),
+        ("{nope", "not valid JSON"),
+        ('{"a": NaN}', "NaN"),
+        (json.dumps({"blob": "x" * (64 * 1024)}), "more than the 65536 allowed"),
+    ],
+)
+def test_a_bad_payload_is_a_usage_error(text: str, message: str) -> None:
+    with pytest.raises(UsageError, match=message):
+        events.parse_payload(text)
+
+
+def test_event_types_are_checked_and_near_misses_named() -> None:
+    for bad in ("lower", "1ABC", "A-B", "", "A" * 65, "ÄB"):
+        with pytest.raises(UsageError, match="is not an event type"):
+            events.check_type(bad)
+    assert events.check_type("CUSTOM_THING_2") == "CUSTOM_THING_2"
+    assert events.near_miss("TRAINING_COMPLETE") == "TRAINING_COMPLETED"
+    assert events.near_miss("SOMETHING_ELSE") is None
+    assert events.near_miss("HALT") is None
+    assert len(set(events.KNOWN_TYPES)) == len(events.KNOWN_TYPES) == 18
+
+
+# --------------------------------------------------------------------------- the tool's own
+
+
+def test_halt_and_unhalt_are_events_and_two_halts_two_events(engine_db) -> None:  # noqa: ANN001
+    clock = ManualClock()
+    ctx = engine_db.context(clock=clock)
+    halts.activate(ctx, "disk full", task_type=None, ttl=600, who="op@a", host="a")
+    clock.advance(1)
+    halts.activate(ctx, "disk full", task_type=None, ttl=600, who="op@a", host="a")
+    halts.activate(ctx, "gpu swap", task_type="training", ttl=None, who="op@a", host="a", node="n3")
+    halts.deactivate(ctx, task_type=None, who="op@b", host="b")
+    found = [(e.type, e.payload) for e in _all(ctx)]
+    assert [kind for kind, _ in found] == ["HALT", "HALT", "HALT", "UNHALT", "UNHALT"]
+    first, second, typed = (p for _, p in found[:3])
+    assert first["reason"] == "disk full" and first["scope"] == "cluster"
+    assert first["type"] == "all" and first["node"] == "all" and first["who"] == "op@a"
+    assert first["expires_at"] == first["at"] + 600 and second["at"] == first["at"] + 1
+    assert typed == {
+        "scope": "node",
+        "type": "training",
+        "node": "n3",
+        "reason": "gpu swap",
+        "who": "op@a",
+        "at": typed["at"],
+        "expires_at": None,
+    }
+    unhalted = sorted((p["type"], p["node"]) for _, p in found[3:])
+    assert unhalted == [("all", "all"), ("training", "n3")]
+    assert all(e.source == "tool" for e in _all(ctx))
+
+
+def test_breaker_transitions_are_events(engine_db) -> None:  # noqa: ANN001
+    clock = ManualClock()
+    ctx = engine_db.context(
+        "circuit_breaker: {failure_threshold: 2, recovery_timeout: 60, success_threshold: 1}\n",
+        clock,
+    )
+    coord = TaskCoordinator(ctx)
+    from ringrift_coord import safeguards
+
+    safeguards.record_failure(ctx, "selfplay", "n1", "exit code 1")
+    assert _all(ctx) == []  # one failure: still closed, nothing changed state
+    safeguards.record_failure(ctx, "selfplay", "n1", "exit code 1")
+    (opened,) = _all(ctx)
+    assert opened.type == "BREAKER_OPENED" and opened.node == "n1"
+    assert opened.payload["from"] == "closed" and opened.payload["to"] == "open"
+    assert opened.payload["type"] == "selfplay" and opened.payload["reason"] == "exit code 1"
+    clock.advance(61)  # past the recovery timeout: the next spawn is a half-open trial
+    task = coord.register_task(None, "selfplay", "n1")
+    coord.unregister_task(task, exit_code=0)
+    kinds = [e.type for e in _all(ctx) if e.type.startswith("BREAKER")]
+    assert kinds == ["BREAKER_OPENED", "BREAKER_HALF_OPEN", "BREAKER_CLOSED"]
+    safeguards.record_failure(ctx, "selfplay", "n2", "x")
+    safeguards.reset(ctx, node="n2")
+    (reset,) = _all(ctx, "BREAKER_RESET")
+    assert reset.payload["node"] == "n2" and reset.payload["from"] == "closed"
+    assert reset.payload["to"] == "closed"
+
+
+def test_oom_rate_change_and_denial_are_events(engine_db) -> None:  # noqa: ANN001
+    clock = ManualClock()
+    ctx = engine_db.context(
+        "oom: {lower_after: 1}\ncircuit_breaker: {failure_threshold: 50}\n"
+        "task_limits: {training: {per_node: 4}}\n",
+        clock,
+    )
+    coord = TaskCoordinator(ctx)
+    task = coord.register_task(None, "training", "n1", pid=os.getpid())
+    coord.unregister_task(task, status="oom", reason="killed by the kernel OOM killer")
+    (oom,) = _all(ctx, "OOM")
+    assert oom.payload["task_id"] == task and oom.payload["pid"] == os.getpid()
+    assert oom.payload["node"] == "n1" and oom.payload["type"] == "training"
+    (lowered,) = _all(ctx, "CAP_LOWERED")
+    assert lowered.payload["cap"] >= 1 and lowered.payload["ooms"] == 1
+    from ringrift_coord import safeguards
+
+    safeguards.record_failure(ctx, "selfplay", "n2", "OOM")  # a recorded OOM counts too
+    assert [e.payload["node"] for e in _all(ctx, "OOM")] == ["n1", "n2"]
+
+    from ringrift_coord.optimizer import negotiate
+
+    negotiate.negotiate_in(ctx, 1200, "more games", "unified_loop")
+    (rate,) = _all(ctx, "SELFPLAY_RATE_CHANGED")
+    assert rate.payload["old_rate"] == 1000 and rate.payload["new_rate"] == 1200
+    assert rate.payload["reason"] == "more games" and rate.payload["requestor"] == "unified_loop"
+    (action,) = _all(ctx, "OPTIMIZER_ACTION")
+    assert action.payload["new_action"] == "scale_up" and action.payload["old_action"] is None
+    negotiate.negotiate_in(ctx, 1200, "same again", "unified_loop")  # no change: no event
+    assert len(_all(ctx, "SELFPLAY_RATE_CHANGED")) == 1
+    assert [e.payload["new_action"] for e in _all(ctx, "OPTIMIZER_ACTION")] == [
+        "scale_up",
+        "none",
+    ]
+
+    halts.activate(ctx, "stop", task_type="selfplay", ttl=None, who="op", host="h")
+    for _ in range(5):  # a storm of identical refusals within one minute: one event
+        assert not coord.check("selfplay", "n3").allowed
+        clock.advance(1)
+    (denied,) = _all(ctx, "TASK_DENIED")
+    assert denied.seen == 5 and denied.node == "n3"
+    assert denied.payload["rules"] == ["halt"] and denied.payload["type"] == "selfplay"
+    assert denied.payload["minute"] % 60 == 0
+    clock.advance(60)
+    assert not coord.check("selfplay", "n3").allowed
+    assert [e.seen for e in _all(ctx, "TASK_DENIED")] == [5, 1]
+
+
+# --------------------------------------------------------------------------- pruning
+
+
+def test_old_events_are_pruned_by_age(engine_db) -> None:  # noqa: ANN001
+    clock = ManualClock()
+    ctx = engine_db.context("events: {retention_days: 2}\n", clock)
+    _publish(ctx, "PLATEAU_DETECTED", {"config": "a"})
+    _publish(ctx, "PLATEAU_DETECTED", {"config": "b"})
+    clock.advance(86400)
+    _publish(ctx, "PLATEAU_DETECTED", {"config": "b"})  # seen again: its last_at moves on
+    clock.advance(86400 + 1)
+    with ctx.store.write() as tx:
+        gone = events.prune(tx, tx.now(), float(ctx.settings.get("events.retention_days")))
+    assert gone == 1
+    assert [e.payload["config"] for e in _all(ctx)] == ["b"]
+
+
+# --------------------------------------------------------------------------- hooks
+
+
+def _hook_config(tmp: Path, hooks: dict) -> str:
+    return "events:\n  hooks:\n" + textwrap.indent(json.dumps(hooks, indent=2), "    ") + "\n"
+
+
+def _log(state: Path) -> str:
+    path = state / "hooks.log"
+    return path.read_text() if path.exists() else ""
+
+
+def test_a_hook_gets_the_event_on_stdin_and_repeats_do_not_run_it(engine_db, tmp_path) -> None:  # noqa: ANN001
+    out = tmp_path / "got"
+    script = tmp_path / "hook.sh"
+    script.write_text(f'#!/bin/sh\ncat >> "{out}"\n')
+    script.chmod(0o755)
+    ctx = engine_db.context(
+        _hook_config(tmp_path, {"record": {"on": ["MODEL_*"], "command": [str(script)]}})
+    )
+    first = _publish(ctx, "MODEL_PROMOTED", {"model": "m1", "elo": 1500})
+    _publish(ctx, "MODEL_PROMOTED", {"elo": 1500, "model": "m1"})  # a repeat: no hook
+    _publish(ctx, "TRAINING_COMPLETED", {"model": "m1"})  # not matched
+    got = wait_for(lambda: out.exists() and out.read_text(), 20, "the hook's output")
+    time.sleep(0.5)  # a second run (the bug this guards against) would have landed by now
+    (line,) = str(got).splitlines()
+    doc = json.loads(line)
+    assert doc["event_id"] == first.id and doc["type"] == "MODEL_PROMOTED"
+    assert doc["payload"] == {"elo": 1500, "model": "m1"} and doc["seen"] == 1
+    assert _log(Path(engine_db.state_dir)) == ""
+
+
+def test_failing_missing_and_slow_hooks_are_logged_and_killed(engine_db, tmp_path) -> None:  # noqa: ANN001
+    pidfile = tmp_path / "slow.pid"
+    hooks = {
+        "fails": {"on": ["HALT"], "command": ["sh", "-c", "echo boom >&2; exit 3"]},
+        "missing": {"on": ["HALT"], "command": [str(tmp_path / "no-such-program")]},
+        "slow": {
+            "on": ["HALT"],
+            "command": ["sh", "-c", f'echo $$ > "{pidfile}"; sleep 60 & wait'],
+            "timeout": 1,
+        },
+    }
+    ctx = engine_db.context(_hook_config(tmp_path, hooks))
+    started = time.monotonic()
+    halts.activate(ctx, "hooks", task_type=None, ttl=None, who="op", host="h")
+    assert time.monotonic() - started < 2  # the halt never waited for its hooks
+    state = Path(engine_db.state_dir)
+    log = str(wait_for(lambda: _log(state).count("\n") >= 3 and _log(state), 30, "3 log lines"))
+    lines = sorted(log.splitlines(), key=lambda x: x.split(" hook ")[1])
+    assert "hook fails event HALT" in lines[0] and "exit status 3: boom" in lines[0]
+    assert "hook missing event HALT" in lines[1] and "cannot start" in lines[1]
+    assert "hook slow event HALT" in lines[2] and "timed out after 1 s: killed" in lines[2]
+    pid = int(pidfile.read_text())
+    wait_for(lambda: not alive(pid), 10, "the slow hook's shell to be killed")
+
+
+def test_a_blocked_hook_never_delays_a_refused_can_spawn(coord: Coord, tmp_path: Path) -> None:
+    """The hook blocks on a FIFO no one reads: can-spawn has answered (exit 1) long before the
+    test opens the FIFO and reads the event the hook was given."""
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    coord.write_config(
+        _hook_config(
+            tmp_path,
+            {
+                "block": {
+                    "on": ["TASK_DENIED"],
+                    "command": ["sh", "-c", f'cat > "{fifo}"'],
+                    "timeout": 60,
+                }
+            },
+        )
+    )
+    assert coord("halt", "--reason", "x").returncode == 0
+    done = coord("can-spawn", "selfplay", "--node", "n1", timeout=30)
+    assert done.returncode == 1, done.stderr
+    with open(fifo) as reader:  # the hook is still there, blocked on opening the FIFO
+        doc = json.loads(reader.read())
+    assert doc["type"] == "TASK_DENIED" and doc["payload"]["rules"] == ["halt"]
+
+
+def test_the_cost_a_hook_adds_to_a_refused_can_spawn_is_small(engine_db, tmp_path) -> None:  # noqa: ANN001
+    """Median of N refusals, each a NEW event (a new minute), with and without a hook."""
+    n = 15
+
+    def median(config: str, start: float) -> float:
+        clock = ManualClock(start)  # its own minutes: every refusal is a new event
+        ctx = engine_db.context(config, clock)
+        coord = TaskCoordinator(ctx)
+        halts.activate(ctx, "x", task_type=None, ttl=None, who="op", host="h")
+        took = []
+        for _ in range(n):
+            clock.advance(60)
+            started = time.perf_counter()
+            assert not coord.check("selfplay", "n1").allowed
+            took.append(time.perf_counter() - started)
+        return statistics.median(took)
+
+    without = median("{}\n", 1_800_000_000.0)
+    config = _hook_config(tmp_path, {"h": {"on": ["TASK_DENIED"], "command": ["true"]}})
+    hooked = median(config, 1_900_000_000.0)
+    with engine_db.open().read() as tx:  # each refusal was new: each started the hook
+        assert [e.seen for e in events.list_events(tx, "TASK_DENIED")] == [1] * (2 * n)
+    print(f"refused can-spawn: median {without * 1e3:.1f} ms, with a hook {hooked * 1e3:.1f} ms")
+    assert hooked - without < 0.05, (without, hooked)  # one fork+exec, never a wait
+
+
+def test_a_hook_without_on_or_command_is_a_config_error_with_its_line(coord: Coord) -> None:
+    path = coord.write_config(
+        """
+        events:
+          hooks:
+            pager:
+              command: [/bin/true]
+        """
+    )
+    done = coord("events", "list")
+    assert done.returncode == 3
+    assert f"{path}:5" in done.stderr and "hook pager has no on" in done.stderr
+    assert "Traceback" not in done.stderr
+    halted = coord("halt", "--reason", "x")  # a command that publishes warns and goes on
+    assert halted.returncode == 0 and "warning:" in halted.stderr
+    assert "hook pager has no on" in halted.stderr
+
+
+# --------------------------------------------------------------------------- the CLI
+
+
+def test_publish_list_and_tail_from_the_command_line(coord: Coord) -> None:
+    first = coord("events", "publish", "NEW_GAMES_AVAILABLE", "--payload", '{"n": 500, "c": "sq8"}')
+    assert first.returncode == 0 and first.stdout.strip().isdigit(), first.stderr
+    again = coord("events", "publish", "NEW_GAMES_AVAILABLE", "--payload", '{"c":"sq8","n":500}')
+    assert again.stdout.strip() == f"{first.stdout.strip()} (already stored: seen 2 times)"
+    odd = coord("events", "publish", "NEW_GAME_AVAILABLE", "--node", "n1")
+    assert odd.returncode == 0 and "did you mean NEW_GAMES_AVAILABLE" in odd.stderr
+    marked = coord("events", "publish", "X", "--payload", '{"note": "[red]\\u001b[2Jhi"}')
+    assert marked.returncode == 0
+    for bad in (("lower",), ("X", "--payload", "[1]"), ("X", "--payload", "{")):
+        done = coord("events", "publish", *bad)
+        assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    listed = coord("events", "list", "--format", "tsv", "--no-header")
+    rows = [row.split("\t") for row in listed.stdout.splitlines()]
+    assert [r[2] for r in rows] == ["NEW_GAMES_AVAILABLE", "NEW_GAME_AVAILABLE", "X"]
+    assert rows[0][4] == "2" and "\x1b" not in listed.stdout and "[red]\\u001b[2Jhi" in rows[2][7]
+    assert coord("events", "list", "--type", "X", "--since", "1h").stdout.count("\n") == 3
+    assert "no events" in coord("events", "list", "--since", "2100-01-01T00:00").stdout
+    assert coord("events", "list", "--since", "yesterday").returncode == 2
+    doc = json.loads(coord("--json", "events", "tail", "-n", "2").stdout)
+    assert [e["type"] for e in doc["events"]] == ["NEW_GAME_AVAILABLE", "X"]
+    assert doc["events"][0]["node"] == "n1"
+    published = json.loads(coord("--json", "events", "publish", "X", "--payload", "{}").stdout)
+    assert published["new"] is True and published["known"] is False
+
+
+def test_tail_follow_sees_a_new_event_and_exits_0_on_sigint(coord: Coord) -> None:
+    assert (
+        coord("events", "publish", "SELFPLAY_COMPLETE", "--payload", '{"games": 1}').returncode == 0
+    )
+    follower = coord.popen("--json", "events", "tail", "--follow", "-n", "1")
+    try:
+        assert follower.stdout is not None
+        first = json.loads(follower.stdout.readline())
+        assert first["type"] == "SELFPLAY_COMPLETE" and first["schema_version"] == 1
+        assert coord("halt", "--reason", "watch this").returncode == 0
+        second = json.loads(follower.stdout.readline())  # arrives within a poll or two
+        assert second["type"] == "HALT" and second["payload"]["reason"] == "watch this"
+        follower.send_signal(signal.SIGINT)
+        assert follower.wait(timeout=10) == 0
+    finally:
+        if follower.poll() is None:
+            follower.kill()
+            follower.wait()
+
+
+def test_tail_follow_exits_0_on_sigterm(coord: Coord) -> None:
+    assert coord("events", "publish", "X").returncode == 0
+    follower = coord.popen("events", "tail", "-f")
+    try:
+        assert follower.stdout is not None
+        assert " X {}" in follower.stdout.readline()
+        follower.send_signal(signal.SIGTERM)
+        assert follower.wait(timeout=10) == 0
+    finally:
+        if follower.poll() is None:
+            follower.kill()
+            follower.wait()
+
+
+def test_the_hook_runner_refuses_a_bad_job_quietly() -> None:
+    import subprocess
+
+    done = subprocess.run(
+        [sys.executable, "-m", "ringrift_coord.hookrun"], input=b"not json", capture_output=True
+    )
+    assert done.returncode == 2 and done.stderr == b""
+
+
+def test_tail_follow_ends_when_its_reader_is_gone(coord: Coord) -> None:
+    """``events tail -f | head -1``: the next line finds the pipe closed, and it exits 0."""
+    import subprocess
+
+    assert coord("events", "publish", "X").returncode == 0
+    pipeline = subprocess.Popen(
+        [
+            "bash",
+            "-c",
+            'set -o pipefail; "$0" -m ringrift_coord events tail -f -n 1 | head -1; echo "rc=$?"',
+            sys.executable,
+        ],
+        env=coord.env,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert pipeline.stdout is not None
+        assert " X {}" in pipeline.stdout.readline()  # head's one line; head has exited
+        assert coord("events", "publish", "Y").returncode == 0
+        out, _ = pipeline.communicate(timeout=20)
+        assert pipeline.returncode == 0 and out == "rc=0\n"
+    finally:
+        if pipeline.poll() is None:
+            pipeline.kill()
+            pipeline.wait()
