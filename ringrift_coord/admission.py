@@ -187,7 +187,9 @@ def log_decision(
         ),
     )
     assert row is not None
-    if not decision.allowed:  # ringrift_denials_total: one count per blocking rule
+    # A refusal counts (ringrift_denials_total, one per blocking rule) and is an event, except
+    # for record-spawn: it notes a spawn that already happened, whatever the rules now say.
+    if not decision.allowed and action != "record-spawn":
         from ringrift_coord import counters
 
         for rule in dict.fromkeys(r.rule for r in decision.reasons):

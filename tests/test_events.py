@@ -438,3 +438,21 @@ def test_tail_follow_ends_when_its_reader_is_gone(coord: Coord) -> None:
         if pipeline.poll() is None:
             pipeline.kill()
             pipeline.wait()
+
+
+def test_record_spawn_under_a_halt_is_neither_a_denial_nor_an_event(engine_db) -> None:  # noqa: ANN001
+    """record_spawn notes a spawn that already happened: it is logged with the rules that
+    would have refused it, but it refused nothing: no TASK_DENIED, no ringrift_denials_total."""
+    from ringrift_coord import counters
+    from ringrift_coord.safeguards import Safeguards
+
+    ctx = engine_db.context(clock=ManualClock())
+    halts.activate(ctx, "maintenance", task_type="selfplay", ttl=None, who="op@a", host="a")
+    noted = Safeguards(ctx).record_spawn("selfplay", "node-1")
+    assert not noted.allowed  # the decision as it stood: the halt
+    assert _all(ctx, "TASK_DENIED") == []
+    with ctx.store.read() as tx:
+        assert counters.read(tx, "denials") == []
+    refused = TaskCoordinator(ctx).check("selfplay", "node-1")  # a real question is refused
+    assert not refused.allowed
+    assert [e.payload["rules"] for e in _all(ctx, "TASK_DENIED")] == [["halt"]]
