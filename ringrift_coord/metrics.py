@@ -146,13 +146,22 @@ def gather(ctx: Context) -> Collection:
             local = halts.snapshot(ctx.state_dir, store.scope)
             at = _collect_store(ctx, store, fam, local, fresh=False)
     except (StoreBusy, StateError) as exc:  # unreachable, refused, corrupt: no store families
-        down = Families()
-        down.gauge("ringrift_store_up", UP_HELP).add(0)
-        _local(ctx, down, local)
-        return Collection(list(down.by_name.values()), None, False, exc.message)
+        return down(ctx, exc.message, local)
     up.add(1)
     _local(ctx, fam, None)
     return Collection(list(fam.by_name.values()), at, True)
+
+
+def down(ctx: Context, problem: str, local: Snapshot | None = None) -> Collection:
+    """The collection of a store that did not answer: ``ringrift_store_up 0`` and what this
+    host knows without the store (the collection time, the configuration's problems, this
+    host's halt file: ``local``, else read now)."""
+    from ringrift_coord import halts
+
+    fam = Families()
+    fam.gauge("ringrift_store_up", UP_HELP).add(0)
+    _local(ctx, fam, local if local is not None else halts.snapshot(ctx.state_dir))
+    return Collection(list(fam.by_name.values()), None, False, problem)
 
 
 COLLECTED_HELP = (
