@@ -157,7 +157,12 @@ DEFAULTS: dict[str, Any] = {
     "run": {"kill_grace": 10, "poll_interval": 0.05},
     # readings: disk is checked on the state directory and these paths; older samples are stale
     # live_host: without a fresh sample, admission reads this host's memory/disk/load itself
-    "resources": {"data_paths": [], "max_sample_age": 600, "live_host": True},
+    "resources": {
+        "data_paths": [],
+        "max_sample_age": 600,
+        "live_host": True,
+        "retire_after": 86400,
+    },
     # node spawn-rate factor: x decrease per failed/killed job, + increase per success
     # ... and the gap to 1 halves every recovery_half_life seconds (0: only successes restore)
     "backpressure": {
@@ -302,7 +307,12 @@ SCHEMA: dict[str, Any] = {
         "shared_group": Leaf("group", nullable=True),
     },
     "run": {"kill_grace": SECS, "poll_interval": SECS},
-    "resources": {"data_paths": Leaf("globs"), "max_sample_age": SECS, "live_host": Leaf("bool")},
+    "resources": {
+        "data_paths": Leaf("globs"),
+        "max_sample_age": SECS,
+        "live_host": Leaf("bool"),
+        "retire_after": SECS,
+    },
     "backpressure": {
         "decrease": PCT_FRACTION,
         "increase": PCT_FRACTION,

@@ -36,12 +36,13 @@ if TYPE_CHECKING:
     from ringrift_coord.context import Context
     from ringrift_coord.halts import Snapshot
     from ringrift_coord.store import Store
-    from ringrift_coord.store.base import Tx
+    from ringrift_coord.store.base import Row, Tx
 
 GAUGE, COUNTER = "gauge", "counter"
 RESOURCES = ("cpu", "memory", "disk", "gpu", "gpu_memory")  # ringrift_node_utilization
 CRITICAL_RESOURCES = ("cpu", "memory", "disk", "gpu", "load_avg")  # those with a critical level
 BREAKER_STATES = ("closed", "open", "half_open")
+STEERED = ("cpu", "gpu")  # ringrift_optimization_resource: what utilization.controlling picks
 KIB = 1024.0
 TEXTFILE_SUFFIX = ".prom"
 UP_HELP = "1 when the store answered this collection, else 0."
@@ -131,6 +132,7 @@ def gather(ctx: Context) -> Collection:
 
     fam = Families()
     up = fam.gauge("ringrift_store_up", UP_HELP)
+    local = halts.snapshot(ctx.state_dir)  # the file before the store: readable without it
     try:
         try:
             store = ctx.store
@@ -138,18 +140,62 @@ def gather(ctx: Context) -> Collection:
             with tempfile.TemporaryDirectory(prefix="ringrift-metrics-") as tmp:
                 from ringrift_coord.store.sqlite import SQLiteStore
 
-                local = halts.snapshot(ctx.state_dir)
                 with SQLiteStore(os.path.join(tmp, "empty.db"), clock=ctx.clock) as empty:
                     at = _collect_store(ctx, empty, fam, local, fresh=True)
         else:
-            local = halts.snapshot(ctx.state_dir, store.scope)  # the file before the store
+            local = halts.snapshot(ctx.state_dir, store.scope)
             at = _collect_store(ctx, store, fam, local, fresh=False)
-    except (StoreBusy, StateError) as exc:  # unreachable, refused, corrupt: store_up 0 alone
-        down = Metric("ringrift_store_up", GAUGE, UP_HELP)
-        down.add(0)
-        return Collection([down], None, False, exc.message)
+    except (StoreBusy, StateError) as exc:  # unreachable, refused, corrupt: no store families
+        return down(ctx, exc.message, local)
     up.add(1)
+    _local(ctx, fam, None)
     return Collection(list(fam.by_name.values()), at, True)
+
+
+def down(ctx: Context, problem: str, local: Snapshot | None = None) -> Collection:
+    """The collection of a store that did not answer: ``ringrift_store_up 0`` and what this
+    host knows without the store (the collection time, the configuration's problems, this
+    host's halt file: ``local``, else read now)."""
+    from ringrift_coord import halts
+
+    fam = Families()
+    fam.gauge("ringrift_store_up", UP_HELP).add(0)
+    _local(ctx, fam, local if local is not None else halts.snapshot(ctx.state_dir))
+    return Collection(list(fam.by_name.values()), None, False, problem)
+
+
+COLLECTED_HELP = (
+    "When this exposition was collected, seconds since the epoch (a textfile's age: time() - this)."
+)
+CONFIG_PROBLEM_HELP = (
+    "1 when the deferred configuration section has a bad value (its families are left out "
+    "or partial; `ringrift-coord config validate` says why), else 0."
+)
+HALTED_HELP = "1 when any halt is in force (cluster, node, type or this host's halt file), else 0."
+HALT_ACTIVE_HELP = (
+    "1 per halt in force: scope cluster (every node), node (a drain) or file (this "
+    "host's EMERGENCY_HALT file); type all or the halted type; node all or the node."
+)
+
+
+def _local(ctx: Context, fam: Families, local: Snapshot | None) -> None:
+    """What this host knows without the store: the collection time, the configuration's
+    problems and (``local``: the store did not answer) this host's halt file."""
+    from ringrift_coord.config import DEFERRED_SECTIONS
+
+    fam.set("ringrift_metrics_collected_timestamp_seconds", COLLECTED_HELP, ctx.clock.time())
+    problem = fam.gauge("ringrift_config_problem", CONFIG_PROBLEM_HELP, "section")
+    for section in DEFERRED_SECTIONS:
+        problem.add(1 if section in ctx.settings.problems else 0, section)
+    if local is None:
+        return
+    from ringrift_coord import halts, identity
+
+    info = halts.unexpired(local.info, ctx.clock.time())
+    fam.set("ringrift_halted", HALTED_HELP, 1 if info is not None else 0)
+    active = fam.gauge("ringrift_halt_active", HALT_ACTIVE_HELP, "scope", "type", "node")
+    if info is not None:
+        active.add(1, "file", "all", identity.local_node())
 
 
 def _collect_store(
@@ -169,7 +215,7 @@ def _collect_store(
         _breakers(tx, ctx.settings, now, fam)
         _feedback(tx, ctx.settings, now, fam, nodes)
         _transfers(tx, ctx.settings, now, fam)
-        _readings(tx, ctx.settings, now, fam)
+        _readings(tx, ctx.settings, now, fam, set(nodes))
     return now
 
 
@@ -234,6 +280,13 @@ def _optimizer(tx: Tx, settings: Settings, now: float, fam: Families) -> None:
         "The optimizer's last scaling action: 1 for the current one, 0 for the others.",
         "action",
     )
+    steered = fam.gauge(
+        "ringrift_optimization_resource",
+        "The resource the optimizer steers by (its bottleneck: of cpu and gpu with fresh "
+        "readings, the one furthest above its target): 1 for it, 0 for the other; absent "
+        "without fresh readings.",
+        "resource",
+    )
     confidence = None
     rate = None
     if doc is not None:
@@ -241,6 +294,9 @@ def _optimizer(tx: Tx, settings: Settings, now: float, fam: Families) -> None:
             action.add(1 if doc["action"] == name else 0, name)
         confidence = doc["confidence"]
         rate = doc["rate"]
+        if doc["controlling"] is not None:
+            for name in STEERED:
+                steered.add(1 if doc["controlling"] == name else 0, name)
     fam.set(
         "ringrift_optimization_confidence",
         "The confidence of the optimizer's last adjust (0-1).",
@@ -254,22 +310,18 @@ def _optimizer(tx: Tx, settings: Settings, now: float, fam: Families) -> None:
 
 
 def _tasks(tx: Tx, settings: Settings, now: float, fam: Families) -> list[str]:
-    """Running tasks, the limits in force and the waiters; the nodes known to the store."""
-    from ringrift_coord import feedback, queue, readings, reports, slots
+    """Running tasks, the limits in force, the optimizer's targets, reserved slots and the
+    waiters; returns the nodes the per-node families cover (see ``live_nodes``)."""
+    from ringrift_coord import reports, reservations, slots
+    from ringrift_coord.optimizer import state as optimizer_state
     from ringrift_coord.tasktypes import TaskType
-    from ringrift_coord.transfers import TASK_TYPE as TRANSFER_QUEUE
 
     types = [t.value for t in TaskType]
     counts = slots.counts(tx)
-    waiting = [r for r in queue.lengths_by_node(tx) if r["task_type"] != TRANSFER_QUEUE]
-    stored = {r["node"]: r for r in readings.all_latest(tx)}
-    lowered = feedback.caps_in_force(tx, settings, now)["lowered_caps"]
-    nodes = sorted(
-        {r["node"] for r in counts}
-        | {r["node"] for r in waiting}
-        | set(stored)
-        | {r["node"] for r in lowered}
-    )
+    waiting = _waiting(tx)
+    stored = {r["node"]: r for r in _readings_rows(tx)}
+    reserved_rows = reservations.active(tx, now)
+    nodes = live_nodes(tx, settings, now)
     tasks = fam.gauge(
         "ringrift_tasks", "Running tasks (slots held) per type and node.", "type", "node"
     )
@@ -281,20 +333,43 @@ def _tasks(tx: Tx, settings: Settings, now: float, fam: Families) -> list[str]:
     node_limit = fam.gauge(
         "ringrift_task_node_limit",
         "The per-node task limit in force on the node: the configured one, lowered by an "
-        "OOM-lowered cap and, for selfplay, the hardware cap (absent: unlimited).",
+        "OOM-lowered cap and, for selfplay, the hardware cap and the optimizer's self-play "
+        "target while admission enforces it (absent: unlimited).",
         "type",
         "node",
     )
+    target = fam.gauge(
+        "ringrift_selfplay_target",
+        "The optimizer's self-play job target for the node while admission enforces it "
+        "(rule optimizer; absent: none in force).",
+        "node",
+    )
+    from ringrift_coord import feedback
+
     for node in nodes:
         effective = dict(feedback.node_caps(tx, settings, node, now)["effective"])
+        caps = [effective.get("selfplay")]
         hw = reports.hardware_cap(stored.get(node), settings)
         if hw is not None and hw["enforced"]:
-            cap = int(hw["max_selfplay_jobs"])
-            current = effective.get("selfplay")
-            effective["selfplay"] = cap if current is None else min(cap, current)
+            caps.append(int(hw["max_selfplay_jobs"]))
+        found = optimizer_state.enforced_target(tx, node, settings, now)
+        if found is not None:
+            target.add(int(found["target"]), node)
+            caps.append(int(found["target"]))
+        known = [c for c in caps if c is not None]
+        effective["selfplay"] = min(known) if known else None
         for t, limit in effective.items():
             if limit is not None:
                 node_limit.add(limit, t, node)
+    reserved = fam.gauge(
+        "ringrift_reserved_slots",
+        "Slots reserved on the node for the type (reservations in force).",
+        "type",
+        "node",
+    )
+    for res in reserved_rows:
+        key = (res["task_type"], res["node"])
+        reserved.add(reserved.samples.get(key, 0.0) + int(res["slots"]), *key)
     cluster_limit = fam.gauge(
         "ringrift_task_cluster_limit",
         "The cluster-wide task limit of the type (absent: unlimited).",
@@ -315,23 +390,55 @@ def _tasks(tx: Tx, settings: Settings, now: float, fam: Families) -> list[str]:
     return nodes
 
 
+def _waiting(tx: Tx) -> list[Row]:
+    """Waiters per type and node, the transfers' fair queue left out."""
+    from ringrift_coord import queue
+    from ringrift_coord.transfers import TASK_TYPE as TRANSFER_QUEUE
+
+    return [r for r in queue.lengths_by_node(tx) if r["task_type"] != TRANSFER_QUEUE]
+
+
+def _readings_rows(tx: Tx) -> list[Row]:
+    from ringrift_coord import readings
+
+    return readings.all_latest(tx)
+
+
+def live_nodes(tx: Tx, settings: Settings, now: float) -> list[str]:
+    """The nodes the per-node families cover: those with running tasks, waiters, a breaker
+    not closed, a lowered cap, backpressure, reservations or a self-play target in force, or
+    a reading younger than ``resources.retire_after`` (one dated in the future counts as young). A
+    node with none of these is retired: its series go (``forget-node`` drops its reading
+    at once)."""
+    from ringrift_coord import breakers, feedback, reservations, slots
+    from ringrift_coord.optimizer import state as optimizer_state
+
+    retire = float(settings.get("resources.retire_after"))
+    caps = feedback.caps_in_force(tx, settings, now)
+    cfg = breakers.BreakerConfig.from_settings(settings)
+    found = (
+        {r["node"] for r in slots.counts(tx)}
+        | {r["node"] for r in _waiting(tx)}
+        | {r["node"] for r in caps["lowered_caps"]}
+        | {r["node"] for r in caps["backpressure"]}
+        | {v["node"] for v in breakers.views(tx, cfg, now) if v["state"] != breakers.CLOSED}
+        | {r["node"] for r in reservations.active(tx, now)}
+        | {
+            r["node"]
+            for r in optimizer_state.targets(tx)
+            if optimizer_state.enforced_target(tx, r["node"], settings, now) is not None
+        }
+        | {r["node"] for r in _readings_rows(tx) if now - float(r["at"]) <= retire}
+    )
+    return sorted(found)
+
+
 def _halts(tx: Tx, local: Snapshot, now: float, fam: Families) -> None:
     from ringrift_coord import halts, identity
 
     doc = halts.status(tx, local, now)
-    fam.set(
-        "ringrift_halted",
-        "1 when any halt is in force (cluster, node, type or this host's halt file), else 0.",
-        1 if doc["halted"] else 0,
-    )
-    active = fam.gauge(
-        "ringrift_halt_active",
-        "1 per halt in force: scope cluster (every node), node (a drain) or file (this "
-        "host's EMERGENCY_HALT file); type all or the halted type; node all or the node.",
-        "scope",
-        "type",
-        "node",
-    )
+    fam.set("ringrift_halted", HALTED_HELP, 1 if doc["halted"] else 0)
+    active = fam.gauge("ringrift_halt_active", HALT_ACTIVE_HELP, "scope", "type", "node")
     for row in doc["halts"]:
         node = row.get("node", halts.ALL_NODES)
         whole = node == halts.ALL_NODES
@@ -427,6 +534,16 @@ def _transfers(tx: Tx, settings: Settings, now: float, fam: Families) -> None:
         exact = transfers.link(settings, host["remote"])["limit_kbps"]  # status rounds it
         limit.add(float(exact) * KIB, host["remote"])
         allocated.add(float(host["allocated_kbps"]) * KIB, host["remote"])
+    waiting = fam.gauge(
+        "ringrift_transfer_waiters",
+        "Transfers waiting in the fair queue (bandwidth run --wait) per remote host.",
+        "remote",
+    )
+    from ringrift_coord import queue
+
+    for row in queue.lengths_by_node(tx):
+        if row["task_type"] == transfers.TASK_TYPE:
+            waiting.add(row["n"], row["node"])
     moved = fam.counter(
         "ringrift_transfer_bytes_total",
         "Bytes moved by ended transfers whose byte count is known, per remote host.",
@@ -436,13 +553,16 @@ def _transfers(tx: Tx, settings: Settings, now: float, fam: Families) -> None:
         moved.add(value, labels.get("remote", ""))
 
 
-def _readings(tx: Tx, settings: Settings, now: float, fam: Families) -> None:
+def _readings(tx: Tx, settings: Settings, now: float, fam: Families, nodes: set[str]) -> None:
     from ringrift_coord import readings
 
     thresholds = settings.get("thresholds")
     max_age = float(settings.get("resources.max_sample_age"))
     age = fam.gauge(
-        "ringrift_node_reading_age_seconds", "Age of the node's latest stored reading.", "node"
+        "ringrift_node_reading_age_seconds",
+        "Age of the node's latest stored reading (0 for one dated in the future); absent for "
+        "a retired node (see resources.retire_after).",
+        "node",
     )
     util = fam.gauge(
         "ringrift_node_utilization",
@@ -458,9 +578,11 @@ def _readings(tx: Tx, settings: Settings, now: float, fam: Families) -> None:
         "resource",
     )
     for row in readings.all_latest(tx):
-        seconds = now - float(row["at"])
-        age.add(max(0.0, seconds), row["node"])
-        if seconds > max_age or seconds < -max_age:
+        if row["node"] not in nodes:
+            continue  # retired
+        at = float(row["at"])
+        age.add(max(0.0, now - at), row["node"])
+        if readings.is_stale(at, now, max_age):
             continue  # stale: admission ignores it, so do these
         for resource in RESOURCES:
             if row.get(resource) is not None:
@@ -510,7 +632,13 @@ def exposition(ctx: Context) -> bytes:
 def check_textfile(path: str) -> str:
     """The absolute path of a textfile; a name without the ``.prom`` suffix (node_exporter's
     textfile collector reads no other) is a usage error, a missing directory a state one."""
-    if not path.endswith(TEXTFILE_SUFFIX) or os.path.basename(path) == TEXTFILE_SUFFIX:
+    if os.path.basename(path) == TEXTFILE_SUFFIX:
+        raise UsageError(
+            f"{path!r}: the file name before {TEXTFILE_SUFFIX} is empty (node_exporter's "
+            "textfile collector skips hidden files: give a name such as ringrift.prom)",
+            field="textfile",
+        )
+    if not path.endswith(TEXTFILE_SUFFIX):
         raise UsageError(
             f"{path!r} does not end in {TEXTFILE_SUFFIX} (node_exporter's textfile collector "
             "reads only *.prom files)",

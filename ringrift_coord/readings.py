@@ -208,6 +208,19 @@ def store_reading(tx: Tx, node: str, reading: dict[str, Any], now: float) -> Non
     )
 
 
+def is_stale(at: float, now: float, max_age: float) -> bool:
+    """Whether a reading taken at ``at`` is stale by ``now`` (older than ``max_age``:
+    ``resources.max_sample_age``). The one freshness test: admission, ``resources`` and
+    ``metrics`` all use it. A reading dated in the future (a node whose clock runs ahead) is
+    fresh, whatever how far ahead."""
+    return now - at > max_age
+
+
+def forget(tx: Tx, node: str) -> bool:
+    """Drop ``node``'s stored reading (a retired or mistyped node); False: it had none."""
+    return bool(tx.execute("DELETE FROM readings WHERE node = ?", (node,)))
+
+
 def latest(tx: Tx, node: str) -> Row | None:
     return tx.one("SELECT * FROM readings WHERE node = ?", (node,))
 
@@ -310,7 +323,7 @@ def assess(
     out["details"] = reading.get("details") or {}
     at = out["at"]
     out["age"] = None if at is None else round(now - at, 3)
-    out["stale"] = at is not None and now - at > max_age
+    out["stale"] = at is not None and is_stale(at, now, max_age)
     limit = critical_load(reading.get("cpus"), thresholds)
     out["load_critical"] = None if limit is None else round(limit, 3)
     out["levels"] = levels(reading, thresholds)

@@ -240,8 +240,8 @@ def thresholds(
     reading: Row | dict[str, Any] | None = (
         readings.latest(tx, req.node) if ev.probe["reading"] else None
     )
-    if reading is not None and now - reading["at"] > float(
-        settings.get("resources.max_sample_age")
+    if reading is not None and readings.is_stale(
+        reading["at"], now, float(settings.get("resources.max_sample_age"))
     ):
         reading = None  # stale: ignored (shown as stale by `resources`)
     if reading is None and live:
@@ -564,11 +564,10 @@ def optimizer(
     Self-play only: one indexed read of ``selfplay_targets``."""
     if req.task_type is not TaskType.SELFPLAY:
         return None
-    if "optimizer" in settings.problems or "resource_targets" in settings.problems:
-        return None  # its settings are bad (every command warns): the optimizer is not in use
     from ringrift_coord.optimizer import state as optimizer_state  # self-play only: ~0.4 ms
 
-    found = optimizer_state.target_for(tx, req.node, settings, now)
+    # None also when its settings are bad (every command warns): the optimizer is not in use
+    found = optimizer_state.enforced_target(tx, req.node, settings, now)
     if found is None:
         return None
     target, used, ahead = int(found["target"]), len(ev.on_node), ev.ahead_node

@@ -349,6 +349,7 @@ COMMANDS: dict[str, tuple[str, ...]] = {
     "breakers record-failure": _BREAKER,
     "breakers record-success": _BREAKER,
     "report": _READING,
+    "forget-node": ("node", "forgotten", "reading_at"),
     "resources": ("at", "thresholds", "max_sample_age", "live_host", "local_node", "nodes", "live"),
     "capacity": (
         "max_selfplay_jobs",

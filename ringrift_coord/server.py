@@ -217,13 +217,13 @@ def exposition(ctx: Context) -> bytes:
     return metrics.exposition(ctx)
 
 
-def store_down_exposition(problem: str) -> bytes:
-    """``ringrift_store_up 0`` alone: the store did not answer within the request's bound."""
+def store_down_exposition(problem: str, ctx: Context) -> bytes:
+    """``ringrift_store_up 0`` and what this host knows without the store (``metrics.down``:
+    the collection time, configuration problems, the halt file): the store did not answer
+    within the request's bound."""
     from ringrift_coord import metrics
 
-    down = metrics.Metric("ringrift_store_up", metrics.GAUGE, metrics.UP_HELP)
-    down.add(0)
-    return metrics.render(metrics.Collection([down], None, False, problem))
+    return metrics.render(metrics.down(ctx, problem))
 
 
 # --------------------------------------------------------------------------- components
@@ -332,7 +332,8 @@ class HealthChecker(StoreReader):
 
 
 class MetricsCollector(StoreReader):
-    """``/metrics``: the exposition, or ``ringrift_store_up 0`` alone when it failed."""
+    """``/metrics``: the exposition, or ``ringrift_store_up 0`` (and the families read
+    without the store) when it failed."""
 
     def __init__(self, name: str, base: Context, store_timeout: float) -> None:
         super().__init__(name, base, store_timeout)
@@ -342,9 +343,11 @@ class MetricsCollector(StoreReader):
         try:
             body = await self.read(exposition)
         except CoordError as exc:  # before TimeoutError: StoreBusy is one too
-            body = store_down_exposition(exc.message)
+            body = store_down_exposition(exc.message, self.get_dependency("context"))
         except TimeoutError:
-            body = store_down_exposition("the store did not answer in time")
+            body = store_down_exposition(
+                "the store did not answer in time", self.get_dependency("context")
+            )
         return bytes(body) + self._own()
 
     def _own(self) -> bytes:

@@ -87,6 +87,7 @@ CASES: list[tuple[str, tuple[str, ...], int]] = [
     ("report", ("report", "--node", "n1", "--cpu", "12.345", "--load", "0.123456"), 0),
     ("report", ("report", "--node", "n5"), 0),  # sampled here
     ("resources", ("resources",), 0),
+    ("forget-node", ("forget-node", "n5"), 0),  # sampled here just above
     ("capacity", ("capacity", "--gpu-name", "H100", "--gpu-count", "1", "--cpus", "32"), 0),
     ("capacity", ("capacity", "--node", "n2"), 0),  # the stored reading's hardware
     ("capacity", ("capacity", "--detect"), 0),

@@ -5,6 +5,7 @@ hostile node name comes out escaped; no store yet and a store that is down."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -147,10 +148,17 @@ def test_every_family_from_a_populated_store(engine_db: Any) -> None:
         "ringrift_node_reading_age_seconds",
         "ringrift_node_utilization",
         "ringrift_node_critical",
+        "ringrift_metrics_collected_timestamp_seconds",
+        "ringrift_config_problem",
+        "ringrift_optimization_resource",
+        "ringrift_selfplay_target",
+        "ringrift_reserved_slots",
+        "ringrift_transfer_waiters",
     }
     assert set(names) == expected and len(names) == len(expected)
+    optional = {"ringrift_reserved_slots", "ringrift_transfer_waiters"}  # their own test
     for metric in got.metrics:  # every family but the optional ones has a sample
-        assert metric.samples, metric.name
+        assert metric.samples or metric.name in optional, metric.name
     one = {m.name: m.samples.get(()) for m in got.metrics if not m.labels}
     assert one["ringrift_store_up"] == 1
     assert one["ringrift_store_schema_migrations"] >= 6
@@ -181,7 +189,9 @@ def test_every_family_from_a_populated_store(engine_db: Any) -> None:
     assert by_label(got, "ringrift_tasks", type="selfplay", node="n4") == 2
     assert by_label(got, "ringrift_tasks", type="training", node="n1") == 0
     assert by_label(got, "ringrift_task_node_limit", type="training", node="n2") == 1
-    assert by_label(got, "ringrift_task_node_limit", type="selfplay", node="n1") == 32
+    target = by_label(got, "ringrift_selfplay_target", node="n1")  # adjust's, in force
+    assert target is not None
+    assert by_label(got, "ringrift_task_node_limit", type="selfplay", node="n1") == min(32, target)
     assert by_label(got, "ringrift_task_node_limit", type="sync", node="n1") is None  # unlimited
     from ringrift_coord import reports
 
@@ -415,10 +425,22 @@ def test_store_down_is_store_up_zero(tmp_path: Path) -> None:
     done = runner("metrics", "--set", "store.connect_timeout=2", timeout=60)
     assert done.returncode == 0, done.stderr
     lines = [line for line in done.stdout.splitlines() if not line.startswith("#")]
-    assert lines == ["ringrift_store_up 0.0"]
+    assert lines[0] == "ringrift_store_up 0.0"
+    assert lines[1].startswith("ringrift_metrics_collected_timestamp_seconds ")
+    assert 'ringrift_config_problem{section="optimizer"} 0.0' in lines
+    assert "ringrift_halted 0.0" in lines
+    assert not any(line.startswith("ringrift_tasks") for line in lines)  # the store's: absent
     assert done.stderr.startswith("ringrift-coord: warning: the store did not answer")
     assert done.stderr.count("\n") == 1
     promtool_check(done.stdout.encode())
+    # this host's halt file is read without the store
+    runner.state_dir.mkdir(parents=True, exist_ok=True)
+    (runner.state_dir / FILE_NAME).write_text("")
+    halted = runner("metrics", "--set", "store.connect_timeout=2", timeout=60)
+    assert halted.returncode == 0, halted.stderr
+    assert "ringrift_halted 1.0" in halted.stdout.splitlines()
+    assert 'ringrift_halt_active{node="' in halted.stdout and 'scope="file"' in halted.stdout
+    promtool_check(halted.stdout.encode())
     target = tmp_path / "down.prom"
     written = runner("metrics", "--set", "store.connect_timeout=2", "--textfile", str(target))
     assert written.returncode == 0 and written.stdout == ""
@@ -433,3 +455,184 @@ def test_metrics_is_not_on_the_hot_path() -> None:
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.stdout.strip() == "False", done.stderr
+
+
+# --------------------------------------------------------------------------- review fixes
+
+RETIRE_CONFIG = """
+resources:
+  max_sample_age: 300
+  retire_after: 3600
+"""
+
+
+def test_a_retired_node_leaves_the_per_node_families(engine_db: Any) -> None:
+    """A node whose reading is older than resources.retire_after and that holds nothing
+    (no task, waiter, open breaker, cap, backpressure, reservation or target) goes from every
+    per-node family; a stale one younger than that stays (the readings-stale alert sees it);
+    a node with a running task stays whatever its reading's age."""
+    clock = ManualClock()
+    ctx = engine_db.context(RETIRE_CONFIG, clock=clock)
+    with ctx.store.write() as tx:
+        for node in ("gone", "busy"):
+            readings.store_reading(tx, node, {"cpu": 10.0, "cpus": 4}, tx.now())
+    TaskCoordinator(ctx).register_task(None, "training", "busy", pid=os.getpid())
+    per_node = (
+        "ringrift_tasks",
+        "ringrift_node_reading_age_seconds",
+        "ringrift_backpressure_factor",
+        "ringrift_task_node_limit",
+    )
+
+    def nodes_in(got: metrics.Collection, name: str) -> set[str]:
+        family = next(m for m in got.metrics if m.name == name)
+        at = family.labels.index("node")
+        return {key[at] for key in family.samples}
+
+    clock.advance(600)  # stale, not retired
+    got = metrics.gather(ctx)
+    for name in per_node:
+        assert nodes_in(got, name) == {"gone", "busy"}, name
+    assert samples(got, "ringrift_node_reading_age_seconds")[("gone",)] == 600
+    clock.advance(3100)  # 3700 s: retired
+    got = metrics.gather(ctx)
+    for name in per_node:
+        assert nodes_in(got, name) == {"busy"}, name
+    assert samples(got, "ringrift_node_reading_age_seconds") == {("busy",): 3700}
+    with ctx.store.write() as tx:  # it reports again: back
+        readings.store_reading(tx, "gone", {"cpu": 10.0, "cpus": 4}, tx.now())
+    assert "gone" in nodes_in(metrics.gather(ctx), "ringrift_tasks")
+
+
+def test_forget_node(coord: Coord) -> None:
+    """forget-node drops the node's reading (resources and metrics forget it); an unknown
+    node is exit 2 with the closest stored name; a blank one is exit 2."""
+    for node in ("n1", "old-node"):
+        done = coord("report", "--node", node, "--cpu", "10")
+        assert done.returncode == 0, done.stderr
+    typo = coord("forget-node", "old-nod")
+    assert typo.returncode == 2 and "did you mean old-node?" in typo.stderr, typo.stderr
+    assert typo.stderr.count("\n") == 1
+    assert coord("forget-node", " ").returncode == 2
+    done = coord("--json", "forget-node", "old-node")
+    assert done.returncode == 0, done.stderr
+    doc = json.loads(done.stdout)
+    assert doc["node"] == "old-node" and doc["forgotten"] == 1 and doc["reading_at"] > 0
+    nodes = [n["node"] for n in json.loads(coord("--json", "resources").stdout)["nodes"]]
+    assert nodes == ["n1"]
+    exported = coord("metrics").stdout
+    assert 'node="n1"' in exported and "old-node" not in exported
+    again = coord("forget-node", "old-node")
+    assert again.returncode == 2 and "no stored reading" in again.stderr
+    plain = coord("forget-node", "n1")
+    assert plain.returncode == 0 and plain.stderr.startswith("ringrift-coord: forgot the reading")
+
+
+def test_selfplay_limit_is_what_admission_enforces(engine_db: Any) -> None:
+    """After adjust sets a node's self-play target, ringrift_task_node_limit{selfplay} is
+    the min of the configured limit and that target, ringrift_selfplay_target is the
+    target, and can-spawn refuses exactly at that limit (rule optimizer)."""
+    from ringrift_coord.optimizer import adjust
+
+    clock = ManualClock()
+    ctx = engine_db.context(CONFIG, clock=clock)
+    with ctx.store.write() as tx:
+        readings.store_reading(tx, "n1", {"cpu": 20.0, "cpus": 8}, tx.now())
+    adjust.adjust(ctx.store, ctx.settings, who="tester", host="here")
+    got = metrics.gather(ctx)
+    target = by_label(got, "ringrift_selfplay_target", node="n1")
+    limit = by_label(got, "ringrift_task_node_limit", type="selfplay", node="n1")
+    assert target is not None and limit == min(32, target) == target < 32
+    tc = TaskCoordinator(ctx)
+    for _ in range(int(limit)):
+        assert tc.check("selfplay", "n1").allowed
+        tc.register_task(None, "selfplay", "n1", pid=os.getpid())
+    refused = tc.check("selfplay", "n1")
+    assert not refused.allowed
+    reasons = {r.rule: r for r in refused.reasons}
+    assert reasons["optimizer"].limit == limit
+    clock.advance(float(ctx.settings.get("optimizer.state_ttl")) + 1)  # expired: fail open
+    got = metrics.gather(ctx)
+    assert by_label(got, "ringrift_selfplay_target", node="n1") is None
+    assert by_label(got, "ringrift_task_node_limit", type="selfplay", node="n1") == 32
+
+
+def test_a_bad_section_is_said_and_exported(coord: Coord) -> None:
+    """A bad optimizer or bandwidth section: metrics exits 0, exports everything else and
+    ringrift_config_problem{section} 1 (0 for the sound ones), and its warning does not
+    claim the command does not use the section."""
+    coord.write_config("optimizer:\n  interval: -5\nbandwidth:\n  default_mbps: -1\n")
+    coord("report", "--node", "n1", "--cpu", "10")
+    done = coord("metrics")
+    assert done.returncode == 0, done.stderr
+    assert 'ringrift_config_problem{section="optimizer"} 1.0' in done.stdout
+    assert 'ringrift_config_problem{section="bandwidth"} 1.0' in done.stdout
+    assert 'ringrift_config_problem{section="hardware"} 0.0' in done.stdout
+    assert 'ringrift_tasks{node="n1",type="selfplay"} 0.0' in done.stdout
+    assert "does not use it" not in done.stderr
+    assert done.stderr.count("warning:") == 2, done.stderr
+    assert 'ringrift_config_problem{section="optimizer"} is 1' in done.stderr
+    promtool_check(done.stdout.encode())
+
+
+def test_collected_timestamp_and_steered_resource(engine_db: Any) -> None:
+    """ringrift_metrics_collected_timestamp_seconds is the collection time;
+    ringrift_optimization_resource is the optimizer's controlling resource."""
+    from ringrift_coord.optimizer import utilization
+
+    clock = ManualClock()
+    ctx = engine_db.context(CONFIG, clock=clock)
+    got = metrics.gather(ctx)
+    one = {m.name: m.samples.get(()) for m in got.metrics if not m.labels}
+    assert one["ringrift_metrics_collected_timestamp_seconds"] == clock.time()
+    assert samples(got, "ringrift_optimization_resource") == {}  # no readings: nothing steered
+    # before any adjust: action none and the initial rate
+    assert samples(got, "ringrift_optimization_action")[("none",)] == 1
+    assert one["ringrift_selfplay_rate_games_per_hour"] == 1000
+    with ctx.store.write() as tx:
+        readings.store_reading(tx, "c1", {"cpu": 95.0, "cpus": 8}, tx.now())
+        readings.store_reading(
+            tx, "g1", {"cpu": 10.0, "gpu": 50.0, "cpus": 8, "gpu_count": 1}, tx.now()
+        )
+    with ctx.store.read() as tx:
+        controlling = utilization.status(tx, ctx.settings, tx.now())["controlling"]
+    assert controlling == "cpu"  # CPU far above its target, GPU below its own
+    got = metrics.gather(ctx)
+    assert samples(got, "ringrift_optimization_resource") == {("cpu",): 1, ("gpu",): 0}
+
+
+def test_a_reading_dated_in_the_future_is_fresh_as_admission_has_it(engine_db: Any) -> None:
+    """A node whose clock runs ahead: admission checks its reading (fresh), so metrics
+    exports its utilization and critical flags (readings.is_stale, the one test)."""
+    clock = ManualClock()
+    ctx = engine_db.context(CONFIG, clock=clock)
+    with ctx.store.write() as tx:
+        readings.store_reading(tx, "ahead", {"cpu": 99.0, "cpus": 4}, tx.now() + 1000)
+    refused = TaskCoordinator(ctx).check("selfplay", "ahead")
+    assert "threshold" in {r.rule for r in refused.reasons}
+    got = metrics.gather(ctx)
+    assert by_label(got, "ringrift_node_critical", node="ahead", resource="cpu") == 1
+    assert by_label(got, "ringrift_node_utilization", node="ahead", resource="cpu") == 0.99
+    assert by_label(got, "ringrift_node_reading_age_seconds", node="ahead") == 0
+
+
+def test_transfer_waiters_and_reserved_slots(engine_db: Any) -> None:
+    from ringrift_coord import queue, reservations
+    from ringrift_coord.transfers import TASK_TYPE
+
+    ctx = engine_db.context(CONFIG, clock=ManualClock())
+    with ctx.store.write() as tx:
+        queue.enqueue(tx, TASK_TYPE, "aws-1", "here", os.getpid())
+        queue.enqueue(tx, TASK_TYPE, "aws-1", "here", os.getpid())
+        reservations.create(tx, "gauntlet", "n1", 2, None, "me")
+        reservations.create(tx, "gauntlet", "n1", 1, 600, "me")
+    got = metrics.gather(ctx)
+    assert samples(got, "ringrift_transfer_waiters") == {("aws-1",): 2}
+    assert samples(got, "ringrift_reserved_slots") == {("gauntlet", "n1"): 3}
+    assert ("transfer", "aws-1") not in samples(got, "ringrift_waiters")
+
+
+def test_textfile_with_an_empty_name(coord: Coord, tmp_path: Path) -> None:
+    bad = coord("metrics", "--textfile", str(tmp_path / ".prom"))
+    assert bad.returncode == 2 and "file name before .prom is empty" in bad.stderr
+    assert "does not end in" not in bad.stderr

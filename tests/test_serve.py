@@ -320,6 +320,9 @@ def test_full_is_503_when_postgres_is_stopped(tmp_path: Path) -> None:
         assert "unreachable" in doc["store"]["error"]
         text = srv.get("/metrics")[2].decode()
         assert "ringrift_store_up 0.0" in text and "ringrift_tasks{" not in text
+        # what this host knows without the store is still there (metrics.down)
+        assert "\nringrift_halted 0.0\n" in text
+        assert "\nringrift_metrics_collected_timestamp_seconds " in text
 
         pg.start()  # back: the next request reconnects (nothing was held open)
         assert srv.json("/admin/health/full")[0] == 200
@@ -352,8 +355,9 @@ def test_full_is_503_when_the_store_hangs(tmp_path: Path, served: Any) -> None:
                 "unreachable (connection timeout expired)" in doc["store"]["error"]
             )
         started = time.monotonic()
-        assert b"ringrift_store_up 0.0" in srv.get("/metrics")[2]
+        page = srv.get("/metrics")[2]
         assert time.monotonic() - started < 1 + 1
+        assert b"ringrift_store_up 0.0" in page and b"\nringrift_halted 0.0\n" in page
         _, summary = srv.json("/admin/health/coordinators")
         health = next(c for c in summary["coordinators"] if c["name"] == "health")
         assert health["error_count"] == 2 and health["stats"]["failures"] == 2

@@ -35,7 +35,10 @@ SECTION_USERS: dict[str, tuple[str, ...]] = {
     "bandwidth": ("bandwidth",),
     "schedule": ("schedule",),
     "events": ("events",),
-    "serve": ("serve",),
+    "serve": ("serve", "resource_targets", "optimizer", "bandwidth", "hardware"),
+    # they go on without a bad one (its families left out, ringrift_config_problem 1) and
+    # say so themselves: metrics_cmd.warn_config
+    "metrics": ("resource_targets", "optimizer", "bandwidth", "hardware"),
 }
 _warned: set[str] = set()  # the settings problems this process has warned of
 

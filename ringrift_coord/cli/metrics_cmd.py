@@ -9,7 +9,28 @@ import typer
 
 from ringrift_coord.cli import build
 from ringrift_coord.cli.common import done, globals_of
-from ringrift_coord.cli.hot import deliver, emit_json, say
+from ringrift_coord.cli.hot import SECTION_USERS, deliver, emit_json, say
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from ringrift_coord.config import Settings
+
+
+def warn_config(settings: Settings) -> None:
+    """One ``warning:`` line per bad section the exposition reads (``SECTION_USERS``'s
+    ``metrics`` entry): what the exposition does without it. ``metrics`` and ``serve`` go
+    on (exit 0): the other families are exported as ever."""
+    from ringrift_coord.inputs import printable
+
+    for section in SECTION_USERS["metrics"]:
+        problem = settings.problems.get(section)
+        if problem is None:
+            continue
+        text = printable(problem.message.strip().split("\n")[0])
+        say(
+            f"warning: {text} (the metrics that need section {section} are left out or "
+            f'partial; ringrift_config_problem{{section="{section}"}} is 1)'
+        )
 
 
 def register(app: typer.Typer) -> None:
@@ -39,6 +60,7 @@ def metrics(
     if textfile is not None:
         core.check_textfile(textfile)  # a bad name: before any store is opened
     with g.context(create=False) as c:
+        warn_config(c.settings)
         if textfile is not None:
             collection = core.write_textfile(c, textfile)
         else:

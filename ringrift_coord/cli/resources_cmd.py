@@ -35,9 +35,10 @@ def _percent(option: str, value: float | None) -> None:
 
 
 def register(app: typer.Typer) -> None:
-    """Add ``report`` and ``resources`` to the app."""
+    """Add ``report``, ``resources`` and ``forget-node`` to the app."""
     app.command("report")(report)
     app.command("resources")(resources)
+    app.command("forget-node")(forget_node)
 
 
 # --------------------------------------------------------------------------- report
@@ -136,4 +137,39 @@ def resources(
         emit_json(doc)
     else:
         views.resources_table(doc, node)
+    done()
+
+
+# --------------------------------------------------------------------------- forget-node
+
+
+def forget_node(
+    ctx: typer.Context,
+    node: Annotated[str, typer.Argument(metavar="NODE", help="The node whose reading to drop.")],
+) -> None:
+    """Drop a retired, renamed or mistyped node's stored reading, so that `resources`,
+    `metrics` (its per-node series) and the readings-stale alert forget it. Only the reading
+    goes: tasks, breakers, caps, history and the denial counters stay. A node with no
+    reading is refused (exit 2, with the closest stored name). A node that reports again
+    is back."""
+    from ringrift_coord import readings
+    from ringrift_coord.inputs import did_you_mean
+
+    g = globals_of(ctx)
+    if not node.strip():
+        raise UsageError("NODE must not be empty")
+    with g.context(create=False) as c, c.store.write() as tx:
+        row = readings.latest(tx, node)
+        if row is None:
+            hint = did_you_mean(node, [r["node"] for r in readings.all_latest(tx)])
+            raise UsageError(
+                f"node {node!r} has no stored reading{hint} (`resources` lists the nodes)"
+            )
+        readings.forget(tx, node)
+        at, now = float(row["at"]), tx.now()
+    doc = {"node": node, "forgotten": 1, "reading_at": at}
+    if g.json:
+        emit_json(doc)
+    else:
+        say(f"forgot the reading of {node} ({views.age(now - at)} old)")
     done()

@@ -48,6 +48,9 @@ def serve(
         raise UsageError(f"option --port: {port} is not a TCP port (1..65535)")
     with g.context() as c:
         conf_host, conf_port, timeout = server.settings_of(c)
+        from ringrift_coord.cli.metrics_cmd import warn_config
+
+        warn_config(c.settings)  # /metrics goes on without a bad optimizer/bandwidth section
         host = host if host is not None else conf_host
         port = port if port is not None else conf_port
         probe = server.request_context(c, timeout, create=True)

@@ -272,6 +272,15 @@ def target_for(tx: Tx, node: str, settings: Settings, now: float) -> Row | None:
     return row
 
 
+def enforced_target(tx: Tx, node: str, settings: Settings, now: float) -> Row | None:
+    """The node's self-play job target exactly when admission enforces it (rule
+    ``optimizer``): in force (``target_for``) and the optimizer's settings sound (a bad
+    ``optimizer`` or ``resource_targets`` section: the optimizer is not in use)."""
+    if "optimizer" in settings.problems or "resource_targets" in settings.problems:
+        return None
+    return target_for(tx, node, settings, now)
+
+
 def set_rate(
     tx: Tx,
     settings: Settings,
