@@ -448,7 +448,8 @@ def _halts(tx: Tx, local: Snapshot, now: float, fam: Families) -> None:
             "all" if row["scope"] == halts.GLOBAL else row["scope"],
             "all" if whole else node,
         )
-    if doc["halt_file"] is not None:
+    file = doc["halt_file"]
+    if file is not None and not file.get("mirror"):  # a mirror repeats the cluster row above
         active.add(1, "file", "all", identity.local_node())
 
 

@@ -526,7 +526,12 @@ def halt_check(status: dict[str, Any]) -> None:
             )
         )
     info = status["halt_file"]
-    if info is not None:
+    if info is not None and info.get("mirror"):  # halt's own copy: the same halt, not another
+        say(
+            f"  (mirrored in {printable(info['path'])}: this host stays halted while the "
+            "store cannot be read)"
+        )
+    elif info is not None:
         why = f": {printable(info['reason'])}" if info.get("reason") else ""
         say(Text.assemble(("HALTED", "red"), f" this host by {printable(info['path'])}{why}"))
 

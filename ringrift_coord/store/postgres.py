@@ -179,7 +179,10 @@ class PostgresStore(Store):
 
     def _translate(self, exc: Exception) -> Exception:
         psycopg = self._psycopg
-        text = " ".join(str(exc).split()) or type(exc).__name__
+        # libpq puts each sentence on its own line ("Connection refused\n\tIs the server
+        # running..."): one line, the sentences kept apart
+        lines = (" ".join(part.split()) for part in str(exc).splitlines())
+        text = "; ".join(part for part in lines if part) or type(exc).__name__
         if self._secret:
             text = text.replace(self._secret, "***")
         text = redact(text)
