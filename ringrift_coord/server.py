@@ -143,8 +143,33 @@ async def in_thread(fn: Callable[[], Any], timeout: float, name: str) -> Any:
         raise
 
 
-def full_health(ctx: Context) -> dict[str, Any]:
-    """The store-derived part of ``/admin/health/full``, in ONE read transaction."""
+def admission_lock(store: Any, timeout: float) -> dict[str, Any]:
+    """Whether the lock every admission write takes can be had within ``timeout`` (the
+    store's busy timeout): a writer holding it (a launcher stopped inside its transaction)
+    is invisible to a read transaction but fails every admission with exit 75. The probe
+    takes the lock and rolls back at once, writing nothing; a store that refuses the probe
+    (no right to take it) is "unknown", never a failure."""
+    started = time.monotonic()
+    state, error = "free", None
+    try:
+        store.probe_write_lock()
+    except CoordError as exc:
+        # the busy timeout (SQLite; PostgreSQL's lock_timeout), or PostgreSQL's
+        # statement_timeout (the same bound) when it came first
+        if "still locked" in exc.message or "statement timeout" in exc.message:
+            state, error = "held", f"admission lock held longer than {timeout:g} s"
+        else:
+            state, error = "unknown", exc.message
+    return {
+        "state": state,
+        "error": error,
+        "probe_seconds": round(time.monotonic() - started, 4),
+    }
+
+
+def full_health(ctx: Context, timeout: float = 2.0) -> dict[str, Any]:
+    """The store-derived part of ``/admin/health/full``, in ONE read transaction, then the
+    admission-lock probe (``admission_lock``, at most ``timeout`` seconds)."""
     from ringrift_coord import breakers, halts, queue, readings, slots
     from ringrift_coord.breakers import BreakerConfig
     from ringrift_coord.optimizer import utilization
@@ -181,6 +206,7 @@ def full_health(ctx: Context) -> dict[str, Any]:
         else:
             queues[row["task_type"]] = int(row["n"])
     describe = store.describe()
+    lock = admission_lock(store, timeout)
     return {
         "at": round(now, 3),
         "store": {
@@ -189,12 +215,8 @@ def full_health(ctx: Context) -> dict[str, Any]:
             "scope": store.scope,
             "error": None,
         },
-        "schema": {
-            "applied": len(applied & set(known)),
-            "known": len(known),
-            "current": set(known) <= applied,
-            "missing": [name for name in known if name not in applied],
-        },
+        "schema": {"applied": len(applied & set(known)), "known": len(known)},
+        "admission_lock": lock,
         "halt": {
             "halted": bool(halt["halts"]) or halt["halt_file"] is not None,
             "paused": halt["paused"],
@@ -250,9 +272,10 @@ class StoreReader(CoordinatorBase):
         self.last_seconds: float | None = None
         self.last_ok_at: float | None = None
 
-    async def read(self, fn: Callable[[Context], Any]) -> Any:
-        """``fn(ctx)`` on a fresh request context; raises ``TimeoutError`` past the bound,
-        the store's ``CoordError`` when it fails (both recorded)."""
+    async def read(self, fn: Callable[[Context], Any], steps: int = 1) -> Any:
+        """``fn(ctx)`` on a fresh request context; raises ``TimeoutError`` past the bound
+        (``steps`` x ``store_timeout`` + ``GRACE_SECONDS``: ``fn`` waits on the store at most
+        ``steps`` times), the store's ``CoordError`` when it fails (both recorded)."""
         base = self.get_dependency("context")
         timeout = self.store_timeout
 
@@ -275,7 +298,7 @@ class StoreReader(CoordinatorBase):
             raise error
         started = time.monotonic()
         try:
-            result = await in_thread(work, timeout + GRACE_SECONDS, f"serve-{self.name}")
+            result = await in_thread(work, steps * timeout + GRACE_SECONDS, f"serve-{self.name}")
         except Exception as exc:
             self.failures += 1
             self.record_error(exc)
@@ -300,9 +323,11 @@ class HealthChecker(StoreReader):
 
     async def check(self, registry: CoordinatorRegistry) -> tuple[int, dict[str, Any]]:
         started = time.monotonic()
+        timeout = self.store_timeout
         try:
-            doc = await self.read(full_health)
-            code = 200
+            # the read, then the admission-lock probe: each waits at most store_timeout
+            doc = await self.read(lambda ctx: full_health(ctx, timeout), steps=2)
+            code = 503 if doc["admission_lock"]["state"] == "held" else 200
         except CoordError as exc:  # before TimeoutError: StoreBusy is one too
             doc = self._down(exc.message)
             code = 503
@@ -312,6 +337,8 @@ class HealthChecker(StoreReader):
         doc["store"]["read_seconds"] = round(time.monotonic() - started, 4)
         doc["store"]["timeout_seconds"] = self.store_timeout
         doc["status"] = "ok" if code == 200 else "unavailable"
+        if code == 503 and doc["store"]["reachable"]:
+            doc["error"] = doc["admission_lock"]["error"]
         doc["coordinators"] = {
             c["name"]: c["status"] for c in registry.get_health_summary()["coordinators"]
         }

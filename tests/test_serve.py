@@ -142,7 +142,8 @@ def test_endpoints(coord: Coord, served: Any, engine: str) -> None:
     assert code == 200 and doc["status"] == "ok"
     assert doc["store"]["reachable"] is True and doc["store"]["engine"] == engine
     assert doc["store"]["read_seconds"] < doc["store"]["timeout_seconds"] == 2.0
-    assert doc["schema"]["current"] is True and doc["schema"]["applied"] == doc["schema"]["known"]
+    assert doc["schema"]["applied"] == doc["schema"]["known"]
+    assert doc["admission_lock"]["state"] == "free" and doc["admission_lock"]["error"] is None
     assert doc["tasks"] == {"running": 1}
     assert doc["halt"]["halted"] is True
     assert [(h["node"], h["reason"]) for h in doc["halt"]["halts"]] == [("n2", "disk swap")]
@@ -315,7 +316,7 @@ def test_full_is_503_when_postgres_is_stopped(tmp_path: Path) -> None:
         started = time.monotonic()
         code, doc = srv.json("/admin/health/full")
         assert time.monotonic() - started < 1.5 + 1
-        assert code == 503 and doc["status"] == "unavailable"
+        assert code == 503 and doc["status"] == "unavailable", doc.get("admission_lock")
         assert doc["store"]["reachable"] is False and doc["store"]["engine"] == "postgres"
         assert "unreachable" in doc["store"]["error"]
         text = srv.get("/metrics")[2].decode()
@@ -486,3 +487,46 @@ def test_postgres_statements_are_bounded_for_serve(pg_url: str) -> None:
             assert tx.one("SHOW statement_timeout") == {"statement_timeout": "0"}
     finally:
         plain.close()
+
+
+def test_full_is_503_while_a_writer_holds_the_admission_lock(engine_db: Any) -> None:
+    """A writer holding the store's write lock (a launcher stopped inside its transaction)
+    is invisible to a read transaction but fails every admission: the health check's probe
+    takes the lock within store_timeout or says 503, and writes nothing."""
+    import asyncio
+
+    from ringrift_coord import server
+    from ringrift_coord.context import Context
+
+    base = engine_db.context()
+    ctx = Context(
+        settings=base.settings,
+        state_dir=engine_db.state_dir,
+        db=engine_db.url,
+        env={"USER": "tester"},
+    )
+    registry = server.CoordinatorRegistry()
+    health = server.HealthChecker("health", ctx, store_timeout=0.5)
+    registry.register(health)
+    assert asyncio.run(health.check(registry))[0] == 200
+    holder = engine_db.open()
+    held = holder._begin(write=True)  # BEGIN IMMEDIATE / the admission advisory lock
+    try:
+        started = time.monotonic()
+        code, doc = asyncio.run(health.check(registry))
+        assert time.monotonic() - started < 0.5 * 2 + 1
+        assert code == 503 and doc["status"] == "unavailable", doc.get("admission_lock")
+        assert doc["store"]["reachable"] is True
+        assert doc["admission_lock"]["state"] == "held"
+        assert doc["error"] == "admission lock held longer than 0.5 s"
+    finally:
+        assert held is not None
+        holder._rollback()
+    code, doc = asyncio.run(health.check(registry))
+    assert code == 200 and doc["admission_lock"] == {
+        "state": "free",
+        "error": None,
+        "probe_seconds": doc["admission_lock"]["probe_seconds"],
+    }
+    with base.store.read() as tx:  # the probe wrote nothing
+        assert tx.one("SELECT COUNT(*) AS n FROM tasks")["n"] == 0
