@@ -603,6 +603,8 @@ class Server:
         """Start every component (the listener last); a failure stops the ones started."""
         try:
             for component in self.registry.coordinators:
+                if self.registry.received_signal is not None:
+                    return  # a signal while starting: its shutdown stops what started
                 await component.start()
         except BaseException:
             await self.registry.shutdown_all(timeout=DRAIN_SECONDS)
