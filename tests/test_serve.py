@@ -530,3 +530,146 @@ def test_full_is_503_while_a_writer_holds_the_admission_lock(engine_db: Any) -> 
     }
     with base.store.read() as tx:  # the probe wrote nothing
         assert tx.one("SELECT COUNT(*) AS n FROM tasks")["n"] == 0
+
+
+@pytest.mark.parametrize(
+    ("first", "second", "gap"),
+    [
+        (signal.SIGTERM, signal.SIGTERM, 0.01),
+        (signal.SIGINT, signal.SIGINT, 0.03),
+        (signal.SIGINT, signal.SIGTERM, 0.06),
+    ],
+)
+def test_a_second_signal_while_shutting_down_still_exits_0(
+    tmp_path: Path, served: Any, first: int, second: int, gap: float
+) -> None:
+    """The second signal lands while serve shuts down (or while Python finalizes): exit 0,
+    never death by that signal or a KeyboardInterrupt."""
+    srv = served(Coord(tmp_path))
+    assert srv.get("/metrics")[0] == 200
+    srv.proc.send_signal(first)
+    time.sleep(gap)
+    try:
+        srv.proc.send_signal(second)
+    except ProcessLookupError:
+        pass
+    srv.proc.wait(timeout=30)
+    assert srv.proc.returncode == 0, srv.stderr
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_during_the_store_probe_exits_0(tmp_path: Path, signum: int) -> None:
+    """A PostgreSQL server that never answers keeps serve's start-up probe busy (>= 2 s):
+    a signal then stops serve at once, exit 0, without a traceback."""
+    pytest.importorskip("psycopg")
+    with socket.socket() as blackhole:
+        blackhole.bind(("127.0.0.1", 0))
+        blackhole.listen(64)
+        coord = Coord(tmp_path)
+        coord.env["RINGRIFT_COORD_DB"] = f"postgresql://x@127.0.0.1:{blackhole.getsockname()[1]}/x"
+        proc = coord.popen("serve", "--port", str(free_port()))
+        deadline = time.monotonic() + 20
+        # past argument parsing and into the probe: the connection reached the "server"
+        conn, _ = blackhole.accept() if wait_for_accept(blackhole, deadline) else (None, None)
+        assert conn is not None, "serve never tried to connect"
+        started = time.monotonic()
+        proc.send_signal(signum)
+        _, err = proc.communicate(timeout=30)
+        conn.close()
+    assert proc.returncode == 0, err
+    assert time.monotonic() - started < 2.5
+    assert "Traceback" not in err and "serving http://" not in err
+
+
+def wait_for_accept(sock: socket.socket, deadline: float) -> bool:
+    import select
+
+    return bool(select.select([sock], [], [], max(0.0, deadline - time.monotonic()))[0])
+
+
+def test_connections_are_capped_and_the_loop_prints_no_traceback(tmp_path: Path) -> None:
+    """At a low fd limit (64), 100 silent connections: serve evicts the oldest silent ones
+    to answer a health check, the loop prints no traceback (one warning line at most per
+    10 s), and it still stops with exit 0."""
+    import resource
+
+    def low_fd_limit() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
+
+    coord = Coord(tmp_path)
+    port = free_port()
+    proc = coord.popen("serve", "--port", str(port), preexec_fn=low_fd_limit)
+    assert proc.stderr is not None
+    assert "serving http://" in proc.stderr.readline()
+    socks = []
+    for _ in range(100):
+        try:
+            socks.append(socket.create_connection(("127.0.0.1", port), timeout=2))
+        except OSError:
+            break
+    time.sleep(1.5)  # accept() at the fd limit fails and retries once a second meanwhile
+    try:
+        started = time.monotonic()
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/admin/health/full", timeout=8) as r:
+            assert r.status == 200
+        assert time.monotonic() - started < 5
+    finally:
+        for sock in socks:
+            sock.close()
+    with urllib.request.urlopen(
+        f"http://127.0.0.1:{port}/admin/health/coordinators", timeout=8
+    ) as response:
+        http = next(c for c in json.load(response)["coordinators"] if c["name"] == "http")
+    assert http["stats"]["max_connections"] == (64 - 32) // 2
+    assert http["stats"]["refused_connections"] > 0
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err
+    assert err.count("warning:") <= 2, err  # rate-limited: one line per 10 s at most
+
+
+def test_a_client_that_never_reads_is_dropped_with_its_response(monkeypatch: Any) -> None:
+    """A response the client does not read within the drain timeout is aborted: its socket
+    and buffered bytes are freed at once, not kept until the client goes away."""
+    import asyncio
+
+    from ringrift_coord import server
+
+    monkeypatch.setattr(server, "HEADER_SECONDS", 1.0)  # the drain timeout, shortened
+    big = b"x" * (16 * 1024 * 1024)
+
+    async def route() -> tuple[int, str, bytes]:
+        return 200, "text/plain", big
+
+    def fds() -> int:
+        return len(os.listdir("/proc/self/fd"))
+
+    async def go() -> tuple[int, int, int]:
+        http = server.HttpListener("127.0.0.1", 0, {"/metrics": route})
+        await http.start()
+        base = fds()
+        clients = []
+
+        def client() -> None:
+            s = socket.socket()
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            s.connect(("127.0.0.1", http.port))
+            s.sendall(b"GET /metrics HTTP/1.1\r\n\r\n")  # and never reads
+            clients.append(s)
+
+        for _ in range(3):
+            await asyncio.to_thread(client)
+        deadline = time.monotonic() + 10
+        while http.requests < 3 and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(0.3)
+        during = fds()
+        await http.shutdown()
+        for s in clients:
+            s.close()
+        return base, during, http.requests
+
+    base, during, requests = asyncio.run(go())
+    assert requests == 3
+    assert during <= base + 3  # the clients' own sockets; the server's ones are gone
