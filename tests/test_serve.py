@@ -673,3 +673,28 @@ def test_a_client_that_never_reads_is_dropped_with_its_response(monkeypatch: Any
     base, during, requests = asyncio.run(go())
     assert requests == 3
     assert during <= base + 3  # the clients' own sockets; the server's ones are gone
+
+
+def test_loopback_names_and_bracketed_addresses(tmp_path: Path, served: Any) -> None:
+    from ringrift_coord import server
+
+    assert server.is_loopback("localhost") and server.is_loopback("127.0.0.2")
+    assert server.is_loopback("::1") and server.is_loopback("[::1]")
+    # a name whose addresses (what the listener bound) are all loopback does not warn
+    assert server.is_loopback("coord.internal", ["127.0.0.1", "::1"])
+    assert not server.is_loopback("coord.internal", ["127.0.0.1", "10.1.2.3"])
+    assert not server.is_loopback("0.0.0.0")  # noqa: S104
+    assert server.check_host("[::1]") == "::1" and server.check_host("host") == "host"
+    coord = Coord(tmp_path)
+    out = coord("serve", "--host", "[nope]")
+    assert out.returncode == 2 and out.stderr.count("\n") == 1
+    assert "brackets are for an IPv6 address" in out.stderr
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        pytest.skip("no IPv6 loopback here")
+    srv = served(coord, "--host", "[::1]")
+    assert not any("not loopback" in line for line in srv.stderr)
+    assert any("serving http://[::1]:" in line for line in srv.stderr)
+    srv.stop()
