@@ -698,3 +698,34 @@ def test_loopback_names_and_bracketed_addresses(tmp_path: Path, served: Any) -> 
     assert not any("not loopback" in line for line in srv.stderr)
     assert any("serving http://[::1]:" in line for line in srv.stderr)
     srv.stop()
+
+
+def test_the_lock_probe_works_for_a_select_only_role(pg_url: str) -> None:
+    """A monitoring role with SELECT only can take the probe (advisory locks need no
+    privilege): free, then held while another session holds the admission lock."""
+    psycopg = pytest.importorskip("psycopg")
+    from ringrift_coord import server
+    from ringrift_coord.store.postgres import ADMISSION_LOCK, PostgresStore
+
+    PostgresStore(pg_url, connect_timeout=2).close()  # migrated by its owner
+    parts = urllib.parse.urlsplit(pg_url)
+    role = f"monitor_{parts.path.strip('/')}"
+    with psycopg.connect(pg_url, autocommit=True) as admin:
+        admin.execute(f"DROP ROLE IF EXISTS {role}")
+        admin.execute(f"CREATE ROLE {role} LOGIN")
+        admin.execute(f"GRANT SELECT ON ALL TABLES IN SCHEMA public TO {role}")
+    monitor_url = urllib.parse.urlunsplit(
+        parts._replace(netloc=f"{role}@{parts.hostname}:{parts.port}")
+    )
+    store = PostgresStore(monitor_url, busy_timeout=0.5, connect_timeout=2, statement_timeout=0.5)
+    try:
+        with store.read() as tx:
+            assert tx.one("SELECT COUNT(*) AS n FROM tasks")["n"] == 0
+        assert server.admission_lock(store, 0.5)["state"] == "free"
+        with psycopg.connect(pg_url) as holder:  # a transaction holding the lock
+            holder.execute("SELECT pg_advisory_xact_lock(%s)", (ADMISSION_LOCK,))
+            lock = server.admission_lock(store, 0.5)
+            assert lock["state"] == "held", lock
+            assert lock["error"] == "admission lock held longer than 0.5 s"
+    finally:
+        store.close()
