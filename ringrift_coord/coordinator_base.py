@@ -138,7 +138,8 @@ class CoordinatorBase:
     # -- lifecycle ----------------------------------------------------------------------
 
     async def initialize(self) -> None:
-        """INITIALIZING → READY, through ``_do_initialize``."""
+        """INITIALIZING → READY, through ``_do_initialize`` (a ``shutdown`` meanwhile wins:
+        it stays STOPPED)."""
         if self._status is not CoordinatorStatus.INITIALIZING:
             raise LifecycleError(f"{self.name}: already initialized ({self._status.value})")
         try:
@@ -146,12 +147,20 @@ class CoordinatorBase:
         except Exception as exc:
             self._fail(exc)
             raise
-        self._move(CoordinatorStatus.READY)
+        if self._status is not CoordinatorStatus.STOPPED:
+            self._move(CoordinatorStatus.READY)
 
     async def start(self) -> None:
-        """READY → RUNNING, through ``_do_start`` (initializing first if need be)."""
+        """READY → RUNNING, through ``_do_start`` (initializing first if need be).
+
+        A ``shutdown`` that came while ``_do_start`` was awaiting (a signal while a host name
+        resolves) wins: ``start`` then closes what ``_do_start`` opened (``_do_stop``) and
+        returns with the component STOPPED, instead of failing to go from stopped to
+        running with a listening socket left open."""
         if self._status is CoordinatorStatus.INITIALIZING:
             await self.initialize()
+            if self._status is CoordinatorStatus.STOPPED:
+                return  # shut down while initializing: nothing was started
         self._move_check(CoordinatorStatus.RUNNING)
         try:
             self._ever_started = True
@@ -159,6 +168,14 @@ class CoordinatorBase:
         except Exception as exc:
             self._fail(exc)
             raise
+        if self._status is CoordinatorStatus.STOPPED:  # shut down meanwhile
+            try:
+                await self._do_stop()
+            except Exception as exc:  # noqa: BLE001 (recorded; it stays STOPPED)
+                self.record_error(exc)
+            finally:
+                self.__dict__["_stopped_mono"] = self._clock.monotonic()
+            return
         self._move(CoordinatorStatus.RUNNING)
         self._started_mono = self._clock.monotonic()
         self._started_at = self._clock.time()
@@ -195,7 +212,19 @@ class CoordinatorBase:
     async def stop(self) -> None:
         """RUNNING or PAUSED → DRAINING → STOPPED, through ``_do_stop``."""
         self._move(CoordinatorStatus.DRAINING)
-        await self._drain()
+        await self._drain_once()
+
+    async def _drain_once(self) -> None:
+        """``_drain`` once: a ``shutdown`` that comes while a ``stop`` drains waits for that
+        drain instead of running ``_do_stop`` a second time. A drain of another (closed)
+        loop, or one cancelled before it finished, is run again."""
+        import asyncio
+
+        loop = asyncio.get_running_loop()
+        task = self.__dict__.get("_draining")
+        if task is None or task.get_loop() is not loop or task.cancelled():
+            task = self.__dict__["_draining"] = loop.create_task(self._drain())
+        await task
 
     async def _drain(self) -> None:
         try:
@@ -214,11 +243,12 @@ class CoordinatorBase:
         if self._status is CoordinatorStatus.STOPPED:
             return
         if self._status is CoordinatorStatus.DRAINING:
-            await self._drain()  # a stop that was interrupted: finish it
+            await self._drain_once()  # a stop in flight: wait for it (or finish it)
             return
         if self._ever_started and self._status is not CoordinatorStatus.READY:
             self._move(CoordinatorStatus.DRAINING)
-            await self._drain()
+            self.__dict__.pop("_draining", None)
+            await self._drain_once()
             return
         self._move(CoordinatorStatus.STOPPED)
 
@@ -297,6 +327,9 @@ class CoordinatorRegistry:
             if known is coordinator:
                 self._entries[i] = (coordinator, int(shutdown_priority), seq)
                 return
+            if known.name == coordinator.name and known.status is CoordinatorStatus.STOPPED:
+                del self._entries[i]  # one that stopped gives its name up (a second run)
+                break
             if known.name == coordinator.name:
                 raise LifecycleError(
                     f"a component named {coordinator.name!r} is already registered"
@@ -364,12 +397,25 @@ class CoordinatorRegistry:
     async def shutdown_all(self, timeout: float = 30.0) -> dict[str, bool]:
         """Shut every component down in ``shutdown_order``, each within ``timeout``
         seconds; returns name → True when it reached STOPPED. A second call (a second
-        signal) waits for the first one's result."""
+        signal) while one runs waits for its result; a call after it finished shuts down
+        again (the components registered since, on this loop)."""
         import asyncio
 
-        if self._shutdown_task is None:
-            self._shutdown_task = asyncio.ensure_future(self._shutdown_all(timeout))
+        self._begin_shutdown(timeout)
+        assert self._shutdown_task is not None
         return await asyncio.shield(self._shutdown_task)
+
+    def _begin_shutdown(self, timeout: float) -> None:
+        """Start ``_shutdown_all`` on the running loop unless one is running there now."""
+        import asyncio
+
+        loop = asyncio.get_running_loop()
+        task = self._shutdown_task
+        if task is None or task.done() or task.get_loop() is not loop:
+            if self._done is None or self._done.is_set() or self._loop is not loop:
+                self._done = asyncio.Event()
+                self._loop = loop
+            self._shutdown_task = loop.create_task(self._shutdown_all(timeout))
 
     async def _shutdown_all(self, timeout: float) -> dict[str, bool]:
         import asyncio
@@ -402,9 +448,13 @@ class CoordinatorRegistry:
         loop = asyncio.get_running_loop()
         if timeout is not None:
             self.signal_timeout = float(timeout)
-        self._loop = loop
-        if self._done is None:
+        task = self._shutdown_task
+        if task is not None and (task.done() or task.get_loop() is not loop):
+            self._shutdown_task = None  # a shutdown of an earlier run: this run waits anew
+        if self._loop is not loop or self._done is None or self._done.is_set():
             self._done = asyncio.Event()
+        self._loop = loop
+        self.received_signal = None
         for sig in signals or (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._on_signal, int(sig))
             self._signals.append(int(sig))
@@ -420,17 +470,21 @@ class CoordinatorRegistry:
 
         if self.received_signal is None:
             self.received_signal = signum
-        if self._shutdown_task is None:
-            self._shutdown_task = asyncio.ensure_future(self._shutdown_all(self.signal_timeout))
+        task = self._shutdown_task
+        if task is None or task.get_loop() is not asyncio.get_running_loop():
+            self._begin_shutdown(self.signal_timeout)
 
     async def wait_shutdown(self) -> dict[str, bool]:
         """Wait until a shutdown (a signal's or ``shutdown_all``'s) has finished."""
         import asyncio
 
-        if self._shutdown_task is not None and self._shutdown_task.done():
-            return self._shutdown_task.result()
-        if self._done is None:
+        loop = asyncio.get_running_loop()
+        task = self._shutdown_task
+        if task is not None and task.get_loop() is loop:
+            return await asyncio.shield(task)
+        if self._done is None or self._loop is not loop:
             self._done = asyncio.Event()
+            self._loop = loop
         await self._done.wait()
         assert self._shutdown_task is not None
         return self._shutdown_task.result()

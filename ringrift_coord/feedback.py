@@ -35,9 +35,19 @@ FAILED_STATUSES = ("failed", "killed", "oom")
 MAX_REASON = 300  # a breaker's last reason: one line in every listing and refusal
 CAP_PROBE = "(SELECT COUNT(*) FROM lowered_caps WHERE node = ? AND task_type = ?)"  # (node, type)
 FACTOR_PROBE = "(SELECT factor FROM backpressure WHERE node = ?)"  # (node,)
-# a failure a script records whose reason says the job ran out of memory ("OOM", "oom: ...",
-# "CUDA out of memory", "oom-kill") counts as an OOM, like one ``run`` detects
-OOM_REASON = re.compile(r"\boom\b|out of memory|oom[-_ ]?kill", re.IGNORECASE)
+# a failure a script records whose reason says the job ran out of memory counts as an OOM,
+# like one ``run`` detects: "OOM", "oom: ...", "oom-kill", "oom_killed", "OOMKilled",
+# "oom-killer", "out of memory" ("CUDA out of memory", "CUDA_ERROR_OUT_OF_MEMORY"),
+# "OutOfMemoryError" ("torch.OutOfMemoryError"). Whole words only (a letter or digit on either
+# side is another word: "zoom-kill", "room kill switch", "boom killed", "oom_score_adj" are
+# not OOMs); negations ("not an OOM") are not parsed.
+OOM_REASON = re.compile(
+    r"(?<![a-z0-9])(?:"
+    r"oom(?:[-_ ]?kill(?:ed|er|s)?)?"
+    r"|out[-_ ]?of[-_ ]?memory(?:[-_ ]?error)?"
+    r")(?![a-z0-9_])",
+    re.IGNORECASE,
+)
 
 
 # --------------------------------------------------------------------------- what is learned

@@ -35,7 +35,7 @@ from ringrift_coord.coordinator_base import (
     CoordinatorRegistry,
     get_coordinator_registry,
 )
-from ringrift_coord.errors import ConfigError, CoordError, StateError
+from ringrift_coord.errors import ConfigError, CoordError, StateError, UsageError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -48,6 +48,8 @@ DRAIN_SECONDS = 3.0  # the longest a shutdown waits for the requests in flight
 GRACE_SECONDS = 0.5  # past store_timeout, before a request gives up on the store
 MAX_READS = 8  # store reads (threads, connections) at once; more: 503 at once
 HEADER_SECONDS = 5.0  # a client that sends no complete request head within this is dropped
+MAX_CONNECTIONS = 64  # open connections at once (fewer when the fd limit is low): see cap()
+WARN_EVERY = 10.0  # the loop's own errors (accept failing at the fd limit): one line per this
 MAX_HEAD = 16 * 1024
 PATHS = ("/metrics", "/admin/health/coordinators", "/admin/health/full")
 CONTENT_TYPE_METRICS = "text/plain; version=0.0.4; charset=utf-8"
@@ -61,16 +63,45 @@ REASONS = {
 }
 
 
-def is_loopback(host: str) -> bool:
-    """True for ``localhost`` and loopback addresses (127.0.0.0/8, ::1)."""
+def is_loopback(host: str, addresses: list[str] | None = None) -> bool:
+    """True for ``localhost``, loopback addresses (127.0.0.0/8, ::1), and a name whose
+    addresses (``addresses``: what the listener bound; else resolved now) are all loopback."""
+    import ipaddress
+    import socket
+
+    def loop_address(text: str) -> bool:
+        try:
+            return ipaddress.ip_address(text.strip("[]").split("%", 1)[0]).is_loopback
+        except ValueError:
+            return False
+
+    if host.lower() == "localhost" or loop_address(host):
+        return True
+    if addresses is None:
+        try:
+            addresses = [str(info[4][0]) for info in socket.getaddrinfo(host, None)]
+        except (OSError, UnicodeError):
+            return False
+    return bool(addresses) and all(loop_address(str(a)) for a in addresses)
+
+
+def check_host(host: str | None, where: str = "option --host") -> str | None:
+    """``[::1]`` (an IPv6 address in brackets, as in a URL) is ``::1``; anything else in
+    brackets is refused with one line (exit 2)."""
+    if host is None or not host.startswith("["):
+        return host
     import ipaddress
 
-    if host.lower() == "localhost":
-        return True
+    inner = host[1:-1] if host.endswith("]") else ""
     try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
+        ipaddress.IPv6Address(inner)
     except ValueError:
-        return False
+        error = UsageError if where.startswith("option") else ConfigError
+        raise error(
+            f"{where}: {host!r} is not an address: brackets are for an IPv6 address "
+            "([::1]); give a host name or address"
+        ) from None
+    return inner
 
 
 # --------------------------------------------------------------------------- store reads
@@ -143,8 +174,33 @@ async def in_thread(fn: Callable[[], Any], timeout: float, name: str) -> Any:
         raise
 
 
+def admission_lock(store: Any, timeout: float) -> dict[str, Any]:
+    """Whether the lock every admission write takes can be had within ``timeout`` (the
+    store's busy timeout): a writer holding it (a launcher stopped inside its transaction)
+    is invisible to a read transaction but fails every admission with exit 75. The probe
+    takes the lock and rolls back at once, writing nothing; a store that refuses the probe
+    (no right to take it) is "unknown", never a failure."""
+    started = time.monotonic()
+    state, error = "free", None
+    try:
+        store.probe_write_lock()
+    except CoordError as exc:
+        # the busy timeout (SQLite; PostgreSQL's lock_timeout), or PostgreSQL's
+        # statement_timeout (the same bound) when it came first
+        if "still locked" in exc.message or "statement timeout" in exc.message:
+            state, error = "held", f"admission lock held longer than {timeout:g} s"
+        else:
+            state, error = "unknown", exc.message
+    return {
+        "state": state,
+        "error": error,
+        "probe_seconds": round(time.monotonic() - started, 4),
+    }
+
+
 def full_health(ctx: Context) -> dict[str, Any]:
-    """The store-derived part of ``/admin/health/full``, in ONE read transaction."""
+    """The store-derived part of ``/admin/health/full``, in ONE read transaction (the
+    admission-lock probe is a second read: ``admission_lock``)."""
     from ringrift_coord import breakers, halts, queue, readings, slots
     from ringrift_coord.breakers import BreakerConfig
     from ringrift_coord.optimizer import utilization
@@ -189,12 +245,7 @@ def full_health(ctx: Context) -> dict[str, Any]:
             "scope": store.scope,
             "error": None,
         },
-        "schema": {
-            "applied": len(applied & set(known)),
-            "known": len(known),
-            "current": set(known) <= applied,
-            "missing": [name for name in known if name not in applied],
-        },
+        "schema": {"applied": len(applied & set(known)), "known": len(known)},
         "halt": {
             "halted": bool(halt["halts"]) or halt["halt_file"] is not None,
             "paused": halt["paused"],
@@ -251,8 +302,9 @@ class StoreReader(CoordinatorBase):
         self.last_ok_at: float | None = None
 
     async def read(self, fn: Callable[[Context], Any]) -> Any:
-        """``fn(ctx)`` on a fresh request context; raises ``TimeoutError`` past the bound,
-        the store's ``CoordError`` when it fails (both recorded)."""
+        """``fn(ctx)`` on a fresh request context; raises ``TimeoutError`` past the bound
+        (``store_timeout`` + ``GRACE_SECONDS``), the store's ``CoordError`` when it fails
+        (both recorded)."""
         base = self.get_dependency("context")
         timeout = self.store_timeout
 
@@ -300,9 +352,23 @@ class HealthChecker(StoreReader):
 
     async def check(self, registry: CoordinatorRegistry) -> tuple[int, dict[str, Any]]:
         started = time.monotonic()
+        timeout = self.store_timeout
         try:
             doc = await self.read(full_health)
             code = 200
+            # then the admission-lock probe, a read of its own (at most store_timeout more)
+            try:
+                doc["admission_lock"] = await self.read(
+                    lambda ctx: admission_lock(ctx.store, timeout)
+                )
+            except TimeoutError:
+                doc["admission_lock"] = {
+                    "state": "unknown",
+                    "error": f"the lock probe did not end within {timeout:g} s",
+                    "probe_seconds": None,
+                }
+            if doc["admission_lock"]["state"] == "held":
+                code = 503
         except CoordError as exc:  # before TimeoutError: StoreBusy is one too
             doc = self._down(exc.message)
             code = 503
@@ -312,6 +378,8 @@ class HealthChecker(StoreReader):
         doc["store"]["read_seconds"] = round(time.monotonic() - started, 4)
         doc["store"]["timeout_seconds"] = self.store_timeout
         doc["status"] = "ok" if code == 200 else "unavailable"
+        if code == 503 and doc["store"]["reachable"]:
+            doc["error"] = doc["admission_lock"]["error"]
         doc["coordinators"] = {
             c["name"]: c["status"] for c in registry.get_health_summary()["coordinators"]
         }
@@ -393,10 +461,14 @@ class HttpListener(CoordinatorBase):
         self.access_log = access_log
         self.on_request = on_request
         self._server: asyncio.base_events.Server | None = None
-        self._connected: set[asyncio.Task[Any]] = set()  # no complete request head yet
+        # no complete request head yet, oldest first (the first evicted at the cap)
+        self._connected: dict[asyncio.Task[Any], None] = {}
         self._in_flight: set[asyncio.Task[Any]] = set()  # a request being answered
         self.requests = 0
         self.by_code: dict[int, int] = {}
+        self.max_connections = connection_cap()
+        self.addresses: list[str] = []  # what it listens on (a name: its addresses)
+        self.refused = 0  # connections closed at once: the cap was reached
 
     async def _do_start(self) -> None:
         import errno
@@ -422,6 +494,7 @@ class HttpListener(CoordinatorBase):
         sockets = list(self._server.sockets or ())
         if sockets:
             self.port = int(sockets[0].getsockname()[1])
+        self.addresses = [str(sock.getsockname()[0]) for sock in sockets]
 
     async def _do_stop(self) -> None:
         if self._server is None:
@@ -429,7 +502,7 @@ class HttpListener(CoordinatorBase):
         self._server.close()  # no new connections from here on
         for task in self._connected:  # connections that have not asked anything yet
             task.cancel()
-        pending = {t for t in self._in_flight | self._connected if not t.done()}
+        pending = {t for t in self._in_flight | set(self._connected) if not t.done()}
         if pending:
             _, pending = await asyncio.wait(pending, timeout=DRAIN_SECONDS)
         for task in pending:
@@ -446,13 +519,25 @@ class HttpListener(CoordinatorBase):
             "address": f"{self.host}:{self.port}",
             "requests": self.requests,
             "in_flight": sum(1 for t in self._in_flight if not t.done()),
+            "connections": len(self._connected) + len(self._in_flight),
+            "max_connections": self.max_connections,
+            "refused_connections": self.refused,
             "responses": {str(code): n for code, n in sorted(self.by_code.items())},
         }
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
-        self._connected.add(task)
+        if len(self._connected) + len(self._in_flight) >= self.max_connections:
+            if not self._connected:  # all answering: no room, closed at once
+                self.refused += 1
+                writer.transport.abort()
+                return
+            oldest = next(iter(self._connected))  # a client that asked nothing yet
+            del self._connected[oldest]
+            oldest.cancel()
+            self.refused += 1
+        self._connected[task] = None
         started = time.monotonic()
         method, path, code = "-", "-", 0
         try:
@@ -462,7 +547,7 @@ class HttpListener(CoordinatorBase):
                 return  # the client went away or never finished its request
             except asyncio.LimitOverrunError:
                 head = b""
-            self._connected.discard(task)
+            self._connected.pop(task, None)
             self._in_flight.add(task)
             started = time.monotonic()
             parts = head.split(b"\r\n", 1)[0].decode("latin-1").split()
@@ -501,7 +586,7 @@ class HttpListener(CoordinatorBase):
             try:
                 await asyncio.wait_for(writer.drain(), HEADER_SECONDS)
             except (ConnectionError, TimeoutError):
-                pass
+                writer.transport.abort()  # a client that does not read: drop what is buffered
         except asyncio.CancelledError:
             pass  # shutting down: dropped (its task ends normally, nothing left to report)
         finally:
@@ -521,7 +606,7 @@ class HttpListener(CoordinatorBase):
                         f"{elapsed * 1000:.0f}ms"
                     )
             writer.close()
-            self._connected.discard(task)
+            self._connected.pop(task, None)
             self._in_flight.discard(task)
 
 
@@ -540,8 +625,12 @@ class Server:
         store_timeout: float,
         registry: CoordinatorRegistry | None = None,
         access_log: Callable[[str], None] | None = None,
+        warn: Callable[[str], None] | None = None,
+        gate: SignalGate | None = None,
     ) -> None:
         self.ctx = ctx
+        self.warn = warn or _stderr
+        self.gate = gate
         self.registry = registry if registry is not None else get_coordinator_registry()
         self.health = HealthChecker("health", ctx, store_timeout)
         self.metrics = MetricsCollector("metrics", ctx, store_timeout)
@@ -579,21 +668,142 @@ class Server:
         """Start every component (the listener last); a failure stops the ones started."""
         try:
             for component in self.registry.coordinators:
+                if self.registry.received_signal is not None:
+                    return  # a signal while starting: its shutdown stops what started
                 await component.start()
         except BaseException:
             await self.registry.shutdown_all(timeout=DRAIN_SECONDS)
             raise
 
     async def run(self, on_ready: Callable[[Server], None] | None = None) -> dict[str, bool]:
-        """Start, install SIGTERM/SIGINT, serve until one arrives; the shutdown's results."""
-        self.registry.install_signal_handlers(timeout=DRAIN_SECONDS + 1.5)
+        """Install SIGTERM/SIGINT, start, serve until one arrives; the shutdown's results.
+        With a ``SignalGate``: a signal it caught before is acted on now, and it takes the
+        signals back (recording them only) before the loop's handlers go."""
+        gate = self.gate
+        loop = asyncio.get_running_loop()
+        loop.set_exception_handler(LoopWarnings(self.warn))
+        if gate is not None:
+            with gate.blocked():
+                gate.raising = False
+                self.registry.install_signal_handlers(timeout=DRAIN_SECONDS + 1.5)
+            if gate.received is not None:  # before the loop: shut down at once
+                self.registry._on_signal(gate.received)
+        else:
+            self.registry.install_signal_handlers(timeout=DRAIN_SECONDS + 1.5)
         try:
             await self.start()
-            if on_ready is not None:
+            if on_ready is not None and self.registry.received_signal is None:
                 on_ready(self)
             return await self.registry.wait_shutdown()
         finally:
-            self.registry.remove_signal_handlers()
+            if gate is not None:
+                with gate.blocked():
+                    self.registry.remove_signal_handlers()
+                    gate.install()
+            else:
+                self.registry.remove_signal_handlers()
+
+
+def connection_cap() -> int:
+    """``MAX_CONNECTIONS``, or fewer where the open-file limit would not leave room for the
+    store reads and their files (a half of what is left past 32, at least 4)."""
+    import resource
+
+    try:
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    except (OSError, ValueError):
+        return MAX_CONNECTIONS
+    if soft == resource.RLIM_INFINITY:
+        return MAX_CONNECTIONS
+    return max(4, min(MAX_CONNECTIONS, (int(soft) - 32) // 2))
+
+
+class LoopWarnings:
+    """The loop's exception handler: one line per problem (never a traceback), at most one
+    per ``WARN_EVERY`` seconds (accept failing at the fd limit retries every second), with
+    how many were left out since the last."""
+
+    def __init__(self, warn: Callable[[str], None], every: float = WARN_EVERY) -> None:
+        self.warn = warn
+        self.every = every
+        self.last: float | None = None
+        self.skipped = 0
+
+    def __call__(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        now = time.monotonic()
+        if self.last is not None and now - self.last < self.every:
+            self.skipped += 1
+            return
+        from ringrift_coord.inputs import printable
+
+        message = str(context.get("message") or "event loop error")
+        exc = context.get("exception")
+        if exc is not None:
+            message = f"{message}: {type(exc).__name__}: {exc}"
+        if self.skipped:
+            message += f" ({self.skipped} more since the last warning)"
+        self.last, self.skipped = now, 0
+        self.warn(f"warning: {printable(message)[:300]}")
+
+
+class Interrupted(BaseException):  # noqa: N818 (a stop, like KeyboardInterrupt)
+    """SIGTERM or SIGINT before ``serve`` listens (the store probe, the imports): ``serve``
+    stops there and exits 0."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+class SignalGate:
+    """``serve``'s SIGTERM and SIGINT from argument parsing to exit. Before the loop runs
+    (``raising``) the first one raises ``Interrupted``; while the loop runs, the registry's
+    handlers take over; after it (and for every further signal) they are only recorded, so
+    a second signal while shutting down never ends the process otherwise than with exit 0."""
+
+    SIGNALS = (2, 15)  # SIGINT, SIGTERM
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self.raising = True
+
+    def install(self) -> None:
+        import signal
+
+        for sig in self.SIGNALS:
+            signal.signal(sig, self._handler)
+
+    def ignore(self) -> None:
+        """Ignore both from here to the exit: Python's finalization puts back the default
+        handlers of those it set (a signal then would end the process by that signal), but
+        leaves ignored ones alone."""
+        import signal
+
+        for sig in self.SIGNALS:
+            signal.signal(sig, signal.SIG_IGN)
+
+    def _handler(self, signum: int, frame: object) -> None:
+        if self.received is None:
+            self.received = signum
+        if self.raising:
+            self.raising = False
+            raise Interrupted(signum)
+
+    def blocked(self) -> Any:
+        """A context manager that holds SIGTERM and SIGINT back (delivered when it ends):
+        handlers are swapped inside it without a moment of the default ones."""
+        import contextlib
+        import signal
+
+        @contextlib.contextmanager
+        def hold() -> Any:
+            signal.pthread_sigmask(signal.SIG_BLOCK, self.SIGNALS)
+            try:
+                yield
+            finally:
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, self.SIGNALS)
+
+        return hold()
 
 
 def _json(doc: dict[str, Any]) -> tuple[str, bytes]:
@@ -613,7 +823,16 @@ def settings_of(ctx: Context) -> tuple[str, int, float]:
     return host, port, timeout
 
 
+def _stderr(line: str) -> None:
+    import sys
+
+    sys.stderr.write(f"ringrift-coord: {line}\n")
+    sys.stderr.flush()
+
+
 __all__ = [
+    "Interrupted",
+    "SignalGate",
     "HealthChecker",
     "HttpListener",
     "MetricsCollector",

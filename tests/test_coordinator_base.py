@@ -372,3 +372,89 @@ def test_module_import_stays_cheap() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT
     )
     assert out.stdout.strip() == "False"
+
+
+def test_shutdown_waits_for_a_stop_in_flight() -> None:
+    """shutdown (shutdown_all) while a stop() drains: _do_stop runs once, both end STOPPED."""
+    log: list[str] = []
+    comp = Recorder("slow", log)
+    comp.stop_delay = 0.2
+    registry = CoordinatorRegistry()
+    registry.register(comp)
+
+    async def go() -> dict[str, bool]:
+        await comp.start()
+        stopping = asyncio.ensure_future(comp.stop())
+        await asyncio.sleep(0.05)
+        results = await registry.shutdown_all(timeout=2)
+        await stopping  # does not raise
+        return results
+
+    assert run(go()) == {"slow": True}
+    assert log.count("slow:stop") == 1
+    assert comp.status is S.STOPPED and comp.last_error is None
+
+
+def test_a_shutdown_during_start_wins_and_closes_what_start_opened() -> None:
+    """A shutdown (a signal) while _do_start awaits: start closes what it opened and returns
+    with the component STOPPED (no "cannot go from stopped to running")."""
+    log: list[str] = []
+
+    class SlowStart(Recorder):
+        async def _do_start(self) -> None:
+            await asyncio.sleep(0.2)  # a host name resolving
+            await self._hook("start")
+
+    comp = SlowStart("listener", log)
+    registry = CoordinatorRegistry()
+    registry.register(comp)
+
+    async def go() -> dict[str, bool]:
+        starting = asyncio.ensure_future(comp.start())
+        await asyncio.sleep(0.05)
+        results = await registry.shutdown_all(timeout=2)
+        await starting  # returns, no LifecycleError
+        return results
+
+    assert run(go()) == {"listener": True}
+    assert comp.status is S.STOPPED
+    assert log == ["listener:init", "listener:start", "listener:stop"]
+
+
+def test_shutdown_all_works_again_after_a_first_one() -> None:
+    """A registry shuts down again after its first shutdown (a second asyncio.run in one
+    process, components registered since, a new stopped one under the old one's name)."""
+    registry = CoordinatorRegistry()
+    log: list[str] = []
+
+    async def one_run(name: str) -> dict[str, bool]:
+        comp = Recorder(name, log)
+        registry.register(comp)
+        await comp.start()
+        registry.install_signal_handlers()
+        try:
+            return await registry.shutdown_all(timeout=2)
+        finally:
+            registry.remove_signal_handlers()
+
+    assert run(one_run("a")) == {"a": True}
+    assert run(one_run("b")) == {"b": True, "a": True}
+    assert run(one_run("a")) == {"a": True, "b": True}  # the stopped "a" gave its name up
+    assert log.count("b:stop") == 1 and log.count("a:stop") == 2
+
+
+def test_readme_python_api_example_runs_twice_in_one_process(tmp_path: Path) -> None:
+    import re
+
+    readme = (ROOT / "README.md").read_text()
+    block = next(
+        b for b in re.findall(r"```python\n(.*?)```", readme, re.S) if "MyCoordinator" in b
+    )
+    script = tmp_path / "twice.py"
+    script.write_text(block + "\nasyncio.run(main())\nprint('twice ok')\n")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=60
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().endswith("twice ok") and "Traceback" not in proc.stderr

@@ -185,3 +185,48 @@ def test_an_operator_stop_is_not_a_failure(coord, tmp_path):
     assert history["status"] == "stopped" and "forwarded SIGTERM" in history["reason"]
     # neither the breaker nor the node's spawn rate pays for an operator's stop
     assert json.loads(coord("breakers", "list", "--json").stdout)["breakers"] == []
+
+
+@pytest.mark.parametrize(
+    "reason",
+    [
+        "OOM",
+        "oom: worker 3",
+        "oom-kill",
+        "oom_killed",
+        "OOMKilled",
+        "Out of memory: Killed process 4242 (python) total-vm:1024kB (oom-kill)",
+        "invoked oom-killer: gfp_mask=0x140cca",
+        "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB",
+        "RuntimeError: CUDA out of memory",
+        "CUDA_ERROR_OUT_OF_MEMORY",
+        "java.lang.OutOfMemoryError: Java heap space",
+        "ran out of memory",
+        "not an OOM",  # negations are not parsed (the README says so)
+    ],
+)
+def test_reasons_that_say_oom(reason: str) -> None:
+    from ringrift_coord.feedback import is_oom
+
+    assert is_oom(reason)
+
+
+@pytest.mark.parametrize(
+    "reason",
+    [
+        "zoom-kill",
+        "room kill switch",
+        "boom killed",
+        "zoom",
+        "bloom filter",
+        "oom_score_adj too low",
+        "timeout of memory copy",  # "out of memory" inside another word
+        "segfault",
+        "",
+        None,
+    ],
+)
+def test_reasons_that_do_not_say_oom(reason: str | None) -> None:
+    from ringrift_coord.feedback import is_oom
+
+    assert not is_oom(reason)

@@ -142,7 +142,8 @@ def test_endpoints(coord: Coord, served: Any, engine: str) -> None:
     assert code == 200 and doc["status"] == "ok"
     assert doc["store"]["reachable"] is True and doc["store"]["engine"] == engine
     assert doc["store"]["read_seconds"] < doc["store"]["timeout_seconds"] == 2.0
-    assert doc["schema"]["current"] is True and doc["schema"]["applied"] == doc["schema"]["known"]
+    assert doc["schema"]["applied"] == doc["schema"]["known"]
+    assert doc["admission_lock"]["state"] == "free" and doc["admission_lock"]["error"] is None
     assert doc["tasks"] == {"running": 1}
     assert doc["halt"]["halted"] is True
     assert [(h["node"], h["reason"]) for h in doc["halt"]["halts"]] == [("n2", "disk swap")]
@@ -315,7 +316,7 @@ def test_full_is_503_when_postgres_is_stopped(tmp_path: Path) -> None:
         started = time.monotonic()
         code, doc = srv.json("/admin/health/full")
         assert time.monotonic() - started < 1.5 + 1
-        assert code == 503 and doc["status"] == "unavailable"
+        assert code == 503 and doc["status"] == "unavailable", doc.get("admission_lock")
         assert doc["store"]["reachable"] is False and doc["store"]["engine"] == "postgres"
         assert "unreachable" in doc["store"]["error"]
         text = srv.get("/metrics")[2].decode()
@@ -490,3 +491,245 @@ def test_postgres_statements_are_bounded_for_serve(pg_url: str) -> None:
             assert tx.one("SHOW statement_timeout") == {"statement_timeout": "0"}
     finally:
         plain.close()
+
+
+def test_full_is_503_while_a_writer_holds_the_admission_lock(engine_db: Any) -> None:
+    """A writer holding the store's write lock (a launcher stopped inside its transaction)
+    is invisible to a read transaction but fails every admission: the health check's probe
+    takes the lock within store_timeout or says 503, and writes nothing."""
+    import asyncio
+
+    from ringrift_coord import server
+    from ringrift_coord.context import Context
+
+    base = engine_db.context()
+    ctx = Context(
+        settings=base.settings,
+        state_dir=engine_db.state_dir,
+        db=engine_db.url,
+        env={"USER": "tester"},
+    )
+    registry = server.CoordinatorRegistry()
+    health = server.HealthChecker("health", ctx, store_timeout=0.5)
+    registry.register(health)
+    assert asyncio.run(health.check(registry))[0] == 200
+    holder = engine_db.open()
+    held = holder._begin(write=True)  # BEGIN IMMEDIATE / the admission advisory lock
+    try:
+        started = time.monotonic()
+        code, doc = asyncio.run(health.check(registry))
+        assert time.monotonic() - started < 0.5 * 2 + 1
+        assert code == 503 and doc["status"] == "unavailable", doc.get("admission_lock")
+        assert doc["store"]["reachable"] is True
+        assert doc["admission_lock"]["state"] == "held"
+        assert doc["error"] == "admission lock held longer than 0.5 s"
+    finally:
+        assert held is not None
+        holder._rollback()
+    code, doc = asyncio.run(health.check(registry))
+    assert code == 200 and doc["admission_lock"] == {
+        "state": "free",
+        "error": None,
+        "probe_seconds": doc["admission_lock"]["probe_seconds"],
+    }
+    with base.store.read() as tx:  # the probe wrote nothing
+        assert tx.one("SELECT COUNT(*) AS n FROM tasks")["n"] == 0
+
+
+@pytest.mark.parametrize(
+    ("first", "second", "gap"),
+    [
+        (signal.SIGTERM, signal.SIGTERM, 0.01),
+        (signal.SIGINT, signal.SIGINT, 0.03),
+        (signal.SIGINT, signal.SIGTERM, 0.06),
+    ],
+)
+def test_a_second_signal_while_shutting_down_still_exits_0(
+    tmp_path: Path, served: Any, first: int, second: int, gap: float
+) -> None:
+    """The second signal lands while serve shuts down (or while Python finalizes): exit 0,
+    never death by that signal or a KeyboardInterrupt."""
+    srv = served(Coord(tmp_path))
+    assert srv.get("/metrics")[0] == 200
+    srv.proc.send_signal(first)
+    time.sleep(gap)
+    try:
+        srv.proc.send_signal(second)
+    except ProcessLookupError:
+        pass
+    srv.proc.wait(timeout=30)
+    assert srv.proc.returncode == 0, srv.stderr
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_during_the_store_probe_exits_0(tmp_path: Path, signum: int) -> None:
+    """A PostgreSQL server that never answers keeps serve's start-up probe busy (>= 2 s):
+    a signal then stops serve at once, exit 0, without a traceback."""
+    pytest.importorskip("psycopg")
+    with socket.socket() as blackhole:
+        blackhole.bind(("127.0.0.1", 0))
+        blackhole.listen(64)
+        coord = Coord(tmp_path)
+        coord.env["RINGRIFT_COORD_DB"] = f"postgresql://x@127.0.0.1:{blackhole.getsockname()[1]}/x"
+        proc = coord.popen("serve", "--port", str(free_port()))
+        deadline = time.monotonic() + 20
+        # past argument parsing and into the probe: the connection reached the "server"
+        conn, _ = blackhole.accept() if wait_for_accept(blackhole, deadline) else (None, None)
+        assert conn is not None, "serve never tried to connect"
+        started = time.monotonic()
+        proc.send_signal(signum)
+        _, err = proc.communicate(timeout=30)
+        conn.close()
+    assert proc.returncode == 0, err
+    assert time.monotonic() - started < 2.5
+    assert "Traceback" not in err and "serving http://" not in err
+
+
+def wait_for_accept(sock: socket.socket, deadline: float) -> bool:
+    import select
+
+    return bool(select.select([sock], [], [], max(0.0, deadline - time.monotonic()))[0])
+
+
+def test_connections_are_capped_and_the_loop_prints_no_traceback(tmp_path: Path) -> None:
+    """At a low fd limit (64), 100 silent connections: serve evicts the oldest silent ones
+    to answer a health check, the loop prints no traceback (one warning line at most per
+    10 s), and it still stops with exit 0."""
+    import resource
+
+    def low_fd_limit() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
+
+    coord = Coord(tmp_path)
+    port = free_port()
+    proc = coord.popen("serve", "--port", str(port), preexec_fn=low_fd_limit)
+    assert proc.stderr is not None
+    assert "serving http://" in proc.stderr.readline()
+    socks = []
+    for _ in range(100):
+        try:
+            socks.append(socket.create_connection(("127.0.0.1", port), timeout=2))
+        except OSError:
+            break
+    time.sleep(1.5)  # accept() at the fd limit fails and retries once a second meanwhile
+    try:
+        started = time.monotonic()
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/admin/health/full", timeout=8) as r:
+            assert r.status == 200
+        assert time.monotonic() - started < 5
+    finally:
+        for sock in socks:
+            sock.close()
+    with urllib.request.urlopen(
+        f"http://127.0.0.1:{port}/admin/health/coordinators", timeout=8
+    ) as response:
+        http = next(c for c in json.load(response)["coordinators"] if c["name"] == "http")
+    assert http["stats"]["max_connections"] == (64 - 32) // 2
+    assert http["stats"]["refused_connections"] > 0
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err
+    assert err.count("warning:") <= 2, err  # rate-limited: one line per 10 s at most
+
+
+def test_a_client_that_never_reads_is_dropped_with_its_response(monkeypatch: Any) -> None:
+    """A response the client does not read within the drain timeout is aborted: its socket
+    and buffered bytes are freed at once, not kept until the client goes away."""
+    import asyncio
+
+    from ringrift_coord import server
+
+    monkeypatch.setattr(server, "HEADER_SECONDS", 1.0)  # the drain timeout, shortened
+    big = b"x" * (16 * 1024 * 1024)
+
+    async def route() -> tuple[int, str, bytes]:
+        return 200, "text/plain", big
+
+    def fds() -> int:
+        return len(os.listdir("/proc/self/fd"))
+
+    async def go() -> tuple[int, int, int]:
+        http = server.HttpListener("127.0.0.1", 0, {"/metrics": route})
+        await http.start()
+        base = fds()
+        clients = []
+
+        def client() -> None:
+            s = socket.socket()
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            s.connect(("127.0.0.1", http.port))
+            s.sendall(b"GET /metrics HTTP/1.1\r\n\r\n")  # and never reads
+            clients.append(s)
+
+        for _ in range(3):
+            await asyncio.to_thread(client)
+        deadline = time.monotonic() + 10
+        while http.requests < 3 and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(0.3)
+        during = fds()
+        await http.shutdown()
+        for s in clients:
+            s.close()
+        return base, during, http.requests
+
+    base, during, requests = asyncio.run(go())
+    assert requests == 3
+    assert during <= base + 3  # the clients' own sockets; the server's ones are gone
+
+
+def test_loopback_names_and_bracketed_addresses(tmp_path: Path, served: Any) -> None:
+    from ringrift_coord import server
+
+    assert server.is_loopback("localhost") and server.is_loopback("127.0.0.2")
+    assert server.is_loopback("::1") and server.is_loopback("[::1]")
+    # a name whose addresses (what the listener bound) are all loopback does not warn
+    assert server.is_loopback("coord.internal", ["127.0.0.1", "::1"])
+    assert not server.is_loopback("coord.internal", ["127.0.0.1", "10.1.2.3"])
+    assert not server.is_loopback("0.0.0.0")  # noqa: S104
+    assert server.check_host("[::1]") == "::1" and server.check_host("host") == "host"
+    coord = Coord(tmp_path)
+    out = coord("serve", "--host", "[nope]")
+    assert out.returncode == 2 and out.stderr.count("\n") == 1
+    assert "brackets are for an IPv6 address" in out.stderr
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        pytest.skip("no IPv6 loopback here")
+    srv = served(coord, "--host", "[::1]")
+    assert not any("not loopback" in line for line in srv.stderr)
+    assert any("serving http://[::1]:" in line for line in srv.stderr)
+    srv.stop()
+
+
+def test_the_lock_probe_works_for_a_select_only_role(pg_url: str) -> None:
+    """A monitoring role with SELECT only can take the probe (advisory locks need no
+    privilege): free, then held while another session holds the admission lock."""
+    psycopg = pytest.importorskip("psycopg")
+    from ringrift_coord import server
+    from ringrift_coord.store.postgres import ADMISSION_LOCK, PostgresStore
+
+    PostgresStore(pg_url, connect_timeout=2).close()  # migrated by its owner
+    parts = urllib.parse.urlsplit(pg_url)
+    role = f"monitor_{parts.path.strip('/')}"
+    with psycopg.connect(pg_url, autocommit=True) as admin:
+        admin.execute(f"DROP ROLE IF EXISTS {role}")
+        admin.execute(f"CREATE ROLE {role} LOGIN")
+        admin.execute(f"GRANT SELECT ON ALL TABLES IN SCHEMA public TO {role}")
+    monitor_url = urllib.parse.urlunsplit(
+        parts._replace(netloc=f"{role}@{parts.hostname}:{parts.port}")
+    )
+    store = PostgresStore(monitor_url, busy_timeout=0.5, connect_timeout=2, statement_timeout=0.5)
+    try:
+        with store.read() as tx:
+            assert tx.one("SELECT COUNT(*) AS n FROM tasks")["n"] == 0
+        assert server.admission_lock(store, 0.5)["state"] == "free"
+        with psycopg.connect(pg_url) as holder:  # a transaction holding the lock
+            holder.execute("SELECT pg_advisory_xact_lock(%s)", (ADMISSION_LOCK,))
+            lock = server.admission_lock(store, 0.5)
+            assert lock["state"] == "held", lock
+            assert lock["error"] == "admission lock held longer than 0.5 s"
+    finally:
+        store.close()

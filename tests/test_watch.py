@@ -214,6 +214,8 @@ def test_watch_refuses_a_pipe_and_bad_options(coord: Coord) -> None:
     for args, words in (
         (("--interval", "1"), "only with --watch"),
         (("--watch", "--interval", "0.1"), "at least 0.5"),
+        (("--watch", "--interval", "1e300"), "at most 86400"),  # was OverflowError, exit 70
+        (("--watch", "--interval", "86401"), "at most 86400"),
         (("--watch", "--format", "tsv"), "no --format"),
     ):
         done = coord("status", *args)
@@ -241,3 +243,34 @@ def test_watch_json_ends_when_the_reader_goes(coord: Coord) -> None:
     )
     assert json.loads(done.stdout)["total_tasks"] == 1
     assert done.stderr == "0\n"  # exit 0, nothing said
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_during_the_first_read_exits_0(tmp_path: Path, signum: int) -> None:
+    """A PostgreSQL server that never answers holds the first read (the connect timeout):
+    Ctrl-C or SIGTERM then ends the watch with exit 0, as the README says."""
+    import select
+    import socket
+    import time
+
+    pytest.importorskip("psycopg")
+    with socket.socket() as blackhole:
+        blackhole.bind(("127.0.0.1", 0))
+        blackhole.listen(64)
+        coord = Coord(tmp_path)
+        coord.env["RINGRIFT_COORD_DB"] = f"postgresql://x@127.0.0.1:{blackhole.getsockname()[1]}/x"
+        proc = coord.popen("--json", "status", "--watch", "--interval", "0.5")
+        try:
+            assert select.select([blackhole], [], [], 20)[0], "watch never tried to connect"
+            conn, _ = blackhole.accept()  # the first read is connecting now
+            started = time.monotonic()
+            proc.send_signal(signum)
+            out, err = proc.communicate(timeout=30)
+            conn.close()
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    assert proc.returncode == 0, err
+    assert out == "" and "Traceback" not in err
+    assert time.monotonic() - started < 5

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -37,13 +37,28 @@ def serve(
 ) -> None:
     """Serve /metrics, /admin/health/coordinators and /admin/health/full over HTTP (read
     only) until SIGTERM or SIGINT, then exit 0."""
+    from ringrift_coord import server
+
+    gate = server.SignalGate()  # SIGTERM/SIGINT from here on: exit 0, whenever they come
+    gate.install()
+    try:
+        _serve(ctx, gate, host, port, access_log)
+    except server.Interrupted:
+        done()  # stopped before it listened (the store probe, the imports)
+    finally:
+        gate.ignore()  # until the exit: Python's finalization would restore the defaults
+
+
+def _serve(
+    ctx: typer.Context, gate: Any, host: str | None, port: int | None, access_log: bool
+) -> None:
     import asyncio
 
     from ringrift_coord import server
     from ringrift_coord.errors import StoreBusy, UsageError
 
     g = globals_of(ctx)
-    host = not_blank("--host", host)
+    host = server.check_host(not_blank("--host", host))
     if port is not None and not 1 <= port <= 65535:
         raise UsageError(f"option --port: {port} is not a TCP port (1..65535)")
     with g.context() as c:
@@ -51,7 +66,7 @@ def serve(
         from ringrift_coord.cli.metrics_cmd import warn_config
 
         warn_config(c.settings)  # /metrics goes on without a bad optimizer/bandwidth section
-        host = host if host is not None else conf_host
+        host = host if host is not None else server.check_host(conf_host, "serve.host") or ""
         port = port if port is not None else conf_port
         probe = server.request_context(c, timeout, create=True)
         try:  # open (or create) it once: a bad --db is exit 3 now, not 503 on every request
@@ -61,11 +76,17 @@ def serve(
         finally:
             probe.close()
         app = server.Server(
-            c, host, port, store_timeout=timeout, access_log=say if access_log else None
+            c,
+            host,
+            port,
+            store_timeout=timeout,
+            access_log=say if access_log else None,
+            warn=say,
+            gate=gate,
         )
 
         def ready(srv: server.Server) -> None:
-            if not server.is_loopback(srv.http.host):
+            if not server.is_loopback(srv.http.host, srv.http.addresses or None):
                 say(
                     f"warning: listening on {srv.http.host}, not loopback: anyone who can "
                     f"reach {srv.http.host}:{srv.http.port} can read the cluster's state (no "

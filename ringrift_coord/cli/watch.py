@@ -4,8 +4,9 @@ On a terminal: a Rich ``Live`` screen on the alternate screen (as ``watch`` and 
 use: on exit the shell's screen comes back as it was), the ``status`` view itself
 (``views.status_screen``, drawn at the terminal's width) under a header line with the time
 and "Ctrl-C to quit". Ctrl-C, SIGTERM and SIGHUP end it with exit 0 and the terminal
-restored. A store error after the first read is shown on the screen (the last good read
-stays below it) and retried at the next tick; the first read fails as ``status`` does.
+restored, the first read included. A store error after the first read is shown on the
+screen (the last good read stays below it) and retried at the next tick; the first read
+fails as ``status`` does.
 
 With ``--json``: one ``status`` document per interval, one line each (JSON lines), flushed;
 an error is a line ``{"schema_version": 1, "error": ..., "exit_code": ...}`` and the next
@@ -25,6 +26,7 @@ from typing import Any
 from ringrift_coord.errors import CoordError, UsageError
 
 MIN_INTERVAL = 0.5
+MAX_INTERVAL = 86400.0  # a day: past it time.sleep overflows, and nobody watches that slowly
 DEFAULT_INTERVAL = 2.0
 
 
@@ -42,6 +44,11 @@ def check_interval(interval: float | None) -> float:
     if not math.isfinite(interval) or interval < MIN_INTERVAL:
         raise UsageError(
             f"must be at least {MIN_INTERVAL:g} seconds, got {interval:g}", field="interval"
+        )
+    if interval > MAX_INTERVAL:
+        raise UsageError(
+            f"must be at most {MAX_INTERVAL:g} seconds (a day), got {interval:g}",
+            field="interval",
         )
     return float(interval)
 
@@ -68,9 +75,9 @@ def watch(g: Any, *, interval: float, brief: bool) -> int:
             "status --watch needs a terminal on stdout; in a pipe use 'status --watch --json' "
             "(one JSON document per interval) or 'status'"
         )
-    first = _read(g, brief)  # the first read fails as status does (no store: exit 3)
     previous = {sig: signal.signal(sig, _stop) for sig in (signal.SIGTERM, signal.SIGHUP)}
     try:
+        first = _read(g, brief)  # the first read fails as status does (no store: exit 3)
         if g.json:
             _json_lines(g, interval, first)
         else:

@@ -110,6 +110,15 @@ class Store(ABC):
             finally:
                 self._rollback()
 
+    def probe_write_lock(self) -> None:
+        """Take the lock every admission write takes (SQLite: ``BEGIN IMMEDIATE``;
+        PostgreSQL: the admission advisory lock), waiting at most the busy timeout, and let
+        it go at once by a rollback: writes nothing. ``StoreBusy`` when it is held past the
+        busy timeout (health checks: a writer that holds it stalls every admission)."""
+        with self._thread_lock():
+            self._begin(write=True)
+            self._rollback()
+
     @abstractmethod
     def close(self) -> None: ...
 
