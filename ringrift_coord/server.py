@@ -260,12 +260,25 @@ def full_health(ctx: Context) -> dict[str, Any]:
     }
 
 
+class StoreDownPage(StateError):
+    """The store failed a ``/metrics`` read: ``page`` is the exposition without it
+    (``ringrift_store_up 0``); raised so that the read counts as a failure."""
+
+    def __init__(self, message: str, page: bytes) -> None:
+        super().__init__(message)
+        self.page = page
+
+
 def exposition(ctx: Context) -> bytes:
-    """``/metrics``' store part: ``metrics.exposition`` (every family in one read
-    transaction; a store that fails gives ``ringrift_store_up 0`` alone)."""
+    """``/metrics``' store part: every family in one read transaction (``metrics.gather``);
+    a store that fails raises ``StoreDownPage`` holding the ``ringrift_store_up 0`` page."""
     from ringrift_coord import metrics
 
-    return metrics.exposition(ctx)
+    collection = metrics.gather(ctx)
+    page = metrics.render(collection)
+    if collection.problem is not None:
+        raise StoreDownPage(collection.problem, page)
+    return page
 
 
 def store_down_exposition(problem: str, ctx: Context) -> bytes:
@@ -410,6 +423,8 @@ class MetricsCollector(StoreReader):
     async def scrape(self) -> bytes:
         try:
             body = await self.read(exposition)
+        except StoreDownPage as exc:  # counted as a failed read; the page says store_up 0
+            body = exc.page
         except CoordError as exc:  # before TimeoutError: StoreBusy is one too
             body = store_down_exposition(exc.message, self.get_dependency("context"))
         except TimeoutError:

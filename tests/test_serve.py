@@ -324,6 +324,10 @@ def test_full_is_503_when_postgres_is_stopped(tmp_path: Path) -> None:
         # what this host knows without the store is still there (metrics.down)
         assert "\nringrift_halted 0.0\n" in text
         assert "\nringrift_metrics_collected_timestamp_seconds " in text
+        # ... and the metrics component counts that read as failed, with its error
+        parts = {c["name"]: c for c in srv.json("/admin/health/coordinators")[1]["coordinators"]}
+        stats = parts["metrics"]["stats"]
+        assert stats["failures"] == 1 and parts["metrics"]["error_count"] == 1, parts["metrics"]
 
         pg.start()  # back: the next request reconnects (nothing was held open)
         assert srv.json("/admin/health/full")[0] == 200

@@ -93,10 +93,7 @@ def _serve(
                     "authentication)"
                 )
             where = f"[{srv.http.host}]" if ":" in srv.http.host else srv.http.host
-            say(
-                f"serving http://{where}:{srv.http.port}/metrics, /admin/health/coordinators "
-                "and /admin/health/full (SIGTERM or Ctrl-C stops)"
-            )
+            say(f"serving http://{where}:{srv.http.port} (/metrics, /admin/health/*)")
 
         results = asyncio.run(app.run(ready))
     failed = sorted(name for name, ok in results.items() if not ok)
