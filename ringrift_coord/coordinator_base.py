@@ -21,6 +21,7 @@ from enum import Enum
 
 from ringrift_coord.clock import SYSTEM_CLOCK
 from ringrift_coord.context import ProcessWide
+from ringrift_coord.durations import human
 from ringrift_coord.errors import StateError
 
 TYPE_CHECKING = False  # typing costs start-up time on the hot path; annotations are lazy
@@ -426,7 +427,7 @@ class CoordinatorRegistry:
                 await asyncio.wait_for(coordinator.shutdown(), timeout)
             except TimeoutError:
                 coordinator.record_error(
-                    f"TimeoutError: shutdown did not finish within {timeout:g} s"
+                    f"TimeoutError: shutdown did not finish within {human(timeout)}"
                 )
                 coordinator._status = CoordinatorStatus.ERROR
             except Exception as exc:  # noqa: BLE001 (recorded; the others still stop)

@@ -35,6 +35,7 @@ from ringrift_coord.coordinator_base import (
     CoordinatorRegistry,
     get_coordinator_registry,
 )
+from ringrift_coord.durations import human
 from ringrift_coord.errors import ConfigError, CoordError, StateError, UsageError
 
 TYPE_CHECKING = False
@@ -188,7 +189,7 @@ def admission_lock(store: Any, timeout: float) -> dict[str, Any]:
         # the busy timeout (SQLite; PostgreSQL's lock_timeout), or PostgreSQL's
         # statement_timeout (the same bound) when it came first
         if "still locked" in exc.message or "statement timeout" in exc.message:
-            state, error = "held", f"admission lock held longer than {timeout:g} s"
+            state, error = "held", f"admission lock held longer than {human(timeout)}"
         else:
             state, error = "unknown", exc.message
     return {
@@ -377,7 +378,7 @@ class HealthChecker(StoreReader):
             except TimeoutError:
                 doc["admission_lock"] = {
                     "state": "unknown",
-                    "error": f"the lock probe did not end within {timeout:g} s",
+                    "error": f"the lock probe did not end within {human(timeout)}",
                     "probe_seconds": None,
                 }
             if doc["admission_lock"]["state"] == "held":
@@ -386,7 +387,7 @@ class HealthChecker(StoreReader):
             doc = self._down(exc.message)
             code = 503
         except TimeoutError:
-            doc = self._down(f"the store did not answer within {self.store_timeout:g} s")
+            doc = self._down(f"the store did not answer within {human(self.store_timeout)}")
             code = 503
         doc["store"]["read_seconds"] = round(time.monotonic() - started, 4)
         doc["store"]["timeout_seconds"] = self.store_timeout
