@@ -61,7 +61,66 @@ def test_key_order_and_spacing_do_not_change_the_digest() -> None:
     assert a != events.digest("Y", {"a": {"x": "é", "y": [1, 2]}, "b": 1})
     import hashlib
 
-    assert a == hashlib.sha256('X\n{"a":{"x":"é","y":[1,2]},"b":1}'.encode()).hexdigest()
+    text = '["X","user",null,{"a":{"x":"é","y":[1,2]},"b":1}]'
+    assert a == hashlib.sha256(text.encode()).hexdigest()
+
+
+def test_the_digest_covers_the_source_and_the_node() -> None:
+    payload = {"a": 1}
+    user = events.digest("HALT", payload)
+    assert user != events.digest("HALT", payload, "tool")  # a user never pre-empts the tool
+    assert user != events.digest("HALT", payload, "user", "n2")
+    assert events.digest("HALT", payload, "user", "n1") != events.digest(
+        "HALT", payload, "user", "n2"
+    )
+
+
+def test_the_same_number_and_the_same_text_are_the_same_content() -> None:
+    nfc, nfd = "caf\u00e9", "cafe\u0301"
+    one = events.parse_payload(f'{{"n": 1, "z": 0, "{nfc}": "{nfc}", "l": [2]}}')
+    two = events.parse_payload(f'{{"n": 1.0, "z": -0.0, "{nfd}": "{nfd}", "l": [2.0]}}')
+    assert one == two and events.digest("X", one) == events.digest("X", two)
+    assert events.canonical(two) == '{"café":"café","l":[2],"n":1,"z":0}'
+    assert events.digest("X", {"n": 1.5}) != events.digest("X", {"n": 1})
+    assert events.digest("X", {"a": "1"}) != events.digest("X", {"a": 1})
+
+
+def test_a_lone_surrogate_is_a_usage_error() -> None:
+    with pytest.raises(UsageError, match="not valid Unicode text"):
+        events.parse_payload('{"a": "\\ud800"}')
+    with pytest.raises(UsageError, match="not valid Unicode text"):
+        events.parse_payload('{"\\udc80": 1}')
+
+
+def test_same_content_about_another_node_or_from_the_tool_is_another_event(engine_db) -> None:  # noqa: ANN001
+    clock = ManualClock()
+    ctx = engine_db.context(clock=clock)
+    first = _publish(ctx, "MODEL_PROMOTED", {"a": 1})
+    other_node = _publish(ctx, "MODEL_PROMOTED", {"a": 1}, node="n2")
+    from_tool = _publish(ctx, "MODEL_PROMOTED", {"a": 1}, source="tool")
+    assert first.new and other_node.new and from_tool.new
+    assert [(e.node, e.source) for e in _all(ctx)] == [
+        (None, "user"),
+        ("n2", "user"),
+        (None, "tool"),
+    ]
+    again = _publish(ctx, "MODEL_PROMOTED", {"a": 1.0}, node="n2")  # 1.0 is 1
+    assert not again.new and again.id == other_node.id and again.seen == 2
+    stored = _publish(ctx, "X", {"n": 2.0, "t": "cafe\u0301"})
+    assert stored.payload == {"n": 2, "t": "caf\u00e9"}  # stored normalised
+    (read,) = _all(ctx, "X")
+    assert read.payload == {"n": 2, "t": "caf\u00e9"}
+
+
+def test_a_clock_stepped_back_never_moves_last_at_backwards(engine_db) -> None:  # noqa: ANN001
+    clock = ManualClock(1_800_000_000.0)
+    ctx = engine_db.context(clock=clock)
+    first = _publish(ctx, "X", {"a": 1})
+    clock.advance(100)
+    assert _publish(ctx, "X", {"a": 1}).last_at == first.at + 100
+    clock.advance(-50)  # the clock steps back
+    again = _publish(ctx, "X", {"a": 1})
+    assert again.seen == 3 and again.last_at == first.at + 100
 
 
 @pytest.mark.parametrize(
@@ -119,6 +178,10 @@ def test_halt_and_unhalt_are_events_and_two_halts_two_events(engine_db) -> None:
     unhalted = sorted((p["type"], p["node"]) for _, p in found[3:])
     assert unhalted == [("all", "all"), ("training", "n3")]
     assert all(e.source == "tool" for e in _all(ctx))
+    clock.advance(60)
+    halts.deactivate(ctx, task_type=None, who="op@b", host="b")  # nothing to lift: no event
+    halts.deactivate(ctx, task_type="training", who="op@b", host="b", node="n3")
+    assert len(_all(ctx, "UNHALT")) == 2
 
 
 def test_breaker_transitions_are_events(engine_db) -> None:  # noqa: ANN001
@@ -143,9 +206,13 @@ def test_breaker_transitions_are_events(engine_db) -> None:  # noqa: ANN001
     kinds = [e.type for e in _all(ctx) if e.type.startswith("BREAKER")]
     assert kinds == ["BREAKER_OPENED", "BREAKER_HALF_OPEN", "BREAKER_CLOSED"]
     safeguards.record_failure(ctx, "selfplay", "n2", "x")
+    safeguards.reset(ctx, node="n2")  # still closed (one failure): nothing to reset, no event
+    assert _all(ctx, "BREAKER_RESET") == []
+    safeguards.record_failure(ctx, "selfplay", "n2", "x")
+    safeguards.record_failure(ctx, "selfplay", "n2", "x")
     safeguards.reset(ctx, node="n2")
     (reset,) = _all(ctx, "BREAKER_RESET")
-    assert reset.payload["node"] == "n2" and reset.payload["from"] == "closed"
+    assert reset.payload["node"] == "n2" and reset.payload["from"] == "open"
     assert reset.payload["to"] == "closed"
 
 
@@ -164,10 +231,17 @@ def test_oom_rate_change_and_denial_are_events(engine_db) -> None:  # noqa: ANN0
     assert oom.payload["node"] == "n1" and oom.payload["type"] == "training"
     (lowered,) = _all(ctx, "CAP_LOWERED")
     assert lowered.payload["cap"] >= 1 and lowered.payload["ooms"] == 1
+    for _ in range(3):  # down to 1, then more OOMs: the cap stays 1, no more CAP_LOWERED
+        clock.advance(60)  # past the spawn rate limit
+        task = coord.register_task(None, "training", "n1")
+        coord.unregister_task(task, status="oom", reason="oom")
+    caps = [e.payload["cap"] for e in _all(ctx, "CAP_LOWERED")]
+    assert caps == sorted(set(caps), reverse=True) and caps[-1] == 1
+    assert len(caps) < 4 and len(_all(ctx, "OOM")) == 4
     from ringrift_coord import safeguards
 
     safeguards.record_failure(ctx, "selfplay", "n2", "OOM")  # a recorded OOM counts too
-    assert [e.payload["node"] for e in _all(ctx, "OOM")] == ["n1", "n2"]
+    assert [e.payload["node"] for e in _all(ctx, "OOM")] == ["n1"] * 4 + ["n2"]
 
     from ringrift_coord.optimizer import negotiate
 
@@ -264,6 +338,8 @@ def test_failing_missing_and_slow_hooks_are_logged_and_killed(engine_db, tmp_pat
     state = Path(engine_db.state_dir)
     log = str(wait_for(lambda: _log(state).count("\n") >= 3 and _log(state), 30, "3 log lines"))
     lines = sorted(log.splitlines(), key=lambda x: x.split(" hook ")[1])
+    (halt,) = _all(ctx, "HALT")
+    assert all(f"event HALT #{halt.id}: " in line for line in lines), lines
     assert "hook fails event HALT" in lines[0] and "exit status 3: boom" in lines[0]
     assert "hook missing event HALT" in lines[1] and "cannot start" in lines[1]
     assert "hook slow event HALT" in lines[2] and "timed out after 1 s: killed" in lines[2]
@@ -315,29 +391,45 @@ def test_the_cost_a_hook_adds_to_a_refused_can_spawn_is_small(engine_db, tmp_pat
 
     without = median("{}\n", 1_800_000_000.0)
     config = _hook_config(tmp_path, {"h": {"on": ["TASK_DENIED"], "command": ["true"]}})
-    hooked = median(config, 1_900_000_000.0)
+    # a few minutes on, not 10^8 s: a prune (random, one publish in 64) keeps the first batch
+    hooked = median(config, 1_800_000_000.0 + 60 * (n + 2))
     with engine_db.open().read() as tx:  # each refusal was new: each started the hook
         assert [e.seen for e in events.list_events(tx, "TASK_DENIED")] == [1] * (2 * n)
     print(f"refused can-spawn: median {without * 1e3:.1f} ms, with a hook {hooked * 1e3:.1f} ms")
     assert hooked - without < 0.05, (without, hooked)  # one fork+exec, never a wait
 
 
-def test_a_hook_without_on_or_command_is_a_config_error_with_its_line(coord: Coord) -> None:
+def test_a_bad_hook_is_left_out_and_the_good_ones_still_run(coord: Coord, tmp_path: Path) -> None:
+    out = tmp_path / "got"
     path = coord.write_config(
-        """
+        f"""
         events:
           hooks:
             pager:
               command: [/bin/true]
+            record:
+              on: [HALT]
+              command: [sh, -c, 'cat > "{out}"']
+            zero:
+              on: [HALT]
+              command: [/bin/true]
+              timeout: 0
         """
     )
-    done = coord("events", "list")
-    assert done.returncode == 3
+    done = coord("events", "list")  # the event log's own commands: an error, exit 3
+    assert done.returncode == 3 and done.stderr.count("\n") == 1, done.stderr
     assert f"{path}:5" in done.stderr and "hook pager has no on" in done.stderr
-    assert "Traceback" not in done.stderr
+    assert "left out too: zero" in done.stderr and "Traceback" not in done.stderr
+    validated = coord("config", "validate")
+    assert validated.returncode == 3 and "hook pager has no on" in validated.stderr
     halted = coord("halt", "--reason", "x")  # a command that publishes warns and goes on
-    assert halted.returncode == 0 and "warning:" in halted.stderr
-    assert "hook pager has no on" in halted.stderr
+    assert halted.returncode == 0, halted.stderr
+    (warning,) = [line for line in halted.stderr.splitlines() if "warning:" in line]
+    assert f"{path}:5" in warning and "hook pager has no on" in warning
+    assert "the hook is left out, the others run" in warning and "does not use it" not in warning
+    got = wait_for(lambda: out.exists() and out.read_text(), 20, "the good hook's output")
+    assert json.loads(str(got))["type"] == "HALT"  # the good hook ran all the same
+    assert not (Path(coord.state_dir) / "hooks.log").exists()  # the bad ones never ran
 
 
 # --------------------------------------------------------------------------- the CLI
