@@ -548,3 +548,163 @@ def test_record_spawn_under_a_halt_is_neither_a_denial_nor_an_event(engine_db) -
     refused = TaskCoordinator(ctx).check("selfplay", "node-1")  # a real question is refused
     assert not refused.allowed
     assert [e.payload["rules"] for e in _all(ctx, "TASK_DENIED")] == [["halt"]]
+
+
+# --------------------------------------------------------------------------- after the review
+
+
+def test_hooks_get_the_publishers_pythonpath_as_it_was(
+    engine_db,  # noqa: ANN001
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    out = tmp_path / "env"
+    hook = {"on": ["X"], "command": ["sh", "-c", f'echo "${{PYTHONPATH-unset}}" >> "{out}"']}
+    ctx = engine_db.context(_hook_config(tmp_path, {"env": hook}))
+    monkeypatch.setenv("PYTHONPATH", "/efix-marker")
+    _publish(ctx, "X", {"n": 1})
+    wait_for(lambda: out.exists() and out.read_text(), 20, "the first hook's output")
+    monkeypatch.delenv("PYTHONPATH")
+    _publish(ctx, "X", {"n": 2})
+    got = wait_for(lambda: out.read_text().count("\n") == 2 and out.read_text(), 20, "2 lines")
+    assert str(got).splitlines() == ["/efix-marker", "unset"]
+
+
+def test_hooks_log_never_follows_a_link_and_has_the_state_dirs_mode(tmp_path: Path) -> None:
+    from ringrift_coord import hookrun
+
+    event = {"type": "X", "event_id": 7}
+    target = tmp_path / "target"
+    target.write_text("keep\n")
+    private = tmp_path / "private"
+    private.mkdir(mode=0o700)
+    log = private / "hooks.log"
+    old = os.umask(0o022)
+    try:
+        log.symlink_to(target)  # a planted link: nothing is written through it
+        hookrun.log_failure(str(log), "h", event, "exit status 1")
+        assert target.read_text() == "keep\n" and log.is_symlink()
+        log.unlink()
+        hookrun.log_failure(str(log), "h", event, "exit status 1")
+        assert "hook h event X #7: exit status 1" in log.read_text()
+        assert log.stat().st_mode & 0o777 == 0o600
+        # rotation: the old log becomes .1 by a rename, a link planted as .1 is replaced
+        (private / "hooks.log.1").symlink_to(target)
+        with open(log, "a") as handle:
+            handle.write("x" * (hookrun.MAX_LOG + 1))
+        hookrun.log_failure(str(log), "h", event, "again")
+        assert target.read_text() == "keep\n"
+        assert not (private / "hooks.log.1").is_symlink()
+        assert log.read_text().count("\n") == 1 and "again" in log.read_text()
+        shared = tmp_path / "shared"  # a state directory shared by a group (2770)
+        shared.mkdir()
+        shared.chmod(0o2770)
+        hookrun.log_failure(str(shared / "hooks.log"), "h", event, "x")
+        assert (shared / "hooks.log").stat().st_mode & 0o777 == 0o660
+    finally:
+        os.umask(old)
+
+
+def test_a_hook_whose_child_holds_stdin_never_blocks_the_runner(engine_db, tmp_path) -> None:  # noqa: ANN001
+    """The hook leaves a child holding its stdin and exits 0 without reading a 64 KiB event:
+    with the event in a file (not a pipe the runner writes) the hook is done at once; the
+    runner logs nothing (a pipe would have blocked it until the timeout killed the hook)."""
+    pidfile = tmp_path / "child.pid"
+    hook = {
+        "on": ["X"],
+        "command": ["sh", "-c", f'sleep 30 & echo $! > "{pidfile}"; exit 0'],
+        "timeout": 2,
+    }
+    ctx = engine_db.context(_hook_config(tmp_path, {"holder": hook}))
+    _publish(ctx, "X", {"big": "a" * 64000})
+    pid = int(str(wait_for(lambda: pidfile.exists() and pidfile.read_text().strip(), 20, "pid")))
+    try:
+        time.sleep(3)  # past the hook's timeout: a blocked runner would have killed and logged
+        assert _log(Path(engine_db.state_dir)) == ""
+        assert alive(pid)  # not killed: the hook ended, nothing timed out
+    finally:
+        os.kill(pid, signal.SIGKILL)
+
+
+def _children_of(pid: int) -> list[tuple[int, str, str]]:
+    """(pid, state, command line) of each process whose parent is ``pid``."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as handle:
+                fields = handle.read().rsplit(")", 1)[1].split()
+            with open(f"/proc/{entry}/cmdline", "rb") as handle:
+                cmdline = handle.read().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append((int(entry), fields[0], cmdline))
+    return found
+
+
+def test_the_runner_is_no_child_of_a_long_lived_publisher(engine_db, tmp_path) -> None:  # noqa: ANN001
+    """In one Python process publishing on and on (serve, the Python API): the runner is not
+    this process's child (no zombie once it ends) and no ResourceWarning is emitted."""
+    import gc
+    import warnings
+
+    out = tmp_path / "ran"
+    hook = {"on": ["X"], "command": ["sh", "-c", f'echo ran >> "{out}"']}
+    ctx = engine_db.context(_hook_config(tmp_path, {"h": hook}))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        _publish(ctx, "X", {"n": 1})
+        runners = [c for c in _children_of(os.getpid()) if "ringrift_coord.hookrun" in c[2]]
+        assert runners == [] and not [c for c in _children_of(os.getpid()) if c[1] == "Z"]
+        wait_for(lambda: out.exists() and out.read_text(), 20, "the hook to run")
+        gc.collect()
+    assert [w for w in caught if issubclass(w.category, ResourceWarning)] == []
+
+
+def test_publish_list_options_and_bad_text_from_the_command_line(coord: Coord) -> None:
+    nowhere = coord("events", "list", "--since", "nonsense")  # no store yet: options first
+    assert nowhere.returncode == 2 and "option --since" in nowhere.stderr
+    assert not coord.db.exists()
+    first = coord("events", "publish", "MODEL_PROMOTED", "--payload", '{"a":1}')
+    other = coord("events", "publish", "MODEL_PROMOTED", "--payload", '{"a":1}', "--node", "n2")
+    assert first.returncode == 0 and other.returncode == 0, other.stderr
+    assert "already stored" not in other.stdout and other.stdout.strip() != first.stdout.strip()
+    surrogate = coord("events", "publish", "X", "--payload", '{"a": "\\ud800"}')
+    assert surrogate.returncode == 2 and surrogate.stderr.count("\n") == 1, surrogate.stderr
+    assert "not valid Unicode text" in surrogate.stderr
+
+
+def test_tail_follow_rides_out_postgres_stopped_and_exits_0(tmp_path: Path) -> None:
+    """A dedicated PostgreSQL server, stopped under ``events tail -f``: one line on stderr,
+    the follower keeps polling, and sees the next event once the server is back."""
+    from pgserver import PgServer, find_pg_bin
+
+    bindir = find_pg_bin()
+    if bindir is None:
+        pytest.skip("PostgreSQL is not installed")
+    pg = PgServer(bindir)
+    follower = None
+    try:
+        pg.start()
+        coord = Coord(tmp_path)
+        coord.env["RINGRIFT_COORD_DB"] = pg.create_database("tail_down")
+        assert coord("events", "publish", "X", "--payload", '{"n": 1}').returncode == 0
+        follower = coord.popen("--json", "events", "tail", "-f", "-n", "1")
+        assert follower.stdout is not None and follower.stderr is not None
+        assert json.loads(follower.stdout.readline())["payload"] == {"n": 1}
+        pg.stop()
+        line = follower.stderr.readline()
+        assert "events tail: " in line and "retrying every second" in line
+        assert follower.poll() is None  # still following
+        pg.start()
+        assert coord("events", "publish", "X", "--payload", '{"n": 2}').returncode == 0
+        assert json.loads(follower.stdout.readline())["payload"] == {"n": 2}
+        follower.send_signal(signal.SIGTERM)
+        assert follower.wait(timeout=10) == 0
+    finally:
+        if follower is not None and follower.poll() is None:
+            follower.kill()
+            follower.wait()
+        pg.destroy()
