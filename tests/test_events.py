@@ -612,11 +612,11 @@ def test_a_hook_whose_child_holds_stdin_never_blocks_the_runner(engine_db, tmp_p
     pidfile = tmp_path / "child.pid"
     hook = {
         "on": ["X"],
-        "command": ["sh", "-c", f'sleep 30 & echo $! > "{pidfile}"; exit 0'],
+        "command": ["sh", "-c", f'exec 3<&0; sleep 30 <&3 3<&- & echo $! > "{pidfile}"; exit 0'],
         "timeout": 2,
     }
     ctx = engine_db.context(_hook_config(tmp_path, {"holder": hook}))
-    _publish(ctx, "X", {"big": "a" * 64000})
+    _publish(ctx, "X", {"big": "a" * 65400})  # with the rest, more than a pipe holds
     pid = int(str(wait_for(lambda: pidfile.exists() and pidfile.read_text().strip(), 20, "pid")))
     try:
         time.sleep(3)  # past the hook's timeout: a blocked runner would have killed and logged
