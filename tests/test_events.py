@@ -708,3 +708,30 @@ def test_tail_follow_rides_out_postgres_stopped_and_exits_0(tmp_path: Path) -> N
             follower.kill()
             follower.wait()
         pg.destroy()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_tail_follow_exits_0_on_a_signal_during_its_first_read(
+    coord: Coord, sig: signal.Signals
+) -> None:
+    """The store is a socket that accepts and never answers: the follower is stuck in its
+    first read when the signal comes, and still exits 0 (the handlers came first)."""
+    import socket
+
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(4)
+        server.settimeout(30)
+        port = server.getsockname()[1]
+        follower = coord.popen(
+            "events", "tail", "-f", env={"RINGRIFT_COORD_DB": f"postgresql://u@127.0.0.1:{port}/d"}
+        )
+        try:
+            held, _ = server.accept()  # it is connecting: inside its first read
+            with held:
+                follower.send_signal(sig)
+                assert follower.wait(timeout=10) == 0, follower.stderr.read()  # type: ignore[union-attr]
+        finally:
+            if follower.poll() is None:
+                follower.kill()
+                follower.wait()
