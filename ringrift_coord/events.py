@@ -240,7 +240,8 @@ def publish(
     host: str | None = None,
     now: float | None = None,
 ) -> Event:
-    """Store the event (or count it again: same type and canonical payload) in ``tx``.
+    """Store the event (or count it again: same type, source, node and normalised payload) in
+    ``tx``; the payload is stored normalised (``normalise``).
 
     A NEW event starts the hooks that match its type once ``tx`` has committed; a repeat
     does not. ``settings`` None: no hooks, the default retention."""
