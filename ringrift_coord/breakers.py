@@ -378,7 +378,9 @@ def reset(
         args.append(task_type)
     clause = (" WHERE " + " AND ".join(where)) if where else ""
     rows = tx.query(f"SELECT node, task_type, state FROM breakers{clause}", args)
-    for row in rows:  # BREAKER_RESET: closed by hand, from whatever state it was in
+    for row in rows:  # BREAKER_RESET: closed by hand, from open or half-open (closed: none)
+        if row["state"] == "closed":
+            continue
         closed = Breaker(row["node"], row["task_type"])
         _publish(tx, settings, closed, row["state"], "BREAKER_RESET")
     tx.execute(f"DELETE FROM breakers{clause}", args)

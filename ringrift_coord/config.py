@@ -682,6 +682,9 @@ class _Layer:
     def finish(self, path: str | None) -> None:
         """The cross-checks of the deferred sections, after the layer."""
         for section, error in _deferred_checks(self.values, self.sources, path):
+            if isinstance(error, PartialConfigError):  # the bad part is out, the rest stays
+                self.problems.setdefault(section, error)
+                continue
             self.fail(section, error)
 
 
@@ -916,29 +919,45 @@ def _deferred_checks(
     return found
 
 
+class PartialConfigError(ConfigError):
+    """An error that costs only the bad part of its section (one event hook): the part is
+    left out, the rest of the section stays as given. Kept in ``Settings.problems`` all the
+    same: the commands that require the section fail on it."""
+
+
 def _events_problem(
     ev: dict[str, Any], sources: dict[str, str], path: str | None
 ) -> ConfigError | None:
-    """Each event hook needs ``on`` (the type globs it runs on) and ``command``."""
+    """Each event hook needs ``on`` (the type globs it runs on), ``command`` and a timeout
+    above 0. A bad hook is left out, the good ones stay: the error (the first bad hook's,
+    naming the others) is a ``PartialConfigError``."""
+    bad: list[tuple[str, str, tuple[str, ...]]] = []
     for name, hook in ev["hooks"].items():
         base = f"events.hooks.{name}"
         keys = tuple(k for k in (f"{base}.{leaf}" for leaf in ("on", "command", "timeout")))
         for leaf, example in (("on", "on: [HALT, BREAKER_*]"), ("command", "command: [prog, arg]")):
             if not hook.get(leaf):
-                return _cross_fail(
-                    f"hook {name} has no {leaf}: give it {example}",
-                    tuple(k for k in keys if k in sources) or (base,),
-                    sources,
-                    path,
-                )
-        if hook.get("timeout") is not None and hook["timeout"] <= 0:
-            return _cross_fail(
-                f"hook {name}: timeout must be above 0, got {hook['timeout']:g}",
-                (f"{base}.timeout",),
-                sources,
-                path,
-            )
-    return None
+                bad.append((name, f"hook {name} has no {leaf}: give it {example}", keys))
+                break
+        else:
+            if hook.get("timeout") is not None and hook["timeout"] <= 0:
+                message = f"hook {name}: timeout must be above 0, got {hook['timeout']:g}"
+                bad.append((name, message, (f"{base}.timeout",)))
+    if not bad:
+        return None
+    for name, _, _ in bad:
+        del ev["hooks"][name]
+    name, message, keys = bad[0]
+    message += "; the hook is left out, the others run"
+    if len(bad) > 1:
+        message += " (left out too: " + ", ".join(other for other, _, _ in bad[1:]) + ")"
+    error = _cross_fail(
+        message, tuple(k for k in keys if k in sources) or (f"events.hooks.{name}",), sources, path
+    )
+    partial = PartialConfigError(str(error))
+    partial.file, partial.line, partial.key = error.file, error.line, error.key
+    partial.exit_code = error.exit_code
+    return partial
 
 
 def _serve_problem(

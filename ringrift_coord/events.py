@@ -1,9 +1,10 @@
 """The event log: what happened on the cluster, stored once per distinct content.
 
 An event is a type (``TRAINING_COMPLETED``, ``HALT``, ...) and a payload (a JSON object). Its
-digest is the SHA-256 of the type, a newline and the payload's canonical JSON (keys sorted, no
-spaces, UTF-8): publishing the same type and content again stores nothing new, it raises the
-stored event's ``seen`` count and ``last_at``. ``publish`` is one upsert in the caller's write
+digest is the SHA-256 of the canonical JSON of ``[type, source, node, payload]`` (keys sorted,
+no spaces, UTF-8; integral numbers as integers, -0 as 0, text in Unicode NFC): publishing the
+same type, source, node and content again stores nothing new, it raises the stored event's
+``seen`` count and ``last_at``. ``publish`` is one upsert in the caller's write
 transaction, so the tool's own events (halts, breaker transitions, OOMs, rate and optimizer
 changes, denials) land with the change they describe, or not at all.
 
@@ -16,16 +17,16 @@ publishes (a read never writes).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
-from typing import Any
 
 from ringrift_coord.errors import UsageError
 
-TYPE_CHECKING = False
+TYPE_CHECKING = False  # typing costs start-up time on the hot path (a refused can-spawn)
 if TYPE_CHECKING:
+    from typing import Any
+
     from ringrift_coord.config import Settings
     from ringrift_coord.store.base import Row, Tx
 
@@ -149,13 +150,13 @@ def parse_payload(text: str, field: str = "option --payload") -> dict[str, Any]:
 
 
 def check_payload(value: Any, field: str = "payload") -> dict[str, Any]:
+    """The payload normalised (``normalise``): a JSON object of valid Unicode text, at most
+    ``MAX_PAYLOAD`` bytes in canonical form."""
     if not isinstance(value, dict):
         kind = "an array" if isinstance(value, list) else f"a {type(value).__name__}"
         raise UsageError(f"{field}: must be a JSON object ({{...}}), got {kind}")
-    try:
-        size = len(canonical(value).encode("utf-8", "surrogatepass"))
-    except UsageError:
-        raise UsageError(f"{field}: NaN and Infinity are not JSON numbers") from None
+    value = normalise(value, field)
+    size = len(canonical(value).encode("utf-8"))
     if size > MAX_PAYLOAD:
         raise UsageError(
             f"{field}: {size} bytes of canonical JSON is more than the {MAX_PAYLOAD} allowed"
@@ -163,8 +164,40 @@ def check_payload(value: Any, field: str = "payload") -> dict[str, Any]:
     return value
 
 
-def canonical(payload: dict[str, Any]) -> str:
-    """The payload's canonical JSON: keys sorted, no spaces, non-ASCII kept as is."""
+def normalise(value: Any, field: str = "payload") -> Any:
+    """The same content in one form: an integral float as an int (1.0 is 1, -0.0 is 0), every
+    key and string in Unicode NFC. NaN, Infinity and a lone surrogate (not text) are refused."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise UsageError(
+                f"{field}: {_short(value)!r} is not valid Unicode text (a lone surrogate)"
+            ) from None
+        if value.isascii():
+            return value
+        import unicodedata
+
+        return unicodedata.normalize("NFC", value)
+    if isinstance(value, bool) or value is None or isinstance(value, int):
+        return value
+    if isinstance(value, float):
+        if value != value or value in (float("inf"), float("-inf")):
+            raise UsageError(f"{field}: NaN and Infinity are not JSON numbers")
+        return int(value) if value.is_integer() and abs(value) < 2**63 else value
+    if isinstance(value, dict):
+        out: dict[str, Any] = {}
+        for key, item in value.items():
+            out[normalise(str(key), field)] = normalise(item, field)
+        return out
+    if isinstance(value, list | tuple):
+        return [normalise(item, field) for item in value]
+    raise UsageError(f"{field}: a {type(value).__name__} is not a JSON value")
+
+
+def canonical(payload: Any) -> str:
+    """The canonical JSON of a ``normalise``d value: keys sorted, no spaces, non-ASCII kept as
+    is."""
     try:
         return json.dumps(
             payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
@@ -173,9 +206,15 @@ def canonical(payload: dict[str, Any]) -> str:
         raise UsageError("payload: NaN and Infinity are not JSON numbers") from None
 
 
-def digest(event_type: str, payload: dict[str, Any]) -> str:
-    """SHA-256 (hex) of the type, a newline and the canonical payload."""
-    data = f"{event_type}\n{canonical(payload)}".encode("utf-8", "surrogatepass")
+def digest(
+    event_type: str, payload: dict[str, Any], source: str = "user", node: str | None = None
+) -> str:
+    """SHA-256 (hex) of the canonical JSON of ``[type, source, node, payload]`` (the payload
+    normalised): the same content published by the tool and by a user, or about two nodes, is
+    two events."""
+    import hashlib
+
+    data = canonical([event_type, source, node, normalise(payload)]).encode("utf-8")
     return hashlib.sha256(data).hexdigest()
 
 
@@ -201,12 +240,13 @@ def publish(
     host: str | None = None,
     now: float | None = None,
 ) -> Event:
-    """Store the event (or count it again: same type and canonical payload) in ``tx``.
+    """Store the event (or count it again: same type, source, node and normalised payload) in
+    ``tx``; the payload is stored normalised (``normalise``).
 
     A NEW event starts the hooks that match its type once ``tx`` has committed; a repeat
     does not. ``settings`` None: no hooks, the default retention."""
     check_type(event_type, "event type")
-    check_payload(payload)
+    payload = check_payload(payload)
     if source not in SOURCES:
         raise ValueError(f"event source {source!r}")
     if host is None:
@@ -218,9 +258,21 @@ def publish(
     row = tx.one(
         "INSERT INTO events (type, digest, payload, source, host, node, who, at, last_at, seen) "
         "VALUES (?,?,?,?,?,?,?,?,?,1) ON CONFLICT (digest) DO UPDATE SET "
-        "seen = events.seen + 1, last_at = excluded.last_at "
+        # a clock stepped back never moves last_at backwards
+        "seen = events.seen + 1, last_at = CASE WHEN excluded.last_at > events.last_at "
+        "THEN excluded.last_at ELSE events.last_at END "
         f"RETURNING {_COLUMNS}",
-        (event_type, digest(event_type, payload), text, source, host, node, who, at, at),
+        (
+            event_type,
+            digest(event_type, payload, source, node),
+            text,
+            source,
+            host,
+            node,
+            who,
+            at,
+            at,
+        ),
     )
     assert row is not None
     event = Event(row, new=int(row["seen"]) == 1)
@@ -246,7 +298,8 @@ def list_events(
 ) -> list[Event]:
     """Events oldest first (by id); with ``limit``, the newest ``limit`` of them. ``since``:
     last published at or after; ``after_id``: stored after that id (``tail --follow``)."""
-    where, args = [], list[Any]()
+    where: list[str] = []
+    args: list[Any] = []
     if type is not None:
         where.append("type = ?")
         args.append(type)
@@ -316,20 +369,27 @@ def _fire_hooks(tx: Tx, settings: Settings, event: Event) -> None:
 
 def start_runner(job: dict[str, Any]) -> None:
     """Start the detached hook runner with ``job`` on its stdin (an unlinked temporary file:
-    never a pipe the publisher could block on); never waits for it."""
+    never a pipe the publisher could block on); never waits for it. A short-lived ``sh`` starts
+    it in the background and exits at once (a double fork): the publisher reaps that shell, and
+    the runner, whose parent is gone, is never its zombie (nor a ``ResourceWarning`` in a
+    long-lived process). The hooks get the publisher's environment as it was: ``PYTHONPATH``,
+    which the runner needs to find this package, goes back to what it was (or away)."""
     import subprocess
     import sys
     import tempfile
 
     package_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = dict(os.environ)
+    job = {**job, "pythonpath": env.get("PYTHONPATH")}
     env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
     with tempfile.TemporaryFile() as spool:
         spool.write(json.dumps(job, ensure_ascii=False).encode("utf-8", "surrogatepass"))
         spool.flush()
         spool.seek(0)
-        subprocess.Popen(  # noqa: S603 (our own runner, no shell)
-            [sys.executable, "-m", "ringrift_coord.hookrun"],
+        # (a background command's stdin is /dev/null unless redirected: the job goes by fd 3)
+        shell = subprocess.Popen(  # noqa: S603 (our own runner; the words are ours, not a user's)
+            ["/bin/sh", "-c", 'exec 3<&0; "$@" 0<&3 3<&- &', "sh"]
+            + [sys.executable, "-m", "ringrift_coord.hookrun"],
             stdin=spool,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -338,3 +398,4 @@ def start_runner(job: dict[str, Any]) -> None:
             cwd="/",
             env=env,
         )
+        shell.wait()  # the shell only forks: a millisecond

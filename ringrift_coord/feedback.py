@@ -200,6 +200,9 @@ def _note_oom(tx: Tx, settings: Settings, node: str, ttype: str, now: float) -> 
         "INSERT INTO lowered_caps (node, task_type, cap, lowered_at, ooms) VALUES (?,?,?,?,?)",
         (node, ttype, cap, now, count),
     )
+    before = current if current is not None else configured
+    if before is not None and cap >= before:
+        return  # the cap did not change: no CAP_LOWERED
     from ringrift_coord import events
 
     payload = {"node": node, "type": ttype, "cap": cap, "ooms": count, "at": now}

@@ -412,6 +412,7 @@ def deactivate(
                 "VALUES ('unhalt',?,?,NULL,?,?,?)",
                 (row["scope"], row["node"], who, host, now),
             )
+        for row in found:  # UNHALT: only a halt lifted (a no-op unhalt is audited, no event)
             _publish(tx, ctx, "UNHALT", row["scope"], row["node"], who, host, now)
     lifted = [r["scope"] for r in found]
     removed_file = False

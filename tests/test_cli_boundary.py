@@ -202,6 +202,23 @@ def test_hot_commands_import_nothing_heavy(c: Coord, argv) -> None:
     assert heavy & imported_by(c, *argv) == set()
 
 
+def test_a_refused_can_spawn_imports_nothing_heavy(c: Coord) -> None:
+    """A refusal publishes TASK_DENIED: with no hook matching it, nothing to start a runner
+    with (subprocess, tempfile) nor typing is loaded."""
+    assert c("halt", "--reason", "x").returncode == 0
+    done = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "ringrift_coord", "can-spawn", "selfplay"],
+        env=c.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 1, done.stderr
+    loaded = {line.rsplit("|", 1)[-1].strip() for line in done.stderr.splitlines()}
+    heavy = {"typer", "rich", "click", "typing", "dataclasses", "inspect"}
+    assert (heavy | {"subprocess", "tempfile"}) & loaded == set()
+
+
 # --------------------------------------------------------------------------- defect 5: not UTF-8
 
 BAD = b"n\xff1"

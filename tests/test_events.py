@@ -61,7 +61,66 @@ def test_key_order_and_spacing_do_not_change_the_digest() -> None:
     assert a != events.digest("Y", {"a": {"x": "é", "y": [1, 2]}, "b": 1})
     import hashlib
 
-    assert a == hashlib.sha256('X\n{"a":{"x":"é","y":[1,2]},"b":1}'.encode()).hexdigest()
+    text = '["X","user",null,{"a":{"x":"é","y":[1,2]},"b":1}]'
+    assert a == hashlib.sha256(text.encode()).hexdigest()
+
+
+def test_the_digest_covers_the_source_and_the_node() -> None:
+    payload = {"a": 1}
+    user = events.digest("HALT", payload)
+    assert user != events.digest("HALT", payload, "tool")  # a user never pre-empts the tool
+    assert user != events.digest("HALT", payload, "user", "n2")
+    assert events.digest("HALT", payload, "user", "n1") != events.digest(
+        "HALT", payload, "user", "n2"
+    )
+
+
+def test_the_same_number_and_the_same_text_are_the_same_content() -> None:
+    nfc, nfd = "caf\u00e9", "cafe\u0301"
+    one = events.parse_payload(f'{{"n": 1, "z": 0, "{nfc}": "{nfc}", "l": [2]}}')
+    two = events.parse_payload(f'{{"n": 1.0, "z": -0.0, "{nfd}": "{nfd}", "l": [2.0]}}')
+    assert one == two and events.digest("X", one) == events.digest("X", two)
+    assert events.canonical(two) == '{"café":"café","l":[2],"n":1,"z":0}'
+    assert events.digest("X", {"n": 1.5}) != events.digest("X", {"n": 1})
+    assert events.digest("X", {"a": "1"}) != events.digest("X", {"a": 1})
+
+
+def test_a_lone_surrogate_is_a_usage_error() -> None:
+    with pytest.raises(UsageError, match="not valid Unicode text"):
+        events.parse_payload('{"a": "\\ud800"}')
+    with pytest.raises(UsageError, match="not valid Unicode text"):
+        events.parse_payload('{"\\udc80": 1}')
+
+
+def test_same_content_about_another_node_or_from_the_tool_is_another_event(engine_db) -> None:  # noqa: ANN001
+    clock = ManualClock()
+    ctx = engine_db.context(clock=clock)
+    first = _publish(ctx, "MODEL_PROMOTED", {"a": 1})
+    other_node = _publish(ctx, "MODEL_PROMOTED", {"a": 1}, node="n2")
+    from_tool = _publish(ctx, "MODEL_PROMOTED", {"a": 1}, source="tool")
+    assert first.new and other_node.new and from_tool.new
+    assert [(e.node, e.source) for e in _all(ctx)] == [
+        (None, "user"),
+        ("n2", "user"),
+        (None, "tool"),
+    ]
+    again = _publish(ctx, "MODEL_PROMOTED", {"a": 1.0}, node="n2")  # 1.0 is 1
+    assert not again.new and again.id == other_node.id and again.seen == 2
+    stored = _publish(ctx, "X", {"n": 2.0, "t": "cafe\u0301"})
+    assert stored.payload == {"n": 2, "t": "caf\u00e9"}  # stored normalised
+    (read,) = _all(ctx, "X")
+    assert read.payload == {"n": 2, "t": "caf\u00e9"}
+
+
+def test_a_clock_stepped_back_never_moves_last_at_backwards(engine_db) -> None:  # noqa: ANN001
+    clock = ManualClock(1_800_000_000.0)
+    ctx = engine_db.context(clock=clock)
+    first = _publish(ctx, "X", {"a": 1})
+    clock.advance(100)
+    assert _publish(ctx, "X", {"a": 1}).last_at == first.at + 100
+    clock.advance(-50)  # the clock steps back
+    again = _publish(ctx, "X", {"a": 1})
+    assert again.seen == 3 and again.last_at == first.at + 100
 
 
 @pytest.mark.parametrize(
@@ -119,6 +178,10 @@ def test_halt_and_unhalt_are_events_and_two_halts_two_events(engine_db) -> None:
     unhalted = sorted((p["type"], p["node"]) for _, p in found[3:])
     assert unhalted == [("all", "all"), ("training", "n3")]
     assert all(e.source == "tool" for e in _all(ctx))
+    clock.advance(60)
+    halts.deactivate(ctx, task_type=None, who="op@b", host="b")  # nothing to lift: no event
+    halts.deactivate(ctx, task_type="training", who="op@b", host="b", node="n3")
+    assert len(_all(ctx, "UNHALT")) == 2
 
 
 def test_breaker_transitions_are_events(engine_db) -> None:  # noqa: ANN001
@@ -143,9 +206,13 @@ def test_breaker_transitions_are_events(engine_db) -> None:  # noqa: ANN001
     kinds = [e.type for e in _all(ctx) if e.type.startswith("BREAKER")]
     assert kinds == ["BREAKER_OPENED", "BREAKER_HALF_OPEN", "BREAKER_CLOSED"]
     safeguards.record_failure(ctx, "selfplay", "n2", "x")
+    safeguards.reset(ctx, node="n2")  # still closed (one failure): nothing to reset, no event
+    assert _all(ctx, "BREAKER_RESET") == []
+    safeguards.record_failure(ctx, "selfplay", "n2", "x")
+    safeguards.record_failure(ctx, "selfplay", "n2", "x")
     safeguards.reset(ctx, node="n2")
     (reset,) = _all(ctx, "BREAKER_RESET")
-    assert reset.payload["node"] == "n2" and reset.payload["from"] == "closed"
+    assert reset.payload["node"] == "n2" and reset.payload["from"] == "open"
     assert reset.payload["to"] == "closed"
 
 
@@ -164,10 +231,17 @@ def test_oom_rate_change_and_denial_are_events(engine_db) -> None:  # noqa: ANN0
     assert oom.payload["node"] == "n1" and oom.payload["type"] == "training"
     (lowered,) = _all(ctx, "CAP_LOWERED")
     assert lowered.payload["cap"] >= 1 and lowered.payload["ooms"] == 1
+    for _ in range(3):  # down to 1, then more OOMs: the cap stays 1, no more CAP_LOWERED
+        clock.advance(60)  # past the spawn rate limit
+        task = coord.register_task(None, "training", "n1")
+        coord.unregister_task(task, status="oom", reason="oom")
+    caps = [e.payload["cap"] for e in _all(ctx, "CAP_LOWERED")]
+    assert caps == sorted(set(caps), reverse=True) and caps[-1] == 1
+    assert len(caps) < 4 and len(_all(ctx, "OOM")) == 4
     from ringrift_coord import safeguards
 
     safeguards.record_failure(ctx, "selfplay", "n2", "OOM")  # a recorded OOM counts too
-    assert [e.payload["node"] for e in _all(ctx, "OOM")] == ["n1", "n2"]
+    assert [e.payload["node"] for e in _all(ctx, "OOM")] == ["n1"] * 4 + ["n2"]
 
     from ringrift_coord.optimizer import negotiate
 
@@ -264,6 +338,8 @@ def test_failing_missing_and_slow_hooks_are_logged_and_killed(engine_db, tmp_pat
     state = Path(engine_db.state_dir)
     log = str(wait_for(lambda: _log(state).count("\n") >= 3 and _log(state), 30, "3 log lines"))
     lines = sorted(log.splitlines(), key=lambda x: x.split(" hook ")[1])
+    (halt,) = _all(ctx, "HALT")
+    assert all(f"event HALT #{halt.id}: " in line for line in lines), lines
     assert "hook fails event HALT" in lines[0] and "exit status 3: boom" in lines[0]
     assert "hook missing event HALT" in lines[1] and "cannot start" in lines[1]
     assert "hook slow event HALT" in lines[2] and "timed out after 1 s: killed" in lines[2]
@@ -315,29 +391,45 @@ def test_the_cost_a_hook_adds_to_a_refused_can_spawn_is_small(engine_db, tmp_pat
 
     without = median("{}\n", 1_800_000_000.0)
     config = _hook_config(tmp_path, {"h": {"on": ["TASK_DENIED"], "command": ["true"]}})
-    hooked = median(config, 1_900_000_000.0)
+    # a few minutes on, not 10^8 s: a prune (random, one publish in 64) keeps the first batch
+    hooked = median(config, 1_800_000_000.0 + 60 * (n + 2))
     with engine_db.open().read() as tx:  # each refusal was new: each started the hook
         assert [e.seen for e in events.list_events(tx, "TASK_DENIED")] == [1] * (2 * n)
     print(f"refused can-spawn: median {without * 1e3:.1f} ms, with a hook {hooked * 1e3:.1f} ms")
     assert hooked - without < 0.05, (without, hooked)  # one fork+exec, never a wait
 
 
-def test_a_hook_without_on_or_command_is_a_config_error_with_its_line(coord: Coord) -> None:
+def test_a_bad_hook_is_left_out_and_the_good_ones_still_run(coord: Coord, tmp_path: Path) -> None:
+    out = tmp_path / "got"
     path = coord.write_config(
-        """
+        f"""
         events:
           hooks:
             pager:
               command: [/bin/true]
+            record:
+              on: [HALT]
+              command: [sh, -c, 'cat > "{out}"']
+            zero:
+              on: [HALT]
+              command: [/bin/true]
+              timeout: 0
         """
     )
-    done = coord("events", "list")
-    assert done.returncode == 3
+    done = coord("events", "list")  # the event log's own commands: an error, exit 3
+    assert done.returncode == 3 and done.stderr.count("\n") == 1, done.stderr
     assert f"{path}:5" in done.stderr and "hook pager has no on" in done.stderr
-    assert "Traceback" not in done.stderr
+    assert "left out too: zero" in done.stderr and "Traceback" not in done.stderr
+    validated = coord("config", "validate")
+    assert validated.returncode == 3 and "hook pager has no on" in validated.stderr
     halted = coord("halt", "--reason", "x")  # a command that publishes warns and goes on
-    assert halted.returncode == 0 and "warning:" in halted.stderr
-    assert "hook pager has no on" in halted.stderr
+    assert halted.returncode == 0, halted.stderr
+    (warning,) = [line for line in halted.stderr.splitlines() if "warning:" in line]
+    assert f"{path}:5" in warning and "hook pager has no on" in warning
+    assert "the hook is left out, the others run" in warning and "does not use it" not in warning
+    got = wait_for(lambda: out.exists() and out.read_text(), 20, "the good hook's output")
+    assert json.loads(str(got))["type"] == "HALT"  # the good hook ran all the same
+    assert not (Path(coord.state_dir) / "hooks.log").exists()  # the bad ones never ran
 
 
 # --------------------------------------------------------------------------- the CLI
@@ -456,3 +548,190 @@ def test_record_spawn_under_a_halt_is_neither_a_denial_nor_an_event(engine_db) -
     refused = TaskCoordinator(ctx).check("selfplay", "node-1")  # a real question is refused
     assert not refused.allowed
     assert [e.payload["rules"] for e in _all(ctx, "TASK_DENIED")] == [["halt"]]
+
+
+# --------------------------------------------------------------------------- after the review
+
+
+def test_hooks_get_the_publishers_pythonpath_as_it_was(
+    engine_db,  # noqa: ANN001
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    out = tmp_path / "env"
+    hook = {"on": ["X"], "command": ["sh", "-c", f'echo "${{PYTHONPATH-unset}}" >> "{out}"']}
+    ctx = engine_db.context(_hook_config(tmp_path, {"env": hook}))
+    monkeypatch.setenv("PYTHONPATH", "/efix-marker")
+    _publish(ctx, "X", {"n": 1})
+    wait_for(lambda: out.exists() and out.read_text(), 20, "the first hook's output")
+    monkeypatch.delenv("PYTHONPATH")
+    _publish(ctx, "X", {"n": 2})
+    got = wait_for(lambda: out.read_text().count("\n") == 2 and out.read_text(), 20, "2 lines")
+    assert str(got).splitlines() == ["/efix-marker", "unset"]
+
+
+def test_hooks_log_never_follows_a_link_and_has_the_state_dirs_mode(tmp_path: Path) -> None:
+    from ringrift_coord import hookrun
+
+    event = {"type": "X", "event_id": 7}
+    target = tmp_path / "target"
+    target.write_text("keep\n")
+    private = tmp_path / "private"
+    private.mkdir(mode=0o700)
+    log = private / "hooks.log"
+    old = os.umask(0o022)
+    try:
+        log.symlink_to(target)  # a planted link: nothing is written through it
+        hookrun.log_failure(str(log), "h", event, "exit status 1")
+        assert target.read_text() == "keep\n" and log.is_symlink()
+        log.unlink()
+        hookrun.log_failure(str(log), "h", event, "exit status 1")
+        assert "hook h event X #7: exit status 1" in log.read_text()
+        assert log.stat().st_mode & 0o777 == 0o600
+        # rotation: the old log becomes .1 by a rename, a link planted as .1 is replaced
+        (private / "hooks.log.1").symlink_to(target)
+        with open(log, "a") as handle:
+            handle.write("x" * (hookrun.MAX_LOG + 1))
+        hookrun.log_failure(str(log), "h", event, "again")
+        assert target.read_text() == "keep\n"
+        assert not (private / "hooks.log.1").is_symlink()
+        assert log.read_text().count("\n") == 1 and "again" in log.read_text()
+        shared = tmp_path / "shared"  # a state directory shared by a group (2770)
+        shared.mkdir()
+        shared.chmod(0o2770)
+        hookrun.log_failure(str(shared / "hooks.log"), "h", event, "x")
+        assert (shared / "hooks.log").stat().st_mode & 0o777 == 0o660
+    finally:
+        os.umask(old)
+
+
+def test_a_hook_whose_child_holds_stdin_never_blocks_the_runner(engine_db, tmp_path) -> None:  # noqa: ANN001
+    """The hook leaves a child holding its stdin and exits 0 without reading a 64 KiB event:
+    with the event in a file (not a pipe the runner writes) the hook is done at once; the
+    runner logs nothing (a pipe would have blocked it until the timeout killed the hook)."""
+    pidfile = tmp_path / "child.pid"
+    hook = {
+        "on": ["X"],
+        "command": ["sh", "-c", f'exec 3<&0; sleep 30 <&3 3<&- & echo $! > "{pidfile}"; exit 0'],
+        "timeout": 2,
+    }
+    ctx = engine_db.context(_hook_config(tmp_path, {"holder": hook}))
+    _publish(ctx, "X", {"big": "a" * 65400})  # with the rest, more than a pipe holds
+    pid = int(str(wait_for(lambda: pidfile.exists() and pidfile.read_text().strip(), 20, "pid")))
+    try:
+        time.sleep(3)  # past the hook's timeout: a blocked runner would have killed and logged
+        assert _log(Path(engine_db.state_dir)) == ""
+        assert alive(pid)  # not killed: the hook ended, nothing timed out
+    finally:
+        os.kill(pid, signal.SIGKILL)
+
+
+def _children_of(pid: int) -> list[tuple[int, str, str]]:
+    """(pid, state, command line) of each process whose parent is ``pid``."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as handle:
+                fields = handle.read().rsplit(")", 1)[1].split()
+            with open(f"/proc/{entry}/cmdline", "rb") as handle:
+                cmdline = handle.read().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append((int(entry), fields[0], cmdline))
+    return found
+
+
+def test_the_runner_is_no_child_of_a_long_lived_publisher(engine_db, tmp_path) -> None:  # noqa: ANN001
+    """In one Python process publishing on and on (serve, the Python API): the runner is not
+    this process's child (no zombie once it ends) and no ResourceWarning is emitted."""
+    import gc
+    import warnings
+
+    out = tmp_path / "ran"
+    hook = {"on": ["X"], "command": ["sh", "-c", f'echo ran >> "{out}"']}
+    ctx = engine_db.context(_hook_config(tmp_path, {"h": hook}))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        _publish(ctx, "X", {"n": 1})
+        runners = [c for c in _children_of(os.getpid()) if "ringrift_coord.hookrun" in c[2]]
+        assert runners == [] and not [c for c in _children_of(os.getpid()) if c[1] == "Z"]
+        wait_for(lambda: out.exists() and out.read_text(), 20, "the hook to run")
+        gc.collect()
+    assert [w for w in caught if issubclass(w.category, ResourceWarning)] == []
+
+
+def test_publish_list_options_and_bad_text_from_the_command_line(coord: Coord) -> None:
+    nowhere = coord("events", "list", "--since", "nonsense")  # no store yet: options first
+    assert nowhere.returncode == 2 and "option --since" in nowhere.stderr
+    assert not coord.db.exists()
+    first = coord("events", "publish", "MODEL_PROMOTED", "--payload", '{"a":1}')
+    other = coord("events", "publish", "MODEL_PROMOTED", "--payload", '{"a":1}', "--node", "n2")
+    assert first.returncode == 0 and other.returncode == 0, other.stderr
+    assert "already stored" not in other.stdout and other.stdout.strip() != first.stdout.strip()
+    surrogate = coord("events", "publish", "X", "--payload", '{"a": "\\ud800"}')
+    assert surrogate.returncode == 2 and surrogate.stderr.count("\n") == 1, surrogate.stderr
+    assert "not valid Unicode text" in surrogate.stderr
+
+
+def test_tail_follow_rides_out_postgres_stopped_and_exits_0(tmp_path: Path) -> None:
+    """A dedicated PostgreSQL server, stopped under ``events tail -f``: one line on stderr,
+    the follower keeps polling, and sees the next event once the server is back."""
+    from pgserver import PgServer, find_pg_bin
+
+    bindir = find_pg_bin()
+    if bindir is None:
+        pytest.skip("PostgreSQL is not installed")
+    pg = PgServer(bindir)
+    follower = None
+    try:
+        pg.start()
+        coord = Coord(tmp_path)
+        coord.env["RINGRIFT_COORD_DB"] = pg.create_database("tail_down")
+        assert coord("events", "publish", "X", "--payload", '{"n": 1}').returncode == 0
+        follower = coord.popen("--json", "events", "tail", "-f", "-n", "1")
+        assert follower.stdout is not None and follower.stderr is not None
+        assert json.loads(follower.stdout.readline())["payload"] == {"n": 1}
+        pg.stop()
+        line = follower.stderr.readline()
+        assert "events tail: " in line and "retrying every second" in line
+        assert follower.poll() is None  # still following
+        pg.start()
+        assert coord("events", "publish", "X", "--payload", '{"n": 2}').returncode == 0
+        assert json.loads(follower.stdout.readline())["payload"] == {"n": 2}
+        follower.send_signal(signal.SIGTERM)
+        assert follower.wait(timeout=10) == 0
+    finally:
+        if follower is not None and follower.poll() is None:
+            follower.kill()
+            follower.wait()
+        pg.destroy()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_tail_follow_exits_0_on_a_signal_during_its_first_read(
+    coord: Coord, sig: signal.Signals
+) -> None:
+    """The store is a socket that accepts and never answers: the follower is stuck in its
+    first read when the signal comes, and still exits 0 (the handlers came first)."""
+    import socket
+
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(4)
+        server.settimeout(30)
+        port = server.getsockname()[1]
+        follower = coord.popen(
+            "events", "tail", "-f", env={"RINGRIFT_COORD_DB": f"postgresql://u@127.0.0.1:{port}/d"}
+        )
+        try:
+            held, _ = server.accept()  # it is connecting: inside its first read
+            with held:
+                follower.send_signal(sig)
+                assert follower.wait(timeout=10) == 0, follower.stderr.read()  # type: ignore[union-attr]
+        finally:
+            if follower.poll() is None:
+                follower.kill()
+                follower.wait()

@@ -76,6 +76,14 @@ def _since(raw: str | None, now: float) -> float | None:
     return instant(raw, "since")
 
 
+def _since_checked(raw: str | None) -> str | None:
+    """``--since`` checked before the store is looked for (a bad one is exit 2 even where
+    no store exists yet); the store's clock turns it into a time when reading."""
+    if raw is not None:
+        _since(raw, time.time())
+    return raw
+
+
 def _limit(value: int, option: str) -> int:
     if not 1 <= value <= MAX_LIMIT:
         raise UsageError(
@@ -188,7 +196,8 @@ def events_list(
     published, type, node, how often seen, the payload. Only reads."""
     g = globals_of(ctx)
     table_output(fmt, no_header, ctx)
-    found = _read(g, type=_event_type(event_type), since_raw=since, limit=_limit(limit, "--limit"))
+    kind, since = _event_type(event_type), _since_checked(since)  # options first, then the store
+    found = _read(g, type=kind, since_raw=since, limit=_limit(limit, "--limit"))
     docs = [e.to_dict() for e in found]
     if g.json:
         emit_json({"events": docs})
@@ -223,23 +232,26 @@ def events_tail(
     kind = _event_type(event_type)
     if not 0 <= lines <= MAX_LIMIT:
         raise UsageError(f"option -n: {lines} is not a number of events from 0 to {MAX_LIMIT}")
-    if follow:  # SIGTERM ends it like Ctrl-C: exit 0 (from the start, not only once polling)
-        signal.signal(signal.SIGTERM, _stop)
-    found = _read(g, type=kind, limit=lines) if lines else []
     if not follow:
+        found = _read(g, type=kind, limit=lines) if lines else []
         if g.json:
             emit_json({"events": [e.to_dict() for e in found]})
         else:
             for event in found:
                 views.event_line(event.to_dict())
         done()
+    # SIGTERM ends it like Ctrl-C, exit 0, at any moment: the handlers are in place before
+    # the first read
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
     try:
+        found = _read(g, type=kind, limit=lines) if lines else []
         for event in found:
             _print_line(event.to_dict(), g.json)
+        last = found[-1].id if found else None
+        _follow(g, kind, last)
     except KeyboardInterrupt:
         done(0)
-    last = found[-1].id if found else None
-    _follow(g, kind, last)
 
 
 def _stop(signum: int, frame: object) -> None:
@@ -257,29 +269,39 @@ def _print_line(doc: dict[str, Any], as_json: bool) -> None:
 
 
 def _follow(g: Any, kind: str | None, last: int | None) -> None:
-    """Poll for events stored after ``last`` until Ctrl-C or SIGTERM: exit 0."""
+    """Poll for events stored after ``last`` until Ctrl-C or SIGTERM (``KeyboardInterrupt``).
+    A store that is away for a while (PostgreSQL stopped, a lock held: ``StoreBusy``) is one
+    line on stderr, and the polling goes on until it is back."""
     from ringrift_coord import events
+    from ringrift_coord.errors import StoreBusy
     from ringrift_coord.store import NoStore
 
-    try:
-        with g.context(create=False) as c:
-            while True:
-                try:
-                    with c.store.read() as tx:
-                        if last is None:  # nothing shown: only what comes from now on
-                            last = events.last_id(tx) if kind is None else _last_of(tx, kind)
-                            new: list[Any] = []
-                        else:
-                            new = events.list_events(tx, type=kind, after_id=last)
-                except NoStore:
-                    new = []
-                    c.close()  # look again next time: the store may be created meanwhile
-                for event in new:
-                    _print_line(event.to_dict(), g.json)
-                    last = event.id
-                time.sleep(FOLLOW_INTERVAL)
-    except KeyboardInterrupt:
-        done(0)
+    away = False
+    with g.context(create=False) as c:
+        while True:
+            try:
+                with c.store.read() as tx:
+                    if last is None:  # nothing shown: only what comes from now on
+                        last = events.last_id(tx) if kind is None else _last_of(tx, kind)
+                        new: list[Any] = []
+                    else:
+                        new = events.list_events(tx, type=kind, after_id=last)
+                if away:
+                    say("events tail: the store is back; following")
+                    away = False
+            except NoStore:
+                new = []
+                c.close()  # look again next time: the store may be created meanwhile
+            except StoreBusy as exc:
+                new = []
+                if not away:
+                    say(f"events tail: {exc.message.splitlines()[0]}; retrying every second")
+                    away = True
+                c.close()
+            for event in new:
+                _print_line(event.to_dict(), g.json)
+                last = event.id
+            time.sleep(FOLLOW_INTERVAL)
 
 
 def _last_of(tx: Any, kind: str) -> int:

@@ -95,7 +95,9 @@ def warn_setting(message: str, section: str | None = None) -> None:
         from ringrift_coord.inputs import printable
 
         text = printable(text)
-    if section in READ_BY_ADMISSION:
+    if section == "events":  # a bad hook is left out (the message says so), the others run
+        say(f"warning: {text}")
+    elif section in READ_BY_ADMISSION:
         say(f"warning: {text} (ignored: this command goes on with the values below it)")
     else:
         say(f"warning: {text} (ignored: this command does not use it)")
