@@ -305,8 +305,8 @@ def record_manual(
     )
     _adjust_backpressure(tx, settings, node, ok, now)
     if not ok and is_oom(reason):  # as a detected OOM: toward the node's lowered cap
-        slots.record_outside(tx, ttype, node, now, status="oom", reason=reason)
-        publish_oom(tx, settings, node, ttype, now, reason=reason)
+        task_id = slots.record_outside(tx, ttype, node, now, status="oom", reason=reason)
+        publish_oom(tx, settings, node, ttype, now, row={"task_id": task_id}, reason=reason)
         _note_oom(tx, settings, node, ttype, now)
     return result
 

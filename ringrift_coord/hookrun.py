@@ -24,6 +24,8 @@ import threading
 import time
 from typing import Any
 
+from ringrift_coord.durations import human
+
 MAX_LOG = 1024 * 1024  # bytes; then hooks.log becomes hooks.log.1
 _lock = threading.Lock()
 
@@ -127,7 +129,7 @@ def run_hook(
             except OSError:
                 pass
             proc.wait()
-            log_failure(log, name, event, f"timed out after {timeout:g} s: killed")
+            log_failure(log, name, event, f"timed out after {human(timeout)}: killed")
             return
         if proc.returncode == 0:
             return

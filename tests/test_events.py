@@ -242,6 +242,11 @@ def test_oom_rate_change_and_denial_are_events(engine_db) -> None:  # noqa: ANN0
 
     safeguards.record_failure(ctx, "selfplay", "n2", "OOM")  # a recorded OOM counts too
     assert [e.payload["node"] for e in _all(ctx, "OOM")] == ["n1"] * 4 + ["n2"]
+    recorded = _all(ctx, "OOM")[-1].payload  # named by its history row, as tasks history shows
+    assert recorded["task_id"].startswith("recorded-") and recorded["pid"] is None
+    with ctx.store.read() as tx:
+        row = tx.one("SELECT status FROM task_history WHERE task_id = ?", (recorded["task_id"],))
+    assert row == {"status": "oom"}
 
     from ringrift_coord.optimizer import negotiate
 
@@ -250,7 +255,7 @@ def test_oom_rate_change_and_denial_are_events(engine_db) -> None:  # noqa: ANN0
     assert rate.payload["old_rate"] == 1000 and rate.payload["new_rate"] == 1200
     assert rate.payload["reason"] == "more games" and rate.payload["requestor"] == "unified_loop"
     (action,) = _all(ctx, "OPTIMIZER_ACTION")
-    assert action.payload["new_action"] == "scale_up" and action.payload["old_action"] is None
+    assert action.payload["new_action"] == "scale_up" and action.payload["old_action"] == "none"
     negotiate.negotiate_in(ctx, 1200, "same again", "unified_loop")  # no change: no event
     assert len(_all(ctx, "SELFPLAY_RATE_CHANGED")) == 1
     assert [e.payload["new_action"] for e in _all(ctx, "OPTIMIZER_ACTION")] == [

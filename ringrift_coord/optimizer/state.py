@@ -383,6 +383,7 @@ def _publish_changes(
             host=host,
             now=now,
         )
+    previous_action = previous_action or "none"  # never adjusted: "none", as metrics say
     if previous_action != action:
         payload = {"old_action": previous_action, "new_action": action, "rate": rate, **common}
         events.publish(
