@@ -217,15 +217,17 @@ class CoordinatorBase:
 
     async def _drain_once(self) -> None:
         """``_drain`` once: a ``shutdown`` that comes while a ``stop`` drains waits for that
-        drain instead of running ``_do_stop`` a second time. A drain of another (closed)
-        loop, or one cancelled before it finished, is run again."""
+        drain instead of running ``_do_stop`` a second time. A drain that has ended (failed
+        or cancelled: a retry runs ``_do_stop`` again) or belongs to another (closed) loop is
+        started anew. The drain is shielded: a caller that gives up waiting (``wait_for``)
+        does not cancel it under the others that wait for it."""
         import asyncio
 
         loop = asyncio.get_running_loop()
         task = self.__dict__.get("_draining")
-        if task is None or task.get_loop() is not loop or task.cancelled():
+        if task is None or task.done() or task.get_loop() is not loop:
             task = self.__dict__["_draining"] = loop.create_task(self._drain())
-        await task
+        await asyncio.shield(task)
 
     async def _drain(self) -> None:
         try:

@@ -458,3 +458,49 @@ def test_readme_python_api_example_runs_twice_in_one_process(tmp_path: Path) -> 
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip().endswith("twice ok") and "Traceback" not in proc.stderr
+
+
+def test_a_stop_that_failed_can_be_retried_and_runs_do_stop_again() -> None:
+    calls: list[int] = []
+
+    class Flaky(CoordinatorBase):
+        async def _do_stop(self) -> None:
+            calls.append(1)
+            if len(calls) == 1:
+                raise RuntimeError("first stop fails")
+
+    async def main() -> None:
+        c = Flaky("flaky")
+        await c.start()
+        with pytest.raises(RuntimeError):
+            await c.stop()
+        assert c.status is S.ERROR
+        await c.stop()  # the retry drains again instead of re-raising the old failure
+        assert c.status is S.STOPPED and len(calls) == 2
+        await c.shutdown()  # and shutdown after it is a no-op
+        assert c.status is S.STOPPED and len(calls) == 2
+
+    asyncio.run(main())
+
+
+def test_a_stop_caller_that_gives_up_does_not_cancel_the_drain_others_wait_for() -> None:
+    calls: list[int] = []
+
+    class Slow(CoordinatorBase):
+        async def _do_stop(self) -> None:
+            calls.append(1)
+            await asyncio.sleep(0.3)
+
+    async def main() -> None:
+        registry = CoordinatorRegistry()
+        c = Slow("slow")
+        registry.register(c)
+        await c.start()
+        impatient = asyncio.create_task(asyncio.wait_for(c.stop(), 0.05))
+        await asyncio.sleep(0.01)
+        assert await registry.shutdown_all(timeout=5) == {"slow": True}
+        with pytest.raises(TimeoutError):
+            await impatient
+        assert c.status is S.STOPPED and len(calls) == 1
+
+    asyncio.run(main())
