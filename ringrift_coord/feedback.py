@@ -38,13 +38,15 @@ FACTOR_PROBE = "(SELECT factor FROM backpressure WHERE node = ?)"  # (node,)
 # a failure a script records whose reason says the job ran out of memory counts as an OOM,
 # like one ``run`` detects: "OOM", "oom: ...", "oom-kill", "oom_killed", "OOMKilled",
 # "oom-killer", "out of memory" ("CUDA out of memory", "CUDA_ERROR_OUT_OF_MEMORY"),
-# "OutOfMemoryError" ("torch.OutOfMemoryError"). Whole words only (a letter or digit on either
-# side is another word: "zoom-kill", "room kill switch", "boom killed", "oom_score_adj" are
-# not OOMs); negations ("not an OOM") are not parsed.
+# "OutOfMemoryError" ("torch.OutOfMemoryError"), Python's "MemoryError", C++'s "bad_alloc",
+# "Cannot allocate memory". Whole words only (a letter, digit or _ on either side is another
+# word: "zoom-kill", "room kill switch", "test_oom", "oom_score_adj" are not OOMs, nor is
+# "oom score"); negations ("not an OOM") are not parsed.
 OOM_REASON = re.compile(
-    r"(?<![a-z0-9])(?:"
-    r"oom(?:[-_ ]?kill(?:ed|er|s)?)?"
+    r"(?<![a-z0-9_])(?:"
+    r"oom(?![-_ ]?scor)(?:[-_ ]?kill(?:ed|er|s)?)?"  # not "oom score", "oom-score-adj"
     r"|out[-_ ]?of[-_ ]?memory(?:[-_ ]?error)?"
+    r"|cuda_error_out_of_memory|memoryerror|bad_alloc|cannot allocate memory"
     r")(?![a-z0-9_])",
     re.IGNORECASE,
 )

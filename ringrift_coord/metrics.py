@@ -212,7 +212,7 @@ def _collect_store(
         _optimizer(tx, ctx.settings, now, fam)
         nodes = _tasks(tx, ctx.settings, now, fam)
         _halts(tx, local, now, fam)
-        _breakers(tx, ctx.settings, now, fam)
+        _breakers(tx, ctx.settings, now, fam, set(nodes))
         _feedback(tx, ctx.settings, now, fam, nodes)
         _transfers(tx, ctx.settings, now, fam)
         _readings(tx, ctx.settings, now, fam, set(nodes))
@@ -453,7 +453,7 @@ def _halts(tx: Tx, local: Snapshot, now: float, fam: Families) -> None:
         active.add(1, "file", "all", identity.local_node())
 
 
-def _breakers(tx: Tx, settings: Settings, now: float, fam: Families) -> None:
+def _breakers(tx: Tx, settings: Settings, now: float, fam: Families, live: set[str]) -> None:
     from ringrift_coord import breakers
 
     cfg = breakers.BreakerConfig.from_settings(settings)
@@ -471,6 +471,8 @@ def _breakers(tx: Tx, settings: Settings, now: float, fam: Families) -> None:
         "node",
     )
     for view in breakers.views(tx, cfg, now):
+        if view["state"] == breakers.CLOSED and view["node"] not in live:
+            continue  # a retired node's closed breaker: its series go with the node's others
         for name in BREAKER_STATES:
             state.add(1 if view["state"] == name else 0, view["task_type"], view["node"], name)
         if view["state"] != breakers.CLOSED and view["opened_at"] is not None:

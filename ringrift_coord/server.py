@@ -226,9 +226,8 @@ def full_health(ctx: Context) -> dict[str, Any]:
     for row in latest:
         at = row.get("at")
         age = None if at is None else round(now - float(at), 3)
-        nodes.append(
-            {"node": row["node"], "age_seconds": age, "stale": age is None or age > max_age}
-        )
+        stale = at is None or readings.is_stale(float(at), now, max_age)
+        nodes.append({"node": row["node"], "age_seconds": age, "stale": stale})
     known = list(MIGRATION_NAMES)
     queues: dict[str, int] = {}
     transfers_waiting = 0

@@ -477,6 +477,11 @@ def test_a_retired_node_leaves_the_per_node_families(engine_db: Any) -> None:
         for node in ("gone", "busy"):
             readings.store_reading(tx, node, {"cpu": 10.0, "cpus": 4}, tx.now())
     TaskCoordinator(ctx).register_task(None, "training", "busy", pid=os.getpid())
+    from ringrift_coord import breakers
+
+    with ctx.store.write() as tx:  # one failure: a breaker row that stays closed
+        cfg = breakers.BreakerConfig.from_settings(ctx.settings)
+        breakers.record_outcome(tx, cfg, "gone", "selfplay", tx.now(), ok=False, trial=False)
     per_node = (
         "ringrift_tasks",
         "ringrift_node_reading_age_seconds",
@@ -494,11 +499,13 @@ def test_a_retired_node_leaves_the_per_node_families(engine_db: Any) -> None:
     for name in per_node:
         assert nodes_in(got, name) == {"gone", "busy"}, name
     assert samples(got, "ringrift_node_reading_age_seconds")[("gone",)] == 600
+    assert nodes_in(got, "ringrift_breaker_state") == {"gone"}
     clock.advance(3100)  # 3700 s: retired
     got = metrics.gather(ctx)
     for name in per_node:
         assert nodes_in(got, name) == {"busy"}, name
     assert samples(got, "ringrift_node_reading_age_seconds") == {("busy",): 3700}
+    assert nodes_in(got, "ringrift_breaker_state") == set()  # its closed breaker went too
     with ctx.store.write() as tx:  # it reports again: back
         readings.store_reading(tx, "gone", {"cpu": 10.0, "cpus": 4}, tx.now())
     assert "gone" in nodes_in(metrics.gather(ctx), "ringrift_tasks")

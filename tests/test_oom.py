@@ -202,6 +202,9 @@ def test_an_operator_stop_is_not_a_failure(coord, tmp_path):
         "CUDA_ERROR_OUT_OF_MEMORY",
         "java.lang.OutOfMemoryError: Java heap space",
         "ran out of memory",
+        "MemoryError",
+        "terminate called after throwing an instance of 'std::bad_alloc'",
+        "fork: Cannot allocate memory",
         "not an OOM",  # negations are not parsed (the README says so)
     ],
 )
@@ -220,6 +223,10 @@ def test_reasons_that_say_oom(reason: str) -> None:
         "zoom",
         "bloom filter",
         "oom_score_adj too low",
+        "test_oom failed",
+        "check_oom: assertion",
+        "oom score 900",
+        "oom-score-adj",
         "timeout of memory copy",  # "out of memory" inside another word
         "segfault",
         "",

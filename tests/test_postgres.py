@@ -380,10 +380,8 @@ def test_a_migrated_store_opens_read_only_for_a_role_that_may_only_select(
     coord.env["RINGRIFT_COORD_DB"] = pg_url
     assert coord("register", "selfplay", "--node", "n1", "-q").returncode == 0  # migrates
     role = f"monitor_{os.getpid()}_{time.monotonic_ns() % 100000}"
-    dbname = pg_url.rsplit("/", 1)[1]
-    with psycopg.connect(
-        pg_server.admin_url.rsplit("/", 1)[0] + f"/{dbname}", autocommit=True
-    ) as c:
+    admin = pg_server.admin_url.rsplit("/", 1)[0] + "/" + pg_url.rsplit("/", 1)[1]
+    with psycopg.connect(admin, autocommit=True) as c:
         c.execute(f'CREATE ROLE "{role}" LOGIN')
         c.execute(f'GRANT USAGE ON SCHEMA public TO "{role}"')
         c.execute(f'GRANT SELECT ON ALL TABLES IN SCHEMA public TO "{role}"')
@@ -400,3 +398,10 @@ def test_a_migrated_store_opens_read_only_for_a_role_that_may_only_select(
     # a write is refused by the server, with its reason, and exits 3
     refused = monitor("register", "selfplay", "--node", "n1", "-q")
     assert refused.returncode == 3 and "permission denied" in refused.stderr, refused.stderr
+    # a store a newer version wrote: that role is told so, not "permission denied"
+    with psycopg.connect(admin, autocommit=True) as c:
+        c.execute("INSERT INTO schema_migrations (name, applied_at) VALUES ('9999_future', 0)")
+    newer = monitor("status")
+    assert newer.returncode == 3 and "written by a newer ringrift-coord" in newer.stderr, (
+        newer.stderr
+    )

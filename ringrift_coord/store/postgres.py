@@ -235,7 +235,16 @@ class PostgresStore(Store):
             return False  # no schema_migrations yet (or no right to read it): the full path
         finally:
             self._rollback()
+        self._refuse_newer(done)  # said here too: a role that may only read never gets further
         return done == set(MIGRATION_NAMES)
+
+    def _refuse_newer(self, done: set[str]) -> None:
+        unknown = done - set(MIGRATION_NAMES)
+        if unknown:
+            raise StateError(
+                f"{redact(self.url)} was written by a newer ringrift-coord (migrations "
+                f"{', '.join(sorted(unknown))}); upgrade this node"
+            )
 
     def _migrate(self) -> None:
         if self._up_to_date():
@@ -247,12 +256,7 @@ class PostgresStore(Store):
                 "(name TEXT PRIMARY KEY, applied_at DOUBLE PRECISION NOT NULL)"
             )
             done = {r["name"] for r in tx.query("SELECT name FROM schema_migrations")}
-            unknown = done - set(MIGRATION_NAMES)
-            if unknown:
-                raise StateError(
-                    f"{redact(self.url)} was written by a newer ringrift-coord (migrations "
-                    f"{', '.join(sorted(unknown))}); upgrade this node"
-                )
+            self._refuse_newer(done)
             for name, scripts in MIGRATIONS:
                 if name in done:
                     continue
