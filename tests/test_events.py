@@ -510,7 +510,8 @@ def test_the_hook_runner_refuses_a_bad_job_quietly() -> None:
 
 
 def test_tail_follow_ends_when_its_reader_is_gone(coord: Coord) -> None:
-    """``events tail -f | head -1``: the next line finds the pipe closed, and it exits 0."""
+    """``events tail -f | head -1``: it sees the pipe closed at its next poll, without a new
+    event to write, and exits 0 (as ``tail -f`` does)."""
     import subprocess
 
     assert coord("events", "publish", "X").returncode == 0
@@ -528,8 +529,7 @@ def test_tail_follow_ends_when_its_reader_is_gone(coord: Coord) -> None:
     try:
         assert pipeline.stdout is not None
         assert " X {}" in pipeline.stdout.readline()  # head's one line; head has exited
-        assert coord("events", "publish", "Y").returncode == 0
-        out, _ = pipeline.communicate(timeout=20)
+        out, _ = pipeline.communicate(timeout=15)  # no new event needed to notice
         assert pipeline.returncode == 0 and out == "rc=0\n"
     finally:
         if pipeline.poll() is None:

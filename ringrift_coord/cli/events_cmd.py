@@ -301,7 +301,22 @@ def _follow(g: Any, kind: str | None, last: int | None) -> None:
             for event in new:
                 _print_line(event.to_dict(), g.json)
                 last = event.id
+            if _reader_gone():  # | head -1 exited while nothing new came: stop now, as tail -f
+                raise KeyboardInterrupt
             time.sleep(FOLLOW_INTERVAL)
+
+
+def _reader_gone() -> bool:
+    """Whether stdout's reader has gone (a pipe whose read end closed, a hung-up terminal):
+    poll reports it without writing anything."""
+    import select
+
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), 0)  # 0: only errors and hang-ups are reported
+        return any(event & (select.POLLERR | select.POLLHUP) for _, event in poller.poll(0))
+    except (OSError, ValueError, AttributeError):  # no fd (a test's capture): never gone
+        return False
 
 
 def _last_of(tx: Any, kind: str) -> int:
