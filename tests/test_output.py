@@ -339,3 +339,16 @@ def test_status_of_28_nodes_fits_one_screen(tmp_path, holder):
     assert rows[nodes[3]][:3] == ["1", "BLOCKED", "disk"]
     assert rows[nodes[0]][:2] == ["2", "-"] and "training=1/1" in rows[nodes[0]]
     assert "running tasks" not in "\n".join(screen)
+
+
+def test_tasks_per_node_counts_every_node_it_lists(coord):
+    """A node with no task but a reading that blocks admission is listed: the title's count
+    is the rows shown, not only the nodes with tasks."""
+    assert coord("register", "selfplay", "--node", "n1", "-q").returncode == 0
+    done = coord(
+        "report", "--node", "g1", "--cpu", "10", "--mem", "10", "--disk", "10", "--gpu", "95"
+    )
+    assert done.returncode == 0, done.stderr
+    shown = coord("status").stdout
+    assert "tasks per node (2 node(s);" in shown, shown
+    assert "BLOCKED gpu" in shown

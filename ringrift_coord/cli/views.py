@@ -675,14 +675,15 @@ def status_screen(doc: dict[str, Any], readings: dict[str, Any] | None = None) -
         t["node"]: t["target"] for t in opt.get("selfplay_targets") or [] if t.get("in_force")
     }
     if by_node or words:
+        listed = sorted(set(by_node) | set(words))  # with tasks, or a reading that blocks/warns
         grid = Grid(
-            f"tasks per node ({len(by_node)} node(s); FULL: at the per-node limit)",
+            f"tasks per node ({len(listed)} node(s); FULL: at the per-node limit)",
             "node",
             "tasks",
             "reading",
             Col("by type (running/per-node limit)", text=True),
         )
-        for node in sorted(set(by_node) | set(words)):
+        for node in listed:
             entries = by_node.get(node, [])
             grid.add(
                 node,
