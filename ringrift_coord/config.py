@@ -1212,11 +1212,24 @@ def _merge(
             if isinstance(sub_schema, MapOf) and not value_node.value:
                 # "hooks: {}" has no leaf to carry its source: the mapping itself does
                 sources[dotted] = f"{path}:{value_node.start_mark.line + 1}"
-            if layer is None or key not in DEFERRED_SECTIONS:
-                _merge(child, value_node, sub_schema, dotted, path, sources)
+            if layer is not None and prefix == "events.hooks":  # a bad hook costs only itself
+                try:
+                    _merge(child, value_node, sub_schema, dotted, path, sources, layer)
+                except ConfigError as exc:
+                    del target[key]
+                    for gone in [k for k in sources if k == dotted or k.startswith(dotted + ".")]:
+                        del sources[gone]
+                    partial = PartialConfigError(
+                        f"{exc.message}; the hook is left out, the others run"
+                    )
+                    partial.file, partial.line, partial.key = exc.file, exc.line, exc.key
+                    layer.problems.setdefault("events", partial)
+                continue
+            if layer is None or prefix or key not in DEFERRED_SECTIONS:
+                _merge(child, value_node, sub_schema, dotted, path, sources, layer)
                 continue
             try:
-                _merge(child, value_node, sub_schema, dotted, path, sources)
+                _merge(child, value_node, sub_schema, dotted, path, sources, layer)
             except ConfigError as exc:
                 layer.fail(key, exc)
 

@@ -188,7 +188,10 @@ def normalise(value: Any, field: str = "payload") -> Any:
     if isinstance(value, dict):
         out: dict[str, Any] = {}
         for key, item in value.items():
-            out[normalise(str(key), field)] = normalise(item, field)
+            name = normalise(str(key), field)
+            if name in out:  # "é" written two ways: one key after NFC, a value would be lost
+                raise UsageError(f"{field}: two keys are the same text {_short(name)!r}")
+            out[name] = normalise(item, field)
         return out
     if isinstance(value, list | tuple):
         return [normalise(item, field) for item in value]
@@ -214,7 +217,8 @@ def digest(
     two events."""
     import hashlib
 
-    data = canonical([event_type, source, node, normalise(payload)]).encode("utf-8")
+    where = None if node is None else normalise(node, "node")
+    data = canonical([event_type, source, where, normalise(payload)]).encode("utf-8")
     return hashlib.sha256(data).hexdigest()
 
 

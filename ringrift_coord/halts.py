@@ -403,7 +403,9 @@ def deactivate(
             where, args = " WHERE scope = ? AND node = ?", [scope_of(task_type), on or ALL_NODES]
         elif on is not None:
             where, args = " WHERE node = ?", [on]
-        found = tx.query(f"SELECT scope, node FROM halts{where} ORDER BY scope, node", args)
+        found = tx.query(
+            f"SELECT scope, node, expires_at FROM halts{where} ORDER BY scope, node", args
+        )
         tx.execute(f"DELETE FROM halts{where}", args)
         audit = found or ([{"scope": GLOBAL, "node": ALL_NODES}] if not where else [])
         for row in audit:
@@ -412,8 +414,10 @@ def deactivate(
                 "VALUES ('unhalt',?,?,NULL,?,?,?)",
                 (row["scope"], row["node"], who, host, now),
             )
-        for row in found:  # UNHALT: only a halt lifted (a no-op unhalt is audited, no event)
-            _publish(tx, ctx, "UNHALT", row["scope"], row["node"], who, host, now)
+        for row in found:  # UNHALT: only a halt lifted (a no-op unhalt is audited, no event;
+            if row["expires_at"] is None or row["expires_at"] > now:  # nor one that expired)
+                _publish(tx, ctx, "UNHALT", row["scope"], row["node"], who, host, now)
+        found = [{"scope": r["scope"], "node": r["node"]} for r in found]
     lifted = [r["scope"] for r in found]
     removed_file = False
     if task_type is None and on is None:

@@ -146,6 +146,10 @@ def run_hook(
 
 
 def main() -> int:
+    # sh starts a background command (the double fork) with SIGINT and SIGQUIT ignored; a hook
+    # gets them back, as from a direct exec (a script that stops its children with kill -INT)
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGQUIT, signal.SIG_DFL)
     try:
         job = json.loads(sys.stdin.buffer.read().decode("utf-8", "surrogatepass"))
         event, hooks, log = job["event"], job["hooks"], job["log"]

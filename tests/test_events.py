@@ -437,6 +437,36 @@ def test_a_bad_hook_is_left_out_and_the_good_ones_still_run(coord: Coord, tmp_pa
     assert not (Path(coord.state_dir) / "hooks.log").exists()  # the bad ones never ran
 
 
+@pytest.mark.parametrize(
+    "bad", ["comand: [/bin/true]", "command: [/bin/true]\n              timeout: soon"]
+)
+def test_a_hook_with_a_bad_key_or_value_costs_only_itself(
+    coord: Coord, tmp_path: Path, bad: str
+) -> None:
+    """A typo'd key or a bad value in one hook (caught while reading the file, before the
+    cross-checks) leaves that hook out, not the whole section: the good hook runs, with its
+    signals as a direct exec would have them (sh's background & ignores SIGINT/SIGQUIT)."""
+    out = tmp_path / "got"
+    coord.write_config(
+        f"""
+        events:
+          hooks:
+            record:
+              on: [HALT]
+              command: [sh, -c, 'grep SigIgn /proc/self/status > "{out}"']
+            typo:
+              on: [HALT]
+              {bad}
+        """
+    )
+    halted = coord("halt", "--reason", "x")
+    assert halted.returncode == 0, halted.stderr
+    assert "events.hooks.typo" in halted.stderr and "the others run" in halted.stderr
+    got = wait_for(lambda: out.exists() and out.read_text(), 20, "the good hook's output")
+    assert str(got).split() == ["SigIgn:", "0000000000000000"]
+    assert coord("config", "validate").returncode == 3
+
+
 # --------------------------------------------------------------------------- the CLI
 
 
@@ -740,3 +770,17 @@ def test_tail_follow_exits_0_on_a_signal_during_its_first_read(
             if follower.poll() is None:
                 follower.kill()
                 follower.wait()
+
+
+def test_unhalt_of_a_halt_that_had_expired_is_no_event(engine_db) -> None:  # noqa: ANN001
+    """A halt that lapsed by its ttl was no longer in force: lifting it later publishes no
+    UNHALT (expiry itself publishes none either); a halt still in force does."""
+    clock = ManualClock()
+    ctx = engine_db.context(clock=clock)
+    halts.activate(ctx, "short", task_type="training", ttl=60, who="op@a", host="a")
+    halts.activate(ctx, "long", task_type="cmaes", ttl=None, who="op@a", host="a")
+    clock.advance(61)
+    halts.deactivate(ctx, task_type="training", who="op@b", host="b")
+    assert _all(ctx, "UNHALT") == []
+    halts.deactivate(ctx, task_type="cmaes", who="op@b", host="b")
+    assert [e.payload["type"] for e in _all(ctx, "UNHALT")] == ["cmaes"]

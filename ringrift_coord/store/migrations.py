@@ -295,10 +295,11 @@ CREATE INDEX duration_samples_key ON duration_samples (task_type, config_name, a
 """
 
 # (name, engine -> SQL script)
-# The event log: an event is stored once per digest (a SHA-256 of its type and canonical
-# payload); publishing it again counts it (``seen``, ``last_at``). ``counters`` holds the
-# exported Prometheus counters (refusals per rule, type and node; bytes moved per remote host):
-# running totals that never go down when the decision log and the transfer history are pruned.
+# The event log: an event is stored once per digest (a SHA-256 of its type, source, node and
+# normalised canonical payload: ``events.digest``); publishing it again counts it (``seen``,
+# ``last_at``). ``counters`` holds the exported Prometheus counters (refusals per rule, type
+# and node; bytes moved per remote host): running totals that never go down when the decision
+# log and the transfer history are pruned.
 _EVENTS = """
 CREATE TABLE events (
     id {serial},
