@@ -478,3 +478,11 @@ def test_next_slot_counts_reservations_like_admission(engine_db) -> None:
     denied = coord.check("training", "n1")
     assert [r.rule for r in denied.reasons] == ["cluster_limit"]
     assert denied.retry_after == 3 * HOUR
+
+
+def test_a_sample_exactly_at_the_fence_is_kept_whatever_the_rounding() -> None:
+    """24 is exactly 4x 6 (the ln 4 floor with a MAD of 0): it is inside, so one far outlier
+    more or less never changes what is kept (Hypothesis found ln 24 - ln 6 > ln 4 in floats)."""
+    assert robust([6.0, 6.0, 24.0]) == (6.0, 3) == robust([6.0, 6.0, 24.0, 12000.0])
+    assert robust([6.0, 18.0, 24.0, 24.0, 24.0]) == (24.0, 5)
+    assert robust([6.0, 18.0, 24.0, 24.0, 24.0, 6.0 / 500]) == (24.0, 5)

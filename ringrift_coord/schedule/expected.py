@@ -68,6 +68,7 @@ def robust(samples: Sequence[float]) -> tuple[float, int]:
     center = _median(logs)
     mad = _median([abs(v - center) for v in logs])
     fence = max(_FENCE_SIGMAS * _MAD_SIGMA * mad, _MIN_FENCE)
+    fence += 1e-9  # a sample right at the fence (4x the median: log rounding decides) stays
     kept = [x for x, v in zip(values, logs, strict=True) if abs(v - center) <= fence]
     return _median(kept), len(kept)
 
