@@ -43,6 +43,7 @@ TERMINAL_SIGNALS = (signal.SIGINT, signal.SIGQUIT, signal.SIGHUP)
 RENEW_RETRY = 5.0  # seconds to the next try after a lease renewal failed
 HALTED_POLL = 0.5  # seconds between the polls of a waiter that a halt denies
 PEAK_POLL = 30.0  # ... and at most between those of one that peak hours hold back
+BUSY_RETRY = 0.5  # seconds between a waiter's tries while the store stays busy
 DRAIN_LIMIT = 1 << 20  # bytes read after the job ended: a pipe's largest default capacity
 PUMP_LIMIT = 1 << 20  # bytes of the job's output taken per look, between renewals
 
@@ -236,12 +237,30 @@ def acquire(
 
     for sig in previous:
         signal.signal(sig, interrupted)
-    seq = keeper.enqueue()
+
+    def busy(exc: StoreBusy) -> None:
+        """A store busy past its timeout (a herd of writers, one stopped inside its
+        transaction) decided nothing: a reason to keep waiting, never to give up, unless
+        ``--timeout`` has passed (then exit 75 as a timeout would)."""
+        if deadline is not None and clock.monotonic() >= deadline:
+            raise exc
+        clock.sleep(max(poll, BUSY_RETRY))
+
+    seq: int | None = None
     in_line, admitted = True, False
     try:
+        while seq is None:
+            try:
+                seq = keeper.enqueue()
+            except StoreBusy as exc:
+                busy(exc)
         attempt = 0
         while True:
-            decision = keeper.acquire(seq, attempt == 0)
+            try:
+                decision = keeper.acquire(seq, attempt == 0)
+            except StoreBusy as exc:
+                busy(exc)
+                continue
             attempt += 1
             if decision.allowed:
                 admitted = True
@@ -251,12 +270,16 @@ def acquire(
             # (and against shorter tasks that may start before the window) while it cannot
             # run. It keeps its seq, so the waiters ahead of it by arrival are still the ones
             # counted, and takes its place back once only the limits deny it.
-            if decision.held_back and in_line:
-                keeper.leave_queue(seq)
-                in_line = False
-            elif not decision.held_back and not in_line:
-                keeper.enqueue(seq)
-                in_line = True
+            try:
+                if decision.held_back and in_line:
+                    keeper.leave_queue(seq)
+                    in_line = False
+                elif not decision.held_back and not in_line:
+                    keeper.enqueue(seq)
+                    in_line = True
+            except StoreBusy as exc:
+                busy(exc)
+                continue
             waited = clock.monotonic() - started
             if on_wait is not None:
                 on_wait(decision, waited)
@@ -279,7 +302,7 @@ def acquire(
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-        if not admitted:  # out of line already (halted): deleting nothing is harmless
+        if not admitted and seq is not None:  # out of line already (halted): harmless
             try:
                 keeper.leave_queue(seq)
             except CoordError:

@@ -13,6 +13,7 @@ import os
 import signal
 import sqlite3
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -256,3 +257,37 @@ def test_signalled_waiter_leaves_the_line(
     assert b.wait(timeout=30) == 0, b.stderr
     assert log_lines(log) == ["start b", "end b"]
     assert listed(coord) == []
+
+
+def test_a_busy_store_while_waiting_is_a_reason_to_keep_waiting(
+    line: tuple[Coord, str, list[Waiter]], engine: str
+) -> None:
+    """A waiter without --timeout whose store stays locked past the busy timeout (here a
+    process holding SQLite's write lock for 3 s, with busy_timeout 0.3 s) keeps waiting and
+    runs once the slot frees; before, it exited 75 "still locked after the busy timeout"."""
+    if engine != "sqlite":
+        pytest.skip("the lock is SQLite's file lock")
+    coord, holder_id, waiters = line
+    coord.write_config(CONFIG + "store: {busy_timeout: 0.3}\n")
+    log = coord.tmp / "log"
+    w = join_line(coord, waiters, log, "patient")
+    locker = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sqlite3, sys, time\n"
+            "c = sqlite3.connect(sys.argv[1], isolation_level=None)\n"
+            "c.execute('BEGIN IMMEDIATE'); print('locked', flush=True); time.sleep(3)\n"
+            "c.execute('ROLLBACK')",
+            str(coord.db),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert locker.stdout is not None and locker.stdout.readline() == "locked\n"
+    assert locker.wait(timeout=30) == 0
+    assert w.proc.poll() is None, w.stderr  # still waiting through the 3 s lock
+    done = coord("unregister", holder_id)
+    assert done.returncode == 0, done.stderr
+    assert w.wait() == 0, w.stderr
+    assert log_lines(log) == ["start patient", "end patient"]
