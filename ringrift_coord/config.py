@@ -513,6 +513,11 @@ def config_search_path(env: Mapping[str, str]) -> list[str]:
 SYSTEM_CONFIG_DIR = "/etc/ringrift-coord"
 
 
+# A config file is a few KiB; parsing 10 MB of YAML took 9.5 s and 670 MB of memory, so a
+# file past this is refused before it is parsed (a runaway generator, a wrong path).
+MAX_CONFIG_BYTES = 1 << 20
+
+
 def read_config_bytes(path: str) -> bytes:
     """The whole text of the config file ``path``, refused (exit 3) when another user could
     have written it: it, and every directory above it, must be owned by you or root and
@@ -548,9 +553,16 @@ def read_config_bytes(path: str) -> bytes:
         except StateError as exc:
             raise ConfigError(exc.message) from None
         try:
-            return handle.read()
+            data = handle.read(MAX_CONFIG_BYTES + 1)
         except OSError as exc:
             raise ConfigError(f"cannot read config file: {exc.strerror}", file=path) from None
+        if len(data) > MAX_CONFIG_BYTES:
+            raise ConfigError(
+                f"config file is larger than {MAX_CONFIG_BYTES // 1024} KiB; refusing to parse "
+                "it (a config file is a few KiB: is this the right path?)",
+                file=path,
+            )
+        return data
 
 
 def load_settings(
@@ -1118,7 +1130,13 @@ def read_yaml_file(path: str, data: bytes | None = None) -> Any:
     if data is None:
         try:
             with open(path, "rb") as handle:
-                data = handle.read()
+                data = handle.read(MAX_CONFIG_BYTES + 1)
+            if len(data) > MAX_CONFIG_BYTES:
+                raise ConfigError(
+                    f"config file is larger than {MAX_CONFIG_BYTES // 1024} KiB; refusing to "
+                    "parse it",
+                    file=path,
+                )
         except OSError as exc:
             raise ConfigError(f"cannot read config file: {exc.strerror}", file=path) from None
     import yaml

@@ -597,12 +597,12 @@ def test_hard_link_to_the_database_is_refused(sqlite_host: Host) -> None:
 
 def test_cache_is_checked_against_the_whole_config_text(tmp_path: Path) -> None:
     coord = Coord(tmp_path)
-    head = ("# " + "x" * 1000 + "\n") * 1100  # over 1 MiB of comments before the setting
+    head = ("# " + "x" * 1000 + "\n") * 1030  # ~1 MiB of comments (the most a config file may be)
     coord.write_config(head + "task_limits: {selfplay: {per_node: 1}}\n")
     assert _limit(coord("--json", "limits").stdout) == 1
     assert (coord.state_dir / "config-cache.json").exists()
     coord.write_config(head + "task_limits: {selfplay: {per_node: 7}}\n")
-    assert _limit(coord("--json", "limits").stdout) == 7  # an edit past the first MiB
+    assert _limit(coord("--json", "limits").stdout) == 7  # an edit at the file's far end
     coord.write_config(head + "task_limits: {selfplay: {per_nod: 7}}\n")
     broken = coord("can-spawn", "selfplay")
     assert broken.returncode == 3 and "per_nod" in broken.stderr
