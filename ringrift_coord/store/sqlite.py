@@ -131,6 +131,24 @@ class SQLiteStore(Store):
                 f"state store {self.path} is still locked after the {human(self.busy_timeout)} "
                 "busy timeout; nothing was decided, try again"
             )
+        name = getattr(exc, "sqlite_errorname", "") or ""
+        room = _free_bytes(os.path.dirname(self.path) or ".")
+        if "FULL" in name or (
+            name.startswith("SQLITE_IOERR") and room is not None and room < 1 << 16
+        ):
+            return StateError(
+                f"disk full: the filesystem of {self.path} has "
+                f"{'no' if not room else f'{room} bytes of'} free space left; nothing was "
+                "decided: free space there (or move the state directory) and try again"
+            )
+        read_only = name.startswith("SQLITE_READONLY") or "readonly" in text
+        if read_only or name.startswith("SQLITE_CANTOPEN"):
+            why = _why_read_only(self.path)
+            if why is not None or read_only:
+                return StateError(
+                    f"the store {self.path} is read-only here "
+                    f"({why or 'SQLite refused to write it'}); nothing was written"
+                )
         if "malformed" in text or "not a database" in text or "corrupt" in text:
             return StateError(
                 f"database {self.path} is corrupt ({text}); it was left untouched: restore it "
@@ -364,3 +382,28 @@ def _create_database(path: str, clock: Clock, shared_gid: int | None = None) -> 
                 pass
             except OSError:
                 pass
+
+
+def _free_bytes(directory: str) -> int | None:
+    """Bytes an unprivileged writer may still use on ``directory``'s filesystem (None:
+    unknown)."""
+    try:
+        st = os.statvfs(directory)
+    except OSError:
+        return None
+    return st.f_bavail * st.f_frsize
+
+
+def _why_read_only(path: str) -> str | None:
+    """Why this process cannot write the store at ``path``, in words (None: no reason seen)."""
+    directory = os.path.dirname(path) or "."
+    try:
+        if os.statvfs(directory).f_flag & os.ST_RDONLY:
+            return f"its filesystem is mounted read-only: {directory}"
+    except OSError:
+        pass
+    if os.path.exists(path) and not os.access(path, os.W_OK):
+        return "the file is not writable by this user"
+    if not os.access(directory, os.W_OK):
+        return f"the directory {directory} is not writable by this user"
+    return None
