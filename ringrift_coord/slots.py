@@ -272,10 +272,17 @@ def ended(tx: Tx, task_id: str) -> bool:
 
 
 def reap(
-    tx: Tx, now: float, settings: Settings, *, on_end: OnEnd, waiters: bool = True
+    tx: Tx,
+    now: float,
+    settings: Settings,
+    *,
+    on_end: OnEnd,
+    waiters: bool = True,
+    dead_host: str | None = None,
 ) -> list[Row]:
     """Free slots of dead holders (this host) and expired leases (other hosts); drop dead
-    waiters from the queue too (``waiters=False``: the probe saw none).
+    waiters from the queue too (``waiters=False``: the probe saw none). ``dead_host``: an
+    operator's word that that host died for good: its slots are freed now, leases or not.
 
     On this host the process decides, not the lease: a job whose wrapper was killed keeps
     its slot while any process of its group lives, however old its lease.
@@ -289,7 +296,9 @@ def reap(
     )
     for row in rows:
         alive = holder_alive(row, host, this_boot)
-        if alive is None:
+        if dead_host is not None and row["host"] == dead_host and alive is None:
+            why = f"host {dead_host} declared dead by the operator (tasks reap --host)"
+        elif alive is None:
             if row["lease_expires"] >= now:
                 continue
             why = f"lease expired at {row['lease_expires']:.0f} on host {row['host']}"

@@ -266,9 +266,23 @@ class TaskCoordinator(ProcessWide):
 
     # -- housekeeping and views ---------------------------------------------------------
 
-    def reap(self) -> list[Row]:
+    def reap(self, dead_host: str | None = None) -> list[Row]:
+        """Free the slots of dead holders; ``dead_host``: also every slot held from that host
+        (an operator's word that it died for good), leases or not. A host no running task
+        names is a UsageError with the closest one (a typo must not look like "0 freed")."""
         with self.ctx.store.write() as tx:
-            return slots.reap(tx, tx.now(), self.ctx.settings, on_end=feedback.task_ended)
+            if dead_host is not None:
+                hosts = {r["host"] for r in tx.query("SELECT DISTINCT host FROM tasks")}
+                if dead_host not in hosts:
+                    from ringrift_coord.inputs import did_you_mean, printable
+
+                    raise UsageError(
+                        f"option --host: no running task is held from host "
+                        f"{printable(dead_host)!r}{did_you_mean(dead_host, sorted(hosts))}"
+                    )
+            return slots.reap(
+                tx, tx.now(), self.ctx.settings, on_end=feedback.task_ended, dead_host=dead_host
+            )
 
     def list_tasks(self, task_type: str | None = None, node: str | None = None) -> list[Row]:
         with self.ctx.store.read() as tx:

@@ -443,3 +443,32 @@ def test_tasks_history_filters(coord: Coord) -> None:
         result = coord("tasks", "history", *bad)
         assert result.returncode == 2, (bad, result.stderr)
         assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_tasks_reap_host_frees_a_dead_hosts_slots_before_their_leases_expire(
+    coord: Coord,
+) -> None:
+    """A host that died for good: `tasks reap --host H` frees its slots now (their leases
+    have hours left); this host's live holders and other hosts' slots stay; a host no task
+    names is exit 2 with the closest one; this host's name frees nothing alive."""
+    coord.write_config(CONFIG + "store: {lease_ttl: 3600}\n")
+    here = coord("register", "selfplay", "--node", "n1", "--pid", str(os.getpid()))
+    assert here.returncode == 0, here.stderr
+    held: dict[str, str] = {}
+    for name, node in (("gpu-host-7", "n2"), ("gpu-host-8", "n3")):
+        done = coord("register", "selfplay", "--node", node, env={"RINGRIFT_COORD_HOST": name})
+        assert done.returncode == 0, done.stderr
+        held[name] = done.stdout.strip()
+    typo = coord("tasks", "reap", "--host", "gpu-host-77")
+    assert typo.returncode == 2 and "did you mean gpu-host-7?" in typo.stderr, typo.stderr
+    assert typo.stderr.count("\n") == 1
+    plain = coord("--json", "tasks", "reap")  # leases an hour long: nothing to reap yet
+    assert json.loads(plain.stdout)["reaped"] == []
+    freed = coord("--json", "tasks", "reap", "--host", "gpu-host-7")
+    assert freed.returncode == 0, freed.stderr
+    (row,) = json.loads(freed.stdout)["reaped"]
+    assert row["task_id"] == held["gpu-host-7"] and "declared dead" in row["reason"]
+    running = {t["task_id"] for t in json.loads(coord("tasks", "--json").stdout)["tasks"]}
+    assert running == {here.stdout.strip(), held["gpu-host-8"]}
+    history = json.loads(coord("--json", "tasks", "history").stdout)["tasks"]
+    assert [(h["task_id"], h["status"]) for h in history] == [(held["gpu-host-7"], "reaped")]

@@ -102,14 +102,26 @@ def tasks_list(
 
 
 @tasks_app.command("reap")
-def tasks_reap(ctx: typer.Context) -> None:
+def tasks_reap(
+    ctx: typer.Context,
+    host: Annotated[
+        str | None,
+        typer.Option(
+            "--host",
+            metavar="H",
+            help="Also free every slot held from host H now, leases or not: it died for good "
+            "(a live holder on this host is never freed).",
+        ),
+    ] = None,
+) -> None:
     """Free the slots of dead holders now, and end the transfers of dead holders."""
     from ringrift_coord import transfers
     from ringrift_coord.task_coordinator import TaskCoordinator
 
     g = globals_of(ctx)
+    host = None if host is None else not_blank("--host", host)
     with g.context() as c:
-        rows = TaskCoordinator(c).reap()
+        rows = TaskCoordinator(c).reap(host)
         with c.store.write() as tx:
             gone = transfers.reap(tx, c.settings, tx.now())
     if g.json:
