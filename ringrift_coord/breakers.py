@@ -62,7 +62,9 @@ class BreakerConfig:
 
 
 class Breaker:
-    """One breaker's stored state. ``failures`` holds the failure times inside the window."""
+    """One breaker's stored state. ``failures`` holds the failure times inside the window;
+    ``stored``: the state as read from the store (closed for one not stored yet), which
+    ``save`` compares with to publish a change."""
 
     __slots__ = (
         "node",
@@ -76,11 +78,12 @@ class Breaker:
         "last_reason",
         "last_failure_at",
         "failures",
+        "stored",
     )
 
     def __init__(self, node: str, task_type: str, now: float = 0.0) -> None:
         self.node, self.task_type = node, task_type
-        self.state = CLOSED
+        self.state = self.stored = CLOSED
         self.opened_at: float | None = None
         self.retry_at: float | None = None
         self.trials_in_flight = 0
@@ -203,13 +206,15 @@ class Breaker:
 
 # --------------------------------------------------------------------------- the store
 
-_COLUMNS = tuple(name for name in Breaker.__slots__ if name != "failures")  # its own table
+# "failures" has its own table; "stored" is what was read, not a column
+_COLUMNS = tuple(name for name in Breaker.__slots__ if name not in ("failures", "stored"))
 
 
 def _from_row(row: Row, failures: list[float]) -> Breaker:
     breaker = Breaker(row["node"], row["task_type"])
     for name in _COLUMNS[2:]:
         setattr(breaker, name, row[name])
+    breaker.stored = breaker.state
     breaker.failures = failures
     return breaker
 
@@ -252,13 +257,9 @@ def save(
     """Store the breaker; a change of its stored state is published as an event
     (BREAKER_OPENED, BREAKER_HALF_OPEN, BREAKER_CLOSED) in the same transaction."""
     values = [getattr(breaker, name) for name in _COLUMNS]
-    before = tx.one(
-        "SELECT state FROM breakers WHERE node = ? AND task_type = ?",
-        (breaker.node, breaker.task_type),
-    )
-    previous = CLOSED if before is None else before["state"]
-    if previous != breaker.state:
-        _publish(tx, settings, breaker, previous)
+    if breaker.stored != breaker.state:  # read in this transaction: no second SELECT
+        _publish(tx, settings, breaker, breaker.stored)
+        breaker.stored = breaker.state
     tx.execute(
         "DELETE FROM breakers WHERE node = ? AND task_type = ?", (breaker.node, breaker.task_type)
     )
