@@ -101,19 +101,10 @@ class Event:
         self.new = new
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "event_id": self.id,
-            "type": self.type,
-            "payload": self.payload,
-            "source": self.source,
-            "host": self.host,
-            "node": self.node,
-            "who": self.who,
-            "at": self.at,
-            "last_at": self.last_at,
-            "seen": self.seen,
-            "digest": self.digest,
-        }
+        """The event as ``schema.EVENT`` names its fields (``event_id``: its id)."""
+        from ringrift_coord.schema import EVENT
+
+        return {name: getattr(self, "id" if name == "event_id" else name) for name in EVENT}
 
 
 # --------------------------------------------------------------------------- inputs

@@ -218,7 +218,8 @@ _READING = (
     "details",
 )
 _SETTINGS = ("config_file", "values")
-_EVENT = (
+# an event as every command and hook shows it (``events.Event.to_dict``)
+EVENT = (
     "event_id",
     "type",
     "payload",
@@ -474,7 +475,7 @@ COMMANDS: dict[str, tuple[str, ...]] = {
         "limits",
         "basis",
     ),
-    "events publish": (*_EVENT, "new", "known"),
+    "events publish": (*EVENT, "new", "known"),
     "events list": ("events",),
     "events tail": ("events",),
     "--version": ("version",),
