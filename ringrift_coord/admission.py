@@ -168,7 +168,12 @@ def log_decision(
     tx: Tx, req: Request, decision: Decision, action: str, now: float, settings: Settings
 ) -> int:
     """Write the decision to the log; return its id."""
-    rules_json = json.dumps([r.to_dict() for r in decision.reasons], default=str)
+    # (an admission's empty list is written as json.dumps would, without calling it)
+    rules_json = (
+        json.dumps([r.to_dict() for r in decision.reasons], default=str)
+        if decision.reasons
+        else "[]"
+    )
     row = tx.one(
         "INSERT INTO decisions (at, action, task_type, node, host, pid, who, allowed, rules, "
         "retry_after, task_id) VALUES (?,?,?,?,?,?,?,?,?,?,?) RETURNING id",
