@@ -59,8 +59,8 @@ class Report:
         levels = [c["level"] for c in self.checks]
         return {
             "healthy": "fail" not in levels,
-            "failures": levels.count("fail"),
-            "warnings": levels.count("warn"),
+            "failed_checks": levels.count("fail"),
+            "warned_checks": levels.count("warn"),
             "checks": self.checks,
             "at": round(time.time(), 3),
         }
@@ -437,12 +437,12 @@ def check_write_probe(report: Report, store: Store, busy: float) -> bool:
     started = time.monotonic()
     try:
         store.probe_write_lock()
-    except StoreBusy as exc:
+    except StoreBusy:
         report.add(
             "admission lock",
             "fail",
             f"not free within the {human(busy)} busy timeout: every admission now exits 75 "
-            f"(store busy) ({exc.message})",
+            "(store busy)",
             "see the locks check for who holds it",
             probe_seconds=round(time.monotonic() - started, 4),
         )

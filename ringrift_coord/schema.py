@@ -344,7 +344,7 @@ COMMANDS: dict[str, tuple[str, ...]] = {
         "long_holds",
     ),
     "config show": _SETTINGS,
-    "doctor": ("healthy", "failures", "warnings", "checks", "at"),
+    "doctor": ("healthy", "failed_checks", "warned_checks", "checks", "at"),
     "config validate": ("valid", "config_file"),
     "metrics": ("at", "store_up", "problem", "families"),
     "breakers list": ("at", "breakers", "backpressure"),

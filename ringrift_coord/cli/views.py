@@ -1707,7 +1707,7 @@ def doctor_report(doc: dict[str, Any]) -> None:
                 break_on_hyphens=False,
             ):
                 say(Text(row))
-    failures, warnings = doc["failures"], doc["warnings"]
+    failures, warnings = doc["failed_checks"], doc["warned_checks"]
     if failures:
         say(
             Text.assemble(
