@@ -95,9 +95,9 @@ def run(
     store = check_store(report, db, directory, settings, env, dir_ok, shared_gid)
     try:
         if store is not None:
-            check_clock(report, store)
-        check_readings(report, store, settings)
-        check_halt(report, store, directory if dir_ok else None)
+            guarded(report, "clock", check_clock, report, store)
+        guarded(report, "readings", check_readings, report, store, settings)
+        guarded(report, "halt", check_halt, report, store, directory if dir_ok else None)
     finally:
         if store is not None:
             store.close()
@@ -320,28 +320,38 @@ def check_store(
         with store.read() as tx:
             tx.query("SELECT 1")
         trip = time.monotonic() - started
-        where = store.scope
-        connect = f"connect {_ms(opened)}, " if engine == "postgres" else ""
-        report.add(
-            "store",
-            "ok",
-            f"{where}: {connect}round trip {_ms(trip)}",
-            engine=engine,
-            open_seconds=round(opened, 4),
-            round_trip_seconds=round(trip, 4),
-        )
-        check_schema(report, store)
-        if engine == "sqlite":
-            check_integrity(report, store, location)
-            check_wal(report, location)
-        probe_ok = check_write_probe(report, store, busy)
-        if engine == "sqlite":
-            check_sqlite_locks(report, location, long_hold, holders_before, probe_ok)
-        else:
-            check_postgres(report, store, long_hold)
     except CoordError as exc:
         report.add("store", "fail", exc.message, _store_fix(exc), engine=engine)
+        store.close()
+        return None
+    connect = f"connect {_ms(opened)}, " if engine == "postgres" else ""
+    report.add(
+        "store",
+        "ok",
+        f"{store.scope}: {connect}round trip {_ms(trip)}",
+        engine=engine,
+        open_seconds=round(opened, 4),
+        round_trip_seconds=round(trip, 4),
+    )
+    guarded(report, "schema", check_schema, report, store)
+    if engine == "sqlite":
+        guarded(report, "integrity", check_integrity, report, store, location)
+        check_wal(report, location)
+    probe_ok = guarded(report, "admission lock", check_write_probe, report, store, busy)
+    if engine == "sqlite":
+        check_sqlite_locks(report, location, long_hold, holders_before, bool(probe_ok))
+    else:
+        guarded(report, "locks", check_postgres, report, store, long_hold)
     return store
+
+
+def guarded(report: Report, name: str, fn: Any, *args: Any) -> Any:
+    """``fn(*args)``; a store error on the way is that check's ``fail`` (the others go on)."""
+    try:
+        return fn(*args)
+    except CoordError as exc:
+        report.add(name, "fail", exc.message, _store_fix(exc))
+        return None
 
 
 def _store_fix(exc: CoordError) -> str:

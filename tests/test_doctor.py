@@ -283,3 +283,42 @@ def test_a_store_written_by_a_newer_version_fails(coord: Coord, engine: str) -> 
     schema = check(document, "schema")
     assert schema["level"] == "fail" and "9999_from_the_future" in schema["found"]
     assert "upgrade" in schema["fix"]
+
+
+def test_a_corrupt_sqlite_store_fails_and_the_other_checks_still_run(
+    coord: Coord, engine: str
+) -> None:
+    if engine != "sqlite":
+        pytest.skip("a SQLite file")
+    for node in ("n1", "n2", "n3"):
+        assert (
+            coord("register", "selfplay", "--node", node, "--pid", str(os.getpid())).returncode == 0
+        )
+    size = coord.db.stat().st_size
+    with open(coord.db, "r+b") as handle:  # every page past the first two: garbage
+        for offset in range(2048, size, 1024):
+            handle.seek(offset + 100)
+            handle.write(b"\xff" * 200)
+    code, document = doctor(coord)
+    assert code == 1
+    store = check(document, "store")
+    assert store["level"] == "fail" and "corrupt" in store["found"]
+    assert check(document, "readings")["level"] == "skip"
+    assert check(document, "halt")["level"] == "ok"  # the file alone, said so
+
+
+def test_a_wal_past_its_threshold_is_a_warning(tmp_path: Any) -> None:
+    from ringrift_coord.doctor import WAL_WARN_BYTES, Report, check_wal
+
+    path = str(tmp_path / "tasks.db")
+    with open(path + "-wal", "wb") as handle:
+        handle.truncate(WAL_WARN_BYTES)  # sparse: the size is what is looked at
+    report = Report()
+    check_wal(report, path)
+    assert report.checks[-1]["level"] == "ok"
+    with open(path + "-wal", "ab") as handle:
+        handle.truncate(WAL_WARN_BYTES + 1)
+    check_wal(report, path)
+    (entry,) = report.checks[-1:]
+    assert entry["level"] == "warn" and entry["details"]["wal_bytes"] == WAL_WARN_BYTES + 1
+    assert "64.0 MiB" in entry["found"] and entry["fix"]
