@@ -341,7 +341,7 @@ def check_store(
     if engine == "sqlite":
         check_sqlite_locks(report, location, long_hold, holders_before, bool(probe_ok))
     else:
-        guarded(report, "locks", check_postgres, report, store, long_hold)
+        guarded(report, "locks", check_postgres, report, store, long_hold, bool(probe_ok))
     return store
 
 
@@ -511,14 +511,21 @@ def check_sqlite_locks(
     report.add("locks", level, first["message"] + more, fix, holders=named)
 
 
-def check_postgres(report: Report, store: Store, long_hold: float) -> None:
-    from ringrift_coord.diagnose import holder_line, long_postgres_sessions, postgres_sessions
+def check_postgres(report: Report, store: Store, long_hold: float, probe_ok: bool) -> None:
+    """The sessions with a transaction open longer than ``long_hold``, and the holder of the
+    admission lock whatever its age when the probe could not take it."""
+    from ringrift_coord.diagnose import holder_line, postgres_sessions
 
     with store.read() as tx:
-        long = long_postgres_sessions(tx, long_hold)
-        for session in long:
-            session["message"] = holder_line(session, advice=False)
-        waiting = sum(1 for s in postgres_sessions(tx) if s["waiting"])
+        sessions = postgres_sessions(tx)
+        long = []
+        for session in sessions:
+            held = session["held_seconds"]
+            stalls = not probe_ok and session["lock"] == "admission lock"
+            if not session["waiting"] and (stalls or (held is not None and held >= long_hold)):
+                session["message"] = holder_line(session, advice=False)
+                long.append(session)
+        waiting = sum(1 for s in sessions if s["waiting"])
         settings = {
             name: tx.one(f"SHOW {name}")[name]  # type: ignore[index]
             for name in (

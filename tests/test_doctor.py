@@ -207,7 +207,33 @@ def test_a_postgres_session_idle_in_transaction_is_named(coord: Coord, engine: s
         assert "holding the admission lock" in locks["found"]
         doc = json.loads(coord("--json", "--set", "store.long_hold=0", "status").stdout)
         assert [h["pid"] for h in doc["long_holds"]] == [backend]
-        conn.rollback()
+        screen = coord("--set", "store.long_hold=0", "status").stdout
+        assert f"warning: PostgreSQL session {backend} (stuck-job" in screen, screen
+        # an admission queued behind it is counted as waiting on the admission lock
+        waiter = coord.popen(
+            "--set", "store.busy_timeout=60", "can-spawn", "selfplay", "--node", "n2"
+        )
+        try:
+            with psycopg.connect(url, autocommit=True) as watcher:
+                wait_for(
+                    lambda: watcher.execute(
+                        "SELECT COUNT(*) FROM pg_locks WHERE locktype = 'advisory' "
+                        "AND NOT granted AND database = "
+                        "(SELECT oid FROM pg_database WHERE datname = current_database())"
+                    ).fetchone()[0],  # type: ignore[index]
+                    30,
+                    "the admission to queue on the lock",
+                )
+            code, document = doctor(coord, "--set", "store.busy_timeout=0.5")
+            locks = check(document, "locks")
+            assert locks["details"]["waiting"] >= 1, locks  # the waiter; doctor's probe ended
+            # the probe failed: the holder is named although younger than store.long_hold
+            assert locks["level"] == "fail" and locks["details"]["holders"][0]["pid"] == backend
+            assert "waiting on the admission lock" in locks["found"]
+        finally:
+            conn.rollback()  # the lock goes: the waiter is admitted
+            out, err = waiter.communicate(timeout=60)
+        assert waiter.returncode == 0, err
     code, document = doctor(coord, "--set", "store.long_hold=0")
     assert code == 0 and check(document, "locks")["details"]["holders"] == []
 
