@@ -348,3 +348,22 @@ def test_a_wal_past_its_threshold_is_a_warning(tmp_path: Any) -> None:
     (entry,) = report.checks[-1:]
     assert entry["level"] == "warn" and entry["details"]["wal_bytes"] == WAL_WARN_BYTES + 1
     assert "64.0 MiB" in entry["found"] and entry["fix"]
+
+
+def test_a_store_clock_an_hour_off_is_a_warning(engine_db: Any) -> None:
+    import time
+
+    from ringrift_coord.clock import ManualClock
+    from ringrift_coord.doctor import Report, check_clock
+
+    report = Report()
+    check_clock(report, engine_db.open(clock=ManualClock(time.time())))
+    assert report.checks[-1]["level"] == "ok"
+    check_clock(report, engine_db.open(clock=ManualClock(time.time() + 3600)))
+    entry = report.checks[-1]
+    if engine_db.engine == "sqlite":  # the store's clock is this host's: nothing to compare
+        assert entry["level"] == "ok" and "this host's clock" in entry["found"]
+        return
+    assert entry["level"] == "warn" and "ahead of this host's" in entry["found"], entry
+    assert 3590 < entry["details"]["skew_seconds"] < 3610
+    assert "sync" in entry["fix"]
