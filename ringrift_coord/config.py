@@ -153,6 +153,7 @@ DEFAULTS: dict[str, Any] = {
         "lease_ttl": 120,
         "decision_log_days": 7,
         "shared_group": None,
+        "long_hold": 30,
     },
     "run": {"kill_grace": 10, "poll_interval": 0.05},
     # readings: disk is checked on the state directory and these paths; older samples are stale
@@ -305,6 +306,7 @@ SCHEMA: dict[str, Any] = {
         "lease_ttl": SECS,
         "decision_log_days": NUM,
         "shared_group": Leaf("group", nullable=True),
+        "long_hold": SECS,
     },
     "run": {"kill_grace": SECS, "poll_interval": SECS},
     "resources": {

@@ -637,3 +637,7 @@ serve_cmd.register(app)
 from ringrift_coord.cli import events_cmd  # noqa: E402
 
 events_cmd.register(app)
+
+from ringrift_coord.cli import doctor_cmd  # noqa: E402
+
+doctor_cmd.register(app)
