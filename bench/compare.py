@@ -312,6 +312,7 @@ class Bench:
                 assert self.pg is not None
                 db = self.pg.new_database("rrc_contention")
             state = self.fresh(f"contention-{tool}-{engine}")
+            load = round(os.getloadavg()[0], 2)
             with environ(
                 BENCH_COORD_DB=db,
                 XDG_STATE_HOME=str(state),  # a PostgreSQL run's halt file, never the caller's
@@ -319,6 +320,7 @@ class Bench:
             ):
                 row = contention.run_tool(tool, h, job_s)
             row["engine"] = engine
+            row["loadavg_1m"] = load
             if "error" in row and self.missing(tool):
                 row["skipped"] = row.pop("error")
             rows.append(row)
@@ -342,6 +344,7 @@ class Bench:
         rows = []
         for tool, engine in tools:
             row: dict[str, Any] = {"tool": tool, "engine": engine, "waiters": a.waiters}
+            row["loadavg_1m"] = round(os.getloadavg()[0], 2)
             reason = self.missing(tool)
             if reason:
                 row["skipped"] = reason
@@ -582,7 +585,7 @@ def render(doc: dict[str, Any]) -> str:
             f"slots, each waiting for a slot (python job, {p['sleep_ms']:g} ms sleep, bare job "
             f"{_fmt(job and round(job * 1e3, 1))} ms)",
             f"{'tool':22} {'max conc':>8} {'jobs/s':>7} {'wall s':>7} {'ovh ms/job':>10} "
-            f"{'x flock':>8} {'mean busy':>9} {'failed':>6}",
+            f"{'x flock':>8} {'mean busy':>9} {'failed':>6} {'load':>5}",
         ]
         for r in rows:
             if "completed" not in r:
@@ -592,7 +595,7 @@ def render(doc: dict[str, Any]) -> str:
             lines.append(
                 f"{label(r):22} {conc:>8} {r['jobs_per_s']:>7} {r['wall_s']:>7.2f} "
                 f"{r['overhead_ms_per_job']:>10.1f} {_fmt(r['x_flock_overhead'], '.2f'):>8} "
-                f"{r['mean_concurrency']:>9.2f} {r['failed']:>6}"
+                f"{r['mean_concurrency']:>9.2f} {r['failed']:>6} {r['loadavg_1m']:>5.1f}"
             )
     rows = doc.get("idle")
     if rows:
@@ -600,7 +603,8 @@ def render(doc: dict[str, Any]) -> str:
             "",
             f"4. Idle waiters: {p['waiters']} waiters blocked {p['idle_seconds']:g} s behind a "
             "held slot (limit 1)",
-            f"{'tool':22} {'cpu s':>7} {'% of a core':>11} {'started':>8} {'settle s':>8}",
+            f"{'tool':22} {'cpu s':>7} {'% of a core':>11} {'started':>8} {'settle s':>8} "
+            f"{'load':>5}",
         ]
         for r in rows:
             if "cpu_s" not in r:
@@ -608,7 +612,7 @@ def render(doc: dict[str, Any]) -> str:
                 continue
             lines.append(
                 f"{label(r):22} {r['cpu_s']:>7.2f} {r['cpu_pct_of_core']:>11.2f} "
-                f"{r['started_during_hold']:>8} {r['settle_s']:>8.1f}"
+                f"{r['started_during_hold']:>8} {r['settle_s']:>8.1f} {r['loadavg_1m']:>5.1f}"
             )
     if doc["goals"]:
         lines += ["", "Goals (checked on SQLite; PostgreSQL reported):"]
