@@ -72,6 +72,17 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--json", action="store_true", help="one JSON document on stdout")
     p.add_argument("--check", action="store_true", help="exit 1 when a goal is missed")
     p.add_argument(
+        "--markdown",
+        action="store_true",
+        help="print the README's table (rows x tools) instead of the text tables",
+    )
+    p.add_argument(
+        "--from-json",
+        metavar="FILE",
+        help="measure nothing: print a document saved with --json (as text, --markdown or "
+        "--json) and exit as that run would have",
+    )
+    p.add_argument(
         "--engine",
         action="append",
         metavar="E",
@@ -553,6 +564,9 @@ def render(doc: dict[str, Any]) -> str:
     for note in doc["notes"]:
         lines.append(f"# note: {note}")
 
+    def load(r: dict[str, Any]) -> str:
+        return _fmt(r.get("loadavg_1m"), ".1f")
+
     def label(r: dict[str, Any]) -> str:
         return f"{r['tool']}{' (' + r['engine'] + ')' if r['engine'] else ''}"
 
@@ -595,7 +609,7 @@ def render(doc: dict[str, Any]) -> str:
             lines.append(
                 f"{label(r):22} {conc:>8} {r['jobs_per_s']:>7} {r['wall_s']:>7.2f} "
                 f"{r['overhead_ms_per_job']:>10.1f} {_fmt(r['x_flock_overhead'], '.2f'):>8} "
-                f"{r['mean_concurrency']:>9.2f} {r['failed']:>6} {r['loadavg_1m']:>5.1f}"
+                f"{r['mean_concurrency']:>9.2f} {r['failed']:>6} {load(r):>5}"
             )
     rows = doc.get("idle")
     if rows:
@@ -612,7 +626,7 @@ def render(doc: dict[str, Any]) -> str:
                 continue
             lines.append(
                 f"{label(r):22} {r['cpu_s']:>7.2f} {r['cpu_pct_of_core']:>11.2f} "
-                f"{r['started_during_hold']:>8} {r['settle_s']:>8.1f} {r['loadavg_1m']:>5.1f}"
+                f"{r['started_during_hold']:>8} {r['settle_s']:>8.1f} {load(r):>5}"
             )
     if doc["goals"]:
         lines += ["", "Goals (checked on SQLite; PostgreSQL reported):"]
@@ -635,9 +649,96 @@ def render(doc: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def markdown(doc: dict[str, Any]) -> str:
+    """The README's table: one column per tool, one row per figure, ratios in brackets."""
+    p = doc["params"]
+    cols = [("ringrift", e) for e in doc["engines"]] + [(t, "") for t in p["peers"]]
+    names = {"sqlite": "SQLite", "postgres": "PostgreSQL"}
+    heads = [
+        f"ringrift {names[e]}" if t == "ringrift" else {"sem": "GNU sem"}.get(t, t) for t, e in cols
+    ]
+
+    def pick(section: str, tool: str, engine: str) -> dict[str, Any]:
+        rows = doc.get(section) or []
+        return next((r for r in rows if r["tool"] == tool and r["engine"] == engine), {})
+
+    def cell(value: Any, ratio: Any = None, spec: str = ".1f", rspec: str = ".2f") -> str:
+        if not isinstance(value, int | float):
+            return "–"
+        text = format(value, spec)
+        return text + (f" ({ratio:{rspec}}×)" if isinstance(ratio, int | float) else "")
+
+    base = pick("decision", "python -c pass", "") or pick("wrapped", "python -c pass", "")
+    direct = pick("contention", "direct", "")
+    lim = p["limit"]
+    lines = [
+        "| row | " + " | ".join(heads) + " |",
+        "|---|" + "---:|" * len(cols),
+    ]
+    spec: list[tuple[str, str, Any]] = []
+    if doc.get("decision"):
+        spec.append(
+            (
+                f"1. decision, median ms (× `python -c pass` {cell(base.get('median_ms'))} ms)",
+                "decision",
+                lambda r: cell(r.get("median_ms"), r.get("x_python")),
+            )
+        )
+    if doc.get("wrapped"):
+        spec.append(
+            (
+                "2. wrapped `true`, median ms (× `python -c pass`)",
+                "wrapped",
+                lambda r: cell(r.get("median_ms"), r.get("x_python")),
+            )
+        )
+    if doc.get("contention"):
+        spec += [
+            (
+                f"3. max concurrency (limit {lim})",
+                "contention",
+                lambda r: cell(r.get("max_concurrent"), spec="d"),
+            ),
+            (
+                f"3. jobs/s (direct, no wrapper: {_fmt(direct.get('jobs_per_s'))})",
+                "contention",
+                lambda r: cell(r.get("jobs_per_s")),
+            ),
+            (
+                "3. overhead ms per job (× flock)",
+                "contention",
+                lambda r: cell(r.get("overhead_ms_per_job"), r.get("x_flock_overhead")),
+            ),
+            (
+                f"3. mean busy slots of {lim}",
+                "contention",
+                lambda r: cell(r.get("mean_concurrency"), spec=".2f"),
+            ),
+        ]
+    if doc.get("idle"):
+        spec.append(
+            (
+                f"4. {p['waiters']} idle waiters, % of one core",
+                "idle",
+                lambda r: cell(r.get("cpu_pct_of_core")),
+            )
+        )
+    for title, section, fmt in spec:
+        lines.append(f"| {title} | " + " | ".join(fmt(pick(section, t, e)) for t, e in cols) + " |")
+    return "\n".join(lines)
+
+
 # ------------------------------------------------------------------------------ main
 def main(argv: list[str]) -> int:
     a = parse_args(argv)
+    if a.from_json:
+        try:
+            with open(a.from_json) as handle:
+                return report(json.load(handle), a)
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            print(f"compare.py: {a.from_json}: not a compare.py --json document: {exc}",
+                  file=sys.stderr)  # fmt: skip
+            return 2
     bench = Bench(a)
     if not os.access(bench.exe, os.X_OK):
         print(f"compare.py: no ringrift-coord next to {sys.executable}", file=sys.stderr)
@@ -706,12 +807,21 @@ def main(argv: list[str]) -> int:
     over, failed = violations(doc, a.limit, a.launchers * a.jobs)
     doc["limit_ok"] = not over
     doc["violations"] = over + failed
-    missed = [g for g in doc["goals"] if g["checked"] and g["ok"] is False]
-    doc["goals_met"] = not missed
-    print(json.dumps(doc, indent=2) if a.json else render(doc))
+    doc["goals_met"] = not [g for g in doc["goals"] if g["checked"] and g["ok"] is False]
+    return report(doc, a)
+
+
+def report(doc: dict[str, Any], a: argparse.Namespace) -> int:
+    """Print DOC as asked; the exit status of its run."""
+    if a.json:
+        print(json.dumps(doc, indent=2))
+    elif a.markdown:
+        print(markdown(doc))
+    else:
+        print(render(doc))
     if doc["violations"]:
         return 1
-    return 1 if a.check and missed else 0
+    return 1 if a.check and not doc["goals_met"] else 0
 
 
 @contextmanager

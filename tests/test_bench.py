@@ -61,7 +61,7 @@ def rows_by_tool(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return {r["tool"] + (f"/{r['engine']}" if r["engine"] else ""): r for r in rows}
 
 
-def test_a_tiny_run_has_every_section_and_every_tool_kept_to_the_limit() -> None:
+def test_a_tiny_run_has_every_section_and_every_tool_kept_to_the_limit(tmp_path: Path) -> None:
     rc, out, err = compare(*TINY)
     assert rc == 0, err
     doc = json.loads(out)
@@ -114,8 +114,23 @@ def test_a_tiny_run_has_every_section_and_every_tool_kept_to_the_limit() -> None
     assert all(isinstance(g["ok"], bool) for g in goals.values())
     assert doc["limit_ok"] is True and doc["violations"] == []
 
+    # the saved document prints again, as text or as the README's table, measuring nothing
+    saved = tmp_path / "run.json"
+    saved.write_text(out)
+    rc, text, err = compare("--from-json", str(saved))
+    assert rc == 0, err
+    assert "3. Contention: 2 launchers x 3 jobs through 2 slots" in text
+    assert "every tool kept to its limit" in text
+    rc, table, err = compare("--from-json", str(saved), "--markdown")
+    assert rc == 0, err
+    lines = table.splitlines()
+    assert lines[0] == "| row | ringrift SQLite | flock | portalocker | GNU sem |"
+    assert lines[2].startswith("| 1. decision, median ms (× `python -c pass` ")
+    assert any(line.startswith("| 3. max concurrency (limit 2) | ") for line in lines)
+    assert lines[-1].startswith("| 4. 2 idle waiters, % of one core | ")
 
-def test_a_tool_over_the_limit_fails_the_run() -> None:
+
+def test_a_tool_over_the_limit_fails_the_run(tmp_path: Path) -> None:
     # the control 'none' runs the jobs with no wrapper: 3 launchers through 1 slot, and the
     # idle waiters start at once beside the holder; ringrift-coord beside it keeps the limit
     rc, out, err = compare(
@@ -131,14 +146,27 @@ def test_a_tool_over_the_limit_fails_the_run() -> None:
     assert contention["none"]["max_concurrent"] == 3 and contention["none"]["limit_ok"] is False
     assert contention["ringrift/sqlite"]["max_concurrent"] == 1
     assert rows_by_tool(doc["idle"])["ringrift/sqlite"]["started_during_hold"] == 0
+    saved = tmp_path / "run.json"
+    saved.write_text(out)
+    rc, text, _ = compare("--from-json", str(saved))
+    assert rc == 1 and "LIMIT OR RUN FAILURE: none: 3 jobs ran at once" in text
 
 
 @pytest.mark.parametrize(
     "args",
-    [["--engine", "mysql"], ["--peers", "flock,slurm"], ["-L", "0"], ["--idle-seconds", "0"]],
+    [
+        ["--engine", "mysql"],
+        ["--peers", "flock,slurm"],
+        ["-L", "0"],
+        ["--idle-seconds", "0"],
+        ["--from-json"],  # a file that is not a compare.py document
+    ],
 )
-def test_bad_options_are_usage_errors(args: list[str]) -> None:
+def test_bad_options_are_usage_errors(args: list[str], tmp_path: Path) -> None:
+    if args == ["--from-json"]:
+        (tmp_path / "not.json").write_text("{}")
+        args = ["--from-json", str(tmp_path / "not.json")]
     rc, out, err = compare(*args)
     assert rc == 2 and out == ""
-    assert err.strip().splitlines()[-1].startswith("compare.py: error: ")
+    assert err.strip().splitlines()[-1].startswith("compare.py: ")
     assert "Traceback" not in err
