@@ -121,6 +121,8 @@ def test_a_tiny_run_has_every_section_and_every_tool_kept_to_the_limit(tmp_path:
     assert rc == 0, err
     assert "3. Contention: 2 launchers x 3 jobs through 2 slots" in text
     assert "every tool kept to its limit" in text
+    rc, _, err = compare("--from-json", str(saved), "--check")  # exit 1 on a missed goal
+    assert rc == (0 if all(g["ok"] for g in goals.values()) else 1), err
     rc, table, err = compare("--from-json", str(saved), "--markdown")
     assert rc == 0, err
     lines = table.splitlines()
@@ -131,13 +133,13 @@ def test_a_tiny_run_has_every_section_and_every_tool_kept_to_the_limit(tmp_path:
 
 
 def test_a_tool_over_the_limit_fails_the_run(tmp_path: Path) -> None:
-    # the control 'none' runs the jobs with no wrapper: 3 launchers through 1 slot (jobs of
+    # the control 'none' runs the jobs with no wrapper: 3 launchers x 1 job, 1 slot (jobs of
     # 300 ms, so that they overlap even on a loaded machine), and the idle waiters start at
     # once beside the holder; ringrift-coord beside it keeps the limit
     rc, out, err = compare(
         *TINY,
         *("--sections", "contention,idle", "--peers", "none", "-C", "3", "-L", "1"),
-        *("-S", "300", "--idle-seconds", "2"),
+        *("-J", "1", "-S", "300", "--idle-seconds", "2"),
     )
     assert rc == 1, err
     doc = json.loads(out)
