@@ -747,11 +747,20 @@ def main(argv: list[str]) -> int:
     if a.from_json:
         try:
             with open(a.from_json) as handle:
-                return report(json.load(handle), a)
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            print(f"compare.py: {a.from_json}: not a compare.py --json document: {exc}",
-                  file=sys.stderr)  # fmt: skip
+                saved = json.load(handle)
+            # a document this script wrote, or refused here rather than half printed
+            verdict = saved["goals_met"]
+            if not isinstance(saved["violations"], list) or not isinstance(verdict, bool):
+                raise ValueError("no violations list or goals_met verdict")
+            render(saved)
+            markdown(saved)
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            print(
+                f"compare.py: {a.from_json}: not a compare.py --json document: {exc}",
+                file=sys.stderr,
+            )
             return 2
+        return report(saved, a)
     bench = Bench(a)
     if not os.access(bench.exe, os.X_OK):
         print(f"compare.py: no ringrift-coord next to {sys.executable}", file=sys.stderr)
