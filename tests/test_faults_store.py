@@ -354,6 +354,7 @@ def test_postgres_lease_of_a_killed_wrapper_is_kept_by_its_hosts_liveness_check(
     timer = subprocess.Popen(
         ["sh", "-c", f"while :; do {check} >/dev/null || exit 9; sleep 0.2; done"],
         env={**coord.env, **host_a},
+        start_new_session=True,  # stopped as a whole: no check of A's left running after it
     )
     try:
         deadline = time.monotonic() + 1.5 * ttl
@@ -366,7 +367,7 @@ def test_postgres_lease_of_a_killed_wrapper_is_kept_by_its_hosts_liveness_check(
         denied = coord("register", "selfplay", "--node", "n1", "-q", env=host_b)
         assert denied.returncode == 1, denied.stderr
     finally:
-        timer.kill()
+        os.killpg(timer.pid, signal.SIGKILL)
         timer.wait(30)
     # the job ends; host A's check no longer runs: host B reaps the slot once its lease is out
     wrapper.go.touch()
@@ -376,7 +377,7 @@ def test_postgres_lease_of_a_killed_wrapper_is_kept_by_its_hosts_liveness_check(
         reaped = coord("--json", "tasks", "reap", env=host_b)
         return bool(json.loads(reaped.stdout)["reaped"])
 
-    wait_for(reaped_by_b, 3 * ttl, "host B to reap the expired lease")
+    wait_for(reaped_by_b, 6 * ttl, "host B to reap the expired lease")
     assert coord("register", "selfplay", "--node", "n1", "-q", env=host_b).returncode == 0
 
 
