@@ -113,8 +113,11 @@ def test_a_store_deleted_or_replaced_is_never_silently_recreated(
     assert code == 7, wrapper.stderr()  # the job's own exit code
     assert "could not release" in wrapper.stderr(), wrapper.stderr()
     assert "Traceback" not in wrapper.stderr()
-    # the operator's explicit step: remove the marker, and the store at the path is used
+    # the operator's explicit step: remove the marker (and the old store's WAL, which no
+    # process uses now), and the store at the path is used
     marker.unlink()
+    for side in ("-wal", "-shm"):
+        Path(str(coord.db) + side).unlink(missing_ok=True)
     again = coord("register", "selfplay", "--node", "n1", "-q")
     assert again.returncode == 0, again.stderr
     assert marker.exists()
@@ -415,3 +418,33 @@ def test_a_setsid_child_outlives_its_slot_as_documented(coord: Coord, tmp_path: 
         assert again.returncode == 0, again.stderr
     finally:
         os.kill(escaped, signal.SIGKILL)
+
+
+def test_no_new_store_is_made_beside_a_deleted_stores_wal(coord: Coord) -> None:
+    """A process still has the deleted store open (its WAL holds pages not yet in the file):
+    even once the operator removed the marker, a new store is not made beside that WAL (it
+    would take the old store's pages as its own), until the operator removes it too."""
+    held = coord("register", "selfplay", "--node", "n1", "-q")
+    assert held.returncode == 0, held.stderr
+    old = sqlite3.connect(coord.db, isolation_level=None)
+    try:
+        old.execute("PRAGMA wal_autocheckpoint = 0")
+        old.execute("UPDATE tasks SET lease_expires = lease_expires + 1")  # pages in the WAL
+        coord.db.unlink()
+        Path(str(coord.db) + ".id").unlink()  # the operator's step to start anew
+        refused = coord("register", "selfplay", "--node", "n1", "-q")
+        assert refused.returncode == 3, refused.stderr
+        assert "-wal is left from a deleted store" in _one_line(refused)
+        assert not coord.db.exists()
+    finally:
+        old.close()  # the last user of the deleted store is gone
+    again = coord("register", "selfplay", "--node", "n1", "-q")
+    assert again.returncode == 3 and "-wal is left" in again.stderr, again.stderr
+    for side in ("-wal", "-shm"):  # the operator's step the message names
+        Path(str(coord.db) + side).unlink(missing_ok=True)
+    made = coord("register", "selfplay", "--node", "n1", "-q")
+    assert made.returncode == 0, made.stderr
+    import json
+
+    (only,) = json.loads(coord("--json", "tasks").stdout)["tasks"]
+    assert only["task_id"] == made.stdout.strip(), "the old store's task reappeared"

@@ -147,8 +147,14 @@ def deleted_store(path: str) -> StoreGone | None:
     marker = os.path.abspath(path) + ID_SUFFIX
     if not os.path.lexists(marker):
         return None
+    from ringrift_coord.store.sqlite import read_store_id  # only now: an error path
+
+    try:
+        recorded = read_store_id(os.path.abspath(path))
+        which = "" if recorded is None else f"store id {recorded:08x}, "
+    except StateError:
+        which = ""
     return StoreGone(
-        f"state store {os.path.abspath(path)} was deleted (a store was created there: "
-        f"{marker} records it); restore it from a backup, or remove {marker} to start a new "
-        "empty store"
+        f"state store {os.path.abspath(path)} was deleted ({which}recorded in {marker}); "
+        f"restore it from a backup, or remove {marker} to start a new empty store"
     )

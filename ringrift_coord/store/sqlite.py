@@ -522,6 +522,16 @@ def _create_database(path: str, clock: Clock, shared_gid: int | None = None) -> 
     directory = os.path.dirname(path)
     if not os.path.isdir(directory):
         raise StateError(f"directory {directory} for database {path} does not exist")
+    # a WAL with no database beside it is left from a store deleted under a process that
+    # still has it open: a new file would take its pages as its own (the old store's
+    # rows would reappear in it, or its pages be damaged). Checked in this order, a WAL
+    # that appears with a store published meanwhile is never taken for one.
+    if os.path.lexists(path + "-wal") and not os.path.lexists(path):
+        raise StateError(
+            f"{path}-wal is left from a deleted store (a process may still have it open); "
+            f"a new store is not made beside it: once no process uses it (fuser {path}-wal),"
+            f" remove {path}-wal and {path}-shm, then try again"
+        )
     tmp = f"{path}.init-{os.getpid()}-{time.monotonic_ns()}"
     try:
         os.close(create_file(tmp, shared_gid))
