@@ -448,3 +448,19 @@ def test_no_new_store_is_made_beside_a_deleted_stores_wal(coord: Coord) -> None:
 
     (only,) = json.loads(coord("--json", "tasks").stdout)["tasks"]
     assert only["task_id"] == made.stdout.strip(), "the old store's task reappeared"
+
+
+def test_postgres_sessions_are_bounded(pg_url: str) -> None:
+    """Every session: statement_timeout = busy_timeout + the margin, TCP keepalives on."""
+    from ringrift_coord.store.postgres import KEEPALIVES, PostgresStore
+
+    store = PostgresStore(pg_url, busy_timeout=2.0, connect_timeout=2)
+    try:
+        with store.read() as tx:
+            assert tx.one("SHOW statement_timeout") == {"statement_timeout": "7s"}
+            assert tx.one("SHOW lock_timeout") == {"lock_timeout": "2s"}
+        params = store._conn.info.get_parameters()
+        for key, value in KEEPALIVES.items():
+            assert params.get(key) == str(value), (key, params)
+    finally:
+        store.close()

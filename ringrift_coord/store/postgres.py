@@ -183,7 +183,7 @@ class PostgresStore(Store):
                 connect_timeout=self.connect_timeout,
                 autocommit=True,
                 application_name="ringrift-coord",
-                **KEEPALIVES,
+                **_keepalives(psycopg),
             )
             self._conn.reply_timeout = self.statement_timeout + REPLY_MARGIN  # psycopg >= 3.3
             with self._conn.cursor() as cur:
@@ -409,6 +409,14 @@ class PostgresStore(Store):
 
 
 _CONNECTION_CLASS: Any = None
+
+
+def _keepalives(psycopg: Any) -> dict[str, int]:
+    """KEEPALIVES, less ``tcp_user_timeout`` where libpq is older than 12 (it would refuse
+    the whole connection string)."""
+    if psycopg.pq.version() >= 120000:
+        return KEEPALIVES
+    return {k: v for k, v in KEEPALIVES.items() if k != "tcp_user_timeout"}
 
 
 def _WAIT_TIMEOUT(psycopg: Any) -> Any:  # noqa: N802 (read as the exception class it gives)
