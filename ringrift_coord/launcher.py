@@ -31,6 +31,7 @@ from ringrift_coord.context import Context
 from ringrift_coord.decision import Decision
 from ringrift_coord.durations import human
 from ringrift_coord.errors import CoordError, ExitCode, StoreBusy, UsageError, WaitTimeout
+from ringrift_coord.store.base import StoreGone
 from ringrift_coord.task_coordinator import Holder, TaskCoordinator
 from ringrift_coord.tasktypes import TaskType
 
@@ -714,6 +715,7 @@ def _wait_child(
     renew_every = max(0.5, lease_ttl / 3.0)
     retry_every = min(renew_every, RENEW_RETRY)
     next_renew = clock.monotonic() + renew_every
+    store_gone = False
     try:
         pidfd: int | None = os.pidfd_open(pid)
     except (AttributeError, OSError):
@@ -735,6 +737,16 @@ def _wait_child(
                         warn(f"lease of {task_id} was lost (its slot was freed); stopping the job")
                         job.on_signal(signal.SIGTERM, None)
                     next_renew = now + renew_every
+                except StoreGone as exc:
+                    # the store's file was deleted or replaced: killing a training job over a
+                    # store fault is worse than letting it finish; said once, no more renewals
+                    if not store_gone:
+                        warn(
+                            f"{exc}; the job keeps running, but the lease of {task_id} can no "
+                            "longer be renewed and its slot cannot be released"
+                        )
+                    store_gone = True
+                    next_renew = now + 3600.0  # nothing left to renew; a look an hour
                 except CoordError as exc:  # busy, unreachable, disk full...: not the job's fault
                     # retry soon, not a whole period later: two misses in a row would
                     # otherwise meet the lease's expiry, and another host's reaper
@@ -834,11 +846,13 @@ def _release(
     """Release exactly once; retry a busy store, and leave the rest to the reaper."""
     clock = keeper.ctx.clock
     delay = 0.05
+    last: StoreBusy | None = None
     for _ in range(8):
         try:
             keeper.release(task_id, token, exit_code, status, reason)
             return
-        except StoreBusy:
+        except StoreBusy as exc:  # busy, or (a server) unreachable: said as it was
+            last = exc
             clock.sleep(delay)
             delay = min(2.0, delay * 2)
         except CoordError as exc:
@@ -852,7 +866,8 @@ def _release(
                 "the reaper will free it"
             )
             return
-    warn(f"could not release {task_id}: store busy; the reaper will free it")
+    why = "store busy" if last is None else str(last).split("; nothing was decided")[0]
+    warn(f"could not release {task_id}: {why}; the reaper will free it")
 
 
 def _command_text(argv: Sequence[str]) -> str:

@@ -13,7 +13,20 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
+from ringrift_coord.errors import StateError, StoreBusy
+
 Row = dict  # dict[str, Any]: one row, column name -> value
+
+
+class StoreUnreachable(StoreBusy):
+    """A server that could not be reached, or stopped answering (exit 75, as busy: nothing
+    was decided, retry later), said as "unreachable", never as "busy"."""
+
+
+class StoreGone(StateError):
+    """The store that existed at a path was deleted or replaced (exit 3): never silently
+    re-created, and a process that had it open stops writing into the lost file."""
+
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -47,6 +60,10 @@ class Tx(ABC):
     @abstractmethod
     def now(self) -> float:
         """The store's clock, seconds since the epoch (leases are timed by it)."""
+
+    def check_integrity(self) -> None:  # noqa: B027 (a no-op where the server guards it)
+        """Refuse (``StateError``, exit 3) to write into a store whose pages are damaged:
+        SQLite checks its file (``PRAGMA quick_check``); a server guards its own pages."""
 
 
 class Store(ABC):
