@@ -142,6 +142,12 @@ def _state(pid: int) -> str | None:
     return data[data.rfind(b")") + 2 :].split()[0].decode()
 
 
+def answers(argv: list[str]) -> tuple[int, ...]:
+    """The exit codes of a command that ran to its end: allowed, or denied (1; ``run``
+    without ``--wait``: 75, no slot granted)."""
+    return (0, 75) if argv[0] == "run" else (0, 1)
+
+
 def kill_inside_transaction(coord: Coord, argv: list[str], shm: Path, rng: random.Random) -> bool:
     """Start ``argv``, freeze it (SIGSTOP) at random moments until it is caught holding the
     write lock, and SIGKILL it there: inside its write transaction. False when it finished
@@ -164,7 +170,7 @@ def kill_inside_transaction(coord: Coord, argv: list[str], shm: Path, rng: rando
     finally:
         _, err = proc.communicate(timeout=60)
     if proc.returncode != -signal.SIGKILL:
-        assert proc.returncode in (0, 1), (argv, proc.returncode, err)
+        assert proc.returncode in answers(argv), (argv, proc.returncode, err)
         return False
     return True
 
@@ -238,7 +244,7 @@ def kill_at_random(db: EngineDB, iterations: int, seed: int, holder: int) -> Non
         for proc, _, argv in batch:
             out, err = proc.communicate(timeout=60)
             if proc.returncode != -signal.SIGKILL:  # it finished first: a normal answer
-                assert proc.returncode in (0, 1), (argv, proc.returncode, err)
+                assert proc.returncode in answers(argv), (argv, proc.returncode, err)
                 assert "Traceback" not in err, err
         check_whole(db)
         nxt = coord("can-spawn", "training", "--node", "n3", "--set", "store.busy_timeout=5")
@@ -254,7 +260,7 @@ def kill_at_random(db: EngineDB, iterations: int, seed: int, holder: int) -> Non
     wait_for(all_reaped, 30, "every slot to be released or reaped")
     check_whole(db)
     if db.engine == "sqlite":  # the in-transaction kills did happen
-        assert inside >= iterations // 6, inside
+        assert inside >= iterations // 10, inside
 
 
 def test_sigkill_at_random_points_of_admission_and_release(
