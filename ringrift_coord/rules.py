@@ -574,7 +574,7 @@ def optimizer(
     if used + ahead + 1 <= target:
         return None
     saved = optimizer_state.load(tx, settings)
-    age = now - float(found["at"])
+    age = max(0.0, now - float(found["at"]))  # stamped ahead of a clock stepped back: new
     interval = float(settings.get("optimizer.interval"))
     queued = f" + {ahead} queued" if ahead else ""
     return Reason(
