@@ -346,8 +346,8 @@ CREATE TABLE task_counts (
 INSERT INTO task_counts (task_type, n) SELECT task_type, COUNT(*) FROM tasks GROUP BY task_type
 --;
 CREATE TRIGGER task_counts_insert AFTER INSERT ON tasks BEGIN
-    INSERT OR IGNORE INTO task_counts (task_type, n) VALUES (NEW.task_type, 0);
-    UPDATE task_counts SET n = n + 1 WHERE task_type = NEW.task_type;
+    INSERT INTO task_counts (task_type, n) VALUES (NEW.task_type, 1)
+        ON CONFLICT (task_type) DO UPDATE SET n = n + 1;
 END
 --;
 CREATE TRIGGER task_counts_delete AFTER DELETE ON tasks BEGIN
@@ -357,8 +357,8 @@ END
 CREATE TRIGGER task_counts_update AFTER UPDATE OF task_type ON tasks
 WHEN NEW.task_type IS NOT OLD.task_type BEGIN
     UPDATE task_counts SET n = n - 1 WHERE task_type = OLD.task_type;
-    INSERT OR IGNORE INTO task_counts (task_type, n) VALUES (NEW.task_type, 0);
-    UPDATE task_counts SET n = n + 1 WHERE task_type = NEW.task_type;
+    INSERT INTO task_counts (task_type, n) VALUES (NEW.task_type, 1)
+        ON CONFLICT (task_type) DO UPDATE SET n = n + 1;
 END
 """
 
