@@ -85,7 +85,6 @@ def config_text(nodes: int) -> str:
         "  training: {per_minute: null}",
         "circuit_breaker: {failure_threshold: 3, window: 60, recovery_timeout: 3,",
         "                  half_open_trials: 1, success_threshold: 1}",
-        "store: {lease_ttl: 20}",
         "run: {kill_grace: 2}",
         "resources: {live_host: false}",
         "durations: {selfplay: 1, training: 2, evaluation: 1}",
@@ -116,7 +115,7 @@ def summary_ms(values: list[float]) -> dict:
 def launch_loop(args: dict) -> int:
     """One in-process launch loop (a child process): acquire, hold, release until the
     deadline; writes its latencies and counts as JSON to ``args['out']``."""
-    os.environ.update(args["env"])
+    os.environ.update(args.get("env", {}))
     sys.path.insert(0, str(ROOT))
     from ringrift_coord.context import Context
     from ringrift_coord.errors import CoordError
@@ -129,7 +128,10 @@ def launch_loop(args: dict) -> int:
     lat: list[float] = []
     result = {"admitted": 0, "denied": 0, "busy": 0, "errors": [], "ids": []}
     try:
-        coord.check("selfplay", args["node"])  # connect before measuring
+        try:
+            coord.check("selfplay", args["node"])  # connect before measuring
+        except CoordError as exc:  # a busy store: the loop counts what it meets from now on
+            result["errors" if exc.exit_code != 75 else "busy_warmup"] = [str(exc)]
         while time.time() < args["deadline"]:
             ttype = rng.choices(TYPES, TYPE_WEIGHTS)[0]
             t0 = time.perf_counter()
@@ -147,10 +149,16 @@ def launch_loop(args: dict) -> int:
                 result["admitted"] += 1  # type: ignore[operator]
                 result["ids"].append(d.task_id)  # type: ignore[attr-defined]
                 time.sleep(rng.uniform(0.05, 0.4))
-                try:
-                    coord.unregister_task(d.task_id, token=d.lease_token, exit_code=0)
-                except CoordError as exc:
-                    result["errors"].append(f"release: {type(exc).__name__}: {exc}")  # type: ignore[attr-defined]
+                for attempt in range(60):  # a busy store: retried, as `run` retries a release
+                    try:
+                        coord.unregister_task(d.task_id, token=d.lease_token, exit_code=0)
+                        break
+                    except CoordError as exc:
+                        if exc.exit_code != 75 or attempt == 59:
+                            result["errors"].append(f"release: {type(exc).__name__}: {exc}")  # type: ignore[attr-defined]
+                            break
+                        result["busy"] += 1  # type: ignore[operator]
+                        time.sleep(0.5)
             else:
                 result["denied"] += 1  # type: ignore[operator]
                 time.sleep(rng.uniform(0.1, 0.5))
@@ -227,7 +235,8 @@ class Soak:
         if rc == 75:
             self.count(f"exit75:{what}")
 
-    def cli(self, i: int | None, *argv: str, timeout: float = 120) -> tuple[int, str, str, float]:
+    def cli(self, i: int | None, *argv: str) -> tuple[int, str, str, float]:
+        timeout = self.a.command_timeout
         t0 = time.perf_counter()
         p = subprocess.run(
             [self.exe, *argv],
@@ -263,7 +272,7 @@ class Soak:
                 else:
                     self.register_cycle(i, ttype, rng)
             except subprocess.TimeoutExpired as exc:
-                self.problem(f"a command hung past its timeout: {exc.cmd[1:3]}")
+                self.problem(f"a command ran past --command-timeout: {exc.cmd[1:3]}")
             time.sleep(rng.uniform(0.0, 0.2))
 
     def run_wait(self, i: int, env: dict[str, str], ttype: str, rng: random.Random) -> None:
@@ -492,7 +501,6 @@ class Soak:
             for k in range(a.loops):
                 out = os.path.join(self.root, f"loop-{i}-{k}.json")
                 spec = {
-                    "env": self.env(i),
                     "node": self.nodes[i],
                     "deadline": deadline,
                     "seed": self.rng.random(),
@@ -501,6 +509,7 @@ class Soak:
                 loops.append(
                     subprocess.Popen(
                         [sys.executable, __file__, "--_loop", json.dumps(spec)],
+                        env=self.env(i),
                         stdin=subprocess.DEVNULL,
                     )
                 )
@@ -691,6 +700,12 @@ def main(argv: list[str]) -> int:
     p.add_argument("--workers", type=int, default=4, help="CLI workers per node")
     p.add_argument("--loops", type=int, default=1, help="in-process launch loops per node")
     p.add_argument("--chaos-every", type=float, default=4.0, help="seconds between faults (about)")
+    p.add_argument(
+        "--command-timeout",
+        type=float,
+        default=600.0,
+        help="a command (other than run --wait) running longer than this is a violation",
+    )
     p.add_argument("--pg-url", help="an existing PostgreSQL database (its tables get used)")
     p.add_argument("--exe", help="the ringrift-coord to run (default: next to this python)")
     p.add_argument("--seed", type=int, default=None)
