@@ -535,6 +535,22 @@ def run_command(
     )
 
 
+def _record_holder(keeper: SlotKeeper, ident: str, token: int, holder: Holder, job: _Job) -> bool:
+    """Record the gated child as the slot's holder. A store busy past its timeout (a herd of
+    writers) decided nothing: the slot is ours and its lease runs, so try again until half
+    the lease is spent or a signal asks us to stop; giving up here would exit 75 and release
+    an admitted slot as a failure."""
+    clock = keeper.ctx.clock
+    give_up = clock.monotonic() + float(keeper.ctx.settings.get("store.lease_ttl")) / 2
+    while True:
+        try:
+            return keeper.set_holder(ident, token, holder)
+        except StoreBusy:
+            if job.received or clock.monotonic() + BUSY_RETRY >= give_up:
+                raise
+            clock.sleep(BUSY_RETRY)
+
+
 def _check_timeout(timeout: float | None) -> None:
     if timeout is not None and not (timeout >= 0 and timeout < float("inf")):
         raise UsageError(f"{timeout:g} is not a non-negative number of seconds", field="timeout")
@@ -609,7 +625,9 @@ def run_held(
             tee.parent_side()
         job.pgid = pid
         try:
-            recorded = keeper.set_holder(task_id, token, Holder(pid=pid, pgid=pid, wrapper_pid=me))
+            recorded = _record_holder(
+                keeper, task_id, token, Holder(pid=pid, pgid=pid, wrapper_pid=me), job
+            )
         except BaseException:
             os.close(go_w)  # the child exits without running anything
             raise

@@ -413,6 +413,37 @@ def test_release_retries_a_busy_store_with_backoff_on_the_clock(
     assert row["status"] == "ok"
 
 
+def test_a_busy_store_when_recording_the_holder_is_retried_not_a_failed_job(
+    engine_db: EngineDB,
+) -> None:
+    """The slot is admitted, then the store stays locked past its busy timeout while the
+    wrapper records the job's process group: it tries again on the clock (the slot is ours,
+    its lease runs) and the job runs; before, the wrapper exited 75 and released its admitted
+    slot as a failed "wrapper error" (seen in the soak as busy exits of run --wait)."""
+    clock = ManualClock()
+    busy = ONE_SLOT.replace("busy_timeout: 5", "busy_timeout: 0.05")
+    mine = TaskCoordinator(engine_db.context(busy, clock))
+    other = TaskCoordinator(engine_db.context(ONE_SLOT, clock))
+    locked, done = threading.Event(), threading.Event()
+
+    def locker() -> None:
+        with other.ctx.store.write():  # the lock set_holder needs, held across two tries
+            locked.set()
+            wait_for(lambda: len(clock.slept) >= 2, 30, "two tries to record the holder")
+        done.set()
+
+    def admitted() -> None:
+        threading.Thread(target=locker, daemon=True).start()
+        assert locked.wait(30)
+
+    result = run_command(mine, "selfplay", "n1", ["true"], on_admitted=admitted)
+    assert done.is_set()
+    assert (result.exit_code, result.status) == (0, "ok")
+    assert clock.slept[:2] == at([0.5, 0.5])
+    (row,) = other.history()
+    assert row["status"] == "ok"
+
+
 def test_duration_is_measured_on_the_clock(pair) -> None:
     clock, mine, _ = pair
     result: RunResult = run_command(mine, "selfplay", "n1", ["sh", "-c", "exit 3"])
