@@ -278,7 +278,13 @@ class FifoDoorbell(Doorbell):
                     os.fchown(fd, -1, shared_gid)
                 # published only now that it is open: a ring finds a reader or no name at all;
                 # link, not rename: a name already there (planted) is refused, not replaced
-                os.link(tmp, self.name, src_dir_fd=self.dir_fd, dst_dir_fd=self.dir_fd)
+                try:
+                    os.link(tmp, self.name, src_dir_fd=self.dir_fd, dst_dir_fd=self.dir_fd)
+                except FileExistsError:
+                    raise ValueError(
+                        f"wake directory {directory} already holds {self.name}, which is not "
+                        "this waiter's doorbell; refusing it"
+                    ) from None
             finally:
                 os.unlink(tmp, dir_fd=self.dir_fd)
         except BaseException:
