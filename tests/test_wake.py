@@ -37,7 +37,10 @@ def rows(coord: Coord, sql: str) -> list[tuple]:
         import psycopg
 
         with psycopg.connect(coord.env["RINGRIFT_COORD_DB"], autocommit=True) as conn:
-            return [tuple(r) for r in conn.execute(sql).fetchall()]
+            try:
+                return [tuple(r) for r in conn.execute(sql).fetchall()]
+            except psycopg.errors.UndefinedTable:
+                return []  # the first command has not made the schema yet
     if not coord.db.exists():
         return []
     conn = sqlite3.connect(f"file:{coord.db}?mode=ro", uri=True, timeout=10)
@@ -329,3 +332,43 @@ def test_without_listen_the_waiter_polls_and_is_still_admitted(coord: Coord) -> 
                 w.proc.kill()
         holder.kill()
         holder.wait(timeout=10)
+
+
+def test_a_transfer_that_ends_wakes_the_bandwidth_waiter(coord: Coord) -> None:
+    coord.write_config(
+        "bandwidth: {max_concurrent_transfers: 1}\nrun: {poll_interval: 0.05, wake_poll: 30}\n"
+    )
+    gate, out = coord.tmp / "gate", coord.tmp / "out"
+    holder = coord.popen(
+        "bandwidth", "run", "h1", "--",
+        "sh", "-c", 'while [ ! -e "$0" ]; do sleep 0.05; done', str(gate),
+        stdout=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    waiter = None
+    try:
+        wait_for(
+            lambda: rows(coord, "SELECT pgid FROM transfers WHERE pgid IS NOT NULL"),
+            30,
+            "the first transfer",
+        )
+        waiter = coord.popen(
+            "bandwidth", "run", "h1", "--wait", "--", "sh", "-c", 'echo in > "$0"', str(out),
+            stdout=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+        wait_for(
+            lambda: rows(coord, "SELECT seq FROM waiters WHERE task_type = 'transfer'"),
+            30,
+            "the bandwidth waiter in line",
+        )
+        time.sleep(0.5)
+        gate.touch()
+        assert holder.wait(timeout=30) == 0
+        ended = time.monotonic()
+        assert waiter.wait(timeout=30) == 0
+        assert time.monotonic() - ended < PROMPT  # rung: its own poll is 30 s away
+        assert out.read_text() == "in\n"
+    finally:
+        for proc in (holder, waiter):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.wait(timeout=10)
