@@ -398,8 +398,13 @@ class ListenDoorbell(Doorbell):
     live = True
 
     def __init__(self, conn: Any, kind: str, seq: int, clock: Clock) -> None:
+        import psycopg
+
         super().__init__(clock)
         self.conn, self.kind, self.seq = conn, kind, int(seq)
+        # only the server's failures end the listening: a signal's exception (SIGTERM while
+        # it waits) must reach the waiter
+        self._failed = (psycopg.Error, OSError)
 
     def _collect(self, timeout: float) -> bool:
         """Whether a ring for this waiter came within ``timeout`` (0: those already here)."""
@@ -420,7 +425,7 @@ class ListenDoorbell(Doorbell):
                 got = list(self.conn.notifies(timeout=left, stop_after=1))
                 if any(rung_me(n.payload, self.kind, self.seq, self.held_back) for n in got):
                     return True
-        except Exception:  # noqa: BLE001 (the listener's server went away: poll instead)
+        except self._failed:  # the listener's server went away: poll instead
             self.live = False
             return False
 
@@ -440,11 +445,11 @@ class ListenDoorbell(Doorbell):
             return
         try:
             self.conn.execute(RING_NEXT_SQL, (self.kind, self.kind, self.seq))
-        except Exception:  # noqa: BLE001, S110 (a lost ring costs one safety poll)
-            pass
+        except self._failed:  # a lost ring costs one safety poll
+            self.live = False
 
     def close(self) -> None:
         try:
             self.conn.close()
-        except Exception:  # noqa: BLE001, S110
+        except self._failed:
             pass

@@ -372,3 +372,17 @@ def test_a_transfer_that_ends_wakes_the_bandwidth_waiter(coord: Coord) -> None:
             if proc is not None and proc.poll() is None:
                 proc.kill()
                 proc.wait(timeout=10)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP], ids=lambda s: s.name)
+def test_a_signal_ends_a_sleeping_waiter_at_once(slot, sig: signal.Signals) -> None:
+    """Asleep on its doorbell (a FIFO's select, a LISTEN connection's wait), a waiter still
+    ends on SIGTERM/SIGHUP at once and leaves the line."""
+    coord, _, waiters, _ = slot
+    log = coord.tmp / "log"
+    w = asking(coord, waiters, log, "a")
+    time.sleep(0.5)
+    os.kill(w.pid, sig)
+    assert w.wait(timeout=PROMPT) == 128 + sig, w.stderr
+    assert rows(coord, "SELECT seq FROM waiters") == []
+    assert log_lines(log) == []
