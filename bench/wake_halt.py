@@ -5,7 +5,7 @@ Everything is halted; N waiters (default 200) start one after another (each once
 before it has asked, so arrival order is known) for one slot type with a per-node limit L
 (default 8), each running a short job that logs its name. Then ``unhalt``. Reports how
 many exited 0 and how many 75 (none may: nobody has a ``--timeout``), the seconds from the
-unhalt to the last exit, and whether the jobs started in arrival order (SQLite: the
+unhalt to the last exit, and whether they were admitted in arrival order (SQLite: the
 wake-up cascade admits them one by one; on PostgreSQL the halted waiters all retry at
 once, so arrival order among them is not promised).
 
@@ -48,12 +48,28 @@ def asked(state: str, db: str | None) -> int:
         conn.close()
 
 
+def admitted_pids(state: str, db: str | None) -> list[int]:
+    """The pids of the admitted ``run``s, in the order they were admitted."""
+    sql = "SELECT pid FROM decisions WHERE action = 'run' AND allowed = 1 ORDER BY id"
+    if db:
+        import psycopg
+
+        with psycopg.connect(db, autocommit=True) as conn:
+            return [int(r[0]) for r in conn.execute(sql).fetchall()]
+    conn = sqlite3.connect(f"file:{os.path.join(state, 'tasks.db')}?mode=ro", uri=True)
+    try:
+        return [int(r[0]) for r in conn.execute(sql).fetchall()]
+    finally:
+        conn.close()
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("-n", "--waiters", type=int, default=200)
     p.add_argument("-L", "--limit", type=int, default=8)
     p.add_argument("--db", default=None, help="postgresql://... (default: SQLite)")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--patience", type=float, default=600, help="seconds (600) before a stall")
     a = p.parse_args()
 
     tmp = tempfile.mkdtemp(prefix="wake-halt-")
@@ -94,10 +110,16 @@ def main() -> int:
                 time.sleep(0.02)
         subprocess.run([*coord, "unhalt"], env=env, check=True, capture_output=True)
         lifted = time.monotonic()
-        codes = [w.wait(timeout=600) for w in waiters]
+        try:
+            codes = [w.wait(timeout=a.patience) for w in waiters]
+        except subprocess.TimeoutExpired:
+            stuck = [i for i, w in enumerate(waiters) if w.poll() is None]
+            print(f"stalled: waiters {stuck} still waiting; state kept in {tmp}", file=sys.stderr)
+            tmp = ""  # kept for a look
+            raise SystemExit(1) from None
         seconds = time.monotonic() - lifted
-        with open(log) as handle:
-            order = [int(line) for line in handle.read().split()]
+        index = {w.pid: i for i, w in enumerate(waiters)}
+        order = [index[pid] for pid in admitted_pids(state, a.db) if pid in index]
         inversions = sum(1 for x, y in zip(order, order[1:], strict=False) if y < x)
         doc = {
             "engine": "postgres" if a.db else "sqlite",
@@ -107,7 +129,7 @@ def main() -> int:
             "exit_75": codes.count(75),
             "other_exits": sorted({c for c in codes if c not in (0, 75)}),
             "seconds_unhalt_to_last_exit": round(seconds, 2),
-            "started_in_arrival_order": order == sorted(order),
+            "admitted_in_arrival_order": order == sorted(order),
             "order_inversions": inversions,
             "loadavg_1m": os.getloadavg()[0],
         }
@@ -121,7 +143,8 @@ def main() -> int:
         for w in waiters:
             if w.poll() is None:
                 w.kill()
-        shutil.rmtree(tmp, ignore_errors=True)
+        if tmp:
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":

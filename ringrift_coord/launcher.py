@@ -270,6 +270,8 @@ def acquire(
         kind, node = keeper.queue_key()
         bell = keeper.ctx.store.doorbell(kind, seq, node)
         wake_poll = max(poll, float(keeper.ctx.settings.get("run.wake_poll")))
+        # a waiter on another host is alive while it keeps asking (its heartbeat)
+        slowest = max(wake_poll, float(keeper.ctx.settings.get("store.lease_ttl")) / 4)
         attempt, rung = 0, False
         while True:
             try:
@@ -314,7 +316,9 @@ def acquire(
                     f"{human(waited)}; {decision.summary()}",
                     decision,
                 )
-            interval = _wait_interval(decision, in_line, poll, wake_poll if bell.live else None)
+            interval = _wait_interval(
+                decision, in_line, poll, (wake_poll, slowest) if bell.live else None
+            )
             if deadline is not None:
                 interval = min(interval, max(0.0, deadline - clock.monotonic()))
             rung = bell.wait(interval)
@@ -332,24 +336,39 @@ def acquire(
             bell.close()
 
 
-TIMED_RULES = ("rate", "breaker")  # denials that end at a known time, with no ring
+# denials that end at a known time, with no ring: a bucket's refill, a breaker's half-open,
+# a halt's --ttl
+TIMED_RULES = ("rate", "breaker", "halt")
+HELD_BACK_FACTOR = 10  # a waiter a halt holds back asks every wake_poll x this (at most)
 
 
 def _wait_interval(
-    decision: Decision, in_line: bool, poll: float, wake_poll: float | None
+    decision: Decision, in_line: bool, poll: float, safety: tuple[float, float] | None
 ) -> float:
-    """How long a denied waiter sleeps before it asks again unless rung (``wake_poll``: its
-    doorbell can ring; None: it polls)."""
+    """How long a denied waiter sleeps before it asks again unless rung (``safety``: its
+    doorbell can ring, and its safety poll is (``run.wake_poll``, the slowest); None: it
+    polls)."""
     # Polling: the head of the line polls fast; those behind it, and a halted waiter (an
     # operator lifts a halt), more gently.
     interval = poll if decision.queued == 0 else min(0.5, poll * (2 + decision.queued))
     if not in_line:
         interval = max(poll, HALTED_POLL)
-    if wake_poll is not None:
-        # a ring wakes it: its own polls are the safety net for a ring lost, except when
-        # the denial ends at a known time (a bucket's refill, a breaker's half-open)
-        interval = max(interval, wake_poll)
-        timed = [r.retry_after for r in decision.reasons if r.rule in TIMED_RULES and r.retry_after]
+    if safety is not None:
+        # a ring wakes it: its own polls are the safety net for a ring lost (the head of
+        # the line every wake_poll, those behind it the more gently the further back: a
+        # ring reaches them through the ones ahead), except when the denial ends at a
+        # known time (a bucket's refill, a breaker's half-open, a halt's --ttl)
+        wake_poll, slowest = safety
+        if in_line:
+            interval = max(interval, min(wake_poll * (1 + decision.queued), slowest))
+        else:  # held back by a halt: the unhalt rings it (asking often would only let
+            # it slip in ahead of those before it while they are rung back one by one)
+            interval = max(interval, min(wake_poll * HELD_BACK_FACTOR, slowest))
+        timed = [
+            r.retry_after
+            for r in decision.reasons
+            if r.rule in TIMED_RULES and r.retry_after is not None
+        ]
         if timed:
             interval = min(interval, max(poll, min(timed)))
     if not in_line and not decision.halted and decision.retry_after:  # peak hours: hours ahead
