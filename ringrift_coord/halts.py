@@ -409,6 +409,7 @@ def deactivate(
             f"SELECT scope, node, expires_at FROM halts{where} ORDER BY scope, node", args
         )
         tx.execute(f"DELETE FROM halts{where}", args)
+        tx.ring(None)  # the head of every line; the halted waiters then follow one by one
         audit = found or ([{"scope": GLOBAL, "node": ALL_NODES}] if not where else [])
         for row in audit:
             tx.execute(

@@ -169,6 +169,7 @@ def finish(
     )
     if not deleted:
         return False
+    tx.ring(row["task_type"], row["node"])  # a slot freed: wake the waiter whose turn it is
     tx.execute(
         "INSERT INTO task_history (task_id, task_type, node, host, pid, config_name, started_at, "
         "ended_at, duration, exit_code, status, reason) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",

@@ -32,6 +32,9 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
+    from ringrift_coord.clock import Clock
+    from ringrift_coord.wake import Doorbell
+
 
 class Tx(ABC):
     """One open transaction.
@@ -44,6 +47,13 @@ class Tx(ABC):
 
     def after_commit(self, fn: Callable[[], object]) -> None:
         self.__dict__.setdefault("_after_commit", []).append(fn)
+
+    def ring(self, kind: str | None, node: str | None = None) -> None:
+        """Wake the waiters of queue ``kind`` (``waiters.task_type``; None: every queue)
+        whose turn it may be, once this transaction commits: call it wherever a change may
+        admit a waiter (a slot or transfer freed on ``node``, a halt lifted...). A ring of
+        a rolled-back transaction is never heard; many rings of one transaction are one."""
+        self.__dict__.setdefault("_rings", set()).add((kind, node))
 
     @abstractmethod
     def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
@@ -103,6 +113,9 @@ class Store(ABC):
                     yield tx
                 finally:
                     self.__dict__["_depth"] -= 1
+                rings = tx.__dict__.pop("_rings", None)
+                if rings:
+                    self.ring(tx, rings)
             except BaseException:
                 self._rollback()
                 raise
@@ -126,6 +139,22 @@ class Store(ABC):
                     self.__dict__["_depth"] -= 1
             finally:
                 self._rollback()
+
+    def ring(self, tx: Tx, targets: set[tuple[str | None, str | None]]) -> None:  # noqa: B027
+        """Deliver ``tx``'s rings (``Tx.ring``) once it commits: PostgreSQL notifies inside
+        the transaction, SQLite rings its wake directory after the commit. Here, a no-op."""
+
+    def doorbell(self, kind: str, seq: int, node: str) -> Doorbell:
+        """The doorbell of the waiter ``seq`` in queue ``kind`` for ``node``: made before
+        its first admission attempt, so no ring is lost. Here: poll only."""
+        from ringrift_coord.wake import Doorbell
+
+        return Doorbell(self._wake_clock())
+
+    def _wake_clock(self) -> Clock:
+        from ringrift_coord.clock import SYSTEM_CLOCK
+
+        return getattr(self, "clock", None) or SYSTEM_CLOCK
 
     def probe_write_lock(self) -> None:
         """Take the lock every admission write takes (SQLite: ``BEGIN IMMEDIATE``;

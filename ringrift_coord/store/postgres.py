@@ -35,6 +35,8 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
+    from ringrift_coord.wake import Doorbell
+
 # pg_advisory_xact_lock key of every admission write: "ringrift" in ASCII
 ADMISSION_LOCK = 0x72696E6772696674
 MIGRATION_LOCK = ADMISSION_LOCK + 1
@@ -368,6 +370,41 @@ class PostgresStore(Store):
                 self._conn.close()
             except self._psycopg.Error:
                 pass
+
+    # -- wake-ups (run --wait) ----------------------------------------------------------
+
+    def ring(self, tx: Tx, targets: set[tuple[str | None, str | None]]) -> None:
+        from ringrift_coord.wake import pg_ring
+
+        assert isinstance(tx, PostgresTx)
+        try:
+            pg_ring(tx._cur, targets)
+        except self._psycopg.Error as exc:
+            raise self._translate(exc) from None
+
+    def doorbell(self, kind: str, seq: int, node: str) -> Doorbell:
+        """LISTEN on a connection of its own; where that fails (PgBouncer in transaction
+        mode, a server that refuses it), the poll-only doorbell: the safety net."""
+        from ringrift_coord.wake import CHANNEL, Doorbell, ListenDoorbell
+
+        clock = self._wake_clock()
+        conn = None
+        try:
+            conn = self._psycopg.connect(
+                self.url,
+                connect_timeout=self.connect_timeout,
+                autocommit=True,
+                application_name="ringrift-coord-wait",
+            )
+            conn.execute(f"LISTEN {CHANNEL}")
+        except Exception:  # noqa: BLE001 (no LISTEN here: waiting polls instead)
+            if conn is not None:
+                try:
+                    conn.close()
+                except Exception:  # noqa: BLE001, S110
+                    pass
+            return Doorbell(clock)
+        return ListenDoorbell(conn, kind, seq, clock)
 
     def idle(self) -> None:
         self.close()  # 28 nodes x 32 jobs must not hold ~900 idle server connections

@@ -33,6 +33,8 @@ TYPE_CHECKING = False  # typing costs start-up time on the hot path; annotations
 if TYPE_CHECKING:
     from typing import Any
 
+    from ringrift_coord.wake import Doorbell
+
 SQLITE_MAGIC = b"SQLite format 3\x00"
 # Small pages: every admission and release rewrites a handful of pages into the WAL, so the
 # bytes written per transaction (and the checkpoints that follow) scale with the page size;
@@ -92,6 +94,7 @@ class SQLiteStore(Store):
         self.path = os.path.abspath(path)
         self.busy_timeout = float(busy_timeout)
         self.clock = clock
+        self.shared_gid = shared_gid
         self._query_only = False
         self._next_wal_cut = 0.0
         self.shared_gid = shared_gid
@@ -318,6 +321,32 @@ class SQLiteStore(Store):
                 self._query_only = False
             except sqlite3.Error:
                 pass
+
+    # -- wake-ups (run --wait) ----------------------------------------------------------
+
+    def ring(self, tx: Tx, targets: set[tuple[str | None, str | None]]) -> None:
+        path, gid = self.path + "-wake", self.shared_gid
+
+        def ring_after_commit() -> None:
+            if os.path.isdir(path):  # nobody ever waited here: nothing to import or list
+                from ringrift_coord.wake import ring_fifos
+
+                ring_fifos(path, targets, gid)
+
+        tx.after_commit(ring_after_commit)
+
+    def doorbell(self, kind: str, seq: int, node: str) -> Doorbell:
+        from ringrift_coord.wake import FifoDoorbell, wake_dir
+
+        directory = wake_dir(self.path)
+        try:
+            return FifoDoorbell(directory, kind, seq, node, self.clock, self.shared_gid)
+        except ValueError as exc:
+            raise StateError(str(exc)) from None
+        except OSError as exc:
+            raise StateError(
+                f"cannot use the wake directory {directory}: {exc.strerror or exc}"
+            ) from None
 
     def close(self) -> None:
         try:
