@@ -118,6 +118,8 @@ def check_sqlite_path(path: str, *, create: bool = True) -> None:
     try:
         st = os.lstat(path)
     except FileNotFoundError:
+        from ringrift_coord.store.sqlite import deleted_store  # only now: no file there
+
         gone = deleted_store(path)
         if gone is not None:
             raise gone from None
@@ -136,25 +138,3 @@ def check_sqlite_path(path: str, *, create: bool = True) -> None:
         )
     if not stat.S_ISREG(st.st_mode):  # a FIFO would block the open; a directory is no store
         raise StateError(f"database {os.path.abspath(path)} is not a regular file; refusing it")
-
-
-ID_SUFFIX = ".id"  # the marker beside a SQLite store that records which store lives there
-
-
-def deleted_store(path: str) -> StoreGone | None:
-    """The refusal for a SQLite path whose store is missing although its marker
-    (``PATH.id``) says one was created there; None when no marker exists."""
-    marker = os.path.abspath(path) + ID_SUFFIX
-    if not os.path.lexists(marker):
-        return None
-    from ringrift_coord.store.sqlite import read_store_id  # only now: an error path
-
-    try:
-        recorded = read_store_id(os.path.abspath(path))
-        which = "" if recorded is None else f"store id {recorded:08x}, "
-    except StateError:
-        which = ""
-    return StoreGone(
-        f"state store {os.path.abspath(path)} was deleted ({which}recorded in {marker}); "
-        f"restore it from a backup, or remove {marker} to start a new empty store"
-    )

@@ -97,12 +97,9 @@ class SQLiteStore(Store):
         self.shared_gid = shared_gid
         self._query_only = False
         self._next_wal_cut = 0.0
-        self.shared_gid = shared_gid
         if os.path.lexists(self.path):
             store_id = check_database_file(self.path, shared_gid)
         else:
-            from ringrift_coord.store import deleted_store
-
             gone = deleted_store(self.path)
             if gone is not None:
                 raise gone
@@ -624,3 +621,20 @@ def _why_read_only(path: str) -> str | None:
     if not os.access(directory, os.W_OK):
         return f"the directory {directory} is not writable by this user"
     return None
+
+
+def deleted_store(path: str) -> StoreGone | None:
+    """The refusal for a SQLite path whose store is missing although its marker
+    (``PATH.id``) says one was created there; None when no marker exists."""
+    marker = os.path.abspath(path) + ID_SUFFIX
+    if not os.path.lexists(marker):
+        return None
+    try:
+        recorded = read_store_id(os.path.abspath(path))
+        which = "" if recorded is None else f"store id {recorded:08x}, "
+    except StateError:
+        which = ""
+    return StoreGone(
+        f"state store {os.path.abspath(path)} was deleted ({which}recorded in {marker}); "
+        f"restore it from a backup, or remove {marker} to start a new empty store"
+    )
