@@ -384,6 +384,7 @@ def reset(
             continue
         closed = Breaker(row["node"], row["task_type"])
         _publish(tx, settings, closed, row["state"], "BREAKER_RESET")
+        tx.ring(row["task_type"], row["node"])
     tx.execute(f"DELETE FROM breakers{clause}", args)
     tx.execute(f"DELETE FROM breaker_failures{clause}", args)
     return rows

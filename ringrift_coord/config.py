@@ -152,8 +152,9 @@ DEFAULTS: dict[str, Any] = {
         "lease_ttl": 120,
         "decision_log_days": 7,
         "shared_group": None,
+        "long_hold": 30,
     },
-    "run": {"kill_grace": 10, "poll_interval": 0.05},
+    "run": {"kill_grace": 10, "poll_interval": 0.05, "wake_poll": 2},
     # readings: disk is checked on the state directory and these paths; older samples are stale
     # live_host: without a fresh sample, admission reads this host's memory/disk/load itself
     "resources": {
@@ -304,8 +305,9 @@ SCHEMA: dict[str, Any] = {
         "lease_ttl": SECS,
         "decision_log_days": NUM,
         "shared_group": Leaf("group", nullable=True),
+        "long_hold": SECS,
     },
-    "run": {"kill_grace": SECS, "poll_interval": SECS},
+    "run": {"kill_grace": SECS, "poll_interval": SECS, "wake_poll": SECS},
     "resources": {
         "data_paths": Leaf("globs"),
         "max_sample_age": SECS,
@@ -324,6 +326,7 @@ SCHEMA: dict[str, Any] = {
 # the least value a setting takes (and why): below it the loop it paces would only load the store
 FLOORS: dict[str, tuple[float, str]] = {
     "run.poll_interval": (0.05, "seconds (polling the store faster only loads it)"),
+    "run.wake_poll": (0.05, "seconds (polling the store faster only loads it)"),
     "store.lease_ttl": (1, "second"),
     "oom.decay_interval": (1, "second"),
 }

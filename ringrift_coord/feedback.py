@@ -77,6 +77,8 @@ def reset_backpressure(
     rows = backpressure_in_force(tx, settings, now, node)
     clause, args = ("", ()) if node is None else (" WHERE node = ?", (node,))
     tx.execute(f"DELETE FROM backpressure{clause}", args)
+    if rows:
+        tx.ring(None, node)  # a full spawn rate again
     return [{"node": r["node"], "factor": r["factor"]} for r in rows]
 
 

@@ -357,6 +357,7 @@ def activate(
     scope, on = scope_of(task_type), node_of(node)
     reason = None if reason is None else printable(reason)
     with ctx.store.write() as tx:
+        tx.check_integrity()  # an operator's halt never lands in a damaged file, said as ok
         now = tx.now()
         expires = None if ttl is None else now + ttl
         tx.execute("DELETE FROM halts WHERE scope = ? AND node = ?", (scope, on))
@@ -398,6 +399,7 @@ def deactivate(
     ``lifted``: the scopes lifted; ``lifted_halts``: each as (scope, node)."""
     on = None if node is None else node_of(node)
     with ctx.store.write() as tx:
+        tx.check_integrity()
         now = tx.now()
         where, args = "", list[object]()
         if task_type is not None:
@@ -408,6 +410,7 @@ def deactivate(
             f"SELECT scope, node, expires_at FROM halts{where} ORDER BY scope, node", args
         )
         tx.execute(f"DELETE FROM halts{where}", args)
+        tx.ring(None)  # the head of every line; the halted waiters then follow one by one
         audit = found or ([{"scope": GLOBAL, "node": ALL_NODES}] if not where else [])
         for row in audit:
             tx.execute(

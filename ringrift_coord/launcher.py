@@ -31,8 +31,13 @@ from ringrift_coord.context import Context
 from ringrift_coord.decision import Decision
 from ringrift_coord.durations import human
 from ringrift_coord.errors import CoordError, ExitCode, StoreBusy, UsageError, WaitTimeout
+from ringrift_coord.store.base import StoreGone
 from ringrift_coord.task_coordinator import Holder, TaskCoordinator
 from ringrift_coord.tasktypes import TaskType
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from ringrift_coord.wake import Doorbell
 
 FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 # What a terminal sends its foreground process group (Ctrl-C, Ctrl-\, hang-up): while the
@@ -100,6 +105,10 @@ class SlotKeeper:
         """What a waiter waits for, in a message: ``a selfplay slot on n1``."""
         raise NotImplementedError
 
+    def queue_key(self) -> tuple[str, str]:
+        """(kind, node): the fair queue this waiter stands in, as ``waiters`` names it."""
+        raise NotImplementedError
+
     def acquire(self, waiter_seq: int | None, log: bool) -> Decision:
         raise NotImplementedError
 
@@ -148,6 +157,9 @@ class TaskSlot(SlotKeeper):
 
     def waiting_for(self) -> str:
         return f"a {self.task_type.value} slot on {self.node}"
+
+    def queue_key(self) -> tuple[str, str]:
+        return self.task_type.value, self.node
 
     def acquire(self, waiter_seq: int | None, log: bool) -> Decision:
         return self.coord.acquire(
@@ -248,13 +260,20 @@ def acquire(
 
     seq: int | None = None
     in_line, admitted = True, False
+    bell: Doorbell | None = None
     try:
         while seq is None:
             try:
                 seq = keeper.enqueue()
             except StoreBusy as exc:
                 busy(exc)
-        attempt = 0
+        # before the first attempt: a ring while it runs stays in the doorbell, never lost
+        kind, node = keeper.queue_key()
+        bell = keeper.ctx.store.doorbell(kind, seq, node)
+        wake_poll = max(poll, float(keeper.ctx.settings.get("run.wake_poll")))
+        # a waiter on another host is alive while it keeps asking (its heartbeat)
+        slowest = max(wake_poll, float(keeper.ctx.settings.get("store.lease_ttl")) / 4)
+        attempt, rung = 0, False
         while True:
             try:
                 decision = keeper.acquire(seq, attempt == 0)
@@ -264,22 +283,31 @@ def acquire(
             attempt += 1
             if decision.allowed:
                 admitted = True
+                # room may be left for the next one (two releases rang us at once; a halt
+                # lifted over a whole line): the line moves on one writer at a time
+                bell.ring_next()
                 return decision
             # Denied by a halt (its node drained, its type or everything halted) or by peak
             # hours, it holds no place: it would count against every other node's limits
             # (and against shorter tasks that may start before the window) while it cannot
             # run. It keeps its seq, so the waiters ahead of it by arrival are still the ones
             # counted, and takes its place back once only the limits deny it.
+            rejoined = False
             try:
                 if decision.held_back and in_line:
                     keeper.leave_queue(seq)
                     in_line = False
                 elif not decision.held_back and not in_line:
                     keeper.enqueue(seq)
-                    in_line = True
+                    in_line = rejoined = True
             except StoreBusy as exc:
                 busy(exc)
                 continue
+            bell.held_back = not in_line
+            if rejoined or (rung and not in_line):
+                # back in line after a halt lifted (the ones behind may be back too), or
+                # rung while still held back (the ring was for a waiter it cannot be)
+                bell.ring_next()
             waited = clock.monotonic() - started
             if on_wait is not None:
                 on_wait(decision, waited)
@@ -289,16 +317,12 @@ def acquire(
                     f"{human(waited)}; {decision.summary()}",
                     decision,
                 )
-            # The head of the line polls fast; those behind it, and a halted waiter (an
-            # operator lifts a halt), more gently.
-            interval = poll if decision.queued == 0 else min(0.5, poll * (2 + decision.queued))
-            if not in_line:
-                interval = max(poll, HALTED_POLL)
-                if not decision.halted and decision.retry_after:  # peak hours: hours ahead
-                    interval = max(interval, min(decision.retry_after, PEAK_POLL))
+            interval = _wait_interval(
+                decision, in_line, poll, (wake_poll, slowest) if bell.live else None
+            )
             if deadline is not None:
                 interval = min(interval, max(0.0, deadline - clock.monotonic()))
-            clock.sleep(interval)
+            rung = bell.wait(interval)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
@@ -307,6 +331,50 @@ def acquire(
                 keeper.leave_queue(seq)
             except CoordError:
                 pass  # a dead waiter loses its place when the next admission reaps it
+        if bell is not None:
+            if not admitted and in_line:
+                bell.ring_next()  # those behind it count one waiter fewer ahead of them
+            bell.close()
+
+
+# denials that end at a known time, with no ring: a bucket's refill, a breaker's half-open,
+# a halt's --ttl
+TIMED_RULES = ("rate", "breaker", "halt")
+HELD_BACK_FACTOR = 10  # a waiter a halt holds back asks every wake_poll x this (at most)
+
+
+def _wait_interval(
+    decision: Decision, in_line: bool, poll: float, safety: tuple[float, float] | None
+) -> float:
+    """How long a denied waiter sleeps before it asks again unless rung (``safety``: its
+    doorbell can ring, and its safety poll is (``run.wake_poll``, the slowest); None: it
+    polls)."""
+    # Polling: the head of the line polls fast; those behind it, and a halted waiter (an
+    # operator lifts a halt), more gently.
+    interval = poll if decision.queued == 0 else min(0.5, poll * (2 + decision.queued))
+    if not in_line:
+        interval = max(poll, HALTED_POLL)
+    if safety is not None:
+        # a ring wakes it: its own polls are the safety net for a ring lost (the head of
+        # the line every wake_poll, those behind it the more gently the further back: a
+        # ring reaches them through the ones ahead), except when the denial ends at a
+        # known time (a bucket's refill, a breaker's half-open, a halt's --ttl)
+        wake_poll, slowest = safety
+        if in_line:
+            interval = max(interval, min(wake_poll * (1 + decision.queued), slowest))
+        else:  # held back by a halt: the unhalt rings it (asking often would only let
+            # it slip in ahead of those before it while they are rung back one by one)
+            interval = max(interval, min(wake_poll * HELD_BACK_FACTOR, slowest))
+        timed = [
+            r.retry_after
+            for r in decision.reasons
+            if r.rule in TIMED_RULES and r.retry_after is not None
+        ]
+        if timed:
+            interval = min(interval, max(poll, min(timed)))
+    if not in_line and not decision.halted and decision.retry_after:  # peak hours: hours ahead
+        interval = max(interval, min(decision.retry_after, PEAK_POLL))
+    return interval
 
 
 # --------------------------------------------------------------------------- the job
@@ -534,6 +602,22 @@ def run_command(
     )
 
 
+def _record_holder(keeper: SlotKeeper, ident: str, token: int, holder: Holder, job: _Job) -> bool:
+    """Record the gated child as the slot's holder. A store busy past its timeout (a herd of
+    writers) decided nothing: the slot is ours and its lease runs, so try again until half
+    the lease is spent or a signal asks us to stop; giving up here would exit 75 and release
+    an admitted slot as a failure."""
+    clock = keeper.ctx.clock
+    give_up = clock.monotonic() + float(keeper.ctx.settings.get("store.lease_ttl")) / 2
+    while True:
+        try:
+            return keeper.set_holder(ident, token, holder)
+        except StoreBusy:
+            if job.received or clock.monotonic() + BUSY_RETRY >= give_up:
+                raise
+            clock.sleep(BUSY_RETRY)
+
+
 def _check_timeout(timeout: float | None) -> None:
     if timeout is not None and not (timeout >= 0 and timeout < float("inf")):
         raise UsageError(f"{timeout:g} is not a non-negative number of seconds", field="timeout")
@@ -608,7 +692,9 @@ def run_held(
             tee.parent_side()
         job.pgid = pid
         try:
-            recorded = keeper.set_holder(task_id, token, Holder(pid=pid, pgid=pid, wrapper_pid=me))
+            recorded = _record_holder(
+                keeper, task_id, token, Holder(pid=pid, pgid=pid, wrapper_pid=me), job
+            )
         except BaseException:
             os.close(go_w)  # the child exits without running anything
             raise
@@ -714,6 +800,7 @@ def _wait_child(
     renew_every = max(0.5, lease_ttl / 3.0)
     retry_every = min(renew_every, RENEW_RETRY)
     next_renew = clock.monotonic() + renew_every
+    store_gone = False
     try:
         pidfd: int | None = os.pidfd_open(pid)
     except (AttributeError, OSError):
@@ -735,6 +822,16 @@ def _wait_child(
                         warn(f"lease of {task_id} was lost (its slot was freed); stopping the job")
                         job.on_signal(signal.SIGTERM, None)
                     next_renew = now + renew_every
+                except StoreGone as exc:
+                    # the store's file was deleted or replaced: killing a training job over a
+                    # store fault is worse than letting it finish; said once, no more renewals
+                    if not store_gone:
+                        warn(
+                            f"{exc}; the job keeps running, but the lease of {task_id} can no "
+                            "longer be renewed and its slot cannot be released"
+                        )
+                    store_gone = True
+                    next_renew = now + 3600.0  # nothing left to renew; a look an hour
                 except CoordError as exc:  # busy, unreachable, disk full...: not the job's fault
                     # retry soon, not a whole period later: two misses in a row would
                     # otherwise meet the lease's expiry, and another host's reaper
@@ -834,11 +931,13 @@ def _release(
     """Release exactly once; retry a busy store, and leave the rest to the reaper."""
     clock = keeper.ctx.clock
     delay = 0.05
+    last: StoreBusy | None = None
     for _ in range(8):
         try:
             keeper.release(task_id, token, exit_code, status, reason)
             return
-        except StoreBusy:
+        except StoreBusy as exc:  # busy, or (a server) unreachable: said as it was
+            last = exc
             clock.sleep(delay)
             delay = min(2.0, delay * 2)
         except CoordError as exc:
@@ -852,7 +951,8 @@ def _release(
                 "the reaper will free it"
             )
             return
-    warn(f"could not release {task_id}: store busy; the reaper will free it")
+    why = "store busy" if last is None else str(last).split("; nothing was decided")[0]
+    warn(f"could not release {task_id}: {why}; the reaper will free it")
 
 
 def _command_text(argv: Sequence[str]) -> str:

@@ -78,7 +78,9 @@ def lengths_by_node(tx: Tx) -> list[Row]:
 
 def reap_dead(tx: Tx, now: float, lease_ttl: float, host: str, this_boot: str | None) -> None:
     """Drop waiters whose process died (this host) or that stopped polling (other hosts)."""
-    for waiter in tx.query("SELECT seq, host, boot_id, pid, pid_start, heartbeat_at FROM waiters"):
+    for waiter in tx.query(
+        "SELECT seq, task_type, node, host, boot_id, pid, pid_start, heartbeat_at FROM waiters"
+    ):
         if waiter["host"] == host:
             same_boot = not (this_boot and waiter["boot_id"] and waiter["boot_id"] != this_boot)
             if same_boot and procs.pid_alive(waiter["pid"], waiter["pid_start"]):
@@ -86,3 +88,4 @@ def reap_dead(tx: Tx, now: float, lease_ttl: float, host: str, this_boot: str | 
         elif waiter["heartbeat_at"] >= now - lease_ttl:
             continue
         leave(tx, waiter["seq"])
+        tx.ring(waiter["task_type"], waiter["node"])  # one fewer ahead of those behind it

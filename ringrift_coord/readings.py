@@ -219,7 +219,10 @@ def is_stale(at: float, now: float, max_age: float) -> bool:
 
 def forget(tx: Tx, node: str) -> bool:
     """Drop ``node``'s stored reading (a retired or mistyped node); False: it had none."""
-    return bool(tx.execute("DELETE FROM readings WHERE node = ?", (node,)))
+    if not tx.execute("DELETE FROM readings WHERE node = ?", (node,)):
+        return False
+    tx.ring(None, node)  # a reading over a threshold no longer holds its waiters back
+    return True
 
 
 def latest(tx: Tx, node: str) -> Row | None:

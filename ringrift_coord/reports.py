@@ -12,6 +12,7 @@ from __future__ import annotations
 from ringrift_coord import (
     admission,
     breakers,
+    diagnose,
     feedback,
     halts,
     identity,
@@ -101,6 +102,8 @@ def status(ctx: Context) -> dict[str, Any]:
     doc["store"] = ctx.store.describe()
     doc["at"] = now
     doc["optimizer"] = optimizer
+    # who holds the write lock, a read snapshot or a transaction longer than store.long_hold
+    doc["long_holds"] = diagnose.long_holds(ctx.store, float(ctx.settings.get("store.long_hold")))
     return doc
 
 

@@ -41,7 +41,12 @@ def create(tx: Tx, task_type: str, node: str, slots: int, ttl: float | None, who
 
 def release(tx: Tx, res_id: str) -> bool:
     """Drop a reservation; False when there is none by that id."""
-    return bool(tx.execute("DELETE FROM reservations WHERE res_id = ?", (res_id,)))
+    row = tx.one("SELECT node FROM reservations WHERE res_id = ?", (res_id,))
+    if row is None:
+        return False
+    tx.execute("DELETE FROM reservations WHERE res_id = ?", (res_id,))
+    tx.ring(None, row["node"])  # its slots are free for every type again
+    return True
 
 
 def active(tx: Tx, now: float) -> list[Row]:

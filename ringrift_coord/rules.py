@@ -39,7 +39,8 @@ class Evaluation:
     """What one evaluation reads once and shares between rules, and what it leaves behind.
 
     ``probe``: admission's one-statement probe of the side tables (which are empty);
-    ``running`` / ``on_node``: the type's running tasks (cluster / this node);
+    ``on_node``: how many of the type run on this node (one indexed count; the cluster's
+    count is read by the cluster rule only when there is a cluster limit: ``running``);
     ``waiting``: the nodes of the waiters ahead of the request; ``reservations`` in force.
     Left behind: ``breaker`` (the task's breaker, for admit to pass it through), ``rate``
     (the bucket's rate after backpressure, for admit to spend a token), ``warnings``
@@ -51,7 +52,6 @@ class Evaluation:
         "state_dir",
         "halt_file",
         "live",
-        "running",
         "on_node",
         "waiting",
         "ahead_node",
@@ -79,8 +79,7 @@ class Evaluation:
             halt_file if halt_file is not None else state_dir
         )
         self.live = live  # this host's live reading, taken before the transaction
-        self.running = slots.of_type(tx, ttype)
-        self.on_node = [r for r in self.running if r["node"] == req.node]
+        self.on_node = slots.count(tx, req.node, ttype)
         self.waiting = queue.ahead(tx, ttype, req.waiter_seq) if probe["waiters"] else []
         self.ahead_node = sum(1 for node in self.waiting if node == req.node)
         self.reservations = reservations.active(tx, now) if probe["reservations"] else []
@@ -309,7 +308,7 @@ def node_limit(
         return None
     held_for_others = reservations.held_for_others(ev.reservations, req.node, ttype)
     effective = limit - held_for_others
-    used, ahead = len(ev.on_node), ev.ahead_node
+    used, ahead = ev.on_node, ev.ahead_node
     if used + ahead + 1 <= effective:
         return None
     wait = _slot_wait(tx, settings, ttype, req.node, effective, ahead, now)
@@ -351,7 +350,7 @@ def _below_limit_cap(
     when running + queued ahead + 1 exceed it, unless the per-node limit already says so."""
     ttype = req.task_type.value
     limit = settings.task_limit(ttype, "per_node")
-    used, ahead = len(ev.on_node), ev.ahead_node
+    used, ahead = ev.on_node, ev.ahead_node
     if cap is None or used + ahead + 1 <= cap:
         return None
     if limit is not None and used + ahead + 1 > limit:
@@ -412,10 +411,13 @@ def cluster_limit(
     cluster = settings.task_limit(ttype, "cluster")
     if cluster is None:
         return None
-    held_elsewhere = reservations.held_elsewhere(
-        ev.reservations, [r["node"] for r in ev.running] if ev.reservations else [], req.node, ttype
-    )
-    used, ahead = len(ev.running), len(ev.waiting)
+    if ev.reservations:
+        running = [r["node"] for r in slots.of_type(tx, ttype)]
+        used = len(running)
+    else:
+        running, used = [], slots.count_type(tx, ttype)
+    held_elsewhere = reservations.held_elsewhere(ev.reservations, running, req.node, ttype)
+    ahead = len(ev.waiting)
     if used + ahead + held_elsewhere + 1 <= cluster:
         return None
     extra = f" + {ahead} queued" if ahead else ""
@@ -570,11 +572,11 @@ def optimizer(
     found = optimizer_state.enforced_target(tx, req.node, settings, now)
     if found is None:
         return None
-    target, used, ahead = int(found["target"]), len(ev.on_node), ev.ahead_node
+    target, used, ahead = int(found["target"]), ev.on_node, ev.ahead_node
     if used + ahead + 1 <= target:
         return None
     saved = optimizer_state.load(tx, settings)
-    age = now - float(found["at"])
+    age = max(0.0, now - float(found["at"]))  # stamped ahead of a clock stepped back: new
     interval = float(settings.get("optimizer.interval"))
     queued = f" + {ahead} queued" if ahead else ""
     return Reason(

@@ -169,6 +169,7 @@ def finish(
     )
     if not deleted:
         return False
+    tx.ring(row["task_type"], row["node"])  # a slot freed: wake the waiter whose turn it is
     tx.execute(
         "INSERT INTO task_history (task_id, task_type, node, host, pid, config_name, started_at, "
         "ended_at, duration, exit_code, status, reason) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
@@ -271,6 +272,22 @@ def ended(tx: Tx, task_id: str) -> bool:
     return tx.one("SELECT 1 AS x FROM task_history WHERE task_id = ?", (task_id,)) is not None
 
 
+def reap_query(host: str, now: float, dead_host: str | None = None) -> tuple[str, list[Any]]:
+    """The reaper's read: only the rows that may end or need a renewal, i.e. this host's
+    (their processes decide), the expired leases of other hosts and a dead host's. Other
+    hosts' live leases are never read, so many running tasks cost an admission no more than
+    none (indexes ``tasks_host`` and ``tasks_lease``, migration 0007)."""
+    where, args = "host = ? OR lease_expires < ?", [host, now]
+    if dead_host is not None:
+        where, args = where + " OR host = ?", [*args, dead_host]
+    return (
+        "SELECT task_id, task_type, node, host, boot_id, pid, pid_start, pgid, wrapper_pid, "
+        "wrapper_start, config_name, started_at, lease_expires, lease_token, trial FROM tasks "
+        f"WHERE {where}",  # noqa: S608 (fixed text; the values are parameters)
+        args,
+    )
+
+
 def reap(
     tx: Tx,
     now: float,
@@ -290,11 +307,7 @@ def reap(
     host, this_boot = identity.host_name(), procs.boot_id()
     lease_ttl = float(settings.get("store.lease_ttl"))
     reaped: list[Row] = []
-    rows = tx.query(
-        "SELECT task_id, task_type, node, host, boot_id, pid, pid_start, pgid, wrapper_pid, "
-        "wrapper_start, config_name, started_at, lease_expires, lease_token, trial FROM tasks"
-    )
-    for row in rows:
+    for row in tx.query(*reap_query(host, now, dead_host)):
         alive = holder_alive(row, host, this_boot)
         if dead_host is not None and row["host"] == dead_host and alive is None:
             why = f"host {dead_host} declared dead by the operator (tasks reap --host)"
@@ -337,6 +350,14 @@ def count(tx: Tx, node: str, task_type: str) -> int:
     row = tx.one(
         "SELECT COUNT(*) AS n FROM tasks WHERE node = ? AND task_type = ?", (node, task_type)
     )
+    return int(row["n"]) if row else 0
+
+
+def count_type(tx: Tx, task_type: str) -> int:
+    """How many tasks of one type run in the store (the cluster limit's count): one row of
+    ``task_counts``, which triggers keep exact in every transaction that inserts or deletes
+    a task, so the count costs the same with 10 or 10,000 running tasks."""
+    row = tx.one("SELECT n FROM task_counts WHERE task_type = ?", (task_type,))
     return int(row["n"]) if row else 0
 
 

@@ -83,6 +83,9 @@ class TransferSlot(SlotKeeper):
     def waiting_for(self) -> str:
         return f"a transfer to {self.remote}"
 
+    def queue_key(self) -> tuple[str, str]:
+        return transfers.TASK_TYPE, self.remote
+
     def acquire(self, waiter_seq: int | None, log: bool) -> Decision:
         with self.ctx.store.write() as tx:
             return transfers.start(

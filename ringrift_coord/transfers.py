@@ -600,6 +600,7 @@ def _finish(
     )
     if not deleted:
         return None
+    tx.ring(TASK_TYPE, row["remote"])  # a transfer ended: wake the waiter whose turn it is
     seconds = max(0.0, now - float(row["started_at"]))
     # under MIN_TIMED_SECONDS the clock's resolution and start-up dominate: not a measurement
     timed = nbytes is not None and seconds >= MIN_TIMED_SECONDS

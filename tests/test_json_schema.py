@@ -76,6 +76,7 @@ CASES: list[tuple[str, tuple[str, ...], int]] = [
     ("limits", ("limits",), 0),
     ("targets", ("targets",), 0),
     ("status", ("status",), 0),
+    ("doctor", ("doctor",), 0),
     ("config show", ("config", "show"), 0),
     ("config validate", ("config", "validate"), 0),
     ("metrics", ("metrics",), 0),

@@ -68,6 +68,8 @@ def test_the_units_are_there_and_run_the_installed_program() -> None:
         "ringrift-coord-report.timer",
         "ringrift-coord-adjust.service",
         "ringrift-coord-adjust.timer",
+        "ringrift-coord-reap.service",
+        "ringrift-coord-reap.timer",
     }
     for unit in _units():
         if unit.suffix != ".service":
@@ -107,6 +109,10 @@ def test_the_units_are_there_and_run_the_installed_program() -> None:
         timer = _settings(UNITS / f"ringrift-coord-{name}.timer")
         assert timer["OnUnitActiveSec"] == ["5min"]
         assert timer["WantedBy"] == ["timers.target"]
+    # the liveness check: at least every lease_ttl / 3 (120 s by default)
+    reap = _settings(UNITS / "ringrift-coord-reap.service")
+    assert reap["Type"] == ["oneshot"] and reap["ExecStart"] == [f"{INSTALLED} tasks reap"]
+    assert _settings(UNITS / "ringrift-coord-reap.timer")["OnUnitActiveSec"] == ["30s"]
 
 
 def test_sysusers_makes_the_user_and_the_shared_group() -> None:

@@ -114,7 +114,10 @@ def tasks_reap(
         ),
     ] = None,
 ) -> None:
-    """Free the slots of dead holders now, and end the transfers of dead holders."""
+    """Free the slots of dead holders now, and end the transfers of dead holders.
+
+    This host's liveness check too: keeps its live holders' leases fresh (run every lease_ttl/3)
+    """
     from ringrift_coord import transfers
     from ringrift_coord.task_coordinator import TaskCoordinator
 
@@ -637,3 +640,7 @@ serve_cmd.register(app)
 from ringrift_coord.cli import events_cmd  # noqa: E402
 
 events_cmd.register(app)
+
+from ringrift_coord.cli import doctor_cmd  # noqa: E402
+
+doctor_cmd.register(app)

@@ -271,7 +271,9 @@ HOT_COMMANDS: tuple[Command, ...] = (
         "Run CMD holding a slot: register, heartbeat, forward signals, release on any exit.\n\n"
         "Exits with CMD's exit code (128+N if it died of signal N, 126/127 if it could not "
         "run), or 75 (or --no-slot-exit-code N) when no slot was granted. Every word from CMD "
-        "on is the job's: options of run (and --help) are only read before it.",
+        "on is the job's: options of run (and --help) are only read before it. The slot is "
+        "held while CMD's process group lives: a process that leaves it (setsid, a daemon) "
+        "is not tracked, outlives the slot and is not stopped with it.",
         (_TYPE,),
         (
             _NODE,

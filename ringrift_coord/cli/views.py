@@ -592,6 +592,7 @@ def status_brief(doc: dict[str, Any]) -> None:
         return
     if halts["halts"] or halts["halt_file"] is not None:  # a halted cluster never looks idle
         halt_check({**halts, "halted": True})
+    long_holds(doc)
     for name, e in _type_rows(doc):
         cluster, per_node = e.get("cluster_limit"), e.get("per_node_limit")
         full = " FULL" if _full(e["running"], cluster) else ""
@@ -633,6 +634,7 @@ def status_screen(doc: dict[str, Any], readings: dict[str, Any] | None = None) -
         halt_check({**halts, "halted": True})
     else:
         note(Text.assemble(("no halt in force", "green"), f" in {_reach(halts)}"))
+    long_holds(doc)
     grid = Grid(
         "tasks vs limits",
         "type",
@@ -1666,3 +1668,63 @@ def watch_header(now: float, interval: float, error: str | None, last_ok: float 
     problem.append(_text(error.splitlines()[0] if error else "unknown error", "red"))
     problem.append(f" ({since})", style="dim")
     return Text("\n").join([head, problem])
+
+
+# --------------------------------------------------------------------------- doctor
+
+DOCTOR_STYLE = {"ok": "green", "warn": "yellow", "fail": "red", "skip": "dim"}
+
+
+def doctor_report(doc: dict[str, Any]) -> None:
+    """``doctor``: one entry per check (level, name, what was found, wrapped to the terminal's
+    width), a ``fix:`` line under each that is not ok, then the verdict."""
+    import shutil
+    import textwrap
+
+    width = max(40, shutil.get_terminal_size((80, 24)).columns)
+    indent = " " * 22
+    for check in doc["checks"]:
+        level = check["level"]
+        head = f"{level:<5} {printable(check['name']):<16}"
+        rows = textwrap.wrap(
+            printable(check["found"]),
+            width=width,
+            initial_indent=" " * len(head),
+            subsequent_indent=indent,
+            break_on_hyphens=False,
+        ) or [" " * len(head)]
+        first = Text.assemble((f"{level:<5}", DOCTOR_STYLE.get(level, "")), head[5:])
+        first.append(rows[0][len(head) :])
+        say(first)
+        for row in rows[1:]:
+            say(Text(row))
+        if check["fix"] and level != "ok":
+            for row in textwrap.wrap(
+                printable(check["fix"]),
+                width=width,
+                initial_indent=indent + "fix: ",
+                subsequent_indent=indent + "     ",
+                break_on_hyphens=False,
+            ):
+                say(Text(row))
+    failures, warnings = doc["failed_checks"], doc["warned_checks"]
+    if failures:
+        say(
+            Text.assemble(
+                ("needs an operator", "red"),
+                f": {failures} check(s) failed, {warnings} warning(s); see the fix lines",
+            )
+        )
+    else:
+        say(
+            Text.assemble(
+                ("healthy", "green"),
+                f" ({warnings} warning(s))" if warnings else "",
+            )
+        )
+
+
+def long_holds(doc: dict[str, Any]) -> None:
+    """``status``'s line for each process (or session) holding the store long."""
+    for holder in doc.get("long_holds") or []:
+        say(Text.assemble(("warning", "yellow"), ": ", printable(holder["message"])))

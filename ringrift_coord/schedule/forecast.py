@@ -3,8 +3,9 @@ frees.
 
 A running task is expected to end at ``started_at + expected`` (its own type and config
 name, learned or default: ``schedule.expected``); one past that is overdue and expected to
-end now. A task is *stale* once its age exceeds ``schedule.stale_factor`` times its
-expected duration (a type with no expected duration is never stale).
+end now; one started after ``now`` (the store's clock stepped back) counts as started
+now. A task is *stale* once its age exceeds ``schedule.stale_factor`` times its expected
+duration (a type with no expected duration is never stale).
 
 *When a slot frees* is a small simulation of the limit: the running tasks hold the slots
 until their expected ends; the waiters queued ahead take the slots as they free, one at a
@@ -66,7 +67,11 @@ def running_ends(
     out = []
     for r in rows:
         exp = known[(r["task_type"], r.get("config_name") or "")]
-        end = None if exp.seconds is None else r["started_at"] + exp.seconds
+        # a task stamped after ``now`` (started while the store's clock was ahead, which
+        # then stepped back) counts as started now: its end is never more than its expected
+        # duration away, whatever the size of the step
+        start = min(float(r["started_at"]), now)
+        end = None if exp.seconds is None else start + exp.seconds
         out.append(
             {
                 **r,

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from ringrift_coord.clock import SYSTEM_CLOCK, Clock
 from ringrift_coord.errors import ConfigError, StateError, UsageError
 from ringrift_coord.statedir import refuse_network_filesystem
-from ringrift_coord.store.base import Row, Store, Tx, is_conninfo
+from ringrift_coord.store.base import Row, Store, StoreGone, Tx, is_conninfo
 
 DB_ENV = "RINGRIFT_COORD_DB"
 DEFAULT_DB_NAME = "tasks.db"
@@ -26,6 +26,7 @@ __all__ = [
     "NoStore",
     "Row",
     "Store",
+    "StoreGone",
     "Tx",
     "check_sqlite_path",
     "is_conninfo",
@@ -117,6 +118,11 @@ def check_sqlite_path(path: str, *, create: bool = True) -> None:
     try:
         st = os.lstat(path)
     except FileNotFoundError:
+        from ringrift_coord.store.sqlite import deleted_store  # only now: no file there
+
+        gone = deleted_store(path)
+        if gone is not None:
+            raise gone from None
         if not create:
             raise NoStore(
                 f"no store at {os.path.abspath(path)} (nothing recorded there yet; a command "

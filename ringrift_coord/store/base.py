@@ -12,11 +12,27 @@ import _thread
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 
+from ringrift_coord.errors import StateError, StoreBusy
+
 Row = dict  # dict[str, Any]: one row, column name -> value
+
+
+class StoreUnreachable(StoreBusy):
+    """A server that could not be reached, or stopped answering (exit 75, as busy: nothing
+    was decided, retry later), said as "unreachable", never as "busy"."""
+
+
+class StoreGone(StateError):
+    """The store that existed at a path was deleted or replaced (exit 3): never silently
+    re-created, and a process that had it open stops writing into the lost file."""
+
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
+
+    from ringrift_coord.clock import Clock
+    from ringrift_coord.wake import Doorbell
 
 
 class Tx(ABC):
@@ -30,6 +46,13 @@ class Tx(ABC):
 
     def after_commit(self, fn: Callable[[], object]) -> None:
         self.__dict__.setdefault("_after_commit", []).append(fn)
+
+    def ring(self, kind: str | None, node: str | None = None) -> None:
+        """Wake the waiters of queue ``kind`` (``waiters.task_type``; None: every queue)
+        whose turn it may be, once this transaction commits: call it wherever a change may
+        admit a waiter (a slot or transfer freed on ``node``, a halt lifted...). A ring of
+        a rolled-back transaction is never heard; many rings of one transaction are one."""
+        self.__dict__.setdefault("_rings", set()).add((kind, node))
 
     @abstractmethod
     def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
@@ -46,6 +69,10 @@ class Tx(ABC):
     @abstractmethod
     def now(self) -> float:
         """The store's clock, seconds since the epoch (leases are timed by it)."""
+
+    def check_integrity(self) -> None:  # noqa: B027 (a no-op where the server guards it)
+        """Refuse (``StateError``, exit 3) to write into a store whose pages are damaged:
+        SQLite checks its file (``PRAGMA quick_check``); a server guards its own pages."""
 
 
 class Store(ABC):
@@ -81,6 +108,22 @@ class Store(ABC):
     def read(self) -> _Transaction:
         """A consistent read-only snapshot."""
         return _Transaction(self, write=False)
+
+    def ring(self, tx: Tx, targets: set[tuple[str | None, str | None]]) -> None:  # noqa: B027
+        """Deliver ``tx``'s rings (``Tx.ring``) once it commits: PostgreSQL notifies inside
+        the transaction, SQLite rings its wake directory after the commit. Here, a no-op."""
+
+    def doorbell(self, kind: str, seq: int, node: str) -> Doorbell:
+        """The doorbell of the waiter ``seq`` in queue ``kind`` for ``node``: made before
+        its first admission attempt, so no ring is lost. Here: poll only."""
+        from ringrift_coord.wake import Doorbell
+
+        return Doorbell(self._wake_clock())
+
+    def _wake_clock(self) -> Clock:
+        from ringrift_coord.clock import SYSTEM_CLOCK
+
+        return getattr(self, "clock", None) or SYSTEM_CLOCK
 
     def probe_write_lock(self) -> None:
         """Take the lock every admission write takes (SQLite: ``BEGIN IMMEDIATE``;
@@ -127,8 +170,9 @@ def is_conninfo(value: str) -> bool:
 
 class _Transaction:
     """``with store.write() as tx`` / ``with store.read() as tx``: under the store's thread
-    lock, ``_begin``; then a write commits when the block ends normally (and runs its
-    ``after_commit`` callbacks) and rolls back when it raises; a read always rolls back.
+    lock, ``_begin``; then a write delivers its rings (``Tx.ring``) and commits when the
+    block ends normally (and runs its ``after_commit`` callbacks) and rolls back when it
+    raises; a read always rolls back.
     A class rather than ``contextlib.contextmanager``: contextlib's import costs every
     one-shot command ~0.6 ms, and its generator machinery every transaction."""
 
@@ -157,6 +201,13 @@ class _Transaction:
             if kind is not None or not self._write:
                 store._rollback()
                 return
+            rings = self._tx.__dict__.pop("_rings", None)
+            if rings:
+                try:
+                    store.ring(self._tx, rings)  # (PostgreSQL notifies inside the transaction)
+                except BaseException:
+                    store._rollback()
+                    raise
             store._commit()
             for fn in self._tx.__dict__.pop("_after_commit", ()):
                 try:

@@ -9,10 +9,15 @@ cluster-wide exactly like SQLite's ``BEGIN IMMEDIATE``; at a few hundred transac
 second it is far above what 28 nodes' launch scripts ask for. Leases are timed by the
 database clock (``clock_timestamp()``), so hosts with skewed clocks agree on expiry.
 
-A server that cannot be reached, or that goes away mid-transaction, gives ``StoreBusy``
-(exit 75: decide nothing, retry later). Bad credentials or a missing database are
-configuration errors (exit 3). The password never appears in output: give it through
-``PGPASSFILE`` / ``~/.pgpass`` (0600) or ``PGPASSWORD``, not in the URL.
+A server that cannot be reached, or that goes away mid-transaction, gives ``StoreUnreachable``
+(exit 75: decide nothing, retry later; said "unreachable", never "busy"). Nothing waits on
+the server forever: every session sets ``statement_timeout`` (the busy timeout plus
+``STATEMENT_MARGIN``), TCP keepalives find a peer that vanished, and the client gives up on
+a reply that has not come ``REPLY_MARGIN`` seconds after the statement timeout (a server or
+backend that is stopped, or a network that drops everything, answers nothing at all). Bad
+credentials or a missing database are configuration errors (exit 3). The password never
+appears in output: give it through ``PGPASSFILE`` / ``~/.pgpass`` (0600) or ``PGPASSWORD``,
+not in the URL.
 """
 
 from __future__ import annotations
@@ -23,12 +28,14 @@ from collections.abc import Sequence
 from ringrift_coord.clock import Clock
 from ringrift_coord.durations import human
 from ringrift_coord.errors import ConfigError, StateError, StoreBusy, UsageError
-from ringrift_coord.store.base import Row, Store, Tx, is_conninfo
+from ringrift_coord.store.base import Row, Store, StoreUnreachable, Tx, is_conninfo
 from ringrift_coord.store.migrations import MIGRATION_NAMES, MIGRATIONS, statements
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
+
+    from ringrift_coord.wake import Doorbell
 
 # the database's clock, seconds since the epoch (leases are timed by it)
 _NOW = "SELECT extract(epoch FROM clock_timestamp())::float8"
@@ -36,6 +43,19 @@ _NOW = "SELECT extract(epoch FROM clock_timestamp())::float8"
 # pg_advisory_xact_lock key of every admission write: "ringrift" in ASCII
 ADMISSION_LOCK = 0x72696E6772696674
 MIGRATION_LOCK = ADMISSION_LOCK + 1
+# statement_timeout of a session: the busy timeout (lock_timeout) plus this
+STATEMENT_MARGIN = 5.0
+# the client gives up on a reply this long after the statement timeout would have fired
+REPLY_MARGIN = 5.0
+# TCP keepalives (libpq): probe an idle connection after 10 s, every 5 s, give up after 3
+# misses; unacknowledged data is given up on after TCP_USER_TIMEOUT ms
+KEEPALIVES = {
+    "keepalives": 1,
+    "keepalives_idle": 10,
+    "keepalives_interval": 5,
+    "keepalives_count": 3,
+    "tcp_user_timeout": 15000,
+}
 
 _CONFIG_PROBLEMS = (
     "password authentication failed",
@@ -165,8 +185,8 @@ class PostgresStore(Store):
         self._secret = _password_of(url)  # masked in any text the server or libpq returns
         self.busy_timeout = float(busy_timeout)
         self.connect_timeout = max(1, int(round(connect_timeout)))
-        # None: no bound (admission); ``serve`` bounds each statement by its store_timeout
-        self.statement_timeout = statement_timeout
+        # ``serve`` bounds each statement by its store_timeout; else the busy timeout + margin
+        self.statement_timeout = statement_timeout or self.busy_timeout + STATEMENT_MARGIN
         self.clock = clock  # None: the database's clock (tests may inject one)
         self._sql_cache: dict[str, str] = {}
         self._conn: Any = None
@@ -178,26 +198,27 @@ class PostgresStore(Store):
     def _connect(self) -> None:
         psycopg = self._psycopg
         try:
-            self._conn = psycopg.connect(
+            self._conn = _connection_class(psycopg).connect(
                 self.url,
                 connect_timeout=self.connect_timeout,
                 autocommit=True,
                 application_name="ringrift-coord",
+                **_keepalives(psycopg),
             )
+            self._conn.reply_timeout = self.statement_timeout + REPLY_MARGIN  # psycopg >= 3.3
             settings = [
                 f"SET lock_timeout = {int(self.busy_timeout * 1000)}",
                 "SET idle_in_transaction_session_timeout = 60000",
+                f"SET statement_timeout = {max(1, int(self.statement_timeout * 1000))}",
             ]
-            if self.statement_timeout:
-                settings.append(
-                    f"SET statement_timeout = {max(1, int(self.statement_timeout * 1000))}"
-                )
             with self._conn.cursor() as cur:
                 # All in one round trip: a query without parameters goes by the simple
                 # protocol, which takes several statements. (Not the connection's ``options``
                 # parameter: PgBouncer refuses it for settings it does not track.)
                 cur.execute("; ".join(settings))
         except psycopg.Error as exc:
+            if self._conn is not None:
+                self._conn.close()
             self._conn = None
             raise self._translate(exc) from None
 
@@ -218,11 +239,27 @@ class PostgresStore(Store):
                 f"state store {where} is still locked after the {human(self.busy_timeout)} busy "
                 "timeout; nothing was decided, try again"
             )
+        if isinstance(exc, _WAIT_TIMEOUT(psycopg)):
+            return StoreUnreachable(
+                f"PostgreSQL {where} is unreachable: no answer in "
+                f"{human(self.statement_timeout + REPLY_MARGIN)} (server or network stopped); "
+                "nothing was decided, try again later"
+            )
         state = getattr(exc, "sqlstate", None) or ""
-        if state.startswith("08") or state in ("53300", "57P01", "57P02", "57P03", "53000"):
+        if state == "57014":  # query_canceled: the statement timeout
             return StoreBusy(
-                f"PostgreSQL {where} is unreachable or busy ({text[:200]}); nothing was "
-                "decided, try again later"
+                f"PostgreSQL {where} did not finish a statement within the "
+                f"{human(self.statement_timeout)} statement timeout ({text[:200]}); nothing "
+                "was decided, try again"
+            )
+        if state in ("53300", "53000"):  # too many connections, out of resources
+            return StoreBusy(
+                f"PostgreSQL {where} is busy ({text[:200]}); nothing was decided, try again later"
+            )
+        if state.startswith("08") or state in ("57P01", "57P02", "57P03"):
+            return StoreUnreachable(
+                f"PostgreSQL {where} is unreachable ({text[:200]}); nothing was decided, "
+                "try again later"
             )
         if state.startswith("28") or state == "3D000":
             return StateError(f"PostgreSQL {where} refused us: {text[:300]}")
@@ -232,7 +269,7 @@ class PostgresStore(Store):
         ):
             return StateError(f"PostgreSQL {where} refused us: {text[:300]}")
         if isinstance(exc, psycopg.OperationalError | psycopg.errors.AdminShutdown):
-            return StoreBusy(
+            return StoreUnreachable(
                 f"PostgreSQL {where} is unreachable ({text[:200]}); nothing was decided, "
                 "try again later"
             )
@@ -245,7 +282,18 @@ class PostgresStore(Store):
         try:
             cur.execute(pg_sql, tuple(params))
         except self._psycopg.Error as exc:
+            self._drop_if_hung(exc)
             raise self._translate(exc) from None
+
+    def _drop_if_hung(self, exc: Exception) -> None:
+        """A reply that never came leaves the session in an unknown state: drop it (the next
+        transaction connects anew)."""
+        if isinstance(exc, _WAIT_TIMEOUT(self._psycopg)) and self._conn is not None:
+            try:
+                self._conn.pgconn.finish()  # no goodbye: the server may answer nothing
+            except Exception:  # noqa: BLE001, S110 (closing a connection already lost)
+                pass
+            self.close()
 
     def _up_to_date(self) -> bool:
         """True when every known migration is recorded: a read-only look, so a store that is
@@ -276,6 +324,8 @@ class PostgresStore(Store):
             return
         tx = self._begin(write=True, lock=MIGRATION_LOCK)
         try:
+            tx.execute("SET LOCAL statement_timeout = 0")  # a migration may take its time
+            self._conn.reply_timeout = None
             tx.execute(
                 "CREATE TABLE IF NOT EXISTS schema_migrations "
                 "(name TEXT PRIMARY KEY, applied_at DOUBLE PRECISION NOT NULL)"
@@ -294,6 +344,9 @@ class PostgresStore(Store):
         except BaseException:
             self._rollback()
             raise
+        finally:
+            if self._conn is not None:
+                self._conn.reply_timeout = self.statement_timeout + REPLY_MARGIN
         self._commit()
 
     # -- transactions -------------------------------------------------------------------
@@ -326,6 +379,7 @@ class PostgresStore(Store):
             with self._conn.cursor() as cur:
                 cur.execute("COMMIT")
         except self._psycopg.Error as exc:
+            self._drop_if_hung(exc)
             self._rollback()
             raise self._translate(exc) from None
 
@@ -340,6 +394,41 @@ class PostgresStore(Store):
                 self._conn.close()
             except self._psycopg.Error:
                 pass
+
+    # -- wake-ups (run --wait) ----------------------------------------------------------
+
+    def ring(self, tx: Tx, targets: set[tuple[str | None, str | None]]) -> None:
+        from ringrift_coord.wake import pg_ring
+
+        assert isinstance(tx, PostgresTx)
+        try:
+            pg_ring(tx._cur, targets)
+        except self._psycopg.Error as exc:
+            raise self._translate(exc) from None
+
+    def doorbell(self, kind: str, seq: int, node: str) -> Doorbell:
+        """LISTEN on a connection of its own; where that fails (PgBouncer in transaction
+        mode, a server that refuses it), the poll-only doorbell: the safety net."""
+        from ringrift_coord.wake import CHANNEL, Doorbell, ListenDoorbell
+
+        clock = self._wake_clock()
+        conn = None
+        try:
+            conn = self._psycopg.connect(
+                self.url,
+                connect_timeout=self.connect_timeout,
+                autocommit=True,
+                application_name="ringrift-coord-wait",
+            )
+            conn.execute(f"LISTEN {CHANNEL}")
+        except Exception:  # noqa: BLE001 (no LISTEN here: waiting polls instead)
+            if conn is not None:
+                try:
+                    conn.close()
+                except Exception:  # noqa: BLE001, S110
+                    pass
+            return Doorbell(clock)
+        return ListenDoorbell(conn, kind, seq, clock)
 
     def idle(self) -> None:
         self.close()  # 28 nodes x 32 jobs must not hold ~900 idle server connections
@@ -378,6 +467,43 @@ class PostgresStore(Store):
                 else redact(self.url)
             )
         return f"cluster-wide on postgres {where}"
+
+
+_CONNECTION_CLASS: Any = None
+
+
+def _keepalives(psycopg: Any) -> dict[str, int]:
+    """KEEPALIVES, less ``tcp_user_timeout`` where libpq is older than 12 (it would refuse
+    the whole connection string)."""
+    if psycopg.pq.version() >= 120000:
+        return KEEPALIVES
+    return {k: v for k, v in KEEPALIVES.items() if k != "tcp_user_timeout"}
+
+
+def _WAIT_TIMEOUT(psycopg: Any) -> Any:  # noqa: N802 (read as the exception class it gives)
+    """psycopg's exception for a reply that did not come in time (none before 3.3)."""
+    return getattr(psycopg.errors, "_WaitTimeout", ())
+
+
+def _connection_class(psycopg: Any) -> Any:
+    """psycopg's Connection whose waits for a reply end after ``reply_timeout`` seconds
+    (``errors._WaitTimeout``) instead of never: a server or backend that is stopped, or a
+    network that drops every packet, answers nothing, and keepalives only help the last."""
+    global _CONNECTION_CLASS
+    if _CONNECTION_CLASS is None:
+        _CONNECTION_CLASS = psycopg.Connection
+        if "timeout" in psycopg.Connection.wait.__code__.co_varnames:  # psycopg >= 3.3
+
+            class BoundedConnection(psycopg.Connection):
+                reply_timeout: float | None = None
+
+                def wait(self, gen: Any, *args: Any, **kwargs: Any) -> Any:
+                    if len(args) < 2 and kwargs.get("timeout") is None:
+                        kwargs["timeout"] = self.reply_timeout
+                    return super().wait(gen, *args, **kwargs)
+
+            _CONNECTION_CLASS = BoundedConnection
+    return _CONNECTION_CLASS
 
 
 def check_url(url: str, *, from_flag: bool) -> None:

@@ -5,10 +5,18 @@ publishing it with ``link(2)``, which fails if the name exists: many processes s
 once on a fresh state directory initialise it exactly once, and none sees a half-made file.
 An existing file is never re-created, repaired or written to unless it is a ringrift-coord
 database: a corrupt, truncated or foreign file is refused (exit 3) and left as it was.
+
+A store is never silently re-created either: each one gets a random id when it is created
+(kept in the database header's ``application_id``) and a marker file beside it, ``PATH.id``,
+that records it. A path whose marker exists but whose database is missing, or carries another
+id, is refused (exit 3) until an operator restores the file or removes the marker; a process
+that has the store open checks before each transaction that the path still names the file it
+opened (a store deleted or moved away under it is said, never written into).
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 import time
@@ -17,13 +25,15 @@ from collections.abc import Sequence
 from ringrift_coord.clock import SYSTEM_CLOCK, Clock
 from ringrift_coord.durations import human
 from ringrift_coord.errors import StateError, StoreBusy
-from ringrift_coord.store.base import Row, Store, Tx
+from ringrift_coord.store.base import Row, Store, StoreGone, Tx
 from ringrift_coord.store.migrations import MIGRATION_NAMES, MIGRATIONS, statements
 
 TYPE_CHECKING = False  # typing costs start-up time on the hot path; annotations are lazy
 if TYPE_CHECKING:
     import sqlite3
     from typing import Any
+
+    from ringrift_coord.wake import Doorbell
 else:
     # The C module itself, which is all this engine uses (connect, Connection, the error
     # classes: the very same objects). The ``sqlite3`` package adds only the default
@@ -39,6 +49,9 @@ SQLITE_MAGIC = b"SQLite format 3\x00"
 # bytes written per transaction (and the checkpoints that follow) scale with the page size;
 # 1 KiB pages measured ~1.4x the acquire+release rate of the 4 KiB default on this workload.
 PAGE_SIZE = 1024
+# The WAL's bound once no reader holds it back: twice what the autocheckpoint lets it reach.
+WAL_LIMIT = 8 << 20
+WAL_CUT_RETRY = 1.0  # seconds between tries to cut back a WAL a reader still holds
 
 
 class SQLiteTx(Tx):
@@ -68,6 +81,15 @@ class SQLiteTx(Tx):
             self._now = self._store.clock.time()
         return self._now
 
+    def check_integrity(self) -> None:
+        problems = [str(r["quick_check"]) for r in self.query("PRAGMA quick_check(3)")]
+        if problems != ["ok"]:
+            raise StateError(
+                f"state store {self._store.path} is corrupt: {'; '.join(problems)[:300]}; "
+                "nothing was written: run `ringrift-coord doctor`, then restore it from a "
+                "backup or move it aside"
+            )
+
 
 class SQLiteStore(Store):
     engine = "sqlite"
@@ -83,14 +105,83 @@ class SQLiteStore(Store):
         self.path = os.path.abspath(path)
         self.busy_timeout = float(busy_timeout)
         self.clock = clock
+        self.shared_gid = shared_gid
         self._query_only = False
+        self._next_wal_cut = 0.0
         if os.path.lexists(self.path):
-            check_database_file(self.path, shared_gid)
+            store_id = check_database_file(self.path, shared_gid)
         else:
+            gone = deleted_store(self.path)
+            if gone is not None:
+                raise gone
             _create_database(self.path, clock, shared_gid)
-            check_database_file(self.path, shared_gid)
+            store_id = check_database_file(self.path, shared_gid)
+        recorded = read_store_id(self.path)
+        if recorded is not None and store_id and store_id != recorded:
+            raise self._replaced(store_id, recorded)
         self._conn = self._connect()
+        st = os.stat(self.path)
+        self._identity = (st.st_dev, st.st_ino)
         self._migrate()
+        if not store_id:  # the header may be behind the WAL, or a store older than the ids
+            store_id = self._store_id(adopt=recorded is None)
+            if recorded is not None and store_id != recorded:
+                self._conn.close()
+                raise self._replaced(store_id, recorded)
+        if recorded is None and store_id:
+            write_store_id(self.path, store_id, shared_gid)
+        self.store_id = store_id
+
+    # -- identity -----------------------------------------------------------------------
+
+    def _replaced(self, found: int, recorded: int) -> StoreGone:
+        marker = self.path + ID_SUFFIX
+        return StoreGone(
+            f"state store {self.path} was replaced by another store (its id is {found:08x}, "
+            f"{marker} records {recorded:08x}); restore it from a backup, or remove {marker} "
+            "to start using this one as a new store"
+        )
+
+    def _store_id(self, adopt: bool) -> int:
+        """The id in the header as this connection sees it; ``adopt``: a store made before
+        stores had ids gets one now (once, whoever races)."""
+        try:
+            found = int(self._conn.execute("PRAGMA application_id").fetchone()[0])
+            if found or not adopt:
+                return found
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                found = int(self._conn.execute("PRAGMA application_id").fetchone()[0])
+                if not found:
+                    found = new_store_id()
+                    self._conn.execute(f"PRAGMA application_id = {found}")
+                self._conn.execute("COMMIT")
+            except BaseException:
+                self._rollback()
+                raise
+            return found
+        except sqlite3.Error:
+            return 0  # read-only here, or busy: adopted by the next process that can write
+
+    def _check_still_here(self) -> None:
+        """Refuse to go on with a file that is no longer the one at the path (deleted, or
+        another moved over it): writes would land in a file no one else sees."""
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            how = "deleted"
+        except OSError:
+            return  # the engine says what is wrong
+        else:
+            if (st.st_dev, st.st_ino) == self._identity:
+                return
+            how = "replaced"
+        marker = self.path + ID_SUFFIX
+        raise StoreGone(
+            f"state store {self.path} was {how} while this process had it open; nothing more "
+            f"is written to the lost file: restore it, or remove {marker} to start a new empty "
+            "store"
+        )
 
     # -- connection ---------------------------------------------------------------------
 
@@ -106,6 +197,9 @@ class SQLiteStore(Store):
             # checkpoint (two fsyncs) every 4000 WAL pages (4 MB of 1 KiB pages) rather than
             # every 1000: a busy library user pays fewer of them; the WAL stays small
             conn.execute("PRAGMA wal_autocheckpoint=4000")
+            # a WAL that a long reader let grow is cut back to this once a checkpoint has
+            # caught up (else it keeps its largest size until every connection closes)
+            conn.execute(f"PRAGMA journal_size_limit={WAL_LIMIT}")
             return conn
         except sqlite3.Error as exc:
             raise self._translate(exc) from None
@@ -162,8 +256,8 @@ class SQLiteStore(Store):
                 )
         if "malformed" in text or "not a database" in text or "corrupt" in text:
             return StateError(
-                f"database {self.path} is corrupt ({text}); it was left untouched: restore it "
-                "from a backup or move it aside"
+                f"state store {self.path} is corrupt: {text}; nothing was written: run "
+                "`ringrift-coord doctor`, then restore it from a backup or move it aside"
             )
         return StateError(f"cannot use database {self.path}: {text}")
 
@@ -172,6 +266,7 @@ class SQLiteStore(Store):
     def _begin(self, write: bool) -> Tx:
         if self._conn.in_transaction and self._stale_transaction():
             self._rollback()  # one a signal's exception left open between two lines
+        self._check_still_here()
         try:
             if write:
                 if self._query_only:  # a read interrupted before it could turn it off
@@ -198,6 +293,29 @@ class SQLiteStore(Store):
         except sqlite3.Error as exc:
             self._rollback()
             raise self._translate(exc) from None
+        try:
+            big = os.stat(self.path + "-wal").st_size > WAL_LIMIT  # ~1 us: every commit
+        except OSError:
+            big = False
+        if big and self.clock.monotonic() >= self._next_wal_cut:
+            self._truncate_wal()
+
+    def _truncate_wal(self) -> None:
+        """Cut a WAL that a long reader let grow back to nothing, now if no reader holds it
+        (a checkpoint that never waits: with a reader still there it gives up at once, and a
+        commit a second later tries again; a try costs a few ms, so not at every commit)."""
+        done = False
+        try:
+            self._conn.execute("PRAGMA busy_timeout = 0")
+            try:
+                row = self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+                done = row is not None and row[0] == 0
+            finally:
+                self._conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
+        except sqlite3.Error:
+            pass  # the change has landed; the WAL is cut another time
+        if not done:
+            self._next_wal_cut = self.clock.monotonic() + WAL_CUT_RETRY
 
     def _rollback(self) -> None:
         if self._conn.in_transaction:
@@ -211,6 +329,32 @@ class SQLiteStore(Store):
                 self._query_only = False
             except sqlite3.Error:
                 pass
+
+    # -- wake-ups (run --wait) ----------------------------------------------------------
+
+    def ring(self, tx: Tx, targets: set[tuple[str | None, str | None]]) -> None:
+        path, gid = self.path + "-wake", self.shared_gid
+
+        def ring_after_commit() -> None:
+            if os.path.isdir(path):  # nobody ever waited here: nothing to import or list
+                from ringrift_coord.wake import ring_fifos
+
+                ring_fifos(path, targets, gid)
+
+        tx.after_commit(ring_after_commit)
+
+    def doorbell(self, kind: str, seq: int, node: str) -> Doorbell:
+        from ringrift_coord.wake import FifoDoorbell, wake_dir
+
+        directory = wake_dir(self.path)
+        try:
+            return FifoDoorbell(directory, kind, seq, node, self.clock, self.shared_gid)
+        except ValueError as exc:
+            raise StateError(str(exc)) from None
+        except OSError as exc:
+            raise StateError(
+                f"cannot use the wake directory {directory}: {exc.strerror or exc}"
+            ) from None
 
     def close(self) -> None:
         try:
@@ -238,10 +382,11 @@ def apply_migrations(tx: Tx, done: set[str], engine: str) -> None:
         )
 
 
-def check_database_file(path: str, shared_gid: int | None = None) -> None:
+def check_database_file(path: str, shared_gid: int | None = None) -> int:
     """Refuse anything at ``path`` that is not a whole SQLite database, without touching it,
     or that another user could have written: the file and its ``-wal`` and ``-shm`` must be
-    owned by you (or be in the store's shared group), writable by no one else, with one name."""
+    owned by you (or be in the store's shared group), writable by no one else, with one name.
+    Returns the store id its header carries (0: none, or not yet checkpointed into it)."""
     try:
         st = os.stat(path)
     except OSError as exc:
@@ -275,6 +420,64 @@ def check_database_file(path: str, shared_gid: int | None = None) -> None:
             raise StateError(
                 f"database {path} is truncated ({short[0]} of {short[1]} bytes); {advice}"
             )
+    return int.from_bytes(header[68:72], "big")
+
+
+ID_SUFFIX = ".id"
+_ID_PREFIX = "ringrift-coord store "
+
+
+def new_store_id() -> int:
+    """A random, non-zero 31-bit id (SQLite's application_id is a signed 32-bit integer)."""
+    return int.from_bytes(os.urandom(4), "big") & 0x7FFFFFFF or 1
+
+
+def read_store_id(path: str) -> int | None:
+    """The id the marker beside ``path`` records; None when there is no marker."""
+    marker = path + ID_SUFFIX
+    try:
+        fd = os.open(marker, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        why = "it is a symlink" if exc.errno == errno.ELOOP else exc.strerror
+        raise StateError(f"cannot read the store marker {marker}: {why}") from None
+    try:
+        text = os.read(fd, 200).decode("ascii", "replace").strip()
+    except OSError as exc:
+        raise StateError(f"cannot read the store marker {marker}: {exc.strerror}") from None
+    finally:
+        os.close(fd)
+    try:
+        if not text.startswith(_ID_PREFIX):
+            raise ValueError
+        return int(text[len(_ID_PREFIX) :], 16)
+    except ValueError:
+        raise StateError(
+            f"the store marker {marker} is unreadable ({text[:40]!r}); if {path} is the right "
+            f"store, remove {marker} (it is written again)"
+        ) from None
+
+
+def write_store_id(path: str, store_id: int, shared_gid: int | None = None) -> None:
+    """Record ``store_id`` in the marker beside ``path``: written under a temporary name with
+    the store's mode, then renamed over (never half-written, never through a symlink)."""
+    from ringrift_coord.statedir import create_file
+
+    marker = path + ID_SUFFIX
+    tmp = f"{marker}.tmp-{os.getpid()}-{time.monotonic_ns()}"
+    try:
+        fd = create_file(tmp, shared_gid)
+        try:
+            os.write(fd, f"{_ID_PREFIX}{store_id:08x}\n".encode())
+        finally:
+            os.close(fd)
+        os.replace(tmp, marker)
+    except OSError:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass  # a read-only directory: the next process that can write records it
 
 
 def _check_trust(path: str, st: os.stat_result, shared_gid: int | None) -> None:
@@ -356,12 +559,23 @@ def _create_database(path: str, clock: Clock, shared_gid: int | None = None) -> 
     directory = os.path.dirname(path)
     if not os.path.isdir(directory):
         raise StateError(f"directory {directory} for database {path} does not exist")
+    # a WAL with no database beside it is left from a store deleted under a process that
+    # still has it open: a new file would take its pages as its own (the old store's
+    # rows would reappear in it, or its pages be damaged). Checked in this order, a WAL
+    # that appears with a store published meanwhile is never taken for one.
+    if os.path.lexists(path + "-wal") and not os.path.lexists(path):
+        raise StateError(
+            f"{path}-wal is left from a deleted store (a process may still have it open); "
+            f"a new store is not made beside it: once no process uses it (fuser {path}-wal),"
+            f" remove {path}-wal and {path}-shm, then try again"
+        )
     tmp = f"{path}.init-{os.getpid()}-{time.monotonic_ns()}"
     try:
         os.close(create_file(tmp, shared_gid))
         conn = sqlite3.connect(tmp, isolation_level=None)
         try:
             conn.execute(f"PRAGMA page_size={PAGE_SIZE}")
+            conn.execute(f"PRAGMA application_id={new_store_id()}")
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("BEGIN IMMEDIATE")
             conn.execute(
@@ -418,3 +632,20 @@ def _why_read_only(path: str) -> str | None:
     if not os.access(directory, os.W_OK):
         return f"the directory {directory} is not writable by this user"
     return None
+
+
+def deleted_store(path: str) -> StoreGone | None:
+    """The refusal for a SQLite path whose store is missing although its marker
+    (``PATH.id``) says one was created there; None when no marker exists."""
+    marker = os.path.abspath(path) + ID_SUFFIX
+    if not os.path.lexists(marker):
+        return None
+    try:
+        recorded = read_store_id(os.path.abspath(path))
+        which = "" if recorded is None else f"store id {recorded:08x}, "
+    except StateError:
+        which = ""
+    return StoreGone(
+        f"state store {os.path.abspath(path)} was deleted ({which}recorded in {marker}); "
+        f"restore it from a backup, or remove {marker} to start a new empty store"
+    )

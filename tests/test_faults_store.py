@@ -1,0 +1,466 @@
+"""Faults of the store, injected for real: the SQLite file deleted or replaced under a running
+``run`` wrapper, a reader held open while admissions pile up in the WAL, a corrupted tasks
+table, PostgreSQL restarted or stopped under a holder and an admission, a killed wrapper
+whose job lives on (PostgreSQL leases kept by the host's own liveness check), and a job that
+leaves its process group with ``setsid``."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import Coord, alive, wait_for
+
+ONE_SLOT = """\
+task_limits:
+  selfplay: {per_node: 1}
+store: {lease_ttl: 1.5}
+"""
+
+# A job that says it started, then waits for a file to appear and exits 7.
+JOB = (
+    "import os, sys, time\n"
+    "open(sys.argv[1], 'w').close()\n"
+    "while not os.path.exists(sys.argv[2]):\n"
+    "    time.sleep(0.05)\n"
+    "sys.exit(7)\n"
+)
+
+
+def _one_line(result: subprocess.CompletedProcess[str]) -> str:
+    assert "Traceback" not in result.stderr, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    return lines[0]
+
+
+class _Wrapper:
+    """A ``run`` wrapper holding the one selfplay slot, its stderr in a file."""
+
+    def __init__(self, coord: Coord, tmp: Path) -> None:
+        self.started, self.go = tmp / "started", tmp / "go"
+        self.err_path = tmp / "wrapper.err"
+        self.err = open(self.err_path, "w")  # noqa: SIM115 (closed in finish)
+        self.proc = coord.popen(
+            "run",
+            "selfplay",
+            "--node",
+            "n1",
+            "--",
+            sys.executable,
+            "-c",
+            JOB,
+            str(self.started),
+            str(self.go),
+            stdout=subprocess.DEVNULL,
+            stderr=self.err,
+        )
+        wait_for(lambda: self.started.exists() or self.proc.poll() is not None, 60, "the job")
+        assert self.proc.poll() is None, self.stderr()
+
+    def stderr(self) -> str:
+        return self.err_path.read_text()
+
+    def finish(self) -> int:
+        self.go.touch()
+        code = self.proc.wait(60)
+        self.err.close()
+        return code
+
+
+@pytest.mark.parametrize("how", ["deleted", "replaced"])
+def test_a_store_deleted_or_replaced_is_never_silently_recreated(
+    coord: Coord, tmp_path: Path, how: str
+) -> None:
+    coord.write_config(ONE_SLOT)
+    wrapper = _Wrapper(coord, tmp_path)
+    marker = Path(str(coord.db) + ".id")
+    assert marker.exists() and marker.stat().st_mode & 0o777 == coord.db.stat().st_mode & 0o777
+    # the one slot is held: a second job is denied while the store is whole
+    assert coord("register", "selfplay", "--node", "n1", "-q").returncode == 1
+    if how == "deleted":
+        coord.db.unlink()
+    else:  # another whole ringrift-coord store moved over it (mv other.db tasks.db)
+        (tmp_path / "other").mkdir()
+        other = Coord(tmp_path / "other")
+        assert other("register", "training", "--node", "n9", "-q").returncode == 0
+        os.replace(other.db, coord.db)
+    for argv in (
+        ("register", "selfplay", "--node", "n1", "-q"),
+        ("can-spawn", "selfplay", "--node", "n1"),
+        ("tasks",),
+        ("halt", "--reason", "x"),
+    ):
+        refused = coord(*argv)
+        assert refused.returncode == 3, (argv, refused.stderr)
+        line = _one_line(refused)
+        assert f"state store {coord.db} was {how}" in line, line
+        assert f"remove {marker}" in line, line
+    assert coord.db.exists() == (how == "replaced"), "a fresh store was created"
+    # the running wrapper notices at its next lease renewal, says so once, keeps the job
+    wait_for(lambda: "while this process had it open" in wrapper.stderr(), 30, "the notice")
+    time.sleep(1.6)  # more renewal periods pass: still said once
+    assert wrapper.proc.poll() is None
+    assert wrapper.stderr().count("while this process had it open") == 1, wrapper.stderr()
+    assert f"was {how} while this process had it open" in wrapper.stderr()
+    code = wrapper.finish()
+    assert code == 7, wrapper.stderr()  # the job's own exit code
+    assert "could not release" in wrapper.stderr(), wrapper.stderr()
+    assert "Traceback" not in wrapper.stderr()
+    # the operator's explicit step: remove the marker (and the old store's WAL, which no
+    # process uses now), and the store at the path is used
+    marker.unlink()
+    for side in ("-wal", "-shm"):
+        Path(str(coord.db) + side).unlink(missing_ok=True)
+    again = coord("register", "selfplay", "--node", "n1", "-q")
+    assert again.returncode == 0, again.stderr
+    assert marker.exists()
+
+
+def test_a_restored_copy_of_the_same_store_is_accepted(coord: Coord, tmp_path: Path) -> None:
+    assert coord("register", "selfplay", "--node", "n1", "-q").returncode == 0
+    backup = tmp_path / "backup.db"
+    with sqlite3.connect(coord.db) as src, sqlite3.connect(backup) as dst:
+        src.backup(dst)
+    coord.db.unlink()
+    assert coord("tasks").returncode == 3
+    os.replace(backup, coord.db)
+    os.chmod(coord.db, 0o600)
+    listed = coord("tasks", "--format", "tsv", "--no-header")
+    assert listed.returncode == 0, listed.stderr
+    assert "selfplay" in listed.stdout
+
+
+def test_a_store_made_before_ids_is_adopted(coord: Coord) -> None:
+    """A store created by an older version (application_id 0, no marker) gets an id and a
+    marker on first use, and is then protected like any other."""
+    assert coord("register", "selfplay", "--node", "n1", "-q").returncode == 0
+    Path(str(coord.db) + ".id").unlink()
+    with sqlite3.connect(coord.db) as conn:
+        conn.execute("PRAGMA application_id = 0")
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # as an old version's file: in the header
+    assert coord("tasks").returncode == 0
+    marker = Path(str(coord.db) + ".id")
+    assert marker.exists()
+    with sqlite3.connect(coord.db) as conn:
+        found = conn.execute("PRAGMA application_id").fetchone()[0]
+    assert found != 0 and marker.read_text().strip().endswith(f"{found:08x}")
+    coord.db.unlink()
+    assert "was deleted" in _one_line(coord("register", "selfplay", "--node", "n1"))
+
+
+# --------------------------------------------------------------------------- corrupt pages
+
+
+def _fingerprint(path: Path) -> bytes:
+    return path.read_bytes()
+
+
+@pytest.mark.parametrize("damage", ["garbage-root-page", "zeroed-root-page"])
+def test_halt_and_unhalt_refuse_a_corrupt_tasks_table(coord: Coord, damage: str) -> None:
+    for _ in range(3):
+        assert coord("register", "selfplay", "--node", "n1", "-q").returncode == 0
+    with sqlite3.connect(coord.db) as conn:
+        root = conn.execute("SELECT rootpage FROM sqlite_master WHERE name = 'tasks'").fetchone()
+        page_size = conn.execute("PRAGMA page_size").fetchone()[0]
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    data = bytearray(coord.db.read_bytes())
+    offset = (root[0] - 1) * page_size
+    fill = os.urandom(page_size) if damage.startswith("garbage") else bytes(page_size)
+    data[offset : offset + page_size] = fill
+    coord.db.write_bytes(bytes(data))
+    before = _fingerprint(coord.db)
+    for argv in (("halt", "--reason", "maintenance"), ("unhalt",), ("--json", "halt")):
+        refused = coord(*argv)
+        assert refused.returncode == 3, (argv, refused.returncode, refused.stderr)
+        line = _one_line(refused)
+        assert f"state store {coord.db} is corrupt" in line, line
+        assert "run `ringrift-coord doctor`" in line, line
+    assert _fingerprint(coord.db) == before, "a halt or unhalt wrote into the corrupt file"
+    assert not (coord.state_dir / "EMERGENCY_HALT").exists()
+
+
+# --------------------------------------------------------------------------- a long reader
+
+
+def test_a_wal_a_long_reader_let_grow_is_cut_back(engine_db) -> None:  # noqa: ANN001
+    """A reader holds its snapshot while admissions pile up in the WAL (it cannot shrink
+    then); once it is gone, the next write cuts the WAL back below the bound."""
+    from ringrift_coord.clock import ManualClock
+    from ringrift_coord.store.sqlite import WAL_CUT_RETRY, WAL_LIMIT
+    from ringrift_coord.task_coordinator import TaskCoordinator, TaskType
+
+    clock = ManualClock()
+    ctx = engine_db.context(
+        "task_limits: {selfplay: {per_node: 100000}}\n"
+        "rate_limits: {selfplay: {per_minute: null}}\n",
+        clock=clock,
+    )
+    coord = TaskCoordinator(ctx)
+    wal = Path(engine_db.url + "-wal")
+    reader = sqlite3.connect(engine_db.url, isolation_level=None)
+    try:
+        reader.execute("BEGIN")
+        reader.execute("SELECT count(*) FROM tasks").fetchone()
+        pairs = 0
+        while wal.stat().st_size <= WAL_LIMIT + (1 << 20):
+            coord.unregister_task(coord.register_task(None, TaskType.SELFPLAY, "n1"))
+            clock.advance(0.01)
+            pairs += 1
+            assert pairs < 20_000, "the WAL never grew past the bound"
+        grown = wal.stat().st_size
+    finally:
+        reader.execute("ROLLBACK")
+        reader.close()
+    clock.advance(WAL_CUT_RETRY)
+    coord.register_task(None, TaskType.SELFPLAY, "n1")  # one more write
+    assert wal.stat().st_size < WAL_LIMIT, (grown, wal.stat().st_size)
+    # and the store is whole and usable after the cut
+    with ctx.store.read() as tx:
+        assert tx.one("PRAGMA quick_check")["quick_check"] == "ok"  # type: ignore[index]
+        assert tx.one("SELECT count(*) AS n FROM tasks")["n"] == 1  # type: ignore[index]
+
+
+# --------------------------------------------------------------------------- PostgreSQL
+
+
+def _on_postgres(coord: Coord, pg_url: str, config: str) -> Coord:
+    coord.env["RINGRIFT_COORD_DB"] = pg_url
+    coord.engine = "postgres"
+    coord.write_config(config)
+    return coord
+
+
+def test_postgres_restarted_under_a_holder(coord: Coord, tmp_path: Path, pg_server, pg_url) -> None:  # noqa: ANN001
+    """The server restarts while a ``run`` wrapper holds a slot: renewals say "unreachable"
+    and recover; a release while it is down says "unreachable" (never "busy"), and the
+    operator's retry once it is back succeeds."""
+    _on_postgres(
+        coord,
+        pg_url,
+        "task_limits:\n  selfplay: {per_node: 1}\nstore: {lease_ttl: 1.5, connect_timeout: 1}\n",
+    )
+    wrapper = _Wrapper(coord, tmp_path)
+    try:
+        pg_server.stop()
+        wait_for(lambda: "could not renew the lease" in wrapper.stderr(), 30, "a failed renewal")
+    finally:
+        pg_server.start()
+    assert "unreachable" in wrapper.stderr() and "busy" not in wrapper.stderr(), wrapper.stderr()
+    listed = coord("--json", "tasks")
+    assert listed.returncode == 0, listed.stderr
+    import json
+
+    (task,) = json.loads(listed.stdout)["tasks"]
+    mark = len(wrapper.stderr())
+    wait_for(lambda: float(_lease_left(coord)) > 1.0, 30, "a renewal after the restart")
+    # now the server goes away for good while the job ends: the release cannot reach it
+    pg_server.stop()
+    try:
+        code = wrapper.finish()
+        said = wrapper.stderr()[mark:]
+        assert code == 7, said
+        assert f"could not release {task['task_id']}: PostgreSQL" in said, said
+        assert "unreachable" in said and "busy" not in said, said
+        assert "Traceback" not in said
+    finally:
+        pg_server.start()
+    again = coord("unregister", task["task_id"])
+    assert again.returncode == 0, again.stderr
+    assert coord("register", "selfplay", "--node", "n1", "-q").returncode == 0
+
+
+def _lease_left(coord: Coord) -> float:
+    import json
+
+    listed = coord("--json", "tasks")
+    tasks = json.loads(listed.stdout)["tasks"] if listed.returncode == 0 else []
+    return float(tasks[0]["lease_left"]) if tasks else 0.0
+
+
+def test_postgres_stopped_backend_during_admission_ends_within_the_bound(
+    coord: Coord, pg_server, pg_url: str
+) -> None:  # noqa: ANN001
+    """A backend that stops answering mid-admission (SIGSTOP: a black hole the server's own
+    statement_timeout cannot end, and TCP keepalives cannot see) ends the command within
+    the bound: exit 75, one line saying "unreachable"."""
+    import psycopg
+
+    from ringrift_coord.store.postgres import ADMISSION_LOCK, REPLY_MARGIN, STATEMENT_MARGIN
+
+    busy = 3.0
+    _on_postgres(coord, pg_url, f"store: {{busy_timeout: {busy}, connect_timeout: 2}}\n")
+    assert coord("register", "selfplay", "--node", "n1", "-q").returncode == 0  # migrated
+    holder = psycopg.connect(pg_url, autocommit=True)
+    stopped: int | None = None
+    try:
+        holder.execute("BEGIN")
+        holder.execute("SELECT pg_advisory_xact_lock(%s)", (ADMISSION_LOCK,))
+        started = time.monotonic()
+        proc = coord.popen("register", "selfplay", "--node", "n1", "-q")
+
+        def waiting_backend() -> int | None:
+            with psycopg.connect(pg_url, autocommit=True) as look:
+                row = look.execute(
+                    "SELECT pid FROM pg_stat_activity WHERE application_name = 'ringrift-coord' "
+                    "AND wait_event_type = 'Lock'"
+                ).fetchone()
+            return None if row is None else int(row[0])
+
+        stopped = int(wait_for(waiting_backend, busy, "the admission to wait on the lock"))  # type: ignore[arg-type]
+        os.kill(stopped, signal.SIGSTOP)
+        holder.execute("COMMIT")  # the lock is free: only the stopped backend holds it up
+        out, err = proc.communicate(timeout=60)
+        took = time.monotonic() - started
+    finally:
+        if stopped is not None:
+            os.kill(stopped, signal.SIGCONT)
+        holder.close()
+    assert proc.returncode == 75, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "unreachable" in lines[0] and "busy" not in lines[0], err
+    assert took < busy + STATEMENT_MARGIN + REPLY_MARGIN + 10, took
+    # the store is usable again once the backend is gone
+    wait_for(lambda: not alive(stopped or 0), 30, "the stopped backend to end")
+    assert coord("register", "selfplay", "--node", "n1", "-q").returncode == 0
+
+
+def test_postgres_lease_of_a_killed_wrapper_is_kept_by_its_hosts_liveness_check(
+    coord: Coord, tmp_path: Path, pg_url: str
+) -> None:
+    """Host A's wrapper is killed while its job runs on: host A's own liveness check (`tasks
+    reap`, from its timer) keeps the slot's lease fresh, so host B never reaps it; once the
+    job ends and host A stops refreshing, host B reaps it when the lease runs out."""
+    import json
+
+    ttl = 10.0
+    _on_postgres(
+        coord, pg_url, f"task_limits:\n  selfplay: {{per_node: 1}}\nstore: {{lease_ttl: {ttl}}}\n"
+    )
+    host_a, host_b = {"RINGRIFT_COORD_HOST": "host-a"}, {"RINGRIFT_COORD_HOST": "host-b"}
+    coord.env.update(host_a)
+    wrapper = _Wrapper(coord, tmp_path)
+    (task,) = json.loads(coord("--json", "tasks").stdout)["tasks"]
+    job_pid = int(task["pid"])
+    wrapper.proc.send_signal(signal.SIGKILL)
+    wrapper.proc.wait(30)
+    wrapper.err.close()
+    assert alive(job_pid)
+    # host A's liveness check, as its timer runs it (here back to back)
+    check = " ".join(coord.argv("tasks", "reap"))
+    timer = subprocess.Popen(
+        ["sh", "-c", f"while :; do {check} >/dev/null || exit 9; sleep 0.2; done"],
+        env={**coord.env, **host_a},
+        start_new_session=True,  # stopped as a whole: no check of A's left running after it
+    )
+    try:
+        deadline = time.monotonic() + 1.5 * ttl
+        while time.monotonic() < deadline:  # host B's reaper, meanwhile
+            reaped = coord("--json", "tasks", "reap", env=host_b)
+            assert reaped.returncode == 0, reaped.stderr
+            assert json.loads(reaped.stdout)["reaped"] == [], "host B reaped a live job's slot"
+            time.sleep(0.5)  # real processes and a real lease: the store's clock, not ours
+        assert alive(job_pid) and timer.poll() is None
+        denied = coord("register", "selfplay", "--node", "n1", "-q", env=host_b)
+        assert denied.returncode == 1, denied.stderr
+    finally:
+        os.killpg(timer.pid, signal.SIGKILL)
+        timer.wait(30)
+    # the job ends; host A's check no longer runs: host B reaps the slot once its lease is out
+    wrapper.go.touch()
+    wait_for(lambda: not alive(job_pid), 30, "the job to end")
+
+    def reaped_by_b() -> bool:
+        reaped = coord("--json", "tasks", "reap", env=host_b)
+        return bool(json.loads(reaped.stdout)["reaped"])
+
+    wait_for(reaped_by_b, 6 * ttl, "host B to reap the expired lease")
+    assert coord("register", "selfplay", "--node", "n1", "-q", env=host_b).returncode == 0
+
+
+# --------------------------------------------------------------------------- setsid
+
+
+SETSID_JOB = (
+    "import subprocess, sys\n"
+    "child = subprocess.Popen(['sleep', '300'], start_new_session=True,\n"
+    "                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)\n"
+    "open(sys.argv[1], 'w').write(str(child.pid))\n"
+)
+
+
+def test_a_setsid_child_outlives_its_slot_as_documented(coord: Coord, tmp_path: Path) -> None:
+    """The documented limit (README "Store faults", `run --help`): the slot is held while the
+    job's process group lives; a process that left it with setsid is neither tracked nor
+    stopped: the slot is released when the group ends, and that process survives."""
+    help_text = coord("run", "--help").stdout
+    assert "setsid" in " ".join(help_text.split()), help_text
+    readme = " ".join((Path(__file__).parent.parent / "README.md").read_text().split())
+    assert "outlives its slot" in readme and "setsid" in readme
+    pid_file = tmp_path / "escaped.pid"
+    ran = coord(
+        "run", "selfplay", "--node", "n1", "--", sys.executable, "-c", SETSID_JOB, str(pid_file)
+    )
+    escaped = int(pid_file.read_text())
+    try:
+        assert ran.returncode == 0, ran.stderr
+        assert alive(escaped), "the setsid child was stopped with the job's group"
+        assert os.getsid(escaped) == escaped and os.getpgid(escaped) == escaped
+        listed = coord("tasks", "--format", "tsv", "--no-header")
+        assert listed.returncode == 0 and listed.stdout.strip() == "", listed.stdout
+        again = coord("register", "selfplay", "--node", "n1", "-q")
+        assert again.returncode == 0, again.stderr
+    finally:
+        os.kill(escaped, signal.SIGKILL)
+
+
+def test_no_new_store_is_made_beside_a_deleted_stores_wal(coord: Coord) -> None:
+    """A process still has the deleted store open (its WAL holds pages not yet in the file):
+    even once the operator removed the marker, a new store is not made beside that WAL (it
+    would take the old store's pages as its own), until the operator removes it too."""
+    held = coord("register", "selfplay", "--node", "n1", "-q")
+    assert held.returncode == 0, held.stderr
+    old = sqlite3.connect(coord.db, isolation_level=None)
+    try:
+        old.execute("PRAGMA wal_autocheckpoint = 0")
+        old.execute("UPDATE tasks SET lease_expires = lease_expires + 1")  # pages in the WAL
+        coord.db.unlink()
+        Path(str(coord.db) + ".id").unlink()  # the operator's step to start anew
+        refused = coord("register", "selfplay", "--node", "n1", "-q")
+        assert refused.returncode == 3, refused.stderr
+        assert "-wal is left from a deleted store" in _one_line(refused)
+        assert not coord.db.exists()
+    finally:
+        old.close()  # the last user of the deleted store is gone
+    again = coord("register", "selfplay", "--node", "n1", "-q")
+    assert again.returncode == 3 and "-wal is left" in again.stderr, again.stderr
+    for side in ("-wal", "-shm"):  # the operator's step the message names
+        Path(str(coord.db) + side).unlink(missing_ok=True)
+    made = coord("register", "selfplay", "--node", "n1", "-q")
+    assert made.returncode == 0, made.stderr
+    import json
+
+    (only,) = json.loads(coord("--json", "tasks").stdout)["tasks"]
+    assert only["task_id"] == made.stdout.strip(), "the old store's task reappeared"
+
+
+def test_postgres_sessions_are_bounded(pg_url: str) -> None:
+    """Every session: statement_timeout = busy_timeout + the margin, TCP keepalives on."""
+    from ringrift_coord.store.postgres import KEEPALIVES, PostgresStore
+
+    store = PostgresStore(pg_url, busy_timeout=2.0, connect_timeout=2)
+    try:
+        with store.read() as tx:
+            assert tx.one("SHOW statement_timeout") == {"statement_timeout": "7s"}
+            assert tx.one("SHOW lock_timeout") == {"lock_timeout": "2s"}
+        params = store._conn.info.get_parameters()
+        for key, value in KEEPALIVES.items():
+            assert params.get(key) == str(value), (key, params)
+    finally:
+        store.close()
