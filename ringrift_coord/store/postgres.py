@@ -37,6 +37,9 @@ if TYPE_CHECKING:
 
     from ringrift_coord.wake import Doorbell
 
+# the database's clock, seconds since the epoch (leases are timed by it)
+_NOW = "SELECT extract(epoch FROM clock_timestamp())::float8"
+
 # pg_advisory_xact_lock key of every admission write: "ringrift" in ASCII
 ADMISSION_LOCK = 0x72696E6772696674
 MIGRATION_LOCK = ADMISSION_LOCK + 1
@@ -133,12 +136,27 @@ class PostgresTx(Tx):
         names = [d.name for d in self._cur.description]
         return [dict(zip(names, row, strict=True)) for row in self._cur.fetchall()]
 
+    def begin_locked(self, lock: int) -> None:
+        """BEGIN, take the advisory lock ``lock`` and, on the database's clock, read the
+        transaction's moment (``now``) once the lock is held: one round trip, not three (a
+        query without parameters goes by the simple protocol, which takes several
+        statements; the key is this module's own integer, never text from outside)."""
+        sql = f"BEGIN; SELECT pg_advisory_xact_lock({int(lock)})"
+        if self._store.clock is not None:
+            self.execute(sql)
+            return
+        self.execute(f"{sql}; {_NOW}")
+        cur = self._cur
+        cur.nextset()  # the lock's result
+        cur.nextset()  # the clock's
+        self._now = float(cur.fetchone()[0])
+
     def now(self) -> float:
         if self._now is None:
             if self._store.clock is not None:
                 self._now = self._store.clock.time()
             else:
-                row = self.one("SELECT extract(epoch FROM clock_timestamp())::float8 AS now")
+                row = self.one(f"{_NOW} AS now")
                 assert row is not None
                 self._now = float(row["now"])
         return self._now
@@ -188,10 +206,16 @@ class PostgresStore(Store):
                 **_keepalives(psycopg),
             )
             self._conn.reply_timeout = self.statement_timeout + REPLY_MARGIN  # psycopg >= 3.3
+            settings = [
+                f"SET lock_timeout = {int(self.busy_timeout * 1000)}",
+                "SET idle_in_transaction_session_timeout = 60000",
+                f"SET statement_timeout = {max(1, int(self.statement_timeout * 1000))}",
+            ]
             with self._conn.cursor() as cur:
-                cur.execute(f"SET lock_timeout = {int(self.busy_timeout * 1000)}")
-                cur.execute("SET idle_in_transaction_session_timeout = 60000")
-                cur.execute(f"SET statement_timeout = {max(1, int(self.statement_timeout * 1000))}")
+                # All in one round trip: a query without parameters goes by the simple
+                # protocol, which takes several statements. (Not the connection's ``options``
+                # parameter: PgBouncer refuses it for settings it does not track.)
+                cur.execute("; ".join(settings))
         except psycopg.Error as exc:
             if self._conn is not None:
                 self._conn.close()
@@ -276,13 +300,14 @@ class PostgresStore(Store):
         already migrated costs no lock, no DDL and no write privilege (a monitoring role with
         SELECT only can read it). A missing table or a newer store says False: the locked path
         below creates or refuses."""
-        tx = self._begin(write=False)
         try:
-            done = {r["name"] for r in tx.query("SELECT name FROM schema_migrations")}
+            # one statement in autocommit: its own read-only snapshot, one round trip (an
+            # explicit read-only transaction around it cost two more)
+            with self._conn.cursor() as cur:
+                self._run(cur, "SELECT name FROM schema_migrations", ())
+                done = {row[0] for row in cur.fetchall()}
         except StateError:
             return False  # no schema_migrations yet (or no right to read it): the full path
-        finally:
-            self._rollback()
         self._refuse_newer(done)  # said here too: a role that may only read never gets further
         return done == set(MIGRATION_NAMES)
 
@@ -341,8 +366,7 @@ class PostgresStore(Store):
         tx = PostgresTx(self)
         try:
             if write:
-                tx.execute("BEGIN")
-                tx.execute("SELECT pg_advisory_xact_lock(?)", (lock,))
+                tx.begin_locked(lock)
             else:
                 tx.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
         except BaseException:
