@@ -77,6 +77,8 @@ class Tx(ABC):
 
 class Store(ABC):
     engine: str = "?"
+    # the migrations the store records (every known one once opened with migrate=True)
+    applied_migrations: set[str]
 
     @abstractmethod
     def _begin(self, write: bool) -> Tx: ...
