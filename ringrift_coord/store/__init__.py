@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from ringrift_coord.clock import SYSTEM_CLOCK, Clock
 from ringrift_coord.errors import ConfigError, StateError, UsageError
 from ringrift_coord.statedir import refuse_network_filesystem
-from ringrift_coord.store.base import Row, Store, StoreGone, Tx, is_conninfo
+from ringrift_coord.store.base import NoStore, Row, Store, StoreGone, Tx, is_conninfo
 
 DB_ENV = "RINGRIFT_COORD_DB"
 DEFAULT_DB_NAME = "tasks.db"
@@ -112,10 +112,6 @@ def open_store(
     return SQLiteStore(
         location, busy_timeout=busy_timeout, clock=clock, shared_gid=shared_gid, migrate=migrate
     )
-
-
-class NoStore(StateError):
-    """A read-only command found no SQLite store where one was named (exit 3)."""
 
 
 def check_sqlite_path(path: str, *, create: bool = True) -> None:

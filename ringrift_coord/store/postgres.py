@@ -28,7 +28,7 @@ from collections.abc import Sequence
 from ringrift_coord.clock import Clock
 from ringrift_coord.durations import human
 from ringrift_coord.errors import ConfigError, StateError, StoreBusy, UsageError
-from ringrift_coord.store.base import Row, Store, StoreUnreachable, Tx, is_conninfo
+from ringrift_coord.store.base import NoStore, Row, Store, StoreUnreachable, Tx, is_conninfo
 from ringrift_coord.store.migrations import MIGRATION_NAMES, MIGRATIONS, statements
 
 TYPE_CHECKING = False
@@ -327,8 +327,6 @@ class PostgresStore(Store):
     def _applied(self) -> set[str]:
         """The migrations recorded, by reads alone; ``NoStore`` when the database has no
         ringrift-coord schema at all (it is left as it is)."""
-        from ringrift_coord.store import NoStore
-
         tx = self._begin(write=False)
         try:
             found = tx.one("SELECT to_regclass('schema_migrations') IS NOT NULL AS found")

@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from ringrift_coord.clock import SYSTEM_CLOCK, Clock
 from ringrift_coord.durations import human
 from ringrift_coord.errors import StateError, StoreBusy
-from ringrift_coord.store.base import Row, Store, StoreGone, Tx
+from ringrift_coord.store.base import NoStore, Row, Store, StoreGone, Tx
 from ringrift_coord.store.migrations import MIGRATION_NAMES, MIGRATIONS, statements
 
 TYPE_CHECKING = False  # typing costs start-up time on the hot path; annotations are lazy
@@ -114,8 +114,6 @@ class SQLiteStore(Store):
         if os.path.lexists(self.path):
             store_id = check_database_file(self.path, shared_gid)
         else:
-            from ringrift_coord.store import NoStore
-
             gone = deleted_store(self.path)
             if gone is not None:
                 raise gone
