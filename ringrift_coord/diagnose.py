@@ -133,8 +133,8 @@ def watch_sqlite_holders(
 
     ``first``/``first_at``: a look taken earlier (``time.monotonic()``) that counts as the
     first. Each holder kept gets ``held_seconds``: the time from the first look to the last
-    that saw it (a lower bound of how long it has held it, 0 when seen once), ``looks``, and
-    its ``message``."""
+    that saw it (a lower bound of how long it has held it; None when seen in one look),
+    ``looks``, and its ``message``."""
     started = time.monotonic() if first is None or first_at is None else first_at
     seen = sqlite_holders(db_path) if first is None else first
     candidates = {
@@ -143,9 +143,11 @@ def watch_sqlite_holders(
         if h["stopped"] or _old_enough(h.get("process_age_seconds"), long_hold)
     }
     looks, last = 1, started
-    while candidates and not all(h["stopped"] for h in candidates.values()):
+    # a stopped holder cannot let go: named at once, unless an earlier look was given (then
+    # one look now tells how long it has held the lock at least)
+    while candidates and (first is not None or not all(h["stopped"] for h in candidates.values())):
         elapsed = time.monotonic() - started
-        if elapsed >= span and looks >= 2:
+        if looks >= 2 and (elapsed >= span or all(h["stopped"] for h in candidates.values())):
             break
         time.sleep(max(0.0, min(interval, span - elapsed)))
         now = {(h["pid"], h["lock"]): h for h in sqlite_holders(db_path)}
@@ -153,7 +155,7 @@ def watch_sqlite_holders(
         candidates = {key: now[key] for key in candidates if key in now}
     kept = list(candidates.values())
     for holder in kept:
-        holder["held_seconds"] = round(last - started, 3)
+        holder["held_seconds"] = round(last - started, 3) if looks > 1 else None
         holder["held_at_least"] = True
         holder["looks"] = looks
         holder["message"] = holder_line(holder)
@@ -176,10 +178,10 @@ def holder_line(holder: dict[str, Any], *, advice: bool = True) -> str:
     lock = holder["lock"]
     held = holder.get("held_seconds")
     looks = holder.get("looks") or 1
-    if held and looks > 1:
+    if held is not None and looks > 1:
         since = f" for at least the last {_secs(held)} ({looks} looks)"
     else:
-        since = " (seen in one look)"
+        since = " now"
     age = holder.get("process_age_seconds")
     started = "" if age is None else f"; the process started {_secs(age)} ago"
     stopped = ", stopped (SIGSTOP)," if holder["stopped"] else ""
@@ -198,7 +200,7 @@ def holder_line(holder: dict[str, Any], *, advice: bool = True) -> str:
     else:
         action = "end it" + (f" (kill {pid})" if pid is not None else "")
         action += " if it is not expected to hold the store that long"
-    verb = "has held" if held and looks > 1 else "holds"
+    verb = "has held" if held is not None and looks > 1 else "holds"
     return f"{who}{stopped} {verb} the store's {lock}{since}{started}: {effect}" + (
         f"; {action}" if advice else ""
     )
