@@ -649,3 +649,26 @@ def test_a_lock_on_the_same_inode_of_another_device_is_not_taken_for_ours(
     finally:
         sleeper.kill()
         sleeper.wait()
+
+
+def test_a_failed_probe_without_a_seen_holder_and_a_checkpointer_are_worded_so(
+    engine_db: Any,
+) -> None:
+    """Beside a failed admission probe, no holder seen is "holder not seen", never "ok"; a
+    checkpointer is never advised to be killed (only other checkpoints wait for it)."""
+    if engine_db.engine != "sqlite":
+        pytest.skip("SQLite's lock table")
+    import time
+
+    from ringrift_coord.diagnose import holder_line
+    from ringrift_coord.doctor import Report, check_sqlite_locks
+
+    engine_db.open().close()
+    report = Report()
+    check_sqlite_locks(report, engine_db.url, 30.0, [], time.monotonic(), False)
+    (locks,) = report.checks
+    assert locks["level"] == "warn" and locks["found"].startswith("holder not seen"), locks
+    line = holder_line(
+        {"pid": 77, "lock": "checkpoint lock", "cmdline": "x", "stopped": False, "looks": 1}
+    )
+    assert "only other checkpoints wait for it" in line and "kill" not in line, line
