@@ -49,12 +49,22 @@ def sqlite_holders(db_path: str, locks_file: str = LOCKS_FILE) -> list[dict[str,
     process (its strongest lock), with its command line, whether it is stopped, and
     ``process_age_seconds`` (how long it has run: an upper bound of how long it holds anything).
     Empty when there is no ``-shm`` file or no lock table to read (not Linux)."""
+    now = time.time()
+    return [
+        {"pid": pid if pid > 0 else None, "lock": lock, **process_info(pid, now)}
+        for pid, lock in sorted(lock_table(db_path, locks_file).items())
+    ]
+
+
+def lock_table(db_path: str, locks_file: str = LOCKS_FILE) -> dict[int, str]:
+    """pid -> the strongest lock it holds on the store at ``db_path`` now (one read of the
+    kernel's lock table; no process is looked at)."""
     try:
         st = os.stat(db_path + "-shm")
         with open(locks_file, encoding="ascii", errors="replace") as handle:
             text = handle.read()
     except OSError:
-        return []
+        return {}
     device = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
     inode = f":{st.st_ino}"
     exact: dict[int, set[str]] = {}
@@ -80,12 +90,7 @@ def sqlite_holders(db_path: str, locks_file: str = LOCKS_FILE) -> list[dict[str,
     # the inode alone decides only when no lock matches the device too (an overlay filesystem
     # may show another device; elsewhere the same inode number on another device is another file)
     found = exact or by_inode
-    now = time.time()
-    holders = []
-    for pid, names in sorted(found.items()):
-        lock = next(name for name in RANK if name in names)
-        holders.append({"pid": pid if pid > 0 else None, "lock": lock, **process_info(pid, now)})
-    return holders
+    return {pid: next(name for name in RANK if name in names) for pid, names in found.items()}
 
 
 def process_info(pid: int, now: float) -> dict[str, Any]:
@@ -143,23 +148,36 @@ def watch_sqlite_holders(
         if h["stopped"] or _old_enough(h.get("process_age_seconds"), long_hold)
     }
     looks, last = 1, started
+    # at least one look per interval of the span, however late a loaded machine wakes us:
+    # a busy process that holds the lock half the time is in all of them once in 2**20
+    enough = int(span / interval) + 1
     # a stopped holder cannot let go: named at once, unless an earlier look was given (then
     # one look now tells how long it has held the lock at least)
     while candidates and (first is not None or not all(h["stopped"] for h in candidates.values())):
-        elapsed = time.monotonic() - started
-        if looks >= 2 and (elapsed >= span or all(h["stopped"] for h in candidates.values())):
+        if looks >= 2 and all(h["stopped"] for h in candidates.values()):
             break
-        time.sleep(max(0.0, min(interval, span - elapsed)))
-        now = {(h["pid"], h["lock"]): h for h in sqlite_holders(db_path)}
+        if looks >= enough and time.monotonic() - started >= span:
+            break
+        time.sleep(interval)
+        table = lock_table(db_path)
         last, looks = time.monotonic(), looks + 1
-        candidates = {key: now[key] for key in candidates if key in now}
+        candidates = {key: h for key, h in candidates.items() if _holds(table, *key)}
     kept = list(candidates.values())
+    now = time.time()
     for holder in kept:
+        if holder["pid"] is not None:  # (stopped or resumed meanwhile: said as now)
+            holder.update(process_info(holder["pid"], now))
         holder["held_seconds"] = round(last - started, 3) if looks > 1 else None
         holder["held_at_least"] = True
         holder["looks"] = looks
         holder["message"] = holder_line(holder)
     return kept
+
+
+def _holds(table: dict[int, str], pid: int | None, lock: str) -> bool:
+    if pid is None:  # not named: pid 0 (another pid namespace) or -1 (an OFD lock)
+        return lock in (table.get(0), table.get(-1))
+    return table.get(pid) == lock
 
 
 def _old_enough(age: float | None, long_hold: float) -> bool:

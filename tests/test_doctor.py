@@ -496,7 +496,7 @@ def test_busy_healthy_waiters_and_writers_are_not_named_a_stopped_writer_is(
     coord.write_config(
         "task_limits: {selfplay: {per_node: 1, cluster: 500}}\n"
         "rate_limits: {selfplay: {per_minute: null}}\n"
-        "run: {poll_interval: 0.05}\n"
+        "run: {poll_interval: 0.05, wake_poll: 0.05}\n"  # waiters ask the store every 50 ms
     )
     sleeper = subprocess.Popen(["sleep", "600"])
     waiters: list[subprocess.Popen[str]] = []
