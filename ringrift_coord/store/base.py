@@ -22,6 +22,11 @@ class StoreUnreachable(StoreBusy):
     was decided, retry later), said as "unreachable", never as "busy"."""
 
 
+class NoStore(StateError):
+    """A read-only command found no store where one was named (exit 3): no SQLite file, or
+    a PostgreSQL database without the schema (``doctor``, which never creates one)."""
+
+
 class StoreGone(StateError):
     """The store that existed at a path was deleted or replaced (exit 3): never silently
     re-created, and a process that had it open stops writing into the lost file."""
@@ -77,6 +82,8 @@ class Tx(ABC):
 
 class Store(ABC):
     engine: str = "?"
+    # the migrations the store records (every known one once opened with migrate=True)
+    applied_migrations: set[str]
 
     @abstractmethod
     def _begin(self, write: bool) -> Tx: ...

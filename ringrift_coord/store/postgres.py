@@ -28,7 +28,7 @@ from collections.abc import Sequence
 from ringrift_coord.clock import Clock
 from ringrift_coord.durations import human
 from ringrift_coord.errors import ConfigError, StateError, StoreBusy, UsageError
-from ringrift_coord.store.base import Row, Store, StoreUnreachable, Tx, is_conninfo
+from ringrift_coord.store.base import NoStore, Row, Store, StoreUnreachable, Tx, is_conninfo
 from ringrift_coord.store.migrations import MIGRATION_NAMES, MIGRATIONS, statements
 
 TYPE_CHECKING = False
@@ -45,6 +45,8 @@ ADMISSION_LOCK = 0x72696E6772696674
 MIGRATION_LOCK = ADMISSION_LOCK + 1
 # statement_timeout of a session: the busy timeout (lock_timeout) plus this
 STATEMENT_MARGIN = 5.0
+# idle_in_transaction_session_timeout of a session (seconds)
+IDLE_IN_TRANSACTION = 60
 # the client gives up on a reply this long after the statement timeout would have fired
 REPLY_MARGIN = 5.0
 # TCP keepalives (libpq): probe an idle connection after 10 s, every 5 s, give up after 3
@@ -173,7 +175,10 @@ class PostgresStore(Store):
         connect_timeout: float = 5.0,
         clock: Clock | None = None,
         statement_timeout: float | None = None,
+        migrate: bool = True,
     ) -> None:
+        """``migrate=False`` (``doctor``): read the schema's state, never create or migrate
+        it (``NoStore`` for a database without one; ``applied_migrations`` says how far)."""
         try:
             import psycopg
         except ImportError:
@@ -191,7 +196,15 @@ class PostgresStore(Store):
         self._sql_cache: dict[str, str] = {}
         self._conn: Any = None
         self._connect()
-        self._migrate()
+        if migrate:
+            self._migrate()
+            self.applied_migrations = set(MIGRATION_NAMES)
+        else:
+            try:
+                self.applied_migrations = self._applied()
+            except BaseException:
+                self.close()
+                raise
 
     # -- connection ---------------------------------------------------------------------
 
@@ -208,7 +221,7 @@ class PostgresStore(Store):
             self._conn.reply_timeout = self.statement_timeout + REPLY_MARGIN  # psycopg >= 3.3
             settings = [
                 f"SET lock_timeout = {int(self.busy_timeout * 1000)}",
-                "SET idle_in_transaction_session_timeout = 60000",
+                f"SET idle_in_transaction_session_timeout = {IDLE_IN_TRANSACTION * 1000}",
                 f"SET statement_timeout = {max(1, int(self.statement_timeout * 1000))}",
             ]
             with self._conn.cursor() as cur:
@@ -310,6 +323,24 @@ class PostgresStore(Store):
             return False  # no schema_migrations yet (or no right to read it): the full path
         self._refuse_newer(done)  # said here too: a role that may only read never gets further
         return done == set(MIGRATION_NAMES)
+
+    def _applied(self) -> set[str]:
+        """The migrations recorded, by reads alone; ``NoStore`` when the database has no
+        ringrift-coord schema at all (it is left as it is)."""
+        tx = self._begin(write=False)
+        try:
+            found = tx.one("SELECT to_regclass('schema_migrations') IS NOT NULL AS found")
+            if found is None or not found["found"]:
+                raise NoStore(
+                    f"no ringrift-coord store here: PostgreSQL {self.scope.split()[-1]} has no "
+                    "schema_migrations table (nothing recorded there yet; a command that "
+                    "writes creates it)"
+                )
+            done = {r["name"] for r in tx.query("SELECT name FROM schema_migrations")}
+        finally:
+            self._rollback()
+        self._refuse_newer(done)
+        return done
 
     def _refuse_newer(self, done: set[str]) -> None:
         unknown = done - set(MIGRATION_NAMES)

@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from ringrift_coord.clock import SYSTEM_CLOCK, Clock
 from ringrift_coord.durations import human
 from ringrift_coord.errors import StateError, StoreBusy
-from ringrift_coord.store.base import Row, Store, StoreGone, Tx
+from ringrift_coord.store.base import NoStore, Row, Store, StoreGone, Tx
 from ringrift_coord.store.migrations import MIGRATION_NAMES, MIGRATIONS, statements
 
 TYPE_CHECKING = False  # typing costs start-up time on the hot path; annotations are lazy
@@ -101,7 +101,10 @@ class SQLiteStore(Store):
         busy_timeout: float = 5.0,
         clock: Clock = SYSTEM_CLOCK,
         shared_gid: int | None = None,
+        migrate: bool = True,
     ):
+        """``migrate=False`` (``doctor``): open an existing store as it is, never creating,
+        migrating or adopting anything: ``applied_migrations`` says how far its schema is."""
         self.path = os.path.abspath(path)
         self.busy_timeout = float(busy_timeout)
         self.clock = clock
@@ -114,6 +117,8 @@ class SQLiteStore(Store):
             gone = deleted_store(self.path)
             if gone is not None:
                 raise gone
+            if not migrate:
+                raise NoStore(f"no store at {self.path} (nothing recorded there yet)")
             _create_database(self.path, clock, shared_gid)
             store_id = check_database_file(self.path, shared_gid)
         recorded = read_store_id(self.path)
@@ -122,13 +127,16 @@ class SQLiteStore(Store):
         self._conn = self._connect()
         st = os.stat(self.path)
         self._identity = (st.st_dev, st.st_ino)
-        self._migrate()
+        if migrate:
+            self._migrate()
+        else:
+            self.applied_migrations = self._applied()
         if not store_id:  # the header may be behind the WAL, or a store older than the ids
-            store_id = self._store_id(adopt=recorded is None)
+            store_id = self._store_id(adopt=migrate and recorded is None)
             if recorded is not None and store_id != recorded:
                 self._conn.close()
                 raise self._replaced(store_id, recorded)
-        if recorded is None and store_id:
+        if recorded is None and store_id and migrate:
             write_store_id(self.path, store_id, shared_gid)
         self.store_id = store_id
 
@@ -205,6 +213,16 @@ class SQLiteStore(Store):
             raise self._translate(exc) from None
 
     def _migrate(self) -> None:
+        applied = self._applied()
+        if len(applied) < len(MIGRATION_NAMES):
+            with self.write() as tx:
+                done = {r["name"] for r in tx.query("SELECT name FROM schema_migrations")}
+                apply_migrations(tx, done, self.engine)
+        self.applied_migrations = set(MIGRATION_NAMES)
+
+    def _applied(self) -> set[str]:
+        """The migrations the store records (a read, no lock held after it); refuses a
+        database that is not a ringrift-coord store, or one a newer version wrote."""
         try:
             rows = self._conn.execute("SELECT name FROM schema_migrations").fetchall()
         except sqlite3.OperationalError as exc:
@@ -224,10 +242,7 @@ class SQLiteStore(Store):
                 f"{self.path} was written by a newer ringrift-coord (migrations "
                 f"{', '.join(sorted(unknown))}); upgrade this node"
             )
-        if len(applied) < len(MIGRATION_NAMES):
-            with self.write() as tx:
-                done = {r["name"] for r in tx.query("SELECT name FROM schema_migrations")}
-                apply_migrations(tx, done, self.engine)
+        return applied
 
     def _translate(self, exc: sqlite3.Error) -> Exception:
         text = str(exc)
