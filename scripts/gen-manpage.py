@@ -27,7 +27,8 @@ EXIT_STATUS = [
     (
         "1",
         "denied by a rule: limit, rate, breaker, threshold, halt, reservation, the "
-        "optimizer's self-play target, hardware cap, config share",
+        "optimizer's self-play target, hardware cap, config share; doctor: something needs "
+        "an operator",
     ),
     ("2", "usage error: unknown command, type, option or task id, or a bad value"),
     (
@@ -67,6 +68,13 @@ FILES = [
         "the user's config file (~/.config/...); config init writes the reference there",
     ),
     ("$XDG_STATE_HOME/ringrift-coord/tasks.db", "the default SQLite store (~/.local/state/...)"),
+    (
+        "tasks.db.id",
+        "beside the store: which store was created there; a store deleted or replaced under it "
+        "is refused (exit 3), never silently re-created",
+    ),
+    ("tasks.db-wake/", "beside the store: one FIFO per run --wait waiter, rung when a slot frees"),
+    ("EMERGENCY_HALT", "in the state directory: the mirror of a halt that halt writes"),
 ]
 
 
@@ -175,7 +183,7 @@ def render() -> str:
         add(bold(code))
         add(esc(meaning))
     add(".TP")
-    add(bold("child's"))
+    add(bold("other"))
     add(esc("run exits with its command's own exit code"))
     add(".SH ENVIRONMENT")
     for name, meaning in ENVIRONMENT:
