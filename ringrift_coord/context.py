@@ -71,13 +71,21 @@ class Context:
         first use of ``store``), never created.
         """
         env = os.environ if env is None else env
-        directory = prepare_state_dir(state_dir or default_state_dir(env))
-        # the config cache lives in a private state directory; a shared store's users keep
-        # theirs in their own cache directory
-        cache_dir = directory if is_private_dir(directory) else user_cache_dir(env)
-        settings = load_settings(config, env, cache_dir=cache_dir)
-        apply_overrides(settings, overrides or [])
-        shared_gid = check_state_dir_group(directory, settings.get("store.shared_group"))
+        directory = os.path.abspath(state_dir or default_state_dir(env))
+        if not create_store and not os.path.lexists(directory):
+            # a read-only command creates nothing, not even the directory: its store (a
+            # SQLite file in it) is "no store at PATH" on first use; a server's is read
+            settings = load_settings(config, env, cache_dir=None)
+            apply_overrides(settings, overrides or [])
+            shared_gid = None
+        else:
+            directory = prepare_state_dir(directory)
+            # the config cache lives in a private state directory; a shared store's users
+            # keep theirs in their own cache directory
+            cache_dir = directory if is_private_dir(directory) else user_cache_dir(env)
+            settings = load_settings(config, env, cache_dir=cache_dir)
+            apply_overrides(settings, overrides or [])
+            shared_gid = check_state_dir_group(directory, settings.get("store.shared_group"))
         return cls(
             settings=settings,
             state_dir=directory,

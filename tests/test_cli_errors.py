@@ -417,3 +417,19 @@ def test_shell_syntax_in_values_is_never_interpreted(coord) -> None:
     result = coord("can-spawn", "selfplay", "--node", "$(touch pwned)", input="")
     assert result.returncode == 0, result.stderr
     assert not Path("pwned").exists() and not (coord.tmp / "pwned").exists()
+
+
+@pytest.mark.parametrize(
+    "argv", [("status",), ("tasks",), ("halt", "--check"), ("breakers", "list")]
+)
+def test_a_read_only_command_on_a_new_machine_creates_no_state_directory(
+    coord, tmp_path, argv: tuple[str, ...]
+) -> None:
+    """Before anything was recorded a read-only command says so (exit 3 "no store at") and
+    leaves the machine as it found it: no state directory, no config cache, no store."""
+    if coord.engine != "sqlite":
+        pytest.skip("a server's store is read wherever the state directory is")
+    missing = tmp_path / "never-made" / "ringrift-coord"
+    done = coord("--state-dir", str(missing), *argv)
+    assert done.returncode == 3 and "no store at" in done.stderr, done.stdout + done.stderr
+    assert not missing.parent.exists()
