@@ -17,7 +17,7 @@ def doctor(ctx: typer.Context) -> None:
     """Check the state directory, the store (integrity, schema, WAL, long-held locks and
     transactions, latency), the config, the clock against the store's, NVML and psutil, stale
     readings and the halt file; say what to fix. Exit 0: healthy (warnings said); 1: something
-    needs an operator; 3: the config does not even load."""
+    needs an operator; 3: the config does not even load. --json: one JSON document."""
     from ringrift_coord import doctor as checks
 
     g = globals_of(ctx)
