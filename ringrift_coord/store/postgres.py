@@ -228,7 +228,17 @@ class PostgresStore(Store):
                 f"{human(self.statement_timeout)} statement timeout ({text[:200]}); nothing "
                 "was decided, try again"
             )
-        if state in ("53300", "53000"):  # too many connections, out of resources
+        if state in ("40P01", "40001"):  # deadlock, serialization failure: rolled back
+            return StoreBusy(
+                f"PostgreSQL {where} rolled the transaction back ({text[:200]}); nothing was "
+                "decided, try again"
+            )
+        if state == "53100":  # disk full: the server answered, it is not unreachable
+            return StateError(
+                f"disk full on the PostgreSQL server {where} ({text[:200]}); nothing was "
+                "decided: free space there and try again"
+            )
+        if state in ("53300", "53000", "53200"):  # too many connections, out of resources
             return StoreBusy(
                 f"PostgreSQL {where} is busy ({text[:200]}); nothing was decided, try again later"
             )
@@ -244,7 +254,9 @@ class PostgresStore(Store):
             exc, psycopg.errors.UndefinedTable
         ):
             return StateError(f"PostgreSQL {where} refused us: {text[:300]}")
-        if isinstance(exc, psycopg.OperationalError | psycopg.errors.AdminShutdown):
+        # Unreachable: only what says the server did not answer (no SQLSTATE: libpq's own
+        # connection failures, a closed connection); a server's own error is said as its own
+        if isinstance(exc, psycopg.OperationalError) and not state:
             return StoreUnreachable(
                 f"PostgreSQL {where} is unreachable ({text[:200]}); nothing was decided, "
                 "try again later"
@@ -357,6 +369,12 @@ class PostgresStore(Store):
         except self._psycopg.Error as exc:
             self._drop_if_hung(exc)
             self._rollback()
+            if isinstance(exc, _WAIT_TIMEOUT(self._psycopg)):  # COMMIT sent, no answer
+                raise StoreUnreachable(
+                    f"PostgreSQL {redact(self.url)} did not answer the commit in "
+                    f"{human(self.statement_timeout + REPLY_MARGIN)}: whether it was decided "
+                    "is unknown (see `ringrift-coord tasks`)"
+                ) from None
             raise self._translate(exc) from None
 
     def _rollback(self) -> None:

@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from ringrift_coord.clock import SYSTEM_CLOCK, Clock
 from ringrift_coord.durations import human
 from ringrift_coord.errors import StateError, StoreBusy
-from ringrift_coord.store.base import Row, Store, StoreGone, Tx
+from ringrift_coord.store.base import CORRUPT_ADVICE, Row, Store, StoreCorrupt, StoreGone, Tx
 from ringrift_coord.store.migrations import MIGRATION_NAMES, MIGRATIONS, statements
 
 TYPE_CHECKING = False  # typing costs start-up time on the hot path; annotations are lazy
@@ -70,15 +70,6 @@ class SQLiteTx(Tx):
             self._now = self._store.clock.time()
         return self._now
 
-    def check_integrity(self) -> None:
-        problems = [str(r["quick_check"]) for r in self.query("PRAGMA quick_check(3)")]
-        if problems != ["ok"]:
-            raise StateError(
-                f"state store {self._store.path} is corrupt: {'; '.join(problems)[:300]}; "
-                "nothing was written: run `ringrift-coord doctor`, then restore it from a "
-                "backup or move it aside"
-            )
-
 
 class SQLiteStore(Store):
     engine = "sqlite"
@@ -97,14 +88,12 @@ class SQLiteStore(Store):
         self.shared_gid = shared_gid
         self._query_only = False
         self._next_wal_cut = 0.0
-        if os.path.lexists(self.path):
-            store_id = check_database_file(self.path, shared_gid)
-        else:
-            gone = deleted_store(self.path)
+        if not os.path.lexists(self.path):
+            gone = deleted_store(self.path)  # (it looks for the file again: see there)
             if gone is not None:
                 raise gone
             _create_database(self.path, clock, shared_gid)
-            store_id = check_database_file(self.path, shared_gid)
+        store_id = check_database_file(self.path, shared_gid)
         recorded = read_store_id(self.path)
         if recorded is not None and store_id and store_id != recorded:
             raise self._replaced(store_id, recorded)
@@ -112,9 +101,12 @@ class SQLiteStore(Store):
         st = os.stat(self.path)
         self._identity = (st.st_dev, st.st_ino)
         self._migrate()
-        if not store_id:  # the header may be behind the WAL, or a store older than the ids
-            store_id = self._store_id(adopt=recorded is None)
-            if recorded is not None and store_id != recorded:
+        if not store_id:  # the header may be behind the WAL, or a store without an id
+            # A ringrift-coord store (migrated above) whose id is 0: one made before stores
+            # had ids, a backup of this store taken then, or one salvaged with sqlite3's
+            # .dump / .recover. It is adopted: the marker's id when there is one, else new.
+            store_id = self._store_id(adopt_as=recorded)
+            if recorded is not None and store_id and store_id != recorded:
                 self._conn.close()
                 raise self._replaced(store_id, recorded)
         if recorded is None and store_id:
@@ -127,22 +119,23 @@ class SQLiteStore(Store):
         marker = self.path + ID_SUFFIX
         return StoreGone(
             f"state store {self.path} was replaced by another store (its id is {found:08x}, "
-            f"{marker} records {recorded:08x}); restore it from a backup, or remove {marker} "
-            "to start using this one as a new store"
+            f"{marker} records {recorded:08x}); {restore_advice(self.path)}, or remove "
+            f"{marker} to start using this one as a new store"
         )
 
-    def _store_id(self, adopt: bool) -> int:
-        """The id in the header as this connection sees it; ``adopt``: a store made before
-        stores had ids gets one now (once, whoever races)."""
+    def _store_id(self, adopt_as: int | None) -> int:
+        """The id in the header as this connection sees it; a store without one gets one
+        now (once, whoever races): ``adopt_as``, or a new id when None. 0: it could not be
+        written here (read-only, busy): the next process that can write adopts it."""
         try:
             found = int(self._conn.execute("PRAGMA application_id").fetchone()[0])
-            if found or not adopt:
+            if found:
                 return found
             self._conn.execute("BEGIN IMMEDIATE")
             try:
                 found = int(self._conn.execute("PRAGMA application_id").fetchone()[0])
                 if not found:
-                    found = new_store_id()
+                    found = adopt_as or new_store_id()
                     self._conn.execute(f"PRAGMA application_id = {found}")
                 self._conn.execute("COMMIT")
             except BaseException:
@@ -168,9 +161,29 @@ class SQLiteStore(Store):
         marker = self.path + ID_SUFFIX
         raise StoreGone(
             f"state store {self.path} was {how} while this process had it open; nothing more "
-            f"is written to the lost file: restore it, or remove {marker} to start a new empty "
-            "store"
+            f"is written to the lost file: {restore_advice(self.path)}, or remove {marker} to "
+            "start a new empty store"
         )
+
+    def check_integrity(self, tables: Sequence[str]) -> None:
+        """``PRAGMA quick_check(table)`` of each of ``tables`` that exists, in one read
+        transaction (no write lock held: admissions go on meanwhile). A table and its
+        indexes only: a whole-file check of a large store takes seconds."""
+        problems: list[str] = []
+        with self.read() as tx:  # a page too damaged to read: StoreCorrupt from _translate
+            known = {
+                r["name"] for r in tx.query("SELECT name FROM sqlite_master WHERE type = 'table'")
+            }
+            for table in tables:
+                if table in known:
+                    found = tx.query(f'PRAGMA quick_check("{table}")')
+                    problems += [str(r["quick_check"]) for r in found]
+        problems = [p for p in problems if p != "ok"]
+        if problems:
+            raise StoreCorrupt(
+                f"state store {self.path} is corrupt: {'; '.join(problems)[:300]}",
+                CORRUPT_ADVICE,
+            )
 
     # -- connection ---------------------------------------------------------------------
 
@@ -244,10 +257,7 @@ class SQLiteStore(Store):
                     f"({why or 'SQLite refused to write it'}); nothing was written"
                 )
         if "malformed" in text or "not a database" in text or "corrupt" in text:
-            return StateError(
-                f"state store {self.path} is corrupt: {text}; nothing was written: run "
-                "`ringrift-coord doctor`, then restore it from a backup or move it aside"
-            )
+            return StoreCorrupt(f"state store {self.path} is corrupt: {text}", CORRUPT_ADVICE)
         return StateError(f"cannot use database {self.path}: {text}")
 
     # -- transactions -------------------------------------------------------------------
@@ -548,16 +558,9 @@ def _create_database(path: str, clock: Clock, shared_gid: int | None = None) -> 
     directory = os.path.dirname(path)
     if not os.path.isdir(directory):
         raise StateError(f"directory {directory} for database {path} does not exist")
-    # a WAL with no database beside it is left from a store deleted under a process that
-    # still has it open: a new file would take its pages as its own (the old store's
-    # rows would reappear in it, or its pages be damaged). Checked in this order, a WAL
-    # that appears with a store published meanwhile is never taken for one.
-    if os.path.lexists(path + "-wal") and not os.path.lexists(path):
-        raise StateError(
-            f"{path}-wal is left from a deleted store (a process may still have it open); "
-            f"a new store is not made beside it: once no process uses it (fuser {path}-wal),"
-            f" remove {path}-wal and {path}-shm, then try again"
-        )
+    orphan = orphaned_wal(path)
+    if orphan is not None:
+        raise orphan
     tmp = f"{path}.init-{os.getpid()}-{time.monotonic_ns()}"
     try:
         os.close(create_file(tmp, shared_gid))
@@ -625,9 +628,14 @@ def _why_read_only(path: str) -> str | None:
 
 def deleted_store(path: str) -> StoreGone | None:
     """The refusal for a SQLite path whose store is missing although its marker
-    (``PATH.id``) says one was created there; None when no marker exists."""
+    (``PATH.id``) says one was created there; None when no marker exists, or the file
+    exists (again) after all."""
     marker = os.path.abspath(path) + ID_SUFFIX
     if not os.path.lexists(marker):
+        return None
+    # a store created meanwhile: its creator publishes the file, then writes the marker, so
+    # a marker found after "no file" may be that new store's; look for the file again
+    if os.path.lexists(path):
         return None
     try:
         recorded = read_store_id(os.path.abspath(path))
@@ -636,5 +644,35 @@ def deleted_store(path: str) -> StoreGone | None:
         which = ""
     return StoreGone(
         f"state store {os.path.abspath(path)} was deleted ({which}recorded in {marker}); "
-        f"restore it from a backup, or remove {marker} to start a new empty store"
+        f"{restore_advice(os.path.abspath(path))}, or remove {marker} to start a new empty store"
+    )
+
+
+def orphaned_wal(path: str) -> StateError | None:
+    """The refusal for a WAL with no database beside it: left from a store deleted under a
+    process that still has it open, a new file would take its pages as its own (the old
+    store's rows would reappear in it, or its pages be damaged). Checked in this order, a
+    WAL that appears with a store published meanwhile is never taken for one."""
+    if os.path.lexists(path + "-wal") and not os.path.lexists(path):
+        return StateError(
+            f"{path}-wal is left from a deleted store (a process may still have it open); "
+            f"a new store is not made beside it: once no process uses it (fuser {path}-wal),"
+            f" remove {path}-wal and {path}-shm, then try again"
+        )
+    return None
+
+
+def missing_store(path: str) -> StateError | None:
+    """Why no store may be made at ``path`` where none is (``deleted_store``, then
+    ``orphaned_wal``); None: the first admission may create it."""
+    return deleted_store(path) or orphaned_wal(os.path.abspath(path))
+
+
+def restore_advice(path: str) -> str:
+    """How to put a store back at ``path`` safely. A process that still has the lost store
+    open keeps ``-wal`` and ``-shm`` in place, and SQLite would replay that WAL (the lost
+    store's pages) into the restored file: its rows reappear, or its pages are damaged."""
+    return (
+        f"to restore it, stop every process using it, remove {path}-wal and {path}-shm, then "
+        "put the backup in place"
     )
