@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import Coord, alive, wait_for
+from conftest import Coord, EngineDB, alive, wait_for
 
 ONE_SLOT = """\
 task_limits:
@@ -667,3 +667,49 @@ def test_postgres_server_errors_are_not_unreachable(pg_url: str, state: str, sai
         store.close()
     assert not isinstance(caught.value, StoreUnreachable), caught.value
     assert said in str(caught.value) and "unreachable" not in str(caught.value), caught.value
+
+
+@pytest.mark.parametrize("which", ["sqlite", "postgres"])
+def test_the_log_prune_is_bounded_and_drains_a_backlog(
+    which: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """A backlog of old decisions (and task history) is pruned at most PRUNE_BATCH rows a
+    call (a whole backlog in one statement would outlast PostgreSQL's statement timeout and
+    fail the admission every time), and calls drain it; newer rows are kept."""
+    from ringrift_coord.admission import PRUNE_BATCH, prune_logs
+    from ringrift_coord.clock import ManualClock
+
+    engine_db = EngineDB(which, tmp_path, request)  # both engines (this module: SQLite)
+    request.addfinalizer(engine_db.close)
+    clock = ManualClock(1_000_000.0)
+    store = engine_db.open(clock=clock)
+    old, new = 2 * PRUNE_BATCH + 500, 300
+    with store.write() as tx:
+        for n in range(old + new):
+            at = 1000.0 + n if n < old else 999_000.0 + n
+            tx.execute(
+                "INSERT INTO decisions (at, action, task_type, node, host, pid, who, allowed, "
+                "rules) VALUES (?, 'can-spawn', 'selfplay', 'n1', 'h', 1, 'u', 1, '[]')",
+                (at,),
+            )
+            tx.execute(
+                "INSERT INTO task_history (task_id, task_type, node, host, started_at, "
+                "ended_at, duration, status) VALUES (?, 'selfplay', 'n1', 'h', ?, ?, 1, 'ok')",
+                (f"t{n}", at - 1, at),
+            )
+    cutoff = clock.time() - 86400.0  # a day of log kept
+    rounds = []
+    while True:
+        with store.write() as tx:
+            deleted = prune_logs(tx, cutoff)
+        rounds.append(deleted)
+        if not deleted:
+            break
+        assert len(rounds) < 10, rounds
+    assert max(rounds) <= 2 * PRUNE_BATCH, rounds  # each log: at most PRUNE_BATCH a call
+    assert len(rounds) == 4, rounds  # 2 full batches, the rest, then nothing
+    with store.read() as tx:
+        for table, column in (("decisions", "at"), ("task_history", "ended_at")):
+            left = tx.one(f"SELECT count(*) AS n, min({column}) AS first FROM {table}")
+            assert left is not None and int(left["n"]) == new, (table, left)
+            assert float(left["first"]) >= cutoff
