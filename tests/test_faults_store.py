@@ -713,3 +713,49 @@ def test_the_log_prune_is_bounded_and_drains_a_backlog(
             left = tx.one(f"SELECT count(*) AS n, min({column}) AS first FROM {table}")
             assert left is not None and int(left["n"]) == new, (table, left)
             assert float(left["first"]) >= cutoff
+
+
+def test_postgres_keepalives_in_the_address_are_kept(pg_url: str) -> None:
+    """The user's own keepalive settings in the connection address win over the defaults."""
+    from ringrift_coord.store.postgres import KEEPALIVES, PostgresStore
+
+    sep = "&" if "?" in pg_url else "?"
+    store = PostgresStore(f"{pg_url}{sep}keepalives_idle=33", busy_timeout=2.0, connect_timeout=2)
+    try:
+        with store.read() as tx:
+            tx.one("SELECT 1")
+        params = store._conn.info.get_parameters()
+        assert params.get("keepalives_idle") == "33", params
+        assert params.get("keepalives_count") == str(KEEPALIVES["keepalives_count"]), params
+    finally:
+        store.close()
+
+
+def test_postgres_an_explicit_endless_wait_is_not_cut_by_the_reply_timeout(pg_url: str) -> None:
+    """The reply timeout bounds waits that gave none; a LISTEN's notifies(timeout=None)
+    waits until a notification comes, however long after the reply timeout."""
+    import threading
+
+    import psycopg
+
+    from ringrift_coord.store.postgres import _connection_class
+
+    conn = _connection_class(psycopg).connect(pg_url, autocommit=True)
+    conn.reply_timeout = 0.3
+    got: list[str] = []
+    try:
+        conn.execute("LISTEN f2f")
+
+        def listen() -> None:
+            got.extend(n.payload for n in conn.notifies(timeout=None, stop_after=1))
+
+        thread = threading.Thread(target=listen, daemon=True)
+        thread.start()
+        thread.join(1.2)  # four reply timeouts pass: still waiting
+        assert thread.is_alive() and not got, got
+        with psycopg.connect(pg_url, autocommit=True) as other:
+            other.execute("NOTIFY f2f, 'rang'")
+        thread.join(10)
+        assert got == ["rang"], got
+    finally:
+        conn.close()

@@ -185,7 +185,7 @@ class PostgresStore(Store):
                 connect_timeout=self.connect_timeout,
                 autocommit=True,
                 application_name="ringrift-coord",
-                **_keepalives(psycopg),
+                **_keepalives(psycopg, self.url),
             )
             self._conn.reply_timeout = self.statement_timeout + REPLY_MARGIN  # psycopg >= 3.3
             with self._conn.cursor() as cur:
@@ -466,12 +466,22 @@ class PostgresStore(Store):
 _CONNECTION_CLASS: Any = None
 
 
-def _keepalives(psycopg: Any) -> dict[str, int]:
-    """KEEPALIVES, less ``tcp_user_timeout`` where libpq is older than 12 (it would refuse
-    the whole connection string)."""
-    if psycopg.pq.version() >= 120000:
-        return KEEPALIVES
-    return {k: v for k, v in KEEPALIVES.items() if k != "tcp_user_timeout"}
+def _keepalives(psycopg: Any, url: str) -> dict[str, int]:
+    """KEEPALIVES, less those the address sets itself (the user's choice wins), and less
+    ``tcp_user_timeout`` where libpq is older than 12 (it would refuse the whole connection
+    string)."""
+    try:
+        from psycopg.conninfo import conninfo_to_dict
+
+        given = set(conninfo_to_dict(url))
+    except Exception:  # noqa: BLE001 (unparsable: connect says so, masked)
+        given = set()
+    old_libpq = psycopg.pq.version() < 120000
+    return {
+        k: v
+        for k, v in KEEPALIVES.items()
+        if k not in given and not (old_libpq and k == "tcp_user_timeout")
+    }
 
 
 def _WAIT_TIMEOUT(psycopg: Any) -> Any:  # noqa: N802 (read as the exception class it gives)
@@ -492,7 +502,9 @@ def _connection_class(psycopg: Any) -> Any:
                 reply_timeout: float | None = None
 
                 def wait(self, gen: Any, *args: Any, **kwargs: Any) -> Any:
-                    if len(args) < 2 and kwargs.get("timeout") is None:
+                    # only where no timeout was given at all: an explicit None (a LISTEN's
+                    # notifies(timeout=None): wait for ever) is kept
+                    if len(args) < 2 and "timeout" not in kwargs:
                         kwargs["timeout"] = self.reply_timeout
                     return super().wait(gen, *args, **kwargs)
 
