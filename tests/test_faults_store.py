@@ -156,6 +156,39 @@ def test_a_store_made_before_ids_is_adopted(coord: Coord) -> None:
     assert "was deleted" in _one_line(coord("register", "selfplay", "--node", "n1"))
 
 
+def test_the_restore_advice_is_safe_while_a_process_holds_the_deleted_store(
+    coord: Coord, tmp_path: Path
+) -> None:
+    """A process still holding the deleted store keeps tasks.db-wal and -shm in place, and
+    SQLite would replay that WAL into a restored file. Every refusal says to stop the
+    processes and remove both first; done in that order, the backup comes back as it was."""
+    assert coord("register", "selfplay", "--node", "n1", "-q").returncode == 0
+    backup = tmp_path / "backup.db"
+    src, dst = sqlite3.connect(coord.db), sqlite3.connect(backup)
+    try:
+        src.backup(dst)
+    finally:
+        src.close()
+        dst.close()
+    old = sqlite3.connect(coord.db, isolation_level=None)
+    old.execute("PRAGMA wal_autocheckpoint = 0")
+    old.execute("UPDATE tasks SET node = 'ghost'")  # the deleted store's pages, in its WAL
+    coord.db.unlink()
+    wal, shm = Path(f"{coord.db}-wal"), Path(f"{coord.db}-shm")
+    assert wal.exists() and shm.exists()
+    line = _one_line(coord("tasks"))
+    assert f"stop every process using it, remove {wal} and {shm}, then put the backup" in line
+    # the advice, in its order: stop the holder, remove -wal and -shm, restore
+    old.close()
+    wal.unlink(missing_ok=True)
+    shm.unlink(missing_ok=True)
+    os.replace(backup, coord.db)
+    os.chmod(coord.db, 0o600)
+    listed = coord("--json", "tasks")
+    assert listed.returncode == 0, listed.stderr
+    assert [t["node"] for t in json.loads(listed.stdout)["tasks"]] == ["n1"]
+
+
 @pytest.mark.parametrize("how", ["backup-without-id", "dump"])
 def test_a_restored_store_without_an_id_is_adopted(coord: Coord, tmp_path: Path, how: str) -> None:
     """A backup taken before stores had ids, or a store salvaged with sqlite3's .dump, has
