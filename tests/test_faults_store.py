@@ -127,8 +127,12 @@ def test_a_store_deleted_or_replaced_is_never_silently_recreated(
 def test_a_restored_copy_of_the_same_store_is_accepted(coord: Coord, tmp_path: Path) -> None:
     assert coord("register", "selfplay", "--node", "n1", "-q").returncode == 0
     backup = tmp_path / "backup.db"
-    with sqlite3.connect(coord.db) as src, sqlite3.connect(backup) as dst:
+    src, dst = sqlite3.connect(coord.db), sqlite3.connect(backup)
+    try:
         src.backup(dst)
+    finally:  # no process holds the store when it is deleted and restored (as advised)
+        src.close()
+        dst.close()
     coord.db.unlink()
     assert coord("tasks").returncode == 3
     os.replace(backup, coord.db)
@@ -184,6 +188,42 @@ def test_the_restore_advice_is_safe_while_a_process_holds_the_deleted_store(
     shm.unlink(missing_ok=True)
     os.replace(backup, coord.db)
     os.chmod(coord.db, 0o600)
+    listed = coord("--json", "tasks")
+    assert listed.returncode == 0, listed.stderr
+    assert [t["node"] for t in json.loads(listed.stdout)["tasks"]] == ["n1"]
+
+
+def test_a_backup_restored_beside_a_live_deleted_stores_wal_is_refused(
+    coord: Coord, tmp_path: Path
+) -> None:
+    """The operator restores the backup but a process still holds the deleted store (its
+    -wal and -shm are in place): the store is refused (exit 3, naming the process and the
+    steps), never read through the other store's WAL."""
+    assert coord("register", "selfplay", "--node", "n1", "-q").returncode == 0
+    backup = tmp_path / "backup.db"
+    src, dst = sqlite3.connect(coord.db), sqlite3.connect(backup)
+    try:
+        src.backup(dst)
+    finally:
+        src.close()
+        dst.close()
+    old = sqlite3.connect(coord.db, isolation_level=None)
+    try:
+        old.execute("PRAGMA wal_autocheckpoint = 0")
+        old.execute("UPDATE tasks SET node = 'ghost'")  # the deleted store's pages, in its WAL
+        coord.db.unlink()
+        os.replace(backup, coord.db)  # restored without the steps
+        os.chmod(coord.db, 0o600)
+        for argv in (("tasks",), ("register", "selfplay", "--node", "n1", "-q")):
+            refused = coord(*argv)
+            assert refused.returncode == 3, (argv, refused.stdout, refused.stderr)
+            line = _one_line(refused)
+            assert f"belong to a deleted store that process {os.getpid()} still has open" in line
+            assert f"remove {coord.db}-wal and {coord.db}-shm" in line, line
+    finally:
+        old.close()
+    for side in ("-wal", "-shm"):
+        Path(f"{coord.db}{side}").unlink(missing_ok=True)
     listed = coord("--json", "tasks")
     assert listed.returncode == 0, listed.stderr
     assert [t["node"] for t in json.loads(listed.stdout)["tasks"]] == ["n1"]

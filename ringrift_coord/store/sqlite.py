@@ -97,6 +97,14 @@ class SQLiteStore(Store):
         recorded = read_store_id(self.path)
         if recorded is not None and store_id and store_id != recorded:
             raise self._replaced(store_id, recorded)
+        holder = foreign_wal_holder(self.path)
+        if holder is not None:
+            raise StoreGone(
+                f"{self.path}-wal and {self.path}-shm belong to a deleted store that process "
+                f"{holder} still has open (SQLite would replay its pages into {self.path}): "
+                f"stop every process using it, remove {self.path}-wal and {self.path}-shm, "
+                "then try again"
+            )
         self._conn = self._connect()
         st = os.stat(self.path)
         self._identity = (st.st_dev, st.st_ino)
@@ -660,6 +668,44 @@ def orphaned_wal(path: str) -> StateError | None:
             f" remove {path}-wal and {path}-shm, then try again"
         )
     return None
+
+
+LOCKS_FILE = "/proc/locks"
+
+
+def foreign_wal_holder(path: str, locks_file: str = LOCKS_FILE) -> int | None:
+    """A process that holds ``path``'s WAL index (``-shm``) but not the file at ``path``:
+    it has a store open that was deleted (or moved away) and a file restored in its place,
+    and SQLite would replay that store's WAL into the restored file. None: none seen.
+
+    Every SQLite connection in WAL mode holds a read lock on its database file and one on
+    its ``-shm`` while open (taken in that order, released in the other), as POSIX locks
+    that ``/proc/locks`` lists by inode: ~30 us to read, and only where a ``-shm`` exists.
+    """
+    try:
+        shm = os.stat(path + "-shm").st_ino
+        db = os.stat(path).st_ino
+        with open(locks_file, "rb") as handle:
+            text = handle.read()
+    except OSError:
+        return None
+    on_shm, on_db = set(), set()
+    for line in text.splitlines():
+        fields = line.split()
+        if len(fields) < 6 or fields[1] == b"->":  # a waiter holds nothing yet
+            continue
+        try:
+            pid, ino = int(fields[4]), int(fields[5].rsplit(b":", 1)[1])
+        except (ValueError, IndexError):
+            continue
+        if pid <= 0:  # not visible from this pid namespace: cannot be judged
+            continue
+        if ino == shm:
+            on_shm.add(pid)
+        elif ino == db:
+            on_db.add(pid)
+    foreign = on_shm - on_db
+    return min(foreign) if foreign else None
 
 
 def missing_store(path: str) -> StateError | None:
