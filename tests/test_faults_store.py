@@ -432,6 +432,38 @@ def test_a_wal_a_long_reader_let_grow_is_cut_back(engine_db) -> None:  # noqa: A
         assert tx.one("SELECT count(*) AS n FROM tasks")["n"] == 1  # type: ignore[index]
 
 
+def test_journal_size_limit_alone_bounds_the_wal(engine_db) -> None:  # noqa: ANN001
+    """The other half of the bound: with the non-waiting TRUNCATE kept out of the way, a
+    WAL a reader let grow is still cut to journal_size_limit once a checkpoint has caught
+    up and a writer starts it again."""
+    from ringrift_coord.store.sqlite import WAL_LIMIT
+
+    store = engine_db.open()
+    store._next_wal_cut = float("inf")  # the TRUNCATE half never runs here
+    wal = Path(engine_db.url + "-wal")
+    reader = sqlite3.connect(engine_db.url, isolation_level=None)
+    blob = "x" * 900
+    try:
+        reader.execute("BEGIN")
+        reader.execute("SELECT count(*) FROM tasks").fetchone()
+        while wal.stat().st_size <= WAL_LIMIT + (2 << 20):
+            with store.write() as tx:
+                for _ in range(200):
+                    tx.execute(
+                        "INSERT INTO decisions (at, action, task_type, node, host, pid, who, "
+                        "allowed, rules) VALUES (1, 'x', 'selfplay', 'n1', 'h', 1, ?, 1, '[]')",
+                        (blob,),
+                    )
+        grown = wal.stat().st_size
+    finally:
+        reader.execute("ROLLBACK")
+        reader.close()
+    for _ in range(3):  # a checkpoint catches up (autocheckpoint), then the WAL restarts
+        with store.write() as tx:
+            tx.execute("DELETE FROM decisions WHERE id IN (SELECT id FROM decisions LIMIT 50)")
+    assert wal.stat().st_size <= WAL_LIMIT, (grown, wal.stat().st_size)
+
+
 # --------------------------------------------------------------------------- PostgreSQL
 
 
