@@ -229,6 +229,21 @@ def test_a_backup_restored_beside_a_live_deleted_stores_wal_is_refused(
     assert [t["node"] for t in json.loads(listed.stdout)["tasks"]] == ["n1"]
 
 
+def test_a_process_that_lost_its_lock_on_the_store_is_not_taken_for_a_deleted_ones(
+    engine_db,  # noqa: ANN001
+) -> None:
+    """Closing any descriptor of a file drops a process's POSIX locks on it (a second store
+    opened in-process reads the header): that process holds the -shm but not the file's
+    lock, yet has the same file open; other stores opened beside it are not refused."""
+    first = engine_db.open()
+    with first.read() as tx:
+        tx.one("SELECT count(*) AS n FROM tasks")
+    for _ in range(3):
+        again = engine_db.open()
+        with again.read() as tx:
+            assert tx.one("SELECT count(*) AS n FROM tasks") == {"n": 0}
+
+
 @pytest.mark.parametrize("how", ["backup-without-id", "dump"])
 def test_a_restored_store_without_an_id_is_adopted(coord: Coord, tmp_path: Path, how: str) -> None:
     """A backup taken before stores had ids, or a store salvaged with sqlite3's .dump, has

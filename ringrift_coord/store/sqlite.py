@@ -680,7 +680,8 @@ def foreign_wal_holder(path: str, locks_file: str = LOCKS_FILE) -> int | None:
 
     Every SQLite connection in WAL mode holds a read lock on its database file and one on
     its ``-shm`` while open (taken in that order, released in the other), as POSIX locks
-    that ``/proc/locks`` lists by inode: ~30 us to read, and only where a ``-shm`` exists.
+    that ``/proc/locks`` lists by inode: ~30 us to read, and only where a ``-shm`` exists; a
+    process that holds the ``-shm`` only is then confirmed by its open descriptors.
     """
     try:
         shm = os.stat(path + "-shm").st_ino
@@ -704,8 +705,33 @@ def foreign_wal_holder(path: str, locks_file: str = LOCKS_FILE) -> int | None:
             on_shm.add(pid)
         elif ino == db:
             on_db.add(pid)
-    foreign = on_shm - on_db
-    return min(foreign) if foreign else None
+    # A process can lose its lock on the file without letting go of it (closing any other
+    # descriptor of a file drops all of a process's POSIX locks on it): only one seen to
+    # have another file open under this name (the deleted one) is taken for a holder.
+    for pid in sorted(on_shm - on_db):
+        if _has_other_file_open(pid, path, db):
+            return pid
+    return None
+
+
+def _has_other_file_open(pid: int, path: str, ino: int) -> bool:
+    """Whether ``pid`` has a file open under ``path``'s name that is not inode ``ino``
+    (False where its descriptors cannot be read: another user's process)."""
+    fds = f"/proc/{pid}/fd"
+    try:
+        names = os.listdir(fds)
+    except OSError:
+        return False
+    for name in names:
+        try:
+            target = os.readlink(f"{fds}/{name}")
+            if target == path + " (deleted)":
+                return True
+            if target == path and os.stat(f"{fds}/{name}").st_ino != ino:
+                return True
+        except OSError:
+            continue
+    return False
 
 
 def missing_store(path: str) -> StateError | None:
