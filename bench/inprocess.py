@@ -11,7 +11,8 @@ One *pair* = acquire one selfplay slot + release it: what every job costs the st
             it (bench/peers' store_ceiling.py "sqlite-1" mode)
 
 Both run for --seconds each, in the same run, on temp files; the rows alternate over
---rounds so that a noisy VM hits both alike. Goal: library >= 2,000 pairs/s.
+--rounds so that a noisy VM hits both alike. Goal: library >= 0.30 x raw (the best round of
+each), a ratio measured in one run rather than an absolute rate, which a busy VM moves.
 
     /path/to/venv/bin/python bench/inprocess.py [--seconds 3] [--rounds 2] [--json]
 
@@ -35,7 +36,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-GOAL = 2000.0
+GOAL = 0.30  # library pairs/s over raw pairs/s
 LIMIT = 8
 
 
@@ -125,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seconds", type=float, default=3.0, help="seconds per row per round (3)")
     p.add_argument("--rounds", type=int, default=2, help="alternating rounds (2)")
     p.add_argument("--json", action="store_true", help="one JSON document on stdout")
-    p.add_argument("--check", action="store_true", help=f"exit 1 under {GOAL:,.0f} pairs/s")
+    p.add_argument("--check", action="store_true", help=f"exit 1 under {GOAL:g} x raw")
     a = p.parse_args(argv)
     if a.seconds <= 0 or a.rounds < 1:
         p.error("--seconds must be > 0 and --rounds >= 1")
@@ -153,8 +154,8 @@ def main(argv: list[str] | None = None) -> int:
         "library_pairs_per_s": best["library"],
         "raw_pairs_per_s": best["raw"],
         "ratio": ratio,
-        "goal_pairs_per_s": GOAL,
-        "meets_goal": best["library"] >= GOAL,
+        "goal_ratio": GOAL,
+        "meets_goal": ratio >= GOAL,
     }
     if a.json:
         print(json.dumps(document, indent=2))
@@ -175,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"library {best['library']:,.0f} pairs/s = {ratio:.3f} x raw "
             f"{best['raw']:,.0f} pairs/s (best round each); {verdict} the goal of "
-            f">= {GOAL:,.0f} pairs/s"
+            f">= {GOAL:g} x raw"
         )
     return 1 if a.check and not document["meets_goal"] else 0
 

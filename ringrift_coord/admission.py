@@ -11,7 +11,6 @@ fencing token.
 
 from __future__ import annotations
 
-import json
 import os
 
 from ringrift_coord import (
@@ -168,7 +167,11 @@ def log_decision(
     tx: Tx, req: Request, decision: Decision, action: str, now: float, settings: Settings
 ) -> int:
     """Write the decision to the log; return its id."""
-    rules_json = json.dumps([r.to_dict() for r in decision.reasons], default=str)
+    rules_json = "[]"  # an admission's empty list, as json.dumps writes it, without json
+    if decision.reasons:
+        import json
+
+        rules_json = json.dumps([r.to_dict() for r in decision.reasons], default=str)
     row = tx.one(
         "INSERT INTO decisions (at, action, task_type, node, host, pid, who, allowed, rules, "
         "retry_after, task_id) VALUES (?,?,?,?,?,?,?,?,?,?,?) RETURNING id",
@@ -261,6 +264,8 @@ def decisions(
     if where:
         sql += " WHERE " + " AND ".join(where)
     rows = tx.query(sql + " ORDER BY id DESC LIMIT ?", (*args, int(limit)))
+    import json
+
     for row in rows:
         row["rules"] = json.loads(row["rules"]) if row["rules"] else []
         row["allowed"] = bool(row["allowed"])

@@ -8,7 +8,9 @@ and is still healthy (exit 0): a halt in force, a long reader, stale readings, a
 threshold. ``skip``: not checked, and why (a check that needs what an earlier one found
 broken). A configuration that cannot be loaded at all ends the run with exit 3 (nothing else
 can be checked without it). Doctor never creates a store or a state directory, and writes
-nothing: the admission probe takes the write lock and rolls back.
+nothing: the store is opened without migrating it (an older store is said, not upgraded; an
+empty PostgreSQL database is left empty), and the admission probe takes the write lock and
+rolls back.
 """
 
 from __future__ import annotations
@@ -97,6 +99,8 @@ def run(
         if store is not None:
             guarded(report, "clock", check_clock, report, store)
         guarded(report, "readings", check_readings, report, store, settings)
+        # a cluster-wide halt lives in the store: checked even when this host's state
+        # directory does not exist or cannot be used
         guarded(report, "halt", check_halt, report, store, directory if dir_ok else None)
     finally:
         if store is not None:
@@ -271,13 +275,14 @@ def check_store(
     shared_gid: int | None,
 ) -> Store | None:
     """Open the store (never creating it) and check it; the open store, or None."""
-    from ringrift_coord.store import open_store, resolve_db
+    from ringrift_coord.store import NoStore, open_store, resolve_db
 
     engine, location = resolve_db(db, directory, env)
     busy = float(settings.get("store.busy_timeout"))
     long_hold = float(settings.get("store.long_hold"))
     if engine == "sqlite":
-        if not dir_ok:
+        inside = os.path.dirname(os.path.abspath(location)) == directory
+        if not dir_ok and inside:
             report.add("store", "skip", "not opened: the state directory is not usable (above)")
             return None
         from ringrift_coord.store.sqlite import missing_store  # (a deleted store: fail)
@@ -286,6 +291,16 @@ def check_store(
             report.add("store", "fail", gone.message, "do what the message says", engine=engine)
             return None
         if not os.path.lexists(location):
+            parent = os.path.dirname(os.path.abspath(location))
+            if not os.path.isdir(parent):
+                report.add(
+                    "store",
+                    "fail",
+                    f"no store at {location}: its directory {parent} does not exist",
+                    "point --db / RINGRIFT_COORD_DB at the right file, or create the directory",
+                    engine=engine,
+                )
+                return None
             report.add(
                 "store",
                 "warn",
@@ -296,6 +311,7 @@ def check_store(
             return None
     started = time.monotonic()
     holders_before = _sqlite_holders(engine, location)
+    before_at = time.monotonic()
     try:
         store = open_store(
             db,
@@ -305,8 +321,19 @@ def check_store(
             env=env,
             shared_gid=shared_gid,
             create=False,
+            migrate=False,  # an older store is said, not migrated; an empty database left empty
             statement_timeout=busy + 5,  # doctor never hangs on a server that does not answer
         )
+    except NoStore as exc:
+        report.add(
+            "store",
+            "warn",
+            exc.message,
+            "the first admission (can-spawn, run, register) creates it; or point --db / "
+            "RINGRIFT_COORD_DB at the right one",
+            engine=engine,
+        )
+        return None
     except CoordError as exc:
         newer = "newer ringrift-coord" in exc.message
         report.add(
@@ -344,8 +371,9 @@ def check_store(
         check_wal(report, location)
     probe_ok = guarded(report, "admission lock", check_write_probe, report, store, busy)
     if engine == "sqlite":
-        check_sqlite_locks(report, location, long_hold, holders_before, bool(probe_ok))
+        check_sqlite_locks(report, location, long_hold, holders_before, before_at, bool(probe_ok))
     else:
+        guarded(report, "engine", check_engine, report, store, settings)
         guarded(report, "locks", check_postgres, report, store, long_hold, bool(probe_ok))
     return store
 
@@ -380,19 +408,23 @@ def _sqlite_holders(engine: str, location: str) -> list[dict[str, Any]]:
 
 
 def check_schema(report: Report, store: Store) -> None:
+    """What the store records, as opened (doctor never migrates it)."""
     from ringrift_coord.store.migrations import MIGRATION_NAMES
 
-    with store.read() as tx:
-        applied = {r["name"] for r in tx.query("SELECT name FROM schema_migrations")}
+    applied = set(store.applied_migrations)
     known = set(MIGRATION_NAMES)
     if applied - known:  # (opening refuses such a store first: said there)
         report.add("schema", "fail", f"unknown migrations {sorted(applied - known)}")
     elif applied != known:
+        missing = [name for name in MIGRATION_NAMES if name not in applied]
         report.add(
             "schema",
             "fail",
-            f"{len(applied)} of {len(known)} migrations applied",
-            "run any ringrift-coord command that writes (it migrates the store)",
+            f"{len(applied & known)} of {len(known)} migrations applied (missing: "
+            f"{', '.join(missing)}); doctor does not migrate",
+            "run any admission command (can-spawn, run, register) or `ringrift-coord status` "
+            "to migrate it; or upgrade ringrift-coord on the hosts that still run an older one",
+            missing=missing,
         )
     else:
         report.add("schema", "ok", f"{len(applied)} of {len(known)} migrations applied")
@@ -477,43 +509,98 @@ def check_sqlite_locks(
     path: str,
     long_hold: float,
     before: list[dict[str, Any]],
+    before_at: float,
     probe_ok: bool,
 ) -> None:
-    """The holders seen before and after the admission probe: a holder in both looks that is
-    stopped or older than ``long_hold`` (or that held the write lock through a failed probe)
-    is named."""
-    from ringrift_coord.diagnose import holder_line, sqlite_holders
+    """The holders seen holding the same lock in every look over ``DOCTOR_WATCH`` seconds
+    after the admission probe (from the look before it, when the probe found the write lock
+    held all through), or stopped; none younger than ``long_hold`` (unless the probe
+    failed)."""
+    from ringrift_coord.diagnose import DOCTOR_WATCH, holder_line, watch_sqlite_holders
 
-    after = {(h["pid"], h["lock"]): h for h in sqlite_holders(path)}
-    named = []
-    for holder in before:
-        now = after.get((holder["pid"], holder["lock"]))
-        if now is None:
-            continue
-        through_probe = not probe_ok and now["lock"] == "write lock"
-        held = now["held_seconds"]
-        if now["stopped"] or through_probe or held is None or held >= long_hold:
-            now["held_at_most"] = True
-            now["message"] = holder_line(now, advice=False)
-            named.append(now)
+    if probe_ok:
+        named = watch_sqlite_holders(path, DOCTOR_WATCH, long_hold)
+    else:  # the write lock was held all through the probe: whoever holds it stalls admission
+        first = [h for h in before if h["lock"] == "write lock"]
+        named = watch_sqlite_holders(
+            path,
+            DOCTOR_WATCH + (time.monotonic() - before_at),
+            0.0,
+            first=first,
+            first_at=before_at,
+        )
+        if not any(h["lock"] == "write lock" for h in named):
+            named += [
+                h
+                for h in watch_sqlite_holders(path, DOCTOR_WATCH, long_hold)
+                if h["lock"] != "write lock"
+            ]
+    for holder in named:
+        holder["message"] = holder_line(holder, advice=False)
     if not named:
+        if not probe_ok:
+            report.add(
+                "locks",
+                "warn",
+                "holder not seen: no process was seen holding the write lock all through the "
+                "failed probe (one in another pid namespace or of another user under hidepid, "
+                "or a string of short writers)",
+                "look again in a moment: ringrift-coord doctor; fuser -v "
+                f"{path}-shm lists who has the store open",
+                holders=[],
+            )
+            return
         report.add(
             "locks",
             "ok",
-            f"no process holds the write lock or a read snapshot for long (over {long_hold:g} s)",
+            f"no process holds the write lock or a read snapshot for long (watched "
+            f"{DOCTOR_WATCH:g} s)",
             holders=[],
         )
         return
-    stalls = any(h["lock"] != "read snapshot" and (h["stopped"] or not probe_ok) for h in named)
+    stalls = any(h["lock"] == "write lock" and (h["stopped"] or not probe_ok) for h in named)
     level = "fail" if stalls or any(h["stopped"] for h in named) else "warn"
-    first = named[0]
+    named.sort(key=lambda h: (h["lock"] != "write lock", not h["stopped"]))
+    first_named = named[0]
     more = f" (and {len(named) - 1} more: see --json)" if len(named) > 1 else ""
-    pid = first["pid"]
-    if first["stopped"]:
+    pid = first_named["pid"]
+    if first_named["stopped"]:
         fix = f"resume it (kill -CONT {pid}) or end it (kill {pid})"
+    elif first_named["lock"] == "checkpoint lock":
+        fix = "let it finish: a checkpoint ends by itself (only other checkpoints wait for it)"
+    elif pid is None:
+        fix = f"find it: fuser -v {path}-shm (run where the holder's pid namespace is)"
     else:
         fix = f"end it (kill {pid}) if it is not expected to hold the store that long"
-    report.add("locks", level, first["message"] + more, fix, holders=named)
+    report.add("locks", level, first_named["message"] + more, fix, holders=named)
+
+
+def check_engine(report: Report, store: Store, settings: Settings) -> None:
+    """What every admission session gets (computed from the config, as the store sets it at
+    connect), beside the server's own idle-transaction limit and keepalive."""
+    from ringrift_coord.durations import human
+    from ringrift_coord.store.postgres import IDLE_IN_TRANSACTION, KEEPALIVES, STATEMENT_MARGIN
+
+    busy = float(settings.get("store.busy_timeout"))
+    statement = busy + STATEMENT_MARGIN
+    with store.read() as tx:
+        server = {
+            name: tx.one(f"SHOW {name}")[name]  # type: ignore[index]
+            for name in ("idle_in_transaction_session_timeout", "tcp_keepalives_idle")
+        }
+    report.add(
+        "engine",
+        "ok",
+        f"admission sessions: lock_timeout {human(busy)} (store.busy_timeout), "
+        f"statement_timeout {human(statement)} (busy timeout + {human(STATEMENT_MARGIN)}), "
+        f"idle_in_transaction_session_timeout {human(IDLE_IN_TRANSACTION)}, keepalives after "
+        f"{KEEPALIVES['keepalives_idle']} s",
+        lock_timeout_seconds=busy,
+        statement_timeout_seconds=statement,
+        idle_in_transaction_seconds=IDLE_IN_TRANSACTION,
+        keepalives_idle_seconds=KEEPALIVES["keepalives_idle"],
+        server=server,
+    )
 
 
 def check_postgres(report: Report, store: Store, long_hold: float, probe_ok: bool) -> None:
@@ -531,17 +618,18 @@ def check_postgres(report: Report, store: Store, long_hold: float, probe_ok: boo
                 session["message"] = holder_line(session, advice=False)
                 long.append(session)
         waiting = sum(1 for s in sessions if s["waiting"])
-        settings = {
-            name: tx.one(f"SHOW {name}")[name]  # type: ignore[index]
-            for name in (
-                "statement_timeout",
-                "idle_in_transaction_session_timeout",
-                "tcp_keepalives_idle",
-            )
-        }
-    words = ", ".join(f"{k} {v}" for k, v in settings.items())
-    report.add("engine", "ok", f"session settings: {words}", **settings)
     wait = f"; {waiting} session(s) waiting on the admission lock" if waiting else ""
+    if not long and not probe_ok:
+        report.add(
+            "locks",
+            "warn",
+            f"holder not seen: no session was seen holding the admission lock{wait} (it let go "
+            "meanwhile, or another database's session holds the same key)",
+            "look again in a moment: ringrift-coord doctor",
+            holders=[],
+            waiting=waiting,
+        )
+        return
     if not long:
         report.add(
             "locks",
@@ -665,7 +753,29 @@ def check_halt(report: Report, store: Store | None, directory: str | None) -> No
     from ringrift_coord.identity import host_name
 
     if directory is None:
-        report.add("halt", "skip", "the state directory is not usable (above)")
+        if store is None:
+            report.add("halt", "skip", "the state directory is not usable and no store (above)")
+            return
+        with store.read() as tx:  # a cluster-wide halt is in the store whatever this host's dir
+            now = tx.now()
+            state = halts.state(tx, None, now)
+        if state.rows:
+            words = "; ".join(halts.describe(r) for r in state.rows)
+            report.add(
+                "halt",
+                "warn",
+                f"halted: {words} (this host's halt file not read: its state directory is not "
+                "usable, above)",
+                "ringrift-coord unhalt when it should end",
+                halts=len(state.rows),
+            )
+        else:
+            report.add(
+                "halt",
+                "ok",
+                "no halt in force in the store (this host's halt file not read: its state "
+                "directory is not usable, above)",
+            )
         return
     path = os.path.join(directory, halts.FILE_NAME)
     try:

@@ -28,7 +28,6 @@ is held. A halt's reach is said with the store's ``scope`` ("this host's store s
 from __future__ import annotations
 
 import errno
-import json
 import os
 import stat
 
@@ -320,6 +319,8 @@ def load_file(state_dir: str) -> dict[str, Any] | None:
         raise _refuse(path, _kind(mode))
     text = raw.decode("utf-8", errors="replace")
     info: dict[str, Any] = {"path": path}
+    import json
+
     try:
         data = json.loads(text) if text.strip() else {}
         if isinstance(data, dict):
@@ -514,6 +515,8 @@ def _publish(
 
 
 def _write_file(state_dir: str, record: dict[str, Any]) -> str:
+    import json
+
     path = os.path.join(state_dir, FILE_NAME)
     tmp = f"{path}.{os.getpid()}.tmp"
     try:

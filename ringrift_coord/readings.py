@@ -9,7 +9,6 @@ store with its time and the node's hardware.
 
 from __future__ import annotations
 
-import json
 import os
 
 from ringrift_coord.store.base import Row, Tx
@@ -194,6 +193,8 @@ def store_reading(tx: Tx, node: str, reading: dict[str, Any], now: float) -> Non
             if k not in FIELDS and k not in ("source", "details", "node", "at")
         }
     )
+    import json
+
     tx.execute("DELETE FROM readings WHERE node = ?", (node,))
     tx.execute(
         f"INSERT INTO readings (node, at, source, {', '.join(FIELDS)}, details) "
@@ -239,6 +240,8 @@ def decode(row: Row | None) -> Row | None:
     out = dict(row)
     raw = out.get("details")
     if isinstance(raw, str):
+        import json
+
         try:
             out["details"] = json.loads(raw)
         except ValueError:

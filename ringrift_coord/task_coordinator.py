@@ -9,7 +9,6 @@ A thin face: each method opens one transaction of its context's store and calls 
 
 from __future__ import annotations
 
-import json
 import os
 from types import TracebackType
 
@@ -319,6 +318,8 @@ class TaskCoordinator(ProcessWide):
             )
         if running is None and not ended:
             raise NotFound(f"no task {task_id!r} is registered or in the history")
+        import json
+
         for row in logged:
             row["rules"] = json.loads(row["rules"]) if row["rules"] else []
             row["allowed"] = bool(row["allowed"])

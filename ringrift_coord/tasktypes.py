@@ -35,6 +35,9 @@ class TaskType(StrEnum):
         """The task type called ``name``; accepts ``cma-es``/``CMAES`` spellings too."""
         if isinstance(name, TaskType):
             return name
+        found = _BY_VALUE.get(name)  # the exact name: no normalising, no Enum lookup
+        if found is not None:
+            return found
         key = str(name).strip().lower().replace("-", "_")
         key = {"cma_es": "cmaes"}.get(key, key)
         try:
@@ -63,3 +66,4 @@ RESOURCE_TYPES: dict[TaskType, ResourceType] = {
 }
 
 TASK_TYPE_NAMES: tuple[str, ...] = tuple(t.value for t in TaskType)
+_BY_VALUE: dict[object, TaskType] = {t.value: t for t in TaskType}

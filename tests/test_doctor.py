@@ -94,7 +94,9 @@ def test_healthy_store_is_exit_0_with_every_check_in_the_document(coord: Coord) 
     if coord.engine == "sqlite":
         assert check(document, "integrity")["found"].startswith("quick_check ok")
     else:
-        assert "statement_timeout" in check(document, "engine")["details"]
+        engine = check(document, "engine")
+        assert engine["details"]["statement_timeout_seconds"] == 10.0  # busy 5 s + 5 s
+        assert "admission sessions: lock_timeout 5 s" in engine["found"], engine
     text = coord("doctor", env={"COLUMNS": "80"})
     assert text.returncode == 0 and text.stdout.splitlines()[-1].startswith("healthy")
     assert all(len(line) <= 80 for line in text.stdout.splitlines()), text.stdout
@@ -168,8 +170,10 @@ def test_a_long_reader_is_named_with_its_pid(coord: Coord, engine: str) -> None:
         assert locks["level"] == "warn"
         (named,) = locks["details"]["holders"]
         assert named["pid"] == reader.pid and named["lock"] == "read snapshot"
-        assert not named["stopped"] and named["held_at_most"] is True
+        assert not named["stopped"] and named["held_at_least"] is True
+        assert named["held_seconds"] >= 1.0 and named["looks"] > 2  # measured over the looks
         assert f"pid {reader.pid} (" in locks["found"]
+        assert "for at least the last" in locks["found"], locks
         status = coord("--set", "store.long_hold=0", "status", "--brief")
         assert f"warning: pid {reader.pid} (" in status.stdout, status.stdout
 
@@ -367,3 +371,304 @@ def test_a_store_clock_an_hour_off_is_a_warning(engine_db: Any) -> None:
     assert entry["level"] == "warn" and "ahead of this host's" in entry["found"], entry
     assert 3590 < entry["details"]["skew_seconds"] < 3610
     assert "sync" in entry["fix"]
+
+
+# --------------------------------------------------------------------------- doctor writes nothing
+
+
+def test_doctor_leaves_an_empty_postgres_database_empty(coord: Coord, engine: str) -> None:
+    if engine != "postgres":
+        pytest.skip("an empty PostgreSQL database; SQLite: a missing file is not created")
+    import psycopg
+
+    code, document = doctor(coord)
+    store = check(document, "store")
+    assert store["level"] == "warn" and "no ringrift-coord store here" in store["found"], store
+    assert "schema" not in [c["name"] for c in document["checks"]]
+    with psycopg.connect(coord.env["RINGRIFT_COORD_DB"]) as conn:
+        tables = conn.execute(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public'"
+        ).fetchall()
+    assert tables == [], tables  # no schema made
+
+
+def _old_store(coord: Coord) -> list[str]:
+    """A store as a version without the last migration left it; the names it records."""
+    from ringrift_coord.store.migrations import MIGRATIONS, statements
+
+    older = MIGRATIONS[:-1]
+    if coord.engine == "postgres":
+        import psycopg
+
+        with psycopg.connect(coord.env["RINGRIFT_COORD_DB"]) as conn:
+            conn.execute(
+                "CREATE TABLE schema_migrations "
+                "(name TEXT PRIMARY KEY, applied_at DOUBLE PRECISION NOT NULL)"
+            )
+            for name, scripts in older:
+                for statement in statements(scripts["postgres"]):
+                    conn.execute(statement)  # type: ignore[arg-type]
+                conn.execute("INSERT INTO schema_migrations VALUES (%s, 0)", (name,))
+        return [name for name, _ in older]
+    import sqlite3
+
+    from ringrift_coord.statedir import ensure_state_dir
+    from ringrift_coord.store.sqlite import write_store_id
+
+    ensure_state_dir(str(coord.state_dir))
+    conn = sqlite3.connect(str(coord.db), isolation_level=None)
+    try:
+        conn.execute("PRAGMA page_size=1024")
+        conn.execute("PRAGMA application_id=4242")
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute("CREATE TABLE schema_migrations (name TEXT PRIMARY KEY, applied_at REAL)")
+        for name, scripts in older:
+            for statement in statements(scripts["sqlite"]):
+                conn.execute(statement)
+            conn.execute("INSERT INTO schema_migrations VALUES (?, 0)", (name,))
+        conn.execute("COMMIT")
+    finally:
+        conn.close()
+    os.chmod(coord.db, 0o600)
+    write_store_id(str(coord.db), 4242)
+    return [name for name, _ in older]
+
+
+def test_doctor_does_not_migrate_an_older_store(coord: Coord, engine: str) -> None:
+    from ringrift_coord.store.migrations import MIGRATION_NAMES
+
+    older = _old_store(coord)
+    before = coord.db.read_bytes() if engine == "sqlite" else b""
+    code, document = doctor(coord)
+    schema = check(document, "schema")
+    assert code == 1 and schema["level"] == "fail", schema
+    assert f"{len(older)} of {len(MIGRATION_NAMES)} migrations applied" in schema["found"]
+    assert schema["details"]["missing"] == [MIGRATION_NAMES[-1]]
+    assert "ringrift-coord status" in schema["fix"] and "upgrade" in schema["fix"]
+    if engine == "sqlite":
+        assert coord.db.read_bytes() == before  # not one byte written
+    else:
+        import psycopg
+
+        with psycopg.connect(coord.env["RINGRIFT_COORD_DB"]) as conn:
+            rows = conn.execute("SELECT name FROM schema_migrations ORDER BY name").fetchall()
+        assert [r[0] for r in rows] == older
+    # the fix it names works: status migrates it, and doctor is then content
+    assert coord("status").returncode == 0
+    assert check(doctor(coord)[1], "schema")["level"] == "ok"
+
+
+def test_a_missing_database_directory_is_said(coord: Coord, engine: str) -> None:
+    if engine != "sqlite":
+        pytest.skip("a SQLite path")
+    code, document = doctor(coord, "--db", str(coord.tmp / "no-such-dir" / "x.db"))
+    store = check(document, "store")
+    assert code == 1 and store["level"] == "fail", store
+    assert f"its directory {coord.tmp / 'no-such-dir'} does not exist" in store["found"]
+
+
+# --------------------------------------------------------------------------- honest long holds
+
+CHURN = """
+import sys, time
+from ringrift_coord.store.sqlite import SQLiteStore
+store = SQLiteStore(sys.argv[1], busy_timeout=30)
+print("ready", flush=True)
+while True:  # the write lock held about half the time, 10 ms at a time
+    with store.write() as tx:
+        tx.query("SELECT COUNT(*) AS n FROM tasks")
+        time.sleep(0.01)
+    time.sleep(0.01)
+"""
+
+
+def test_busy_healthy_waiters_and_writers_are_not_named_a_stopped_writer_is(
+    coord: Coord, engine: str
+) -> None:
+    """Eight `run --wait` waiters polling every 50 ms and two long-lived processes writing in
+    a loop (each holding the write lock about half the time, 10 ms at a time) hold the store's
+    locks most of the time, each for a moment: no look of status or doctor names one (two
+    looks 0.2 s apart, as before, named a churner in about one look in four). A writer
+    stopped inside its transaction is named, as stopped."""
+    if engine != "sqlite":
+        pytest.skip("SQLite's lock table; PostgreSQL times each transaction exactly")
+    coord.write_config(
+        "task_limits: {selfplay: {per_node: 1, cluster: 500}}\n"
+        "rate_limits: {selfplay: {per_minute: null}}\n"
+        "run: {poll_interval: 0.05, wake_poll: 0.05}\n"  # waiters ask the store every 50 ms
+    )
+    sleeper = subprocess.Popen(["sleep", "600"])
+    waiters: list[subprocess.Popen[str]] = []
+    try:
+        done = coord("register", "selfplay", "--node", "n1", "--pid", str(sleeper.pid))
+        assert done.returncode == 0, done.stderr
+        for _ in range(8):
+            waiters.append(
+                coord.popen(
+                    "run",
+                    "selfplay",
+                    "--node",
+                    "n1",
+                    "--wait",
+                    "--",
+                    "true",
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+            )
+        churn = CHURN.replace("sys.argv[1]", repr(str(coord.db)))
+        with child(churn), child(churn):
+            import sqlite3
+
+            def queued() -> int:
+                conn = sqlite3.connect(f"file:{coord.db}?mode=ro", uri=True, timeout=10)
+                try:
+                    return int(conn.execute("SELECT COUNT(*) FROM waiters").fetchone()[0])
+                finally:
+                    conn.close()
+
+            wait_for(lambda: queued() == 8, 60, "the eight waiters to queue")
+            for _ in range(6):
+                doc = json.loads(coord("--json", "--set", "store.long_hold=0", "status").stdout)
+                assert doc["long_holds"] == [], doc["long_holds"]
+            for _ in range(2):
+                code, document = doctor(coord, "--set", "store.long_hold=0")
+                locks = check(document, "locks")
+                assert locks["level"] == "ok" and locks["details"]["holders"] == [], locks
+            assert all(w.poll() is None for w in waiters)  # still waiting all along
+            with child(WRITER.replace("sys.argv[1]", repr(str(coord.db)))) as stopped:
+                wait_for(lambda: state_of(stopped.pid) == "T", 10, "the writer to stop")
+                doc = json.loads(coord("--json", "status").stdout)
+                assert [h["pid"] for h in doc["long_holds"]] == [stopped.pid], doc["long_holds"]
+                code, document = doctor(coord, "--set", "store.busy_timeout=0.5")
+                locks = check(document, "locks")
+                assert code == 1 and locks["level"] == "fail", locks
+                assert [h["pid"] for h in locks["details"]["holders"]] == [stopped.pid]
+                assert "stopped (SIGSTOP)" in locks["found"]
+                os.kill(stopped.pid, signal.SIGCONT)
+    finally:
+        for proc in waiters:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait(timeout=10)
+        sleeper.kill()
+        sleeper.wait(timeout=10)
+
+
+def test_a_hidden_postgres_holder_of_the_admission_lock_is_named(
+    coord: Coord, engine: str, pg_server: Any
+) -> None:
+    """A role with SELECT only (no pg_read_all_stats) sees another role's session without its
+    times: the holder of the admission lock is still named, from pg_locks."""
+    if engine != "postgres":
+        pytest.skip("pg_locks")
+    import time
+
+    import psycopg
+
+    from ringrift_coord.store.postgres import ADMISSION_LOCK
+
+    assert coord("can-spawn", "selfplay", "--node", "n1").returncode == 0
+    url = coord.env["RINGRIFT_COORD_DB"]
+    role = f"watcher_{os.getpid()}_{time.monotonic_ns() % 100000}"
+    with psycopg.connect(url, autocommit=True) as admin:
+        admin.execute(f'CREATE ROLE "{role}" LOGIN')
+        admin.execute(f'GRANT USAGE ON SCHEMA public TO "{role}"')
+        admin.execute(f'GRANT SELECT ON ALL TABLES IN SCHEMA public TO "{role}"')
+    watcher = {"RINGRIFT_COORD_DB": url.replace("ringrift@", f"{role}@")}
+    with psycopg.connect(url, application_name="stuck-job") as conn:
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (ADMISSION_LOCK,))
+        backend = conn.info.backend_pid
+        done = coord("--json", "--set", "store.busy_timeout=0.5", "doctor", env=watcher)
+        document = json.loads(done.stdout)
+        assert done.returncode == 1, document
+        assert check(document, "admission lock")["level"] == "fail"
+        locks = check(document, "locks")
+        assert locks["level"] == "fail", locks
+        (named,) = locks["details"]["holders"]
+        assert named["pid"] == backend and named["hidden"] is True
+        assert named["held_seconds"] is None and named["lock"] == "admission lock"
+        assert f"session {backend} (stuck-job" in locks["found"]
+        assert "pg_read_all_stats" in locks["found"]
+        assert f"pg_terminate_backend({backend})" in locks["fix"]
+        status = coord("--json", "status", env=watcher)
+        assert status.returncode == 0, status.stderr
+        assert [h["pid"] for h in json.loads(status.stdout)["long_holds"]] == [backend]
+        conn.rollback()
+    document = json.loads(coord("--json", "doctor", env=watcher).stdout)
+    assert document["healthy"] is True and check(document, "locks")["level"] == "ok"
+
+
+def test_a_cluster_wide_halt_is_said_without_a_state_directory(coord: Coord, engine: str) -> None:
+    if engine == "sqlite":  # a store outside the state directory
+        coord.env["RINGRIFT_COORD_DB"] = str(coord.tmp / "shared.db")
+    assert coord("halt", "--reason", "bad model pushed").returncode == 0
+    elsewhere = {"RINGRIFT_COORDINATOR_DIR": str(coord.tmp / "not-made-yet")}
+    done = coord("--json", "doctor", env=elsewhere)
+    document = json.loads(done.stdout)
+    assert check(document, "state directory")["level"] == "warn"
+    halt = check(document, "halt")
+    assert halt["level"] == "warn" and halt["found"].startswith("halted: every"), halt
+    assert "unhalt" in halt["fix"]
+
+
+# --------------------------------------------------------------------------- /proc/locks reading
+
+
+def test_a_lock_on_the_same_inode_of_another_device_is_not_taken_for_ours(
+    engine_db: Any, tmp_path: Any
+) -> None:
+    if engine_db.engine != "sqlite":
+        pytest.skip("SQLite's -shm file")
+    from ringrift_coord.diagnose import sqlite_holders
+
+    store = engine_db.open()
+    with store.read() as tx:
+        tx.query("SELECT 1")
+    st = os.stat(engine_db.url + "-shm")
+    ours = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    other = f"ff:7f:{st.st_ino}"
+    sleeper = subprocess.Popen(["sleep", "60"])
+    try:
+        locks = tmp_path / "locks"
+        locks.write_text(
+            f"1: POSIX  ADVISORY  WRITE {sleeper.pid} {ours} 120 120\n"
+            f"2: POSIX  ADVISORY  READ 4242424 {other} 123 123\n"
+            f"3: POSIX  ADVISORY  READ 0 {ours} 124 124\n"
+        )
+        holders = sqlite_holders(engine_db.url, str(locks))
+        assert [(h["pid"], h["lock"]) for h in holders] == [
+            (None, "read snapshot"),
+            (sleeper.pid, "write lock"),
+        ]
+        assert "another pid namespace" in holders[0]["cmdline"]
+        # with no lock on the exact device, the inode alone decides (an overlay filesystem)
+        locks.write_text(f"2: POSIX  ADVISORY  READ {sleeper.pid} {other} 123 123\n")
+        assert [h["pid"] for h in sqlite_holders(engine_db.url, str(locks))] == [sleeper.pid]
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+
+
+def test_a_failed_probe_without_a_seen_holder_and_a_checkpointer_are_worded_so(
+    engine_db: Any,
+) -> None:
+    """Beside a failed admission probe, no holder seen is "holder not seen", never "ok"; a
+    checkpointer is never advised to be killed (only other checkpoints wait for it)."""
+    if engine_db.engine != "sqlite":
+        pytest.skip("SQLite's lock table")
+    import time
+
+    from ringrift_coord.diagnose import holder_line
+    from ringrift_coord.doctor import Report, check_sqlite_locks
+
+    engine_db.open().close()
+    report = Report()
+    check_sqlite_locks(report, engine_db.url, 30.0, [], time.monotonic(), False)
+    (locks,) = report.checks
+    assert locks["level"] == "warn" and locks["found"].startswith("holder not seen"), locks
+    line = holder_line(
+        {"pid": 77, "lock": "checkpoint lock", "cmdline": "x", "stopped": False, "looks": 1}
+    )
+    assert "only other checkpoints wait for it" in line and "kill" not in line, line

@@ -13,6 +13,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from conftest import Coord
+
 PACKAGE = Path(__file__).resolve().parent.parent / "ringrift_coord"
 
 
@@ -88,6 +90,54 @@ def test_hot_path_imports_no_cli_framework_and_no_read_model() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     ).stdout.split()
     assert loaded == []
+
+
+# What a SQLite ``can-spawn`` once cost every call and no longer imports (start-up is what a
+# launch script pays per job): ``datetime`` (the ``sqlite3`` package's default adapters; the
+# store uses the C module ``_sqlite3``), ``copy`` and ``weakref`` (the settings' deep copy),
+# ``contextlib`` (the store's transactions), and on an allowed call ``json`` (the config cache
+# is read by its C scanner; a refusal writes its rules, events and the halt file as JSON).
+# ``typing`` and the CLI framework never.
+NOT_ON_THE_SQLITE_HOT_PATH = {
+    "json",
+    "sqlite3",
+    "datetime",
+    "copy",
+    "weakref",
+    "contextlib",
+    "typing",
+    "dataclasses",
+    "typer",
+    "rich",
+    "click",
+}
+
+
+def test_a_sqlite_can_spawn_stays_within_its_import_budget(tmp_path: Path) -> None:
+    """A whole ``can-spawn`` (allowed: the decision logged; then refused under a halt:
+    counters and the TASK_DENIED event), its config file read from the state directory's
+    cache as on a node's every call after the first, imports none of the modules above."""
+    coord = Coord(tmp_path)
+    coord.write_config("rate_limits:\n  selfplay: {per_minute: null}\n")
+    code = (
+        "import sys\n"
+        "before = set(sys.modules)  # (an editable install's import hook loads some at start)\n"
+        "from ringrift_coord.cli.main import run_cli\n"
+        "code = run_cli(sys.argv[1:])\n"
+        "print(' '.join(sorted(m for m in set(sys.modules) - before if m.split('.')[0] in "
+        f"{sorted(NOT_ON_THE_SQLITE_HOT_PATH)!r})))\n"
+        "sys.exit(code)\n"
+    )
+    argv = [sys.executable, "-c", code, "can-spawn", "selfplay", "--node", "n1"]
+    first = subprocess.run(argv, env=coord.env, capture_output=True, text=True, timeout=60)
+    assert first.returncode == 0, first.stderr  # made the store and the config cache
+    allowed = subprocess.run(argv, env=coord.env, capture_output=True, text=True, timeout=60)
+    assert allowed.returncode == 0, allowed.stderr
+    assert allowed.stdout.splitlines()[-1] == ""
+    assert coord("halt", "--reason", "budget").returncode == 0
+    refused = subprocess.run(argv, env=coord.env, capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 1, refused.stderr
+    assert {m.partition(".")[0] for m in refused.stdout.splitlines()[-1].split()} == {"json"}
 
 
 def test_the_core_never_imports_the_command_line_face() -> None:

@@ -9,7 +9,6 @@ imports Rich only when a terminal watches).
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 
@@ -106,6 +105,8 @@ def warn_setting(message: str, section: str | None = None) -> None:
 def json_text(document: dict[str, Any]) -> str:
     """``document`` as the one JSON document a command prints: ``schema_version`` first, in
     the vocabulary of ``ringrift_coord/schema.py``."""
+    import json
+
     from ringrift_coord.schema import envelope
 
     return json.dumps(envelope(document), default=str, allow_nan=False) + "\n"

@@ -12,7 +12,6 @@ blocks anything.
 
 from __future__ import annotations
 
-import json
 import math
 
 from ringrift_coord import readings
@@ -31,6 +30,8 @@ ACTIONS = ("scale_up", "scale_down", "none")
 def _json(raw: Any) -> dict[str, Any]:
     if not isinstance(raw, str):
         return {}
+    import json
+
     try:
         value = json.loads(raw)
     except ValueError:
@@ -88,6 +89,8 @@ def save(
 ) -> None:
     """Store the optimizer state (replacing the previous one)."""
     assert action in ACTIONS, action
+    import json
+
     tx.execute("DELETE FROM optimizer_state WHERE key = ?", (KEY,))
     tx.execute(
         "INSERT INTO optimizer_state (key, rate, action, confidence, reason, updated_at, "

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from ringrift_coord.clock import SYSTEM_CLOCK, Clock
 from ringrift_coord.errors import ConfigError, StateError, UsageError
 from ringrift_coord.statedir import refuse_network_filesystem
-from ringrift_coord.store.base import Row, Store, StoreGone, Tx, is_conninfo
+from ringrift_coord.store.base import NoStore, Row, Store, StoreGone, Tx, is_conninfo
 
 DB_ENV = "RINGRIFT_COORD_DB"
 DEFAULT_DB_NAME = "tasks.db"
@@ -79,9 +79,12 @@ def open_store(
     shared_gid: int | None = None,
     create: bool = True,
     statement_timeout: float | None = None,
+    migrate: bool = True,
 ) -> Store:
     """The store; ``create=False`` (read-only commands): a SQLite file that does not exist
-    is not created, ``StateError`` "no store at PATH" instead. ``statement_timeout``
+    is not created, ``StateError`` "no store at PATH" instead. ``migrate=False`` (``doctor``):
+    nothing is created or migrated on either engine, the schema is only read
+    (``Store.applied_migrations``). ``statement_timeout``
     (PostgreSQL): the server cancels a statement running longer (``serve``'s reads)."""
     env = os.environ if env is None else env
     engine, location = resolve_db(db, state_dir, env)
@@ -95,9 +98,10 @@ def open_store(
             connect_timeout=connect_timeout,
             clock=None if clock is SYSTEM_CLOCK else clock,
             statement_timeout=statement_timeout,
+            migrate=migrate,
         )
     refuse_network_filesystem(location)
-    check_sqlite_path(location, create=create)
+    check_sqlite_path(location, create=create and migrate)
     directory = os.path.dirname(os.path.abspath(location))
     if directory != os.path.abspath(state_dir):  # the state directory was checked already
         from ringrift_coord.statedir import check_parents
@@ -105,11 +109,9 @@ def open_store(
         check_parents(location, "database")
     from ringrift_coord.store.sqlite import SQLiteStore
 
-    return SQLiteStore(location, busy_timeout=busy_timeout, clock=clock, shared_gid=shared_gid)
-
-
-class NoStore(StateError):
-    """A read-only command found no SQLite store where one was named (exit 3)."""
+    return SQLiteStore(
+        location, busy_timeout=busy_timeout, clock=clock, shared_gid=shared_gid, migrate=migrate
+    )
 
 
 def check_sqlite_path(path: str, *, create: bool = True) -> None:

@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import _thread
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 
 from ringrift_coord.errors import StateError, StoreBusy
 
@@ -37,6 +36,11 @@ CORRUPT_ADVICE = (
     "process using it, remove its -wal and -shm files, then put the backup in place (or move "
     "all three aside)"
 )
+
+
+class NoStore(StateError):
+    """A read-only command found no store where one was named (exit 3): no SQLite file, or
+    a PostgreSQL database without the schema (``doctor``, which never creates one)."""
 
 
 class StoreGone(StateError):
@@ -90,6 +94,8 @@ class Tx(ABC):
 
 class Store(ABC):
     engine: str = "?"
+    # the migrations the store records (every known one once opened with migrate=True)
+    applied_migrations: set[str]
 
     @abstractmethod
     def _begin(self, write: bool) -> Tx: ...
@@ -114,43 +120,13 @@ class Store(ABC):
         that would end it, and ``_begin`` rolls it back (never one a caller holds)."""
         return not self.__dict__.get("_depth", 0)
 
-    @contextmanager
-    def write(self) -> Iterator[Tx]:
+    def write(self) -> _Transaction:
         """A serialised read-then-write transaction; commits on success."""
-        with self._thread_lock():
-            tx = self._begin(write=True)
-            try:
-                self.__dict__["_depth"] = self.__dict__.get("_depth", 0) + 1
-                try:
-                    yield tx
-                finally:
-                    self.__dict__["_depth"] -= 1
-                rings = tx.__dict__.pop("_rings", None)
-                if rings:
-                    self.ring(tx, rings)
-            except BaseException:
-                self._rollback()
-                raise
-            self._commit()
-            for fn in tx.__dict__.pop("_after_commit", ()):
-                try:
-                    fn()
-                except Exception:  # noqa: S110 (the change has landed; a hook never undoes it)
-                    pass
+        return _Transaction(self, write=True)
 
-    @contextmanager
-    def read(self) -> Iterator[Tx]:
+    def read(self) -> _Transaction:
         """A consistent read-only snapshot."""
-        with self._thread_lock():
-            tx = self._begin(write=False)
-            try:
-                self.__dict__["_depth"] = self.__dict__.get("_depth", 0) + 1
-                try:
-                    yield tx
-                finally:
-                    self.__dict__["_depth"] -= 1
-            finally:
-                self._rollback()
+        return _Transaction(self, write=False)
 
     def ring(self, tx: Tx, targets: set[tuple[str | None, str | None]]) -> None:  # noqa: B027
         """Deliver ``tx``'s rings (``Tx.ring``) once it commits: PostgreSQL notifies inside
@@ -215,3 +191,53 @@ def is_conninfo(value: str) -> bool:
     head, sep, _ = value.lstrip().partition("=")
     head = head.rstrip()
     return bool(sep) and head.isascii() and head.isidentifier()
+
+
+class _Transaction:
+    """``with store.write() as tx`` / ``with store.read() as tx``: under the store's thread
+    lock, ``_begin``; then a write delivers its rings (``Tx.ring``) and commits when the
+    block ends normally (and runs its ``after_commit`` callbacks) and rolls back when it
+    raises; a read always rolls back.
+    A class rather than ``contextlib.contextmanager``: contextlib's import costs every
+    one-shot command ~0.6 ms, and its generator machinery every transaction."""
+
+    __slots__ = ("_store", "_write", "_lock", "_tx")
+
+    def __init__(self, store: Store, *, write: bool) -> None:
+        self._store, self._write = store, write
+
+    def __enter__(self) -> Tx:
+        store = self._store
+        lock = self._lock = store._thread_lock()
+        lock.acquire()
+        try:
+            tx = self._tx = store._begin(write=self._write)
+        except BaseException:
+            lock.release()
+            raise
+        state = store.__dict__
+        state["_depth"] = state.get("_depth", 0) + 1
+        return tx
+
+    def __exit__(self, kind: type[BaseException] | None, exc: object, tb: object) -> None:
+        store = self._store
+        try:
+            store.__dict__["_depth"] -= 1
+            if kind is not None or not self._write:
+                store._rollback()
+                return
+            rings = self._tx.__dict__.pop("_rings", None)
+            if rings:
+                try:
+                    store.ring(self._tx, rings)  # (PostgreSQL notifies inside the transaction)
+                except BaseException:
+                    store._rollback()
+                    raise
+            store._commit()
+            for fn in self._tx.__dict__.pop("_after_commit", ()):
+                try:
+                    fn()
+                except Exception:  # noqa: S110 (the change has landed; a hook never undoes it)
+                    pass
+        finally:
+            self._lock.release()

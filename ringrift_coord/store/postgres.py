@@ -28,7 +28,7 @@ from collections.abc import Sequence
 from ringrift_coord.clock import Clock
 from ringrift_coord.durations import human
 from ringrift_coord.errors import ConfigError, StateError, StoreBusy, UsageError
-from ringrift_coord.store.base import Row, Store, StoreUnreachable, Tx, is_conninfo
+from ringrift_coord.store.base import NoStore, Row, Store, StoreUnreachable, Tx, is_conninfo
 from ringrift_coord.store.migrations import MIGRATION_NAMES, MIGRATIONS, statements
 
 TYPE_CHECKING = False
@@ -37,11 +37,16 @@ if TYPE_CHECKING:
 
     from ringrift_coord.wake import Doorbell
 
+# the database's clock, seconds since the epoch (leases are timed by it)
+_NOW = "SELECT extract(epoch FROM clock_timestamp())::float8"
+
 # pg_advisory_xact_lock key of every admission write: "ringrift" in ASCII
 ADMISSION_LOCK = 0x72696E6772696674
 MIGRATION_LOCK = ADMISSION_LOCK + 1
 # statement_timeout of a session: the busy timeout (lock_timeout) plus this
 STATEMENT_MARGIN = 5.0
+# idle_in_transaction_session_timeout of a session (seconds)
+IDLE_IN_TRANSACTION = 60
 # the client gives up on a reply this long after the statement timeout would have fired
 REPLY_MARGIN = 5.0
 # TCP keepalives (libpq): probe an idle connection after 10 s, every 5 s, give up after 3
@@ -133,12 +138,27 @@ class PostgresTx(Tx):
         names = [d.name for d in self._cur.description]
         return [dict(zip(names, row, strict=True)) for row in self._cur.fetchall()]
 
+    def begin_locked(self, lock: int) -> None:
+        """BEGIN, take the advisory lock ``lock`` and, on the database's clock, read the
+        transaction's moment (``now``) once the lock is held: one round trip, not three (a
+        query without parameters goes by the simple protocol, which takes several
+        statements; the key is this module's own integer, never text from outside)."""
+        sql = f"BEGIN; SELECT pg_advisory_xact_lock({int(lock)})"
+        if self._store.clock is not None:
+            self.execute(sql)
+            return
+        self.execute(f"{sql}; {_NOW}")
+        cur = self._cur
+        cur.nextset()  # the lock's result
+        cur.nextset()  # the clock's
+        self._now = float(cur.fetchone()[0])
+
     def now(self) -> float:
         if self._now is None:
             if self._store.clock is not None:
                 self._now = self._store.clock.time()
             else:
-                row = self.one("SELECT extract(epoch FROM clock_timestamp())::float8 AS now")
+                row = self.one(f"{_NOW} AS now")
                 assert row is not None
                 self._now = float(row["now"])
         return self._now
@@ -155,7 +175,10 @@ class PostgresStore(Store):
         connect_timeout: float = 5.0,
         clock: Clock | None = None,
         statement_timeout: float | None = None,
+        migrate: bool = True,
     ) -> None:
+        """``migrate=False`` (``doctor``): read the schema's state, never create or migrate
+        it (``NoStore`` for a database without one; ``applied_migrations`` says how far)."""
         try:
             import psycopg
         except ImportError:
@@ -173,7 +196,15 @@ class PostgresStore(Store):
         self._sql_cache: dict[str, str] = {}
         self._conn: Any = None
         self._connect()
-        self._migrate()
+        if migrate:
+            self._migrate()
+            self.applied_migrations = set(MIGRATION_NAMES)
+        else:
+            try:
+                self.applied_migrations = self._applied()
+            except BaseException:
+                self.close()
+                raise
 
     # -- connection ---------------------------------------------------------------------
 
@@ -188,10 +219,16 @@ class PostgresStore(Store):
                 **_keepalives(psycopg, self.url),
             )
             self._conn.reply_timeout = self.statement_timeout + REPLY_MARGIN  # psycopg >= 3.3
+            settings = [
+                f"SET lock_timeout = {int(self.busy_timeout * 1000)}",
+                f"SET idle_in_transaction_session_timeout = {IDLE_IN_TRANSACTION * 1000}",
+                f"SET statement_timeout = {max(1, int(self.statement_timeout * 1000))}",
+            ]
             with self._conn.cursor() as cur:
-                cur.execute(f"SET lock_timeout = {int(self.busy_timeout * 1000)}")
-                cur.execute("SET idle_in_transaction_session_timeout = 60000")
-                cur.execute(f"SET statement_timeout = {max(1, int(self.statement_timeout * 1000))}")
+                # All in one round trip: a query without parameters goes by the simple
+                # protocol, which takes several statements. (Not the connection's ``options``
+                # parameter: PgBouncer refuses it for settings it does not track.)
+                cur.execute("; ".join(settings))
         except psycopg.Error as exc:
             if self._conn is not None:
                 self._conn.close()
@@ -288,15 +325,34 @@ class PostgresStore(Store):
         already migrated costs no lock, no DDL and no write privilege (a monitoring role with
         SELECT only can read it). A missing table or a newer store says False: the locked path
         below creates or refuses."""
-        tx = self._begin(write=False)
         try:
-            done = {r["name"] for r in tx.query("SELECT name FROM schema_migrations")}
+            # one statement in autocommit: its own read-only snapshot, one round trip (an
+            # explicit read-only transaction around it cost two more)
+            with self._conn.cursor() as cur:
+                self._run(cur, "SELECT name FROM schema_migrations", ())
+                done = {row[0] for row in cur.fetchall()}
         except StateError:
             return False  # no schema_migrations yet (or no right to read it): the full path
-        finally:
-            self._rollback()
         self._refuse_newer(done)  # said here too: a role that may only read never gets further
         return done == set(MIGRATION_NAMES)
+
+    def _applied(self) -> set[str]:
+        """The migrations recorded, by reads alone; ``NoStore`` when the database has no
+        ringrift-coord schema at all (it is left as it is)."""
+        tx = self._begin(write=False)
+        try:
+            found = tx.one("SELECT to_regclass('schema_migrations') IS NOT NULL AS found")
+            if found is None or not found["found"]:
+                raise NoStore(
+                    f"no ringrift-coord store here: PostgreSQL {self.scope.split()[-1]} has no "
+                    "schema_migrations table (nothing recorded there yet; a command that "
+                    "writes creates it)"
+                )
+            done = {r["name"] for r in tx.query("SELECT name FROM schema_migrations")}
+        finally:
+            self._rollback()
+        self._refuse_newer(done)
+        return done
 
     def _refuse_newer(self, done: set[str]) -> None:
         unknown = done - set(MIGRATION_NAMES)
@@ -353,8 +409,7 @@ class PostgresStore(Store):
         tx = PostgresTx(self)
         try:
             if write:
-                tx.execute("BEGIN")
-                tx.execute("SELECT pg_advisory_xact_lock(?)", (lock,))
+                tx.begin_locked(lock)
             else:
                 tx.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
         except BaseException:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import errno
 import os
-import sqlite3
 import stat
 import time
 from collections.abc import Sequence
@@ -26,14 +25,32 @@ from collections.abc import Sequence
 from ringrift_coord.clock import SYSTEM_CLOCK, Clock
 from ringrift_coord.durations import human
 from ringrift_coord.errors import StateError, StoreBusy
-from ringrift_coord.store.base import CORRUPT_ADVICE, Row, Store, StoreCorrupt, StoreGone, Tx
+from ringrift_coord.store.base import (
+    CORRUPT_ADVICE,
+    NoStore,
+    Row,
+    Store,
+    StoreCorrupt,
+    StoreGone,
+    Tx,
+)
 from ringrift_coord.store.migrations import MIGRATION_NAMES, MIGRATIONS, statements
 
 TYPE_CHECKING = False  # typing costs start-up time on the hot path; annotations are lazy
 if TYPE_CHECKING:
+    import sqlite3
     from typing import Any
 
     from ringrift_coord.wake import Doorbell
+else:
+    # The C module itself, which is all this engine uses (connect, Connection, the error
+    # classes: the very same objects). The ``sqlite3`` package adds only the default
+    # datetime adapters and converters, which nothing here passes or declares, and its
+    # ``import datetime`` costs ~2.5 ms of every one-shot command.
+    try:
+        import _sqlite3 as sqlite3
+    except ImportError:  # an interpreter that only has the package
+        import sqlite3
 
 SQLITE_MAGIC = b"SQLite format 3\x00"
 # Small pages: every admission and release rewrites a handful of pages into the WAL, so the
@@ -48,18 +65,20 @@ WAL_CUT_RETRY = 1.0  # seconds between tries to cut back a WAL a reader still ho
 class SQLiteTx(Tx):
     def __init__(self, store: SQLiteStore) -> None:
         self._store = store
-        self._conn = store._conn
+        # one cursor for the whole transaction rather than a new one per statement (each
+        # query's rows are all fetched before the next statement runs)
+        self._cursor = store._conn.cursor()
         self._now: float | None = None
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
         try:
-            return self._conn.execute(sql, params).rowcount
+            return self._cursor.execute(sql, params).rowcount
         except sqlite3.Error as exc:
             raise self._store._translate(exc) from None
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
         try:
-            cursor = self._conn.execute(sql, params)
+            cursor = self._cursor.execute(sql, params)
             names = [d[0] for d in cursor.description]
             return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
         except sqlite3.Error as exc:
@@ -81,7 +100,10 @@ class SQLiteStore(Store):
         busy_timeout: float = 5.0,
         clock: Clock = SYSTEM_CLOCK,
         shared_gid: int | None = None,
+        migrate: bool = True,
     ):
+        """``migrate=False`` (``doctor``): open an existing store as it is, never creating,
+        migrating or adopting anything: ``applied_migrations`` says how far its schema is."""
         self.path = os.path.abspath(path)
         self.busy_timeout = float(busy_timeout)
         self.clock = clock
@@ -92,6 +114,8 @@ class SQLiteStore(Store):
             gone = deleted_store(self.path)  # (it looks for the file again: see there)
             if gone is not None:
                 raise gone
+            if not migrate:
+                raise NoStore(f"no store at {self.path} (nothing recorded there yet)")
             _create_database(self.path, clock, shared_gid)
         store_id = check_database_file(self.path, shared_gid)
         recorded = read_store_id(self.path)
@@ -108,16 +132,20 @@ class SQLiteStore(Store):
         self._conn = self._connect()
         st = os.stat(self.path)
         self._identity = (st.st_dev, st.st_ino)
-        self._migrate()
+        if migrate:
+            self._migrate()
+        else:
+            self.applied_migrations = self._applied()
         if not store_id:  # the header may be behind the WAL, or a store without an id
             # A ringrift-coord store (migrated above) whose id is 0: one made before stores
             # had ids, a backup of this store taken then, or one salvaged with sqlite3's
-            # .dump / .recover. It is adopted: the marker's id when there is one, else new.
-            store_id = self._store_id(adopt_as=recorded)
+            # .dump / .recover. It is adopted: the marker's id when there is one, else new
+            # (never by a read-only open: it writes nothing).
+            store_id = self._store_id(adopt=migrate, adopt_as=recorded)
             if recorded is not None and store_id and store_id != recorded:
                 self._conn.close()
                 raise self._replaced(store_id, recorded)
-        if recorded is None and store_id:
+        if recorded is None and store_id and migrate:
             write_store_id(self.path, store_id, shared_gid)
         self.store_id = store_id
 
@@ -131,13 +159,14 @@ class SQLiteStore(Store):
             f"{marker} to start using this one as a new store"
         )
 
-    def _store_id(self, adopt_as: int | None) -> int:
-        """The id in the header as this connection sees it; a store without one gets one
-        now (once, whoever races): ``adopt_as``, or a new id when None. 0: it could not be
-        written here (read-only, busy): the next process that can write adopts it."""
+    def _store_id(self, adopt: bool, adopt_as: int | None) -> int:
+        """The id in the header as this connection sees it; with ``adopt``, a store without
+        one gets one now (once, whoever races): ``adopt_as``, or a new id when None. 0: it
+        could not be written here (read-only, busy): the next process that can write adopts
+        it."""
         try:
             found = int(self._conn.execute("PRAGMA application_id").fetchone()[0])
-            if found:
+            if found or not adopt:
                 return found
             self._conn.execute("BEGIN IMMEDIATE")
             try:
@@ -215,6 +244,16 @@ class SQLiteStore(Store):
             raise self._translate(exc) from None
 
     def _migrate(self) -> None:
+        applied = self._applied()
+        if len(applied) < len(MIGRATION_NAMES):
+            with self.write() as tx:
+                done = {r["name"] for r in tx.query("SELECT name FROM schema_migrations")}
+                apply_migrations(tx, done, self.engine)
+        self.applied_migrations = set(MIGRATION_NAMES)
+
+    def _applied(self) -> set[str]:
+        """The migrations the store records (a read, no lock held after it); refuses a
+        database that is not a ringrift-coord store, or one a newer version wrote."""
         try:
             rows = self._conn.execute("SELECT name FROM schema_migrations").fetchall()
         except sqlite3.OperationalError as exc:
@@ -234,10 +273,7 @@ class SQLiteStore(Store):
                 f"{self.path} was written by a newer ringrift-coord (migrations "
                 f"{', '.join(sorted(unknown))}); upgrade this node"
             )
-        if len(applied) < len(MIGRATION_NAMES):
-            with self.write() as tx:
-                done = {r["name"] for r in tx.query("SELECT name FROM schema_migrations")}
-                apply_migrations(tx, done, self.engine)
+        return applied
 
     def _translate(self, exc: sqlite3.Error) -> Exception:
         text = str(exc)
