@@ -214,9 +214,26 @@ def log_decision(
         )
     if os.urandom(1)[0] < 4:  # prune about once per 64 decisions, not on every one
         cutoff = now - float(settings.get("store.decision_log_days")) * 86400.0
-        tx.execute("DELETE FROM decisions WHERE at < ?", (cutoff,))
-        slots.prune_history(tx, cutoff)
+        prune_logs(tx, cutoff)
     return int(row["id"])
+
+
+# Rows of each log one prune deletes at most: the oldest ids only (ids grow with time), so a
+# prune costs the same however large a backlog is, and ends well within the statement timeout
+# (PostgreSQL cancels a statement past it: a whole backlog at once would fail every time);
+# run once per ~64 decisions, it still drains a backlog ~30 times faster than it grows.
+PRUNE_BATCH = 2000
+
+
+def prune_logs(tx: Tx, cutoff: float) -> int:
+    """Delete at most ``PRUNE_BATCH`` decisions and as many task history rows older than
+    ``cutoff`` (of the oldest ids); the number deleted."""
+    deleted = tx.execute(
+        "DELETE FROM decisions WHERE id IN (SELECT id FROM decisions ORDER BY id LIMIT ?) "
+        "AND at < ?",
+        (PRUNE_BATCH, cutoff),
+    )
+    return deleted + slots.prune_history(tx, cutoff, PRUNE_BATCH)
 
 
 def decisions(

@@ -285,6 +285,11 @@ def check_store(
         if not dir_ok and inside:
             report.add("store", "skip", "not opened: the state directory is not usable (above)")
             return None
+        from ringrift_coord.store.sqlite import missing_store  # (a deleted store: fail)
+
+        if not os.path.lexists(location) and (gone := missing_store(location)) is not None:
+            report.add("store", "fail", gone.message, "do what the message says", engine=engine)
+            return None
         if not os.path.lexists(location):
             parent = os.path.dirname(os.path.abspath(location))
             if not os.path.isdir(parent):

@@ -35,6 +35,7 @@ from ringrift_coord.decision import Reason
 from ringrift_coord.errors import StateError, UsageError
 from ringrift_coord.inputs import printable, seconds
 from ringrift_coord.statedir import create_file, shared_gid_of, untrusted_file
+from ringrift_coord.store.base import StoreCorrupt
 from ringrift_coord.tasktypes import TaskType
 
 TYPE_CHECKING = False  # typing costs start-up time on the hot path; annotations are lazy
@@ -47,6 +48,10 @@ if TYPE_CHECKING:
 GLOBAL = "*"
 ALL_NODES = "*"  # a halt's node when it halts every node
 FILE_NAME = "EMERGENCY_HALT"
+# What halt and unhalt check before they write (``Store.check_integrity``): the tables they
+# and admission read and write, with their indexes (never the whole file: seconds on a big
+# store)
+CHECKED_TABLES = ("halts", "halt_log", "events", "tasks", "task_counts", "waiters")
 PROBE = "(SELECT COUNT(*) FROM halts)"  # admission's probe: are there any halt rows at all?
 _COLUMNS = "scope, node, reason, who, host, at, expires_at"
 
@@ -356,20 +361,47 @@ def activate(
     ttl = seconds(ttl, "ttl")
     scope, on = scope_of(task_type), node_of(node)
     reason = None if reason is None else printable(reason)
-    with ctx.store.write() as tx:
-        tx.check_integrity()  # an operator's halt never lands in a damaged file, said as ok
-        now = tx.now()
-        expires = None if ttl is None else now + ttl
-        tx.execute("DELETE FROM halts WHERE scope = ? AND node = ?", (scope, on))
-        tx.execute(
-            f"INSERT INTO halts ({_COLUMNS}) VALUES (?,?,?,?,?,?,?)",
-            (scope, on, reason, who, host, now, expires),
+    try:
+        # an operator's halt never lands in a damaged file, said as ok; checked before the
+        # write lock is taken (admissions go on meanwhile), the tables it and admission use
+        ctx.store.check_integrity(CHECKED_TABLES)
+        with ctx.store.write() as tx:
+            now = tx.now()
+            expires = None if ttl is None else now + ttl
+            tx.execute("DELETE FROM halts WHERE scope = ? AND node = ?", (scope, on))
+            tx.execute(
+                f"INSERT INTO halts ({_COLUMNS}) VALUES (?,?,?,?,?,?,?)",
+                (scope, on, reason, who, host, now, expires),
+            )
+            tx.execute(
+                f"INSERT INTO halt_log (action, {_COLUMNS}) VALUES ('halt',?,?,?,?,?,?,?)",
+                (scope, on, reason, who, host, now, expires),
+            )
+            _publish(tx, ctx, "HALT", scope, on, who, host, now, reason=reason, expires_at=expires)
+    except StoreCorrupt as exc:
+        if scope != GLOBAL or on != ALL_NODES:
+            raise
+        # An emergency halt takes effect on this host even so: the file alone halts it (not
+        # a mirror: no halt row backs it, and a mirror without one would be stale)
+        at = ctx.clock.time()
+        path = _write_file(
+            ctx.state_dir,
+            {
+                "scope": scope,
+                "node": on,
+                "reason": reason,
+                "who": who,
+                "host": host,
+                "at": at,
+                "expires_at": None if ttl is None else at + ttl,
+                "store_corrupt": True,
+            },
         )
-        tx.execute(
-            f"INSERT INTO halt_log (action, {_COLUMNS}) VALUES ('halt',?,?,?,?,?,?,?)",
-            (scope, on, reason, who, host, now, expires),
-        )
-        _publish(tx, ctx, "HALT", scope, on, who, host, now, reason=reason, expires_at=expires)
+        raise StoreCorrupt(
+            exc.problem,
+            f"this host is halted by {path} only (other hosts are not): run "
+            "`ringrift-coord doctor`",
+        ) from None
     record = {
         "scope": scope,
         "node": on,
@@ -398,8 +430,16 @@ def deactivate(
 
     ``lifted``: the scopes lifted; ``lifted_halts``: each as (scope, node)."""
     on = None if node is None else node_of(node)
+    try:
+        ctx.store.check_integrity(CHECKED_TABLES)
+    except StoreCorrupt as exc:
+        path = os.path.join(ctx.state_dir, FILE_NAME)
+        raise StoreCorrupt(
+            exc.problem,
+            "nothing was lifted: run `ringrift-coord doctor`, restore the store, then unhalt "
+            f"again (to lift this host's halt file alone: remove {path} by hand)",
+        ) from None
     with ctx.store.write() as tx:
-        tx.check_integrity()
         now = tx.now()
         where, args = "", list[object]()
         if task_type is not None:
@@ -474,7 +514,7 @@ def _publish(
     events.publish(tx, ctx.settings, kind, payload, source="tool", node=node, who=who, host=host)
 
 
-def _write_file(state_dir: str, record: dict[str, Any]) -> None:
+def _write_file(state_dir: str, record: dict[str, Any]) -> str:
     import json
 
     path = os.path.join(state_dir, FILE_NAME)
@@ -489,6 +529,7 @@ def _write_file(state_dir: str, record: dict[str, Any]) -> None:
             json.dump(record, handle)
             handle.write("\n")
         os.replace(tmp, path)
+        return path
     except OSError as exc:
         try:
             os.unlink(tmp)

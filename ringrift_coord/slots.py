@@ -334,8 +334,14 @@ def reap(
     return reaped
 
 
-def prune_history(tx: Tx, cutoff: float) -> None:
-    tx.execute("DELETE FROM task_history WHERE ended_at < ?", (cutoff,))
+def prune_history(tx: Tx, cutoff: float, batch: int) -> int:
+    """Delete at most ``batch`` rows that ended before ``cutoff``, of the oldest ids (a
+    bounded cost, however large the backlog); the number deleted."""
+    return tx.execute(
+        "DELETE FROM task_history WHERE id IN (SELECT id FROM task_history ORDER BY id "
+        "LIMIT ?) AND ended_at < ?",
+        (batch, cutoff),
+    )
 
 
 # --------------------------------------------------------------------------- reading

@@ -6,6 +6,7 @@ leaves its process group with ``setsid``."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sqlite3
@@ -15,7 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import Coord, alive, wait_for
+from conftest import Coord, EngineDB, alive, wait_for
 
 ONE_SLOT = """\
 task_limits:
@@ -126,8 +127,12 @@ def test_a_store_deleted_or_replaced_is_never_silently_recreated(
 def test_a_restored_copy_of_the_same_store_is_accepted(coord: Coord, tmp_path: Path) -> None:
     assert coord("register", "selfplay", "--node", "n1", "-q").returncode == 0
     backup = tmp_path / "backup.db"
-    with sqlite3.connect(coord.db) as src, sqlite3.connect(backup) as dst:
+    src, dst = sqlite3.connect(coord.db), sqlite3.connect(backup)
+    try:
         src.backup(dst)
+    finally:  # no process holds the store when it is deleted and restored (as advised)
+        src.close()
+        dst.close()
     coord.db.unlink()
     assert coord("tasks").returncode == 3
     os.replace(backup, coord.db)
@@ -155,6 +160,182 @@ def test_a_store_made_before_ids_is_adopted(coord: Coord) -> None:
     assert "was deleted" in _one_line(coord("register", "selfplay", "--node", "n1"))
 
 
+def test_the_restore_advice_is_safe_while_a_process_holds_the_deleted_store(
+    coord: Coord, tmp_path: Path
+) -> None:
+    """A process still holding the deleted store keeps tasks.db-wal and -shm in place, and
+    SQLite would replay that WAL into a restored file. Every refusal says to stop the
+    processes and remove both first; done in that order, the backup comes back as it was."""
+    assert coord("register", "selfplay", "--node", "n1", "-q").returncode == 0
+    backup = tmp_path / "backup.db"
+    src, dst = sqlite3.connect(coord.db), sqlite3.connect(backup)
+    try:
+        src.backup(dst)
+    finally:
+        src.close()
+        dst.close()
+    old = sqlite3.connect(coord.db, isolation_level=None)
+    old.execute("PRAGMA wal_autocheckpoint = 0")
+    old.execute("UPDATE tasks SET node = 'ghost'")  # the deleted store's pages, in its WAL
+    coord.db.unlink()
+    wal, shm = Path(f"{coord.db}-wal"), Path(f"{coord.db}-shm")
+    assert wal.exists() and shm.exists()
+    line = _one_line(coord("tasks"))
+    assert f"stop every process using it, remove {wal} and {shm}, then put the backup" in line
+    # the advice, in its order: stop the holder, remove -wal and -shm, restore
+    old.close()
+    wal.unlink(missing_ok=True)
+    shm.unlink(missing_ok=True)
+    os.replace(backup, coord.db)
+    os.chmod(coord.db, 0o600)
+    listed = coord("--json", "tasks")
+    assert listed.returncode == 0, listed.stderr
+    assert [t["node"] for t in json.loads(listed.stdout)["tasks"]] == ["n1"]
+
+
+def test_a_backup_restored_beside_a_live_deleted_stores_wal_is_refused(
+    coord: Coord, tmp_path: Path
+) -> None:
+    """The operator restores the backup but a process still holds the deleted store (its
+    -wal and -shm are in place): the store is refused (exit 3, naming the process and the
+    steps), never read through the other store's WAL."""
+    assert coord("register", "selfplay", "--node", "n1", "-q").returncode == 0
+    backup = tmp_path / "backup.db"
+    src, dst = sqlite3.connect(coord.db), sqlite3.connect(backup)
+    try:
+        src.backup(dst)
+    finally:
+        src.close()
+        dst.close()
+    old = sqlite3.connect(coord.db, isolation_level=None)
+    try:
+        old.execute("PRAGMA wal_autocheckpoint = 0")
+        old.execute("UPDATE tasks SET node = 'ghost'")  # the deleted store's pages, in its WAL
+        coord.db.unlink()
+        os.replace(backup, coord.db)  # restored without the steps
+        os.chmod(coord.db, 0o600)
+        for argv in (("tasks",), ("register", "selfplay", "--node", "n1", "-q")):
+            refused = coord(*argv)
+            assert refused.returncode == 3, (argv, refused.stdout, refused.stderr)
+            line = _one_line(refused)
+            assert f"belong to a deleted store that process {os.getpid()} still has open" in line
+            assert f"remove {coord.db}-wal and {coord.db}-shm" in line, line
+    finally:
+        old.close()
+    for side in ("-wal", "-shm"):
+        Path(f"{coord.db}{side}").unlink(missing_ok=True)
+    listed = coord("--json", "tasks")
+    assert listed.returncode == 0, listed.stderr
+    assert [t["node"] for t in json.loads(listed.stdout)["tasks"]] == ["n1"]
+
+
+def test_a_process_that_lost_its_lock_on_the_store_is_not_taken_for_a_deleted_ones(
+    engine_db,  # noqa: ANN001
+) -> None:
+    """Closing any descriptor of a file drops a process's POSIX locks on it (a second store
+    opened in-process reads the header): that process holds the -shm but not the file's
+    lock, yet has the same file open; other stores opened beside it are not refused."""
+    first = engine_db.open()
+    with first.read() as tx:
+        tx.one("SELECT count(*) AS n FROM tasks")
+    for _ in range(3):
+        again = engine_db.open()
+        with again.read() as tx:
+            assert tx.one("SELECT count(*) AS n FROM tasks") == {"n": 0}
+
+
+@pytest.mark.parametrize("how", ["backup-without-id", "dump"])
+def test_a_restored_store_without_an_id_is_adopted(coord: Coord, tmp_path: Path, how: str) -> None:
+    """A backup taken before stores had ids, or a store salvaged with sqlite3's .dump, has
+    id 0: restored under an existing marker it is adopted (the marker's id), not refused as
+    replaced."""
+    assert coord("register", "selfplay", "--node", "n1", "-q").returncode == 0
+    marker = Path(str(coord.db) + ".id")
+    recorded = marker.read_text().strip()
+    backup = tmp_path / "backup.db"
+    src, dst = sqlite3.connect(coord.db), sqlite3.connect(backup, isolation_level=None)
+    try:
+        if how == "dump":
+            dst.execute("PRAGMA page_size = 1024")
+            dst.executescript("".join(f"{line}\n" for line in src.iterdump()))
+        else:
+            src.backup(dst)
+            dst.execute("PRAGMA application_id = 0")
+        dst.execute("PRAGMA journal_mode = WAL")
+        assert dst.execute("PRAGMA application_id").fetchone()[0] == 0
+    finally:
+        src.close()
+        dst.close()  # the last connection: its WAL is checkpointed into the file, removed
+    coord.db.unlink()
+    for side in ("-wal", "-shm"):
+        Path(str(coord.db) + side).unlink(missing_ok=True)
+    os.replace(backup, coord.db)
+    os.chmod(coord.db, 0o600)
+    listed = coord("tasks", "--format", "tsv", "--no-header")
+    assert listed.returncode == 0, listed.stderr
+    assert "selfplay" in listed.stdout
+    assert marker.read_text().strip() == recorded
+    conn = sqlite3.connect(coord.db)
+    try:
+        found = conn.execute("PRAGMA application_id").fetchone()[0]
+    finally:
+        conn.close()
+    assert recorded.endswith(f"{found:08x}"), (found, recorded)
+
+
+def test_a_store_published_between_the_two_looks_is_not_called_deleted(
+    coord: Coord, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """First use, two processes: A finds no file; B publishes the store, then its marker;
+    A then finds the marker. A looks for the file again and uses B's store instead of
+    saying it was deleted."""
+    from ringrift_coord.store.sqlite import SQLiteStore
+
+    assert coord("tasks").returncode in (0, 3)  # the state directory exists
+    made = coord("register", "selfplay", "--node", "n1", "-q")  # B: file, then marker
+    assert made.returncode == 0, made.stderr
+    path = str(coord.db)
+    real = os.path.lexists
+    first = [True]
+
+    def before_b_published(p: str) -> bool:  # A's first look came before B's link(2)
+        if p == path and first[0]:
+            first[0] = False
+            return False
+        return real(p)
+
+    monkeypatch.setattr(os.path, "lexists", before_b_published)
+    store = SQLiteStore(path)
+    try:
+        with store.read() as tx:
+            assert tx.one("SELECT count(*) AS n FROM tasks") == {"n": 1}
+    finally:
+        store.close()
+    assert not first[0], "the interleaving was not exercised"
+
+
+@pytest.mark.parametrize("left", ["marker", "wal"])
+def test_doctor_fails_a_deleted_store(coord: Coord, left: str) -> None:
+    """Every command refuses a deleted store (or a WAL left by one): doctor says fail with
+    the restore advice, never "no store yet"."""
+    assert coord("register", "selfplay", "--node", "n1", "-q").returncode == 0
+    coord.db.unlink()
+    if left == "wal":
+        Path(str(coord.db) + ".id").unlink()
+        Path(str(coord.db) + "-wal").write_bytes(b"")
+        os.chmod(str(coord.db) + "-wal", 0o600)
+    assert coord("tasks").returncode == 3
+    report = json.loads(coord("--json", "doctor").stdout)
+    (check,) = [c for c in report["checks"] if c["name"] == "store"]
+    assert report["healthy"] is False
+    assert check["level"] == "fail", check
+    if left == "marker":
+        assert f"state store {coord.db} was deleted" in check["found"], check
+        assert f"remove {coord.db}-wal and {coord.db}-shm" in check["found"], check
+    else:
+        assert f"{coord.db}-wal is left from a deleted store" in check["found"], check
+
+
 # --------------------------------------------------------------------------- corrupt pages
 
 
@@ -162,27 +343,66 @@ def _fingerprint(path: Path) -> bytes:
     return path.read_bytes()
 
 
-@pytest.mark.parametrize("damage", ["garbage-root-page", "zeroed-root-page"])
-def test_halt_and_unhalt_refuse_a_corrupt_tasks_table(coord: Coord, damage: str) -> None:
-    for _ in range(3):
-        assert coord("register", "selfplay", "--node", "n1", "-q").returncode == 0
-    with sqlite3.connect(coord.db) as conn:
-        root = conn.execute("SELECT rootpage FROM sqlite_master WHERE name = 'tasks'").fetchone()
+def _damage_root_page(db: Path, table: str, garbage: bool) -> None:
+    with sqlite3.connect(db) as conn:
+        root = conn.execute(
+            "SELECT rootpage FROM sqlite_master WHERE name = ?", (table,)
+        ).fetchone()
         page_size = conn.execute("PRAGMA page_size").fetchone()[0]
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-    data = bytearray(coord.db.read_bytes())
+    data = bytearray(db.read_bytes())
     offset = (root[0] - 1) * page_size
-    fill = os.urandom(page_size) if damage.startswith("garbage") else bytes(page_size)
-    data[offset : offset + page_size] = fill
-    coord.db.write_bytes(bytes(data))
+    data[offset : offset + page_size] = os.urandom(page_size) if garbage else bytes(page_size)
+    db.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize(
+    "damage", ["tasks:garbage-root-page", "tasks:zeroed-root-page", "halt_log:zeroed-root-page"]
+)
+def test_an_emergency_halt_takes_effect_on_a_corrupt_store(coord: Coord, damage: str) -> None:
+    """halt on a corrupt store writes nothing into it, but this host's EMERGENCY_HALT file
+    (admission here is halted by it), and says so: exit 3. unhalt refuses, naming the
+    manual step."""
+    table, how = damage.split(":")
+    for _ in range(3):
+        assert coord("register", "selfplay", "--node", "n1", "-q").returncode == 0
+    _damage_root_page(coord.db, table, how.startswith("garbage"))
     before = _fingerprint(coord.db)
-    for argv in (("halt", "--reason", "maintenance"), ("unhalt",), ("--json", "halt")):
+    halt_file = coord.state_dir / "EMERGENCY_HALT"
+    for argv in (("halt", "--reason", "maintenance"), ("--json", "halt")):
         refused = coord(*argv)
         assert refused.returncode == 3, (argv, refused.returncode, refused.stderr)
         line = _one_line(refused)
-        assert f"state store {coord.db} is corrupt" in line, line
-        assert "run `ringrift-coord doctor`" in line, line
-    assert _fingerprint(coord.db) == before, "a halt or unhalt wrote into the corrupt file"
+        assert f"state store {coord.db} is corrupt: " in line, line
+        assert (
+            f"this host is halted by {halt_file} only (other hosts are not): run "
+            "`ringrift-coord doctor`" in line
+        ), line
+        assert halt_file.exists()
+    assert _fingerprint(coord.db) == before, "a halt wrote into the corrupt file"
+    info = json.loads(halt_file.read_text())
+    assert info["store_corrupt"] is True and not info.get("mirror"), info
+    # the file halts this host's admissions (the store cannot say otherwise)
+    denied = coord("can-spawn", "selfplay", "--node", "n1")
+    assert denied.returncode in (1, 3), denied.stderr
+    if table == "halt_log":  # admission reads no damaged page here: the file is what halts it
+        assert denied.returncode == 1 and "halt" in (denied.stdout + denied.stderr).lower()
+    before = _fingerprint(coord.db)  # (admission logs its refusal)
+    refused = coord("unhalt")
+    assert refused.returncode == 3, refused.stderr
+    line = _one_line(refused)
+    assert f"state store {coord.db} is corrupt: " in line and "nothing was lifted" in line, line
+    assert f"remove {halt_file} by hand" in line, line
+    assert halt_file.exists()
+    assert _fingerprint(coord.db) == before, "an unhalt wrote into the corrupt file"
+
+
+def test_a_halt_of_one_type_on_a_corrupt_store_is_refused(coord: Coord) -> None:
+    assert coord("register", "selfplay", "--node", "n1", "-q").returncode == 0
+    _damage_root_page(coord.db, "tasks", garbage=False)
+    refused = coord("halt", "--type", "selfplay", "--reason", "x")
+    assert refused.returncode == 3, refused.stderr
+    assert "nothing was written: run `ringrift-coord doctor`" in _one_line(refused)
     assert not (coord.state_dir / "EMERGENCY_HALT").exists()
 
 
@@ -225,6 +445,38 @@ def test_a_wal_a_long_reader_let_grow_is_cut_back(engine_db) -> None:  # noqa: A
     with ctx.store.read() as tx:
         assert tx.one("PRAGMA quick_check")["quick_check"] == "ok"  # type: ignore[index]
         assert tx.one("SELECT count(*) AS n FROM tasks")["n"] == 1  # type: ignore[index]
+
+
+def test_journal_size_limit_alone_bounds_the_wal(engine_db) -> None:  # noqa: ANN001
+    """The other half of the bound: with the non-waiting TRUNCATE kept out of the way, a
+    WAL a reader let grow is still cut to journal_size_limit once a checkpoint has caught
+    up and a writer starts it again."""
+    from ringrift_coord.store.sqlite import WAL_LIMIT
+
+    store = engine_db.open()
+    store._next_wal_cut = float("inf")  # the TRUNCATE half never runs here
+    wal = Path(engine_db.url + "-wal")
+    reader = sqlite3.connect(engine_db.url, isolation_level=None)
+    blob = "x" * 900
+    try:
+        reader.execute("BEGIN")
+        reader.execute("SELECT count(*) FROM tasks").fetchone()
+        while wal.stat().st_size <= WAL_LIMIT + (2 << 20):
+            with store.write() as tx:
+                for _ in range(200):
+                    tx.execute(
+                        "INSERT INTO decisions (at, action, task_type, node, host, pid, who, "
+                        "allowed, rules) VALUES (1, 'x', 'selfplay', 'n1', 'h', 1, ?, 1, '[]')",
+                        (blob,),
+                    )
+        grown = wal.stat().st_size
+    finally:
+        reader.execute("ROLLBACK")
+        reader.close()
+    for _ in range(3):  # a checkpoint catches up (autocheckpoint), then the WAL restarts
+        with store.write() as tx:
+            tx.execute("DELETE FROM decisions WHERE id IN (SELECT id FROM decisions LIMIT 50)")
+    assert wal.stat().st_size <= WAL_LIMIT, (grown, wal.stat().st_size)
 
 
 # --------------------------------------------------------------------------- PostgreSQL
@@ -464,3 +716,166 @@ def test_postgres_sessions_are_bounded(pg_url: str) -> None:
             assert params.get(key) == str(value), (key, params)
     finally:
         store.close()
+
+
+def test_postgres_deadlock_is_busy_not_unreachable(pg_url: str) -> None:
+    """A deadlock the server broke (40P01) is a transaction to try again, not a server that
+    cannot be reached."""
+    import threading
+
+    import psycopg
+
+    from ringrift_coord.errors import StoreBusy
+    from ringrift_coord.store.base import StoreUnreachable
+    from ringrift_coord.store.postgres import PostgresStore
+
+    with psycopg.connect(pg_url, autocommit=True) as setup:
+        setup.execute("CREATE TABLE dl (id int PRIMARY KEY, v int)")
+        setup.execute("INSERT INTO dl VALUES (1, 0), (2, 0)")
+    store = PostgresStore(pg_url, busy_timeout=20.0, connect_timeout=2)
+    other = psycopg.connect(pg_url)
+    try:
+        other.execute("SET deadlock_timeout = '30s'")  # the store's session is the victim
+        other.execute("UPDATE dl SET v = 1 WHERE id = 2")
+        locked = threading.Event()
+        with pytest.raises(StoreBusy) as caught, store.write() as tx:
+            tx.execute("UPDATE dl SET v = 1 WHERE id = 1")
+
+            def cross() -> None:
+                locked.set()
+                try:
+                    other.execute("UPDATE dl SET v = 2 WHERE id = 1")  # waits for the store
+                except psycopg.Error:
+                    pass
+
+            thread = threading.Thread(target=cross, daemon=True)
+            thread.start()
+            locked.wait(10)
+            time.sleep(0.3)  # the other session is queued behind the store's row lock
+            tx.execute("UPDATE dl SET v = 2 WHERE id = 2")  # a cycle: 40P01 after 1 s
+        thread.join(30)
+        other.rollback()
+    finally:
+        other.close()
+        store.close()
+    assert not isinstance(caught.value, StoreUnreachable), caught.value
+    assert "deadlock" in str(caught.value) and "try again" in str(caught.value), caught.value
+    assert "unreachable" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("state", "said"),
+    [
+        ("53100", "disk full on the PostgreSQL server"),
+        ("40001", "rolled the transaction back"),
+        ("53200", "is busy"),
+    ],
+)
+def test_postgres_server_errors_are_not_unreachable(pg_url: str, state: str, said: str) -> None:
+    """The server's own errors are said as such: raised by the server itself (RAISE ...
+    USING ERRCODE), through the store's own statement path."""
+    from ringrift_coord.store.base import StoreUnreachable
+    from ringrift_coord.store.postgres import PostgresStore
+
+    store = PostgresStore(pg_url, busy_timeout=2.0, connect_timeout=2)
+    try:
+        with pytest.raises(Exception) as caught, store.write() as tx:
+            tx.execute(
+                "DO $$ BEGIN RAISE EXCEPTION 'injected' USING ERRCODE = '" + state + "'; END $$"
+            )
+    finally:
+        store.close()
+    assert not isinstance(caught.value, StoreUnreachable), caught.value
+    assert said in str(caught.value) and "unreachable" not in str(caught.value), caught.value
+
+
+@pytest.mark.parametrize("which", ["sqlite", "postgres"])
+def test_the_log_prune_is_bounded_and_drains_a_backlog(
+    which: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """A backlog of old decisions (and task history) is pruned at most PRUNE_BATCH rows a
+    call (a whole backlog in one statement would outlast PostgreSQL's statement timeout and
+    fail the admission every time), and calls drain it; newer rows are kept."""
+    from ringrift_coord.admission import PRUNE_BATCH, prune_logs
+    from ringrift_coord.clock import ManualClock
+
+    engine_db = EngineDB(which, tmp_path, request)  # both engines (this module: SQLite)
+    request.addfinalizer(engine_db.close)
+    clock = ManualClock(1_000_000.0)
+    store = engine_db.open(clock=clock)
+    old, new = 2 * PRUNE_BATCH + 500, 300
+    with store.write() as tx:
+        for n in range(old + new):
+            at = 1000.0 + n if n < old else 999_000.0 + n
+            tx.execute(
+                "INSERT INTO decisions (at, action, task_type, node, host, pid, who, allowed, "
+                "rules) VALUES (?, 'can-spawn', 'selfplay', 'n1', 'h', 1, 'u', 1, '[]')",
+                (at,),
+            )
+            tx.execute(
+                "INSERT INTO task_history (task_id, task_type, node, host, started_at, "
+                "ended_at, duration, status) VALUES (?, 'selfplay', 'n1', 'h', ?, ?, 1, 'ok')",
+                (f"t{n}", at - 1, at),
+            )
+    cutoff = clock.time() - 86400.0  # a day of log kept
+    rounds = []
+    while True:
+        with store.write() as tx:
+            deleted = prune_logs(tx, cutoff)
+        rounds.append(deleted)
+        if not deleted:
+            break
+        assert len(rounds) < 10, rounds
+    assert max(rounds) <= 2 * PRUNE_BATCH, rounds  # each log: at most PRUNE_BATCH a call
+    assert len(rounds) == 4, rounds  # 2 full batches, the rest, then nothing
+    with store.read() as tx:
+        for table, column in (("decisions", "at"), ("task_history", "ended_at")):
+            left = tx.one(f"SELECT count(*) AS n, min({column}) AS first FROM {table}")
+            assert left is not None and int(left["n"]) == new, (table, left)
+            assert float(left["first"]) >= cutoff
+
+
+def test_postgres_keepalives_in_the_address_are_kept(pg_url: str) -> None:
+    """The user's own keepalive settings in the connection address win over the defaults."""
+    from ringrift_coord.store.postgres import KEEPALIVES, PostgresStore
+
+    sep = "&" if "?" in pg_url else "?"
+    store = PostgresStore(f"{pg_url}{sep}keepalives_idle=33", busy_timeout=2.0, connect_timeout=2)
+    try:
+        with store.read() as tx:
+            tx.one("SELECT 1")
+        params = store._conn.info.get_parameters()
+        assert params.get("keepalives_idle") == "33", params
+        assert params.get("keepalives_count") == str(KEEPALIVES["keepalives_count"]), params
+    finally:
+        store.close()
+
+
+def test_postgres_an_explicit_endless_wait_is_not_cut_by_the_reply_timeout(pg_url: str) -> None:
+    """The reply timeout bounds waits that gave none; a LISTEN's notifies(timeout=None)
+    waits until a notification comes, however long after the reply timeout."""
+    import threading
+
+    import psycopg
+
+    from ringrift_coord.store.postgres import _connection_class
+
+    conn = _connection_class(psycopg).connect(pg_url, autocommit=True)
+    conn.reply_timeout = 0.3
+    got: list[str] = []
+    try:
+        conn.execute("LISTEN f2f")
+
+        def listen() -> None:
+            got.extend(n.payload for n in conn.notifies(timeout=None, stop_after=1))
+
+        thread = threading.Thread(target=listen, daemon=True)
+        thread.start()
+        thread.join(1.2)  # four reply timeouts pass: still waiting
+        assert thread.is_alive() and not got, got
+        with psycopg.connect(pg_url, autocommit=True) as other:
+            other.execute("NOTIFY f2f, 'rang'")
+        thread.join(10)
+        assert got == ["rang"], got
+    finally:
+        conn.close()

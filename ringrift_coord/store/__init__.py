@@ -125,6 +125,8 @@ def check_sqlite_path(path: str, *, create: bool = True) -> None:
         gone = deleted_store(path)
         if gone is not None:
             raise gone from None
+        if os.path.lexists(path):  # created meanwhile (deleted_store looked again)
+            return check_sqlite_path(path, create=create)
         if not create:
             raise NoStore(
                 f"no store at {os.path.abspath(path)} (nothing recorded there yet; a command "

@@ -22,6 +22,22 @@ class StoreUnreachable(StoreBusy):
     was decided, retry later), said as "unreachable", never as "busy"."""
 
 
+class StoreCorrupt(StateError):
+    """The store's pages are damaged (exit 3). ``problem``: "state store X is corrupt: ..."
+    without the advice, for callers that say what they did about it."""
+
+    def __init__(self, problem: str, advice: str) -> None:
+        super().__init__(f"{problem}; {advice}")
+        self.problem = problem
+
+
+CORRUPT_ADVICE = (
+    "nothing was written: run `ringrift-coord doctor`; to restore it from a backup, stop every "
+    "process using it, remove its -wal and -shm files, then put the backup in place (or move "
+    "all three aside)"
+)
+
+
 class NoStore(StateError):
     """A read-only command found no store where one was named (exit 3): no SQLite file, or
     a PostgreSQL database without the schema (``doctor``, which never creates one)."""
@@ -74,10 +90,6 @@ class Tx(ABC):
     @abstractmethod
     def now(self) -> float:
         """The store's clock, seconds since the epoch (leases are timed by it)."""
-
-    def check_integrity(self) -> None:  # noqa: B027 (a no-op where the server guards it)
-        """Refuse (``StateError``, exit 3) to write into a store whose pages are damaged:
-        SQLite checks its file (``PRAGMA quick_check``); a server guards its own pages."""
 
 
 class Store(ABC):
@@ -140,6 +152,12 @@ class Store(ABC):
         with self._thread_lock():
             self._begin(write=True)
             self._rollback()
+
+    def check_integrity(self, tables: Sequence[str]) -> None:  # noqa: B027 (server: no-op)
+        """Refuse (``StoreCorrupt``, exit 3) a store whose pages of ``tables`` (and their
+        indexes) are damaged, checked in a read transaction of its own, before any write
+        lock is taken: SQLite checks its file (``PRAGMA quick_check(table)``); a server
+        guards its own pages."""
 
     @abstractmethod
     def close(self) -> None: ...

@@ -216,7 +216,7 @@ class PostgresStore(Store):
                 connect_timeout=self.connect_timeout,
                 autocommit=True,
                 application_name="ringrift-coord",
-                **_keepalives(psycopg),
+                **_keepalives(psycopg, self.url),
             )
             self._conn.reply_timeout = self.statement_timeout + REPLY_MARGIN  # psycopg >= 3.3
             settings = [
@@ -265,7 +265,17 @@ class PostgresStore(Store):
                 f"{human(self.statement_timeout)} statement timeout ({text[:200]}); nothing "
                 "was decided, try again"
             )
-        if state in ("53300", "53000"):  # too many connections, out of resources
+        if state in ("40P01", "40001"):  # deadlock, serialization failure: rolled back
+            return StoreBusy(
+                f"PostgreSQL {where} rolled the transaction back ({text[:200]}); nothing was "
+                "decided, try again"
+            )
+        if state == "53100":  # disk full: the server answered, it is not unreachable
+            return StateError(
+                f"disk full on the PostgreSQL server {where} ({text[:200]}); nothing was "
+                "decided: free space there and try again"
+            )
+        if state in ("53300", "53000", "53200"):  # too many connections, out of resources
             return StoreBusy(
                 f"PostgreSQL {where} is busy ({text[:200]}); nothing was decided, try again later"
             )
@@ -281,7 +291,9 @@ class PostgresStore(Store):
             exc, psycopg.errors.UndefinedTable
         ):
             return StateError(f"PostgreSQL {where} refused us: {text[:300]}")
-        if isinstance(exc, psycopg.OperationalError | psycopg.errors.AdminShutdown):
+        # Unreachable: only what says the server did not answer (no SQLSTATE: libpq's own
+        # connection failures, a closed connection); a server's own error is said as its own
+        if isinstance(exc, psycopg.OperationalError) and not state:
             return StoreUnreachable(
                 f"PostgreSQL {where} is unreachable ({text[:200]}); nothing was decided, "
                 "try again later"
@@ -412,6 +424,12 @@ class PostgresStore(Store):
         except self._psycopg.Error as exc:
             self._drop_if_hung(exc)
             self._rollback()
+            if isinstance(exc, _WAIT_TIMEOUT(self._psycopg)):  # COMMIT sent, no answer
+                raise StoreUnreachable(
+                    f"PostgreSQL {redact(self.url)} did not answer the commit in "
+                    f"{human(self.statement_timeout + REPLY_MARGIN)}: whether it was decided "
+                    "is unknown (see `ringrift-coord tasks`)"
+                ) from None
             raise self._translate(exc) from None
 
     def _rollback(self) -> None:
@@ -503,12 +521,22 @@ class PostgresStore(Store):
 _CONNECTION_CLASS: Any = None
 
 
-def _keepalives(psycopg: Any) -> dict[str, int]:
-    """KEEPALIVES, less ``tcp_user_timeout`` where libpq is older than 12 (it would refuse
-    the whole connection string)."""
-    if psycopg.pq.version() >= 120000:
-        return KEEPALIVES
-    return {k: v for k, v in KEEPALIVES.items() if k != "tcp_user_timeout"}
+def _keepalives(psycopg: Any, url: str) -> dict[str, int]:
+    """KEEPALIVES, less those the address sets itself (the user's choice wins), and less
+    ``tcp_user_timeout`` where libpq is older than 12 (it would refuse the whole connection
+    string)."""
+    try:
+        from psycopg.conninfo import conninfo_to_dict
+
+        given = set(conninfo_to_dict(url))
+    except Exception:  # noqa: BLE001 (unparsable: connect says so, masked)
+        given = set()
+    old_libpq = psycopg.pq.version() < 120000
+    return {
+        k: v
+        for k, v in KEEPALIVES.items()
+        if k not in given and not (old_libpq and k == "tcp_user_timeout")
+    }
 
 
 def _WAIT_TIMEOUT(psycopg: Any) -> Any:  # noqa: N802 (read as the exception class it gives)
@@ -529,7 +557,9 @@ def _connection_class(psycopg: Any) -> Any:
                 reply_timeout: float | None = None
 
                 def wait(self, gen: Any, *args: Any, **kwargs: Any) -> Any:
-                    if len(args) < 2 and kwargs.get("timeout") is None:
+                    # only where no timeout was given at all: an explicit None (a LISTEN's
+                    # notifies(timeout=None): wait for ever) is kept
+                    if len(args) < 2 and "timeout" not in kwargs:
                         kwargs["timeout"] = self.reply_timeout
                     return super().wait(gen, *args, **kwargs)
 

@@ -25,7 +25,15 @@ from collections.abc import Sequence
 from ringrift_coord.clock import SYSTEM_CLOCK, Clock
 from ringrift_coord.durations import human
 from ringrift_coord.errors import StateError, StoreBusy
-from ringrift_coord.store.base import NoStore, Row, Store, StoreGone, Tx
+from ringrift_coord.store.base import (
+    CORRUPT_ADVICE,
+    NoStore,
+    Row,
+    Store,
+    StoreCorrupt,
+    StoreGone,
+    Tx,
+)
 from ringrift_coord.store.migrations import MIGRATION_NAMES, MIGRATIONS, statements
 
 TYPE_CHECKING = False  # typing costs start-up time on the hot path; annotations are lazy
@@ -81,15 +89,6 @@ class SQLiteTx(Tx):
             self._now = self._store.clock.time()
         return self._now
 
-    def check_integrity(self) -> None:
-        problems = [str(r["quick_check"]) for r in self.query("PRAGMA quick_check(3)")]
-        if problems != ["ok"]:
-            raise StateError(
-                f"state store {self._store.path} is corrupt: {'; '.join(problems)[:300]}; "
-                "nothing was written: run `ringrift-coord doctor`, then restore it from a "
-                "backup or move it aside"
-            )
-
 
 class SQLiteStore(Store):
     engine = "sqlite"
@@ -111,19 +110,25 @@ class SQLiteStore(Store):
         self.shared_gid = shared_gid
         self._query_only = False
         self._next_wal_cut = 0.0
-        if os.path.lexists(self.path):
-            store_id = check_database_file(self.path, shared_gid)
-        else:
-            gone = deleted_store(self.path)
+        if not os.path.lexists(self.path):
+            gone = deleted_store(self.path)  # (it looks for the file again: see there)
             if gone is not None:
                 raise gone
             if not migrate:
                 raise NoStore(f"no store at {self.path} (nothing recorded there yet)")
             _create_database(self.path, clock, shared_gid)
-            store_id = check_database_file(self.path, shared_gid)
+        store_id = check_database_file(self.path, shared_gid)
         recorded = read_store_id(self.path)
         if recorded is not None and store_id and store_id != recorded:
             raise self._replaced(store_id, recorded)
+        holder = foreign_wal_holder(self.path)
+        if holder is not None:
+            raise StoreGone(
+                f"{self.path}-wal and {self.path}-shm belong to a deleted store that process "
+                f"{holder} still has open (SQLite would replay its pages into {self.path}): "
+                f"stop every process using it, remove {self.path}-wal and {self.path}-shm, "
+                "then try again"
+            )
         self._conn = self._connect()
         st = os.stat(self.path)
         self._identity = (st.st_dev, st.st_ino)
@@ -131,9 +136,13 @@ class SQLiteStore(Store):
             self._migrate()
         else:
             self.applied_migrations = self._applied()
-        if not store_id:  # the header may be behind the WAL, or a store older than the ids
-            store_id = self._store_id(adopt=migrate and recorded is None)
-            if recorded is not None and store_id != recorded:
+        if not store_id:  # the header may be behind the WAL, or a store without an id
+            # A ringrift-coord store (migrated above) whose id is 0: one made before stores
+            # had ids, a backup of this store taken then, or one salvaged with sqlite3's
+            # .dump / .recover. It is adopted: the marker's id when there is one, else new
+            # (never by a read-only open: it writes nothing).
+            store_id = self._store_id(adopt=migrate, adopt_as=recorded)
+            if recorded is not None and store_id and store_id != recorded:
                 self._conn.close()
                 raise self._replaced(store_id, recorded)
         if recorded is None and store_id and migrate:
@@ -146,13 +155,15 @@ class SQLiteStore(Store):
         marker = self.path + ID_SUFFIX
         return StoreGone(
             f"state store {self.path} was replaced by another store (its id is {found:08x}, "
-            f"{marker} records {recorded:08x}); restore it from a backup, or remove {marker} "
-            "to start using this one as a new store"
+            f"{marker} records {recorded:08x}); {restore_advice(self.path)}, or remove "
+            f"{marker} to start using this one as a new store"
         )
 
-    def _store_id(self, adopt: bool) -> int:
-        """The id in the header as this connection sees it; ``adopt``: a store made before
-        stores had ids gets one now (once, whoever races)."""
+    def _store_id(self, adopt: bool, adopt_as: int | None) -> int:
+        """The id in the header as this connection sees it; with ``adopt``, a store without
+        one gets one now (once, whoever races): ``adopt_as``, or a new id when None. 0: it
+        could not be written here (read-only, busy): the next process that can write adopts
+        it."""
         try:
             found = int(self._conn.execute("PRAGMA application_id").fetchone()[0])
             if found or not adopt:
@@ -161,7 +172,7 @@ class SQLiteStore(Store):
             try:
                 found = int(self._conn.execute("PRAGMA application_id").fetchone()[0])
                 if not found:
-                    found = new_store_id()
+                    found = adopt_as or new_store_id()
                     self._conn.execute(f"PRAGMA application_id = {found}")
                 self._conn.execute("COMMIT")
             except BaseException:
@@ -187,9 +198,29 @@ class SQLiteStore(Store):
         marker = self.path + ID_SUFFIX
         raise StoreGone(
             f"state store {self.path} was {how} while this process had it open; nothing more "
-            f"is written to the lost file: restore it, or remove {marker} to start a new empty "
-            "store"
+            f"is written to the lost file: {restore_advice(self.path)}, or remove {marker} to "
+            "start a new empty store"
         )
+
+    def check_integrity(self, tables: Sequence[str]) -> None:
+        """``PRAGMA quick_check(table)`` of each of ``tables`` that exists, in one read
+        transaction (no write lock held: admissions go on meanwhile). A table and its
+        indexes only: a whole-file check of a large store takes seconds."""
+        problems: list[str] = []
+        with self.read() as tx:  # a page too damaged to read: StoreCorrupt from _translate
+            known = {
+                r["name"] for r in tx.query("SELECT name FROM sqlite_master WHERE type = 'table'")
+            }
+            for table in tables:
+                if table in known:
+                    found = tx.query(f'PRAGMA quick_check("{table}")')
+                    problems += [str(r["quick_check"]) for r in found]
+        problems = [p for p in problems if p != "ok"]
+        if problems:
+            raise StoreCorrupt(
+                f"state store {self.path} is corrupt: {'; '.join(problems)[:300]}",
+                CORRUPT_ADVICE,
+            )
 
     # -- connection ---------------------------------------------------------------------
 
@@ -270,10 +301,7 @@ class SQLiteStore(Store):
                     f"({why or 'SQLite refused to write it'}); nothing was written"
                 )
         if "malformed" in text or "not a database" in text or "corrupt" in text:
-            return StateError(
-                f"state store {self.path} is corrupt: {text}; nothing was written: run "
-                "`ringrift-coord doctor`, then restore it from a backup or move it aside"
-            )
+            return StoreCorrupt(f"state store {self.path} is corrupt: {text}", CORRUPT_ADVICE)
         return StateError(f"cannot use database {self.path}: {text}")
 
     # -- transactions -------------------------------------------------------------------
@@ -574,16 +602,9 @@ def _create_database(path: str, clock: Clock, shared_gid: int | None = None) -> 
     directory = os.path.dirname(path)
     if not os.path.isdir(directory):
         raise StateError(f"directory {directory} for database {path} does not exist")
-    # a WAL with no database beside it is left from a store deleted under a process that
-    # still has it open: a new file would take its pages as its own (the old store's
-    # rows would reappear in it, or its pages be damaged). Checked in this order, a WAL
-    # that appears with a store published meanwhile is never taken for one.
-    if os.path.lexists(path + "-wal") and not os.path.lexists(path):
-        raise StateError(
-            f"{path}-wal is left from a deleted store (a process may still have it open); "
-            f"a new store is not made beside it: once no process uses it (fuser {path}-wal),"
-            f" remove {path}-wal and {path}-shm, then try again"
-        )
+    orphan = orphaned_wal(path)
+    if orphan is not None:
+        raise orphan
     tmp = f"{path}.init-{os.getpid()}-{time.monotonic_ns()}"
     try:
         os.close(create_file(tmp, shared_gid))
@@ -651,9 +672,14 @@ def _why_read_only(path: str) -> str | None:
 
 def deleted_store(path: str) -> StoreGone | None:
     """The refusal for a SQLite path whose store is missing although its marker
-    (``PATH.id``) says one was created there; None when no marker exists."""
+    (``PATH.id``) says one was created there; None when no marker exists, or the file
+    exists (again) after all."""
     marker = os.path.abspath(path) + ID_SUFFIX
     if not os.path.lexists(marker):
+        return None
+    # a store created meanwhile: its creator publishes the file, then writes the marker, so
+    # a marker found after "no file" may be that new store's; look for the file again
+    if os.path.lexists(path):
         return None
     try:
         recorded = read_store_id(os.path.abspath(path))
@@ -662,5 +688,99 @@ def deleted_store(path: str) -> StoreGone | None:
         which = ""
     return StoreGone(
         f"state store {os.path.abspath(path)} was deleted ({which}recorded in {marker}); "
-        f"restore it from a backup, or remove {marker} to start a new empty store"
+        f"{restore_advice(os.path.abspath(path))}, or remove {marker} to start a new empty store"
+    )
+
+
+def orphaned_wal(path: str) -> StateError | None:
+    """The refusal for a WAL with no database beside it: left from a store deleted under a
+    process that still has it open, a new file would take its pages as its own (the old
+    store's rows would reappear in it, or its pages be damaged). Checked in this order, a
+    WAL that appears with a store published meanwhile is never taken for one."""
+    if os.path.lexists(path + "-wal") and not os.path.lexists(path):
+        return StateError(
+            f"{path}-wal is left from a deleted store (a process may still have it open); "
+            f"a new store is not made beside it: once no process uses it (fuser {path}-wal),"
+            f" remove {path}-wal and {path}-shm, then try again"
+        )
+    return None
+
+
+LOCKS_FILE = "/proc/locks"
+
+
+def foreign_wal_holder(path: str, locks_file: str = LOCKS_FILE) -> int | None:
+    """A process that holds ``path``'s WAL index (``-shm``) but not the file at ``path``:
+    it has a store open that was deleted (or moved away) and a file restored in its place,
+    and SQLite would replay that store's WAL into the restored file. None: none seen.
+
+    Every SQLite connection in WAL mode holds a read lock on its database file and one on
+    its ``-shm`` while open (taken in that order, released in the other), as POSIX locks
+    that ``/proc/locks`` lists by inode: ~30 us to read, and only where a ``-shm`` exists; a
+    process that holds the ``-shm`` only is then confirmed by its open descriptors.
+    """
+    try:
+        shm = os.stat(path + "-shm").st_ino
+        db = os.stat(path).st_ino
+        with open(locks_file, "rb") as handle:
+            text = handle.read()
+    except OSError:
+        return None
+    on_shm, on_db = set(), set()
+    for line in text.splitlines():
+        fields = line.split()
+        if len(fields) < 6 or fields[1] == b"->":  # a waiter holds nothing yet
+            continue
+        try:
+            pid, ino = int(fields[4]), int(fields[5].rsplit(b":", 1)[1])
+        except (ValueError, IndexError):
+            continue
+        if pid <= 0:  # not visible from this pid namespace: cannot be judged
+            continue
+        if ino == shm:
+            on_shm.add(pid)
+        elif ino == db:
+            on_db.add(pid)
+    # A process can lose its lock on the file without letting go of it (closing any other
+    # descriptor of a file drops all of a process's POSIX locks on it): only one seen to
+    # have another file open under this name (the deleted one) is taken for a holder.
+    for pid in sorted(on_shm - on_db):
+        if _has_other_file_open(pid, path, db):
+            return pid
+    return None
+
+
+def _has_other_file_open(pid: int, path: str, ino: int) -> bool:
+    """Whether ``pid`` has a file open under ``path``'s name that is not inode ``ino``
+    (False where its descriptors cannot be read: another user's process)."""
+    fds = f"/proc/{pid}/fd"
+    try:
+        names = os.listdir(fds)
+    except OSError:
+        return False
+    for name in names:
+        try:
+            target = os.readlink(f"{fds}/{name}")
+            if target == path + " (deleted)":
+                return True
+            if target == path and os.stat(f"{fds}/{name}").st_ino != ino:
+                return True
+        except OSError:
+            continue
+    return False
+
+
+def missing_store(path: str) -> StateError | None:
+    """Why no store may be made at ``path`` where none is (``deleted_store``, then
+    ``orphaned_wal``); None: the first admission may create it."""
+    return deleted_store(path) or orphaned_wal(os.path.abspath(path))
+
+
+def restore_advice(path: str) -> str:
+    """How to put a store back at ``path`` safely. A process that still has the lost store
+    open keeps ``-wal`` and ``-shm`` in place, and SQLite would replay that WAL (the lost
+    store's pages) into the restored file: its rows reappear, or its pages are damaged."""
+    return (
+        f"to restore it, stop every process using it, remove {path}-wal and {path}-shm, then "
+        "put the backup in place"
     )
