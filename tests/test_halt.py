@@ -204,7 +204,7 @@ def test_a_touched_halt_file_is_never_stale(coord):
     """Only ``halt``'s own copy of a cluster-wide halt goes stale with the store's row; a file
     an operator touched halts this host, whatever another host lifts."""
     other = second_host(coord)
-    coord("tasks")  # creates the state directory
+    coord.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     (coord.state_dir / "EMERGENCY_HALT").touch()
     assert other("unhalt").returncode == 0
     views = views_of_the_halt(coord)
