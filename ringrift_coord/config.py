@@ -824,6 +824,15 @@ def _cross_checks(values: dict[str, Any], sources: dict[str, str], path: str | N
                 sources,
                 path,
             )
+    wake_poll, lease_ttl = values["run"]["wake_poll"], values["store"]["lease_ttl"]
+    if wake_poll > lease_ttl / 4:
+        raise _cross_fail(
+            f"run.wake_poll ({wake_poll:g}) is above store.lease_ttl / 4 ({lease_ttl / 4:g}): a "
+            "waiter's polls are its heartbeat, and other hosts would drop it from the line",
+            ("run.wake_poll", "store.lease_ttl"),
+            sources,
+            path,
+        )
     peak = values["peak_hours"]
     if peak["start"] == peak["end"]:
         raise _cross_fail(

@@ -13,7 +13,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
-from ringrift_coord.errors import StateError, StoreBusy
+from ringrift_coord.errors import SignalError, StateError, StoreBusy
 
 Row = dict  # dict[str, Any]: one row, column name -> value
 
@@ -120,11 +120,16 @@ class Store(ABC):
                 self._rollback()
                 raise
             self._commit()
+            signalled: SignalError | None = None
             for fn in tx.__dict__.pop("_after_commit", ()):
                 try:
                     fn()
+                except SignalError as exc:  # a signal's: the rest still run, then it goes on
+                    signalled = signalled or exc
                 except Exception:  # noqa: S110 (the change has landed; a hook never undoes it)
                     pass
+            if signalled is not None:
+                raise signalled
 
     @contextmanager
     def read(self) -> Iterator[Tx]:
