@@ -825,7 +825,8 @@ def _cross_checks(values: dict[str, Any], sources: dict[str, str], path: str | N
                 path,
             )
     wake_poll, lease_ttl = values["run"]["wake_poll"], values["store"]["lease_ttl"]
-    if wake_poll > lease_ttl / 4:
+    # set by hand above it: refused; the default is lowered to it (a short lease_ttl alone)
+    if wake_poll > lease_ttl / 4 and sources.get("run.wake_poll", "default") != "default":
         raise _cross_fail(
             f"run.wake_poll ({wake_poll:g}) is above store.lease_ttl / 4 ({lease_ttl / 4:g}): a "
             "waiter's polls are its heartbeat, and other hosts would drop it from the line",

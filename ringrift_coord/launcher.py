@@ -281,9 +281,11 @@ def acquire(
         bell = keeper.ctx.store.doorbell(kind, seq, node)
         if bell.note is not None and note is not None:
             note(bell.note)
-        wake_poll = max(poll, float(keeper.ctx.settings.get("run.wake_poll")))
-        # a waiter on another host is alive while it keeps asking (its heartbeat)
-        slowest = max(wake_poll, float(keeper.ctx.settings.get("store.lease_ttl")) / 4)
+        # a waiter on another host is alive while it keeps asking (its heartbeat): it asks
+        # at least every lease_ttl / 4
+        heartbeat = float(keeper.ctx.settings.get("store.lease_ttl")) / 4
+        wake_poll = max(poll, min(float(keeper.ctx.settings.get("run.wake_poll")), heartbeat))
+        slowest = max(wake_poll, heartbeat)
         attempt, rung = 0, False
         while True:
             try:
