@@ -872,6 +872,16 @@ def _cross_checks(values: dict[str, Any], sources: dict[str, str], path: str | N
                 sources,
                 path,
             )
+    wake_poll, lease_ttl = values["run"]["wake_poll"], values["store"]["lease_ttl"]
+    # set by hand above it: refused; the default is lowered to it (a short lease_ttl alone)
+    if wake_poll > lease_ttl / 4 and sources.get("run.wake_poll", "default") != "default":
+        raise _cross_fail(
+            f"run.wake_poll ({wake_poll:g}) is above store.lease_ttl / 4 ({lease_ttl / 4:g}): a "
+            "waiter's polls are its heartbeat, and other hosts would drop it from the line",
+            ("run.wake_poll", "store.lease_ttl"),
+            sources,
+            path,
+        )
     peak = values["peak_hours"]
     if peak["start"] == peak["end"]:
         raise _cross_fail(

@@ -48,6 +48,11 @@ class CoordError(Exception):
         return self.message
 
 
+class SignalError(CoordError):
+    """Raised by a signal's handler (SIGTERM while ``run --wait`` waits): code that swallows
+    its own failures (a committed change's after-commit work) still lets this one through."""
+
+
 class UsageError(CoordError, ValueError):
     """Bad input. ``field`` names the input in the core's own terms (``ttl``, ``task_id``).
 

@@ -30,7 +30,14 @@ from ringrift_coord.config import Settings
 from ringrift_coord.context import Context
 from ringrift_coord.decision import Decision
 from ringrift_coord.durations import human
-from ringrift_coord.errors import CoordError, ExitCode, StoreBusy, UsageError, WaitTimeout
+from ringrift_coord.errors import (
+    CoordError,
+    ExitCode,
+    SignalError,
+    StoreBusy,
+    UsageError,
+    WaitTimeout,
+)
 from ringrift_coord.store.base import StoreGone
 from ringrift_coord.task_coordinator import Holder, TaskCoordinator
 from ringrift_coord.tasktypes import TaskType
@@ -63,7 +70,7 @@ class RunDenied(CoordError):
         self.decision = decision
 
 
-class Interrupted(CoordError):
+class Interrupted(SignalError):
     def __init__(self, signum: int) -> None:
         super().__init__(f"interrupted by {signal.Signals(signum).name} before the command started")
         self.exit_code = 128 + signum  # type: ignore[assignment]
@@ -230,8 +237,10 @@ def acquire(
     wait: bool,
     timeout: float | None,
     on_wait: WaitCallback | None = None,
+    note: Callable[[str], None] | None = None,
 ) -> Decision:
-    """Admit through ``keeper`` now, or (``wait``) wait in the fair queue until admitted."""
+    """Admit through ``keeper`` now, or (``wait``) wait in the fair queue until admitted
+    (``note``: told once why it waits by polling, when its doorbell could not be made)."""
     if not wait:
         decision = keeper.acquire(None, True)
         if not decision.allowed:
@@ -270,9 +279,13 @@ def acquire(
         # before the first attempt: a ring while it runs stays in the doorbell, never lost
         kind, node = keeper.queue_key()
         bell = keeper.ctx.store.doorbell(kind, seq, node)
-        wake_poll = max(poll, float(keeper.ctx.settings.get("run.wake_poll")))
-        # a waiter on another host is alive while it keeps asking (its heartbeat)
-        slowest = max(wake_poll, float(keeper.ctx.settings.get("store.lease_ttl")) / 4)
+        if bell.note is not None and note is not None:
+            note(bell.note)
+        # a waiter on another host is alive while it keeps asking (its heartbeat): it asks
+        # at least every lease_ttl / 4
+        heartbeat = float(keeper.ctx.settings.get("store.lease_ttl")) / 4
+        wake_poll = max(poll, min(float(keeper.ctx.settings.get("run.wake_poll")), heartbeat))
+        slowest = max(wake_poll, heartbeat)
         attempt, rung = 0, False
         while True:
             try:
@@ -286,13 +299,15 @@ def acquire(
                 # room may be left for the next one (two releases rang us at once; a halt
                 # lifted over a whole line): the line moves on one writer at a time
                 bell.ring_next()
+                if not in_line:  # from the held line: the held-back ones after it too
+                    bell.ring_held_next()
                 return decision
             # Denied by a halt (its node drained, its type or everything halted) or by peak
             # hours, it holds no place: it would count against every other node's limits
             # (and against shorter tasks that may start before the window) while it cannot
             # run. It keeps its seq, so the waiters ahead of it by arrival are still the ones
             # counted, and takes its place back once only the limits deny it.
-            rejoined = False
+            rejoined, was_held = False, not in_line
             try:
                 if decision.held_back and in_line:
                     keeper.leave_queue(seq)
@@ -303,11 +318,13 @@ def acquire(
             except StoreBusy as exc:
                 busy(exc)
                 continue
-            bell.held_back = not in_line
-            if rejoined or (rung and not in_line):
-                # back in line after a halt lifted (the ones behind may be back too), or
-                # rung while still held back (the ring was for a waiter it cannot be)
-                bell.ring_next()
+            bell.held_back = not in_line  # its doorbell moves to the held line and back
+            if rung and was_held:
+                # rung in the held line (a halt lifted, a reservation dropped): the held-back
+                # one after it is rung in turn, whether this one may go back in line or not
+                bell.ring_held_next()
+            if rejoined:
+                bell.ring_next()  # back in line: the ones behind it may be back too
             waited = clock.monotonic() - started
             if on_wait is not None:
                 on_wait(decision, waited)
@@ -322,6 +339,8 @@ def acquire(
             )
             if deadline is not None:
                 interval = min(interval, max(0.0, deadline - clock.monotonic()))
+            if bell.live and interval >= 1.0:
+                keeper.ctx.store.idle()  # no server connection held while it sleeps
             rung = bell.wait(interval)
     finally:
         for sig, handler in previous.items():
@@ -372,8 +391,12 @@ def _wait_interval(
         ]
         if timed:
             interval = min(interval, max(poll, min(timed)))
-    if not in_line and not decision.halted and decision.retry_after:  # peak hours: hours ahead
-        interval = max(interval, min(decision.retry_after, PEAK_POLL))
+    if not in_line and not decision.halted and decision.retry_after:
+        # peak hours: no ring comes when the window ends; it wakes then (its end is known),
+        # never later than the held-back floor, and asks at most every PEAK_POLL before it
+        ends = [r.retry_after for r in decision.reasons if r.rule == "peak_hours" and r.retry_after]
+        until = min(ends) if ends else decision.retry_after
+        interval = max(poll, min(max(interval, PEAK_POLL), until))
     return interval
 
 
@@ -648,7 +671,7 @@ def run_held(
     settings = keeper.ctx.settings
     clock = keeper.ctx.clock
     me = os.getpid()
-    decision = acquire(keeper, wait=wait, timeout=timeout, on_wait=on_wait)
+    decision = acquire(keeper, wait=wait, timeout=timeout, on_wait=on_wait, note=note)
     if on_admitted is not None:
         on_admitted()
     task_id, token = decision.task_id, decision.lease_token

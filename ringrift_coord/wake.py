@@ -44,10 +44,25 @@ class Doorbell:
     (the engine has no wake-up, or it could not be set up): the waiter polls."""
 
     live = False  # True: a ring can wake this waiter (its polls are only a safety net)
+    note: str | None = None  # why it only polls, said once to the user (a wake-up failed)
 
     def __init__(self, clock: Clock) -> None:
         self.clock = clock
-        self.held_back = False  # out of line (a halt, peak hours): the waiter says so
+        self._held = False
+
+    @property
+    def held_back(self) -> bool:
+        """Out of line (a halt, peak hours): the waiter says so, and stands in the held line."""
+        return self._held
+
+    @held_back.setter
+    def held_back(self, held: bool) -> None:
+        if held != self._held:
+            self._step(held)
+        self._held = held
+
+    def _step(self, held: bool) -> None:
+        """Move to the held line (``held``) or back into the waiting line."""
 
     def wait(self, timeout: float) -> bool:
         """Sleep until rung or ``timeout`` seconds of the clock passed; True when rung."""
@@ -56,6 +71,10 @@ class Doorbell:
 
     def ring_next(self) -> None:
         """Ring the waiter of this queue next in line after this one."""
+
+    def ring_held_next(self) -> None:
+        """Rung while held back: ring the held-back waiter of this queue after this one (the
+        held line follows a lifted halt one by one)."""
 
     def close(self) -> None:
         """Leave: nobody can ring this doorbell any more."""
@@ -89,6 +108,12 @@ def node_tag(node: str) -> str:
 
 def wake_dir(db_path: str) -> str:
     return db_path + WAKE_SUFFIX
+
+
+# a held-back waiter's FIFO: ``held.<kind>.<seq>.<nodetag>``; a ring for a freed slot never
+# reaches it (it could not use the slot), an unhalt or a dropped reservation does
+HELD_PREFIX = "held."
+STALE_TEMP = 60.0  # seconds: a ``.new-*`` temp this old was left by a waiter that died
 
 
 def _parse(name: str) -> tuple[str, int, str] | None:
@@ -180,15 +205,71 @@ def _ring_one(dir_fd: int, name: str, shared_gid: int | None) -> str:
         os.close(fd)
 
 
-def _fifos(dir_fd: int) -> list[tuple[str, int, str, str]]:
-    """(kind part, seq, node tag, name) of every waiter's FIFO, in seq order."""
+def _fifos(dir_fd: int, held: bool = False) -> list[tuple[str, int, str, str]]:
+    """(kind part, seq, node tag, name) of every waiter's FIFO in line (``held``: of every
+    held-back waiter), in seq order."""
     found = []
     for name in os.listdir(dir_fd):
-        parsed = _parse(name)
+        if held != name.startswith(HELD_PREFIX):
+            continue
+        parsed = _parse(name[len(HELD_PREFIX) :] if held else name)
         if parsed is not None:
             found.append((*parsed, name))
     found.sort(key=lambda f: f[1])
     return found
+
+
+def _ours(st: os.stat_result, shared_gid: int | None) -> bool:
+    return st.st_uid in (os.geteuid(), 0) or (shared_gid is not None and st.st_gid == shared_gid)
+
+
+def _remove_if_stale(dir_fd: int, name: str, shared_gid: int | None) -> bool:
+    """Remove ``name`` when it is a FIFO of ours that nobody reads (a killed waiter's, left
+    with a seq a new or restored store hands out again); True when it was. Anything else (a
+    symlink, a regular file, another user's file, a live waiter's FIFO) is left alone."""
+    try:
+        st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+        if not stat.S_ISFIFO(st.st_mode) or not _ours(st, shared_gid):
+            return False
+        fd = os.open(
+            name,
+            os.O_WRONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NOCTTY,
+            dir_fd=dir_fd,
+        )
+    except OSError as exc:
+        if exc.errno != errno.ENXIO:  # ENXIO: a FIFO with no reader
+            return False
+        try:
+            os.unlink(name, dir_fd=dir_fd)
+        except FileNotFoundError:
+            pass
+        except OSError:
+            return False
+        return True
+    os.close(fd)  # somebody reads it: a live waiter's
+    return False
+
+
+def _clean_temps(dir_fd: int, shared_gid: int | None) -> None:
+    """Remove the ``.new-*`` temps of waiters that died while publishing (a minute old)."""
+    import time
+
+    try:
+        for name in os.listdir(dir_fd):
+            if not name.startswith(".new-"):
+                continue
+            try:
+                st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+                if (
+                    stat.S_ISFIFO(st.st_mode)
+                    and _ours(st, shared_gid)
+                    and time.time() - st.st_mtime > STALE_TEMP
+                ):
+                    os.unlink(name, dir_fd=dir_fd)
+            except OSError:
+                continue
+    except OSError:
+        pass
 
 
 def _ring_first(
@@ -220,13 +301,23 @@ def ring_fifos(
         return
     try:
         fifos = _fifos(dir_fd)
-        if not fifos:
+        held = _fifos(dir_fd, held=True)
+        if not fifos and not held:
             return
         done: set[str] = set()
         for kind, node in targets:
             if kind is None:
-                for part in sorted({f[0] for f in fifos}):
-                    _ring_first(dir_fd, (f for f in fifos if f[0] == part), shared_gid, done)
+                # the head of every line, and of every held line (a halt lifted, a
+                # reservation dropped: the held-back ones follow one by one), and the first
+                # on the node of each (its slots freed)
+                tag = None if node is None else node_tag(node)
+                for line in (fifos, held):
+                    for part in sorted({f[0] for f in line}):
+                        kin = [f for f in line if f[0] == part]
+                        _ring_first(dir_fd, kin, shared_gid, done)
+                        if tag is not None:
+                            on_node = (f for f in kin if f[2] == tag)
+                            _ring_first(dir_fd, on_node, shared_gid, done)
                 continue
             part = kind_part(kind)
             _ring_first(dir_fd, (f for f in fifos if f[0] == part), shared_gid, done)
@@ -258,9 +349,11 @@ class FifoDoorbell(Doorbell):
         self.directory, self.shared_gid = directory, shared_gid
         self.kind, self.seq = kind_part(kind), int(seq)
         self.name = f"{self.kind}.{self.seq}.{node_tag(node)}"
+        self.current = self.name  # its name now: in the held line it is HELD_PREFIX + name
         self.fd: int | None = None
         self.dir_fd = open_wake_dir(directory, shared_gid, create=True)
         assert self.dir_fd is not None
+        _clean_temps(self.dir_fd, shared_gid)
         tmp = f".new-{os.getpid()}-{os.urandom(4).hex()}"
         mode = 0o600 if shared_gid is None else 0o660
         try:
@@ -278,18 +371,41 @@ class FifoDoorbell(Doorbell):
                     os.fchown(fd, -1, shared_gid)
                 # published only now that it is open: a ring finds a reader or no name at all;
                 # link, not rename: a name already there (planted) is refused, not replaced
-                try:
-                    os.link(tmp, self.name, src_dir_fd=self.dir_fd, dst_dir_fd=self.dir_fd)
-                except FileExistsError:
+                if not self._publish(tmp, self.name):
                     raise ValueError(
                         f"wake directory {directory} already holds {self.name}, which is not "
                         "this waiter's doorbell; refusing it"
-                    ) from None
+                    )
             finally:
                 os.unlink(tmp, dir_fd=self.dir_fd)
         except BaseException:
             self._close_fds()
             raise
+
+    def _publish(self, src: str, dst: str) -> bool:
+        """Link ``src`` as ``dst``; False when ``dst`` is taken by something that is not a
+        dead waiter's FIFO (that one is removed first)."""
+        assert self.dir_fd is not None
+        for _ in range(2):
+            try:
+                os.link(src, dst, src_dir_fd=self.dir_fd, dst_dir_fd=self.dir_fd)
+                return True
+            except FileExistsError:
+                if not _remove_if_stale(self.dir_fd, dst, self.shared_gid):
+                    return False
+        return False
+
+    def _step(self, held: bool) -> None:
+        if self.dir_fd is None or self.fd is None:
+            return
+        new = HELD_PREFIX + self.name if held else self.name
+        try:
+            if not self._publish(self.current, new):
+                return  # its name stays: a ring it misses costs one safety poll
+            old, self.current = self.current, new
+            os.unlink(old, dir_fd=self.dir_fd)
+        except OSError:
+            pass
 
     def _drain(self) -> bool:
         assert self.fd is not None
@@ -315,10 +431,17 @@ class FifoDoorbell(Doorbell):
         return False
 
     def ring_next(self) -> None:
+        self._ring_after(held=False)
+
+    def ring_held_next(self) -> None:
+        self._ring_after(held=True)
+
+    def _ring_after(self, held: bool) -> None:
         if self.dir_fd is None:
             return
         try:
-            later = [f for f in _fifos(self.dir_fd) if f[0] == self.kind and f[1] > self.seq]
+            line = _fifos(self.dir_fd, held=held)
+            later = [f for f in line if f[0] == self.kind and f[1] > self.seq]
             _ring_first(self.dir_fd, later, self.shared_gid, set())
         except OSError:
             pass
@@ -334,10 +457,10 @@ class FifoDoorbell(Doorbell):
     def close(self) -> None:
         if self.dir_fd is not None and self.fd is not None:
             try:
-                st = os.stat(self.name, dir_fd=self.dir_fd, follow_symlinks=False)
+                st = os.stat(self.current, dir_fd=self.dir_fd, follow_symlinks=False)
                 mine = os.fstat(self.fd)
                 if (st.st_dev, st.st_ino) == (mine.st_dev, mine.st_ino):
-                    os.unlink(self.name, dir_fd=self.dir_fd)
+                    os.unlink(self.current, dir_fd=self.dir_fd)
             except OSError:
                 pass
         self._close_fds()
@@ -361,6 +484,11 @@ RING_ALL_SQL = (
     "FROM (SELECT task_type, seq, row_number() OVER (PARTITION BY task_type ORDER BY seq) AS n "
     "FROM waiters) w WHERE n <= 2 GROUP BY task_type"
 )
+# a change for a whole node (a reservation released): the node's first waiter of every kind
+RING_NODE_SQL = (
+    "SELECT pg_notify('" + CHANNEL + "', task_type || ' ' || MIN(seq)::text) FROM waiters "
+    "WHERE node = %s GROUP BY task_type"
+)
 # a waiter's ring_next: the first after it
 RING_NEXT_SQL = (
     "SELECT pg_notify('" + CHANNEL + "', %s || ' ' || MIN(seq)::text) FROM waiters "
@@ -374,6 +502,8 @@ def pg_ring(cur: Any, targets: Iterable[tuple[str | None, str | None]]) -> None:
     for kind, node in sorted(targets, key=lambda t: (t[0] or "", t[1] or "")):
         if kind is None:
             everyone = True
+            if node is not None:
+                cur.execute(RING_NODE_SQL, (node,))
             continue
         cur.execute(RING_SQL, (kind, kind, kind, node))
     if everyone:
@@ -416,15 +546,21 @@ class ListenDoorbell(Doorbell):
                     self.conn.execute("SELECT 1")
                 got = list(self.conn.notifies(timeout=0))
                 return any(rung_me(n.payload, self.kind, self.seq, self.held_back) for n in got)
+            # select() on the socket for the whole time left, then read what came without
+            # waiting: psycopg's own notifies(timeout=...) wakes ten times a second
             monotonic = self.clock.monotonic
             deadline = monotonic() + timeout
             while True:
                 left = deadline - monotonic()
                 if left <= 0:
                     return False
-                got = list(self.conn.notifies(timeout=left, stop_after=1))
+                if not self.clock.wait_readable([self.conn.fileno()], left):
+                    continue
+                got = list(self.conn.notifies(timeout=0))
                 if any(rung_me(n.payload, self.kind, self.seq, self.held_back) for n in got):
                     return True
+                if self.conn.closed or self.conn.broken:
+                    raise OSError("the listening connection ended")
         except self._failed:  # the listener's server went away: poll instead
             self.live = False
             return False
@@ -441,12 +577,18 @@ class ListenDoorbell(Doorbell):
         return self._collect(timeout)
 
     def ring_next(self) -> None:
+        """Best effort, bounded by the connection's reply timeout and statement_timeout (a
+        stopped server never keeps an admitted waiter from its job)."""
         if not self.live:
             return
         try:
             self.conn.execute(RING_NEXT_SQL, (self.kind, self.kind, self.seq))
         except self._failed:  # a lost ring costs one safety poll
             self.live = False
+            self.close()
+
+    def ring_held_next(self) -> None:
+        self.ring_next()  # the held-back ones were all rung at once (``EVERYONE``)
 
     def close(self) -> None:
         try:

@@ -245,6 +245,12 @@ BAD_FILES = {
         "thresholds.disk.warning",
         "warning (90) is above critical (70)",
     ),
+    "wake-poll-above-heartbeat": (  # a waiter's polls are its heartbeat for other hosts
+        "store: {lease_ttl: 60}\nrun:\n  wake_poll: 20\n",
+        3,
+        "run.wake_poll",
+        "run.wake_poll (20) is above store.lease_ttl / 4 (15)",
+    ),
 }
 
 

@@ -228,9 +228,14 @@ def test_a_planted_symlink_as_the_wake_directory_is_refused(slot, tmp_path: Path
     assert os.listdir(elsewhere) == []
 
 
-def test_planted_files_among_the_doorbells_are_never_written_or_followed(slot) -> None:
-    """A symlink and a regular file named like doorbells ahead of the real waiter: the
-    release writes to neither (nor through the symlink), and still wakes the waiter."""
+@pytest.mark.parametrize("planted", ["symlink-to-a-fifo", "regular-file"])
+def test_planted_files_among_the_doorbells_are_never_written_or_followed(
+    slot, planted: str
+) -> None:
+    """A name like a doorbell ahead of the real waiter (place 0), each protection by itself:
+    a symlink to a FIFO somebody reads (only O_NOFOLLOW keeps the ringer out of it: the FIFO
+    check would pass it) and a regular file (only the FIFO check keeps it unwritten). The
+    release writes to neither and still wakes the waiter."""
     coord, held, waiters, _ = slot
     if coord.engine != "sqlite":
         pytest.skip("the wake directory is SQLite's")
@@ -239,19 +244,29 @@ def test_planted_files_among_the_doorbells_are_never_written_or_followed(slot) -
     wake = Path(str(coord.db) + "-wake")
     (real,) = os.listdir(wake)
     kind, _seq, tag = real.split(".")
+    ahead = wake / f"{kind}.0.{tag}"
     target = coord.tmp / "target"
-    target.write_bytes(b"")
-    os.symlink(target, wake / f"{kind}.0.{tag}")
-    planted = wake / f"{kind}.1.{tag}"
-    if f"{kind}.1.{tag}" != real:
-        planted.write_bytes(b"")
-    time.sleep(0.3)
-    assert coord("unregister", held).returncode == 0
-    wait_for(lambda: log_lines(log), PROMPT, "the waiter to start its job")
-    assert w.wait() == 0, w.stderr
-    assert target.read_bytes() == b""
-    if planted.exists():
-        assert planted.read_bytes() == b""
+    reader = None
+    if planted == "symlink-to-a-fifo":
+        os.mkfifo(target, 0o600)
+        reader = os.open(target, os.O_RDWR | os.O_NONBLOCK)
+        os.symlink(target, ahead)
+    else:
+        ahead.write_bytes(b"")
+    try:
+        time.sleep(0.3)
+        assert coord("unregister", held).returncode == 0
+        wait_for(lambda: log_lines(log), PROMPT, "the waiter to start its job")
+        assert w.wait() == 0, w.stderr
+        if reader is not None:
+            with pytest.raises(BlockingIOError):
+                os.read(reader, 16)  # nothing was written through the symlink
+            assert os.path.islink(ahead)
+        else:
+            assert ahead.read_bytes() == b""
+    finally:
+        if reader is not None:
+            os.close(reader)
 
 
 def test_a_planted_name_at_the_waiters_own_doorbell_is_refused(coord: Coord) -> None:
@@ -386,3 +401,218 @@ def test_a_signal_ends_a_sleeping_waiter_at_once(slot, sig: signal.Signals) -> N
     assert w.wait(timeout=PROMPT) == 128 + sig, w.stderr
     assert rows(coord, "SELECT seq FROM waiters") == []
     assert log_lines(log) == []
+
+
+# --------------------------------------------------------------------------- review fixes
+
+
+def test_a_signal_in_a_post_commit_ring_is_not_swallowed(engine_db) -> None:
+    """SIGTERM landing while a committed change's after-commit work runs (SQLite rings its
+    FIFOs there) still ends the waiter: the signal's exception goes on once the rest of the
+    after-commit work has run; other failures there are still swallowed."""
+    from ringrift_coord.launcher import Interrupted
+
+    store = engine_db.open()
+    ran: list[str] = []
+
+    def signalled() -> None:
+        raise Interrupted(signal.SIGTERM)
+
+    def broken() -> None:
+        raise RuntimeError("a hook that failed")
+
+    with pytest.raises(Interrupted):
+        with store.write() as tx:
+            tx.execute("DELETE FROM waiters")
+            tx.after_commit(broken)
+            tx.after_commit(signalled)
+            tx.after_commit(lambda: ran.append("after"))
+    assert ran == ["after"]
+    with store.write() as tx:
+        tx.after_commit(broken)  # swallowed: the change landed
+        tx.after_commit(lambda: ran.append("again"))
+    assert ran == ["after", "again"]
+
+
+def test_a_peak_hours_waiter_wakes_when_its_window_ends() -> None:
+    """Held back by peak hours that end in 5 s, a waiter with a doorbell sleeps 5 s, not the
+    held-back floor (wake_poll x 10): no ring comes when the window ends."""
+    from ringrift_coord.decision import Decision, Reason
+    from ringrift_coord.launcher import PEAK_POLL, _wait_interval
+
+    def peak(ends: float) -> Decision:
+        reason = Reason("peak_hours", "peak hours", retry_after=ends)
+        return Decision(False, "selfplay", "n1", [reason], retry_after=ends)
+
+    assert _wait_interval(peak(5.0), False, 0.05, (2.0, 30.0)) == 5.0
+    assert _wait_interval(peak(5.0), False, 0.05, None) == 5.0
+    assert _wait_interval(peak(3 * 3600.0), False, 0.05, (2.0, 30.0)) == PEAK_POLL
+    assert _wait_interval(peak(0.001), False, 0.05, (2.0, 30.0)) == 0.05
+
+
+def test_a_killed_waiters_fifo_with_this_waiters_seq_is_replaced(coord: Coord) -> None:
+    """A new (or restored) store hands out seq 1 again while the wake directory still holds
+    the FIFO of a waiter killed with seq 1: nobody reads it, so it is stale and replaced;
+    a publishing waiter's temp left a minute ago is removed too."""
+    if coord.engine != "sqlite":
+        pytest.skip("the wake directory is SQLite's")
+    from ringrift_coord.wake import node_tag
+
+    coord.write_config(CONFIG.replace("WAKE", "30"))
+    assert coord("halt").returncode == 0 and coord("unhalt").returncode == 0  # the store
+    wake = Path(str(coord.db) + "-wake")
+    wake.mkdir(mode=0o700)
+    stale = [wake / f"selfplay.{seq}.{node_tag('n1')}" for seq in range(1, 4)]
+    for path in stale:
+        os.mkfifo(path, 0o600)
+    old_temp, new_temp = wake / ".new-1-deadbeef", wake / ".new-2-cafef00d"
+    os.mkfifo(old_temp, 0o600)
+    os.mkfifo(new_temp, 0o600)
+    os.utime(old_temp, (time.time() - 120, time.time() - 120))
+    result = coord("run", "selfplay", "--node", "n1", "--wait", "--", "true", timeout=30)
+    assert result.returncode == 0, result.stderr
+    assert not stale[0].exists()  # seq 1: replaced by the waiter's own, then removed
+    assert not old_temp.exists() and new_temp.exists()  # a fresh temp may be publishing
+
+
+def test_a_regular_file_at_the_waiters_own_doorbell_is_refused(coord: Coord) -> None:
+    """Only a dead waiter's FIFO is stale: a regular file at the name is never replaced."""
+    if coord.engine != "sqlite":
+        pytest.skip("the wake directory is SQLite's")
+    from ringrift_coord.wake import node_tag
+
+    coord.write_config(CONFIG.replace("WAKE", "30"))
+    assert coord("halt").returncode == 0
+    wake = Path(str(coord.db) + "-wake")
+    wake.mkdir(mode=0o700)
+    for seq in range(1, 4):
+        (wake / f"selfplay.{seq}.{node_tag('n1')}").write_bytes(b"x")
+    result = coord("run", "selfplay", "--node", "n1", "--wait", "--", "true", timeout=30)
+    assert result.returncode == 3, result.stderr
+    assert "refusing it" in result.stderr and "Traceback" not in result.stderr
+    assert all((wake / n).read_bytes() == b"x" for n in os.listdir(wake) if n[0] != ".")
+
+
+def test_held_back_doorbells_stand_in_a_line_of_their_own(tmp_path: Path) -> None:
+    """Real FIFOs: a freed slot never rings a held-back waiter (it could not use the slot);
+    an unhalt (a ring of every queue) rings the head of each line; a held-back waiter rung
+    rings the next held-back one; one that rejoins stands in line again."""
+    from ringrift_coord.clock import SYSTEM_CLOCK
+    from ringrift_coord.wake import FifoDoorbell, ring_fifos
+
+    wake = str(tmp_path / "tasks.db-wake")
+
+    def bell(seq: int, node: str) -> FifoDoorbell:
+        return FifoDoorbell(wake, "selfplay", seq, node, SYSTEM_CLOCK, None)
+
+    held1, line2, held3, held4 = bell(1, "n1"), bell(2, "n2"), bell(3, "n1"), bell(4, "n1")
+    try:
+        for b in (held1, held3, held4):
+            b.held_back = True
+        assert sorted(n.split(".")[0] for n in os.listdir(wake)) == ["held"] * 3 + ["selfplay"]
+        # ten slots freed on n2 (or n1): only the waiter in line hears them
+        for _ in range(10):
+            ring_fifos(wake, [("selfplay", "n2"), ("selfplay", "n1")], None)
+        assert line2.wait(0) is True
+        assert [b.wait(0) for b in (held1, held3, held4)] == [False, False, False]
+        line2.ring_next()  # admitted: nobody in line after it; the held ones hear nothing
+        assert [b.wait(0) for b in (held1, held3, held4)] == [False, False, False]
+        ring_fifos(wake, [(None, None)], None)  # an unhalt
+        assert (held1.wait(0), line2.wait(0), held3.wait(0)) == (True, True, False)
+        held1.ring_held_next()  # the held cascade
+        assert (held3.wait(0), held4.wait(0), line2.wait(0)) == (True, False, False)
+        held3.held_back = False  # it may wait in line again
+        assert os.path.exists(os.path.join(wake, held3.name))
+        ring_fifos(wake, [("selfplay", "n1")], None)
+        assert (line2.wait(0), held3.wait(0), held4.wait(0)) == (True, True, False)
+    finally:
+        for b in (held1, line2, held3, held4):
+            b.close()
+    assert os.listdir(wake) == []
+
+
+def test_unhalt_of_a_node_wakes_its_waiters_past_one_the_limits_deny(coord: Coord) -> None:
+    """The head of the line waits on n2 (its slot is taken); n1 is halted and its waiters
+    are held back. `unhalt --node n1` rings the held line too: n1's waiters run at once,
+    though the head of the line is denied and rings nobody (their own poll: minutes)."""
+    coord.write_config(CONFIG.replace("WAKE", "30") + "store: {lease_ttl: 600}\n")
+    holder = subprocess.Popen(["sleep", "600"])
+    waiters: list[Waiter] = []
+    log = coord.tmp / "log"
+    try:
+        held = coord("register", "selfplay", "--node", "n2", "--pid", str(holder.pid))
+        assert held.returncode == 0, held.stderr
+        on_n2 = coord.popen(
+            "run", "selfplay", "--node", "n2", "--wait", "--", "true",
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+        wait_for(
+            lambda: rows(coord, "SELECT seq FROM waiters WHERE node = 'n2'"),
+            30,
+            "the n2 waiter in line",
+        )
+        assert coord("halt", "--node", "n1").returncode == 0
+        for name in ("a", "b"):
+            asking(coord, waiters, log, name)
+        time.sleep(1.0)  # both held back, asleep
+        assert log_lines(log) == []
+        assert coord("unhalt", "--node", "n1").returncode == 0
+        lifted = time.monotonic()
+        for w in waiters:
+            assert w.wait(timeout=60) == 0, w.stderr
+        assert time.monotonic() - lifted < 2 * 0.2 + PROMPT
+        assert on_n2.poll() is None  # still waiting for n2's slot
+        on_n2.kill()
+        on_n2.wait(timeout=10)
+    finally:
+        for w in waiters:
+            if w.proc.poll() is None:
+                w.proc.kill()
+        holder.kill()
+        holder.wait(timeout=10)
+
+
+def test_a_stopped_listen_backend_never_keeps_a_waiter_from_its_job(coord: Coord) -> None:
+    """The server process of the waiters' LISTEN connections is stopped (SIGSTOP): a ring
+    goes unheard, the safety poll admits the waiter, and its ring of the next one (on that
+    connection) gives up after the store's reply timeout: the job starts. A waiter whose
+    --timeout passes meanwhile leaves within the same bound."""
+    if coord.engine != "postgres":
+        pytest.skip("LISTEN is PostgreSQL's")
+    coord.write_config(CONFIG.replace("WAKE", "1") + "store: {busy_timeout: 1}\n")
+    bound = 1 + 5 + 5  # busy timeout + statement margin + reply margin: the reply timeout
+    holder = subprocess.Popen(["sleep", "600"])
+    waiters: list[Waiter] = []
+    stopped: list[int] = []
+    log = coord.tmp / "log"
+    try:
+        held = coord("register", "selfplay", "--node", "n1", "--pid", str(holder.pid))
+        assert held.returncode == 0, held.stderr
+        w = asking(coord, waiters, log, "a")
+        quitter = coord.popen(
+            "run", "selfplay", "--node", "n1", "--wait", "--timeout", "3", "--", "true",
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+        query = "SELECT pid FROM pg_stat_activity WHERE application_name = 'ringrift-coord-wait'"
+        wait_for(lambda: len(rows(coord, query)) == 2, 30, "two LISTEN connections")
+        for (pid,) in rows(coord, query):
+            os.kill(pid, signal.SIGSTOP)
+            stopped.append(pid)
+        started = time.monotonic()
+        _, err = quitter.communicate(timeout=3 + bound + PROMPT)
+        assert quitter.returncode == 75, err
+        assert "gave up waiting" in err
+        assert time.monotonic() - started < 3 + bound + PROMPT
+        assert coord("unregister", held.stdout.strip()).returncode == 0
+        released = time.monotonic()
+        wait_for(lambda: log_lines(log), bound + PROMPT, "the waiter to start its job")
+        assert time.monotonic() - released < bound + PROMPT
+        assert w.wait(timeout=30) == 0, w.stderr
+    finally:
+        for pid in stopped:
+            os.kill(pid, signal.SIGCONT)
+        for w in waiters:
+            if w.proc.poll() is None:
+                w.proc.kill()
+        holder.kill()
+        holder.wait(timeout=10)

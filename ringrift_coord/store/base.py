@@ -12,7 +12,7 @@ import _thread
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 
-from ringrift_coord.errors import StateError, StoreBusy
+from ringrift_coord.errors import SignalError, StateError, StoreBusy
 
 Row = dict  # dict[str, Any]: one row, column name -> value
 
@@ -234,10 +234,15 @@ class _Transaction:
                     store._rollback()
                     raise
             store._commit()
+            signalled: SignalError | None = None
             for fn in self._tx.__dict__.pop("_after_commit", ()):
                 try:
                     fn()
+                except SignalError as exc:  # a signal's: the rest still run, then it goes on
+                    signalled = signalled or exc
                 except Exception:  # noqa: S110 (the change has landed; a hook never undoes it)
                     pass
+            if signalled is not None:
+                raise signalled
         finally:
             self._lock.release()

@@ -463,12 +463,17 @@ class PostgresStore(Store):
         clock = self._wake_clock()
         conn = None
         try:
-            conn = self._psycopg.connect(
+            # the store's bounds: keepalives, the reply timeout, statement_timeout (its
+            # ring_next must not hang on a stopped server after the waiter was admitted)
+            conn = _connection_class(self._psycopg).connect(
                 self.url,
                 connect_timeout=self.connect_timeout,
                 autocommit=True,
                 application_name="ringrift-coord-wait",
+                **_keepalives(self._psycopg, self.url),
             )
+            conn.reply_timeout = self.statement_timeout + REPLY_MARGIN
+            conn.execute(f"SET statement_timeout = {max(1, int(self.statement_timeout * 1000))}")
             conn.execute(f"LISTEN {CHANNEL}")
         except Exception:  # noqa: BLE001 (no LISTEN here: waiting polls instead)
             if conn is not None:

@@ -62,6 +62,11 @@ WAL_LIMIT = 8 << 20
 WAL_CUT_RETRY = 1.0  # seconds between tries to cut back a WAL a reader still holds
 
 
+# a wake directory that cannot be written (permissions, a full or read-only disk): a waiter
+# polls instead of refusing to wait
+_POLL_INSTEAD = frozenset((errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EROFS, errno.EDQUOT))
+
+
 class SQLiteTx(Tx):
     def __init__(self, store: SQLiteStore) -> None:
         self._store = store
@@ -387,7 +392,7 @@ class SQLiteStore(Store):
         tx.after_commit(ring_after_commit)
 
     def doorbell(self, kind: str, seq: int, node: str) -> Doorbell:
-        from ringrift_coord.wake import FifoDoorbell, wake_dir
+        from ringrift_coord.wake import Doorbell, FifoDoorbell, wake_dir
 
         directory = wake_dir(self.path)
         try:
@@ -395,6 +400,13 @@ class SQLiteStore(Store):
         except ValueError as exc:
             raise StateError(str(exc)) from None
         except OSError as exc:
+            if exc.errno in _POLL_INSTEAD:  # the waiter can still wait: by polling
+                bell = Doorbell(self.clock)
+                bell.note = (
+                    f"cannot use the wake directory {directory} ({exc.strerror or exc}); "
+                    "waiting by polling the store (run.wake_poll) instead"
+                )
+                return bell
             raise StateError(
                 f"cannot use the wake directory {directory}: {exc.strerror or exc}"
             ) from None
