@@ -249,7 +249,7 @@ def _session_line(holder: dict[str, Any], advice: bool) -> str:
 def _secs(seconds: float) -> str:
     from ringrift_coord.durations import human
 
-    return human(round(seconds)) if seconds >= 1 else f"{seconds:.1f} s"
+    return human(round(seconds)) if seconds >= 1 else human(seconds)
 
 
 # --------------------------------------------------------------------------- PostgreSQL

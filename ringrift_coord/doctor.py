@@ -20,6 +20,7 @@ import stat
 import time
 from collections.abc import Mapping
 
+from ringrift_coord.durations import human
 from ringrift_coord.errors import ConfigError, CoordError, StateError
 from ringrift_coord.statedir import (
     NETWORK_FILESYSTEMS,
@@ -554,7 +555,7 @@ def check_sqlite_locks(
             "locks",
             "ok",
             f"no process holds the write lock or a read snapshot for long (watched "
-            f"{DOCTOR_WATCH:g} s)",
+            f"{human(DOCTOR_WATCH)})",
             holders=[],
         )
         return
@@ -634,7 +635,7 @@ def check_postgres(report: Report, store: Store, long_hold: float, probe_ok: boo
         report.add(
             "locks",
             "ok",
-            f"no transaction open longer than {long_hold:g} s{wait}",
+            f"no transaction open longer than {human(long_hold)}{wait}",
             holders=[],
             waiting=waiting,
         )
@@ -669,14 +670,14 @@ def check_clock(report: Report, store: Store) -> None:
         report.add(
             "clock",
             "warn",
-            f"the store's clock is {abs(skew):.1f} s {ahead} this host's: leases, breakers "
+            f"the store's clock is {human(abs(skew))} {ahead} this host's: leases, breakers "
             "and buckets are timed by the store's clock, readings and halt files by this host's",
             "sync this host's clock (chronyc tracking / timedatectl)",
             skew_seconds=round(skew, 3),
         )
     else:
         report.add(
-            "clock", "ok", f"within {abs(skew):.2f} s of the store's", skew_seconds=round(skew, 3)
+            "clock", "ok", f"within {human(abs(skew))} of the store's", skew_seconds=round(skew, 3)
         )
 
 

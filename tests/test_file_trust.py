@@ -599,6 +599,7 @@ def test_cache_is_checked_against_the_whole_config_text(tmp_path: Path) -> None:
     coord = Coord(tmp_path)
     head = ("# " + "x" * 1000 + "\n") * 1030  # ~1 MiB of comments (the most a config file may be)
     coord.write_config(head + "task_limits: {selfplay: {per_node: 1}}\n")
+    coord.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)  # a read-only command makes none
     assert _limit(coord("--json", "limits").stdout) == 1
     assert (coord.state_dir / "config-cache.json").exists()
     coord.write_config(head + "task_limits: {selfplay: {per_node: 7}}\n")
