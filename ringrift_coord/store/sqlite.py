@@ -763,23 +763,24 @@ def foreign_wal_holder(path: str, locks_file: str = LOCKS_FILE) -> int | None:
 
 
 def _has_other_file_open(pid: int, path: str, ino: int) -> bool:
-    """Whether ``pid`` has a file open under ``path``'s name that is not inode ``ino``
-    (False where its descriptors cannot be read: another user's process)."""
+    """Whether ``pid`` has none of its descriptors on the file now at ``path`` (inode
+    ``ino``, on ``path``'s device): it holds the ``-shm`` for another database file (the
+    deleted one, one moved aside, the same one reached through a symlinked directory is
+    still this inode). False where its descriptors cannot be read (another user's process)."""
     fds = f"/proc/{pid}/fd"
     try:
         names = os.listdir(fds)
+        dev = os.stat(path).st_dev
     except OSError:
         return False
     for name in names:
         try:
-            target = os.readlink(f"{fds}/{name}")
-            if target == path + " (deleted)":
-                return True
-            if target == path and os.stat(f"{fds}/{name}").st_ino != ino:
-                return True
+            st = os.stat(f"{fds}/{name}")
         except OSError:
             continue
-    return False
+        if st.st_ino == ino and st.st_dev == dev:
+            return False
+    return True
 
 
 def missing_store(path: str) -> StateError | None:
