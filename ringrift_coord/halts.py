@@ -378,7 +378,7 @@ def activate(
                 (scope, on, reason, who, host, now, expires),
             )
             _publish(tx, ctx, "HALT", scope, on, who, host, now, reason=reason, expires_at=expires)
-    except StoreCorrupt as exc:
+    except StateError as exc:  # corrupt, not a database, deleted or replaced: no row lands
         if scope != GLOBAL or on != ALL_NODES:
             raise
         # An emergency halt takes effect on this host even so: the file alone halts it (not
@@ -397,8 +397,9 @@ def activate(
                 "store_corrupt": True,
             },
         )
+        problem = exc.problem if isinstance(exc, StoreCorrupt) else str(exc)
         raise StoreCorrupt(
-            exc.problem,
+            problem,
             f"this host is halted by {path} only (other hosts are not): run "
             "`ringrift-coord doctor`",
         ) from None

@@ -397,6 +397,23 @@ def test_an_emergency_halt_takes_effect_on_a_corrupt_store(coord: Coord, damage:
     assert _fingerprint(coord.db) == before, "an unhalt wrote into the corrupt file"
 
 
+def test_an_emergency_halt_takes_effect_when_the_store_is_not_even_a_database(
+    coord: Coord,
+) -> None:
+    """A wrecked header (or a deleted store) is no store at all: the emergency halt still
+    halts this host by its EMERGENCY_HALT file, and says so (exit 3), so that the jobs do not
+    start again the moment the file is restored or moved."""
+    assert coord("register", "selfplay", "--node", "n1", "-q").returncode == 0
+    with open(coord.db, "r+b") as handle:
+        handle.write(b"X" * 16)  # the "SQLite format 3" magic
+    halt_file = coord.state_dir / "EMERGENCY_HALT"
+    refused = coord("halt", "--reason", "disk trouble")
+    assert refused.returncode == 3, refused.stderr
+    line = _one_line(refused)
+    assert "is not a SQLite database" in line and f"halted by {halt_file} only" in line, line
+    assert json.loads(halt_file.read_text())["store_corrupt"] is True
+
+
 def test_a_halt_of_one_type_on_a_corrupt_store_is_refused(coord: Coord) -> None:
     assert coord("register", "selfplay", "--node", "n1", "-q").returncode == 0
     _damage_root_page(coord.db, "tasks", garbage=False)
