@@ -35,7 +35,7 @@ from ringrift_coord.decision import Reason
 from ringrift_coord.errors import StateError, UsageError
 from ringrift_coord.inputs import printable, seconds
 from ringrift_coord.statedir import create_file, shared_gid_of, untrusted_file
-from ringrift_coord.store.base import StoreCorrupt
+from ringrift_coord.store.base import StoreCorrupt, StoreGone
 from ringrift_coord.tasktypes import TaskType
 
 TYPE_CHECKING = False  # typing costs start-up time on the hot path; annotations are lazy
@@ -378,9 +378,9 @@ def activate(
                 (scope, on, reason, who, host, now, expires),
             )
             _publish(tx, ctx, "HALT", scope, on, who, host, now, reason=reason, expires_at=expires)
-    except StateError as exc:  # corrupt, not a database, deleted or replaced: no row lands
-        if scope != GLOBAL or on != ALL_NODES:
-            raise
+    except StateError as exc:  # corrupt, or not a database at all: no row lands
+        if scope != GLOBAL or on != ALL_NODES or isinstance(exc, StoreGone):
+            raise  # (a deleted or replaced store: its own message says what to do)
         # An emergency halt takes effect on this host even so: the file alone halts it (not
         # a mirror: no halt row backs it, and a mirror without one would be stale)
         at = ctx.clock.time()

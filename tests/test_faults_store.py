@@ -400,7 +400,7 @@ def test_an_emergency_halt_takes_effect_on_a_corrupt_store(coord: Coord, damage:
 def test_an_emergency_halt_takes_effect_when_the_store_is_not_even_a_database(
     coord: Coord,
 ) -> None:
-    """A wrecked header (or a deleted store) is no store at all: the emergency halt still
+    """A wrecked header is no database at all: the emergency halt still
     halts this host by its EMERGENCY_HALT file, and says so (exit 3), so that the jobs do not
     start again the moment the file is restored or moved."""
     assert coord("register", "selfplay", "--node", "n1", "-q").returncode == 0

@@ -771,8 +771,10 @@ def _has_other_file_open(pid: int, path: str, ino: int) -> bool:
     try:
         names = os.listdir(fds)
         dev = os.stat(path).st_dev
+        shm = os.stat(path + "-shm")
     except OSError:
         return False
+    has_shm = False
     for name in names:
         try:
             st = os.stat(f"{fds}/{name}")
@@ -780,7 +782,9 @@ def _has_other_file_open(pid: int, path: str, ino: int) -> bool:
             continue
         if st.st_ino == ino and st.st_dev == dev:
             return False
-    return True
+        has_shm = has_shm or (st.st_ino, st.st_dev) == (shm.st_ino, shm.st_dev)
+    # only a live process seen with this -shm open (one that exited meanwhile has no files)
+    return has_shm
 
 
 def missing_store(path: str) -> StateError | None:
