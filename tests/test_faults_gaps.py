@@ -1,0 +1,433 @@
+"""Faults the earlier fault tests left untested, injected for real: a second store opened on
+the same SQLite file in one process (POSIX locks), the wake directory unusable (a waiter
+polls instead), kill -9 inside admission's writes slowed down so the kill lands between them,
+and a PostgreSQL server that stops answering during COMMIT."""
+
+from __future__ import annotations
+
+import os
+import pwd
+import random
+import re
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from conftest import ROOT, Coord, EngineDB, wait_for
+from test_faults_proc import answers, check_whole, coord_on, rows
+from test_file_trust import ALICE, Host, users  # noqa: F401 (users: a fixture)
+
+# SQLite's lock bytes on a database file (os_unix.c): a connection in WAL mode holds a read
+# lock on its SHARED range for as long as it is open; the last connection to close takes
+# the write lock on it, checkpoints and deletes the -wal and -shm.
+PENDING_BYTE = 0x40000000
+SHARED_FIRST = PENDING_BYTE + 2
+SHARED_SIZE = 510
+
+TWO_STORES = textwrap.dedent(
+    """\
+    import os, sys
+    sys.path.insert(0, sys.argv[2])
+    from ringrift_coord.store.sqlite import SQLiteStore
+    path = sys.argv[1]
+    first = SQLiteStore(path)
+    with first.write() as tx:
+        tx.execute("CREATE TABLE gaps_probe (x)")
+        tx.execute("INSERT INTO gaps_probe VALUES (1)")
+    second = SQLiteStore(path)  # another store on the same file, in this same process
+    with second.read() as tx:
+        tx.query("SELECT 1")
+    if sys.argv[3] == "close-second":
+        second.close()
+    print("ready", flush=True)
+    sys.stdin.readline()
+    with first.read() as tx:  # the first store still works on its own files
+        n = tx.query("SELECT count(*) AS n FROM gaps_probe")
+    print("rows", n[0]["n"], flush=True)
+    first.close()
+    if sys.argv[3] != "close-second":
+        second.close()
+    ino = os.stat(path).st_ino
+    left = [f for f in os.listdir("/proc/self/fd")
+            if os.path.exists(f"/proc/self/fd/{f}") and os.stat(f"/proc/self/fd/{f}").st_ino == ino]
+    print("fds", len(left), flush=True)
+    """
+)
+
+
+def _read_locks_on(pid: int, path: Path) -> list[str]:
+    ino = os.stat(path).st_ino
+    found = []
+    for line in Path("/proc/locks").read_text().splitlines():
+        fields = line.split()
+        if fields[1] == "->" or len(fields) < 8:
+            continue
+        if fields[4] == str(pid) and fields[5].rsplit(":", 1)[-1] == str(ino):
+            found.append(line)
+    return found
+
+
+def _can_take_sqlite_exclusive(path: Path) -> bool:
+    """Whether another process could take SQLite's EXCLUSIVE lock on the file now (the
+    write lock on its whole SHARED range), as a last closing connection does. Taken and
+    let go at once from a child process (this test process holds no store)."""
+    probe = (
+        "import fcntl, os, sys\n"
+        "fd = os.open(sys.argv[1], os.O_RDWR)\n"
+        "try:\n"
+        f"    fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, {SHARED_SIZE}, {SHARED_FIRST})\n"
+        "except OSError:\n"
+        "    sys.exit(1)\n"
+        f"fcntl.lockf(fd, fcntl.LOCK_UN, {SHARED_SIZE}, {SHARED_FIRST})\n"
+    )
+    return subprocess.run([sys.executable, "-c", probe, str(path)], timeout=30).returncode == 0
+
+
+def _two_stores(tmp_path: Path, mode: str) -> tuple[subprocess.Popen[str], Path]:
+    db = tmp_path / "tasks.db"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", TWO_STORES, str(db), str(ROOT), mode],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    if line != "ready\n":
+        proc.kill()
+        raise AssertionError(line + proc.communicate()[1])
+    return proc, db
+
+
+def _finish(proc: subprocess.Popen[str]) -> list[str]:
+    out, err = proc.communicate("go\n", timeout=60)
+    assert proc.returncode == 0, err
+    return out.split()
+
+
+def test_a_second_store_on_the_same_file_keeps_the_first_ones_sqlite_locks(
+    tmp_path: Path,
+) -> None:
+    """Opening a second store on a file this process already has open must not drop the
+    first store's POSIX locks (a header read with open() + close() did: closing any
+    descriptor of a file drops all of the process's locks on it)."""
+    proc, db = _two_stores(tmp_path, "keep-both")
+    try:
+        held = _read_locks_on(proc.pid, db)
+        assert any(" READ " in line for line in held), (
+            f"process {proc.pid} holds no read lock on {db} with two stores open: {held}"
+        )
+        assert not _can_take_sqlite_exclusive(db)
+        # what another process's last connection does at close: with the locks lost it
+        # would checkpoint and delete the -wal and -shm under the live connections
+        other = sqlite3_open_close(db)
+        assert other == 0
+        assert (tmp_path / "tasks.db-wal").exists()
+        assert (tmp_path / "tasks.db-shm").exists()
+    finally:
+        words = _finish(proc)
+    assert words == ["rows", "1", "fds", "0"], words  # no descriptor left once both closed
+
+
+def test_closing_the_second_store_keeps_the_first_ones_locks(tmp_path: Path) -> None:
+    proc, db = _two_stores(tmp_path, "close-second")
+    try:
+        assert any(" READ " in line for line in _read_locks_on(proc.pid, db))
+        assert not _can_take_sqlite_exclusive(db)
+    finally:
+        words = _finish(proc)
+    assert words == ["rows", "1", "fds", "0"], words
+
+
+def sqlite3_open_close(db: Path) -> int:
+    code = (
+        "import sqlite3, sys\n"
+        "c = sqlite3.connect(sys.argv[1])\n"
+        "c.execute('SELECT count(*) FROM schema_migrations').fetchall()\n"
+        "c.close()\n"
+    )
+    return subprocess.run([sys.executable, "-c", code, str(db)], timeout=30).returncode
+
+
+def test_the_lock_probe_sees_a_lost_lock(tmp_path: Path) -> None:
+    """The probe itself: with no store open the write lock is free (so the assertions above
+    can fail), and a process holding a connection blocks it."""
+    db = tmp_path / "plain.db"
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sqlite3, sys\n"
+            "c = sqlite3.connect(sys.argv[1])\n"
+            "c.execute('PRAGMA journal_mode=WAL')\n"
+            "c.execute('CREATE TABLE t (x)')\n"
+            "c.execute('SELECT * FROM t').fetchall()\n"
+            "print('ready', flush=True)\n"
+            "sys.stdin.readline()\n",
+            str(db),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert holder.stdout is not None
+    try:
+        assert holder.stdout.readline() == "ready\n"
+        assert not _can_take_sqlite_exclusive(db)
+    finally:
+        holder.communicate("go\n", timeout=30)
+    assert _can_take_sqlite_exclusive(db)
+
+
+# -- the wake directory unusable: a waiter polls instead ------------------------------------
+
+POLL_CONFIG = """\
+task_limits: {selfplay: {per_node: 1, cluster: 500}}
+rate_limits: {selfplay: {per_minute: null}}
+run: {poll_interval: 0.05, wake_poll: 0.3}
+"""
+POLLING = "waiting by polling the store (run.wake_poll) instead"
+
+
+def _asked(db: Path, pid: int) -> bool:
+    if not db.exists():
+        return False
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)
+    try:
+        return bool(conn.execute(f"SELECT 1 FROM decisions WHERE pid = {int(pid)}").fetchall())
+    except sqlite3.OperationalError:
+        return False
+    finally:
+        conn.close()
+
+
+def _waits_by_polling(
+    run: Callable[..., subprocess.CompletedProcess[str]],
+    popen: Callable[..., subprocess.Popen[str]],
+    db: Path,
+    why: str,
+) -> None:
+    """A slot held by a registered sleeper; a ``run --wait`` behind it cannot use its wake
+    directory (``why``): it still waits, says so once, and is admitted once the slot is
+    released (found by its poll: nothing can ring it)."""
+    holder = subprocess.Popen(["sleep", "600"])
+    try:
+        held = run("register", "selfplay", "--node", "n1", "--pid", str(holder.pid))
+        assert held.returncode == 0, held.stderr
+        waiter = popen("run", "selfplay", "--node", "n1", "--wait", "--", "true")
+        try:
+            wait_for(lambda: _asked(db, waiter.pid) or waiter.poll() is not None, 60, "the waiter")
+            time.sleep(1.0)  # several of its polls: still waiting, not refused
+            assert waiter.poll() is None, waiter.communicate()[1]
+            released = run("unregister", held.stdout.strip())
+            assert released.returncode == 0, released.stderr
+            _, err = waiter.communicate(timeout=60)
+        finally:
+            if waiter.poll() is None:
+                waiter.kill()
+                waiter.wait(10)
+        assert waiter.returncode == 0, err
+        assert "Traceback" not in err, err
+        notes = [line for line in err.splitlines() if POLLING in line]
+        assert len(notes) == 1, err
+        assert f"({why})" in notes[0], notes[0]
+    finally:
+        holder.kill()
+        holder.wait(10)
+
+
+@pytest.mark.parametrize(
+    ("fault", "why"),
+    [("full", "No space left on device"), ("read-only", "Read-only file system")],
+)
+def test_a_wake_directory_on_a_full_or_read_only_filesystem_means_polling(
+    coord: Coord, fault: str, why: str
+) -> None:
+    """The wake directory is a filesystem of its own (a tmpfs mounted there): with no inode
+    left (ENOSPC) or mounted read-only (EROFS), no FIFO can be made in it."""
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("mounting a filesystem needs root")
+    coord.write_config(POLL_CONFIG)
+    coord.state_dir.mkdir(mode=0o700)
+    wake = Path(str(coord.db) + "-wake")
+    wake.mkdir(mode=0o700)
+    options = "nr_inodes=1,mode=0700" if fault == "full" else "ro,mode=0700"
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(wake)],
+        capture_output=True,
+        text=True,
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    try:
+        _waits_by_polling(coord, coord.popen, coord.db, why)
+    finally:
+        subprocess.run(["umount", "-l", str(wake)], check=False, capture_output=True)
+
+
+def test_another_user_whose_wake_directory_is_not_writable_waits_by_polling(
+    users: None,  # noqa: F811 (the fixture)
+) -> None:
+    """A real second Unix user's private store whose wake directory root made (root's is
+    trusted, 0755: they may list it, not make a FIFO in it: EACCES)."""
+    base = Path(tempfile.mkdtemp(prefix="rrc-gaps-", dir="/tmp"))
+    try:
+        os.chmod(base, 0o755)
+        host = Host(base, "sqlite", None)
+        pw = pwd.getpwnam(ALICE)
+        state = base / "state-alice"
+        state.mkdir(mode=0o700)
+        os.chown(state, pw.pw_uid, pw.pw_gid)
+        config = base / "coord.yaml"
+        config.write_text(POLL_CONFIG)
+        config.chmod(0o644)
+        db = state / "tasks.db"
+        env = host.env(
+            ALICE, RINGRIFT_COORDINATOR_DIR=str(state), RINGRIFT_COORD_CONFIG=str(config)
+        )
+        wake = Path(str(db) + "-wake")
+        wake.mkdir(mode=0o755)  # root's
+
+        def run(*args: str) -> subprocess.CompletedProcess[str]:
+            return host.run(ALICE, *args, env=env)
+
+        def popen(*args: str) -> subprocess.Popen[str]:
+            return host.popen(ALICE, *args, env=env)
+
+        _waits_by_polling(run, popen, db, "Permission denied")
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+# -- kill -9 at each commit of admission and release, found by tracing its writes ----------
+
+# A WAL frame is a 24-byte header then a page, each written with pwrite64; a frame header
+# whose second word (the database size in pages) is not zero ends a transaction: its commit.
+_PWRITE = re.compile(r'^pwrite64\((\d+), "((?:\\x[0-9a-f]{2})*)"(?:\.\.\.)?, (\d+), (\d+)\)')
+
+
+def _strace_usable() -> bool:
+    if shutil.which("strace") is None:
+        return False
+    done = subprocess.run(["strace", "-qq", "-o", "/dev/null", "true"], capture_output=True)
+    return done.returncode == 0  # ptrace refused (a container without it): no
+
+
+def _commit_writes(trace: str) -> tuple[list[int], int]:
+    """From an strace log of pwrite64 calls: the 1-based numbers of the calls that write a
+    commit frame's header, and how many calls wrote WAL frames in all."""
+    from ringrift_coord.store.sqlite import PAGE_SIZE
+
+    commits, frames = [], 0
+    for n, line in enumerate(trace.splitlines(), 1):
+        m = _PWRITE.match(line)
+        if m is None:
+            continue
+        data = bytes.fromhex(m.group(2).replace("\\x", ""))
+        count, offset = int(m.group(3)), int(m.group(4))
+        if count == 24 and offset >= 32 and (offset - 32) % (24 + PAGE_SIZE) == 0:
+            frames += 1
+            if data[4:8] != b"\0\0\0\0":
+                commits.append(n)
+    return commits, frames
+
+
+def _traced(coord: Coord, argv: list[str], strace: list[str], state: Path) -> int:
+    env = {**coord.env, "RINGRIFT_COORDINATOR_DIR": str(state)}
+    done = subprocess.run(
+        ["strace", "-qq", *strace, *coord.argv(*argv)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert "Traceback" not in done.stderr, done.stderr
+    return done.returncode
+
+
+def kill_at_each_commit(
+    db: EngineDB, coord: Coord, argv: list[str], rng: random.Random, extra: int
+) -> int:
+    """Run ``argv`` once on a copy of the store under strace to find the pwrite64 calls that
+    write its commit frames (same state, same writes), then once per commit on the store
+    itself, SIGKILLed by strace as it enters that call (``inject=...:signal=KILL``), plus
+    ``extra`` kills at random WAL writes; the store checked whole after each. A transaction
+    split in two (a COMMIT in the middle) has a commit inside it: killed there, its first
+    half is kept without its second. Returns how many kills landed."""
+    killed = 0
+    for attempt in range(1 + extra):
+        scratch = coord.tmp / f"copy-{rng.getrandbits(32):08x}"
+        shutil.copytree(coord.state_dir, scratch, symlinks=True)
+        log = scratch / "pwrites"
+        code = _traced(
+            coord, argv, ["-o", str(log), "-e", "trace=pwrite64", "-xx", "-s", "8"], scratch
+        )
+        assert code in answers(argv), (argv, code)
+        commits, frames = _commit_writes(log.read_text())
+        shutil.rmtree(scratch)
+        if not commits:
+            return killed  # it wrote nothing (a refusal that logs nothing)
+        points = commits if attempt == 0 else [rng.randint(1, commits[-1])]
+        for when in points:
+            inject = f"inject=pwrite64:signal=KILL:when={when}"
+            code = _traced(
+                coord,
+                argv,
+                ["-o", "/dev/null", "-e", "trace=pwrite64", "-e", inject],
+                coord.state_dir,
+            )
+            killed += code in (-signal.SIGKILL, 128 + signal.SIGKILL)
+            check_whole(db)
+            nxt = coord("can-spawn", "training", "--node", "n3")
+            assert nxt.returncode in (0, 1), nxt.stderr  # no stuck lock behind the dead one
+    return killed
+
+
+def _kill_at_commits(engine_db: EngineDB, rounds: int, extra: int) -> None:
+    if engine_db.engine != "sqlite":
+        pytest.skip("SQLite's WAL writes")
+    if not _strace_usable():
+        pytest.skip("strace is missing or ptrace is not allowed here")
+    seed = int(os.environ.get("RINGRIFT_FAULT_SEED", random.randrange(1 << 30)))
+    print(f"seed {seed}")  # shown when it fails: RINGRIFT_FAULT_SEED=... reruns it
+    rng = random.Random(seed)
+    coord = coord_on(engine_db)
+    holder = subprocess.Popen(["sleep", "600"])
+    try:
+        done = coord("register", "training", "--node", "n1", "--pid", str(holder.pid), "-q")
+        assert done.returncode == 0, done.stderr
+        killed = 0
+        for _ in range(rounds):
+            register = ["register", "training", "--node", "n2", "--pid", str(holder.pid), "-q"]
+            killed += kill_at_each_commit(engine_db, coord, register, rng, extra)
+            run = ["run", "training", "--node", "n2", "--", "true"]
+            killed += kill_at_each_commit(engine_db, coord, run, rng, extra)
+            held = [r["task_id"] for r in rows(engine_db, "SELECT task_id FROM tasks")]
+            unregister = ["unregister", held[0]]
+            killed += kill_at_each_commit(engine_db, coord, unregister, rng, extra)
+        assert killed >= rounds * 3, killed  # each command was killed at least once
+    finally:
+        holder.kill()
+        holder.wait(10)
+
+
+def test_sigkill_at_each_commit_of_admission_and_release(engine_db: EngineDB) -> None:
+    """Admission, the wrapper's own writes and release, each SIGKILLed as it writes each of
+    its commit frames: every write is one transaction, all of it or none of it."""
+    _kill_at_commits(engine_db, rounds=1, extra=0)
+
+
+@pytest.mark.stress
+def test_sigkill_at_each_commit_and_random_writes_many_times_over(
+    engine_db: EngineDB,
+) -> None:
+    _kill_at_commits(engine_db, rounds=10, extra=3)
