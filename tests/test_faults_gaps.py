@@ -431,3 +431,134 @@ def test_sigkill_at_each_commit_and_random_writes_many_times_over(
     engine_db: EngineDB,
 ) -> None:
     _kill_at_commits(engine_db, rounds=10, extra=3)
+
+
+# -- PostgreSQL stops answering during COMMIT ------------------------------------------------
+
+
+def test_postgres_commit_without_an_answer_says_the_outcome_is_unknown(
+    pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The backend is stopped (SIGSTOP) with the transaction's writes done, so the COMMIT the
+    client sends is never answered: after the reply timeout the client cannot know whether
+    it was decided, and says so (not "nothing was decided, try again": a retry could take a
+    second slot). Once the backend resumes it reads the COMMIT and commits after all, which
+    is why "unknown" is the truth. Small timeouts: statement 0.3 s, reply 0.3 s after it."""
+    import psycopg
+
+    from ringrift_coord.store import postgres
+    from ringrift_coord.store.base import StoreUnreachable
+
+    monkeypatch.setattr(postgres, "REPLY_MARGIN", 0.3)
+    with psycopg.connect(pg_url, autocommit=True) as setup:
+        setup.execute("CREATE TABLE IF NOT EXISTS gaps_commit_probe (tag TEXT)")
+    store = postgres.PostgresStore(
+        pg_url, busy_timeout=0.3, statement_timeout=0.3, connect_timeout=2
+    )
+    tag = f"probe-{os.getpid()}-{time.monotonic_ns()}"
+    backend: int | None = None
+    try:
+        started = time.monotonic()
+        with pytest.raises(StoreUnreachable) as raised:
+            with store.write() as tx:
+                tx.execute("INSERT INTO gaps_commit_probe (tag) VALUES (?)", (tag,))
+                backend = int(tx.one("SELECT pg_backend_pid() AS pid")["pid"])  # type: ignore[index]
+                os.kill(backend, signal.SIGSTOP)  # the COMMIT that follows is never answered
+        took = time.monotonic() - started
+    finally:
+        if backend is not None:
+            os.kill(backend, signal.SIGCONT)
+    message = str(raised.value)
+    assert "did not answer the commit" in message, message
+    assert "is unknown" in message and "ringrift-coord tasks" in message, message
+    assert "nothing was decided" not in message, message
+    assert took < 10, took  # the reply timeout, not a hang
+    # resumed, the backend commits what it was sent: the outcome was unknowable, not "none"
+    with psycopg.connect(pg_url, autocommit=True) as look:
+
+        def landed() -> bool:
+            row = look.execute(
+                "SELECT count(*) FROM gaps_commit_probe WHERE tag = %s", (tag,)
+            ).fetchone()
+            return bool(row and row[0])
+
+        wait_for(landed, 30, "the resumed backend to commit")
+    with store.write() as tx:  # the store reconnects: usable again
+        tx.execute("INSERT INTO gaps_commit_probe (tag) VALUES (?)", (tag + "-again",))
+    store.close()
+
+
+# the CLI with the PostgreSQL margins cut (statement timeout = busy timeout + 2 s, reply
+# 0.3 s after it): the same code, bounds small enough for the default suite
+_SHORT_MARGINS_CLI = (
+    "import sys\n"
+    "import ringrift_coord.store.postgres as p\n"
+    "p.STATEMENT_MARGIN, p.REPLY_MARGIN = 2.0, 0.3\n"
+    "sys.argv[0] = 'ringrift-coord'\n"
+    "from ringrift_coord.cli.main import console_main\n"
+    "console_main()\n"
+)
+_HOLD_KEY = 4242  # an advisory lock the test holds; a deferred trigger waits on it at COMMIT
+
+
+def test_postgres_a_command_whose_commit_is_not_answered_says_so_in_one_line(
+    tmp_path: Path, pg_url: str
+) -> None:
+    """A real ``register`` whose COMMIT reaches a backend that then stops: a deferred trigger
+    makes the COMMIT wait (on an advisory lock the test holds), the test stops that backend
+    (SIGSTOP) there and lets the lock go. The command ends within its bounds, exit 75, one
+    line: the outcome is unknown and where to look."""
+    import psycopg
+
+    coord = Coord(tmp_path)
+    coord.env["RINGRIFT_COORD_DB"] = pg_url
+    coord.engine = "postgres"
+    coord.write_config("store: {busy_timeout: 0.5, connect_timeout: 2}\n")
+    first = coord("register", "selfplay", "--node", "n1", "-q")  # the schema exists
+    assert first.returncode == 0, first.stderr
+    holder = psycopg.connect(pg_url, autocommit=True)
+    stopped: int | None = None
+    try:
+        holder.execute(
+            "CREATE FUNCTION gaps_hold() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+            "PERFORM set_config('lock_timeout', '0', true); "
+            f"PERFORM pg_advisory_xact_lock_shared({_HOLD_KEY}); RETURN NULL; END $$"
+        )
+        holder.execute(
+            "CREATE CONSTRAINT TRIGGER gaps_hold AFTER INSERT ON tasks DEFERRABLE INITIALLY "
+            "DEFERRED FOR EACH ROW EXECUTE FUNCTION gaps_hold()"
+        )
+        holder.execute("SELECT pg_advisory_lock(%s)", (_HOLD_KEY,))
+        started = time.monotonic()
+        proc = subprocess.Popen(
+            [sys.executable, "-c", _SHORT_MARGINS_CLI, "register", "selfplay", "--node", "n1"],
+            env=coord.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+
+        def committing() -> int | None:
+            row = holder.execute(
+                "SELECT pid FROM pg_stat_activity WHERE application_name = 'ringrift-coord' "
+                "AND wait_event_type = 'Lock' AND query = 'COMMIT'"
+            ).fetchone()
+            return None if row is None else int(row[0])
+
+        stopped = int(wait_for(committing, 30, "the COMMIT to wait in its trigger"))  # type: ignore[arg-type]
+        os.kill(stopped, signal.SIGSTOP)
+        holder.execute("SELECT pg_advisory_unlock(%s)", (_HOLD_KEY,))
+        _, err = proc.communicate(timeout=60)
+        took = time.monotonic() - started
+    finally:
+        if stopped is not None:
+            os.kill(stopped, signal.SIGCONT)
+        holder.close()
+    assert proc.returncode == 75, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert "did not answer the commit" in lines[0] and "is unknown" in lines[0], err
+    assert "ringrift-coord tasks" in lines[0] and "nothing was decided" not in lines[0], err
+    assert took < 30, took
+    listed = coord("tasks")  # where the message points: it answers
+    assert listed.returncode == 0, listed.stderr
