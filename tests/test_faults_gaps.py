@@ -19,11 +19,15 @@ import textwrap
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import ROOT, Coord, EngineDB, wait_for
 from test_faults_proc import answers, check_whole, coord_on, rows
 from test_file_trust import ALICE, Host, users  # noqa: F401 (users: a fixture)
+
+# the kill test runs on both engines; the others name their engine themselves
+ENGINES = ("sqlite", "postgres")
 
 # SQLite's lock bytes on a database file (os_unix.c): a connection in WAL mode holds a read
 # lock on its SHARED range for as long as it is open; the last connection to close takes
@@ -250,12 +254,13 @@ def _waits_by_polling(
     [("full", "No space left on device"), ("read-only", "Read-only file system")],
 )
 def test_a_wake_directory_on_a_full_or_read_only_filesystem_means_polling(
-    coord: Coord, fault: str, why: str
+    tmp_path: Path, fault: str, why: str
 ) -> None:
     """The wake directory is a filesystem of its own (a tmpfs mounted there): with no inode
     left (ENOSPC) or mounted read-only (EROFS), no FIFO can be made in it."""
     if os.geteuid() != 0 or shutil.which("mount") is None:
         pytest.skip("mounting a filesystem needs root")
+    coord = Coord(tmp_path)
     coord.write_config(POLL_CONFIG)
     coord.state_dir.mkdir(mode=0o700)
     wake = Path(str(coord.db) + "-wake")
@@ -341,11 +346,10 @@ def _commit_writes(trace: str) -> tuple[list[int], int]:
     return commits, frames
 
 
-def _traced(coord: Coord, argv: list[str], strace: list[str], state: Path) -> int:
-    env = {**coord.env, "RINGRIFT_COORDINATOR_DIR": str(state)}
+def _traced(coord: Coord, argv: list[str], strace: list[str], env: dict[str, str]) -> int:
     done = subprocess.run(
         ["strace", "-qq", *strace, *coord.argv(*argv)],
-        env=env,
+        env={**coord.env, **env},
         capture_output=True,
         text=True,
         timeout=120,
@@ -354,36 +358,72 @@ def _traced(coord: Coord, argv: list[str], strace: list[str], state: Path) -> in
     return done.returncode
 
 
+def _commit_sends(trace: str) -> list[int]:
+    """From an strace log of sendto calls (libpq's sends): the 1-based numbers of the calls
+    that send a COMMIT."""
+    return [n for n, line in enumerate(trace.splitlines(), 1) if "COMMIT" in line]
+
+
+class _Copy:
+    """The store as it is now, copied aside for a dry run: a copy of the SQLite state
+    directory, or of the PostgreSQL database (``CREATE DATABASE ... TEMPLATE``: nobody is
+    connected between two commands). ``env`` points a command at it."""
+
+    def __init__(self, db: EngineDB, coord: Coord, name: str, pg_server: Any) -> None:
+        self.db, self.pg_server, self.name = db, pg_server, name
+        if db.engine == "sqlite":
+            self.path = coord.tmp / name
+            shutil.copytree(coord.state_dir, self.path, symlinks=True)
+            self.env = {"RINGRIFT_COORDINATOR_DIR": str(self.path)}
+        else:
+            import psycopg
+
+            source = db.url.rsplit("/", 1)[1]
+            with psycopg.connect(pg_server.admin_url, autocommit=True) as conn:
+                conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{source}"')
+            self.env = {"RINGRIFT_COORD_DB": db.url.rsplit("/", 1)[0] + "/" + name}
+
+    def drop(self) -> None:
+        if self.db.engine == "sqlite":
+            shutil.rmtree(self.path)
+            return
+        import psycopg
+
+        with psycopg.connect(self.pg_server.admin_url, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE "{self.name}" WITH (FORCE)')
+
+
 def kill_at_each_commit(
-    db: EngineDB, coord: Coord, argv: list[str], rng: random.Random, extra: int
+    db: EngineDB, coord: Coord, argv: list[str], rng: random.Random, extra: int, pg: Any
 ) -> int:
-    """Run ``argv`` once on a copy of the store under strace to find the pwrite64 calls that
-    write its commit frames (same state, same writes), then once per commit on the store
-    itself, SIGKILLed by strace as it enters that call (``inject=...:signal=KILL``), plus
-    ``extra`` kills at random WAL writes; the store checked whole after each. A transaction
+    """Run ``argv`` once on a copy of the store under strace to find the calls that commit
+    (SQLite: the pwrite64 of a WAL commit frame's header; PostgreSQL: libpq's sendto of a
+    COMMIT) -- same state, same calls -- then once per commit on the store itself, SIGKILLed
+    by strace as it enters that call (``inject=...:signal=KILL``), plus ``extra`` kills at
+    random calls before the last commit; the store checked whole after each. A transaction
     split in two (a COMMIT in the middle) has a commit inside it: killed there, its first
     half is kept without its second. Returns how many kills landed."""
+    call = "pwrite64" if db.engine == "sqlite" else "sendto"
     killed = 0
     for attempt in range(1 + extra):
-        scratch = coord.tmp / f"copy-{rng.getrandbits(32):08x}"
-        shutil.copytree(coord.state_dir, scratch, symlinks=True)
-        log = scratch / "pwrites"
-        code = _traced(
-            coord, argv, ["-o", str(log), "-e", "trace=pwrite64", "-xx", "-s", "8"], scratch
-        )
-        assert code in answers(argv), (argv, code)
-        commits, frames = _commit_writes(log.read_text())
-        shutil.rmtree(scratch)
+        copy = _Copy(db, coord, f"copy_{os.getpid()}_{rng.getrandbits(32):08x}", pg)
+        try:
+            log = coord.tmp / "calls.trace"
+            # SQLite: frame headers in hex; PostgreSQL: messages as text (COMMIT is seen)
+            shown = ["-xx", "-s", "8"] if call == "pwrite64" else ["-s", "4096"]
+            code = _traced(coord, argv, ["-o", str(log), "-e", f"trace={call}", *shown], copy.env)
+            assert code in answers(argv), (argv, code)
+        finally:
+            copy.drop()
+        trace = log.read_text()
+        commits = _commit_writes(trace)[0] if call == "pwrite64" else _commit_sends(trace)
         if not commits:
             return killed  # it wrote nothing (a refusal that logs nothing)
         points = commits if attempt == 0 else [rng.randint(1, commits[-1])]
         for when in points:
-            inject = f"inject=pwrite64:signal=KILL:when={when}"
+            inject = f"inject={call}:signal=KILL:when={when}"
             code = _traced(
-                coord,
-                argv,
-                ["-o", "/dev/null", "-e", "trace=pwrite64", "-e", inject],
-                coord.state_dir,
+                coord, argv, ["-o", "/dev/null", "-e", f"trace={call}", "-e", inject], {}
             )
             killed += code in (-signal.SIGKILL, 128 + signal.SIGKILL)
             check_whole(db)
@@ -392,11 +432,12 @@ def kill_at_each_commit(
     return killed
 
 
-def _kill_at_commits(engine_db: EngineDB, rounds: int, extra: int) -> None:
-    if engine_db.engine != "sqlite":
-        pytest.skip("SQLite's WAL writes")
+def _kill_at_commits(
+    engine_db: EngineDB, request: pytest.FixtureRequest, rounds: int, extra: int, with_run: bool
+) -> None:
     if not _strace_usable():
         pytest.skip("strace is missing or ptrace is not allowed here")
+    pg = request.getfixturevalue("pg_server") if engine_db.engine == "postgres" else None
     seed = int(os.environ.get("RINGRIFT_FAULT_SEED", random.randrange(1 << 30)))
     print(f"seed {seed}")  # shown when it fails: RINGRIFT_FAULT_SEED=... reruns it
     rng = random.Random(seed)
@@ -408,29 +449,34 @@ def _kill_at_commits(engine_db: EngineDB, rounds: int, extra: int) -> None:
         killed = 0
         for _ in range(rounds):
             register = ["register", "training", "--node", "n2", "--pid", str(holder.pid), "-q"]
-            killed += kill_at_each_commit(engine_db, coord, register, rng, extra)
-            run = ["run", "training", "--node", "n2", "--", "true"]
-            killed += kill_at_each_commit(engine_db, coord, run, rng, extra)
-            held = [r["task_id"] for r in rows(engine_db, "SELECT task_id FROM tasks")]
-            unregister = ["unregister", held[0]]
-            killed += kill_at_each_commit(engine_db, coord, unregister, rng, extra)
-        assert killed >= rounds * 3, killed  # each command was killed at least once
+            killed += kill_at_each_commit(engine_db, coord, register, rng, extra, pg)
+            if with_run:  # the wrapper: admission, its job's process group, release
+                run = ["run", "training", "--node", "n2", "--", "true"]
+                killed += kill_at_each_commit(engine_db, coord, run, rng, extra, pg)
+            if with_run or engine_db.engine == "sqlite":  # (PostgreSQL's commands cost more)
+                held = [r["task_id"] for r in rows(engine_db, "SELECT task_id FROM tasks")]
+                unregister = ["unregister", held[0]]
+                killed += kill_at_each_commit(engine_db, coord, unregister, rng, extra, pg)
+        assert killed >= rounds, killed  # the kills did land
     finally:
         holder.kill()
         holder.wait(10)
 
 
-def test_sigkill_at_each_commit_of_admission_and_release(engine_db: EngineDB) -> None:
-    """Admission, the wrapper's own writes and release, each SIGKILLed as it writes each of
-    its commit frames: every write is one transaction, all of it or none of it."""
-    _kill_at_commits(engine_db, rounds=1, extra=0)
+def test_sigkill_at_each_commit_of_admission_and_release(
+    engine_db: EngineDB, request: pytest.FixtureRequest
+) -> None:
+    """Admission (``register``) and, on SQLite, release (``unregister``), each SIGKILLed as
+    it commits each of its transactions: every write is one transaction, all of it or none
+    of it (the ``run`` wrapper, and release on PostgreSQL, under the stress marker)."""
+    _kill_at_commits(engine_db, request, rounds=1, extra=0, with_run=False)
 
 
 @pytest.mark.stress
 def test_sigkill_at_each_commit_and_random_writes_many_times_over(
-    engine_db: EngineDB,
+    engine_db: EngineDB, request: pytest.FixtureRequest
 ) -> None:
-    _kill_at_commits(engine_db, rounds=10, extra=3)
+    _kill_at_commits(engine_db, request, rounds=10, extra=3, with_run=True)
 
 
 # -- PostgreSQL stops answering during COMMIT ------------------------------------------------
