@@ -1,7 +1,9 @@
 """Faults the earlier fault tests left untested, injected for real: a second store opened on
 the same SQLite file in one process (POSIX locks), the wake directory unusable (a waiter
-polls instead), kill -9 inside admission's writes slowed down so the kill lands between them,
-and a PostgreSQL server that stops answering during COMMIT."""
+polls instead), kill -9 exactly as each transaction of admission and release commits (the
+commit's system call found by strace; random kills miss a < 1 ms window), and a PostgreSQL
+server that stops answering during COMMIT. Each test was seen to fail with its protection
+removed (the README's "Faults at the edges" and the branch's report say how)."""
 
 from __future__ import annotations
 
@@ -476,7 +478,8 @@ def test_sigkill_at_each_commit_of_admission_and_release(
 def test_sigkill_at_each_commit_and_random_writes_many_times_over(
     engine_db: EngineDB, request: pytest.FixtureRequest
 ) -> None:
-    _kill_at_commits(engine_db, request, rounds=10, extra=3, with_run=True)
+    rounds = 4 if engine_db.engine == "sqlite" else 2  # ~20 s and ~60 s on 2 busy cores
+    _kill_at_commits(engine_db, request, rounds=rounds, extra=2, with_run=True)
 
 
 # -- PostgreSQL stops answering during COMMIT ------------------------------------------------
