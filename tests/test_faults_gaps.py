@@ -154,6 +154,47 @@ def test_closing_the_second_store_keeps_the_first_ones_locks(tmp_path: Path) -> 
     assert words == ["rows", "1", "fds", "0"], words
 
 
+def test_stores_opened_and_closed_by_many_threads_keep_a_long_lived_stores_locks(
+    tmp_path: Path,
+) -> None:
+    """``serve``'s shape: one store kept open while request threads open and close stores
+    of their own on the same file, all at once. The long-lived store keeps its lock, and
+    once every store is closed no descriptor on the file is left."""
+    import threading
+
+    from ringrift_coord.store.sqlite import SQLiteStore
+
+    db = tmp_path / "tasks.db"
+    kept = SQLiteStore(str(db))
+    errors: list[BaseException] = []
+
+    def requests() -> None:
+        try:
+            for _ in range(10):
+                with SQLiteStore(str(db)) as store, store.read() as tx:
+                    tx.query("SELECT count(*) AS n FROM tasks")
+        except BaseException as exc:  # noqa: BLE001 (reported below)
+            errors.append(exc)
+
+    threads = [threading.Thread(target=requests) for _ in range(6)]
+    try:
+        with kept.read() as tx:
+            tx.query("SELECT 1")
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        assert not errors, errors
+        assert any(" READ " in line for line in _read_locks_on(os.getpid(), db))
+        assert not _can_take_sqlite_exclusive(db)
+    finally:
+        kept.close()
+    ino = db.stat().st_ino
+    fds = Path("/proc/self/fd")
+    left = [f for f in fds.iterdir() if f.exists() and f.stat().st_ino == ino]
+    assert left == [], left
+
+
 def sqlite3_open_close(db: Path) -> int:
     code = (
         "import sqlite3, sys\n"
