@@ -16,6 +16,7 @@ opened (a store deleted or moved away under it is said, never written into).
 
 from __future__ import annotations
 
+import _thread
 import errno
 import os
 import stat
@@ -122,7 +123,20 @@ class SQLiteStore(Store):
             if not migrate:
                 raise NoStore(f"no store at {self.path} (nothing recorded there yet)")
             _create_database(self.path, clock, shared_gid)
-        store_id = check_database_file(self.path, shared_gid)
+        store_id, pin = _check_and_pin(self.path, shared_gid)
+        self._pin: tuple[int, int] | None = pin
+        try:
+            self._open(store_id, migrate)
+        except BaseException:
+            conn = self.__dict__.get("_conn")
+            if conn is not None:
+                conn.close()
+            self._pin = None
+            _unpin(pin)
+            raise
+
+    def _open(self, store_id: int, migrate: bool) -> None:
+        shared_gid = self.shared_gid
         recorded = read_store_id(self.path)
         if recorded is not None and store_id and store_id != recorded:
             raise self._replaced(store_id, recorded)
@@ -416,6 +430,9 @@ class SQLiteStore(Store):
             self._conn.close()
         except sqlite3.Error:
             pass
+        pin, self._pin = self._pin, None
+        if pin is not None:
+            _unpin(pin)  # after the connection: it no longer holds a lock of its own
 
     def describe(self) -> dict[str, Any]:
         return {"engine": self.engine, "path": self.path, "store_scope": self.scope}
@@ -437,11 +454,70 @@ def apply_migrations(tx: Tx, done: set[str], engine: str) -> None:
         )
 
 
+# The database files this process has open through a store, by (st_dev, st_ino): a
+# descriptor kept open on each (a list: more than one only after a race) and how many stores
+# use it. On Linux, closing ANY descriptor of a file drops ALL of the process's POSIX locks
+# on it, SQLite's own included (the read lock every WAL connection holds on the database
+# file): a header read with open() + close() while another store of this process has the
+# file open would silently drop that store's locks, and another process could then take the
+# exclusive lock, checkpoint and delete the -wal and -shm under the live connection. So the
+# header is read through this descriptor, which is closed only once the last store of this
+# process using the file has closed its connection (SQLite keys its own descriptors by
+# inode for the same reason).
+_PINS: dict[tuple[int, int], tuple[list[int], list[int]]] = {}
+_PINS_LOCK = _thread.allocate_lock()
+
+
+def _pin(path: str, st: os.stat_result) -> tuple[tuple[int, int], int]:
+    """A descriptor on the database file at ``path`` (``st``: its stat) kept open until
+    ``_unpin``: (the file's key, the descriptor)."""
+    key = (st.st_dev, st.st_ino)
+    with _PINS_LOCK:
+        pinned = _PINS.get(key)
+        if pinned is not None:
+            pinned[1][0] += 1
+            return key, pinned[0][0]
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+        fst = os.fstat(fd)
+        key = (fst.st_dev, fst.st_ino)  # the file opened: the path may name another now
+        pinned = _PINS.get(key)
+        if pinned is not None:  # (a race) never closed while a store of ours uses it
+            pinned[0].append(fd)
+            pinned[1][0] += 1
+            return key, pinned[0][0]
+        _PINS[key] = ([fd], [1])
+        return key, fd
+
+
+def _unpin(key: tuple[int, int]) -> None:
+    with _PINS_LOCK:
+        pinned = _PINS.get(key)
+        if pinned is None:
+            return
+        pinned[1][0] -= 1
+        if pinned[1][0] > 0:
+            return
+        del _PINS[key]
+    for fd in pinned[0]:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+
+
 def check_database_file(path: str, shared_gid: int | None = None) -> int:
     """Refuse anything at ``path`` that is not a whole SQLite database, without touching it,
     or that another user could have written: the file and its ``-wal`` and ``-shm`` must be
     owned by you (or be in the store's shared group), writable by no one else, with one name.
     Returns the store id its header carries (0: none, or not yet checkpointed into it)."""
+    store_id, key = _check_and_pin(path, shared_gid)
+    _unpin(key)
+    return store_id
+
+
+def _check_and_pin(path: str, shared_gid: int | None) -> tuple[int, tuple[int, int]]:
+    """``check_database_file``, reading through a pinned descriptor (``_pin``): (the store
+    id, the key to ``_unpin`` once the store is closed)."""
     try:
         st = os.stat(path)
     except OSError as exc:
@@ -450,8 +526,22 @@ def check_database_file(path: str, shared_gid: int | None = None) -> int:
         raise StateError(f"database {path} is not a regular file")
     _check_trust(path, st, shared_gid)
     try:
-        with open(path, "rb") as handle:
-            header = handle.read(100)
+        key, fd = _pin(path, st)
+    except OSError as exc:
+        raise StateError(f"cannot read database {path}: {exc.strerror}") from None
+    try:
+        return _check_header(path, fd), key
+    except BaseException:
+        _unpin(key)
+        raise
+
+
+def _check_header(path: str, fd: int) -> int:
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):  # (replaced since it was looked at)
+            raise StateError(f"database {path} is not a regular file")
+        header = os.pread(fd, 100, 0)
     except OSError as exc:
         raise StateError(f"cannot read database {path}: {exc.strerror}") from None
     advice = "it was left untouched: restore it from a backup or move it aside"
@@ -470,7 +560,7 @@ def check_database_file(path: str, shared_gid: int | None = None) -> int:
     if page_size < 512 or page_size & (page_size - 1):
         raise StateError(f"database {path} has a corrupt header; {advice}")
     if header_size_valid and st.st_size < pages * page_size:
-        short = _stays_short(path)
+        short = _stays_short(path, fd)
         if short is not None:
             raise StateError(
                 f"database {path} is truncated ({short[0]} of {short[1]} bytes); {advice}"
@@ -576,7 +666,7 @@ def _publishing(path: str, st: os.stat_result) -> bool:
     return (again.st_dev, again.st_ino) == (st.st_dev, st.st_ino) and again.st_nlink == 1
 
 
-def _stays_short(path: str) -> tuple[int, int] | None:
+def _stays_short(path: str, fd: int) -> tuple[int, int] | None:
     """(size, expected) if the file is still shorter than its header says, a few reads apart.
 
     Another process's checkpoint (WAL mode) writes page 1, with the new page count, before
@@ -591,10 +681,9 @@ def _stays_short(path: str) -> tuple[int, int] | None:
                 return None  # in use: the file alone is not the whole database
         except OSError:
             pass
-        try:
-            with open(path, "rb") as handle:
-                header = handle.read(100)
-                size = os.fstat(handle.fileno()).st_size
+        try:  # through the pinned descriptor (``_pin``): never a close of the file
+            header = os.pread(fd, 100, 0)
+            size = os.fstat(fd).st_size
         except OSError:
             return None
         page_size = int.from_bytes(header[16:18], "big")
