@@ -70,3 +70,84 @@ def test_a_postgres_can_spawn_sends_three_round_trips_before_its_rules(
             "SELECT max(at), extract(epoch FROM clock_timestamp())::float8 FROM decisions"
         ).fetchone()
     assert 0 <= now - at < 60
+
+
+# What one in-process acquire + release sends through the store, on either engine: the
+# acquire's one statement that probes the side tables and counts the slots, the reaper's
+# read, its decision-log entry and its slot; the release's one statement that deletes the
+# slot and reads it back (with the safeguards' probe), and its history row.
+# One write transaction each. A change that adds a statement to this path fails here: every
+# statement is a round trip on PostgreSQL, and SQLite time on both.
+PAIR_STATEMENTS = {
+    "acquire": [
+        "SELECT (SELECT COUNT(*) FROM halts)",
+        "SELECT task_id, task_type",
+        "INSERT INTO decisions",
+        "INSERT INTO tasks",
+    ],
+    "release": ["DELETE FROM tasks", "INSERT INTO task_history"],
+}
+
+
+def test_an_in_process_acquire_and_release_send_six_statements_in_two_transactions(
+    engine_db, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+
+    from ringrift_coord.store import base
+    from ringrift_coord.store.postgres import PostgresTx
+    from ringrift_coord.store.sqlite import SQLiteTx
+    from ringrift_coord.task_coordinator import Holder, TaskCoordinator
+
+    ctx = engine_db.context(
+        "task_limits:\n  selfplay: {per_node: 8, cluster: 500}\n"
+        "rate_limits:\n  selfplay: {per_minute: null}\n"
+    )
+    coord = TaskCoordinator(ctx)
+    me = Holder(pid=os.getpid())
+    for _ in range(3):  # the store made and migrated, every cache warm, history present
+        warm = coord.acquire("selfplay", "n1", holder=me)
+        coord.unregister_task(warm.task_id, token=warm.lease_token)
+
+    sent: list[str] = []
+    transactions: list[bool] = []
+    tx_class = SQLiteTx if engine_db.engine == "sqlite" else PostgresTx
+    query, execute = tx_class.query, tx_class.execute
+
+    def noting_query(self, sql, params=()):  # noqa: ANN001, ANN202
+        sent.append(" ".join(sql.split()))
+        return query(self, sql, params)
+
+    def noting_execute(self, sql, params=()):  # noqa: ANN001, ANN202
+        sent.append(" ".join(sql.split()))
+        return execute(self, sql, params)
+
+    monkeypatch.setattr(tx_class, "query", noting_query)
+    monkeypatch.setattr(tx_class, "execute", noting_execute)
+    enter = base._Transaction.__enter__
+
+    def noting_enter(self):  # noqa: ANN001, ANN202
+        transactions.append(self._write)
+        return enter(self)
+
+    monkeypatch.setattr(base._Transaction, "__enter__", noting_enter)
+    monkeypatch.setattr("os.urandom", lambda n: b"\xff" * n)  # no decision-log prune this time
+
+    decision = coord.acquire("selfplay", "n1", holder=me)
+    assert decision.allowed, decision.summary()
+    acquired = list(sent)
+    sent.clear()
+    row = coord.unregister_task(decision.task_id, token=decision.lease_token)
+    released = list(sent)
+
+    assert row is not None and row["task_id"] == decision.task_id and "ended_at" in row
+    assert "on_end_probe" not in row
+    assert transactions == [True, True]
+    for got, (what, budget) in zip((acquired, released), PAIR_STATEMENTS.items(), strict=True):
+        assert len(got) == len(budget), (what, got)
+        for sql, start in zip(got, budget, strict=True):
+            assert sql.startswith(start), (what, got)
+    with ctx.store.read() as tx:
+        assert tx.query("SELECT task_id FROM tasks") == []
+        ended = tx.query("SELECT status FROM task_history WHERE task_id = ?", (decision.task_id,))
+    assert ended == [{"status": "ok"}]
