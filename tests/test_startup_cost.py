@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+ENGINES = ("sqlite", "postgres")  # the engine_db tests below run on both
 OVERRIDES = [
     "rate_limits.selfplay.per_minute=null",
     "resources.live_host=false",  # this shared machine's load must not decide the test
@@ -133,12 +134,18 @@ def test_an_in_process_acquire_and_release_send_six_statements_in_two_transactio
     monkeypatch.setattr(base._Transaction, "__enter__", noting_enter)
     monkeypatch.setattr("os.urandom", lambda n: b"\xff" * n)  # no decision-log prune this time
 
+    def core(statements: list[str]) -> list[str]:
+        # what the engine itself sends through its transaction object is not the admission
+        # path's: PostgreSQL's start of a write transaction (BEGIN, its advisory lock and the
+        # clock in one query) and its delivery of the wake-ups (pg_notify)
+        return [s for s in statements if not s.startswith(("BEGIN", "SELECT pg_notify("))]
+
     decision = coord.acquire("selfplay", "n1", holder=me)
     assert decision.allowed, decision.summary()
-    acquired = list(sent)
+    acquired = core(sent)
     sent.clear()
     row = coord.unregister_task(decision.task_id, token=decision.lease_token)
-    released = list(sent)
+    released = core(sent)
 
     assert row is not None and row["task_id"] == decision.task_id and "ended_at" in row
     assert "on_end_probe" not in row
@@ -151,3 +158,35 @@ def test_an_in_process_acquire_and_release_send_six_statements_in_two_transactio
         assert tx.query("SELECT task_id FROM tasks") == []
         ended = tx.query("SELECT status FROM task_history WHERE task_id = ?", (decision.task_id,))
     assert ended == [{"status": "ok"}]
+
+
+def test_the_probe_counts_are_read_again_when_the_reaper_frees_a_slot(engine_db) -> None:
+    """The probe counts the running slots before the reaper runs: a slot the reaper frees in
+    the same admission must not count against the limits (per node and cluster)."""
+    import os
+
+    from ringrift_coord.task_coordinator import Holder, TaskCoordinator
+
+    ctx = engine_db.context(
+        "task_limits:\n  selfplay: {per_node: 1, cluster: 1}\n"
+        "rate_limits:\n  selfplay: {per_minute: null}\n"
+    )
+    coord = TaskCoordinator(ctx)
+    me = Holder(pid=os.getpid())
+    first = coord.acquire("selfplay", "n1", holder=me)
+    assert first.allowed
+    assert [r.rule for r in coord.acquire("selfplay", "n1", holder=me).reasons] == [
+        "node_limit",
+        "cluster_limit",
+    ]
+    with ctx.store.write() as tx:  # its holder is gone: a pid that runs nothing here
+        tx.execute(
+            "UPDATE tasks SET pid = 2147483000, pid_start = 1 WHERE task_id = ?", (first.task_id,)
+        )
+    second = coord.acquire("selfplay", "n1", holder=me)
+    assert second.allowed, second.summary()
+    history = [h for h in coord.history() if h["task_id"] == first.task_id]
+    assert history[0]["status"] == "reaped"
+    with ctx.store.read() as tx:
+        running = tx.query("SELECT task_id FROM tasks")
+    assert running == [{"task_id": second.task_id}]
