@@ -36,18 +36,23 @@ if TYPE_CHECKING:
 __all__ = ["Decision", "Reason", "Request", "admit", "decisions", "evaluate", "log_decision"]
 
 # One round trip saying which side tables matter for this admission at all: most admissions
-# meet no halt, waiter, reservation, breaker, reading, lowered cap or backpressure. Each
-# owner module says how to count its own rows.
-_PROBE = (
-    f"SELECT {halts.PROBE} AS halts, {queue.PROBE} AS waiters, "
+# meet no halt, waiter, reservation, breaker, reading, lowered cap, backpressure or optimizer
+# target; and the counts the limits need (the node's running tasks of the type, the type's
+# in the cluster). Each owner module says how to count its own rows.
+_PROBE_COLUMNS = (
+    f"{halts.PROBE} AS halts, {queue.PROBE} AS waiters, "
     f"{reservations.PROBE} AS reservations, {breakers.PROBE} AS breaker, "
-    f"{readings.PROBE} AS reading, {feedback.CAP_PROBE} AS cap, {feedback.FACTOR_PROBE} AS factor"
+    f"{readings.PROBE} AS reading, {feedback.CAP_PROBE} AS cap, "
+    f"{feedback.FACTOR_PROBE} AS factor, {slots.NODE_PROBE} AS on_node, "
+    f"{slots.TYPE_PROBE} AS of_type, {rules.TARGET_PROBE} AS target"
 )
+_PROBE = f"SELECT {_PROBE_COLUMNS}"
 
 
 def probe(tx: Tx, node: str, ttype: str) -> Row:
-    """Which side tables hold anything for this (node, type): one statement."""
-    row = tx.one(_PROBE, (node, ttype, node, node, ttype, node))
+    """Which side tables hold anything for this (node, type), and its counts: one
+    statement."""
+    row = tx.one(_PROBE, (node, ttype, node, node, ttype, node, node, ttype, ttype, node))
     assert row is not None
     return row
 
@@ -128,7 +133,11 @@ def admit(
     now = tx.now()
     ttype = req.task_type.value
     probed = probe(tx, req.node, ttype)
-    slots.reap(tx, now, settings, on_end=feedback.task_ended, waiters=bool(probed["waiters"]))
+    reaped = slots.reap(
+        tx, now, settings, on_end=feedback.task_ended, waiters=bool(probed["waiters"])
+    )
+    if reaped:  # the probe counted them before the reaper freed their slots: count again
+        probed = {**probed, "on_node": None, "of_type": None}
     decision = evaluate(
         tx,
         req,
@@ -228,9 +237,11 @@ PRUNE_BATCH = 2000
 def prune_logs(tx: Tx, cutoff: float) -> int:
     """Delete at most ``PRUNE_BATCH`` decisions and as many task history rows older than
     ``cutoff`` (of the oldest ids); the number deleted."""
+    # (one pass over the oldest ids, keeping those before the cutoff, rather than a pass
+    # over them and then a lookup of each id's row for its time)
     deleted = tx.execute(
-        "DELETE FROM decisions WHERE id IN (SELECT id FROM decisions ORDER BY id LIMIT ?) "
-        "AND at < ?",
+        "DELETE FROM decisions WHERE id IN (SELECT id FROM (SELECT id, at FROM decisions "
+        "ORDER BY id LIMIT ?) AS oldest WHERE at < ?)",
         (PRUNE_BATCH, cutoff),
     )
     return deleted + slots.prune_history(tx, cutoff, PRUNE_BATCH)

@@ -35,6 +35,13 @@ FAILED_STATUSES = ("failed", "killed", "oom")
 MAX_REASON = 300  # a breaker's last reason: one line in every listing and refusal
 CAP_PROBE = "(SELECT COUNT(*) FROM lowered_caps WHERE node = ? AND task_type = ?)"  # (node, type)
 FACTOR_PROBE = "(SELECT factor FROM backpressure WHERE node = ?)"  # (node,)
+# ``task_ended``'s question, asked by the release that deletes the slot (``slots.release``'s
+# ``on_end_probe``, over the deleted ``tasks`` row): does the node's breaker for the type or
+# its backpressure hold anything? A success on a node where neither does teaches nothing.
+END_PROBE = (
+    "((SELECT COUNT(*) FROM breakers WHERE node = tasks.node AND task_type = tasks.task_type) "
+    "+ (SELECT COUNT(*) FROM backpressure WHERE node = tasks.node))"
+)
 # a failure a script records whose reason says the job ran out of memory counts as an OOM,
 # like one ``run`` detects: "OOM", "oom: ...", "oom-kill", "oom_killed", "OOMKilled",
 # "oom-killer", "out of memory" ("CUDA out of memory", "CUDA_ERROR_OUT_OF_MEMORY"),
@@ -225,12 +232,16 @@ def task_ended(
         return
     if ok and not row.get("trial"):
         # the common case: a success on a node with no breaker history and no backpressure
-        seen = tx.one(
-            f"SELECT {breakers.PROBE} AS b, (SELECT COUNT(*) FROM backpressure WHERE node = ?) "
-            "AS bp",
-            (row["node"], row["task_type"], row["node"]),
-        )
-        if seen is not None and not seen["b"] and not seen["bp"]:
+        # (``END_PROBE``: the release that deleted the row asked already, or it is asked now)
+        seen = row.get("on_end_probe")
+        if seen is None:
+            found = tx.one(
+                f"SELECT {breakers.PROBE} + (SELECT COUNT(*) FROM backpressure WHERE node = ?) "
+                "AS seen",
+                (row["node"], row["task_type"], row["node"]),
+            )
+            seen = None if found is None else found["seen"]
+        if seen is not None and not seen:
             return
     cfg = BreakerConfig.from_settings(settings)
     label = reason or status  # "exit code 3", "killed by SIGKILL", ...

@@ -32,15 +32,20 @@ if TYPE_CHECKING:
 
     Rule = Callable[[Tx, Request, Settings, float, "Evaluation"], "Reason | list[Reason] | None"]
 
+# admission's probe: has the optimizer set a self-play target for the node? (node,)
+TARGET_PROBE = "(SELECT COUNT(*) FROM selfplay_targets WHERE node = ?)"
+
 UNKNOWN_RETRY = 5.0  # seconds to suggest when no learned duration can say better
 
 
 class Evaluation:
     """What one evaluation reads once and shares between rules, and what it leaves behind.
 
-    ``probe``: admission's one-statement probe of the side tables (which are empty);
-    ``on_node``: how many of the type run on this node (one indexed count; the cluster's
-    count is read by the cluster rule only when there is a cluster limit: ``running``);
+    ``probe``: admission's one-statement probe of the side tables (which are empty) and of
+    the counts; ``on_node``: how many of the type run on this node and ``of_type``: in the
+    whole store (the probe's counts; when the reaper freed slots after the probe, admission
+    sets them to None and they are counted again: ``on_node`` here, ``of_type`` by the
+    cluster rule, only when there is a cluster limit);
     ``waiting``: the nodes of the waiters ahead of the request; ``reservations`` in force.
     Left behind: ``breaker`` (the task's breaker, for admit to pass it through), ``rate``
     (the bucket's rate after backpressure, for admit to spend a token), ``warnings``
@@ -53,6 +58,7 @@ class Evaluation:
         "halt_file",
         "live",
         "on_node",
+        "of_type",
         "waiting",
         "ahead_node",
         "reservations",
@@ -79,7 +85,10 @@ class Evaluation:
             halt_file if halt_file is not None else state_dir
         )
         self.live = live  # this host's live reading, taken before the transaction
-        self.on_node = slots.count(tx, req.node, ttype)
+        # the probe's counts, unless the reaper freed slots after it (None: count now)
+        on_node = probe["on_node"]
+        self.on_node = slots.count(tx, req.node, ttype) if on_node is None else int(on_node)
+        self.of_type: int | None = None if probe["of_type"] is None else int(probe["of_type"])
         self.waiting = queue.ahead(tx, ttype, req.waiter_seq) if probe["waiters"] else []
         self.ahead_node = sum(1 for node in self.waiting if node == req.node)
         self.reservations = reservations.active(tx, now) if probe["reservations"] else []
@@ -415,7 +424,8 @@ def cluster_limit(
         running = [r["node"] for r in slots.of_type(tx, ttype)]
         used = len(running)
     else:
-        running, used = [], slots.count_type(tx, ttype)
+        running = []
+        used = slots.count_type(tx, ttype) if ev.of_type is None else ev.of_type
     held_elsewhere = reservations.held_elsewhere(ev.reservations, running, req.node, ttype)
     ahead = len(ev.waiting)
     if used + ahead + held_elsewhere + 1 <= cluster:
@@ -564,8 +574,8 @@ def optimizer(
     """The node's self-play job target set by the feedback loop (``adjust``), while it is in
     force (younger than ``optimizer.state_ttl``); missing or expired: no limit (fail open).
     Self-play only: one indexed read of ``selfplay_targets``."""
-    if req.task_type is not TaskType.SELFPLAY:
-        return None
+    if req.task_type is not TaskType.SELFPLAY or not ev.probe["target"]:
+        return None  # (the probe found no target row for the node: nothing to enforce)
     from ringrift_coord.optimizer import state as optimizer_state  # self-play only: ~0.4 ms
 
     # None also when its settings are bad (every command warns): the optimizer is not in use

@@ -169,6 +169,14 @@ def finish(
     )
     if not deleted:
         return False
+    _ended(tx, row, now, exit_code=exit_code, status=status, reason=reason)
+    return True
+
+
+def _ended(
+    tx: Tx, row: Row, now: float, *, exit_code: int | None, status: str, reason: str | None
+) -> None:
+    """What follows the deletion of a slot's row: the wake-up and the history row."""
     tx.ring(row["task_type"], row["node"])  # a slot freed: wake the waiter whose turn it is
     tx.execute(
         "INSERT INTO task_history (task_id, task_type, node, host, pid, config_name, started_at, "
@@ -188,7 +196,6 @@ def finish(
             reason,
         ),
     )
-    return True
 
 
 def record_outside(
@@ -218,24 +225,41 @@ def release(
     reason: str | None = None,
     settings: Settings,
     on_end: OnEnd,
+    on_end_probe: str | None = None,
 ) -> Row | None:
-    """Free ``task_id``'s slot once; None when it was already released (or reaped)."""
+    """Free ``task_id``'s slot once; None when it was already released (or reaped).
+
+    The row is deleted and read back in one statement (``DELETE ... RETURNING``), guarded
+    by ``token`` when given; only a delete that found nothing looks again, to tell a stale
+    token (``StaleLease``, nothing released) from a slot already gone. ``on_end_probe``: an
+    SQL expression over the deleted ``tasks`` row, returned with it as ``on_end_probe`` for
+    ``on_end`` to read (what ``feedback.task_ended`` would otherwise ask in a statement of
+    its own); it is not in the row returned."""
     if status not in END_STATUSES:
         raise UsageError(
             f"must be one of {', '.join(RELEASE_STATUSES)}, not {status!r}", field="status"
         )
-    row = tx.one("SELECT * FROM tasks WHERE task_id = ?", (task_id,))
+    returning = "*" if on_end_probe is None else f"*, {on_end_probe} AS on_end_probe"
+    if token is None:
+        row = tx.one(f"DELETE FROM tasks WHERE task_id = ? RETURNING {returning}", (task_id,))
+    else:
+        row = tx.one(
+            f"DELETE FROM tasks WHERE task_id = ? AND lease_token = ? RETURNING {returning}",
+            (task_id, int(token)),
+        )
+        if row is None:
+            held = tx.one("SELECT lease_token FROM tasks WHERE task_id = ?", (task_id,))
+            if held is not None:
+                raise StaleLease(
+                    f"lease token {token} no longer holds task {task_id} (now held with token "
+                    f"{held['lease_token']}); nothing was released"
+                )
     if row is None:
         return None
-    if token is not None and int(row["lease_token"]) != int(token):
-        raise StaleLease(
-            f"lease token {token} no longer holds task {task_id} (now held with token "
-            f"{row['lease_token']}); nothing was released"
-        )
     now = tx.now()
-    if not finish(tx, row, now, exit_code=exit_code, status=status, reason=reason):
-        return None
+    _ended(tx, row, now, exit_code=exit_code, status=status, reason=reason)
     on_end(tx, settings, row, status, reason, now)
+    row.pop("on_end_probe", None)
     row["ended_at"] = now
     row["duration"] = max(0.0, now - row["started_at"])
     if status == "ok":
@@ -338,8 +362,8 @@ def prune_history(tx: Tx, cutoff: float, batch: int) -> int:
     """Delete at most ``batch`` rows that ended before ``cutoff``, of the oldest ids (a
     bounded cost, however large the backlog); the number deleted."""
     return tx.execute(
-        "DELETE FROM task_history WHERE id IN (SELECT id FROM task_history ORDER BY id "
-        "LIMIT ?) AND ended_at < ?",
+        "DELETE FROM task_history WHERE id IN (SELECT id FROM (SELECT id, ended_at FROM "
+        "task_history ORDER BY id LIMIT ?) AS oldest WHERE ended_at < ?)",
         (batch, cutoff),
     )
 
@@ -350,6 +374,12 @@ def prune_history(tx: Tx, cutoff: float, batch: int) -> int:
 def of_type(tx: Tx, task_type: str) -> list[Row]:
     """The running tasks of one type: node and start (what the limits count)."""
     return tx.query("SELECT node, started_at FROM tasks WHERE task_type = ?", (task_type,))
+
+
+# admission's probe: the node's running tasks of a type (node, type), and the type's in the
+# whole store (type,): what ``count`` and ``count_type`` read
+NODE_PROBE = "(SELECT COUNT(*) FROM tasks WHERE node = ? AND task_type = ?)"
+TYPE_PROBE = "COALESCE((SELECT n FROM task_counts WHERE task_type = ?), 0)"
 
 
 def count(tx: Tx, node: str, task_type: str) -> int:

@@ -230,6 +230,7 @@ class TaskCoordinator(ProcessWide):
                 reason=reason,
                 settings=self.ctx.settings,
                 on_end=feedback.task_ended,
+                on_end_probe=feedback.END_PROBE,
             )
             if row is None and not slots.ended(tx, task_id):
                 raise NotFound(f"no task {task_id!r} is registered")
