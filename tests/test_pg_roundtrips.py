@@ -1,7 +1,7 @@
 """Round trips per transaction on PostgreSQL: every round trip of a write is a wake-up of
-the client while every other writer waits on the admission lock, so the BEGIN and the lock
-go with the first statement and plain INSERTs and the waiters' notifications with the next
-statement or the COMMIT. Counted on a real server: each call of the connection's ``wait``
+the client while every other writer waits on the admission lock, so plain INSERTs and the
+waiters' notifications go with the next statement or the COMMIT (and a read's BEGIN with its
+first statement). Counted on a real server: each call of the connection's ``wait``
 (psycopg's one way to the server and back) is one round trip."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import os
 import pytest
 from conftest import EngineDB
 
-from ringrift_coord.errors import StateError
+from ringrift_coord.errors import StateError, StoreBusy
 
 ENGINES = ("sqlite", "postgres")
 
@@ -26,9 +26,9 @@ rate_limits:
 # acquire: BEGIN + lock + clock, probe, reap, node count, cluster count, targets, the
 # decision's INSERT ... RETURNING (the fencing token), INSERT tasks + COMMIT
 ACQUIRE_BUDGET = 8
-# release: BEGIN + lock + clock + the row, DELETE, history INSERT + outcome probe,
+# release: BEGIN + lock + clock, the row, DELETE, history INSERT + outcome probe,
 # notifications + COMMIT
-RELEASE_BUDGET = 4
+RELEASE_BUDGET = 5
 
 
 class Trips:
@@ -146,6 +146,15 @@ def test_values_sent_later_arrive_exactly(engine_db: EngineDB) -> None:
     with store.write() as tx:  # a float in an expression is a float, as bound on the server
         row = tx.one("SELECT ? + 0 AS x, ? AS y", (0.5, 2.25))
     assert row == {"x": 0.5, "y": 2.25} and type(row["x"]) is float  # type: ignore[index]
+
+
+def test_a_write_holds_the_lock_from_its_start(engine_db: EngineDB) -> None:
+    """Entering ``write()`` takes the admission lock before the block runs, statement or
+    not (a block may serialise work besides statements): another writer waits its turn."""
+    holder, late = engine_db.open(), engine_db.open(busy_timeout=0.2)
+    with holder.write():
+        with pytest.raises(StoreBusy), late.write() as tx:
+            tx.execute("SELECT 1")
 
 
 def test_a_read_transaction_still_refuses_an_insert_at_once(engine_db: EngineDB) -> None:

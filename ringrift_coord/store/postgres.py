@@ -140,10 +140,10 @@ def _deferrable(sql: str) -> bool:
 class PostgresTx(Tx):
     """One transaction on the store's connection, in as few round trips as it can: under
     the admission lock every round trip is a wake-up of this client while every other
-    writer waits (on a loaded host, a wait for a CPU). So the BEGIN and the lock go with
-    the transaction's first statement, plain INSERTs (``_deferrable``) and the waiters'
-    notifications with the next statement or the COMMIT, each batch as one script (the
-    simple protocol takes several statements; parameters bound by psycopg, as literals)."""
+    writer waits (on a loaded host, a wait for a CPU). So plain INSERTs (``_deferrable``)
+    and the waiters' notifications go with the next statement or the COMMIT, and a read's
+    BEGIN with its first statement, each batch as one script (the simple protocol takes
+    several statements; parameters bound by psycopg, as literals)."""
 
     def __init__(self, store: PostgresStore) -> None:
         self._store = store
@@ -485,8 +485,10 @@ class PostgresStore(Store):
     # -- transactions -------------------------------------------------------------------
 
     def _open_tx(self, write: bool) -> Tx:
-        # the BEGIN (and a write's lock) go with the transaction's first statement
-        return self._begin(write, lazy=True)
+        # A read's BEGIN goes with its first statement (its snapshot is taken there anyway).
+        # A write's lock is held once ``write()`` is entered: its block may serialise more
+        # than statements (a file written under the lock), or hold the lock on purpose.
+        return self._begin(write, lazy=not write)
 
     def _begin(self, write: bool, lock: int = ADMISSION_LOCK, *, lazy: bool = False) -> Tx:
         """The transaction, begun (a write: its advisory lock held) when this returns;
