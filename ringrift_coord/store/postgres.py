@@ -121,9 +121,11 @@ def server_name(host: str | None, port: str | int | None, dbname: str | None) ->
     return f"{where}/{dbname or '?'}"
 
 
-# A plain ``INSERT ... VALUES`` (no RETURNING, no ON CONFLICT, no SELECT) changes exactly one
+# A one-row ``INSERT ... VALUES (...)`` (no RETURNING, ON CONFLICT, SELECT) changes exactly one
 # row or fails: nothing waits for its reply, so it is sent with the transaction's next statement
-_DEFERRABLE = re.compile(r"\s*INSERT\s+INTO\s+\w+\s*\([^()]*\)\s*VALUES\s*\([^;]*\)\s*", re.I)
+_DEFERRABLE = re.compile(
+    r"\s*INSERT\s+INTO\s+\w+\s*\([^()]*\)\s*VALUES\s*\((?:[^();]|\([^();]*\))*\)\s*", re.I
+)
 _NOT_DEFERRABLE = re.compile(r"\b(RETURNING|CONFLICT|SELECT)\b", re.I)
 _deferrable_cache: dict[str, bool] = {}
 
