@@ -625,18 +625,22 @@ def run_command(
     )
 
 
-def _record_holder(keeper: SlotKeeper, ident: str, token: int, holder: Holder, job: _Job) -> bool:
+def _record_holder(
+    keeper: SlotKeeper, ident: str, token: int, holder: Holder, job: _Job, *, wait: bool
+) -> bool:
     """Record the gated child as the slot's holder. A store busy past its timeout (a herd of
-    writers) decided nothing: the slot is ours and its lease runs, so try again until half
-    the lease is spent or a signal asks us to stop; giving up here would exit 75 and release
-    an admitted slot as a failure."""
+    writers) decided nothing: the slot is ours and its lease runs, so try again until a
+    signal asks us to stop, and without ``wait`` (a one-shot run, which may exit 75) until
+    half the lease is spent; giving up would exit 75 and release an admitted slot as a
+    failure. Trying past the lease is safe: the update names the slot's fencing token, so a
+    slot reaped meanwhile (its lease ran out on other hosts) is never recorded as ours."""
     clock = keeper.ctx.clock
     give_up = clock.monotonic() + float(keeper.ctx.settings.get("store.lease_ttl")) / 2
     while True:
         try:
             return keeper.set_holder(ident, token, holder)
         except StoreBusy:
-            if job.received or clock.monotonic() + BUSY_RETRY >= give_up:
+            if job.received or (not wait and clock.monotonic() + BUSY_RETRY >= give_up):
                 raise
             clock.sleep(BUSY_RETRY)
 
@@ -716,7 +720,7 @@ def run_held(
         job.pgid = pid
         try:
             recorded = _record_holder(
-                keeper, task_id, token, Holder(pid=pid, pgid=pid, wrapper_pid=me), job
+                keeper, task_id, token, Holder(pid=pid, pgid=pid, wrapper_pid=me), job, wait=wait
             )
         except BaseException:
             os.close(go_w)  # the child exits without running anything

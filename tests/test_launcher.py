@@ -448,6 +448,38 @@ def test_a_busy_store_when_recording_the_holder_is_retried_not_a_failed_job(
     assert row["status"] == "ok"
 
 
+def test_a_waiter_records_its_holder_through_a_store_busy_past_half_its_lease(
+    engine_db: EngineDB,
+) -> None:
+    """``run --wait`` never exits 75 for a busy store: admitted, it keeps trying to record
+    its job's process group however long the store stays locked (a one-shot run gives up
+    at half the lease, 2 s here; this one is kept out for 4 s of the clock) and runs the job
+    once it gets through (the update names its fencing token: a slot reaped meanwhile would
+    not be recorded as its own)."""
+    clock = ManualClock()
+    short = ONE_SLOT.replace("lease_ttl: 30, busy_timeout: 5", "lease_ttl: 4, busy_timeout: 0.05")
+    mine = TaskCoordinator(engine_db.context(short, clock))
+    other = TaskCoordinator(engine_db.context(ONE_SLOT, clock))
+    locked, done = threading.Event(), threading.Event()
+
+    def locker() -> None:
+        with other.ctx.store.write():  # the lock set_holder needs, past half the lease
+            locked.set()
+            wait_for(lambda: len(clock.slept) >= 8, 60, "eight tries to record the holder")
+        done.set()
+
+    def admitted() -> None:
+        threading.Thread(target=locker, daemon=True).start()
+        assert locked.wait(30)
+
+    result = run_command(mine, "selfplay", "n1", ["true"], wait=True, on_admitted=admitted)
+    assert done.is_set()
+    assert (result.exit_code, result.status) == (0, "ok")
+    assert clock.slept[:8] == at([0.5] * 8)
+    (row,) = other.history()
+    assert row["status"] == "ok"
+
+
 def test_duration_is_measured_on_the_clock(pair) -> None:
     clock, mine, _ = pair
     result: RunResult = run_command(mine, "selfplay", "n1", ["sh", "-c", "exit 3"])

@@ -100,6 +100,12 @@ class Store(ABC):
     @abstractmethod
     def _begin(self, write: bool) -> Tx: ...
 
+    def _open_tx(self, write: bool) -> Tx:
+        """The transaction ``write()``/``read()`` run in: ``_begin`` here. An engine may
+        defer its BEGIN (and a write's lock) to the transaction's first statement, sent
+        together with it; ``_begin`` itself always returns with the transaction begun."""
+        return self._begin(write=write)
+
     @abstractmethod
     def _commit(self) -> None: ...
 
@@ -195,7 +201,7 @@ def is_conninfo(value: str) -> bool:
 
 class _Transaction:
     """``with store.write() as tx`` / ``with store.read() as tx``: under the store's thread
-    lock, ``_begin``; then a write delivers its rings (``Tx.ring``) and commits when the
+    lock, ``_open_tx``; then a write delivers its rings (``Tx.ring``) and commits when the
     block ends normally (and runs its ``after_commit`` callbacks) and rolls back when it
     raises; a read always rolls back.
     A class rather than ``contextlib.contextmanager``: contextlib's import costs every
@@ -211,7 +217,7 @@ class _Transaction:
         lock = self._lock = store._thread_lock()
         lock.acquire()
         try:
-            tx = self._tx = store._begin(write=self._write)
+            tx = self._tx = store._open_tx(write=self._write)
         except BaseException:
             lock.release()
             raise

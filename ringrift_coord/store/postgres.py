@@ -121,39 +121,103 @@ def server_name(host: str | None, port: str | int | None, dbname: str | None) ->
     return f"{where}/{dbname or '?'}"
 
 
+# A one-row ``INSERT ... VALUES (...)`` (no RETURNING, ON CONFLICT, SELECT) changes exactly one
+# row or fails: nothing waits for its reply, so it is sent with the transaction's next statement
+_DEFERRABLE = re.compile(
+    r"\s*INSERT\s+INTO\s+\w+\s*\([^()]*\)\s*VALUES\s*\((?:[^();]|\([^();]*\))*\)\s*", re.I
+)
+_NOT_DEFERRABLE = re.compile(r"\b(RETURNING|CONFLICT|SELECT)\b", re.I)
+_deferrable_cache: dict[str, bool] = {}
+
+
+def _deferrable(sql: str) -> bool:
+    found = _deferrable_cache.get(sql)
+    if found is None:
+        found = _deferrable_cache[sql] = bool(
+            _DEFERRABLE.fullmatch(sql) and not _NOT_DEFERRABLE.search(sql)
+        )
+    return found
+
+
 class PostgresTx(Tx):
+    """One transaction on the store's connection, in as few round trips as it can: under
+    the admission lock every round trip is a wake-up of this client while every other
+    writer waits (on a loaded host, a wait for a CPU). So plain INSERTs (``_deferrable``)
+    and the waiters' notifications go with the next statement or the COMMIT, and a read's
+    BEGIN with its first statement, each batch as one script (the simple protocol takes
+    several statements; parameters bound by psycopg, as literals)."""
+
     def __init__(self, store: PostgresStore) -> None:
         self._store = store
         self._cur = store._conn.cursor()
         self._now: float | None = None
+        self._pending: list[str] = []  # statements sent with the next one, in order
+        self._clock_at = -1  # where in _pending the clock reading is
+        self._sent = False  # whether the BEGIN has gone to the server
+        self._write = False  # a write (INSERTs deferred); a read-only one says "read-only" at once
+        store._tx = self
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
-        self._store._run(self._cur, sql, params)
+        if self._sent and self._write and _deferrable(sql):  # (the first goes with the BEGIN)
+            self._pending.append(self._store._bind(sql, params))
+            return 1
+        self._send(sql, params)
         return int(self._cur.rowcount)
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
-        self._store._run(self._cur, sql, params)
+        self._send(sql, params)
         if self._cur.description is None:
             return []
         names = [d.name for d in self._cur.description]
         return [dict(zip(names, row, strict=True)) for row in self._cur.fetchall()]
 
-    def begin_locked(self, lock: int) -> None:
-        """BEGIN, take the advisory lock ``lock`` and, on the database's clock, read the
-        transaction's moment (``now``) once the lock is held: one round trip, not three (a
-        query without parameters goes by the simple protocol, which takes several
-        statements; the key is this module's own integer, never text from outside)."""
-        sql = f"BEGIN; SELECT pg_advisory_xact_lock({int(lock)})"
-        if self._store.clock is not None:
-            self.execute(sql)
+    def _send(self, sql: str | None, params: Sequence[Any] = ()) -> None:
+        """Run what is pending, then ``sql`` (None: only what is pending) in one round
+        trip; the cursor ends on ``sql``'s result."""
+        pending = self._pending
+        if not pending:
+            if sql is not None:
+                self._store._run(self._cur, sql, params)
             return
-        self.execute(f"{sql}; {_NOW}")
+        script = pending if sql is None else [*pending, self._store._bind(sql, params)]
+        self._pending = []
+        clock_at, self._clock_at = self._clock_at, -1
+        self._sent = True
+        self._store._run_script(self._cur, script)
         cur = self._cur
-        cur.nextset()  # the lock's result
-        cur.nextset()  # the clock's
-        self._now = float(cur.fetchone()[0])
+        for i in range(len(script)):
+            if i == clock_at:
+                self._now = float(cur.fetchone()[0])
+            if i < len(script) - 1:
+                cur.nextset()
+
+    def defer(self, pg_sql: str, params: Sequence[Any] | None = None) -> None:
+        """Send ``pg_sql`` (psycopg's ``%s`` placeholders) with the next statement; its
+        result is never read."""
+        self._pending.append(self._store._bind_pg(pg_sql, params))
+
+    def defer_begin(self, lock: int | None) -> None:
+        """BEGIN (``lock``: a write, which takes that advisory lock and then reads the
+        database's clock; None: a read-only snapshot) with the first statement. The key is
+        this module's own integer, never text from outside."""
+        if lock is None:
+            self._pending.append("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            return
+        self._write = True
+        self._pending += ["BEGIN", f"SELECT pg_advisory_xact_lock({int(lock)})"]
+        if self._store.clock is None:
+            self._clock_at = len(self._pending)
+            self._pending.append(_NOW)
+
+    def begin_locked(self, lock: int) -> None:
+        """BEGIN, take the advisory lock ``lock`` and read the transaction's moment once
+        the lock is held: one round trip, now."""
+        self.defer_begin(lock)
+        self._send(None)
 
     def now(self) -> float:
+        if self._now is None and self._clock_at >= 0:
+            self._send(None)  # the BEGIN and its clock reading, with what else is pending
         if self._now is None:
             if self._store.clock is not None:
                 self._now = self._store.clock.time()
@@ -195,6 +259,8 @@ class PostgresStore(Store):
         self.clock = clock  # None: the database's clock (tests may inject one)
         self._sql_cache: dict[str, str] = {}
         self._conn: Any = None
+        self._tx: PostgresTx | None = None  # the transaction open on the connection
+        self._binder: Any = None  # a client-side binding cursor of the connection
         self._connect()
         if migrate:
             self._migrate()
@@ -310,6 +376,32 @@ class PostgresStore(Store):
             self._drop_if_hung(exc)
             raise self._translate(exc) from None
 
+    def _run_script(self, cur: Any, script: list[str]) -> None:
+        """Statements already bound (``_bind``), in one round trip."""
+        try:
+            cur.execute("; ".join(script))
+        except self._psycopg.Error as exc:
+            self._drop_if_hung(exc)
+            raise self._translate(exc) from None
+
+    def _bind(self, sql: str, params: Sequence[Any]) -> str:
+        """``sql`` (``?`` placeholders) with ``params`` bound as literals by psycopg."""
+        pg_sql = self._sql_cache.get(sql)
+        if pg_sql is None:
+            pg_sql = self._sql_cache[sql] = sql.replace("?", "%s")
+        return self._bind_pg(pg_sql, params)
+
+    def _bind_pg(self, pg_sql: str, params: Sequence[Any] | None) -> str:
+        if not params:
+            return pg_sql
+        binder = self._binder
+        if binder is None or binder.connection is not self._conn:
+            binder = self._binder = _binder(self._psycopg, self._conn)
+        try:
+            return str(binder.mogrify(pg_sql, tuple(params)))
+        except self._psycopg.Error as exc:
+            raise self._translate(exc) from None
+
     def _drop_if_hung(self, exc: Exception) -> None:
         """A reply that never came leaves the session in an unknown state: drop it (the next
         transaction connects anew)."""
@@ -394,7 +486,15 @@ class PostgresStore(Store):
 
     # -- transactions -------------------------------------------------------------------
 
-    def _begin(self, write: bool, lock: int = ADMISSION_LOCK) -> Tx:
+    def _open_tx(self, write: bool) -> Tx:
+        # A read's BEGIN goes with its first statement (its snapshot is taken there anyway).
+        # A write's lock is held once ``write()`` is entered: its block may serialise more
+        # than statements (a file written under the lock), or hold the lock on purpose.
+        return self._begin(write, lazy=not write)
+
+    def _begin(self, write: bool, lock: int = ADMISSION_LOCK, *, lazy: bool = False) -> Tx:
+        """The transaction, begun (a write: its advisory lock held) when this returns;
+        ``lazy``: begun with its first statement instead (``PostgresTx.defer_begin``)."""
         conn = self._conn
         if (
             conn is not None
@@ -407,20 +507,24 @@ class PostgresStore(Store):
         if self._conn is None or self._conn.closed or self._conn.broken:
             self._connect()  # the server came back (or ended that session): a fresh one
         tx = PostgresTx(self)
-        try:
-            if write:
-                tx.begin_locked(lock)
-            else:
-                tx.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-        except BaseException:
-            self._rollback()
-            raise
+        tx.defer_begin(lock if write else None)
+        if not lazy:
+            try:
+                tx._send(None)
+            except BaseException:
+                self._rollback()
+                raise
         return tx
 
     def _commit(self) -> None:
+        tx, self._tx = self._tx, None
+        script = ["COMMIT"]
+        if tx is not None and tx._pending:  # (a BEGIN never sent commits nothing but itself)
+            script = [*tx._pending, "COMMIT"]
+            tx._pending = []
         try:
             with self._conn.cursor() as cur:
-                cur.execute("COMMIT")
+                cur.execute("; ".join(script))
         except self._psycopg.Error as exc:
             self._drop_if_hung(exc)
             self._rollback()
@@ -433,6 +537,14 @@ class PostgresStore(Store):
             raise self._translate(exc) from None
 
     def _rollback(self) -> None:
+        tx, self._tx = self._tx, None
+        if tx is not None:
+            tx._pending = []
+            if not tx._sent and (
+                self._conn is None
+                or self._conn.info.transaction_status == self._psycopg.pq.TransactionStatus.IDLE
+            ):
+                return  # its BEGIN never went out: nothing to roll back
         if self._conn is None or self._conn.closed:
             return
         try:
@@ -450,10 +562,7 @@ class PostgresStore(Store):
         from ringrift_coord.wake import pg_ring
 
         assert isinstance(tx, PostgresTx)
-        try:
-            pg_ring(tx._cur, targets)
-        except self._psycopg.Error as exc:
-            raise self._translate(exc) from None
+        pg_ring(_Deferred(tx), targets)  # sent with the COMMIT
 
     def doorbell(self, kind: str, seq: int, node: str) -> Doorbell:
         """LISTEN on a connection of its own; where that fails (PgBouncer in transaction
@@ -521,6 +630,27 @@ class PostgresStore(Store):
                 else redact(self.url)
             )
         return f"cluster-wide on postgres {where}"
+
+
+class _Deferred:
+    """A cursor's ``execute`` whose statements go out with the transaction's next one."""
+
+    def __init__(self, tx: PostgresTx) -> None:
+        self.execute = tx.defer
+
+
+def _binder(psycopg: Any, conn: Any) -> Any:
+    """A cursor of ``conn`` that binds parameters as literals (``mogrify``); a float as a
+    float8 literal, as the server-side binding types it (a bare ``1.5`` is numeric)."""
+    from psycopg.types.numeric import FloatDumper
+
+    class Float8Literal(FloatDumper):
+        def quote(self, obj: Any) -> bytes:
+            return b"'" + str(obj).encode() + b"'::float8"  # (inf, nan: 'inf'::float8)
+
+    cur = psycopg.ClientCursor(conn)
+    cur.adapters.register_dumper(float, Float8Literal)
+    return cur
 
 
 _CONNECTION_CLASS: Any = None
