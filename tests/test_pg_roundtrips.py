@@ -23,12 +23,12 @@ rate_limits:
   selfplay: {per_minute: null}
 """
 
-# acquire: BEGIN + lock + clock, probe, reap, node count, cluster count, targets, the
-# decision's INSERT ... RETURNING (the fencing token), INSERT tasks + COMMIT
-ACQUIRE_BUDGET = 8
-# release: BEGIN + lock + clock, the row, DELETE, history INSERT + outcome probe,
-# notifications + COMMIT
-RELEASE_BUDGET = 5
+# acquire: BEGIN + lock + clock, the probe (side tables, counts, target), the reaper's
+# read, the decision's INSERT ... RETURNING (the fencing token), INSERT tasks + COMMIT
+ACQUIRE_BUDGET = 5
+# release: BEGIN + lock + clock, DELETE ... RETURNING (with the outcome probe), the history
+# INSERT + notifications + COMMIT
+RELEASE_BUDGET = 3
 
 
 class Trips:
