@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -369,3 +370,66 @@ def test_doctor_and_status_name_a_stopped_holder_of_the_gate(coord: Coord) -> No
         doc = json.loads(coord("--json", "status").stdout)
         assert [h["pid"] for h in doc["long_holds"]] == [holder.pid]
         os.kill(holder.pid, signal.SIGCONT)
+
+
+# -- a gate that cannot be made: the writer goes on without it ---------------------------------
+
+
+@pytest.fixture
+def few_inodes(tmp_path: Path) -> Iterator[Path]:
+    """A tmpfs of its own with few inodes (unmounted afterwards)."""
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("mounting a filesystem needs root")
+    where = tmp_path / "fs"
+    where.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=8m,nr_inodes=64,mode=0755", "tmpfs", str(where)],
+        capture_output=True,
+        text=True,
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], check=False, capture_output=True)
+
+
+def test_a_gate_that_cannot_be_made_is_done_without(tmp_path: Path, few_inodes: Path) -> None:
+    """No inode left for the gate file (ENOSPC), while the store itself can still be written:
+    the write goes on without the gate (SQLite's busy handler, as before it existed)."""
+    import sqlite3
+
+    runner = Coord(tmp_path)
+    runner.env["RINGRIFT_COORDINATOR_DIR"] = str(few_inodes / "state")
+    assert runner("register", "selfplay", "--node", "n1", "-q").returncode == 0
+    gate = few_inodes / "state" / "tasks.db-gate"
+    gate.unlink()
+    keep = sqlite3.connect(str(few_inodes / "state" / "tasks.db"))  # keeps -wal and -shm
+    keep.execute("SELECT COUNT(*) FROM tasks").fetchall()
+    try:
+        for n in range(1000):  # every inode left, taken
+            try:
+                os.close(os.open(few_inodes / f"filler{n}", os.O_CREAT | os.O_WRONLY, 0o600))
+            except OSError:
+                break
+        done = runner("register", "selfplay", "--node", "n1", "-q")
+        assert done.returncode == 0, done.stderr
+        assert not gate.exists()
+    finally:
+        keep.close()
+
+
+def test_the_gate_file_has_the_store_mode_whatever_the_umask_and_doctor_never_makes_it(
+    coord: Coord,
+) -> None:
+    gate = Path(str(coord.db) + "-gate")
+    gate.unlink()
+    assert coord("doctor").returncode == 0
+    assert not gate.exists()  # doctor writes nothing
+    old = os.umask(0)
+    try:
+        assert coord("can-spawn", "selfplay", "--node", "n1").returncode == 0
+    finally:
+        os.umask(old)
+    assert oct(gate.stat().st_mode & 0o777) == "0o600"

@@ -22,10 +22,10 @@ import stat
 import time
 from collections.abc import Sequence
 
+import ringrift_coord.store.gate as gate
 from ringrift_coord.clock import SYSTEM_CLOCK, Clock
 from ringrift_coord.durations import human
 from ringrift_coord.errors import StateError, StoreBusy
-from ringrift_coord.store import gate
 from ringrift_coord.store.base import (
     CORRUPT_ADVICE,
     NoStore,
