@@ -37,7 +37,9 @@ WAL_WRITE = 120  # SQLite's unix VFS: UNIX_SHM_BASE = (22 + SQLITE_SHM_NLOCK) * 
 LOCK_KINDS = {120: "write lock", 121: "checkpoint lock", 122: "recovery lock"}
 LOCK_KINDS.update({byte: "read snapshot" for byte in range(123, 128)})
 # what a holder of several locks is named by: the write lock stalls admission, the others less
-RANK = ("write lock", "checkpoint lock", "recovery lock", "read snapshot")
+RANK = ("write lock", "write gate", "checkpoint lock", "recovery lock", "read snapshot")
+GATE_SUFFIX = "-gate"  # store/gate.py's file: every ringrift-coord writer queues on it
+WRITE_LOCKS = ("write lock", "write gate")  # a holder of either stalls every admission
 LOOK_INTERVAL = 0.025  # between two looks at the lock table: a passing holder is missed by one
 STATUS_WATCH = 0.5  # status looks this long at a holder before naming it (stays cheap)
 DOCTOR_WATCH = 1.0  # doctor looks this long
@@ -59,14 +61,21 @@ def sqlite_holders(db_path: str, locks_file: str = LOCKS_FILE) -> list[dict[str,
 def lock_table(db_path: str, locks_file: str = LOCKS_FILE) -> dict[int, str]:
     """pid -> the strongest lock it holds on the store at ``db_path`` now (one read of the
     kernel's lock table; no process is looked at)."""
+    files = {}  # "-shm" / the write gate (an flock on PATH-gate) -> (device:inode, :inode)
+    for suffix in ("-shm", GATE_SUFFIX):
+        try:
+            st = os.stat(db_path + suffix)
+        except OSError:
+            continue
+        device = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+        files[suffix] = (device, f":{st.st_ino}")
+    if not files:
+        return {}
     try:
-        st = os.stat(db_path + "-shm")
         with open(locks_file, encoding="ascii", errors="replace") as handle:
             text = handle.read()
     except OSError:
         return {}
-    device = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
-    inode = f":{st.st_ino}"
     exact: dict[int, set[str]] = {}
     by_inode: dict[int, set[str]] = {}
     for raw in text.splitlines():
@@ -74,16 +83,23 @@ def lock_table(db_path: str, locks_file: str = LOCKS_FILE) -> dict[int, str]:
         if "->" in parts or len(parts) < 8:  # "->": a lock waited for, not held
             continue
         _, kind, _, _, pid_text, where, start_text, end_text = parts[:8]
-        if where != device and not where.endswith(inode):
+        which = next(
+            (k for k, (dev, ino) in files.items() if where == dev or where.endswith(ino)), None
+        )
+        if which is None:
             continue
-        if kind not in ("POSIX", "OFDLCK"):
+        if kind not in (("FLOCK",) if which == GATE_SUFFIX else ("POSIX", "OFDLCK")):
             continue
         try:
             pid, start = int(pid_text), int(start_text)
             end = start if end_text == "EOF" else int(end_text)
         except ValueError:
             continue
-        names = {LOCK_KINDS[b] for b in range(max(start, 120), min(end, 127) + 1)}
+        if which == GATE_SUFFIX:
+            names = {"write gate"}
+        else:
+            names = {LOCK_KINDS[b] for b in range(max(start, 120), min(end, 127) + 1)}
+        device = files[which][0]
         if names and pid != os.getpid():
             found = exact if where == device else by_inode
             found.setdefault(pid, set()).update(names)
@@ -203,7 +219,7 @@ def holder_line(holder: dict[str, Any], *, advice: bool = True) -> str:
     age = holder.get("process_age_seconds")
     started = "" if age is None else f"; the process started {_secs(age)} ago"
     stopped = ", stopped (SIGSTOP)," if holder["stopped"] else ""
-    if lock == "write lock":
+    if lock in WRITE_LOCKS:
         effect = "every admission waits for it and then exits 75 (store busy)"
     elif lock == "read snapshot":
         effect = "the WAL cannot be checkpointed past it and grows while it lasts"

@@ -517,12 +517,17 @@ def check_sqlite_locks(
     after the admission probe (from the look before it, when the probe found the write lock
     held all through), or stopped; none younger than ``long_hold`` (unless the probe
     failed)."""
-    from ringrift_coord.diagnose import DOCTOR_WATCH, holder_line, watch_sqlite_holders
+    from ringrift_coord.diagnose import (
+        DOCTOR_WATCH,
+        WRITE_LOCKS,
+        holder_line,
+        watch_sqlite_holders,
+    )
 
     if probe_ok:
         named = watch_sqlite_holders(path, DOCTOR_WATCH, long_hold)
     else:  # the write lock was held all through the probe: whoever holds it stalls admission
-        first = [h for h in before if h["lock"] == "write lock"]
+        first = [h for h in before if h["lock"] in WRITE_LOCKS]
         named = watch_sqlite_holders(
             path,
             DOCTOR_WATCH + (time.monotonic() - before_at),
@@ -530,11 +535,11 @@ def check_sqlite_locks(
             first=first,
             first_at=before_at,
         )
-        if not any(h["lock"] == "write lock" for h in named):
+        if not any(h["lock"] in WRITE_LOCKS for h in named):
             named += [
                 h
                 for h in watch_sqlite_holders(path, DOCTOR_WATCH, long_hold)
-                if h["lock"] != "write lock"
+                if h["lock"] not in WRITE_LOCKS
             ]
     for holder in named:
         holder["message"] = holder_line(holder, advice=False)
@@ -559,9 +564,9 @@ def check_sqlite_locks(
             holders=[],
         )
         return
-    stalls = any(h["lock"] == "write lock" and (h["stopped"] or not probe_ok) for h in named)
+    stalls = any(h["lock"] in WRITE_LOCKS and (h["stopped"] or not probe_ok) for h in named)
     level = "fail" if stalls or any(h["stopped"] for h in named) else "warn"
-    named.sort(key=lambda h: (h["lock"] != "write lock", not h["stopped"]))
+    named.sort(key=lambda h: (h["lock"] not in WRITE_LOCKS, not h["stopped"]))
     first_named = named[0]
     more = f" (and {len(named) - 1} more: see --json)" if len(named) > 1 else ""
     pid = first_named["pid"]

@@ -74,6 +74,11 @@ FILES = [
         "is refused (exit 3), never silently re-created",
     ),
     ("tasks.db-wake/", "beside the store: one FIFO per run --wait waiter, rung when a slot frees"),
+    (
+        "tasks.db-gate",
+        "beside the store: every write transaction queues on an flock of it before SQLite's "
+        "write lock (a fair queue); doctor names a holder",
+    ),
     ("EMERGENCY_HALT", "in the state directory: the mirror of a halt that halt writes"),
 ]
 

@@ -23,6 +23,7 @@ import stat
 import time
 from collections.abc import Sequence
 
+import ringrift_coord.store.gate as gate
 from ringrift_coord.clock import SYSTEM_CLOCK, Clock
 from ringrift_coord.durations import human
 from ringrift_coord.errors import StateError, StoreBusy
@@ -61,6 +62,8 @@ PAGE_SIZE = 1024
 # The WAL's bound once no reader holds it back: twice what the autocheckpoint lets it reach.
 WAL_LIMIT = 8 << 20
 WAL_CUT_RETRY = 1.0  # seconds between tries to cut back a WAL a reader still holds
+# a wait for the write gate longer than this shortens BEGIN IMMEDIATE's own busy timeout
+GATE_SLACK = 0.001
 
 
 # a wake directory that cannot be written (permissions, a full or read-only disk): a waiter
@@ -98,6 +101,11 @@ class SQLiteTx(Tx):
 
 class SQLiteStore(Store):
     engine = "sqlite"
+    # the write gate (store/gate.py): its descriptor, opened at the first write (-2: not yet;
+    # gate.NONE: none here), and whether this store holds it now
+    _gate = -2
+    _gated = False
+    _gate_create = True  # (False: a read-only open, doctor's, which makes no file)
 
     def __init__(
         self,
@@ -116,6 +124,8 @@ class SQLiteStore(Store):
         self.shared_gid = shared_gid
         self._query_only = False
         self._next_wal_cut = 0.0
+        if not migrate:
+            self._gate_create = False
         if not os.path.lexists(self.path):
             gone = deleted_store(self.path)  # (it looks for the file again: see there)
             if gone is not None:
@@ -294,13 +304,16 @@ class SQLiteStore(Store):
             )
         return applied
 
+    def _busy(self) -> StoreBusy:
+        return StoreBusy(
+            f"state store {self.path} is still locked after the {human(self.busy_timeout)} "
+            "busy timeout; nothing was decided, try again"
+        )
+
     def _translate(self, exc: sqlite3.Error) -> Exception:
         text = str(exc)
         if isinstance(exc, sqlite3.OperationalError) and ("locked" in text or "busy" in text):
-            return StoreBusy(
-                f"state store {self.path} is still locked after the {human(self.busy_timeout)} "
-                "busy timeout; nothing was decided, try again"
-            )
+            return self._busy()
         name = getattr(exc, "sqlite_errorname", "") or ""
         room = _free_bytes(os.path.dirname(self.path) or ".")
         if "FULL" in name or (
@@ -334,7 +347,16 @@ class SQLiteStore(Store):
                 if self._query_only:  # a read interrupted before it could turn it off
                     self._conn.execute("PRAGMA query_only = OFF")
                     self._query_only = False
-                self._conn.execute("BEGIN IMMEDIATE")
+                waited = self._enter_gate()
+                if waited > GATE_SLACK:  # the gate's wait + BEGIN stay within the busy timeout
+                    left = max(int((self.busy_timeout - waited) * 1000), 0)
+                    self._conn.execute(f"PRAGMA busy_timeout = {left}")
+                    try:
+                        self._conn.execute("BEGIN IMMEDIATE")
+                    finally:
+                        self._conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
+                else:
+                    self._conn.execute("BEGIN IMMEDIATE")
             else:
                 self._conn.execute("BEGIN")
                 # a read transaction refuses to write (as PostgreSQL's READ ONLY does) instead
@@ -349,12 +371,35 @@ class SQLiteStore(Store):
             raise
         return SQLiteTx(self)
 
+    def _enter_gate(self) -> float:
+        """Queue for the write gate (store/gate.py) and take it: the seconds waited (0 when
+        there is no gate to take here). StoreBusy when it stays held past the busy timeout."""
+        fd = self._gate
+        if fd == -2:
+            fd = self._gate = gate.open_gate(self.path, self.shared_gid, self._gate_create)
+        if fd < 0:
+            return 0.0
+        try:
+            waited = gate.acquire(fd, self.busy_timeout)
+        except gate.GateTimeout:
+            raise self._busy() from None
+        if waited is None:  # it cannot be waited for with a bound here: SQLite's handler
+            return 0.0
+        self._gated = True
+        return waited
+
+    def _leave_gate(self) -> None:
+        self._gated = False
+        gate.release(self._gate)
+
     def _commit(self) -> None:
         try:
             self._conn.execute("COMMIT")
         except sqlite3.Error as exc:
             self._rollback()
             raise self._translate(exc) from None
+        if self._gated:
+            self._leave_gate()
         try:
             big = os.stat(self.path + "-wal").st_size > WAL_LIMIT  # ~1 us: every commit
         except OSError:
@@ -385,6 +430,8 @@ class SQLiteStore(Store):
                 self._conn.execute("ROLLBACK")
             except sqlite3.Error:
                 pass
+        if self._gated:
+            self._leave_gate()
         if self._query_only:
             try:
                 self._conn.execute("PRAGMA query_only = OFF")
@@ -430,6 +477,10 @@ class SQLiteStore(Store):
             self._conn.close()
         except sqlite3.Error:
             pass
+        if self._gate >= 0:
+            self._gated = False
+            os.close(self._gate)  # (lets go of the gate if held)
+            self._gate = gate.NONE
         pin, self._pin = self._pin, None
         if pin is not None:
             _unpin(pin)  # after the connection: it no longer holds a lock of its own

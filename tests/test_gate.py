@@ -1,0 +1,435 @@
+"""The write gate in front of SQLite's write lock (store/gate.py), with real processes.
+
+Every ringrift-coord writer queues on an ``flock`` of ``PATH-gate`` before ``BEGIN
+IMMEDIATE``: waiters block in the kernel and are woken when it is let go, instead of
+sleeping and retrying in SQLite's busy handler, which a herd of writers wins against a
+newcomer every time. The gate is SQLite's only (PostgreSQL queues on its advisory lock).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import Coord, wait_for
+
+BUSY_LINE = "is still locked after the"
+
+
+@pytest.fixture
+def coord(tmp_path: Path) -> Coord:
+    runner = Coord(tmp_path)
+    done = runner("can-spawn", "selfplay", "--node", "n1")  # makes the store
+    assert done.returncode == 0, done.stderr
+    return runner
+
+
+def state_of(pid: int) -> str:
+    with open(f"/proc/{pid}/stat", "rb") as handle:
+        data = handle.read()
+    return data[data.rfind(b")") + 2 :].split()[0].decode()
+
+
+@contextmanager
+def child(code: str, *args: str) -> Iterator[subprocess.Popen[str]]:
+    """A Python process running ``code`` (it prints "ready" once in place); killed at the end
+    whatever happened."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert line.strip() == "ready", (line, proc.stderr.read() if proc.stderr else "")
+        yield proc
+    finally:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+# A ringrift-coord writer that stops (SIGSTOP) inside its write transaction: it holds the
+# gate and SQLite's write lock.
+STOPPED_WRITER = """
+import os, signal, sys
+from ringrift_coord.store.sqlite import SQLiteStore
+store = SQLiteStore(sys.argv[1])
+with store.write() as tx:
+    tx.query("SELECT COUNT(*) AS n FROM tasks")
+    print("ready", flush=True)
+    os.kill(os.getpid(), signal.SIGSTOP)
+"""
+
+# A process that holds the gate only (as a writer stopped between the gate and BEGIN does):
+# SQLite's write lock stays free.
+GATE_HOLDER = """
+import fcntl, os, signal, sys, time
+fd = os.open(sys.argv[1] + "-gate", os.O_RDONLY | os.O_NOFOLLOW)
+fcntl.flock(fd, fcntl.LOCK_EX)
+print("ready", flush=True)
+if sys.argv[2] == "stop":
+    os.kill(os.getpid(), signal.SIGSTOP)
+time.sleep(float(sys.argv[2]) if sys.argv[2] != "stop" else 300)
+"""
+
+
+def open_store(coord: Coord, busy_timeout: float = 5.0) -> Any:
+    from ringrift_coord.store.sqlite import SQLiteStore
+
+    return SQLiteStore(str(coord.db), busy_timeout=busy_timeout)
+
+
+def timed_write(store: Any) -> float:
+    started = time.monotonic()
+    with store.write() as tx:
+        tx.query("SELECT COUNT(*) AS n FROM tasks")
+    return time.monotonic() - started
+
+
+def test_the_gate_file_is_made_beside_the_store_with_its_mode(coord: Coord) -> None:
+    gate = Path(str(coord.db) + "-gate")
+    st = gate.lstat()
+    assert gate.is_file() and not gate.is_symlink()
+    assert oct(st.st_mode & 0o777) == oct(coord.db.stat().st_mode & 0o777) == "0o600"
+    assert st.st_size == 0
+
+
+# -- fairness ----------------------------------------------------------------------------
+
+# A herd member: write transactions that hold the lock 10 ms each, back to back.
+HERD = """
+import sys, time
+from ringrift_coord.errors import StoreBusy
+from ringrift_coord.store.sqlite import SQLiteStore
+store = SQLiteStore(sys.argv[1], busy_timeout=30)
+print("ready", flush=True)
+end = time.monotonic() + float(sys.argv[2])
+while time.monotonic() < end:
+    try:
+        with store.write() as tx:
+            tx.execute("INSERT INTO gate_herd (at) VALUES (?)", (time.time(),))
+            time.sleep(0.01)
+    except StoreBusy:
+        pass
+"""
+
+
+def test_a_newcomer_gets_in_within_its_busy_timeout_under_a_herd_of_writers(
+    coord: Coord,
+) -> None:
+    """Eight writers hold the lock 10 ms each, back to back; a newcomer with a 1 s busy
+    timeout makes eight writes (50 ms apart), each of which must get in: behind the gate it
+    waits its turn (~8 x 10 ms). Without the gate it loses nearly every race (15 of 16
+    writes exited busy in two tries): each herd writer takes the lock again the moment it
+    commits, while the newcomer sleeps up to 100 ms between tries in SQLite's busy handler."""
+    with open_store(coord) as store, store.write() as tx:
+        tx.execute("CREATE TABLE gate_herd (at REAL)")
+    herd = [child(HERD, str(coord.db), "60") for _ in range(8)]
+    procs = [h.__enter__() for h in herd]
+    try:
+        wait_for(lambda: herd_rows(coord) > 40, 30, "the herd to write")
+        newcomer = open_store(coord, busy_timeout=1.0)
+        waits = []
+        try:
+            for _ in range(8):
+                time.sleep(0.05)  # (not straight after its own commit: it would win at once)
+                waits.append(timed_write(newcomer))  # StoreBusy fails the test
+        finally:
+            newcomer.close()
+        assert max(waits) < 1.0, waits
+        assert all(p.poll() is None for p in procs)  # the herd was there all along
+    finally:
+        for h in herd:
+            h.__exit__(None, None, None)
+
+
+def herd_rows(coord: Coord) -> int:
+    import sqlite3
+
+    conn = sqlite3.connect(f"file:{coord.db}?mode=ro", uri=True, timeout=10)
+    try:
+        return int(conn.execute("SELECT COUNT(*) FROM gate_herd").fetchone()[0])
+    finally:
+        conn.close()
+
+
+# -- the busy timeout still bounds every wait -----------------------------------------------
+
+
+def test_a_stopped_writer_in_the_gate_makes_others_exit_75_within_the_busy_timeout(
+    coord: Coord,
+) -> None:
+    with child(STOPPED_WRITER, str(coord.db)) as holder:
+        wait_for(lambda: state_of(holder.pid) == "T", 10, "the writer to stop")
+        store = open_store(coord, busy_timeout=0.5)
+        from ringrift_coord.errors import StoreBusy
+
+        started = time.monotonic()
+        with pytest.raises(StoreBusy, match=BUSY_LINE):
+            timed_write(store)
+        assert 0.45 <= time.monotonic() - started < 2.0
+        store.close()
+        blocked = coord("can-spawn", "selfplay", "--node", "n1", "--set", "store.busy_timeout=0.5")
+        assert blocked.returncode == 75, blocked.stderr
+        assert blocked.stderr.count("\n") == 1 and BUSY_LINE in blocked.stderr
+        assert "Traceback" not in blocked.stderr
+        os.kill(holder.pid, signal.SIGCONT)
+        holder.wait(timeout=30)
+    assert coord("can-spawn", "selfplay", "--node", "n1").returncode == 0
+
+
+# An ungated writer (the sqlite3 shell, an older ringrift-coord) holding SQLite's write lock.
+SQLITE_HOLDER = """
+import sqlite3, sys, time
+conn = sqlite3.connect(sys.argv[1], isolation_level=None)
+conn.execute("BEGIN IMMEDIATE")
+print("ready", flush=True)
+time.sleep(float(sys.argv[2]))
+conn.execute("ROLLBACK")
+"""
+
+
+def test_the_gate_wait_and_begin_together_stay_within_the_busy_timeout(coord: Coord) -> None:
+    """The gate is held for 0.6 s, SQLite's lock (by a writer that does not use the gate) for
+    longer: a writer with a 1 s busy timeout gives up after ~1 s in all, not 0.6 + 1 s."""
+    from ringrift_coord.errors import StoreBusy
+
+    with child(SQLITE_HOLDER, str(coord.db), "20"), child(GATE_HOLDER, str(coord.db), "0.6"):
+        store = open_store(coord, busy_timeout=1.0)
+        started = time.monotonic()
+        with pytest.raises(StoreBusy, match=BUSY_LINE):
+            timed_write(store)
+        took = time.monotonic() - started
+        store.close()
+    assert 0.9 <= took < 1.4, took
+
+
+def test_an_ungated_writer_still_excludes_gated_ones(coord: Coord) -> None:
+    """SQLite's lock stays the guard: a writer that never takes the gate holds its write lock,
+    and a gated writer (holding the gate meanwhile) waits for it, then gets in."""
+    with child(SQLITE_HOLDER, str(coord.db), "0.8"):
+        store = open_store(coord, busy_timeout=5.0)
+        took = timed_write(store)
+        store.close()
+    assert 0.5 <= took < 5.0, took
+
+
+# -- faults ------------------------------------------------------------------------------
+
+
+def test_a_writer_killed_inside_the_gate_lets_the_next_one_in_at_once(coord: Coord) -> None:
+    with child(STOPPED_WRITER, str(coord.db)) as holder:
+        wait_for(lambda: state_of(holder.pid) == "T", 10, "the writer to stop")
+        os.kill(holder.pid, signal.SIGKILL)
+        holder.wait(timeout=10)
+        store = open_store(coord, busy_timeout=5.0)
+        took = timed_write(store)
+        store.close()
+    assert took < 1.0, took
+    done = coord("can-spawn", "selfplay", "--node", "n1")
+    assert done.returncode == 0, done.stderr
+
+
+def test_a_symlink_planted_at_the_gate_is_refused_and_never_followed(
+    coord: Coord, tmp_path: Path
+) -> None:
+    gate = Path(str(coord.db) + "-gate")
+    gate.unlink()
+    target = tmp_path / "elsewhere"
+    gate.symlink_to(target)
+    done = coord("can-spawn", "selfplay", "--node", "n1")
+    assert done.returncode == 3, done.stderr
+    assert "refusing the write gate" in done.stderr and "symlink" in done.stderr
+    assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
+    assert not target.exists() and gate.is_symlink()  # never created through it
+    target.write_text("")
+    done = coord("can-spawn", "selfplay", "--node", "n1")
+    assert done.returncode == 3 and "symlink" in done.stderr, done.stderr
+    assert coord("status").returncode == 0  # reads never take the gate
+    gate.unlink()
+    assert coord("can-spawn", "selfplay", "--node", "n1").returncode == 0
+    assert not Path(str(coord.db) + "-gate").is_symlink()
+
+
+def test_a_gate_others_could_write_is_refused(coord: Coord) -> None:
+    gate = Path(str(coord.db) + "-gate")
+    os.chmod(gate, 0o666)
+    done = coord("can-spawn", "selfplay", "--node", "n1")
+    assert done.returncode == 3, done.stderr
+    assert "refusing the write gate" in done.stderr and "writable by" in done.stderr
+    gate.unlink()
+    os.mkfifo(gate, 0o600)  # a FIFO: never blocks the open, refused as not a regular file
+    done = coord("can-spawn", "selfplay", "--node", "n1", timeout=30)
+    assert done.returncode == 3 and "not a regular file" in done.stderr, done.stderr
+
+
+def test_reads_never_take_the_gate(coord: Coord) -> None:
+    with child(GATE_HOLDER, str(coord.db), "stop") as holder:
+        wait_for(lambda: state_of(holder.pid) == "T", 10, "the holder to stop")
+        store = open_store(coord, busy_timeout=0.5)
+        started = time.monotonic()
+        with store.read() as tx:
+            assert tx.query("SELECT COUNT(*) AS n FROM tasks")
+        assert time.monotonic() - started < 0.4
+        store.close()
+
+
+# -- where SIGALRM cannot bound the wait: SQLite's busy handler, as before --------------------
+
+
+def test_a_writer_in_another_thread_goes_on_without_the_gate(coord: Coord) -> None:
+    """Only the main thread can bound a wait with SIGALRM: another thread writes without the
+    gate (the gate, held elsewhere, does not stop it; SQLite's free lock lets it in)."""
+    from ringrift_coord.errors import StoreBusy
+
+    with child(GATE_HOLDER, str(coord.db), "stop") as holder:
+        wait_for(lambda: state_of(holder.pid) == "T", 10, "the holder to stop")
+        store = open_store(coord, busy_timeout=0.5)
+        with pytest.raises(StoreBusy):  # the main thread queues on the gate
+            timed_write(store)
+        outcome: list[object] = []
+
+        def write() -> None:
+            try:
+                outcome.append(timed_write(store))
+            except BaseException as exc:  # noqa: BLE001 (reported below)
+                outcome.append(exc)
+
+        thread = threading.Thread(target=write)
+        thread.start()
+        thread.join(timeout=30)
+        store.close()
+    (took,) = outcome
+    assert isinstance(took, float) and took < 0.4, took
+
+
+def test_an_application_that_owns_sigalrm_keeps_it(coord: Coord) -> None:
+    """An application with its own SIGALRM handler and timer: the gate leaves both alone and
+    the write goes on without it."""
+    code = f"""
+import fcntl, os, signal, sys, time
+from ringrift_coord.store.sqlite import SQLiteStore
+fired = []
+signal.signal(signal.SIGALRM, lambda *a: fired.append(time.monotonic()))
+signal.setitimer(signal.ITIMER_REAL, 1.5)
+store = SQLiteStore({str(coord.db)!r}, busy_timeout=0.5)
+started = time.monotonic()
+with store.write() as tx:
+    tx.query("SELECT 1 AS x")
+took = time.monotonic() - started
+handler = signal.getsignal(signal.SIGALRM)
+left = signal.getitimer(signal.ITIMER_REAL)[0]
+while not fired and time.monotonic() - started < 10:
+    time.sleep(0.05)
+print("ready", flush=True)
+print(took, handler.__name__, left > 0, bool(fired), flush=True)
+"""
+    with child(GATE_HOLDER, str(coord.db), "stop") as holder:
+        wait_for(lambda: state_of(holder.pid) == "T", 10, "the holder to stop")
+        done = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, timeout=60
+        )
+    assert done.returncode == 0, done.stderr
+    took, handler, timer_left, fired = done.stdout.splitlines()[1].split()
+    assert float(took) < 0.4 and handler == "<lambda>" and timer_left == fired == "True"
+
+
+# -- doctor names a holder of the gate ------------------------------------------------------
+
+
+def test_doctor_and_status_name_a_stopped_holder_of_the_gate(coord: Coord) -> None:
+    with child(GATE_HOLDER, str(coord.db), "stop") as holder:
+        wait_for(lambda: state_of(holder.pid) == "T", 10, "the holder to stop")
+        blocked = coord("can-spawn", "selfplay", "--node", "n1", "--set", "store.busy_timeout=0.3")
+        assert blocked.returncode == 75 and BUSY_LINE in blocked.stderr, blocked.stderr
+        done = coord("--json", "--set", "store.busy_timeout=0.5", "doctor")
+        assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+        document = json.loads(done.stdout)
+        (locks,) = [c for c in document["checks"] if c["name"] == "locks"]
+        (probe,) = [c for c in document["checks"] if c["name"] == "admission lock"]
+        assert probe["level"] == "fail" and locks["level"] == "fail", locks
+        (named,) = locks["details"]["holders"]
+        assert named["pid"] == holder.pid and named["lock"] == "write gate" and named["stopped"]
+        assert f"pid {holder.pid} (" in locks["found"] and "write gate" in locks["found"]
+        assert f"kill -CONT {holder.pid}" in locks["fix"]
+        doc = json.loads(coord("--json", "status").stdout)
+        assert [h["pid"] for h in doc["long_holds"]] == [holder.pid]
+        os.kill(holder.pid, signal.SIGCONT)
+
+
+# -- a gate that cannot be made: the writer goes on without it ---------------------------------
+
+
+@pytest.fixture
+def few_inodes(tmp_path: Path) -> Iterator[Path]:
+    """A tmpfs of its own with few inodes (unmounted afterwards)."""
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("mounting a filesystem needs root")
+    where = tmp_path / "fs"
+    where.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=8m,nr_inodes=64,mode=0755", "tmpfs", str(where)],
+        capture_output=True,
+        text=True,
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], check=False, capture_output=True)
+
+
+def test_a_gate_that_cannot_be_made_is_done_without(tmp_path: Path, few_inodes: Path) -> None:
+    """No inode left for the gate file (ENOSPC), while the store itself can still be written:
+    the write goes on without the gate (SQLite's busy handler, as before it existed)."""
+    import sqlite3
+
+    runner = Coord(tmp_path)
+    runner.env["RINGRIFT_COORDINATOR_DIR"] = str(few_inodes / "state")
+    assert runner("register", "selfplay", "--node", "n1", "-q").returncode == 0
+    gate = few_inodes / "state" / "tasks.db-gate"
+    gate.unlink()
+    keep = sqlite3.connect(str(few_inodes / "state" / "tasks.db"))  # keeps -wal and -shm
+    keep.execute("SELECT COUNT(*) FROM tasks").fetchall()
+    try:
+        for n in range(1000):  # every inode left, taken
+            try:
+                os.close(os.open(few_inodes / f"filler{n}", os.O_CREAT | os.O_WRONLY, 0o600))
+            except OSError:
+                break
+        done = runner("register", "selfplay", "--node", "n1", "-q")
+        assert done.returncode == 0, done.stderr
+        assert not gate.exists()
+    finally:
+        keep.close()
+
+
+def test_the_gate_file_has_the_store_mode_whatever_the_umask_and_doctor_never_makes_it(
+    coord: Coord,
+) -> None:
+    gate = Path(str(coord.db) + "-gate")
+    gate.unlink()
+    assert coord("doctor").returncode == 0
+    assert not gate.exists()  # doctor writes nothing
+    old = os.umask(0)
+    try:
+        assert coord("can-spawn", "selfplay", "--node", "n1").returncode == 0
+    finally:
+        os.umask(old)
+    assert oct(gate.stat().st_mode & 0o777) == "0o600"
