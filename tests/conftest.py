@@ -173,12 +173,33 @@ def pg_server():
 
 
 _db_counter = iter(range(1, 1_000_000))
+MIGRATED_TEMPLATE = "ringrift_migrated_template"
+
+
+@pytest.fixture(scope="session")
+def pg_migrated_template(pg_server) -> str:
+    """A database the store's own migrations ran on once: ``pg_url`` copies it.
+
+    Migrating a fresh PostgreSQL database costs more than the rest of most tests' store work;
+    a copy of one migrated by the same code is the state every command after the first sees.
+    Tests of the first open itself (migrating, refusing, reading an unmigrated database) ask
+    for an empty one: ``@pytest.mark.pg_empty``.
+    """
+    from ringrift_coord.store.postgres import PostgresStore
+
+    url = pg_server.create_database(MIGRATED_TEMPLATE)
+    PostgresStore(url, connect_timeout=10).close()
+    return MIGRATED_TEMPLATE
 
 
 @pytest.fixture
-def pg_url(pg_server) -> str:
-    """A fresh, empty database on the session's server."""
-    return pg_server.create_database(f"t{os.getpid()}_{next(_db_counter)}")
+def pg_url(pg_server, request: pytest.FixtureRequest) -> str:
+    """A fresh database on the session's server: migrated (a copy of the template), or empty
+    for a test marked ``pg_empty``."""
+    name = f"t{os.getpid()}_{next(_db_counter)}"
+    if request.node.get_closest_marker("pg_empty") is not None:
+        return pg_server.create_database(name)
+    return pg_server.create_database(name, request.getfixturevalue("pg_migrated_template"))
 
 
 # --------------------------------------------------------------------------- in-process stores

@@ -130,11 +130,22 @@ class PgServer:
             self.proc.wait(10)
         self.proc = None
 
-    def create_database(self, name: str) -> str:
+    def create_database(self, name: str, template: str | None = None) -> str:
+        """A new database: empty, or a copy of ``template`` (a database nobody is connected to).
+
+        A copy is made file by file (``STRATEGY FILE_COPY``, PostgreSQL 15+; with fsync off
+        about as fast as the default WAL-logged copy of a small database, never slower here).
+        """
         import psycopg
 
         with psycopg.connect(self.admin_url, autocommit=True) as conn:
-            conn.execute(f'CREATE DATABASE "{name}"')
+            sql = f'CREATE DATABASE "{name}"'
+            if template is not None:
+                sql += f' TEMPLATE "{template}"'
+                version = conn.execute("SHOW server_version_num").fetchone()
+                if version is not None and int(version[0]) >= 150000:
+                    sql += " STRATEGY FILE_COPY"
+            conn.execute(sql)
         return f"postgresql://ringrift@127.0.0.1:{self.port}/{name}"
 
     def destroy(self) -> None:

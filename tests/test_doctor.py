@@ -376,6 +376,7 @@ def test_a_store_clock_an_hour_off_is_a_warning(engine_db: Any) -> None:
 # --------------------------------------------------------------------------- doctor writes nothing
 
 
+@pytest.mark.pg_empty
 def test_doctor_leaves_an_empty_postgres_database_empty(coord: Coord, engine: str) -> None:
     if engine != "postgres":
         pytest.skip("an empty PostgreSQL database; SQLite: a missing file is not created")
@@ -435,6 +436,7 @@ def _old_store(coord: Coord) -> list[str]:
     return [name for name, _ in older]
 
 
+@pytest.mark.pg_empty
 def test_doctor_does_not_migrate_an_older_store(coord: Coord, engine: str) -> None:
     from ringrift_coord.store.migrations import MIGRATION_NAMES
 

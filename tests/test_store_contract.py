@@ -413,6 +413,7 @@ def applied(store) -> list[tuple[str, float]]:
     return [(r["name"], float(r["applied_at"])) for r in rows]
 
 
+@pytest.mark.pg_empty
 def test_opening_applies_every_migration_once_recorded_by_name_and_time(
     engine_db: EngineDB,
 ) -> None:
