@@ -537,7 +537,7 @@ def test_postgres_commit_without_an_answer_says_the_outcome_is_unknown(
     import psycopg
 
     from ringrift_coord.store import postgres
-    from ringrift_coord.store.base import StoreUnreachable
+    from ringrift_coord.store.base import OutcomeUnknown
 
     monkeypatch.setattr(postgres, "REPLY_MARGIN", 0.3)
     with psycopg.connect(pg_url, autocommit=True) as setup:
@@ -549,7 +549,7 @@ def test_postgres_commit_without_an_answer_says_the_outcome_is_unknown(
     backend: int | None = None
     try:
         started = time.monotonic()
-        with pytest.raises(StoreUnreachable) as raised:
+        with pytest.raises(OutcomeUnknown) as raised:
             with store.write() as tx:
                 tx.execute("INSERT INTO gaps_commit_probe (tag) VALUES (?)", (tag,))
                 backend = int(tx.one("SELECT pg_backend_pid() AS pid")["pid"])  # type: ignore[index]
@@ -561,6 +561,7 @@ def test_postgres_commit_without_an_answer_says_the_outcome_is_unknown(
     message = str(raised.value)
     assert "did not answer the commit" in message, message
     assert "is unknown" in message and "ringrift-coord tasks" in message, message
+    assert raised.value.exit_code == 3, raised.value.exit_code
     assert "nothing was decided" not in message, message
     assert took < 10, took  # the reply timeout, not a hang
     # resumed, the backend commits what it was sent: the outcome was unknowable, not "none"
@@ -574,6 +575,37 @@ def test_postgres_commit_without_an_answer_says_the_outcome_is_unknown(
 
         wait_for(landed, 30, "the resumed backend to commit")
     with store.write() as tx:  # the store reconnects: usable again
+        tx.execute("INSERT INTO gaps_commit_probe (tag) VALUES (?)", (tag + "-again",))
+    store.close()
+
+
+def test_postgres_connection_lost_at_commit_is_an_unknown_outcome_not_a_retry(
+    pg_url: str,
+) -> None:
+    """The server ends the session between the transaction's writes and its COMMIT (an
+    administrator's pg_terminate_backend, a restart): the client cannot tell whether its
+    COMMIT got there, so it says "unknown" with exit 3, never exit 75's "nothing was
+    decided, try again" (a retried admission could take a second slot)."""
+    import psycopg
+
+    from ringrift_coord.store import postgres
+    from ringrift_coord.store.base import OutcomeUnknown
+
+    with psycopg.connect(pg_url, autocommit=True) as setup:
+        setup.execute("CREATE TABLE IF NOT EXISTS gaps_commit_probe (tag TEXT)")
+    store = postgres.PostgresStore(pg_url, busy_timeout=2, connect_timeout=2)
+    tag = f"gone-{os.getpid()}-{time.monotonic_ns()}"
+    with pytest.raises(OutcomeUnknown) as raised:
+        with store.write() as tx:
+            tx.execute("INSERT INTO gaps_commit_probe (tag) VALUES (?)", (tag,))
+            backend = int(tx.one("SELECT pg_backend_pid() AS pid")["pid"])  # type: ignore[index]
+            with psycopg.connect(pg_url, autocommit=True) as admin:
+                admin.execute("SELECT pg_terminate_backend(%s, 5000)", (backend,))
+    message = str(raised.value)
+    assert raised.value.exit_code == 3
+    assert "went away during the commit" in message and "is unknown" in message, message
+    assert "ringrift-coord tasks" in message and "nothing was decided" not in message, message
+    with store.write() as tx:  # a fresh session: usable again
         tx.execute("INSERT INTO gaps_commit_probe (tag) VALUES (?)", (tag + "-again",))
     store.close()
 
@@ -644,7 +676,7 @@ def test_postgres_a_command_whose_commit_is_not_answered_says_so_in_one_line(
         if stopped is not None:
             os.kill(stopped, signal.SIGCONT)
         holder.close()
-    assert proc.returncode == 75, err
+    assert proc.returncode == 3, err  # not 75 ("nothing was decided, try again")
     lines = err.strip().splitlines()
     assert len(lines) == 1, err
     assert "did not answer the commit" in lines[0] and "is unknown" in lines[0], err

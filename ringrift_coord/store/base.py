@@ -22,6 +22,12 @@ class StoreUnreachable(StoreBusy):
     was decided, retry later), said as "unreachable", never as "busy"."""
 
 
+class OutcomeUnknown(StateError):
+    """A COMMIT was sent and no answer came (the server stopped answering, or the connection
+    broke after it went out): the server may still have committed it. Exit 3, not 75: "try
+    again" could take a second slot; look first (``ringrift-coord tasks``)."""
+
+
 class StoreCorrupt(StateError):
     """The store's pages are damaged (exit 3). ``problem``: "state store X is corrupt: ..."
     without the advice, for callers that say what they did about it."""

@@ -28,7 +28,15 @@ from collections.abc import Sequence
 from ringrift_coord.clock import Clock
 from ringrift_coord.durations import human
 from ringrift_coord.errors import ConfigError, StateError, StoreBusy, UsageError
-from ringrift_coord.store.base import NoStore, Row, Store, StoreUnreachable, Tx, is_conninfo
+from ringrift_coord.store.base import (
+    NoStore,
+    OutcomeUnknown,
+    Row,
+    Store,
+    StoreUnreachable,
+    Tx,
+    is_conninfo,
+)
 from ringrift_coord.store.migrations import MIGRATION_NAMES, MIGRATIONS, statements
 
 TYPE_CHECKING = False
@@ -310,9 +318,7 @@ class PostgresStore(Store):
         if self._secret:
             text = text.replace(self._secret, "***")
         text = redact(text)
-        where = redact(self.url)
-        if self._secret:
-            where = where.replace(self._secret, "***")
+        where = self._where()
         if isinstance(exc, psycopg.errors.LockNotAvailable) or "lock timeout" in text:
             return StoreBusy(
                 f"state store {where} is still locked after the {human(self.busy_timeout)} busy "
@@ -365,6 +371,11 @@ class PostgresStore(Store):
                 "try again later"
             )
         return StateError(f"PostgreSQL {where}: {text[:300]}")
+
+    def _where(self) -> str:
+        """The server as said in a message: the URL without its password."""
+        where = redact(self.url)
+        return where.replace(self._secret, "***") if self._secret else where
 
     def _run(self, cur: Any, sql: str, params: Sequence[Any]) -> None:
         pg_sql = self._sql_cache.get(sql)
@@ -522,19 +533,26 @@ class PostgresStore(Store):
         if tx is not None and tx._pending:  # (a BEGIN never sent commits nothing but itself)
             script = [*tx._pending, "COMMIT"]
             tx._pending = []
+        wrote = tx is None or tx._sent or len(script) > 1  # (else a COMMIT of nothing)
         try:
             with self._conn.cursor() as cur:
                 cur.execute("; ".join(script))
         except self._psycopg.Error as exc:
             self._drop_if_hung(exc)
             self._rollback()
-            if isinstance(exc, _WAIT_TIMEOUT(self._psycopg)):  # COMMIT sent, no answer
-                raise StoreUnreachable(
-                    f"PostgreSQL {redact(self.url)} did not answer the commit in "
-                    f"{human(self.statement_timeout + REPLY_MARGIN)}: whether it was decided "
-                    "is unknown (see `ringrift-coord tasks`)"
+            failed = self._translate(exc)
+            if wrote and isinstance(failed, StoreUnreachable):  # COMMIT sent, no answer
+                if isinstance(exc, _WAIT_TIMEOUT(self._psycopg)):
+                    waited = human(self.statement_timeout + REPLY_MARGIN)
+                    how = f"did not answer the commit in {waited}"
+                else:
+                    how = "went away during the commit"
+                raise OutcomeUnknown(
+                    f"PostgreSQL {self._where()} {how}: whether it was decided is unknown; "
+                    "look with `ringrift-coord tasks` before trying again (a second try may "
+                    "take a second slot)"
                 ) from None
-            raise self._translate(exc) from None
+            raise failed from None
 
     def _rollback(self) -> None:
         tx, self._tx = self._tx, None
