@@ -7,6 +7,7 @@ stderr lines and files on disk are what a launch script would see.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -122,6 +123,47 @@ def alive(pid: int) -> bool:
     except OSError:
         return False
     return data[data.rfind(b")") + 2 :].split()[0] != b"Z"
+
+
+@contextmanager
+def ready_child(code: str, *args: str) -> Iterator[subprocess.Popen[str]]:
+    """A Python process running ``code`` with ``args`` (it prints "ready" once in place);
+    killed at the end whatever happened."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert line.strip() == "ready", (line, proc.stderr.read() if proc.stderr else "")
+        yield proc
+    finally:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+@contextmanager
+def own_tmpfs(where: Path, options: str) -> Iterator[Path]:
+    """A tmpfs of its own mounted at ``where`` (made) with ``options``, unmounted
+    afterwards; skips the test where mounting is not possible (not root, no mount)."""
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("mounting a filesystem needs root")
+    where.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where)],
+        capture_output=True,
+        text=True,
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], check=False, capture_output=True)
 
 
 def wait_for(predicate: Callable[[], object], timeout: float, what: str) -> object:

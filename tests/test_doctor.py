@@ -9,13 +9,10 @@ import json
 import os
 import signal
 import subprocess
-import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import pytest
-from conftest import Coord, wait_for
+from conftest import Coord, ready_child, wait_for
 
 from ringrift_coord.doctor import LEVELS
 
@@ -51,22 +48,7 @@ def state_of(pid: int) -> str:
     return data[data.rfind(b")") + 2 :].split()[0].decode()
 
 
-@contextmanager
-def child(code: str) -> Iterator[subprocess.Popen[str]]:
-    """A Python process running ``code`` (which prints "ready" when in place); killed at the
-    end whatever happened."""
-    proc = subprocess.Popen(
-        [sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
-    try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline()
-        assert line.strip() == "ready", (line, proc.stderr.read() if proc.stderr else "")
-        yield proc
-    finally:
-        if proc.poll() is None:
-            os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
+child = ready_child
 
 
 def test_healthy_store_is_exit_0_with_every_check_in_the_document(coord: Coord) -> None:

@@ -5,33 +5,19 @@ fault and where, exit 3, nothing decided, and the store usable again once the fa
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import Coord
+from conftest import Coord, own_tmpfs
 
 
 @pytest.fixture
 def small_fs(tmp_path: Path) -> Iterator[Path]:
     """A 512 KiB tmpfs of its own (unmounted afterwards)."""
-    if os.geteuid() != 0 or shutil.which("mount") is None:
-        pytest.skip("mounting a small filesystem needs root")
-    where = tmp_path / "fs"
-    where.mkdir()
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=512k,mode=0755", "tmpfs", str(where)],
-        capture_output=True,
-        text=True,
-    )
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
-    try:
+    with own_tmpfs(tmp_path / "fs", "size=512k,mode=0755") as where:
         yield where
-    finally:
-        subprocess.run(["umount", "-l", str(where)], check=False, capture_output=True)
 
 
 def _fill(where: Path) -> Path:

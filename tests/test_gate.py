@@ -10,20 +10,17 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
-
-from tests.conftest import Coord, wait_for
+from conftest import Coord, own_tmpfs, ready_child, wait_for
 
 BUSY_LINE = "is still locked after the"
 
@@ -42,25 +39,7 @@ def state_of(pid: int) -> str:
     return data[data.rfind(b")") + 2 :].split()[0].decode()
 
 
-@contextmanager
-def child(code: str, *args: str) -> Iterator[subprocess.Popen[str]]:
-    """A Python process running ``code`` (it prints "ready" once in place); killed at the end
-    whatever happened."""
-    proc = subprocess.Popen(
-        [sys.executable, "-c", code, *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline()
-        assert line.strip() == "ready", (line, proc.stderr.read() if proc.stderr else "")
-        yield proc
-    finally:
-        if proc.poll() is None:
-            os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
+child = ready_child
 
 
 # A ringrift-coord writer that stops (SIGSTOP) inside its write transaction: it holds the
@@ -378,21 +357,8 @@ def test_doctor_and_status_name_a_stopped_holder_of_the_gate(coord: Coord) -> No
 @pytest.fixture
 def few_inodes(tmp_path: Path) -> Iterator[Path]:
     """A tmpfs of its own with few inodes (unmounted afterwards)."""
-    if os.geteuid() != 0 or shutil.which("mount") is None:
-        pytest.skip("mounting a filesystem needs root")
-    where = tmp_path / "fs"
-    where.mkdir()
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=8m,nr_inodes=64,mode=0755", "tmpfs", str(where)],
-        capture_output=True,
-        text=True,
-    )
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
-    try:
+    with own_tmpfs(tmp_path / "fs", "size=8m,nr_inodes=64,mode=0755") as where:
         yield where
-    finally:
-        subprocess.run(["umount", "-l", str(where)], check=False, capture_output=True)
 
 
 def test_a_gate_that_cannot_be_made_is_done_without(tmp_path: Path, few_inodes: Path) -> None:

@@ -5,11 +5,13 @@ SQLite's busy handler is not fair: a writer that finds the write lock taken slee
 Under a herd of writers some lose every race until their busy timeout ends (exit 75), and
 the sleepers keep the CPU busy with retries. So every ringrift-coord writer first takes an
 exclusive ``flock`` on a small file beside the store, ``PATH-gate``, right before ``BEGIN
-IMMEDIATE``, and lets it go right after ``COMMIT`` or ``ROLLBACK``: waiters block in the
-kernel (not runnable, so the holder has the CPU) and are woken the moment it is let go,
-never after a sleep. The gate only orders ringrift-coord's own writers; SQLite's lock stays
-the real guard (the ``sqlite3`` shell, or a writer that could not use the gate, still write
-safely, only without the queue).
+IMMEDIATE``, and lets it go once ``BEGIN IMMEDIATE`` has SQLite's lock (or failed): only
+the gate's holder waits on SQLite's lock, the others block in the kernel (not runnable, so
+the holder has the CPU) and are woken the moment it is let go, never after a sleep. (Held
+until ``COMMIT``, the writer that had just let go won the race of the woken waiters again
+and again: ``flock`` wakes them all.) The gate only orders ringrift-coord's own writers;
+SQLite's lock stays the real guard (the ``sqlite3`` shell, or a writer that could not use
+the gate, still write safely, only without the queue).
 
 The wait is bounded by the store's busy timeout: ``flock`` has no timeout, so a waiter arms
 ``SIGALRM`` (``setitimer``, as util-linux ``flock -w`` does) in the main thread when the

@@ -348,15 +348,24 @@ class SQLiteStore(Store):
                     self._conn.execute("PRAGMA query_only = OFF")
                     self._query_only = False
                 waited = self._enter_gate()
-                if waited > GATE_SLACK:  # the gate's wait + BEGIN stay within the busy timeout
-                    left = max(int((self.busy_timeout - waited) * 1000), 0)
-                    self._conn.execute(f"PRAGMA busy_timeout = {left}")
-                    try:
+                try:
+                    if waited > GATE_SLACK:  # the gate's wait + BEGIN within the busy timeout
+                        left = max(int((self.busy_timeout - waited) * 1000), 0)
+                        self._conn.execute(f"PRAGMA busy_timeout = {left}")
+                        try:
+                            self._conn.execute("BEGIN IMMEDIATE")
+                        finally:
+                            restore = int(self.busy_timeout * 1000)
+                            self._conn.execute(f"PRAGMA busy_timeout = {restore}")
+                    else:
                         self._conn.execute("BEGIN IMMEDIATE")
-                    finally:
-                        self._conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
-                else:
-                    self._conn.execute("BEGIN IMMEDIATE")
+                finally:
+                    # let go once SQLite's lock is ours (or not to be had): a writer that
+                    # let go at its COMMIT could take it straight back, ahead of the woken
+                    # waiters (flock wakes them all to race); so only the gate's holder
+                    # waits on SQLite's lock, and a writer that comes back queues behind it
+                    if self._gated:
+                        self._leave_gate()
             else:
                 self._conn.execute("BEGIN")
                 # a read transaction refuses to write (as PostgreSQL's READ ONLY does) instead
