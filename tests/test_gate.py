@@ -264,7 +264,9 @@ def test_reads_never_take_the_gate(coord: Coord) -> None:
         started = time.monotonic()
         with store.read() as tx:
             assert tx.query("SELECT COUNT(*) AS n FROM tasks")
-        assert time.monotonic() - started < 0.4
+        assert (
+            time.monotonic() - started < 0.5
+        )  # (queued on the gate it would have raised StoreBusy)
         store.close()
 
 
@@ -294,7 +296,7 @@ def test_a_writer_in_another_thread_goes_on_without_the_gate(coord: Coord) -> No
         thread.join(timeout=30)
         store.close()
     (took,) = outcome
-    assert isinstance(took, float) and took < 0.4, took
+    assert isinstance(took, float) and took < 0.5, took  # (a 0.5 s wait raises)
 
 
 def test_an_application_that_owns_sigalrm_keeps_it(coord: Coord) -> None:
@@ -325,7 +327,7 @@ print(took, handler.__name__, left > 0, bool(fired), flush=True)
         )
     assert done.returncode == 0, done.stderr
     took, handler, timer_left, fired = done.stdout.splitlines()[1].split()
-    assert float(took) < 0.4 and handler == "<lambda>" and timer_left == fired == "True"
+    assert float(took) < 0.5 and handler == "<lambda>" and timer_left == fired == "True"
 
 
 # -- doctor names a holder of the gate ------------------------------------------------------

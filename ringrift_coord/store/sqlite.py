@@ -347,8 +347,8 @@ class SQLiteStore(Store):
                 if self._query_only:  # a read interrupted before it could turn it off
                     self._conn.execute("PRAGMA query_only = OFF")
                     self._query_only = False
-                waited = self._enter_gate()
                 try:
+                    waited = self._enter_gate()
                     if waited > GATE_SLACK:  # the gate's wait + BEGIN within the busy timeout
                         left = max(int((self.busy_timeout - waited) * 1000), 0)
                         self._conn.execute(f"PRAGMA busy_timeout = {left}")
