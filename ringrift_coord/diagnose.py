@@ -96,6 +96,8 @@ def lock_table(db_path: str, locks_file: str = LOCKS_FILE) -> dict[int, str]:
         except ValueError:
             continue
         if which == GATE_SUFFIX:
+            if where != files[which][0]:
+                continue  # an flock on another device's file with the same inode number
             names = {"write gate"}
         else:
             names = {LOCK_KINDS[b] for b in range(max(start, 120), min(end, 127) + 1)}

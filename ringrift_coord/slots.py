@@ -243,9 +243,14 @@ def release(
     if token is None:
         row = tx.one(f"DELETE FROM tasks WHERE task_id = ? RETURNING {returning}", (task_id,))
     else:
-        row = tx.one(
-            f"DELETE FROM tasks WHERE task_id = ? AND lease_token = ? RETURNING {returning}",
-            (task_id, int(token)),
+        # a token no 64-bit column can hold holds nothing (never sent: SQLite refuses it)
+        row = (
+            tx.one(
+                f"DELETE FROM tasks WHERE task_id = ? AND lease_token = ? RETURNING {returning}",
+                (task_id, int(token)),
+            )
+            if -(2**63) <= int(token) < 2**63
+            else None
         )
         if row is None:
             held = tx.one("SELECT lease_token FROM tasks WHERE task_id = ?", (task_id,))

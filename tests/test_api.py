@@ -120,6 +120,9 @@ def test_unregister_unknown_and_stale_token(coordinator):
     decision = coordinator.acquire("training", "n1", holder=Holder(pid=os.getpid()))
     with pytest.raises(StaleLease):
         coordinator.unregister_task(decision.task_id, token=decision.lease_token + 1)
+    for huge in (2**64, -(2**64)):  # beyond any 64-bit column: stale, never an internal error
+        with pytest.raises(StaleLease):
+            coordinator.unregister_task(decision.task_id, token=huge)
     assert coordinator.list_tasks()  # still held
     assert coordinator.unregister_task(decision.task_id, token=decision.lease_token)
     with pytest.raises(UsageError):

@@ -270,55 +270,78 @@ def test_reads_never_take_the_gate(coord: Coord) -> None:
         store.close()
 
 
-# -- where SIGALRM cannot bound the wait: SQLite's busy handler, as before --------------------
+# -- where SIGALRM cannot bound the wait: the gate is waited for by trying again ---------------
 
 
-def test_a_writer_in_another_thread_goes_on_without_the_gate(coord: Coord) -> None:
-    """Only the main thread can bound a wait with SIGALRM: another thread writes without the
-    gate (the gate, held elsewhere, does not stop it; SQLite's free lock lets it in)."""
+def test_a_writer_in_another_thread_waits_for_the_gate_by_polling(coord: Coord) -> None:
+    """Only the main thread can bound a blocked wait with SIGALRM: another thread tries
+    again every few ms within the busy timeout, so it still queues behind a holder (a
+    health check from serve's worker thread sees a stopped one), and gets in once it is let
+    go. The main thread's timed-out wait gives SIGALRM's handler and timer back."""
     from ringrift_coord.errors import StoreBusy
 
-    with child(GATE_HOLDER, str(coord.db), "stop") as holder:
-        wait_for(lambda: state_of(holder.pid) == "T", 10, "the holder to stop")
-        store = open_store(coord, busy_timeout=0.5)
-        with pytest.raises(StoreBusy):  # the main thread queues on the gate
-            timed_write(store)
-        outcome: list[object] = []
+    store = open_store(coord, busy_timeout=0.5)
+    outcome: list[object] = []
 
-        def write() -> None:
+    def in_a_thread(work: Any) -> object:
+        outcome.clear()
+
+        def run() -> None:
             try:
-                outcome.append(timed_write(store))
+                outcome.append(work())
             except BaseException as exc:  # noqa: BLE001 (reported below)
                 outcome.append(exc)
 
-        thread = threading.Thread(target=write)
+        thread = threading.Thread(target=run)
         thread.start()
         thread.join(timeout=30)
+        (result,) = outcome
+        return result
+
+    handler_before = signal.getsignal(signal.SIGALRM)
+    with child(GATE_HOLDER, str(coord.db), "stop") as holder:
+        wait_for(lambda: state_of(holder.pid) == "T", 10, "the holder to stop")
+        with pytest.raises(StoreBusy):  # the main thread queues on the gate
+            timed_write(store)
+        assert signal.getsignal(signal.SIGALRM) == handler_before
+        assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)
+        assert isinstance(in_a_thread(lambda: timed_write(store)), StoreBusy)
+        assert isinstance(in_a_thread(store.probe_write_lock), StoreBusy)  # serve's probe
+    patient = open_store(coord, busy_timeout=5.0)
+    try:
+        with child(GATE_HOLDER, str(coord.db), "0.6"):  # holds it 0.6 s, then exits
+            took = in_a_thread(lambda: timed_write(patient))
+        assert isinstance(took, float) and 0.2 < took < 5.0, took
+    finally:
+        patient.close()
         store.close()
-    (took,) = outcome
-    assert isinstance(took, float) and took < 0.5, took  # (a 0.5 s wait raises)
 
 
 def test_an_application_that_owns_sigalrm_keeps_it(coord: Coord) -> None:
     """An application with its own SIGALRM handler and timer: the gate leaves both alone and
-    the write goes on without it."""
+    waits for a held gate by polling (a stopped holder: busy after the busy timeout)."""
     code = f"""
 import fcntl, os, signal, sys, time
+from ringrift_coord.errors import StoreBusy
 from ringrift_coord.store.sqlite import SQLiteStore
 fired = []
 signal.signal(signal.SIGALRM, lambda *a: fired.append(time.monotonic()))
 signal.setitimer(signal.ITIMER_REAL, 1.5)
 store = SQLiteStore({str(coord.db)!r}, busy_timeout=0.5)
 started = time.monotonic()
-with store.write() as tx:
-    tx.query("SELECT 1 AS x")
+try:
+    with store.write() as tx:
+        tx.query("SELECT 1 AS x")
+    outcome = "written"
+except StoreBusy:
+    outcome = "busy"
 took = time.monotonic() - started
 handler = signal.getsignal(signal.SIGALRM)
 left = signal.getitimer(signal.ITIMER_REAL)[0]
 while not fired and time.monotonic() - started < 10:
     time.sleep(0.05)
 print("ready", flush=True)
-print(took, handler.__name__, left > 0, bool(fired), flush=True)
+print(outcome, took, handler.__name__, left > 0, bool(fired), flush=True)
 """
     with child(GATE_HOLDER, str(coord.db), "stop") as holder:
         wait_for(lambda: state_of(holder.pid) == "T", 10, "the holder to stop")
@@ -326,8 +349,26 @@ print(took, handler.__name__, left > 0, bool(fired), flush=True)
             [sys.executable, "-c", code], capture_output=True, text=True, timeout=60
         )
     assert done.returncode == 0, done.stderr
-    took, handler, timer_left, fired = done.stdout.splitlines()[1].split()
-    assert float(took) < 0.5 and handler == "<lambda>" and timer_left == fired == "True"
+    outcome, took, handler, timer_left, fired = done.stdout.splitlines()[1].split()
+    assert outcome == "busy" and 0.4 < float(took) < 5.0, done.stdout
+    assert handler == "<lambda>" and timer_left == fired == "True", done.stdout
+
+
+def test_an_flock_on_another_devices_file_with_the_same_inode_is_not_the_gate(
+    coord: Coord, tmp_path: Path
+) -> None:
+    """/proc/locks names a file by device and inode: an flock on another filesystem's file
+    that happens to have the gate's inode number is not named as holding the gate."""
+    from ringrift_coord.diagnose import lock_table
+
+    st = os.stat(str(coord.db) + "-gate")
+    here = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    elsewhere = f"ff:99:{st.st_ino}"
+    fake = tmp_path / "locks"
+    fake.write_text(f"1: FLOCK  ADVISORY  WRITE 4242 {elsewhere} 0 EOF\n")
+    assert lock_table(str(coord.db), str(fake)) == {}
+    fake.write_text(f"1: FLOCK  ADVISORY  WRITE 4242 {here} 0 EOF\n")
+    assert lock_table(str(coord.db), str(fake)) == {4242: "write gate"}
 
 
 # -- doctor names a holder of the gate ------------------------------------------------------

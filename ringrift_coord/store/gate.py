@@ -16,9 +16,11 @@ the gate, still write safely, only without the queue).
 The wait is bounded by the store's busy timeout: ``flock`` has no timeout, so a waiter arms
 ``SIGALRM`` (``setitimer``, as util-linux ``flock -w`` does) in the main thread when the
 application does not use that signal itself (default handler, not blocked, no timer running).
-Anywhere else (another thread; an application that owns SIGALRM) the writer goes on without
-the gate: SQLite's busy handler as before. A holder killed (even by SIGKILL) lets go at once
-(the kernel drops the lock with its last descriptor); a stopped one holds every writer up to
+Anywhere else (another thread; an application that owns SIGALRM) it tries again every few
+ms (1, doubling to 20) within the same bound: less fair, but it still queues behind a holder
+(and a health check from a thread sees a stopped one). A holder killed (even by SIGKILL)
+lets go at once (the kernel drops the lock with its last descriptor); a stopped one holds
+every writer up to
 the busy timeout, as a stopped SQLite transaction does, and ``doctor`` names it.
 
 The file is made like the store's other side files (its mode and group, never through a
@@ -113,9 +115,12 @@ def _can_time_out() -> bool:
 
 
 def acquire(fd: int, budget: float) -> float | None:
-    """Take the gate, waiting at most ``budget`` seconds: the seconds waited, or None when a
-    wait cannot be bounded here (the caller goes on without the gate). ``GateTimeout`` when
-    it stayed held. Any exception (a signal's) leaves it not held."""
+    """Take the gate, waiting at most ``budget`` seconds: the seconds waited, or None when
+    the gate cannot be used (the caller goes on without it). ``GateTimeout`` when it stayed
+    held. Blocked in the kernel (SIGALRM bounds it) where SIGALRM is free; elsewhere
+    (another thread; a program that uses SIGALRM) by trying again every few ms. Any
+    exception (a signal's) while waiting leaves it not held; one just after it was taken may
+    leave it held: the caller lets it go (``release`` of a gate not held does nothing)."""
     global _armed
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -127,26 +132,44 @@ def acquire(fd: int, budget: float) -> float | None:
     if budget <= 0:
         raise GateTimeout
     if not _can_time_out():
-        return None
-    try:
-        old = _signal.signal(_signal.SIGALRM, _alarm)
-    except ValueError:  # not the main thread
-        return None
+        return _poll(fd, budget)
     start = time.monotonic()
+    old: object = None
     try:
         try:
-            _armed = True
-            _signal.setitimer(_signal.ITIMER_REAL, budget)
-            fcntl.flock(fd, fcntl.LOCK_EX)  # an EINTR is retried unless a handler raises
-            _armed = False
-        finally:
-            _armed = False  # from here on, an alarm already on its way does nothing
-            _signal.setitimer(_signal.ITIMER_REAL, 0)
-            _signal.signal(_signal.SIGALRM, old)
-    except BaseException:  # the alarm (or a signal's exception) just as it was granted
+            old = _signal.signal(_signal.SIGALRM, _alarm)
+        except ValueError:  # not the main thread
+            return _poll(fd, budget)
+        _armed = True
+        _signal.setitimer(_signal.ITIMER_REAL, budget)
+        fcntl.flock(fd, fcntl.LOCK_EX)  # an EINTR is retried unless a handler raises
+    except BaseException:  # the alarm (or a signal's exception), perhaps just as it was granted
         release(fd)
         raise
+    finally:
+        _armed = False  # from here on, an alarm already on its way does nothing
+        if old is not None:
+            _signal.setitimer(_signal.ITIMER_REAL, 0)
+            _signal.signal(_signal.SIGALRM, old)  # type: ignore[arg-type]
     return time.monotonic() - start
+
+
+def _poll(fd: int, budget: float) -> float | None:
+    """Wait for the gate by trying again (1 ms, doubling to 20 ms) for at most ``budget``."""
+    start, pause = time.monotonic(), 0.001
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return time.monotonic() - start
+        except BlockingIOError:
+            pass
+        except OSError:
+            return None
+        left = budget - (time.monotonic() - start)
+        if left <= 0:
+            raise GateTimeout
+        time.sleep(min(pause, left))
+        pause = min(pause * 2, 0.02)
 
 
 def release(fd: int) -> None:

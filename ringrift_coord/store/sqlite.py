@@ -141,6 +141,9 @@ class SQLiteStore(Store):
             conn = self.__dict__.get("_conn")
             if conn is not None:
                 conn.close()
+            if self._gate >= 0:  # opened by a migration's write
+                os.close(self._gate)
+                self._gate = gate.NONE
             self._pin = None
             _unpin(pin)
             raise
@@ -351,8 +354,8 @@ class SQLiteStore(Store):
                     waited = self._enter_gate()
                     if waited > GATE_SLACK:  # the gate's wait + BEGIN within the busy timeout
                         left = max(int((self.busy_timeout - waited) * 1000), 0)
-                        self._conn.execute(f"PRAGMA busy_timeout = {left}")
                         try:
+                            self._conn.execute(f"PRAGMA busy_timeout = {left}")
                             self._conn.execute("BEGIN IMMEDIATE")
                         finally:
                             restore = int(self.busy_timeout * 1000)
@@ -388,13 +391,15 @@ class SQLiteStore(Store):
             fd = self._gate = gate.open_gate(self.path, self.shared_gid, self._gate_create)
         if fd < 0:
             return 0.0
+        self._gated = True  # (first: a signal's exception from here on still lets it go)
         try:
             waited = gate.acquire(fd, self.busy_timeout)
         except gate.GateTimeout:
+            self._gated = False
             raise self._busy() from None
-        if waited is None:  # it cannot be waited for with a bound here: SQLite's handler
+        if waited is None:  # the gate cannot be used here: SQLite's busy handler alone
+            self._gated = False
             return 0.0
-        self._gated = True
         return waited
 
     def _leave_gate(self) -> None:
