@@ -142,7 +142,10 @@ def acquire(fd: int, budget: float) -> float | None:
             return _poll(fd, budget)
         _armed = True
         _signal.setitimer(_signal.ITIMER_REAL, budget)
-        fcntl.flock(fd, fcntl.LOCK_EX)  # an EINTR is retried unless a handler raises
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)  # an EINTR is retried unless a handler raises
+        except OSError:  # (ENOLCK...): as the first try's, the gate cannot be used here
+            return None
     except BaseException:  # the alarm (or a signal's exception), perhaps just as it was granted
         release(fd)
         raise
