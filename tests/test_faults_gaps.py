@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import ROOT, Coord, EngineDB, wait_for
+from conftest import ROOT, Coord, EngineDB, own_tmpfs, wait_for
 from test_faults_proc import answers, check_whole, coord_on, rows
 from test_file_trust import ALICE, Host, users  # noqa: F401 (users: a fixture)
 
@@ -301,25 +301,12 @@ def test_a_wake_directory_on_a_full_or_read_only_filesystem_means_polling(
 ) -> None:
     """The wake directory is a filesystem of its own (a tmpfs mounted there): with no inode
     left (ENOSPC) or mounted read-only (EROFS), no FIFO can be made in it."""
-    if os.geteuid() != 0 or shutil.which("mount") is None:
-        pytest.skip("mounting a filesystem needs root")
     coord = Coord(tmp_path)
     coord.write_config(POLL_CONFIG)
     coord.state_dir.mkdir(mode=0o700)
-    wake = Path(str(coord.db) + "-wake")
-    wake.mkdir(mode=0o700)
     options = "nr_inodes=1,mode=0700" if fault == "full" else "ro,mode=0700"
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(wake)],
-        capture_output=True,
-        text=True,
-    )
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
-    try:
+    with own_tmpfs(Path(str(coord.db) + "-wake"), options):
         _waits_by_polling(coord, coord.popen, coord.db, why)
-    finally:
-        subprocess.run(["umount", "-l", str(wake)], check=False, capture_output=True)
 
 
 def test_another_user_whose_wake_directory_is_not_writable_waits_by_polling(
