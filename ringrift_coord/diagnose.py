@@ -108,7 +108,10 @@ def lock_table(db_path: str, locks_file: str = LOCKS_FILE) -> dict[int, str]:
     # the inode alone decides only when no lock matches the device too (an overlay filesystem
     # may show another device; elsewhere the same inode number on another device is another file)
     found = exact or by_inode
-    return {pid: next(name for name in RANK if name in names) for pid, names in found.items()}
+    held = {pid: next(name for name in RANK if name in names) for pid, names in found.items()}
+    if "write lock" in held.values():  # the gate's holder is the next writer, waiting on it
+        held = {pid: name for pid, name in held.items() if name != "write gate"}
+    return held
 
 
 def process_info(pid: int, now: float) -> dict[str, Any]:
