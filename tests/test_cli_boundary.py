@@ -505,25 +505,42 @@ def test_run_with_stdout_closed_returns_the_jobs_code(c: Coord) -> None:
 
 def test_a_quick_exit_still_runs_atexit_callbacks_and_flushes(c: Coord) -> None:
     """The program skips the interpreter's teardown only when nothing waits for it: with an
-    ``atexit`` callback registered (a coverage tool, logging) the exit is the normal one,
-    and either way everything written reaches the pipe."""
+    ``atexit`` callback registered (a coverage tool) the exit is the normal one, and either
+    way everything written reaches the pipe. Logging's own callback (psycopg imports
+    ``logging``) does not force the slow exit: its handlers are flushed first."""
     code = (
         "import atexit, sys\n"
+        "class Torn:\n"
+        "    def __del__(self):\n"
+        "        sys.stderr.write('torn down\\n')\n"
+        "torn = Torn()\n"
         "if sys.argv[1] == 'hook':\n"
         "    atexit.register(lambda: print('atexit ran', flush=True))\n"
+        "if sys.argv[1] == 'logging':\n"
+        "    import logging, logging.handlers\n"
+        "    shown = logging.StreamHandler(sys.stdout)\n"
+        "    held = logging.handlers.MemoryHandler(100, logging.CRITICAL, shown)\n"
+        "    logging.getLogger('x').addHandler(held)\n"
+        "    logging.getLogger('x').warning('logged')\n"
         "sys.argv = ['ringrift-coord', '--json', 'status']\n"
         "from ringrift_coord.cli.main import console_main\n"
         "console_main()\n"
     )
     assert c("tasks", "reap").returncode == 0  # a store to read
-    for hook in ("hook", "none"):
+    seen = {}
+    for case in ("hook", "logging", "none"):
         done = subprocess.run(
-            [sys.executable, "-c", code, hook], env=c.env, capture_output=True, text=True
+            [sys.executable, "-c", code, case], env=c.env, capture_output=True, text=True
         )
         assert done.returncode == 0, done.stderr
         document, _, tail = done.stdout.partition("\n")
         assert json.loads(document)["state"] == "running"
-        assert tail == ("atexit ran\n" if hook == "hook" else "")
+        seen[case] = (tail, done.stderr)
+    assert seen == {
+        "hook": ("atexit ran\n", "torn down\n"),
+        "logging": ("logged\n", ""),
+        "none": ("", ""),
+    }
 
 
 def test_main_in_process_returns_through_system_exit(c: Coord, tmp_path: Path) -> None:

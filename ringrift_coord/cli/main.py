@@ -28,6 +28,8 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
     from typing import Any
 
+    from typer._click import Command
+
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Run one command line and ``sys.exit`` with its code (for a caller in-process)."""
@@ -57,15 +59,21 @@ def _exit(code: int) -> None:
 
     Tearing down ~100 modules costs a launch ~6 ms, more than a whole admission. When
     the work is done (the store closed, stdout flushed), no ``atexit`` callback is waiting
-    (coverage tools, logging) and no other thread runs, there is nothing left to finish:
-    flush stderr and leave with ``os._exit``. Otherwise a normal ``sys.exit``.
+    (coverage tools) and no other thread runs, there is nothing left to finish: flush stderr
+    and leave with ``os._exit``. Otherwise a normal ``sys.exit``. Logging's own callback
+    (registered when anything imports ``logging``, as psycopg does; teardown then costs a
+    PostgreSQL command line ~60 ms) is run here and dropped: it only flushes handlers.
     """
     import atexit
 
+    waiting = getattr(atexit, "_ncallbacks", lambda: 1)()
+    logging = sys.modules.get("logging")
+    if logging is not None:
+        logging.shutdown()
+        atexit.unregister(logging.shutdown)
+        waiting -= 1  # the count keeps an unregistered callback's slot
     threading = sys.modules.get("threading")
-    quiet = getattr(atexit, "_ncallbacks", lambda: 1)() == 0 and (
-        threading is None or threading.active_count() == 1
-    )
+    quiet = waiting == 0 and (threading is None or threading.active_count() == 1)
     if quiet:
         try:
             sys.stderr.flush()
@@ -245,6 +253,21 @@ class _Stdout:
 # --------------------------------------------------------------------------- Typer
 
 
+def click_command() -> Command:
+    """The Click command tree Typer builds from the app, once per process: building it reads
+    every command's signature and type hints (~100 ms, most of a ``status``)."""
+    if not _COMMAND:
+        import typer
+
+        from ringrift_coord.cli.app import app
+
+        _COMMAND.append(typer.main.get_command(app))
+    return _COMMAND[0]
+
+
+_COMMAND: list[Command] = []
+
+
 def run_typer(argv: list[str], *, hoist: bool = False) -> int:
     """Run the Typer app without Click's own error printing; the boundary prints one line,
     worded as the fast parser words the same mistake (``build.usage_from_click``).
@@ -254,10 +277,9 @@ def run_typer(argv: list[str], *, hoist: bool = False) -> int:
     import typer
     from typer import _click as click
 
-    from ringrift_coord.cli.app import app
     from ringrift_coord.cli.build import option_takes_value, usage_from_click
 
-    command = typer.main.get_command(app)
+    command = click_command()
     if hoist:
         argv = parser.globals_first(argv, option_takes_value(command))
     if os.environ.get(COMPLETE_VAR):
