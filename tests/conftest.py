@@ -1,7 +1,10 @@
 """Hermetic test environment: every test gets its own state directory, config and env.
 
-CLI tests run the real program in a subprocess (``python -m ringrift_coord``), so exit codes,
-stderr lines and files on disk are what a launch script would see.
+CLI tests run the real program in its own process, so exit codes, stderr lines and files on
+disk are what a launch script would see: a fork of a per-worker interpreter that has already
+imported the CLI (tests/forkcli.py: the same entry point from argv on, without ~150 ms of
+interpreter start and imports per command line), or ``python -m ringrift_coord`` where the
+environment changes what the interpreter does before it runs (or RINGRIFT_TEST_FORK_CLI=0).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import forkcli
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -27,6 +31,20 @@ ROOT = Path(__file__).resolve().parent.parent
 # would then wait for nothing. Take the default back (children get SIG_DFL at exec).
 if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
     signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+_FORK: list[forkcli.Client] = []
+
+
+def _fork_client() -> forkcli.Client | None:
+    """This worker's fork server (tests/forkcli.py), or None with RINGRIFT_TEST_FORK_CLI=0."""
+    if os.environ.get("RINGRIFT_TEST_FORK_CLI", "1") == "0":
+        return None
+    if not _FORK:
+        base = {k: v for k, v in os.environ.items() if not k.startswith(("RINGRIFT_", "_RINGRIFT"))}
+        base.pop("PYTHONDONTWRITEBYTECODE", None)
+        _FORK.append(forkcli.Client(base))
+    return _FORK[0]
 
 
 class Coord:
@@ -73,9 +91,13 @@ class Coord:
         env: dict[str, str] | None = None,
         input: str | None = None,
     ) -> subprocess.CompletedProcess[str]:
+        full_env = {**self.env, **(env or {})}
+        fork = _fork_client()
+        if fork is not None and forkcli.forkable(full_env, fork.base_env):
+            return fork.run(self.argv(*args), args, full_env, timeout=timeout, input=input)
         return subprocess.run(
             self.argv(*args),
-            env={**self.env, **(env or {})},
+            env=full_env,
             capture_output=True,
             text=True,
             timeout=timeout,
@@ -235,13 +257,16 @@ def pg_migrated_template(pg_server) -> str:
 
 
 @pytest.fixture
-def pg_url(pg_server, request: pytest.FixtureRequest) -> str:
+def pg_url(pg_server, request: pytest.FixtureRequest) -> Iterator[str]:
     """A fresh database on the session's server: migrated (a copy of the template), or empty
-    for a test marked ``pg_empty``."""
+    for a test marked ``pg_empty``; dropped afterwards (the server's data directory stays
+    small enough to live in memory)."""
     name = f"t{os.getpid()}_{next(_db_counter)}"
     if request.node.get_closest_marker("pg_empty") is not None:
-        return pg_server.create_database(name)
-    return pg_server.create_database(name, request.getfixturevalue("pg_migrated_template"))
+        yield pg_server.create_database(name)
+    else:
+        yield pg_server.create_database(name, request.getfixturevalue("pg_migrated_template"))
+    pg_server.drop_database(name)
 
 
 # --------------------------------------------------------------------------- in-process stores

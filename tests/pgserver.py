@@ -31,10 +31,22 @@ def find_pg_bin() -> str | None:
     return None
 
 
+def _memory_dir() -> str | None:
+    """/dev/shm where it has room: each test's database is a file-by-file copy of a ~9 MB
+    template, ~30 ms in memory against ~250 ms on the CI machine's disk (and removing a
+    session's databases took 30 s). None: the default temp dir."""
+    try:
+        found = os.statvfs("/dev/shm")
+    except OSError:
+        return None
+    free = found.f_bavail * found.f_frsize
+    return "/dev/shm" if free > 2 << 30 and os.access("/dev/shm", os.W_OK) else None
+
+
 class PgServer:
     def __init__(self, bindir: str) -> None:
         self.bindir = bindir
-        self.tmp = tempfile.mkdtemp(prefix="ringrift-pg-")
+        self.tmp = tempfile.mkdtemp(prefix="ringrift-pg-", dir=_memory_dir())
         os.chmod(self.tmp, 0o755)
         self.data = os.path.join(self.tmp, "data")
         self.as_user: list[str] = []
@@ -147,6 +159,17 @@ class PgServer:
                     sql += " STRATEGY FILE_COPY"
             conn.execute(sql)
         return f"postgresql://ringrift@127.0.0.1:{self.port}/{name}"
+
+    def drop_database(self, name: str) -> None:
+        """Drop a test's database, closing what is still connected to it (best effort: the
+        server may be stopped, or a test may have dropped it itself)."""
+        import psycopg
+
+        try:
+            with psycopg.connect(self.admin_url, autocommit=True, connect_timeout=2) as conn:
+                conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        except psycopg.Error:
+            pass
 
     def destroy(self) -> None:
         self.stop()

@@ -377,8 +377,10 @@ def test_a_blocked_hook_never_delays_a_refused_can_spawn(coord: Coord, tmp_path:
     assert doc["type"] == "TASK_DENIED" and doc["payload"]["rules"] == ["halt"]
 
 
-def test_the_cost_a_hook_adds_to_a_refused_can_spawn_is_small(engine_db, tmp_path) -> None:  # noqa: ANN001
-    """Median of N refusals, each a NEW event (a new minute), with and without a hook."""
+def test_a_hook_never_holds_up_a_refused_can_spawn(engine_db, tmp_path) -> None:  # noqa: ANN001
+    """Median of N refusals, each a NEW event (a new minute), with and without a hook that
+    runs for 5 s: the refusal starts the hook and goes on (the medians are printed: the
+    README's in-process cost; a bound on them would be a timed test)."""
     n = 15
 
     def median(config: str, start: float) -> float:
@@ -395,13 +397,13 @@ def test_the_cost_a_hook_adds_to_a_refused_can_spawn_is_small(engine_db, tmp_pat
         return statistics.median(took)
 
     without = median("{}\n", 1_800_000_000.0)
-    config = _hook_config(tmp_path, {"h": {"on": ["TASK_DENIED"], "command": ["true"]}})
+    config = _hook_config(tmp_path, {"h": {"on": ["TASK_DENIED"], "command": ["sleep", "5"]}})
     # a few minutes on, not 10^8 s: a prune (random, one publish in 64) keeps the first batch
     hooked = median(config, 1_800_000_000.0 + 60 * (n + 2))
     with engine_db.open().read() as tx:  # each refusal was new: each started the hook
         assert [e.seen for e in events.list_events(tx, "TASK_DENIED")] == [1] * (2 * n)
     print(f"refused can-spawn: median {without * 1e3:.1f} ms, with a hook {hooked * 1e3:.1f} ms")
-    assert hooked - without < 0.05, (without, hooked)  # one fork+exec, never a wait
+    assert hooked < 2.5, (without, hooked)  # waiting for the hook would take 5 s each
 
 
 def test_a_bad_hook_is_left_out_and_the_good_ones_still_run(coord: Coord, tmp_path: Path) -> None:
