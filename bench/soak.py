@@ -18,7 +18,9 @@ then release, as a node's launcher daemon would): their decision latency is the 
 goal is about. On a timer, a chaos thread halts and unhalts (the whole store, one node, one
 type), trips a breaker (``breakers record-failure`` until it opens, then ``breakers
 reset``), and SIGKILLs a ``run`` wrapper whose job has started (the job lives on in its own
-process group; its slot must be reaped once it ends).
+process group; its slot must be reaped once it ends). Like an operator, it tries a command
+that exits 75 ("nothing was done, try again") again, for up to a minute; the workers' busy
+``unregister`` likewise. Every exit 75 is counted (``exit75:COMMAND``).
 
 Invariants, checked every ~0.5 s by a monitor on its own read connection and at the end:
 never more running than a per-node or cluster limit; ``task_counts`` (when the store has it)
@@ -365,7 +367,15 @@ class Soak:
             self.count(f"chaos:{action}")
 
     def control(self, *argv: str) -> str:
-        rc, out, err, _ = self.cli(None, *argv)
+        """An operator's command: 75 ("nothing was done, try again") is tried again, as the
+        exit code asks and as ``unregister`` is (each 75 is counted); anything else that is
+        not 0, or 75 for a whole minute, is a violation."""
+        deadline = time.monotonic() + 60
+        while True:
+            rc, out, err, _ = self.cli(None, *argv)
+            if rc != 75 or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
         if rc != 0:
             self.problem(f"control {' '.join(argv)} exit {rc}: {err.strip()[:200]}")
         return out

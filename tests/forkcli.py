@@ -23,8 +23,10 @@ start their own interpreters and never come here.
 from __future__ import annotations
 
 import array
+import atexit
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -62,14 +64,19 @@ class Client:
     def __init__(self, base_env: Mapping[str, str]) -> None:
         self.base_env = dict(base_env)
         self._dir = tempfile.mkdtemp(prefix="ringrift-forkcli-")
+        atexit.register(shutil.rmtree, self._dir, True)
         self.path = os.path.join(self._dir, "sock")
         self._server: subprocess.Popen[bytes] | None = None
         self._lock = threading.Lock()
 
     def _ensure(self) -> None:
         with self._lock:
-            if self._server is not None and self._server.poll() is None:
-                return
+            if self._server is not None:
+                if self._server.poll() is None:
+                    return
+                self._server = None  # it died (reaped by poll): start another on a new name
+            if os.path.exists(self.path):
+                os.unlink(self.path)
             self._server = subprocess.Popen(
                 [sys.executable, os.path.abspath(__file__), self.path],
                 stdin=subprocess.PIPE,  # the server ends when this process does (EOF)
@@ -121,23 +128,26 @@ class Client:
         for fd in (in_r, out_w, err_w):
             os.close(fd)
         reply = conn.makefile("rb")
-        json.loads(reply.readline())  # {"pid": N}: forked
         writer = None
-        if in_w >= 0:
-            writer = threading.Thread(target=_feed, args=(in_w, input or ""), daemon=True)
-            writer.start()
         try:
+            _line(conn, reply, deadline)  # {"pid": N}: forked
+            if in_w >= 0:
+                writer = threading.Thread(target=_feed, args=(in_w, input or ""), daemon=True)
+                writer.start()
+                in_w = -1
             out, err = _drain(out_r, err_r, deadline)
-            status = _status(conn, reply, deadline)
+            status = int(_line(conn, reply, deadline)["status"])
         except subprocess.TimeoutExpired:
-            try:
-                conn.sendall(b"kill\n")  # the server signals its child by pidfd: no pid reuse
-            except OSError:
+            try:  # the server signals its child by pidfd (no pid reuse) and then answers
+                conn.sendall(b"kill\n")  # with its status: gone, as subprocess.run leaves it
+                _line(conn, reply, time.monotonic() + 10)
+            except (OSError, RuntimeError, subprocess.TimeoutExpired):
                 pass
             raise subprocess.TimeoutExpired(shown, timeout or 0) from None
         finally:
-            os.close(out_r)
-            os.close(err_r)
+            for fd in (in_w, out_r, err_r):
+                if fd >= 0:
+                    os.close(fd)
             if writer is not None:
                 writer.join(timeout=5)
             reply.close()
@@ -148,7 +158,9 @@ class Client:
 def _feed(fd: int, text: str) -> None:
     """Write ``input`` to the child's stdin and close it (as ``communicate`` does)."""
     try:
-        data = text.encode()
+        import locale
+
+        data = text.encode(locale.getpreferredencoding(False))  # as subprocess.run encodes
         while data:
             data = data[os.write(fd, data) :]
     except OSError:  # the child did not read it all: as subprocess.run ignores a broken pipe
@@ -177,8 +189,11 @@ def _drain(out_r: int, err_r: int, deadline: float | None) -> tuple[bytes, bytes
     return b"".join(chunks[out_r]), b"".join(chunks[err_r])
 
 
-def _status(conn: socket.socket, reply: object, deadline: float | None) -> int:
-    left = None if deadline is None else max(0.0, deadline - time.monotonic())
+def _line(conn: socket.socket, reply: object, deadline: float | None) -> dict[str, object]:
+    """The server's next line (JSON) before the deadline, else ``TimeoutExpired``."""
+    left = None if deadline is None else deadline - time.monotonic()
+    if left is not None and left <= 0:  # a zero timeout would make the socket non-blocking
+        raise subprocess.TimeoutExpired([], 0)
     conn.settimeout(left)
     try:
         line = reply.readline()  # type: ignore[attr-defined]
@@ -186,7 +201,11 @@ def _status(conn: socket.socket, reply: object, deadline: float | None) -> int:
         raise subprocess.TimeoutExpired([], 0) from None
     finally:
         conn.settimeout(None)
-    return int(json.loads(line)["status"])
+    if not line:
+        raise RuntimeError("the fork server of tests/forkcli.py went away")
+    found = json.loads(line)
+    assert isinstance(found, dict)
+    return found
 
 
 def _text(data: bytes) -> str:
@@ -202,7 +221,13 @@ def _text(data: bytes) -> str:
 
 
 def serve(path: str) -> dict[str, object] | None:
-    """Accept requests until stdin closes; in a fork, return its request (the caller runs it)."""
+    """Accept requests until stdin closes; in a fork, return its request (the caller runs it).
+
+    Each request has its own number: a readiness event is looked up by it, so an event left
+    over from a request already finished (its child and connection both readable in one
+    ``select``), or a descriptor number reused by a newer request, is skipped. A bad request
+    is answered by closing its connection; the server goes on."""
+    import itertools
     import selectors
 
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -210,59 +235,52 @@ def serve(path: str) -> dict[str, object] | None:
     listener.listen(64)
     os.rename(path + ".tmp", path)  # the client waits for the name: it appears when ready
     sel = selectors.DefaultSelector()
-    sel.register(listener, selectors.EVENT_READ, "accept")
-    sel.register(sys.stdin.fileno(), selectors.EVENT_READ, "parent")
-    children: dict[int, tuple[int, socket.socket]] = {}  # pidfd -> (pid, connection)
-    conns: dict[int, int] = {}  # connection fd -> pidfd
+    sel.register(listener, selectors.EVENT_READ, ("accept", 0))
+    sel.register(sys.stdin.fileno(), selectors.EVENT_READ, ("parent", 0))
+    numbers = itertools.count(1)
+    live: dict[int, tuple[int, int, socket.socket]] = {}  # number -> (pid, pidfd, connection)
     while True:
         for key, _ in sel.select():
-            what = key.data
+            what, number = key.data
             if what == "parent":
                 if not os.read(sys.stdin.fileno(), 4096):
-                    for pidfd, (_pid, _conn) in children.items():
-                        signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+                    for _pid, pidfd, _conn in live.values():
+                        _kill(pidfd)
                     return None
             elif what == "accept":
                 conn, _ = listener.accept()
-                msg, anc, _flags, _addr = conn.recvmsg(1 << 20, socket.CMSG_SPACE(3 * 4))
-                fds = array.array("i")
-                for level, kind, data in anc:
-                    if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-                        fds.frombytes(data[: len(data) - len(data) % fds.itemsize])
-                while not msg.endswith(b"\n"):  # a long environment comes in pieces
-                    more = conn.recv(1 << 20)
-                    if not more:
-                        break
-                    msg += more
-                request = json.loads(msg)
+                request = _receive(conn)
+                if request is None:
+                    conn.close()
+                    continue
                 pid = os.fork()
                 if pid == 0:
                     sel.close()
                     listener.close()
-                    request["fds"] = list(fds)
                     request["conn"] = conn.detach()
                     return request
-                for fd in fds:
+                for fd in request["fds"]:  # type: ignore[attr-defined]
                     os.close(fd)
+                number = next(numbers)
                 pidfd = os.pidfd_open(pid)
-                children[pidfd] = (pid, conn)
-                conns[conn.fileno()] = pidfd
-                sel.register(pidfd, selectors.EVENT_READ, "child")
-                sel.register(conn, selectors.EVENT_READ, "conn")
-                conn.sendall(json.dumps({"pid": pid}).encode() + b"\n")
-            elif what == "conn":  # the client's deadline passed ("kill") or it went away
-                pidfd = conns[key.fd]
+                live[number] = (pid, pidfd, conn)
+                sel.register(pidfd, selectors.EVENT_READ, ("child", number))
+                sel.register(conn, selectors.EVENT_READ, ("conn", number))
                 try:
-                    signal.pidfd_send_signal(pidfd, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-                sel.unregister(key.fd)
+                    conn.sendall(json.dumps({"pid": pid}).encode() + b"\n")
+                except OSError:  # the client is gone: its child is not wanted
+                    _kill(pidfd)
+            elif number not in live:
+                continue  # a finished request's event from the same select
+            elif what == "conn":  # the client's deadline passed ("kill") or it went away
+                _pid, pidfd, conn = live[number]
+                _kill(pidfd)
+                sel.unregister(conn)
             elif what == "child":
-                pid, conn = children.pop(key.fd)
+                pid, pidfd, conn = live.pop(number)
                 _, wstatus = os.waitpid(pid, 0)
-                sel.unregister(key.fd)
-                os.close(key.fd)
-                conns.pop(conn.fileno(), None)
+                sel.unregister(pidfd)
+                os.close(pidfd)
                 if conn in (k.fileobj for k in sel.get_map().values()):
                     sel.unregister(conn)
                 try:
@@ -271,6 +289,38 @@ def serve(path: str) -> dict[str, object] | None:
                 except OSError:
                     pass
                 conn.close()
+
+
+def _receive(conn: socket.socket) -> dict[str, object] | None:
+    """One request: its JSON line and its three descriptors; None (and the descriptors
+    closed) if it is not whole."""
+    fds = array.array("i")
+    try:
+        msg, anc, _flags, _addr = conn.recvmsg(1 << 20, socket.CMSG_SPACE(3 * 4))
+        for level, kind, data in anc:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                fds.frombytes(data[: len(data) - len(data) % fds.itemsize])
+        while not msg.endswith(b"\n"):  # a long environment comes in pieces
+            more = conn.recv(1 << 20)
+            if not more:
+                break
+            msg += more
+        request = json.loads(msg)
+        if not isinstance(request, dict) or len(fds) != 3:
+            raise ValueError("not a request")
+    except (OSError, ValueError):
+        for fd in fds:
+            os.close(fd)
+        return None
+    request["fds"] = list(fds)
+    return request
+
+
+def _kill(pidfd: int) -> None:
+    try:
+        signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
 
 
 def become(request: dict[str, object]) -> None:

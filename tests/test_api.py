@@ -54,11 +54,11 @@ def new_ctx(engine, request):
     made = []
 
     def factory(tmp_path, yaml_text="{}\n", clock=None):
-        url = (
-            request.getfixturevalue("pg_server").create_database(f"api_{next(_DB_NUMBERS)}")
-            if engine == "postgres"
-            else None
-        )
+        url = None
+        if engine == "postgres":
+            server, name = request.getfixturevalue("pg_server"), f"api_{next(_DB_NUMBERS)}"
+            url = server.create_database(name)
+            request.addfinalizer(lambda: server.drop_database(name))
         ctx = make_ctx(tmp_path, yaml_text, clock, url)
         made.append(ctx)
         return ctx

@@ -229,7 +229,9 @@ def api_ctx(tmp_path, engine, request):
     if engine == "postgres":
         from ringrift_coord.store.postgres import PostgresStore
 
-        url = request.getfixturevalue("pg_server").create_database(f"res_{next(_DB_NUMBERS)}")
+        server, name = request.getfixturevalue("pg_server"), f"res_{next(_DB_NUMBERS)}"
+        url = server.create_database(name)
+        request.addfinalizer(lambda: server.drop_database(name))
         store = PostgresStore(url, clock=clock)
     else:
         store = SQLiteStore(os.path.join(state, "tasks.db"), clock=clock)

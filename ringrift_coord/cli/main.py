@@ -66,12 +66,13 @@ def _exit(code: int) -> None:
     """
     import atexit
 
-    waiting = getattr(atexit, "_ncallbacks", lambda: 1)()
+    counted = getattr(atexit, "_ncallbacks", None)  # CPython's; elsewhere: the normal exit
+    waiting = counted() if counted is not None else -1
     logging = sys.modules.get("logging")
-    if logging is not None:
+    if waiting > 0 and logging is not None:
         logging.shutdown()
         atexit.unregister(logging.shutdown)
-        waiting -= 1  # the count keeps an unregistered callback's slot
+        waiting -= 1  # counted before: some versions keep an unregistered callback's slot
     threading = sys.modules.get("threading")
     quiet = waiting == 0 and (threading is None or threading.active_count() == 1)
     if quiet:
