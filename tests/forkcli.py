@@ -17,6 +17,12 @@ runs as a new interpreter (``subprocess.run``), as does every command line when
 ``RINGRIFT_TEST_FORK_CLI=0``. Tests that measure the start itself (imports, start-up cost)
 start their own interpreters and never come here.
 
+Known differences from a new interpreter, none of which the program's behaviour depends on:
+stdout's buffer (8 KiB here, the pipe's 4 KiB there: the program flushes before it exits),
+``sys.path[0]`` (tests/), one string-hash seed for every fork, ``getppid()`` (the server, as
+long-lived as the worker), and resource limits and ignored signals fixed when the server
+started.
+
     python tests/forkcli.py SOCKET      # the server (started by ``Client``)
 """
 
