@@ -249,7 +249,7 @@ class Soak:
             check=False,
         )
         wall = time.perf_counter() - t0
-        self.look_at(argv[0], p.returncode, p.stderr)
+        self.look_at(next((a for a in argv if not a.startswith("-")), ""), p.returncode, p.stderr)
         return p.returncode, p.stdout, p.stderr, wall
 
     # -- workers -------------------------------------------------------------------------
