@@ -33,6 +33,14 @@ if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
     signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
+def _clean_env() -> dict[str, str]:
+    """The caller's environment without its ringrift settings or PYTHONDONTWRITEBYTECODE
+    (each command line would recompile everything)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RINGRIFT_", "_RINGRIFT"))}
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    return env
+
+
 _FORK: list[forkcli.Client] = []
 
 
@@ -41,9 +49,7 @@ def _fork_client() -> forkcli.Client | None:
     if os.environ.get("RINGRIFT_TEST_FORK_CLI", "1") == "0":
         return None
     if not _FORK:
-        base = {k: v for k, v in os.environ.items() if not k.startswith(("RINGRIFT_", "_RINGRIFT"))}
-        base.pop("PYTHONDONTWRITEBYTECODE", None)
-        _FORK.append(forkcli.Client(base))
+        _FORK.append(forkcli.Client(_clean_env()))
     return _FORK[0]
 
 
@@ -55,9 +61,7 @@ class Coord:
         self.state_dir = tmp / "state"
         self.config = tmp / "coord.yaml"
         self.config.write_text("{}\n")
-        self.env = {
-            k: v for k, v in os.environ.items() if not k.startswith(("RINGRIFT_", "_RINGRIFT"))
-        }
+        self.env = _clean_env()
         self.env.update(
             {
                 "RINGRIFT_COORDINATOR_DIR": str(self.state_dir),
@@ -70,7 +74,6 @@ class Coord:
                 "RINGRIFT_COORD_SET": "resources.live_host=false",
             }
         )
-        self.env.pop("PYTHONDONTWRITEBYTECODE", None)  # each call would recompile everything
         self.engine = "sqlite"
 
     @property
@@ -256,17 +259,24 @@ def pg_migrated_template(pg_server) -> str:
     return MIGRATED_TEMPLATE
 
 
-@pytest.fixture
-def pg_url(pg_server, request: pytest.FixtureRequest) -> Iterator[str]:
-    """A fresh database on the session's server: migrated (a copy of the template), or empty
-    for a test marked ``pg_empty``; dropped afterwards (the server's data directory stays
-    small enough to live in memory)."""
+def own_pg_database(request: pytest.FixtureRequest, template: str | None = None) -> str:
+    """A new database on the session's server for this test (empty, or a copy of
+    ``template``), dropped when the test ends: the server's data directory stays small
+    enough to live in memory."""
+    server = request.getfixturevalue("pg_server")
     name = f"t{os.getpid()}_{next(_db_counter)}"
+    url = server.create_database(name, template)
+    request.addfinalizer(lambda: server.drop_database(name))
+    return url
+
+
+@pytest.fixture
+def pg_url(request: pytest.FixtureRequest) -> str:
+    """A fresh database on the session's server: migrated (a copy of the template), or empty
+    for a test marked ``pg_empty``."""
     if request.node.get_closest_marker("pg_empty") is not None:
-        yield pg_server.create_database(name)
-    else:
-        yield pg_server.create_database(name, request.getfixturevalue("pg_migrated_template"))
-    pg_server.drop_database(name)
+        return own_pg_database(request)
+    return own_pg_database(request, request.getfixturevalue("pg_migrated_template"))
 
 
 # --------------------------------------------------------------------------- in-process stores

@@ -59,6 +59,7 @@ class PgServer:
             sock.bind(("127.0.0.1", 0))
             self.port = sock.getsockname()[1]
         self.proc: subprocess.Popen[bytes] | None = None
+        self.version: int | None = None
         self.admin_url = f"postgresql://ringrift@127.0.0.1:{self.port}/postgres"
         self._initdb()
 
@@ -159,11 +160,17 @@ class PgServer:
             sql = f'CREATE DATABASE "{name}"'
             if template is not None:
                 sql += f' TEMPLATE "{template}"'
-                version = conn.execute("SHOW server_version_num").fetchone()
-                if version is not None and int(version[0]) >= 150000:
+                if self._version(conn) >= 150000:
                     sql += " STRATEGY FILE_COPY"
             conn.execute(sql)
         return f"postgresql://ringrift@127.0.0.1:{self.port}/{name}"
+
+    def _version(self, conn) -> int:  # noqa: ANN001
+        """``server_version_num`` (150004 for 15.4), read once."""
+        if self.version is None:
+            row = conn.execute("SHOW server_version_num").fetchone()
+            self.version = int(row[0]) if row is not None else 0
+        return self.version
 
     def drop_database(self, name: str) -> None:
         """Drop a test's database, closing what is still connected to it (best effort: the
@@ -172,8 +179,7 @@ class PgServer:
 
         try:
             with psycopg.connect(self.admin_url, autocommit=True, connect_timeout=2) as conn:
-                version = conn.execute("SHOW server_version_num").fetchone()
-                force = " WITH (FORCE)" if version and int(version[0]) >= 130000 else ""
+                force = " WITH (FORCE)" if self._version(conn) >= 130000 else ""
                 conn.execute(f'DROP DATABASE IF EXISTS "{name}"{force}')
         except psycopg.Error as exc:  # a warning in pytest's summary: the test itself is over
             warnings.warn(f"pgserver: database {name} not dropped: {exc}", stacklevel=2)

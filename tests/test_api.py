@@ -6,6 +6,7 @@ import asyncio
 import os
 
 import pytest
+from conftest import own_pg_database
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -26,7 +27,6 @@ from ringrift_coord.task_coordinator import (
 )
 
 ENGINES = ("sqlite", "postgres")
-_DB_NUMBERS = iter(range(1, 10**9))
 
 
 def make_ctx(
@@ -54,11 +54,7 @@ def new_ctx(engine, request):
     made = []
 
     def factory(tmp_path, yaml_text="{}\n", clock=None):
-        url = None
-        if engine == "postgres":
-            server, name = request.getfixturevalue("pg_server"), f"api_{next(_DB_NUMBERS)}"
-            url = server.create_database(name)
-            request.addfinalizer(lambda: server.drop_database(name))
+        url = own_pg_database(request) if engine == "postgres" else None
         ctx = make_ctx(tmp_path, yaml_text, clock, url)
         made.append(ctx)
         return ctx

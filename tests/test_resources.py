@@ -13,7 +13,7 @@ import os
 import time
 
 import pytest
-from conftest import Coord
+from conftest import Coord, own_pg_database
 
 from ringrift_coord import readings, safeguards
 from ringrift_coord.clock import ManualClock
@@ -25,7 +25,6 @@ from ringrift_coord.store.sqlite import SQLiteStore
 from ringrift_coord.task_coordinator import TaskCoordinator
 
 ENGINES = ("sqlite", "postgres")
-_DB_NUMBERS = iter(range(1, 10**9))
 
 
 @pytest.fixture
@@ -229,10 +228,7 @@ def api_ctx(tmp_path, engine, request):
     if engine == "postgres":
         from ringrift_coord.store.postgres import PostgresStore
 
-        server, name = request.getfixturevalue("pg_server"), f"res_{next(_DB_NUMBERS)}"
-        url = server.create_database(name)
-        request.addfinalizer(lambda: server.drop_database(name))
-        store = PostgresStore(url, clock=clock)
+        store = PostgresStore(own_pg_database(request), clock=clock)
     else:
         store = SQLiteStore(os.path.join(state, "tasks.db"), clock=clock)
     settings = load_settings(str(config), env={"RINGRIFT_COORD_SET": "resources.live_host=false"})

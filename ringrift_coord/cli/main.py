@@ -62,7 +62,7 @@ def _exit(code: int) -> None:
     (coverage tools) and no other thread runs, there is nothing left to finish: flush stderr
     and leave with ``os._exit``. Otherwise a normal ``sys.exit``. Logging's own callback
     (registered when anything imports ``logging``, as psycopg does; teardown then costs a
-    PostgreSQL command line ~60 ms) is run here and dropped: it only flushes handlers.
+    PostgreSQL command line ~140 ms) is run here and dropped: it only flushes handlers.
     """
     import atexit
 
