@@ -49,10 +49,14 @@ _PROBE_COLUMNS = (
 _PROBE = f"SELECT {_PROBE_COLUMNS}"
 
 
-def probe(tx: Tx, node: str, ttype: str) -> Row:
+def probe(tx: Tx, node: str, ttype: str, *, draw_id: bool = False) -> Row:
     """Which side tables hold anything for this (node, type), and its counts: one
-    statement."""
-    row = tx.one(_PROBE, (node, ttype, node, node, ttype, node, node, ttype, ttype, node))
+    statement. ``draw_id``: also draw the decision log's next id (``next_id``) where the
+    engine can (``Tx.id_ahead``), so the entry's INSERT need not send it back."""
+    sql, ahead = _PROBE, tx.id_ahead("decisions") if draw_id else None
+    if ahead is not None:
+        sql = f"{_PROBE}, {ahead} AS next_id"
+    row = tx.one(sql, (node, ttype, node, node, ttype, node, node, ttype, ttype, node))
     assert row is not None
     return row
 
@@ -130,9 +134,12 @@ def admit(
     transaction. It also runs the chores the evaluation found due. Callers that hold the
     store's write lock pass ``halt_file`` (``halts.snapshot``) and ``live``
     (``rules.live_reading``), both read before the transaction."""
-    now = tx.now()
     ttype = req.task_type.value
-    probed = probe(tx, req.node, ttype)
+    # the probe first: on a server it goes with the BEGIN and the lock (``write(
+    # statements_only=True)``), and the decision's id with it: under the lock, an admission
+    # is then this round trip, the reaper's read and the COMMIT with every INSERT
+    probed = probe(tx, req.node, ttype, draw_id=take_slot or log)
+    now = tx.now()
     reaped = slots.reap(
         tx, now, settings, on_end=feedback.task_ended, waiters=bool(probed["waiters"])
     )
@@ -154,7 +161,7 @@ def admit(
         task_id = decision.task_id = slots.new_task_id(tx, req)
         # An admission is always logged, and its log entry's id (AUTOINCREMENT / BIGSERIAL:
         # ever larger, never reused) is the slot's fencing token.
-        token = log_decision(tx, req, decision, action, now, settings)
+        token = log_decision(tx, req, decision, action, now, settings, probed.get("next_id"))
         decision.trial = rules.pass_breaker(tx, settings, decision._breaker, now)
         slots.insert(tx, req, task_id, now, settings, token=token, trial=decision.trial)
         if decision._rate is not None:
@@ -163,7 +170,7 @@ def admit(
             queue.leave(tx, req.waiter_seq)
         decision.lease_token = token
     elif log:
-        log_decision(tx, req, decision, action, now, settings)
+        log_decision(tx, req, decision, action, now, settings, probed.get("next_id"))
     if not decision.allowed and req.waiter_seq is not None:
         queue.heartbeat(tx, req.waiter_seq, now)  # a waiter that still polls is alive
     return decision
@@ -173,32 +180,48 @@ def admit(
 
 
 def log_decision(
-    tx: Tx, req: Request, decision: Decision, action: str, now: float, settings: Settings
+    tx: Tx,
+    req: Request,
+    decision: Decision,
+    action: str,
+    now: float,
+    settings: Settings,
+    drawn_id: int | None = None,
 ) -> int:
-    """Write the decision to the log; return its id."""
+    """Write the decision to the log; return its id (``drawn_id``: the one ``probe`` drew
+    for it; else the INSERT's)."""
     rules_json = "[]"  # an admission's empty list, as json.dumps writes it, without json
     if decision.reasons:
         import json
 
         rules_json = json.dumps([r.to_dict() for r in decision.reasons], default=str)
-    row = tx.one(
-        "INSERT INTO decisions (at, action, task_type, node, host, pid, who, allowed, rules, "
-        "retry_after, task_id) VALUES (?,?,?,?,?,?,?,?,?,?,?) RETURNING id",
-        (
-            now,
-            action,
-            decision.task_type,
-            decision.node,
-            req.host,
-            req.pid or os.getpid(),
-            req.who,
-            int(decision.allowed),
-            rules_json,
-            decision.retry_after,
-            decision.task_id,
-        ),
+    values = (
+        now,
+        action,
+        decision.task_type,
+        decision.node,
+        req.host,
+        req.pid or os.getpid(),
+        req.who,
+        int(decision.allowed),
+        rules_json,
+        decision.retry_after,
+        decision.task_id,
     )
-    assert row is not None
+    columns = "at, action, task_type, node, host, pid, who, allowed, rules, retry_after, task_id"
+    if drawn_id is not None:  # a plain INSERT: a server sends it with the COMMIT
+        entry_id = int(drawn_id)
+        tx.execute(
+            f"INSERT INTO decisions (id, {columns}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",  # noqa: S608 (fixed text)
+            (entry_id, *values),
+        )
+    else:
+        row = tx.one(
+            f"INSERT INTO decisions ({columns}) VALUES (?,?,?,?,?,?,?,?,?,?,?) RETURNING id",  # noqa: S608 (fixed text)
+            values,
+        )
+        assert row is not None
+        entry_id = int(row["id"])
     # A refusal counts (ringrift_denials_total, one per blocking rule) and is an event, except
     # for record-spawn: it notes a spawn that already happened, whatever the rules now say.
     if not decision.allowed and action != "record-spawn":
@@ -224,7 +247,7 @@ def log_decision(
     if os.urandom(1)[0] < 4:  # prune about once per 64 decisions, not on every one
         cutoff = now - float(settings.get("store.decision_log_days")) * 86400.0
         prune_logs(tx, cutoff)
-    return int(row["id"])
+    return entry_id
 
 
 # Rows of each log one prune deletes at most: the oldest ids only (ids grow with time), so a

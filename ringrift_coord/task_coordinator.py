@@ -106,7 +106,7 @@ class TaskCoordinator(ProcessWide):
         ctx = self.ctx
         local = halts.snapshot(ctx.state_dir, ctx.store.scope)  # never read under the lock
         live = rules.live_reading(ctx.settings, ctx.state_dir, req.node)
-        with ctx.store.write() as tx:
+        with ctx.store.write(statements_only=True) as tx:
             return admission.admit(
                 tx,
                 req,
@@ -220,7 +220,7 @@ class TaskCoordinator(ProcessWide):
             status = "ok" if not exit_code else "failed"
         if reason is None and exit_code and status != "ok":
             reason = f"exit code {exit_code}"  # what the breaker and the history show
-        with self.ctx.store.write() as tx:
+        with self.ctx.store.write(statements_only=True) as tx:
             row = slots.release(
                 tx,
                 task_id,
@@ -237,13 +237,13 @@ class TaskCoordinator(ProcessWide):
         return row
 
     def renew_lease(self, task_id: str, token: int) -> bool:
-        with self.ctx.store.write() as tx:
+        with self.ctx.store.write(statements_only=True) as tx:
             return slots.renew(tx, task_id, token, float(self.ctx.settings.get("store.lease_ttl")))
 
     def set_holder(self, task_id: str, token: int, holder: Holder) -> bool:
         """Point the slot at the job's process group (``run`` does this after fork)."""
         fields = holder.request_fields()
-        with self.ctx.store.write() as tx:
+        with self.ctx.store.write(statements_only=True) as tx:
             return slots.set_holder(tx, task_id, token, fields)
 
     # -- fair queue ---------------------------------------------------------------------

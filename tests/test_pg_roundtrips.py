@@ -23,12 +23,13 @@ rate_limits:
   selfplay: {per_minute: null}
 """
 
-# acquire: BEGIN + lock + clock, the probe (side tables, counts, target), the reaper's
-# read, the decision's INSERT ... RETURNING (the fencing token), INSERT tasks + COMMIT
-ACQUIRE_BUDGET = 5
-# release: BEGIN + lock + clock, DELETE ... RETURNING (with the outcome probe), the history
-# INSERT + notifications + COMMIT
-RELEASE_BUDGET = 3
+# acquire: BEGIN + lock + clock with the probe (side tables, counts, target, the decision's
+# id drawn ahead: the fencing token), the reaper's read, the INSERTs (decision, task) +
+# COMMIT
+ACQUIRE_BUDGET = 3
+# release: BEGIN + lock + clock with the DELETE ... RETURNING (and the outcome probe), the
+# history INSERT + notifications + COMMIT
+RELEASE_BUDGET = 2
 
 
 class Trips:
@@ -87,6 +88,11 @@ def test_an_acquire_and_a_release_stay_within_their_round_trip_budget(
             "SELECT COUNT(*) AS n FROM task_history WHERE task_id = ?", (decision.task_id,)
         )["n"]
         assert n == 1
+        # the token drawn ahead is the id of the admission's own log entry
+        entry = tx.one(
+            "SELECT allowed, task_id, action FROM decisions WHERE id = ?", (decision.lease_token,)
+        )
+    assert entry == {"allowed": 1, "task_id": decision.task_id, "action": "api"}
 
 
 def _table(store: object) -> None:
@@ -155,6 +161,24 @@ def test_a_write_holds_the_lock_from_its_start(engine_db: EngineDB) -> None:
     with holder.write():
         with pytest.raises(StoreBusy), late.write() as tx:
             tx.execute("SELECT 1")
+
+
+def test_a_statements_only_write_takes_the_lock_with_its_first_statement(
+    engine_db: EngineDB,
+) -> None:
+    """``write(statements_only=True)`` (admission, release) sends its BEGIN and the lock
+    with its first statement: held elsewhere, that statement waits its turn and gives up
+    with StoreBusy after the busy timeout; nothing of the block lands."""
+    holder, late = engine_db.open(), engine_db.open(busy_timeout=0.2)
+    _table(holder)
+    with holder.write():
+        with pytest.raises(StoreBusy), late.write(statements_only=True) as tx:
+            tx.execute("UPDATE rt_probe SET n = 1")
+            tx.execute("INSERT INTO rt_probe (k, n) VALUES (?, ?)", ("late", 1))
+    with late.write(statements_only=True) as tx:  # free again: it lands
+        tx.execute("INSERT INTO rt_probe (k, n) VALUES (?, ?)", ("late", 2))
+    with holder.read() as tx:
+        assert tx.query("SELECT k, n FROM rt_probe") == [{"k": "late", "n": 2}]
 
 
 def test_a_read_transaction_still_refuses_an_insert_at_once(engine_db: EngineDB) -> None:

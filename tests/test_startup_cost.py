@@ -21,7 +21,7 @@ OVERRIDES = [
 ]
 
 
-def test_a_postgres_can_spawn_sends_three_round_trips_before_its_rules(
+def test_a_postgres_can_spawn_sends_its_probe_with_the_begin_and_the_lock(
     pg_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import psycopg
@@ -56,14 +56,22 @@ def test_a_postgres_can_spawn_sends_three_round_trips_before_its_rules(
     assert one_shot()  # what every later call sends
     probe = next(i for i, sql in enumerate(sent) if "COUNT(*) FROM halts" in sql)
     setup = sent[:probe]
-    assert len(setup) == 3, setup
-    settings, migrations, begin = setup
+    assert len(setup) == 2, setup  # two round trips before the lock is asked for
+    settings, migrations = setup
     assert settings.startswith("SET lock_timeout = ")
     assert "; SET idle_in_transaction_session_timeout = 60000" in settings
     assert migrations == "SELECT name FROM schema_migrations"
+    # the third: BEGIN, the lock, the clock read once it is held, the probe and the
+    # decision's id drawn ahead, in one script
+    begin, _, probed = sent[probe].partition("; SELECT extract(epoch FROM clock_timestamp())")
     assert begin.startswith("BEGIN; SELECT pg_advisory_xact_lock(")
-    assert begin.endswith("SELECT extract(epoch FROM clock_timestamp())::float8")
-    assert sent[-1] == "COMMIT"
+    assert probed.startswith("::float8; SELECT (SELECT COUNT(*) FROM halts)")
+    assert probed.endswith("nextval('decisions_id_seq') AS next_id"), probed
+    # then the reaper's read; the decision's log entry goes with the COMMIT
+    assert len(sent) == probe + 3, sent
+    assert "FROM tasks WHERE host = " in sent[probe + 1]
+    assert sent[-1].startswith("INSERT INTO decisions (id, at, ")
+    assert sent[-1].endswith("); COMMIT")
     assert not any(sql == "BEGIN" or sql.startswith("ROLLBACK") for sql in sent), sent
     # the decision was logged on the database's clock, read once the lock was held
     with psycopg.connect(pg_url) as conn:

@@ -97,6 +97,12 @@ class Tx(ABC):
     def now(self) -> float:
         """The store's clock, seconds since the epoch (leases are timed by it)."""
 
+    def id_ahead(self, table: str) -> str | None:
+        """An SQL expression a query can carry that draws the next id of ``table``'s key,
+        so that the row's INSERT names its id instead of asking for it back (a round trip
+        saved under a server's lock); None where ids come only with the INSERT (SQLite)."""
+        return None
+
 
 class Store(ABC):
     engine: str = "?"
@@ -106,10 +112,11 @@ class Store(ABC):
     @abstractmethod
     def _begin(self, write: bool) -> Tx: ...
 
-    def _open_tx(self, write: bool) -> Tx:
+    def _open_tx(self, write: bool, statements_only: bool = False) -> Tx:
         """The transaction ``write()``/``read()`` run in: ``_begin`` here. An engine may
-        defer its BEGIN (and a write's lock) to the transaction's first statement, sent
-        together with it; ``_begin`` itself always returns with the transaction begun."""
+        defer a read's BEGIN, and a ``statements_only`` write's BEGIN and lock, to the
+        transaction's first statement, sent together with it; ``_begin`` itself always
+        returns with the transaction begun."""
         return self._begin(write=write)
 
     @abstractmethod
@@ -132,9 +139,13 @@ class Store(ABC):
         that would end it, and ``_begin`` rolls it back (never one a caller holds)."""
         return not self.__dict__.get("_depth", 0)
 
-    def write(self) -> _Transaction:
-        """A serialised read-then-write transaction; commits on success."""
-        return _Transaction(self, write=True)
+    def write(self, *, statements_only: bool = False) -> _Transaction:
+        """A serialised read-then-write transaction; commits on success.
+
+        ``statements_only``: the block does nothing under the lock before its first
+        statement (no file written, no lock held on purpose), so a server engine may take
+        the lock with that statement, in its round trip, rather than on entry."""
+        return _Transaction(self, write=True, statements_only=statements_only)
 
     def read(self) -> _Transaction:
         """A consistent read-only snapshot."""
@@ -213,17 +224,17 @@ class _Transaction:
     A class rather than ``contextlib.contextmanager``: contextlib's import costs every
     one-shot command ~0.6 ms, and its generator machinery every transaction."""
 
-    __slots__ = ("_store", "_write", "_lock", "_tx")
+    __slots__ = ("_store", "_write", "_statements_only", "_lock", "_tx")
 
-    def __init__(self, store: Store, *, write: bool) -> None:
-        self._store, self._write = store, write
+    def __init__(self, store: Store, *, write: bool, statements_only: bool = False) -> None:
+        self._store, self._write, self._statements_only = store, write, statements_only
 
     def __enter__(self) -> Tx:
         store = self._store
         lock = self._lock = store._thread_lock()
         lock.acquire()
         try:
-            tx = self._tx = store._open_tx(write=self._write)
+            tx = self._tx = store._open_tx(self._write, self._statements_only)
         except BaseException:
             lock.release()
             raise

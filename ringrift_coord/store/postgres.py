@@ -48,6 +48,8 @@ if TYPE_CHECKING:
 # the database's clock, seconds since the epoch (leases are timed by it)
 _NOW = "SELECT extract(epoch FROM clock_timestamp())::float8"
 
+# the sequences of the BIGSERIAL keys ``Tx.id_ahead`` draws from (fixed names, never input)
+_ID_SEQUENCES = {"decisions": "decisions_id_seq"}
 # pg_advisory_xact_lock key of every admission write: "ringrift" in ASCII
 ADMISSION_LOCK = 0x72696E6772696674
 MIGRATION_LOCK = ADMISSION_LOCK + 1
@@ -152,8 +154,9 @@ class PostgresTx(Tx):
     the admission lock every round trip is a wake-up of this client while every other
     writer waits (on a loaded host, a wait for a CPU). So plain INSERTs (``_deferrable``)
     and the waiters' notifications go with the next statement or the COMMIT, and a read's
-    BEGIN with its first statement, each batch as one script (the simple protocol takes
-    several statements; parameters bound by psycopg, as literals)."""
+    BEGIN (a ``statements_only`` write's BEGIN and lock) with its first statement, each
+    batch as one script (the simple protocol takes several statements; parameters bound by
+    psycopg, as literals)."""
 
     def __init__(self, store: PostgresStore) -> None:
         self._store = store
@@ -222,6 +225,11 @@ class PostgresTx(Tx):
         the lock is held: one round trip, now."""
         self.defer_begin(lock)
         self._send(None)
+
+    def id_ahead(self, table: str) -> str | None:
+        if table not in _ID_SEQUENCES:
+            raise ValueError(f"no id sequence known for table {table!r}")
+        return f"nextval('{_ID_SEQUENCES[table]}')"
 
     def now(self) -> float:
         if self._now is None and self._clock_at >= 0:
@@ -497,11 +505,13 @@ class PostgresStore(Store):
 
     # -- transactions -------------------------------------------------------------------
 
-    def _open_tx(self, write: bool) -> Tx:
+    def _open_tx(self, write: bool, statements_only: bool = False) -> Tx:
         # A read's BEGIN goes with its first statement (its snapshot is taken there anyway).
         # A write's lock is held once ``write()`` is entered: its block may serialise more
-        # than statements (a file written under the lock), or hold the lock on purpose.
-        return self._begin(write, lazy=not write)
+        # than statements (a file written under the lock), or hold the lock on purpose;
+        # unless it says it runs only statements (an admission: its probe goes with the
+        # BEGIN and the lock, one round trip fewer under the lock).
+        return self._begin(write, lazy=not write or statements_only)
 
     def _begin(self, write: bool, lock: int = ADMISSION_LOCK, *, lazy: bool = False) -> Tx:
         """The transaction, begun (a write: its advisory lock held) when this returns;
