@@ -607,7 +607,46 @@ _SHORT_MARGINS_CLI = (
     "from ringrift_coord.cli.main import console_main\n"
     "console_main()\n"
 )
+_CLI = (  # the CLI as the installed script runs it
+    "import sys\n"
+    "sys.argv[0] = 'ringrift-coord'\n"
+    "from ringrift_coord.cli.main import console_main\n"
+    "console_main()\n"
+)
 _HOLD_KEY = 4242  # an advisory lock the test holds; a deferred trigger waits on it at COMMIT
+
+
+def _register_held(coord: Coord, holder: Any, cli: str) -> tuple[subprocess.Popen[str], int]:
+    """A ``register`` (run by ``cli``) whose COMMIT waits on the server: a deferred trigger
+    makes every COMMIT that inserted a task wait on the advisory lock ``_HOLD_KEY``, which
+    ``holder`` (a psycopg connection) takes. The process, once its COMMIT waits there, and
+    the pid of the backend it waits in."""
+    holder.execute(
+        "CREATE FUNCTION gaps_hold() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+        "PERFORM set_config('lock_timeout', '0', true); "
+        f"PERFORM pg_advisory_xact_lock_shared({_HOLD_KEY}); RETURN NULL; END $$"
+    )
+    holder.execute(
+        "CREATE CONSTRAINT TRIGGER gaps_hold AFTER INSERT ON tasks DEFERRABLE INITIALLY "
+        "DEFERRED FOR EACH ROW EXECUTE FUNCTION gaps_hold()"
+    )
+    holder.execute("SELECT pg_advisory_lock(%s)", (_HOLD_KEY,))
+    proc = subprocess.Popen(
+        [sys.executable, "-c", cli, "register", "selfplay", "--node", "n1"],
+        env=coord.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+    def committing() -> int | None:
+        row = holder.execute(
+            "SELECT pid FROM pg_stat_activity WHERE application_name = 'ringrift-coord' "
+            "AND wait_event_type = 'Lock' AND query LIKE '%COMMIT'"
+        ).fetchone()
+        return None if row is None else int(row[0])
+
+    return proc, int(wait_for(committing, 30, "the COMMIT to wait in its trigger"))  # type: ignore[arg-type]
 
 
 def test_postgres_a_command_whose_commit_is_not_answered_says_so_in_one_line(
@@ -628,33 +667,8 @@ def test_postgres_a_command_whose_commit_is_not_answered_says_so_in_one_line(
     holder = psycopg.connect(pg_url, autocommit=True)
     stopped: int | None = None
     try:
-        holder.execute(
-            "CREATE FUNCTION gaps_hold() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
-            "PERFORM set_config('lock_timeout', '0', true); "
-            f"PERFORM pg_advisory_xact_lock_shared({_HOLD_KEY}); RETURN NULL; END $$"
-        )
-        holder.execute(
-            "CREATE CONSTRAINT TRIGGER gaps_hold AFTER INSERT ON tasks DEFERRABLE INITIALLY "
-            "DEFERRED FOR EACH ROW EXECUTE FUNCTION gaps_hold()"
-        )
-        holder.execute("SELECT pg_advisory_lock(%s)", (_HOLD_KEY,))
         started = time.monotonic()
-        proc = subprocess.Popen(
-            [sys.executable, "-c", _SHORT_MARGINS_CLI, "register", "selfplay", "--node", "n1"],
-            env=coord.env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-
-        def committing() -> int | None:
-            row = holder.execute(
-                "SELECT pid FROM pg_stat_activity WHERE application_name = 'ringrift-coord' "
-                "AND wait_event_type = 'Lock' AND query = 'COMMIT'"
-            ).fetchone()
-            return None if row is None else int(row[0])
-
-        stopped = int(wait_for(committing, 30, "the COMMIT to wait in its trigger"))  # type: ignore[arg-type]
+        proc, stopped = _register_held(coord, holder, _SHORT_MARGINS_CLI)
         os.kill(stopped, signal.SIGSTOP)
         holder.execute("SELECT pg_advisory_unlock(%s)", (_HOLD_KEY,))
         _, err = proc.communicate(timeout=60)
@@ -669,5 +683,35 @@ def test_postgres_a_command_whose_commit_is_not_answered_says_so_in_one_line(
     assert "did not answer the commit" in lines[0] and "is unknown" in lines[0], err
     assert "ringrift-coord tasks" in lines[0] and "nothing was decided" not in lines[0], err
     assert took < 30, took
+    listed = coord("tasks")  # where the message points: it answers
+    assert listed.returncode == 0, listed.stderr
+
+
+def test_postgres_a_command_interrupted_during_its_commit_says_the_outcome_is_unknown(
+    tmp_path: Path, pg_url: str
+) -> None:
+    """Ctrl-C (SIGINT) reaches a ``register`` while its COMMIT waits on the server (a
+    deferred trigger holds it): the server has the COMMIT, and psycopg's cancel may come
+    before or after it commits, so the command cannot know the outcome. It exits 130, in
+    one line that says "interrupted", that the outcome is unknown and where to look."""
+    import psycopg
+
+    coord = Coord(tmp_path)
+    coord.env["RINGRIFT_COORD_DB"] = pg_url
+    coord.engine = "postgres"
+    first = coord("register", "selfplay", "--node", "n1", "-q")  # the schema exists
+    assert first.returncode == 0, first.stderr
+    holder = psycopg.connect(pg_url, autocommit=True)
+    try:
+        proc, _ = _register_held(coord, holder, _CLI)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        holder.close()
+    assert proc.returncode == 130, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("ringrift-coord: error: interrupted; the commit to PostgreSQL"), err
+    assert "is unknown" in lines[0] and "ringrift-coord tasks" in lines[0], err
     listed = coord("tasks")  # where the message points: it answers
     assert listed.returncode == 0, listed.stderr

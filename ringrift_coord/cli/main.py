@@ -111,9 +111,9 @@ def run_cli(argv: list[str]) -> int:
         handler = getattr(hot, parsed.command.handler)
         return int(handler(hot.Globals(**parsed.globals), **parsed.params))
     except CoordError as exc:
-        return _fail(_shown(exc), int(exc.exit_code), json_mode)
-    except KeyboardInterrupt:
-        return _fail("interrupted", ExitCode.INTERRUPTED, json_mode)
+        return _fail(_noted(_shown(exc), exc), int(exc.exit_code), json_mode)
+    except KeyboardInterrupt as exc:
+        return _fail(_noted("interrupted", exc), ExitCode.INTERRUPTED, json_mode)
     except MemoryError:
         return _fail("out of memory", ExitCode.SOFTWARE, json_mode)
     except Exception as exc:  # a bug: still one line, never a traceback
@@ -133,6 +133,13 @@ def _shown(exc: CoordError) -> str:
     if isinstance(exc, UsageError) and exc.field is not None:
         return f"option --{exc.field.replace('_', '-')}: {exc.detail}"
     return exc.message
+
+
+def _noted(message: str, exc: BaseException) -> str:
+    """``message`` with what the core added on the way out (``add_note``: an interrupt
+    during a PostgreSQL commit says that its outcome is unknown), on the same line."""
+    notes = getattr(exc, "__notes__", None)
+    return "; ".join([message, *notes]) if notes else message
 
 
 def _fail(message: str, code: int, json_mode: bool) -> int:

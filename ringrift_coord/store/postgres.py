@@ -48,6 +48,11 @@ if TYPE_CHECKING:
 # the database's clock, seconds since the epoch (leases are timed by it)
 _NOW = "SELECT extract(epoch FROM clock_timestamp())::float8"
 
+# what a commit sent without a known outcome says (a retry could take a second slot)
+UNKNOWN_ADVICE = (
+    "whether it was decided is unknown; look with `ringrift-coord tasks` before trying "
+    "again (a second try may take a second slot)"
+)
 # the sequences of the BIGSERIAL keys ``Tx.id_ahead`` draws from (fixed names, never input)
 _ID_SEQUENCES = {"decisions": "decisions_id_seq"}
 # pg_advisory_xact_lock key of every admission write: "ringrift" in ASCII
@@ -558,11 +563,22 @@ class PostgresStore(Store):
                 else:
                     how = "went away during the commit"
                 raise OutcomeUnknown(
-                    f"PostgreSQL {self._where()} {how}: whether it was decided is unknown; "
-                    "look with `ringrift-coord tasks` before trying again (a second try may "
-                    "take a second slot)"
+                    f"PostgreSQL {self._where()} {how}: {UNKNOWN_ADVICE}"
                 ) from None
             raise failed from None
+        except BaseException as exc:  # Ctrl-C or a signal's exception while it was out
+            if wrote:
+                # the server has the COMMIT (or part of the script before it): psycopg's
+                # cancel on Ctrl-C may or may not come before it commits, so what the
+                # connection says afterwards cannot tell either; the caller says "unknown"
+                exc.add_note(
+                    f"the commit to PostgreSQL {self._where()} had been sent: {UNKNOWN_ADVICE}"
+                )
+            conn = self._conn
+            if conn is not None and not conn.closed:
+                if conn.info.transaction_status != self._psycopg.pq.TransactionStatus.IDLE:
+                    conn.close()  # a reply still owed (a signal's exception): a fresh one next
+            raise
 
     def _rollback(self) -> None:
         tx, self._tx = self._tx, None
