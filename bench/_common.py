@@ -70,11 +70,14 @@ def machine() -> dict[str, Any]:
 
 
 def median_times(
-    rows: Sequence[tuple[str, Sequence[str], Mapping[str, str]]], runs: int, warmup: int
+    rows: Sequence[tuple[str, Sequence[str], Mapping[str, str]]],
+    runs: int,
+    warmup: int,
+    cwd: str | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Wall time of each (name, argv, env) row, interleaved run by run so that a noisy machine's
     drift hits every row alike; a row whose command fails once gets an ``error`` and is
-    dropped from the later rounds."""
+    dropped from the later rounds. ``cwd``: where the commands run."""
     times: dict[str, list[float]] = {name: [] for name, _, _ in rows}
     errors: dict[str, str] = {}
     for i in range(warmup + runs):
@@ -82,7 +85,7 @@ def median_times(
             if name in errors:
                 continue
             try:
-                elapsed = startup.time_once(list(argv), dict(env))
+                elapsed = startup.time_once(list(argv), dict(env), cwd)
             except (RuntimeError, OSError) as exc:
                 errors[name] = str(exc)
                 continue
@@ -179,3 +182,18 @@ def postgres() -> Iterator[Postgres]:
         yield Postgres(server, server.url, version, psycopg.__version__)
     finally:
         server.stop()
+
+
+@contextmanager
+def server_url(pg_url: str | None) -> Iterator[tuple[str, str]]:
+    """(url, server version): ``pg_url``'s server, or a throw-away one (``postgres``) for
+    the block."""
+    if pg_url:
+        import psycopg
+
+        with psycopg.connect(pg_url) as conn:
+            row = conn.execute("SHOW server_version").fetchone()
+        yield pg_url, str(row[0]).split()[0] if row else "?"
+        return
+    with postgres() as pg:
+        yield pg.url, pg.version

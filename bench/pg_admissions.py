@@ -29,9 +29,9 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
-sys.path.insert(0, str(HERE / "peers"))
 
-import store_ceiling  # noqa: E402  (vendored peer harness: server, raw modes)
+import _common  # noqa: E402  (bench/_common.py, which puts bench/peers/ on sys.path)
+import store_ceiling  # noqa: E402  (vendored peer harness: raw modes)
 
 
 def ringrift_worker(url, state_dir, seconds, start, out):
@@ -123,20 +123,13 @@ def main(argv: list[str]) -> int:
     except ImportError:
         print("psycopg 3 is not installed: pip install -e '.[postgres]'", file=sys.stderr)
         return 1
-    server, rows = None, []
-    try:
-        url = a.pg_url
-        if not url:
-            bindir = store_ceiling.find_pg_bin(None)
-            if not bindir:
-                print("PostgreSQL binaries not found", file=sys.stderr)
-                return 1
-            server = store_ceiling.PgServer(bindir)
-            server.start()
-            url = server.url
+    reason = None if a.pg_url else _common.postgres_missing()
+    if reason:
+        print(reason, file=sys.stderr)
+        return 1
+    rows: list[dict] = []
+    with _common.server_url(a.pg_url) as (url, version):
         store_ceiling.pg_setup(url)
-        with psycopg.connect(url) as conn:
-            version = conn.execute("SHOW server_version").fetchone()[0].split()[0]
         for clients in (1, a.clients):
             raw = store_ceiling.run_mode(f"raw pg-{clients}", "pg", url, clients, False, a.seconds)
             ours = ringrift_mode(f"ringrift pg-{clients}", url, clients, a.seconds)
@@ -147,9 +140,6 @@ def main(argv: list[str]) -> int:
                 for row in (raw, ours):
                     print(json.dumps(row), flush=True)
         store_ceiling.pg_drop(url)
-    finally:
-        if server is not None:
-            server.stop()
     summary = {
         "date": time.strftime("%Y-%m-%d"),
         "cores": os.cpu_count(),

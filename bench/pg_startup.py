@@ -43,8 +43,8 @@ import tempfile
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE / "peers"))
+import _common  # bench/_common.py (puts bench/ and bench/peers/ on sys.path)
+import startup  # bench/startup.py: coord_exe
 
 CAN_SPAWN = ["can-spawn", "selfplay", "--node", "n1"]
 CONFIG = "rate_limits:\n  selfplay: {per_minute: null}\n"
@@ -101,32 +101,6 @@ print(json.dumps({"code": code, "import_psycopg": t1 - t0, "import_ringrift": t2
 """
 
 
-def coord_exe(explicit: str | None) -> str:
-    exe = explicit or str(Path(sys.executable).parent / "ringrift-coord")
-    if not os.access(exe, os.X_OK):
-        sys.exit(f"pg_startup.py: {exe} not found; run with the venv's python or pass --exe")
-    return exe
-
-
-def time_once(argv: list[str], env: dict[str, str], cwd: str) -> float:
-    t0 = time.perf_counter()
-    done = subprocess.run(
-        argv,
-        env=env,
-        cwd=cwd,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    elapsed = time.perf_counter() - t0
-    if done.returncode != 0:
-        raise RuntimeError(
-            f"{' '.join(argv[:4])} ... exited {done.returncode}: "
-            f"{done.stderr.decode(errors='replace').strip()[:300]}"
-        )
-    return elapsed
-
-
 def floor_setup(url: str) -> None:
     import psycopg
 
@@ -160,19 +134,17 @@ def measure(
             [exe, "--db", url, "can-spawn", "selfplay", "--node", "n1"],
         ),
     ]
-    times: dict[str, list[float]] = {name: [] for name, _ in table}
-    for i in range(warmup + runs):
-        for name, argv in table:
-            elapsed = time_once(argv, env, cwd)
-            if i >= warmup:
-                times[name].append(elapsed)
-    base = statistics.median(times[table[0][0]])
+    measured = _common.median_times([(name, cmd, env) for name, cmd in table], runs, warmup, cwd)
+    failed = [f"{name}: {got['error']}" for name, got in measured.items() if "error" in got]
+    if failed:
+        raise RuntimeError("; ".join(failed))
+    base = measured[table[0][0]]["median_ms"]
     return [
         {
             "row": name,
-            "median_ms": round(statistics.median(times[name]) * 1e3, 2),
-            "min_ms": round(min(times[name]) * 1e3, 2),
-            "ratio": round(statistics.median(times[name]) / base, 2),
+            "median_ms": measured[name]["median_ms"],
+            "min_ms": measured[name]["min_ms"],
+            "ratio": round(measured[name]["median_ms"] / base, 2),
         }
         for name, _ in table
     ]
@@ -236,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     if a.runs < 1 or a.warmup < 0 or a.trace_runs < 1:
         p.error("--runs and --trace-runs must be >= 1 and --warmup >= 0")
-    exe = coord_exe(a.exe)
+    exe = startup.coord_exe(a.exe)
     try:
         import psycopg
     except ImportError:
@@ -244,44 +216,31 @@ def main(argv: list[str] | None = None) -> int:
             "pg_startup.py: psycopg 3 is not installed: pip install '.[postgres]'", file=sys.stderr
         )
         return 1
-    import store_ceiling  # vendored peer harness: the throw-away server
-
-    server = None
     work = tempfile.mkdtemp(prefix="rrc-pg-startup-")
     try:
-        url = a.pg_url
-        if not url:
-            bindir = store_ceiling.find_pg_bin(None)
-            if not bindir:
-                print("pg_startup.py: PostgreSQL binaries not found", file=sys.stderr)
-                return 1
-            server = store_ceiling.PgServer(bindir)
-            server.start()
-            url = server.url
-        with psycopg.connect(url) as conn:
-            version = conn.execute("SHOW server_version").fetchone()[0].split()[0]
-        floor_setup(url)
-        config = Path(work, "coord.yaml")
-        config.write_text(CONFIG)
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("RINGRIFT_", "_RINGRIFT"))}
-        env.update(
-            {
-                "RINGRIFT_COORDINATOR_DIR": str(Path(work, "state")),
-                "RINGRIFT_COORD_CONFIG": str(config),
-                "XDG_CONFIG_HOME": str(Path(work, "xdg-config")),
-                # the shared VM's load average would trip the live-load rule
-                "RINGRIFT_COORD_SET": "resources.live_host=false",
+        with _common.server_url(a.pg_url) as (url, version):
+            floor_setup(url)
+            config = Path(work, "coord.yaml")
+            config.write_text(CONFIG)
+            env = {
+                k: v for k, v in os.environ.items() if not k.startswith(("RINGRIFT_", "_RINGRIFT"))
             }
-        )
-        rows = measure(exe, url, env, work, a.runs, a.warmup)
-        parts = trace(url, env, work, a.trace_runs)
-        floor_drop(url)
+            env.update(
+                {
+                    "RINGRIFT_COORDINATOR_DIR": str(Path(work, "state")),
+                    "RINGRIFT_COORD_CONFIG": str(config),
+                    "XDG_CONFIG_HOME": str(Path(work, "xdg-config")),
+                    # the shared VM's load average would trip the live-load rule
+                    "RINGRIFT_COORD_SET": "resources.live_host=false",
+                }
+            )
+            rows = measure(exe, url, env, work, a.runs, a.warmup)
+            parts = trace(url, env, work, a.trace_runs)
+            floor_drop(url)
     except (RuntimeError, subprocess.SubprocessError, OSError) as exc:
         print(f"pg_startup.py: {exc}", file=sys.stderr)
         return 1
     finally:
-        if server is not None:
-            server.stop()
         shutil.rmtree(work, ignore_errors=True)
     document = {
         "date": time.strftime("%Y-%m-%d"),

@@ -104,9 +104,11 @@ def editable_finder() -> bool:
 
 
 def coord_exe(explicit: str | None) -> str:
+    """``--exe``, or the ringrift-coord next to this interpreter (exit when there is none)."""
     exe = explicit or str(Path(sys.executable).parent / "ringrift-coord")
     if not os.access(exe, os.X_OK):
-        sys.exit(f"startup.py: {exe} not found; run with the venv's python or pass --exe")
+        script = Path(sys.argv[0]).name
+        sys.exit(f"{script}: {exe} not found; run with the venv's python or pass --exe")
     return exe
 
 
@@ -122,15 +124,21 @@ def rows(exe: str, floor: str) -> list[tuple[str, list[str]]]:
     ]
 
 
-def time_once(argv: list[str], env: dict[str, str]) -> float:
+def time_once(argv: list[str], env: dict[str, str], cwd: str | None = None) -> float:
+    """Wall time of one run of ``argv`` (RuntimeError, with its stderr, when it fails)."""
     t0 = time.perf_counter()
     done = subprocess.run(
-        argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        argv,
+        env=env,
+        cwd=cwd,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
     )
     elapsed = time.perf_counter() - t0
     if done.returncode != 0:
         raise RuntimeError(
-            f"{' '.join(argv)} exited {done.returncode}: "
+            f"{' '.join(argv[:4])} ... exited {done.returncode}: "
             f"{done.stderr.decode(errors='replace').strip()[:300]}"
         )
     return elapsed

@@ -54,7 +54,12 @@ def history(coord: Coord) -> list[dict]:
 
 
 class Waiter:
-    def __init__(self, coord: Coord, log: Path, name: str, *extra: str) -> None:
+    """A ``run selfplay --node n1 --wait [extra] -- JOB log name`` in the background
+    (``env``: added to the coord's environment); its stderr kept in a file."""
+
+    def __init__(
+        self, coord: Coord, log: Path, name: str, *extra: str, env: dict[str, str] | None = None
+    ) -> None:
         self.name = name
         self.err = coord.tmp / f"waiter-{name}.err"
         with open(self.err, "w") as err:
@@ -74,6 +79,7 @@ class Waiter:
                 stdout=subprocess.DEVNULL,
                 stderr=err,
                 stdin=subprocess.DEVNULL,
+                env=env or {},
             )
         self.pid = self.proc.pid
 

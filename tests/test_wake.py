@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 from conftest import Coord, wait_for
+from test_wait import Waiter
 
 ENGINES = ("sqlite", "postgres")
 
@@ -27,7 +28,6 @@ rate_limits: {selfplay: {per_minute: null}}
 run: {poll_interval: 0.05, wake_poll: WAKE}
 """
 
-JOB = 'echo "start $1" >> "$0"; sleep 0.2; echo "end $1" >> "$0"'
 PROMPT = 10.0  # seconds: well under the 30 s safety poll, generous for a loaded machine
 
 
@@ -57,41 +57,6 @@ def decisions_by(coord: Coord, pid: int) -> int:
 
 def log_lines(log: Path) -> list[str]:
     return log.read_text().splitlines() if log.exists() else []
-
-
-class Waiter:
-    def __init__(self, coord: Coord, log: Path, name: str, env: dict[str, str] | None = None):
-        self.name = name
-        self.err = coord.tmp / f"waiter-{name}.err"
-        with open(self.err, "w") as err:
-            self.proc = coord.popen(
-                "run",
-                "selfplay",
-                "--node",
-                "n1",
-                "--wait",
-                "--",
-                "sh",
-                "-c",
-                JOB,
-                str(log),
-                name,
-                stdout=subprocess.DEVNULL,
-                stderr=err,
-                stdin=subprocess.DEVNULL,
-                env=env or {},
-            )
-        self.pid = self.proc.pid
-
-    def wait(self, timeout: float = 60) -> int:
-        try:
-            return self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            raise AssertionError(f"waiter {self.name} still waiting after {timeout} s") from None
-
-    @property
-    def stderr(self) -> str:
-        return self.err.read_text()
 
 
 def asking(coord: Coord, waiters: list[Waiter], log: Path, name: str, **kw: object) -> Waiter:
