@@ -17,6 +17,7 @@ from ringrift_coord import (
     breakers,
     feedback,
     halts,
+    identity,
     queue,
     readings,
     reservations,
@@ -39,26 +40,63 @@ __all__ = ["Decision", "Reason", "Request", "admit", "decisions", "evaluate", "l
 # meet no halt, waiter, reservation, breaker, reading, lowered cap, backpressure or optimizer
 # target; and the counts the limits need (the node's running tasks of the type, the type's
 # in the cluster). Each owner module says how to count its own rows.
-_PROBE_COLUMNS = (
-    f"{halts.PROBE} AS halts, {queue.PROBE} AS waiters, "
-    f"{reservations.PROBE} AS reservations, {breakers.PROBE} AS breaker, "
-    f"{readings.PROBE} AS reading, {feedback.CAP_PROBE} AS cap, "
-    f"{feedback.FACTOR_PROBE} AS factor, {slots.NODE_PROBE} AS on_node, "
-    f"{slots.TYPE_PROBE} AS of_type, {rules.TARGET_PROBE} AS target"
+_PROBES = (  # (name, expression), the expression's parameters in the order of _PROBE_ARGS
+    ("halts", halts.PROBE),
+    ("waiters", queue.PROBE),
+    ("reservations", reservations.PROBE),
+    ("breaker", breakers.PROBE),  # (node, type)
+    ("reading", readings.PROBE),  # (node,)
+    ("cap", feedback.CAP_PROBE),  # (node, type)
+    ("factor", feedback.FACTOR_PROBE),  # (node,)
+    ("on_node", slots.NODE_PROBE),  # (node, type)
+    ("of_type", slots.TYPE_PROBE),  # (type,)
+    ("target", rules.TARGET_PROBE),  # (node,)
 )
-_PROBE = f"SELECT {_PROBE_COLUMNS}"
+_PROBE = "SELECT " + ", ".join(f"{expr} AS {name}" for name, expr in _PROBES)
 
 
-def probe(tx: Tx, node: str, ttype: str, *, draw_id: bool = False) -> Row:
+def _probe_args(node: str, ttype: str) -> tuple[str, ...]:
+    return (node, ttype, node, node, ttype, node, node, ttype, ttype, node)
+
+
+def probe(tx: Tx, node: str, ttype: str) -> Row:
     """Which side tables hold anything for this (node, type), and its counts: one
-    statement. ``draw_id``: also draw the decision log's next id (``next_id``) where the
-    engine can (``Tx.id_ahead``), so the entry's INSERT need not send it back."""
-    sql, ahead = _PROBE, tx.id_ahead("decisions") if draw_id else None
-    if ahead is not None:
-        sql = f"{_PROBE}, {ahead} AS next_id"
-    row = tx.one(sql, (node, ttype, node, node, ttype, node, node, ttype, ttype, node))
+    statement."""
+    row = tx.one(_PROBE, _probe_args(node, ttype))
     assert row is not None
     return row
+
+
+def probe_and_reap_query(
+    tx: Tx, node: str, ttype: str, host: str, *, draw_id: bool
+) -> tuple[str, tuple[Any, ...]]:
+    """``probe`` and the reaper's read (``slots.reap_query`` for ``host``) as one
+    statement: the probe's one row joined to each slot the reaper must look at (or to
+    none). ``draw_id``: also draw the decision log's next id (``next_id``) where the engine
+    can (``Tx.id_ahead``), so the log entry's INSERT need not send it back."""
+    reap_sql, reap_args = slots.reap_query(host, 0.0, clock=tx.clock_sql())
+    ahead = tx.id_ahead("decisions") if draw_id else None
+    probe_sql = _PROBE if ahead is None else f"{_PROBE}, {ahead} AS next_id"
+    return (
+        f"SELECT p.*, t.* FROM ({probe_sql}) AS p LEFT JOIN ({reap_sql}) AS t ON 1 = 1",  # noqa: S608 (fixed text)
+        (*_probe_args(node, ttype), *reap_args),
+    )
+
+
+def probe_and_reap_read(
+    tx: Tx, node: str, ttype: str, host: str, *, draw_id: bool
+) -> tuple[Row, list[Row]]:
+    """The probe's row and the reaper's rows, by ``probe_and_reap_query``: on a server,
+    sent with the BEGIN, the lock and the clock, in one round trip."""
+    rows = tx.query(*probe_and_reap_query(tx, node, ttype, host, draw_id=draw_id))
+    names = [name for name, _ in _PROBES] + (["next_id"] if "next_id" in rows[0] else [])
+    probed = {name: rows[0][name] for name in names}
+    read = [
+        {name: value for name, value in row.items() if name not in probed}
+        for row in rows
+        if row["task_id"] is not None
+    ]
+    return probed, read
 
 
 def evaluate(
@@ -135,13 +173,15 @@ def admit(
     store's write lock pass ``halt_file`` (``halts.snapshot``) and ``live``
     (``rules.live_reading``), both read before the transaction."""
     ttype = req.task_type.value
-    # the probe first: on a server it goes with the BEGIN and the lock (``write(
-    # statements_only=True)``), and the decision's id with it: under the lock, an admission
-    # is then this round trip, the reaper's read and the COMMIT with every INSERT
-    probed = probe(tx, req.node, ttype, draw_id=take_slot or log)
+    # the probe and the reaper's read first: on a server they go with the BEGIN, the lock
+    # and the clock (``write(statements_only=True)``), and the decision's id with them:
+    # under the lock, an admission is then this round trip and the COMMIT with every INSERT
+    probed, read = probe_and_reap_read(
+        tx, req.node, ttype, identity.host_name(), draw_id=take_slot or log
+    )
     now = tx.now()
     reaped = slots.reap(
-        tx, now, settings, on_end=feedback.task_ended, waiters=bool(probed["waiters"])
+        tx, now, settings, on_end=feedback.task_ended, waiters=bool(probed["waiters"]), read=read
     )
     if reaped:  # the probe counted them before the reaper freed their slots: count again
         probed = {**probed, "on_node": None, "of_type": None}

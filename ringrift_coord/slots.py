@@ -301,18 +301,32 @@ def ended(tx: Tx, task_id: str) -> bool:
     return tx.one("SELECT 1 AS x FROM task_history WHERE task_id = ?", (task_id,)) is not None
 
 
-def reap_query(host: str, now: float, dead_host: str | None = None) -> tuple[str, list[Any]]:
+# what the reaper reads of a slot
+REAP_COLUMNS = (
+    "task_id, task_type, node, host, boot_id, pid, pid_start, pgid, wrapper_pid, "
+    "wrapper_start, config_name, started_at, lease_expires, lease_token, trial"
+)
+
+
+def reap_query(
+    host: str,
+    now: float,
+    dead_host: str | None = None,
+    *,
+    clock: tuple[str, tuple[float, ...]] | None = None,
+) -> tuple[str, list[Any]]:
     """The reaper's read: only the rows that may end or need a renewal, i.e. this host's
     (their processes decide), the expired leases of other hosts and a dead host's. Other
     hosts' live leases are never read, so many running tasks cost an admission no more than
-    none (indexes ``tasks_host`` and ``tasks_lease``, migration 0007)."""
-    where, args = "host = ? OR lease_expires < ?", [host, now]
+    none (indexes ``tasks_host`` and ``tasks_lease``, migration 0007). ``clock``: the
+    store's clock as ``Tx.clock_sql`` gives it, instead of ``now`` (``reap`` checks each
+    lease against ``now`` again)."""
+    clock_sql, clock_args = clock or ("?", (now,))
+    where, args = f"host = ? OR lease_expires < {clock_sql}", [host, *clock_args]
     if dead_host is not None:
         where, args = where + " OR host = ?", [*args, dead_host]
     return (
-        "SELECT task_id, task_type, node, host, boot_id, pid, pid_start, pgid, wrapper_pid, "
-        "wrapper_start, config_name, started_at, lease_expires, lease_token, trial FROM tasks "
-        f"WHERE {where}",  # noqa: S608 (fixed text; the values are parameters)
+        f"SELECT {REAP_COLUMNS} FROM tasks WHERE {where}",  # noqa: S608 (fixed text; values are parameters)
         args,
     )
 
@@ -325,10 +339,13 @@ def reap(
     on_end: OnEnd,
     waiters: bool = True,
     dead_host: str | None = None,
+    read: list[Row] | None = None,
 ) -> list[Row]:
     """Free slots of dead holders (this host) and expired leases (other hosts); drop dead
     waiters from the queue too (``waiters=False``: the probe saw none). ``dead_host``: an
     operator's word that that host died for good: its slots are freed now, leases or not.
+    ``read``: the rows of ``reap_query`` for this host, read already in this transaction
+    (admission reads them with its probe).
 
     On this host the process decides, not the lease: a job whose wrapper was killed keeps
     its slot while any process of its group lives, however old its lease.
@@ -336,7 +353,9 @@ def reap(
     host, this_boot = identity.host_name(), procs.boot_id()
     lease_ttl = float(settings.get("store.lease_ttl"))
     reaped: list[Row] = []
-    for row in tx.query(*reap_query(host, now, dead_host)):
+    if read is None:
+        read = tx.query(*reap_query(host, now, dead_host))
+    for row in read:
         alive = holder_alive(row, host, this_boot)
         if dead_host is not None and row["host"] == dead_host and alive is None:
             why = f"host {dead_host} declared dead by the operator (tasks reap --host)"

@@ -13,7 +13,7 @@ import os
 
 import pytest
 
-from ringrift_coord import identity, slots
+from ringrift_coord import admission, identity, slots
 from ringrift_coord.store.migrations import MIGRATIONS, statements
 from ringrift_coord.task_coordinator import Holder, TaskCoordinator
 
@@ -76,6 +76,13 @@ def test_reaper_and_limits_read_tasks_through_indexes(engine_db) -> None:  # noq
         with store.write() as tx:
             tx.execute("ANALYZE tasks")  # what autovacuum does within a minute of such a fill
     reap = plan(store, *slots.reap_query(identity.host_name(), now))
+    # as admission sends it: the probe and the reaper's read (on PostgreSQL on the clock
+    # read in the same round trip)
+    with store.write(statements_only=True) as tx:
+        admitting = admission.probe_and_reap_query(
+            tx, "node-1", "selfplay", identity.host_name(), draw_id=False
+        )
+    probed = plan(store, *admitting)
     count = plan(
         store,
         "SELECT COUNT(*) AS n FROM tasks WHERE node = ? AND task_type = ?",
@@ -83,11 +90,11 @@ def test_reaper_and_limits_read_tasks_through_indexes(engine_db) -> None:  # noq
     )
     cluster = plan(store, "SELECT n FROM task_counts WHERE task_type = ?", ("selfplay",))
     dead = plan(store, *slots.reap_query(identity.host_name(), now, "host-3"))
-    for text in (reap, dead):
+    for text in (reap, dead, probed):
         assert "tasks_host" in text and "tasks_lease" in text, text
     assert "tasks_type_node" in count, count
     if store.engine == "sqlite":
-        assert "SCAN tasks" not in reap + dead + count, (reap, dead, count)
+        assert "SCAN tasks" not in reap + dead + count + probed, (reap, dead, count, probed)
         assert "task_counts" in cluster and "SCAN" not in cluster, cluster
     else:
         assert "Seq Scan" not in reap + dead + count, (reap, dead, count)

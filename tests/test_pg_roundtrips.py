@@ -24,9 +24,9 @@ rate_limits:
 """
 
 # acquire: BEGIN + lock + clock with the probe (side tables, counts, target, the decision's
-# id drawn ahead: the fencing token), the reaper's read, the INSERTs (decision, task) +
-# COMMIT
-ACQUIRE_BUDGET = 3
+# id drawn ahead: the fencing token) and the reaper's read in one statement; the INSERTs
+# (decision, task) + COMMIT
+ACQUIRE_BUDGET = 2
 # release: BEGIN + lock + clock with the DELETE ... RETURNING (and the outcome probe), the
 # history INSERT + notifications + COMMIT
 RELEASE_BUDGET = 2
@@ -93,6 +93,28 @@ def test_an_acquire_and_a_release_stay_within_their_round_trip_budget(
             "SELECT allowed, task_id, action FROM decisions WHERE id = ?", (decision.lease_token,)
         )
     assert entry == {"allowed": 1, "task_id": decision.task_id, "action": "api"}
+
+
+def test_the_decision_id_is_drawn_once_however_many_slots_the_reaper_reads(
+    engine_db: EngineDB,
+) -> None:
+    """The probe's row is joined to every slot the reaper reads (this host's): the id it
+    draws (``nextval``) is still drawn once per admission, and is the slot's token."""
+    if engine_db.engine == "sqlite":
+        pytest.skip("SQLite gives the id with the INSERT")
+    from ringrift_coord.task_coordinator import Holder, TaskCoordinator
+
+    ctx = engine_db.context(CONFIG.replace("per_node: 2", "per_node: 8"))
+    coord = TaskCoordinator(ctx)
+    me = Holder(pid=os.getpid())
+    held = [coord.acquire("selfplay", "n1", holder=me) for _ in range(4)]  # 3 read, then 4
+    tokens = [d.lease_token for d in held]
+    assert all(d.allowed for d in held) and tokens == sorted(set(tokens)), tokens  # type: ignore[type-var]
+    assert [tokens[i + 1] - tokens[i] for i in range(3)] == [1, 1, 1], tokens  # type: ignore[operator]
+    with ctx.store.read() as tx:
+        drawn = tx.one("SELECT last_value FROM decisions_id_seq")["last_value"]  # type: ignore[index]
+        logged = tx.one("SELECT max(id) AS id FROM decisions")["id"]  # type: ignore[index]
+    assert drawn == logged == tokens[-1], (drawn, logged, tokens)
 
 
 def _table(store: object) -> None:

@@ -65,11 +65,13 @@ def test_a_postgres_can_spawn_sends_its_probe_with_the_begin_and_the_lock(
     # decision's id drawn ahead, in one script
     begin, _, probed = sent[probe].partition("; SELECT extract(epoch FROM clock_timestamp())")
     assert begin.startswith("BEGIN; SELECT pg_advisory_xact_lock(")
-    assert probed.startswith("::float8; SELECT (SELECT COUNT(*) FROM halts)")
-    assert probed.endswith("nextval('decisions_id_seq') AS next_id"), probed
-    # then the reaper's read; the decision's log entry goes with the COMMIT
-    assert len(sent) == probe + 3, sent
-    assert "FROM tasks WHERE host = " in sent[probe + 1]
+    assert probed.startswith("::float8; SELECT p.*, t.* FROM (SELECT (SELECT COUNT(*) FROM halts)")
+    assert "nextval('decisions_id_seq') AS next_id) AS p LEFT JOIN (SELECT" in probed, probed
+    # with the reaper's read, on the clock read in the same script
+    assert "FROM tasks WHERE host = " in probed, probed
+    assert "lease_expires < (SELECT extract(epoch FROM clock_timestamp())" in probed, probed
+    # then the decision's log entry goes with the COMMIT
+    assert len(sent) == probe + 2, sent
     assert sent[-1].startswith("INSERT INTO decisions (id, at, ")
     assert sent[-1].endswith("); COMMIT")
     assert not any(sql == "BEGIN" or sql.startswith("ROLLBACK") for sql in sent), sent
@@ -82,15 +84,14 @@ def test_a_postgres_can_spawn_sends_its_probe_with_the_begin_and_the_lock(
 
 
 # What one in-process acquire + release sends through the store, on either engine: the
-# acquire's one statement that probes the side tables and counts the slots, the reaper's
-# read, its decision-log entry and its slot; the release's one statement that deletes the
-# slot and reads it back (with the safeguards' probe), and its history row.
+# acquire's one statement that probes the side tables, counts the slots and reads what the
+# reaper must look at, its decision-log entry and its slot; the release's one statement that
+# deletes the slot and reads it back (with the safeguards' probe), and its history row.
 # One write transaction each. A change that adds a statement to this path fails here: every
 # statement is a round trip on PostgreSQL, and SQLite time on both.
 PAIR_STATEMENTS = {
     "acquire": [
-        "SELECT (SELECT COUNT(*) FROM halts)",
-        "SELECT task_id, task_type",
+        "SELECT p.*, t.* FROM (SELECT (SELECT COUNT(*) FROM halts)",
         "INSERT INTO decisions",
         "INSERT INTO tasks",
     ],
@@ -98,7 +99,7 @@ PAIR_STATEMENTS = {
 }
 
 
-def test_an_in_process_acquire_and_release_send_six_statements_in_two_transactions(
+def test_an_in_process_acquire_and_release_send_five_statements_in_two_transactions(
     engine_db, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import os

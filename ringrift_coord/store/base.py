@@ -97,6 +97,14 @@ class Tx(ABC):
     def now(self) -> float:
         """The store's clock, seconds since the epoch (leases are timed by it)."""
 
+    def clock_sql(self) -> tuple[str, tuple[float, ...]]:
+        """The store's clock for a statement: ``("?", (now,))``; or, where the transaction
+        has not read it yet and will with its next statement (a server's clock read after
+        its lock, in the same round trip), an SQL expression for it, read no earlier than
+        ``now()`` will be, and no parameter (``(expression, ())``). A filter on it must
+        therefore keep every row it would keep for ``now()``: check again in Python."""
+        return "?", (self.now(),)
+
     def id_ahead(self, table: str) -> str | None:
         """An SQL expression a query can carry that draws the next id of ``table``'s key,
         so that the row's INSERT names its id instead of asking for it back (a round trip

@@ -231,6 +231,11 @@ class PostgresTx(Tx):
         self.defer_begin(lock)
         self._send(None)
 
+    def clock_sql(self) -> tuple[str, tuple[float, ...]]:
+        if self._now is None and self._clock_at >= 0:  # read with the next statement
+            return f"({_NOW})", ()  # (an uncorrelated subquery: evaluated once, later)
+        return "?", (self.now(),)
+
     def id_ahead(self, table: str) -> str | None:
         if table not in _ID_SEQUENCES:
             raise ValueError(f"no id sequence known for table {table!r}")
