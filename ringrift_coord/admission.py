@@ -74,13 +74,19 @@ def probe_and_reap_query(
     statement: the probe's one row joined to each slot the reaper must look at (or to
     none). ``draw_id``: also draw the decision log's next id (``next_id``) where the engine
     can (``Tx.id_ahead``), so the log entry's INSERT need not send it back."""
-    reap_sql, reap_args = slots.reap_query(host, 0.0, clock=tx.clock_sql())
+    clock = tx.clock_sql()
     ahead = tx.id_ahead("decisions") if draw_id else None
-    probe_sql = _PROBE if ahead is None else f"{_PROBE}, {ahead} AS next_id"
-    return (
-        f"SELECT p.*, t.* FROM ({probe_sql}) AS p LEFT JOIN ({reap_sql}) AS t ON 1 = 1",  # noqa: S608 (fixed text)
-        (*_probe_args(node, ttype), *reap_args),
-    )
+    sql = _JOINED.get((clock[0], ahead))
+    if sql is None:  # (a few texts per engine: built once, and the driver's cache keeps hitting)
+        reap_sql, _ = slots.reap_query(host, 0.0, clock=clock)
+        probe_sql = _PROBE if ahead is None else f"{_PROBE}, {ahead} AS next_id"
+        sql = _JOINED[clock[0], ahead] = (
+            f"SELECT p.*, t.* FROM ({probe_sql}) AS p LEFT JOIN ({reap_sql}) AS t ON 1 = 1"  # noqa: S608 (fixed text)
+        )
+    return sql, (*_probe_args(node, ttype), host, *clock[1])
+
+
+_JOINED: dict[tuple[str, str | None], str] = {}
 
 
 def probe_and_reap_read(
@@ -89,14 +95,15 @@ def probe_and_reap_read(
     """The probe's row and the reaper's rows, by ``probe_and_reap_query``: on a server,
     sent with the BEGIN, the lock and the clock, in one round trip."""
     rows = tx.query(*probe_and_reap_query(tx, node, ttype, host, draw_id=draw_id))
-    names = [name for name, _ in _PROBES] + (["next_id"] if "next_id" in rows[0] else [])
-    probed = {name: rows[0][name] for name in names}
-    read = [
-        {name: value for name, value in row.items() if name not in probed}
-        for row in rows
-        if row["task_id"] is not None
-    ]
-    return probed, read
+    probed = rows[0]  # (the probe's columns; the reaper's are None when it read no slot)
+    if probed["task_id"] is None:
+        return probed, []
+    read = [{name: row[name] for name in _REAP_NAMES} for row in rows]
+    return {name: probed[name] for name in _PROBE_NAMES if name in probed}, read
+
+
+_PROBE_NAMES = (*(name for name, _ in _PROBES), "next_id")
+_REAP_NAMES = tuple(name.strip() for name in slots.REAP_COLUMNS.split(","))
 
 
 def evaluate(
