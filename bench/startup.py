@@ -138,7 +138,7 @@ def time_once(argv: list[str], env: dict[str, str], cwd: str | None = None) -> f
     elapsed = time.perf_counter() - t0
     if done.returncode != 0:
         raise RuntimeError(
-            f"{' '.join(argv[:4])} ... exited {done.returncode}: "
+            f"{' '.join(argv[:4])}{' ...' if len(argv) > 4 else ''} exited {done.returncode}: "
             f"{done.stderr.decode(errors='replace').strip()[:300]}"
         )
     return elapsed

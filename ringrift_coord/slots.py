@@ -146,12 +146,14 @@ def set_holder(tx: Tx, task_id: str, token: int, fields: dict[str, Any]) -> bool
 
 
 def renew(tx: Tx, task_id: str, token: int, lease_ttl: float) -> bool:
-    """Extend a lease; False when the slot is no longer this holder's."""
-    now = tx.now()
+    """Extend a lease; False when the slot is no longer this holder's. On the store's
+    clock as ``Tx.clock_sql`` gives it (a server's, read in the same round trip)."""
+    clock_sql, clock_args = tx.clock_sql()
     return bool(
         tx.execute(
-            "UPDATE tasks SET lease_expires = ? WHERE task_id = ? AND lease_token = ?",
-            (now + lease_ttl, task_id, token),
+            f"UPDATE tasks SET lease_expires = {clock_sql} + ? "  # noqa: S608 (fixed text)
+            "WHERE task_id = ? AND lease_token = ?",
+            (*clock_args, lease_ttl, task_id, token),
         )
     )
 

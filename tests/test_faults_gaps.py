@@ -616,13 +616,11 @@ _CLI = (  # the CLI as the installed script runs it
 _HOLD_KEY = 4242  # an advisory lock the test holds; a deferred trigger waits on it at COMMIT
 
 
-def _register_held(coord: Coord, holder: Any, cli: str) -> tuple[subprocess.Popen[str], int]:
-    """A ``register`` (run by ``cli``) whose COMMIT waits on the server: a deferred trigger
-    makes every COMMIT that inserted a task wait on the advisory lock ``_HOLD_KEY``, which
-    ``holder`` (a psycopg connection) takes. The process, once its COMMIT waits there, and
-    the pid of the backend it waits in."""
+def _hold_commits(holder: Any) -> None:
+    """Make every COMMIT that inserted a task wait (a deferred trigger) on the advisory lock
+    ``_HOLD_KEY``, which ``holder`` (a psycopg connection) takes; drop the trigger to end it."""
     holder.execute(
-        "CREATE FUNCTION gaps_hold() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+        "CREATE OR REPLACE FUNCTION gaps_hold() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
         "PERFORM set_config('lock_timeout', '0', true); "
         f"PERFORM pg_advisory_xact_lock_shared({_HOLD_KEY}); RETURN NULL; END $$"
     )
@@ -631,6 +629,12 @@ def _register_held(coord: Coord, holder: Any, cli: str) -> tuple[subprocess.Pope
         "DEFERRED FOR EACH ROW EXECUTE FUNCTION gaps_hold()"
     )
     holder.execute("SELECT pg_advisory_lock(%s)", (_HOLD_KEY,))
+
+
+def _register_held(coord: Coord, holder: Any, cli: str) -> tuple[subprocess.Popen[str], int]:
+    """A ``register`` (run by ``cli``) whose COMMIT waits on the server (``_hold_commits``):
+    the process, once its COMMIT waits there, and the pid of the backend it waits in."""
+    _hold_commits(holder)
     proc = subprocess.Popen(
         [sys.executable, "-c", cli, "register", "selfplay", "--node", "n1"],
         env=coord.env,
@@ -715,3 +719,54 @@ def test_postgres_a_command_interrupted_during_its_commit_says_the_outcome_is_un
     assert "is unknown" in lines[0] and "ringrift-coord tasks" in lines[0], err
     listed = coord("tasks")  # where the message points: it answers
     assert listed.returncode == 0, listed.stderr
+
+
+def test_postgres_a_store_interrupted_during_its_commit_admits_again(pg_url: str) -> None:
+    """A signal's exception (a handler that raises, as ``run --wait``'s SIGTERM does) while
+    an in-process admission's COMMIT is out: it says the outcome is unknown, and the same
+    store (a launcher daemon's, ``serve``'s) admits again afterwards on a fresh connection,
+    its scope and description readable in between (the closed connection is not used)."""
+    import psycopg
+
+    from ringrift_coord.context import Context
+    from ringrift_coord.errors import SignalError
+    from ringrift_coord.task_coordinator import Holder, TaskCoordinator
+
+    work = Path(tempfile.mkdtemp(prefix="gaps-intr-"))
+    (work / "c.yaml").write_text(
+        "task_limits:\n  selfplay: {per_node: 50}\nrate_limits:\n  selfplay: {per_minute: null}\n"
+    )
+    ctx = Context.open(
+        db=pg_url,
+        state_dir=str(work / "state"),
+        config=str(work / "c.yaml"),
+        env={"USER": "t", "RINGRIFT_COORD_SET": "resources.live_host=false"},
+    )
+    coord, me = TaskCoordinator(ctx), Holder(pid=os.getpid())
+    assert coord.acquire("selfplay", "n1", holder=me).allowed  # connected, migrated
+
+    def raise_signal(signum: int, frame: object) -> None:
+        raise SignalError("stopped by a signal")
+
+    holder = psycopg.connect(pg_url, autocommit=True)
+    previous = signal.signal(signal.SIGALRM, raise_signal)
+    try:
+        _hold_commits(holder)
+        signal.setitimer(signal.ITIMER_REAL, 0.5)  # the COMMIT is waiting in its trigger by then
+        with pytest.raises(SignalError) as raised:
+            coord.acquire("selfplay", "n1", holder=me)
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        notes = " ".join(getattr(raised.value, "__notes__", []))
+        assert "had been sent" in notes and "is unknown" in notes, notes
+        assert ctx.store.scope.startswith("cluster-wide on postgres ")
+        assert ctx.store.describe()["engine"] == "postgres"
+        holder.execute("DROP TRIGGER gaps_hold ON tasks")
+        holder.execute("SELECT pg_advisory_unlock(%s)", (_HOLD_KEY,))
+        for _ in range(2):  # a fresh connection, and then the usual one
+            assert coord.acquire("selfplay", "n1", holder=me).allowed
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+        holder.close()
+        ctx.close()
+        shutil.rmtree(work, ignore_errors=True)

@@ -70,6 +70,8 @@ def test_an_acquire_and_a_release_stay_within_their_round_trip_budget(
         with Trips(ctx.store) as acquired:
             decision = coord.acquire("selfplay", "n1", holder=me)
         assert decision.allowed, decision.summary()
+        with Trips(ctx.store) as renewed:
+            assert coord.renew_lease(decision.task_id, decision.lease_token)  # type: ignore[arg-type]
         with Trips(ctx.store) as released:
             row = coord.unregister_task(
                 decision.task_id,  # type: ignore[arg-type]
@@ -77,10 +79,12 @@ def test_an_acquire_and_a_release_stay_within_their_round_trip_budget(
                 exit_code=0,
             )
         assert row is not None and row["task_id"] == decision.task_id
-        if acquired.n <= ACQUIRE_BUDGET and released.n <= RELEASE_BUDGET:
+        if acquired.n <= ACQUIRE_BUDGET and released.n <= RELEASE_BUDGET and renewed.n <= 2:
             break
     assert acquired.n <= ACQUIRE_BUDGET, f"acquire took {acquired.n} round trips"
     assert released.n <= RELEASE_BUDGET, f"release took {released.n} round trips"
+    # a renewal (BEGIN + lock + clock with the UPDATE on that clock; COMMIT)
+    assert renewed.n <= 2, f"a lease renewal took {renewed.n} round trips"
     # and what they did landed: the slot is free, its history row is there once
     with ctx.store.read() as tx:
         assert tx.one("SELECT COUNT(*) AS n FROM tasks")["n"] == 0  # type: ignore[index]

@@ -653,8 +653,14 @@ class PostgresStore(Store):
                 pass
             self._conn = None
 
+    def _info(self) -> Any:
+        """The open connection's info (host, port, database, user); None without one (not
+        yet connected, or closed by an interrupt: the next transaction reconnects)."""
+        conn = self._conn
+        return conn.info if conn is not None and not conn.closed else None
+
     def describe(self) -> dict[str, Any]:
-        info = self._conn.info if self._conn is not None else None
+        info = self._info()
         server = redact(self.url)
         if info is not None:
             server = f"{info.host}:{info.port}/{info.dbname}"
@@ -668,7 +674,7 @@ class PostgresStore(Store):
     @property
     def scope(self) -> str:
         # every host that uses this database shares its halts and limits
-        info = self._conn.info if self._conn is not None else None
+        info = self._info()
         if info is not None:
             where = server_name(info.host, info.port, info.dbname)
         else:
