@@ -52,8 +52,11 @@ def test_a_postgres_can_spawn_sends_its_probe_with_the_begin_and_the_lock(
             ctx.close()
 
     assert one_shot()  # the first one migrates the fresh database
-    sent.clear()
-    assert one_shot()  # what every later call sends
+    for _ in range(5):  # what every later call sends (a log prune, one call in ~64, sends more)
+        sent.clear()
+        assert one_shot()
+        if not any("DELETE FROM decisions" in sql for sql in sent):
+            break
     probe = next(i for i, sql in enumerate(sent) if "COUNT(*) FROM halts" in sql)
     setup = sent[:probe]
     assert len(setup) == 2, setup  # two round trips before the lock is asked for
