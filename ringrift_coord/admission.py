@@ -40,7 +40,7 @@ __all__ = ["Decision", "Reason", "Request", "admit", "decisions", "evaluate", "l
 # meet no halt, waiter, reservation, breaker, reading, lowered cap, backpressure or optimizer
 # target; and the counts the limits need (the node's running tasks of the type, the type's
 # in the cluster). Each owner module says how to count its own rows.
-_PROBES = (  # (name, expression), the expression's parameters in the order of _PROBE_ARGS
+_PROBES = (  # (name, expression), the expressions' parameters in _probe_args's order
     ("halts", halts.PROBE),
     ("waiters", queue.PROBE),
     ("reservations", reservations.PROBE),
@@ -226,6 +226,13 @@ def admit(
 # --------------------------------------------------------------------------- decision log
 
 
+_LOG_COLUMNS = "at, action, task_type, node, host, pid, who, allowed, rules, retry_after, task_id"
+_LOG_WITH_ID = f"INSERT INTO decisions (id, {_LOG_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)"
+_LOG_RETURNING_ID = (
+    f"INSERT INTO decisions ({_LOG_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?) RETURNING id"
+)
+
+
 def log_decision(
     tx: Tx,
     req: Request,
@@ -255,18 +262,11 @@ def log_decision(
         decision.retry_after,
         decision.task_id,
     )
-    columns = "at, action, task_type, node, host, pid, who, allowed, rules, retry_after, task_id"
     if drawn_id is not None:  # a plain INSERT: a server sends it with the COMMIT
         entry_id = int(drawn_id)
-        tx.execute(
-            f"INSERT INTO decisions (id, {columns}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",  # noqa: S608 (fixed text)
-            (entry_id, *values),
-        )
+        tx.execute(_LOG_WITH_ID, (entry_id, *values))
     else:
-        row = tx.one(
-            f"INSERT INTO decisions ({columns}) VALUES (?,?,?,?,?,?,?,?,?,?,?) RETURNING id",  # noqa: S608 (fixed text)
-            values,
-        )
+        row = tx.one(_LOG_RETURNING_ID, values)
         assert row is not None
         entry_id = int(row["id"])
     # A refusal counts (ringrift_denials_total, one per blocking rule) and is an event, except

@@ -321,8 +321,8 @@ def reap_query(
     (their processes decide), the expired leases of other hosts and a dead host's. Other
     hosts' live leases are never read, so many running tasks cost an admission no more than
     none (indexes ``tasks_host`` and ``tasks_lease``, migration 0007). ``clock``: the
-    store's clock as ``Tx.clock_sql`` gives it, instead of ``now`` (``reap`` checks each
-    lease against ``now`` again)."""
+    store's clock as ``Tx.clock_sql`` gives it, used instead of ``now`` (``reap`` checks
+    each lease against ``now`` again)."""
     clock_sql, clock_args = clock or ("?", (now,))
     where, args = f"host = ? OR lease_expires < {clock_sql}", [host, *clock_args]
     if dead_host is not None:
