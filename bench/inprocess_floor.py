@@ -10,12 +10,17 @@ Three rows, alternated round by round on temp files (the shared VM's load hits a
             (its schema, indexes, triggers, page size): the pair's SQLite cost, no Python of
             this package
   raw       bench/inprocess.py's raw pair (one table, one index)
+  lean      (--lean) the library pair on a second store rebuilt with fewer pages written per
+            pair: ``tasks`` WITHOUT ROWID, no AUTOINCREMENT on ``decisions`` and
+            ``task_history`` (no ``sqlite_sequence`` row to rewrite), no ``tasks_type_node``
+            index: a what-if of the schema change, not a schema the package uses (it would
+            lose the fencing tokens' never-reused ids and the by-node counts' index)
 
 It also counts the WAL frames (pages written) per pair of library and raw, with the
 automatic checkpoint off for that count. library / replay is the share of the package's
 Python; replay / raw, what the schema's pages per pair leave of the goal.
 
-    /path/to/venv/bin/python bench/inprocess_floor.py [--seconds 1.5] [--rounds 3] [--json]
+    /path/to/venv/bin/python bench/inprocess_floor.py [--seconds 1.5] [--rounds 3] [--lean] [--json]
 """
 
 from __future__ import annotations
@@ -93,6 +98,27 @@ def replay_pairs(db: str, sent: list[tuple[str, str, tuple]]) -> Callable[[], bo
     return pair
 
 
+def lean_schema(db: str) -> None:
+    """Rebuild ``db``'s tables as the ``lean`` row says, in place, data and all."""
+    conn = sqlite3.connect(db, isolation_level=None, timeout=5.0)
+    conn.execute("BEGIN IMMEDIATE")
+    schema = conn.execute(
+        "SELECT type, name, tbl_name, sql FROM sqlite_master WHERE sql IS NOT NULL"
+    ).fetchall()
+    for table in ("tasks", "decisions", "task_history"):
+        sql = next(s for kind, name, _, s in schema if kind == "table" and name == table)
+        sql = sql.replace("AUTOINCREMENT", "") + (" WITHOUT ROWID" if table == "tasks" else "")
+        conn.execute(f"ALTER TABLE {table} RENAME TO lean_old")
+        conn.execute(sql)
+        conn.execute(f"INSERT INTO {table} SELECT * FROM lean_old")  # noqa: S608 (fixed names)
+        conn.execute("DROP TABLE lean_old")
+        for kind, name, of, made in schema:
+            if of == table and kind in ("index", "trigger") and name != "tasks_type_node":
+                conn.execute(made)
+    conn.execute("COMMIT")
+    conn.close()
+
+
 def frames_per_pair(pair: Callable[[], bool], db: str, page: int, n: int = 200) -> float:
     conn = sqlite3.connect(db, isolation_level=None, timeout=5.0)
     conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
@@ -116,6 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seconds", type=float, default=1.5, help="seconds per row per round")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--json", action="store_true")
+    p.add_argument("--lean", action="store_true", help="add the lean-schema what-if row")
     a = p.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="rrc-inprocess-floor-"))
     library, raw = inprocess.library_pairs(work), inprocess.raw_pairs(work)
@@ -128,6 +155,16 @@ def main(argv: list[str] | None = None) -> int:
         "library": frames_per_pair(library, db, store_sqlite.PAGE_SIZE),
         "raw": frames_per_pair(raw, str(work / "raw.db"), 4096),
     }
+    if a.lean:
+        (work / "lean").mkdir()
+        lean = inprocess.library_pairs(work / "lean")
+        lean()  # (the store made and migrated, then rebuilt under the open context)
+        lean_db = glob.glob(str(work / "lean" / "state" / "*.db"))[0]
+        lean_schema(lean_db)
+        for _ in range(20):
+            lean()
+        rows["lean"] = lean
+        frames["lean"] = frames_per_pair(lean, lean_db, store_sqlite.PAGE_SIZE)
     runs: dict[str, list[float]] = {name: [] for name in rows}
     for _ in range(a.rounds):
         for name, pair in rows.items():
@@ -143,6 +180,9 @@ def main(argv: list[str] | None = None) -> int:
         "replay_over_raw": round(best["replay"] / best["raw"], 3),
         "library_over_replay": round(best["library"] / best["replay"], 3),
     }
+    if a.lean:
+        doc["lean_over_raw"] = round(best["lean"] / best["raw"], 3)
+        doc["lean_over_library"] = round(best["lean"] / best["library"], 3)
     print(json.dumps(doc, indent=2) if a.json else "\n".join(f"{k}: {v}" for k, v in doc.items()))
     return 0
 
