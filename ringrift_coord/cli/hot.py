@@ -311,35 +311,54 @@ def _silent(message: str) -> None:
 
 
 class _Spinner:
-    """A Rich spinner on stderr while ``run --wait`` stands in line (terminals only)."""
+    """A Rich spinner on stderr while ``run --wait`` stands in line (terminals only). Its
+    time waited ticks at every frame, not only when the waiter asks again (every 20 s while
+    halted); names in it are data, never markup."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Any = None) -> None:
         self.live: Any = None
+        self._spin: Any = None
+        if clock is None:
+            import time
+
+            clock = time.monotonic
+        self._clock = clock
+        self._line = ("", 0.0, 0.0)  # (what it waits for and why, seconds waited, when)
 
     def update(self, decision: Any, waited: float) -> None:
-        from rich.console import Console
-        from rich.spinner import Spinner
-
         position = f"{decision.queued} ahead, " if decision.queued else ""
-        from ringrift_coord.durations import human
-
         rules = ", ".join(r.rule for r in decision.reasons) or "queue"
-        text = (
+        self._line = (
             f"waiting for a {decision.task_type} slot on {decision.node}: {position}"
-            f"blocked by {rules} ({human(waited)})"
+            f"blocked by {rules}",
+            waited,
+            self._clock(),
         )
         if self.live is None:
+            from rich.console import Console
             from rich.live import Live
+            from rich.spinner import Spinner
 
+            self._spin = Spinner("dots")
             self.live = Live(
-                Spinner("dots", text),
                 console=Console(stderr=True),
                 transient=True,
                 refresh_per_second=8,
+                get_renderable=self.render,  # (called by Rich's refresh thread, each frame)
             )
             self.live.start()
-        else:
-            self.live.update(Spinner("dots", text))
+
+    def text(self) -> str:
+        from ringrift_coord.durations import human
+
+        what, waited, at = self._line
+        return f"{what} ({human(int(waited + self._clock() - at))})"
+
+    def render(self) -> Any:
+        from rich.text import Text
+
+        self._spin.update(text=Text(self.text()))  # (a str would be read as markup)
+        return self._spin
 
     def stop(self) -> None:
         if self.live is not None:
