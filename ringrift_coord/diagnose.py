@@ -245,6 +245,26 @@ def holder_line(holder: dict[str, Any], *, advice: bool = True) -> str:
     )
 
 
+def busy_hint(db_path: str) -> str:
+    """For a store-busy message: " (held by pid N (command), stopped: what to do)" naming
+    the other processes holding the SQLite store's write lock or gate now; "" when none is
+    seen (gone by now, another pid namespace, no lock table to read)."""
+    try:
+        held = [h for h in sqlite_holders(db_path) if h["lock"] in WRITE_LOCKS]
+    except Exception:  # noqa: BLE001 (a hint for an error message: never a second error)
+        return ""
+    named = []
+    for holder in held[:3]:
+        pid = holder["pid"]
+        who = f"pid {pid}" if pid is not None else "a process of another pid namespace"
+        if holder.get("cmdline"):
+            who += f" ({holder['cmdline']})"
+        if holder["stopped"]:
+            who += f", stopped: resume it (kill -CONT {pid}) or end it (kill {pid})"
+        named.append(who)
+    return f" (held by {'; '.join(named)})" if named else ""
+
+
 def _session_line(holder: dict[str, Any], advice: bool) -> str:
     where = holder.get("application_name") or "no application name"
     if holder.get("client_addr"):

@@ -32,7 +32,7 @@ import os
 import stat
 
 from ringrift_coord.decision import Reason
-from ringrift_coord.errors import StateError, UsageError
+from ringrift_coord.errors import StateError, StoreBusy, UsageError
 from ringrift_coord.inputs import printable, seconds
 from ringrift_coord.statedir import create_file, shared_gid_of, untrusted_file
 from ringrift_coord.store.base import StoreCorrupt, StoreGone
@@ -378,12 +378,16 @@ def activate(
                 (scope, on, reason, who, host, now, expires),
             )
             _publish(tx, ctx, "HALT", scope, on, who, host, now, reason=reason, expires_at=expires)
-    except StateError as exc:  # corrupt, or not a database at all: no row lands
+    except (StateError, StoreBusy) as exc:  # corrupt, not a database, locked: no row lands
         if scope != GLOBAL or on != ALL_NODES or isinstance(exc, StoreGone):
             raise  # (a deleted or replaced store: its own message says what to do)
         # An emergency halt takes effect on this host even so: the file alone halts it (not
         # a mirror: no halt row backs it, and a mirror without one would be stale)
         at = ctx.clock.time()
+        problem = exc.problem if isinstance(exc, StoreCorrupt) else str(exc)
+        busy = isinstance(exc, StoreBusy)
+        if busy:  # (its "nothing was decided, try again" is no longer so)
+            problem = problem.split("; nothing was decided")[0]
         path = _write_file(
             ctx.state_dir,
             {
@@ -394,10 +398,15 @@ def activate(
                 "host": host,
                 "at": at,
                 "expires_at": None if ttl is None else at + ttl,
-                "store_corrupt": True,
+                "store_busy" if busy else "store_corrupt": True,
             },
+            not_in_store=problem,
         )
-        problem = exc.problem if isinstance(exc, StoreCorrupt) else str(exc)
+        if busy:  # exit 75: the cluster's halt did not land, try it again
+            raise StoreBusy(
+                f"{problem}: this host is halted by {path} only (other hosts are not); halt "
+                "again once the store is free (`ringrift-coord doctor` names its holder)"
+            ) from None
         raise StoreCorrupt(
             problem,
             f"this host is halted by {path} only (other hosts are not): run "
@@ -515,7 +524,9 @@ def _publish(
     events.publish(tx, ctx.settings, kind, payload, source="tool", node=node, who=who, host=host)
 
 
-def _write_file(state_dir: str, record: dict[str, Any]) -> str:
+def _write_file(state_dir: str, record: dict[str, Any], *, not_in_store: str = "") -> str:
+    """Write this host's halt file; ``not_in_store``: why the store holds no halt row (the
+    file was to halt this host alone), for the message when the file cannot be written."""
     import json
 
     path = os.path.join(state_dir, FILE_NAME)
@@ -536,6 +547,12 @@ def _write_file(state_dir: str, record: dict[str, Any]) -> str:
             os.unlink(tmp)
         except OSError:
             pass
+        if not_in_store:  # neither landed: say so plainly, it is an emergency halt
+            raise StateError(
+                f"NOT halted: {not_in_store}, and this host's halt file {path} cannot be "
+                f"written either ({exc.strerror}); stop the launchers by hand, or halt from "
+                "a host that can write the store"
+            ) from None
         raise StateError(
             f"halted in the store, but cannot write {path}: {exc.strerror}; this host's halt "
             "file is missing"

@@ -46,6 +46,7 @@ EXIT_STATUS = [
     ("127", "run: the command was not found"),
     ("128+N", "run: the command died of signal N"),
     ("130", "interrupted (Ctrl-C) before a command ran"),
+    ("129, 143", "run --wait: a waiter ended by SIGHUP or SIGTERM before its command started"),
 ]
 
 ENVIRONMENT = [

@@ -71,6 +71,11 @@ def test_a_read_only_filesystem_is_said_plainly(tmp_path: Path, small_fs: Path) 
         assert refused.stderr.count("\n") == 1, refused.stderr
         assert "read-only here (its filesystem is mounted read-only" in refused.stderr
         assert "unable to open database file" not in refused.stderr
+        # an emergency halt that lands nowhere (no row, no halt file) says NOT halted
+        halt = coord("halt", "--reason", "disk trouble")
+        assert halt.returncode == 3 and halt.stderr.count("\n") == 1, halt.stderr
+        assert halt.stderr.startswith("ringrift-coord: error: NOT halted: "), halt.stderr
+        assert "halted in the store" not in halt.stderr
     finally:
         subprocess.run(["mount", "-o", "remount,rw", str(small_fs)], check=False)
     assert coord("register", "selfplay", "--node", "n1", "-q").returncode == 0

@@ -308,9 +308,11 @@ class SQLiteStore(Store):
         return applied
 
     def _busy(self) -> StoreBusy:
+        from ringrift_coord.diagnose import busy_hint  # (the failure path only)
+
         return StoreBusy(
             f"state store {self.path} is still locked after the {human(self.busy_timeout)} "
-            "busy timeout; nothing was decided, try again"
+            f"busy timeout{busy_hint(self.path)}; nothing was decided, try again"
         )
 
     def _translate(self, exc: sqlite3.Error) -> Exception:
