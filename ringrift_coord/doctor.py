@@ -368,6 +368,7 @@ def check_store(
     )
     guarded(report, "schema", check_schema, report, store)
     if engine == "sqlite":
+        check_writable(report, location)
         guarded(report, "integrity", check_integrity, report, store, location)
         check_wal(report, location)
     probe_ok = guarded(report, "admission lock", check_write_probe, report, store, busy)
@@ -429,6 +430,25 @@ def check_schema(report: Report, store: Store) -> None:
         )
     else:
         report.add("schema", "ok", f"{len(applied)} of {len(known)} migrations applied")
+
+
+def check_writable(report: Report, path: str) -> None:
+    """SQLite: can this user write the store's files and make its -wal/-shm? (The admission
+    probe takes the write lock and rolls back: a file that cannot be written passes it.)"""
+    from ringrift_coord.store.sqlite import why_read_only
+
+    why = why_read_only(path)
+    if why is None:
+        report.add("writable", "ok", "the store's files and directory can be written", path=path)
+        return
+    report.add(
+        "writable",
+        "fail",
+        f"{path} cannot be written here: {why}; every admission and release exits 3",
+        "let the user who runs ringrift-coord write it (chmod / chown / chattr -i), or "
+        "remount its filesystem read-write",
+        path=path,
+    )
 
 
 def check_integrity(report: Report, store: Store, path: str) -> None:

@@ -67,6 +67,7 @@ def test_healthy_store_is_exit_0_with_every_check_in_the_document(coord: Coord) 
     names = [c["name"] for c in document["checks"]]
     for name in ("config", "state directory", "store", "schema", "admission lock", "locks"):
         assert name in names
+    assert ("writable" in names) == (coord.engine == "sqlite")
     assert {"clock", "psutil", "nvml", "readings", "halt"} <= set(names)
     for entry in document["checks"]:
         assert set(entry) == {"name", "level", "found", "fix", "details"}
@@ -281,6 +282,32 @@ def test_a_world_writable_state_directory_fails_with_the_chmod_fix(
     assert entry["level"] == "fail" and "0777" in entry["found"]
     assert entry["fix"].startswith(f"chmod 700 {coord.state_dir}")
     assert text.returncode == 1 and f"fix: chmod 700 {coord.state_dir}" in text.stdout
+
+
+def test_a_store_file_that_cannot_be_written_fails_though_the_lock_probe_passes(
+    coord: Coord,
+) -> None:
+    """An immutable store file (chattr +i: even root cannot write it) lets the admission
+    probe take the lock and roll back, while every admission exits 3: doctor says so."""
+    if coord.engine != "sqlite":
+        pytest.skip("SQLite's file")
+    assert coord("can-spawn", "selfplay", "--node", "n1").returncode == 0
+    made = subprocess.run(["chattr", "+i", str(coord.db)], capture_output=True, text=True)
+    if made.returncode != 0:
+        pytest.skip(f"chattr +i is not available here: {made.stderr.strip()}")
+    try:
+        code, document = doctor(coord)
+        refused = coord("can-spawn", "selfplay", "--node", "n1")
+    finally:
+        subprocess.run(["chattr", "-i", str(coord.db)], check=True)
+    assert refused.returncode == 3, refused.stderr  # what doctor must not call healthy
+    assert code == 1 and document["healthy"] is False
+    writable = check(document, "writable")
+    assert writable["level"] == "fail" and "immutable" in writable["found"], writable
+    assert "chattr -i" in writable["fix"]
+    assert check(document, "admission lock")["level"] == "ok"
+    code, document = doctor(coord)
+    assert code == 0 and check(document, "writable")["level"] == "ok", document
 
 
 def test_a_store_written_by_a_newer_version_fails(coord: Coord, engine: str) -> None:

@@ -331,7 +331,7 @@ class SQLiteStore(Store):
             )
         read_only = name.startswith("SQLITE_READONLY") or "readonly" in text
         if read_only or name.startswith("SQLITE_CANTOPEN"):
-            why = _why_read_only(self.path)
+            why = why_read_only(self.path)
             if why is not None or read_only:
                 return StateError(
                     f"the store {self.path} is read-only here "
@@ -823,7 +823,7 @@ def _free_bytes(directory: str) -> int | None:
     return st.f_bavail * st.f_frsize
 
 
-def _why_read_only(path: str) -> str | None:
+def why_read_only(path: str) -> str | None:
     """Why this process cannot write the store at ``path``, in words (None: no reason seen)."""
     directory = os.path.dirname(path) or "."
     try:
@@ -831,8 +831,14 @@ def _why_read_only(path: str) -> str | None:
             return f"its filesystem is mounted read-only: {directory}"
     except OSError:
         pass
-    if os.path.exists(path) and not os.access(path, os.W_OK):
-        return "the file is not writable by this user"
+    for suffix, what in (("", "the file"), ("-wal", "its -wal file"), ("-shm", "its -shm file")):
+        if os.path.exists(path + suffix) and not os.access(path + suffix, os.W_OK):
+            if os.geteuid() == 0:  # root passes every mode: an immutable or append-only file
+                return (
+                    f"{what} cannot be written even by root, immutable or append-only: "
+                    "lsattr shows it"
+                )
+            return f"{what} is not writable by this user"
     if not os.access(directory, os.W_OK):
         return f"the directory {directory} is not writable by this user"
     return None
