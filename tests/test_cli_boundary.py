@@ -448,6 +448,22 @@ def test_listing_into_a_closed_stdout_is_quiet(c: Coord, argv, closed) -> None:
     assert (done.returncode, done.stderr) == (0, "")
 
 
+@pytest.mark.parametrize("argv", [("status", "--format", "plain"), ("status", "--brief")])
+def test_an_output_encoding_without_the_symbols_escapes_them_not_drops_everything(
+    c: Coord, argv: tuple[str, ...]
+) -> None:
+    """``PYTHONIOENCODING=ascii`` (or a terminal's legacy charset): "∞" and "·" cannot be
+    encoded; the listing is still printed whole, those characters escaped."""
+    assert c("tasks", "reap").returncode == 0
+    whole = c(*argv)
+    assert "\u221e" in whole.stdout  # (the builtin types include unlimited per-node ones)
+    done = c(*argv, env={"PYTHONIOENCODING": "ascii"})
+    assert (done.returncode, done.stderr) == (0, ""), done.stderr
+    assert done.stdout.isascii(), done.stdout
+    assert len(done.stdout.splitlines()) == len(whole.stdout.splitlines()), done.stdout
+    assert "\\u221e" in done.stdout, done.stdout
+
+
 def both_broken(coord: Coord, *args: str, env: dict[str, str]) -> int:
     """Run with stdout and stderr one pipe whose read end is already closed
     (``ringrift-coord ... 2>&1 | true``); return the exit code."""

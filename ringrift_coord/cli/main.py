@@ -222,6 +222,9 @@ class _Stdout:
         if not self.lost:
             try:
                 return int(self._stream.write(text))
+            except UnicodeEncodeError:  # an encoding without "∞" or "·" (PYTHONIOENCODING)
+                encoding = getattr(self._stream, "encoding", None) or "ascii"
+                return self.write(text.encode(encoding, "backslashreplace").decode(encoding))
             except (OSError, ValueError) as exc:
                 self._lose(exc)
         return len(text)
