@@ -262,9 +262,13 @@ def acquire(
     def busy(exc: StoreBusy) -> None:
         """A store busy past its timeout (a herd of writers, one stopped inside its
         transaction) decided nothing: a reason to keep waiting, never to give up, unless
-        ``--timeout`` has passed (then exit 75 as a timeout would)."""
+        ``--timeout`` has passed (then exit 75 as a timeout would, saying it is one; an
+        attempt that started before the deadline may end up to a busy timeout after it)."""
         if deadline is not None and clock.monotonic() >= deadline:
-            raise exc
+            waited = clock.monotonic() - started
+            raise WaitTimeout(
+                f"gave up waiting for {keeper.waiting_for()} after {human(waited)}: {exc}"
+            ) from None
         clock.sleep(max(poll, BUSY_RETRY))
 
     seq: int | None = None

@@ -124,6 +124,37 @@ def test_wait_gives_up_after_exactly_its_timeout_of_clock_time(pair) -> None:
     assert waiters(other) == []  # it left the line
 
 
+def test_a_wait_that_times_out_on_a_locked_store_says_it_gave_up_waiting(
+    engine_db: EngineDB,
+) -> None:
+    """``--timeout`` passing while the store stays locked (another writer holds its lock
+    throughout) ends the wait as a timeout says it, naming the lock, not as a bare "store
+    busy" from whichever attempt came last."""
+    clock = ManualClock()
+    mine = TaskCoordinator(
+        engine_db.context(ONE_SLOT.replace("busy_timeout: 5", "busy_timeout: 0.05"), clock)
+    )
+    other = TaskCoordinator(engine_db.context(ONE_SLOT, clock))
+    other.list_tasks()  # the store made before its lock is held
+    with other.ctx.store.write(), pytest.raises(WaitTimeout) as raised:
+        acquire_slot(
+            mine,
+            TaskType.SELFPLAY,
+            "n1",
+            holder=Holder(pid=os.getpid()),
+            config_name=None,
+            command="true",
+            wait=True,
+            timeout=2.0,
+        )
+    message = raised.value.message
+    assert raised.value.exit_code == ExitCode.TEMPFAIL
+    assert message.startswith("gave up waiting for a selfplay slot on n1 after 2 s: "), message
+    assert "is still locked after the" in message and "busy timeout" in message, message
+    assert clock.slept == at([0.5, 0.5, 0.5, 0.5])  # asked again on the clock, then gave up
+    assert other.list_tasks() == [] and waiters(other) == []
+
+
 def test_wait_with_zero_timeout_asks_once_and_never_sleeps(pair) -> None:
     clock, mine, other = pair
     with holder_slot(other), pytest.raises(WaitTimeout):
