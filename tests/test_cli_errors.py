@@ -183,6 +183,12 @@ CASES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "history-limit-huge": (("tasks", "history", "--limit", "99999999999999999999"), ("--limit",)),
     # text that later messages print must stay one line
     "node-empty": (("can-spawn", "selfplay", "--node", ""), ("--node",)),
+    # an empty file or directory name would silently mean "none given"
+    "config-empty": (("--config", "", "status"), ("--config", "empty name")),
+    "config-empty-fast": (("--config=", "can-spawn", "selfplay"), ("--config", "empty name")),
+    "state-dir-empty": (("--state-dir", "", "can-spawn", "selfplay"), ("--state-dir", "empty")),
+    "db-empty": (("--db", "", "tasks"), ("--db", "empty name")),
+    "validate-empty": (("config", "validate", ""), ("FILE", "empty name")),
     "node-newline": (("can-spawn", "selfplay", "--node", "gpu-1\ngpu-2"), ("--node", "control")),
     "node-escape": (("register", "selfplay", "--pid", PID, "--node", "n\x1b[2J"), ("--node",)),
     "reserve-node-newline": (
@@ -432,4 +438,18 @@ def test_a_read_only_command_on_a_new_machine_creates_no_state_directory(
     missing = tmp_path / "never-made" / "ringrift-coord"
     done = coord("--state-dir", str(missing), *argv)
     assert done.returncode == 3 and "no store at" in done.stderr, done.stdout + done.stderr
+    assert not missing.parent.exists()
+
+
+@pytest.mark.parametrize("argv", [("config", "show"), ("targets",), ("limits",)])
+def test_a_settings_listing_on_a_new_machine_answers_and_creates_nothing(
+    coord, tmp_path, argv: tuple[str, ...]
+) -> None:
+    """The settings in effect need no store: the listing is printed (exit 0) and no state
+    directory is left behind (``config show`` and ``targets`` made one)."""
+    if coord.engine != "sqlite":
+        pytest.skip("a server's store is read wherever the state directory is")
+    missing = tmp_path / "never-made" / "ringrift-coord"
+    done = coord("--state-dir", str(missing), *argv)
+    assert done.returncode == 0 and "default" in done.stdout, done.stdout + done.stderr
     assert not missing.parent.exists()

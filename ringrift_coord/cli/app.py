@@ -459,7 +459,7 @@ def parse_since(text: str) -> tuple[float | None, float | None]:
 def _show_settings(g: Globals, sections: list[str], title: str) -> None:
     from ringrift_coord import reports
 
-    with g.context() as c:
+    with g.context(create=False) as c:
         doc = reports.settings(c, sections)
     if g.json:
         emit_json(doc)
@@ -493,7 +493,7 @@ def targets(ctx: typer.Context) -> None:
     from ringrift_coord import reports
 
     g = globals_of(ctx)
-    with g.context() as c:
+    with g.context(create=False) as c:
         doc = reports.targets(c)
     if g.json:
         emit_json(doc)

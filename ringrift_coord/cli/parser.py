@@ -76,7 +76,10 @@ def check_text(label: str, value: str) -> str:
 
 def check_path(label: str, value: str) -> str:
     """A file or directory name: whatever bytes the file system allows (an undecodable byte
-    stays a lone surrogate, as ``os.fsdecode`` gives it), but no control character."""
+    stays a lone surrogate, as ``os.fsdecode`` gives it), but no control character and not
+    empty (``--config ''`` would silently mean no file at all)."""
+    if not value:
+        raise UsageError(f"{label}: an empty name: give one, or leave it out")
     if value.isprintable() or not any(ch < " " or "\x7f" <= ch <= "\x9f" for ch in value):
         return value
     raise UsageError(f"{label}: {value!r} contains control characters")
