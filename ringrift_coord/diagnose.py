@@ -170,8 +170,12 @@ def watch_sqlite_holders(
     }
     looks, last = 1, started
     # at least one look per interval of the span, however late a loaded machine wakes us:
-    # a busy process that holds the lock half the time is in all of them once in 2**20
-    enough = int(span / interval) + 1
+    # a busy process that holds the lock half the time is in all of them once in 2**20;
+    # of the span still ahead only, when an earlier look was given (doctor's: the failed
+    # probe between the two found the lock held all through; counting its seconds as looks
+    # still to take made doctor watch 6 s more after a 5 s probe)
+    ahead = span - (time.monotonic() - started)
+    enough = int(max(ahead, 0.0) / interval) + 1 + (first is not None)
     # a stopped holder cannot let go: named at once, unless an earlier look was given (then
     # one look now tells how long it has held the lock at least)
     while candidates and (first is not None or not all(h["stopped"] for h in candidates.values())):

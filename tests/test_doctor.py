@@ -683,3 +683,44 @@ def test_a_failed_probe_without_a_seen_holder_and_a_checkpointer_are_worded_so(
         {"pid": 77, "lock": "checkpoint lock", "cmdline": "x", "stopped": False, "looks": 1}
     )
     assert "only other checkpoints wait for it" in line and "kill" not in line, line
+
+
+LIVE_WRITER = """
+import sqlite3, sys, time
+conn = sqlite3.connect(sys.argv[1], isolation_level=None)
+conn.execute("BEGIN IMMEDIATE")
+print("ready", flush=True)
+time.sleep(600)
+"""
+
+
+def test_after_a_failed_probe_doctor_watches_the_writer_its_span_not_the_probe_again(
+    coord: Coord,
+) -> None:
+    """A live writer holds the write lock through a failed 5 s probe: the look before the
+    probe counts as the first, and the watch after it lasts the rest of its span (1 s: ~40
+    looks), not as many looks again as the probe's seconds held (~240: doctor took 12 s)."""
+    if coord.engine != "sqlite":
+        pytest.skip("SQLite's lock table")
+    import time
+
+    from ringrift_coord.diagnose import DOCTOR_WATCH, LOOK_INTERVAL, watch_sqlite_holders
+    from ringrift_coord.diagnose import sqlite_holders as holders_of
+
+    assert coord("can-spawn", "selfplay", "--node", "n1").returncode == 0
+    with child(LIVE_WRITER, str(coord.db)) as writer:
+        before = [h for h in holders_of(str(coord.db)) if h["lock"] == "write lock"]
+        if not before:
+            pytest.skip("no lock table to read here")
+        probe = 5.0  # as if the probe had failed after its busy timeout
+        named = watch_sqlite_holders(
+            str(coord.db),
+            DOCTOR_WATCH + probe,
+            0.0,
+            first=before,
+            first_at=time.monotonic() - probe,
+        )
+    (holder,) = named
+    assert holder["pid"] == writer.pid and holder["lock"] == "write lock"
+    assert holder["held_seconds"] >= DOCTOR_WATCH + probe
+    assert holder["looks"] <= DOCTOR_WATCH / LOOK_INTERVAL + 2, holder["looks"]
