@@ -100,10 +100,11 @@ class SlotKeeper:
     """What the runner holds while a job runs, and how it takes, keeps and gives it back.
 
     ``acquire`` admits (one transaction; ``waiter_seq``: this process's place in the fair
-    queue, ``log``: whether the decision is logged); ``enqueue``/``leave_queue`` keep the
-    place in line; ``set_holder``, ``renew`` and ``release`` act on the id and fencing
-    token of the admitted decision. ``release`` may raise ``StoreBusy`` (retried with
-    backoff) or another ``CoordError`` (said, and left to the reaper).
+    queue, ``log``: whether the decision is logged); ``enqueue``/``hold_place``/``leave_queue``
+    keep the place in line, step out of it while held back, and give it up; ``set_holder``,
+    ``renew`` and ``release`` act on the id and fencing token of the admitted decision.
+    ``release`` may raise ``StoreBusy`` (retried with backoff) or another ``CoordError``
+    (said, and left to the reaper).
     """
 
     ctx: Context
@@ -123,6 +124,9 @@ class SlotKeeper:
         raise NotImplementedError
 
     def leave_queue(self, seq: int) -> None:
+        raise NotImplementedError
+
+    def hold_place(self, seq: int) -> None:
         raise NotImplementedError
 
     def set_holder(self, ident: str, token: int, holder: Holder) -> bool:
@@ -185,6 +189,9 @@ class TaskSlot(SlotKeeper):
 
     def leave_queue(self, seq: int) -> None:
         self.coord.leave_queue(seq)
+
+    def hold_place(self, seq: int) -> None:
+        self.coord.hold_place(seq)
 
     def set_holder(self, ident: str, token: int, holder: Holder) -> bool:
         return self.coord.set_holder(ident, token, holder)
@@ -314,7 +321,7 @@ def acquire(
             rejoined, was_held = False, not in_line
             try:
                 if decision.held_back and in_line:
-                    keeper.leave_queue(seq)
+                    keeper.hold_place(seq)
                     in_line = False
                 elif not decision.held_back and not in_line:
                     keeper.enqueue(seq)
@@ -349,7 +356,7 @@ def acquire(
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-        if not admitted and seq is not None:  # out of line already (halted): harmless
+        if not admitted and seq is not None:  # (held back: its held row goes too)
             try:
                 keeper.leave_queue(seq)
             except CoordError:

@@ -385,8 +385,16 @@ def _tasks(tx: Tx, settings: Settings, now: float, fam: Families) -> list[str]:
         "type",
         "node",
     )
+    held = fam.gauge(
+        "ringrift_waiters_held",
+        "Launchers (run --wait) a halt or peak hours hold back, per type and node: out of "
+        "line, they start once it lifts.",
+        "type",
+        "node",
+    )
     for row in waiting:
         waiters.add(row["n"], row["task_type"], row["node"])
+        held.add(row["held"], row["task_type"], row["node"])
     return nodes
 
 

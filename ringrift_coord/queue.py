@@ -3,8 +3,9 @@
 Arrival order is the ``seq`` of a waiter's row. Admission counts the waiters ahead of a
 request against the limits, so a newcomer cannot jump the line. A waiter that a halt denies
 (its node drained, its type or everything halted), or peak hours, holds no place meanwhile:
-it steps out of line, so it counts against nobody's limits, and takes its own ``seq`` back
-once the halt lifts or the window ends (``run``'s wait loop does both). A waiter is alive while its
+it steps out of line (``hold``: its row stays, marked ``held``, so that status and metrics
+count it), counts against nobody's limits, and takes its own ``seq`` back once the halt
+lifts or the window ends (``run``'s wait loop does both). A waiter is alive while its
 process lives (on its own host) or while it keeps polling (its heartbeat, for other hosts);
 a dead one loses its place at the next admission on any node.
 """
@@ -27,8 +28,10 @@ def enqueue(tx: Tx, task_type: str, node: str, host: str, pid: int, seq: int | N
     it rejoins in arrival order, ahead of those who came after it (a seq is never reused).
     """
     now = tx.now()
-    if seq is not None and heartbeat(tx, seq, now):
-        return seq  # still in line
+    if seq is not None and tx.execute(
+        "UPDATE waiters SET held = 0, heartbeat_at = ? WHERE seq = ?", (now, seq)
+    ):
+        return seq  # still in line, or back in it from the held ones
     fields = (task_type, node, host, procs.boot_id(), pid, procs.start_time(pid), now, now)
     columns = "task_type, node, host, boot_id, pid, pid_start, enqueued_at, heartbeat_at"
     if seq is not None:
@@ -47,6 +50,14 @@ def leave(tx: Tx, seq: int) -> None:
     tx.execute("DELETE FROM waiters WHERE seq = ?", (seq,))
 
 
+def hold(tx: Tx, seq: int) -> bool:
+    """Step out of line and keep the row (a halt or peak hours deny this waiter): held, it
+    is no longer ahead of anyone; ``enqueue(seq)`` puts it back. False: no such waiter."""
+    return bool(
+        tx.execute("UPDATE waiters SET held = 1, heartbeat_at = ? WHERE seq = ?", (tx.now(), seq))
+    )
+
+
 def heartbeat(tx: Tx, seq: int, now: float) -> bool:
     """A waiter that still polls is alive: other hosts judge its place by this."""
     return bool(tx.execute("UPDATE waiters SET heartbeat_at = ? WHERE seq = ?", (now, seq)))
@@ -55,23 +66,28 @@ def heartbeat(tx: Tx, seq: int, now: float) -> bool:
 def ahead(tx: Tx, task_type: str, seq: int | None) -> list[str]:
     """The nodes of the waiters for ``task_type`` ahead of ``seq`` (every waiter: None)."""
     if seq is None:
-        rows = tx.query("SELECT node FROM waiters WHERE task_type = ?", (task_type,))
+        rows = tx.query("SELECT node FROM waiters WHERE task_type = ? AND held = 0", (task_type,))
     else:
         rows = tx.query(
-            "SELECT node FROM waiters WHERE task_type = ? AND seq < ?", (task_type, seq)
+            "SELECT node FROM waiters WHERE task_type = ? AND seq < ? AND held = 0",
+            (task_type, seq),
         )
     return [row["node"] for row in rows]
 
 
+_COUNTS = "SUM(1 - held) AS n, SUM(held) AS held"
+
+
 def lengths(tx: Tx) -> list[Row]:
-    """Waiters per task type: ``task_type``, ``n``."""
-    return tx.query("SELECT task_type, COUNT(*) AS n FROM waiters GROUP BY task_type")
+    """Waiters per task type: ``task_type``, ``n`` (in line), ``held`` (held back by a halt
+    or peak hours)."""
+    return tx.query(f"SELECT task_type, {_COUNTS} FROM waiters GROUP BY task_type")  # noqa: S608
 
 
 def lengths_by_node(tx: Tx) -> list[Row]:
-    """Waiters per task type and node: ``task_type``, ``node``, ``n``."""
+    """Waiters per task type and node: ``task_type``, ``node``, ``n``, ``held``."""
     return tx.query(
-        "SELECT task_type, node, COUNT(*) AS n FROM waiters GROUP BY task_type, node "
+        f"SELECT task_type, node, {_COUNTS} FROM waiters GROUP BY task_type, node "  # noqa: S608
         "ORDER BY task_type, node"
     )
 

@@ -53,15 +53,19 @@ def task_stats(
             "cluster_limit": settings.task_limit(t.value, "cluster"),
             "nodes": {},
             "queued": 0,
+            "held": 0,  # waiters a halt or peak hours hold back: they start once it lifts
         }
     for row in counts:
-        entry = by_type.setdefault(row["task_type"], {"running": 0, "nodes": {}, "queued": 0})
+        entry = by_type.setdefault(
+            row["task_type"], {"running": 0, "nodes": {}, "queued": 0, "held": 0}
+        )
         entry["running"] += row["n"]
         entry["nodes"][row["node"]] = row["n"]
     for row in queue.lengths(tx):
         if row["task_type"] == TRANSFER_QUEUE:
             continue  # transfers wait per remote, under its cap: not a task type's line
-        by_type.setdefault(row["task_type"], {"running": 0, "nodes": {}})["queued"] = row["n"]
+        entry = by_type.setdefault(row["task_type"], {"running": 0, "nodes": {}})
+        entry["queued"], entry["held"] = int(row["n"]), int(row["held"])
     return {
         "state": PAUSED if halts.state(tx, state_dir, now).paused else RUNNING,
         "total_tasks": sum(r["n"] for r in counts),

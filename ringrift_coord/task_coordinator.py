@@ -260,6 +260,11 @@ class TaskCoordinator(ProcessWide):
         with self.ctx.store.write() as tx:
             queue.leave(tx, seq)
 
+    def hold_place(self, seq: int) -> None:
+        """Step out of line while a halt or peak hours deny this waiter (``queue.hold``)."""
+        with self.ctx.store.write() as tx:
+            queue.hold(tx, seq)
+
     def heartbeat_waiter(self, seq: int) -> bool:
         with self.ctx.store.write() as tx:
             return queue.heartbeat(tx, seq, tx.now())

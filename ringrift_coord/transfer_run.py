@@ -107,6 +107,10 @@ class TransferSlot(SlotKeeper):
         with self.ctx.store.write() as tx:
             queue.leave(tx, seq)
 
+    def hold_place(self, seq: int) -> None:
+        with self.ctx.store.write() as tx:
+            queue.hold(tx, seq)
+
     def set_holder(self, ident: str, token: int, holder: Holder) -> bool:
         with self.ctx.store.write() as tx:
             return transfers.set_holder(tx, ident, token, holder.request_fields())

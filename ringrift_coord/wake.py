@@ -474,25 +474,26 @@ class FifoDoorbell(Doorbell):
 # heartbeat ages out, and must not swallow every ring meanwhile) and the first on the node.
 RING_SQL = (
     "SELECT pg_notify('" + CHANNEL + "', %s || ' ' || string_agg(seq::text, ' ')) "
-    "FROM (SELECT seq FROM (SELECT seq FROM waiters WHERE task_type = %s ORDER BY seq LIMIT 2) a "
-    "UNION SELECT MIN(seq) FROM waiters WHERE task_type = %s AND node = %s) q "
+    "FROM (SELECT seq FROM (SELECT seq FROM waiters WHERE task_type = %s AND held = 0 "
+    "ORDER BY seq LIMIT 2) a "
+    "UNION SELECT MIN(seq) FROM waiters WHERE task_type = %s AND node = %s AND held = 0) q "
     "WHERE seq IS NOT NULL HAVING COUNT(seq) > 0"
 )
 # the head (and the one after it) of every kind's line: an unhalt
 RING_ALL_SQL = (
     "SELECT pg_notify('" + CHANNEL + "', task_type || ' ' || string_agg(seq::text, ' ')) "
     "FROM (SELECT task_type, seq, row_number() OVER (PARTITION BY task_type ORDER BY seq) AS n "
-    "FROM waiters) w WHERE n <= 2 GROUP BY task_type"
+    "FROM waiters WHERE held = 0) w WHERE n <= 2 GROUP BY task_type"
 )
 # a change for a whole node (a reservation released): the node's first waiter of every kind
 RING_NODE_SQL = (
     "SELECT pg_notify('" + CHANNEL + "', task_type || ' ' || MIN(seq)::text) FROM waiters "
-    "WHERE node = %s GROUP BY task_type"
+    "WHERE node = %s AND held = 0 GROUP BY task_type"
 )
 # a waiter's ring_next: the first after it
 RING_NEXT_SQL = (
     "SELECT pg_notify('" + CHANNEL + "', %s || ' ' || MIN(seq)::text) FROM waiters "
-    "WHERE task_type = %s AND seq > %s HAVING MIN(seq) IS NOT NULL"
+    "WHERE task_type = %s AND seq > %s AND held = 0 HAVING MIN(seq) IS NOT NULL"
 )
 
 

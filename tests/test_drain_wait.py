@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from conftest import Coord, EngineDB, wait_for
 
-from ringrift_coord import halts
+from ringrift_coord import halts, queue
 from ringrift_coord.clock import ManualClock
 from ringrift_coord.errors import WaitTimeout
 from ringrift_coord.launcher import HALTED_POLL, acquire_slot
@@ -167,11 +167,12 @@ run: {poll_interval: 0.05, wake_poll: 0.05}
 """
 
 
-def waiters(coord: TaskCoordinator) -> list[tuple[int, str]]:
+def waiters(coord: TaskCoordinator, held: int = 0) -> list[tuple[int, str]]:
+    """The waiters in line (``held=1``: those a halt holds back, out of line)."""
     with coord.ctx.store.read() as tx:
         return [
             (int(r["seq"]), r["node"])
-            for r in tx.query("SELECT seq, node FROM waiters ORDER BY seq")
+            for r in tx.query("SELECT seq, node FROM waiters WHERE held = ? ORDER BY seq", (held,))
         ]
 
 
@@ -186,9 +187,17 @@ def test_a_halted_waiter_steps_out_and_rejoins_with_its_own_place(engine_db: Eng
     halts.activate(other.ctx, "drain", task_type=None, ttl=None, who="t", host="h", node="n1")
     steps: list[tuple[float, bool, list[tuple[int, str]]]] = []
     later: list[int] = []
+    counted: list[list[dict]] = []
 
     def on_wait(decision, waited: float) -> None:
         steps.append((round(waited, 6), decision.halted, waiters(other)))
+        with other.ctx.store.read() as tx:
+            counted.append(
+                [
+                    {k: int(v) if k != "task_type" else v for k, v in r.items()}
+                    for r in queue.lengths(tx)
+                ]
+            )
         assert waited < 10, "the clock never reached the steps below"
         if len(steps) == 1:  # stepped out: a later waiter on another node is first in line
             later.append(other.enqueue("training", "n3"))
@@ -211,6 +220,10 @@ def test_a_halted_waiter_steps_out_and_rejoins_with_its_own_place(engine_db: Eng
     assert decision.allowed and decision.node == "n1"
     (seq,) = later
     assert steps[0][:2] == (0.0, True) and steps[0][2] == []  # out of line at once
+    # ... yet counted, as held (status and metrics say how many start at the unhalt)
+    assert counted[0] == [{"task_type": "training", "n": 0, "held": 1}]
+    assert counted[1] == [{"task_type": "training", "n": 1, "held": 1}]
+    assert counted[2] == [{"task_type": "training", "n": 2, "held": 0}]
     assert steps[1][1] and steps[1][2] == [(seq, "n3")]
     own = steps[2][2][0][0]
     assert own < seq and steps[2][1] is False  # rejoined with its earlier seq, ahead

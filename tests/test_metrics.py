@@ -133,6 +133,7 @@ def test_every_family_from_a_populated_store(engine_db: Any) -> None:
         "ringrift_task_node_limit",
         "ringrift_task_cluster_limit",
         "ringrift_waiters",
+        "ringrift_waiters_held",
         "ringrift_halted",
         "ringrift_halt_active",
         "ringrift_breaker_state",
@@ -204,6 +205,7 @@ def test_every_family_from_a_populated_store(engine_db: Any) -> None:
     assert by_label(got, "ringrift_task_cluster_limit", type="selfplay") == 500
     assert by_label(got, "ringrift_task_cluster_limit", type="sync") is None
     assert samples(got, "ringrift_waiters") == {("training", "n2"): 1}
+    assert samples(got, "ringrift_waiters_held") == {("training", "n2"): 0}
     # halts: the cluster, the drain, the file
     assert one["ringrift_halted"] == 1
     from ringrift_coord.identity import local_node

@@ -297,3 +297,34 @@ def test_a_busy_store_while_waiting_is_a_reason_to_keep_waiting(
     assert done.returncode == 0, done.stderr
     assert w.wait() == 0, w.stderr
     assert log_lines(log) == ["start patient", "end patient"]
+
+
+def test_waiters_a_halt_holds_back_are_counted_as_held(
+    line: tuple[Coord, str, list[Waiter]],
+) -> None:
+    """Behind a halt the waiters stand in no line, yet status and metrics count them (held),
+    so that an operator sees how many start at the unhalt; then they run."""
+    coord, holder_id, waiters = line
+    assert coord("halt", "--reason", "maintenance").returncode == 0
+    log = coord.tmp / "log"
+    for name in ("a", "b"):
+        waiters.append(Waiter(coord, log, name))
+
+    def by_type() -> dict:
+        done = coord("status", "--json")
+        assert done.returncode == 0, done.stderr
+        return json.loads(done.stdout)["by_type"]["selfplay"]
+
+    wait_for(lambda: by_type()["held"] == 2, 30, "two waiters counted as held")
+    assert by_type()["queued"] == 0
+    brief = coord("status", "--brief").stdout
+    assert "selfplay: 1/500 running on 1 node(s), 0 queued, 2 held;" in brief, brief
+    metrics = coord("metrics").stdout
+    assert 'ringrift_waiters_held{node="n1",type="selfplay"} 2.0' in metrics, metrics
+    assert 'ringrift_waiters{node="n1",type="selfplay"} 0.0' in metrics, metrics
+    assert coord("unhalt").returncode == 0
+    wait_for(lambda: (by_type()["held"], by_type()["queued"]) == (0, 2), 30, "back in line")
+    assert coord("unregister", holder_id).returncode == 0
+    for w in waiters:
+        assert w.wait() == 0, w.stderr
+    assert by_type()["held"] == 0 and by_type()["queued"] == 0

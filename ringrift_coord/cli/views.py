@@ -544,9 +544,18 @@ def _type_rows(doc: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     shown = []
     for name, entry in doc["by_type"].items():
         limited = entry.get("cluster_limit") is not None or entry.get("per_node_limit") is not None
-        if entry["running"] or entry.get("queued") or limited:
+        if entry["running"] or entry.get("queued") or entry.get("held") or limited:
             shown.append((name, entry))
     return shown
+
+
+def _queued(entry: dict[str, Any], *, short: bool = False) -> str:
+    """A type's waiters: ``2 queued`` (``2`` with ``short``), and those a halt or peak hours
+    hold back, who start once it lifts: ``2 queued, 5 held`` (``2 +5 held``)."""
+    queued, held = entry.get("queued", 0), entry.get("held", 0)
+    if short:
+        return f"{queued} +{held} held" if held else str(queued)
+    return f"{queued} queued, {held} held" if held else f"{queued} queued"
 
 
 def _full(count: int, limit: Any) -> bool:
@@ -575,6 +584,7 @@ def status_brief(doc: dict[str, Any]) -> None:
     type, with a ``halt`` column)."""
     halts = doc["halt"]
     if output_format() == "tsv":
+        # (its columns stay as scripts know them: the held waiters are in --json and text)
         grid = Grid(
             "", "type", "running", "queued", "nodes", "cluster limit", "per-node limit", "halt"
         )
@@ -602,7 +612,7 @@ def status_brief(doc: dict[str, Any]) -> None:
         stop = "" if halted == "-" else f" [{halted}]"
         line(
             f"{name}: {e['running']}/{_limit(cluster)} running{full} on {len(e['nodes'])} "
-            f"node(s), {e.get('queued', 0)} queued; per node {_limit(per_node)}{at_cap}{stop}"
+            f"node(s), {_queued(e)}; per node {_limit(per_node)}{at_cap}{stop}"
         )
 
 
@@ -656,7 +666,7 @@ def status_screen(doc: dict[str, Any], readings: dict[str, Any] | None = None) -
         grid.add(
             name,
             _text(e["running"], "red" if _full(e["running"], cluster) else ""),
-            e.get("queued", 0),
+            _queued(e, short=True),
             len(e["nodes"]),
             _limit(cluster),
             _limit(per_node),

@@ -397,6 +397,10 @@ CREATE TRIGGER task_counts_update AFTER UPDATE OF task_type ON tasks
 
 STATEMENT_LINE = "--;"  # separates the statements of a script whose bodies hold semicolons
 
+# A waiter that a halt (or peak hours) holds back keeps its row, marked held: it counts against
+# nobody's limits and is rung by no line's ring, yet status and metrics can count it.
+_HELD_WAITERS = "ALTER TABLE waiters ADD COLUMN held INTEGER NOT NULL DEFAULT 0"
+
 MIGRATIONS: list[tuple[str, dict[str, str]]] = [
     ("0001_initial", {engine: _initial(engine) for engine in _SERIAL}),
     ("0002_safeguards", {engine: _SAFEGUARDS.format(serial=_SERIAL[engine]) for engine in _SERIAL}),
@@ -408,6 +412,7 @@ MIGRATIONS: list[tuple[str, dict[str, str]]] = [
     ),
     ("0006_events", {engine: _EVENTS.format(serial=_SERIAL[engine]) for engine in _SERIAL}),
     ("0007_task_counts", {"sqlite": _TASK_COUNTS_SQLITE, "postgres": _TASK_COUNTS_POSTGRES}),
+    ("0008_held_waiters", {engine: _HELD_WAITERS for engine in _SERIAL}),
 ]
 
 MIGRATION_NAMES: tuple[str, ...] = tuple(name for name, _ in MIGRATIONS)
