@@ -260,13 +260,16 @@ def busy_hint(db_path: str) -> str:
     named = []
     for holder in held[:3]:
         pid = holder["pid"]
-        who = f"pid {pid}" if pid is not None else "a process of another pid namespace"
-        if holder.get("cmdline"):
-            who += f" ({holder['cmdline']})"
+        if pid is None:  # pid 0 (another pid namespace) or an open-file-description lock
+            named.append("a process not named here (`ringrift-coord doctor` looks longer)")
+            continue
+        who = f"pid {pid}" + (f" ({holder['cmdline']})" if holder.get("cmdline") else "")
         if holder["stopped"]:
             who += f", stopped: resume it (kill -CONT {pid}) or end it (kill {pid})"
         named.append(who)
-    return f" (held by {'; '.join(named)})" if named else ""
+    # (one look, at the moment of giving up: a stopped holder is the cause; a live one may
+    # be one writer of a herd, which doctor's watch tells apart)
+    return f" (held now by {'; '.join(named)})" if named else ""
 
 
 def _session_line(holder: dict[str, Any], advice: bool) -> str:

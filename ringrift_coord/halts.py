@@ -35,7 +35,7 @@ from ringrift_coord.decision import Reason
 from ringrift_coord.errors import StateError, StoreBusy, UsageError
 from ringrift_coord.inputs import printable, seconds
 from ringrift_coord.statedir import create_file, shared_gid_of, untrusted_file
-from ringrift_coord.store.base import StoreCorrupt, StoreGone
+from ringrift_coord.store.base import StoreCorrupt, StoreGone, StoreUnreachable
 from ringrift_coord.tasktypes import TaskType
 
 TYPE_CHECKING = False  # typing costs start-up time on the hot path; annotations are lazy
@@ -379,13 +379,19 @@ def activate(
             )
             _publish(tx, ctx, "HALT", scope, on, who, host, now, reason=reason, expires_at=expires)
     except (StateError, StoreBusy) as exc:  # corrupt, not a database, locked: no row lands
+        busy = isinstance(exc, StoreBusy)
         if scope != GLOBAL or on != ALL_NODES or isinstance(exc, StoreGone):
             raise  # (a deleted or replaced store: its own message says what to do)
+        if busy and (ctx.store.engine != "sqlite" or isinstance(exc, StoreUnreachable)):
+            # a server's store is every host's: a file here that no unhalt elsewhere lifts
+            # would outlive the cluster's halt; try again, as for any busy store
+            raise
         # An emergency halt takes effect on this host even so: the file alone halts it (not
-        # a mirror: no halt row backs it, and a mirror without one would be stale)
+        # a mirror: no halt row backs it, and a mirror without one would be stale). On a
+        # locked SQLite store (this host's own: a writer stopped inside its transaction) the
+        # unhalt of this store removes the file as it removes a mirror.
         at = ctx.clock.time()
         problem = exc.problem if isinstance(exc, StoreCorrupt) else str(exc)
-        busy = isinstance(exc, StoreBusy)
         if busy:  # (its "nothing was decided, try again" is no longer so)
             problem = problem.split("; nothing was decided")[0]
         path = _write_file(
@@ -402,10 +408,11 @@ def activate(
             },
             not_in_store=problem,
         )
-        if busy:  # exit 75: the cluster's halt did not land, try it again
+        if busy:  # exit 75: the store holds no halt row, try it again
             raise StoreBusy(
-                f"{problem}: this host is halted by {path} only (other hosts are not); halt "
-                "again once the store is free (`ringrift-coord doctor` names its holder)"
+                f"{problem}: halted by {path} alone (no halt row in the store: a command "
+                "using this store with another state directory is not halted); halt again "
+                "once the store is free (`ringrift-coord doctor` names its holder)"
             ) from None
         raise StoreCorrupt(
             problem,

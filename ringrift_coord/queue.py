@@ -75,21 +75,41 @@ def ahead(tx: Tx, task_type: str, seq: int | None) -> list[str]:
     return [row["node"] for row in rows]
 
 
-_COUNTS = "SUM(1 - held) AS n, SUM(held) AS held"
-
-
 def lengths(tx: Tx) -> list[Row]:
     """Waiters per task type: ``task_type``, ``n`` (in line), ``held`` (held back by a halt
-    or peak hours)."""
-    return tx.query(f"SELECT task_type, {_COUNTS} FROM waiters GROUP BY task_type")  # noqa: S608
+    or peak hours); a waiter of this host whose process is gone is not counted (the next
+    admission drops it; status and metrics only read)."""
+    return _count(tx, ("task_type",))
 
 
 def lengths_by_node(tx: Tx) -> list[Row]:
     """Waiters per task type and node: ``task_type``, ``node``, ``n``, ``held``."""
-    return tx.query(
-        f"SELECT task_type, node, {_COUNTS} FROM waiters GROUP BY task_type, node "  # noqa: S608
-        "ORDER BY task_type, node"
-    )
+    return _count(tx, ("task_type", "node"))
+
+
+def _count(tx: Tx, keys: tuple[str, ...]) -> list[Row]:
+    from ringrift_coord.identity import host_name
+
+    host, this_boot = host_name(), procs.boot_id()
+    counted: dict[tuple[str, ...], Row] = {}
+    for waiter in tx.query(
+        "SELECT task_type, node, host, boot_id, pid, pid_start, held FROM waiters"
+    ):
+        if not _alive_here(waiter, host, this_boot):
+            continue
+        key = tuple(waiter[k] for k in keys)
+        row = counted.setdefault(key, {**dict(zip(keys, key, strict=True)), "n": 0, "held": 0})
+        row["held" if waiter["held"] else "n"] += 1
+    return [counted[key] for key in sorted(counted)]
+
+
+def _alive_here(waiter: Row, host: str, this_boot: str | None) -> bool:
+    """False for a waiter of this host whose process is gone (another boot's, or a dead
+    pid); one of another host is judged by its heartbeat (``reap_dead``): True here."""
+    if waiter["host"] != host:
+        return True
+    same_boot = not (this_boot and waiter["boot_id"] and waiter["boot_id"] != this_boot)
+    return same_boot and procs.pid_alive(waiter["pid"], waiter["pid_start"])
 
 
 def reap_dead(tx: Tx, now: float, lease_ttl: float, host: str, this_boot: str | None) -> None:
@@ -98,8 +118,7 @@ def reap_dead(tx: Tx, now: float, lease_ttl: float, host: str, this_boot: str | 
         "SELECT seq, task_type, node, host, boot_id, pid, pid_start, heartbeat_at FROM waiters"
     ):
         if waiter["host"] == host:
-            same_boot = not (this_boot and waiter["boot_id"] and waiter["boot_id"] != this_boot)
-            if same_boot and procs.pid_alive(waiter["pid"], waiter["pid_start"]):
+            if _alive_here(waiter, host, this_boot):
                 continue
         elif waiter["heartbeat_at"] >= now - lease_ttl:
             continue

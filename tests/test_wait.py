@@ -317,6 +317,11 @@ def test_waiters_a_halt_holds_back_are_counted_as_held(
 
     wait_for(lambda: by_type()["held"] == 2, 30, "two waiters counted as held")
     assert by_type()["queued"] == 0
+    gone = Waiter(coord, log, "gone")  # a third, killed while held: counted no more at once
+    wait_for(lambda: by_type()["held"] == 3, 30, "the third counted as held")
+    gone.proc.kill()
+    gone.proc.wait(timeout=10)
+    assert by_type()["held"] == 2  # (its row stays until an admission reaps it)
     brief = coord("status", "--brief").stdout
     assert "selfplay: 1/500 running on 1 node(s), 0 queued, 2 held;" in brief, brief
     metrics = coord("metrics").stdout

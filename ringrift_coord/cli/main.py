@@ -224,7 +224,11 @@ class _Stdout:
                 return int(self._stream.write(text))
             except UnicodeEncodeError:  # an encoding without "∞" or "·" (PYTHONIOENCODING)
                 encoding = getattr(self._stream, "encoding", None) or "ascii"
-                return self.write(text.encode(encoding, "backslashreplace").decode(encoding))
+                escaped = text.encode(encoding, "backslashreplace").decode(encoding, "replace")
+                try:
+                    return int(self._stream.write(escaped))
+                except (OSError, ValueError) as exc:  # (once: never a loop)
+                    self._lose(exc)
             except (OSError, ValueError) as exc:
                 self._lose(exc)
         return len(text)
