@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from ringrift_coord.store.base import Row, Tx
 
 PROBE = "(SELECT COUNT(*) FROM waiters)"  # admission's probe: is anybody waiting at all?
+HELD_QUIET = 60.0  # seconds without asking after which a held waiter is checked for life
 
 
 def enqueue(tx: Tx, task_type: str, node: str, host: str, pid: int, seq: int | None = None) -> int:
@@ -114,8 +115,12 @@ def _alive_here(waiter: Row, host: str, this_boot: str | None) -> bool:
 
 def reap_dead(tx: Tx, now: float, lease_ttl: float, host: str, this_boot: str | None) -> None:
     """Drop waiters whose process died (this host) or that stopped polling (other hosts)."""
+    # a held waiter counts against nobody: looked at only once it has stopped asking for a
+    # while (it asks every 30 s at most), not at every admission (a halt can hold hundreds)
     for waiter in tx.query(
-        "SELECT seq, task_type, node, host, boot_id, pid, pid_start, heartbeat_at FROM waiters"
+        "SELECT seq, task_type, node, host, boot_id, pid, pid_start, heartbeat_at FROM waiters "
+        "WHERE held = 0 OR heartbeat_at < ?",
+        (now - max(lease_ttl, HELD_QUIET),),
     ):
         if waiter["host"] == host:
             if _alive_here(waiter, host, this_boot):
