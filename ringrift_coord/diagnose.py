@@ -253,20 +253,22 @@ def busy_hint(db_path: str) -> str:
     """For a store-busy message: " (held by pid N (command), stopped: what to do)" naming
     the other processes holding the SQLite store's write lock or gate now; "" when none is
     seen (gone by now, another pid namespace, no lock table to read)."""
+    named = []
     try:
-        held = [h for h in sqlite_holders(db_path) if h["lock"] in WRITE_LOCKS]
+        # the lock table alone first: only a writer's process is looked at (not every reader)
+        writers = [p for p, lock in sorted(lock_table(db_path).items()) if lock in WRITE_LOCKS]
+        now = time.time()
+        for pid in writers[:3]:
+            if pid <= 0:  # pid 0 (another pid namespace) or an open-file-description lock
+                named.append("a process not named here (`ringrift-coord doctor` looks longer)")
+                continue
+            info = process_info(pid, now)
+            who = f"pid {pid}" + (f" ({info['cmdline']})" if info.get("cmdline") else "")
+            if info["stopped"]:
+                who += f", stopped: resume it (kill -CONT {pid}) or end it (kill {pid})"
+            named.append(who)
     except Exception:  # noqa: BLE001 (a hint for an error message: never a second error)
         return ""
-    named = []
-    for holder in held[:3]:
-        pid = holder["pid"]
-        if pid is None:  # pid 0 (another pid namespace) or an open-file-description lock
-            named.append("a process not named here (`ringrift-coord doctor` looks longer)")
-            continue
-        who = f"pid {pid}" + (f" ({holder['cmdline']})" if holder.get("cmdline") else "")
-        if holder["stopped"]:
-            who += f", stopped: resume it (kill -CONT {pid}) or end it (kill {pid})"
-        named.append(who)
     # (one look, at the moment of giving up: a stopped holder is the cause; a live one may
     # be one writer of a herd, which doctor's watch tells apart)
     return f" (held now by {'; '.join(named)})" if named else ""
