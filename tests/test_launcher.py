@@ -97,23 +97,28 @@ def pair(engine_db: EngineDB) -> tuple[ManualClock, TaskCoordinator, TaskCoordin
 # --------------------------------------------------------------------------- the wait loop
 
 
+def wait_for_selfplay(coord: TaskCoordinator, timeout: float, **kw: object) -> object:
+    """``run --wait --timeout T``'s admission of a selfplay slot on n1 for this process."""
+    return acquire_slot(
+        coord,
+        TaskType.SELFPLAY,
+        "n1",
+        holder=Holder(pid=os.getpid()),
+        config_name=None,
+        command="true",
+        wait=True,
+        timeout=timeout,
+        **kw,  # type: ignore[arg-type]
+    )
+
+
 def test_wait_gives_up_after_exactly_its_timeout_of_clock_time(pair) -> None:
     clock, mine, other = pair
     seen: list[float] = []
     with holder_slot(other):
         start = clock.monotonic()
         with pytest.raises(WaitTimeout) as raised:
-            acquire_slot(
-                mine,
-                TaskType.SELFPLAY,
-                "n1",
-                holder=Holder(pid=os.getpid()),
-                config_name=None,
-                command="true",
-                wait=True,
-                timeout=2.2,
-                on_wait=lambda decision, waited: seen.append(waited),
-            )
+            wait_for_selfplay(mine, 2.2, on_wait=lambda decision, waited: seen.append(waited))
     assert raised.value.exit_code == ExitCode.TEMPFAIL
     assert "after 2.2 s" in raised.value.message and "per-node limit 1" in raised.value.message
     # polled every poll_interval (0.5 s) as the head of the line; the last wait is cut short
@@ -137,16 +142,7 @@ def test_a_wait_that_times_out_on_a_locked_store_says_it_gave_up_waiting(
     other = TaskCoordinator(engine_db.context(ONE_SLOT, clock))
     other.list_tasks()  # the store made before its lock is held
     with other.ctx.store.write(), pytest.raises(WaitTimeout) as raised:
-        acquire_slot(
-            mine,
-            TaskType.SELFPLAY,
-            "n1",
-            holder=Holder(pid=os.getpid()),
-            config_name=None,
-            command="true",
-            wait=True,
-            timeout=2.0,
-        )
+        wait_for_selfplay(mine, 2.0)
     message = raised.value.message
     assert raised.value.exit_code == ExitCode.TEMPFAIL
     assert message.startswith("gave up waiting for a selfplay slot on n1 after 2 s: "), message
@@ -158,16 +154,7 @@ def test_a_wait_that_times_out_on_a_locked_store_says_it_gave_up_waiting(
 def test_wait_with_zero_timeout_asks_once_and_never_sleeps(pair) -> None:
     clock, mine, other = pair
     with holder_slot(other), pytest.raises(WaitTimeout):
-        acquire_slot(
-            mine,
-            TaskType.SELFPLAY,
-            "n1",
-            holder=Holder(pid=os.getpid()),
-            config_name=None,
-            command="true",
-            wait=True,
-            timeout=0,
-        )
+        wait_for_selfplay(mine, 0)
     assert clock.slept == [] and clock.monotonic() == 0.0
     assert waiters(other) == []
 
