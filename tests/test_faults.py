@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -79,3 +80,82 @@ def test_a_read_only_filesystem_is_said_plainly(tmp_path: Path, small_fs: Path) 
     finally:
         subprocess.run(["mount", "-o", "remount,rw", str(small_fs)], check=False)
     assert coord("register", "selfplay", "--node", "n1", "-q").returncode == 0
+
+
+def _remount(where: Path, how: str) -> None:
+    done = subprocess.run(["mount", "-o", f"remount,{how}", str(where)], capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot remount {how}: {done.stderr.decode().strip()}")
+
+
+def _tasks(coord: Coord) -> list[str]:
+    import json
+
+    listed = coord("tasks", "--json")
+    assert listed.returncode == 0, listed.stderr
+    return [row["task_id"] for row in json.loads(listed.stdout)["tasks"]]
+
+
+def test_the_reading_commands_read_a_store_on_a_read_only_filesystem(
+    tmp_path: Path, small_fs: Path
+) -> None:
+    """A disk that went read-only (errors=remount-ro) leaves the operator able to look: the
+    commands that only read open the store read-only; the ones that write still say why not."""
+    import json
+
+    coord = _coord_on(tmp_path, small_fs)
+    held = coord("register", "selfplay", "--node", "n1", "-q")
+    assert held.returncode == 0, held.stderr
+    task_id = held.stdout.strip()
+    _remount(small_fs, "ro")
+    try:
+        assert _tasks(coord) == [task_id]  # (no -wal: the file is the whole store)
+        status = coord("status", "--json")
+        assert status.returncode == 0, status.stderr
+        store = json.loads(status.stdout)["store"]
+        assert "mounted read-only" in store["read_only"], store
+        shown = coord("status")
+        assert shown.returncode == 0 and "the store is read-only here" in shown.stdout
+        assert coord("halt", "--check").returncode == 0
+        assert coord("decisions", "--json").returncode == 0
+        doctor = coord("doctor", "--json")
+        checks = {c["name"]: c["level"] for c in json.loads(doctor.stdout)["checks"]}
+        assert doctor.returncode == 1 and checks["writable"] == "fail", checks
+        assert checks["store"] == "ok" and checks["integrity"] == "ok", checks
+        refused = coord("unregister", task_id)
+        assert refused.returncode == 3 and refused.stderr.count("\n") == 1, refused.stderr
+        assert "read-only here (its filesystem is mounted read-only" in refused.stderr
+    finally:
+        _remount(small_fs, "rw")
+    assert not list((small_fs / "state").glob("*-shm")), "a read created files"
+
+    # a writer that died with its changes still in the -wal (the crash that remounts the
+    # disk read-only): the read goes through the -shm left beside it, and sees them
+    db = small_fs / "state" / "tasks.db"
+    script = (
+        "import os, sqlite3, sys\n"
+        "c = sqlite3.connect(sys.argv[1], isolation_level=None)\n"
+        "c.execute('PRAGMA wal_autocheckpoint=0')\n"
+        "c.execute('DELETE FROM tasks')\n"
+        "os.kill(os.getpid(), 9)\n"
+    )
+    died = subprocess.run([sys.executable, "-c", script, str(db)], check=False)
+    assert died.returncode == -9
+    assert (small_fs / "state" / "tasks.db-wal").stat().st_size > 0
+    _remount(small_fs, "ro")
+    try:
+        assert _tasks(coord) == []  # the -wal's change, not the file's stale row
+    finally:
+        _remount(small_fs, "rw")
+    # without its -shm the -wal cannot be read: said so, never the stale file instead
+    shm = small_fs / "state" / "tasks.db-shm"
+    shm.rename(small_fs / "shm.aside")
+    _remount(small_fs, "ro")
+    try:
+        refused = coord("tasks")
+        assert refused.returncode == 3 and refused.stderr.count("\n") == 1, refused.stderr
+        assert "cannot be read without" in refused.stderr and "--db" in refused.stderr
+    finally:
+        _remount(small_fs, "rw")
+    (small_fs / "shm.aside").rename(shm)
+    assert _tasks(coord) == []

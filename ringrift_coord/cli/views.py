@@ -602,7 +602,7 @@ def status_brief(doc: dict[str, Any]) -> None:
         return
     if halts["halts"] or halts["halt_file"] is not None:  # a halted cluster never looks idle
         halt_check({**halts, "halted": True})
-    long_holds(doc)
+    store_warnings(doc)
     for name, e in _type_rows(doc):
         cluster, per_node = e.get("cluster_limit"), e.get("per_node_limit")
         full = " FULL" if _full(e["running"], cluster) else ""
@@ -644,7 +644,7 @@ def status_screen(doc: dict[str, Any], readings: dict[str, Any] | None = None) -
         halt_check({**halts, "halted": True})
     else:
         note(Text.assemble(("no halt in force", "green"), f" in {_reach(halts)}"))
-    long_holds(doc)
+    store_warnings(doc)
     grid = Grid(
         "tasks vs limits",
         "type",
@@ -1734,7 +1734,17 @@ def doctor_report(doc: dict[str, Any]) -> None:
         )
 
 
-def long_holds(doc: dict[str, Any]) -> None:
-    """``status``'s line for each process (or session) holding the store long."""
+def store_warnings(doc: dict[str, Any]) -> None:
+    """``status``'s warnings about the store: read-only here, and a line for each process
+    (or session) holding it long."""
+    read_only = (doc.get("store") or {}).get("read_only")
+    if read_only:
+        say(
+            Text.assemble(
+                ("warning", "yellow"),
+                f": the store is read-only here ({printable(read_only)}): nothing can be "
+                "admitted or released on this host until it can be written",
+            )
+        )
     for holder in doc.get("long_holds") or []:
         say(Text.assemble(("warning", "yellow"), ": ", printable(holder["message"])))

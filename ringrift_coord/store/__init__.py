@@ -110,7 +110,12 @@ def open_store(
     from ringrift_coord.store.sqlite import SQLiteStore
 
     return SQLiteStore(
-        location, busy_timeout=busy_timeout, clock=clock, shared_gid=shared_gid, migrate=migrate
+        location,
+        busy_timeout=busy_timeout,
+        clock=clock,
+        shared_gid=shared_gid,
+        migrate=migrate,
+        read_only_ok=not (create and migrate),  # a command that only reads, or doctor
     )
 
 

@@ -115,10 +115,18 @@ class SQLiteStore(Store):
         clock: Clock = SYSTEM_CLOCK,
         shared_gid: int | None = None,
         migrate: bool = True,
+        read_only_ok: bool = False,
     ):
         """``migrate=False`` (``doctor``): open an existing store as it is, never creating,
-        migrating or adopting anything: ``applied_migrations`` says how far its schema is."""
+        migrating or adopting anything: ``applied_migrations`` says how far its schema is.
+
+        ``read_only_ok`` (the commands that only read, and ``doctor``): on a filesystem
+        mounted read-only (a disk that failed over to ``errors=remount-ro``, a read-only
+        mount of the state directory) the store is opened read-only instead of refused:
+        reads work, a write says why it cannot (``read_only``: that reason, else None)."""
         self.path = os.path.abspath(path)
+        self.read_only: str | None = None
+        self._read_only_ok = read_only_ok
         self.busy_timeout = float(busy_timeout)
         self.clock = clock
         self.shared_gid = shared_gid
@@ -161,10 +169,23 @@ class SQLiteStore(Store):
                 f"stop every process using it, remove {self.path}-wal and {self.path}-shm, "
                 "then try again"
             )
-        self._conn = self._connect()
+        mounted_ro = self._read_only_ok and _mounted_read_only(self.path)
+        self._conn = self._connect_read_only() if mounted_ro else self._connect()
         st = os.stat(self.path)
         self._identity = (st.st_dev, st.st_ino)
-        if migrate:
+        if mounted_ro:
+            self.read_only = why_read_only(self.path) or "its filesystem is mounted read-only"
+            migrate = False  # (nothing can be written: the schema is read as it is)
+            self.applied_migrations = self._applied()
+            behind = [name for name in MIGRATION_NAMES if name not in self.applied_migrations]
+            if behind:
+                self._conn.close()
+                raise StateError(
+                    f"the store {self.path} is read-only here ({self.read_only}) and its "
+                    f"schema is behind this version's (migration {behind[0]} not applied): "
+                    "read it with the version that wrote it, or remount it read-write"
+                )
+        elif migrate:
             self._migrate()
         else:
             self.applied_migrations = self._applied()
@@ -275,6 +296,36 @@ class SQLiteStore(Store):
         except sqlite3.Error as exc:
             raise self._translate(exc) from None
 
+    def _connect_read_only(self) -> sqlite3.Connection:
+        """A connection that never writes, to a store on a read-only filesystem. With no
+        ``-wal`` the file is the whole store and nothing can change it: opened immutable
+        (SQLite would otherwise need to create ``-shm``). With a ``-wal`` (a writer ended
+        without closing: a crash, or the remount itself) its changes are read through the
+        ``-shm`` left beside it; without that ``-shm`` they cannot be read at all."""
+        from urllib.parse import quote  # (the read-only path only)
+
+        wal, shm = self.path + "-wal", self.path + "-shm"
+        flags = "mode=ro"
+        if not os.path.lexists(wal):
+            flags += "&immutable=1"
+        elif not os.path.lexists(shm):
+            raise StateError(
+                f"the store {self.path} is read-only here ({why_read_only(self.path)}) and "
+                f"its last changes are in {wal}, which cannot be read without {shm}: "
+                f"copy {self.path} and {wal} to a writable directory and read the copy "
+                "with --db PATH, or remount it read-write"
+            )
+        try:
+            return sqlite3.connect(
+                f"file:{quote(self.path)}?{flags}",
+                uri=True,
+                timeout=self.busy_timeout,
+                isolation_level=None,
+                check_same_thread=False,
+            )
+        except sqlite3.Error as exc:
+            raise self._translate(exc) from None
+
     def _migrate(self) -> None:
         applied = self._applied()
         if len(applied) < len(MIGRATION_NAMES):
@@ -344,6 +395,10 @@ class SQLiteStore(Store):
     # -- transactions -------------------------------------------------------------------
 
     def _begin(self, write: bool) -> Tx:
+        if write and self.read_only is not None:
+            raise StateError(
+                f"the store {self.path} is read-only here ({self.read_only}); nothing was written"
+            )
         if self._conn.in_transaction and self._stale_transaction():
             self._rollback()  # one a signal's exception left open between two lines
         self._check_still_here()
@@ -502,7 +557,10 @@ class SQLiteStore(Store):
             _unpin(pin)  # after the connection: it no longer holds a lock of its own
 
     def describe(self) -> dict[str, Any]:
-        return {"engine": self.engine, "path": self.path, "store_scope": self.scope}
+        doc = {"engine": self.engine, "path": self.path, "store_scope": self.scope}
+        if self.read_only is not None:
+            doc["read_only"] = self.read_only
+        return doc
 
     @property
     def scope(self) -> str:
@@ -821,6 +879,13 @@ def _free_bytes(directory: str) -> int | None:
     except OSError:
         return None
     return st.f_bavail * st.f_frsize
+
+
+def _mounted_read_only(path: str) -> bool:
+    try:
+        return bool(os.statvfs(os.path.dirname(path) or ".").f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
 
 
 def why_read_only(path: str) -> str | None:
