@@ -35,7 +35,12 @@ from ringrift_coord.decision import Reason
 from ringrift_coord.errors import StateError, StoreBusy, UsageError
 from ringrift_coord.inputs import printable, seconds
 from ringrift_coord.statedir import create_file, shared_gid_of, untrusted_file
-from ringrift_coord.store.base import StoreCorrupt, StoreGone, StoreUnreachable
+from ringrift_coord.store.base import (
+    OutcomeUnknown,
+    StoreCorrupt,
+    StoreGone,
+    StoreUnreachable,
+)
 from ringrift_coord.tasktypes import TaskType
 
 TYPE_CHECKING = False  # typing costs start-up time on the hot path; annotations are lazy
@@ -378,6 +383,13 @@ def activate(
                 (scope, on, reason, who, host, now, expires),
             )
             _publish(tx, ctx, "HALT", scope, on, who, host, now, reason=reason, expires_at=expires)
+    except OutcomeUnknown as exc:  # the COMMIT went out and no answer came: it may be in
+        # force on every host already; a file here would claim a halt no row may back
+        raise OutcomeUnknown(
+            f"{str(exc).split(': ')[0]}: whether the halt landed is unknown; halting again "
+            "is safe (it replaces the same halt): run `ringrift-coord halt` again, or look "
+            "with `ringrift-coord halt --check`"
+        ) from None
     except (StateError, StoreBusy) as exc:  # corrupt, not a database, locked: no row lands
         busy = isinstance(exc, StoreBusy)
         if scope != GLOBAL or on != ALL_NODES or isinstance(exc, StoreGone):

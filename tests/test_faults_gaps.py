@@ -597,6 +597,50 @@ def test_postgres_connection_lost_at_commit_is_an_unknown_outcome_not_a_retry(
     store.close()
 
 
+def test_a_halt_whose_commit_gets_no_answer_says_unknown_not_corrupt(
+    pg_url: str, tmp_path: Path
+) -> None:
+    """An emergency halt whose COMMIT the server never answers (its session ended between
+    the halt's writes and the COMMIT) may be in force on every host: the operator is told
+    its outcome is unknown and that halting again is safe; it is not called a corrupt store,
+    and no halt file claims a halt here that no row may back."""
+    import psycopg
+
+    from ringrift_coord import halts
+    from ringrift_coord.config import load_settings
+    from ringrift_coord.context import Context
+    from ringrift_coord.store import postgres
+    from ringrift_coord.store.base import OutcomeUnknown
+
+    state = tmp_path / "state"
+    state.mkdir(mode=0o700)
+    store = postgres.PostgresStore(pg_url, busy_timeout=2, connect_timeout=2)
+    ctx = Context(settings=load_settings(None, {}), state_dir=str(state), store=store)
+    publish = halts._publish
+
+    def publish_then_end_the_session(tx: Any, *args: Any, **kw: Any) -> None:
+        publish(tx, *args, **kw)
+        backend = int(tx.one("SELECT pg_backend_pid() AS pid")["pid"])
+        with psycopg.connect(pg_url, autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(%s, 5000)", (backend,))
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(halts, "_publish", publish_then_end_the_session)
+        with pytest.raises(OutcomeUnknown) as raised:
+            halts.activate(ctx, "fire", task_type=None, ttl=None, who="op", host="h1")
+    message = str(raised.value)
+    assert raised.value.exit_code == 3
+    assert "whether the halt landed is unknown" in message, message
+    assert "halting again is safe" in message and "halt --check" in message, message
+    assert "corrupt" not in message and "ringrift-coord tasks" not in message, message
+    assert not (state / halts.FILE_NAME).exists()
+    again = halts.activate(ctx, "fire", task_type=None, ttl=None, who="op", host="h1")
+    assert again["reason"] == "fire"
+    with store.read() as tx:
+        assert len(tx.query("SELECT * FROM halts")) == 1  # one halt, however many tries
+    store.close()
+
+
 # the CLI with the PostgreSQL margins cut (statement timeout = busy timeout + 2 s, reply
 # 0.3 s after it): the same code, bounds small enough for the default suite
 _SHORT_MARGINS_CLI = (
