@@ -331,6 +331,8 @@ def load_file(state_dir: str) -> dict[str, Any] | None:
         if isinstance(data, dict):
             info.update({k: data.get(k) for k in ("who", "at", "reason", "expires_at", "host")})
             info["mirror"] = data.get("mirror") is True
+            if data.get("store_busy") is True:  # written alone while the store was locked
+                info["store_busy"] = True
     except ValueError:
         info["reason"] = text
     for key in ("who", "reason", "host"):  # hand-written text must not break one-line output
@@ -458,6 +460,34 @@ def deactivate(
     every node); with ``node``, only that node's own halts (of every type, or of one).
 
     ``lifted``: the scopes lifted; ``lifted_halts``: each as (scope, node)."""
+    try:
+        return _deactivate(ctx, task_type=task_type, who=who, host=host, node=node)
+    except StoreBusy as exc:
+        if task_type is not None or node is not None or isinstance(exc, StoreUnreachable):
+            raise
+        try:
+            left = load_file(ctx.state_dir)
+        except StateError:
+            left = None
+        if not (left and left.get("store_busy")):
+            raise
+        # the file a halt wrote alone while this store was locked: say how to lift it now
+        path = os.path.join(ctx.state_dir, FILE_NAME)
+        raise StoreBusy(
+            f"{exc}; this host stays halted by {path}, written by a halt while the store was "
+            "locked: unhalt again once the store is free, or remove that file by hand to let "
+            "this host admit now"
+        ) from None
+
+
+def _deactivate(
+    ctx: Context,
+    *,
+    task_type: str | TaskType | None,
+    who: str,
+    host: str,
+    node: str | None,
+) -> dict[str, Any]:
     on = None if node is None else node_of(node)
     try:
         ctx.store.check_integrity(CHECKED_TABLES)

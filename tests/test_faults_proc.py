@@ -460,6 +460,13 @@ def test_a_writer_stopped_inside_its_transaction(engine_db: EngineDB) -> None:
             assert "halted by" in halted.stderr and "alone (no halt row" in halted.stderr
             assert "nothing was decided" not in halted.stderr
             assert check.returncode == 1 and "HALTED this host by" in check.stdout
+            # an unhalt while the store is still locked lifts nothing, and says how the
+            # file that halt wrote alone can be lifted now
+            stuck = coord(*quick, "unhalt")
+            assert stuck.returncode == 75 and stuck.stderr.count("\n") == 1, stuck.stderr
+            assert "this host stays halted by" in stuck.stderr, stuck.stderr
+            assert "remove that file by hand" in stuck.stderr, stuck.stderr
+            assert (coord.state_dir / "EMERGENCY_HALT").exists()
         else:
             assert "nothing was decided" in halted.stderr, halted.stderr
             assert check.returncode == 0 and not (coord.state_dir / "EMERGENCY_HALT").exists()
