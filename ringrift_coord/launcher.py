@@ -44,7 +44,11 @@ from ringrift_coord.tasktypes import TaskType
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import TypeVar
+
     from ringrift_coord.wake import Doorbell
+
+    T = TypeVar("T")
 
 FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 # What a terminal sends its foreground process group (Ctrl-C, Ctrl-\, hang-up): while the
@@ -270,7 +274,7 @@ def acquire(
         """A store busy past its timeout (a herd of writers, one stopped inside its
         transaction) decided nothing: a reason to keep waiting, never to give up, unless
         ``--timeout`` has passed (then exit 75 as a timeout would, saying it is one; an
-        attempt that started before the deadline may end up to a busy timeout after it)."""
+        attempt near the deadline waits for the lock only until it: ``bounded``)."""
         if deadline is not None and clock.monotonic() >= deadline:
             waited = clock.monotonic() - started
             raise WaitTimeout(
@@ -278,13 +282,28 @@ def acquire(
             ) from None
         clock.sleep(max(poll, BUSY_RETRY))
 
+    store = keeper.ctx.store
+    patience = store.busy_timeout
+
+    def bounded(ask: Callable[[], T]) -> T:
+        """``ask`` with the store's lock waited for no longer than the deadline allows: a
+        locked store ends the wait at ``--timeout``, not a busy timeout after it."""
+        left = None if deadline is None else deadline - clock.monotonic()
+        if left is None or left >= patience:
+            return ask()
+        store.limit_lock_wait(max(left, 0.0))
+        try:
+            return ask()
+        finally:
+            store.limit_lock_wait(patience)
+
     seq: int | None = None
     in_line, admitted = True, False
     bell: Doorbell | None = None
     try:
         while seq is None:
             try:
-                seq = keeper.enqueue()
+                seq = bounded(keeper.enqueue)
             except StoreBusy as exc:
                 busy(exc)
         # before the first attempt: a ring while it runs stays in the doorbell, never lost
@@ -300,7 +319,8 @@ def acquire(
         attempt, rung = 0, False
         while True:
             try:
-                decision = keeper.acquire(seq, attempt == 0)
+                first = attempt == 0
+                decision = bounded(lambda: keeper.acquire(seq, first))  # noqa: B023 (called here)
             except StoreBusy as exc:
                 busy(exc)
                 continue
@@ -321,10 +341,10 @@ def acquire(
             rejoined, was_held = False, not in_line
             try:
                 if decision.held_back and in_line:
-                    keeper.hold_place(seq)
+                    bounded(lambda: keeper.hold_place(seq))
                     in_line = False
                 elif not decision.held_back and not in_line:
-                    keeper.enqueue(seq)
+                    bounded(lambda: keeper.enqueue(seq))
                     in_line = rejoined = True
             except StoreBusy as exc:
                 busy(exc)

@@ -151,6 +151,29 @@ def test_a_wait_that_times_out_on_a_locked_store_says_it_gave_up_waiting(
     assert other.list_tasks() == [] and waiters(other) == []
 
 
+def test_a_wait_on_a_locked_store_ends_at_its_timeout_not_a_busy_timeout_later(
+    engine_db: EngineDB,
+) -> None:
+    """The store stays locked throughout (a writer stopped inside its transaction): an
+    attempt begun a second before the deadline waits for the lock only that second, not
+    the whole 5 s busy timeout, and the store's own patience is given back afterwards."""
+    import time
+
+    mine = TaskCoordinator(engine_db.context(ONE_SLOT))  # busy_timeout 5, the real clock
+    other = TaskCoordinator(engine_db.context(ONE_SLOT))
+    other.list_tasks()  # the store made before its lock is held
+    with other.ctx.store.write():
+        started = time.monotonic()
+        with pytest.raises(WaitTimeout) as raised:
+            wait_for_selfplay(mine, 1.0)
+        took = time.monotonic() - started
+    assert raised.value.message.startswith("gave up waiting for a selfplay slot on n1 after")
+    assert "still locked after the" in raised.value.message, raised.value.message
+    assert took < 3.5, took  # (without the bound: the 5 s busy timeout at least)
+    assert mine.ctx.store.busy_timeout == 5.0
+    assert mine.list_tasks() == [] and waiters(other) == []
+
+
 def test_wait_with_zero_timeout_asks_once_and_never_sleeps(pair) -> None:
     clock, mine, other = pair
     with holder_slot(other), pytest.raises(WaitTimeout):

@@ -116,6 +116,7 @@ class Store(ABC):
     engine: str = "?"
     # the migrations the store records (every known one once opened with migrate=True)
     applied_migrations: set[str]
+    busy_timeout: float  # seconds a transaction waits for the lock (then StoreBusy)
 
     @abstractmethod
     def _begin(self, write: bool) -> Tx: ...
@@ -192,6 +193,15 @@ class Store(ABC):
 
     @abstractmethod
     def close(self) -> None: ...
+
+    def limit_lock_wait(self, seconds: float) -> float:
+        """Wait at most ``seconds`` for the store's lock in the transactions that follow (a
+        caller's deadline nearer than the busy timeout: ``run --wait --timeout``); returns
+        the limit it replaced, to be given back the same way. StoreBusy's message names
+        the limit in force."""
+        before = self.busy_timeout
+        self.busy_timeout = max(float(seconds), 0.0)
+        return before
 
     def idle(self) -> None:  # noqa: B027 (an optional hook: a no-op for most engines)
         """About to wait a long while (``run``): release what a server would hold for us.

@@ -642,6 +642,17 @@ class PostgresStore(Store):
             return Doorbell(clock)
         return ListenDoorbell(conn, kind, seq, clock)
 
+    def limit_lock_wait(self, seconds: float) -> float:
+        before = super().limit_lock_wait(max(seconds, 0.001))  # (lock_timeout 0: no limit)
+        conn = self._conn
+        if conn is not None and not conn.closed:
+            try:
+                with conn.cursor() as cur:
+                    cur.execute(f"SET lock_timeout = {max(1, int(self.busy_timeout * 1000))}")
+            except self._psycopg.Error:
+                self.close()  # the next transaction reconnects, with the limit in force
+        return before
+
     def idle(self) -> None:
         self.close()  # 28 nodes x 32 jobs must not hold ~900 idle server connections
 

@@ -543,6 +543,14 @@ class SQLiteStore(Store):
                 f"cannot use the wake directory {directory}: {exc.strerror or exc}"
             ) from None
 
+    def limit_lock_wait(self, seconds: float) -> float:
+        before = super().limit_lock_wait(seconds)  # (the write gate's wait reads it too)
+        try:
+            self._conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
+        except sqlite3.Error:
+            pass  # (a closed connection: nothing waits on it)
+        return before
+
     def close(self) -> None:
         try:
             self._conn.close()
