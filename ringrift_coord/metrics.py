@@ -550,11 +550,18 @@ def _transfers(tx: Tx, settings: Settings, now: float, fam: Families) -> None:
         "Transfers waiting in the fair queue (bandwidth run --wait) per remote host.",
         "remote",
     )
+    held = fam.gauge(
+        "ringrift_transfer_waiters_held",
+        "Transfers a halt holds back out of the fair queue (bandwidth run --wait; they start "
+        "once it lifts) per remote host.",
+        "remote",
+    )
     from ringrift_coord import queue
 
     for row in queue.lengths_by_node(tx):
         if row["task_type"] == transfers.TASK_TYPE:
             waiting.add(row["n"], row["node"])
+            held.add(row["held"], row["node"])
     moved = fam.counter(
         "ringrift_transfer_bytes_total",
         "Bytes moved by ended transfers whose byte count is known, per remote host.",

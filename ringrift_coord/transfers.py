@@ -819,6 +819,7 @@ def status(tx: Tx, settings: Settings, now: float) -> dict[str, Any]:
                 "active": 0,
                 "dead": 0,
                 "queued": 0,
+                "held": 0,
                 "cap": cap,
                 "transfers": 0,
                 "bytes": None,
@@ -839,8 +840,11 @@ def status(tx: Tx, settings: Settings, now: float) -> dict[str, Any]:
             e["allocated_kbps"] += float(row["kbps"])
         else:
             e["dead"] += 1
-    for remote in queue.ahead(tx, TASK_TYPE, None):  # `bandwidth run --wait`s in line
-        entry(remote)["queued"] += 1
+    for row in queue.lengths_by_node(tx):  # `bandwidth run --wait`s in line, and held back
+        if row["task_type"] == TASK_TYPE:
+            e = entry(row["node"])
+            e["queued"] += row["n"]
+            e["held"] += row["held"]
     for tot in totals:
         e = entry(tot["remote"])
         e["transfers"] = int(tot["transfers"])

@@ -155,9 +155,14 @@ def test_every_family_from_a_populated_store(engine_db: Any) -> None:
         "ringrift_selfplay_target",
         "ringrift_reserved_slots",
         "ringrift_transfer_waiters",
+        "ringrift_transfer_waiters_held",
     }
     assert set(names) == expected and len(names) == len(expected)
-    optional = {"ringrift_reserved_slots", "ringrift_transfer_waiters"}  # their own test
+    optional = {  # their own test
+        "ringrift_reserved_slots",
+        "ringrift_transfer_waiters",
+        "ringrift_transfer_waiters_held",
+    }
     for metric in got.metrics:  # every family but the optional ones has a sample
         assert metric.samples or metric.name in optional, metric.name
     one = {m.name: m.samples.get(()) for m in got.metrics if not m.labels}
@@ -626,17 +631,24 @@ def test_a_reading_dated_in_the_future_is_fresh_as_admission_has_it(engine_db: A
 
 
 def test_transfer_waiters_and_reserved_slots(engine_db: Any) -> None:
-    from ringrift_coord import queue, reservations
+    from ringrift_coord import queue, reservations, transfers
     from ringrift_coord.transfers import TASK_TYPE
 
     ctx = engine_db.context(CONFIG, clock=ManualClock())
     with ctx.store.write() as tx:
         queue.enqueue(tx, TASK_TYPE, "aws-1", "here", os.getpid())
         queue.enqueue(tx, TASK_TYPE, "aws-1", "here", os.getpid())
+        held = queue.enqueue(tx, TASK_TYPE, "aws-2", "here", os.getpid())
+        queue.hold(tx, held)  # (a halt denied it: out of line, still counted)
         reservations.create(tx, "gauntlet", "n1", 2, None, "me")
         reservations.create(tx, "gauntlet", "n1", 1, 600, "me")
     got = metrics.gather(ctx)
-    assert samples(got, "ringrift_transfer_waiters") == {("aws-1",): 2}
+    assert samples(got, "ringrift_transfer_waiters") == {("aws-1",): 2, ("aws-2",): 0}
+    assert samples(got, "ringrift_transfer_waiters_held") == {("aws-1",): 0, ("aws-2",): 1}
+    with ctx.store.read() as tx:
+        hosts = {h["remote"]: h for h in transfers.status(tx, ctx.settings, tx.now())["hosts"]}
+    assert (hosts["aws-1"]["queued"], hosts["aws-1"]["held"]) == (2, 0)
+    assert (hosts["aws-2"]["queued"], hosts["aws-2"]["held"]) == (0, 1)
     assert samples(got, "ringrift_reserved_slots") == {("gauntlet", "n1"): 3}
     assert ("transfer", "aws-1") not in samples(got, "ringrift_waiters")
 

@@ -1397,7 +1397,9 @@ def bandwidth_status(doc: dict[str, Any]) -> None:
             h["host_type"],
             _kbps(h["limit_kbps"]),
             _kbps(h["allocated_kbps"]),
-            f"{h['active']}/{h['cap']}" + (f" +{h['queued']}" if h.get("queued") else ""),
+            f"{h['active']}/{h['cap']}"
+            + (f" +{h['queued']}" if h.get("queued") else "")
+            + (f" +{h['held']} held" if h.get("held") else ""),
             h["transfers"],
             "-" if h.get("bytes") is None else size(h["bytes"], short=True),
             f"{h['seconds']:.0f}" if h["transfers"] else "-",
