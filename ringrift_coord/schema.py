@@ -289,7 +289,7 @@ COMMANDS: dict[str, tuple[str, ...]] = {
     ),
     "tasks list": ("tasks",),
     "tasks history": ("tasks",),
-    "tasks reap": ("reaped", "reaped_transfers"),
+    "tasks reap": ("reaped", "reaped_transfers", "kept_live"),
     "tasks show": (
         "task_id",
         "task_type",

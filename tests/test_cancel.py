@@ -472,3 +472,12 @@ def test_tasks_reap_host_frees_a_dead_hosts_slots_before_their_leases_expire(
     assert running == {here.stdout.strip(), held["gpu-host-8"]}
     history = json.loads(coord("--json", "tasks", "history").stdout)["tasks"]
     assert [(h["task_id"], h["status"]) for h in history] == [(held["gpu-host-7"], "reaped")]
+    # this host's own name: its live holder stays, and the operator is told why
+    me = os.uname().nodename
+    own = coord("tasks", "reap", "--host", me)
+    assert own.returncode == 0, own.stderr
+    assert "0 slot(s) freed" in own.stdout, own.stdout
+    assert f"kept 1 task(s) of live holders on {me} (this host)" in own.stdout, own.stdout
+    own_json = json.loads(coord("--json", "tasks", "reap", "--host", me).stdout)
+    assert own_json["reaped"] == [] and own_json["kept_live"] == 1
+    assert json.loads(coord("--json", "tasks", "reap").stdout)["kept_live"] == 0

@@ -124,13 +124,22 @@ def tasks_reap(
     g = globals_of(ctx)
     host = None if host is None else not_blank("--host", host)
     with g.context() as c:
-        rows = TaskCoordinator(c).reap(host)
+        coord = TaskCoordinator(c)
+        rows = coord.reap(host)
         with c.store.write() as tx:
             gone = transfers.reap(tx, c.settings, tx.now())
+        # --host naming this host: its live holders stay, and the operator is told so (a
+        # host that died for good cannot be the one running the command)
+        kept = 0
+        if host is not None:
+            from ringrift_coord.identity import host_name
+
+            if host == host_name():
+                kept = sum(1 for t in coord.list_tasks() if t["host"] == host)
     if g.json:
-        emit_json({"reaped": rows, "reaped_transfers": gone})
+        emit_json({"reaped": rows, "reaped_transfers": gone, "kept_live": kept})
     else:
-        views.reaped(rows, gone)
+        views.reaped(rows, gone, kept=kept, host=host)
     done()
 
 

@@ -363,10 +363,23 @@ def cancelled(result: dict[str, Any]) -> None:
     )
 
 
-def reaped(rows: list[dict[str, Any]], transfers: list[dict[str, Any]] | None = None) -> None:
+def reaped(
+    rows: list[dict[str, Any]],
+    transfers: list[dict[str, Any]] | None = None,
+    *,
+    kept: int = 0,
+    host: str | None = None,
+) -> None:
+    """``tasks reap``; ``kept``: the tasks of live holders on ``host``, this host, that a
+    ``--host`` naming it left alone."""
     for r in rows:
         line(f"reaped {r['task_id']} ({r['task_type']} on {r['node']}): {r['reason']}")
     line(f"{len(rows)} slot(s) freed")
+    if kept:
+        line(
+            f"kept {kept} task(s) of live holders on {host} (this host): --host frees a dead "
+            "host's slots; end a live job to free its slot"
+        )
     for r in transfers or []:
         line(f"reaped transfer {r['transfer_id']} (to {r['remote']}): {r['reason']}")
     if transfers:
