@@ -83,6 +83,17 @@ def test_healthy_store_is_exit_0_with_every_check_in_the_document(coord: Coord) 
     text = coord("doctor", env={"COLUMNS": "80"})
     assert text.returncode == 0 and text.stdout.splitlines()[-1].startswith("healthy")
     assert all(len(line) <= 80 for line in text.stdout.splitlines()), text.stdout
+    # in a pipe with no COLUMNS (cron, `| grep`): one line per check, none cut in two
+    piped = subprocess.run(
+        coord.argv("doctor"),
+        env={k: v for k, v in coord.env.items() if k != "COLUMNS"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    lines = piped.stdout.splitlines()
+    assert piped.returncode == 0 and len(lines) == len(document["checks"]) + 1, piped.stdout
+    assert all(line.split()[0] in LEVELS for line in lines[:-1]), piped.stdout
 
 
 WRITER = """

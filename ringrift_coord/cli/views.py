@@ -14,6 +14,7 @@ literals written here. ``--json`` output does not come through here.
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 from datetime import UTC, datetime
@@ -1707,6 +1708,8 @@ def doctor_report(doc: dict[str, Any]) -> None:
     import textwrap
 
     width = max(40, shutil.get_terminal_size((80, 24)).columns)
+    if "COLUMNS" not in os.environ and not sys.stdout.isatty():
+        width = 1 << 20  # a pipe (grep, a log): one line per check, the fix on its own line
     indent = " " * 22
     for check in doc["checks"]:
         level = check["level"]
