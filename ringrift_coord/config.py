@@ -1270,6 +1270,15 @@ def _merge(
             )
         seen[key] = key_line
         if valid_keys is not None and key not in valid_keys:
+            if not _setting_name(key):  # not a setting's name at all: a file that is no
+                # config (``--config /etc/shadow``); its line is never echoed
+                raise ConfigError(
+                    f"a key that is not a name ({len(key)} characters, not shown)"
+                    + ("" if prefix else ": is this a ringrift-coord config file?"),
+                    file=path,
+                    line=key_line,
+                    key=prefix or None,
+                )
             raise ConfigError(
                 "unknown key" + _nearest(key, valid_keys), file=path, line=key_line, key=dotted
             )
@@ -1367,6 +1376,12 @@ def _construct(node: Any, path: str, dotted: str) -> Any:
         return SafeConstructor().construct_object(node, deep=True)
     except yaml.YAMLError as exc:
         raise ConfigError(f"cannot read value: {exc}", file=path, line=line, key=dotted) from None
+
+
+def _setting_name(key: str) -> bool:
+    """A key that could be a setting's name, mistyped (letters, digits, ``_``, ``-``, ``.``;
+    at most 64): quoted in "unknown key" with the closest one."""
+    return 0 < len(key) <= 64 and all(c.isalnum() or c in "_-." for c in key) and key.isascii()
 
 
 def _reject_foreign_tags(node: Any, path: str, dotted: str, seen: set[int] | None = None) -> None:

@@ -48,7 +48,7 @@ def default_node(env: Mapping[str, str] | None = None) -> str:
         return host_name()
     if not node.isprintable():
         raise UsageError(
-            f"{NODE_ENV} {printable(node)!r} is not a clean node name (control characters or "
+            f"{NODE_ENV} '{printable(node)}' is not a clean node name (control characters or "
             "bytes that are not UTF-8): set it to plain text, or name the node explicitly"
         )
     return node

@@ -283,7 +283,7 @@ class TaskCoordinator(ProcessWide):
 
                     raise UsageError(
                         f"option --host: no running task is held from host "
-                        f"{printable(dead_host)!r}{did_you_mean(dead_host, sorted(hosts))}"
+                        f"'{printable(dead_host)}'{did_you_mean(dead_host, sorted(hosts))}"
                     )
             return slots.reap(
                 tx, tx.now(), self.ctx.settings, on_end=feedback.task_ended, dead_host=dead_host

@@ -125,7 +125,7 @@ def check_priority(priority: str | None) -> str:
         from ringrift_coord.inputs import did_you_mean, printable
 
         raise UsageError(
-            f"unknown priority {printable(str(priority))!r}{did_you_mean(name, PRIORITIES)}; "
+            f"unknown priority '{printable(str(priority))}'{did_you_mean(name, PRIORITIES)}; "
             f"valid priorities: {', '.join(PRIORITIES)}",
             field="priority",
         )
@@ -141,7 +141,7 @@ def check_unit(unit: str | None) -> str:
         from ringrift_coord.inputs import printable
 
         raise UsageError(
-            f"unit {printable(str(unit))!r} is ambiguous (kilobits or KiB per second?): use "
+            f"unit '{printable(str(unit))}' is ambiguous (kilobits or KiB per second?): use "
             "kib for KiB/s (rsync --bwlimit's unit) or mbit for Mbit/s",
             field="unit",
         )
@@ -150,7 +150,7 @@ def check_unit(unit: str | None) -> str:
         from ringrift_coord.inputs import printable
 
         raise UsageError(
-            f"unknown unit {printable(str(unit))!r}; valid units: {', '.join(UNITS)} "
+            f"unknown unit '{printable(str(unit))}'; valid units: {', '.join(UNITS)} "
             "(KiB/s, MiB/s, Mbit/s, bytes/s)",
             field="unit",
         )
@@ -688,7 +688,7 @@ def end(
             return None
         from ringrift_coord.inputs import printable
 
-        raise NotFound(f"no active transfer {printable(transfer_id)!r}")
+        raise NotFound(f"no active transfer '{printable(transfer_id)}'")
     if token is not None and int(row["lease_token"]) != int(token):
         raise slots.StaleLease(
             f"lease token {token} no longer holds transfer {transfer_id} (now held with token "

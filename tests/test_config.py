@@ -158,6 +158,12 @@ BAD_FILES = {
         "task_limits.quantum_annealing",
         "unknown key",
     ),
+    "not-a-config-file": (  # (an /etc/shadow line: a key that is no name is never echoed)
+        "root:$6$s4lt$h4sh:20228:0:99999:7:::\n",
+        1,
+        None,
+        "a key that is not a name (35 characters, not shown): is this a ringrift-coord config",
+    ),
     "unknown-limit-scope": (
         "task_limits:\n  training:\n    per_nodes: 1\n",
         3,
@@ -280,6 +286,13 @@ def test_bad_file_exit_3_with_one_line(coord, name: str) -> None:
     assert result.returncode == 3, (result.returncode, result.stderr)
     assert result.stdout == ""
     _expect(one_error_line(result), path, line, key, fragment)
+
+
+def test_a_file_that_is_no_config_is_not_echoed(coord) -> None:
+    coord.write_config("root:$6$s4lt$h4sh:20228:0:99999:7:::\nbin:*:20228:0:99999:7:::\n")
+    result = coord("can-spawn", "selfplay", "--node", "n1")
+    assert result.returncode == 3 and "h4sh" not in result.stderr, result.stderr
+    assert "s4lt" not in result.stderr and "20228" not in result.stderr, result.stderr
 
 
 def test_bad_file_with_json_prints_one_error_document(coord) -> None:

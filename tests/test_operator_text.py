@@ -135,6 +135,7 @@ def test_node_id_that_is_not_utf8_is_refused_in_one_line(coord):
     assert refused.returncode == 2, refused.stderr
     lines = refused.stderr.splitlines()
     assert len(lines) == 1 and "RINGRIFT_NODE_ID" in lines[0] and "Traceback" not in lines[0]
+    assert "RINGRIFT_NODE_ID 'n\\xff' is not" in lines[0], lines[0]  # escaped once, not twice
     assert ok(coord("halt", "--reason", "still possible")).startswith("halted")
     ok(coord("halt", "--check"), 1)
 
