@@ -13,7 +13,7 @@ import os
 from collections.abc import Mapping
 
 from ringrift_coord.errors import ConfigError, ExitCode
-from ringrift_coord.inputs import did_you_mean, number_hint, strict_float, strict_int
+from ringrift_coord.inputs import did_you_mean, number_hint, printable, strict_float, strict_int
 from ringrift_coord.tasktypes import TASK_TYPE_NAMES
 
 TYPE_CHECKING = False  # typing costs start-up time on the hot path; annotations are lazy
@@ -1243,7 +1243,8 @@ def _merge(
     if not isinstance(node, yaml.MappingNode):
         what = "the document must be" if not prefix else "must be"  # key: file:line: key: ...
         raise ConfigError(
-            f"{what} a mapping of keys to values, not {_node_kind(node)}",
+            f"{what} a mapping of keys to values, not {_node_kind(node, quote=bool(prefix))}"
+            + ("" if prefix else ": is this a ringrift-coord config file?"),
             file=path,
             line=line,
             key=prefix or None,
@@ -1356,14 +1357,19 @@ def _is_null(node: Any) -> bool:
     return isinstance(node, yaml.ScalarNode) and node.tag == "tag:yaml.org,2002:null"
 
 
-def _node_kind(node: Any) -> str:
+def _node_kind(node: Any, *, quote: bool = True) -> str:
+    """What ``node`` is, in words; a scalar is quoted only when ``quote`` and short: a
+    whole file that is no config (``--config /etc/passwd``) is never echoed."""
     import yaml
 
     if isinstance(node, yaml.SequenceNode):
         return "a list"
     if isinstance(node, yaml.MappingNode):
         return "a mapping"
-    return f"the scalar {node.value!r}"
+    text = str(node.value)
+    if quote and len(text) <= 64 and "\n" not in text:
+        return f"the scalar '{printable(text)}'"
+    return f"text ({len(text)} characters, not shown)"
 
 
 def _construct(node: Any, path: str, dotted: str) -> Any:
