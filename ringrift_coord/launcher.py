@@ -277,13 +277,21 @@ def acquire(
         attempt near the deadline waits for the lock only until it: ``bounded``)."""
         if deadline is not None and clock.monotonic() >= deadline:
             waited = clock.monotonic() - started
+            if last is not None:  # why it waited: the lock at the deadline is incidental
+                raise WaitTimeout(
+                    f"gave up waiting for {keeper.waiting_for()} after {human(waited)}; "
+                    f"{last.summary()}",
+                    last,
+                ) from None
+            lock = str(exc).split("; nothing was decided")[0]  # (nor will it be: given up)
             raise WaitTimeout(
-                f"gave up waiting for {keeper.waiting_for()} after {human(waited)}: {exc}"
+                f"gave up waiting for {keeper.waiting_for()} after {human(waited)}: {lock}"
             ) from None
         clock.sleep(max(poll, BUSY_RETRY))
 
     store = keeper.ctx.store
     patience = store.busy_timeout
+    last: Decision | None = None  # the latest decision: what the wait is for
 
     def bounded(ask: Callable[[], T]) -> T:
         """``ask`` with the store's lock waited for no longer than the deadline allows: a
@@ -291,9 +299,16 @@ def acquire(
         left = None if deadline is None else deadline - clock.monotonic()
         if left is None or left >= patience:
             return ask()
-        store.limit_lock_wait(max(left, 0.0))
+        limit = max(left, 0.0)
+        store.limit_lock_wait(limit)
         try:
             return ask()
+        except StoreBusy as exc:  # said as the deadline it is, not as an "N s busy timeout"
+            said = str(exc)
+            told = said.replace(f" after the {human(limit)} busy timeout", " at the deadline")
+            if told == said:
+                raise
+            raise type(exc)(told) from None
         finally:
             store.limit_lock_wait(patience)
 
@@ -325,6 +340,7 @@ def acquire(
                 busy(exc)
                 continue
             attempt += 1
+            last = decision
             if decision.allowed:
                 admitted = True
                 # room may be left for the next one (two releases rang us at once; a halt
@@ -377,8 +393,8 @@ def acquire(
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         if not admitted and seq is not None:  # (held back: its held row goes too)
-            try:
-                keeper.leave_queue(seq)
+            try:  # (past its deadline it does not wait for a locked store either)
+                bounded(lambda: keeper.leave_queue(seq))  # noqa: B023 (called here)
             except CoordError:
                 pass  # a dead waiter loses its place when the next admission reaps it
         if bell is not None:
