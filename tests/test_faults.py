@@ -159,3 +159,39 @@ def test_the_reading_commands_read_a_store_on_a_read_only_filesystem(
         _remount(small_fs, "rw")
     (small_fs / "shm.aside").rename(shm)
     assert _tasks(coord) == []
+
+
+def test_a_read_only_open_sees_the_files_as_they_are_at_each_read(
+    tmp_path: Path, small_fs: Path
+) -> None:
+    """A long-lived reader (``events tail --follow``, a library user) of a store opened
+    read-only reads the files as they are at each transaction, not as they were at its
+    open (an immutable open caches pages); an empty ``-wal`` is no change to read, and a
+    directory whose name is not UTF-8 is opened too."""
+    from ringrift_coord.store.sqlite import SQLiteStore
+
+    where = small_fs / os.fsdecode(b"st\xffate")  # (bytes that are not UTF-8)
+    where.mkdir(mode=0o700)
+    db = str(where / "tasks.db")
+    writer = SQLiteStore(db)
+    with writer.write() as tx:
+        tx.execute("CREATE TABLE IF NOT EXISTS probe (n INTEGER)")
+        tx.execute("INSERT INTO probe (n) VALUES (1)")
+    writer.close()
+    (where / "tasks.db-wal").write_bytes(b"")  # an empty -wal, no -shm: nothing to read
+    _remount(small_fs, "ro")
+    try:
+        reader = SQLiteStore(db, read_only_ok=True)
+        assert reader.read_only is not None and "mounted read-only" in reader.read_only
+        with reader.read() as tx:
+            assert tx.query("SELECT COUNT(*) AS n FROM probe")[0]["n"] == 1
+    finally:
+        _remount(small_fs, "rw")
+    (where / "tasks.db-wal").unlink()
+    writer = SQLiteStore(db)  # a write while the reader still has the store open
+    with writer.write() as tx:
+        tx.execute("INSERT INTO probe (n) VALUES (2)")
+    writer.close()
+    with reader.read() as tx:
+        assert tx.query("SELECT COUNT(*) AS n FROM probe")[0]["n"] == 2
+    reader.close()

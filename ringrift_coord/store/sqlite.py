@@ -64,6 +64,9 @@ WAL_LIMIT = 8 << 20
 WAL_CUT_RETRY = 1.0  # seconds between tries to cut back a WAL a reader still holds
 # a wait for the write gate longer than this shortens BEGIN IMMEDIATE's own busy timeout
 GATE_SLACK = 0.001
+# a read-only open that finds a -wal without its -shm looks again this often, this long
+# apart, before refusing (a writer through another mount creates the -shm just after)
+RO_SHM_LOOKS, RO_SHM_WAIT = 20, 0.01
 
 
 # a wake directory that cannot be written (permissions, a full or read-only disk): a waiter
@@ -297,27 +300,35 @@ class SQLiteStore(Store):
             raise self._translate(exc) from None
 
     def _connect_read_only(self) -> sqlite3.Connection:
-        """A connection that never writes, to a store on a read-only filesystem. With no
-        ``-wal`` the file is the whole store and nothing can change it: opened immutable
-        (SQLite would otherwise need to create ``-shm``). With a ``-wal`` (a writer ended
-        without closing: a crash, or the remount itself) its changes are read through the
-        ``-shm`` left beside it; without that ``-shm`` they cannot be read at all."""
+        """A connection that never writes, to a store on a read-only filesystem (made anew
+        for each transaction: the files may change through another mount). With no
+        ``-wal`` (or an empty one) the file is the whole store: opened immutable (SQLite
+        would otherwise need to create ``-shm``). With a ``-wal`` (a writer ended without
+        closing: a crash, or the remount itself) its changes are read through the ``-shm``
+        left beside it; without that ``-shm`` they cannot be read at all."""
         from urllib.parse import quote  # (the read-only path only)
 
         wal, shm = self.path + "-wal", self.path + "-shm"
-        flags = "mode=ro"
-        if not os.path.lexists(wal):
-            flags += "&immutable=1"
-        elif not os.path.lexists(shm):
+        for look in range(RO_SHM_LOOKS):
+            try:
+                has_wal = os.stat(wal).st_size > 0
+            except OSError:
+                has_wal = False
+            if not has_wal or os.path.lexists(shm):
+                break
+            if look + 1 < RO_SHM_LOOKS:  # a writer through another mount makes it next
+                self.clock.sleep(RO_SHM_WAIT)
+        else:
             raise StateError(
                 f"the store {self.path} is read-only here ({why_read_only(self.path)}) and "
                 f"its last changes are in {wal}, which cannot be read without {shm}: "
                 f"copy {self.path} and {wal} to a writable directory and read the copy "
                 "with --db PATH, or remount it read-write"
             )
+        flags = "mode=ro" if has_wal else "mode=ro&immutable=1"
         try:
             return sqlite3.connect(
-                f"file:{quote(self.path)}?{flags}",
+                f"file:{quote(os.fsencode(self.path))}?{flags}",
                 uri=True,
                 timeout=self.busy_timeout,
                 isolation_level=None,
@@ -368,6 +379,14 @@ class SQLiteStore(Store):
 
     def _translate(self, exc: sqlite3.Error) -> Exception:
         text = str(exc)
+        name = getattr(exc, "sqlite_errorname", "") or ""
+        if self.read_only is not None and name.startswith(("SQLITE_READONLY", "SQLITE_CANTOPEN")):
+            # a read of a read-only open: its -wal or -shm came or went meanwhile (a writer
+            # through another mount of the same files)
+            return StoreBusy(
+                f"state store {self.path} changed under this read-only open ({self.read_only}"
+                "; a writer through another mount?): nothing was read, try again"
+            )
         if isinstance(exc, sqlite3.OperationalError) and ("locked" in text or "busy" in text):
             return self._busy()
         name = getattr(exc, "sqlite_errorname", "") or ""
@@ -395,10 +414,15 @@ class SQLiteStore(Store):
     # -- transactions -------------------------------------------------------------------
 
     def _begin(self, write: bool) -> Tx:
-        if write and self.read_only is not None:
-            raise StateError(
-                f"the store {self.path} is read-only here ({self.read_only}); nothing was written"
-            )
+        if self.read_only is not None:
+            if write:
+                raise StateError(
+                    f"the store {self.path} is read-only here ({self.read_only}); nothing was "
+                    "written"
+                )
+            self._conn.close()  # a view of the files as they are now (see _connect_read_only)
+            self._conn = self._connect_read_only()
+            self._query_only = False
         if self._conn.in_transaction and self._stale_transaction():
             self._rollback()  # one a signal's exception left open between two lines
         self._check_still_here()
