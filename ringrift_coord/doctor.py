@@ -371,6 +371,11 @@ def check_store(
         check_writable(report, location)
         guarded(report, "integrity", check_integrity, report, store, location)
         check_wal(report, location)
+    read_only = getattr(store, "read_only", None)
+    if read_only is not None:  # (the writable check above fails and says why)
+        for name in ("admission lock", "locks"):
+            report.add(name, "skip", f"not probed: the store is read-only here ({read_only})")
+        return store
     probe_ok = guarded(report, "admission lock", check_write_probe, report, store, busy)
     if engine == "sqlite":
         check_sqlite_locks(report, location, long_hold, holders_before, before_at, bool(probe_ok))

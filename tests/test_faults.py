@@ -122,6 +122,8 @@ def test_the_reading_commands_read_a_store_on_a_read_only_filesystem(
         checks = {c["name"]: c["level"] for c in json.loads(doctor.stdout)["checks"]}
         assert doctor.returncode == 1 and checks["writable"] == "fail", checks
         assert checks["store"] == "ok" and checks["integrity"] == "ok", checks
+        assert checks["admission lock"] == "skip" and checks["locks"] == "skip", checks
+        assert "restore" not in doctor.stdout, doctor.stdout  # a healthy store, read-only
         refused = coord("unregister", task_id)
         assert refused.returncode == 3 and refused.stderr.count("\n") == 1, refused.stderr
         assert "read-only here (its filesystem is mounted read-only" in refused.stderr
