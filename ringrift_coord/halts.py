@@ -389,8 +389,8 @@ def activate(
         # force on every host already; a file here would claim a halt no row may back
         raise OutcomeUnknown(
             f"{str(exc).split(': ')[0]}: whether the halt landed is unknown; halting again "
-            "is safe (it replaces the same halt): run `ringrift-coord halt` again, or look "
-            "with `ringrift-coord halt --check`"
+            "is safe (it replaces the same halt): run the same halt again, or look with "
+            "`ringrift-coord halt --check`"
         ) from None
     except (StateError, StoreBusy) as exc:  # corrupt, not a database, locked: no row lands
         busy = isinstance(exc, StoreBusy)
@@ -597,10 +597,20 @@ def _write_file(state_dir: str, record: dict[str, Any], *, not_in_store: str = "
         except OSError:
             pass
         if not_in_store:  # neither landed: say so plainly, it is an emergency halt
+            try:
+                there = load_file(state_dir)
+            except StateError:
+                there = None
+            already = (
+                f"; this host is already halted by {path} ({there.get('reason') or 'no reason'})"
+                if there is not None
+                else ""
+            )
             raise StateError(
                 f"NOT halted: {not_in_store}, and this host's halt file {path} cannot be "
-                f"written either ({exc.strerror}); stop the launchers by hand, or halt from "
-                "a host that can write the store"
+                f"written either ({exc.strerror}){already}; admissions on this host fail the "
+                "same way until the store can be written, but running jobs go on: stop them "
+                "by hand if they must stop now"
             ) from None
         raise StateError(
             f"halted in the store, but cannot write {path}: {exc.strerror}; this host's halt "

@@ -77,6 +77,7 @@ def test_a_read_only_filesystem_is_said_plainly(tmp_path: Path, small_fs: Path) 
         assert halt.returncode == 3 and halt.stderr.count("\n") == 1, halt.stderr
         assert halt.stderr.startswith("ringrift-coord: error: NOT halted: "), halt.stderr
         assert "halted in the store" not in halt.stderr
+        assert "admissions on this host fail the same way" in halt.stderr, halt.stderr
     finally:
         subprocess.run(["mount", "-o", "remount,rw", str(small_fs)], check=False)
     assert coord("register", "selfplay", "--node", "n1", "-q").returncode == 0
