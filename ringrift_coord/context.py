@@ -62,8 +62,12 @@ class Context:
         clock: Clock = SYSTEM_CLOCK,
         overrides: list[str] | None = None,
         create_store: bool = True,
+        config_file: bool = True,
     ) -> Context:
         """Resolve config and state directory (validated); the store opens on first use.
+
+        ``config_file=False``: no YAML file at all (the built-in defaults, the environment
+        and ``overrides``): what an emergency halt falls back on when the file is bad.
 
         ``overrides`` are ``KEY=VALUE`` strings from ``--set``: the top of the precedence
         (defaults < YAML < environment < flags). ``create_store=False`` (the read-only
@@ -75,7 +79,9 @@ class Context:
         if not create_store and not os.path.lexists(directory):
             # a read-only command creates nothing, not even the directory: its store (a
             # SQLite file in it) is "no store at PATH" on first use; a server's is read
-            settings = load_settings(config, env, cache_dir=None)
+            settings = load_settings(
+                config if config_file else None, env, use_default_file=config_file, cache_dir=None
+            )
             apply_overrides(settings, overrides or [])
             shared_gid = None
         else:
@@ -83,7 +89,12 @@ class Context:
             # the config cache lives in a private state directory; a shared store's users
             # keep theirs in their own cache directory
             cache_dir = directory if is_private_dir(directory) else user_cache_dir(env)
-            settings = load_settings(config, env, cache_dir=cache_dir)
+            settings = load_settings(
+                config if config_file else None,
+                env,
+                use_default_file=config_file,
+                cache_dir=cache_dir,
+            )
             apply_overrides(settings, overrides or [])
             shared_gid = check_state_dir_group(directory, settings.get("store.shared_group"))
         return cls(

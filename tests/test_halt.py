@@ -212,3 +212,22 @@ def test_a_touched_halt_file_is_never_stale(coord):
     assert views["state"] == "paused" and views["is_halted"] and views["emergency_active"]
     assert coord("can-spawn", "selfplay").returncode == 1
     assert (coord.state_dir / "EMERGENCY_HALT").exists()
+
+
+def test_a_bad_config_file_never_stops_an_emergency_halt(coord: Coord) -> None:
+    """A typo pushed to every node's config file: the commands that use the settings refuse
+    it (exit 3), but halt, halt --check and unhalt go on without the file, saying so."""
+    coord.write_config("task_limits:\n  selfplay: {per_nod: 2}\n")
+    refused = coord("status")
+    assert refused.returncode == 3 and "per_nod: unknown key" in refused.stderr
+    halted = coord("halt", "--reason", "bad push")
+    assert halted.returncode == 0, halted.stderr
+    assert halted.stderr.startswith("ringrift-coord: warning: ") and "per_nod" in halted.stderr
+    assert "goes on without the config file" in halted.stderr, halted.stderr
+    check = coord("--json", "halt", "--check")
+    assert check.returncode == 1 and json.loads(check.stdout)["halts"][0]["reason"] == "bad push"
+    assert coord("can-spawn", "selfplay", "--node", "n1").returncode == 3  # (the file is bad)
+    lifted = coord("unhalt")
+    assert lifted.returncode == 0 and "warning: " in lifted.stderr, lifted.stderr
+    coord.write_config("{}\n")
+    assert coord("can-spawn", "selfplay", "--node", "n1").returncode == 0

@@ -351,7 +351,7 @@ def halt(
         known_type(task_type)
         from ringrift_coord.identity import default_node
 
-        with g.context(create=False) as c:
+        with g.context(create=False, emergency=True) as c:
             if node is None:
                 try:  # this node's drains count; with no usable node name, any node's do
                     node = default_node(c.env)
@@ -363,7 +363,7 @@ def halt(
         else:
             views.halt_check(status)
         done(ExitCode.DENIED if status["halted"] else ExitCode.OK)
-    with g.context() as c:
+    with g.context(emergency=True) as c:
         record = safeguards.activate_emergency(c, reason, task_type=task_type, ttl=ttl, node=node)
     if g.json:
         emit_json(record)
@@ -386,7 +386,7 @@ def unhalt(
 
     g = globals_of(ctx)
     node = not_blank("--node", node)
-    with g.context() as c:
+    with g.context(emergency=True) as c:
         result = safeguards.deactivate_emergency(c, task_type=task_type, node=node)
     if g.json:
         emit_json(result)

@@ -13,7 +13,7 @@ import os
 import sys
 
 from ringrift_coord.context import Context
-from ringrift_coord.errors import CoordError, ExitCode, UsageError
+from ringrift_coord.errors import ConfigError, CoordError, ExitCode, UsageError
 from ringrift_coord.tasktypes import TaskType
 
 TYPE_CHECKING = False  # typing costs start-up time on the hot path; annotations are lazy
@@ -59,20 +59,42 @@ class Globals:
         self.overrides = list(overrides or [])  # --set KEY=VALUE, highest precedence
         self.command, self.quiet = command, False
 
-    def context(self, *, create: bool = True) -> Context:
+    def context(self, *, create: bool = True, emergency: bool = False) -> Context:
         """The invocation's context; ``create=False`` for a command that only reads the
         store: a missing SQLite store is "no store at PATH" (exit 3), never created.
 
         An error in a deferred section (``Settings.problems``) is one ``warning:`` line on
         stderr, once per process, for a command that does not require it (not with
-        ``--quiet``); one that does calls ``Settings.require`` and fails."""
-        ctx = Context.open(
-            db=self.db,
-            state_dir=self.state_dir,
-            config=self.config,
-            overrides=self.overrides,
-            create_store=create,
-        )
+        ``--quiet``); one that does calls ``Settings.require`` and fails.
+
+        ``emergency`` (``halt``, ``unhalt``, ``halt --check``): a config file that does not
+        load is a warning, and the command goes on without it (the built-in settings, the
+        environment and ``--set``; the store is found the same way): stopping the cluster
+        must not wait for a config fix."""
+        try:
+            ctx = Context.open(
+                db=self.db,
+                state_dir=self.state_dir,
+                config=self.config,
+                overrides=self.overrides,
+                create_store=create,
+            )
+        except ConfigError as exc:
+            if not emergency:
+                raise  # (a bad environment fails the retry below too, said as is)
+            say(
+                f"warning: {exc.message.strip().splitlines()[0]} (ignored: this command goes "
+                "on without the config file: built-in settings, the environment and --set; "
+                "its event hooks do not run)"
+            )
+            ctx = Context.open(
+                db=self.db,
+                state_dir=self.state_dir,
+                config=self.config,
+                overrides=self.overrides,
+                create_store=create,
+                config_file=False,
+            )
         used = SECTION_USERS.get(self.command or "", ())
         for section, problem in ctx.settings.problems.items():
             if section in used or self.quiet or problem.message in _warned:
