@@ -71,14 +71,19 @@ class Globals:
         load is a warning, and the command goes on without it (the built-in settings, the
         environment and ``--set``; the store is found the same way): stopping the cluster
         must not wait for a config fix."""
-        try:
-            ctx = Context.open(
+
+        def opened(config_file: bool) -> Context:
+            return Context.open(
                 db=self.db,
                 state_dir=self.state_dir,
                 config=self.config,
                 overrides=self.overrides,
                 create_store=create,
+                config_file=config_file,
             )
+
+        try:
+            ctx = opened(True)
         except ConfigError as exc:
             if not emergency:
                 raise  # (a bad environment fails the retry below too, said as is)
@@ -87,14 +92,7 @@ class Globals:
                 "on without the config file: built-in settings, the environment and --set; "
                 "its event hooks do not run)"
             )
-            ctx = Context.open(
-                db=self.db,
-                state_dir=self.state_dir,
-                config=self.config,
-                overrides=self.overrides,
-                create_store=create,
-                config_file=False,
-            )
+            ctx = opened(False)
         used = SECTION_USERS.get(self.command or "", ())
         for section, problem in ctx.settings.problems.items():
             if section in used or self.quiet or problem.message in _warned:
