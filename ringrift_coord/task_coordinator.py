@@ -277,13 +277,28 @@ class TaskCoordinator(ProcessWide):
         names is a UsageError with the closest one (a typo must not look like "0 freed")."""
         with self.ctx.store.write() as tx:
             if dead_host is not None:
-                hosts = {r["host"] for r in tx.query("SELECT DISTINCT host FROM tasks")}
+                held = tx.query("SELECT DISTINCT host, node FROM tasks")
+                hosts = sorted({r["host"] for r in held})
                 if dead_host not in hosts:
                     from ringrift_coord.inputs import did_you_mean, printable
 
+                    of_node = sorted({r["host"] for r in held if r["node"] == dead_host})
+                    hint = (  # a node's name given for its host's (tasks at 80 columns
+                        # show nodes only)
+                        f"; {printable(dead_host)} is a node, whose tasks are held from host "
+                        f"{', '.join(printable(h) for h in of_node)}"
+                        if of_node
+                        else did_you_mean(dead_host, hosts)
+                        or (
+                            f" (tasks are held from: {', '.join(printable(h) for h in hosts[:8])}"
+                            f"{', ...' if len(hosts) > 8 else ''})"
+                            if hosts
+                            else ""
+                        )
+                    )
                     raise UsageError(
-                        f"option --host: no running task is held from host "
-                        f"'{printable(dead_host)}'{did_you_mean(dead_host, sorted(hosts))}"
+                        "option --host: no running task is held from host "
+                        f"'{printable(dead_host)}'{hint}"
                     )
             return slots.reap(
                 tx, tx.now(), self.ctx.settings, on_end=feedback.task_ended, dead_host=dead_host

@@ -462,6 +462,11 @@ def test_tasks_reap_host_frees_a_dead_hosts_slots_before_their_leases_expire(
     typo = coord("tasks", "reap", "--host", "gpu-host-77")
     assert typo.returncode == 2 and "did you mean gpu-host-7?" in typo.stderr, typo.stderr
     assert typo.stderr.count("\n") == 1
+    node = coord("tasks", "reap", "--host", "n3")  # a node's name for its host's
+    assert node.returncode == 2, node.stderr
+    assert "n3 is a node, whose tasks are held from host gpu-host-8" in node.stderr, node.stderr
+    far = coord("tasks", "reap", "--host", "zz")
+    assert far.returncode == 2 and "(tasks are held from: " in far.stderr, far.stderr
     plain = coord("--json", "tasks", "reap")  # leases an hour long: nothing to reap yet
     assert json.loads(plain.stdout)["reaped"] == []
     freed = coord("--json", "tasks", "reap", "--host", "gpu-host-7")
