@@ -1391,7 +1391,7 @@ def bandwidth_status(doc: dict[str, Any]) -> None:
         )
     active.show()
     hosts = Grid(
-        "hosts (rates in KiB/s; act: active/cap +N waiting +N held; obs: bytes over timed secs)",
+        "hosts (KiB/s; act: active/cap +N waiting +N held; obs: bytes over timed secs)",
         "remote",
         Col("type", drop=4),
         "limit",
