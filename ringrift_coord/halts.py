@@ -462,6 +462,12 @@ def deactivate(
     ``lifted``: the scopes lifted; ``lifted_halts``: each as (scope, node)."""
     try:
         return _deactivate(ctx, task_type=task_type, who=who, host=host, node=node)
+    except OutcomeUnknown as exc:  # (its own advice is an admission's: "look with tasks")
+        raise OutcomeUnknown(
+            f"{str(exc).split(': ')[0]}: whether the unhalt landed is unknown; unhalting "
+            "again is safe: run the same unhalt again, or look with `ringrift-coord halt "
+            "--check`"
+        ) from None
     except StoreBusy as exc:
         if task_type is not None or node is not None or isinstance(exc, StoreUnreachable):
             raise

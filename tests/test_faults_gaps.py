@@ -638,6 +638,17 @@ def test_a_halt_whose_commit_gets_no_answer_says_unknown_not_corrupt(
     assert again["reason"] == "fire"
     with store.read() as tx:
         assert len(tx.query("SELECT * FROM halts")) == 1  # one halt, however many tries
+    # the same for the unhalt: its advice is the unhalt's, not an admission's
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(halts, "_publish", publish_then_end_the_session)
+        with pytest.raises(OutcomeUnknown) as raised:
+            halts.deactivate(ctx, task_type=None, who="op", host="h1")
+    message = str(raised.value)
+    assert "whether the unhalt landed is unknown" in message, message
+    assert "ringrift-coord tasks" not in message and "second slot" not in message, message
+    halts.deactivate(ctx, task_type=None, who="op", host="h1")
+    with store.read() as tx:
+        assert tx.query("SELECT * FROM halts") == []
     store.close()
 
 
