@@ -552,6 +552,16 @@ def _deactivate(
     }
 
 
+def seen_nodes(tx: Tx) -> set[str]:
+    """The nodes the store has heard of: running tasks and waiters, readings, and the
+    latest decisions (a drain of a name none of them has is most likely a typo)."""
+    rows = tx.query(
+        "SELECT node FROM tasks UNION SELECT node FROM waiters UNION SELECT node FROM readings "
+        "UNION SELECT node FROM (SELECT node FROM decisions ORDER BY id DESC LIMIT 20000) AS d"
+    )
+    return {r["node"] for r in rows}
+
+
 def _publish(
     tx: Tx,
     ctx: Context,

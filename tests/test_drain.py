@@ -81,6 +81,20 @@ def test_a_cluster_wide_halt_and_unhalt_cover_drains_too(coord) -> None:
     assert coord("can-spawn", "selfplay", "--node", "n1").returncode == 0
 
 
+def test_a_drain_of_a_node_no_one_has_named_warns_with_the_closest(coord) -> None:
+    """A typo in the node name drains nothing that runs: the drain stands (a node may be
+    drained before it first reports), with one warning naming the closest known node."""
+    assert coord("register", "selfplay", "--node", "gpu-node-17", "-q").returncode == 0
+    typo = coord("halt", "--node", "gpu-nod-17", "--reason", "disk")
+    assert typo.returncode == 0, typo.stderr
+    assert typo.stderr.startswith("ringrift-coord: warning: no task, waiter, reading"), typo
+    assert "(did you mean gpu-node-17?)" in typo.stderr and typo.stderr.count("\n") == 1
+    assert coord("can-spawn", "selfplay", "--node", "gpu-node-17").returncode == 0
+    known = coord("halt", "--node", "gpu-node-17", "--reason", "disk")
+    assert known.returncode == 0 and known.stderr == "", known.stderr
+    assert coord("can-spawn", "selfplay", "--node", "gpu-node-17").returncode == 1
+
+
 def test_halt_node_bad_input(coord) -> None:
     for bad in ("", "   ", "*"):
         result = coord("halt", "--node", bad, "--reason", "x")

@@ -24,7 +24,7 @@ from ringrift_coord.cli.common import (
 )
 from ringrift_coord.cli.hot import Globals, emit_json
 from ringrift_coord.cli.spec import HELP_OPTIONS
-from ringrift_coord.errors import ExitCode, UsageError
+from ringrift_coord.errors import CoordError, ExitCode, UsageError
 from ringrift_coord.tasktypes import TASK_TYPE_NAMES, TaskType
 
 app = typer.Typer(
@@ -365,11 +365,32 @@ def halt(
         done(ExitCode.DENIED if status["halted"] else ExitCode.OK)
     with g.context(emergency=True) as c:
         record = safeguards.activate_emergency(c, reason, task_type=task_type, ttl=ttl, node=node)
+        if node is not None:
+            _warn_unseen_node(c, record["node"])
     if g.json:
         emit_json(record)
     else:
         views.halted(record)
     done()
+
+
+def _warn_unseen_node(c: Any, node: str) -> None:
+    """A drain of a node the store has never heard of holds for that name only: said on
+    stderr with the closest known name (the drain stands; a node may be drained ahead)."""
+    from ringrift_coord import halts
+    from ringrift_coord.cli.hot import say
+    from ringrift_coord.inputs import did_you_mean
+
+    try:
+        with c.store.read() as tx:
+            seen = halts.seen_nodes(tx)
+    except CoordError:
+        return  # (the drain landed; this is only a hint)
+    if node not in seen:
+        say(
+            f"warning: no task, waiter, reading or recent decision has named node {node} "
+            f"yet{did_you_mean(node, sorted(seen))}: the drain holds for that name only"
+        )
 
 
 @app.command()
