@@ -12,7 +12,7 @@ import math
 import os
 from collections.abc import Mapping
 
-from ringrift_coord.errors import ConfigError, ExitCode
+from ringrift_coord.errors import ConfigError, CoordError, ExitCode
 from ringrift_coord.inputs import did_you_mean, number_hint, printable, strict_float, strict_int
 from ringrift_coord.tasktypes import TASK_TYPE_NAMES
 
@@ -1182,6 +1182,25 @@ def _timing_problem(
     for ok, message, keys in checks:
         if not ok:
             return _cross_fail(message, tuple(f"optimizer.{k}" for k in keys), sources, path)
+    return None
+
+
+def salvage_shared_group(path: str | None) -> str | None:
+    """``store.shared_group`` from a config file that does not load as a whole: an
+    emergency halt that goes on without the file still needs the group of a shared state
+    directory (else it is refused as writable by group). None when it cannot be read."""
+    if not path:
+        return None
+    try:
+        import yaml
+
+        data = yaml.safe_load(read_config_bytes(path))
+    except (CoordError, yaml.YAMLError, UnicodeDecodeError, ValueError):
+        return None
+    store = data.get("store") if isinstance(data, dict) else None
+    group = store.get("shared_group") if isinstance(store, dict) else None
+    if isinstance(group, str) and _setting_name(group) and not group.isdigit():
+        return group
     return None
 
 

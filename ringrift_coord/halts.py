@@ -613,9 +613,11 @@ def _write_file(state_dir: str, record: dict[str, Any], *, not_in_store: str = "
         except OSError:
             pass
         if not_in_store:  # neither landed: say so plainly, it is an emergency halt
-            try:
-                there = load_file(state_dir)
+            try:  # (a mirror says nothing: no row can be seen to back it now)
+                there = unexpired(load_file(state_dir), record["at"])
             except StateError:
+                there = None
+            if there is not None and there.get("mirror"):
                 there = None
             already = (
                 f"; this host is already halted by {path} ({there.get('reason') or 'no reason'})"

@@ -60,6 +60,7 @@ RENEW_RETRY = 5.0  # seconds to the next try after a lease renewal failed
 HALTED_POLL = 0.5  # seconds between the polls of a waiter that a halt denies
 PEAK_POLL = 30.0  # ... and at most between those of one that peak hours hold back
 BUSY_RETRY = 0.5  # seconds between a waiter's tries while the store stays busy
+LEAVE_GRACE = 1.0  # seconds a timed-out waiter waits for the lock to leave the line
 DRAIN_LIMIT = 1 << 20  # bytes read after the job ended: a pipe's largest default capacity
 PUMP_LIMIT = 1 << 20  # bytes of the job's output taken per look, between renewals
 
@@ -293,13 +294,14 @@ def acquire(
     patience = store.busy_timeout
     last: Decision | None = None  # the latest decision: what the wait is for
 
-    def bounded(ask: Callable[[], T]) -> T:
-        """``ask`` with the store's lock waited for no longer than the deadline allows: a
-        locked store ends the wait at ``--timeout``, not a busy timeout after it."""
+    def bounded(ask: Callable[[], T], at_least: float = 0.0) -> T:
+        """``ask`` with the store's lock waited for no longer than the deadline allows
+        (``at_least`` even past it): a locked store ends the wait at ``--timeout``, not a
+        busy timeout after it."""
         left = None if deadline is None else deadline - clock.monotonic()
         if left is None or left >= patience:
             return ask()
-        limit = max(left, 0.0)
+        limit = min(max(left, at_least, 0.0), patience)
         store.limit_lock_wait(limit)
         try:
             return ask()
@@ -393,8 +395,9 @@ def acquire(
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         if not admitted and seq is not None:  # (held back: its held row goes too)
-            try:  # (past its deadline it does not wait for a locked store either)
-                bounded(lambda: keeper.leave_queue(seq))  # noqa: B023 (called here)
+            try:  # past its deadline, a moment for the lock (a writer's turn), not the
+                # whole busy timeout: left behind, its row would count against those after it
+                bounded(lambda: keeper.leave_queue(seq), LEAVE_GRACE)  # noqa: B023 (called here)
             except CoordError:
                 pass  # a dead waiter loses its place when the next admission reaps it
         if bell is not None:

@@ -61,6 +61,9 @@ def test_a_full_disk_during_admission_and_release_says_so(tmp_path: Path, small_
 def test_a_read_only_filesystem_is_said_plainly(tmp_path: Path, small_fs: Path) -> None:
     coord = _coord_on(tmp_path, small_fs)
     assert coord("register", "selfplay", "--node", "n1", "-q").returncode == 0
+    halt_file = small_fs / "state" / "EMERGENCY_HALT"
+    halt_file.write_text('{"reason": "old maintenance", "expires_at": 1.0}')  # (expired)
+    os.chmod(halt_file, 0o600)
     remounted = subprocess.run(
         ["mount", "-o", "remount,ro", str(small_fs)], capture_output=True, text=True
     )
@@ -78,6 +81,7 @@ def test_a_read_only_filesystem_is_said_plainly(tmp_path: Path, small_fs: Path) 
         assert halt.stderr.startswith("ringrift-coord: error: NOT halted: "), halt.stderr
         assert "halted in the store" not in halt.stderr
         assert "admissions on this host fail the same way" in halt.stderr, halt.stderr
+        assert "already halted" not in halt.stderr, halt.stderr  # (its halt file expired)
     finally:
         subprocess.run(["mount", "-o", "remount,rw", str(small_fs)], check=False)
     assert coord("register", "selfplay", "--node", "n1", "-q").returncode == 0

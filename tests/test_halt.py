@@ -231,3 +231,35 @@ def test_a_bad_config_file_never_stops_an_emergency_halt(coord: Coord) -> None:
     assert lifted.returncode == 0 and "warning: " in lifted.stderr, lifted.stderr
     coord.write_config("{}\n")
     assert coord("can-spawn", "selfplay", "--node", "n1").returncode == 0
+
+
+def test_a_bad_config_file_keeps_its_shared_group_for_the_halt(coord: Coord) -> None:
+    """A shared state directory (group-writable, set-gid) is accepted only with its
+    ``store.shared_group``: the halt that goes on without a bad config file keeps that one
+    value from it (else it would be refused, with advice to chmod the directory private)."""
+    import grp
+    import os
+
+    group = grp.getgrgid(os.getegid()).gr_name
+    coord.state_dir.mkdir(mode=0o700)
+    os.chmod(coord.state_dir, 0o2770)
+    coord.write_config(
+        f"store: {{shared_group: {group}}}\ntask_limits: {{selfplay: {{per_nod: 1}}}}\n"
+    )
+    halted = coord("halt", "--reason", "bad push")
+    assert halted.returncode == 0, halted.stderr
+    assert f"its store.shared_group {group} is kept" in halted.stderr, halted.stderr
+    assert "chmod" not in halted.stderr
+    # an error the retry without the file meets too is said alone, with no "ignored" warning
+    bad_env = coord("halt", "--check", env={"RINGRIFT_COORD_SET": "store.busy_timeout=abc"})
+    assert bad_env.returncode == 3 and "warning" not in bad_env.stderr, bad_env.stderr
+    assert coord("unhalt").returncode == 0
+
+
+def test_the_fallback_warning_escapes_the_config_files_name(coord: Coord) -> None:
+    assert coord("can-spawn", "selfplay", "--node", "n1").returncode == 0  # (a store)
+    odd = coord.tmp / "odd\x1b[31mname.yaml"
+    odd.write_text("task_limits: {selfplay: {per_nod: 1}}\n")
+    check = coord("halt", "--check", env={"RINGRIFT_COORD_CONFIG": str(odd)})
+    assert check.returncode == 0, check.stderr
+    assert "\x1b" not in check.stderr and "odd\\x1b[31mname.yaml" in check.stderr, check.stderr

@@ -219,6 +219,39 @@ def test_a_store_locked_while_in_line_ends_the_wait_at_its_timeout_with_the_reas
     assert mine.ctx.store.busy_timeout == 5.0
 
 
+def test_a_brief_lock_at_the_deadline_still_lets_the_timed_out_waiter_leave_the_line(
+    engine_db: EngineDB,
+) -> None:
+    """A writer's 250 ms turn around the deadline (ordinary contention): the waiter that
+    gives up still leaves the line (it waits for the lock a moment past its deadline), so
+    no row of it is left counting against those after it, this same process included."""
+    import threading
+    import time
+
+    mine = TaskCoordinator(engine_db.context(ONE_SLOT))
+    other = TaskCoordinator(engine_db.context(ONE_SLOT))
+    locker = TaskCoordinator(engine_db.context(ONE_SLOT))
+    deadline = time.monotonic() + 1.0
+
+    def a_writers_turn() -> None:
+        time.sleep(max(0.0, deadline - 0.05 - time.monotonic()))
+        with locker.ctx.store.write():
+            time.sleep(0.25)
+
+    thread = threading.Thread(target=a_writers_turn)
+    thread.start()
+    try:
+        with holder_slot(other) as task_id:
+            with pytest.raises(WaitTimeout):
+                wait_for_selfplay(mine, 1.0)
+            other.unregister_task(task_id)
+    finally:
+        thread.join(20)
+    assert waiters(other) == []
+    admitted = wait_for_selfplay(mine, 2.0)
+    assert admitted.allowed  # type: ignore[attr-defined]
+
+
 def test_wait_with_zero_timeout_asks_once_and_never_sleeps(pair) -> None:
     clock, mine, other = pair
     with holder_slot(other), pytest.raises(WaitTimeout):

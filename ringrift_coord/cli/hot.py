@@ -72,27 +72,34 @@ class Globals:
         environment and ``--set``; the store is found the same way): stopping the cluster
         must not wait for a config fix."""
 
-        def opened(config_file: bool) -> Context:
+        def opened(config_file: bool, overrides: list[str]) -> Context:
             return Context.open(
                 db=self.db,
                 state_dir=self.state_dir,
                 config=self.config,
-                overrides=self.overrides,
+                overrides=overrides,
                 create_store=create,
                 config_file=config_file,
             )
 
         try:
-            ctx = opened(True)
+            ctx = opened(True, self.overrides)
         except ConfigError as exc:
             if not emergency:
-                raise  # (a bad environment fails the retry below too, said as is)
+                raise
+            from ringrift_coord.config import salvage_shared_group
+            from ringrift_coord.inputs import printable
+
+            # (the retry's own error, if any, is said alone: a bad environment fails it too)
+            group = salvage_shared_group(exc.file)
+            shared = [f"store.shared_group={group}"] if group else []
+            ctx = opened(False, [*shared, *self.overrides])
+            kept = f"; its store.shared_group {group} is kept" if group else ""
             say(
-                f"warning: {exc.message.strip().splitlines()[0]} (ignored: this command goes "
-                "on without the config file: built-in settings, the environment and --set; "
-                "its event hooks do not run)"
+                f"warning: {printable(exc.message.strip().splitlines()[0])} (ignored: this "
+                "command goes on without the config file: built-in settings, the environment "
+                f"and --set{kept}; its event hooks do not run)"
             )
-            ctx = opened(False)
         used = SECTION_USERS.get(self.command or "", ())
         for section, problem in ctx.settings.problems.items():
             if section in used or self.quiet or problem.message in _warned:
