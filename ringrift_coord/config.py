@@ -1185,6 +1185,10 @@ def _timing_problem(
     return None
 
 
+# said after a top-level refusal that suggests the whole file is something else
+NOT_A_CONFIG = ": is this a ringrift-coord config file?"
+
+
 def salvage_shared_group(path: str | None) -> str | None:
     """``store.shared_group`` from a config file that does not load as a whole: an
     emergency halt that goes on without the file still needs the group of a shared state
@@ -1263,7 +1267,7 @@ def _merge(
         what = "the document must be" if not prefix else "must be"  # key: file:line: key: ...
         raise ConfigError(
             f"{what} a mapping of keys to values, not {_node_kind(node, quote=bool(prefix))}"
-            + ("" if prefix else ": is this a ringrift-coord config file?"),
+            + ("" if prefix else NOT_A_CONFIG),
             file=path,
             line=line,
             key=prefix or None,
@@ -1294,7 +1298,7 @@ def _merge(
                 # config (``--config /etc/shadow``); its line is never echoed
                 raise ConfigError(
                     f"a key that is not a name ({len(key)} characters, not shown)"
-                    + ("" if prefix else ": is this a ringrift-coord config file?"),
+                    + ("" if prefix else NOT_A_CONFIG),
                     file=path,
                     line=key_line,
                     key=prefix or None,
