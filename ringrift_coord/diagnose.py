@@ -109,7 +109,7 @@ def lock_table(db_path: str, locks_file: str = LOCKS_FILE) -> dict[int, str]:
     # may show another device; elsewhere the same inode number on another device is another file)
     found = exact or by_inode
     held = {pid: next(name for name in RANK if name in names) for pid, names in found.items()}
-    if "write lock" in held.values():  # the gate's holder is the next writer, waiting on it
+    if "write lock" in held.values():  # a gate holder besides it waits for it (not in line)
         held = {pid: name for pid, name in held.items() if name != "write gate"}
     return held
 

@@ -243,6 +243,49 @@ def test_a_writer_stopped_or_killed_in_line_holds_up_the_one_behind_it_briefly(
         assert took >= STOPPED_CHECK * 0.9, took
 
 
+def test_a_signal_raised_as_commit_returns_leaves_the_gate_free(coord: Coord) -> None:
+    """In line the gate is held to the COMMIT. A signal's exception (Ctrl-C, ``run``'s SIGHUP)
+    that arrives during the COMMIT is raised once it returns, with the change landed: the
+    gate must be let go on that path too. Raised here at that very point (a profile hook on
+    the COMMIT's return); another process then writes at once, and this store again. With
+    the gate let go only after a COMMIT that returned normally, the other writer waited out
+    its 2 s busy timeout (checked)."""
+    store = open_store(coord)
+    try:
+        with store.write() as tx:  # (opens the gate: in line where the platform has it)
+            tx.query("SELECT 1 AS x")
+        assert store._gate_line is gate_module_queues(store._gate)
+
+        def interrupt(frame: Any, event: str, arg: object) -> None:
+            if event == "c_return" and frame.f_code.co_name == "_commit":
+                sys.setprofile(None)
+                raise KeyboardInterrupt
+
+        with pytest.raises(KeyboardInterrupt):
+            with store.write() as tx:
+                tx.query("SELECT COUNT(*) AS n FROM tasks")
+                sys.setprofile(interrupt)
+        sys.setprofile(None)
+        assert not store._conn.in_transaction
+        other = "from ringrift_coord.store.sqlite import SQLiteStore\n" + (
+            f"s = SQLiteStore({str(coord.db)!r}, busy_timeout=2.0)\n"
+            "with s.write() as tx:\n    tx.query('SELECT 1 AS x')\n"
+        )
+        started = time.monotonic()
+        done = subprocess.run([sys.executable, "-c", other], capture_output=True, text=True)
+        assert done.returncode == 0 and time.monotonic() - started < 1.8, done.stderr
+        assert timed_write(store) < 1.0
+    finally:
+        sys.setprofile(None)
+        store.close()
+
+
+def gate_module_queues(fd: int) -> bool:
+    from ringrift_coord.store import gate
+
+    return gate.queues(fd)
+
+
 def herd_rows(coord: Coord) -> int:
     import sqlite3
 

@@ -149,7 +149,10 @@ def _open_either(path: str, flags: int) -> int:
 def queues(fd: int) -> bool:
     """Whether writers on this descriptor line up in arrival order (see above)."""
     try:
-        return _OFD and fd >= 0 and fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE == os.O_RDWR
+        if not (_OFD and fd >= 0 and fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE == os.O_RDWR):
+            return False
+        fcntl.fcntl(fd, fcntl.F_OFD_GETLK, _COUNTER_LOCK)  # (EINVAL: a kernel without them)
+        return True
     except OSError:
         return False
 
@@ -279,8 +282,8 @@ class _Alarm:
                 except OSError:
                     return False
                 continue
-            _signal.setitimer(_signal.ITIMER_REAL, max(until - now, 0.0001))
             try:
+                _signal.setitimer(_signal.ITIMER_REAL, max(until - now, 0.0001))
                 _armed = True
                 block()  # an EINTR is retried unless the handler raises (armed: it does)
                 _armed = False
@@ -299,6 +302,10 @@ def _take_place(fd: int, alarm: _Alarm) -> int | None:
     there is none to wait for (the first ticket; a line that cannot be used here, such as a
     full disk for the counter). Whatever interrupts it (a signal's exception) lets go of the
     counter: a counter left held would hold up every writer."""
+    stale = _places.get(fd)
+    if stale is not None:  # (a place an interrupted release kept: let go of it first)
+        _let_go(fd, stale)
+        _places.pop(fd, None)
     try:
         try:
             fcntl.fcntl(fd, fcntl.F_OFD_SETLK, _COUNTER_LOCK)
@@ -337,12 +344,14 @@ def _wait_for(fd: int, ahead: int, alarm: _Alarm) -> None:
     if found[:2] == _UNLOCKED_TYPE:  # let go already: the common case, one call
         return
     _publish_pid(fd)
-    if alarm.wait(
-        lambda: fcntl.fcntl(fd, fcntl.F_OFD_SETLKW, args),
-        _try_ofd(fd, args),
-        give_up=lambda: _stopped(fd, ahead),
-    ):
-        fcntl.fcntl(fd, fcntl.F_OFD_SETLK, _lock_args(fcntl.F_UNLCK, ahead))
+    try:
+        alarm.wait(
+            lambda: fcntl.fcntl(fd, fcntl.F_OFD_SETLKW, args),
+            _try_ofd(fd, args),
+            give_up=lambda: _stopped(fd, ahead),
+        )
+    finally:  # (taken only to learn that it was free; also when the deadline came with it)
+        _let_go(fd, ahead)
 
 
 def _line_empty(fd: int) -> bool:
@@ -412,12 +421,17 @@ def release(fd: int) -> None:
         fcntl.flock(fd, fcntl.LOCK_UN)
     except OSError:
         pass  # (closed meanwhile: the kernel has let go of it already)
-    place = _places.pop(fd, None)
+    place = _places.get(fd)
     if place is not None:  # (after the flock: the writer behind then finds it free)
-        try:
-            fcntl.fcntl(fd, fcntl.F_OFD_SETLK, _lock_args(fcntl.F_UNLCK, place))
-        except OSError:
-            pass
+        _let_go(fd, place)
+        _places.pop(fd, None)  # (only once let go: an interrupted release is done again)
+
+
+def _let_go(fd: int, start: int) -> None:
+    try:
+        fcntl.fcntl(fd, fcntl.F_OFD_SETLK, _lock_args(fcntl.F_UNLCK, start))
+    except OSError:
+        pass  # (closed meanwhile: the kernel has let go of it already)
 
 
 def close(fd: int) -> None:

@@ -477,6 +477,8 @@ class SQLiteStore(Store):
             self._gate_line = gate.queues(fd)
         if fd < 0:
             return 0.0
+        if self._gated:  # still held: an end interrupted between its COMMIT and letting go
+            self._leave_gate()
         self._gated = True  # (first: a signal's exception from here on still lets it go)
         try:
             waited = gate.acquire(fd, self.busy_timeout, self._gate_line)
@@ -498,8 +500,11 @@ class SQLiteStore(Store):
         except sqlite3.Error as exc:
             self._rollback()
             raise self._translate(exc) from None
-        if self._gated:
-            self._leave_gate()
+        finally:
+            # (a signal's exception is raised once COMMIT returns, with it landed: the gate
+            # held to the COMMIT must be let go on that path too, or every writer waits)
+            if self._gated:
+                self._leave_gate()
         try:
             big = os.stat(self.path + "-wal").st_size > WAL_LIMIT  # ~1 us: every commit
         except OSError:
@@ -525,13 +530,15 @@ class SQLiteStore(Store):
             self._next_wal_cut = self.clock.monotonic() + WAL_CUT_RETRY
 
     def _rollback(self) -> None:
-        if self._conn.in_transaction:
-            try:
-                self._conn.execute("ROLLBACK")
-            except sqlite3.Error:
-                pass
-        if self._gated:
-            self._leave_gate()
+        try:
+            if self._conn.in_transaction:
+                try:
+                    self._conn.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass
+        finally:
+            if self._gated:
+                self._leave_gate()
         if self._query_only:
             try:
                 self._conn.execute("PRAGMA query_only = OFF")
