@@ -19,19 +19,22 @@ line up in arrival order before the ``flock``: each draws a ticket (a counter at
 of the file, read and advanced under a lock of its bytes), holds a lock on its ticket's own
 8 bytes further on (an open-file-description lock, ``F_OFD_SETLK``: the kernel drops it
 with the descriptor, so a killed writer leaves the line at once), waits for the previous
-ticket's bytes to be let go (writing its pid at its own before it blocks), then takes the
-``flock``, and holds both until its ``COMMIT`` (or rollback): the next in line then finds
-SQLite's lock free at once instead of noticing the ``COMMIT`` at its busy handler's next
-try, and a writer that comes back draws a ticket behind everyone waiting. A writer that
+ticket's bytes to be let go (writing its pid and pid namespace at its own before it
+blocks), then takes the ``flock``, and holds both until its ``COMMIT`` (or rollback): the
+next in line then finds SQLite's lock free at once instead of noticing the ``COMMIT`` at
+its busy handler's next try, and a writer that comes back draws a ticket behind everyone
+waiting. A writer that
 finds nobody in line (the last ticket's bytes let go) and the ``flock`` free takes it at
 once, as the first in line would (a lone writer: a ``pread``, a lock test, the ``flock``).
 A writer whose predecessor in line is stopped (SIGSTOP, Ctrl-Z: it holds its place but will
 not move) stops waiting for it after ``STOPPED_CHECK`` seconds and goes on to the
-``flock``: a stopped waiter costs the one behind it that long, once, never the whole line.
-Where the line cannot be used (a gate this user can only read; not 64-bit Linux) the
-``flock`` alone orders the writers, let go once ``BEGIN IMMEDIATE`` has SQLite's lock (held
-to the ``COMMIT``, the writer that had just let go would win the race of the woken waiters
-again and again).
+``flock``: a stopped waiter costs the one behind it that long, once, never the whole line;
+one it cannot judge (its pid written from another pid namespace, a ``/proc`` it cannot read,
+no pid written yet) it passes after ``UNSEEN_LOOKS`` looks: fairness is given up for it,
+never the busy timeout. Where the line cannot be used (a gate this user can only read;
+not 64-bit Linux) the ``flock`` alone orders the writers, let go once ``BEGIN IMMEDIATE``
+has SQLite's lock (held to the ``COMMIT``, the writer that had just let go would win the
+race of the woken waiters again and again).
 
 The wait is bounded by the store's busy timeout: ``flock`` has no timeout, so a waiter arms
 ``SIGALRM`` (``setitimer``, as util-linux ``flock -w`` does) in the main thread when the
@@ -79,6 +82,9 @@ _WITHOUT = frozenset((errno.EACCES, errno.EPERM, errno.EROFS, errno.EDQUOT, errn
 # ticket from PLACES on, PLACE_COUNT of them reused in turn (far more than ever wait at once)
 COUNTER, PLACES, PLACE_COUNT = 0, 4096, 4096
 STOPPED_CHECK = 0.5  # seconds in line before looking whether the writer ahead is stopped
+# looks after which a writer ahead that cannot be seen at all (another pid namespace, a
+# hidden /proc) is passed: fairness is given up for it, never the busy timeout
+UNSEEN_LOOKS = 2
 # the line's byte-range locks: 64-bit Linux (struct flock: type, whence, start, len, pid)
 _OFD = sys.platform.startswith("linux") and sys.maxsize > 2**32 and hasattr(fcntl, "F_OFD_SETLK")
 _FLOCK_STRUCT = "hhqqi4x"
@@ -283,8 +289,8 @@ class _Alarm:
                     return False
                 continue
             try:
-                _signal.setitimer(_signal.ITIMER_REAL, max(until - now, 0.0001))
                 _armed = True
+                _signal.setitimer(_signal.ITIMER_REAL, max(until - now, 0.0001))
                 block()  # an EINTR is retried unless the handler raises (armed: it does)
                 _armed = False
                 return True
@@ -344,12 +350,18 @@ def _wait_for(fd: int, ahead: int, alarm: _Alarm) -> None:
     if found[:2] == _UNLOCKED_TYPE:  # let go already: the common case, one call
         return
     _publish_pid(fd)
+    unseen = 0
+
+    def give_up() -> bool:  # seen stopped, or not seen at all for UNSEEN_LOOKS looks
+        nonlocal unseen
+        stopped = _stopped(fd, ahead)
+        if stopped is None:
+            unseen += 1
+            return unseen >= UNSEEN_LOOKS
+        return stopped
+
     try:
-        alarm.wait(
-            lambda: fcntl.fcntl(fd, fcntl.F_OFD_SETLKW, args),
-            _try_ofd(fd, args),
-            give_up=lambda: _stopped(fd, ahead),
-        )
+        alarm.wait(lambda: fcntl.fcntl(fd, fcntl.F_OFD_SETLKW, args), _try_ofd(fd, args), give_up)
     finally:  # (taken only to learn that it was free; also when the deadline came with it)
         _let_go(fd, ahead)
 
@@ -392,15 +404,35 @@ def _try_ofd(fd: int, args: bytes) -> Callable[[], bool]:
     return attempt
 
 
-def _stopped(fd: int, place: int) -> bool:
-    """Whether the pid written at ``place`` is a stopped process (not when unreadable)."""
+def _stopped(fd: int, place: int) -> bool | None:
+    """Whether the writer whose pid is written at ``place`` is a stopped process; None when
+    this process cannot tell (another pid namespace, a ``/proc`` entry it cannot read, a pid
+    not written yet or gone)."""
     try:
-        pid = int.from_bytes(os.pread(fd, 8, place), "little")
+        raw = os.pread(fd, 8, place)
+        pid, namespace = int.from_bytes(raw[:4], "little"), int.from_bytes(raw[4:8], "little")
+        if pid <= 0 or namespace != _pid_namespace() or not namespace:
+            return None
         with open(f"/proc/{pid}/stat", "rb") as stat:
             data = stat.read()
     except (OSError, ValueError):
-        return False
-    return pid > 0 and data[data.rfind(b")") + 2 :][:1] in (b"T", b"t")
+        return None
+    return data[data.rfind(b")") + 2 :][:1] in (b"T", b"t")
+
+
+def _pid_namespace() -> int:
+    """This process's pid namespace (its inode, low 32 bits; 0 when it cannot be read): a
+    pid written by a process in another one means another process here."""
+    global _namespace
+    if _namespace is None:
+        try:
+            _namespace = os.stat("/proc/self/ns/pid").st_ino & 0xFFFFFFFF
+        except OSError:
+            _namespace = 0
+    return _namespace
+
+
+_namespace: int | None = None
 
 
 def _lock_args(kind: int, start: int) -> bytes:
@@ -413,7 +445,7 @@ _UNLOCKED_TYPE = _lock_args(fcntl.F_UNLCK, 0)[:2]
 
 
 def _pid_bytes() -> bytes:
-    return os.getpid().to_bytes(8, "little")
+    return os.getpid().to_bytes(4, "little") + _pid_namespace().to_bytes(4, "little")
 
 
 def release(fd: int) -> None:

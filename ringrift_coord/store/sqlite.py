@@ -491,8 +491,8 @@ class SQLiteStore(Store):
         return waited
 
     def _leave_gate(self) -> None:
-        self._gated = False
         gate.release(self._gate)
+        self._gated = False  # (after: a release a signal interrupted is done again)
 
     def _commit(self) -> None:
         try:
