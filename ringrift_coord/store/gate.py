@@ -61,7 +61,6 @@ import fcntl
 import os
 import sys
 import time
-from _struct import pack as _pack
 
 from ringrift_coord.errors import StateError
 
@@ -85,9 +84,9 @@ STOPPED_CHECK = 0.5  # seconds in line before looking whether the writer ahead i
 # looks after which a writer ahead that cannot be seen at all (another pid namespace, a
 # hidden /proc) is passed: fairness is given up for it, never the busy timeout
 UNSEEN_LOOKS = 2
-# the line's byte-range locks: 64-bit Linux (struct flock: type, whence, start, len, pid)
+# the line's byte-range locks: 64-bit Linux (struct flock: see _lock_args)
 _OFD = sys.platform.startswith("linux") and sys.maxsize > 2**32 and hasattr(fcntl, "F_OFD_SETLK")
-_FLOCK_STRUCT = "hhqqi4x"
+_ORDER = sys.byteorder  # (struct flock in native order, written out: no struct import)
 
 _armed = False  # a waiter is blocked now, and SIGALRM interrupts its wait
 _places: dict[int, int] = {}  # gate descriptor -> the offset of the place it holds in line
@@ -436,7 +435,16 @@ _namespace: int | None = None
 
 
 def _lock_args(kind: int, start: int) -> bytes:
-    return _pack(_FLOCK_STRUCT, kind, os.SEEK_SET, start, 8, 0)
+    # short l_type, short l_whence, (4 bytes of padding), off_t l_start, off_t l_len,
+    # pid_t l_pid (0, as OFD locks want), (4 bytes of padding): 32 bytes, as "hhqqi4x"
+    return (
+        kind.to_bytes(2, _ORDER)
+        + os.SEEK_SET.to_bytes(2, _ORDER)
+        + bytes(4)
+        + start.to_bytes(8, _ORDER)
+        + (8).to_bytes(8, _ORDER)
+        + bytes(8)
+    )
 
 
 _COUNTER_LOCK = _lock_args(fcntl.F_WRLCK, COUNTER)
