@@ -36,6 +36,13 @@ def _stat_fields(pid: int) -> list[str] | None:
     return data[data.rfind(b")") + 2 :].decode("ascii", "replace").split()
 
 
+def state(pid: int) -> str | None:
+    """The process's state letter on Linux (``R``, ``S``, ``T`` stopped, ``Z`` ...), or None
+    when it cannot be read here (gone, hidden, not Linux)."""
+    fields = _stat_fields(pid) if _LINUX and pid > 0 else None
+    return fields[0] if fields else None
+
+
 _OWN_START: dict[int, int | None] = {}
 
 

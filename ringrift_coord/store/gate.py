@@ -23,9 +23,9 @@ ticket's bytes to be let go (writing its pid and pid namespace at its own before
 blocks), then takes the ``flock``, and holds both until its ``COMMIT`` (or rollback): the
 next in line then finds SQLite's lock free at once instead of noticing the ``COMMIT`` at
 its busy handler's next try, and a writer that comes back draws a ticket behind everyone
-waiting. A writer that
-finds nobody in line (the last ticket's bytes let go) and the ``flock`` free takes it at
-once, as the first in line would (a lone writer: a ``pread``, a lock test, the ``flock``).
+waiting. A writer that finds nobody in line (the last ticket's bytes let go) and the
+``flock`` free takes it at once, as the first in line would (a lone writer: a ``pread``, a
+lock test, the ``flock``).
 A writer whose predecessor in line is stopped (SIGSTOP, Ctrl-Z: it holds its place but will
 not move) stops waiting for it after ``STOPPED_CHECK`` seconds and goes on to the
 ``flock``: a stopped waiter costs the one behind it that long, once, never the whole line;
@@ -204,7 +204,10 @@ def acquire(fd: int, budget: float, line: bool = False) -> float | None:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             _publish_pid(fd)
-            if not alarm.wait(lambda: fcntl.flock(fd, fcntl.LOCK_EX), _try_flock(fd)):
+            if not alarm.wait(
+                lambda: fcntl.flock(fd, fcntl.LOCK_EX),
+                _attempt(lambda: fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)),
+            ):
                 release(fd)
                 return None
         except OSError:
@@ -218,13 +221,18 @@ def acquire(fd: int, budget: float, line: bool = False) -> float | None:
     return time.monotonic() - start
 
 
-def _try_flock(fd: int) -> Callable[[], bool]:
+def _attempt(take: Callable[[], object]) -> Callable[[], bool]:
+    """``take`` (a non-blocking lock call) as a try: False while the lock is held elsewhere
+    (EAGAIN/EWOULDBLOCK, or EACCES as POSIX allows for byte-range locks)."""
+
     def attempt() -> bool:
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            take()
             return True
-        except BlockingIOError:
-            return False
+        except OSError as exc:
+            if exc.errno in (errno.EAGAIN, errno.EACCES):
+                return False
+            raise
 
     return attempt
 
@@ -307,17 +315,14 @@ def _take_place(fd: int, alarm: _Alarm) -> int | None:
     there is none to wait for (the first ticket; a line that cannot be used here, such as a
     full disk for the counter). Whatever interrupts it (a signal's exception) lets go of the
     counter: a counter left held would hold up every writer."""
-    stale = _places.get(fd)
-    if stale is not None:  # (a place an interrupted release kept: let go of it first)
-        _let_go(fd, stale)
-        _places.pop(fd, None)
+    _leave_place(fd)  # (a place an interrupted release kept: let go of it first)
     try:
         try:
             fcntl.fcntl(fd, fcntl.F_OFD_SETLK, _COUNTER_LOCK)
         except OSError as exc:
             if exc.errno not in (errno.EAGAIN, errno.EACCES) or not alarm.wait(
                 lambda: fcntl.fcntl(fd, fcntl.F_OFD_SETLKW, _COUNTER_LOCK),
-                _try_ofd(fd, _COUNTER_LOCK),
+                _attempt(lambda: fcntl.fcntl(fd, fcntl.F_OFD_SETLK, _COUNTER_LOCK)),
             ):
                 return None
         raw = os.pread(fd, 8, COUNTER)
@@ -360,7 +365,11 @@ def _wait_for(fd: int, ahead: int, alarm: _Alarm) -> None:
         return stopped
 
     try:
-        alarm.wait(lambda: fcntl.fcntl(fd, fcntl.F_OFD_SETLKW, args), _try_ofd(fd, args), give_up)
+        alarm.wait(
+            lambda: fcntl.fcntl(fd, fcntl.F_OFD_SETLKW, args),
+            _attempt(lambda: fcntl.fcntl(fd, fcntl.F_OFD_SETLK, args)),
+            give_up,
+        )
     finally:  # (taken only to learn that it was free; also when the deadline came with it)
         _let_go(fd, ahead)
 
@@ -390,33 +399,21 @@ def _publish_pid(fd: int) -> None:
             pass  # (the writer behind cannot see whether this one is stopped: it waits)
 
 
-def _try_ofd(fd: int, args: bytes) -> Callable[[], bool]:
-    def attempt() -> bool:
-        try:
-            fcntl.fcntl(fd, fcntl.F_OFD_SETLK, args)
-            return True
-        except OSError as exc:
-            if exc.errno in (errno.EAGAIN, errno.EACCES):
-                return False
-            raise
-
-    return attempt
-
-
 def _stopped(fd: int, place: int) -> bool | None:
     """Whether the writer whose pid is written at ``place`` is a stopped process; None when
     this process cannot tell (another pid namespace, a ``/proc`` entry it cannot read, a pid
     not written yet or gone)."""
     try:
         raw = os.pread(fd, 8, place)
-        pid, namespace = int.from_bytes(raw[:4], "little"), int.from_bytes(raw[4:8], "little")
-        if pid <= 0 or namespace != _pid_namespace() or not namespace:
-            return None
-        with open(f"/proc/{pid}/stat", "rb") as stat:
-            data = stat.read()
-    except (OSError, ValueError):
+    except OSError:
         return None
-    return data[data.rfind(b")") + 2 :][:1] in (b"T", b"t")
+    pid, namespace = int.from_bytes(raw[:4], "little"), int.from_bytes(raw[4:8], "little")
+    if pid <= 0 or namespace != _pid_namespace() or not namespace:
+        return None
+    from ringrift_coord.procs import state
+
+    found = state(pid)
+    return None if found is None else found in ("T", "t")
 
 
 def _pid_namespace() -> int:
@@ -461,8 +458,12 @@ def release(fd: int) -> None:
         fcntl.flock(fd, fcntl.LOCK_UN)
     except OSError:
         pass  # (closed meanwhile: the kernel has let go of it already)
+    _leave_place(fd)  # (after the flock: the writer behind then finds it free)
+
+
+def _leave_place(fd: int) -> None:
     place = _places.get(fd)
-    if place is not None:  # (after the flock: the writer behind then finds it free)
+    if place is not None:
         _let_go(fd, place)
         _places.pop(fd, None)  # (only once let go: an interrupted release is done again)
 
