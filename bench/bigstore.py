@@ -42,8 +42,7 @@ sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE.parent / "tests"))
 
 from ringrift_coord.context import Context  # noqa: E402
-from ringrift_coord.task_coordinator import Holder, TaskCoordinator  # noqa: E402
-from ringrift_coord.tasktypes import TaskType  # noqa: E402
+from ringrift_coord.task_coordinator import Holder, TaskCoordinator, TaskType  # noqa: E402
 
 GOAL = 1.2
 NODE = "bench-node"  # the node asking: no task of its own in either store

@@ -23,9 +23,9 @@ from ringrift_coord import (
     reservations,
     rules,
     slots,
+    tasktypes,
 )
 from ringrift_coord.decision import Decision, Reason, Request
-from ringrift_coord.tasktypes import TaskType
 
 TYPE_CHECKING = False  # typing costs start-up time on the hot path; annotations are lazy
 if TYPE_CHECKING:
@@ -132,7 +132,7 @@ def evaluate(
         tx,
         req,
         now,
-        probed or probe(tx, req.node, req.task_type.value),
+        probed or probe(tx, req.node, req.task_type),
         state_dir,
         halt_file,
         live,
@@ -152,7 +152,7 @@ def evaluate(
         retry = None if any(w is None for w in waits) else max(w for w in waits if w is not None)
     decision = Decision(
         allowed=not reasons,
-        task_type=req.task_type.value,
+        task_type=req.task_type,
         node=req.node,
         reasons=reasons,
         retry_after=None if retry is None else round(retry, 3),
@@ -179,7 +179,7 @@ def admit(
     transaction. It also runs the chores the evaluation found due. Callers that hold the
     store's write lock pass ``halt_file`` (``halts.snapshot``) and ``live``
     (``rules.live_reading``), both read before the transaction."""
-    ttype = req.task_type.value
+    ttype = req.task_type
     # the probe and the reaper's read first: on a server they go with the BEGIN, the lock
     # and the clock (``write(statements_only=True)``), and the decision's id with them:
     # under the lock, an admission is then this round trip and the COMMIT with every INSERT
@@ -340,7 +340,7 @@ def decisions(
         args.append(node)
     if task_type:
         where.append("task_type = ?")
-        args.append(TaskType.parse(task_type).value)
+        args.append(tasktypes.parse(task_type))
     sql = "SELECT * FROM decisions"
     if where:
         sql += " WHERE " + " AND ".join(where)

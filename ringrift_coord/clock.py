@@ -13,7 +13,10 @@ A clock offers two ways to wait, and code picks the one that says what it waits 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+
+TYPE_CHECKING = False  # typing costs start-up time on the hot path; annotations are lazy
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
 # How long ManualClock.wait_readable looks at its fds in real time before it returns.
 MANUAL_REAL_WAIT = 0.01

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Mapping
 
 from ringrift_coord.errors import ConfigError, CoordError, ExitCode
 from ringrift_coord.inputs import did_you_mean, number_hint, printable, strict_float, strict_int
@@ -18,6 +17,7 @@ from ringrift_coord.tasktypes import TASK_TYPE_NAMES
 
 TYPE_CHECKING = False  # typing costs start-up time on the hot path; annotations are lazy
 if TYPE_CHECKING:
+    from collections.abc import Mapping
     from typing import Any
 
 CONFIG_ENV = "RINGRIFT_COORD_CONFIG"

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import _thread
 import os
-from collections.abc import Mapping
 
 from ringrift_coord.clock import SYSTEM_CLOCK, Clock
 from ringrift_coord.config import Settings, load_settings
@@ -25,6 +24,7 @@ from ringrift_coord.store import Store, open_store
 
 TYPE_CHECKING = False  # typing costs start-up time on the hot path; annotations are lazy
 if TYPE_CHECKING:
+    from collections.abc import Mapping
     from typing import Any, Self
 
 

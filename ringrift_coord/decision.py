@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from ringrift_coord import identity, procs
 from ringrift_coord.durations import human
-from ringrift_coord.tasktypes import TaskType
 
 TYPE_CHECKING = False  # typing costs start-up time on the hot path; annotations are lazy
 if TYPE_CHECKING:
@@ -42,7 +41,7 @@ class Request:
 
     def __init__(
         self,
-        task_type: TaskType,
+        task_type: str,
         node: str,
         *,
         source: str = "api",

@@ -9,13 +9,14 @@ a ``now`` is given.
 
 from __future__ import annotations
 
+from ringrift_coord import tasktypes
 from ringrift_coord.context import Context, ProcessWide
-from ringrift_coord.tasktypes import TaskType
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from ringrift_coord.schedule.expected import Expected
     from ringrift_coord.schedule.peak import Verdict
+    from ringrift_coord.tasktype_enums import TaskType
 
 __all__ = ["DurationScheduler", "get_duration_scheduler"]
 
@@ -37,7 +38,7 @@ class DurationScheduler(ProcessWide):
         ``retry_at``, ``in_peak`` (``schedule.peak.Verdict``)."""
         from ringrift_coord.schedule import peak
 
-        ttype = TaskType.parse(task_type).value
+        ttype = tasktypes.parse(task_type)
         with self.ctx.store.read() as tx:
             at = tx.now() if now is None else float(now)
             return peak.verdict_at(tx, self.ctx.settings, ttype, config or None, at)
@@ -63,7 +64,7 @@ class DurationScheduler(ProcessWide):
         """The whole answer of ``get_expected_duration``: seconds, source, samples, used."""
         from ringrift_coord.schedule import expected
 
-        ttype = TaskType.parse(task_type).value
+        ttype = tasktypes.parse(task_type)
         with self.ctx.store.read() as tx:
             return expected.lookup(tx, self.ctx.settings, ttype, _config(config))
 
@@ -74,7 +75,7 @@ class DurationScheduler(ProcessWide):
         ``unregister`` record successful tasks themselves. Positive, at most 1e9 s."""
         from ringrift_coord.schedule import expected
 
-        ttype = TaskType.parse(task_type).value
+        ttype = tasktypes.parse(task_type)
         seconds = expected.check_seconds(float(actual_seconds), "actual_seconds")
         with self.ctx.store.write() as tx:
             expected.record(tx, self.ctx.settings, ttype, _config(config), seconds, tx.now(), "api")

@@ -31,6 +31,7 @@ import errno
 import os
 import stat
 
+from ringrift_coord import tasktypes
 from ringrift_coord.decision import Reason
 from ringrift_coord.errors import StateError, StoreBusy, UsageError
 from ringrift_coord.inputs import printable, seconds
@@ -41,7 +42,6 @@ from ringrift_coord.store.base import (
     StoreGone,
     StoreUnreachable,
 )
-from ringrift_coord.tasktypes import TaskType
 
 TYPE_CHECKING = False  # typing costs start-up time on the hot path; annotations are lazy
 if TYPE_CHECKING:
@@ -61,9 +61,9 @@ PROBE = "(SELECT COUNT(*) FROM halts)"  # admission's probe: are there any halt 
 _COLUMNS = "scope, node, reason, who, host, at, expires_at"
 
 
-def scope_of(task_type: str | TaskType | None) -> str:
+def scope_of(task_type: str | None) -> str:
     """The scope a halt of ``task_type`` has (``*``: every type)."""
-    return GLOBAL if task_type is None else TaskType.parse(task_type).value
+    return GLOBAL if task_type is None else tasktypes.parse(task_type)
 
 
 def node_of(node: str | None) -> str:
@@ -117,7 +117,7 @@ class HaltState:
             self.stale_file, file = file["path"], None  # the mirror rule
         self.rows, self.file = rows, file
 
-    def halted(self, task_type: str | TaskType | None = None, node: str | None = None) -> bool:
+    def halted(self, task_type: str | None = None, node: str | None = None) -> bool:
         """Halted at all (no type), or for that type (a halt of every type or its own); on
         ``node`` only (a halt of every node or of that one), or on any node (None)."""
         scope = scope_of(task_type)  # an unknown type is bad input, whatever is halted
@@ -223,7 +223,7 @@ def status(
     tx: Tx,
     source: str | Snapshot | None,
     now: float,
-    task_type: str | TaskType | None = None,
+    task_type: str | None = None,
     node: str | None = None,
 ) -> dict[str, Any]:
     """Every halt in force, this host's halt file (when it halts), the last audit entries,
@@ -356,7 +356,7 @@ def activate(
     ctx: Context,
     reason: str | None,
     *,
-    task_type: str | TaskType | None,
+    task_type: str | None,
     ttl: float | None,
     who: str,
     host: str,
@@ -451,7 +451,7 @@ def activate(
 def deactivate(
     ctx: Context,
     *,
-    task_type: str | TaskType | None,
+    task_type: str | None,
     who: str,
     host: str,
     node: str | None = None,
@@ -489,7 +489,7 @@ def deactivate(
 def _deactivate(
     ctx: Context,
     *,
-    task_type: str | TaskType | None,
+    task_type: str | None,
     who: str,
     host: str,
     node: str | None,

@@ -24,7 +24,7 @@ import signal
 import sys
 from collections.abc import Callable, Sequence
 
-from ringrift_coord import procs
+from ringrift_coord import procs, tasktypes
 from ringrift_coord.clock import Clock
 from ringrift_coord.config import Settings
 from ringrift_coord.context import Context
@@ -40,7 +40,6 @@ from ringrift_coord.errors import (
 )
 from ringrift_coord.store.base import StoreGone
 from ringrift_coord.task_coordinator import Holder, TaskCoordinator
-from ringrift_coord.tasktypes import TaskType
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -78,7 +77,7 @@ class RunDenied(CoordError):
 class Interrupted(SignalError):
     def __init__(self, signum: int) -> None:
         super().__init__(f"interrupted by {signal.Signals(signum).name} before the command started")
-        self.exit_code = 128 + signum  # type: ignore[assignment]
+        self.exit_code = 128 + signum
 
 
 class RunResult:
@@ -160,7 +159,7 @@ class TaskSlot(SlotKeeper):
     def __init__(
         self,
         coord: TaskCoordinator,
-        task_type: TaskType,
+        task_type: str,
         node: str,
         *,
         holder: Holder,
@@ -172,10 +171,10 @@ class TaskSlot(SlotKeeper):
         self.config_name, self.command = config_name, command
 
     def waiting_for(self) -> str:
-        return f"a {self.task_type.value} slot on {self.node}"
+        return f"a {self.task_type} slot on {self.node}"
 
     def queue_key(self) -> tuple[str, str]:
-        return self.task_type.value, self.node
+        return self.task_type, self.node
 
     def acquire(self, waiter_seq: int | None, log: bool) -> Decision:
         return self.coord.acquire(
@@ -216,7 +215,7 @@ class TaskSlot(SlotKeeper):
         return {
             "RINGRIFT_TASK_ID": decision.task_id,
             "RINGRIFT_LEASE_TOKEN": str(decision.lease_token),
-            "RINGRIFT_TASK_TYPE": self.task_type.value,
+            "RINGRIFT_TASK_TYPE": self.task_type,
             "RINGRIFT_NODE_ID": self.node,
         }
 
@@ -226,7 +225,7 @@ class TaskSlot(SlotKeeper):
 
 def acquire_slot(
     coord: TaskCoordinator,
-    task_type: TaskType,
+    task_type: str,
     node: str,
     *,
     holder: Holder,
@@ -631,7 +630,7 @@ class _Tee:
 
 def run_command(
     coord: TaskCoordinator,
-    task_type: str | TaskType,
+    task_type: str,
     node: str,
     argv: Sequence[str],
     *,
@@ -652,7 +651,7 @@ def run_command(
     if not argv:
         raise UsageError("there is no command to run", field="command")
     _check_timeout(timeout)
-    ttype = TaskType.parse(task_type)
+    ttype = tasktypes.parse(task_type)
     me = os.getpid()
     keeper = TaskSlot(
         coord,

@@ -314,9 +314,9 @@ def _tasks(tx: Tx, settings: Settings, now: float, fam: Families) -> list[str]:
     waiters; returns the nodes the per-node families cover (see ``live_nodes``)."""
     from ringrift_coord import reports, reservations, slots
     from ringrift_coord.optimizer import state as optimizer_state
-    from ringrift_coord.tasktypes import TaskType
+    from ringrift_coord.tasktypes import TASK_TYPE_NAMES
 
-    types = [t.value for t in TaskType]
+    types = list(TASK_TYPE_NAMES)
     counts = slots.counts(tx)
     waiting = _waiting(tx)
     stored = {r["node"]: r for r in _readings_rows(tx)}

@@ -23,7 +23,7 @@ from ringrift_coord import (
 )
 from ringrift_coord.breakers import BreakerConfig
 from ringrift_coord.config import is_used
-from ringrift_coord.tasktypes import TaskType
+from ringrift_coord.tasktypes import TASK_TYPE_NAMES
 from ringrift_coord.transfers import TASK_TYPE as TRANSFER_QUEUE
 
 TYPE_CHECKING = False  # typing costs start-up time on the hot path; annotations are lazy
@@ -46,11 +46,11 @@ def task_stats(
     """Tasks per type and node against their limits, queue lengths, reservations, state."""
     counts = slots.counts(tx)
     by_type: dict[str, Any] = {}
-    for t in TaskType:
-        by_type[t.value] = {
+    for t in TASK_TYPE_NAMES:
+        by_type[t] = {
             "running": 0,
-            "per_node_limit": settings.task_limit(t.value, "per_node"),
-            "cluster_limit": settings.task_limit(t.value, "cluster"),
+            "per_node_limit": settings.task_limit(t, "per_node"),
+            "cluster_limit": settings.task_limit(t, "cluster"),
             "nodes": {},
             "queued": 0,
             "held": 0,  # waiters a halt or peak hours hold back: they start once it lifts

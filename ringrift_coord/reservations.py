@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import os
 
+from ringrift_coord import tasktypes
 from ringrift_coord.inputs import seconds, slot_count
-from ringrift_coord.tasktypes import TaskType
 
 TYPE_CHECKING = False  # typing costs start-up time on the hot path; annotations are lazy
 if TYPE_CHECKING:
@@ -62,13 +62,13 @@ def held_for_others(rows: list[Row], node: str, task_type: str) -> int:
     """Slots reserved on ``node`` for other types of ``task_type``'s resource class (held
     whether or not they are used yet: their running tasks do not count against this type's
     limit, so only the whole reservation keeps room)."""
-    own = TaskType.parse(task_type).resource_type
+    own = tasktypes.resource_class(task_type)
     return sum(
         res["slots"]
         for res in rows
         if res["node"] == node
         and res["task_type"] != task_type
-        and TaskType.parse(res["task_type"]).resource_type == own
+        and tasktypes.resource_class(res["task_type"]) == own
     )
 
 

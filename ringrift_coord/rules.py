@@ -19,7 +19,7 @@ from __future__ import annotations
 from ringrift_coord import breakers, feedback, halts, identity, queue, readings, reservations, slots
 from ringrift_coord.breakers import HALF_OPEN, OPEN, BreakerConfig
 from ringrift_coord.decision import Reason
-from ringrift_coord.tasktypes import TaskType
+from ringrift_coord.tasktypes import SELFPLAY
 
 TYPE_CHECKING = False  # typing costs start-up time on the hot path; annotations are lazy
 if TYPE_CHECKING:
@@ -78,7 +78,7 @@ class Evaluation:
         halt_file: halts.Snapshot | None = None,
         live: dict[str, Any] | None = None,
     ) -> None:
-        ttype = req.task_type.value
+        ttype = req.task_type
         self.probe, self.state_dir = probe, state_dir
         # this host's halt file, read before the transaction (else read from state_dir)
         self.halt_file: halts.Snapshot | str | None = (
@@ -124,7 +124,7 @@ def _slot_wait(
 def halt(tx: Tx, req: Request, settings: Settings, now: float, ev: Evaluation) -> list[Reason]:
     """Every halt that applies to the type, and this host's halt file (see ``halts``)."""
     if ev.probe["halts"]:
-        state = halts.state(tx, ev.halt_file, now, req.task_type.value, req.node)
+        state = halts.state(tx, ev.halt_file, now, req.task_type, req.node)
     else:
         state = halts.file_only(ev.halt_file, now)
     stale = state.stale_file
@@ -140,7 +140,7 @@ def breaker(tx: Tx, req: Request, settings: Settings, now: float, ev: Evaluation
     """The (node, type) circuit breaker: open, or half-open with its trials all running."""
     if not ev.probe["breaker"]:
         return None
-    ttype = req.task_type.value
+    ttype = req.task_type
     cfg = BreakerConfig.from_settings(settings)
     found = ev.breaker = breakers.load(tx, req.node, ttype, now)
     if found.rebase(now, cfg):  # the clock stepped back past its opening: keep the shorter
@@ -195,11 +195,11 @@ def peak_hours(
     a peak window, nor when it is expected to run into the next one (``schedule.peak``).
     Off (the default) or another type: one dictionary lookup, nothing imported."""
     peak = settings.get("peak_hours")
-    if not peak["enforce"] or req.task_type.value not in peak["task_types"]:
+    if not peak["enforce"] or req.task_type not in peak["task_types"]:
         return None
     from ringrift_coord.schedule import peak as windows
 
-    found = windows.verdict_at(tx, settings, req.task_type.value, req.config_name, now)
+    found = windows.verdict_at(tx, settings, req.task_type, req.config_name, now)
     if found.allowed:
         return None
     return Reason(
@@ -311,7 +311,7 @@ def node_limit(
 ) -> Reason | None:
     """The per-node limit, less the slots reserved on the node for other types of the same
     resource class (held whether or not they are used yet)."""
-    ttype = req.task_type.value
+    ttype = req.task_type
     limit = settings.task_limit(ttype, "per_node")
     if limit is None:
         return None
@@ -357,7 +357,7 @@ def _below_limit_cap(
 ) -> Reason | None:
     """A node's cap for the type below its per-node limit (OOM-lowered, hardware): refused
     when running + queued ahead + 1 exceed it, unless the per-node limit already says so."""
-    ttype = req.task_type.value
+    ttype = req.task_type
     limit = settings.task_limit(ttype, "per_node")
     used, ahead = ev.on_node, ev.ahead_node
     if cap is None or used + ahead + 1 <= cap:
@@ -380,7 +380,7 @@ def oom_cap(tx: Tx, req: Request, settings: Settings, now: float, ev: Evaluation
     """The node's cap for the type, lowered after repeated OOMs (see ``feedback``)."""
     if not ev.probe["cap"]:
         return None
-    ttype = req.task_type.value
+    ttype = req.task_type
     cap = feedback.lowered_cap(tx, settings, req.node, ttype, now)
     what = f"cap {cap} for {ttype} on {req.node}, lowered after repeated OOMs"
     return _below_limit_cap(tx, "oom_cap", cap, what, req, settings, now, ev, {})
@@ -392,7 +392,7 @@ def hardware_cap(
     """Self-play on a node up to its hardware cap (GPU model and count, CPUs, memory: see
     ``optimizer.capacity``), from its latest reading of any age (hardware does not go
     stale), when ``hardware.cap_selfplay`` is on. A node of unknown hardware is not limited."""
-    if req.task_type is not TaskType.SELFPLAY or not ev.probe["reading"]:
+    if req.task_type != SELFPLAY or not ev.probe["reading"]:
         return None
     if not settings.get("hardware.cap_selfplay"):
         return None
@@ -404,8 +404,7 @@ def hardware_cap(
     found = capacity.of_reading(reading, settings)
     cap = found["max_selfplay_jobs"]
     what = (
-        f"hardware cap {cap} for {req.task_type.value} on {req.node} "
-        f"(bounded by {found['bounded_by']})"
+        f"hardware cap {cap} for {req.task_type} on {req.node} (bounded by {found['bounded_by']})"
     )
     details = {k: found[k] for k in ("bounded_by", "gpu_model", "per_gpu")}
     return _below_limit_cap(tx, "hardware_cap", cap, what, req, settings, now, ev, details)
@@ -416,7 +415,7 @@ def cluster_limit(
 ) -> Reason | None:
     """The cluster limit, counting the waiters ahead and the type's reserved, still unused
     slots on other nodes."""
-    ttype = req.task_type.value
+    ttype = req.task_type
     cluster = settings.task_limit(ttype, "cluster")
     if cluster is None:
         return None
@@ -454,7 +453,7 @@ def config_share(
     running its largest-remainder share of the node's self-play slots (``selfplay_configs``'
     weights; see ``optimizer.distribution``) is refused. Configs not listed are not limited."""
     config = req.config_name
-    if req.task_type is not TaskType.SELFPLAY or not config:
+    if req.task_type != SELFPLAY or not config:
         return None
     if not settings.get("optimizer.enforce_config_shares"):
         return None
@@ -494,7 +493,7 @@ def config_share(
 
 def rate(tx: Tx, req: Request, settings: Settings, now: float, ev: Evaluation) -> Reason | None:
     """The (node, type) token bucket, its refill slowed by the node's backpressure."""
-    ttype = req.task_type.value
+    ttype = req.task_type
     limits = settings.rate_limit(ttype)
     if limits is None:
         return None
@@ -574,7 +573,7 @@ def optimizer(
     """The node's self-play job target set by the feedback loop (``adjust``), while it is in
     force (younger than ``optimizer.state_ttl``); missing or expired: no limit (fail open).
     Self-play only: one indexed read of ``selfplay_targets``."""
-    if req.task_type is not TaskType.SELFPLAY or not ev.probe["target"]:
+    if req.task_type != SELFPLAY or not ev.probe["target"]:
         return None  # (the probe found no target row for the node: nothing to enforce)
     from ringrift_coord.optimizer import state as optimizer_state  # self-play only: ~0.4 ms
 

@@ -13,12 +13,21 @@ record-failure`` does; ``get_stats``, ``resource_overview`` and ``caps_in_force`
 
 from __future__ import annotations
 
-from ringrift_coord import admission, breakers, feedback, halts, identity, readings, reports, rules
+from ringrift_coord import (
+    admission,
+    breakers,
+    feedback,
+    halts,
+    identity,
+    readings,
+    reports,
+    rules,
+    tasktypes,
+)
 from ringrift_coord.breakers import BreakerConfig
 from ringrift_coord.context import Context, ProcessWide
 from ringrift_coord.decision import Decision, Request
 from ringrift_coord.identity import default_node, who_am_i
-from ringrift_coord.tasktypes import TaskType
 
 TYPE_CHECKING = False  # typing costs start-up time on the hot path; annotations are lazy
 if TYPE_CHECKING:
@@ -26,6 +35,7 @@ if TYPE_CHECKING:
 
     from ringrift_coord.config import Settings
     from ringrift_coord.store.base import Row, Tx
+    from ringrift_coord.tasktype_enums import TaskType
 
 GLOBAL = halts.GLOBAL
 DEFAULT_FAILURE_REASON = "failure recorded by a script"
@@ -141,7 +151,7 @@ def _split(
 
 def _request(ctx: Context, task_type: str | TaskType, node_id: str | None) -> Request:
     return Request(
-        task_type=TaskType.parse(task_type),
+        task_type=tasktypes.parse(task_type),
         node=node_id or default_node(ctx.env),
         who=who_am_i(ctx.env),
     )
@@ -215,7 +225,7 @@ def record_spawn(*args: Any) -> Decision:
             action="record-spawn",
         )
         if decision._rate is not None:  # after backpressure; None: the type has no rate limit
-            rules.take_token(tx, req.node, req.task_type.value, decision._rate, tx.now())
+            rules.take_token(tx, req.node, req.task_type, decision._rate, tx.now())
     return decision
 
 
@@ -227,7 +237,7 @@ def _record(
 ) -> dict[str, Any]:
     """The one implementation of ``record_failure`` / ``record_success`` (and of ``breakers
     record-failure`` / ``record-success``)."""
-    ttype = TaskType.parse(task_type).value
+    ttype = tasktypes.parse(task_type)
     node = node_id or default_node(ctx.env)
     if ok:
         reason = None
@@ -270,7 +280,7 @@ def reset(
     named (or for all), give that node (every node) its full spawn rate back.
 
     Returns ``reset`` (the breakers closed) and ``backpressure_reset`` (node, factor)."""
-    ttype = None if task_type is None else TaskType.parse(task_type).value
+    ttype = None if task_type is None else tasktypes.parse(task_type)
     with ctx.store.write() as tx:
         rows = breakers.reset(tx, node=node, task_type=ttype, settings=ctx.settings)
         factors: list[Row] = []

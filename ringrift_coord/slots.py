@@ -14,10 +14,9 @@ from __future__ import annotations
 
 import os
 
-from ringrift_coord import identity, procs, queue
+from ringrift_coord import identity, procs, queue, tasktypes
 from ringrift_coord.errors import CoordError, ExitCode, UsageError
 from ringrift_coord.inputs import MAX_SECONDS
-from ringrift_coord.tasktypes import TaskType
 
 TYPE_CHECKING = False  # typing costs start-up time on the hot path; annotations are lazy
 if TYPE_CHECKING:
@@ -76,7 +75,7 @@ def holder_fields(
 def new_task_id(tx: Tx, req: Request) -> str:
     """The id of the slot ``req`` is about to take: its own (checked) or a fresh one."""
     if req.task_id is None:
-        return f"{req.task_type.value}-{os.urandom(6).hex()}"
+        return f"{req.task_type}-{os.urandom(6).hex()}"
     if not req.task_id.strip() or len(req.task_id) > MAX_TASK_ID:
         raise UsageError(
             f"must be a non-empty string of at most {MAX_TASK_ID} characters", field="task_id"
@@ -104,7 +103,7 @@ def insert(
         "lease_expires, lease_token, trial) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
         (
             task_id,
-            req.task_type.value,
+            req.task_type,
             req.node,
             req.host,
             req.boot_id,
@@ -130,7 +129,7 @@ def _lease_for(req: Request, settings: Settings, lease_ttl: float) -> float:
     own host its process decides, and any command there refreshes the lease)."""
     if req.source == "run":
         return lease_ttl
-    expected = settings.duration(req.task_type.value) or 0.0
+    expected = settings.duration(req.task_type) or 0.0
     return max(lease_ttl, 2.0 * expected)
 
 
@@ -465,7 +464,7 @@ def running(tx: Tx, now: float, task_type: str | None = None, node: str | None =
     args: list[object] = []
     if task_type:
         where.append("task_type = ?")
-        args.append(TaskType.parse(task_type).value)
+        args.append(tasktypes.parse(task_type))
     if node:
         where.append("node = ?")
         args.append(node)
@@ -496,7 +495,7 @@ def history(
     args: list[object] = []
     if task_type:
         where.append("task_type = ?")
-        args.append(TaskType.parse(task_type).value)
+        args.append(tasktypes.parse(task_type))
     if node:
         where.append("node = ?")
         args.append(node)

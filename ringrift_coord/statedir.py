@@ -12,9 +12,12 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Mapping
 
 from ringrift_coord.errors import ConfigError, StateError
+
+TYPE_CHECKING = False  # typing costs start-up time on the hot path; annotations are lazy
+if TYPE_CHECKING:
+    from collections.abc import Mapping
 
 STATE_DIR_ENV = "RINGRIFT_COORDINATOR_DIR"
 MOUNTINFO_ENV = "RINGRIFT_COORD_MOUNTINFO"  # diagnostics and tests: read this mount table

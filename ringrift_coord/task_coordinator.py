@@ -10,7 +10,6 @@ A thin face: each method opens one transaction of its context's store and calls 
 from __future__ import annotations
 
 import os
-from types import TracebackType
 
 from ringrift_coord import (
     admission,
@@ -22,6 +21,7 @@ from ringrift_coord import (
     reservations,
     rules,
     slots,
+    tasktypes,
 )
 from ringrift_coord.context import Context, ProcessWide
 from ringrift_coord.decision import Decision, Request
@@ -29,13 +29,14 @@ from ringrift_coord.errors import NotFound, SpawnDenied, UsageError
 from ringrift_coord.identity import default_node, who_am_i
 from ringrift_coord.slots import RELEASE_STATUSES, StaleLease
 from ringrift_coord.store.base import Row
-from ringrift_coord.tasktypes import ResourceType, TaskType
 
 TYPE_CHECKING = False  # typing costs start-up time on the hot path; annotations are lazy
 if TYPE_CHECKING:
+    from types import TracebackType
     from typing import Any
 
     from ringrift_coord.coordinator_base import CoordinatorStatus
+    from ringrift_coord.tasktype_enums import ResourceType, TaskType
 
 __all__ = [
     "RELEASE_STATUSES",
@@ -91,7 +92,7 @@ class TaskCoordinator(ProcessWide):
         waiter_seq: int | None = None,
     ) -> Request:
         return Request(
-            task_type=TaskType.parse(task_type),
+            task_type=tasktypes.parse(task_type),
             node=node or default_node(self.ctx.env),
             source=source,
             task_id=task_id,
@@ -251,7 +252,7 @@ class TaskCoordinator(ProcessWide):
     def enqueue(self, task_type: str | TaskType, node: str | None, seq: int | None = None) -> int:
         """Take a place in line (arrival order); the waiter is this process. ``seq``: take
         back the place this process had before it stepped out of line (see ``queue``)."""
-        ttype = TaskType.parse(task_type).value
+        ttype = tasktypes.parse(task_type)
         node = node or default_node(self.ctx.env)
         with self.ctx.store.write() as tx:
             return queue.enqueue(tx, ttype, node, identity.host_name(), os.getpid(), seq)
@@ -372,7 +373,7 @@ class TaskCoordinator(ProcessWide):
         self, task_type: str | TaskType, node: str, slots: int, ttl: float | None = None
     ) -> Row:
         """Hold ``slots`` slots on ``node`` for ``task_type`` (gauntlet workers)."""
-        ttype = TaskType.parse(task_type).value
+        ttype = tasktypes.parse(task_type)
         with self.ctx.store.write() as tx:
             return reservations.create(tx, ttype, node, slots, ttl, who_am_i(self.ctx.env))
 
@@ -471,6 +472,8 @@ class CoordinatedTask:
         config_name: str | None = None,
         coordinator: TaskCoordinator | None = None,
     ) -> None:
+        from ringrift_coord.tasktype_enums import TaskType
+
         self.task_type = TaskType.parse(task_type)
         self.node_id = node_id
         self.requested_id = task_id
@@ -529,3 +532,13 @@ class CoordinatedTask:
         import asyncio
 
         await asyncio.to_thread(self.__exit__, exc_type, exc, tb)
+
+
+def __getattr__(name: str) -> object:
+    """``TaskType`` and ``ResourceType``, the API's enums, built on first use: the command
+    line's hot path imports this module and works with the plain names."""
+    if name in ("TaskType", "ResourceType"):
+        from ringrift_coord import tasktype_enums
+
+        return getattr(tasktype_enums, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -21,8 +21,7 @@ from ringrift_coord import halts, queue
 from ringrift_coord.clock import ManualClock
 from ringrift_coord.errors import WaitTimeout
 from ringrift_coord.launcher import HALTED_POLL, acquire_slot
-from ringrift_coord.task_coordinator import Holder, TaskCoordinator
-from ringrift_coord.tasktypes import TaskType
+from ringrift_coord.task_coordinator import Holder, TaskCoordinator, TaskType
 
 ENGINES = ("sqlite", "postgres")
 

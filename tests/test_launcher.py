@@ -21,8 +21,7 @@ from conftest import EngineDB, alive, wait_for
 from ringrift_coord.clock import ManualClock
 from ringrift_coord.errors import ExitCode, WaitTimeout
 from ringrift_coord.launcher import RunDenied, RunResult, acquire_slot, run_command
-from ringrift_coord.task_coordinator import Holder, TaskCoordinator
-from ringrift_coord.tasktypes import TaskType
+from ringrift_coord.task_coordinator import Holder, TaskCoordinator, TaskType
 
 ENGINES = ("sqlite", "postgres")
 

@@ -12,6 +12,7 @@ from typing import Annotated, Any
 
 import typer
 
+from ringrift_coord import tasktypes
 from ringrift_coord.cli import build, views
 from ringrift_coord.cli.common import (
     FormatOpt,
@@ -25,7 +26,7 @@ from ringrift_coord.cli.common import (
 from ringrift_coord.cli.hot import Globals, emit_json
 from ringrift_coord.cli.spec import HELP_OPTIONS
 from ringrift_coord.errors import CoordError, ExitCode, UsageError
-from ringrift_coord.tasktypes import TASK_TYPE_NAMES, TaskType
+from ringrift_coord.tasktypes import TASK_TYPE_NAMES
 
 app = typer.Typer(
     name="ringrift-coord",
@@ -56,7 +57,7 @@ def known_type(task_type: str | None) -> None:
     """A ``--type`` that names no task type is bad input (exit 2), said before the store
     is opened (a read-only command's "no store at PATH" is exit 3)."""
     if task_type is not None:
-        TaskType.parse(task_type)
+        tasktypes.parse(task_type)
 
 
 # --------------------------------------------------------------------------- tasks

@@ -11,6 +11,7 @@ from typing import Annotated
 
 import typer
 
+from ringrift_coord import tasktypes
 from ringrift_coord.cli import views
 from ringrift_coord.cli.common import (
     FormatOpt,
@@ -23,7 +24,6 @@ from ringrift_coord.cli.common import (
 )
 from ringrift_coord.cli.hot import emit_json
 from ringrift_coord.errors import UsageError
-from ringrift_coord.tasktypes import TaskType
 
 breakers_app = typer.Typer(
     help="Circuit breakers per (node, task type): list, reset, record outcomes."
@@ -31,7 +31,7 @@ breakers_app = typer.Typer(
 
 
 def _type(task_type: str | None) -> str | None:
-    return None if task_type is None else TaskType.parse(task_type).value
+    return None if task_type is None else tasktypes.parse(task_type)
 
 
 # --------------------------------------------------------------------------- list
@@ -124,7 +124,7 @@ def _record(
     from ringrift_coord import safeguards
 
     g = globals_of(ctx)
-    TaskType.parse(task_type)  # a bad type is a usage error before the store is opened
+    tasktypes.parse(task_type)  # a bad type is a usage error before the store is opened
     node = not_blank("--node", node)
     with g.context() as c:
         if ok:

@@ -12,9 +12,9 @@ from __future__ import annotations
 import os
 import sys
 
+from ringrift_coord import tasktypes
 from ringrift_coord.context import Context
 from ringrift_coord.errors import ConfigError, CoordError, ExitCode, UsageError
-from ringrift_coord.tasktypes import TaskType
 
 TYPE_CHECKING = False  # typing costs start-up time on the hot path; annotations are lazy
 if TYPE_CHECKING:
@@ -198,7 +198,7 @@ def can_spawn(
 ) -> int:
     from ringrift_coord.task_coordinator import TaskCoordinator
 
-    ttype = TaskType.parse(task_type)
+    ttype = tasktypes.parse(task_type)
     at = None
     if now is not None:
         from ringrift_coord.inputs import instant
@@ -245,7 +245,7 @@ def register(
     from ringrift_coord import procs
     from ringrift_coord.task_coordinator import Holder, TaskCoordinator
 
-    ttype = TaskType.parse(task_type)
+    ttype = tasktypes.parse(task_type)
     holder_pid = os.getppid() if pid is None else pid
     if holder_pid <= 0 or procs.start_time(holder_pid) is None:
         raise UsageError(f"--pid {holder_pid}: no running process with that pid on this host")
@@ -436,7 +436,7 @@ def _wrapped(
         # Every 75 of the runner's own means the command was not started (it returns the
         # job's code once it ran, and releases what it held itself).
         if result is None and no_slot_exit_code is not None and exc.exit_code == ExitCode.TEMPFAIL:
-            exc.exit_code = no_slot_exit_code  # type: ignore[assignment]
+            exc.exit_code = no_slot_exit_code
         raise
     return result
 
@@ -465,7 +465,7 @@ def run(
     from ringrift_coord.task_coordinator import TaskCoordinator
 
     _check_wrapper_options(no_slot_exit_code, wait, timeout)
-    ttype = TaskType.parse(task_type)
+    ttype = tasktypes.parse(task_type)
     if not command:
         raise UsageError("run needs a command: ringrift-coord run TYPE [OPTIONS] -- CMD ...")
 
@@ -486,7 +486,7 @@ def run(
         emit_json(
             {
                 "task_id": result.task_id,
-                "task_type": ttype.value,
+                "task_type": ttype,
                 "node": result.decision.node,
                 "exit_code": result.exit_code,
                 "status": result.status,

@@ -60,9 +60,9 @@ NowOpt = Annotated[
 
 
 def _type(task_type: str) -> str:
-    from ringrift_coord.tasktypes import TaskType
+    from ringrift_coord import tasktypes
 
-    return TaskType.parse(task_type).value
+    return tasktypes.parse(task_type)
 
 
 def _config(config_name: str | None) -> str | None:
@@ -315,11 +315,11 @@ def can_start(
     end, timezone), or when it runs longer than the whole off-peak gap; never inside a
     window. The answer does not depend on peak_hours.enforce (that decides whether
     admission refuses it: rule peak_hours)."""
+    from ringrift_coord import tasktypes
     from ringrift_coord.duration_scheduler import DurationScheduler
-    from ringrift_coord.tasktypes import TaskType
 
     g = globals_of(ctx)
-    ttype = TaskType.parse(task_type)
+    ttype = tasktypes.parse(task_type)
     at = _now(now)
     with g.context() as c:
         c.settings.require("schedule")

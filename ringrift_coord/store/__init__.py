@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Mapping
 
 from ringrift_coord.clock import SYSTEM_CLOCK, Clock
 from ringrift_coord.errors import ConfigError, StateError, UsageError
 from ringrift_coord.statedir import refuse_network_filesystem
 from ringrift_coord.store.base import NoStore, Row, Store, StoreGone, Tx, is_conninfo
+
+TYPE_CHECKING = False  # typing costs start-up time on the hot path; annotations are lazy
+if TYPE_CHECKING:
+    from collections.abc import Mapping
 
 DB_ENV = "RINGRIFT_COORD_DB"
 DEFAULT_DB_NAME = "tasks.db"

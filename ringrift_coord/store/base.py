@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import _thread
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
 
 from ringrift_coord.errors import SignalError, StateError, StoreBusy
 
@@ -56,6 +55,7 @@ class StoreGone(StateError):
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
     from typing import Any
 
     from ringrift_coord.clock import Clock

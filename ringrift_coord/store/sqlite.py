@@ -21,7 +21,6 @@ import errno
 import os
 import stat
 import time
-from collections.abc import Sequence
 
 import ringrift_coord.store.gate as gate
 from ringrift_coord.clock import SYSTEM_CLOCK, Clock
@@ -41,6 +40,7 @@ from ringrift_coord.store.migrations import MIGRATION_NAMES, MIGRATIONS, stateme
 TYPE_CHECKING = False  # typing costs start-up time on the hot path; annotations are lazy
 if TYPE_CHECKING:
     import sqlite3
+    from collections.abc import Sequence
     from typing import Any
 
     from ringrift_coord.wake import Doorbell
