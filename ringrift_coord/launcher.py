@@ -20,9 +20,7 @@ from __future__ import annotations
 import errno
 import os
 import select
-import signal
 import sys
-from collections.abc import Callable, Sequence
 
 from ringrift_coord import procs, tasktypes
 from ringrift_coord.clock import Clock
@@ -43,11 +41,16 @@ from ringrift_coord.task_coordinator import Holder, TaskCoordinator
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    import signal
+    from collections.abc import Callable, Sequence
     from typing import TypeVar
 
     from ringrift_coord.wake import Doorbell
 
     T = TypeVar("T")
+    WaitCallback = Callable[[Decision, float], None]
+else:  # the C module: ``signal`` itself imports enum (start-up time of every run)
+    import _signal as signal
 
 FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 # What a terminal sends its foreground process group (Ctrl-C, Ctrl-\, hang-up): while the
@@ -76,7 +79,7 @@ class RunDenied(CoordError):
 
 class Interrupted(SignalError):
     def __init__(self, signum: int) -> None:
-        super().__init__(f"interrupted by {signal.Signals(signum).name} before the command started")
+        super().__init__(f"interrupted by {procs.signal_name(signum)} before the command started")
         self.exit_code = 128 + signum
 
 
@@ -92,9 +95,6 @@ class RunResult:
     ) -> None:
         self.exit_code, self.task_id, self.status = exit_code, task_id, status
         self.reason, self.duration, self.decision = reason, duration, decision
-
-
-WaitCallback = Callable[[Decision, float], None]
 
 
 # --------------------------------------------------------------------------- what is held
@@ -745,7 +745,7 @@ def run_held(
             sig = job.received[0]
             status, reason, exit_code = (
                 "killed",
-                f"{signal.Signals(sig).name} before start",
+                f"{procs.signal_name(sig)} before start",
                 128 + sig,
             )
             return RunResult(
@@ -807,7 +807,7 @@ def run_held(
         if tee is not None:
             tee.drain()  # what the job wrote before it ended: its bytes count
         if code < 0:
-            sig_name = signal.Signals(-code).name
+            sig_name = procs.signal_name(-code)
             exit_code = 128 - code
             status = "killed"
             reason = f"killed by {sig_name}"
@@ -815,7 +815,7 @@ def run_held(
                 # stopped by the operator or launcher (or because its slot was freed): not a
                 # failure of the job, so neither its breaker nor its node's rate pays for it
                 status = "stopped"
-                reason += f" (forwarded {signal.Signals(job.received[0]).name})"
+                reason += f" (forwarded {procs.signal_name(job.received[0])})"
                 if job.killed:
                     reason += f" after the {human(job.kill_grace)} grace period"
             elif job.killed:
@@ -838,10 +838,10 @@ def run_held(
             if job.received:
                 sig = caught if caught in job.received else job.received[0]
                 status = "stopped"
-                reason = f"exit code {code} after forwarded {signal.Signals(sig).name}"
+                reason = f"exit code {code} after forwarded {procs.signal_name(sig)}"
             elif terminal.fd is not None and caught in TERMINAL_SIGNALS:
                 status = "stopped"
-                reason = f"exit code {code} after {signal.Signals(caught).name} from its terminal"
+                reason = f"exit code {code} after {procs.signal_name(caught)} from its terminal"
         return RunResult(exit_code, task_id, status, reason, clock.monotonic() - started, decision)
     finally:
         terminal.restore()
@@ -1034,9 +1034,19 @@ def _release(
 def _command_text(argv: Sequence[str]) -> str:
     """The command as the store records it: the job's words may be any bytes (they reach
     the job untouched), the record is UTF-8 with undecodable bytes shown as \\udcXX."""
-    import shlex
+    text = " ".join(_shell_quote(arg) for arg in argv)
+    return text[:1000].encode("utf-8", "backslashreplace").decode("utf-8")
 
-    return shlex.join(argv)[:1000].encode("utf-8", "backslashreplace").decode("utf-8")
+
+_SHELL_SAFE = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_@%+=:,./-")
+
+
+def _shell_quote(word: str) -> str:
+    """``shlex.quote``, the same text for every word, without importing ``re`` (which
+    ``shlex`` does: ~5 ms of every run's start-up)."""
+    if word and all(ch in _SHELL_SAFE for ch in word):
+        return word
+    return "'" + word.replace("'", "'\"'\"'") + "'"
 
 
 class _Terminal:

@@ -10,6 +10,12 @@ from __future__ import annotations
 import os
 import sys
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import signal as _signal
+else:  # the C module (see signal_name)
+    import _signal
+
 _LINUX = sys.platform.startswith("linux")
 _BOOT_ID: str | None = None
 
@@ -24,6 +30,24 @@ def boot_id() -> str | None:
         except OSError:
             _BOOT_ID = ""
     return _BOOT_ID or None
+
+
+def signal_name(signum: int) -> str:
+    """``SIGTERM`` for 15, the name ``signal.Signals`` gives (of aliases, the first in
+    alphabetical order: SIGABRT, SIGCHLD, SIGIO); ``SIGRTMIN+N`` for a real-time signal,
+    ``signal N`` for a number with no name. Read from the C module: ``signal`` imports enum
+    (start-up time of every ``run``)."""
+    names = [
+        name
+        for name, value in vars(_signal).items()
+        if value == signum and name.startswith("SIG") and name[3:].isalnum()
+    ]
+    if names:
+        return min(names)
+    low, high = getattr(_signal, "SIGRTMIN", 0), getattr(_signal, "SIGRTMAX", 0)
+    if low < signum < high:
+        return f"SIGRTMIN+{signum - low}"
+    return f"signal {signum}"
 
 
 def _stat_fields(pid: int) -> list[str] | None:
@@ -146,7 +170,7 @@ def owner_uid(pid: int) -> int | None:
     """The real uid of process ``pid``, or None when it is gone or cannot be read."""
     if _LINUX:
         try:
-            with open(f"/proc/{pid}/status", encoding="ascii", errors="replace") as handle:
+            with open(f"/proc/{pid}/status", encoding="utf-8", errors="replace") as handle:
                 for entry in handle:
                     if entry.startswith("Uid:"):
                         return int(entry.split()[1])
@@ -194,7 +218,7 @@ def oom_kill_count() -> tuple[int | None, str | None]:
     (None, None) when neither can be read (not Linux, no memory controller).
     """
     try:
-        with open("/proc/self/cgroup", encoding="ascii", errors="replace") as handle:
+        with open("/proc/self/cgroup", encoding="utf-8", errors="replace") as handle:
             lines = handle.read().splitlines()
     except OSError:
         return None, None
@@ -209,7 +233,7 @@ def oom_kill_count() -> tuple[int | None, str | None]:
             candidates.append(os.path.join("/sys/fs/cgroup/memory", path, "memory.oom_control"))
     for candidate in candidates:
         try:
-            with open(candidate, encoding="ascii", errors="replace") as handle:
+            with open(candidate, encoding="utf-8", errors="replace") as handle:
                 for entry in handle.read().splitlines():
                     key, _, value = entry.partition(" ")
                     if key == "oom_kill" and value.strip().isdigit():

@@ -13,7 +13,6 @@ names, are recorded when the transfer ends, with the observed rate.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
 
 from ringrift_coord import queue, transfers
 from ringrift_coord.context import Context
@@ -22,7 +21,6 @@ from ringrift_coord.errors import UsageError
 from ringrift_coord.launcher import (
     RunResult,
     SlotKeeper,
-    WaitCallback,
     _command_text,
     run_held,
 )
@@ -31,6 +29,9 @@ from ringrift_coord.transfer_stats import StatsScanner, bytes_from_file, human_u
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+
+    from ringrift_coord.launcher import WaitCallback
     from ringrift_coord.store.base import Row
 
 BWLIMIT = "{bwlimit}"  # the word part a command's argv gets the granted KiB/s in

@@ -202,6 +202,57 @@ def test_hot_commands_import_nothing_heavy(c: Coord, argv) -> None:
     assert heavy & imported_by(c, *argv) == set()
 
 
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def imported_bare(tmp: Path, *args: str) -> set[str]:
+    """The modules a command imports in an interpreter without ``site`` (``python -S``, the
+    package found through PYTHONPATH): what the command itself loads, not what an editable
+    install's import hook or a venv's ``.pth`` files load into every interpreter. The
+    modules of a bare ``python -S -c pass`` are taken out."""
+
+    def loaded(*argv: str) -> set[str]:
+        env = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "HOME": str(tmp),
+            "XDG_CONFIG_HOME": str(tmp / "no-config"),
+            "RINGRIFT_COORDINATOR_DIR": str(tmp / "state"),
+            "RINGRIFT_COORD_SET": "resources.live_host=false",  # psutil is not on this path
+            "PYTHONPATH": str(ROOT),
+        }
+        done = subprocess.run(
+            [sys.executable, "-S", "-X", "importtime", *argv],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 0, done.stderr[-2000:]
+        return {line.rsplit("|", 1)[-1].strip() for line in done.stderr.splitlines()}
+
+    main = "from ringrift_coord.cli.main import console_main; console_main()"
+    return loaded("-c", main, *args) - loaded("-c", "pass")
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ("can-spawn", "selfplay", "--node", "n1"),
+        ("register", "selfplay", "--node", "n1", "--pid", str(os.getpid())),
+        ("run", "selfplay", "--node", "n1", "--", "true"),
+    ],
+    ids=lambda argv: argv[0],
+)
+def test_hot_commands_load_no_enum_re_or_signal(tmp_path: Path, argv) -> None:
+    """``enum`` (~2 ms), ``re`` through ``shlex`` (~5 ms) and ``signal`` (enum) are start-up
+    time of every launch that these commands have no use for: the exit codes and task types
+    are plain values on this path, ``run`` quotes and names signals itself. (``_sqlite3``
+    loads ``functools``/``collections`` for its statement cache: not ours to avoid.)"""
+    loaded = imported_bare(tmp_path, *argv)
+    assert "ringrift_coord.store.sqlite" in loaded  # it ran: the store was opened
+    assert {"enum", "re", "shlex", "signal", "typing", "dataclasses"} & loaded == set()
+
+
 def test_a_refused_can_spawn_imports_nothing_heavy(c: Coord) -> None:
     """A refusal publishes TASK_DENIED: with no hook matching it, nothing to start a runner
     with (subprocess, tempfile) nor typing is loaded."""

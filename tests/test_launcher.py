@@ -9,6 +9,7 @@ from a helper thread while ``run_command`` runs in the main thread (signal handl
 from __future__ import annotations
 
 import os
+import shlex
 import signal
 import threading
 from collections.abc import Callable, Iterator
@@ -17,10 +18,19 @@ from pathlib import Path
 
 import pytest
 from conftest import EngineDB, alive, wait_for
+from hypothesis import example, given
+from hypothesis import strategies as st
 
+from ringrift_coord import procs
 from ringrift_coord.clock import ManualClock
 from ringrift_coord.errors import ExitCode, WaitTimeout
-from ringrift_coord.launcher import RunDenied, RunResult, acquire_slot, run_command
+from ringrift_coord.launcher import (
+    RunDenied,
+    RunResult,
+    _command_text,
+    acquire_slot,
+    run_command,
+)
 from ringrift_coord.task_coordinator import Holder, TaskCoordinator, TaskType
 
 ENGINES = ("sqlite", "postgres")
@@ -626,3 +636,23 @@ def test_any_exit_after_a_forwarded_signal_is_a_stop(pair, tmp_path: Path, code:
     assert result.reason == f"exit code {code} after forwarded SIGTERM"
     (ended,) = other.history()
     assert ended["status"] == "stopped"
+
+
+# --------------------------------------------------------------------------- words and names
+# ``run`` imports neither ``shlex`` (re) nor ``signal`` (enum): its own forms must say the same.
+
+
+@given(st.lists(st.text(max_size=12), max_size=6))
+@example(["a b", "it's", "", "-x", "ü", "$HOME", "n\udcff1", "a\nb"])
+def test_the_recorded_command_quotes_each_word_as_shlex_does(argv: list[str]) -> None:
+    expected = shlex.join(argv)[:1000].encode("utf-8", "backslashreplace").decode("utf-8")
+    assert _command_text(argv) == expected
+
+
+def test_signal_names_are_those_signal_gives_and_the_rest_are_named_too() -> None:
+    for member in signal.Signals:
+        assert procs.signal_name(int(member)) == member.name
+    if hasattr(signal, "SIGRTMIN"):
+        assert procs.signal_name(signal.SIGRTMIN + 6) == "SIGRTMIN+6"
+    assert procs.signal_name(0) == "signal 0"
+    assert procs.signal_name(200) == "signal 200"

@@ -124,8 +124,9 @@ def coord_run(coord: Coord) -> Coord:
         (["sh", "-c", "kill -KILL $$"], 137, "killed"),
         (["sh", "-c", "kill -INT $$"], 130, "killed"),
         (["sh", "-c", "kill -HUP $$"], 129, "killed"),
+        (["sh", "-c", "kill -40 $$"], 168, "killed"),
     ],
-    ids=["0", "3", "255", "sigterm-143", "sigkill-137", "sigint-130", "sighup-129"],
+    ids=["0", "3", "255", "sigterm-143", "sigkill-137", "sigint-130", "sighup-129", "rt40-168"],
 )
 def test_exit_code_is_passed_through_and_slot_freed(
     coord_run: Coord, command: list[str], code: int, status: str
@@ -143,6 +144,18 @@ def test_exit_code_is_passed_through_and_slot_freed(
         "n1",
     )
     assert coord("can-spawn", "selfplay", "--node", "n1").returncode == 0
+
+
+def test_a_job_killed_by_a_signal_without_a_name_is_said_so(coord_run: Coord) -> None:
+    """A real-time signal (40: SIGRTMIN+6 on Linux) has no ``signal.Signals`` member: the
+    wrapper once died there with an internal error (exit 70) and recorded the job as a
+    wrapper error. The job's death is passed on (128+40) and named as ``kill -l`` does."""
+    coord = coord_run
+    result = coord("run", "selfplay", "--node", "n1", "--", "sh", "-c", "kill -40 $$", timeout=30)
+    assert result.returncode == 168, result.stderr
+    row = only_history_row(coord)
+    rt = 40 - signal.SIGRTMIN
+    assert (row["status"], row["reason"]) == ("killed", f"killed by SIGRTMIN+{rt}")
 
 
 def test_run_json_reports_the_exit_code(coord_run: Coord) -> None:
