@@ -16,7 +16,6 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from ringrift_coord.schedule.expected import Expected
     from ringrift_coord.schedule.peak import Verdict
-    from ringrift_coord.tasktype_enums import TaskType
 
 __all__ = ["DurationScheduler", "get_duration_scheduler"]
 
@@ -31,7 +30,7 @@ class DurationScheduler(ProcessWide):
         self.ctx = ctx or Context.open()
 
     def peak_verdict(
-        self, task_type: str | TaskType, config: str | None = None, now: float | None = None
+        self, task_type: str, config: str | None = None, now: float | None = None
     ) -> Verdict:
         """The whole peak-hours verdict for (type, config) at ``now`` (default: the store's
         clock): ``allowed``, ``reason``, ``expected_finish``, ``peak_start``/``peak_end``,
@@ -44,7 +43,7 @@ class DurationScheduler(ProcessWide):
             return peak.verdict_at(tx, self.ctx.settings, ttype, config or None, at)
 
     def can_start_before_peak(
-        self, task_type: str | TaskType, config: str | None = None, now: float | None = None
+        self, task_type: str, config: str | None = None, now: float | None = None
     ) -> bool:
         """True when a (type, config) task started at ``now`` is expected to finish before
         the next peak window, or may start anyway (see ``peak_verdict``)."""
@@ -52,15 +51,13 @@ class DurationScheduler(ProcessWide):
 
     # -- learned durations (schedule.expected) ------------------------------------------
 
-    def get_expected_duration(
-        self, task_type: str | TaskType, config: str | None = None
-    ) -> float | None:
+    def get_expected_duration(self, task_type: str, config: str | None = None) -> float | None:
         """Seconds a task of (type, config) is expected to run: learned from its successful
         runs once ``schedule.min_samples`` are recorded, else the type's default
         (``durations``); None for a type with neither."""
         return self.expected(task_type, config).seconds
 
-    def expected(self, task_type: str | TaskType, config: str | None = None) -> Expected:
+    def expected(self, task_type: str, config: str | None = None) -> Expected:
         """The whole answer of ``get_expected_duration``: seconds, source, samples, used."""
         from ringrift_coord.schedule import expected
 
@@ -68,9 +65,7 @@ class DurationScheduler(ProcessWide):
         with self.ctx.store.read() as tx:
             return expected.lookup(tx, self.ctx.settings, ttype, _config(config))
 
-    def record_duration(
-        self, task_type: str | TaskType, config: str | None, actual_seconds: float
-    ) -> None:
+    def record_duration(self, task_type: str, config: str | None, actual_seconds: float) -> None:
         """Teach (type, config) one duration (a run that ended well elsewhere); ``run`` and
         ``unregister`` record successful tasks themselves. Positive, at most 1e9 s."""
         from ringrift_coord.schedule import expected

@@ -167,7 +167,8 @@ class TaskSlot(SlotKeeper):
         command: str,
     ) -> None:
         self.coord, self.ctx = coord, coord.ctx
-        self.task_type, self.node, self.holder = task_type, node, holder
+        # the plain name: the queue's and the doorbell's key, the job's RINGRIFT_TASK_TYPE
+        self.task_type, self.node, self.holder = tasktypes.parse(task_type), node, holder
         self.config_name, self.command = config_name, command
 
     def waiting_for(self) -> str:

@@ -35,7 +35,6 @@ if TYPE_CHECKING:
 
     from ringrift_coord.config import Settings
     from ringrift_coord.store.base import Row, Tx
-    from ringrift_coord.tasktype_enums import TaskType
 
 GLOBAL = halts.GLOBAL
 DEFAULT_FAILURE_REASON = "failure recorded by a script"
@@ -69,7 +68,7 @@ def activate_emergency(
     ctx: Context | str | None = None,
     reason: str | None = None,
     *,
-    task_type: str | TaskType | None = None,
+    task_type: str | None = None,
     ttl: float | None = None,
     who: str | None = None,
     node: str | None = None,
@@ -100,7 +99,7 @@ def activate_emergency(
 def deactivate_emergency(
     ctx: Context | None = None,
     *,
-    task_type: str | TaskType | None = None,
+    task_type: str | None = None,
     who: str | None = None,
     node: str | None = None,
 ) -> dict[str, Any]:
@@ -117,7 +116,7 @@ def deactivate_emergency(
 
 
 def halt_status(
-    ctx: Context, task_type: str | TaskType | None = None, node: str | None = None
+    ctx: Context, task_type: str | None = None, node: str | None = None
 ) -> dict[str, Any]:
     """Every halt in force (store rows, this host's halt file), the last audit entries, and
     ``halted``: whether this host is halted at all (or for ``task_type``; on ``node`` only,
@@ -127,9 +126,7 @@ def halt_status(
         return halts.status(tx, local, tx.now(), task_type, node)
 
 
-def is_halted(
-    ctx: Context, task_type: str | TaskType | None = None, node: str | None = None
-) -> bool:
+def is_halted(ctx: Context, task_type: str | None = None, node: str | None = None) -> bool:
     return bool(halt_status(ctx, task_type, node)["halted"])
 
 
@@ -149,7 +146,7 @@ def _split(
     return ctx, rest + [None] * (len(names) - len(rest))
 
 
-def _request(ctx: Context, task_type: str | TaskType, node_id: str | None) -> Request:
+def _request(ctx: Context, task_type: str, node_id: str | None) -> Request:
     return Request(
         task_type=tasktypes.parse(task_type),
         node=node_id or default_node(ctx.env),
@@ -157,7 +154,7 @@ def _request(ctx: Context, task_type: str | TaskType, node_id: str | None) -> Re
     )
 
 
-def _decide(ctx: Context, task_type: str | TaskType, node_id: str | None) -> Decision:
+def _decide(ctx: Context, task_type: str, node_id: str | None) -> Decision:
     req = _request(ctx, task_type, node_id)
     local = halts.snapshot(ctx.state_dir, ctx.store.scope)  # never read under the lock
     live = rules.live_reading(ctx.settings, ctx.state_dir, req.node)
@@ -233,7 +230,7 @@ def record_spawn(*args: Any) -> Decision:
 
 
 def _record(
-    ctx: Context, task_type: str | TaskType, node_id: str | None, *, ok: bool, reason: str | None
+    ctx: Context, task_type: str, node_id: str | None, *, ok: bool, reason: str | None
 ) -> dict[str, Any]:
     """The one implementation of ``record_failure`` / ``record_success`` (and of ``breakers
     record-failure`` / ``record-success``)."""
@@ -267,14 +264,14 @@ def record_success(*args: Any) -> dict[str, Any]:
 
 
 def reset_breakers(
-    ctx: Context, *, node: str | None = None, task_type: str | TaskType | None = None
+    ctx: Context, *, node: str | None = None, task_type: str | None = None
 ) -> list[Row]:
     """Close breakers by hand: one (node and type), a node's, a type's, or all (neither)."""
     return reset(ctx, node=node, task_type=task_type)["reset"]
 
 
 def reset(
-    ctx: Context, *, node: str | None = None, task_type: str | TaskType | None = None
+    ctx: Context, *, node: str | None = None, task_type: str | None = None
 ) -> dict[str, list[Row]]:
     """``breakers reset``: close breakers as ``reset_breakers`` does and, where a node is
     named (or for all), give that node (every node) its full spawn rate back.
@@ -355,32 +352,28 @@ class Safeguards(ProcessWide):
         self._last_block: str | None = None
         self.last_decision: Decision | None = None
 
-    def check_before_spawn(
-        self, task_type: str | TaskType, node_id: str | None = None
-    ) -> tuple[bool, str]:
+    def check_before_spawn(self, task_type: str, node_id: str | None = None) -> tuple[bool, str]:
         decision = _decide(self.ctx, task_type, node_id)
         self.last_decision = decision
         self._last_block = None if decision.allowed else decision.summary()
         return decision.allowed, self._last_block or ""
 
-    def allow_spawn(self, task_type: str | TaskType, node_id: str | None = None) -> bool:
+    def allow_spawn(self, task_type: str, node_id: str | None = None) -> bool:
         return self.check_before_spawn(task_type, node_id)[0]
 
     def get_block_reason(self) -> str | None:
         """Why the last ``allow_spawn`` / ``check_before_spawn`` said no (None when it said yes)."""
         return self._last_block
 
-    def record_spawn(self, task_type: str | TaskType, node_id: str | None = None) -> Decision:
+    def record_spawn(self, task_type: str, node_id: str | None = None) -> Decision:
         return record_spawn(self.ctx, task_type, node_id)
 
     def record_failure(
-        self, task_type: str | TaskType, node_id: str | None = None, reason: str | None = None
+        self, task_type: str, node_id: str | None = None, reason: str | None = None
     ) -> dict[str, Any]:
         return record_failure(self.ctx, task_type, node_id, reason)
 
-    def record_success(
-        self, task_type: str | TaskType, node_id: str | None = None
-    ) -> dict[str, Any]:
+    def record_success(self, task_type: str, node_id: str | None = None) -> dict[str, Any]:
         return record_success(self.ctx, task_type, node_id)
 
     def activate_emergency(self, reason: str | None = None, **kw: Any) -> dict[str, Any]:
@@ -389,7 +382,7 @@ class Safeguards(ProcessWide):
     def deactivate_emergency(self, **kw: Any) -> dict[str, Any]:
         return deactivate_emergency(self.ctx, **kw)
 
-    def is_emergency_active(self, task_type: str | TaskType | None = None) -> bool:
+    def is_emergency_active(self, task_type: str | None = None) -> bool:
         return is_halted(self.ctx, task_type)
 
     def get_stats(self) -> dict[str, Any]:

@@ -10,6 +10,7 @@ A thin face: each method opens one transaction of its context's store and calls 
 from __future__ import annotations
 
 import os
+from types import TracebackType  # (free: functools, which both engines load, imports it)
 
 from ringrift_coord import (
     admission,
@@ -32,7 +33,6 @@ from ringrift_coord.store.base import Row
 
 TYPE_CHECKING = False  # typing costs start-up time on the hot path; annotations are lazy
 if TYPE_CHECKING:
-    from types import TracebackType
     from typing import Any
 
     from ringrift_coord.coordinator_base import CoordinatorStatus
@@ -81,7 +81,7 @@ class TaskCoordinator(ProcessWide):
 
     def _request(
         self,
-        task_type: str | TaskType,
+        task_type: str,
         node: str | None,
         *,
         source: str,
@@ -122,7 +122,7 @@ class TaskCoordinator(ProcessWide):
 
     def check(
         self,
-        task_type: str | TaskType,
+        task_type: str,
         node: str | None = None,
         *,
         config_name: str | None = None,
@@ -148,7 +148,7 @@ class TaskCoordinator(ProcessWide):
 
     def acquire(
         self,
-        task_type: str | TaskType,
+        task_type: str,
         node: str | None = None,
         *,
         holder: Holder,
@@ -172,14 +172,14 @@ class TaskCoordinator(ProcessWide):
         )
         return self._admit(req, take_slot=True, action=source, log=log)
 
-    def can_spawn_task(self, task_type: str | TaskType, node_id: str) -> tuple[bool, str]:
+    def can_spawn_task(self, task_type: str, node_id: str) -> tuple[bool, str]:
         decision = self.check(task_type, node_id)
         return decision.allowed, "" if decision.allowed else decision.summary()
 
     def register_task(
         self,
         task_id: str | None,
-        task_type: str | TaskType,
+        task_type: str,
         node_id: str | None = None,
         pid: int | None = None,
         config_name: str | None = None,
@@ -249,7 +249,7 @@ class TaskCoordinator(ProcessWide):
 
     # -- fair queue ---------------------------------------------------------------------
 
-    def enqueue(self, task_type: str | TaskType, node: str | None, seq: int | None = None) -> int:
+    def enqueue(self, task_type: str, node: str | None, seq: int | None = None) -> int:
         """Take a place in line (arrival order); the waiter is this process. ``seq``: take
         back the place this process had before it stepped out of line (see ``queue``)."""
         ttype = tasktypes.parse(task_type)
@@ -369,9 +369,7 @@ class TaskCoordinator(ProcessWide):
         sig = cancel.parse_signal(signal_name)
         return cancel.cancel(self.ctx, task_id, sig, who=who_am_i(self.ctx.env))
 
-    def reserve(
-        self, task_type: str | TaskType, node: str, slots: int, ttl: float | None = None
-    ) -> Row:
+    def reserve(self, task_type: str, node: str, slots: int, ttl: float | None = None) -> Row:
         """Hold ``slots`` slots on ``node`` for ``task_type`` (gauntlet workers)."""
         ttype = tasktypes.parse(task_type)
         with self.ctx.store.write() as tx:
@@ -429,13 +427,13 @@ def get_coordinator() -> TaskCoordinator:
     return TaskCoordinator.get_instance()
 
 
-def can_spawn_task(task_type: str | TaskType, node_id: str) -> tuple[bool, str]:
+def can_spawn_task(task_type: str, node_id: str) -> tuple[bool, str]:
     return get_coordinator().can_spawn_task(task_type, node_id)
 
 
 def register_task(
     task_id: str | None,
-    task_type: str | TaskType,
+    task_type: str,
     node_id: str | None = None,
     pid: int | None = None,
     config_name: str | None = None,
@@ -465,7 +463,7 @@ class CoordinatedTask:
 
     def __init__(
         self,
-        task_type: str | TaskType,
+        task_type: str,
         node_id: str | None = None,
         *,
         task_id: str | None = None,

@@ -27,6 +27,7 @@ from ringrift_coord.errors import ExitCode, WaitTimeout
 from ringrift_coord.launcher import (
     RunDenied,
     RunResult,
+    TaskSlot,
     _command_text,
     acquire_slot,
     run_command,
@@ -656,3 +657,14 @@ def test_signal_names_are_those_signal_gives_and_the_rest_are_named_too() -> Non
         assert procs.signal_name(signal.SIGRTMIN + 6) == "SIGRTMIN+6"
     assert procs.signal_name(0) == "signal 0"
     assert procs.signal_name(200) == "signal 200"
+
+
+def test_a_held_slot_keys_its_line_and_job_by_the_plain_type_name(pair) -> None:
+    """The queue row is written under the parsed name; the doorbell (``queue_key``) and the
+    job's RINGRIFT_TASK_TYPE must be the same name, or a ``CMA-ES`` waiter is never rung."""
+    _, mine, _ = pair
+    slot = TaskSlot(
+        mine, "CMA-ES", "n1", holder=Holder(pid=os.getpid()), config_name=None, command="x"
+    )
+    assert slot.queue_key() == ("cmaes", "n1")
+    assert slot.waiting_for() == "a cmaes slot on n1"

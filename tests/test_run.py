@@ -149,7 +149,7 @@ def test_exit_code_is_passed_through_and_slot_freed(
 def test_a_job_killed_by_a_signal_without_a_name_is_said_so(coord_run: Coord) -> None:
     """A real-time signal (40: SIGRTMIN+6 on Linux) has no ``signal.Signals`` member: the
     wrapper once died there with an internal error (exit 70) and recorded the job as a
-    wrapper error. The job's death is passed on (128+40) and named as ``kill -l`` does."""
+    wrapper error. The job's death is passed on (128+40) and the signal named."""
     coord = coord_run
     result = coord("run", "selfplay", "--node", "n1", "--", "sh", "-c", "kill -40 $$", timeout=30)
     assert result.returncode == 168, result.stderr
