@@ -244,11 +244,11 @@ def log_decision(
 ) -> int:
     """Write the decision to the log; return its id (``drawn_id``: the one ``probe`` drew
     for it; else the INSERT's)."""
-    rules_json = "[]"  # an admission's empty list, as json.dumps writes it, without json
+    rules_json = "[]"  # an admission's empty list
     if decision.reasons:
-        import json
+        from ringrift_coord import jsontext
 
-        rules_json = json.dumps([r.to_dict() for r in decision.reasons], default=str)
+        rules_json = jsontext.dumps([r.to_dict() for r in decision.reasons], default=str)
     values = (
         now,
         action,

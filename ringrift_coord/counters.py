@@ -7,7 +7,7 @@ the decision log and the transfer history are pruned, these totals are not.
 
 from __future__ import annotations
 
-import json
+from ringrift_coord import jsontext
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -15,7 +15,7 @@ if TYPE_CHECKING:
 
 
 def _key(labels: dict[str, str]) -> str:
-    return json.dumps(labels, sort_keys=True, separators=(",", ":"))
+    return jsontext.dumps(labels, sort_keys=True, compact=True)
 
 
 def add(tx: Tx, family: str, labels: dict[str, str], amount: float = 1.0) -> None:
@@ -31,6 +31,8 @@ def add(tx: Tx, family: str, labels: dict[str, str], amount: float = 1.0) -> Non
 
 def read(tx: Tx, family: str) -> list[tuple[dict[str, str], float]]:
     """Every counter of ``family``: (labels, value), in a stable order."""
+    import json
+
     rows = tx.query(
         "SELECT labels, value FROM counters WHERE family = ? ORDER BY labels", (family,)
     )

@@ -205,33 +205,37 @@ def test_hot_commands_import_nothing_heavy(c: Coord, argv) -> None:
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def imported_bare(tmp: Path, *args: str) -> set[str]:
+def bare_env(tmp: Path) -> dict[str, str]:
+    return {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "HOME": str(tmp),
+        "XDG_CONFIG_HOME": str(tmp / "no-config"),
+        "RINGRIFT_COORDINATOR_DIR": str(tmp / "state"),
+        # psutil is not on this path; one selfplay slot per node, for the refusals
+        "RINGRIFT_COORD_SET": "resources.live_host=false;task_limits.selfplay.per_node=1",
+        "PYTHONPATH": str(ROOT),
+    }
+
+
+def imported_bare(tmp: Path, *args: str, returncode: int = 0) -> set[str]:
     """The modules a command imports in an interpreter without ``site`` (``python -S``, the
     package found through PYTHONPATH): what the command itself loads, not what an editable
     install's import hook or a venv's ``.pth`` files load into every interpreter. The
     modules of a bare ``python -S -c pass`` are taken out."""
 
-    def loaded(*argv: str) -> set[str]:
-        env = {
-            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-            "HOME": str(tmp),
-            "XDG_CONFIG_HOME": str(tmp / "no-config"),
-            "RINGRIFT_COORDINATOR_DIR": str(tmp / "state"),
-            "RINGRIFT_COORD_SET": "resources.live_host=false",  # psutil is not on this path
-            "PYTHONPATH": str(ROOT),
-        }
+    def loaded(*argv: str, rc: int = 0) -> set[str]:
         done = subprocess.run(
             [sys.executable, "-S", "-X", "importtime", *argv],
-            env=env,
+            env=bare_env(tmp),
             capture_output=True,
             text=True,
             timeout=60,
         )
-        assert done.returncode == 0, done.stderr[-2000:]
+        assert done.returncode == rc, done.stderr[-2000:]
         return {line.rsplit("|", 1)[-1].strip() for line in done.stderr.splitlines()}
 
     main = "from ringrift_coord.cli.main import console_main; console_main()"
-    return loaded("-c", main, *args) - loaded("-c", "pass")
+    return loaded("-c", main, *args, rc=returncode) - loaded("-c", "pass")
 
 
 @pytest.mark.parametrize(
@@ -251,6 +255,27 @@ def test_hot_commands_load_no_enum_re_or_signal(tmp_path: Path, argv) -> None:
     loaded = imported_bare(tmp_path, *argv)
     assert "ringrift_coord.store.sqlite" in loaded  # it ran: the store was opened
     assert {"enum", "re", "shlex", "signal", "typing", "dataclasses"} & loaded == set()
+
+
+@pytest.mark.parametrize("why", ["full", "halted"])
+def test_a_refusal_loads_no_json_re_enum_or_hashlib(tmp_path: Path, why: str) -> None:
+    """A refusal is the common answer on a busy cluster (every waiting ``run --wait`` gets
+    one first): it logs its rules, counts the denial and publishes TASK_DENIED, all JSON
+    text and a SHA-256, without ``json`` (which loads ``re`` and ``enum``) or ``hashlib``
+    (OpenSSL): ~20 ms of CPU of a ~60 ms refusal. (A halted host reads its halt file,
+    JSON, with ``json``.)"""
+    cli = [sys.executable, "-m", "ringrift_coord"]
+    if why == "full":
+        take = [*cli, "register", "selfplay", "--node", "n1", "--pid", str(os.getpid())]
+    else:
+        take = [*cli, "halt", "--reason", "maintenance"]
+    done = subprocess.run(take, env=bare_env(tmp_path), capture_output=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    loaded = imported_bare(tmp_path, "can-spawn", "selfplay", "--node", "n1", returncode=1)
+    assert "ringrift_coord.events" in loaded  # it published the refusal
+    assert {"hashlib", "_hashlib", "fnmatch"} & loaded == set()
+    if why == "full":
+        assert {"json", "re", "enum"} & loaded == set()
 
 
 def test_a_refused_can_spawn_imports_nothing_heavy(c: Coord) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import statistics
 import sys
@@ -14,6 +15,8 @@ from pathlib import Path
 
 import pytest
 from conftest import Coord, alive, wait_for
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ringrift_coord import events, halts
 from ringrift_coord.clock import ManualClock
@@ -147,6 +150,19 @@ def test_event_types_are_checked_and_near_misses_named() -> None:
     assert events.near_miss("SOMETHING_ELSE") is None
     assert events.near_miss("HALT") is None
     assert len(set(events.KNOWN_TYPES)) == len(events.KNOWN_TYPES) == 18
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    name=st.one_of(
+        st.text(alphabet="AZ09_a-\nÄ\u0130", max_size=70),
+        st.from_regex(r"[A-Z][A-Z0-9_]{0,63}", fullmatch=True),
+        st.text(max_size=5),
+    )
+)
+def test_an_event_type_is_exactly_what_its_pattern_says(name: str) -> None:
+    """The check without ``re`` accepts what ``[A-Z][A-Z0-9_]{0,63}\\Z`` matches, no more."""
+    assert events.is_type_name(name) == bool(re.match(r"[A-Z][A-Z0-9_]{0,63}\Z", name))
 
 
 # --------------------------------------------------------------------------- the tool's own
