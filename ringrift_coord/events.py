@@ -187,7 +187,11 @@ def normalise(value: Any, field: str = "payload") -> Any:
         import unicodedata
 
         return unicodedata.normalize("NFC", value)
-    if isinstance(value, bool) or value is None or isinstance(value, int):
+    if isinstance(value, bool) or value is None:
+        return value
+    if isinstance(value, int):
+        if value.bit_length() > 13_000:  # Python writes no int of over 4,300 digits as text
+            raise UsageError(f"{field}: a number of more than 3,900 digits is not accepted")
         return value
     if isinstance(value, float):
         if value != value or value in (float("inf"), float("-inf")):

@@ -5,10 +5,12 @@ rules, the denial counter's labels, the TASK_DENIED event), and ``import json`` 
 ``re`` and ``enum`` with it: ~10 ms of CPU on every refused ``can-spawn`` and every
 ``run --wait`` that has to wait, about a fifth of the command (measured with 40 runs of
 ``python -c 'import json'`` against ``python -c pass``). The values written on that path
-are dicts with text keys, lists, text, numbers, booleans and None; anything else (another
-key type, a subclass, a type only ``default`` can turn into text) is handed to
-``json.dumps`` itself, so the text is always the one ``json.dumps`` would write (a test
-compares the two over generated values).
+are dicts with text keys, lists, text, numbers, booleans and None, and what ``default``
+turns into text; anything else (another key type, a subclass of a JSON type, a ``default``
+that gives no text, NaN or an infinity refused) is handed to ``json.dumps`` itself, so the
+text (or the error) is always the one ``json.dumps`` gives (a test compares the two over
+generated values). ``default`` must be pure, as ``str`` is: a value handed on is written
+again from the start, and ``default`` called again.
 """
 
 from __future__ import annotations
@@ -58,8 +60,8 @@ def dumps(
     default: Callable[[Any], Any] | None = None,
 ) -> str:
     """``json.dumps(value, sort_keys=..., separators=(",", ":") if compact else None,
-    ensure_ascii=..., allow_nan=..., default=...)``; ValueError for NaN or an infinity when
-    ``allow_nan`` is False, as json raises."""
+    ensure_ascii=..., allow_nan=..., default=...)``, with json's ValueError for NaN or an
+    infinity when ``allow_nan`` is False."""
     item_sep, key_sep = (",", ":") if compact else (", ", ": ")
 
     def write(v: Any) -> str:
@@ -77,7 +79,7 @@ def dumps(
         if kind is float:
             if v != v or v in (float("inf"), float("-inf")):
                 if not allow_nan:
-                    raise ValueError("Out of range float values are not JSON compliant")
+                    raise _Unsupported  # json's own error, in its words for this version
                 return "NaN" if v != v else ("Infinity" if v > 0 else "-Infinity")
             return float.__repr__(v)
         if kind is list or kind is tuple:
@@ -85,7 +87,7 @@ def dumps(
         if kind is dict:
             if any(type(key) is not str for key in v):
                 raise _Unsupported
-            items = sorted(v.items()) if sort_keys else v.items()
+            items = sorted(v.items()) if sort_keys else list(v.items())
             return "{" + item_sep.join(write(k) + key_sep + write(x) for k, x in items) + "}"
         # a subclass of a JSON type is json's to write (an IntEnum as its number); any
         # other value goes through ``default``, written here when that gives text

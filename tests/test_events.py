@@ -141,6 +141,15 @@ def test_a_bad_payload_is_a_usage_error(text: str, message: str) -> None:
         events.parse_payload(text)
 
 
+def test_a_number_too_long_to_write_is_named_as_such() -> None:
+    """(it was refused as "NaN and Infinity are not JSON numbers")"""
+    with pytest.raises(UsageError, match="a number of more than 3,900 digits"):
+        events.check_payload({"n": 10**5000})
+    with pytest.raises(UsageError, match="a number of more than 3,900 digits"):
+        events.parse_payload('{"n": ' + "9" * 4000 + "}")
+    assert events.check_payload({"n": 10**3000})["n"] == 10**3000
+
+
 def test_event_types_are_checked_and_near_misses_named() -> None:
     for bad in ("lower", "1ABC", "A-B", "", "A" * 65, "ÄB"):
         with pytest.raises(UsageError, match="is not an event type"):
