@@ -255,6 +255,8 @@ def test_hot_commands_load_no_enum_re_or_signal(tmp_path: Path, argv) -> None:
     loaded = imported_bare(tmp_path, *argv)
     assert "ringrift_coord.store.sqlite" in loaded  # it ran: the store was opened
     assert {"enum", "re", "shlex", "signal", "typing", "dataclasses"} & loaded == set()
+    # (run's job: its child searches PATH itself, os.execvpe would import warnings there)
+    assert "warnings" not in loaded
 
 
 @pytest.mark.parametrize("why", ["full", "halted"])

@@ -29,6 +29,7 @@ from ringrift_coord.launcher import (
     RunResult,
     TaskSlot,
     _command_text,
+    _execvpe,
     acquire_slot,
     run_command,
 )
@@ -668,3 +669,56 @@ def test_a_held_slot_keys_its_line_and_job_by_the_plain_type_name(pair) -> None:
     )
     assert slot.queue_key() == ("cmaes", "n1")
     assert slot.waiting_for() == "a cmaes slot on n1"
+
+
+def _exec_outcome(fn: Callable[..., None], file: str, env: dict[str, str]) -> int:
+    """What exec'ing ``file`` with ``fn`` in a child comes to: the program's exit status,
+    or 100 + the errno of the OSError ``fn`` raised."""
+    pid = os.fork()
+    if pid == 0:
+        try:
+            fn(file, [file], env)
+        except OSError as exc:
+            os._exit(100 + (exc.errno or 0))
+        finally:
+            os._exit(99)
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status)
+
+
+def test_the_job_is_found_on_path_as_os_execvpe_finds_it(tmp_path: Path) -> None:
+    """``_execvpe`` (no ``import warnings`` in the child) searches PATH as ``os.execvpe``
+    does: the first entry that runs, permission errors kept over "not there", entries that
+    are files or missing, an empty PATH (the current directory), a name with a slash."""
+    dirs = {name: tmp_path / name for name in ("one", "two", "noexec", "empty")}
+    for directory in dirs.values():
+        directory.mkdir()
+    for name, code in (("one", 11), ("two", 22)):
+        job = dirs[name] / "job"
+        job.write_text(f"#!/bin/sh\nexit {code}\n")
+        job.chmod(0o755)
+    (dirs["noexec"] / "job").write_text("#!/bin/sh\nexit 33\n")
+    (dirs["noexec"] / "job").chmod(0o644)
+    a_file = tmp_path / "a-file"
+    a_file.write_text("")
+    j = os.pathsep.join
+    paths = {
+        "first": j([str(dirs["one"]), str(dirs["two"])]),
+        "second": j([str(dirs["empty"]), str(dirs["two"])]),
+        "no x bit, then one": j([str(dirs["noexec"]), str(dirs["one"])]),
+        "no x bit only": j([str(dirs["empty"]), str(dirs["noexec"])]),
+        "no x bit, then nowhere": j([str(dirs["noexec"]), str(dirs["empty"])]),
+        "nowhere": j([str(dirs["empty"]), str(tmp_path / "missing")]),
+        "a file in PATH": j([str(a_file), str(dirs["two"])]),
+        "a file in PATH, then nowhere": j([str(a_file / "sub"), str(dirs["empty"])]),
+        "empty PATH": "",
+    }
+    outcomes = []
+    for label, path in paths.items():
+        env = {"PATH": path}
+        for file in ("job", str(dirs["one"] / "job"), "./job"):
+            ours = _exec_outcome(_execvpe, file, env)
+            assert ours == _exec_outcome(os.execvpe, file, env), (label, file)
+            outcomes.append(ours)
+    assert _exec_outcome(_execvpe, "job", {}) == _exec_outcome(os.execvpe, "job", {})
+    assert {11, 22, 113, 102} <= set(outcomes)  # each case came to something different
