@@ -17,11 +17,11 @@ import os
 from ringrift_coord import queue, transfers
 from ringrift_coord.context import Context
 from ringrift_coord.decision import Decision
-from ringrift_coord.errors import UsageError
 from ringrift_coord.launcher import (
     RunResult,
     SlotKeeper,
     _command_text,
+    check_command,
     run_held,
 )
 from ringrift_coord.task_coordinator import Holder
@@ -224,8 +224,7 @@ def run_transfer(
 ) -> TransferResult:
     """Run ``argv`` holding a transfer to ``remote`` (``kind``: default the command's
     program name); its outcome, the bytes it reported and the observed rate."""
-    if not argv:
-        raise UsageError("there is no command to run", field="command")
+    check_command(argv)
     keeper = TransferSlot(
         ctx,
         remote,

@@ -686,11 +686,14 @@ def _exec_outcome(fn: Callable[..., None], file: str, env: dict[str, str]) -> in
     return os.waitstatus_to_exitcode(status)
 
 
-def test_the_job_is_found_on_path_as_os_execvpe_finds_it(tmp_path: Path) -> None:
+def test_the_job_is_found_on_path_as_os_execvpe_finds_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """``_execvpe`` (no ``import warnings`` in the child) searches PATH as ``os.execvpe``
-    does: the first entry that runs, permission errors kept over "not there", entries that
-    are files or missing, an empty PATH (the current directory), a name with a slash."""
-    dirs = {name: tmp_path / name for name in ("one", "two", "noexec", "empty")}
+    does: the first entry that runs, the first permission error kept over later errors,
+    entries that are files or missing, an empty PATH or entry (the current directory), no
+    PATH (the default one), a name with a slash."""
+    dirs = {name: tmp_path / name for name in ("one", "two", "noexec", "empty", "cwd", "loop")}
     for directory in dirs.values():
         directory.mkdir()
     for name, code in (("one", 11), ("two", 22)):
@@ -699,6 +702,10 @@ def test_the_job_is_found_on_path_as_os_execvpe_finds_it(tmp_path: Path) -> None
         job.chmod(0o755)
     (dirs["noexec"] / "job").write_text("#!/bin/sh\nexit 33\n")
     (dirs["noexec"] / "job").chmod(0o644)
+    (dirs["cwd"] / "job").write_text("#!/bin/sh\nexit 44\n")
+    (dirs["cwd"] / "job").chmod(0o755)
+    os.symlink("job", dirs["loop"] / "job")  # ELOOP
+    monkeypatch.chdir(dirs["cwd"])
     a_file = tmp_path / "a-file"
     a_file.write_text("")
     j = os.pathsep.join
@@ -712,6 +719,8 @@ def test_the_job_is_found_on_path_as_os_execvpe_finds_it(tmp_path: Path) -> None
         "a file in PATH": j([str(a_file), str(dirs["two"])]),
         "a file in PATH, then nowhere": j([str(a_file / "sub"), str(dirs["empty"])]),
         "empty PATH": "",
+        "an empty entry": j([str(dirs["empty"]), ""]),
+        "no x bit, then a loop": j([str(dirs["noexec"]), str(dirs["loop"])]),
     }
     outcomes = []
     for label, path in paths.items():
@@ -720,5 +729,8 @@ def test_the_job_is_found_on_path_as_os_execvpe_finds_it(tmp_path: Path) -> None
             ours = _exec_outcome(_execvpe, file, env)
             assert ours == _exec_outcome(os.execvpe, file, env), (label, file)
             outcomes.append(ours)
-    assert _exec_outcome(_execvpe, "job", {}) == _exec_outcome(os.execvpe, "job", {})
-    assert {11, 22, 113, 102} <= set(outcomes)  # each case came to something different
+    for file in ("job", "true"):  # no PATH: the default one
+        ours = _exec_outcome(_execvpe, file, {})
+        assert ours == _exec_outcome(os.execvpe, file, {}), file
+        outcomes.append(ours)
+    assert {11, 22, 44, 113, 102, 0} <= set(outcomes)  # the cases came to different ends

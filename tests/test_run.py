@@ -599,3 +599,18 @@ def test_kill_9_of_wrapper_then_job_finishes_by_itself(coord: Coord, cleanup: li
     assert [r["task_id"] for r in rows] == [task["task_id"]]
     assert listed(coord) == []
     assert coord("can-spawn", "selfplay", "--node", "n1").returncode == 0
+
+
+@pytest.mark.parametrize("kind", ["run", "bandwidth run"])
+def test_an_empty_program_word_is_a_usage_error(coord_run: Coord, kind: str) -> None:
+    """(exec refuses it with a ValueError: the job ended as a failure of its own, exit 126)"""
+    head = ["run", "selfplay", "--node", "n1"] if kind == "run" else ["bandwidth", "run", "h1"]
+    assert coord_run(*head, "--", "true", timeout=30).returncode == 0  # the store, one row
+    result = coord_run(*head, "--", "", "x", timeout=30)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().splitlines() == [
+        "ringrift-coord: error: the program to run (the command's first word) is empty ('')"
+    ]
+    assert listed(coord_run) == []
+    history = coord_run("--json", "tasks", "history")
+    assert len(json.loads(history.stdout)["tasks"]) == (kind == "run"), history.stdout
