@@ -232,18 +232,25 @@ def digest(
     return _sha256(data).hexdigest()
 
 
+_sha256_of: Any = None  # the constructor _sha256 found, looked for once per process
+
+
 def _sha256(data: bytes) -> Any:
     """SHA-256 from the interpreter's own module when it has one: ``hashlib`` loads OpenSSL
     first (~10 ms of CPU, measured as ``python -c 'import hashlib'`` against ``python -c
-    pass``), on every refused admission; the digest is the same (a test compares)."""
-    try:
-        from _sha2 import sha256  # type: ignore[import-not-found,unused-ignore]  # 3.12+
-    except ImportError:
+    pass``), on every refused admission; the digest is the same (a test compares). Found
+    once: a failed import searches the whole path again (~60 µs) at every call."""
+    global _sha256_of
+    if _sha256_of is None:
         try:
-            from _sha256 import sha256  # type: ignore[import-not-found,unused-ignore]  # 3.11
-        except ImportError:  # an interpreter built without them
-            from hashlib import sha256
-    return sha256(data)
+            from _sha2 import sha256  # type: ignore[import-not-found,unused-ignore]  # 3.12+
+        except ImportError:
+            try:
+                from _sha256 import sha256  # type: ignore[import-not-found,unused-ignore]
+            except ImportError:  # an interpreter built without them
+                from hashlib import sha256
+        _sha256_of = sha256
+    return _sha256_of(data)
 
 
 def _short(text: str, limit: int = 80) -> str:
