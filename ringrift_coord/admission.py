@@ -205,7 +205,7 @@ def admit(
     for chore in decision._chores:
         chore(tx)
     if decision.allowed and take_slot:
-        task_id = decision.task_id = slots.new_task_id(tx, req)
+        task_id = decision.task_id = slots.new_task_id(tx, req, now)
         # An admission is always logged, and its log entry's id (AUTOINCREMENT / BIGSERIAL:
         # ever larger, never reused) is the slot's fencing token.
         token = log_decision(tx, req, decision, action, now, settings, probed.get("next_id"))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 
 import pytest
 from conftest import own_pg_database
@@ -133,6 +134,26 @@ def test_reused_task_id_is_fenced(coordinator):
     with pytest.raises(StaleLease):  # the first holder's late release
         coordinator.unregister_task("job", token=first.lease_token)
     assert [t["task_id"] for t in coordinator.list_tasks()] == ["job"]
+
+
+def test_fresh_task_ids_sort_by_time(tmp_path, new_ctx):
+    """A fresh id is the type, the time in ms and 32 random bits: ids made later sort after
+    (the history's task_id index grows at one place), ids made in the same ms differ."""
+    clock = ManualClock(1_800_000_000.0)
+    ctx = new_ctx(tmp_path, "task_limits: {selfplay: {per_node: 9, cluster: 9}}\n", clock)
+    coord = TaskCoordinator(ctx)
+    me = Holder(pid=os.getpid())
+    made = []
+    for step in (0.002, 0.0, 1.5, 3600.0):
+        made.append(coord.acquire("selfplay", "n1", holder=me).task_id)
+        clock.advance(step)
+    assert all(re.fullmatch(r"selfplay-[0-9a-f]{19}", t) for t in made), made
+    assert made[0].startswith(f"selfplay-{1_800_000_000_000:011x}")
+    assert made[1][:20] == made[2][:20] and made[1] != made[2]  # the same ms
+    assert made[0] < made[1] and made[2] < made[3], made
+    with ctx.store.read() as tx:
+        running = tx.query("SELECT task_id FROM tasks")
+    assert sorted(r["task_id"] for r in running) == sorted(made)
 
 
 def test_dead_local_holder_and_expired_remote_lease_are_reaped(tmp_path, new_ctx):
