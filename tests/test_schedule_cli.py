@@ -119,7 +119,20 @@ def test_forget_deletes_a_keys_samples(coord) -> None:  # noqa: ANN001
 # --------------------------------------------------------------------------- 2. no command
 
 
-@pytest.mark.parametrize("group", ["schedule", "config", "bandwidth"])
+def _groups_that_need_a_command() -> list[str]:
+    import typer.main
+
+    from ringrift_coord.cli.app import app
+
+    groups = typer.main.get_command(app).commands.items()  # type: ignore[attr-defined]
+    return sorted(n for n, c in groups if hasattr(c, "commands") and not c.invoke_without_command)
+
+
+def test_the_groups_that_need_a_command_are_known() -> None:
+    assert {"schedule", "config", "bandwidth", "events"} <= set(_groups_that_need_a_command())
+
+
+@pytest.mark.parametrize("group", _groups_that_need_a_command())
 def test_a_group_alone_is_one_error_line(coord, group: str) -> None:  # noqa: ANN001
     plain = coord(group)
     assert plain.stdout == ""

@@ -24,9 +24,7 @@ from ringrift_coord.cli.common import (
 from ringrift_coord.cli.hot import emit_json, json_text, say
 from ringrift_coord.errors import UsageError
 
-events_app = typer.Typer(
-    help="The event log: publish events, list them, tail them (--follow).", no_args_is_help=True
-)
+events_app = typer.Typer(help="The event log: publish events, list them, tail them (--follow).")
 
 FOLLOW_INTERVAL = 1.0  # seconds between two polls of the store
 MAX_LIMIT = 100_000
