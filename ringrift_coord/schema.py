@@ -347,6 +347,7 @@ COMMANDS: dict[str, tuple[str, ...]] = {
     "config validate": ("valid", "config_file"),
     "doctor": ("healthy", "failed_checks", "warned_checks", "checks", "at"),
     "metrics": ("at", "store_up", "problem", "families"),
+    "metrics --textfile": ("at", "store_up", "problem", "textfile"),
     "breakers list": ("at", "breakers", "backpressure"),
     "breakers reset": ("reset", "backpressure_reset"),
     "breakers record-failure": _BREAKER,

@@ -80,6 +80,7 @@ CASES: list[tuple[str, tuple[str, ...], int]] = [
     ("config show", ("config", "show"), 0),
     ("config validate", ("config", "validate"), 0),
     ("metrics", ("metrics",), 0),
+    ("metrics --textfile", ("metrics", "--textfile", "{textfile}"), 0),
     ("breakers list", ("breakers",), 0),
     ("breakers list", ("breakers", "list", "--node", "n3"), 0),
     ("breakers record-failure", ("breakers", "record-failure", "--type", "sync"), 0),
@@ -263,6 +264,7 @@ def test_every_command_prints_one_document_in_the_schema(coord: Coord, tmp_path:
     try:
         values = populate(coord, holder.pid)
         values["config_path"] = str(tmp_path / "written" / "coord.yaml")  # config init's file
+        values["textfile"] = str(tmp_path / "ringrift.prom")  # metrics --textfile's
         failures, seen = [], set()
         for name, argv, code in CASES:
             args = [a.format(**values) for a in argv]

@@ -375,6 +375,16 @@ def test_textfile(coord: Coord, tmp_path: Path) -> None:
     assert b"ringrift_store_up 1.0" in target.read_bytes()
     promtool_check(target.read_bytes())
     assert os.listdir(out) == ["ringrift.prom"]  # no temporary file left behind
+    as_json = coord("--json", "metrics", "--textfile", str(target))
+    assert as_json.returncode == 0 and as_json.stderr == ""
+    doc = json.loads(as_json.stdout)  # one document: what was written where
+    assert doc["textfile"] == str(target) and doc["store_up"] is True and "families" not in doc
+    stamp = next(
+        line.split()[1]
+        for line in target.read_text().splitlines()
+        if line.startswith("ringrift_metrics_collected_timestamp_seconds ")
+    )
+    assert abs(float(stamp) - doc["at"]) < 2.0, (stamp, doc["at"])  # the file it just wrote
     # errors: one line each, the contract's codes
     bad = coord("metrics", "--textfile", str(out / "ringrift.txt"))
     assert bad.returncode == 2 and bad.stdout == ""

@@ -46,7 +46,7 @@ def metrics(
             "--textfile",
             metavar="PATH",
             help="Write the exposition to PATH (must end in .prom) atomically for "
-            "node_exporter's textfile collector; print nothing.",
+            "node_exporter's textfile collector; print nothing (--json: the path written).",
             click_type=build.PATH,
         ),
     ] = None,
@@ -57,8 +57,7 @@ def metrics(
     from ringrift_coord import metrics as core
 
     g = globals_of(ctx)
-    if textfile is not None:
-        core.check_textfile(textfile)  # a bad name: before any store is opened
+    target = None if textfile is None else core.check_textfile(textfile)  # before any store
     with g.context(create=False) as c:
         warn_config(c.settings)
         if textfile is not None:
@@ -73,6 +72,15 @@ def metrics(
             "ringrift_store_up is 0"
         )
     if textfile is not None:
+        if g.json:  # what was written where, without the families (they are in the file)
+            emit_json(
+                {
+                    "at": collection.at,
+                    "store_up": collection.store_up,
+                    "problem": collection.problem,
+                    "textfile": target,
+                }
+            )
         done()
     if g.json:
         emit_json(collection.to_dict())
