@@ -1525,8 +1525,20 @@ def _check_leaf(leaf: Leaf, value: Any, dotted: str, origin: str, line: int | No
                 value = shlex.split(value)
             except ValueError as exc:  # an unclosed quote
                 raise bad(f"cannot split the command into words: {exc}") from None
-        if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
+        if not isinstance(value, list):
             raise bad(f"expected {leaf.describe()}, got {_show(value)}")
+        if not value:
+            raise bad(f"the command is empty: expected {leaf.describe()}")
+        for i, word in enumerate(value, 1):
+            if not isinstance(word, str):  # [true], [run, 5]: YAML read a word as another type
+                shown = (
+                    "null"
+                    if word is None
+                    else str(word).lower()
+                    if word in (True, False)
+                    else _show(word)
+                )
+                raise bad(f"word {i} of the command is {shown}, not text: put it in quotes")
         if not value[0]:
             raise bad("the command's first word (the program) is empty")
         return value

@@ -494,6 +494,28 @@ def test_a_hook_with_a_bad_key_or_value_costs_only_itself(
     assert coord("config", "validate").returncode == 3
 
 
+@pytest.mark.parametrize(
+    ("command", "said"),
+    [
+        ('""', "the command is empty"),
+        ("[]", "the command is empty"),
+        ("[true]", "word 1 of the command is true, not text: put it in quotes"),
+        ("[echo, 5]", "word 2 of the command is 5, not text: put it in quotes"),
+        ("[echo, [a]]", "word 2 of the command is a list, not text"),
+        ("{a: 1}", "expected a command: a list of words or one string, got a mapping"),
+        ("'\"open'", "cannot split the command into words"),
+        ('["", x]', "the command's first word (the program) is empty"),
+    ],
+)
+def test_a_bad_hook_command_is_named_for_what_is_wrong(
+    coord: Coord, command: str, said: str
+) -> None:
+    coord.write_config(f"events:\n  hooks:\n    w:\n      on: HALT\n      command: {command}\n")
+    done = coord("config", "validate")
+    assert done.returncode == 3 and done.stderr.count("\n") == 1, done.stderr
+    assert f":5: events.hooks.w.command: {said}" in done.stderr, done.stderr
+
+
 # --------------------------------------------------------------------------- the CLI
 
 
