@@ -335,15 +335,21 @@ def test_status_on_a_fresh_store_and_its_table(coord: Coord) -> None:
     )
     assert host["allocated_kbps"] == 0 and doc["active"] == []
     assert [r["transfer_id"] for r in doc["dead"]] == [gone.stdout.strip()]
-    tsv = coord("bandwidth", "status", "--format", "tsv").stdout.splitlines()
-    hosts_header = next(line for line in tsv if line.startswith("remote\t"))
-    names = hosts_header.split("\t")
-    assert len(names) == len(set(names)) and "EMA_pct" in names and "EMA" in names
-    row = next(line for line in tsv if line.startswith("aws-1\t")).split("\t")
+    plain = coord("bandwidth", "status", "--format", "plain").stdout.splitlines()
+    hosts_header = next(line for line in plain if line.startswith("remote "))
+    names = hosts_header.split()
+    assert len(names) == len(set(names)) and "EMA%" in names and "EMA" in names
+    row = next(line for line in plain if line.startswith("aws-1 ")).split()
     assert row[names.index("bytes")] == "-"
     assert row[names.index("act")].startswith("0/")
-    table = coord("bandwidth", "status").stdout
-    assert f"{gone.stdout.strip()} (dead)" in table
+    assert f"{gone.stdout.strip()} (dead)" in coord("bandwidth", "status").stdout
+    # rows only (tsv, --no-header): every line a transfer, its state in a column of its own
+    tsv = coord("bandwidth", "status", "--format", "tsv").stdout.splitlines()
+    header = tsv[0].split("\t")
+    assert header[0] == "transfer_id" and header[-1] == "state" and len(tsv) == 2, tsv
+    assert tsv[1].split("\t")[0] == gone.stdout.strip() and tsv[1].endswith("\tdead")
+    bare = coord("bandwidth", "status", "--no-header").stdout.splitlines()
+    assert [line.split()[0] for line in bare] == [gone.stdout.strip()], bare
 
 
 def test_small_input_fixes(coord: Coord) -> None:

@@ -420,6 +420,8 @@ def test_utilization_shows_stored_names_as_data(coord: Coord) -> None:
     tsv = coord("utilization", "--format", "tsv").stdout.splitlines()
     assert tsv[0].split("\t")[0] == "node" and tsv[1].split("\t")[:2] == [name, "gpu"]
     assert len(tsv) == 2
+    bare = coord("utilization", "--no-header").stdout.splitlines()  # plain rows: no summary
+    assert [line.split()[0] for line in bare] == [name], bare
 
 
 def test_the_reference_module_functions_use_the_process_wide_optimizer(coord: Coord) -> None:

@@ -182,6 +182,10 @@ def test_tsv_feeds_cut_and_no_header_drops_titles(coord, holder):
     assert sorted(status) == sorted(
         [f"{NODE}\tselfplay\t1\t32", f"{NODE2}\timprovement_loop\t1\t-"]
     ), status
+    bare_status = ok(coord("status", "--no-header")).splitlines()  # plain: the same rows
+    assert sorted(line.split()[:3] for line in bare_status) == sorted(
+        [[NODE, "selfplay", "1"], [NODE2, "improvement_loop", "1"]]
+    ), bare_status
     resources = ok(coord("resources", "--format", "tsv")).splitlines()
     header = resources[0].split("\t")
     rows = {r.split("\t")[0]: dict(zip(header, r.split("\t"), strict=True)) for r in resources[1:]}

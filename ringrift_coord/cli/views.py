@@ -633,11 +633,12 @@ def status_brief(doc: dict[str, Any]) -> None:
 def status_screen(doc: dict[str, Any], readings: dict[str, Any] | None = None) -> None:
     """``status``: the store, the halts, the tasks against their limits per type, a node ×
     type summary (one row per node), reservations and the breakers that are not closed.
-    The task list itself is ``tasks``. ``tsv``: one row per (node, type) with tasks.
+    The task list itself is ``tasks``. ``tsv`` and ``--no-header``: one row per (node,
+    type) with tasks.
     ``readings`` (``resources``' document): each node's admission word (``BLOCKED``, ``warn``)
     in the node rows, and a row for a node a reading blocks or warns about without tasks."""
     types = _type_rows(doc)
-    if output_format() == "tsv":
+    if output_format() == "tsv" or _no_header:  # rows only: one kind of row
         grid = Grid("", "node", "type", "running", "per-node limit")
         for name, e in types:
             for node, count in sorted(e["nodes"].items()):
@@ -1039,7 +1040,7 @@ def adjusted(doc: dict[str, Any]) -> None:
 def utilization_screen(doc: dict[str, Any]) -> None:
     """``utilization``: the cluster against the targets, the optimizer's state, the nodes."""
     util, targets = doc["utilization"], doc["targets"]
-    if output_format() == "tsv":  # rows only: the node table
+    if output_format() == "tsv" or _no_header:  # rows only: the node table
         _utilization_nodes(doc)
         return
     note(Text.assemble(("cluster utilization", "bold"), f" · {ts(doc['at'])}"))
@@ -1361,13 +1362,15 @@ def transfer_ended(row: dict[str, Any], limit_kbps: float | None) -> None:
 
 
 def bandwidth_status(doc: dict[str, Any]) -> None:
-    """``bandwidth status``: the active transfers, then each host's link and history."""
+    """``bandwidth status``: the active transfers, then each host's link and history.
+    Rows only (tsv, ``--no-header``): the transfers alone, each with its state (active or
+    dead) in a column of its own, so that every line is a transfer (the hosts: ``--json``)."""
     dead_rows = doc.get("dead", [])
+    rows_only = output_format() == "tsv" or _no_header
     title = f"active transfers ({len(doc['active'])})"
     if dead_rows:  # not active, not allocated: waiting for the next start or tasks reap
         title += f"; {len(dead_rows)} dead (holder gone: not counted)"
-    active = Grid(
-        title,
+    columns: list[str | Col] = [
         "transfer id",
         "remote",
         Col("kind", drop=3),
@@ -1376,11 +1379,12 @@ def bandwidth_status(doc: dict[str, Any]) -> None:
         Col("node", drop=1),
         Col("pid", drop=2),
         "age",
-    )
+    ]
+    active = Grid(title, *columns, *(["state"] if rows_only else []))
     for r in [*doc["active"], *dead_rows]:
         dead = r.get("dead") is not None
-        active.add(
-            r["transfer_id"] + (" (dead)" if dead else ""),
+        cells = [
+            r["transfer_id"] + (" (dead)" if dead and not rows_only else ""),
             r["remote"],
             r["kind"],
             r["priority"],
@@ -1388,8 +1392,11 @@ def bandwidth_status(doc: dict[str, Any]) -> None:
             r["node"],
             r.get("pid"),
             age(r["age"]),
-        )
+        ]
+        active.add(*cells, *([("dead" if dead else "active")] if rows_only else []))
     active.show()
+    if rows_only:
+        return
     hosts = Grid(
         "hosts (KiB/s; act: active/cap +N waiting +N held; obs: bytes over timed secs)",
         "remote",
