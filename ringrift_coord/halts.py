@@ -484,6 +484,19 @@ def deactivate(
             "locked: unhalt again once the store is free, or remove that file by hand to let "
             "this host admit now"
         ) from None
+    except StoreCorrupt:
+        raise  # (its advice names the halt file already)
+    except StateError as exc:  # no store to lift anything in: not a database, newer, ...
+        path = os.path.join(ctx.state_dir, FILE_NAME)
+        if task_type is not None or node is not None or isinstance(exc, StoreGone):
+            raise
+        if not os.path.lexists(path):
+            raise
+        raise StateError(
+            f"{exc}; nothing was lifted: this host stays halted by {path} (the store cannot "
+            "be read): restore the store and unhalt again, or remove that file by hand to "
+            "lift this host's halt alone"
+        ) from None
 
 
 def _deactivate(

@@ -412,6 +412,13 @@ def test_an_emergency_halt_takes_effect_when_the_store_is_not_even_a_database(
     line = _one_line(refused)
     assert "is not a SQLite database" in line and f"halted by {halt_file} only" in line, line
     assert json.loads(halt_file.read_text())["store_corrupt"] is True
+    # an unhalt cannot read the store either: it lifts nothing, and names the file
+    stuck = coord("unhalt")
+    assert stuck.returncode == 3, stuck.stderr
+    line = _one_line(stuck)
+    assert "is not a SQLite database" in line and "nothing was lifted" in line, line
+    assert f"this host stays halted by {halt_file}" in line and "by hand" in line, line
+    assert halt_file.exists()
 
 
 def test_a_halt_of_one_type_on_a_corrupt_store_is_refused(coord: Coord) -> None:
