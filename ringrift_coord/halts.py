@@ -31,7 +31,7 @@ import errno
 import os
 import stat
 
-from ringrift_coord import tasktypes
+from ringrift_coord import inputs, tasktypes
 from ringrift_coord.decision import Reason
 from ringrift_coord.errors import StateError, StoreBusy, UsageError
 from ringrift_coord.inputs import printable, seconds
@@ -367,6 +367,7 @@ def activate(
     mirror file."""
     ttl = seconds(ttl, "ttl")
     scope, on = scope_of(task_type), node_of(node)
+    reason = inputs.reason(reason)
     reason = None if reason is None else printable(reason)
     try:
         # an operator's halt never lands in a damaged file, said as ok; checked before the

@@ -14,6 +14,10 @@ MAX_SECONDS = 1e9  # about 31 years: an expiry past what timestamps can show bre
 # an expected finish or a duration added to one stays within what datetime can show
 INSTANTS = (0.0, 221845392000.0)
 MAX_SLOTS = 1_000_000  # beyond any node, and beyond what the store keeps
+# a reason (--reason: a halt's, a release's, a breaker failure's, a transfer's): what a
+# person writes; a longer one is refused, never cut unseen, so that a halt's HALT event (its
+# payload is bounded) and every listing stay whole
+MAX_REASON = 1000
 _WHITESPACE = "\t\n\r\v\f"
 
 
@@ -53,6 +57,17 @@ def seconds(value: float | None, field: str) -> float | None:
     if value > MAX_SECONDS:
         raise UsageError(f"{value:g} is more than 1e9 seconds (about 31 years)", field=field)
     return float(value)
+
+
+def reason(text: str | None, field: str = "reason") -> str | None:
+    """A reason as given (None: none): at most ``MAX_REASON`` characters, else refused."""
+    if text is not None and len(text) > MAX_REASON:
+        raise UsageError(
+            f"{len(text):,} characters is more than the {MAX_REASON:,} allowed (say where "
+            "the details are instead)",
+            field=field,
+        )
+    return text
 
 
 def slot_count(value: int, field: str) -> int:

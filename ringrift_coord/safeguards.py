@@ -19,6 +19,7 @@ from ringrift_coord import (
     feedback,
     halts,
     identity,
+    inputs,
     readings,
     reports,
     rules,
@@ -236,6 +237,7 @@ def _record(
     record-failure`` / ``record-success``)."""
     ttype = tasktypes.parse(task_type)
     node = node_id or default_node(ctx.env)
+    inputs.reason(reason)
     if ok:
         reason = None
     elif not (reason and reason.strip()):

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 
-from ringrift_coord import identity, procs, queue, tasktypes
+from ringrift_coord import identity, inputs, procs, queue, tasktypes
 from ringrift_coord.errors import CoordError, ExitCode, UsageError
 from ringrift_coord.inputs import MAX_SECONDS
 
@@ -250,6 +250,7 @@ def release(
         raise UsageError(
             f"must be one of {', '.join(RELEASE_STATUSES)}, not {status!r}", field="status"
         )
+    inputs.reason(reason)
     returning = "*" if on_end_probe is None else f"*, {on_end_probe} AS on_end_probe"
     if token is None:
         row = tx.one(f"DELETE FROM tasks WHERE task_id = ? RETURNING {returning}", (task_id,))

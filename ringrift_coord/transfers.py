@@ -31,7 +31,7 @@ import fnmatch
 import math
 import os
 
-from ringrift_coord import halts, identity, procs, queue, slots
+from ringrift_coord import halts, identity, inputs, procs, queue, slots
 from ringrift_coord.decision import Decision, Reason
 from ringrift_coord.errors import NotFound, UsageError
 
@@ -682,6 +682,7 @@ def end(
             f"must be one of {', '.join(END_STATUSES)}, not {status!r}", field="status"
         )
     nbytes = check_bytes(bytes)
+    inputs.reason(reason)
     row = tx.one("SELECT * FROM transfers WHERE transfer_id = ?", (transfer_id,))
     if row is None:
         if tx.one("SELECT 1 AS x FROM transfer_history WHERE transfer_id = ?", (transfer_id,)):

@@ -453,3 +453,37 @@ def test_a_settings_listing_on_a_new_machine_answers_and_creates_nothing(
     done = coord("--state-dir", str(missing), *argv)
     assert done.returncode == 0 and "default" in done.stdout, done.stdout + done.stderr
     assert not missing.parent.exists()
+
+
+def test_a_reason_longer_than_the_limit_is_refused_everywhere_and_the_limit_itself_works(
+    coord,
+) -> None:
+    """Every --reason takes at most MAX_REASON characters: a longer one is refused with one
+    line naming the option (exit 2, nothing written), never cut unseen nor failing later
+    (a halt's long reason made its HALT event too big: 'payload: ... bytes of canonical
+    JSON'); one of exactly the limit is taken whole."""
+    from ringrift_coord.inputs import MAX_REASON
+
+    longest, over = "r" * MAX_REASON, "r" * (MAX_REASON + 1)
+    task = coord("register", "selfplay", "--node", "n1", "-q")
+    transfer = coord("bandwidth", "start", "aws-1", "--kind", "d")
+    assert task.returncode == 0 and transfer.returncode == 0, task.stderr + transfer.stderr
+    task_id, transfer_id = task.stdout.strip(), transfer.stdout.strip()
+    commands = [
+        ("halt",),
+        ("unregister", task_id),
+        ("breakers", "record-failure", "--type", "selfplay", "--node", "n1"),
+        ("bandwidth", "end", transfer_id),
+    ]
+    for argv in commands:
+        line = usage_error(coord(*argv, "--reason", over), "option --reason: ")
+        assert f"{MAX_REASON + 1:,} characters is more than the {MAX_REASON:,}" in line, line
+    assert coord("halt", "--check").returncode == 0  # nothing was halted
+    assert coord("tasks", "--format", "tsv", "--no-header").stdout.startswith(task_id)
+    for argv in commands:
+        done = coord("--json", *argv, "--reason", longest)
+        assert done.returncode == 0, (argv, done.stderr)
+    halted = json.loads(coord("--json", "halt", "--check").stdout)
+    assert [h["reason"] for h in halted["halts"]] == [longest]
+    (ended,) = json.loads(coord("--json", "tasks", "history").stdout)["tasks"]
+    assert ended["reason"] == longest
