@@ -919,6 +919,10 @@ def _wait_child(
             now = clock.monotonic()
             if job.kill_deadline is not None and now >= job.kill_deadline and not job.killed:
                 job.killed = True
+                note(
+                    f"job group {pid} still running {human(job.kill_grace)} after the "
+                    "forwarded signal (run.kill_grace); sending SIGKILL"
+                )
                 _killpg(pid, signal.SIGKILL)
             if now >= next_renew:
                 try:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import time
 
 import pytest
 from conftest import Coord
@@ -177,6 +179,34 @@ def test_bad_quiet_usage(coord: Coord, argv: list[str]) -> None:
     r = coord(*argv)
     assert r.returncode == 2 and r.stdout == ""
     assert len(r.stderr.splitlines()) == 1 and r.stderr.startswith("ringrift-coord: error: ")
+
+
+@pytest.mark.parametrize("flag", [None, "-q"])
+def test_run_quiet_silences_the_note_of_its_sigkill_after_the_grace(
+    quiet_coord: Coord, flag: str | None
+) -> None:
+    """A job that ignores the SIGTERM run forwards is SIGKILLed after run.kill_grace: run
+    says so (a note), and -q keeps it quiet; exit 137 either way."""
+    ready = quiet_coord.tmp / f"deaf-{flag}"
+    args = ["--set", "run.kill_grace=0.3", "run", "selfplay", "--node", "n1"]
+    job = f"trap '' TERM; touch {ready}; while :; do sleep 0.05; done"
+    wrapper = quiet_coord.popen(*args, *([flag] if flag else []), "--", "sh", "-c", job)
+    try:
+        for _ in range(400):
+            if ready.exists():
+                break
+            time.sleep(0.025)
+        wrapper.send_signal(signal.SIGTERM)
+        out, err = wrapper.communicate(timeout=30)
+    finally:
+        if wrapper.poll() is None:
+            wrapper.kill()
+            wrapper.wait()
+    assert wrapper.returncode == 137 and out == "", err
+    said = "after the forwarded signal (run.kill_grace); sending SIGKILL"
+    assert (said in err) is (flag is None), err
+    if flag:
+        assert err == ""
 
 
 @pytest.mark.parametrize("flag", [None, "-q"])
