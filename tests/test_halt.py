@@ -109,6 +109,16 @@ def test_halt_audit_trail_and_json(coord):
     assert actions[:2] == [("unhalt", "*"), ("halt", "*")]
 
 
+def test_a_blank_reason_is_no_reason_in_the_row_and_the_file(coord):
+    """`halt --reason "$REASON"` with REASON empty halts all the same, with no reason: the
+    row, the audit entry and the halt file agree (the row kept "" and the file null)."""
+    assert coord("halt", "--reason", " ").returncode == 0
+    status = json.loads(coord("--json", "halt", "--check").stdout)
+    assert [h["reason"] for h in status["halts"]] == [None]
+    assert status["halt_file"]["reason"] is None
+    assert "no reason given" in coord("can-spawn", "selfplay", "--node", "n1").stderr
+
+
 def test_halt_bad_input(coord):
     for args in (["halt", "--ttl", "-5"], ["halt", "--ttl", "inf"], ["halt", "--type", "bogus"]):
         result = coord(*args)
