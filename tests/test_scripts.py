@@ -76,6 +76,17 @@ def test_no_slot_is_75_and_nothing_runs(coord, script: str, tmp_path: Path) -> N
     assert not marker.exists()
 
 
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_a_bad_wait_timeout_is_named_as_the_variable(coord, script: str, tmp_path: Path) -> None:
+    """The scripts pass RINGRIFT_WAIT_TIMEOUT on for run to read: a bad one is refused (exit
+    2, nothing ran) in words that name it, not an option the operator never typed."""
+    marker = tmp_path / "ran"
+    done = launch(coord, script, "touch", str(marker), RINGRIFT_WAIT_TIMEOUT="4 min")
+    assert done.returncode == 2 and not marker.exists(), done.stderr
+    assert done.stderr.startswith("ringrift-coord: error: RINGRIFT_WAIT_TIMEOUT: '4 min' is")
+    assert "--timeout" not in done.stderr and done.stderr.count("\n") == 1, done.stderr
+
+
 def test_no_command_is_usage_error(coord) -> None:
     assert launch(coord, "selfplay.sh").returncode == 2
 

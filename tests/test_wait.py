@@ -199,12 +199,32 @@ def test_wait_timeout_gives_up_with_75(line: tuple[Coord, str, list[Waiter]]) ->
     assert zero.returncode == 75, zero.stderr
     assert not marker.exists() and waiter_pids(coord) == []
 
+    # no --timeout: $RINGRIFT_WAIT_TIMEOUT is the wait's (--timeout, when given, wins)
+    from_env = coord(
+        "run", "selfplay", "--node", "n1", "--wait", "--", "touch", str(marker),
+        env={"RINGRIFT_WAIT_TIMEOUT": "0.3"}, timeout=30,
+    )  # fmt: skip
+    assert from_env.returncode == 75 and "gave up waiting" in from_env.stderr, from_env.stderr
+    given = coord(
+        "run", "selfplay", "--node", "n1", "--wait", "--timeout", "0", "--", "true",
+        env={"RINGRIFT_WAIT_TIMEOUT": "not a duration"}, timeout=30,
+    )  # fmt: skip
+    assert given.returncode == 75, given.stderr
+    assert not marker.exists() and waiter_pids(coord) == []
+
 
 def test_timeout_without_wait_is_a_usage_error(coord: Coord) -> None:
     coord.write_config(CONFIG)
     result = coord("run", "selfplay", "--node", "n1", "--timeout", "1", "--", "true")
     assert result.returncode == 2, result.stderr
     assert not coord.db.exists()  # nothing was taken: not even the store was made
+    # $RINGRIFT_WAIT_TIMEOUT is --timeout's default: without --wait it is not read
+    plain = coord(
+        "run", "selfplay", "--node", "n1", "--", "true", env={"RINGRIFT_WAIT_TIMEOUT": "x"}
+    )
+    assert plain.returncode == 0, plain.stderr
+    bad = coord("run", "selfplay", "--wait", "--", "true", env={"RINGRIFT_WAIT_TIMEOUT": "-5"})
+    assert bad.returncode == 2 and "RINGRIFT_WAIT_TIMEOUT: '-5' is negative" in bad.stderr
 
 
 def test_killed_waiters_lose_their_place_and_the_line_moves_on(

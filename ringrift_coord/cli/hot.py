@@ -393,15 +393,25 @@ class _Spinner:
             self.live = None
 
 
+WAIT_TIMEOUT_ENV = "RINGRIFT_WAIT_TIMEOUT"  # --timeout's default (the launch scripts set it)
+
+
 def _check_wrapper_options(
     no_slot_exit_code: int | None, wait: bool, timeout: float | None
-) -> None:
+) -> float | None:
+    """The options ``run`` and ``bandwidth run`` share, checked; the wait's timeout (with
+    ``--wait`` and no ``--timeout``: ``$RINGRIFT_WAIT_TIMEOUT``, else none)."""
     if no_slot_exit_code is not None and not 0 <= no_slot_exit_code <= 255:
         raise UsageError(
             f"{no_slot_exit_code} is not an exit code (0-255)", field="no_slot_exit_code"
         )
     if timeout is not None and not wait:
         raise UsageError("--timeout only applies with --wait")
+    if timeout is None and wait and os.environ.get(WAIT_TIMEOUT_ENV):  # (empty: as unset)
+        from ringrift_coord.cli.parser import convert
+
+        timeout = convert(WAIT_TIMEOUT_ENV, os.environ[WAIT_TIMEOUT_ENV], "duration")
+    return timeout
 
 
 def _wrapped(
@@ -464,7 +474,7 @@ def run(
     from ringrift_coord.launcher import run_command
     from ringrift_coord.task_coordinator import TaskCoordinator
 
-    _check_wrapper_options(no_slot_exit_code, wait, timeout)
+    timeout = _check_wrapper_options(no_slot_exit_code, wait, timeout)
     ttype = tasktypes.parse(task_type)
     if not command:
         raise UsageError("run needs a command: ringrift-coord run TYPE [OPTIONS] -- CMD ...")
@@ -517,7 +527,7 @@ def bandwidth_run(
     ``--bytes-from``) are recorded with the observed rate when it ends."""
     from ringrift_coord.transfer_run import run_transfer
 
-    _check_wrapper_options(no_slot_exit_code, wait, timeout)
+    timeout = _check_wrapper_options(no_slot_exit_code, wait, timeout)
     if not host.strip():
         raise UsageError("argument HOST must not be empty")
     not_blank("--priority", priority)

@@ -182,7 +182,8 @@ _TIMEOUT = Option(
     "--timeout",
     "timeout",
     "duration",
-    "With --wait: give up after this long (exit 75): seconds, or 5m, 1h30m.",
+    "With --wait: give up after this long (exit 75): seconds, or 5m, 1h30m "
+    "(default: $RINGRIFT_WAIT_TIMEOUT, else wait as long as it takes).",
     metavar="DURATION",
 )
 _NO_SLOT_EXIT_CODE = Option(

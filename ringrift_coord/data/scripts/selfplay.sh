@@ -15,7 +15,8 @@ set -euo pipefail
 
 NODE="${RINGRIFT_NODE_ID:-${HOSTNAME:-$(uname -n)}}"
 CONFIG="${RINGRIFT_CONFIG_NAME:-square8_2p}"
-TIMEOUT="${RINGRIFT_WAIT_TIMEOUT:-240}"
+# the wait's timeout: run reads it (and names it when it is not a duration)
+export RINGRIFT_WAIT_TIMEOUT="${RINGRIFT_WAIT_TIMEOUT:-240}"
 
 if [ "$#" -eq 0 ]; then
   echo "usage: $0 COMMAND [ARGS...]" >&2
@@ -23,4 +24,4 @@ if [ "$#" -eq 0 ]; then
 fi
 
 exec "${RINGRIFT_COORD:-ringrift-coord}" run selfplay --node "$NODE" --config-name "$CONFIG" \
-  --wait --timeout "$TIMEOUT" -- "$@"
+  --wait -- "$@"
