@@ -195,6 +195,19 @@ def test_tsv_feeds_cut_and_no_header_drops_titles(coord, holder):
     assert [b.split("\t")[:3] for b in breakers] == [[NODE2, "gauntlet", "closed"]]
 
 
+def test_limits_tsv_has_a_dash_for_no_limit_and_unset_words_elsewhere(coord):
+    """tsv's empty cell is ``-`` for no limit and an unset setting, as in ``status``;
+    table and plain keep the words for people."""
+    tsv = ok(coord("limits", "--format", "tsv", "--no-header")).splitlines()
+    cells = {r.split("\t")[0]: r.split("\t") for r in tsv}
+    assert cells["task_limits.cmaes.per_node"] == ["task_limits.cmaes.per_node", "-", "default"]
+    assert cells["store.shared_group"] == ["store.shared_group", "-", "default"]
+    assert not [r for r in tsv if "null" in r], tsv
+    plain = [r.split() for r in ok(coord("limits", "--format", "plain")).splitlines()]
+    assert ["task_limits.cmaes.per_node", "null", "(unlimited)", "default"] in plain
+    assert ["store.shared_group", "null", "(not", "set)", "default"] in plain
+
+
 def test_status_brief_and_one_screen(coord, holder):
     populate(coord, holder)
     brief = ok(coord("status", "--brief")).splitlines()

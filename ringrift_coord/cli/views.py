@@ -438,6 +438,8 @@ def settings_table(doc: dict[str, Any], title: str) -> None:
         if value is None:  # a limit that is null is no limit; another null setting is unset
             limit = r["key"].startswith(("task_limits.", "rate_limits."))
             shown = "null (unlimited)" if limit else "null (not set)"
+            if output_format() == "tsv":  # an empty cell for scripts, as ``_limit`` gives
+                shown = "-"
         if not r.get("used", True):
             shown += " (not used yet)"
         style = "" if r["source"] == "default" else "bold"
