@@ -163,24 +163,24 @@ def test_bad_input_is_one_line_exit_2(local, argv):
 
 
 def test_manual_hardware_is_kept_and_caps_are_shown(local):
-    assert (
-        local(
-            "report",
-            "--node",
-            "g1",
-            "--gpu-name",
-            "H100",
-            "--gpu-count",
-            "8",
-            "--cpus",
-            "64",
-            "--memory-gb",
-            "512",
-            "--gpu",
-            "50",
-        ).returncode
-        == 0
+    first = local(
+        "report",
+        "--node",
+        "g1",
+        "--gpu-name",
+        "H100",
+        "--gpu-count",
+        "8",
+        "--cpus",
+        "64",
+        "--memory-gb",
+        "512",
+        "--gpu",
+        "50",
     )
+    assert first.returncode == 0, first.stderr
+    # --memory-gb is GiB, and so is what report and resources say (as capacity does)
+    assert "512 GiB" in first.stdout and " GB" not in first.stdout, first.stdout
     reading = js(local("--json", "report", "--node", "g1", "--load", "100"))
     assert (reading["gpu_name"], reading["gpu_count"], reading["cpus"]) == ("H100", 8, 64)
     assert reading["gpu"] is None and reading["load_avg"] == 100  # figures are this report's
@@ -204,6 +204,7 @@ def test_manual_hardware_is_kept_and_caps_are_shown(local):
     assert 0.5 <= caps["backpressure_factor"] < 0.51  # recovering with time since the failure
     table = local("resources", "--node", "g1").stdout
     assert "H100 x8" in table and "selfplay 5" in table and "0.50" in table
+    assert "512 GiB" in table and " GB" not in table, table
     limits = js(local("--json", "limits"))
     assert [(c["node"], c["cap"], c["configured"]) for c in limits["lowered_caps"]] == [
         ("g1", 5, 32)

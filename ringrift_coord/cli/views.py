@@ -825,7 +825,7 @@ def _hardware(r: dict[str, Any]) -> str:
     if r.get("cpus"):
         parts.append(f"{r['cpus']} cpus")
     if r.get("memory_gb"):
-        parts.append(f"{r['memory_gb']:g} GB")
+        parts.append(f"{r['memory_gb']:g} GiB")  # --memory-gb and /proc/meminfo's total: GiB
     return ", ".join(parts) or "hardware unknown"
 
 
