@@ -513,7 +513,8 @@ def rate(tx: Tx, req: Request, settings: Settings, now: float, ev: Evaluation) -
     per_minute, burst = limits
     return Reason(
         "rate",
-        f"spawn rate for {ttype} on {req.node} exhausted ({per_minute:g}/min, burst {burst:g})",
+        f"spawn rate for {ttype} on {req.node} exhausted "
+        f"({_rounded(per_minute)}/min, burst {burst:g})",
         requested=1,
         used=int(burst - tokens),
         limit=burst,
@@ -524,6 +525,12 @@ def rate(tx: Tx, req: Request, settings: Settings, now: float, ev: Evaluation) -
             "backpressure": round(factor, 3),
         },
     )
+
+
+def _rounded(value: float) -> str:
+    """A rate for people: 3 significant digits (1.40108 -> 1.4), whole numbers as they are
+    (1200, never 1.2e+03); ``details`` keep the exact figure."""
+    return f"{value:.0f}" if abs(value) >= 1000 else f"{value:.3g}"
 
 
 def _bucket(

@@ -49,6 +49,10 @@ def test_the_factor_decays_toward_one_with_time_alone(engine_db) -> None:
     (rate,) = [r for r in TaskCoordinator(ctx).check("sync", "n1").reasons if r.rule == "rate"]
     assert rate.details["backpressure"] == pytest.approx(0.562, abs=1e-3)
     assert rate.details["per_minute"] == pytest.approx(60 * 0.5625, abs=0.01)
+    # the message rounds the slowed rate for people (33.7/min, not 33.7498/min); details don't
+    shown = f"{rate.details['per_minute']:.3g}"
+    assert f"exhausted ({shown}/min, burst 1)" in rate.message, rate.message
+    assert rate.details["per_minute"] != float(shown)
     # a failure now halves the factor in force (not the stored one) and restarts the decay
     state = safeguards.record_failure(ctx, "sync", "n1", "exit code 1")
     assert state["backpressure"] == pytest.approx(0.28125, abs=1e-4)
