@@ -178,7 +178,19 @@ CASES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     # decisions
     "decisions-since-garbage": (("decisions", "--since", "garbage"), ("--since", "'garbage'")),
     "decisions-since-bad-date": (("decisions", "--since", "2024-13-45"), ("--since",)),
-    "decisions-limit-zero": (("decisions", "--limit", "0"), ("--limit",)),
+    # a range in the words of every other option, not Click's "invalid value for '--limit'"
+    "decisions-limit-zero": (
+        ("decisions", "--limit", "0"),
+        ("option --limit: 0 is not an integer from 1 to 1000000",),
+    ),
+    "history-limit-zero": (
+        ("tasks", "history", "--limit", "0"),
+        ("option --limit: 0 is not an integer from 1 to 1000000",),
+    ),
+    "history-limit-over": (
+        ("tasks", "history", "--limit", "1000001"),
+        ("option --limit: 1000001 is not an integer from 1 to 1000000",),
+    ),
     "decisions-limit-huge": (("decisions", "--limit", "99999999999999999999"), ("--limit",)),
     "history-limit-huge": (("tasks", "history", "--limit", "99999999999999999999"), ("--limit",)),
     # text that later messages print must stay one line

@@ -73,9 +73,23 @@ class _StrictNumber:
     word is read by ``parser.convert`` (plain ASCII decimal) before Click's own checks."""
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        kind = "int" if isinstance(self, click_types.IntParamType) else "float"
         if isinstance(value, str):
-            kind = "int" if isinstance(self, click_types.IntParamType) else "float"
             value = parser.convert(_label(param), value, kind)
+        if isinstance(self, (click_types.IntRange, click_types.FloatRange)):
+            # out of range in the words of the other options ("option --cpu: 200 is not a
+            # percentage from 0 to 100"), not Click's "invalid value for ... 1<=x<=1000000"
+            low, high = self.min, self.max
+            if (low is not None and value < low) or (high is not None and value > high):
+                expected = "an integer" if kind == "int" else "a number"
+                bounds = (
+                    f"from {low} to {high}"
+                    if low is not None and high is not None
+                    else f"at least {low}"
+                    if low is not None
+                    else f"at most {high}"
+                )
+                raise UsageError(f"{_label(param)}: {value} is not {expected} {bounds}")
         return super().convert(value, param, ctx)  # type: ignore[misc]
 
 
