@@ -410,7 +410,10 @@ def decide(
             )
         )
     if granted < 1:
-        if limit * factor < 1 and not rows:  # nothing taken: the link or share is too small
+        # the link or the priority's share of it is under 1 KiB/s: the configuration refuses
+        # it, whatever ends, so no retry time (null) is given; otherwise the link is taken
+        too_small = limit * factor < 1
+        if too_small:
             message = (
                 f"{remote}'s link ({info['host_type']}, {info['mbps']:g} Mbps = {limit:.2f} "
                 f"KiB/s) gives a {prio} transfer ({factor:g} of it) less than 1 KiB/s, "
@@ -430,15 +433,16 @@ def decide(
                 requested=1,
                 used=round(used, 1),
                 limit=round(limit, 1),
-                retry_after=UNKNOWN_RETRY,
+                retry_after=None if too_small else UNKNOWN_RETRY,
                 details={"priorities": [r["priority"] for r in rows]},
             )
         )
+    waits = [r.retry_after for r in reasons]
     decision = TransferDecision(
         not reasons,
         remote,
         reasons,
-        retry_after=UNKNOWN_RETRY if reasons else None,
+        retry_after=None if not reasons or None in waits else UNKNOWN_RETRY,
         queued=ahead,
     )
     decision.kbps = granted if not reasons else 0

@@ -367,6 +367,8 @@ def test_kbps_is_ambiguous_and_a_tiny_link_says_so(engine_db) -> None:
     (reason,) = d.reasons
     assert "none" not in reason.message and "0 KiB/s" not in reason.message
     assert "0.61 KiB/s" in reason.message and "less than 1 KiB/s" in reason.message
+    # the configuration refuses it, not load: no retry can pass, so no retry time is given
+    assert reason.retry_after is None and d.retry_after is None
 
 
 def test_one_link_whatever_the_spelling_of_its_host(engine_db) -> None:
@@ -378,6 +380,7 @@ def test_one_link_whatever_the_spelling_of_its_host(engine_db) -> None:
     for spelling in ("RUNPOD-1", "Runpod-1", "runpod-1."):
         again = _start(ctx, spelling, "critical")
         assert not again.allowed and [r.rule for r in again.reasons] == ["bandwidth"], spelling
+        assert again.retry_after == transfers.UNKNOWN_RETRY  # taken by load: it may free up
     with ctx.store.read() as tx:
         assert [r["remote"] for r in transfers.active(tx, tx.now())] == ["runpod-1"]
 
