@@ -368,6 +368,20 @@ def test_hardware_cap_rule_on_and_off(coord) -> None:
     assert max(len(x) for x in narrow.splitlines()) <= 80
 
 
+def test_a_bad_hardware_section_is_read_by_admission_while_the_cap_is_on(coord) -> None:
+    """Rule hardware_cap reads ``hardware`` while ``cap_selfplay`` is on: a bad value in the
+    file leaves the layers below in force, and the warning says so; with the cap off the
+    command does not use the section."""
+    coord.write_config("hardware: {memory_gb_per_job: -1}\n")
+    assert coord("report", "--node", "n1", *RTX_3070).returncode == 0
+    used = coord(*ON, "can-spawn", "selfplay", "--node", "n1")
+    assert used.returncode == 0, used.stderr
+    assert "hardware.memory_gb_per_job" in used.stderr
+    assert used.stderr.endswith("(ignored: this command goes on with the values below it)\n")
+    unused = coord("can-spawn", "selfplay", "--node", "n1")
+    assert unused.stderr.endswith("(ignored: this command does not use it)\n"), unused.stderr
+
+
 def test_hardware_cap_holds_with_a_reading_of_any_age(engine_db) -> None:
     """Hardware does not go stale: a reading far past resources.max_sample_age still caps
     the node (the thresholds rule ignores it), on a manual clock."""

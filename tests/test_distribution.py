@@ -307,6 +307,44 @@ def test_config_share_enforced(coord: Coord) -> None:
         holder.wait()
 
 
+USED_BELOW = " (ignored: this command goes on with the values below it)"
+UNUSED = " (ignored: this command does not use it)"
+
+
+def test_a_bad_selfplay_configs_is_read_by_admission_while_shares_are_enforced(
+    coord: Coord,
+) -> None:
+    """Rule config_share reads ``selfplay_configs`` while ``enforce_config_shares`` is on: a
+    bad value there leaves the layers below in force, and admission's warning says so,
+    never that the command does not use the section; with the rule off it does not."""
+    bad = "selfplay_configs: {square8_2p: -1}\ntask_limits: {selfplay: {per_node: 1}}\n"
+    coord.write_config(bad + "optimizer: {enforce_config_shares: true}\n")
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        ask = ("selfplay", "--node", "n1", "--config-name", "square19_2p")
+        for argv in (
+            ("--json", "can-spawn", *ask),
+            ("can-spawn", *ask),
+            ("register", *ask, "--pid", str(holder.pid)),
+            ("run", *ask, "--", "true"),
+        ):
+            done = coord(*argv)
+            (warning,) = [x for x in done.stderr.splitlines() if "warning:" in x]
+            assert "selfplay_configs.square8_2p" in warning and warning.endswith(USED_BELOW), (
+                argv,
+                warning,
+            )
+        # read indeed: the default weights give n1's one slot to square8_2p, none to this
+        (reason,) = _share_reasons(coord("--json", "can-spawn", *ask))
+        assert reason["limit"] == 0 and reason["details"]["slots"] == 1
+        coord.write_config(bad)  # the rule off: nothing reads the section
+        done = coord("can-spawn", *ask)
+        assert done.returncode == 0 and done.stderr.rstrip("\n").endswith(UNUSED), done.stderr
+    finally:
+        holder.kill()
+        holder.wait()
+
+
 def _share_reasons(done: subprocess.CompletedProcess[str]) -> list[dict[str, object]]:
     """The decision's config_share reasons (other rules may refuse too)."""
     return [r for r in json.loads(done.stdout)["reasons"] if r["rule"] == "config_share"]

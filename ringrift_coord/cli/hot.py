@@ -101,21 +101,32 @@ class Globals:
                 f"and --set{kept}; its event hooks do not run)"
             )
         used = SECTION_USERS.get(self.command or "", ())
-        for section, problem in ctx.settings.problems.items():
+        settings = ctx.settings
+        for section, problem in settings.problems.items():
             if section in used or self.quiet or problem.message in _warned:
                 continue
             _warned.add(problem.message)
-            warn_setting(problem.message, section)
+            switch = READ_WHEN_ON.get(section) if self.command in ADMISSION_COMMANDS else None
+            read = section in READ_BY_ADMISSION or bool(switch and settings.get(switch))
+            warn_setting(problem.message, section, read)
         return ctx
 
 
 # Deferred sections that commands other than their own still read in part: a bad value there
 # is not "unused", the command goes on with the section's values from the layers below.
 READ_BY_ADMISSION = frozenset({"schedule"})
+# ... and those admission's rules read while a switch (as the layers below the bad value set
+# it) is on: ``config_share`` the self-play configs' weights, ``hardware_cap`` the hardware
+ADMISSION_COMMANDS = frozenset({"can-spawn", "register", "run"})
+READ_WHEN_ON = {
+    "selfplay_configs": "optimizer.enforce_config_shares",
+    "hardware": "hardware.cap_selfplay",
+}
 
 
-def warn_setting(message: str, section: str | None = None) -> None:
-    """The warning for a bad setting of a section this command does not require."""
+def warn_setting(message: str, section: str | None = None, read: bool = False) -> None:
+    """The warning for a bad setting of a section this command does not require; ``read``:
+    the command reads the section all the same (with its values from the layers below)."""
     text = message.strip().split("\n")[0]
     if not text.isprintable():
         from ringrift_coord.inputs import printable
@@ -123,7 +134,7 @@ def warn_setting(message: str, section: str | None = None) -> None:
         text = printable(text)
     if section == "events":  # a bad hook is left out (the message says so), the others run
         say(f"warning: {text}")
-    elif section in READ_BY_ADMISSION:
+    elif read:
         say(f"warning: {text} (ignored: this command goes on with the values below it)")
     else:
         say(f"warning: {text} (ignored: this command does not use it)")
@@ -204,7 +215,7 @@ def can_spawn(
         from ringrift_coord.inputs import instant
 
         at = instant(now, "now")
-    g.quiet = quiet
+    g.command, g.quiet = "can-spawn", quiet  # (the fast parser leaves the name out)
     with g.context() as ctx:
         decision = TaskCoordinator(ctx).check(ttype, _node(node), config_name=config_name, now=at)
     if g.json:
@@ -249,7 +260,7 @@ def register(
     holder_pid = os.getppid() if pid is None else pid
     if holder_pid <= 0 or procs.start_time(holder_pid) is None:
         raise UsageError(f"--pid {holder_pid}: no running process with that pid on this host")
-    g.quiet = quiet
+    g.command, g.quiet = "register", quiet
     with g.context() as ctx:
         coord = TaskCoordinator(ctx)
         decision = coord.acquire(
@@ -478,6 +489,7 @@ def run(
     ttype = tasktypes.parse(task_type)
     if not command:
         raise UsageError("run needs a command: ringrift-coord run TYPE [OPTIONS] -- CMD ...")
+    g.command = "run"
 
     def call(ctx: Context, options: dict[str, Any]) -> Any:
         return run_command(
