@@ -84,9 +84,46 @@ FILES = [
 ]
 
 
+# Non-ASCII characters as roff's named glyphs: the page stays ASCII, which every troff reads
+# (groff without preconv, -Tutf8, takes a raw UTF-8 byte for a Latin-1 one and warns)
+GLYPHS = {
+    "\u00d7": "\\(mu",  # multiplication sign
+    "\u2013": "\\(en",  # en dash
+    "\u2014": "\\(em",  # em dash
+    "\u2026": "...",  # ellipsis: no glyph of its own in classic troff
+    "\u2192": "\\(->",  # rightwards arrow
+    "\u2190": "\\(<-",
+    "\u2264": "\\(<=",
+    "\u2265": "\\(>=",
+    "\u2260": "\\(!=",
+    "\u2248": "\\(~~",
+    "\u00b1": "\\(+-",
+    "\u00b5": "\\(mc",  # micro sign
+    "\u03bc": "\\(*m",  # Greek mu
+    "\u221e": "\\(if",  # infinity
+    "\u00b7": "\\(pc",  # middle dot
+    "\u00b0": "\\(de",
+    "\u2018": "\\(oq",
+    "\u2019": "\\(cq",
+    "\u201c": "\\(lq",
+    "\u201d": "\\(rq",
+    "\u00a0": "\\ ",  # no-break space
+}
+
+
+def glyph(char: str) -> str:
+    """One character as ASCII roff: itself, its named glyph, else groff's ``\\[uXXXX]``."""
+    if char.isascii():
+        return char
+    return GLYPHS.get(char) or f"\\[u{ord(char):04X}]"
+
+
 def esc(text: str) -> str:
-    """Text as roff: backslashes and hyphens escaped, no line starting with a control char."""
+    """Text as roff: backslashes and hyphens escaped, non-ASCII characters as glyphs, no line
+    starting with a control char."""
     text = text.replace("\\", "\\e").replace("-", "\\-")
+    if not text.isascii():
+        text = "".join(glyph(c) for c in text)
     return "\n".join(
         "\\&" + line if line.startswith((".", "'")) else line for line in text.splitlines()
     )

@@ -78,3 +78,37 @@ def test_man_renders_every_command_option_and_exit_code(rendered: str) -> None:
     for code in ExitCode.by_name().values():
         label = "128+N" if code == ExitCode.SIGNAL_BASE else str(code)
         assert f" {label} " in text, label
+
+
+def _groff(page: str) -> subprocess.CompletedProcess[str]:
+    """``page`` through ``groff -man -Tutf8 -ww`` as it is (no preconv): every warning on."""
+    if shutil.which("groff") is None:
+        pytest.skip("groff is not installed (apt-get install groff-base)")
+    return subprocess.run(
+        ["groff", "-man", "-Tutf8", "-ww"],
+        input=page,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "LC_ALL": "C.UTF-8"},
+        timeout=60,
+    )
+
+
+def test_the_page_is_ascii_and_groff_reads_it_without_a_warning() -> None:
+    page = _generator().render()
+    odd = sorted({c for c in page if not c.isascii()})
+    assert not odd, f"non-ASCII characters in the page: {odd}"
+    done = _groff(page)
+    assert done.returncode == 0 and done.stderr == "", done.stderr
+
+
+def test_non_ascii_help_text_becomes_roff_glyphs() -> None:
+    """What help text may hold comes out as the same characters, from an ASCII page."""
+    gen = _generator()
+    text = "a × b – c — d … e → f ≤ g ≥ h µ i ∞ j · k ٣"
+    line = gen.esc(text)
+    assert line.isascii() and "\\(mu" in line and "\\(if" in line, line
+    done = _groff(f".TH T 1\n.SH NAME\nt \\- t\n.SH X\n{line}\n")
+    assert done.stderr == "", done.stderr
+    shown = " ".join(done.stdout.replace("\u2010", "-").split())
+    assert "a × b – c — d ... e → f ≤ g ≥ h µ i ∞ j · k ٣" in shown, shown
