@@ -7,6 +7,7 @@ contract is in the README's table, help texts survive Rich markup, and every
 
 from __future__ import annotations
 
+import inspect
 import re
 from pathlib import Path
 
@@ -102,6 +103,50 @@ def test_help_survives_rich_markup(where: str, text: str) -> None:
     plain = Text.from_markup(text).plain
     for word in re.findall(r"\w+", text):
         assert word in plain, f"{where}: {word!r} is eaten by Rich markup in {text!r}"
+
+
+def _listed(cmd) -> str:
+    """A command's line in its group's list, as Typer's Rich help takes it: ``short_help``,
+    else the docstring's first paragraph."""
+    return inspect.cleandoc(cmd.short_help or cmd.help or "").split("\n\n")[0]
+
+
+@pytest.mark.parametrize("path", list(COMMANDS), ids=IDS)
+def test_a_commands_line_in_a_list_is_one_sentence(path: tuple[str, ...]) -> None:
+    """No hard line break (Rich keeps it: a ragged list at 80 columns) and no second
+    sentence: the rest of the docstring is the command's own --help."""
+    listed = _listed(COMMANDS[path])
+    assert "\n" not in listed, f"`{' '.join(path)}` is listed with a line break: {listed!r}"
+    assert not re.search(r"[.?!] +[A-Z]", listed), f"`{' '.join(path)}`: {listed!r}"
+    assert Text.from_markup(listed).plain == listed  # nothing eaten by Rich markup
+
+
+GROUPS = [()] + [path for path, cmd in COMMANDS.items() if getattr(cmd, "commands", None)]
+
+
+@pytest.mark.parametrize("group", GROUPS, ids=[" ".join(g) or "(app)" for g in GROUPS])
+def test_command_lists_at_80_columns_wrap_only_where_a_line_is_full(coord, group) -> None:
+    """In the real ``--help`` at 80 columns, a description goes on to the next line only
+    when the next word did not fit on the line before (else the text has a hard break)."""
+    done = coord(*group, "--help", env={"COLUMNS": "80"})
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    start = next(i for i, x in enumerate(lines) if x.startswith("╭─ Commands"))
+    rows = [x[1:-1] for x in lines[start + 1 :] if x.startswith("│")]
+    width = len(rows[0])  # between the borders, one space of padding each side
+    first = re.match(r" \S+ +", rows[0])
+    assert first is not None, rows[0]
+    column = first.end()  # where the descriptions start
+    continued = 0
+    for before, row in zip(rows, rows[1:], strict=False):
+        if row[1:column].strip():  # a new command's first line
+            continue
+        continued += 1
+        word = row[column:].split()[0]
+        assert len(before.rstrip()) + 1 + len(word) > width - 1, (
+            f"`{' '.join(group)} --help` broke the line before {word!r} early:\n{before}\n{row}"
+        )
+    assert continued or group  # the app's own list wraps some lines: the check ran
 
 
 @pytest.mark.parametrize("path", list(COMMANDS), ids=IDS)

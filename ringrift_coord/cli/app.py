@@ -516,7 +516,9 @@ def limits(ctx: typer.Context, fmt: FormatOpt = None, no_header: NoHeaderOpt = F
     done()
 
 
-@app.command()
+@app.command(
+    short_help="Effective utilization targets, PID gains and optimizer settings, with their source."
+)
 def targets(ctx: typer.Context) -> None:
     """Effective utilization targets, PID gains and optimizer settings, with their source;
     exit 3 naming the source of a bad one. Notes where a node's critical threshold is below

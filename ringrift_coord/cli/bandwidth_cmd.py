@@ -72,7 +72,10 @@ def _shown_rate(kbps: int, unit: str) -> str:
 # --------------------------------------------------------------------------- allocate
 
 
-@bandwidth_app.command("allocate")
+@bandwidth_app.command(
+    "allocate",
+    short_help="The rate in KiB/s a transfer to HOST would get now (nothing is admitted).",
+)
 def bandwidth_allocate(
     ctx: typer.Context,
     host: Annotated[str, typer.Argument(metavar="HOST", help="The remote host of the transfer.")],
@@ -128,7 +131,9 @@ def bandwidth_allocate(
 # --------------------------------------------------------------------------- start
 
 
-@bandwidth_app.command("start")
+@bandwidth_app.command(
+    "start", short_help="Admit a transfer to HOST atomically and print its id and rate."
+)
 def bandwidth_start(
     ctx: typer.Context,
     host: Annotated[str, typer.Argument(metavar="HOST", help="The remote host of the transfer.")],
@@ -244,7 +249,9 @@ _END_ROUNDING = {
 }
 
 
-@bandwidth_app.command("end")
+@bandwidth_app.command(
+    "end", short_help="Close transfer ID and record its bytes, seconds and observed rate."
+)
 def bandwidth_end(
     ctx: typer.Context,
     transfer_id: Annotated[str, typer.Argument(metavar="ID", help="The transfer's id.")],
@@ -322,7 +329,10 @@ def bandwidth_end(
 # --------------------------------------------------------------------------- status
 
 
-@bandwidth_app.command("status")
+@bandwidth_app.command(
+    "status",
+    short_help="Active transfers and each host's link, history and observed rates (read-only).",
+)
 def bandwidth_status(
     ctx: typer.Context,
     fmt: FormatOpt = None,

@@ -111,7 +111,17 @@ def _check_text_everywhere(command: click.Command) -> None:
             param.type = _strict_number(param.type)
     _usage_errors_in_our_words(command)
     for sub in getattr(command, "commands", {}).values():
+        _one_line_short_help(sub)
         _check_text_everywhere(sub)
+
+
+def _one_line_short_help(command: click.Command) -> None:
+    """A command's line in its group's list is its ``short_help``, else its docstring's first
+    paragraph, which Typer's Rich help prints with the docstring's line breaks (ragged,
+    mid-sentence): that paragraph joined into one line (its own ``--help`` is unchanged)."""
+    if command.short_help is None and command.help:
+        first = inspect.cleandoc(command.help).split("\n\n")[0]
+        command.short_help = " ".join(first.split())
 
 
 def _usage_errors_in_our_words(command: click.Command) -> None:

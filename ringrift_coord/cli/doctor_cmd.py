@@ -10,7 +10,10 @@ from ringrift_coord.cli.hot import emit_json
 
 
 def register(app: typer.Typer) -> None:
-    app.command("doctor")(doctor)
+    app.command(
+        "doctor",
+        short_help="Check the state directory, store, config, clock and readings; say what to fix.",
+    )(doctor)
 
 
 def doctor(ctx: typer.Context) -> None:

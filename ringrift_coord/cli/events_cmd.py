@@ -108,7 +108,9 @@ def _read(g: Any, **query: Any) -> list[Any]:
 # --------------------------------------------------------------------------- publish
 
 
-@events_app.command("publish")
+@events_app.command(
+    "publish", short_help="Store an event (once per type and content) and print its id."
+)
 def events_publish(
     ctx: typer.Context,
     event_type: Annotated[
@@ -171,7 +173,9 @@ def events_publish(
 # --------------------------------------------------------------------------- list
 
 
-@events_app.command("list")
+@events_app.command(
+    "list", short_help="Stored events, oldest first: when, type, node, how often seen, the payload."
+)
 def events_list(
     ctx: typer.Context,
     event_type: TypeOpt = None,
@@ -207,7 +211,10 @@ def events_list(
 # --------------------------------------------------------------------------- tail
 
 
-@events_app.command("tail")
+@events_app.command(
+    "tail",
+    short_help="The last N events, one line each; --follow prints each new one as it is stored.",
+)
 def events_tail(
     ctx: typer.Context,
     follow: Annotated[

@@ -35,7 +35,10 @@ def warn_config(settings: Settings) -> None:
 
 def register(app: typer.Typer) -> None:
     """Add ``metrics`` to the app."""
-    app.command("metrics")(metrics)
+    app.command(
+        "metrics",
+        short_help="Prometheus metrics of tasks, limits, halts, breakers, transfers and readings.",
+    )(metrics)
 
 
 def metrics(

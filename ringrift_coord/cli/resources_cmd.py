@@ -38,7 +38,10 @@ def register(app: typer.Typer) -> None:
     """Add ``report``, ``resources`` and ``forget-node`` to the app."""
     app.command("report")(report)
     app.command("resources")(resources)
-    app.command("forget-node")(forget_node)
+    app.command(
+        "forget-node",
+        short_help="Drop a retired, renamed or mistyped node's stored reading (its history stays).",
+    )(forget_node)
 
 
 # --------------------------------------------------------------------------- report

@@ -171,7 +171,9 @@ def record_cmd(
     done()
 
 
-@schedule_app.command("forget")
+@schedule_app.command(
+    "forget", short_help="Delete the recorded durations of TYPE (and config, or every config)."
+)
 def forget_cmd(
     ctx: typer.Context,
     task_type: TypeArg,
@@ -293,7 +295,10 @@ def register(app: typer.Typer) -> None:
 # --------------------------------------------------------------------------- can-start
 
 
-@schedule_app.command("can-start")
+@schedule_app.command(
+    "can-start",
+    short_help="Whether TYPE may start now and finish before the next peak window (exit 0/1).",
+)
 def can_start(
     ctx: typer.Context,
     task_type: Annotated[
