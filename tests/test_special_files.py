@@ -6,8 +6,9 @@ and a read-only command never creates a store.
   and nothing is read from the filesystem while the store's write lock is held.
 * ``--db`` naming a symlink is refused (exit 3); so is a store that another local user (a real
   second uid) swapped for a symlink or a FIFO.
-* A libpq keyword string is PostgreSQL (no file named after it is created); ``:memory:`` and
-  ``file:`` are refused; a password is never shown.
+* A libpq keyword string is PostgreSQL (no file named after it is created); ``:memory:``,
+  ``file:``, ``sqlite:x`` and ``sqlite:///a.db?mode=ro`` are refused; a password is never
+  shown.
 * ``halt``/``unhalt``/``status`` say "this host's store sqlite:…" or "cluster-wide on
   postgres …".
 """
@@ -252,30 +253,51 @@ def test_another_user_swapping_the_db_for_a_symlink_or_fifo_is_refused(
 # --------------------------------------------------------------------------- addresses
 
 
+def refused_as_flag_and_env(coord: Coord, value: str) -> str:
+    """``--db value`` is refused (exit 2) and ``RINGRIFT_COORD_DB=value`` too (exit 3), each in
+    one line, and no file is made beside the state directory; the flag's line."""
+    before = set(os.listdir(coord.tmp))
+    done = {}
+    for argv, env in (
+        (("--db", value, "can-spawn", "selfplay"), coord.env),
+        (("can-spawn", "selfplay"), {**coord.env, "RINGRIFT_COORD_DB": value}),
+    ):
+        done[argv[0]] = subprocess.run(
+            coord.argv(*argv), env=env, cwd=coord.tmp, capture_output=True, text=True, timeout=60
+        )
+    assert one_line(done["can-spawn"], 3).startswith("RINGRIFT_COORD_DB: ")
+    assert set(os.listdir(coord.tmp)) - before <= {"state"}
+    return one_line(done["--db"], 2)
+
+
 @pytest.mark.parametrize("value", [":memory:", "sqlite://:memory:", "file:x.db", "file::memory:"])
 def test_memory_and_uri_names_are_refused(coord: Coord, value: str, engine: str) -> None:
     if engine != "sqlite":
         pytest.skip("SQLite names")
-    before = set(os.listdir(coord.tmp))
-    flag = subprocess.run(
-        coord.argv("--db", value, "can-spawn", "selfplay"),
-        env=coord.env,
-        cwd=coord.tmp,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert "in-memory or URI SQLite name" in one_line(flag, 2)
-    env = subprocess.run(
-        coord.argv("can-spawn", "selfplay"),
-        env={**coord.env, "RINGRIFT_COORD_DB": value},
-        cwd=coord.tmp,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert one_line(env, 3).startswith("RINGRIFT_COORD_DB: ")
-    assert set(os.listdir(coord.tmp)) - before <= {"state"}
+    assert "in-memory or URI SQLite name" in refused_as_flag_and_env(coord, value)
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["sqlite:", "sqlite:x.db", "SQLite:x.db", "sqlite:///T/x/a.db?mode=ro", "sqlite:///T/x/a.db#z"],
+)
+def test_sqlite_addresses_that_are_no_file_are_refused(
+    coord: Coord, value: str, engine: str
+) -> None:
+    """'sqlite:' without '//' and a sqlite:// address with a query were taken as file names:
+    ./sqlite:, a.db?mode=ro (with their -gate and .id) were created and used silently."""
+    if engine != "sqlite":
+        pytest.skip("SQLite names")
+    (coord.tmp / "x").mkdir()
+    value = value.replace("/T/", str(coord.tmp) + "/")
+    line = refused_as_flag_and_env(coord, value)
+    if value.startswith("sqlite:///"):  # what to give instead: the address without its query
+        bare = f"sqlite://{coord.tmp}/x/a.db"
+        assert "takes no '?' query" in line and line.endswith(f"give {bare}"), line
+    else:  # a plain path, or a file of that name
+        assert "no SQLite address" in line and "sqlite:///path or the file's path" in line
+        assert f"./{value}" in line
+    assert os.listdir(coord.tmp / "x") == []
 
 
 def test_a_keyword_string_is_postgres_and_no_file_is_made(coord: Coord, pg_url: str) -> None:

@@ -3,8 +3,10 @@ default) or ``postgresql://…`` / a libpq keyword string ``host=… dbname=…`
 cluster-wide engine).
 
 An address is never misread: a keyword string is PostgreSQL, never a file name; SQLite's
-``:memory:`` and ``file:`` URIs are refused; a SQLite path that is a symlink is refused (never
-followed into another store); a password is never shown (``redact``).
+``:memory:`` and ``file:`` URIs are refused, and so are ``sqlite:`` without ``//`` and a
+``sqlite://`` address with a query (none is a file name anyone meant); a SQLite path that
+is a symlink is refused (never followed into another store); a password is never shown
+(``redact``).
 """
 
 from __future__ import annotations
@@ -54,6 +56,18 @@ def resolve_db(db: str | None, state_dir: str, env: Mapping[str, str]) -> tuple[
             return UsageError(message)
         return ConfigError(f"{DB_ENV}: {message}")
 
+    scheme = value[:9].lower()
+    if scheme.startswith("sqlite:") and not scheme.startswith("sqlite://"):  # not a file name
+        raise refuse(
+            f"{redact(value)!r} is no SQLite address (no '//' after 'sqlite:'): give "
+            f"sqlite:///path or the file's path (a file so named: ./{redact(value)})"
+        )
+    if value.startswith("sqlite://") and ("?" in value or "#" in value):
+        bare = value.partition("?")[0].partition("#")[0]
+        raise refuse(
+            f"{redact(value)!r}: a sqlite:// address takes no '?' query or '#' fragment "
+            f"(nothing reads it: it would become part of the file name): give {bare}"
+        )
     if value.startswith("sqlite:///"):
         path = value[len("sqlite://") :]
     else:
