@@ -1440,6 +1440,8 @@ def _reject_foreign_tags(node: Any, path: str, dotted: str, seen: set[int] | Non
 def _check_leaf(leaf: Leaf, value: Any, dotted: str, origin: str, line: int | None) -> Any:
     """Validate one value; ``origin`` is the file (with ``line``) or another source."""
 
+    where = (dotted, origin, line)
+
     def bad(reason: str) -> ConfigError:
         if line is None:
             return ConfigError(f"{reason} [{origin}]", key=dotted)
@@ -1463,7 +1465,16 @@ def _check_leaf(leaf: Leaf, value: Any, dotted: str, origin: str, line: int | No
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             hint = None
             if isinstance(value, str):  # 7 in quotes; YAML 1.1 also reads 09 and 1e3 as text
-                plain = strict_float(value) is not None
+                number = strict_float(value)
+                if number is not None and not math.isfinite(number):  # 1e400, "inf"
+                    words = "inf" in value.lower() or "nan" in value.lower()
+                    raise bad(
+                        f"expected {leaf.describe()}, got {printable(value)}, which is "
+                        + ("not a finite number" if words else "out of range (no finite number)")
+                    )
+                if number is not None:  # 1e10: the range's word, not "write 10000000000"
+                    _check_leaf(leaf, int(number) if number.is_integer() else number, *where)
+                plain = number is not None
                 hint = number_hint(value) or ("write it without quotes" if plain else None)
             raise bad(
                 f"expected {leaf.describe()}, got {_show(value)}" + (f"; {hint}" if hint else "")

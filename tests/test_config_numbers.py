@@ -75,7 +75,7 @@ def test_yaml_number_forms_are_refused_with_what_to_write(tmp_path: Path, name: 
     ("written", "advice"),
     [
         ("0o10", "write 8, not 0o10"),  # YAML 1.1 reads it as text: the hint still says 8
-        ("1e3", "write 1000, not 1e3"),  # text in YAML 1.1 (no dot)
+        ("1e1", "write 10, not 1e1"),  # text in YAML 1.1 (no dot)
         ("09", "write 9, not 09"),  # text in YAML 1.1 (not octal)
         ("'٣'", "write 3, not '٣'"),  # another script's digit
         ('"7"', "write it without quotes"),
@@ -105,12 +105,42 @@ def test_numbers_read_as_text_get_the_same_advice(
 def test_plain_decimal_numbers_are_read(
     tmp_path: Path, key: str, written: str, expected: float
 ) -> None:
+    settings, path = load_text(tmp_path, nested(key, written))
+    assert settings.get(key) == expected
+    assert settings.source(key) == f"{path}:{len(key.split('.'))}"
+
+
+def nested(key: str, written: str) -> str:
+    """The YAML text that sets dotted ``key`` to ``written``, one section a line."""
     parts = key.split(".")
     text = "".join(f"{'  ' * i}{part}:\n" for i, part in enumerate(parts[:-1]))
-    text += f"{'  ' * (len(parts) - 1)}{parts[-1]}: {written}\n"
-    settings, path = load_text(tmp_path, text)
-    assert settings.get(key) == expected
-    assert settings.source(key) == f"{path}:{len(parts)}"
+    return text + f"{'  ' * (len(parts) - 1)}{parts[-1]}: {written}\n"
+
+
+# (key, value as written, what the message says): a number YAML 1.1 reads as text that no
+# form of it would pass gets the range's word, not advice to write it otherwise
+OUT_OF_RANGE_TEXT = {
+    "huge-percent": ("thresholds.disk.critical", "1e400", "got 1e400, which is out of range"),
+    "huge-seconds": ("store.lease_ttl", "1e400", "got 1e400, which is out of range"),
+    "huge-count": ("task_limits.selfplay.per_node", "1e400", "got 1e400, which is out of"),
+    "huge-quoted": ("thresholds.disk.critical", '"-1e400"', "got -1e400, which is out of"),
+    "inf-quoted": ("thresholds.disk.critical", '"inf"', "got inf, which is not a finite number"),
+    "past-percent": ("thresholds.cpu.warning", "1e3", "a percentage from 0 to 100, got 1000"),
+    "past-1e9": ("store.lease_ttl", "1e10", "must be at most 1e9, got 1e+10"),
+    "past-1e9-count": ("task_limits.selfplay.per_node", "2e9", "must be at most 1e9, got 2e+09"),
+}
+
+
+@pytest.mark.parametrize("name", list(OUT_OF_RANGE_TEXT))
+def test_numbers_read_as_text_that_no_form_would_pass_say_why(tmp_path: Path, name: str) -> None:
+    """'1e400' unquoted was told "write it without quotes" (it has none, and no form of it
+    is a number); '1e10' was told "write 10000000000", which is refused in turn."""
+    key, written, says = OUT_OF_RANGE_TEXT[name]
+    with pytest.raises(ConfigError) as info:
+        load_text(tmp_path, nested(key, written))
+    message = str(info.value)
+    assert info.value.key == key and says in message, message
+    assert "quotes" not in message and "write" not in message, message
 
 
 def test_unquoted_times_of_day_stay_times(tmp_path: Path) -> None:
