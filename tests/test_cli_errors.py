@@ -268,6 +268,20 @@ def test_rejected_halt_leaves_no_halt(coord) -> None:
     assert not (coord.state_dir / "EMERGENCY_HALT").exists() and not coord.db.exists()
 
 
+def test_a_ttl_in_exponent_form_gets_the_limit_not_a_refused_value(coord) -> None:
+    """--ttl 1e10 said "write 10000000000, not 1e10", which is refused in turn (more than
+    1e9 s): a number no form of which is taken gets the limit; one within it, the advice."""
+    for argv, says in (
+        (("halt", "--ttl", "1e10"), "1e+10 is more than 1e9 seconds"),
+        (("reserve", "selfplay", "--node", "n1", "--slots", "1", "--ttl", "2e9"), "more than"),
+        (("halt", "--ttl", "-1e10"), "is not a positive number of seconds"),
+    ):
+        message = usage_error(coord(*argv), "option --ttl: ", says)
+        assert "write" not in message, message
+    usage_error(coord("halt", "--ttl", "1e3"), "--ttl", "write 1000, not 1e3")
+    assert not coord.db.exists()  # nothing was halted: not even the store made
+
+
 def test_rejected_reserve_leaves_no_reservation(coord) -> None:
     usage_error(coord("reserve", "selfplay", "--node", "n1", "--slots", "1", "--ttl", "1e308"))
     usage_error(coord("reserve", "selfplay", "--node", "n1", "--slots", "99999999999999999999"))

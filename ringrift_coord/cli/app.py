@@ -268,7 +268,7 @@ def reserve(
             "--ttl",
             help="Expire after this long: seconds, or 30m, 2h, 1d.",
             metavar="DURATION",
-            click_type=build.DURATION,
+            click_type=build.TTL,
         ),
     ] = None,
     fmt: FormatOpt = None,
@@ -330,7 +330,7 @@ def halt(
             "--ttl",
             help="Lift by itself after this long: seconds, or 30m, 2h, 1d.",
             metavar="DURATION",
-            click_type=build.DURATION,
+            click_type=build.TTL,
         ),
     ] = None,
     check: Annotated[

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import inspect
+import math
 from collections.abc import Callable
 from typing import Annotated, Any
 
@@ -28,7 +29,7 @@ from ringrift_coord.cli import parser, spec
 from ringrift_coord.cli.common import complete_types, globals_of
 from ringrift_coord.cli.hot import Globals
 from ringrift_coord.errors import UsageError
-from ringrift_coord.inputs import did_you_mean
+from ringrift_coord.inputs import did_you_mean, number_hint, seconds, strict_float
 
 # --------------------------------------------------------------------------- value types
 
@@ -43,21 +44,31 @@ def _label(param: click.Parameter | None) -> str:
 
 class SpecType(click_types.ParamType):
     """A value of one spec kind (str, int, float, duration, append), read by
-    ``parser.convert``."""
+    ``parser.convert``. ``bound`` (a duration's range check, ``inputs.seconds``): a number
+    in a form the kind refuses (``1e10``) that the range refuses too gets the range's word,
+    not advice to write it otherwise ("write 10000000000")."""
 
-    def __init__(self, kind: str) -> None:
-        self.kind = kind
+    def __init__(self, kind: str, bound: Callable[[float, str], object] | None = None) -> None:
+        self.kind, self.bound = kind, bound
         self.name = "str" if kind == "append" else kind  # shown as <str> in the help
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
         if not isinstance(value, str):  # a default, or already converted
             return value
-        return parser.convert(_label(param), value, self.kind)
+        try:
+            return parser.convert(_label(param), value, self.kind)
+        except UsageError:
+            number = strict_float(value)
+            if self.bound is not None and number is not None and number_hint(value):
+                if math.isfinite(number):  # (1e400 gets no advice: no form of it is a number)
+                    self.bound(number, param.name if param is not None and param.name else "")
+            raise
 
 
 TEXT = SpecType("str")
 PATH = SpecType("path")  # for a file argument of a Typer command (``config validate FILE``)
-DURATION = SpecType("duration")  # seconds or 5m, 1h30m: ``halt --ttl``, ``reserve --ttl``
+# seconds or 5m, 1h30m, at most 1e9 s: ``halt --ttl``, ``reserve --ttl``
+TTL = SpecType("duration", bound=seconds)
 
 
 class Group(TyperGroup):
