@@ -10,6 +10,7 @@ the tool creates, and when a file read back from a store is trusted.
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 
@@ -211,6 +212,8 @@ def check_parents(path: str, what: str) -> None:
                 break
             try:
                 pst = os.stat(parent)
+                if not stat.S_ISDIR(pst.st_mode):
+                    raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR))
                 try:
                     cst = os.lstat(child)
                 except FileNotFoundError:
@@ -219,11 +222,29 @@ def check_parents(path: str, what: str) -> None:
                     # only the entry's owner is looked at, and you will create it
                     cst = os.stat_result((0, 0, 0, 0, me, 0, 0, 0, 0, 0))
             except OSError as exc:
-                raise StateError(
-                    f"cannot inspect {parent} above {what} {path}: {exc.strerror}"
-                ) from None
+                raise _unusable(exc, parent, path, what) from None
             _check_parent(parent, pst, cst, me, path, what)
             child = parent
+
+
+def _unusable(exc: OSError, parent: str, path: str, what: str) -> StateError:
+    """Why ``path`` cannot be used, said of what is wrong: a directory missing (nothing
+    creates it), a file where a directory should be, a name too long; else what failed."""
+    if exc.errno == errno.ENAMETOOLONG:
+        parts = os.path.abspath(path).split(os.sep)
+        size = max(len(os.fsencode(part)) for part in parts)
+        shown = path if len(path) <= 120 else f"{path[:40]}...{path[-40:]} ({len(path)} chars)"
+        too_long = (
+            f"a name in it is {size} bytes, more than a file name may have"
+            if size > 255  # the usual NAME_MAX; else the whole path is past PATH_MAX
+            else "the whole path is longer than the system takes"
+        )
+        return StateError(f"{what} {shown}: {too_long}: give a shorter one")
+    if exc.errno == errno.ENOENT:
+        return StateError(f"{what} {path}: {missing_directory(parent)}")
+    if exc.errno == errno.ENOTDIR:
+        return StateError(f"{what} {path}: {parent} is not a directory; give a path in one")
+    return StateError(f"cannot inspect {parent} above {what} {path}: {exc.strerror}")
 
 
 def _check_parent(
@@ -243,6 +264,17 @@ def _check_parent(
             f"{'others' if mode & 0o002 else 'its group'} (mode {mode:04o}) and not sticky, "
             "so another user can replace it; refusing it"
         )
+
+
+def missing_directory(directory: str) -> str:
+    """What to say of a directory that does not exist where a file is to be: it is not
+    created (a mistyped path must not grow a tree of directories), and how to make it."""
+    import shlex
+
+    return (
+        f"the directory {directory} does not exist, and is not created: create it first "
+        f"(mkdir -p {shlex.quote(directory)}) or give a path in a directory that exists"
+    )
 
 
 def is_private_dir(path: str) -> bool:

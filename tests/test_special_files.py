@@ -8,7 +8,7 @@ and a read-only command never creates a store.
   second uid) swapped for a symlink or a FIFO.
 * A libpq keyword string is PostgreSQL (no file named after it is created); ``:memory:``,
   ``file:``, ``sqlite:x`` and ``sqlite:///a.db?mode=ro`` are refused; a password is never
-  shown.
+  shown; a path in a directory that does not exist is said to be that (nothing is created).
 * ``halt``/``unhalt``/``status`` say "this host's store sqlite:…" or "cluster-wide on
   postgres …".
 """
@@ -298,6 +298,35 @@ def test_sqlite_addresses_that_are_no_file_are_refused(
         assert "no SQLite address" in line and "sqlite:///path or the file's path" in line
         assert f"./{value}" in line
     assert os.listdir(coord.tmp / "x") == []
+
+
+def test_a_database_path_that_cannot_be_says_what_is_wrong_with_it(
+    coord: Coord, engine: str
+) -> None:
+    """A missing directory was "cannot inspect DIR above database ...: No such file or
+    directory", and a too-long file name "cannot inspect /tmp above ...": the directory is
+    said not to exist (nor to be created, with what to do), the name to be too long."""
+    if engine != "sqlite":
+        pytest.skip("SQLite paths")
+    missing = coord.tmp / "nope" / "dir"
+
+    def refused(db: str, *argv: str) -> str:
+        done = subprocess.run(
+            coord.argv("--db", db, *argv), env=coord.env, capture_output=True, text=True, timeout=60
+        )
+        return one_line(done, 3)
+
+    for argv in (("can-spawn", "selfplay"), ("tasks",)):  # a writing and a reading command
+        line = refused(str(missing / "t.db"), *argv)
+        assert f"the directory {missing} does not exist, and is not created" in line, line
+        assert f"mkdir -p {missing}" in line and "cannot inspect" not in line, line
+    line = refused(str(coord.tmp / ("a" * 300 + ".db")), "can-spawn", "selfplay")
+    assert "a name in it is 303 bytes, more than a file name may have" in line, line
+    assert f"inspect {coord.tmp} " not in line and len(line) < 300, line
+    (coord.tmp / "file").write_text("")
+    line = refused(str(coord.tmp / "file" / "t.db"), "can-spawn", "selfplay")
+    assert f"{coord.tmp / 'file'} is not a directory" in line, line
+    assert sorted(os.listdir(coord.tmp)) == ["coord.yaml", "file", "state"]
 
 
 def test_a_keyword_string_is_postgres_and_no_file_is_made(coord: Coord, pg_url: str) -> None:

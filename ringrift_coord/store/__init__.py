@@ -150,6 +150,13 @@ def check_sqlite_path(path: str, *, create: bool = True) -> None:
         if os.path.lexists(path):  # created meanwhile (deleted_store looked again)
             return check_sqlite_path(path, create=create)
         if not create:
+            directory = os.path.dirname(os.path.abspath(path))
+            if not os.path.isdir(directory):  # no command creates it
+                from ringrift_coord.statedir import missing_directory
+
+                raise NoStore(
+                    f"no store at {os.path.abspath(path)}: {missing_directory(directory)}"
+                ) from None
             raise NoStore(
                 f"no store at {os.path.abspath(path)} (nothing recorded there yet; a command "
                 "that writes creates it)"
