@@ -156,6 +156,14 @@ CASES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
         ("no reservation", "res-doesnotexist"),
     ),
     "reserve-release-no-id": (("reserve", "release"), ("reservation ID",)),
+    # a subcommand mistyped gets the subcommand, not only "unknown task type"
+    "reserve-list-typo": (
+        ("reserve", "lst", "--node", "vm", "--slots", "1"),
+        ("did you mean list?",),
+    ),
+    "reserve-list-typo-alone": (("reserve", "lst"), ("'lst' (did you mean list?)",)),
+    "reserve-release-typo": (("reserve", "relese", "x"), ("did you mean release?",)),
+    "reserve-type-typo-alone": (("reserve", "selfply"), ("did you mean selfplay?",)),
     # unregister
     "unregister-unknown-id": (
         ("unregister", "selfplay-000000000000"),

@@ -283,6 +283,7 @@ def reserve(
         if not res_id:
             raise UsageError("reserve release needs the reservation ID")
     elif what != "list":
+        _reserve_word(what)
         if res_id is not None:
             raise UsageError(f"unexpected extra argument {res_id!r}")
         if not node or slots is None:
@@ -308,6 +309,22 @@ def reserve(
     else:
         views.line(result["res_id"])
     done()
+
+
+def _reserve_word(what: str) -> None:
+    """WHAT is a task type, or a usage error with the nearest word: a subcommand (``lst``:
+    did you mean list?) as well as a task type (``selfply``)."""
+    from ringrift_coord import tasktypes
+    from ringrift_coord.inputs import did_you_mean
+
+    try:
+        tasktypes.parse(what)
+    except UsageError:
+        hint = did_you_mean(what, (*TASK_TYPE_NAMES, "list", "release"))
+        if hint.endswith(("list?)", "release?)")):
+            where = "see 'ringrift-coord reserve --help'"
+            raise UsageError(f"unknown task type or command {what!r}{hint}; {where}") from None
+        raise
 
 
 # --------------------------------------------------------------------------- halt
