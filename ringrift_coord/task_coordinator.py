@@ -216,7 +216,14 @@ class TaskCoordinator(ProcessWide):
         token: int | None = None,
         reason: str | None = None,
     ) -> Row | None:
-        """Release once; None if it was already released. Unknown ids raise NotFound."""
+        """Release once; None if it was already released. Unknown ids raise NotFound; an
+        ``exit_code`` outside 0-255 (no process exits so) a UsageError, nothing released."""
+        if exit_code is not None and (
+            isinstance(exit_code, bool)
+            or not isinstance(exit_code, int)
+            or not 0 <= exit_code <= 255
+        ):
+            raise UsageError(f"{exit_code!r} is not an exit code (0-255)", field="exit_code")
         if status is None:
             status = "ok" if not exit_code else "failed"
         if reason is None and exit_code and status != "ok":

@@ -126,6 +126,19 @@ def test_unregister_unknown_and_stale_token(coordinator):
         coordinator.unregister_task(decision.task_id, status="weird")
 
 
+def test_an_exit_code_no_process_has_is_refused_and_releases_nothing(coordinator):
+    """-1 and 300 were stored as failed runs (and counted by the breaker)."""
+    decision = coordinator.acquire("training", "n1", holder=Holder(pid=os.getpid()))
+    for bad in (-1, 256, 300, True, 1.5):
+        with pytest.raises(UsageError) as refused:
+            coordinator.unregister_task(decision.task_id, exit_code=bad)
+        assert refused.value.field == "exit_code" and "not an exit code (0-255)" in str(refused)
+    assert [t["task_id"] for t in coordinator.list_tasks()] == [decision.task_id]  # still held
+    assert coordinator.history() == []  # no failure recorded
+    assert coordinator.unregister_task(decision.task_id, exit_code=255)["task_id"]
+    assert coordinator.history()[0]["exit_code"] == 255
+
+
 def test_reused_task_id_is_fenced(coordinator):
     first = coordinator.acquire("training", "n1", holder=Holder(pid=os.getpid()), task_id="job")
     coordinator.unregister_task("job", token=first.lease_token)

@@ -171,6 +171,8 @@ CASES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     ),
     "unregister-bad-status": (("unregister", "x-1", "--status", "exploded"), ("--status",)),
     "unregister-bad-exit-code": (("unregister", "x-1", "--exit-code", "one"), ("--exit-code",)),
+    "unregister-negative-exit-code": (("unregister", "x-1", "--exit-code", "-1"), ("0-255",)),
+    "unregister-exit-code-300": (("unregister", "x-1", "--exit-code", "300"), ("--exit-code",)),
     "unregister-huge-exit-code": (
         ("unregister", "x-1", "--exit-code", "99999999999999999999"),
         ("--exit-code",),
