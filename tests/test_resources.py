@@ -151,6 +151,11 @@ def test_live_readings_of_this_host_decide_admission(local):
         ("report", "--load", "-2"),
         ("report", "--node", ""),
         ("report", "--cpus", "many"),
+        # --cpus 0 was stored (the load rule, 1.5 x cpus, then never applied); --load 1e308
+        # too (report and resources printed a 300-digit number)
+        ("report", "--cpus", "0"),
+        ("report", "--load", "1e308"),
+        ("report", "--load", "1000001"),
         ("resources", "--node", "a\nb"),
     ],
 )
@@ -158,8 +163,13 @@ def test_bad_input_is_one_line_exit_2(local, argv):
     result = local(*argv)
     assert result.returncode == 2, (argv, result.returncode, result.stderr)
     assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
-    assert result.stderr.startswith("ringrift-coord: error: ")
+    assert result.stderr.startswith(f"ringrift-coord: error: option {argv[1]}")
     assert not local.db.exists() or argv[0] == "resources"  # nothing was stored
+
+
+def test_the_largest_load_and_the_fewest_cpus_are_taken(local):
+    reading = js(local("--json", "report", "--node", "big", "--load", "1e6", "--cpus", "1"))
+    assert (reading["load_avg"], reading["cpus"]) == (1e6, 1)
 
 
 def test_manual_hardware_is_kept_and_caps_are_shown(local):

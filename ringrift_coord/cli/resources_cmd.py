@@ -11,7 +11,6 @@ live readings.
 
 from __future__ import annotations
 
-import math
 from typing import Annotated
 
 import typer
@@ -27,6 +26,8 @@ from ringrift_coord.cli.common import (
 )
 from ringrift_coord.cli.hot import emit_json, say
 from ringrift_coord.errors import UsageError
+
+MAX_LOAD = 1e6  # past any node (--cpus is at most 1000000); a larger figure is a mistake
 
 
 def _percent(option: str, value: float | None) -> None:
@@ -95,13 +96,14 @@ def report(
     g = globals_of(ctx)
     for option, value in (("--cpu", cpu), ("--gpu", gpu), ("--mem", mem), ("--disk", disk)):
         _percent(option, value)
-    if load is not None and not (0.0 <= load < math.inf):
-        raise UsageError(f"option --load: {load:g} is not a load average (0 or more)")
+    if load is not None and not (0.0 <= load <= MAX_LOAD):  # also refuses nan
+        raise UsageError(f"option --load: {load:g} is not a load average from 0 to {MAX_LOAD:.0f}")
     if memory_gb is not None and not (0.0 <= memory_gb < 1e9):
         raise UsageError(f"option --memory-gb: {memory_gb:g} is not a size in GiB")
-    for option, count in (("--gpu-count", gpu_count), ("--cpus", cpus)):
-        if count is not None and not 0 <= count <= 1_000_000:
-            raise UsageError(f"option {option}: {count} is not a count from 0 to 1000000")
+    # (a node has a CPU: with 0 the load rule, 1.5 x cpus, would never apply)
+    for option, count, least in (("--gpu-count", gpu_count, 0), ("--cpus", cpus, 1)):
+        if count is not None and not least <= count <= 1_000_000:
+            raise UsageError(f"option {option}: {count} is not a count from {least} to 1000000")
     not_blank("--gpu-name", gpu_name)
     node = not_blank("--node", node)
     figures = {"cpu": cpu, "gpu": gpu, "memory": mem, "disk": disk, "load_avg": load}
