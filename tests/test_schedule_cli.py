@@ -183,6 +183,25 @@ def test_a_fresh_host_answers_from_the_defaults(coord) -> None:  # noqa: ANN001
     assert not coord.db.exists()  # none of them created the store
 
 
+def test_can_start_on_a_fresh_host_creates_nothing(coord) -> None:  # noqa: ANN001
+    """can-start created tasks.db and tasks.db.id to answer; like the other questions it
+    answers from the defaults and leaves a fresh state directory empty."""
+    if coord.engine != "sqlite":
+        pytest.skip("only SQLite has no store until a command writes")
+    for made in (False, True):  # no state directory yet; one made, empty
+        if made:
+            coord.state_dir.mkdir(mode=0o700)
+        yes = coord("schedule", "can-start", "training", "--now", "2026-12-01T09:00")
+        assert yes.returncode == 0 and yes.stdout.startswith("yes: training may"), yes.stderr
+        no = coord("--json", "schedule", "can-start", "training", "--now", "2026-12-01T13:00")
+        assert no.returncode == 1, no.stderr
+        assert json.loads(no.stdout)["expected_seconds"] == 14400.0  # the type's default
+        if not made:
+            assert not coord.state_dir.exists()
+    # (only the settings cache, README "State directory", which every command writes there)
+    assert {p.name for p in coord.state_dir.iterdir()} <= {"config-cache.json"}
+
+
 # --------------------------------------------------------------------------- 5. next-slot
 
 

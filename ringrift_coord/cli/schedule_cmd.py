@@ -320,15 +320,15 @@ def can_start(
     end, timezone), or when it runs longer than the whole off-peak gap; never inside a
     window. The answer does not depend on peak_hours.enforce (that decides whether
     admission refuses it: rule peak_hours)."""
-    from ringrift_coord import tasktypes
-    from ringrift_coord.duration_scheduler import DurationScheduler
+    from ringrift_coord.schedule import peak
 
     g = globals_of(ctx)
-    ttype = tasktypes.parse(task_type)
+    ttype, config = _type(task_type), _config(config_name)
     at = _now(now)
-    with g.context() as c:
+    with g.context(create=False) as c:  # a question: no store is created to answer it
         c.settings.require("schedule")
-        found = DurationScheduler(c).peak_verdict(ttype, _config(config_name), at)
+        with _read(c) as tx:
+            found = peak.verdict_at(tx, c.settings, ttype, config, tx.now() if at is None else at)
     if g.json:
         emit_json(found.to_dict())
     else:
