@@ -368,7 +368,7 @@ def activate(
     ttl = seconds(ttl, "ttl")
     scope, on = scope_of(task_type), node_of(node)
     reason = inputs.reason(reason)  # (a blank one, from an empty $REASON: none)
-    reason = printable(reason) if reason and reason.strip() else None
+    reason = None if reason is None else printable(reason)
     try:
         # an operator's halt never lands in a damaged file, said as ok; checked before the
         # write lock is taken (admissions go on meanwhile), the tables it and admission use

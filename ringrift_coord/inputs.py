@@ -14,9 +14,9 @@ MAX_SECONDS = 1e9  # about 31 years: an expiry past what timestamps can show bre
 # an expected finish or a duration added to one stays within what datetime can show
 INSTANTS = (0.0, 221845392000.0)
 MAX_SLOTS = 1_000_000  # beyond any node, and beyond what the store keeps
-# a reason (--reason: a halt's, a release's, a breaker failure's, a transfer's): what a
-# person writes; a longer one is refused, never cut unseen, so that a halt's HALT event (its
-# payload is bounded) and every listing stay whole
+# a reason (a halt's, a release's, a breaker failure's, a transfer's): what is kept of it.
+# A longer one is cut, never refused: a halt or a release must not fail over its reason (a
+# halt's HALT event has a bounded payload); the command line says when it cut one
 MAX_REASON = 1000
 _WHITESPACE = "\t\n\r\v\f"
 
@@ -59,15 +59,12 @@ def seconds(value: float | None, field: str) -> float | None:
     return float(value)
 
 
-def reason(text: str | None, field: str = "reason") -> str | None:
-    """A reason as given (None: none): at most ``MAX_REASON`` characters, else refused."""
-    if text is not None and len(text) > MAX_REASON:
-        raise UsageError(
-            f"{len(text):,} characters is more than the {MAX_REASON:,} allowed (say where "
-            "the details are instead)",
-            field=field,
-        )
-    return text
+def reason(text: str | None) -> str | None:
+    """A reason as it is kept: None for none or a blank one (an empty ``$REASON``), else its
+    first ``MAX_REASON`` characters (the last one ``…`` when it was cut)."""
+    if text is None or not text.strip():
+        return None
+    return text if len(text) <= MAX_REASON else text[: MAX_REASON - 1] + "…"
 
 
 def slot_count(value: int, field: str) -> int:

@@ -237,7 +237,7 @@ def _record(
     record-failure`` / ``record-success``)."""
     ttype = tasktypes.parse(task_type)
     node = node_id or default_node(ctx.env)
-    inputs.reason(reason)
+    reason = inputs.reason(reason)
     if ok:
         reason = None
     elif not (reason and reason.strip()):

@@ -250,7 +250,7 @@ def release(
         raise UsageError(
             f"must be one of {', '.join(RELEASE_STATUSES)}, not {status!r}", field="status"
         )
-    inputs.reason(reason)
+    reason = inputs.reason(reason)
     returning = "*" if on_end_probe is None else f"*, {on_end_probe} AS on_end_probe"
     if token is None:
         row = tx.one(f"DELETE FROM tasks WHERE task_id = ? RETURNING {returning}", (task_id,))

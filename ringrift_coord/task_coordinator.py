@@ -17,6 +17,7 @@ from ringrift_coord import (
     feedback,
     halts,
     identity,
+    inputs,
     procs,
     queue,
     reservations,
@@ -226,6 +227,7 @@ class TaskCoordinator(ProcessWide):
             raise UsageError(f"{exit_code!r} is not an exit code (0-255)", field="exit_code")
         if status is None:
             status = "ok" if not exit_code else "failed"
+        reason = inputs.reason(reason)  # (blank: none, so the exit code says why)
         if reason is None and exit_code and status != "ok":
             reason = f"exit code {exit_code}"  # what the breaker and the history show
         with self.ctx.store.write(statements_only=True) as tx:

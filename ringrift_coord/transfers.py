@@ -686,7 +686,7 @@ def end(
             f"must be one of {', '.join(END_STATUSES)}, not {status!r}", field="status"
         )
     nbytes = check_bytes(bytes)
-    inputs.reason(reason)
+    reason = inputs.reason(reason)
     row = tx.one("SELECT * FROM transfers WHERE transfer_id = ?", (transfer_id,))
     if row is None:
         if tx.one("SELECT 1 AS x FROM transfer_history WHERE transfer_id = ?", (transfer_id,)):

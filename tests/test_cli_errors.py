@@ -491,35 +491,41 @@ def test_a_settings_listing_on_a_new_machine_answers_and_creates_nothing(
     assert not missing.parent.exists()
 
 
-def test_a_reason_longer_than_the_limit_is_refused_everywhere_and_the_limit_itself_works(
-    coord,
-) -> None:
-    """Every --reason takes at most MAX_REASON characters: a longer one is refused with one
-    line naming the option (exit 2, nothing written), never cut unseen nor failing later
-    (a halt's long reason made its HALT event too big: 'payload: ... bytes of canonical
-    JSON'); one of exactly the limit is taken whole."""
+def test_a_reason_longer_than_what_is_kept_is_cut_and_said_never_refused(coord) -> None:
+    """Every reason keeps at most MAX_REASON characters: a longer --reason is cut (its last
+    kept character '…') and the command says so on stderr, but does what it was asked: a
+    halt must not fail over its reason (a 70,000-character one made the halt's HALT event
+    too big), nor a release (run's own 'cannot run ...' reason for a long program name)."""
     from ringrift_coord.inputs import MAX_REASON
 
-    longest, over = "r" * MAX_REASON, "r" * (MAX_REASON + 1)
+    longest, over = "r" * MAX_REASON, "o" * (70 * MAX_REASON)
+    kept = "o" * (MAX_REASON - 1) + "…"
+    said = f"warning: --reason has {len(over):,} characters; its first {MAX_REASON:,} are kept"
     task = coord("register", "selfplay", "--node", "n1", "-q")
     transfer = coord("bandwidth", "start", "aws-1", "--kind", "d")
     assert task.returncode == 0 and transfer.returncode == 0, task.stderr + transfer.stderr
-    task_id, transfer_id = task.stdout.strip(), transfer.stdout.strip()
     commands = [
         ("halt",),
-        ("unregister", task_id),
+        ("unregister", task.stdout.strip()),
         ("breakers", "record-failure", "--type", "selfplay", "--node", "n1"),
-        ("bandwidth", "end", transfer_id),
+        ("bandwidth", "end", transfer.stdout.strip()),
     ]
     for argv in commands:
-        line = usage_error(coord(*argv, "--reason", over), "option --reason: ")
-        assert f"{MAX_REASON + 1:,} characters is more than the {MAX_REASON:,}" in line, line
-    assert coord("halt", "--check").returncode == 0  # nothing was halted
-    assert coord("tasks", "--format", "tsv", "--no-header").stdout.startswith(task_id)
-    for argv in commands:
-        done = coord("--json", *argv, "--reason", longest)
-        assert done.returncode == 0, (argv, done.stderr)
+        done = coord("--json", *argv, "--reason", over)
+        assert done.returncode == 0 and said in done.stderr, (argv, done.stderr)
+        assert done.stderr.count("\n") == 1, done.stderr
+    halted = json.loads(coord("--json", "halt", "--check").stdout)
+    assert [h["reason"] for h in halted["halts"]] == [kept]
+    (ended,) = json.loads(coord("--json", "tasks", "history").stdout)["tasks"]
+    assert ended["reason"] == kept
+    # one of exactly the limit is kept whole, and nothing is said
+    whole = coord("halt", "--reason", longest)
+    assert whole.returncode == 0 and "warning" not in whole.stderr, whole.stderr
     halted = json.loads(coord("--json", "halt", "--check").stdout)
     assert [h["reason"] for h in halted["halts"]] == [longest]
-    (ended,) = json.loads(coord("--json", "tasks", "history").stdout)["tasks"]
-    assert ended["reason"] == longest
+    # run's own reason for a program it could not start: cut, and the slot released
+    assert coord("unhalt").returncode == 0
+    missing = "/" + "p" * 1200
+    failed = coord("run", "training", "--node", "n1", "--", missing)
+    assert failed.returncode == 126 and "could not release" not in failed.stderr, failed.stderr
+    assert coord("tasks", "--format", "tsv", "--no-header").stdout == ""

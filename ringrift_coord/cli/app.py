@@ -23,7 +23,7 @@ from ringrift_coord.cli.common import (
     not_blank,
     table_output,
 )
-from ringrift_coord.cli.hot import Globals, emit_json
+from ringrift_coord.cli.hot import Globals, emit_json, say_if_cut
 from ringrift_coord.cli.spec import HELP_OPTIONS
 from ringrift_coord.errors import CoordError, ExitCode, UsageError
 from ringrift_coord.tasktypes import TASK_TYPE_NAMES
@@ -381,6 +381,7 @@ def halt(
         else:
             views.halt_check(status)
         done(ExitCode.DENIED if status["halted"] else ExitCode.OK)
+    say_if_cut(reason)
     with g.context(emergency=True) as c:
         record = safeguards.activate_emergency(c, reason, task_type=task_type, ttl=ttl, node=node)
         if node is not None:

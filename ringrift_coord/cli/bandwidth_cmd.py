@@ -25,7 +25,7 @@ from ringrift_coord.cli.common import (
     not_blank,
     table_output,
 )
-from ringrift_coord.cli.hot import NotDelivered, deliver, emit_json, json_text, say
+from ringrift_coord.cli.hot import NotDelivered, deliver, emit_json, json_text, say, say_if_cut
 from ringrift_coord.errors import CoordError, ExitCode, UsageError
 
 bandwidth_app = typer.Typer(
@@ -294,6 +294,7 @@ def bandwidth_end(
     if reason is not None:
         from ringrift_coord.inputs import printable
 
+        say_if_cut(reason)
         reason = printable(reason)
     with g.context() as c:
         c.settings.require("bandwidth")

@@ -22,7 +22,7 @@ from ringrift_coord.cli.common import (
     not_blank,
     table_output,
 )
-from ringrift_coord.cli.hot import emit_json
+from ringrift_coord.cli.hot import emit_json, say_if_cut
 from ringrift_coord.errors import UsageError
 
 breakers_app = typer.Typer(
@@ -126,6 +126,8 @@ def _record(
     g = globals_of(ctx)
     tasktypes.parse(task_type)  # a bad type is a usage error before the store is opened
     node = not_blank("--node", node)
+    if not ok:
+        say_if_cut(reason)
     with g.context() as c:
         if ok:
             doc = safeguards.record_success(c, task_type, node)

@@ -178,6 +178,15 @@ def say(message: str) -> None:
     sys.stderr.flush()
 
 
+def say_if_cut(reason: str | None) -> None:
+    """A ``--reason`` longer than what is kept (``inputs.MAX_REASON``): said, as the core
+    cuts it (a halt or a release never fails over its reason)."""
+    from ringrift_coord.inputs import MAX_REASON
+
+    if reason is not None and len(reason) > MAX_REASON:
+        say(f"warning: --reason has {len(reason):,} characters; its first {MAX_REASON:,} are kept")
+
+
 def warn_readings(decision: Any) -> None:
     """The readings past their warning level that admission saw, one ``warning:`` line each
     on stderr (text mode, not ``--quiet``: ``--json`` has them under ``warnings``)."""
@@ -323,6 +332,7 @@ def unregister(
     if token is None and os.environ.get("RINGRIFT_TASK_ID") == task_id:
         raw = os.environ.get("RINGRIFT_LEASE_TOKEN", "")
         token = int(raw) if raw.isascii() and raw.isdigit() else None  # not '٣': written by run
+    say_if_cut(reason)
     with g.context() as ctx:
         row = TaskCoordinator(ctx).unregister_task(
             task_id, exit_code=exit_code, status=status, token=token, reason=reason
