@@ -485,19 +485,6 @@ def deactivate(
             "locked: unhalt again once the store is free, or remove that file by hand to let "
             "this host admit now"
         ) from None
-    except StoreCorrupt:
-        raise  # (its advice names the halt file already)
-    except StateError as exc:  # no store to lift anything in: not a database, newer, ...
-        path = os.path.join(ctx.state_dir, FILE_NAME)
-        if task_type is not None or node is not None or isinstance(exc, StoreGone):
-            raise
-        if not os.path.lexists(path):
-            raise
-        raise StateError(
-            f"{exc}; nothing was lifted: this host stays halted by {path} (the store cannot "
-            "be read): restore the store and unhalt again, or remove that file by hand to "
-            "lift this host's halt alone"
-        ) from None
 
 
 def _deactivate(
@@ -510,13 +497,24 @@ def _deactivate(
 ) -> dict[str, Any]:
     on = None if node is None else node_of(node)
     try:
-        ctx.store.check_integrity(CHECKED_TABLES)
+        ctx.store.check_integrity(CHECKED_TABLES)  # (opens the store: nothing lifted yet)
     except StoreCorrupt as exc:
         path = os.path.join(ctx.state_dir, FILE_NAME)
         raise StoreCorrupt(
             exc.problem,
             "nothing was lifted: run `ringrift-coord doctor`, restore the store, then unhalt "
             f"again (to lift this host's halt file alone: remove {path} by hand)",
+        ) from None
+    except StateError as exc:  # no store to lift anything in: not a database, newer, ...
+        path = os.path.join(ctx.state_dir, FILE_NAME)
+        if task_type is not None or on is not None or isinstance(exc, StoreGone):
+            raise
+        if not os.path.lexists(path):
+            raise
+        raise StateError(
+            f"{exc}; nothing was lifted: this host stays halted by {path} (the store cannot "
+            "be read): restore the store and unhalt again, or remove that file by hand to "
+            "lift this host's halt alone"
         ) from None
     with ctx.store.write() as tx:
         now = tx.now()

@@ -119,6 +119,23 @@ def test_a_blank_reason_is_no_reason_in_the_row_and_the_file(coord):
     assert "no reason given" in coord("can-spawn", "selfplay", "--node", "n1").stderr
 
 
+def test_an_unhalt_that_lifted_the_row_but_not_the_file_says_exactly_that(coord):
+    """The store's halt is lifted, the halt file cannot be removed (a directory stands in
+    its place): the one line says so, and never that nothing was lifted."""
+    assert coord("halt", "--reason", "x").returncode == 0
+    halt_file = coord.state_dir / "EMERGENCY_HALT"
+    halt_file.unlink()
+    halt_file.mkdir()
+    try:
+        done = coord("unhalt")
+        assert done.returncode == 3 and done.stderr.count("\n") == 1, done.stderr
+        assert "lifted the halt in the store, but cannot remove" in done.stderr, done.stderr
+        assert "nothing was lifted" not in done.stderr, done.stderr
+    finally:
+        halt_file.rmdir()
+    assert json.loads(coord("--json", "halt", "--check").stdout)["halts"] == []
+
+
 def test_halt_bad_input(coord):
     for args in (["halt", "--ttl", "-5"], ["halt", "--ttl", "inf"], ["halt", "--type", "bogus"]):
         result = coord(*args)
