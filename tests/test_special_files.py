@@ -327,6 +327,15 @@ def test_a_database_path_that_cannot_be_says_what_is_wrong_with_it(
     line = refused(str(coord.tmp / "file" / "t.db"), "can-spawn", "selfplay")
     assert f"{coord.tmp / 'file'} is not a directory" in line, line
     assert sorted(os.listdir(coord.tmp)) == ["coord.yaml", "file", "state"]
+    # the default store in a state directory not made yet: the first command that writes
+    # makes it (mode 0700), so a reading command says so, not "mkdir -p" (doctor agrees)
+    fresh = coord.tmp / "fresh" / "sd"
+    env = {**coord.env, "RINGRIFT_COORDINATOR_DIR": str(fresh)}
+    env.pop("RINGRIFT_COORD_DB", None)
+    read = subprocess.run(coord.argv("tasks"), env=env, capture_output=True, text=True, timeout=60)
+    line = one_line(read, 3)
+    assert "a command that writes creates it" in line and "mkdir" not in line, line
+    assert not fresh.exists()
 
 
 def test_a_keyword_string_is_postgres_and_no_file_is_made(coord: Coord, pg_url: str) -> None:

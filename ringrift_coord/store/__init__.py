@@ -118,9 +118,10 @@ def open_store(
             migrate=migrate,
         )
     refuse_network_filesystem(location)
-    check_sqlite_path(location, create=create and migrate)
     directory = os.path.dirname(os.path.abspath(location))
-    if directory != os.path.abspath(state_dir):  # the state directory was checked already
+    in_state_dir = directory == os.path.abspath(state_dir)  # (a writing command makes it)
+    check_sqlite_path(location, create=create and migrate, made_by_writes=in_state_dir)
+    if not in_state_dir:  # the state directory was checked already
         from ringrift_coord.statedir import check_parents
 
         check_parents(location, "database")
@@ -136,9 +137,10 @@ def open_store(
     )
 
 
-def check_sqlite_path(path: str, *, create: bool = True) -> None:
+def check_sqlite_path(path: str, *, create: bool = True, made_by_writes: bool = False) -> None:
     """Refuse a SQLite path that is a symlink (it would lead into another store, silently),
-    and, unless ``create``, one where no store exists yet."""
+    and, unless ``create``, one where no store exists yet. ``made_by_writes``: the path is
+    in the state directory, which the first command that writes creates."""
     try:
         st = os.lstat(path)
     except FileNotFoundError:
@@ -148,10 +150,10 @@ def check_sqlite_path(path: str, *, create: bool = True) -> None:
         if gone is not None:
             raise gone from None
         if os.path.lexists(path):  # created meanwhile (deleted_store looked again)
-            return check_sqlite_path(path, create=create)
+            return check_sqlite_path(path, create=create, made_by_writes=made_by_writes)
         if not create:
             directory = os.path.dirname(os.path.abspath(path))
-            if not os.path.isdir(directory):  # no command creates it
+            if not made_by_writes and not os.path.isdir(directory):  # no command creates it
                 from ringrift_coord.statedir import missing_directory
 
                 raise NoStore(
