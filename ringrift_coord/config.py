@@ -1542,14 +1542,10 @@ def _check_leaf(leaf: Leaf, value: Any, dotted: str, origin: str, line: int | No
             raise bad(f"the command is empty: expected {leaf.describe()}")
         for i, word in enumerate(value, 1):
             if not isinstance(word, str):  # [true], [run, 5]: YAML read a word as another type
-                shown = (
-                    "null"
-                    if word is None
-                    else str(word).lower()
-                    if word in (True, False)
-                    else _show(word)
+                raise bad(
+                    f"word {i} of the command is not text (YAML read it as {_yaml_kind(word)}): "
+                    "put it in quotes"
                 )
-                raise bad(f"word {i} of the command is {shown}, not text: put it in quotes")
         if not value[0]:
             raise bad("the command's first word (the program) is empty")
         return value
@@ -1592,6 +1588,20 @@ def _timezone_problem(name: str) -> str | None:
     if match:
         return f"unknown time zone {name!r} (did you mean {match!r}?)"
     return f"unknown time zone {name!r}: write a name of the tz database, e.g. Europe/Berlin"
+
+
+def _yaml_kind(value: Any) -> str:
+    """What YAML made of a plain word, in its terms: ``true``, ``null``, ``the number 750``
+    (``12:30`` in YAML 1.1's base 60), ``the date 2026-01-01``, ``a list``."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return f"the number {value}"
+    if hasattr(value, "isoformat"):
+        return f"the date {value.isoformat()}"
+    return _show(value)
 
 
 def _show(value: Any) -> str:

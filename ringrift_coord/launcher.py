@@ -920,8 +920,8 @@ def _wait_child(
             if job.kill_deadline is not None and now >= job.kill_deadline and not job.killed:
                 job.killed = True
                 note(
-                    f"job group {pid} still running {human(job.kill_grace)} after the "
-                    "forwarded signal (run.kill_grace); sending SIGKILL"
+                    f"job group {pid} still running {human(job.kill_grace)} after it was "
+                    "signalled (run.kill_grace); sending SIGKILL"
                 )
                 _killpg(pid, signal.SIGKILL)
             if now >= next_renew:

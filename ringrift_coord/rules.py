@@ -528,9 +528,12 @@ def rate(tx: Tx, req: Request, settings: Settings, now: float, ev: Evaluation) -
 
 
 def _rounded(value: float) -> str:
-    """A rate for people: 3 significant digits (1.40108 -> 1.4), whole numbers as they are
-    (1200, never 1.2e+03); ``details`` keep the exact figure."""
-    return f"{value:.0f}" if abs(value) >= 1000 else f"{value:.3g}"
+    """A rate for people: 3 significant digits (1.40108 -> 1.4), whole numbers from 999.5 up
+    (1200, never 1.2e+03), never an exponent (0.00001); ``details`` keep the exact figure."""
+    if abs(value) >= 999.5:
+        return f"{value:.0f}"
+    text = f"{value:.3g}"
+    return text if "e" not in text else (f"{value:.6f}".rstrip("0").rstrip(".") or "0")
 
 
 def _bucket(

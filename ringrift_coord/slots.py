@@ -76,7 +76,7 @@ def fresh_id(prefix: str, now: float) -> str:
     """``prefix-`` and 19 hex digits: the time in ms (11 digits), then 32 random bits. Ids
     made close in time sort close together, so the history's index on ``task_id`` grows at
     one place instead of at a random page of a large index (with 300,000 history rows an
-    acquire+release pair cost ~14 % less than with 48 random bits alone). Two alike need the
+    acquire+release pair cost ~12 % less than with 48 random bits alone). Two alike need the
     same ms and the same 32 bits: at 10 admissions a second, once in ~1,000 years (the INSERT
     of the second then fails and nothing is admitted)."""
     return f"{prefix}-{int(now * 1000) & 0xFFFFFFFFFFF:011x}{os.urandom(4).hex()}"

@@ -98,3 +98,21 @@ def test_limits_shows_the_setting_and_breakers_list_the_factor(coord) -> None:
     limits = json.loads(coord("limits", "--json").stdout)
     (row,) = limits["backpressure"]
     assert row["node"] == "n1" and 0.5 <= row["factor"] < 0.51 and row["stored_factor"] == 0.5
+
+
+@pytest.mark.parametrize(
+    ("rate", "shown"),
+    [
+        (1.40108, "1.4"),
+        (33.75, "33.8"),
+        (999.4, "999"),
+        (999.5, "1000"),  # (3 significant digits would say 1e+03)
+        (1200.4, "1200"),
+        (0.0001234, "0.000123"),
+        (0.00001, "0.00001"),  # (1e-05)
+    ],
+)
+def test_a_refusal_says_its_rate_for_people_never_as_an_exponent(rate: float, shown: str) -> None:
+    from ringrift_coord.rules import _rounded
+
+    assert _rounded(rate) == shown

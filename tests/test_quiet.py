@@ -203,7 +203,7 @@ def test_run_quiet_silences_the_note_of_its_sigkill_after_the_grace(
             wrapper.kill()
             wrapper.wait()
     assert wrapper.returncode == 137 and out == "", err
-    said = "after the forwarded signal (run.kill_grace); sending SIGKILL"
+    said = "after it was signalled (run.kill_grace); sending SIGKILL"
     assert (said in err) is (flag is None), err
     if flag:
         assert err == ""

@@ -165,6 +165,8 @@ def test_bad_input_is_one_line_exit_2(local, argv):
     assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
     assert result.stderr.startswith(f"ringrift-coord: error: option {argv[1]}")
     assert not local.db.exists() or argv[0] == "resources"  # nothing was stored
+    if argv[1:] == ("--load", "1000001"):  # the value as given, not 1e+06 (the limit's own)
+        assert "1000001.0 is not a load average from 0 to 1000000" in result.stderr
 
 
 def test_the_largest_load_and_the_fewest_cpus_are_taken(local):

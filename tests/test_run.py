@@ -397,7 +397,7 @@ def test_sigkill_after_grace_when_job_ignores_sigterm(coord_run: Coord, cleanup:
     code = wrapper.wait(timeout=20)
     elapsed = time.monotonic() - started
     assert code == 128 + signal.SIGKILL, wrapper.stderr
-    assert "after the forwarded signal (run.kill_grace); sending SIGKILL" in wrapper.stderr
+    assert "after it was signalled (run.kill_grace); sending SIGKILL" in wrapper.stderr
     # not before the grace; that it comes exactly when the grace runs out is checked on a
     # manual clock in test_launcher.py
     assert elapsed >= 0.9, f"SIGKILL came {elapsed:.2f} s after SIGTERM (grace 1 s)"

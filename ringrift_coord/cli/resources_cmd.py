@@ -97,7 +97,7 @@ def report(
     for option, value in (("--cpu", cpu), ("--gpu", gpu), ("--mem", mem), ("--disk", disk)):
         _percent(option, value)
     if load is not None and not (0.0 <= load <= MAX_LOAD):  # also refuses nan
-        raise UsageError(f"option --load: {load:g} is not a load average from 0 to {MAX_LOAD:.0f}")
+        raise UsageError(f"option --load: {load!r} is not a load average from 0 to {MAX_LOAD:.0f}")
     if memory_gb is not None and not (0.0 <= memory_gb < 1e9):
         raise UsageError(f"option --memory-gb: {memory_gb:g} is not a size in GiB")
     # (a node has a CPU: with 0 the load rule, 1.5 x cpus, would never apply)
