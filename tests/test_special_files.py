@@ -293,7 +293,8 @@ def test_sqlite_addresses_that_are_no_file_are_refused(
     line = refused_as_flag_and_env(coord, value)
     if value.startswith("sqlite:///"):  # what to give instead: the address without its query
         bare = f"sqlite://{coord.tmp}/x/a.db"
-        assert "takes no '?' query" in line and line.endswith(f"give {bare}"), line
+        assert "takes no '?' query" in line and f"give {bare}, or the file's plain path (" in line
+        assert line.endswith(f"({value[len('sqlite://') :]}) if the name holds them"), line
     else:  # a plain path, or a file of that name
         assert "no SQLite address" in line and "sqlite:///path or the file's path" in line
         assert f"./{value}" in line

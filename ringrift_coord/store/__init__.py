@@ -64,9 +64,11 @@ def resolve_db(db: str | None, state_dir: str, env: Mapping[str, str]) -> tuple[
         )
     if value.startswith("sqlite://") and ("?" in value or "#" in value):
         bare = value.partition("?")[0].partition("#")[0]
+        plain = value[len("sqlite://") :]
         raise refuse(
             f"{redact(value)!r}: a sqlite:// address takes no '?' query or '#' fragment "
-            f"(nothing reads it: it would become part of the file name): give {bare}"
+            f"(nothing reads it: it would become part of the file name): give {bare}, or "
+            f"the file's plain path ({plain}) if the name holds them"
         )
     if value.startswith("sqlite:///"):
         path = value[len("sqlite://") :]
