@@ -269,6 +269,8 @@ def test_capacity_detects_this_host_by_default(local) -> None:
         (("--memory-gb", "-1"), "option --memory-gb"),
         (("--gpu-count", "-1"), "option --gpu-count: -1 is not a count"),
         (("--cpus", "-4"), "option --cpus: -4 is not a count"),
+        # a node has a CPU: report refuses 0 too (one check, cli.common.check_hardware)
+        (("--gpu-count", "1", "--cpus", "0"), "option --cpus: 0 is not a count from 1 to"),
         (("--cpus", "2.5"), "option --cpus"),
         (("--gpu-count", "two"), "option --gpu-count"),
         (("--cpus", "1_000"), "write 1000"),

@@ -14,7 +14,7 @@ from typing import Annotated, Any
 import typer
 
 from ringrift_coord.cli import views
-from ringrift_coord.cli.common import done, globals_of, not_blank
+from ringrift_coord.cli.common import check_hardware, done, globals_of, not_blank
 from ringrift_coord.cli.hot import emit_json
 from ringrift_coord.errors import StateError, UsageError
 
@@ -29,11 +29,7 @@ def _manual(
 ) -> dict[str, Any]:
     from ringrift_coord.optimizer import capacity
 
-    for option, count in (("--gpu-count", gpu_count), ("--cpus", cpus)):
-        if count is not None and not 0 <= count <= 1_000_000:
-            raise UsageError(f"option {option}: {count} is not a count from 0 to 1000000")
-    if memory_gb is not None and not (0.0 <= memory_gb < 1e9):  # also refuses nan and inf
-        raise UsageError(f"option --memory-gb: {memory_gb:g} is not a size in GiB")
+    check_hardware(gpu_count, cpus, memory_gb)
     capacity.check_inputs(gpu_count, gpu_name, cpus, memory_gb)
     return {"gpu_name": gpu_name, "gpu_count": gpu_count, "cpus": cpus, "memory_gb": memory_gb}
 

@@ -72,3 +72,15 @@ def table_output(fmt: str | None, no_header: bool, ctx: typer.Context | None = N
             + did_you_mean(fmt, FORMATS)
         )
     views.set_format(fmt, no_header)
+
+
+def check_hardware(gpu_count: int | None, cpus: int | None, memory_gb: float | None) -> None:
+    """Hardware given by hand (``report``, ``capacity``): GPUs 0 or more, CPUs 1 or more (a
+    node has one; with 0 the load rule, 1.5 x cpus, would never apply), memory a size."""
+    from ringrift_coord.errors import UsageError
+
+    if memory_gb is not None and not (0.0 <= memory_gb < 1e9):  # also refuses nan and inf
+        raise UsageError(f"option --memory-gb: {memory_gb:g} is not a size in GiB")
+    for option, count, least in (("--gpu-count", gpu_count, 0), ("--cpus", cpus, 1)):
+        if count is not None and not least <= count <= 1_000_000:
+            raise UsageError(f"option {option}: {count} is not a count from {least} to 1000000")

@@ -19,6 +19,7 @@ from ringrift_coord.cli import views
 from ringrift_coord.cli.common import (
     FormatOpt,
     NoHeaderOpt,
+    check_hardware,
     done,
     globals_of,
     not_blank,
@@ -98,12 +99,7 @@ def report(
         _percent(option, value)
     if load is not None and not (0.0 <= load <= MAX_LOAD):  # also refuses nan
         raise UsageError(f"option --load: {load!r} is not a load average from 0 to {MAX_LOAD:.0f}")
-    if memory_gb is not None and not (0.0 <= memory_gb < 1e9):
-        raise UsageError(f"option --memory-gb: {memory_gb:g} is not a size in GiB")
-    # (a node has a CPU: with 0 the load rule, 1.5 x cpus, would never apply)
-    for option, count, least in (("--gpu-count", gpu_count, 0), ("--cpus", cpus, 1)):
-        if count is not None and not least <= count <= 1_000_000:
-            raise UsageError(f"option {option}: {count} is not a count from {least} to 1000000")
+    check_hardware(gpu_count, cpus, memory_gb)
     not_blank("--gpu-name", gpu_name)
     node = not_blank("--node", node)
     figures = {"cpu": cpu, "gpu": gpu, "memory": mem, "disk": disk, "load_avg": load}
