@@ -345,6 +345,25 @@ def test_a_bad_selfplay_configs_is_read_by_admission_while_shares_are_enforced(
         holder.wait()
 
 
+def test_a_bad_optimizer_section_is_read_by_admission_its_switch_falls_back(coord: Coord) -> None:
+    """The optimizer section holds a switch of admission's rules (``enforce_config_shares``):
+    a bad value elsewhere in it sends the whole section to the layers below (the switch off
+    by default), and admission's warning says it goes on with those, never that it does not
+    use the section; a command that does not admit still says so."""
+    coord.write_config(
+        "selfplay_configs: {square8_2p: 1}\ntask_limits: {selfplay: {per_node: 1}}\n"
+        "optimizer: {enforce_config_shares: true, interval: -5}\n"
+    )
+    ask = ("selfplay", "--node", "n1", "--config-name", "square19_2p")
+    done = coord("can-spawn", *ask)
+    (warning,) = [x for x in done.stderr.splitlines() if "warning:" in x]
+    assert "optimizer.interval" in warning and warning.endswith(USED_BELOW), warning
+    # the switch fell back to off: the share rule does not refuse the other config
+    assert done.returncode == 0 and _share_reasons(coord("--json", "can-spawn", *ask)) == []
+    listed = coord("tasks")
+    assert listed.stderr.rstrip("\n").endswith(UNUSED), listed.stderr
+
+
 def _share_reasons(done: subprocess.CompletedProcess[str]) -> list[dict[str, object]]:
     """The decision's config_share reasons (other rules may refuse too)."""
     return [r for r in json.loads(done.stdout)["reasons"] if r["rule"] == "config_share"]

@@ -106,8 +106,13 @@ class Globals:
             if section in used or self.quiet or problem.message in _warned:
                 continue
             _warned.add(problem.message)
-            switch = READ_WHEN_ON.get(section) if self.command in ADMISSION_COMMANDS else None
-            read = section in READ_BY_ADMISSION or bool(switch and settings.get(switch))
+            admits = self.command in ADMISSION_COMMANDS
+            switch = READ_WHEN_ON.get(section) if admits else None
+            read = (
+                section in READ_BY_ADMISSION
+                or (admits and section in SWITCHES_OF_ADMISSION)
+                or bool(switch and settings.get(switch))
+            )
             warn_setting(problem.message, section, read)
         return ctx
 
@@ -118,6 +123,9 @@ READ_BY_ADMISSION = frozenset({"schedule"})
 # ... and those admission's rules read while a switch (as the layers below the bad value set
 # it) is on: ``config_share`` the self-play configs' weights, ``hardware_cap`` the hardware
 ADMISSION_COMMANDS = frozenset({"can-spawn", "register", "run"})
+# the sections that hold those switches (and the optimizer rule's own settings): read by every
+# admission, so a bad value elsewhere in one turns its switch to the value below it
+SWITCHES_OF_ADMISSION = frozenset({"optimizer", "hardware"})
 READ_WHEN_ON = {
     "selfplay_configs": "optimizer.enforce_config_shares",
     "hardware": "hardware.cap_selfplay",
