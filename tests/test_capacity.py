@@ -372,15 +372,18 @@ def test_hardware_cap_rule_on_and_off(coord) -> None:
 
 def test_a_bad_hardware_section_is_read_by_admission_while_the_cap_is_on(coord) -> None:
     """Rule hardware_cap reads ``hardware`` while ``cap_selfplay`` is on: a bad value in the
-    file leaves the layers below in force, and the warning says so; with the cap off the
-    command does not use the section."""
+    file leaves the layers below in force, and the warning says so; with the cap off too,
+    since admission reads the switch itself from that section (a bad value anywhere in it
+    sends ``cap_selfplay`` to the layers below); a command that does not admit does not."""
     coord.write_config("hardware: {memory_gb_per_job: -1}\n")
     assert coord("report", "--node", "n1", *RTX_3070).returncode == 0
     used = coord(*ON, "can-spawn", "selfplay", "--node", "n1")
     assert used.returncode == 0, used.stderr
     assert "hardware.memory_gb_per_job" in used.stderr
     assert used.stderr.endswith("(ignored: this command goes on with the values below it)\n")
-    unused = coord("can-spawn", "selfplay", "--node", "n1")
+    switch = coord("can-spawn", "selfplay", "--node", "n1")
+    assert switch.stderr.endswith("(ignored: this command goes on with the values below it)\n")
+    unused = coord("tasks")
     assert unused.stderr.endswith("(ignored: this command does not use it)\n"), unused.stderr
 
 
