@@ -533,7 +533,11 @@ def _rounded(value: float) -> str:
     if abs(value) >= 999.5:
         return f"{value:.0f}"
     text = f"{value:.3g}"
-    return text if "e" not in text else (f"{value:.6f}".rstrip("0").rstrip(".") or "0")
+    if "e" not in text:
+        return text
+    from decimal import Decimal  # (a rate under 0.0001/min: rare)
+
+    return format(Decimal(text), "f")
 
 
 def _bucket(

@@ -110,6 +110,8 @@ def test_limits_shows_the_setting_and_breakers_list_the_factor(coord) -> None:
         (1200.4, "1200"),
         (0.0001234, "0.000123"),
         (0.00001, "0.00001"),  # (1e-05)
+        (1.23456e-7, "0.000000123"),  # (never 0 for a rate that is not)
+        (1e-7, "0.0000001"),
     ],
 )
 def test_a_refusal_says_its_rate_for_people_never_as_an_exponent(rate: float, shown: str) -> None:

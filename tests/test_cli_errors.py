@@ -496,11 +496,11 @@ def test_a_reason_longer_than_what_is_kept_is_cut_and_said_never_refused(coord) 
     kept character '…') and the command says so on stderr, but does what it was asked: a
     halt must not fail over its reason (a 70,000-character one made the halt's HALT event
     too big), nor a release (run's own 'cannot run ...' reason for a long program name)."""
+    from ringrift_coord.feedback import MAX_REASON as BREAKER_KEEPS
     from ringrift_coord.inputs import MAX_REASON
 
     longest, over = "r" * MAX_REASON, "o" * (70 * MAX_REASON)
     kept = "o" * (MAX_REASON - 1) + "…"
-    said = f"warning: --reason has {len(over):,} characters; its first {MAX_REASON:,} are kept"
     task = coord("register", "selfplay", "--node", "n1", "-q")
     transfer = coord("bandwidth", "start", "aws-1", "--kind", "d")
     assert task.returncode == 0 and transfer.returncode == 0, task.stderr + transfer.stderr
@@ -511,18 +511,26 @@ def test_a_reason_longer_than_what_is_kept_is_cut_and_said_never_refused(coord) 
         ("bandwidth", "end", transfer.stdout.strip()),
     ]
     for argv in commands:
+        keeps = BREAKER_KEEPS if argv[0] == "breakers" else MAX_REASON  # (one line of 300)
+        said = f"warning: --reason has {len(over):,} characters; its first {keeps:,} are kept"
         done = coord("--json", *argv, "--reason", over)
         assert done.returncode == 0 and said in done.stderr, (argv, done.stderr)
         assert done.stderr.count("\n") == 1, done.stderr
+    failure = json.loads(coord("--json", "breakers", "list").stdout)["breakers"][0]
+    assert len(failure["last_reason"]) == BREAKER_KEEPS, failure
     halted = json.loads(coord("--json", "halt", "--check").stdout)
     assert [h["reason"] for h in halted["halts"]] == [kept]
     (ended,) = json.loads(coord("--json", "tasks", "history").stdout)["tasks"]
     assert ended["reason"] == kept
-    # one of exactly the limit is kept whole, and nothing is said
+    # one of exactly the limit is kept whole, and nothing is said; nor of a blank one (none)
     whole = coord("halt", "--reason", longest)
     assert whole.returncode == 0 and "warning" not in whole.stderr, whole.stderr
     halted = json.loads(coord("--json", "halt", "--check").stdout)
     assert [h["reason"] for h in halted["halts"]] == [longest]
+    blank = coord("halt", "--reason", " " * (2 * MAX_REASON))
+    assert blank.returncode == 0 and "warning" not in blank.stderr, blank.stderr
+    halted = json.loads(coord("--json", "halt", "--check").stdout)
+    assert [h["reason"] for h in halted["halts"]] == [None]
     # run's own reason for a program it could not start: cut, and the slot released
     assert coord("unhalt").returncode == 0
     missing = "/" + "p" * 1200

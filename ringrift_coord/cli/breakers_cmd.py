@@ -127,7 +127,9 @@ def _record(
     tasktypes.parse(task_type)  # a bad type is a usage error before the store is opened
     node = not_blank("--node", node)
     if not ok:
-        say_if_cut(reason)
+        from ringrift_coord.feedback import MAX_REASON  # (a breaker keeps one line of 300)
+
+        say_if_cut(reason, MAX_REASON)
     with g.context() as c:
         if ok:
             doc = safeguards.record_success(c, task_type, node)

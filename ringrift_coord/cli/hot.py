@@ -186,13 +186,14 @@ def say(message: str) -> None:
     sys.stderr.flush()
 
 
-def say_if_cut(reason: str | None) -> None:
-    """A ``--reason`` longer than what is kept (``inputs.MAX_REASON``): said, as the core
-    cuts it (a halt or a release never fails over its reason)."""
+def say_if_cut(reason: str | None, kept: int | None = None) -> None:
+    """A ``--reason`` longer than what is kept (``kept``, else ``inputs.MAX_REASON``): said,
+    as the core cuts it (a halt or a release never fails over its reason)."""
     from ringrift_coord.inputs import MAX_REASON
 
-    if reason is not None and len(reason) > MAX_REASON:
-        say(f"warning: --reason has {len(reason):,} characters; its first {MAX_REASON:,} are kept")
+    limit = MAX_REASON if kept is None else kept
+    if reason is not None and len(reason) > limit and reason.strip():  # (blank: none at all)
+        say(f"warning: --reason has {len(reason):,} characters; its first {limit:,} are kept")
 
 
 def warn_readings(decision: Any) -> None:
