@@ -509,7 +509,7 @@ def _deactivate(
         path = os.path.join(ctx.state_dir, FILE_NAME)
         if task_type is not None or on is not None or isinstance(exc, StoreGone):
             raise
-        if not os.path.lexists(path):
+        if not os.path.lexists(path):  # (no halt file: the store's error says it all)
             raise
         raise StateError(
             f"{exc}; nothing was lifted: this host stays halted by {path} (the store cannot "

@@ -314,7 +314,6 @@ def reserve(
 def _reserve_word(what: str) -> None:
     """WHAT is a task type, or a usage error with the nearest word: a subcommand (``lst``:
     did you mean list?) as well as a task type (``selfply``)."""
-    from ringrift_coord import tasktypes
     from ringrift_coord.inputs import did_you_mean
 
     try:
