@@ -493,8 +493,18 @@ def _spawn_gated(
     without writing makes it exit 75); err_fd yields the exec errno, or EOF on success.
     """
     go_r, go_w = os.pipe()
-    err_r, err_w = os.pipe2(os.O_CLOEXEC)
-    pid = os.fork()
+    try:
+        err_r, err_w = os.pipe2(os.O_CLOEXEC)
+    except OSError:
+        os.close(go_r)
+        os.close(go_w)
+        raise
+    try:
+        pid = os.fork()
+    except OSError:
+        for fd in (go_r, go_w, err_r, err_w):
+            os.close(fd)
+        raise
     if pid == 0:  # child: no Python-level cleanup may run here
         try:
             os.close(go_w)
@@ -766,7 +776,11 @@ def run_held(
     old_wakeup = signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
     started = clock.monotonic()
     reason: str | None
-    status, reason, exit_code = "failed", "wrapper error", 1
+    # Until the command is let go to exec, a failure is the wrapper's (a busy store while
+    # recording the holder, no descriptor or process left for the pipes or the fork): the
+    # command did not start, so it is released as such, never as a failure of the job
+    # (which would feed the node's breaker and backpressure).
+    status, reason, exit_code = "spawn_failed", "wrapper error before the command started", 1
     pid: int | None = None
     terminal = _Terminal()
     tee: _Tee | None = None
@@ -785,15 +799,25 @@ def run_held(
         env.update(keeper.job_env(decision))
         words = keeper.job_argv(decision, argv)
         oom_before = procs.oom_kill_count()
-        if scan is not None:
-            sys.stdout.flush()  # what we wrote comes before the job's words
-            tee = _Tee(scan, 2 if stdout_to_stderr else 1)
-            # the job may hold the terminal while we copy its output to it: with `stty
-            # tostop` a write from our (background) group would stop this wrapper
-            previous[signal.SIGTTOU] = signal.signal(signal.SIGTTOU, signal.SIG_IGN)
-        pid, go_w, err_r = _spawn_gated(
-            words, env, stdout_to_stderr, None if tee is None else tee.write_fd
-        )
+        try:
+            if scan is not None:
+                sys.stdout.flush()  # what we wrote comes before the job's words
+                tee = _Tee(scan, 2 if stdout_to_stderr else 1)
+                # the job may hold the terminal while we copy its output to it: with `stty
+                # tostop` a write from our (background) group would stop this wrapper
+                previous[signal.SIGTTOU] = signal.signal(signal.SIGTTOU, signal.SIG_IGN)
+            pid, go_w, err_r = _spawn_gated(
+                words, env, stdout_to_stderr, None if tee is None else tee.write_fd
+            )
+        except OSError as exc:  # no pipe or fork to be had (EMFILE, EAGAIN, ENOMEM)
+            if tee is not None:
+                tee.parent_side()
+            exit_code = 126
+            reason = f"cannot run {words[0]!r}: {exc.strerror or exc}"
+            warn(reason)
+            return RunResult(
+                exit_code, task_id, status, reason, clock.monotonic() - started, decision
+            )
         if tee is not None:
             tee.parent_side()
         job.pgid = pid
@@ -814,6 +838,7 @@ def run_held(
         except BrokenPipeError:  # a forwarded signal already ended the child before exec
             pass
         os.close(go_w)
+        status, reason = "failed", "wrapper error"  # from here on, the job may have run
         failure = os.read(err_r, 32)
         os.close(err_r)
         if failure:

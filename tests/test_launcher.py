@@ -8,6 +8,7 @@ from a helper thread while ``run_command`` runs in the main thread (signal handl
 
 from __future__ import annotations
 
+import errno
 import os
 import shlex
 import signal
@@ -21,9 +22,9 @@ from conftest import EngineDB, alive, wait_for
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from ringrift_coord import procs
+from ringrift_coord import breakers, procs
 from ringrift_coord.clock import ManualClock
-from ringrift_coord.errors import ExitCode, WaitTimeout
+from ringrift_coord.errors import ExitCode, StoreBusy, WaitTimeout
 from ringrift_coord.launcher import (
     RunDenied,
     RunResult,
@@ -608,6 +609,66 @@ def test_a_waiter_records_its_holder_through_a_store_busy_past_half_its_lease(
     assert clock.slept[:8] == at([0.5] * 8)
     (row,) = other.history()
     assert row["status"] == "ok"
+
+
+def _breaker_failures(coord: TaskCoordinator) -> int:
+    with coord.ctx.store.read() as tx:
+        return sum(len(b.failures) for b in breakers.load_all(tx))
+
+
+def test_a_one_shot_run_that_gives_up_recording_its_holder_is_no_failed_job(
+    engine_db: EngineDB,
+) -> None:
+    """A one-shot run whose store stays locked past half its lease while it records the
+    job's process group gives up (StoreBusy, exit 75) without ever running the command: its
+    slot is released as ``spawn_failed``, never as a ``failed`` job that feeds the node's
+    breaker and backpressure (three such store stalls opened the breaker for 5 min)."""
+    clock = ManualClock()
+    short = ONE_SLOT.replace("lease_ttl: 30, busy_timeout: 5", "lease_ttl: 2, busy_timeout: 0.05")
+    mine = TaskCoordinator(engine_db.context(short, clock))
+    other = TaskCoordinator(engine_db.context(ONE_SLOT, clock))
+    locked, release = threading.Event(), threading.Event()
+
+    def locker() -> None:
+        with other.ctx.store.write():  # the lock set_holder needs, past half the lease
+            locked.set()
+            wait_for(lambda: len(clock.slept) >= 2, 30, "the tries to record the holder")
+        release.set()
+
+    def admitted() -> None:
+        threading.Thread(target=locker, daemon=True).start()
+        assert locked.wait(30)
+
+    with pytest.raises(StoreBusy):
+        run_command(mine, "selfplay", "n1", ["true"], on_admitted=admitted)
+    assert release.wait(30)
+    (row,) = other.history()
+    assert row["status"] == "spawn_failed", row
+    assert _breaker_failures(other) == 0
+
+
+def test_a_fork_or_pipe_that_fails_is_a_command_not_run_not_an_internal_error(
+    pair, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No process or descriptor left for the job (EAGAIN from fork, EMFILE from pipe): the
+    command did not start. Exit 126 with one line, the slot released as ``spawn_failed``;
+    before, the OSError escaped (exit 70, "internal error") and the slot was released as a
+    ``failed`` job, so three of them opened the node's breaker."""
+    clock, mine, other = pair
+    warnings: list[str] = []
+
+    def no_fork() -> int:
+        raise BlockingIOError(errno.EAGAIN, "Resource temporarily unavailable")
+
+    monkeypatch.setattr(os, "fork", no_fork)
+    result = run_command(mine, "selfplay", "n1", ["true"], warn=warnings.append)
+    monkeypatch.undo()
+    assert (result.exit_code, result.status) == (126, "spawn_failed")
+    assert warnings == ["cannot run 'true': Resource temporarily unavailable"]
+    (row,) = other.history()
+    assert (row["status"], row["exit_code"]) == ("spawn_failed", 126)
+    assert _breaker_failures(other) == 0
+    assert other.list_tasks() == []
 
 
 def test_duration_is_measured_on_the_clock(pair) -> None:
