@@ -498,3 +498,23 @@ def test_a_password_with_url_punctuation_is_masked_whole(coord: Coord) -> None:
     query_at = "postgresql://127.0.0.1:1/d?application_name=a@b&connect_timeout=1"
     done = coord("--db", query_at, "status")  # not refused as "a password in --db"
     assert done.returncode == 75 and "password" not in done.stderr, done.stderr
+
+
+def test_a_password_inside_other_words_leaves_them_whole(coord: Coord) -> None:
+    """The password is masked where it stands whole, never inside another word of the
+    message: ``postgres`` (Docker's default) leaves ``postgresql://`` whole, ``p`` the
+    word ``port``; a user name equal to the password is masked with it."""
+    cases = (
+        (
+            "postgres",
+            "postgresql://postgres:postgres@127.0.0.1:1/ringrift",
+            "postgresql://***:***@127.0.0.1:1/ringrift",
+        ),
+        ("p", "postgresql://u:p@127.0.0.1:99999/x", "postgresql://u:***@127.0.0.1:99999/x"),
+    )
+    for secret, address, shown in cases:
+        for argv in (("status",), ("can-spawn", "selfplay")):
+            message = one_line(coord(*argv, env={"RINGRIFT_COORD_DB": address}), 75)
+            assert message.startswith(f"PostgreSQL {shown} is unreachable ("), message
+            assert f"{secret}:" not in message and "***ostgres" not in message, message
+    assert "invalid port number" in message, message  # (libpq's own words, whole)

@@ -101,6 +101,15 @@ def redact(url: str) -> str:
     return keyword.sub(r"\1***", _USERINFO_PASSWORD.sub(r"\1:***@", url))
 
 
+def mask_secret(text: str, secret: str | None) -> str:
+    """``text`` with each whole appearance of ``secret`` (a password libpq may repeat in its
+    own text) masked as ``***``; not inside a longer word: a password ``postgres`` leaves
+    ``postgresql://`` whole, ``p`` the word ``port``."""
+    if not secret:
+        return text
+    return re.sub(rf"(?<!\w){re.escape(secret)}(?!\w)", "***", text)
+
+
 def url_has_password(url: str) -> bool:
     return redact(url) != url
 
@@ -333,9 +342,7 @@ class PostgresStore(Store):
         # running..."): one line, the sentences kept apart
         lines = (" ".join(part.split()) for part in str(exc).splitlines())
         text = "; ".join(part for part in lines if part) or type(exc).__name__
-        if self._secret:
-            text = text.replace(self._secret, "***")
-        text = redact(text)
+        text = redact(mask_secret(text, self._secret))
         where = self._where()
         if isinstance(exc, psycopg.errors.LockNotAvailable) or "lock timeout" in text:
             return StoreBusy(
@@ -393,7 +400,7 @@ class PostgresStore(Store):
     def _where(self) -> str:
         """The server as said in a message: the URL without its password."""
         where = redact(self.url)
-        return where.replace(self._secret, "***") if self._secret else where
+        return mask_secret(where, self._secret)
 
     def _run(self, cur: Any, sql: str, params: Sequence[Any]) -> None:
         pg_sql = self._sql_cache.get(sql)
