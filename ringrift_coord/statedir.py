@@ -53,10 +53,25 @@ NETWORK_FILESYSTEMS = frozenset(
 )
 
 
+def clean_env_path(name: str, value: str, shown: str | None = None) -> str:
+    """``value`` of the environment variable ``name`` (a path or store address), refused
+    (exit 3) when it holds a control character: a stray newline or escape from an env file
+    would otherwise name a new, separate state directory or store, silently (``--db`` and
+    ``--state-dir`` refuse the same, exit 2). ``shown``: the value as a message may show it
+    (a store address without its password)."""
+    if value.isprintable() or not any(ch < " " or "\x7f" <= ch <= "\x9f" for ch in value):
+        return value
+    shown = repr(value) if shown is None else shown
+    raise ConfigError(
+        f"{name}: {shown} contains control characters (a stray newline or escape?): set it "
+        "to the path or address alone"
+    )
+
+
 def default_state_dir(env: Mapping[str, str]) -> str:
     explicit = env.get(STATE_DIR_ENV)
     if explicit:
-        return explicit
+        return clean_env_path(STATE_DIR_ENV, explicit)
     base = env.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
     return os.path.join(base, "ringrift-coord")
 

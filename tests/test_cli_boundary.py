@@ -379,6 +379,24 @@ def test_a_path_with_a_control_character_is_refused(c: Coord) -> None:
     )
 
 
+@pytest.mark.parametrize("name", ["RINGRIFT_COORD_DB", "RINGRIFT_COORDINATOR_DIR"])
+@pytest.mark.parametrize("argv", [("can-spawn", "selfplay"), ("halt", "--check"), ("status",)])
+def test_a_control_character_in_a_path_from_the_environment_is_refused(
+    c: Coord, name: str, argv: tuple[str, ...]
+) -> None:
+    """A stray newline in an env file would otherwise name a new store (or state directory)
+    of its own, silently: limits and halts of the real one would not apply."""
+    value = str(c.tmp / ("tasks.db\n" if name == "RINGRIFT_COORD_DB" else "state\n"))
+    assert one_error_line(c(*argv, env={name: value}), 3) == (
+        f"{name}: {value!r} contains control characters (a stray newline or escape?): set "
+        "it to the path or address alone"
+    )
+    assert not [p for p in c.tmp.iterdir() if "\n" in p.name]  # nothing made so named
+    if name == "RINGRIFT_COORD_DB":  # (an address's password is not shown)
+        secret = c(*argv, env={name: "postgresql://u:sekrit@h/d\x1b"})
+        assert "sekrit" not in one_error_line(secret, 3)
+
+
 @pytest.mark.parametrize("separator", ["\u2028", "\u2029", "\x85"])
 def test_a_line_separator_in_a_value_is_refused_whole(c: Coord, separator: str) -> None:
     """A Unicode line break would cut the one error line (and a stored name) in two."""

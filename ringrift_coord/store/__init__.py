@@ -16,7 +16,7 @@ import stat
 
 from ringrift_coord.clock import SYSTEM_CLOCK, Clock
 from ringrift_coord.errors import ConfigError, StateError, UsageError
-from ringrift_coord.statedir import refuse_network_filesystem
+from ringrift_coord.statedir import clean_env_path, refuse_network_filesystem
 from ringrift_coord.store.base import NoStore, Row, Store, StoreGone, Tx, is_conninfo
 
 TYPE_CHECKING = False  # typing costs start-up time on the hot path; annotations are lazy
@@ -46,6 +46,10 @@ def resolve_db(db: str | None, state_dir: str, env: Mapping[str, str]) -> tuple[
     value = db if db is not None else env.get(DB_ENV) or None
     if value is None:
         return "sqlite", os.path.join(state_dir, DEFAULT_DB_NAME)
+    if not origin_is_flag and not value.isprintable():  # (--db: the parser's own check)
+        from ringrift_coord.store.postgres import redact
+
+        clean_env_path(DB_ENV, value, shown=repr(redact(value)))
     if value.startswith(("postgresql://", "postgres://")) or is_conninfo(value):
         return "postgres", value
 
