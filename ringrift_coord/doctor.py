@@ -190,15 +190,19 @@ def _fix_of(message: str) -> str | None:
     return fix.strip() if sep else None
 
 
-def check_filesystem(report: Report, path: str) -> None:
+def check_filesystem(report: Report, path: str, name: str = "filesystem") -> None:
+    """The filesystem of ``path``: the state directory's (``filesystem``), or that of a
+    SQLite store outside it on another filesystem (``db filesystem``, its path said)."""
     fs_type = filesystem_type(path) or "unknown"
     try:
         vfs = os.statvfs(path)
     except OSError as exc:
-        report.add("filesystem", "fail", f"cannot read {path}'s filesystem: {exc.strerror}")
+        report.add(name, "fail", f"cannot read {path}'s filesystem: {exc.strerror}")
         return
     free = vfs.f_bavail * vfs.f_frsize
     words = f"{fs_type}, {_size(free)} free"
+    if name != "filesystem":
+        words = f"{path}: {words}"
     network = fs_type in NETWORK_FILESYSTEMS or fs_type.split(".")[-1] in NETWORK_FILESYSTEMS
     details: dict[str, Any] = {
         "fs_type": fs_type,
@@ -207,34 +211,33 @@ def check_filesystem(report: Report, path: str) -> None:
     }
     if vfs.f_flag & os.ST_RDONLY:
         report.add(
-            "filesystem",
+            name,
             "fail",
             f"{words}, mounted read-only: nothing can be admitted or released here",
-            "remount it read-write (mount -o remount,rw), or move the state directory",
+            "remount it read-write (mount -o remount,rw), or move the "
+            + ("state directory" if name == "filesystem" else "store (and --db)"),
             **details,
         )
     elif free < FREE_FAIL_BYTES:
         report.add(
-            "filesystem",
+            name,
             "fail",
             f"{words}: the store cannot grow (every write fails 'disk full')",
             f"free space on the filesystem of {path}",
             **details,
         )
     elif free < FREE_WARN_BYTES:
-        report.add(
-            "filesystem", "warn", f"{words}: little room left", "free space there", **details
-        )
+        report.add(name, "warn", f"{words}: little room left", "free space there", **details)
     elif network:
         report.add(
-            "filesystem",
+            name,
             "warn",
             f"{words}: a network filesystem, where SQLite's locking does not work",
             "use a local state directory, or the PostgreSQL engine",
             **details,
         )
     else:
-        report.add("filesystem", "ok", words, **details)
+        report.add(name, "ok", words, **details)
 
 
 def _size(nbytes: float) -> str:
@@ -291,8 +294,10 @@ def check_store(
         if not os.path.lexists(location) and (gone := missing_store(location)) is not None:
             report.add("store", "fail", gone.message, "do what the message says", engine=engine)
             return None
+        parent = os.path.dirname(os.path.abspath(location))
+        if not inside and _other_filesystem(parent, directory):  # (--db elsewhere)
+            check_filesystem(report, parent, "db filesystem")
         if not os.path.lexists(location):
-            parent = os.path.dirname(os.path.abspath(location))
             if not os.path.isdir(parent):
                 report.add(
                     "store",
@@ -383,6 +388,19 @@ def check_store(
         guarded(report, "engine", check_engine, report, store, settings)
         guarded(report, "locks", check_postgres, report, store, long_hold, bool(probe_ok))
     return store
+
+
+def _other_filesystem(store_dir: str, state_dir: str) -> bool:
+    """Whether a SQLite store's directory lies on another filesystem than the state directory
+    (whose own check then says nothing of it); False when the store's directory is missing."""
+    try:
+        there = os.stat(store_dir).st_dev
+    except OSError:
+        return False
+    try:
+        return there != os.stat(state_dir).st_dev
+    except OSError:  # (no state directory: its filesystem check did not run)
+        return True
 
 
 def guarded(report: Report, name: str, fn: Any, *args: Any) -> Any:

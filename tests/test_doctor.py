@@ -12,7 +12,7 @@ import subprocess
 from typing import Any
 
 import pytest
-from conftest import Coord, ready_child, wait_for
+from conftest import Coord, own_tmpfs, ready_child, wait_for
 
 from ringrift_coord.doctor import LEVELS
 
@@ -488,6 +488,36 @@ def test_a_missing_database_directory_is_said(coord: Coord, engine: str) -> None
     store = check(document, "store")
     assert code == 1 and store["level"] == "fail", store
     assert f"its directory {coord.tmp / 'no-such-dir'} does not exist" in store["found"]
+
+
+def test_a_full_filesystem_under_a_db_elsewhere_fails_its_own_check(
+    coord: Coord, engine: str
+) -> None:
+    """``--db`` on another filesystem than the state directory: its filesystem is checked
+    too (the state directory's said healthy while every admission failed 'disk full')."""
+    if engine != "sqlite":
+        pytest.skip("a SQLite path")
+    with own_tmpfs(coord.tmp / "fs", "size=256k,mode=0755") as where:
+        db = str(where / "tasks.db")
+        assert coord("--db", db, "register", "selfplay").returncode == 0
+        fd = os.open(where / "filler", os.O_WRONLY | os.O_CREAT, 0o600)
+        try:
+            while True:
+                os.write(fd, b"\0" * 4096)  # unbuffered: the last write is the one that fails
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+        code, document = doctor(coord, "--db", db)
+        full = check(document, "db filesystem")
+        assert code == 1 and full["level"] == "fail", full
+        assert full["found"].startswith(f"{where}: tmpfs, ") and "disk full" in full["found"]
+        assert full["fix"] == f"free space on the filesystem of {where}"
+        assert check(document, "filesystem")["level"] == "ok"  # (the state directory's)
+        assert "disk full" in check(document, "store")["found"]
+    # the same filesystem as the state directory: no second line
+    _, document = doctor(coord, "--db", str(coord.state_dir / "other.db"))
+    assert [c["name"] for c in document["checks"]].count("db filesystem") == 0
 
 
 # --------------------------------------------------------------------------- honest long holds
