@@ -321,6 +321,31 @@ def test_a_store_file_that_cannot_be_written_fails_though_the_lock_probe_passes(
     assert code == 0 and check(document, "writable")["level"] == "ok", document
 
 
+def test_the_fix_of_a_store_that_does_not_open_follows_its_cause(coord: Coord) -> None:
+    """A store directory that cannot be written, a server that cannot be reached: the fix
+    says that, never "restore the store from a backup" nor a locks check that is not run."""
+    if coord.engine != "sqlite":
+        pytest.skip("SQLite's directory (the server: a closed port)")
+    assert coord("can-spawn", "selfplay", "--node", "n1").returncode == 0
+    made = subprocess.run(["chattr", "+i", str(coord.state_dir)], capture_output=True, text=True)
+    if made.returncode != 0:
+        pytest.skip(f"chattr +i is not available here: {made.stderr.strip()}")
+    try:
+        code, document = doctor(coord)
+    finally:
+        subprocess.run(["chattr", "-i", str(coord.state_dir)], check=True)
+    store = check(document, "store")
+    assert code == 1 and " is read-only here (" in store["found"], store
+    assert "backup" not in store["fix"] and "chattr -i" in store["fix"], store
+    code, document = doctor(coord, "--db", "postgresql://127.0.0.1:1/x?connect_timeout=2")
+    store = check(document, "store")
+    assert code == 1 and "is unreachable" in store["found"], store
+    assert store["fix"] == (
+        "is the PostgreSQL server up and reachable from here (host, port, firewall)?"
+    )
+    assert "locks" not in [c["name"] for c in document["checks"]]
+
+
 def test_a_store_written_by_a_newer_version_fails(coord: Coord, engine: str) -> None:
     assert coord("can-spawn", "selfplay", "--node", "n1").returncode == 0
     with raw_store(coord) as store, store.write() as tx:
@@ -514,7 +539,8 @@ def test_a_full_filesystem_under_a_db_elsewhere_fails_its_own_check(
         assert full["found"].startswith(f"{where}: tmpfs, ") and "disk full" in full["found"]
         assert full["fix"] == f"free space on the filesystem of {where}"
         assert check(document, "filesystem")["level"] == "ok"  # (the state directory's)
-        assert "disk full" in check(document, "store")["found"]
+        store = check(document, "store")
+        assert "disk full" in store["found"] and "backup" not in store["fix"], store
     # the same filesystem as the state directory: no second line
     _, document = doctor(coord, "--db", str(coord.state_dir / "other.db"))
     assert [c["name"] for c in document["checks"]].count("db filesystem") == 0
