@@ -516,29 +516,23 @@ def _deactivate(
             "be read): restore the store and unhalt again, or remove that file by hand to "
             "lift this host's halt alone"
         ) from None
-    with ctx.store.write() as tx:
-        now = tx.now()
-        where, args = "", list[object]()
-        if task_type is not None:
-            where, args = " WHERE scope = ? AND node = ?", [scope_of(task_type), on or ALL_NODES]
-        elif on is not None:
-            where, args = " WHERE node = ?", [on]
-        found = tx.query(
-            f"SELECT scope, node, expires_at FROM halts{where} ORDER BY scope, node", args
-        )
-        tx.execute(f"DELETE FROM halts{where}", args)
-        tx.ring(None)  # the head of every line; the halted waiters then follow one by one
-        audit = found or ([{"scope": GLOBAL, "node": ALL_NODES}] if not where else [])
-        for row in audit:
-            tx.execute(
-                "INSERT INTO halt_log (action, scope, node, reason, who, host, at) "
-                "VALUES ('unhalt',?,?,NULL,?,?,?)",
-                (row["scope"], row["node"], who, host, now),
-            )
-        for row in found:  # UNHALT: only a halt lifted (a no-op unhalt is audited, no event;
-            if row["expires_at"] is None or row["expires_at"] > now:  # nor one that expired)
-                _publish(tx, ctx, "UNHALT", row["scope"], row["node"], who, host, now)
-        found = [{"scope": r["scope"], "node": r["node"]} for r in found]
+    try:
+        now, found = _lift(ctx, task_type, on, who, host)
+    except StateError as exc:  # read-only, disk full, damaged on the way: nothing lifted
+        if task_type is not None or on is not None or isinstance(exc, (StoreGone, OutcomeUnknown)):
+            raise
+        try:
+            left = load_file(ctx.state_dir)
+        except StateError:
+            left = None
+        if not left or left.get("mirror"):  # (a mirror's removal would lift nothing)
+            raise
+        path = os.path.join(ctx.state_dir, FILE_NAME)
+        raise StateError(
+            f"{exc}; nothing was lifted: this host stays halted by {path} (the store cannot "
+            "be written): make the store writable and unhalt again, or remove that file by "
+            "hand to lift this host's halt alone"
+        ) from None
     lifted = [r["scope"] for r in found]
     removed_file = False
     if task_type is None and on is None:
@@ -562,6 +556,36 @@ def _deactivate(
         "at": now,
         "store_scope": ctx.store.scope,
     }
+
+
+def _lift(
+    ctx: Context, task_type: str | None, on: str | None, who: str, host: str
+) -> tuple[float, list[dict[str, Any]]]:
+    """Delete the halts an unhalt lifts, with their audit rows and events: (now, lifted)."""
+    with ctx.store.write() as tx:
+        now = tx.now()
+        where, args = "", list[object]()
+        if task_type is not None:
+            where, args = " WHERE scope = ? AND node = ?", [scope_of(task_type), on or ALL_NODES]
+        elif on is not None:
+            where, args = " WHERE node = ?", [on]
+        found = tx.query(
+            f"SELECT scope, node, expires_at FROM halts{where} ORDER BY scope, node", args
+        )
+        tx.execute(f"DELETE FROM halts{where}", args)
+        tx.ring(None)  # the head of every line; the halted waiters then follow one by one
+        audit = found or ([{"scope": GLOBAL, "node": ALL_NODES}] if not where else [])
+        for row in audit:
+            tx.execute(
+                "INSERT INTO halt_log (action, scope, node, reason, who, host, at) "
+                "VALUES ('unhalt',?,?,NULL,?,?,?)",
+                (row["scope"], row["node"], who, host, now),
+            )
+        for row in found:  # UNHALT: only a halt lifted (a no-op unhalt is audited, no event;
+            if row["expires_at"] is None or row["expires_at"] > now:  # nor one that expired)
+                _publish(tx, ctx, "UNHALT", row["scope"], row["node"], who, host, now)
+        found = [{"scope": r["scope"], "node": r["node"]} for r in found]
+    return now, found
 
 
 def seen_nodes(tx: Tx) -> set[str]:

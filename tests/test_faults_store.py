@@ -421,6 +421,40 @@ def test_an_emergency_halt_takes_effect_when_the_store_is_not_even_a_database(
     assert halt_file.exists()
 
 
+def test_an_unhalt_on_a_store_that_cannot_be_written_names_the_halt_file(coord: Coord) -> None:
+    """A store that reads but cannot be written (chattr +i, even for root): the emergency
+    halt halts this host by its file alone; the unhalt, which cannot write the store either,
+    lifts nothing and says that the file still halts this host and how to lift it by hand."""
+    assert coord("register", "selfplay", "--node", "n1", "-q").returncode == 0
+    made = subprocess.run(["chattr", "+i", str(coord.db)], capture_output=True, text=True)
+    if made.returncode != 0:
+        pytest.skip(f"chattr +i is not available here: {made.stderr.strip()}")
+    halt_file = coord.state_dir / "EMERGENCY_HALT"
+    try:
+        halted = coord("halt", "--reason", "disk trouble")
+        assert halted.returncode == 3 and f"halted by {halt_file} only" in _one_line(halted)
+        for argv in (("unhalt",), ("--json", "unhalt")):
+            stuck = coord(*argv)
+            assert stuck.returncode == 3, stuck.stderr
+            line = _one_line(stuck)
+            assert "is read-only here" in line and "nothing was lifted" in line, line
+            assert f"this host stays halted by {halt_file}" in line and "by hand" in line, line
+            assert halt_file.exists()
+        typed = coord("unhalt", "--type", "selfplay")  # (a file halts every type: not named)
+        assert typed.returncode == 3 and "stays halted" not in _one_line(typed)
+    finally:
+        subprocess.run(["chattr", "-i", str(coord.db)], check=True)
+    assert coord("unhalt").returncode == 0 and not halt_file.exists()
+    # a mirror of a halt the store holds: removing the file would lift nothing, so not said
+    assert coord("halt", "--reason", "drill").returncode == 0
+    subprocess.run(["chattr", "+i", str(coord.db)], check=True)
+    try:
+        stuck = coord("unhalt")
+        assert stuck.returncode == 3 and "by hand" not in _one_line(stuck), stuck.stderr
+    finally:
+        subprocess.run(["chattr", "-i", str(coord.db)], check=True)
+
+
 def test_a_halt_of_one_type_on_a_corrupt_store_is_refused(coord: Coord) -> None:
     assert coord("register", "selfplay", "--node", "n1", "-q").returncode == 0
     _damage_root_page(coord.db, "tasks", garbage=False)
