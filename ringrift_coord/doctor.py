@@ -416,15 +416,15 @@ def _store_fix(exc: CoordError) -> str:
     """What to do about a store that failed to open or answer: by its cause (a full or
     read-only disk, an unreachable server are no reason to restore a backup)."""
     from ringrift_coord.errors import StoreBusy
-    from ringrift_coord.store.base import StoreUnreachable
+    from ringrift_coord.store.base import StoreUnreachable, StoreUnwritable
 
     if isinstance(exc, StoreUnreachable):
         return "is the PostgreSQL server up and reachable from here (host, port, firewall)?"
     if isinstance(exc, StoreBusy):
         return "see the locks check; on PostgreSQL: is the server up and reachable from here?"
-    if exc.message.startswith("disk full"):
+    if isinstance(exc, StoreUnwritable) and "disk full" in exc.message:
         return "free space where the message says, then run ringrift-coord doctor again"
-    if " is read-only here (" in exc.message:
+    if isinstance(exc, StoreUnwritable):
         return (
             "let the user who runs ringrift-coord write the store and its directory (chmod / "
             "chown / chattr -i), or remount its filesystem read-write"

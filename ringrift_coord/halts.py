@@ -41,6 +41,7 @@ from ringrift_coord.store.base import (
     StoreCorrupt,
     StoreGone,
     StoreUnreachable,
+    StoreUnwritable,
 )
 
 TYPE_CHECKING = False  # typing costs start-up time on the hot path; annotations are lazy
@@ -419,7 +420,7 @@ def activate(
                 "host": host,
                 "at": at,
                 "expires_at": None if ttl is None else at + ttl,
-                "store_busy" if busy else "store_corrupt": True,
+                _why_alone(exc): True,
             },
             not_in_store=problem,
         )
@@ -429,11 +430,12 @@ def activate(
                 "using this store with another state directory is not halted); halt again "
                 "once the store is free (`ringrift-coord doctor` names its holder)"
             ) from None
-        raise StoreCorrupt(
-            problem,
-            f"this host is halted by {path} only (other hosts are not): run "
-            "`ringrift-coord doctor`",
-        ) from None
+        alone = (
+            f"this host is halted by {path} only (other hosts are not): run `ringrift-coord doctor`"
+        )
+        if isinstance(exc, StoreUnwritable):
+            raise StoreUnwritable(f"{problem}; {alone}") from None
+        raise StoreCorrupt(problem, alone) from None
     record = {
         "scope": scope,
         "node": on,
@@ -556,6 +558,16 @@ def _deactivate(
         "at": now,
         "store_scope": ctx.store.scope,
     }
+
+
+def _why_alone(exc: StateError | StoreBusy) -> str:
+    """The halt file's key for why a halt was written to it alone: the store was locked
+    (``store_busy``, lifted by the unhalt of that store), could not be written
+    (``store_unwritable``: read-only, immutable, disk full), or could not be used at all
+    (``store_corrupt``: damaged, not a database)."""
+    if isinstance(exc, StoreBusy):
+        return "store_busy"
+    return "store_unwritable" if isinstance(exc, StoreUnwritable) else "store_corrupt"
 
 
 def _lift(

@@ -433,6 +433,8 @@ def test_an_unhalt_on_a_store_that_cannot_be_written_names_the_halt_file(coord: 
     try:
         halted = coord("halt", "--reason", "disk trouble")
         assert halted.returncode == 3 and f"halted by {halt_file} only" in _one_line(halted)
+        written = json.loads(halt_file.read_text())  # why it stands alone: not damage
+        assert written.get("store_unwritable") is True and "store_corrupt" not in written
         for argv in (("unhalt",), ("--json", "unhalt")):
             stuck = coord(*argv)
             assert stuck.returncode == 3, stuck.stderr

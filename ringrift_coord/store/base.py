@@ -43,6 +43,12 @@ CORRUPT_ADVICE = (
 )
 
 
+class StoreUnwritable(StateError):
+    """The store cannot be written here (exit 3): its file, directory or filesystem is
+    read-only (or immutable), or the disk under it is full. Nothing was written; reading may
+    still work (a read-only filesystem is read without writing)."""
+
+
 class NoStore(StateError):
     """A read-only command found no store where one was named (exit 3): no SQLite file, or
     a PostgreSQL database without the schema (``doctor``, which never creates one)."""

@@ -34,6 +34,7 @@ from ringrift_coord.store.base import (
     Row,
     Store,
     StoreUnreachable,
+    StoreUnwritable,
     Tx,
     is_conninfo,
 )
@@ -368,7 +369,7 @@ class PostgresStore(Store):
                 "decided, try again"
             )
         if state == "53100":  # disk full: the server answered, it is not unreachable
-            return StateError(
+            return StoreUnwritable(
                 f"disk full on the PostgreSQL server {where} ({text[:200]}); nothing was "
                 "decided: free space there and try again"
             )

@@ -33,6 +33,7 @@ from ringrift_coord.store.base import (
     Store,
     StoreCorrupt,
     StoreGone,
+    StoreUnwritable,
     Tx,
 )
 from ringrift_coord.store.migrations import MIGRATION_NAMES, MIGRATIONS, statements
@@ -395,16 +396,16 @@ class SQLiteStore(Store):
         if "FULL" in name or (
             name.startswith("SQLITE_IOERR") and room is not None and room < 1 << 16
         ):
-            return StateError(
+            return StoreUnwritable(
                 f"disk full: the filesystem of {self.path} has "
                 f"{'no' if not room else f'{room} bytes of'} free space left; nothing was "
-                "decided: free space there (or move the state directory) and try again"
+                "decided: free space there and try again"
             )
         read_only = name.startswith("SQLITE_READONLY") or "readonly" in text
         if read_only or name.startswith("SQLITE_CANTOPEN"):
             why = why_read_only(self.path)
             if why is not None or read_only:
-                return StateError(
+                return StoreUnwritable(
                     f"the store {self.path} is read-only here "
                     f"({why or 'SQLite refused to write it'}); nothing was written"
                 )
@@ -417,7 +418,7 @@ class SQLiteStore(Store):
     def _begin(self, write: bool) -> Tx:
         if self.read_only is not None:
             if write:
-                raise StateError(
+                raise StoreUnwritable(
                     f"the store {self.path} is read-only here ({self.read_only}); nothing was "
                     "written"
                 )
