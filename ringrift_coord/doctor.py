@@ -842,7 +842,10 @@ def check_halt(report: Report, store: Store | None, directory: str | None) -> No
     try:
         snapshot = halts.snapshot(directory, None if store is None else store.scope)
     except StateError as exc:
-        report.add("halt", "fail", exc.message, f"remove it: rm {path}")
+        remove = f"rm {path}"
+        if os.path.isdir(path) and not os.path.islink(path):  # (rm alone refuses one)
+            remove = f"rmdir {path} (move it aside if it holds anything)"
+        report.add("halt", "fail", exc.message, f"remove it: {remove}")
         return
     if store is None:
         info = halts.unexpired(snapshot.info, time.time())

@@ -261,6 +261,23 @@ def test_a_halt_file_that_disagrees_with_the_store_is_a_warning(coord: Coord) ->
     assert check(document, "halt")["level"] == "ok"
 
 
+def test_a_halt_file_that_is_not_a_file_gets_a_fix_that_removes_it(coord: Coord) -> None:
+    """A directory where the halt file belongs fails the halt check with a fix that works on
+    it (``rm`` alone refuses a directory); a FIFO gets ``rm``."""
+    assert coord("register", "selfplay", "-q").returncode == 0
+    halt_file = coord.state_dir / "EMERGENCY_HALT"
+    halt_file.mkdir()
+    code, document = doctor(coord)
+    halt = check(document, "halt")
+    assert code == 1 and halt["level"] == "fail", halt
+    assert halt["fix"].startswith(f"remove it: rmdir {halt_file}"), halt
+    halt_file.rmdir()
+    os.mkfifo(halt_file)
+    code, document = doctor(coord)
+    halt = check(document, "halt")
+    assert code == 1 and halt["fix"] == f"remove it: rm {halt_file}", halt
+
+
 def test_a_bad_config_value_is_reported(coord: Coord, engine: str) -> None:
     if engine != "sqlite":
         pytest.skip("the config does not depend on the engine")
