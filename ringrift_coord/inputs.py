@@ -192,5 +192,8 @@ def did_you_mean(word: str, choices: Iterable[str]) -> str:
     hint of every parser (options, commands, task types)."""
     import difflib
 
-    match = difflib.get_close_matches(word, sorted(set(choices)), n=1, cutoff=0.6)
-    return f" (did you mean {match[0]}?)" if match else ""
+    # options are matched by their names: the dashes every one shares would make '--fix'
+    # look like '--config'
+    names = {choice.lstrip("-") or choice: choice for choice in sorted(set(choices))}
+    match = difflib.get_close_matches(word.lstrip("-") or word, list(names), n=1, cutoff=0.6)
+    return f" (did you mean {names[match[0]]}?)" if match else ""

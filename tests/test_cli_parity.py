@@ -358,6 +358,9 @@ MISTAKES = [
     (["can-spawn", "selfplay", "--jsn"], "unknown option --jsn (did you mean --json?)"),
     (["can-spawn", "selfplay", "--hlep"], "unknown option --hlep (did you mean --help?)"),
     (["can-spawn", "selfplay", "--bogus"], "unknown option --bogus"),
+    # matched by name: the shared dashes do not make --fix look like --config
+    (["can-spawn", "selfplay", "--fix"], "unknown option --fix"),
+    (["can-spawn", "selfplay", "--confg", "x"], "unknown option --confg (did you mean --config?)"),
     (["can-spawn", "selfplay", "-x"], "unknown option -x"),
     (["can-spawn", "selfplay", "-qx"], "unknown option -x"),
     (["register", "selfplay", "--pdi", "5"], "unknown option --pdi (did you mean --pid?)"),
