@@ -771,7 +771,13 @@ def run_held(
     assert task_id is not None and token is not None
 
     job = _Job(float(settings.get("run.kill_grace")), clock)
-    wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:  # no descriptor left for the first pipe: the command did not start
+        why = f"cannot run {argv[0]!r}: {exc.strerror or exc}"
+        warn(why)
+        _release(keeper, task_id, token, 126, "spawn_failed", why, note)
+        return RunResult(126, task_id, "spawn_failed", why, 0.0, decision)
     previous = {s: signal.signal(s, job.on_signal) for s in FORWARDED}
     old_wakeup = signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
     started = clock.monotonic()

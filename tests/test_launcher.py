@@ -671,6 +671,33 @@ def test_a_fork_or_pipe_that_fails_is_a_command_not_run_not_an_internal_error(
     assert other.list_tasks() == []
 
 
+def test_no_descriptor_for_the_first_pipe_is_a_command_not_run_and_releases_the_slot(
+    pair, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The wrapper's own first pipe (its signal wake-up pipe, made right after admission)
+    that fails with EMFILE: the command did not start. Exit 126 with one line and the slot
+    released as ``spawn_failed``; before, the OSError escaped (exit 70, "internal error")
+    and the admitted slot was left held until the reaper found its holder gone."""
+    clock, mine, other = pair
+    warnings: list[str] = []
+    real_pipe2 = os.pipe2
+
+    def no_pipe(flags: int) -> tuple[int, int]:
+        if flags & os.O_NONBLOCK:  # (the wake-up pipe; the store's own files are not pipes)
+            raise OSError(errno.EMFILE, "Too many open files")
+        return real_pipe2(flags)
+
+    monkeypatch.setattr(os, "pipe2", no_pipe)
+    result = run_command(mine, "selfplay", "n1", ["true"], warn=warnings.append)
+    monkeypatch.undo()
+    assert (result.exit_code, result.status) == (126, "spawn_failed")
+    assert warnings == ["cannot run 'true': Too many open files"]
+    (row,) = other.history()
+    assert (row["status"], row["exit_code"]) == ("spawn_failed", 126)
+    assert _breaker_failures(other) == 0
+    assert other.list_tasks() == []
+
+
 def test_duration_is_measured_on_the_clock(pair) -> None:
     clock, mine, _ = pair
     result: RunResult = run_command(mine, "selfplay", "n1", ["sh", "-c", "exit 3"])
