@@ -507,6 +507,8 @@ def _deactivate(
             "nothing was lifted: run `ringrift-coord doctor`, restore the store, then unhalt "
             f"again (to lift this host's halt file alone: remove {path} by hand)",
         ) from None
+    except StoreUnwritable as exc:  # (a read-only filesystem refuses the open itself)
+        raise _unwritable(ctx, exc, task_type, on) from None
     except StateError as exc:  # no store to lift anything in: not a database, newer, ...
         path = os.path.join(ctx.state_dir, FILE_NAME)
         if task_type is not None or on is not None or isinstance(exc, StoreGone):
@@ -521,20 +523,7 @@ def _deactivate(
     try:
         now, found = _lift(ctx, task_type, on, who, host)
     except StateError as exc:  # read-only, disk full, damaged on the way: nothing lifted
-        if task_type is not None or on is not None or isinstance(exc, (StoreGone, OutcomeUnknown)):
-            raise
-        try:
-            left = load_file(ctx.state_dir)
-        except StateError:
-            left = None
-        if not left or left.get("mirror"):  # (a mirror's removal would lift nothing)
-            raise
-        path = os.path.join(ctx.state_dir, FILE_NAME)
-        raise StateError(
-            f"{exc}; nothing was lifted: this host stays halted by {path} (the store cannot "
-            "be written): make the store writable and unhalt again, or remove that file by "
-            "hand to lift this host's halt alone"
-        ) from None
+        raise _unwritable(ctx, exc, task_type, on) from None
     lifted = [r["scope"] for r in found]
     removed_file = False
     if task_type is None and on is None:
@@ -558,6 +547,25 @@ def _deactivate(
         "at": now,
         "store_scope": ctx.store.scope,
     }
+
+
+def _unwritable(ctx: Context, exc: StateError, task_type: str | None, on: str | None) -> StateError:
+    """What an unhalt that could not write the store raises: ``exc``, and for a whole-host
+    unhalt with a halt file written alone, that this file still halts this host."""
+    if task_type is not None or on is not None or isinstance(exc, (StoreGone, OutcomeUnknown)):
+        return exc
+    try:
+        left = load_file(ctx.state_dir)
+    except StateError:
+        left = None
+    if not left or left.get("mirror"):  # (a mirror's removal would lift nothing)
+        return exc
+    path = os.path.join(ctx.state_dir, FILE_NAME)
+    return StateError(
+        f"{exc}; nothing was lifted: this host stays halted by {path} (the store cannot "
+        "be written): make the store writable and unhalt again, or remove that file by "
+        "hand to lift this host's halt alone"
+    )
 
 
 def _why_alone(exc: StateError | StoreBusy) -> str:

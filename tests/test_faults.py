@@ -87,6 +87,43 @@ def test_a_read_only_filesystem_is_said_plainly(tmp_path: Path, small_fs: Path) 
     assert coord("register", "selfplay", "--node", "n1", "-q").returncode == 0
 
 
+def test_an_unhalt_on_a_store_on_a_read_only_filesystem_names_only_a_file_that_halts(
+    tmp_path: Path, small_fs: Path
+) -> None:
+    """A store (--db) on a filesystem that went read-only, the state directory elsewhere: the
+    unhalt cannot open the store for writing. A halt file written alone (the halt could not
+    write the store either) still halts this host: said so, as for a store that reads but
+    cannot be written, not 'the store cannot be read: restore the store' (it reads fine). A
+    mirror of a halt the store holds is not named: removing it would lift nothing."""
+    coord = Coord(tmp_path)
+    coord.env["RINGRIFT_COORD_DB"] = str(small_fs / "tasks.db")
+    halt_file = coord.state_dir / "EMERGENCY_HALT"
+    assert coord("register", "selfplay", "--node", "n1", "-q").returncode == 0
+    _remount(small_fs, "ro")
+    try:
+        halted = coord("halt", "--reason", "disk trouble")
+        assert halted.returncode == 3 and f"halted by {halt_file} only" in halted.stderr
+        for argv in (("unhalt",), ("--json", "unhalt")):
+            stuck = coord(*argv)
+            assert stuck.returncode == 3, stuck.stderr
+            assert "mounted read-only" in stuck.stderr and "nothing was lifted" in stuck.stderr
+            assert f"this host stays halted by {halt_file}" in stuck.stderr, stuck.stderr
+            assert "cannot be read" not in stuck.stderr and "restore" not in stuck.stderr
+            assert halt_file.exists()
+    finally:
+        _remount(small_fs, "rw")
+    assert coord("unhalt").returncode == 0 and not halt_file.exists()
+    assert coord("halt", "--reason", "drill").returncode == 0  # (its file: a mirror)
+    _remount(small_fs, "ro")
+    try:
+        stuck = coord("unhalt")
+        assert stuck.returncode == 3 and "mounted read-only" in stuck.stderr, stuck.stderr
+        assert "by hand" not in stuck.stderr and "restore" not in stuck.stderr, stuck.stderr
+    finally:
+        _remount(small_fs, "rw")
+    assert coord("unhalt").returncode == 0
+
+
 def _remount(where: Path, how: str) -> None:
     done = subprocess.run(["mount", "-o", f"remount,{how}", str(where)], capture_output=True)
     if done.returncode != 0:
