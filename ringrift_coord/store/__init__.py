@@ -47,11 +47,11 @@ def resolve_db(db: str | None, state_dir: str, env: Mapping[str, str]) -> tuple[
     if value is None:
         return "sqlite", os.path.join(state_dir, DEFAULT_DB_NAME)
     if not origin_is_flag and not value.isprintable():  # (--db: the parser's own check)
-        from ringrift_coord.store.postgres import _password_of, mask_secret, redact
+        from ringrift_coord.store.postgres import mask_secret, password_of, redact
 
         # (a control character may stand where redact's patterns look for the password:
         # the one libpq reads is masked as well)
-        shown = mask_secret(redact(value), _password_of(value))
+        shown = mask_secret(redact(value), password_of(value))
         clean_env_path(DB_ENV, value, shown=repr(shown))
     if value.startswith(("postgresql://", "postgres://")) or is_conninfo(value):
         return "postgres", value

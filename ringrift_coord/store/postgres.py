@@ -129,7 +129,9 @@ def address_parts(url: str) -> dict[str, str]:
     return {k: str(parts[k]) for k in ("host", "port", "dbname", "user") if parts.get(k)}
 
 
-def _password_of(url: str) -> str | None:
+def password_of(url: str) -> str | None:
+    """The password libpq would read from ``url`` (a URL or conninfo), to be masked in any
+    text that may repeat it; None without one, or when it cannot be parsed."""
     try:
         from psycopg.conninfo import conninfo_to_dict
 
@@ -287,7 +289,7 @@ class PostgresStore(Store):
             ) from None
         self._psycopg = psycopg
         self.url = url
-        self._secret = _password_of(url)  # masked in any text the server or libpq returns
+        self._secret = password_of(url)  # masked in any text the server or libpq returns
         self.busy_timeout = float(busy_timeout)
         self.connect_timeout = max(1, int(round(connect_timeout)))
         # ``serve`` bounds each statement by its store_timeout; else the busy timeout + margin
