@@ -379,6 +379,23 @@ def test_a_path_with_a_control_character_is_refused(c: Coord) -> None:
     )
 
 
+@pytest.mark.parametrize("argv", [("can-spawn", "selfplay"), ("status",)])
+def test_a_db_address_with_a_control_character_is_refused_without_its_password(
+    c: Coord, argv: tuple[str, ...]
+) -> None:
+    """``--db`` refused for a control character shows the address, never its password."""
+    for address in (
+        "postgresql://u:sekrit@h/d\n",
+        "postgresql://u\tv:sekrit@h/d",
+        "host=h password=sekrit\tdbname=d",
+    ):
+        for where in ("before", "after"):
+            words = ("--db", address, *argv) if where == "before" else (*argv, "--db", address)
+            line = one_error_line(c(*words), 2)
+            assert "contains control characters" in line and "sekrit" not in line, line
+            assert "***" in line, line
+
+
 @pytest.mark.parametrize("name", ["RINGRIFT_COORD_DB", "RINGRIFT_COORDINATOR_DIR"])
 @pytest.mark.parametrize("argv", [("can-spawn", "selfplay"), ("halt", "--check"), ("status",)])
 def test_a_control_character_in_a_path_from_the_environment_is_refused(

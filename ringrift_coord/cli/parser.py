@@ -82,7 +82,12 @@ def check_path(label: str, value: str) -> str:
         raise UsageError(f"{label}: an empty name: give one, or leave it out")
     if value.isprintable() or not any(ch < " " or "\x7f" <= ch <= "\x9f" for ch in value):
         return value
-    raise UsageError(f"{label}: {value!r} contains control characters")
+    shown = value
+    if "://" in value or "=" in value:  # a store's address may hold a password: never shown
+        from ringrift_coord.store.postgres import mask_secret, password_of, redact
+
+        shown = mask_secret(redact(value), password_of(value))
+    raise UsageError(f"{label}: {shown!r} contains control characters")
 
 
 def convert(label: str, raw: str, kind: str) -> Any:
