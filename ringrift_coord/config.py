@@ -1308,9 +1308,13 @@ def _merge(
             )
         sub_schema = schema.item if isinstance(schema, MapOf) else schema[key]
         if isinstance(sub_schema, Leaf):
-            if sub_schema.kind != "hhmm" or ":" not in str(value_node.value):
-                _check_number_text(value_node, path, dotted)  # (an unquoted 14:00 is a time)
-            value = _construct(value_node, path, dotted)
+            if sub_schema.kind == "hhmm" and _is_unquoted_time(value_node):
+                # YAML 1.1 reads an unquoted 14:00 as the base-60 integer 840: a time of
+                # day is what its text says (a bare 9 or 900 stays a number, refused)
+                value: Any = str(value_node.value)
+            else:
+                _check_number_text(value_node, path, dotted)
+                value = _construct(value_node, path, dotted)
             target[key] = _check_leaf(
                 sub_schema, value, dotted, path, value_node.start_mark.line + 1
             )
@@ -1393,6 +1397,17 @@ def _node_kind(node: Any, *, quote: bool = True) -> str:
     if quote and len(text) <= 64 and "\n" not in text:
         return f"the scalar '{printable(text)}'"
     return f"text ({len(text)} characters, not shown)"
+
+
+def _is_unquoted_time(node: Any) -> bool:
+    """A plain scalar that YAML 1.1 resolves to a base-60 integer (``14:00``, ``9:5``)."""
+    import yaml
+
+    return (  # a quoted "14:00" is a string already
+        isinstance(node, yaml.ScalarNode)
+        and node.tag == "tag:yaml.org,2002:int"
+        and ":" in str(node.value)
+    )
 
 
 def _construct(node: Any, path: str, dotted: str) -> Any:
@@ -1506,9 +1521,6 @@ def _check_leaf(leaf: Leaf, value: Any, dotted: str, origin: str, line: int | No
             raise bad(f"expected a non-empty string, got {_show(value)}")
         return value
     if kind == "hhmm":
-        if isinstance(value, int) and not isinstance(value, bool):
-            # YAML 1.1 reads an unquoted 14:00 as the sexagesimal integer 840
-            value = f"{value // 60:02d}:{value % 60:02d}"
         if not isinstance(value, str):
             raise bad(f'expected a time "HH:MM", got {_show(value)}')
         hh, sep, mm = value.partition(":")

@@ -153,6 +153,30 @@ def test_unquoted_times_of_day_stay_times(tmp_path: Path) -> None:
     assert info.value.line == 2 and "write 16, not 0x10" in str(info.value)
 
 
+@pytest.mark.parametrize("written", ["9", "900", "1:00:00", "24:00"])
+def test_a_time_of_day_is_what_its_text_says(tmp_path: Path, written: str) -> None:
+    """``start: 9`` (meant as 09:00) was taken as the base-60 integer 9, i.e. 00:09, and
+    ``900`` as 15:00, silently; ``1:00:00`` was refused as '60:00', a text nobody wrote."""
+    with pytest.raises(ConfigError) as info:
+        load_text(tmp_path, f"peak_hours:\n  start: {written}\n")
+    message = str(info.value)
+    assert info.value.line == 2 and 'expected a time "HH:MM"' in message, message
+    assert f"got {written}" in message or f"got '{written}'" in message, message
+    settings, _ = load_text(tmp_path, "peak_hours:\n  start: 9:5\n  end: 00:30\n")
+    assert (settings.get("peak_hours.start"), settings.get("peak_hours.end")) == ("09:05", "00:30")
+
+
+def test_set_time_of_day_is_not_a_number(coord) -> None:
+    result = coord("--set", "peak_hours.start=9", "schedule", "can-start", "training")
+    assert result.returncode == 2, result.stderr
+    message = one_error_line(result)
+    assert 'peak_hours.start: expected a time "HH:MM", got 9' in message, message
+    good = coord("--json", "--set", "peak_hours.start=9:30", "config", "show")
+    assert good.returncode == 0, good.stderr
+    rows = {row["key"]: row for row in json.loads(good.stdout)["values"]}
+    assert rows["peak_hours.start"]["value"] == "09:30"
+
+
 @pytest.mark.parametrize("written", ["010", "0x10", "1:30", "+5", "1_000"])
 def test_yaml_number_forms_through_the_cli(coord, written: str) -> None:
     path = coord.write_config(f"task_limits:\n  selfplay:\n    per_node: {written}\n")
