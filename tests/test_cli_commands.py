@@ -166,3 +166,24 @@ def test_set_flag_changes_admission(coord):
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_reserve_list_and_release_refuse_what_only_reserve_type_takes(coord):
+    """``reserve list --node n1`` listed every node's reservations as if filtered, and
+    ``reserve list extra`` ignored its word: both are usage errors now."""
+    made = coord("reserve", "gauntlet", "--node", "n1", "--slots", "1", "--json")
+    assert made.returncode == 0, made.stderr
+    res_id = json.loads(made.stdout)["reservation_id"]
+    for argv in (
+        ("reserve", "list", "--node", "n1"),
+        ("reserve", "list", "--slots", "1"),
+        ("reserve", "list", "--ttl", "5m"),
+        ("reserve", "list", "extra"),
+        ("reserve", "release", res_id, "--node", "n1"),
+    ):
+        result = coord(*argv)
+        assert result.returncode == 2, (argv, result.stderr)
+        assert "Traceback" not in result.stderr and len(result.stderr.splitlines()) == 1
+        assert result.stdout == ""
+    assert "applies only to reserve TYPE" in coord("reserve", "list", "--node", "n1").stderr
+    assert res_id in coord("reserve", "list").stdout  # the refused release released nothing

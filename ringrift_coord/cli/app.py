@@ -279,10 +279,19 @@ def reserve(
 
     g = globals_of(ctx)
     table_output(fmt, no_header)
+    if what in ("release", "list"):
+        # (``reserve list --node n1`` listed every node's reservations, as if filtered)
+        options = (("--node", node), ("--slots", slots), ("--ttl", ttl))
+        stray = next((name for name, value in options if value is not None), None)
+        if stray:
+            raise UsageError(f"option {stray} applies only to reserve TYPE, not reserve {what}")
     if what == "release":
         if not res_id:
             raise UsageError("reserve release needs the reservation ID")
-    elif what != "list":
+    elif what == "list":
+        if res_id is not None:
+            raise UsageError(f"unexpected extra argument {res_id!r}")
+    else:
         _reserve_word(what)
         if res_id is not None:
             raise UsageError(f"unexpected extra argument {res_id!r}")
