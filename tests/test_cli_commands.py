@@ -187,3 +187,18 @@ def test_reserve_list_and_release_refuse_what_only_reserve_type_takes(coord):
         assert result.stdout == ""
     assert "applies only to reserve TYPE" in coord("reserve", "list", "--node", "n1").stderr
     assert res_id in coord("reserve", "list").stdout  # the refused release released nothing
+
+
+def test_reserve_on_a_node_never_named_warns_as_a_drain_does(coord):
+    """``reserve gauntlet --node gpu-12`` for gpu-1 reserved nothing on gpu-1, silently
+    (``halt --node`` warned about the same typo)."""
+    assert coord("report", "--node", "gpu-1", "--cpu", "10").returncode == 0
+    typo = coord("--json", "reserve", "gauntlet", "--node", "gpu-12", "--slots", "1")
+    assert typo.returncode == 0, typo.stderr
+    assert json.loads(typo.stdout)["node"] == "gpu-12"  # it stands, as a drain does
+    assert typo.stderr.splitlines() == [
+        "ringrift-coord: warning: no task, waiter, reading or recent decision has named node "
+        "gpu-12 yet (did you mean gpu-1?): the reservation holds for that name only"
+    ]
+    known = coord("reserve", "gauntlet", "--node", "gpu-1", "--slots", "1")
+    assert known.returncode == 0 and known.stderr == "", known.stderr

@@ -309,6 +309,7 @@ def reserve(
         else:
             assert node is not None and slots is not None
             result = coord.reserve(what, node, slots, ttl)
+            _warn_unseen_node(c, node, "the reservation")
     if g.json:
         emit_json({"reservations": result} if what == "list" else result)
     elif what == "release":
@@ -401,9 +402,10 @@ def halt(
     done()
 
 
-def _warn_unseen_node(c: Any, node: str) -> None:
-    """A drain of a node the store has never heard of holds for that name only: said on
-    stderr with the closest known name (the drain stands; a node may be drained ahead)."""
+def _warn_unseen_node(c: Any, node: str, what: str = "the drain") -> None:
+    """A drain (or reservation) of a node the store has never heard of holds for that name
+    only: said on stderr with the closest known name (it stands; a node may be drained, or
+    its slots reserved, ahead of its first job)."""
     from ringrift_coord import halts
     from ringrift_coord.cli.hot import say
     from ringrift_coord.inputs import did_you_mean
@@ -416,7 +418,7 @@ def _warn_unseen_node(c: Any, node: str) -> None:
     if node not in seen:
         say(
             f"warning: no task, waiter, reading or recent decision has named node {node} "
-            f"yet{did_you_mean(node, sorted(seen))}: the drain holds for that name only"
+            f"yet{did_you_mean(node, sorted(seen))}: {what} holds for that name only"
         )
 
 
