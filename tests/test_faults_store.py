@@ -314,6 +314,35 @@ def test_a_store_published_between_the_two_looks_is_not_called_deleted(
     assert not first[0], "the interleaving was not exercised"
 
 
+def test_a_store_moved_away_while_being_opened_is_not_recreated_empty(
+    coord: Coord, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The file moved aside (a backup being restored, ``events tail -f`` polling meanwhile)
+    between the open's checks and SQLite's connect: the connect created an empty file at the
+    path, which every later command refused as "not a ringrift-coord one"."""
+    from ringrift_coord.store import StoreGone
+    from ringrift_coord.store import sqlite as engine
+
+    made = coord("register", "selfplay", "--node", "n1", "-q")
+    assert made.returncode == 0, made.stderr
+    path, aside = str(coord.db), str(coord.tmp / "aside.db")
+    real = engine._check_and_pin
+
+    def then_moved(p: str, gid: int | None) -> tuple[int, tuple[int, int]]:
+        found = real(p, gid)
+        os.rename(path, aside)  # right after the checks, before the connect
+        return found
+
+    monkeypatch.setattr(engine, "_check_and_pin", then_moved)
+    with pytest.raises(StoreGone) as info:
+        engine.SQLiteStore(path)
+    assert "was deleted" in str(info.value) and "nothing was created" not in str(info.value)
+    assert not os.path.lexists(path), "an empty store was created in its place"
+    monkeypatch.setattr(engine, "_check_and_pin", real)
+    os.rename(aside, path)
+    assert coord("tasks", "--format", "tsv", "--no-header").stdout.startswith("selfplay-")
+
+
 @pytest.mark.parametrize("left", ["marker", "wal"])
 def test_doctor_fails_a_deleted_store(coord: Coord, left: str) -> None:
     """Every command refuses a deleted store (or a WAL left by one): doctor says fail with

@@ -283,9 +283,16 @@ class SQLiteStore(Store):
     # -- connection ---------------------------------------------------------------------
 
     def _connect(self) -> sqlite3.Connection:
+        """The store checked (and pinned) by ``_check_and_pin``, opened ``mode=rw``: a file
+        moved away or deleted between that check and this open is refused, not re-created
+        empty at the path (a bare connect would, and leave a 0-byte file a later open
+        takes for a foreign database)."""
+        from urllib.parse import quote  # (already imported by then: no start-up cost)
+
         try:
             conn = sqlite3.connect(
-                self.path,
+                f"file:{quote(os.fsencode(self.path))}?mode=rw",
+                uri=True,
                 timeout=self.busy_timeout,
                 isolation_level=None,
                 check_same_thread=False,
@@ -299,6 +306,11 @@ class SQLiteStore(Store):
             conn.execute(f"PRAGMA journal_size_limit={WAL_LIMIT}")
             return conn
         except sqlite3.Error as exc:
+            if not os.path.lexists(self.path):  # gone since it was checked a moment ago
+                raise deleted_store(self.path) or StoreGone(
+                    f"state store {self.path} was moved away or deleted while it was being "
+                    "opened; nothing was created in its place: put it back, or try again"
+                ) from None
             raise self._translate(exc) from None
 
     def _connect_read_only(self) -> sqlite3.Connection:
