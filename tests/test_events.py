@@ -806,6 +806,37 @@ def test_tail_follow_rides_out_postgres_stopped_and_exits_0(tmp_path: Path) -> N
         pg.destroy()
 
 
+def test_tail_follow_rides_out_its_sqlite_file_deleted_and_restored(tmp_path: Path) -> None:
+    """The SQLite file moved away under ``events tail -f`` (deleted, or being restored from a
+    backup) ended the follower with exit 3 at once; it is away as a stopped PostgreSQL is:
+    one line on stderr, polling on, and the next event once the file is back."""
+    coord = Coord(tmp_path)
+    assert coord("events", "publish", "X", "--payload", '{"n": 1}').returncode == 0
+    follower = coord.popen("--json", "events", "tail", "-f", "-n", "1")
+    aside = tmp_path / "aside.db"
+    try:
+        assert follower.stdout is not None and follower.stderr is not None
+        assert json.loads(follower.stdout.readline())["payload"] == {"n": 1}
+        coord.db.rename(aside)
+        line = follower.stderr.readline()
+        # (worded as the moment found it: deleted while open, or while being opened)
+        assert "events tail: " in line and str(coord.db) in line, line
+        assert line.rstrip().endswith("retrying every second"), line
+        time.sleep(1.5)  # a few more polls with the file away: still following, silent
+        assert follower.poll() is None
+        aside.rename(coord.db)
+        assert "the store is back" in follower.stderr.readline()
+        assert coord("events", "publish", "X", "--payload", '{"n": 2}').returncode == 0
+        assert json.loads(follower.stdout.readline())["payload"] == {"n": 2}
+        follower.send_signal(signal.SIGTERM)
+        assert follower.wait(timeout=10) == 0
+        assert follower.stderr.read() == ""
+    finally:
+        if follower.poll() is None:
+            follower.kill()
+            follower.wait()
+
+
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_tail_follow_exits_0_on_a_signal_during_its_first_read(
     coord: Coord, sig: signal.Signals

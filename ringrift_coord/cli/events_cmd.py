@@ -275,10 +275,11 @@ def _print_line(doc: dict[str, Any], as_json: bool) -> None:
 
 def _follow(g: Any, kind: str | None, last: int | None) -> None:
     """Poll for events stored after ``last`` until Ctrl-C or SIGTERM (``KeyboardInterrupt``).
-    A store that is away for a while (PostgreSQL stopped, a lock held: ``StoreBusy``) is one
-    line on stderr, and the polling goes on until it is back."""
+    A store that is away for a while (PostgreSQL stopped, a lock held: ``StoreBusy``; the
+    SQLite file deleted or replaced: ``StoreGone``, or another ``StateError``) is one line on
+    stderr, and the polling goes on until it is back."""
     from ringrift_coord import events
-    from ringrift_coord.errors import StoreBusy
+    from ringrift_coord.errors import StateError, StoreBusy
     from ringrift_coord.store import NoStore
 
     away = False
@@ -297,7 +298,10 @@ def _follow(g: Any, kind: str | None, last: int | None) -> None:
             except NoStore:
                 new = []
                 c.close()  # look again next time: the store may be created meanwhile
-            except StoreBusy as exc:
+            except (StoreBusy, StateError) as exc:
+                # a store deleted, replaced or damaged under the follower (StoreGone, ...) is
+                # away too: it may be put back from a backup; the options and the first read
+                # were checked before following, so a store that never answered fails there
                 new = []
                 if not away:
                     say(f"events tail: {exc.message.splitlines()[0]}; retrying every second")
