@@ -205,6 +205,16 @@ def test_config_init_writes_the_reference_to_the_user_config(coord, tmp_path, ma
     assert json.loads(shown.stdout)["config_file"] == str(target)
 
 
+def test_config_init_help_and_man_page_give_the_mode_it_writes(coord) -> None:
+    """``config init --help`` (and the man page made from it) said mode 0600 while the
+    file is written 0644, as the README says."""
+    shown = coord("config", "init", "--help", env={"COLUMNS": "200"})
+    assert shown.returncode == 0, shown.stderr
+    assert "mode 0644" in shown.stdout and "0600" not in shown.stdout, shown.stdout
+    page = (ROOT / "ringrift_coord" / "data" / "man" / "ringrift-coord.1").read_text()
+    assert "default), mode 0644; an" in page and "default), mode 0600" not in page
+
+
 def test_config_init_says_when_another_file_is_read_instead(coord, tmp_path: Path) -> None:
     target = tmp_path / "xdg-config" / "ringrift-coord" / "unified_loop.yaml"
     result = coord("config", "init")  # the fixture sets RINGRIFT_COORD_CONFIG

@@ -34,7 +34,7 @@ def config_init(
         bool, typer.Option("--force", help="Overwrite an existing file at PATH.")
     ] = False,
 ) -> None:
-    """Write the commented reference config (every key with its default), mode 0600; an
+    """Write the commented reference config (every key with its default), mode 0644; an
     existing file is kept unless --force (exit 3)."""
     import os
 
