@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Coord, wait_for
+from conftest import Coord, own_tmpfs, wait_for
 
 ENGINES = ("sqlite", "postgres")
 PROMTOOL = shutil.which("promtool")
@@ -737,3 +737,32 @@ def test_the_lock_probe_works_for_a_select_only_role(pg_url: str) -> None:
             assert lock["error"] == "admission lock held longer than 0.5 s"
     finally:
         store.close()
+
+
+def test_serve_starts_on_a_store_whose_filesystem_went_read_only(tmp_path: Path) -> None:
+    """A disk remounted read-only (errors=remount-ro) made ``serve`` refuse to start (exit 3,
+    "read-only here"), though every request only reads and ``metrics`` reads such a store:
+    the monitor went dark exactly when it was needed. It starts, says so once, and serves."""
+    with own_tmpfs(tmp_path / "fs", "size=1m,mode=0755") as where:
+        coord = Coord(tmp_path)
+        coord.env["RINGRIFT_COORDINATOR_DIR"] = str(where / "state")
+        coord.env.pop("RINGRIFT_COORD_DB", None)
+        held = coord("register", "selfplay", "--node", "n1", "-q")
+        assert held.returncode == 0, held.stderr
+        remount = subprocess.run(["mount", "-o", "remount,ro", str(where)], capture_output=True)
+        if remount.returncode != 0:
+            pytest.skip(f"cannot remount read-only: {remount.stderr.decode().strip()}")
+        srv = Served(coord)
+        try:
+            warned = [line for line in srv.stderr if "warning:" in line]
+            assert len(warned) == 1 and "read-only here" in warned[0], srv.stderr
+            assert warned[0].rstrip().endswith("serving it read-only"), warned
+            code, _, body = srv.get("/metrics")
+            assert code == 200 and b"ringrift_store_up 1.0" in body
+            assert b'ringrift_tasks{node="n1",type="selfplay"} 1.0' in body
+            code, doc = srv.json("/admin/health/full")
+            assert code == 200 and doc["store"]["reachable"] is True, doc
+            assert doc["admission_lock"]["state"] == "unknown", doc["admission_lock"]
+        finally:
+            srv.stop()
+        assert not list((where / "state").glob("*-shm")), "a read created files"

@@ -56,6 +56,7 @@ def _serve(
 
     from ringrift_coord import server
     from ringrift_coord.errors import StoreBusy, UsageError
+    from ringrift_coord.store.base import StoreUnwritable
 
     g = globals_of(ctx)
     host = server.check_host(not_blank("--host", host))
@@ -73,6 +74,13 @@ def _serve(
             probe.store  # noqa: B018
         except StoreBusy as exc:
             say(f"warning: {exc.message}; /admin/health/full answers 503 until it is back")
+        except StoreUnwritable as exc:
+            # a store on a filesystem remounted read-only (errors=remount-ro) is what a
+            # monitor must still show: its reads open it read-only, as `metrics` does
+            probe.close()
+            probe = server.request_context(c, timeout)
+            probe.store  # noqa: B018  (a store that cannot even be read: exit 3 here)
+            say(f"warning: {exc.message.splitlines()[0]}; serving it read-only")
         finally:
             probe.close()
         app = server.Server(
