@@ -103,6 +103,17 @@ class SQLiteTx(Tx):
         return self._now
 
 
+def file_uri(path: str) -> str:
+    """``path`` as a SQLite ``file:`` URI: its bytes as they are, but ``%``, ``?``, ``#``,
+    spaces, control and non-ASCII bytes percent-encoded; an absolute path behind an empty
+    authority (``file:///...``), so that one starting ``//`` is not read as a host. Built by
+    hand: ``urllib.parse`` (and the ``ipaddress`` it loads) would cost every launch ~5 ms."""
+    text = "".join(
+        chr(b) if 0x21 <= b < 0x7F and b not in b"%?#" else f"%{b:02X}" for b in os.fsencode(path)
+    )
+    return f"file://{text}" if text.startswith("/") else f"file:{text}"
+
+
 class SQLiteStore(Store):
     engine = "sqlite"
     # the write gate (store/gate.py): its descriptor, opened at the first write (-2: not yet;
@@ -287,11 +298,9 @@ class SQLiteStore(Store):
         moved away or deleted between that check and this open is refused, not re-created
         empty at the path (a bare connect would, and leave a 0-byte file a later open
         takes for a foreign database)."""
-        from urllib.parse import quote  # (already imported by then: no start-up cost)
-
         try:
             conn = sqlite3.connect(
-                f"file:{quote(os.fsencode(self.path))}?mode=rw",
+                f"{file_uri(self.path)}?mode=rw",
                 uri=True,
                 timeout=self.busy_timeout,
                 isolation_level=None,
@@ -320,8 +329,6 @@ class SQLiteStore(Store):
         would otherwise need to create ``-shm``). With a ``-wal`` (a writer ended without
         closing: a crash, or the remount itself) its changes are read through the ``-shm``
         left beside it; without that ``-shm`` they cannot be read at all."""
-        from urllib.parse import quote  # (the read-only path only)
-
         wal, shm = self.path + "-wal", self.path + "-shm"
         for look in range(RO_SHM_LOOKS):
             try:
@@ -342,7 +349,7 @@ class SQLiteStore(Store):
         flags = "mode=ro" if has_wal else "mode=ro&immutable=1"
         try:
             return sqlite3.connect(
-                f"file:{quote(os.fsencode(self.path))}?{flags}",
+                f"{file_uri(self.path)}?{flags}",
                 uri=True,
                 timeout=self.busy_timeout,
                 isolation_level=None,
