@@ -61,6 +61,22 @@ TYPOS = [
         "unknown command 'histroy' (did you mean history?); see 'ringrift-coord tasks --help'",
     ),
     (("frobnicate",), "unknown command 'frobnicate'; see 'ringrift-coord --help'"),
+    # another tool's word for a drain (Slurm, Kubernetes) names ours
+    (
+        ("drain", "gpu-1"),
+        "unknown command 'drain' (to drain a node: ringrift-coord halt --node N); "
+        "see 'ringrift-coord --help'",
+    ),
+    (
+        ("uncordon", "gpu-1"),
+        "unknown command 'uncordon' (to resume a node: ringrift-coord unhalt --node N); "
+        "see 'ringrift-coord --help'",
+    ),
+    (  # (not "did you mean resources?")
+        ("resume", "gpu-1"),
+        "unknown command 'resume' (to resume a node: ringrift-coord unhalt --node N); "
+        "see 'ringrift-coord --help'",
+    ),
     # the shape of the command line
     (("can-spawn",), "missing argument TYPE; see 'ringrift-coord can-spawn --help'"),
     (

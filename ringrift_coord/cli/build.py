@@ -169,9 +169,22 @@ def _usage_errors_in_our_words(command: click.Command) -> None:
                 raise
             visible = [n for n, c in getattr(command, "commands", {}).items() if not c.hidden]
             hint = did_you_mean(args[0], visible)
+            if ctx.parent is None:  # another tool's word for one of ours comes first
+                hint = _OTHER_TOOLS_WORDS.get(args[0].lower(), hint)
             raise parser.usage_error(f"unknown command {args[0]!r}{hint}", _where(ctx)) from None
 
     setattr(command, "resolve_command", resolve_command)  # noqa: B010
+
+
+# The words of Slurm (scontrol) and Kubernetes (kubectl) for what ``halt`` and ``unhalt`` do
+_OTHER_TOOLS_WORDS = {
+    word: f" (to {what} a node: ringrift-coord {ours} --node N)"
+    for words, what, ours in (
+        (("drain", "cordon"), "drain", "halt"),
+        (("undrain", "resume", "uncordon"), "resume", "unhalt"),
+    )
+    for word in words
+}
 
 
 class RestCommand(TyperCommand):
