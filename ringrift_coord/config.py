@@ -1524,8 +1524,10 @@ def _check_leaf(leaf: Leaf, value: Any, dotted: str, origin: str, line: int | No
         if not isinstance(value, str):
             raise bad(f'expected a time "HH:MM", got {_show(value)}')
         hh, sep, mm = value.partition(":")
-        if not (sep and hh.isdigit() and mm.isdigit() and int(hh) < 24 and int(mm) < 60):
-            raise bad(f'expected a time "HH:MM", got {value!r}')
+        digits = sep and hh.isascii() and mm.isascii() and hh.isdigit() and mm.isdigit()
+        if not (digits and int(hh) < 24 and int(mm) < 60):
+            midnight = " (midnight is 00:00)" if digits and int(hh) == 24 and int(mm) == 0 else ""
+            raise bad(f'expected a time "HH:MM", got {value!r}{midnight}')
         return f"{int(hh):02d}:{int(mm):02d}"
     if kind == "timezone":
         if not isinstance(value, str) or not value:

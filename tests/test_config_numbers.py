@@ -166,6 +166,21 @@ def test_a_time_of_day_is_what_its_text_says(tmp_path: Path, written: str) -> No
     assert (settings.get("peak_hours.start"), settings.get("peak_hours.end")) == ("09:05", "00:30")
 
 
+@pytest.mark.parametrize(
+    ("written", "hint"),
+    [('"24:00"', " (midnight is 00:00)"), ('"\uff11\uff14:\uff10\uff10"', ""), ('"14:6O"', "")],
+)
+def test_a_time_of_day_is_ascii_digits_and_midnight_is_00_00(
+    tmp_path: Path, written: str, hint: str
+) -> None:
+    """Full-width digits (which ``str.isdigit`` takes) are refused, as for every number of the
+    config; ``24:00`` is refused with the form to write instead."""
+    with pytest.raises(ConfigError) as info:
+        load_text(tmp_path, f"peak_hours:\n  end: {written}\n")
+    message = str(info.value)
+    assert 'expected a time "HH:MM"' in message and message.endswith(hint), message
+
+
 def test_set_time_of_day_is_not_a_number(coord) -> None:
     result = coord("--set", "peak_hours.start=9", "schedule", "can-start", "training")
     assert result.returncode == 2, result.stderr
