@@ -548,6 +548,27 @@ def test_release_retries_a_busy_store_with_backoff_on_the_clock(
     assert row["status"] == "ok"
 
 
+def _lock_once_admitted(
+    other: TaskCoordinator, clock: ManualClock
+) -> tuple[Callable[[], None], threading.Event]:
+    """An ``on_admitted`` that has ``other`` hold the store's write lock (the one the wrapper
+    needs to record its job's process group) until the wrapper has slept twice on the clock
+    between tries; and the event set once the lock is let go."""
+    locked, done = threading.Event(), threading.Event()
+
+    def locker() -> None:
+        with other.ctx.store.write():
+            locked.set()
+            wait_for(lambda: len(clock.slept) >= 2, 30, "two tries to record the holder")
+        done.set()
+
+    def admitted() -> None:
+        threading.Thread(target=locker, daemon=True).start()
+        assert locked.wait(30)
+
+    return admitted, done
+
+
 def test_a_busy_store_when_recording_the_holder_is_retried_not_a_failed_job(
     engine_db: EngineDB,
 ) -> None:
@@ -559,18 +580,7 @@ def test_a_busy_store_when_recording_the_holder_is_retried_not_a_failed_job(
     busy = ONE_SLOT.replace("busy_timeout: 5", "busy_timeout: 0.05")
     mine = TaskCoordinator(engine_db.context(busy, clock))
     other = TaskCoordinator(engine_db.context(ONE_SLOT, clock))
-    locked, done = threading.Event(), threading.Event()
-
-    def locker() -> None:
-        with other.ctx.store.write():  # the lock set_holder needs, held across two tries
-            locked.set()
-            wait_for(lambda: len(clock.slept) >= 2, 30, "two tries to record the holder")
-        done.set()
-
-    def admitted() -> None:
-        threading.Thread(target=locker, daemon=True).start()
-        assert locked.wait(30)
-
+    admitted, done = _lock_once_admitted(other, clock)
     result = run_command(mine, "selfplay", "n1", ["true"], on_admitted=admitted)
     assert done.is_set()
     assert (result.exit_code, result.status) == (0, "ok")
@@ -627,18 +637,7 @@ def test_a_one_shot_run_that_gives_up_recording_its_holder_is_no_failed_job(
     short = ONE_SLOT.replace("lease_ttl: 30, busy_timeout: 5", "lease_ttl: 2, busy_timeout: 0.05")
     mine = TaskCoordinator(engine_db.context(short, clock))
     other = TaskCoordinator(engine_db.context(ONE_SLOT, clock))
-    locked, release = threading.Event(), threading.Event()
-
-    def locker() -> None:
-        with other.ctx.store.write():  # the lock set_holder needs, past half the lease
-            locked.set()
-            wait_for(lambda: len(clock.slept) >= 2, 30, "the tries to record the holder")
-        release.set()
-
-    def admitted() -> None:
-        threading.Thread(target=locker, daemon=True).start()
-        assert locked.wait(30)
-
+    admitted, release = _lock_once_admitted(other, clock)
     with pytest.raises(StoreBusy):
         run_command(mine, "selfplay", "n1", ["true"], on_admitted=admitted)
     assert release.wait(30)
